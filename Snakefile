@@ -1,0 +1,67 @@
+"""fewstep: how few denoising steps identity-preserved generation needs.
+
+    snakemake --cores all                                   # the study (config.yaml)
+    snakemake --cores all --configfile config/demo.yaml     # offline demo, tiny models
+
+Cells and items come from fewstep.grid; paths from fewstep.paths; every rule
+calls one `fewstep <command>` (workflow/fewstep/cli.py).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+# Jobs run `python -m fewstep`; make the package importable without installing it.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from fewstep.config import validate, write_resolved
+from fewstep.errors import FewstepError
+from fewstep.grid import Grid
+from fewstep.paths import CELL_PATTERN, Paths
+
+
+# config.yaml is the default; a --configfile replaces it rather than merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+
+try:
+    CONFIG = validate(config)  # snakemake.utils.validate + cross-checks, defaults filled
+    GRID = Grid(CONFIG)
+except FewstepError as err:
+    sys.exit(f"fewstep: {err}")
+
+PATHS = Paths(CONFIG)
+# Jobs read this content-addressed copy; its name only changes with the content.
+CONFIG_FILE = write_resolved(CONFIG, PATHS.config_dir)
+FEWSTEP = f"{sys.executable} -m fewstep"
+GPU = 0 if CONFIG["device"] == "cpu" else 1
+
+
+wildcard_constraints:
+    backbone=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    adapter=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    steps=r"\d+",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    family=r"[a-z0-9]+",
+
+
+include: "workflow/rules/models.smk"
+include: "workflow/rules/precompute.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        PATHS.report_index,

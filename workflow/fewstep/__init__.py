@@ -1,0 +1,1 @@
+"""fewstep: how few denoising steps identity-preserved generation needs."""

@@ -1,0 +1,123 @@
+"""`fewstep <command>`: the one entry point every Snakemake rule calls.
+
+Each command takes the (resolved) config file plus the ids it works on, does
+one job, and turns user-fixable errors into a single line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fewstep.errors import FewstepError
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    from fewstep.config import load
+
+    return load(args.config)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from fewstep.grid import Grid
+
+    config = _config(args)
+    grid = Grid(config)
+    print(
+        f"{config['sweep']}: {len(grid.cells)} cells x {len(grid.items)} items, weights={config['weights']}"
+    )
+    for cell in grid.cells:
+        print(f"  {cell.id}")
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> None:
+    from fewstep.models import prepare
+
+    print(prepare(_config(args), args.model))
+
+
+def cmd_embed_prompts(args: argparse.Namespace) -> None:
+    from fewstep.precompute import embed_prompts
+
+    embed_prompts(_config(args))
+
+
+def cmd_embed_identities(args: argparse.Namespace) -> None:
+    from fewstep.precompute import embed_identities
+
+    embed_identities(_config(args))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from fewstep.generate import run
+
+    run(_config(args), args.cell, args.out)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from fewstep.score import run
+
+    run(_config(args), args.cell, args.out)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from fewstep.aggregate import run
+
+    run(_config(args), args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from fewstep.report import run
+
+    run(_config(args), args.summary, args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fewstep", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", nargs="+", required=True, type=Path, help="config YAML file(s), later win")
+        p.set_defaults(func=func)
+        return p
+
+    add("validate", cmd_validate, "check a config and list its cells")
+    add(
+        "prepare-model", cmd_prepare_model, "download, build (tiny) or configure (random) one model"
+    ).add_argument("--model", required=True)
+    add("embed-prompts", cmd_embed_prompts, "precompute prompt embeddings")
+    add("embed-identities", cmd_embed_identities, "precompute identity embeddings")
+    for name, func, help_ in (
+        ("generate", cmd_generate, "generate every image of one cell"),
+        ("score", cmd_score, "score every image of one cell"),
+    ):
+        p = add(name, func, help_)
+        p.add_argument("--cell", required=True, help="cell id <backbone>/<adapter>/<steps>")
+        p.add_argument("--out", type=Path, help="output table (default: the workflow's path)")
+    add("aggregate", cmd_aggregate, "summarise all cells").add_argument("--out", type=Path)
+    p = add("report", cmd_report, "figures, grids and the HTML page")
+    p.add_argument("--summary", required=True, type=Path)
+    p.add_argument("--out", type=Path)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FewstepError as err:
+        print(f"fewstep {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

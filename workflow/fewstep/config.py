@@ -1,0 +1,153 @@
+"""Load, validate and fingerprint a sweep configuration.
+
+Validation is `snakemake.utils.validate` against `workflow/schemas/config.schema.yaml`
+(defaults filled), plus the cross-references a schema cannot express. Every
+problem a user can cause becomes one `ConfigError` line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from fewstep.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _first_error(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e)))
+    if not errors:
+        return None
+    # The deepest error names the precise key; oneOf errors carry sub-errors.
+    error = jsonschema.exceptions.best_match(errors)
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        return f"{key}: {error.message}; remove it or check its spelling"
+    return f"{key}: {error.message.splitlines()[0]}"
+
+
+def _fill_map_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """snakemake.utils.validate fills `properties` defaults only; do the map entries too."""
+    for section in ("backbones", "adapters"):
+        entry_schema = schema["properties"][section]["additionalProperties"]["properties"]
+        for entry in config[section].values():
+            for key, spec in entry_schema.items():
+                if key not in entry and "default" in spec:
+                    entry[key] = copy.deepcopy(spec["default"])
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of `config` with every default filled in."""
+    from snakemake.utils import validate as snakemake_validate
+
+    config = copy.deepcopy(dict(config))
+    schema = _schema()
+    message = _first_error(config, schema)
+    if message:
+        raise ConfigError(f"config {message}")
+    snakemake_validate(config, str(SCHEMA_PATH), set_default=True)
+    _fill_map_defaults(config, schema)
+    config["prompts"] = _normalise_prompts(config["prompts"])
+    _check_references(config)
+    return config
+
+
+def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:
+    out = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            prompt = {"id": f"p{index:02d}", "text": prompt}
+        out.append(dict(prompt))
+    return out
+
+
+def _duplicates(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({v for v in values if v in seen or seen.add(v)})
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    dup = _duplicates([i["id"] for i in config["identities"]])
+    if dup:
+        raise ConfigError(f"config identities: duplicated id {dup[0]!r}; give every identity a unique id")
+    dup = _duplicates([p["id"] for p in config["prompts"]])
+    if dup:
+        raise ConfigError(f"config prompts: duplicated id {dup[0]!r}; give every prompt a unique id")
+    for index, block in enumerate(config["cells"]):
+        for name in block["backbones"]:
+            if name not in config["backbones"]:
+                known = ", ".join(sorted(config["backbones"]))
+                raise ConfigError(
+                    f"config cells[{index}].backbones: unknown backbone {name!r}; known: {known}"
+                )
+        for name in block["adapters"]:
+            if name not in config["adapters"]:
+                known = ", ".join(sorted(config["adapters"]))
+                raise ConfigError(f"config cells[{index}].adapters: unknown adapter {name!r}; known: {known}")
+    for name, adapter in config["adapters"].items():
+        if adapter["guidance_start"] >= adapter["guidance_end"] and adapter["kind"] != "none":
+            raise ConfigError(f"config adapters.{name}: guidance_start must be below guidance_end")
+
+
+def load(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read YAML files in order (later keys win, as with --configfile) and validate."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing --configfile") from None
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        merged.update(data)
+    merged.update(overrides or {})
+    return validate(merged)
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of any JSON-able value (dict key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_resolved(config: dict[str, Any], directory: Path) -> Path:
+    """Write the validated config content-addressed (<hash>.yaml) and return its path.
+
+    Jobs read the configuration from this file; its name changes only with the
+    content, so an unchanged config never dirties anything.
+    """
+    path = Path(directory) / f"{fingerprint(config)}.yaml"
+    if not path.exists():
+        from fewstep.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def read_resolved(path: str | Path) -> dict[str, Any]:
+    """Read a config written by `write_resolved` (already validated)."""
+    return yaml.safe_load(Path(path).read_text())

@@ -1,0 +1,229 @@
+"""One generation job = one cell: load the pipeline once, loop over the items.
+
+Images are written atomically and recorded in an append-only journal the
+moment they exist, so a job killed at any point resumes where it stopped: an
+image is kept only if its journal row carries the current item key (cell
+parameters + item + input embeddings) and its bytes still hash to the
+recorded sha256. The manifest (the rule's output) is written last, listing
+each item exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from fewstep import provenance, sampling
+from fewstep.config import fingerprint
+from fewstep.grid import Cell, Grid, Item
+from fewstep.io import atomic_write_bytes, atomic_write_with, encode_png, sha256_bytes, sha256_file
+from fewstep.paths import Paths
+from fewstep.precompute import load_tensors
+
+
+def read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    """Latest journal row per item id; a torn last line (killed mid-write) is ignored."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["item_id"]] = row
+    return rows
+
+
+def append_journal(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def reusable(row: dict[str, Any] | None, key: str, image: Path) -> bool:
+    return bool(row) and row["item_key"] == key and image.exists() and sha256_file(image) == row["sha256"]
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+
+
+class CellGenerator:
+    """Holds one cell's pipeline and conditioning caches."""
+
+    def __init__(self, config: dict[str, Any], cell: Cell):
+        from fewstep.models import load_flux, resolve_device, resolve_dtype
+
+        self.config, self.cell = config, cell
+        self.grid, self.paths = Grid(config), Paths(config)
+        self.backbone, self.adapter = self.grid.backbone(cell), self.grid.adapter(cell)
+        self.device = resolve_device(config["device"])
+        self.dtype = resolve_dtype(config["dtype"], self.device)
+        self.width, self.height = config["resolution"]["width"], config["resolution"]["height"]
+        self.parts = load_flux(config, self.backbone["model"], self.adapter, self.device, self.dtype)
+        self.cell_spec = self.grid.cell_spec(cell)
+        self._prompts: dict[str, tuple[sampling.Conditioning, str]] = {}
+        self._identities: dict[str, tuple[torch.Tensor, str]] = {}
+        self._control: torch.Tensor | None = None
+
+    # --- inputs -------------------------------------------------------------
+    def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+        if prompt_id not in self._prompts:
+            path = self.paths.prompt_embedding(
+                self.backbone["family"], prompt_id, self.backbone["max_sequence_length"]
+            )
+            tensors, _ = load_tensors(path)
+            self._prompts[prompt_id] = (
+                tensors["prompt_embeds"].to(self.device, self.dtype),
+                tensors["pooled_prompt_embeds"].to(self.device, self.dtype),
+                sha256_file(path),
+            )
+        return self._prompts[prompt_id]
+
+    def _identity_tokens(self, identity: str) -> tuple[torch.Tensor | None, str]:
+        if self.adapter["kind"] != "infusenet":
+            return None, ""
+        if identity not in self._identities:
+            path = self.paths.identity_embedding(identity)
+            tensors, _ = load_tensors(path)
+            embedding = tensors["arcface_irse50"].reshape(1, -1, 512).to(self.device, self.dtype)
+            with torch.no_grad():
+                tokens = self.parts.resampler(embedding)
+            self._identities[identity] = (tokens, sha256_file(path))
+        return self._identities[identity]
+
+    def _control_latents(self) -> torch.Tensor | None:
+        if self.adapter["kind"] != "infusenet":
+            return None
+        if self._control is None:  # InfiniteYou's default: a black control image
+            black = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+            self._control = sampling.encode_control(self.parts.vae, black, self.device, self.dtype)
+        return self._control
+
+    def item_key(self, item: Item) -> tuple[str, sampling.Conditioning]:
+        embeds, pooled, prompt_sha = self._prompt(item.prompt)
+        tokens, identity_sha = self._identity_tokens(item.identity)
+        cond = sampling.Conditioning(embeds, pooled, tokens, self._control_latents())
+        key = fingerprint(
+            {
+                "cell": self.cell_spec,
+                "item": self.grid.item_spec(item),
+                "inputs": [prompt_sha, identity_sha],
+            }
+        )
+        return key, cond
+
+    # --- generation -----------------------------------------------------------
+    def settings(self, seed: int) -> sampling.Settings:
+        return sampling.Settings(
+            steps=self.cell.steps,
+            height=self.height,
+            width=self.width,
+            seed=seed,
+            guidance=self.grid.guidance(self.cell),
+            adapter_scale=self.adapter.get("conditioning_scale", 0.0),
+            adapter_start=self.adapter.get("guidance_start", 0.0),
+            adapter_end=self.adapter.get("guidance_end", 1.0),
+        )
+
+    def render(self, item: Item, cond: sampling.Conditioning) -> tuple[np.ndarray, dict[str, Any]]:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        result = sampling.denoise(self.parts, cond, self.settings(item.seed), self.device, self.dtype)
+        start = time.perf_counter()
+        image = sampling.decode(self.parts, result.latents, self.height, self.width)
+        decode_s = time.perf_counter() - start
+        peak, peak_kind = peak_memory_mb(self.device)
+        return image, {
+            "sigmas": json.dumps([round(s, 6) for s in result.sigmas]),
+            "adapter_steps": int(sum(result.adapter_active)),
+            "denoise_s": result.denoise_s,
+            "decode_s": decode_s,
+            "latency_s": result.denoise_s + decode_s,
+            "step_s_median": float(np.median(result.step_s)),
+            "peak_mem_mb": peak,
+            "peak_mem_kind": peak_kind,
+        }
+
+
+def run(
+    config: dict[str, Any], cell_id: str, manifest_path: Path | None = None, progress: bool = True
+) -> Path:
+    """Generate every item of `cell_id` (resuming), then write the cell's manifest."""
+    grid, paths = Grid(config), Paths(config)
+    cell = grid.cell(cell_id)
+    manifest_path = Path(manifest_path or paths.manifest(cell.id))
+    journal_path = paths.journal(cell.id)
+    journal = read_journal(journal_path)
+    generator = CellGenerator(config, cell)
+    prov = provenance.record(
+        config,
+        device=str(generator.device),
+        device_name=provenance.device_name(generator.device),
+        dtype=str(generator.dtype).removeprefix("torch."),
+    )
+    reused = 0
+    bar = tqdm(grid.items, desc=f"generate {cell.id}", unit="img", disable=not progress)
+    for item in bar:
+        key, cond = generator.item_key(item)
+        image_path = paths.image(cell.id, item.id)
+        if reusable(journal.get(item.id), key, image_path):
+            reused += 1
+            continue
+        pixels, timing = generator.render(item, cond)
+        png = encode_png(
+            _to_pil(pixels),
+            {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
+        )
+        atomic_write_bytes(image_path, png)
+        row = {
+            "cell_id": cell.id,
+            "backbone": cell.backbone,
+            "adapter": cell.adapter,
+            "steps": cell.steps,
+            "item_id": item.id,
+            "identity": item.identity,
+            "prompt_id": item.prompt,
+            "prompt": grid.prompt(item.prompt)["text"],
+            "seed": item.seed,
+            "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
+            "sha256": sha256_bytes(png),
+            "item_key": key,
+            "width": generator.width,
+            "height": generator.height,
+            "guidance": generator.settings(item.seed).guidance,
+            "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **timing,
+            **{k: v for k, v in prov.items() if k != "versions"},
+            "versions": json.dumps(prov["versions"], sort_keys=True),
+        }
+        append_journal(journal_path, row)
+        journal[item.id] = row
+    bar.close()
+    rows = [journal[item.id] for item in grid.items]
+    frame = pd.DataFrame(rows)
+    frame["cell_hash"] = grid.cell_hash(cell)
+    atomic_write_with(manifest_path, lambda tmp: frame.to_parquet(tmp, index=False))
+    print(f"{cell.id}: {len(rows)} images ({reused} kept from an earlier run) -> {manifest_path}")
+    return manifest_path
+
+
+def _to_pil(pixels: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(pixels)

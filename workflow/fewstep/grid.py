@@ -1,0 +1,226 @@
+"""The one place that turns a configuration into cells and items.
+
+A *cell* is one generation job: backbone x adapter setting x number of steps,
+with a readable id such as ``flux-schnell/infusenet-aes/4``. An *item* is one
+image inside every cell: identity x prompt x seed. The Snakefile, the CLI and
+the tests all take cells and items from `Grid`; nothing re-derives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from fewstep.config import fingerprint
+from fewstep.errors import ConfigError
+
+FAMILY_ADAPTERS = {"flux": {"infusenet", "none"}}
+SCHNELL_MAX_SEQUENCE_LENGTH = 256
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    backbone: str
+    adapter: str
+    steps: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.backbone}/{self.adapter}/{self.steps}"
+
+    @classmethod
+    def parse(cls, cell_id: str) -> Cell:
+        parts = cell_id.strip("/").split("/")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ConfigError(f"cell id {cell_id!r} is not <backbone>/<adapter>/<steps>")
+        return cls(parts[0], parts[1], int(parts[2]))
+
+
+@dataclass(frozen=True, order=True)
+class Item:
+    identity: str
+    prompt: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.identity}/{self.prompt}/s{self.seed}"
+
+
+class Grid:
+    """Cells, items and the parameters of each, from a validated config."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self._check()
+
+    # ------------------------------------------------------------------ cells
+    @cached_property
+    def cells(self) -> list[Cell]:
+        seen: dict[Cell, None] = {}
+        for block in self.config["cells"]:
+            for backbone in block["backbones"]:
+                for adapter in block["adapters"]:
+                    for steps in sorted(self.config["backbones"][backbone]["steps"]):
+                        seen.setdefault(Cell(backbone, adapter, steps))
+        return list(seen)
+
+    @cached_property
+    def items(self) -> list[Item]:
+        return [
+            Item(identity["id"], prompt["id"], seed)
+            for identity in self.config["identities"]
+            for prompt in self.config["prompts"]
+            for seed in self.config["seeds"]
+        ]
+
+    def cell(self, cell_id: str) -> Cell:
+        cell = Cell.parse(cell_id)
+        if cell not in self.cells:
+            raise ConfigError(f"cell {cell_id!r} is not in this sweep's grid")
+        return cell
+
+    def backbone(self, cell: Cell) -> dict[str, Any]:
+        return self.config["backbones"][cell.backbone]
+
+    def adapter(self, cell: Cell) -> dict[str, Any]:
+        return self.config["adapters"][cell.adapter]
+
+    def cells_of(self, backbone: str | None = None, adapter: str | None = None) -> list[Cell]:
+        return [
+            c
+            for c in self.cells
+            if (backbone is None or c.backbone == backbone) and (adapter is None or c.adapter == adapter)
+        ]
+
+    @property
+    def anchor(self) -> Cell | None:
+        anchor = self.config.get("anchor")
+        return Cell.parse(anchor) if anchor else None
+
+    @property
+    def comparison(self) -> tuple[Cell, Cell] | None:
+        comparison = self.config.get("comparison")
+        if not comparison:
+            return None
+        return Cell.parse(comparison["baseline"]), Cell.parse(comparison["candidate"])
+
+    # ------------------------------------------------------------ parameters
+    def guidance(self, cell: Cell) -> float | None:
+        """Embedded guidance the backbone really receives (None for schnell)."""
+        from fewstep.models import BACKBONES
+
+        backbone = self.backbone(cell)
+        spec = BACKBONES[backbone["model"]]
+        return backbone["guidance"] if spec.extra["guidance_embeds"] else None
+
+    def cell_spec(self, cell: Cell) -> dict[str, Any]:
+        """Everything that determines a cell's images (hashed into its provenance)."""
+        backbone = self.backbone(cell)
+        adapter = dict(self.adapter(cell))
+        if adapter["kind"] == "none":
+            adapter = {"kind": "none"}
+        return {
+            "cell": cell.id,
+            "backbone": {
+                "model": backbone["model"],
+                "family": backbone["family"],
+                "max_sequence_length": backbone["max_sequence_length"],
+                "guidance": self.guidance(cell),
+            },
+            "adapter": adapter,
+            "steps": cell.steps,
+            "resolution": dict(self.config["resolution"]),
+            "weights": self.config["weights"],
+            "dtype": self.config["dtype"],
+        }
+
+    def cell_hash(self, cell: Cell) -> str:
+        """Changes exactly when this cell's images would change (Snakemake's rerun trigger)."""
+        spec = self.cell_spec(cell)
+        spec["items"] = [self.item_spec(item) for item in self.items]
+        return fingerprint(spec)
+
+    def item_spec(self, item: Item) -> dict[str, Any]:
+        return {
+            "identity": item.identity,
+            "image": self.identity(item.identity)["image"],
+            "prompt": self.prompt(item.prompt)["text"],
+            "seed": item.seed,
+        }
+
+    def identity(self, identity_id: str) -> dict[str, Any]:
+        return next(i for i in self.config["identities"] if i["id"] == identity_id)
+
+    def prompt(self, prompt_id: str) -> dict[str, Any]:
+        return next(p for p in self.config["prompts"] if p["id"] == prompt_id)
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def families(self) -> list[str]:
+        return sorted({self.backbone(c)["family"] for c in self.cells})
+
+    def text_encoder_backbone(self, family: str) -> str:
+        """Backbone whose text encoders embed the prompts (dev and schnell share them)."""
+        names = [self.backbone(c)["model"] for c in self.cells if self.backbone(c)["family"] == family]
+        # Prefer an ungated backbone so a token is not needed just for the text encoders.
+        return "flux-schnell" if "flux-schnell" in names else names[0]
+
+    def sequence_lengths(self, family: str) -> list[int]:
+        return sorted(
+            {
+                self.backbone(c)["max_sequence_length"]
+                for c in self.cells
+                if self.backbone(c)["family"] == family
+            }
+        )
+
+    @property
+    def models(self) -> list[str]:
+        """Registry models this sweep needs prepared."""
+        names = {self.backbone(c)["model"] for c in self.cells}
+        for family in self.families:
+            names.add(self.text_encoder_backbone(family))
+        names.add("insightface")  # scoring's face pack
+        if self.uses_infusenet:
+            names.update({"infiniteyou", "arcface-irse50"})
+        return sorted(names)
+
+    @property
+    def uses_infusenet(self) -> bool:
+        return any(self.adapter(c)["kind"] == "infusenet" for c in self.cells)
+
+    # -------------------------------------------------------------- checking
+    def _check(self) -> None:
+        from fewstep.models import BACKBONES
+
+        for name, backbone in self.config["backbones"].items():
+            if backbone["model"] not in BACKBONES:
+                known = ", ".join(sorted(BACKBONES))
+                raise ConfigError(
+                    f"config backbones.{name}.model: unknown model {backbone['model']!r}; known: {known}"
+                )
+            if (
+                backbone["model"] == "flux-schnell"
+                and backbone["max_sequence_length"] > SCHNELL_MAX_SEQUENCE_LENGTH
+            ):
+                raise ConfigError(
+                    f"config backbones.{name}.max_sequence_length: FLUX.1-schnell takes at most "
+                    f"{SCHNELL_MAX_SEQUENCE_LENGTH} tokens; set 256"
+                )
+        for cell in self.cells:
+            family = self.backbone(cell)["family"]
+            kind = self.adapter(cell)["kind"]
+            if kind not in FAMILY_ADAPTERS[family]:
+                raise ConfigError(
+                    f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family} backbone"
+                )
+        for key, cell in (
+            ("anchor", self.anchor),
+            *zip(("comparison.baseline", "comparison.candidate"), self.comparison or (), strict=False),
+        ):
+            if cell is not None and cell not in self.cells:
+                raise ConfigError(
+                    f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
+                )

@@ -1,0 +1,394 @@
+"""Model registry: one name, three sources, one loading code path.
+
+- ``real``: the published weights, fetched by the download rule into
+  ``<models_dir>/real/<folder>`` and read with ``from_pretrained``;
+- ``tiny``: the same classes from tiny configs with seeded random weights, saved
+  in the published layout under ``<models_dir>/tiny/<folder>`` (`fewstep.tiny`);
+- ``random``: the published architectures with random weights, built directly
+  on the device from the saved configs (honest latency, meaningless images).
+
+Everything downstream calls the loaders here and never knows which source it got.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.errors import WeightsError
+from fewstep.io import atomic_write_json, sha256_file
+
+WEIGHTS_MODES = ("real", "tiny", "random")
+INFU_VERSION = "infu_flux_v1.0"
+
+DEV_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+SCHNELL_SCHEDULER = dict(DEV_SCHEDULER, shift=1.0, use_dynamic_shifting=False)
+
+FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    axes_dims_rope=[16, 56, 56],
+)
+INFUSENET = dict(FLUX_TRANSFORMER, num_layers=4, num_single_layers=10, guidance_embeds=True)
+FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+)
+FLUX_MODEL_INDEX = {
+    "_class_name": "FluxPipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the workflow can prepare (download, build tiny, or write random configs)."""
+
+    name: str
+    folder: str
+    repo_id: str | None = None
+    gated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+BACKBONES = {
+    "flux-dev": ModelSpec(
+        "flux-dev",
+        "FLUX.1-dev",
+        "black-forest-labs/FLUX.1-dev",
+        gated=True,
+        extra={"guidance_embeds": True, "scheduler": DEV_SCHEDULER, "max_sequence_length": 512},
+    ),
+    "flux-schnell": ModelSpec(
+        "flux-schnell",
+        "FLUX.1-schnell",
+        "black-forest-labs/FLUX.1-schnell",
+        extra={
+            "guidance_embeds": False,
+            "scheduler": SCHNELL_SCHEDULER,
+            "max_sequence_length": 256,
+        },
+    ),
+}
+INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou")
+#: insightface packs under <folder>/models/<pack>: detection for InfiniteYou's conditioning
+#: (antelopev2, as published with InfiniteYou) and the scoring network (config face.pack).
+INSIGHTFACE = ModelSpec("insightface", "insightface", "ByteDance/InfiniteYou")
+#: facexlib's IR-SE50 ArcFace, the embedding InfiniteYou conditions on.
+ARCFACE_IRSE = ModelSpec(
+    "arcface-irse50",
+    "facexlib",
+    extra={
+        "file": "recognition_arcface_ir_se50.pth",
+        "url": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
+    },
+)
+CONDITIONING_FACE_PACK = "antelopev2"
+REGISTRY = {**BACKBONES, **{m.name: m for m in (INFINITEYOU, INSIGHTFACE, ARCFACE_IRSE)}}
+
+
+def model_folder(config: dict[str, Any], name: str) -> Path:
+    spec = REGISTRY.get(name)
+    if spec is None:
+        known = ", ".join(sorted(REGISTRY))
+        raise WeightsError(f"unknown model {name!r}; known: {known}")
+    return Path(config["models_dir"]) / config["weights"] / spec.folder
+
+
+def marker_path(config: dict[str, Any], name: str) -> Path:
+    """The file that says a model is ready (the prepare rule's output)."""
+    return Path(config["models_dir"]) / config["weights"] / ".ready" / f"{name}.json"
+
+
+def infusenet_variants(config: dict[str, Any]) -> list[str]:
+    """InfuseNet variants the configured cells use (only these are fetched or built)."""
+    from fewstep.grid import Grid
+
+    grid = Grid(config)
+    return sorted({grid.adapter(c)["variant"] for c in grid.cells if grid.adapter(c)["kind"] == "infusenet"})
+
+
+def prepare(config: dict[str, Any], name: str) -> Path:
+    """Make model `name` available for the configured weights mode; write its marker."""
+    folder = model_folder(config, name)
+    mode = config["weights"]
+    if mode == "tiny":
+        _build_tiny(config, name, folder)
+    elif mode == "random":
+        _write_random(config, name, folder)
+    else:
+        from fewstep.download import fetch
+
+        fetch(config, name, folder)
+    marker = marker_path(config, name)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    atomic_write_json(
+        marker,
+        {
+            "model": name,
+            "weights": mode,
+            "folder": str(folder),
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": [
+                {
+                    "path": str(p.relative_to(folder)),
+                    "bytes": p.stat().st_size,
+                    "sha256": sha256_file(p),
+                }
+                for p in files
+            ],
+        },
+    )
+    return marker
+
+
+def face_packs(config: dict[str, Any]) -> list[str]:
+    """insightface packs the sweep uses: conditioning detection and scoring."""
+    return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})
+
+
+def _build_tiny(config: dict[str, Any], name: str, folder: Path) -> None:
+    from fewstep import tiny
+
+    if name == INSIGHTFACE.name:
+        from fewstep.faces import build_tiny_face_pack
+
+        for pack in face_packs(config):
+            build_tiny_face_pack(folder, pack)
+    elif name == ARCFACE_IRSE.name:
+        from fewstep.arcface_irse import save_tiny_irse
+
+        save_tiny_irse(folder / ARCFACE_IRSE.extra["file"])
+    elif name in BACKBONES:
+        extra = BACKBONES[name].extra
+        tiny.build_flux_backbone(
+            folder, guidance_embeds=extra["guidance_embeds"], scheduler_config=extra["scheduler"]
+        )
+    elif name == INFINITEYOU.name:
+        tiny.build_infiniteyou(folder, infusenet_variants(config))
+    else:  # pragma: no cover - REGISTRY lookups fail earlier
+        raise WeightsError(f"no tiny builder for {name!r}")
+
+
+def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
+    """Write only configs: the loaders build full-size modules on the device.
+
+    Face models are the exception: random detectors find no face, so random mode
+    uses the tiny face models (identity numbers are meaningless there anyway).
+    """
+    from fewstep.io import atomic_write_json as write
+
+    if name in (INSIGHTFACE.name, ARCFACE_IRSE.name):
+        _build_tiny(config, name, folder)
+    elif name in BACKBONES:
+        from transformers import CLIPTextConfig, T5Config
+
+        from fewstep import tiny
+
+        extra = BACKBONES[name].extra
+        transformer = {**FLUX_TRANSFORMER, "guidance_embeds": extra["guidance_embeds"]}
+        write(folder / "transformer" / "config.json", transformer)
+        write(folder / "vae" / "config.json", FLUX_VAE)
+        write(folder / "scheduler" / "scheduler_config.json", extra["scheduler"])
+        write(folder / "model_index.json", FLUX_MODEL_INDEX)
+        CLIPTextConfig(**CLIP_L).save_pretrained(folder / "text_encoder")
+        T5Config(**T5_XXL).save_pretrained(folder / "text_encoder_2")
+        # Tokenizers only turn text into ids; tiny ones keep random mode offline.
+        tiny.build_clip_tokenizer(folder / "tokenizer")
+        tiny.build_t5_tokenizer(folder / "tokenizer_2")
+    elif name == INFINITEYOU.name:
+        for variant in infusenet_variants(config):
+            write(folder / INFU_VERSION / variant / "InfuseNetModel" / "config.json", INFUSENET)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(
+            "config device: cuda requested but no CUDA GPU is visible; use device: auto or cpu"
+        )
+    return torch.device(requested)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The CPU always computes in float32 (bit-reproducible, and bf16 matmuls are slow there)."""
+    return torch.float32 if device.type == "cpu" else getattr(torch, name)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_component(cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """`cls.from_pretrained(path)`, or for random weights `cls.from_config` built on the device."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(
+            f"missing weights folder {path}; run the prepare/download rule for this model first"
+        )
+    if weights == "random":
+        with torch.device(device), _default_dtype(dtype):
+            if hasattr(cls, "load_config"):  # diffusers
+                module = cls.from_config(cls.load_config(path))
+            else:  # transformers
+                module = cls._from_config(cls.config_class.from_pretrained(path), torch_dtype=dtype)
+        return module.eval()
+    module = cls.from_pretrained(path, torch_dtype=dtype)
+    return module.to(device).eval()
+
+
+@dataclass
+class FluxParts:
+    """What a generation job holds: never the text encoders."""
+
+    transformer: Any
+    vae: Any
+    scheduler: Any
+    infusenet: Any = None
+    resampler: Any = None
+
+
+def load_flux(
+    config: dict[str, Any],
+    backbone: str,
+    adapter: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> FluxParts:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    weights = config["weights"]
+    folder = model_folder(config, backbone)
+    parts = FluxParts(
+        transformer=load_component(FluxTransformer2DModel, folder / "transformer", weights, device, dtype),
+        vae=load_component(AutoencoderKL, folder / "vae", weights, device, dtype),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+    if adapter["kind"] == "infusenet":
+        parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
+    return parts
+
+
+def load_infiniteyou(
+    config: dict[str, Any], variant: str, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
+    """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
+    from diffusers import FluxControlNetModel
+
+    from fewstep.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+
+    folder = model_folder(config, INFINITEYOU.name) / INFU_VERSION / variant
+    infusenet = load_component(
+        FluxControlNetModel, folder / "InfuseNetModel", config["weights"], device, dtype
+    )
+    if config["weights"] == "random":
+        with torch.device(device), _default_dtype(dtype):
+            resampler = Resampler(PUBLISHED).eval()
+    else:
+        path = folder / "image_proj_model.bin"
+        if not path.exists():
+            raise WeightsError(f"missing {path}; run the prepare/download rule for infiniteyou first")
+        resampler = load_resampler(path, infer_config(path)).to(device, dtype)
+    return infusenet, resampler
+
+
+def load_flux_text_encoders(
+    config: dict[str, Any], backbone: str, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    folder = model_folder(config, backbone)
+    weights = config["weights"]
+    return FluxPipeline.from_pretrained(
+        folder,
+        transformer=None,
+        vae=None,
+        text_encoder=load_component(CLIPTextModel, folder / "text_encoder", weights, device, dtype),
+        text_encoder_2=load_component(T5EncoderModel, folder / "text_encoder_2", weights, device, dtype),
+        torch_dtype=dtype,
+    )
+
+
+def face_analyzer(config: dict[str, Any], pack: str | None = None):
+    """insightface detection + recognition over a prepared pack (scoring's by default)."""
+    from fewstep.faces import FaceAnalyzer
+
+    return FaceAnalyzer(model_folder(config, INSIGHTFACE.name), pack or config["face"]["pack"])
+
+
+def load_arcface_irse(config: dict[str, Any], device: torch.device):
+    """The IR-SE50 ArcFace InfiniteYou conditions on (tiny architecture in tiny/random mode)."""
+    from fewstep.arcface_irse import load_irse50
+
+    path = model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"]
+    return load_irse50(path, "real" if config["weights"] == "real" else "tiny", device)

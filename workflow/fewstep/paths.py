@@ -1,0 +1,69 @@
+"""Every file the workflow reads or writes, built from the config in one place.
+
+Methods take plain strings so the Snakefile can pass wildcard patterns
+(``"{backbone}/{adapter}/{steps}"``) and the CLI real ids through the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CELL_PATTERN = "{backbone}/{adapter}/{steps}"
+
+
+class Paths:
+    def __init__(self, config: dict[str, Any]):
+        self.root = Path(config["results_dir"]) / config["sweep"]
+        self.report_dir = Path(config["reports_dir"]) / config["sweep"]
+
+    # configuration and inputs
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    def prompt_embedding(self, family: str, prompt: str, length: int | str) -> Path:
+        return self.root / "embeddings" / "prompts" / family / f"{prompt}.L{length}.safetensors"
+
+    def identity_embedding(self, identity: str) -> Path:
+        return self.root / "embeddings" / "identities" / f"{identity}.safetensors"
+
+    # per cell
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.root / "cells" / cell_id
+
+    def manifest(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "manifest.parquet"
+
+    def journal(self, cell_id: str) -> Path:
+        """Append-only record of finished images; what lets a killed job resume."""
+        return self.cell_dir(cell_id) / "journal.jsonl"
+
+    def image(self, cell_id: str, item_id: str) -> Path:
+        return self.cell_dir(cell_id) / "images" / f"{item_id}.png"
+
+    def scores(self, cell_id: str) -> Path:
+        return self.root / "scores" / cell_id / "scores.parquet"
+
+    # sweep level
+    @property
+    def aggregate_dir(self) -> Path:
+        return self.root / "aggregate"
+
+    @property
+    def summary(self) -> Path:
+        return self.aggregate_dir / "summary.csv"
+
+    @property
+    def per_image(self) -> Path:
+        return self.aggregate_dir / "per_image.parquet"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report_dir / "index.html"
+
+    def log(self, rule: str, name: str = "") -> Path:
+        return self.root / "logs" / rule / f"{name or rule}.log"
+
+    def benchmark(self, rule: str, name: str = "") -> Path:
+        return self.root / "benchmarks" / rule / f"{name or rule}.tsv"

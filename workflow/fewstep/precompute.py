@@ -1,0 +1,132 @@
+"""Work done once per sweep, before any cell: prompt and identity embeddings.
+
+Prompt embeddings (CLIP pooled + T5 sequence) are the same for FLUX.1-dev and
+FLUX.1-schnell, so one file per prompt and sequence length serves every cell
+and no generation job ever loads a text encoder. Identity embeddings follow
+InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
+5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fewstep.grid import Grid
+from fewstep.io import atomic_path
+from fewstep.paths import Paths
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata,
+        )
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+
+
+def embed_prompts(config: dict[str, Any]) -> list[Path]:
+    """Write every prompt's embeddings for every family and sequence length the cells use."""
+    written = []
+    for family in Grid(config).families:
+        written += _embed_family_prompts(config, family)
+    return written
+
+
+def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
+    from fewstep.models import load_flux_text_encoders, resolve_device, resolve_dtype
+
+    grid, paths = Grid(config), Paths(config)
+    device = resolve_device(config["device"])
+    dtype = resolve_dtype(config["dtype"], device)
+    source = grid.text_encoder_backbone(family)
+    pipe = load_flux_text_encoders(config, source, device, dtype)
+    written = []
+    jobs = [(p, n) for p in config["prompts"] for n in grid.sequence_lengths(family)]
+    for prompt, length in tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt"):
+        with torch.no_grad():
+            embeds, pooled, _ = pipe.encode_prompt(
+                prompt=prompt["text"],
+                prompt_2=prompt["text"],
+                device=device,
+                max_sequence_length=length,
+            )
+        path = paths.prompt_embedding(family, prompt["id"], length)
+        save_tensors(
+            path,
+            {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+            {
+                "prompt": prompt["text"],
+                "max_sequence_length": str(length),
+                "text_encoders": source,
+                "weights": config["weights"],
+            },
+        )
+        written.append(path)
+    return written
+
+
+def embed_identities(config: dict[str, Any]) -> list[Path]:
+    """Write one identity embedding file per identity (face box, keypoints, ArcFace vector)."""
+    from fewstep.arcface_irse import embed_aligned_bgr
+    from fewstep.errors import InputError
+    from fewstep.faces import aligned_crop
+    from fewstep.images import load_rgb, rgb_to_bgr
+    from fewstep.models import (
+        CONDITIONING_FACE_PACK,
+        face_analyzer,
+        load_arcface_irse,
+        resolve_device,
+    )
+
+    paths = Paths(config)
+    device = resolve_device(config["device"])
+    analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
+    arcface = load_arcface_irse(config, device)
+    written = []
+    for identity in tqdm(config["identities"], desc="identity embeddings", unit="identity"):
+        image = load_rgb(identity["image"])
+        bgr = rgb_to_bgr(image)
+        found = analyzer.analyze(bgr, config["face"]["policy"])
+        if found is None:
+            raise InputError(
+                f"identities[{identity['id']}]: no face found in {identity['image']}; "
+                "use a picture with one clearly visible face"
+            )
+        face = found.face
+        embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
+        path = paths.identity_embedding(identity["id"])
+        save_tensors(
+            path,
+            {
+                "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                "bbox": torch.tensor(face.bbox, dtype=torch.float32),
+                "kps": torch.tensor(face.kps, dtype=torch.float32),
+                "det_score": torch.tensor([face.det_score], dtype=torch.float32),
+            },
+            {
+                "identity": identity["id"],
+                "image": identity["image"],
+                "n_faces": str(found.n_faces),
+                "policy": config["face"]["policy"],
+                "weights": config["weights"],
+                "height": str(image.shape[0]),
+                "width": str(image.shape[1]),
+            },
+        )
+        written.append(path)
+    return written

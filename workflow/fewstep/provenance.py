@@ -1,0 +1,76 @@
+"""What made an output: package versions, git commit, device, config hash."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "fewstep",
+    "torch",
+    "diffusers",
+    "transformers",
+    "insightface",
+    "onnxruntime",
+    "lpips",
+    "wandb",
+)
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@functools.cache
+def git_commit() -> str:
+    """HEAD of the workflow checkout, suffixed `-dirty` when tracked files changed."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The provenance block stored with every table and image."""
+    from fewstep.config import fingerprint
+
+    return {
+        "config_hash": fingerprint(config),
+        "weights": config["weights"],
+        "git_commit": git_commit(),
+        "versions": versions(),
+        **extra,
+    }

@@ -1,0 +1,251 @@
+"""The FLUX denoising loop with an optional InfuseNet identity adapter.
+
+Written against diffusers' components (transformer, FluxControlNetModel, VAE,
+FlowMatchEulerDiscreteScheduler) rather than a pipeline object, so a job can
+time every step, switch the adapter on a guidance window, decode the predicted
+clean image at any step and never hold a text encoder. The arithmetic follows
+diffusers' FluxControlNetPipeline and InfiniteYou's InfuseNet pipeline:
+
+- backbone: embedded guidance only when its transformer has guidance embeds
+  (dev: 3.5, schnell: None); sigmas ``linspace(1, 1/n, n)`` through the
+  scheduler, with the resolution-dependent shift ``mu`` when it shifts
+  dynamically (dev) and none otherwise (schnell: 4 steps -> 1, .75, .5, .25);
+- InfuseNet: identity tokens where a ControlNet would get T5 text (``txt_ids``
+  of their length), the CLIP pooled prompt, the packed VAE latents of the
+  control image (black when none), its own guidance 1.0, residuals scaled by
+  ``conditioning_scale`` and active on ``[guidance_start, guidance_end]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
+
+
+@dataclass
+class Conditioning:
+    prompt_embeds: torch.Tensor  # [1, L, joint_attention_dim]
+    pooled_prompt_embeds: torch.Tensor  # [1, pooled_projection_dim]
+    identity_tokens: torch.Tensor | None = None  # [1, 8, joint_attention_dim]
+    control_latents: torch.Tensor | None = None  # packed [1, seq, 64]
+
+
+@dataclass
+class Settings:
+    steps: int
+    height: int
+    width: int
+    seed: int
+    guidance: float | None = None
+    adapter_scale: float = 1.0
+    adapter_start: float = 0.0
+    adapter_end: float = 1.0
+
+
+@dataclass
+class StepInfo:
+    index: int
+    sigma: float
+    sigma_next: float
+    latents: torch.Tensor  # x_t before the step (packed)
+    velocity: torch.Tensor  # model output
+    adapter_active: bool
+    probes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predicted_clean(self) -> torch.Tensor:
+        """x0 estimate of flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0."""
+        return self.latents - self.sigma * self.velocity
+
+
+@dataclass
+class Result:
+    latents: torch.Tensor
+    sigmas: list[float]
+    adapter_active: list[bool]
+    denoise_s: float
+    step_s: list[float]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def vae_scale_factor(vae: Any) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def adapter_window(steps: int, start: float, end: float) -> list[bool]:
+    """Steps on which the adapter runs (diffusers' `controlnet_keep` rule)."""
+    return [not (i / steps < start or (i + 1) / steps > end) for i in range(steps)]
+
+
+def schedule(scheduler: Any, steps: int, image_seq_len: int, device: torch.device) -> list[float]:
+    """Set the scheduler's timesteps for `steps`; return the sigmas of the steps taken."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    cfg = scheduler.config
+    mu = None
+    if cfg.get("use_dynamic_shifting", False):
+        mu = calculate_shift(
+            image_seq_len,
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+    sigmas = np.linspace(1.0, 1.0 / steps, steps)
+    scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=device)
+    scheduler.set_begin_index(0)
+    return [float(s) for s in scheduler.sigmas[:-1]]
+
+
+def initial_noise(
+    seed: int,
+    height: int,
+    width: int,
+    channels: int,
+    scale: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Packed latent noise drawn on the CPU, so a seed means the same noise on every device."""
+    from diffusers import FluxPipeline
+
+    h, w = 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((1, channels, h, w), generator=generator, dtype=torch.float32)
+    return FluxPipeline._pack_latents(noise, 1, channels, h, w).to(device, dtype)
+
+
+def encode_control(vae: Any, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Packed, shifted and scaled VAE latents of a control image (HxWx3 uint8).
+
+    The posterior mean is used (not a sample) so the result is deterministic.
+    """
+    from diffusers import FluxPipeline
+
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1.0
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()
+    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+
+def denoise(
+    parts: Any,
+    cond: Conditioning,
+    settings: Settings,
+    device: torch.device,
+    dtype: torch.dtype,
+    on_step: Callable[[StepInfo], None] | None = None,
+) -> Result:
+    """Run the sampler; return final packed latents with per-step sigmas and timings."""
+    from diffusers import FluxPipeline
+
+    transformer, scheduler, infusenet = parts.transformer, parts.scheduler, parts.infusenet
+    scale = vae_scale_factor(parts.vae)
+    channels = transformer.config.in_channels // 4
+    latents = initial_noise(settings.seed, settings.height, settings.width, channels, scale, device, dtype)
+    h, w = 2 * (settings.height // (scale * 2)), 2 * (settings.width // (scale * 2))
+    image_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, device, dtype)
+    text_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=device, dtype=dtype)
+
+    sigmas = schedule(scheduler, settings.steps, latents.shape[1], device)
+    use_adapter = infusenet is not None and cond.identity_tokens is not None and settings.adapter_scale != 0
+    active = adapter_window(settings.steps, settings.adapter_start, settings.adapter_end)
+    active = [a and use_adapter for a in active]
+
+    guidance = None
+    if transformer.config.guidance_embeds:
+        guidance = torch.full([1], float(settings.guidance), device=device, dtype=torch.float32)
+    adapter_guidance = None
+    identity_ids = None
+    if use_adapter:
+        identity_ids = torch.zeros(cond.identity_tokens.shape[1], 3, device=device, dtype=dtype)
+        if infusenet.config.guidance_embeds:
+            adapter_guidance = torch.full([1], ADAPTER_GUIDANCE, device=device, dtype=torch.float32)
+        control = cond.control_latents
+        if control is None:
+            raise ValueError("the InfuseNet adapter needs control latents (a black image when none)")
+
+    step_s: list[float] = []
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            t0 = time.perf_counter()
+            timestep = t.expand(1).to(dtype) / 1000
+            block_samples = single_block_samples = None
+            if active[i]:
+                block_samples, single_block_samples = infusenet(
+                    hidden_states=latents,
+                    controlnet_cond=control,
+                    conditioning_scale=settings.adapter_scale,
+                    encoder_hidden_states=cond.identity_tokens,
+                    pooled_projections=cond.pooled_prompt_embeds,
+                    timestep=timestep,
+                    img_ids=image_ids,
+                    txt_ids=identity_ids,
+                    guidance=adapter_guidance,
+                    return_dict=False,
+                )
+            velocity = transformer(
+                hidden_states=latents,
+                timestep=timestep,
+                guidance=guidance,
+                pooled_projections=cond.pooled_prompt_embeds,
+                encoder_hidden_states=cond.prompt_embeds,
+                controlnet_block_samples=block_samples,
+                controlnet_single_block_samples=single_block_samples,
+                txt_ids=text_ids,
+                img_ids=image_ids,
+                return_dict=False,
+            )[0]
+            if on_step is not None:
+                info = StepInfo(i, sigmas[i], float(scheduler.sigmas[i + 1]), latents, velocity, active[i])
+                if block_samples is not None:
+                    info.probes = residual_probes(block_samples, single_block_samples, latents)
+                on_step(info)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0].to(dtype)
+            synchronize(device)
+            step_s.append(time.perf_counter() - t0)
+    return Result(latents, sigmas, active, time.perf_counter() - start, step_s)
+
+
+def residual_probes(
+    block_samples: list[torch.Tensor],
+    single_block_samples: list[torch.Tensor],
+    latents: torch.Tensor,
+) -> dict[str, float]:
+    """Mean RMS of the adapter's residuals, double- and single-stream (a conditioning-strength probe)."""
+
+    def rms(tensors: list[torch.Tensor]) -> float:
+        return float(torch.stack([t.float().pow(2).mean().sqrt() for t in tensors]).mean())
+
+    return {
+        "residual_rms_double": rms(block_samples),
+        "residual_rms_single": rms(single_block_samples),
+    }
+
+
+def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Packed latents -> HxWx3 uint8 image."""
+    from diffusers import FluxPipeline
+
+    vae = parts.vae
+    unpacked = FluxPipeline._unpack_latents(latents, height, width, vae_scale_factor(vae))
+    unpacked = unpacked / vae.config.scaling_factor + vae.config.shift_factor
+    with torch.no_grad():
+        pixels = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
+    pixels = (pixels[0].float() / 2 + 0.5).clamp(0, 1)
+    return (pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

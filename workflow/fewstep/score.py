@@ -1,0 +1,168 @@
+"""Score one cell: every image of its manifest through every configured metric.
+
+A metric is an object with a `name`, a `version`, and `score(batch)` returning
+one dict of columns per image; models load once per job in `__init__`. The
+output is one parquet table per cell: the manifest's keys plus one column per
+metric value, with the metric versions in the table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from fewstep.grid import Grid
+from fewstep.io import atomic_write_with
+from fewstep.paths import Paths
+
+KEY_COLUMNS = [
+    "cell_id",
+    "backbone",
+    "adapter",
+    "steps",
+    "item_id",
+    "identity",
+    "prompt_id",
+    "seed",
+    "image",
+    "sha256",
+    "latency_s",
+    "denoise_s",
+    "decode_s",
+    "peak_mem_mb",
+    "weights",
+    "config_hash",
+    "git_commit",
+]
+
+
+@dataclass
+class Sample:
+    """One generated image with what metrics compare it to."""
+
+    row: dict[str, Any]
+    pixels: np.ndarray  # HxWx3 uint8 RGB
+    reference: np.ndarray  # the identity's reference picture, RGB
+
+
+class Metric(Protocol):
+    name: str
+    version: str
+
+    def score(self, batch: list[Sample]) -> list[dict[str, Any]]: ...
+
+
+class IdentitySimilarity:
+    """ArcFace cosine between the generated face and the reference face (insightface).
+
+    A generated image without a face gets `id_sim = NaN` and `face_detected =
+    False`: it counts against the detection rate, never as a similarity of 0.
+    """
+
+    name = "identity"
+
+    def __init__(self, config: dict[str, Any]):
+        from fewstep.models import face_analyzer
+
+        self.analyzer = face_analyzer(config)
+        self.policy = config["face"]["policy"]
+        self.version = f"insightface:{config['face']['pack']}:{config['weights']}"
+        self._references: dict[int, np.ndarray | None] = {}
+
+    def _embed(self, rgb: np.ndarray):
+        from fewstep.images import rgb_to_bgr
+
+        found = self.analyzer.analyze(rgb_to_bgr(rgb), self.policy)
+        return (None, 0) if found is None else (found.face, found.n_faces)
+
+    def _reference(self, sample: Sample) -> np.ndarray | None:
+        key = id(sample.reference)
+        if key not in self._references:
+            face, _ = self._embed(sample.reference)
+            self._references[key] = None if face is None else face.embedding
+        return self._references[key]
+
+    def score(self, batch: list[Sample]) -> list[dict[str, Any]]:
+        from fewstep.faces import cosine
+
+        out = []
+        for sample in batch:
+            face, n_faces = self._embed(sample.pixels)
+            reference = self._reference(sample)
+            similarity = np.nan if face is None or reference is None else cosine(face.embedding, reference)
+            out.append(
+                {
+                    "face_detected": face is not None,
+                    "n_faces": n_faces,
+                    "det_score": np.nan if face is None else float(face.det_score),
+                    "face_bbox": None
+                    if face is None
+                    else json.dumps([round(float(v), 2) for v in face.bbox]),
+                    "id_sim": similarity,
+                }
+            )
+        return out
+
+
+METRICS = {"identity": IdentitySimilarity}
+
+
+def build_metrics(config: dict[str, Any]) -> list[Metric]:
+    return [METRICS[name](config) for name in config["scoring"]["metrics"]]
+
+
+def read_generated(path: Path) -> np.ndarray:
+    """Decode a generated PNG fully; a corrupt one stops the job with one line naming it."""
+    from fewstep.images import InputError, load_rgb
+
+    try:
+        return load_rgb(path)
+    except InputError:
+        raise InputError(
+            f"generated image {path} is corrupt; delete it and its cell's manifest.parquet, then rerun"
+        ) from None
+
+
+def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
+    from fewstep.images import load_rgb
+
+    grid, paths = Grid(config), Paths(config)
+    cell = grid.cell(cell_id)
+    out = Path(out or paths.scores(cell.id))
+    manifest = pd.read_parquet(paths.manifest(cell.id))
+    references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
+    metrics = build_metrics(config)
+    batch_size = config["scoring"]["batch_size"]
+    rows = manifest.to_dict("records")
+    scored: list[dict[str, Any]] = []
+    bar = tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = [
+            Sample(
+                row,
+                read_generated(paths.cell_dir(cell.id) / row["image"]),
+                references[row["identity"]],
+            )
+            for row in chunk
+        ]
+        columns = [dict() for _ in chunk]
+        for metric in metrics:
+            for target, values in zip(columns, metric.score(batch), strict=True):
+                target.update(values)
+        for row, values in zip(chunk, columns, strict=True):
+            scored.append({**{k: row.get(k) for k in KEY_COLUMNS}, **values})
+        bar.update(len(chunk))
+    bar.close()
+    frame = pd.DataFrame(scored)
+    frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
+    atomic_write_with(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
+    print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
+    return out

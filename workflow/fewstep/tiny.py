@@ -1,0 +1,250 @@
+"""Tiny stand-ins for every model, built offline with seeded random weights.
+
+Each builder instantiates the *same* diffusers/transformers classes as the real
+models from a tiny config and saves them in the *published on-disk layout*;
+the workflow then loads them through its real loading code (`fewstep.models`).
+Images made this way are noise with the right shapes: they test the plumbing,
+never the science, and every output says `weights=tiny`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+# Shared by the tiny text encoders, transformers and adapters.
+JOINT_DIM = 32  # T5 d_model -> transformer joint_attention_dim
+POOLED_DIM = 32  # CLIP hidden size -> pooled_projection_dim
+HEADS, HEAD_DIM, ROPE_AXES = 2, 16, [4, 6, 6]
+
+TINY_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=4,
+    num_single_layers=4,
+    attention_head_dim=HEAD_DIM,
+    num_attention_heads=HEADS,
+    joint_attention_dim=JOINT_DIM,
+    pooled_projection_dim=POOLED_DIM,
+    axes_dims_rope=ROPE_AXES,
+)
+# InfuseNet-shaped: fewer blocks than the backbone, so diffusers' interval logic
+# spreads each residual over several backbone blocks, as 4/10 over 19/38 does.
+TINY_INFUSENET = dict(TINY_TRANSFORMER, num_layers=2, num_single_layers=2, guidance_embeds=True)
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[8, 16, 16, 16],
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=4,
+    sample_size=64,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+# The resampler loader infers its shape from the checkpoint with dim_head fixed
+# at the published 64, so the tiny one keeps dim_head=64.
+TINY_RESAMPLER = dict(
+    dim=32,
+    depth=1,
+    dim_head=64,
+    heads=1,
+    num_queries=8,
+    embedding_dim=512,
+    output_dim=JOINT_DIM,
+    ff_mult=2,
+)
+
+CORPUS = """
+A photo of a person, portrait, studio lighting, 35mm film, close-up, smiling.
+An astronaut in a white spacesuit standing in front of an American flag.
+A woman wearing a red coat walking in the snow at night, cinematic.
+A man with glasses reading a book in a library, warm light, bokeh.
+Oil painting of a child in a garden, impressionist style, soft colours.
+Headshot of a scientist in a laboratory, sharp focus, high detail.
+A chef cooking in a busy kitchen; steam, motion blur, photorealistic!
+Watercolor portrait of an old fisherman by the sea, "golden hour".
+Selfie on a mountain summit with clouds below, wide angle, 4k.
+Anime style drawing of a girl with blue hair under cherry blossoms.
+"""
+
+
+def _seed(name: str) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode())
+
+
+def _manual_seed(name: str) -> None:
+    torch.manual_seed(_seed(name))
+
+
+def _corpus_lines() -> list[str]:
+    lines = [line.strip() for line in CORPUS.strip().splitlines()]
+    return lines + [line.lower() for line in lines] + [line.upper() for line in lines]
+
+
+def build_clip_tokenizer(folder: Path):
+    """A byte-level BPE CLIP tokenizer trained on a small corpus, saved and reloaded."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus_lines(), trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tokenizer = CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def build_t5_tokenizer(folder: Path):
+    """A Unigram T5 tokenizer trained on a small corpus, saved and reloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    unigram.train_from_iterator(_corpus_lines(), trainer)
+    vocab = [tuple(pair) for pair in json.loads(unigram.to_str())["model"]["vocab"]]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+    tokenizer.save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)
+
+
+def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config: dict) -> None:
+    """A tiny FLUX.1 folder in the diffusers layout (model_index.json + subfolders).
+
+    Text encoders and VAE are seeded by role, so the tiny dev and schnell share
+    them exactly, as the real two do; only the transformers differ.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = build_clip_tokenizer(staging / "tokenizer")
+    tokenizer_2 = build_t5_tokenizer(staging / "tokenizer_2")
+
+    _manual_seed("tiny-clip")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=POOLED_DIM,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=POOLED_DIM,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    _manual_seed("tiny-t5")
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=JOINT_DIM,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    _manual_seed("tiny-vae")
+    vae = AutoencoderKL(**TINY_VAE)
+    _manual_seed(f"tiny-transformer-guidance={guidance_embeds}")
+    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=guidance_embeds)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(staging, safe_serialization=True)
+    _replace_dir(staging, folder)
+
+
+def build_infiniteyou(folder: Path, variants: list[str]) -> None:
+    """Tiny `infu_flux_v1.0/<variant>/{InfuseNetModel/, image_proj_model.bin}`.
+
+    InfuseNet is saved in two safetensors shards with an index, as published.
+    """
+    from diffusers import FluxControlNetModel
+
+    from fewstep.resampler import Resampler, ResamplerConfig, save_resampler
+
+    folder = Path(folder)
+    for variant in variants:
+        target = folder / "infu_flux_v1.0" / variant
+        _manual_seed(f"tiny-infusenet-{variant}")
+        infusenet = FluxControlNetModel(**TINY_INFUSENET)
+        _randomise_zero_init(infusenet)
+        size_mb = sum(p.numel() * p.element_size() for p in infusenet.parameters()) / 1e6
+        staging = target.with_name(target.name + ".building")
+        shutil.rmtree(staging, ignore_errors=True)
+        infusenet.save_pretrained(
+            staging / "InfuseNetModel",
+            safe_serialization=True,
+            max_shard_size=f"{size_mb * 0.6:.3f}MB",
+        )
+        _manual_seed(f"tiny-resampler-{variant}")
+        save_resampler(Resampler(ResamplerConfig(**TINY_RESAMPLER)), staging / "image_proj_model.bin")
+        _replace_dir(staging, target)
+
+
+def _randomise_zero_init(module: torch.nn.Module, std: float = 0.05) -> None:
+    """ControlNets start with zero output layers; a tiny stand-in needs a visible effect."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.normal_(0.0, std)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move a finished folder into place (a half-built one never carries the final name)."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
