@@ -7,7 +7,6 @@ Cells and items come from fewstep.grid; paths from fewstep.paths; every rule
 calls one `fewstep <command>` (workflow/fewstep/cli.py).
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,15 +16,12 @@ min_version("9.0")
 
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-# Jobs run `python -m fewstep`; make the package importable without installing it.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from fewstep import jobenv
 from fewstep.config import validate, write_resolved
 from fewstep.errors import FewstepError
 from fewstep.grid import Grid
 from fewstep.paths import CELL_PATTERN, Paths
-
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
 if not workflow.overwrite_configfiles:
@@ -33,18 +29,24 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-
 try:
-    CONFIG = validate(config)  # snakemake.utils.validate + cross-checks, defaults filled
+    # snakemake.utils.validate against the schema, cross-checks, defaults filled.
+    CONFIG = validate(config)
     GRID = Grid(CONFIG)
 except FewstepError as err:
     sys.exit(f"fewstep: {err}")
 
 PATHS = Paths(CONFIG)
-# Jobs read this content-addressed copy; its name only changes with the content.
-CONFIG_FILE = write_resolved(CONFIG, PATHS.config_dir)
-FEWSTEP = f"{sys.executable} -m fewstep"
+# Jobs read the validated config from this content-addressed copy (named by its
+# hash) through $FEWSTEP_CONFIG. Keeping it out of params means a config change
+# reruns only the jobs whose own params (e.g. a cell's hash) changed.
+jobenv.export(PACKAGE_DIR, write_resolved(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
+
+
+envvars:
+    "FEWSTEP_CONFIG",
+    "PYTHONPATH",
 
 
 wildcard_constraints:
@@ -52,9 +54,9 @@ wildcard_constraints:
     adapter=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     steps=r"\d+",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    family=r"[a-z0-9]+",
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/precompute.smk"
 include: "workflow/rules/generate.smk"

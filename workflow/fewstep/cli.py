@@ -18,8 +18,12 @@ from fewstep.errors import FewstepError
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     from fewstep.config import load
+    from fewstep.errors import ConfigError
 
-    return load(args.config)
+    paths = args.config or ([os.environ["FEWSTEP_CONFIG"]] if os.environ.get("FEWSTEP_CONFIG") else [])
+    if not paths:
+        raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
+    return load(paths)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -82,7 +86,9 @@ def parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", nargs="+", required=True, type=Path, help="config YAML file(s), later win")
+        p.add_argument(
+            "--config", nargs="+", type=Path, help="config YAML file(s), later win (default: $FEWSTEP_CONFIG)"
+        )
         p.set_defaults(func=func)
         return p
 

@@ -63,7 +63,8 @@ class Paths:
         return self.report_dir / "index.html"
 
     def log(self, rule: str, name: str = "") -> Path:
-        return self.root / "logs" / rule / f"{name or rule}.log"
+        """One log per job; a cell id's slashes become `__` to keep one folder per rule."""
+        return self.root / "logs" / rule / f"{(name or rule).replace('/', '__')}.log"
 
     def benchmark(self, rule: str, name: str = "") -> Path:
-        return self.root / "benchmarks" / rule / f"{name or rule}.tsv"
+        return self.root / "benchmarks" / rule / f"{(name or rule).replace('/', '__')}.tsv"

@@ -1,6 +1,3 @@
-from fewstep.models import marker_path
-
-
 rule embed_prompts:
     """CLIP + T5 prompt embeddings, once per sweep (dev and schnell share them)."""
     input:
@@ -14,14 +11,14 @@ rule embed_prompts:
         ],
     log:
         PATHS.log("embed_prompts"),
+    conda:
+        "../../envs/fewstep.yaml"
     resources:
         gpu=GPU,
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=60,
-    conda:
-        "../../envs/fewstep.yaml"
     shell:
-        "{FEWSTEP} embed-prompts --config {CONFIG_FILE} > {log} 2>&1"
+        "python -m fewstep embed-prompts > {log} 2>&1"
 
 
 rule embed_identities:
@@ -33,10 +30,10 @@ rule embed_identities:
         [PATHS.identity_embedding(i["id"]) for i in CONFIG["identities"]],
     log:
         PATHS.log("embed_identities"),
+    conda:
+        "../../envs/fewstep.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fewstep.yaml"
     shell:
-        "{FEWSTEP} embed-identities --config {CONFIG_FILE} > {log} 2>&1"
+        "python -m fewstep embed-identities > {log} 2>&1"

@@ -5,17 +5,17 @@ rule aggregate:
     output:
         summary=PATHS.summary,
         per_image=PATHS.per_image,
-    params:
-        report=CONFIG["report"],
     log:
         PATHS.log("aggregate"),
+    conda:
+        "../../envs/fewstep.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fewstep.yaml"
+    params:
+        report=CONFIG["report"],
     shell:
-        "{FEWSTEP} aggregate --config {CONFIG_FILE} --out {output.summary} > {log} 2>&1"
+        "python -m fewstep aggregate --out {output.summary} > {log} 2>&1"
 
 
 rule report:
@@ -26,10 +26,10 @@ rule report:
         PATHS.report_index,
     log:
         PATHS.log("report"),
+    conda:
+        "../../envs/fewstep.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/fewstep.yaml"
     shell:
-        "{FEWSTEP} report --config {CONFIG_FILE} --summary {input.summary} > {log} 2>&1"
+        "python -m fewstep report --summary {input.summary} > {log} 2>&1"

@@ -5,17 +5,17 @@ rule score:
         models=marker_path(CONFIG, "insightface"),
     output:
         PATHS.scores(CELL_PATTERN),
-    params:
-        metrics=CONFIG["scoring"],
     log:
-        PATHS.log("score", CELL_PATTERN.replace("/", "__")),
+        PATHS.log("score", CELL_PATTERN),
     benchmark:
-        PATHS.benchmark("score", CELL_PATTERN.replace("/", "__"))
+        PATHS.benchmark("score", CELL_PATTERN)
+    conda:
+        "../../envs/fewstep.yaml"
     resources:
         mem_mb=8000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=120,
-    conda:
-        "../../envs/fewstep.yaml"
+    params:
+        metrics=CONFIG["scoring"],
     shell:
-        "{FEWSTEP} score --config {CONFIG_FILE}"
+        "python -m fewstep score"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
