@@ -51,3 +51,22 @@ def tiny_config(tiny_root) -> dict:
 @pytest.fixture
 def config(tiny_config) -> dict:
     return copy.deepcopy(tiny_config)
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 900):
+    """Run the real Snakemake CLI on the repo's Snakefile in `workdir`."""
+    import subprocess
+
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
+    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The README's demo sweep, run once through Snakemake into a fresh folder."""
+    workdir = tmp_path_factory.mktemp("demo")
+    result = snakemake(workdir, "--cores", "2", configfile=REPO / "config" / "demo.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir

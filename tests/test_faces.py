@@ -17,6 +17,7 @@ from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils.face_align import arcface_dst, estimate_norm
 
 from fewstep import arcface_irse, faces
+from fewstep.errors import WeightsError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "irse50_state_dict.json"
 SKIN_BGR = (150, 180, 220)  # a flat skin tone inside the tiny detector's YCbCr band
@@ -58,7 +59,7 @@ def _square(side: int) -> np.ndarray:
 
 def _one_line_error(excinfo: pytest.ExceptionInfo, folder: Path) -> str:
     message = str(excinfo.value)
-    assert isinstance(excinfo.value, ValueError)
+    assert isinstance(excinfo.value, WeightsError)
     assert "\n" not in message
     assert str(folder) in message
     assert "download rule" in message and "build_tiny_face_pack" in message

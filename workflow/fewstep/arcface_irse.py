@@ -172,18 +172,22 @@ def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
 
 def load_irse50(
     path: Path | str,
-    config: str = "real",
+    config: str = "auto",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> IRSEArcFace:
-    """Build the ``config`` network and load a state-dict file into it (strict), eval mode."""
-    if config not in CONFIGS:
-        raise ValueError(f"IR-SE config {config!r} is unknown; use one of {sorted(CONFIGS)}")
+    """Build the network and load a state-dict file into it (strict), eval mode.
+
+    ``config="auto"`` picks the configuration whose state-dict layout the file
+    matches exactly (the published 50-layer one, or the tiny one).
+    """
+    if config != "auto" and config not in CONFIGS:
+        raise ValueError(f"IR-SE config {config!r} is unknown; use auto or one of {sorted(CONFIGS)}")
     path = Path(path)
     if not path.is_file():
         raise FaceModelError(
-            f"ArcFace checkpoint {path} does not exist: run the workflow's download rule "
-            "(real) or fewstep.arcface_irse.save_tiny_irse (offline demo)"
+            f"ArcFace checkpoint {path} does not exist: run the workflow's prepare_model rule "
+            "(downloads it for real weights, builds a tiny one for the demo)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -191,15 +195,20 @@ def load_irse50(
         raise FaceModelError(
             f"ArcFace checkpoint {path} is not a readable state dict ({type(err).__name__}): re-download it"
         ) from err
-    model = IRSEArcFace(CONFIGS[config])
-    problem = _mismatch(model, state) if isinstance(state, dict) else "not a state dict"
-    if problem:
-        raise FaceModelError(
-            f"ArcFace checkpoint {path} does not fit IR-SE config {config!r} ({problem}): "
-            "pass the config it was saved with, or re-download the file"
-        )
-    model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval()
+    if not isinstance(state, dict):
+        raise FaceModelError(f"ArcFace checkpoint {path} is not a state dict: re-download it")
+    candidates = list(CONFIGS) if config == "auto" else [config]
+    problems = {}
+    for name in candidates:
+        model = IRSEArcFace(CONFIGS[name])
+        problems[name] = _mismatch(model, state)
+        if not problems[name]:
+            model.load_state_dict(state, strict=True)
+            return model.to(device=device, dtype=dtype).eval()
+    detail = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+    raise FaceModelError(
+        f"ArcFace checkpoint {path} fits no IR-SE configuration ({detail}): re-download the file"
+    )
 
 
 def embed_aligned_bgr(model: IRSEArcFace, crop_bgr_uint8: np.ndarray) -> np.ndarray:

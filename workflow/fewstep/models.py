@@ -13,6 +13,7 @@ Everything downstream calls the loaders here and never knows which source it got
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,12 @@ def prepare(config: dict[str, Any], name: str) -> Path:
 
         fetch(config, name, folder)
     marker = marker_path(config, name)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    files = sorted(
+        Path(root) / name
+        for root, _, names in os.walk(folder, followlinks=True)  # links into the HF cache
+        for name in names
+        if ".cache" not in Path(root).parts
+    )
     atomic_write_json(
         marker,
         {
@@ -299,9 +305,9 @@ def load_component(cls: Any, path: Path, weights: str, device: torch.device, dty
             if hasattr(cls, "load_config"):  # diffusers
                 module = cls.from_config(cls.load_config(path))
             else:  # transformers
-                module = cls._from_config(cls.config_class.from_pretrained(path), torch_dtype=dtype)
+                module = cls._from_config(cls.config_class.from_pretrained(path), dtype=dtype)
         return module.eval()
-    module = cls.from_pretrained(path, torch_dtype=dtype)
+    module = cls.from_pretrained(path, dtype=dtype)
     return module.to(device).eval()
 
 
@@ -375,7 +381,7 @@ def load_flux_text_encoders(
         vae=None,
         text_encoder=load_component(CLIPTextModel, folder / "text_encoder", weights, device, dtype),
         text_encoder_2=load_component(T5EncoderModel, folder / "text_encoder_2", weights, device, dtype),
-        torch_dtype=dtype,
+        dtype=dtype,
     )
 
 
@@ -387,8 +393,7 @@ def face_analyzer(config: dict[str, Any], pack: str | None = None):
 
 
 def load_arcface_irse(config: dict[str, Any], device: torch.device):
-    """The IR-SE50 ArcFace InfiniteYou conditions on (tiny architecture in tiny/random mode)."""
+    """The IR-SE50 ArcFace InfiniteYou conditions on (its layout is read from the file)."""
     from fewstep.arcface_irse import load_irse50
 
-    path = model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"]
-    return load_irse50(path, "real" if config["weights"] == "real" else "tiny", device)
+    return load_irse50(model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"], "auto", device)

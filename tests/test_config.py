@@ -1,0 +1,104 @@
+"""Config schema: defaults are filled, bad values stop with one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from fewstep.config import fingerprint, load, validate
+from fewstep.errors import ConfigError
+
+
+def test_defaults_are_filled(raw_demo):
+    raw = copy.deepcopy(raw_demo)
+    del raw["resolution"]
+    raw["adapters"]["plain"] = {"kind": "infusenet"}
+    config = validate(raw)
+    assert config["resolution"] == {"width": 864, "height": 1152}
+    assert config["adapters"]["plain"] == {
+        "kind": "infusenet",
+        "variant": "aes_stage2",
+        "conditioning_scale": 1.0,
+        "guidance_start": 0.0,
+        "guidance_end": 1.0,
+    }
+    assert config["face"] == {"pack": "antelopev2", "policy": "largest"}
+    assert config["results_dir"] == "results" and config["models_dir"] == "resources/models"
+    assert config["prompts"][0] == {"id": "portrait", "text": raw["prompts"][0]["text"]}
+
+
+def test_plain_string_prompts_get_ids(raw_demo):
+    raw_demo["prompts"] = ["a photo", 'quotes "x" and ünïcode\nnew line']
+    config = validate(raw_demo)
+    assert [p["id"] for p in config["prompts"]] == ["p00", "p01"]
+    assert config["prompts"][1]["text"] == 'quotes "x" and ünïcode\nnew line'
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "hint"),
+    [
+        (lambda c: c["backbones"]["flux-dev"].update(steps=[0, 4]), "backbones.flux-dev.steps[0]", "minimum"),
+        (lambda c: c["backbones"]["flux-dev"].update(steps=[-2]), "backbones.flux-dev.steps[0]", "minimum"),
+        (lambda c: c["resolution"].update(width=100), "resolution.width", "multiple of 16"),
+        (lambda c: c.update(prompts=[]), "prompts", "should be non-empty"),
+        (lambda c: c.update(sweepp="x"), "<top level>", "sweepp"),
+        (
+            lambda c: c["adapters"]["infusenet-aes"].update(kind="ipadapter"),
+            "adapters.infusenet-aes.kind",
+            "is not one of",
+        ),
+        (
+            lambda c: c["cells"][0]["backbones"].append("sdxl"),
+            "cells[0].backbones",
+            "unknown backbone 'sdxl'",
+        ),
+        (lambda c: c["cells"][0]["adapters"].append("nope"), "cells[0].adapters", "unknown adapter 'nope'"),
+        (
+            lambda c: c["identities"].append(dict(c["identities"][0])),
+            "identities",
+            "duplicated id 'astronaut'",
+        ),
+        (lambda c: c.update(seeds=[1, 1]), "seeds", "non-unique"),
+        (lambda c: c.update(anchor="flux-dev/infusenet-aes/28"), "anchor", "not in the grid"),
+        (
+            lambda c: c["backbones"]["flux-dev"].update(model="sd3"),
+            "backbones.flux-dev.model",
+            "unknown model",
+        ),
+        (
+            lambda c: c["backbones"]["flux-schnell"].update(max_sequence_length=512),
+            "backbones.flux-schnell.max_sequence_length",
+            "256",
+        ),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(raw_demo, mutate, key, hint):
+    from fewstep.grid import Grid
+
+    mutate(raw_demo)
+    with pytest.raises(ConfigError) as excinfo:
+        Grid(validate(raw_demo))
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert key in message and hint in message
+
+
+def test_load_merges_files_and_reports_bad_yaml(tmp_path):
+    from tests.conftest import REPO
+
+    override = tmp_path / "override.yaml"
+    override.write_text("sweep: other\nseeds: [3, 4]\n")
+    config = load([REPO / "config" / "demo.yaml", override])
+    assert config["sweep"] == "other" and config["seeds"] == [3, 4]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sweep: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml line \d+ is not valid YAML"):
+        load([broken])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load([tmp_path / "missing.yaml"])
+
+
+def test_fingerprint_ignores_key_order_but_not_values():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})

@@ -1,0 +1,81 @@
+"""The grid: cells, items and the hashes that decide what reruns."""
+
+from __future__ import annotations
+
+import copy
+
+from fewstep.config import validate
+from fewstep.grid import Cell, Grid, Item
+from fewstep.paths import Paths
+
+
+def test_demo_grid_cells_and_items(raw_demo):
+    grid = Grid(validate(raw_demo))
+    assert [c.id for c in grid.cells] == [
+        "flux-dev/infusenet-aes/1",
+        "flux-dev/infusenet-aes/2",
+        "flux-dev/infusenet-aes/4",
+        "flux-dev/infusenet-aes/8",
+        "flux-schnell/infusenet-aes/1",
+        "flux-schnell/infusenet-aes/2",
+        "flux-schnell/infusenet-aes/4",
+    ]
+    assert [i.id for i in grid.items] == [
+        "astronaut/portrait/s0",
+        "astronaut/astronaut-suit/s0",
+        "group-t1/portrait/s0",
+        "group-t1/astronaut-suit/s0",
+    ]
+    assert grid.anchor == Cell("flux-dev", "infusenet-aes", 8)
+    assert grid.comparison == (Cell("flux-dev", "infusenet-aes", 8), Cell("flux-schnell", "infusenet-aes", 4))
+    assert grid.models == ["arcface-irse50", "flux-dev", "flux-schnell", "infiniteyou", "insightface"]
+
+
+def test_study_grid_crosses_every_block(tmp_path):
+    from fewstep.config import load
+    from tests.conftest import REPO
+
+    grid = Grid(load([REPO / "config.yaml"]))
+    assert len(grid.cells) == (9 + 6) * 3
+    assert len(grid.items) == 2 * 8 * 4
+    assert Cell("flux-schnell", "none", 4) in grid.cells
+    assert grid.text_encoder_backbone("flux") == "flux-schnell"  # ungated: no token needed for text
+    assert grid.sequence_lengths("flux") == [256, 512]
+
+
+def test_cell_ids_round_trip_and_paths_are_readable(raw_demo):
+    config = validate(raw_demo)
+    cell = Cell.parse("flux-schnell/infusenet-aes/4")
+    assert cell == Cell("flux-schnell", "infusenet-aes", 4) and cell.id == "flux-schnell/infusenet-aes/4"
+    image = Paths(config).image(cell.id, Item("astronaut", "portrait", 0).id)
+    assert str(image).endswith(
+        "results/demo/cells/flux-schnell/infusenet-aes/4/images/astronaut/portrait/s0.png"
+    )
+
+
+def test_guidance_reaches_dev_only(raw_demo):
+    grid = Grid(validate(raw_demo))
+    assert grid.guidance(Cell("flux-dev", "infusenet-aes", 4)) == 3.5
+    assert grid.guidance(Cell("flux-schnell", "infusenet-aes", 4)) is None
+
+
+def test_changing_one_backbone_parameter_changes_only_its_cells(raw_demo):
+    before = Grid(validate(raw_demo))
+    changed = copy.deepcopy(raw_demo)
+    changed["backbones"]["flux-dev"]["guidance"] = 4.0
+    after = Grid(validate(changed))
+    differing = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
+    assert differing == {c.id for c in before.cells if c.backbone == "flux-dev"}
+    # schnell ignores guidance entirely: setting it changes nothing
+    changed["backbones"]["flux-schnell"]["guidance"] = 7.0
+    assert all(
+        after.cell_hash(c) == Grid(validate(changed)).cell_hash(c) for c in after.cells_of("flux-schnell")
+    )
+
+
+def test_adding_an_identity_changes_every_cell(raw_demo):
+    before = Grid(validate(raw_demo))
+    raw_demo["identities"].append({"id": "coffee", "image": "builtin:coffee"})
+    after = Grid(validate(raw_demo))
+    assert all(before.cell_hash(c) != after.cell_hash(c) for c in before.cells)
+    assert len(after.items) == 6

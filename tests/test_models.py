@@ -1,0 +1,192 @@
+"""Model registry: tiny models in the published layout, loaded by the real loading code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewstep import models, sampling
+from fewstep.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_tiny_backbones_are_saved_in_the_diffusers_layout(config):
+    for name in ("flux-dev", "flux-schnell"):
+        folder = models.model_folder(config, name)
+        index = json.loads((folder / "model_index.json").read_text())
+        assert index["_class_name"] == "FluxPipeline"
+        assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
+        for sub in (
+            "transformer",
+            "vae",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer",
+            "tokenizer_2",
+            "scheduler",
+        ):
+            assert (folder / sub).is_dir(), sub
+        assert (folder / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_tiny_round_trip_is_exact(config, tmp_path):
+    """Weights written by the tiny builder come back unchanged through from_pretrained."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    folder = models.model_folder(config, "flux-dev") / "transformer"
+    loaded = models.load_component(FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32)
+    on_disk = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    state = loaded.state_dict()
+    assert set(state) == set(on_disk)
+    assert all(torch.equal(state[k], on_disk[k]) for k in on_disk)
+
+
+def test_dev_and_schnell_differ_as_the_real_ones(config):
+    cpu = torch.device("cpu")
+    adapter = config["adapters"]["infusenet-aes"]
+    dev = models.load_flux(config, "flux-dev", adapter, cpu, torch.float32)
+    schnell = models.load_flux(config, "flux-schnell", adapter, cpu, torch.float32)
+    assert dev.transformer.config.guidance_embeds is True
+    assert schnell.transformer.config.guidance_embeds is False
+    assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
+    assert schnell.scheduler.config.shift == 1.0 and schnell.scheduler.config.use_dynamic_shifting is False
+    assert sampling.schedule(schnell.scheduler, 4, 16, cpu) == [1.0, 0.75, 0.5, 0.25]
+    dev_sigmas = sampling.schedule(dev.scheduler, 4, 16, cpu)
+    assert dev_sigmas[0] == 1.0 and all(d > s for d, s in zip(dev_sigmas[1:], [0.75, 0.5, 0.25], strict=True))
+    # text encoders and VAE are shared, as in the published repos
+    for sub in ("vae", "text_encoder", "text_encoder_2"):
+        dev_file = next((models.model_folder(config, "flux-dev") / sub).glob("*.safetensors"))
+        schnell_file = next((models.model_folder(config, "flux-schnell") / sub).glob("*.safetensors"))
+        assert dev_file.read_bytes() == schnell_file.read_bytes(), sub
+
+
+def test_infusenet_layout_matches_the_published_folders(config):
+    variant = models.model_folder(config, "infiniteyou") / "infu_flux_v1.0" / "aes_stage2"
+    shards = sorted(p.name for p in (variant / "InfuseNetModel").glob("*.safetensors"))
+    assert shards == [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ]
+    assert (variant / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json").exists()
+    state = torch.load(variant / "image_proj_model.bin", weights_only=True)
+    assert list(state) == ["image_proj"]
+    infusenet, resampler = models.load_infiniteyou(config, "aes_stage2", torch.device("cpu"), torch.float32)
+    assert (infusenet.config.num_layers, infusenet.config.num_single_layers) == (2, 2)
+    assert infusenet.config.guidance_embeds is True
+    tokens = resampler(torch.randn(1, 1, 512))
+    assert tokens.shape == (1, 8, infusenet.config.joint_attention_dim)
+
+
+def test_resampler_keys_match_the_published_checkpoint():
+    published = json.loads((FIXTURES / "infu_resampler_state_dict.json").read_text())
+    model = Resampler(PUBLISHED)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == published["state_dict_shapes"]
+    assert sum(v.numel() for v in model.state_dict().values()) == published["n_params"] == 84_595_968
+    assert model(torch.randn(2, 1, 512)).shape == (2, 8, 4096)
+
+
+def test_published_resampler_file_layout_loads_strictly(tmp_path):
+    """A checkpoint written in the published format (state dict under image_proj) loads back."""
+    from fewstep.resampler import ResamplerConfig, save_resampler
+
+    small = ResamplerConfig(dim=64, depth=2, dim_head=64, heads=2, num_queries=8, output_dim=48, ff_mult=4)
+    torch.manual_seed(0)
+    original = Resampler(small)
+    path = tmp_path / "infu_flux_v1.0" / "sim_stage1" / "image_proj_model.bin"
+    save_resampler(original, path)
+    assert infer_config(path) == small
+    loaded = load_resampler(path, infer_config(path))
+    x = torch.randn(1, 1, 512)
+    assert torch.equal(original.eval()(x), loaded(x))
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, source: Path, prefix: str = "") -> None:
+    """Lay `source` out as a Hugging Face cache snapshot of `repo_id` (refs/main -> commit)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(source, repo / "snapshots" / commit / prefix, dirs_exist_ok=True)
+
+
+def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
+    """The real download path, offline: snapshot_download finds a cached snapshot, the
+    model folder becomes a link to it, and the real loaders read it."""
+    from fewstep.download import INSIGHTFACE_SUBDIR
+
+    cache = tmp_path / "hub"
+    for name in ("flux-dev", "flux-schnell"):
+        _fake_hub_cache(cache, models.BACKBONES[name].repo_id, models.model_folder(config, name))
+    _fake_hub_cache(cache, "ByteDance/InfiniteYou", models.model_folder(config, "infiniteyou"))
+    _fake_hub_cache(
+        cache, "ByteDance/InfiniteYou", models.model_folder(config, "insightface"), INSIGHTFACE_SUBDIR
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
+    for name in ("flux-dev", "flux-schnell", "infiniteyou", "insightface"):
+        marker = json.loads(models.prepare(real, name).read_text())
+        assert marker["weights"] == "real" and marker["files"]
+        assert all(len(f["sha256"]) == 64 for f in marker["files"])
+    assert models.model_folder(real, "flux-dev").is_symlink()
+    parts = models.load_flux(
+        real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
+    )
+    assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
+    assert models.face_analyzer(real).recognizer is not None
+
+
+def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
+    from fewstep.errors import WeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
+    with pytest.raises(WeightsError) as excinfo:
+        models.prepare(real, "flux-dev")
+    assert str(excinfo.value) == (
+        "black-forest-labs/FLUX.1-dev: HF_HUB_OFFLINE is set and the files are not in the "
+        "Hugging Face cache; unset HF_HUB_OFFLINE or fill the cache first"
+    )
+    with pytest.raises(
+        WeightsError, match=r"recognition_arcface_ir_se50.pth is missing and HF_HUB_OFFLINE is set"
+    ):
+        models.prepare(real, "arcface-irse50")
+
+
+def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError
+
+    from fewstep import download
+
+    def refuse(*args, **kwargs):
+        response = httpx2.Response(401, request=httpx2.Request("GET", "https://huggingface.co/api"))
+        raise GatedRepoError("gated", response=response)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", refuse)
+    monkeypatch.setattr(download, "_check_space", lambda *a: None)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(Exception) as excinfo:
+        download.snapshot("black-forest-labs/FLUX.1-dev", ["vae/*"], gated=True)
+    assert "accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-dev" in str(excinfo.value)
+    assert "HF_TOKEN" in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_missing_weights_folder_names_it(config, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    from fewstep.errors import WeightsError
+
+    with pytest.raises(WeightsError, match=r"missing weights folder .*nowhere; run the prepare"):
+        models.load_component(
+            FluxTransformer2DModel, tmp_path / "nowhere", "real", torch.device("cpu"), torch.float32
+        )

@@ -1,0 +1,67 @@
+"""The workflow as users run it: real Snakemake, real executor, demo config."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from fewstep.config import load
+from fewstep.grid import Grid
+from tests.conftest import REPO, snakemake
+
+DEMO = REPO / "config" / "demo.yaml"
+
+
+def test_demo_sweep_produces_every_output(demo_run):
+    config = load([DEMO])
+    grid = Grid(config)
+    results = demo_run / "results" / "demo"
+    images = sorted((results / "cells").rglob("*.png"))
+    assert len(images) == len(grid.cells) * len(grid.items) == 7 * 4
+    for cell in grid.cells:
+        manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
+        assert len(manifest) == 4 and manifest["item_id"].is_unique
+        scores = pd.read_parquet(results / "scores" / cell.id / "scores.parquet")
+        assert list(scores["item_id"]) == list(manifest["item_id"])
+    summary = pd.read_csv(results / "aggregate" / "summary.csv")
+    assert len(summary) == len(grid.cells) * summary["metric"].nunique()
+    assert not summary.duplicated(["cell_id", "metric"]).any()
+    assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
+    assert set(summary["weights"]) == {"tiny"}
+    page = (demo_run / "reports" / "demo" / "index.html").read_text()
+    assert "Tiny models with seeded random weights" in page and page.count("<img") >= 2
+
+
+def test_second_invocation_has_nothing_to_do(demo_run):
+    result = snakemake(demo_run, "--cores", "2", configfile=DEMO)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_lint_passes():
+    result = snakemake(REPO, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_full_study_dag_builds_without_weights(tmp_path):
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    cells = (9 + 6) * 3  # (dev steps + schnell steps) x (aes, sim, none)
+    assert counts["generate"] == cells and counts["score"] == cells
+    assert counts["prepare_model"] == 5  # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50
+    assert counts["total"] == 2 * cells + 5 + 2 + 3
+    assert not (tmp_path / "resources").exists()
+
+
+def test_bad_config_stops_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO.read_text().replace("steps: [1, 2, 4, 8]", "steps: [0, 2]"))
+    result = snakemake(tmp_path, "-n", configfile=bad)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fewstep:")]
+    assert lines == ["fewstep: config backbones.flux-dev.steps[0]: 0 is less than the minimum of 1"]

@@ -1,0 +1,234 @@
+"""Fetch the published weights (the `prepare_model` rule in real mode).
+
+Hugging Face repos go through `huggingface_hub.snapshot_download` into the
+normal Hugging Face cache (so weights a user already has are reused, and an
+interrupted download resumes), restricted by allow-patterns to the files the
+config uses; `<models_dir>/real/<folder>` is then a symlink to the snapshot.
+Plain URLs (facexlib's IR-SE50) download with HTTP range resume. With
+`HF_HUB_OFFLINE=1` only the cache is read. Every failure a user can cause ends
+in one `WeightsError` line: gated repo without token or licence, no disk space,
+missing files, offline without a cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from fewstep.errors import WeightsError
+from fewstep.io import atomic_path
+
+FLUX_PATTERNS = [
+    "model_index.json",
+    "scheduler/*",
+    "text_encoder/*",
+    "text_encoder_2/*",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "transformer/*",
+    "vae/*",
+]
+#: files that must exist after a download, per model (relative to the model folder)
+REQUIRED = {
+    "flux-dev": [
+        "model_index.json",
+        "transformer/config.json",
+        "vae/config.json",
+        "text_encoder_2/config.json",
+    ],
+    "flux-schnell": [
+        "model_index.json",
+        "transformer/config.json",
+        "vae/config.json",
+        "text_encoder_2/config.json",
+    ],
+}
+INSIGHTFACE_SUBDIR = "supports/insightface"
+GIB = 1024**3
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def allow_patterns(config: dict[str, Any], name: str) -> list[str]:
+    """Only what the config uses is fetched: no single-file checkpoints, no unused variants."""
+    from fewstep.models import BACKBONES, INFU_VERSION, face_packs, infusenet_variants
+
+    if name in BACKBONES:
+        return list(FLUX_PATTERNS)
+    if name == "infiniteyou":
+        return [f"{INFU_VERSION}/{variant}/*" for variant in infusenet_variants(config)]
+    if name == "insightface":
+        return [f"{INSIGHTFACE_SUBDIR}/models/{pack}/*" for pack in face_packs(config)]
+    raise WeightsError(f"no download recipe for model {name!r}")
+
+
+def _hub_error(err: Exception, repo_id: str, gated: bool) -> WeightsError:
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    page = f"https://huggingface.co/{repo_id}"
+    if isinstance(err, GatedRepoError) or (gated and isinstance(err, RepositoryNotFoundError)):
+        if get_token() is None:
+            return WeightsError(
+                f"{repo_id} is gated and no Hugging Face token is set: accept its licence at {page}, "
+                "then export HF_TOKEN=<token> (or run `hf auth login`)"
+            )
+        return WeightsError(
+            f"{repo_id} is gated and your token cannot read it: accept the licence at {page} "
+            "with the account the token belongs to"
+        )
+    if isinstance(err, LocalEntryNotFoundError):
+        if offline():
+            return WeightsError(
+                f"{repo_id}: HF_HUB_OFFLINE is set and the files are not in the Hugging Face cache; "
+                "unset HF_HUB_OFFLINE or fill the cache first"
+            )
+        return WeightsError(
+            f"{repo_id}: the hub cannot be reached and the files are not cached; check the network"
+        )
+    if isinstance(err, RepositoryNotFoundError):
+        return WeightsError(f"{repo_id} does not exist or is private; check the name at {page}")
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return _disk_full(repo_id)
+    return WeightsError(f"{repo_id}: download failed ({type(err).__name__}: {str(err).splitlines()[0]})")
+
+
+def _disk_full(what: str) -> WeightsError:
+    return WeightsError(
+        f"disk full while downloading {what}: free space (HF cache: {_cache_dir()}), "
+        "then rerun; the download resumes"
+    )
+
+
+def _cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def _check_space(repo_id: str, patterns: list[str]) -> None:
+    """Refuse to start a download that cannot fit (sizes from the hub's file listing)."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except Exception:  # noqa: BLE001 - the download itself reports access problems precisely
+        return
+    needed = sum(
+        s.size or 0 for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, p) for p in patterns)
+    )
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if needed > free:
+        raise WeightsError(
+            f"{repo_id} needs {needed / GIB:.1f} GiB but only {free / GIB:.1f} GiB are free in {cache}; "
+            "free space or point HF_HUB_CACHE at a larger disk"
+        )
+
+
+def snapshot(repo_id: str, patterns: list[str], gated: bool = False) -> Path:
+    """The cache snapshot holding `patterns` of `repo_id`, downloading what is missing."""
+    from huggingface_hub import snapshot_download
+
+    local_only = offline()
+    if not local_only:
+        _check_space(repo_id, patterns)
+    try:
+        path = snapshot_download(
+            repo_id, allow_patterns=patterns, local_files_only=local_only, cache_dir=_cache_dir()
+        )
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
+        raise _hub_error(err, repo_id, gated) from None
+    return Path(path)
+
+
+def _link(folder: Path, target: Path) -> None:
+    """Point `folder` at `target` (replacing an older link, never a real folder's content)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        raise WeightsError(f"{folder} exists and is not a link fewstep made; move it away, then rerun")
+    folder.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def _require(folder: Path, files: list[str], what: str) -> None:
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise WeightsError(f"{what}: {folder} lacks {', '.join(missing)}; rerun the download (it resumes)")
+
+
+def fetch_url(url: str, path: Path) -> Path:
+    """Download `url` to `path`, resuming a partial `.part` file."""
+    path = Path(path)
+    if path.exists():
+        return path
+    if offline():
+        raise WeightsError(
+            f"{path} is missing and HF_HUB_OFFLINE is set; place the file there or go online ({url})"
+        )
+    part = path.with_name(path.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    done = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        with (
+            urllib.request.urlopen(request, timeout=60) as response,
+            open(part, "ab" if done else "wb") as out,
+        ):
+            if done and response.status != 206:  # server ignored the range: start over
+                out.truncate(0)
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _disk_full(url) from None
+        raise WeightsError(
+            f"cannot download {url} ({err}); check the network, then rerun (it resumes)"
+        ) from None
+    with atomic_path(path) as tmp:
+        shutil.copyfile(part, tmp)
+    part.unlink()
+    return path
+
+
+def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
+    """Make `folder` hold the real weights of model `name`."""
+    from fewstep.models import (
+        ARCFACE_IRSE,
+        BACKBONES,
+        INFINITEYOU,
+        INFU_VERSION,
+        INSIGHTFACE,
+        face_packs,
+        infusenet_variants,
+    )
+
+    folder = Path(folder)
+    if name in BACKBONES:
+        spec = BACKBONES[name]
+        _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), spec.gated))
+        _require(folder, REQUIRED[name], name)
+    elif name == INFINITEYOU.name:
+        _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name)))
+        for variant in infusenet_variants(config):
+            base = f"{INFU_VERSION}/{variant}"
+            _require(folder, [f"{base}/InfuseNetModel/config.json", f"{base}/image_proj_model.bin"], name)
+    elif name == INSIGHTFACE.name:
+        source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name)) / INSIGHTFACE_SUBDIR / "models"
+        for pack in face_packs(config):
+            _link(folder / "models" / pack, source / pack)
+            if not any((folder / "models" / pack).glob("*.onnx")):
+                raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
+    elif name == ARCFACE_IRSE.name:
+        fetch_url(ARCFACE_IRSE.extra["url"], folder / ARCFACE_IRSE.extra["file"])
+    else:
+        raise WeightsError(f"no download recipe for model {name!r}")
