@@ -161,6 +161,14 @@ def _link(folder: Path, target: Path) -> None:
     folder.symlink_to(target.resolve(), target_is_directory=True)
 
 
+def link_local(folder: Path, source: Path, name: str) -> None:
+    """Use weights the user already has (config local_weights) instead of downloading."""
+    if not source.is_dir():
+        raise WeightsError(f"config local_weights.{name}: {source} is not a folder; fix the path")
+    _link(folder, source)
+    _require(folder, REQUIRED.get(name, []), f"config local_weights.{name}")
+
+
 def _require(folder: Path, files: list[str], what: str) -> None:
     missing = [f for f in files if not (folder / f).exists()]
     if missing:

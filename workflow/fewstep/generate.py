@@ -78,7 +78,7 @@ class CellGenerator:
         self.cell_spec = self.grid.cell_spec(cell)
         self._prompts: dict[str, tuple[sampling.Conditioning, str]] = {}
         self._identities: dict[str, tuple[torch.Tensor, str]] = {}
-        self._control: torch.Tensor | None = None
+        self._controls: dict[str, torch.Tensor] = {}
 
     # --- inputs -------------------------------------------------------------
     def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -106,18 +106,28 @@ class CellGenerator:
             self._identities[identity] = (tokens, sha256_file(path))
         return self._identities[identity]
 
-    def _control_latents(self) -> torch.Tensor | None:
+    def _control_latents(self, identity: str) -> torch.Tensor | None:
+        """Encoded control image: black (InfiniteYou's default, shared) or the face's keypoints."""
+        from fewstep import control
+
         if self.adapter["kind"] != "infusenet":
             return None
-        if self._control is None:  # InfiniteYou's default: a black control image
-            black = np.zeros((self.height, self.width, 3), dtype=np.uint8)
-            self._control = sampling.encode_control(self.parts.vae, black, self.device, self.dtype)
-        return self._control
+        key = identity if self.adapter["control"] == "keypoints" else ""
+        if key not in self._controls:
+            target = (self.width, self.height)
+            if key:
+                tensors, meta = load_tensors(self.paths.identity_embedding(identity))
+                source = (int(meta["width"]), int(meta["height"]))
+                image = control.keypoint_image(tensors["kps"].numpy(), source, target)
+            else:
+                image = control.black_image(target)
+            self._controls[key] = sampling.encode_control(self.parts.vae, image, self.device, self.dtype)
+        return self._controls[key]
 
     def item_key(self, item: Item) -> tuple[str, sampling.Conditioning]:
         embeds, pooled, prompt_sha = self._prompt(item.prompt)
         tokens, identity_sha = self._identity_tokens(item.identity)
-        cond = sampling.Conditioning(embeds, pooled, tokens, self._control_latents())
+        cond = sampling.Conditioning(embeds, pooled, tokens, self._control_latents(item.identity))
         key = fingerprint(
             {
                 "cell": self.cell_spec,

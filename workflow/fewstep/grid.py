@@ -134,6 +134,7 @@ class Grid:
             "resolution": dict(self.config["resolution"]),
             "weights": self.config["weights"],
             "dtype": self.config["dtype"],
+            "fp8_weights": self.config["memory"]["fp8_weights"],
         }
 
     def cell_hash(self, cell: Cell) -> str:
@@ -193,7 +194,7 @@ class Grid:
 
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
-        from fewstep.models import BACKBONES
+        from fewstep.models import BACKBONES, REGISTRY
 
         for name, backbone in self.config["backbones"].items():
             if backbone["model"] not in BACKBONES:
@@ -209,6 +210,10 @@ class Grid:
                     f"config backbones.{name}.max_sequence_length: FLUX.1-schnell takes at most "
                     f"{SCHNELL_MAX_SEQUENCE_LENGTH} tokens; set 256"
                 )
+        for name in self.config["local_weights"]:
+            if name not in REGISTRY:
+                known = ", ".join(sorted(REGISTRY))
+                raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
         for cell in self.cells:
             family = self.backbone(cell)["family"]
             kind = self.adapter(cell)["kind"]

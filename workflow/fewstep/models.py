@@ -175,6 +175,10 @@ def prepare(config: dict[str, Any], name: str) -> Path:
         _build_tiny(config, name, folder)
     elif mode == "random":
         _write_random(config, name, folder)
+    elif name in config["local_weights"]:
+        from fewstep.download import link_local
+
+        link_local(folder, Path(config["local_weights"][name]), name)
     else:
         from fewstep.download import fetch
 
@@ -340,7 +344,28 @@ def load_flux(
     )
     if adapter["kind"] == "infusenet":
         parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
+    apply_memory_options(parts, config["memory"], device, dtype)
     return parts
+
+
+def apply_memory_options(
+    parts: FluxParts, memory: dict[str, Any], device: torch.device, dtype: torch.dtype
+) -> None:
+    """8-bit weight storage and CPU offloading for GPUs smaller than the whole model."""
+    big = [m for m in (parts.infusenet, parts.transformer) if m is not None]
+    if memory["fp8_weights"]:
+        for module in big:  # weights stored as float8 e4m3, each layer upcast to `dtype` as it runs
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if memory["offload"] == "none":
+        return
+    if device.type != "cuda":
+        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
+    cpu = torch.device("cpu")
+    for module in (*big, parts.vae):  # blocks stream in one group at a time, overlapped with compute
+        module.to(cpu)
+        module.enable_group_offload(
+            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
+        )
 
 
 def load_infiniteyou(
