@@ -22,7 +22,9 @@ def test_defaults_are_filled(raw_demo):
         "conditioning_scale": 1.0,
         "guidance_start": 0.0,
         "guidance_end": 1.0,
+        "control": "none",
     }
+    assert config["memory"] == {"offload": "none", "fp8_weights": False}
     assert config["face"] == {"pack": "antelopev2", "policy": "largest"}
     assert config["results_dir"] == "results" and config["models_dir"] == "resources/models"
     assert config["prompts"][0] == {"id": "portrait", "text": raw["prompts"][0]["text"]}
