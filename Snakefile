@@ -10,7 +10,7 @@ calls one `fewstep <command>` (workflow/fewstep/cli.py).
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version
+from snakemake.utils import min_version, validate as snakemake_validate
 
 min_version("9.0")
 
@@ -30,11 +30,12 @@ if not workflow.overwrite_configfiles:
 
 
 try:
-    # snakemake.utils.validate against the schema, cross-checks, defaults filled.
+    # Schema check with one-line errors naming the key, defaults filled, cross-checks.
     CONFIG = validate(config)
     GRID = Grid(CONFIG)
 except FewstepError as err:
     sys.exit(f"fewstep: {err}")
+snakemake_validate(CONFIG, "workflow/schemas/config.schema.yaml", set_default=True)
 
 PATHS = Paths(CONFIG)
 # Jobs read the validated config from this content-addressed copy (named by its

@@ -1,8 +1,10 @@
 """Load, validate and fingerprint a sweep configuration.
 
-Validation is `snakemake.utils.validate` against `workflow/schemas/config.schema.yaml`
-(defaults filled), plus the cross-references a schema cannot express. Every
-problem a user can cause becomes one `ConfigError` line naming the key.
+Validation is JSON Schema against `workflow/schemas/config.schema.yaml` with
+defaults filled, plus the cross-references a schema cannot express. Every
+problem a user can cause becomes one `ConfigError` line naming the key. (The
+Snakefile also runs `snakemake.utils.validate` on the result; jobs and the CLI
+need only jsonschema.)
 """
 
 from __future__ import annotations
@@ -45,27 +47,49 @@ def _first_error(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
     return f"{key}: {error.message.splitlines()[0]}"
 
 
-def _fill_map_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
-    """snakemake.utils.validate fills `properties` defaults only; do the map entries too."""
-    for section in ("backbones", "adapters"):
-        entry_schema = schema["properties"][section]["additionalProperties"]["properties"]
-        for entry in config[section].values():
-            for key, spec in entry_schema.items():
-                if key not in entry and "default" in spec:
-                    entry[key] = copy.deepcopy(spec["default"])
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` ("#/$defs/name"), keeping sibling keys such as `default`."""
+    while "$ref" in spec:
+        target = schema
+        for part in spec["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        spec = {**target, **{k: v for k, v in spec.items() if k != "$ref"}}
+    return spec
+
+
+def fill_defaults(instance: Any, spec: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Fill schema defaults into `instance` in place, at every depth.
+
+    Like snakemake.utils.validate(set_default=True) for `properties`, and also
+    for the entries of maps (`additionalProperties`) and lists (`items`).
+    """
+    spec = _resolve(spec, schema)
+    if isinstance(instance, dict):
+        properties = spec.get("properties", {})
+        for key, sub in properties.items():
+            sub = _resolve(sub, schema)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                fill_defaults(instance[key], sub, schema)
+        extra = spec.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in instance.items():
+                if key not in properties:
+                    fill_defaults(value, extra, schema)
+    elif isinstance(instance, list) and isinstance(spec.get("items"), dict):
+        for value in instance:
+            fill_defaults(value, spec["items"], schema)
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `config` with every default filled in."""
-    from snakemake.utils import validate as snakemake_validate
-
     config = copy.deepcopy(dict(config))
     schema = _schema()
     message = _first_error(config, schema)
     if message:
         raise ConfigError(f"config {message}")
-    snakemake_validate(config, str(SCHEMA_PATH), set_default=True)
-    _fill_map_defaults(config, schema)
+    fill_defaults(config, schema, schema)
     config["prompts"] = _normalise_prompts(config["prompts"])
     _check_references(config)
     return config
