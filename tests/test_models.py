@@ -190,3 +190,26 @@ def test_missing_weights_folder_names_it(config, tmp_path):
         models.load_component(
             FluxTransformer2DModel, tmp_path / "nowhere", "real", torch.device("cpu"), torch.float32
         )
+
+
+def test_downloads_only_what_the_study_uses():
+    from fewstep.config import load
+    from fewstep.download import allow_patterns
+    from tests.conftest import REPO
+
+    study = load([REPO / "config.yaml"])
+    # dev and schnell ship the same text encoders: fetched once, from the ungated schnell
+    assert allow_patterns(study, "flux-dev") == ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
+    assert "text_encoder_2/*" in allow_patterns(study, "flux-schnell")
+    assert allow_patterns(study, "infiniteyou") == [
+        "infu_flux_v1.0/aes_stage2/*",
+        "infu_flux_v1.0/sim_stage1/*",
+    ]
+    assert allow_patterns(study, "insightface") == [
+        "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
+        "supports/insightface/models/antelopev2/glintr100.onnx",
+    ]
+    study["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
+    del study["comparison"]
+    assert allow_patterns(study, "infiniteyou") == ["infu_flux_v1.0/aes_stage2/*"]
+    assert "text_encoder_2/*" in allow_patterns(study, "flux-dev")  # now dev embeds the prompts

@@ -24,31 +24,13 @@ from typing import Any
 from fewstep.errors import WeightsError
 from fewstep.io import atomic_path
 
-FLUX_PATTERNS = [
-    "model_index.json",
-    "scheduler/*",
-    "text_encoder/*",
-    "text_encoder_2/*",
-    "tokenizer/*",
-    "tokenizer_2/*",
-    "transformer/*",
-    "vae/*",
-]
-#: files that must exist after a download, per model (relative to the model folder)
-REQUIRED = {
-    "flux-dev": [
-        "model_index.json",
-        "transformer/config.json",
-        "vae/config.json",
-        "text_encoder_2/config.json",
-    ],
-    "flux-schnell": [
-        "model_index.json",
-        "transformer/config.json",
-        "vae/config.json",
-        "text_encoder_2/config.json",
-    ],
-}
+#: what a generation job loads from a FLUX repo (the single-file checkpoints at its root are skipped)
+FLUX_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
+#: the text encoders, fetched from one backbone only (dev and schnell ship identical ones)
+FLUX_TEXT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "tokenizer/*", "tokenizer_2/*"]
+#: files that must exist after a download (relative to the model folder)
+FLUX_REQUIRED = ["model_index.json", "transformer/config.json", "vae/config.json"]
+FLUX_TEXT_REQUIRED = ["text_encoder/config.json", "text_encoder_2/config.json", "tokenizer_2/tokenizer.json"]
 INSIGHTFACE_SUBDIR = "supports/insightface"
 GIB = 1024**3
 
@@ -59,15 +41,27 @@ def offline() -> bool:
 
 def allow_patterns(config: dict[str, Any], name: str) -> list[str]:
     """Only what the config uses is fetched: no single-file checkpoints, no unused variants."""
+    from fewstep.faces import PACK_FILES
     from fewstep.models import BACKBONES, INFU_VERSION, face_packs, infusenet_variants
 
     if name in BACKBONES:
-        return list(FLUX_PATTERNS)
+        return FLUX_PATTERNS + (FLUX_TEXT_PATTERNS if _embeds_text(config, name) else [])
     if name == "infiniteyou":
         return [f"{INFU_VERSION}/{variant}/*" for variant in infusenet_variants(config)]
-    if name == "insightface":
-        return [f"{INSIGHTFACE_SUBDIR}/models/{pack}/*" for pack in face_packs(config)]
+    if name == "insightface":  # the detector and recognition model, not the pack's other networks
+        return [
+            f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
+            for pack in face_packs(config)
+            for file in PACK_FILES[pack]
+        ]
     raise WeightsError(f"no download recipe for model {name!r}")
+
+
+def _embeds_text(config: dict[str, Any], name: str) -> bool:
+    from fewstep.grid import Grid
+
+    grid = Grid(config)
+    return any(grid.text_encoder_backbone(family) == name for family in grid.families)
 
 
 def _hub_error(err: Exception, repo_id: str, gated: bool) -> WeightsError:
@@ -166,7 +160,10 @@ def link_local(folder: Path, source: Path, name: str) -> None:
     if not source.is_dir():
         raise WeightsError(f"config local_weights.{name}: {source} is not a folder; fix the path")
     _link(folder, source)
-    _require(folder, REQUIRED.get(name, []), f"config local_weights.{name}")
+    from fewstep.models import BACKBONES
+
+    if name in BACKBONES:
+        _require(folder, FLUX_REQUIRED, f"config local_weights.{name}")
 
 
 def _require(folder: Path, files: list[str], what: str) -> None:
@@ -224,7 +221,7 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     if name in BACKBONES:
         spec = BACKBONES[name]
         _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), spec.gated))
-        _require(folder, REQUIRED[name], name)
+        _require(folder, FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if _embeds_text(config, name) else []), name)
     elif name == INFINITEYOU.name:
         _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name)))
         for variant in infusenet_variants(config):
