@@ -68,3 +68,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         PATHS.report_index,
+        [PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],

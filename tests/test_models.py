@@ -211,5 +211,6 @@ def test_downloads_only_what_the_study_uses():
     ]
     study["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
     del study["comparison"]
+    study["trajectory"]["cells"] = []
     assert allow_patterns(study, "infiniteyou") == ["infu_flux_v1.0/aes_stage2/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-dev")  # now dev embeds the prompts

@@ -27,6 +27,9 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert not summary.duplicated(["cell_id", "metric"]).any()
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
     assert set(summary["weights"]) == {"tiny"}
+    for cell in grid.trajectory_cells:
+        table = pd.read_parquet(results / "trajectories" / cell.id / "trajectory.parquet")
+        assert len(table) == 2 * cell.steps  # max_items x steps
     page = (demo_run / "reports" / "demo" / "index.html").read_text()
     assert "Tiny models with seeded random weights" in page and page.count("<img") >= 2
 
@@ -54,7 +57,8 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     cells = (9 + 6) * 3  # (dev steps + schnell steps) x (aes, sim, none)
     assert counts["generate"] == cells and counts["score"] == cells
     assert counts["prepare_model"] == 5  # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50
-    assert counts["total"] == 2 * cells + 5 + 2 + 3
+    assert counts["trajectory"] == 4
+    assert counts["total"] == 2 * cells + 5 + 2 + 3 + 4
     assert not (tmp_path / "resources").exists()
 
 

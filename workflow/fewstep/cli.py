@@ -68,6 +68,12 @@ def cmd_score(args: argparse.Namespace) -> None:
     run(_config(args), args.cell, args.out)
 
 
+def cmd_trajectory(args: argparse.Namespace) -> None:
+    from fewstep.trajectory import run
+
+    run(_config(args), args.cell, args.out)
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from fewstep.aggregate import run
 
@@ -101,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     for name, func, help_ in (
         ("generate", cmd_generate, "generate every image of one cell"),
         ("score", cmd_score, "score every image of one cell"),
+        ("trajectory", cmd_trajectory, "decode and score x0 at every step for a few items of one cell"),
     ):
         p = add(name, func, help_)
         p.add_argument("--cell", required=True, help="cell id <backbone>/<adapter>/<steps>")

@@ -106,6 +106,10 @@ class Grid:
             return None
         return Cell.parse(comparison["baseline"]), Cell.parse(comparison["candidate"])
 
+    @property
+    def trajectory_cells(self) -> list[Cell]:
+        return [Cell.parse(c) for c in self.config["trajectory"]["cells"]]
+
     # ------------------------------------------------------------ parameters
     def guidance(self, cell: Cell) -> float | None:
         """Embedded guidance the backbone really receives (None for schnell)."""
@@ -222,6 +226,7 @@ class Grid:
                     f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family} backbone"
                 )
         for key, cell in (
+            *((f"trajectory.cells[{i}]", c) for i, c in enumerate(self.trajectory_cells)),
             ("anchor", self.anchor),
             *zip(("comparison.baseline", "comparison.candidate"), self.comparison or (), strict=False),
         ):

@@ -45,6 +45,12 @@ class Paths:
     def scores(self, cell_id: str) -> Path:
         return self.root / "scores" / cell_id / "scores.parquet"
 
+    def trajectory(self, cell_id: str) -> Path:
+        return self.root / "trajectories" / cell_id / "trajectory.parquet"
+
+    def trajectory_image(self, cell_id: str, item_id: str, step: int) -> Path:
+        return self.root / "trajectories" / cell_id / "images" / item_id / f"step{step:03d}.png"
+
     # sweep level
     @property
     def aggregate_dir(self) -> Path:

@@ -20,3 +20,25 @@ rule generate:
     shell:
         "python -m fewstep generate"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
+
+
+rule trajectory:
+    """Predicted clean image decoded and scored after every step, with adapter-strength probes."""
+    input:
+        generate_inputs,
+        marker_path(CONFIG, "insightface"),
+    output:
+        PATHS.trajectory(CELL_PATTERN),
+    log:
+        PATHS.log("trajectory", CELL_PATTERN),
+    benchmark:
+        PATHS.benchmark("trajectory", CELL_PATTERN)
+    conda:
+        "../../envs/fewstep.yaml"
+    resources:
+        gpu=GPU,
+        mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
+        runtime=240,
+    shell:
+        "python -m fewstep trajectory"
+        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
