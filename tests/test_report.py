@@ -112,6 +112,31 @@ def test_sections_without_data_say_so(tmp_path):
     assert "lpips_ref.png" not in " ".join(figures(page, "regime"))
 
 
+def test_single_cell_without_anchor_or_comparison(tmp_path):
+    """One backbone, adapter and step count, no anchor, no comparison: empty sections say why."""
+    raw = synth.raw_config(tmp_path)
+    raw["backbones"] = {"flux-dev": {"model": "flux-dev", "steps": [4]}}
+    raw["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
+    del raw["anchor"], raw["comparison"]
+    config = validate(raw)
+    synth.write_scores(config)
+    page = report.run(config, aggregate.run(config))
+    text = page.read_text()
+    for empty in ("marginal", "ablation", "trajectory", "comparison"):
+        assert Paths(config).table(empty).read_text().count("\n") == 1  # the header only
+    assert "The config names no comparison cells" in text
+    assert "Every series has a single step count." in text
+    assert "Each backbone runs a single adapter: no ablation." in text
+    assert "no knee found." in text and "anchor&#x27;s value" not in text and "anchor's value" not in text
+    assert ">no anchor<" in text  # the regime table's target column
+    assert [f for f in figures(page, "regime") if f.endswith(".png")] == [
+        "face_detected.png",
+        "id_sim.png",
+        "lpips_ref.png",
+    ]
+    assert figures(page, "grids") == ["flux-dev__infusenet-aes__p0.png"]
+
+
 def test_format_helpers():
     assert report.fmt(float("nan")) == "—"
     assert report.fmt(0.123456) == "0.1235" and report.fmt(0.03, signed=True) == "+0.03"

@@ -54,6 +54,66 @@ TRAJECTORY_METRICS = (
 )
 
 
+# Column order of the tables whose rows are built as dicts; an empty table keeps its header.
+SUMMARY_COLUMNS = [
+    "cell_id",
+    "backbone",
+    "adapter",
+    "steps",
+    "metric",
+    "label",
+    "better",
+    "mean",
+    "std",
+    "n",
+    "n_missing",
+    "ci_low",
+    "ci_high",
+    "confidence",
+    "n_identities",
+    "n_prompts",
+    "anchor",
+    "diff_vs_anchor",
+    "diff_ci_low",
+    "diff_ci_high",
+    "n_pairs",
+    "weights",
+]
+REGIME_COLUMNS = [
+    "backbone",
+    "adapter",
+    "metric",
+    "label",
+    "better",
+    "steps",
+    "means",
+    "knee_steps",
+    "knee_value",
+    "kneedle_sensitivity",
+    "anchor",
+    "anchor_value",
+    "target_fraction",
+    "steps_to_target",
+]
+MARGINAL_COLUMNS = [
+    "backbone",
+    "adapter",
+    "metric",
+    "better",
+    "from_steps",
+    "to_steps",
+    "from_mean",
+    "to_mean",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "gain_per_step",
+    "extra_latency_s",
+    "gain_per_second",
+    "n_pairs",
+]
+
+
 def load_scores(config: dict[str, Any]) -> pd.DataFrame:
     grid, paths = Grid(config), Paths(config)
     return pd.concat([pd.read_parquet(paths.scores(c.id)) for c in grid.cells], ignore_index=True)
@@ -156,7 +216,7 @@ class Aggregator:
                         diff_vs_anchor=d.mean, diff_ci_low=d.low, diff_ci_high=d.high, n_pairs=d.n_pairs
                     )
                 rows.append(row)
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
     def regime(self) -> pd.DataFrame:
         """Per backbone/adapter and quality metric: Kneedle knee and fewest steps reaching the target."""
@@ -190,7 +250,7 @@ class Aggregator:
                         "steps_to_target": np.nan if target is None else target,
                     }
                 )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=REGIME_COLUMNS)
 
     def marginal(self) -> pd.DataFrame:
         """Gain of each extra step: paired difference between consecutive steps of a series."""
@@ -224,7 +284,7 @@ class Aggregator:
                             "n_pairs": d.n_pairs,
                         }
                     )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
 
     def pareto(self) -> pd.DataFrame:
         """Every cell's mean latency and identity similarity; `on_front` marks the Pareto frontier."""

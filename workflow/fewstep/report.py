@@ -364,7 +364,9 @@ def _study_section(page: Page, comparison: pd.DataFrame, confidence: float) -> N
         page.add(
             "study",
             "The study's comparison",
-            _note("No `comparison` cells in the config: nothing to compare."),
+            _note(
+                "The config names no comparison cells (comparison: baseline, candidate): nothing to compare."
+            ),
         )
         return
     rows = []
@@ -431,15 +433,14 @@ def _findings(page: Page, read: dict[str, pd.DataFrame]) -> None:
         knee_text = (
             f"knee at {_steps_label(int(row.knee_steps))}" if np.isfinite(row.knee_steps) else "no knee found"
         )
-        target = (
-            f"reaches {row.target_fraction:.0%} of the anchor's value at "
-            f"{_steps_label(int(row.steps_to_target))}"
-            if np.isfinite(row.steps_to_target)
-            else f"never reaches {row.target_fraction:.0%} of the anchor's value"
-        )
+        if np.isfinite(row.steps_to_target):
+            knee_text += f"; reaches {row.target_fraction:.0%} of the anchor's value at "
+            knee_text += _steps_label(int(row.steps_to_target))
+        elif np.isfinite(row.anchor_value):
+            knee_text += f"; never reaches {row.target_fraction:.0%} of the anchor's value"
         items.append(
             f"<code>{html.escape(row.backbone)} / {html.escape(row.adapter)}</code>, "
-            f"{html.escape(spec(row.metric).label)}: {knee_text}; {target}."
+            f"{html.escape(spec(row.metric).label)}: {knee_text}."
         )
         if primary is regime:
             break
@@ -474,7 +475,8 @@ def _regime_section(page: Page, summary: pd.DataFrame, regime: pd.DataFrame, con
             "knee (steps)": [fmt(v) if np.isnan(v) else str(int(v)) for v in regime["knee_steps"]],
             "value at knee": [fmt(v) for v in regime["knee_value"]],
             f"fewest steps reaching {options['target_fraction']:.0%} of anchor": [
-                "never" if np.isnan(v) else str(int(v)) for v in regime["steps_to_target"]
+                str(int(v)) if np.isfinite(v) else ("never" if np.isfinite(a) else "no anchor")
+                for v, a in zip(regime["steps_to_target"], regime["anchor_value"], strict=True)
             ],
             "anchor value": [fmt(v) for v in regime["anchor_value"]],
         }
