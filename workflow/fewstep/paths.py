@@ -46,6 +46,7 @@ class Paths:
         return self.root / "scores" / cell_id / "scores.parquet"
 
     def trajectory(self, cell_id: str) -> Path:
+        """One row per (item, step): x0 decoded at every step and norm probes (trajectory rule)."""
         return self.root / "trajectories" / cell_id / "trajectory.parquet"
 
     def trajectory_image(self, cell_id: str, item_id: str, step: int) -> Path:
@@ -64,9 +65,21 @@ class Paths:
     def per_image(self) -> Path:
         return self.aggregate_dir / "per_image.parquet"
 
+    def table(self, name: str) -> Path:
+        """An aggregate table (summary, regime, marginal, pareto, comparison, ablation, trajectory)."""
+        return self.aggregate_dir / f"{name}.csv"
+
     @property
     def report_index(self) -> Path:
         return self.report_dir / "index.html"
+
+    def report_figures(self, section: str) -> Path:
+        """Figures of one report section, PNG and SVG (one Snakemake report category each)."""
+        return self.report_dir / "figures" / section
+
+    @property
+    def report_tables(self) -> Path:
+        return self.report_dir / "tables"
 
     def log(self, rule: str, name: str = "") -> Path:
         """One log per job; a cell id's slashes become `__` to keep one folder per rule."""

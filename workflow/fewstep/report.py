@@ -1,143 +1,857 @@
-"""The sweep's report: figures, an identity x steps image grid, one HTML page."""
+"""The sweep's report: figures (PNG + SVG), image grids, CSV tables and one HTML page.
+
+`reports/<sweep>/index.html` is self-contained (figures and grids embedded as
+PNG data); next to it `figures/<section>/*.{png,svg}` (the Snakemake report
+registers the PNGs, one category per section) and `tables/*.csv`. Sections
+without data (no trajectories, one adapter, no LPIPS column) say so instead of
+showing an empty figure.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
 
 from fewstep import provenance
-from fewstep.aggregate import METRICS
-from fewstep.grid import Grid
+from fewstep.aggregate import PARETO, TABLES, load_trajectories
+from fewstep.config import fingerprint
+from fewstep.grid import Cell, Grid
 from fewstep.io import atomic_write_bytes, atomic_write_text
+from fewstep.metric_registry import spec
 from fewstep.paths import Paths
 
+#: figure folders under reports/<sweep>/figures/, each one Snakemake report category
+SECTIONS = ("regime", "cost", "ablation", "trajectory", "grids")
+
 WEIGHT_BANNERS = {
-    "tiny": "Tiny models with seeded random weights: this page tests the workflow; its numbers mean nothing.",
+    "tiny": "Tiny models with seeded random weights: this page tests the workflow; its images are noise "
+    "and its numbers mean nothing.",
     "random": "Full-size models with random weights: latency and memory are real, image metrics are not.",
 }
+NA = "not available"
+#: packages behind the numbers and figures of the page, listed in its provenance
+REPORT_PACKAGES = ("numpy", "pandas", "scipy", "matplotlib", "kneed", "snakemake")
 
 
-def _figure_bytes(fig, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, bbox_inches="tight", dpi=120)
-    return buffer.getvalue()
+# ---------------------------------------------------------------- formatting
+def fmt(value: Any, signed: bool = False) -> str:
+    """A number with 4 significant digits; NaN/None as an em dash."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
-def metric_figure(summary: pd.DataFrame, metric: str, backbone: str):
-    """Mean of `metric` vs steps for one backbone, a line per adapter with its interval band."""
+def fmt_ci(mean: float, low: float, high: float, signed: bool = False, suffix: str = "") -> str:
+    if not np.isfinite(mean):
+        return "—"
+    text = f"{fmt(mean, signed)}{suffix}"
+    if np.isfinite(low) and np.isfinite(high):
+        text += f" [{fmt(low, signed)}{suffix}, {fmt(high, signed)}{suffix}]"
+    return text
+
+
+def html_table(frame: pd.DataFrame, css: str = "") -> str:
+    """A table of preformatted strings (cells escaped)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _img_tag(data: bytes, alt: str, mime: str = "image/png") -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+
+
+# ------------------------------------------------------------------- figures
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    data = summary[(summary["metric"] == metric) & (summary["backbone"] == backbone)]
-    for adapter, frame in data.groupby("adapter", sort=False):
-        frame = frame.sort_values("steps")
-        ax.plot(frame["steps"], frame["mean"], marker="o", label=adapter)
-        ax.fill_between(frame["steps"], frame["ci_low"], frame["ci_high"], alpha=0.2)
+    return plt
+
+
+def _steps_axis(ax, steps: Iterable[int]) -> None:
+    steps = sorted({int(s) for s in steps})
     ax.set_xscale("log", base=2)
-    steps = sorted(data["steps"].unique())
     ax.set_xticks(steps, [str(s) for s in steps])
+    ax.minorticks_off()
     ax.set_xlabel("denoising steps")
-    ax.set_ylabel(METRICS[metric])
-    ax.set_title(f"{backbone}: {METRICS[metric]}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+
+
+def _series_colors(keys: Iterable[Any]) -> dict[Any, Any]:
+    cmap = _plt().get_cmap("tab10")
+    return {key: cmap(i % 10) for i, key in enumerate(dict.fromkeys(keys))}
+
+
+def regime_figure(summary: pd.DataFrame, regime: pd.DataFrame, metric: str, fraction: float):
+    """`metric` vs steps, one panel per backbone, a line per adapter with its interval band,
+    the Kneedle knee starred, the anchor's value dashed and the target fraction dotted."""
+    plt = _plt()
+    data = summary[summary["metric"] == metric]
+    backbones = list(dict.fromkeys(data["backbone"]))
+    colors = _series_colors(data["adapter"])
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5 * len(backbones), 3.8), sharey=True, squeeze=False)
+    info = spec(metric)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        for adapter, frame in data[data["backbone"] == backbone].groupby("adapter", sort=False):
+            frame = frame.sort_values("steps")
+            color = colors[adapter]
+            ax.plot(frame["steps"], frame["mean"], marker="o", color=color, label=adapter)
+            ax.fill_between(frame["steps"], frame["ci_low"], frame["ci_high"], color=color, alpha=0.2)
+            row = regime[
+                (regime["backbone"] == backbone)
+                & (regime["adapter"] == adapter)
+                & (regime["metric"] == metric)
+            ]
+            if len(row) and np.isfinite(row["knee_steps"].iloc[0]):
+                at, value = row["knee_steps"].iloc[0], row["knee_value"].iloc[0]
+                ax.plot(
+                    [at], [value], marker="*", markersize=16, color=color, markeredgecolor="black", zorder=5
+                )
+                ax.annotate(
+                    f"knee {int(at)}", (at, value), textcoords="offset points", xytext=(6, -14), fontsize=8
+                )
+        anchor_value = regime.loc[regime["metric"] == metric, "anchor_value"]
+        if len(anchor_value) and np.isfinite(anchor_value.iloc[0]):
+            a = float(anchor_value.iloc[0])
+            ax.axhline(a, color="black", linestyle="--", linewidth=1, label="anchor")
+            if info.better in ("higher", "lower") and a > 0:
+                target = fraction * a if info.better == "higher" else (2 - fraction) * a
+                ax.axhline(
+                    target, color="grey", linestyle=":", linewidth=1, label=f"{fraction:.0%} of anchor"
+                )
+        _steps_axis(ax, data.loc[data["backbone"] == backbone, "steps"])
+        ax.set_title(backbone)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(info.axis_label)
+    fig.suptitle(f"{info.label} vs steps ({'higher' if info.better == 'higher' else 'lower'} is better)")
+    fig.tight_layout()
     return fig
 
 
-def image_grid(config: dict[str, Any], backbone: str, adapter: str, prompt: str, seed: int, tile: int = 128):
-    """Rows = identities (reference first), columns = steps; same prompt and seed throughout."""
-    from PIL import Image, ImageDraw
+def cost_figure(summary: pd.DataFrame, metrics: list[str]):
+    """Cost metrics (latency, memory) vs steps, a line per backbone/adapter with its band."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
+    colors = _series_colors(zip(summary["backbone"], summary["adapter"], strict=True))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        data = summary[summary["metric"] == metric]
+        for (backbone, adapter), frame in data.groupby(["backbone", "adapter"], sort=False):
+            frame = frame.sort_values("steps")
+            color = colors[(backbone, adapter)]
+            ax.plot(frame["steps"], frame["mean"], marker="o", color=color, label=f"{backbone} / {adapter}")
+            ax.fill_between(frame["steps"], frame["ci_low"], frame["ci_high"], color=color, alpha=0.2)
+        _steps_axis(ax, data["steps"])
+        ax.set_ylabel(spec(metric).axis_label)
+        ax.set_title(f"{spec(metric).label} vs steps")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
-    from fewstep.images import load_rgb
 
-    grid, paths = Grid(config), Paths(config)
-    cells = grid.cells_of(backbone, adapter)
-    identities = config["identities"][: config["report"]["grid_max_identities"]]
-    label_h = 18
-    canvas = Image.new("RGB", ((len(cells) + 1) * tile, label_h + len(identities) * tile), "white")
+def pareto_figure(pareto: pd.DataFrame):
+    """Every cell at (mean latency, mean identity similarity) with intervals; the frontier joined."""
+    plt = _plt()
+    cost, value = PARETO
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colors = _series_colors(zip(pareto["backbone"], pareto["adapter"], strict=True))
+    for (backbone, adapter), frame in pareto.groupby(["backbone", "adapter"], sort=False):
+        ax.errorbar(
+            frame[cost],
+            frame[value],
+            xerr=[frame[cost] - frame[f"{cost}_ci_low"], frame[f"{cost}_ci_high"] - frame[cost]],
+            yerr=[frame[value] - frame[f"{value}_ci_low"], frame[f"{value}_ci_high"] - frame[value]],
+            fmt="o",
+            color=colors[(backbone, adapter)],
+            label=f"{backbone} / {adapter}",
+            capsize=2,
+        )
+        for row in frame.itertuples():
+            ax.annotate(
+                str(row.steps),
+                (getattr(row, cost), getattr(row, value)),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    front = pareto[pareto["on_front"]].sort_values(cost)
+    ax.plot(
+        front[cost],
+        front[value],
+        color="black",
+        linewidth=1.5,
+        drawstyle="steps-post",
+        label="Pareto frontier",
+    )
+    ax.set_xlabel(spec(cost).axis_label)
+    ax.set_ylabel(spec(value).axis_label)
+    ax.set_title("Latency vs identity similarity (numbers: steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(ablation: pd.DataFrame, metric: str):
+    """Paired difference adapter - reference adapter vs steps, a panel per backbone."""
+    plt = _plt()
+    data = ablation[ablation["metric"] == metric]
+    backbones = list(dict.fromkeys(data["backbone"]))
+    colors = _series_colors(data["adapter"])
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5 * len(backbones), 3.8), sharey=True, squeeze=False)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        frame_b = data[data["backbone"] == backbone]
+        for adapter, frame in frame_b.groupby("adapter", sort=False):
+            frame = frame.sort_values("steps")
+            ax.plot(frame["steps"], frame["diff"], marker="o", color=colors[adapter], label=adapter)
+            ax.fill_between(
+                frame["steps"], frame["diff_ci_low"], frame["diff_ci_high"], color=colors[adapter], alpha=0.2
+            )
+        ax.axhline(0, color="black", linewidth=1)
+        _steps_axis(ax, frame_b["steps"])
+        ax.set_title(f"{backbone}: minus {frame_b['reference_adapter'].iloc[0]}")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"difference in {spec(metric).label}")
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_figure(trajectory: pd.DataFrame, metrics: list[str], title: str):
+    """Per-step probes of the trajectory runs: mean over items with band, x = step / steps."""
+    plt = _plt()
+    ncols = min(2, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    colors = _series_colors(trajectory["cell_id"])
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        data = trajectory[trajectory["metric"] == metric]
+        for cell_id, frame in data.groupby("cell_id", sort=False):
+            frame = frame.sort_values("step")
+            x = frame["step"] / frame["steps"]
+            ax.plot(x, frame["mean"], marker=".", color=colors[cell_id], label=cell_id)
+            ax.fill_between(x, frame["ci_low"], frame["ci_high"], color=colors[cell_id], alpha=0.2)
+        ax.set_xlabel("fraction of sampling done (step / steps)")
+        ax.set_ylabel(TRAJECTORY_LABELS.get(metric, metric))
+        ax.set_xlim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+TRAJECTORY_LABELS = {
+    "id_sim": "identity similarity of decoded x0",
+    "face_detected": "face detection rate of decoded x0",
+    "residual_rms_double": "InfuseNet residual RMS, double blocks",
+    "residual_rms_single": "InfuseNet residual RMS, single blocks",
+    "relative_double": "InfuseNet residual / backbone block RMS, double stream",
+    "relative_single": "InfuseNet residual / backbone block RMS, single stream",
+    "velocity_rms": "velocity RMS",
+}
+
+
+# --------------------------------------------------------------- image grids
+def _even(values: list[Any], most: int) -> list[Any]:
+    """At most `most` values, evenly spaced, first and last kept."""
+    if len(values) <= most:
+        return values
+    picks = np.unique(np.round(np.linspace(0, len(values) - 1, most)).astype(int))
+    return [values[i] for i in picks]
+
+
+def image_grid(
+    references: dict[str, np.ndarray],
+    columns: list[str],
+    tiles: dict[tuple[str, str], Path | None],
+    tile: int = 128,
+):
+    """Rows = identities (reference picture first), one column per label; a missing tile is grey."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    label_h = 20
+    canvas = Image.new("RGB", ((len(columns) + 1) * tile, label_h + len(references) * tile), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), "reference", fill="black")
-    for col, cell in enumerate(cells, start=1):
-        draw.text((col * tile + 4, 2), f"{cell.steps} steps", fill="black")
-    for row, identity in enumerate(identities):
+    draw.text((4, 3), "reference", fill="black", font=font)
+    for col, label in enumerate(columns, start=1):
+        draw.text((col * tile + 4, 3), label, fill="black", font=font)
+    for row, (identity, reference) in enumerate(references.items()):
         y = label_h + row * tile
-        canvas.paste(Image.fromarray(load_rgb(identity["image"])).resize((tile, tile)), (0, y))
-        for col, cell in enumerate(cells, start=1):
-            path = paths.image(cell.id, f"{identity['id']}/{prompt}/s{seed}")
-            with Image.open(path) as image:
-                canvas.paste(image.convert("RGB").resize((tile, tile)), (col * tile, y))
+        canvas.paste(Image.fromarray(reference).convert("RGB").resize((tile, tile)), (0, y))
+        draw.text((4, y + tile - 16), identity, fill="white", font=font, stroke_width=2, stroke_fill="black")
+        for col, label in enumerate(columns, start=1):
+            path = tiles.get((identity, label))
+            if path is not None and Path(path).exists():
+                with Image.open(path) as image:
+                    canvas.paste(
+                        image.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST), (col * tile, y)
+                    )
+            else:
+                draw.rectangle([col * tile, y, (col + 1) * tile - 1, y + tile - 1], fill="#bbbbbb")
+                draw.text((col * tile + 4, y + 4), "missing", fill="black", font=font)
     return canvas
 
 
-def _img_tag(data: bytes, mime: str, alt: str) -> str:
-    encoded = base64.b64encode(data).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+def _steps_label(steps: int) -> str:
+    return f"{steps} step" + ("" if steps == 1 else "s")
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------- page
+class Page:
+    """Collects sections, writes figures as it goes, then renders index.html."""
+
+    def __init__(self, config: dict[str, Any], out: Path):
+        self.config, self.grid, self.paths = config, Grid(config), Paths(config)
+        self.out = out
+        self.figures = out.parent / "figures"
+        self.sections: list[tuple[str, str, str]] = []  # (anchor id, title, body)
+
+    def figure(self, fig, section: str, name: str, alt: str) -> str:
+        """Save `fig` as PNG and SVG under figures/<section>/; return the embedded PNG."""
+        plt = _plt()
+        data = {}
+        for fmt_ in ("png", "svg"):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt_, bbox_inches="tight", dpi=110)
+            data[fmt_] = buffer.getvalue()
+            atomic_write_bytes(self.figures / section / f"{name}.{fmt_}", data[fmt_])
+        plt.close(fig)
+        svg = f"figures/{section}/{name}.svg"
+        caption = f'{html.escape(alt)} (<a href="{svg}">SVG</a>)'
+        return f"<figure>{_img_tag(data['png'], alt)}<figcaption>{caption}</figcaption></figure>"
+
+    def picture(self, image, section: str, name: str, alt: str) -> str:
+        data = _png(image)
+        atomic_write_bytes(self.figures / section / f"{name}.png", data)
+        return f"<figure>{_img_tag(data, alt)}<figcaption>{html.escape(alt)}</figcaption></figure>"
+
+    def add(self, key: str, title: str, body: str) -> None:
+        self.sections.append((key, title, body))
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _study_section(page: Page, comparison: pd.DataFrame, confidence: float) -> None:
+    if comparison.empty:
+        page.add(
+            "study",
+            "The study's comparison",
+            _note(
+                "The config names no comparison cells (comparison: baseline, candidate): nothing to compare."
+            ),
+        )
+        return
+    rows = []
+    for row in comparison.itertuples(index=False):
+        ratio = row.metric == "latency_s"
+        if not row.available:
+            ours = f"{NA} (the scores have no {row.metric} column)"
+            inside = "—"
+        else:
+            ours = fmt_ci(
+                row.estimate, row.ci_low, row.ci_high, signed=not ratio, suffix="x" if ratio else ""
+            )
+            inside = fmt(bool(row.ci_low <= row.study <= row.ci_high)) if np.isfinite(row.ci_low) else "—"
+        rows.append(
+            {
+                "quantity": row.quantity,
+                "baseline mean": fmt(row.baseline_mean) if row.available else NA,
+                "candidate mean": fmt(row.candidate_mean) if row.available else NA,
+                f"this sweep [{confidence:.0%} interval]": ours,
+                "study (dev-28 vs schnell-4)": f"{row.study:g}x" if ratio else f"{row.study:+g}",
+                "study value inside interval": inside,
+                "pairs": int(row.n_pairs),
+            }
+        )
+    first = comparison.iloc[0]
+    body = (
+        f"<p>Baseline <code>{html.escape(first['baseline'])}</code>, candidate "
+        f"<code>{html.escape(first['candidate'])}</code>; differences are candidate minus baseline on the "
+        "same identity, prompt and seed (paired), the latency ratio is mean baseline latency over mean "
+        "candidate latency. The study compares FLUX.1-dev at 28 steps with FLUX.1-schnell at 4 "
+        "(InfuseNet on both).</p>" + html_table(pd.DataFrame(rows), "study")
+    )
+    page.add("study", "The study's comparison", body)
+
+
+def _findings(page: Page, read: dict[str, pd.DataFrame]) -> None:
+    """A few sentences a reader can take away, each pointing at its section."""
+    items = []
+    comparison, regime, pareto = read["comparison"], read["regime"], read["pareto"]
+    for row in comparison.itertuples(index=False):
+        if not row.available or not np.isfinite(row.estimate):
+            continue
+        if row.metric == "latency_s":
+            items.append(
+                f"<code>{html.escape(row.candidate)}</code> is "
+                f"{fmt_ci(row.estimate, row.ci_low, row.ci_high, suffix='x')} faster per image than "
+                f"<code>{html.escape(row.baseline)}</code> (ratio of mean latencies; "
+                f"the study: {row.study:g}x)."
+            )
+        else:
+            items.append(
+                f"{html.escape(spec(row.metric).label)}, candidate minus baseline: "
+                f"{fmt_ci(row.estimate, row.ci_low, row.ci_high, signed=True)} (the study: {row.study:+g})."
+            )
+    if not comparison.empty:
+        first = comparison.iloc[0]
+        if Cell.parse(first["baseline"]).steps != 28 or Cell.parse(first["candidate"]).steps != 4:
+            items.append(
+                "This sweep's comparison cells are not the study's (dev at 28 steps vs schnell at 4): "
+                "compare the direction, not the size, of the numbers."
+            )
+    primary = regime[regime["metric"] == "id_sim"] if "id_sim" in set(regime.get("metric", [])) else regime
+    for row in primary.itertuples(index=False):
+        knee_text = (
+            f"knee at {_steps_label(int(row.knee_steps))}" if np.isfinite(row.knee_steps) else "no knee found"
+        )
+        if np.isfinite(row.steps_to_target):
+            knee_text += f"; reaches {row.target_fraction:.0%} of the anchor's value at "
+            knee_text += _steps_label(int(row.steps_to_target))
+        elif np.isfinite(row.anchor_value):
+            knee_text += f"; never reaches {row.target_fraction:.0%} of the anchor's value"
+        items.append(
+            f"<code>{html.escape(row.backbone)} / {html.escape(row.adapter)}</code>, "
+            f"{html.escape(spec(row.metric).label)}: {knee_text}."
+        )
+        if primary is regime:
+            break
+    if not pareto.empty:
+        front = ", ".join(f"<code>{html.escape(c)}</code>" for c in pareto[pareto["on_front"]]["cell_id"])
+        items.append(f"Pareto frontier of latency vs identity similarity: {front}.")
+    if items:
+        page.add("findings", "At a glance", "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+
+
+def _regime_section(page: Page, summary: pd.DataFrame, regime: pd.DataFrame, config: dict[str, Any]) -> None:
+    options = config["report"]
+    metrics = [m for m in dict.fromkeys(regime["metric"])] if not regime.empty else []
+    if not metrics:
+        page.add("regime", "Effective regime", _note("No quality metric in the scores."))
+        return
+    figures = "".join(
+        page.figure(
+            regime_figure(summary, regime, m, options["target_fraction"]),
+            "regime",
+            m,
+            f"{spec(m).label} vs steps per backbone (knee starred)",
+        )
+        for m in metrics
+    )
+    table = pd.DataFrame(
+        {
+            "backbone": regime["backbone"],
+            "adapter": regime["adapter"],
+            "metric": regime["metric"],
+            "steps": regime["steps"],
+            "knee (steps)": [fmt(v) if np.isnan(v) else str(int(v)) for v in regime["knee_steps"]],
+            "value at knee": [fmt(v) for v in regime["knee_value"]],
+            f"fewest steps reaching {options['target_fraction']:.0%} of anchor": [
+                str(int(v)) if np.isfinite(v) else ("never" if np.isfinite(a) else "no anchor")
+                for v, a in zip(regime["steps_to_target"], regime["anchor_value"], strict=True)
+            ],
+            "anchor value": [fmt(v) for v in regime["anchor_value"]],
+        }
+    )
+    body = (
+        "<p>Each quality metric against the number of denoising steps, per backbone: a line per adapter, "
+        f"the band its {config['report']['confidence']:.0%} interval, the star the knee found by Kneedle "
+        f"(sensitivity S = {options['kneedle_sensitivity']:g}), the dashed line the anchor cell's value "
+        f"and the dotted line {options['target_fraction']:.0%} of it.</p>" + figures + html_table(table)
+    )
+    page.add("regime", "Effective regime: metric vs steps", body)
+
+
+def wide(frame: pd.DataFrame, index: list[str], value: str, cell) -> pd.DataFrame:
+    """One row per `index` key, one column per metric holding `cell(row)` (a formatted string)."""
+    rows = []
+    for keys, group in frame.groupby(index, sort=False):
+        entry = dict(zip(index, keys if isinstance(keys, tuple) else (keys,), strict=True))
+        for r in group.itertuples(index=False):
+            entry[f"{r.metric} {value}"] = cell(r)
+        rows.append(entry)
+    return pd.DataFrame(rows).fillna("—")
+
+
+def _marginal_section(page: Page, marginal: pd.DataFrame) -> None:
+    if marginal.empty:
+        page.add(
+            "marginal", "Marginal gain of each extra step", _note("Every series has a single step count.")
+        )
+        return
+    marginal = marginal.assign(
+        steps=[f"{a} → {b}" for a, b in zip(marginal["from_steps"], marginal["to_steps"], strict=True)],
+        extra=[fmt(v, signed=True) for v in marginal["extra_latency_s"]],
+    )
+    table = wide(
+        marginal,
+        ["backbone", "adapter", "steps", "extra"],
+        "gain [interval] (per step)",
+        lambda r: (
+            f"{fmt_ci(r.gain, r.gain_ci_low, r.gain_ci_high, signed=True)} ({fmt(r.gain_per_step, True)})"
+        ),
+    ).rename(columns={"extra": "extra latency (s)"})
+    body = (
+        "<p>Paired difference between consecutive step counts of a series (same identity, prompt and seed), "
+        "with the gain per added step in brackets; <code>marginal.csv</code> also divides by the added mean "
+        "latency (gain per extra second).</p>" + html_table(table)
+    )
+    page.add("marginal", "Marginal gain of each extra step", body)
+
+
+def _cost_section(page: Page, summary: pd.DataFrame, pareto: pd.DataFrame) -> None:
+    costs = [m for m in ("latency_s", "peak_mem_mb") if m in set(summary["metric"])]
+    body = ""
+    if costs:
+        body += page.figure(cost_figure(summary, costs), "cost", "latency", "latency (and memory) vs steps")
+    if pareto.empty:
+        body += _note(f"Pareto frontier {NA}: the scores need both {PARETO[0]} and {PARETO[1]}.")
+    else:
+        body += page.figure(
+            pareto_figure(pareto), "cost", "pareto", "latency vs identity similarity, all cells"
+        )
+        front = pareto[pareto["on_front"]].sort_values(PARETO[0])
+        body += (
+            "<p>On the frontier (no other cell is both faster and more similar): "
+            + ", ".join(f"<code>{html.escape(c)}</code>" for c in front["cell_id"])
+            + ".</p>"
+        )
+    page.add(
+        "cost",
+        "Cost: latency vs steps and the Pareto frontier",
+        body or _note("No cost metric in the scores."),
+    )
+
+
+def _ablation_section(page: Page, ablation: pd.DataFrame) -> None:
+    if ablation.empty:
+        page.add("ablation", "Adapter ablation", _note("Each backbone runs a single adapter: no ablation."))
+        return
+    body = (
+        "<p>Each adapter minus the reference adapter on the same backbone, steps, identity, prompt, seed.</p>"
+    )
+    for metric in dict.fromkeys(ablation["metric"]):
+        body += page.figure(
+            ablation_figure(ablation, metric), "ablation", metric, f"adapter ablation: {spec(metric).label}"
+        )
+    ablation = ablation.assign(
+        compared=[
+            f"{a} − {r}" for a, r in zip(ablation["adapter"], ablation["reference_adapter"], strict=True)
+        ]
+    )
+    table = wide(
+        ablation,
+        ["backbone", "steps", "compared"],
+        "difference [interval]",
+        lambda r: fmt_ci(r.diff, r.diff_ci_low, r.diff_ci_high, signed=True),
+    ).rename(columns={"compared": "adapter − reference"})
+    page.add("ablation", "Adapter ablation", body + html_table(table))
+
+
+def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFrame | None) -> None:
+    if trajectory.empty or frames is None:
+        page.add(
+            "trajectory",
+            "Trajectories",
+            _note("No trajectory tables in this sweep (results/<sweep>/trajectories/): section skipped."),
+        )
+        return
+    body = ""
+    present = set(trajectory["metric"])
+    emergence = [m for m in ("id_sim", "face_detected") if m in present]
+    norms = [
+        m
+        for m in (
+            "residual_rms_double",
+            "residual_rms_single",
+            "relative_double",
+            "relative_single",
+        )
+        if m in present
+    ]
+    if emergence:
+        body += page.figure(
+            trajectory_figure(trajectory, emergence, "Identity emergence: the x0 prediction at every step"),
+            "trajectory",
+            "emergence",
+            "identity emergence along the trajectory",
+        )
+    if norms:
+        body += page.figure(
+            trajectory_figure(trajectory, norms, "Norm probes: InfuseNet's residuals along sampling"),
+            "trajectory",
+            "norms",
+            "attention-stream norm probes along the trajectory",
+        )
+    config = page.config
+    seed = frames["seed"].iloc[0]
+    references = _references(config)
+    for cell_id, frame in frames.groupby("cell_id", sort=False):
+        prompt = frame["prompt_id"].iloc[0]
+        chosen = frame[(frame["prompt_id"] == prompt) & (frame["seed"] == seed)]
+        steps = _even(sorted(chosen["step"].unique().tolist()), config["report"]["grid_max_steps"])
+        tiles = {
+            (r.identity, f"step {r.step}"): _trajectory_image(page.paths, cell_id, r.image)
+            for r in chosen.itertuples()
+            if r.step in steps and isinstance(r.image, str)
+        }
+        grid = image_grid(
+            {k: v for k, v in references.items() if k in set(chosen["identity"])},
+            [f"step {s}" for s in steps],
+            tiles,
+        )
+        body += page.picture(
+            grid,
+            "trajectory",
+            "grid__" + cell_id.replace("/", "__"),
+            f"decoded x0 per step, {cell_id}, prompt {prompt}, seed {seed}",
+        )
+    page.add("trajectory", "Trajectories: identity emergence and norm probes", body)
+
+
+def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
+    """A trajectory PNG given relative to the trajectory folder (else the cell or sweep folder)."""
+    for base in (paths.trajectory(cell_id).parent, paths.cell_dir(cell_id), paths.root):
+        if (base / image).exists():
+            return base / image
+    return None
+
+
+def _references(config: dict[str, Any]) -> dict[str, np.ndarray]:
+    from fewstep.images import load_rgb
+
+    identities = config["identities"][: config["report"]["grid_max_identities"]]
+    return {i["id"]: load_rgb(i["image"]) for i in identities}
+
+
+def _grids_section(page: Page) -> None:
+    config, grid, paths = page.config, page.grid, page.paths
+    references = _references(config)
+    seed = config["seeds"][0]
+    body = (
+        "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "
+        f"same prompt and seed ({seed}), so a row shows the identity forming step by step.</p>"
+    )
+    for prompt in [p["id"] for p in config["prompts"][: config["report"]["grid_prompts"]]]:
+        for backbone, adapter in dict.fromkeys((c.backbone, c.adapter) for c in grid.cells):
+            cells = _even(
+                sorted(grid.cells_of(backbone, adapter), key=lambda c: c.steps),
+                config["report"]["grid_max_steps"],
+            )
+            tiles = {
+                (identity, _steps_label(cell.steps)): paths.image(cell.id, f"{identity}/{prompt}/s{seed}")
+                for identity in references
+                for cell in cells
+            }
+            canvas = image_grid(references, [_steps_label(c.steps) for c in cells], tiles)
+            body += page.picture(
+                canvas,
+                "grids",
+                f"{backbone}__{adapter}__{prompt}",
+                f"{backbone} / {adapter}: identity x steps, prompt {prompt}, seed {seed}",
+            )
+    page.add("grids", "Image grids: identity x steps", body)
+
+
+def _missing(count: int) -> str:
+    return f", {count} missing" if count else ""
+
+
+def _summary_section(page: Page, summary: pd.DataFrame) -> None:
+    anchor = page.grid.anchor
+    means = wide(
+        summary,
+        ["cell_id"],
+        "mean [interval] (n)",
+        lambda r: f"{fmt_ci(r.mean, r.ci_low, r.ci_high)} ({r.n}{_missing(r.n_missing)})",
+    )
+    body = "<h3>Means with intervals</h3>" + html_table(means, "summary")
+    if anchor is not None:
+        diffs = wide(
+            summary,
+            ["cell_id"],
+            "minus anchor [interval]",
+            lambda r: fmt_ci(r.diff_vs_anchor, r.diff_ci_low, r.diff_ci_high, signed=True),
+        )
+        body += (
+            f"<h3>Paired difference to the anchor <code>{html.escape(anchor.id)}</code></h3>"
+            "<p>Cell minus anchor on the same identity, prompt and seed.</p>" + html_table(diffs, "summary")
+        )
+    body += "<p>Standard deviations and every column: <code>summary.csv</code>.</p>"
+    page.add("summary", "Per cell and metric", body)
+
+
+def _method_section(page: Page, summary: pd.DataFrame) -> None:
+    options = page.config["report"]
+    n_id = int(summary["n_identities"].max()) if len(summary) else 0
+    n_pr = int(summary["n_prompts"].max()) if len(summary) else 0
+    fraction, sensitivity = options["target_fraction"], options["kneedle_sensitivity"]
+    items = [
+        f"<b>Intervals</b>: {options['confidence']:.0%} percentile intervals of a two-way cluster bootstrap "
+        f"({options['bootstrap_samples']} replicates, seed {options['seed']}): each replicate draws the "
+        "identities with replacement and, independently, the prompts with replacement, and averages all "
+        "images of every drawn (identity, prompt) pair, every seed included. Images sharing an identity or "
+        "a prompt are not independent, so this is wider (and honest) where resampling images would be "
+        "too narrow. "
+        f"This sweep has {n_id} identities and {n_pr} prompts: with so few clusters intervals are coarse; "
+        "with one of each they collapse onto the mean.",
+        "<b>Paired differences</b> (vs the anchor, between consecutive steps, between adapters, the study "
+        "table): images matched on identity, prompt and seed, the per-image differences bootstrapped the "
+        "same way.",
+        "<b>Knee</b>: Kneedle (the <code>kneed</code> package) on the mean curve, steps on a linear axis, no "
+        "smoothing; a rising curve is taken as concave, a falling one as convex. "
+        f"Sensitivity S = {sensitivity:g}: a knee is called once the normalised difference curve falls "
+        "S x (mean normalised step spacing) below its maximum; a larger S asks for a clearer flattening. "
+        "Three points or fewer rarely show a knee.",
+        f"<b>Fewest steps reaching {fraction:.0%} of the anchor</b>: higher-is-better metrics need mean &ge; "
+        f"{fraction:g} x anchor; lower-is-better ones mean &le; {2 - fraction:g} x anchor.",
+        "<b>Pareto frontier</b>: cells no other cell beats on both mean latency (lower) and mean identity "
+        "similarity (higher).",
+    ]
+    body = "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+    page.add("method", "How the numbers are made", body)
+
+
+def _provenance_section(page: Page, per_image: pd.DataFrame) -> None:
+    config = page.config
+    versions = provenance.versions(provenance.PACKAGES + REPORT_PACKAGES)
+    image_commits = sorted(per_image["git_commit"].dropna().unique()) if "git_commit" in per_image else []
+    image_hashes = sorted(per_image["config_hash"].dropna().unique()) if "config_hash" in per_image else []
+    metric_versions = (
+        sorted(per_image["metric_versions"].dropna().unique()) if "metric_versions" in per_image else []
+    )
+    facts = pd.DataFrame(
+        [
+            ("config hash", fingerprint(config)),
+            ("report made at commit", provenance.git_commit()),
+            ("report made at", time.strftime("%Y-%m-%d %H:%M:%S %z")),
+            ("images made at commit(s)", ", ".join(image_commits) or "—"),
+            ("images made with config hash(es)", ", ".join(image_hashes) or "—"),
+            ("metric versions", "; ".join(metric_versions) or "—"),
+            ("weights", config["weights"]),
+            *((f"version: {k}", v) for k, v in versions.items()),
+        ],
+        columns=["what", "value"],
+    )
+    body = (
+        html_table(facts, "provenance")
+        + "<h3>Configuration (validated, defaults filled)</h3><pre>"
+        + html.escape(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        + "</pre>"
+    )
+    page.add("provenance", "Configuration and provenance", body)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222;line-height:1.45}
+.banner{background:#fff3cd;border:2px solid #d9a400;padding:.7em 1em;margin:.8em 0;font-weight:bold}
+nav a{margin-right:1em} figure{display:inline-block;margin:.5em;vertical-align:top;max-width:100%}
+figure img{max-width:100%;border:1px solid #ddd} figcaption{font-size:12px;color:#555}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0} td,th{border:1px solid #ccc;padding:3px 7px}
+th{background:#f3f3f3;text-align:left} table.study td{font-size:14px} .note{color:#666;font-style:italic}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}
+"""
+
+
+def render(page: Page, weights: set[str], intro: str) -> str:
+    config = page.config
+    banners = "".join(
+        f'<p class="banner">{html.escape(WEIGHT_BANNERS[w])}</p>'
+        for w in sorted(weights)
+        if w in WEIGHT_BANNERS
+    )
+    nav = "".join(
+        f'<a href="#{key}">{html.escape(title.split(":")[0])}</a>' for key, title, _ in page.sections
+    )
+    tables = " ".join(f'<a href="tables/{name}.csv">{name}.csv</a>' for name in TABLES)
+    sections = "".join(
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{body}</section>'
+        for key, title, body in page.sections
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fewstep: {html.escape(config["sweep"])}</title><style>{STYLE}</style></head><body>
+<h1>fewstep sweep <code>{html.escape(config["sweep"])}</code></h1>
+{banners}
+{intro}
+<p>Tables as CSV: {tables}</p>
+<nav>{nav}</nav>
+{sections}
+</body></html>
+"""
 
 
 def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> Path:
+    """Write reports/<sweep>/index.html, figures/<section>/ and tables/ from the aggregate tables."""
     grid, paths = Grid(config), Paths(config)
     out = Path(out or paths.report_index)
-    figures_dir = out.parent / "figures"
-    summary = pd.read_csv(summary_path)
-    sections: list[str] = []
+    summary_path = Path(summary_path)
+    sources = {
+        name: summary_path if name == "summary" else summary_path.parent / f"{name}.csv" for name in TABLES
+    }
+    read = {name: pd.read_csv(path) for name, path in sources.items()}
+    per_image = pd.read_parquet(summary_path.parent / paths.per_image.name)
+    for section in SECTIONS:  # every section folder exists, empty when it has nothing to show
+        (out.parent / "figures" / section).mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        atomic_write_bytes(out.parent / "tables" / f"{name}.csv", source.read_bytes())
 
-    backbones = list(dict.fromkeys(c.backbone for c in grid.cells))
-    for metric in [m for m in METRICS if m in set(summary["metric"])]:
-        tags = []
-        for backbone in backbones:
-            fig = metric_figure(summary, metric, backbone)
-            for fmt in ("png", "svg"):
-                atomic_write_bytes(figures_dir / f"{metric}__{backbone}.{fmt}", _figure_bytes(fig, fmt))
-            tags.append(_img_tag(_figure_bytes(fig, "png"), "image/png", f"{metric} vs steps, {backbone}"))
-            import matplotlib.pyplot as plt
+    page = Page(config, out)
+    summary = read["summary"]
+    _findings(page, read)
+    _study_section(page, read["comparison"], config["report"]["confidence"])
+    _regime_section(page, summary, read["regime"], config)
+    _marginal_section(page, read["marginal"])
+    _cost_section(page, summary, read["pareto"])
+    _ablation_section(page, read["ablation"])
+    _trajectory_section(page, read["trajectory"], load_trajectories(config))
+    _grids_section(page)
+    _summary_section(page, summary)
+    _method_section(page, summary)
+    _provenance_section(page, per_image)
 
-            plt.close(fig)
-        sections.append(
-            f"<h2>{html.escape(METRICS[metric])} vs steps</h2><div class='row'>{''.join(tags)}</div>"
-        )
-
-    prompt, seed = config["prompts"][0]["id"], config["seeds"][0]
-    grid_tags = []
-    for backbone in backbones:
-        for adapter in dict.fromkeys(c.adapter for c in grid.cells_of(backbone)):
-            canvas = image_grid(config, backbone, adapter, prompt, seed)
-            buffer = io.BytesIO()
-            canvas.save(buffer, format="PNG")
-            atomic_write_bytes(figures_dir / f"grid__{backbone}__{adapter}.png", buffer.getvalue())
-            grid_tags.append(
-                f"<h3>{html.escape(backbone)} / {html.escape(adapter)}</h3>"
-                + _img_tag(buffer.getvalue(), "image/png", f"image grid {backbone} {adapter}")
-            )
-    sections.append(
-        f"<h2>Identity x steps (prompt {html.escape(prompt)}, seed {seed})</h2>" + "".join(grid_tags)
+    weights = {config["weights"], *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}
+    anchor, comparison = grid.anchor, grid.comparison
+    n_id, n_pr, n_seed = len(config["identities"]), len(config["prompts"]), len(config["seeds"])
+    intro = (
+        f"<p>{len(grid.cells)} cells (backbone x adapter x steps), {len(grid.items)} images each "
+        f"({n_id} identities x {n_pr} prompts x {n_seed} seeds). "
+        f"Weights: <b>{html.escape(', '.join(sorted(weights)))}</b>. "
+        f"Anchor: <code>{html.escape(anchor.id if anchor else 'none')}</code>. "
     )
-
-    table = summary.pivot_table(index=["cell_id"], columns="metric", values="mean", sort=False)
-    sections.append("<h2>Summary (means)</h2>" + table.to_html(float_format=lambda v: f"{v:.4g}"))
-
-    banner = WEIGHT_BANNERS.get(config["weights"], "")
-    prov = provenance.record(config)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fewstep: {html.escape(config["sweep"])}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
-.banner{{background:#fff3cd;border:1px solid #e0c060;padding:.6em;margin:.5em 0}}
-.row img{{max-width:48%;margin:.3em}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
-<h1>fewstep sweep <code>{html.escape(config["sweep"])}</code></h1>
-{f'<p class="banner">{html.escape(banner)}</p>' if banner else ""}
-<p>{len(grid.cells)} cells x {len(grid.items)} images each. Weights: <b>{html.escape(config["weights"])}</b>.
-Config hash {prov["config_hash"]}, commit {html.escape(prov["git_commit"])}.</p>
-{"".join(sections)}
-</body></html>
-"""
-    atomic_write_text(out, page)
+    if comparison:
+        intro += f"Comparison: <code>{html.escape(comparison[0].id)}</code> vs "
+        intro += f"<code>{html.escape(comparison[1].id)}</code>. "
+    intro += f"Config hash {fingerprint(config)}, commit {html.escape(provenance.git_commit())}.</p>"
+    atomic_write_text(out, render(page, weights, intro))
     print(f"report -> {out}")
     return out

@@ -1,10 +1,21 @@
+from fewstep.aggregate import TABLES
+from fewstep.report import SECTIONS
+
+
+# `snakemake --report report.html` describes the workflow with this page and
+# shows every figure below in its category.
+report: "../report/workflow.rst"
+
+
 rule aggregate:
-    """Per cell and metric: mean, spread and a bootstrap interval."""
+    """Every table: per cell and metric with intervals, effective regime, Pareto, the study's comparison."""
     input:
-        [PATHS.scores(cell.id) for cell in GRID.cells],
+        scores=[PATHS.scores(cell.id) for cell in GRID.cells],
+        trajectories=[PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],
     output:
         summary=PATHS.summary,
         per_image=PATHS.per_image,
+        tables=[PATHS.table(name) for name in TABLES if name != "summary"],
     log:
         PATHS.log("aggregate"),
     conda:
@@ -14,16 +25,43 @@ rule aggregate:
         runtime=30,
     params:
         report=CONFIG["report"],
+        anchor=CONFIG.get("anchor"),
+        comparison=CONFIG.get("comparison"),
     shell:
         "python -m fewstep aggregate --out {output.summary} > {log} 2>&1"
 
 
 rule report:
-    """Figures, image grids and reports/<sweep>/index.html."""
+    """Figures (PNG + SVG), image grids, CSV tables and the self-contained reports/<sweep>/index.html."""
     input:
         summary=PATHS.summary,
+        per_image=PATHS.per_image,
+        tables=[PATHS.table(name) for name in TABLES if name != "summary"],
+        manifests=[PATHS.manifest(cell.id) for cell in GRID.cells],
+        trajectories=[PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],
     output:
-        PATHS.report_index,
+        page=report(
+            PATHS.report_index,
+            category="Report page",
+            caption="../report/page.rst",
+        ),
+        figures=[
+            report(
+                directory(PATHS.report_figures(section)),
+                patterns=["{name}.png"],
+                category=section.capitalize(),
+                labels={"figure": "{name}"},
+                caption=f"../report/{section}.rst",
+            )
+            for section in SECTIONS
+        ],
+        tables=report(
+            directory(PATHS.report_tables),
+            patterns=["{name}.csv"],
+            category="Tables",
+            labels={"table": "{name}"},
+            caption="../report/tables.rst",
+        ),
     log:
         PATHS.log("report"),
     conda:
@@ -31,5 +69,7 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        report=CONFIG["report"],
     shell:
-        "python -m fewstep report --summary {input.summary} > {log} 2>&1"
+        "python -m fewstep report --summary {input.summary} --out {output.page} > {log} 2>&1"

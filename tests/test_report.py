@@ -1,0 +1,144 @@
+"""The report on synthetic sweeps: figures, grids, tables and what the page says."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import synthetic_sweep as synth
+from PIL import Image
+
+from fewstep import aggregate, report
+from fewstep.config import fingerprint, validate
+from fewstep.paths import Paths
+
+
+def make(root, lpips: bool = True, trajectory: bool = True):
+    config = validate(synth.raw_config(root))
+    synth.write_scores(config, lpips=lpips)
+    if trajectory:
+        synth.write_trajectory(config, "flux-schnell/infusenet-aes/4")
+    summary = aggregate.run(config)
+    page = report.run(config, summary)
+    return config, page, page.read_text()
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    return make(tmp_path_factory.mktemp("full"))
+
+
+def figures(page, section):
+    return sorted(p.name for p in (page.parent / "figures" / section).iterdir())
+
+
+def test_figures_are_written_as_png_and_svg(full):
+    _, page, _ = full
+    assert figures(page, "regime") == [
+        f"{m}.{ext}" for m in ("face_detected", "id_sim", "lpips_ref") for ext in ("png", "svg")
+    ]
+    assert figures(page, "cost") == ["latency.png", "latency.svg", "pareto.png", "pareto.svg"]
+    assert figures(page, "ablation") == [
+        f"{m}.{ext}" for m in ("face_detected", "id_sim", "lpips_ref") for ext in ("png", "svg")
+    ]
+    assert figures(page, "trajectory") == [
+        "emergence.png",
+        "emergence.svg",
+        "grid__flux-schnell__infusenet-aes__4.png",
+        "norms.png",
+        "norms.svg",
+    ]
+    # one identity x steps grid per backbone/adapter for the first prompt
+    assert figures(page, "grids") == [
+        "flux-dev__infusenet-aes__p0.png",
+        "flux-dev__none__p0.png",
+        "flux-schnell__infusenet-aes__p0.png",
+    ]
+    for path in (page.parent / "figures").rglob("*.svg"):
+        assert path.read_text().lstrip().startswith("<?xml") and "</svg>" in path.read_text()
+
+
+def test_image_grid_layout_identity_rows_step_columns(full):
+    config, page, _ = full
+    with Image.open(page.parent / "figures" / "grids" / "flux-dev__infusenet-aes__p0.png") as grid:
+        tile, label = 128, 20
+        assert grid.size == ((5 + 1) * tile, label + 4 * tile)  # reference + 5 steps, 4 identities
+        # tile (row 0 = astronaut, column 3 = 4 steps) is the generated PNG: shade = 255 * id_sim
+        pixel = grid.getpixel((3 * tile + 64, label + 64))
+        expected = int(
+            255 * (synth.dev_curve(4) + synth.IDENTITY_EFFECTS["astronaut"] + synth.PROMPT_EFFECTS["p0"])
+        )
+        assert pixel == (expected, 40, 255 - expected)
+    with Image.open(
+        page.parent / "figures" / "trajectory" / "grid__flux-schnell__infusenet-aes__4.png"
+    ) as grid:
+        assert grid.size == ((4 + 1) * 128, 20 + 4 * 128)  # reference + 4 steps
+        assert grid.getpixel((2 * 128 + 64, 20 + 64)) == (40, 100, 100)  # step 2 tile of the synthetic x0
+
+
+def test_page_embeds_every_figure_and_links_tables(full):
+    config, page, text = full
+    pngs = list((page.parent / "figures").rglob("*.png"))
+    embedded = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', text)
+    assert len(embedded) == len(pngs)
+    assert 'src="figures/' not in text and "src='http" not in text  # self-contained
+    for name in aggregate.TABLES:
+        assert f'href="tables/{name}.csv"' in text
+        assert (page.parent / "tables" / f"{name}.csv").read_bytes() == Paths(config).table(name).read_bytes()
+    assert 'href="figures/regime/id_sim.svg"' in text
+
+
+def test_page_tells_the_reader_what_it_is(full):
+    config, _, text = full
+    assert 'class="banner"' in text and "Tiny models with seeded random weights" in text
+    # the study table, with the study's numbers beside ours
+    assert "5.9x" in text and "+0.028" in text and "-0.016" in text
+    assert "4.125x [4.125x, 4.125x]" in text  # latency ratio 3.3 s / 0.8 s, constant per item
+    assert "+0.03 [+0.03, +0.03]" in text
+    assert "comparison cells are not the study's" in text  # dev-16 is not dev-28
+    # the effective regime and findings
+    assert "knee at 4 steps; reaches 95% of the anchor's value at 4 steps" in text
+    # configuration and provenance
+    assert "sweep: synth" in text and fingerprint(config) in text
+    assert "version: kneed" in text and "0.9.0" in text
+    assert "Trajectories: identity emergence and norm probes" in text
+
+
+def test_sections_without_data_say_so(tmp_path):
+    config, page, text = make(tmp_path, lpips=False, trajectory=False)
+    assert figures(page, "trajectory") == []
+    assert "No trajectory tables in this sweep" in text
+    assert "not available (the scores have no lpips_ref column)" in text
+    assert "lpips_ref.png" not in " ".join(figures(page, "regime"))
+
+
+def test_single_cell_without_anchor_or_comparison(tmp_path):
+    """One backbone, adapter and step count, no anchor, no comparison: empty sections say why."""
+    raw = synth.raw_config(tmp_path)
+    raw["backbones"] = {"flux-dev": {"model": "flux-dev", "steps": [4]}}
+    raw["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
+    del raw["anchor"], raw["comparison"]
+    config = validate(raw)
+    synth.write_scores(config)
+    page = report.run(config, aggregate.run(config))
+    text = page.read_text()
+    for empty in ("marginal", "ablation", "trajectory", "comparison"):
+        assert Paths(config).table(empty).read_text().count("\n") == 1  # the header only
+    assert "The config names no comparison cells" in text
+    assert "Every series has a single step count." in text
+    assert "Each backbone runs a single adapter: no ablation." in text
+    assert "no knee found." in text and "anchor&#x27;s value" not in text and "anchor's value" not in text
+    assert ">no anchor<" in text  # the regime table's target column
+    assert [f for f in figures(page, "regime") if f.endswith(".png")] == [
+        "face_detected.png",
+        "id_sim.png",
+        "lpips_ref.png",
+    ]
+    assert figures(page, "grids") == ["flux-dev__infusenet-aes__p0.png"]
+
+
+def test_format_helpers():
+    assert report.fmt(float("nan")) == "—"
+    assert report.fmt(0.123456) == "0.1235" and report.fmt(0.03, signed=True) == "+0.03"
+    assert report.fmt_ci(1.0, 0.5, 1.5, suffix="x") == "1x [0.5x, 1.5x]"
+    assert report.fmt_ci(float("nan"), 0, 1) == "—"

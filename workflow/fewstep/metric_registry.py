@@ -1,0 +1,100 @@
+"""The one registry of metric columns: how each reads, which way is better, its unit.
+
+Aggregation and reports work over whatever metric columns the scores tables hold:
+a registered column gets its label and direction from here, any other numeric
+column that is not a key is summarised with its own name and no direction (no
+knee, no "better"). `kind` decides where a metric appears:
+
+- ``quality``: what the steps buy (effective regime, knee, ablation, study table);
+- ``cost``: what the steps cost (latency vs steps, Pareto);
+- ``diagnostic``: summarised in the tables only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    column: str
+    label: str
+    unit: str = ""
+    better: str | None = "higher"  # "higher", "lower" or None (no direction)
+    kind: str = "quality"  # "quality", "cost" or "diagnostic"
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher is better, -1 when lower is better, NaN without direction."""
+        return {"higher": 1.0, "lower": -1.0}.get(self.better or "", float("nan"))
+
+    @property
+    def axis_label(self) -> str:
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+_SPECS = [
+    MetricSpec("id_sim", "ArcFace identity similarity", "cosine"),
+    MetricSpec("face_detected", "face detection rate", "fraction"),
+    MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower"),
+    MetricSpec("lpips_anchor", "LPIPS to the anchor cell's image", better="lower"),
+    MetricSpec("clip_score", "CLIPScore (image-prompt)", "100 x cosine"),
+    MetricSpec("pick_score", "PickScore"),
+    MetricSpec("clip_i", "CLIP-I (image-reference)", "cosine"),
+    MetricSpec("dino", "DINO (image-reference)", "cosine"),
+    MetricSpec("csd", "CSD style similarity", "cosine"),
+    MetricSpec("latency_s", "latency per image", "s", "lower", "cost"),
+    MetricSpec("denoise_s", "denoising time per image", "s", "lower", "cost"),
+    MetricSpec("decode_s", "VAE decode time per image", "s", "lower", "cost"),
+    MetricSpec("peak_mem_mb", "peak memory", "MiB", "lower", "cost"),
+    MetricSpec("det_score", "face detector confidence", "", "higher", "diagnostic"),
+    MetricSpec("n_faces", "faces found per image", "", None, "diagnostic"),
+]
+METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
+
+#: columns that identify an image or its provenance, never a metric
+KEYS = {
+    "cell_id",
+    "backbone",
+    "adapter",
+    "steps",
+    "item_id",
+    "identity",
+    "prompt_id",
+    "prompt",
+    "seed",
+    "image",
+    "sha256",
+    "weights",
+    "config_hash",
+    "git_commit",
+    "metric_versions",
+    "step",
+    "sigma",
+    "width",
+    "height",
+    "guidance",
+    "adapter_steps",
+    "step_s_median",
+}
+
+
+def spec(column: str) -> MetricSpec:
+    """The registered spec, or a direction-less diagnostic one for an unknown column."""
+    return METRICS.get(column) or MetricSpec(column, column, better=None, kind="diagnostic")
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Metric columns of a scores table: registered ones first (registry order), then others."""
+    numeric = [
+        c
+        for c in frame.columns
+        if c not in KEYS and (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
+    return [c for c in METRICS if c in numeric] + sorted(c for c in numeric if c not in METRICS)
+
+
+def of_kind(columns: list[str], kind: str) -> list[str]:
+    return [c for c in columns if spec(c).kind == kind]
