@@ -17,6 +17,13 @@ from fewstep.stats import bootstrap_mean_ci
 METRICS = {
     "id_sim": "identity similarity (ArcFace cosine)",
     "face_detected": "face detection rate",
+    "lpips_ref": "LPIPS to the reference (lower = closer)",
+    "lpips_anchor": "LPIPS to the anchor cell (lower = closer)",
+    "clip_score": "CLIPScore (100 x CLIP-L cosine to the prompt)",
+    "pick_score": "PickScore",
+    "clip_i": "CLIP-I (CLIP-L cosine to the reference)",
+    "dino": "DINO (DINOv2 cosine to the reference)",
+    "csd": "CSD style similarity to the reference",
     "latency_s": "latency per image (s)",
     "denoise_s": "denoising time per image (s)",
     "peak_mem_mb": "peak memory (MiB)",
