@@ -28,7 +28,15 @@ def test_demo_grid_cells_and_items(raw_demo):
     ]
     assert grid.anchor == Cell("flux-dev", "infusenet-aes", 8)
     assert grid.comparison == (Cell("flux-dev", "infusenet-aes", 8), Cell("flux-schnell", "infusenet-aes", 4))
-    assert grid.models == ["arcface-irse50", "flux-dev", "flux-schnell", "infiniteyou", "insightface"]
+    assert grid.models == [
+        "arcface-irse50",
+        "clip-vit-l14",  # clip_score
+        "flux-dev",
+        "flux-schnell",
+        "infiniteyou",
+        "insightface",
+        "lpips-alex",  # lpips
+    ]
 
 
 def test_study_grid_crosses_every_block(tmp_path):

@@ -59,7 +59,8 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
     def names(section: str) -> list[str]:  # Snakemake adds a hidden .snakemake_timestamp
         return sorted(p.name for p in (figures / section).iterdir() if not p.name.startswith("."))
 
-    assert names("regime") == ["face_detected.png", "face_detected.svg", "id_sim.png", "id_sim.svg"]
+    metrics = ["clip_score", "face_detected", "id_sim", "lpips_anchor", "lpips_ref"]
+    assert names("regime") == [f"{m}.{ext}" for m in metrics for ext in ("png", "svg")]
     assert names("cost") == [
         "latency.png",
         "latency.svg",
@@ -71,10 +72,17 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "flux-dev__infusenet-aes__portrait.png",
         "flux-schnell__infusenet-aes__portrait.png",
     ]
-    assert names("ablation") == [] and names("trajectory") == []
+    assert names("ablation") == []  # the demo has one adapter
+    assert names("trajectory") == [
+        "emergence.png",
+        "emergence.svg",
+        "grid__flux-dev__infusenet-aes__8.png",
+        "grid__flux-schnell__infusenet-aes__4.png",
+        "norms.png",
+        "norms.svg",
+    ]
     assert "Tiny models with seeded random weights" in text
-    # the demo scores no LPIPS yet: the study row says so instead of failing
-    assert "not available (the scores have no lpips_ref column)" in text
+    assert "not available" not in text  # every quantity of the study table was measured
     assert "flux-schnell/infusenet-aes/4</code> is " in text and "faster per image" in text
     cwd = Path.cwd()
     os.chdir(demo)  # the config's relative paths resolve as in the run
@@ -90,7 +98,7 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    assert len(states) == len(pngs) == 6
+    assert len(states) == len(pngs) == 13
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)

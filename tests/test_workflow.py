@@ -26,6 +26,9 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert len(summary) == len(grid.cells) * summary["metric"].nunique()
     assert not summary.duplicated(["cell_id", "metric"]).any()
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
+    assert {"lpips_ref", "lpips_anchor", "clip_score"} <= set(summary["metric"])
+    anchor = summary[(summary["cell_id"] == config["anchor"]) & (summary["metric"] == "lpips_anchor")]
+    assert anchor["mean"].tolist() == [0.0]
     assert set(summary["weights"]) == {"tiny"}
     for cell in grid.trajectory_cells:
         table = pd.read_parquet(results / "trajectories" / cell.id / "trajectory.parquet")
@@ -56,9 +59,10 @@ def test_full_study_dag_builds_without_weights(tmp_path):
             counts[parts[0]] = int(parts[1])
     cells = (9 + 6) * 3  # (dev steps + schnell steps) x (aes, sim, none)
     assert counts["generate"] == cells and counts["score"] == cells
-    assert counts["prepare_model"] == 5  # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50
+    # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
+    assert counts["prepare_model"] == 7
     assert counts["trajectory"] == 4
-    assert counts["total"] == 2 * cells + 5 + 2 + 3 + 4
+    assert counts["total"] == 2 * cells + 7 + 2 + 3 + 4
     assert not (tmp_path / "resources").exists()
 
 
@@ -69,3 +73,20 @@ def test_bad_config_stops_with_one_line(tmp_path):
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("fewstep:")]
     assert lines == ["fewstep: config backbones.flux-dev.steps[0]: 0 is less than the minimum of 1"]
+
+
+def test_scoring_a_cell_waits_for_the_anchor_cell(tmp_path):
+    """LPIPS to the anchor: the score job of another cell needs the anchor's images first."""
+    target = "results/demo/scores/flux-schnell/infusenet-aes/4/scores.parquet"
+    result = snakemake(tmp_path, "-n", target, configfile=DEMO)
+    assert result.returncode == 0, result.stderr
+    planned = [
+        line.split("wildcards: ")[1] for line in result.stdout.splitlines() if "wildcards: backbone" in line
+    ]
+    assert sorted(planned) == [
+        "backbone=flux-dev, adapter=infusenet-aes, steps=8",  # the anchor's generate job
+        "backbone=flux-schnell, adapter=infusenet-aes, steps=4",  # generate
+        "backbone=flux-schnell, adapter=infusenet-aes, steps=4",  # score
+    ]
+    models = [line.split("model=")[1] for line in result.stdout.splitlines() if "wildcards: model=" in line]
+    assert {"lpips-alex", "clip-vit-l14", "insightface"} <= set(models)

@@ -32,6 +32,14 @@ FLUX_TEXT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "tokenizer/*", "toke
 FLUX_REQUIRED = ["model_index.json", "transformer/config.json", "vae/config.json"]
 FLUX_TEXT_REQUIRED = ["text_encoder/config.json", "text_encoder_2/config.json", "tokenizer_2/tokenizer.json"]
 INSIGHTFACE_SUBDIR = "supports/insightface"
+#: insightface packs InfiniteYou's hub repo does not carry: insightface's own release zips
+#: (the URL insightface 2.1 itself downloads from) with the archive's sha256.
+FACE_PACK_ZIPS = {
+    "buffalo_l": (
+        "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip",
+        "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
+    ),
+}
 GIB = 1024**3
 
 
@@ -52,6 +60,7 @@ def allow_patterns(config: dict[str, Any], name: str) -> list[str]:
         return [
             f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
             for pack in face_packs(config)
+            if pack not in FACE_PACK_ZIPS
             for file in PACK_FILES[pack]
         ]
     raise WeightsError(f"no download recipe for model {name!r}")
@@ -205,6 +214,47 @@ def fetch_url(url: str, path: Path) -> Path:
     return path
 
 
+def fetch_face_pack_zip(pack: str, folder: Path) -> None:
+    """A release zip of an insightface pack, checked and unpacked to `folder` (its .onnx files on top)."""
+    import tempfile
+    import zipfile
+
+    from fewstep.io import sha256_file
+
+    if folder.is_dir() and any(folder.glob("*.onnx")):
+        return
+    url, expected = FACE_PACK_ZIPS[pack]
+    archive = fetch_url(url, folder.with_name(f"{pack}.zip"))
+    digest = sha256_file(archive)
+    if digest != expected:
+        archive.unlink()
+        raise WeightsError(
+            f"{archive} has sha256 {digest[:12]}..., not the published {expected[:12]}...; "
+            "it was deleted: rerun to download it again"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{pack}.") as tmp:
+        extracted, staging = Path(tmp) / "zip", Path(tmp) / "pack"
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(extracted)
+        except zipfile.BadZipFile:
+            archive.unlink()
+            raise WeightsError(
+                f"{archive} is not a zip archive; it was deleted: rerun to download it again"
+            ) from None
+        onnx = sorted(extracted.rglob("*.onnx"))
+        if not onnx:
+            raise WeightsError(f"{archive} holds no .onnx files; check {url}")
+        staging.mkdir()
+        for file in onnx:  # some packs nest their files one folder down
+            file.rename(staging / file.name)
+        if folder.is_symlink():
+            folder.unlink()
+        staging.rename(folder)
+    archive.unlink()
+
+
 def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     """Make `folder` hold the real weights of model `name`."""
     from fewstep.models import (
@@ -216,6 +266,7 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
         face_packs,
         infusenet_variants,
     )
+    from fewstep.scoring_models import SCORING_MODELS
 
     folder = Path(folder)
     if name in BACKBONES:
@@ -230,10 +281,17 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     elif name == INSIGHTFACE.name:
         source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name)) / INSIGHTFACE_SUBDIR / "models"
         for pack in face_packs(config):
+            if pack in FACE_PACK_ZIPS:
+                fetch_face_pack_zip(pack, folder / "models" / pack)
+                continue
             _link(folder / "models" / pack, source / pack)
             if not any((folder / "models" / pack).glob("*.onnx")):
                 raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
     elif name == ARCFACE_IRSE.name:
         fetch_url(ARCFACE_IRSE.extra["url"], folder / ARCFACE_IRSE.extra["file"])
+    elif name in SCORING_MODELS:
+        from fewstep.scoring_models import fetch as fetch_scoring
+
+        fetch_scoring(config, name, folder)
     else:
         raise WeightsError(f"no download recipe for model {name!r}")

@@ -183,13 +183,15 @@ class Grid:
 
     @property
     def models(self) -> list[str]:
-        """Registry models this sweep needs prepared."""
+        """Registry models this sweep needs prepared (generation and the configured metrics)."""
+        from fewstep.scoring_models import scoring_models
+
         names = {self.backbone(c)["model"] for c in self.cells}
         for family in self.families:
             names.add(self.text_encoder_backbone(family))
-        names.add("insightface")  # scoring's face pack
-        if self.uses_infusenet:
-            names.update({"infiniteyou", "arcface-irse50"})
+        names.update(scoring_models(self.config))
+        if self.uses_infusenet:  # insightface: the conditioning face detection
+            names.update({"infiniteyou", "arcface-irse50", "insightface"})
         return sorted(names)
 
     @property

@@ -146,10 +146,19 @@ CONDITIONING_FACE_PACK = "antelopev2"
 REGISTRY = {**BACKBONES, **{m.name: m for m in (INFINITEYOU, INSIGHTFACE, ARCFACE_IRSE)}}
 
 
+def _spec(name: str) -> ModelSpec | None:
+    """Generation models here, scoring models in `fewstep.scoring_models`."""
+    from fewstep.scoring_models import SCORING_MODELS
+
+    return REGISTRY.get(name) or SCORING_MODELS.get(name)
+
+
 def model_folder(config: dict[str, Any], name: str) -> Path:
-    spec = REGISTRY.get(name)
+    from fewstep.scoring_models import SCORING_MODELS
+
+    spec = _spec(name)
     if spec is None:
-        known = ", ".join(sorted(REGISTRY))
+        known = ", ".join(sorted({*REGISTRY, *SCORING_MODELS}))
         raise WeightsError(f"unknown model {name!r}; known: {known}")
     return Path(config["models_dir"]) / config["weights"] / spec.folder
 
@@ -217,6 +226,7 @@ def face_packs(config: dict[str, Any]) -> list[str]:
 
 def _build_tiny(config: dict[str, Any], name: str, folder: Path) -> None:
     from fewstep import tiny
+    from fewstep.scoring_models import SCORING_MODELS, build_tiny
 
     if name == INSIGHTFACE.name:
         from fewstep.faces import build_tiny_face_pack
@@ -234,6 +244,8 @@ def _build_tiny(config: dict[str, Any], name: str, folder: Path) -> None:
         )
     elif name == INFINITEYOU.name:
         tiny.build_infiniteyou(folder, infusenet_variants(config))
+    elif name in SCORING_MODELS:
+        build_tiny(name, folder)
     else:  # pragma: no cover - REGISTRY lookups fail earlier
         raise WeightsError(f"no tiny builder for {name!r}")
 
@@ -241,12 +253,13 @@ def _build_tiny(config: dict[str, Any], name: str, folder: Path) -> None:
 def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
     """Write only configs: the loaders build full-size modules on the device.
 
-    Face models are the exception: random detectors find no face, so random mode
-    uses the tiny face models (identity numbers are meaningless there anyway).
+    Face and scoring models are the exception: random detectors find no face, and
+    random mode's scores are meaningless anyway, so it uses their tiny stand-ins.
     """
     from fewstep.io import atomic_write_json as write
+    from fewstep.scoring_models import SCORING_MODELS
 
-    if name in (INSIGHTFACE.name, ARCFACE_IRSE.name):
+    if name in (INSIGHTFACE.name, ARCFACE_IRSE.name) or name in SCORING_MODELS:
         _build_tiny(config, name, folder)
     elif name in BACKBONES:
         from transformers import CLIPTextConfig, T5Config

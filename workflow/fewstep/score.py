@@ -1,15 +1,17 @@
 """Score one cell: every image of its manifest through every configured metric.
 
 A metric is an object with a `name`, a `version`, and `score(batch)` returning
-one dict of columns per image; models load once per job in `__init__`. The
-output is one parquet table per cell: the manifest's keys plus one column per
-metric value, with the metric versions in the table.
+one dict of columns per image; it is built with `(config, JobModels)` and loads
+its network once per job (`fewstep.metrics`). The output is one parquet table
+per cell: the manifest's keys plus one column per metric value, with the metric
+versions in the table.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,8 +19,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fewstep.grid import Grid
+from fewstep.grid import Cell, Grid
 from fewstep.io import atomic_write_with
+from fewstep.metrics import (
+    CLIPImageSimilarity,
+    CLIPScore,
+    CSDStyleSimilarity,
+    DINOSimilarity,
+    JobModels,
+    PerceptualDistance,
+    PickScore,
+)
 from fewstep.paths import Paths
 
 KEY_COLUMNS = [
@@ -49,6 +60,9 @@ class Sample:
     row: dict[str, Any]
     pixels: np.ndarray  # HxWx3 uint8 RGB
     reference: np.ndarray  # the identity's reference picture, RGB
+    prompt: str = ""  # the prompt's text
+    anchor: np.ndarray | None = None  # the anchor cell's image of this item (other cells only)
+    is_anchor: bool = False  # this image belongs to the anchor cell
 
 
 class Metric(Protocol):
@@ -67,12 +81,13 @@ class IdentitySimilarity:
 
     name = "identity"
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], models: JobModels):
         from fewstep.models import face_analyzer
 
-        self.analyzer = face_analyzer(config)
+        self.analyzer = models.get("insightface", lambda: face_analyzer(config))
         self.policy = config["face"]["policy"]
-        self.version = f"insightface:{config['face']['pack']}:{config['weights']}"
+        pack, weights = config["face"]["pack"], config["weights"]
+        self.version = f"insightface-{package_version('insightface')}:{pack}:weights={weights}"
         self._references: dict[int, np.ndarray | None] = {}
 
     def _embed(self, rgb: np.ndarray):
@@ -110,11 +125,20 @@ class IdentitySimilarity:
         return out
 
 
-METRICS = {"identity": IdentitySimilarity}
+METRICS = {
+    "identity": IdentitySimilarity,
+    "lpips": PerceptualDistance,
+    "clip_score": CLIPScore,
+    "pick_score": PickScore,
+    "clip_i": CLIPImageSimilarity,
+    "dino": DINOSimilarity,
+    "csd": CSDStyleSimilarity,
+}
 
 
 def build_metrics(config: dict[str, Any]) -> list[Metric]:
-    return [METRICS[name](config) for name in config["scoring"]["metrics"]]
+    models = JobModels(config)
+    return [METRICS[name](config, models) for name in config["scoring"]["metrics"]]
 
 
 def read_generated(path: Path) -> np.ndarray:
@@ -129,6 +153,17 @@ def read_generated(path: Path) -> np.ndarray:
         ) from None
 
 
+def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> dict[str, Path]:
+    """item id -> the anchor cell's image, when a metric compares to it and this is another cell."""
+    from fewstep.scoring_models import score_anchor
+
+    anchor = score_anchor(config, cell.id)
+    if anchor is None:
+        return {}
+    manifest = pd.read_parquet(paths.manifest(anchor), columns=["item_id", "image"])
+    return {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
+
+
 def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
     from fewstep.images import load_rgb
 
@@ -138,28 +173,34 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
     metrics = build_metrics(config)
+    anchor_images = _anchor_images(config, paths, cell)
     batch_size = config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
-    bar = tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = [
-            Sample(
-                row,
-                read_generated(paths.cell_dir(cell.id) / row["image"]),
-                references[row["identity"]],
-            )
-            for row in chunk
-        ]
-        columns = [dict() for _ in chunk]
-        for metric in metrics:
-            for target, values in zip(columns, metric.score(batch), strict=True):
-                target.update(values)
-        for row, values in zip(chunk, columns, strict=True):
-            scored.append({**{k: row.get(k) for k in KEY_COLUMNS}, **values})
-        bar.update(len(chunk))
-    bar.close()
+
+    def sample(row: dict[str, Any]) -> Sample:
+        anchor = anchor_images.get(row["item_id"])
+        return Sample(
+            row,
+            read_generated(paths.cell_dir(cell.id) / row["image"]),
+            references[row["identity"]],
+            prompt=grid.prompt(row["prompt_id"])["text"],
+            anchor=None if anchor is None else read_generated(anchor),
+            is_anchor=cell == grid.anchor,
+        )
+
+    # The bar closes (ending its line) before an error line is printed.
+    with tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = [sample(row) for row in chunk]
+            columns = [dict() for _ in chunk]
+            for metric in metrics:
+                for target, values in zip(columns, metric.score(batch), strict=True):
+                    target.update(values)
+            for row, values in zip(chunk, columns, strict=True):
+                scored.append({**{k: row.get(k) for k in KEY_COLUMNS}, **values})
+            bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
     atomic_write_with(out, lambda tmp: frame.to_parquet(tmp, index=False))

@@ -66,13 +66,14 @@ class BlockProbe:
 def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
     """Write trajectories/<cell>/trajectory.parquet and the per-step x0 images."""
     from fewstep.images import load_rgb
+    from fewstep.metrics import JobModels
     from fewstep.score import IdentitySimilarity, Sample
 
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
     out = Path(out or paths.trajectory(cell.id))
     generator = CellGenerator(config, cell)
-    scorer = IdentitySimilarity(config)
+    scorer = IdentitySimilarity(config, JobModels(config))
     references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
     probe = BlockProbe(generator.parts.transformer)
     prov = provenance.record(config)

@@ -1,4 +1,5 @@
 from fewstep.models import marker_path
+from fewstep.scoring_models import score_anchor, scoring_models
 
 
 def generate_inputs(wildcards):
@@ -15,4 +16,15 @@ def generate_inputs(wildcards):
     if adapter["kind"] == "infusenet":
         inputs.append(marker_path(CONFIG, "infiniteyou"))
         inputs += [PATHS.identity_embedding(i["id"]) for i in CONFIG["identities"]]
+    return inputs
+
+
+def score_inputs(wildcards):
+    """A cell's manifest, the scoring models, and the anchor cell's manifest (LPIPS to it)."""
+    cell_id = CELL_PATTERN.format(**wildcards)
+    inputs = [PATHS.manifest(cell_id)]
+    inputs += [marker_path(CONFIG, name) for name in scoring_models(CONFIG)]
+    anchor = score_anchor(CONFIG, cell_id)
+    if anchor is not None:
+        inputs.append(PATHS.manifest(anchor))
     return inputs

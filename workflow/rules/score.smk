@@ -1,8 +1,7 @@
 rule score:
-    """Every metric for every image of one cell."""
+    """Every metric for every image of one cell (after the anchor cell, for LPIPS to it)."""
     input:
-        manifest=PATHS.manifest(CELL_PATTERN),
-        models=marker_path(CONFIG, "insightface"),
+        score_inputs,
     output:
         PATHS.scores(CELL_PATTERN),
     log:
@@ -12,10 +11,14 @@ rule score:
     conda:
         "../../envs/fewstep.yaml"
     resources:
-        mem_mb=8000 if CONFIG["weights"] != "tiny" else 2000,
+        gpu=GPU,
+        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=120,
     params:
-        metrics=CONFIG["scoring"],
+        # Rescore when the metrics, the face pack or the anchor change.
+        scoring=CONFIG["scoring"],
+        face=CONFIG["face"],
+        anchor=CONFIG.get("anchor"),
     shell:
         "python -m fewstep score"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
