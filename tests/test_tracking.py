@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,18 +33,63 @@ from fewstep.wandb_reader import WandbFileError, find_run_files, read_run
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "wandb_harness.py"
 
+# Installed as sitecustomize in the child: logs, tab-separated, every name lookup and
+# internet socket use ("net") and every file or folder the Python side creates or
+# writes ("fs"). It writes through a descriptor opened before it is installed.
 AUDIT_HOOK = """\
 import os, socket, sys
-_LOG = os.environ["FEWSTEP_NET_LOG"]
+_FD = os.open(os.environ["FEWSTEP_AUDIT_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 _LOOKUPS = {"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
             "socket.gethostbyaddr", "socket.getnameinfo"}
 _SENDS = {"socket.connect", "socket.sendto", "socket.sendmsg"}
+_CREATES = {"os.mkdir", "tempfile.mkdtemp", "tempfile.mkstemp"}
+_TARGETS = {"os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.move"}
+_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+def _emit(kind, event, detail):
+    os.write(_FD, f"{kind}\\t{event}\\t{detail}\\n".encode())
+def _fs(event, path):
+    if not isinstance(path, int):
+        _emit("fs", event, os.path.abspath(os.fsdecode(path)))
 def _hook(event, args):
     if event in _LOOKUPS or (event in _SENDS and args[0].family in (socket.AF_INET, socket.AF_INET6)):
-        with open(_LOG, "a") as handle:
-            handle.write(f"{os.getpid()} {event} {args!r}\\n")
+        _emit("net", event, repr(args))
+    elif event == "open" and ((args[1] and any(c in args[1] for c in "wax+")) or (args[2] or 0) & _WRITE):
+        _fs(event, args[0])
+    elif event in _CREATES:
+        _fs(event, args[0])
+    elif event in _TARGETS:
+        _fs(event, args[1])
 sys.addaudithook(_hook)
 """
+# Syscalls strace records for every process ("?" = skip where the platform lacks it).
+TRACED = "connect,sendto,sendmsg,openat,?open,?creat,mkdirat,?mkdir,renameat,renameat2,?rename,linkat,?link"
+STRACE_CALL = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+=")
+STRACE_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def strace_writes(text: str, cwd: Path) -> list[str]:
+    """Paths the traced processes created, wrote, or renamed/linked something to."""
+    out = []
+    for line in text.splitlines():
+        match = STRACE_CALL.match(line)
+        if not match:
+            continue
+        call, args = match.groups()
+        strings = STRACE_STRING.findall(args)
+        if not strings:
+            continue
+        if call in ("openat", "open", "creat"):
+            if call != "creat" and not re.search(r"O_WRONLY|O_RDWR|O_CREAT", args):
+                continue
+            path = strings[0]
+        elif call.startswith("mkdir"):
+            path = strings[0]
+        elif call.startswith(("rename", "link")):
+            path = strings[-1]
+        else:
+            continue
+        out.append(os.path.normpath(cwd / path))
+    return out
 
 
 def demo_config(root: Path, **wandb: object) -> dict:
@@ -54,38 +101,50 @@ def demo_config(root: Path, **wandb: object) -> dict:
     return validate(raw)
 
 
+def is_stray(path: Path, results: Path, outside: Path) -> bool:
+    """Written outside the results: under HOME/TMPDIR/cwd, in the repository, or wandb's anywhere."""
+    if path.is_relative_to(results):
+        return False
+    return path.is_relative_to(outside) or path.is_relative_to(REPO) or "wandb" in str(path).lower()
+
+
 def run_isolated(root: Path, config: dict, mode: str) -> dict:
-    """Run the harness in `mode`; return what it left outside the results and on the network."""
+    """Run the harness in `mode`; return what it wrote outside the results and sent to the network."""
     harness, outside = root / "harness", root / "outside"
     harness.mkdir(parents=True)
     outside.mkdir()
     (harness / "sitecustomize.py").write_text(AUDIT_HOOK)
     config_file = root / "config.json"
     config_file.write_text(json.dumps(config))
-    env = clean_env(outside) | {"PYTHONPATH": str(harness), "FEWSTEP_NET_LOG": str(root / "net.log")}
+    audit_log, strace_log = root / "audit.log", root / "strace.txt"
+    env = clean_env(outside) | {"PYTHONPATH": str(harness), "FEWSTEP_AUDIT_LOG": str(audit_log)}
     command = [sys.executable, str(HARNESS), str(config_file), mode]
     if STRACE:
-        trace = ["-e", "trace=connect,sendto,sendmsg", "-o", str(root / "strace.txt")]
+        trace = ["-e", f"trace={TRACED}", "-o", str(strace_log)]
         command = ["strace", "-f", "-qq", "--seccomp-bpf", *trace, *command]
     if UNSHARE:
         command = ["unshare", "--net", *command]
     result = subprocess.run(command, cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    net_log = root / "net.log"
-    strace = (root / "strace.txt").read_text() if STRACE else ""
+    audit = [line.split("\t") for line in audit_log.read_text().splitlines()]
+    strace = strace_log.read_text() if STRACE else ""
+    results = Path(config["results_dir"])
+    writes = [detail for kind, _, detail in audit if kind == "fs"] + strace_writes(strace, outside)
     return {
+        "results": results,
         "outside": sorted(str(p.relative_to(outside)) for p in outside.rglob("*")),
-        "python_net": net_log.read_text().splitlines() if net_log.exists() else [],
+        "stray_writes": sorted({path for path in writes if is_stray(Path(path), results, outside)}),
+        "inside_writes": sum(Path(path).is_relative_to(results) for path in writes),
+        "python_net": [f"{event} {detail}" for kind, event, detail in audit if kind == "net"],
         "inet_syscalls": [line for line in strace.splitlines() if "AF_INET" in line],
-        "unix_connects": strace.count("connect(") - strace.count("AF_INET"),
-        "results": Path(config["results_dir"]),
+        "unix_connects": sum(1 for line in strace.splitlines() if "connect(" in line and "AF_UNIX" in line),
     }
 
 
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tracked")
-    config = demo_config(root)
+    config = demo_config(root, mode="auto")  # no API key in the empty HOME: offline
     return run_isolated(root, config, "fewstep") | {"config": config}
 
 
@@ -99,7 +158,9 @@ def score_run(isolated):
 
 
 def test_offline_jobs_write_only_inside_results_and_use_no_network(isolated) -> None:
-    assert isolated["outside"] == []  # HOME, TMPDIR and the working directory untouched
+    assert isolated["outside"] == []  # nothing left under HOME, TMPDIR or the working directory
+    assert isolated["stray_writes"] == []  # not even a temporary file there, nor wandb's anywhere else
+    assert isolated["inside_writes"] > 10  # the detectors saw the writes that did happen
     assert isolated["python_net"] == []  # no name lookup, no internet socket from Python
     assert isolated["inet_syscalls"] == []  # nor from wandb-core (empty when strace is unavailable)
     if STRACE:  # the trace saw the jobs talk to their wandb-core services over Unix sockets
@@ -116,6 +177,9 @@ def test_stock_wandb_offline_is_caught_by_the_same_detectors(tmp_path) -> None:
     """The control: without fewstep.tracking, wandb writes to HOME and looks up its server."""
     caught = run_isolated(tmp_path, demo_config(tmp_path), "stock")
     assert any(p.startswith(".cache/wandb") for p in caught["outside"])
+    outside = tmp_path / "outside"
+    temp_dirs = [p for p in caught["stray_writes"] if p.startswith(f"{outside}/tmp") and "wandb" in p]
+    assert temp_dirs  # e.g. its media temp folder, gone by the time the process exits
     assert any("socket.getaddrinfo" in line for line in caught["python_net"])
 
 

@@ -72,6 +72,11 @@ class Paths:
         return self.wandb_root / job_type / name.replace("/", "__")
 
     @property
+    def wandb_sockets(self) -> Path:
+        """Short folder for wandb-core's Unix sockets (a socket path must stay under 108 bytes)."""
+        return self.wandb_root / "sock"
+
+    @property
     def wandb_aggregate_record(self) -> Path:
         """What the aggregate W&B run logged (the wandb_aggregate rule's output)."""
         return self.wandb_root / "aggregate.json"

@@ -21,7 +21,9 @@ Every job writes below its own folder `<results>/<sweep>/wandb/<job_type>/<cell>
 the run files (`wandb/offline-run-*`), wandb's cache (its logs), its data
 folder (staged tables, which `wandb sync` uploads later) and temporary files,
 so parallel jobs never share a file and offline mode writes nothing outside the
-results folder. A rerun of a job replaces its run. The isolation is made for
+results folder. wandb-core's Unix sockets go to `<results>/<sweep>/wandb/sock/`
+(unique per process; a socket path must stay under 108 bytes, else wandb-core
+falls back to /tmp). A rerun of a job replaces its run. The isolation is made for
 one run per process (a Snakemake job): each run's wandb service is torn down
 when it ends, but wandb's media temp folder lives where the process first
 imported wandb.
@@ -97,7 +99,6 @@ def job_environment(job_dir: Path, mode: str) -> dict[str, str]:
         "WANDB_CACHE_DIR": str(job_dir / "cache"),
         "WANDB_DATA_DIR": str(job_dir / "data"),
         "WANDB_ARTIFACT_DIR": str(job_dir / "artifacts"),
-        "TMPDIR": str(job_dir / "tmp"),
     }
     if mode == "offline":
         env["WANDB_CONFIG_DIR"] = str(job_dir / "config")
@@ -105,17 +106,28 @@ def job_environment(job_dir: Path, mode: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _patched_environment(env: dict[str, str]) -> Iterator[None]:
-    """Set `env` (and Python's cached temp dir) for the block, then restore both."""
-    saved = {key: os.environ.get(key) for key in env}
-    saved_tempdir = tempfile.tempdir
-    for key, value in env.items():
-        if key.endswith("DIR"):
-            Path(value).mkdir(parents=True, exist_ok=True)
-        os.environ[key] = value
-    tempfile.tempdir = env["TMPDIR"]
+def _job_environment(job_dir: Path, sockets: Path, settings: dict[str, Any]) -> Iterator[str]:
+    """Point wandb's folders and temp files at `job_dir` for the block; yield the resolved mode.
+
+    The mode is resolved inside: `auto` asks wandb for an API key, and importing
+    wandb creates its media temp folder, which must land in the job's folder too.
+    """
+    keys = ("TMPDIR", *job_environment(job_dir, "offline"))
+    saved, saved_tempdir = {key: os.environ.get(key) for key in keys}, tempfile.tempdir
     try:
-        yield
+        tmp = job_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(tmp)  # Python's temp files
+        # wandb-core (Go) makes its Unix sockets in $TMPDIR, and in /tmp when that path
+        # would pass 108 bytes: give it the sweep's short socket folder, relative if shorter.
+        sockets.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = min(str(sockets), os.path.relpath(sockets), key=len)
+        mode = resolve_mode(settings)
+        for key, value in job_environment(job_dir, mode).items():
+            if key.endswith("_DIR"):
+                Path(value).mkdir(parents=True, exist_ok=True)
+            os.environ[key] = value
+        yield mode
     finally:
         tempfile.tempdir = saved_tempdir
         for key, value in saved.items():
@@ -265,17 +277,17 @@ def job_run(
 ) -> Iterator[Run]:
     """One W&B run around one job; an exception inside marks the run failed (exit code 1)."""
     settings = config["wandb"]
-    mode = resolve_mode(settings)
-    if mode == "disabled":
-        yield Run(config, cell_id, mode)
+    if settings["mode"] == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
+        yield Run(config, cell_id)
         return
-    job_dir = Paths(config).wandb_job(job_type, cell_id or config["sweep"]).resolve()
+    paths = Paths(config)
+    job_dir = paths.wandb_job(job_type, cell_id or config["sweep"]).resolve()
     # A rerun replaces the job's earlier run. tmp/ stays: wandb keeps a media temp
     # folder there for the life of the process that first imported it.
     for old in job_dir.glob("*") if job_dir.exists() else ():
         if old.is_dir() and old.name != "tmp":
             shutil.rmtree(old)
-    with _patched_environment(job_environment(job_dir, mode)):
+    with _job_environment(job_dir, paths.wandb_sockets.resolve(), settings) as mode:
         import wandb
 
         wandb_run = wandb.init(
