@@ -266,6 +266,7 @@ def test_disabled_run_does_nothing(tmp_path, monkeypatch) -> None:
     with tracking.job_run(config, "score", CELL) as run:
         assert not run.enabled
         run.summary({"x": 1})
+        run.log_table("t", pd.DataFrame({"a": [1]}))
         run.log_scores(tmp_path / "missing.parquet")  # not even read
         assert run.log_sweep() == {}
     assert not (tmp_path / "results").exists()

@@ -201,6 +201,13 @@ class Run:
         if self.enabled and data:
             self.wandb_run.log(data)
 
+    def log_table(self, key: str, frame: pd.DataFrame) -> None:
+        """One DataFrame as a wandb.Table (e.g. a trajectory job's per-step rows)."""
+        if self.enabled:
+            import wandb
+
+            self.log({key: wandb.Table(dataframe=frame)})
+
     # ---- what each stage logs -------------------------------------------
     def log_manifest(self, manifest_path: Path) -> None:
         """A generate job: timing and memory summaries, the device it ran on."""
@@ -243,7 +250,7 @@ class Run:
         data: dict[str, Any] = {}
         for path in sorted(paths.aggregate_dir.rglob("*.csv")):
             key = f"tables/{path.relative_to(paths.aggregate_dir).with_suffix('').as_posix()}"
-            data[key] = wandb.Table(dataframe=pd.read_csv(path))
+            self.log_table(key, pd.read_csv(path))
             logged["tables"].append(key)
         for path in sorted(paths.report_dir.rglob("*.png")):
             key = path.relative_to(paths.report_dir).with_suffix("").as_posix()  # figures/...
