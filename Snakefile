@@ -63,9 +63,11 @@ include: "workflow/rules/precompute.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/wandb.smk"
 
 
 rule all:
     input:
         PATHS.report_index,
         [PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],
+        PATHS.wandb_aggregate_record,

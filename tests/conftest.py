@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,20 +54,36 @@ def config(tiny_config) -> dict:
     return copy.deepcopy(tiny_config)
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 900):
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 900, env: dict | None = None
+):
     """Run the real Snakemake CLI on the repo's Snakefile in `workdir`."""
-    import subprocess
-
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
-    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """The README's demo sweep, run once through Snakemake into a fresh folder."""
+    """The README's demo sweep, run once per session through Snakemake into a fresh folder.
+
+    As a user's first run: an empty HOME and TMPDIR, no WANDB_* variables (the demo
+    config's offline W&B mode decides), and no network where `unshare --net` works.
+    Shared by the workflow, report-page and W&B tests.
+    """
+    from wandb_harness import UNSHARE, clean_env
+
     workdir = tmp_path_factory.mktemp("demo")
-    result = snakemake(workdir, "--cores", "2", configfile=REPO / "config" / "demo.yaml")
+    (workdir / "home").mkdir()
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    command += ["--configfile", str(REPO / "config" / "demo.yaml"), "--cores", "2", "-q"]
+    if UNSHARE:
+        command = ["unshare", "--net", *command]
+    import subprocess
+
+    result = subprocess.run(
+        command, env=clean_env(workdir / "home"), capture_output=True, text=True, timeout=1800
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir

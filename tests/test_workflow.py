@@ -61,8 +61,8 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     assert counts["generate"] == cells and counts["score"] == cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
     assert counts["prepare_model"] == 7
-    assert counts["trajectory"] == 4
-    assert counts["total"] == 2 * cells + 7 + 2 + 3 + 4
+    assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
+    assert counts["total"] == 2 * cells + 7 + 2 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 

@@ -57,21 +57,30 @@ def cmd_embed_identities(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from fewstep import tracking
     from fewstep.generate import run
 
-    run(_config(args), args.cell, args.out)
+    config = _config(args)
+    with tracking.job_run(config, "generate", args.cell) as tracked:
+        tracked.log_manifest(run(config, args.cell, args.out))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    from fewstep import tracking
     from fewstep.score import run
 
-    run(_config(args), args.cell, args.out)
+    config = _config(args)
+    with tracking.job_run(config, "score", args.cell) as tracked:
+        tracked.log_scores(run(config, args.cell, args.out))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
+    from fewstep import tracking
     from fewstep.trajectory import run
 
-    run(_config(args), args.cell, args.out)
+    config = _config(args)
+    with tracking.job_run(config, "trajectory", args.cell) as tracked:
+        tracked.log_trajectory(run(config, args.cell, args.out))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -84,6 +93,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     from fewstep.report import run
 
     run(_config(args), args.summary, args.out)
+
+
+def cmd_wandb_aggregate(args: argparse.Namespace) -> None:
+    from fewstep import tracking
+    from fewstep.io import atomic_write_json
+
+    config = _config(args)
+    with tracking.job_run(config, "aggregate") as tracked:
+        logged = tracked.log_sweep()
+        record = tracking.run_record(tracked, logged)
+    atomic_write_json(args.out, record)
+    print(f"W&B aggregate run ({record['mode']}): {sum(map(len, logged.values()))} items -> {args.out}")
+
+
+def cmd_wandb_sync(args: argparse.Namespace) -> None:
+    from fewstep.tracking import sync
+
+    sync(_config(args), dry_run=args.dry_run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,6 +143,12 @@ def parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "figures, grids and the HTML page")
     p.add_argument("--summary", required=True, type=Path)
     p.add_argument("--out", type=Path)
+    add(
+        "wandb-aggregate", cmd_wandb_aggregate, "log the sweep's tables, figures and report to one W&B run"
+    ).add_argument("--out", type=Path, required=True, help="JSON record of what was logged")
+    add("wandb-sync", cmd_wandb_sync, "upload the sweep's offline W&B runs (`wandb sync`)").add_argument(
+        "--dry-run", action="store_true", help="list the runs without uploading"
+    )
     return root
 
 

@@ -81,6 +81,25 @@ class Paths:
     def report_tables(self) -> Path:
         return self.report_dir / "tables"
 
+    # experiment tracking (fewstep.tracking)
+    @property
+    def wandb_root(self) -> Path:
+        return self.root / "wandb"
+
+    def wandb_job(self, job_type: str, name: str) -> Path:
+        """One folder per tracked job: its W&B run files, wandb's cache, staging and temp files."""
+        return self.wandb_root / job_type / name.replace("/", "__")
+
+    @property
+    def wandb_sockets(self) -> Path:
+        """Short folder for wandb-core's Unix sockets (a socket path must stay under 108 bytes)."""
+        return self.wandb_root / "sock"
+
+    @property
+    def wandb_aggregate_record(self) -> Path:
+        """What the aggregate W&B run logged (the wandb_aggregate rule's output)."""
+        return self.wandb_root / "aggregate.json"
+
     def log(self, rule: str, name: str = "") -> Path:
         """One log per job; a cell id's slashes become `__` to keep one folder per rule."""
         return self.root / "logs" / rule / f"{(name or rule).replace('/', '__')}.log"

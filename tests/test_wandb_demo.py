@@ -1,0 +1,120 @@
+"""The offline demo through Snakemake: every job is an offline W&B run, read back from its files.
+
+Runs `snakemake --cores 2 --configfile config/demo.yaml` in a temporary working
+directory with HOME and TMPDIR pointed at an empty folder, without any WANDB_*
+variable (conftest's WANDB_MODE=disabled is for unit tests; the demo config's
+`wandb.mode: offline` decides here), inside `unshare --net` where available.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fewstep.config import fingerprint, validate
+from fewstep.grid import Grid
+from fewstep.paths import Paths
+from fewstep.wandb_reader import find_run_files, read_run
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CELL_CONFIG = {
+    "sweep",
+    "job_type",
+    "weights",
+    "config_hash",
+    "git_commit",
+    "versions",
+    "cell_id",
+    "backbone",
+    "adapter",
+    "steps",
+    "cell_hash",
+    "cell",
+    "items",
+}
+GENERATE_SUMMARY = {"images", "latency_s", "denoise_s", "decode_s", "step_s_median", "peak_mem_mb"}
+SCORE_SUMMARY = {"images", "id_sim", "id_sim_n", "face_detected", "n_faces", "det_score", "latency_s"}
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run) -> dict:
+    config = validate(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()))
+    paths = Paths(config)
+    runs = [read_run(f) for f in find_run_files(demo_run / paths.wandb_root)]
+    return {"work": demo_run, "home": demo_run / "home", "config": config, "paths": paths, "runs": runs}
+
+
+def test_every_job_is_one_offline_run(demo) -> None:
+    grid = Grid(demo["config"])
+    expected = {(stage, cell.id) for cell in grid.cells for stage in ("generate", "score")}
+    expected |= {("trajectory", cell.id) for cell in grid.trajectory_cells}
+    expected.add(("aggregate", "demo"))
+    found = [(run.job_type, run.name) for run in demo["runs"]]
+    assert sorted(found) == sorted(expected)  # each exactly once
+    for run in demo["runs"]:
+        assert (run.group, run.project, run.entity) == ("demo", "fewstep-demo", "")
+        assert run.tags == ["weights-tiny"] and run.exit_code == 0
+        assert run.config["config_hash"] == fingerprint(demo["config"])
+
+
+def test_cell_runs_carry_parameters_and_summaries(demo) -> None:
+    grid, work, paths = Grid(demo["config"]), demo["work"], demo["paths"]
+    runs = {(run.job_type, run.name): run for run in demo["runs"]}
+    for cell in grid.cells:
+        generate, score = runs["generate", cell.id], runs["score", cell.id]
+        for run in (generate, score):
+            assert CELL_CONFIG <= set(run.config)
+            assert (run.config["backbone"], run.config["adapter"]) == (cell.backbone, cell.adapter)
+            assert run.config["steps"] == cell.steps
+            assert run.config["cell_hash"] == grid.cell_hash(cell)
+            assert run.config["cell"] == grid.cell_spec(cell)
+        assert generate.config["device"] == "cpu"
+        assert GENERATE_SUMMARY <= set(generate.summary)
+        manifest = pd.read_parquet(work / paths.manifest(cell.id))
+        assert generate.summary["images"] == len(grid.items) == len(manifest)
+        assert generate.summary["latency_s"] == pytest.approx(manifest["latency_s"].mean())
+        assert SCORE_SUMMARY <= set(score.summary)
+        scores = pd.read_parquet(work / paths.scores(cell.id))
+        assert score.summary["id_sim"] == pytest.approx(scores["id_sim"].mean())
+        assert score.summary["id_sim_n"] == scores["id_sim"].notna().sum()
+        assert score.summary["samples"]["_type"] == "image-file"
+        assert score.summary["scores"]["nrows"] == len(grid.items)
+
+
+def test_trajectory_runs_draw_each_step(demo) -> None:
+    grid, work, paths = Grid(demo["config"]), demo["work"], demo["paths"]
+    for cell in grid.trajectory_cells:
+        run = next(r for r in demo["runs"] if (r.job_type, r.name) == ("trajectory", cell.id))
+        table = pd.read_parquet(work / paths.trajectory(cell.id))
+        assert run.summary["items"] == table["item_id"].nunique() == 2
+        last = table[table["step"] == cell.steps]
+        assert run.summary["final_id_sim"] == pytest.approx(last["id_sim"].mean())
+        assert run.summary["trajectory/step"] == cell.steps
+        assert run.summary["trajectory"]["nrows"] == len(table) == 2 * cell.steps
+
+
+def test_aggregate_run_logs_tables_figures_charts_and_report(demo) -> None:
+    work, paths = demo["work"], demo["paths"]
+    run = next(r for r in demo["runs"] if r.job_type == "aggregate")
+    assert run.config["sweep_config"]["sweep"] == "demo" and len(run.config["cells"]) == 7
+    assert run.summary["cells"] == 7 and run.summary["images"] == 28
+    summary = pd.read_csv(work / paths.summary)
+    pngs = sorted((work / paths.report_dir).rglob("*.png"))
+    assert run.summary["logged_figures"] == len(pngs) > 0
+    assert run.summary["tables/summary"]["nrows"] == len(summary)
+    for metric in summary["metric"].unique():
+        assert f"charts/{metric}_vs_steps_table" in run.summary
+    assert run.summary["report"]["_type"] == "html-file"
+    record = yaml.safe_load((work / paths.wandb_aggregate_record).read_text())
+    assert record["run_id"] == run.run_id and record["mode"] == "offline"
+
+
+def test_nothing_of_wandb_outside_the_results(demo) -> None:
+    work, home = demo["work"], demo["home"]
+    assert [p for p in home.rglob("*") if "wandb" in p.name.lower()] == []
+    assert {p.name for p in work.iterdir()} <= {"home", "results", "reports", "resources", ".snakemake"}

@@ -1,0 +1,33 @@
+rule wandb_aggregate:
+    """One W&B run (job_type aggregate): every aggregate table, report figure and the report page."""
+    input:
+        summary=PATHS.summary,
+        report=PATHS.report_index,
+    output:
+        PATHS.wandb_aggregate_record,
+    log:
+        PATHS.log("wandb_aggregate"),
+    conda:
+        "../../envs/fewstep.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        # switching tracking on (or to another project) relogs the sweep, never regenerates a cell
+        wandb=CONFIG["wandb"],
+    shell:
+        "python -m fewstep wandb-aggregate --out {output} > {log} 2>&1"
+
+
+rule wandb_sync:
+    """Upload the sweep's offline W&B runs: `snakemake wandb_sync` (not in `all`; needs an API key)."""
+    log:
+        PATHS.log("wandb_sync"),
+    localrule: True
+    conda:
+        "../../envs/fewstep.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    shell:
+        "python -m fewstep wandb-sync > {log} 2>&1"
