@@ -31,9 +31,10 @@ def cond(tiny_config, dev):
 
 
 def render(parts, cond, **kw) -> np.ndarray:
-    settings = sampling.Settings(**{"steps": 4, "height": 64, "width": 64, "seed": 0, "guidance": 3.5, **kw})
+    kw["seeds"] = (kw.pop("seed", 0),)
+    settings = sampling.Settings(**{"steps": 4, "height": 64, "width": 64, "guidance": 3.5, **kw})
     result = sampling.denoise(parts, cond, settings, CPU, torch.float32)
-    return sampling.decode(parts, result.latents, 64, 64)
+    return sampling.decode(parts, result.latents, 64, 64)[0]
 
 
 def test_identity_tokens_shape(dev, cond):
@@ -52,7 +53,7 @@ def test_guidance_window_switches_infusenet_at_the_right_steps(dev, cond, monkey
     monkeypatch.setattr(dev.infusenet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
     steps_seen = []
     settings = sampling.Settings(
-        steps=8, height=64, width=64, seed=0, guidance=3.5, adapter_start=0.25, adapter_end=0.75
+        steps=8, height=64, width=64, seeds=(0,), guidance=3.5, adapter_start=0.25, adapter_end=0.75
     )
     result = sampling.denoise(dev, cond, settings, CPU, torch.float32, on_step=lambda s: steps_seen.append(s))
     # diffusers' rule: step i runs when i/n >= start and (i+1)/n <= end
@@ -90,8 +91,22 @@ def test_same_seed_is_bit_identical_and_seeds_differ(dev, cond):
 def test_predicted_clean_image_ends_at_the_final_latents(dev, cond):
     """At the last step, x_t - sigma * v equals the Euler step to sigma = 0."""
     infos = []
-    settings = sampling.Settings(steps=4, height=64, width=64, seed=0, guidance=3.5)
+    settings = sampling.Settings(steps=4, height=64, width=64, seeds=(0,), guidance=3.5)
     result = sampling.denoise(dev, cond, settings, CPU, torch.float32, on_step=infos.append)
     assert [round(i.sigma, 6) for i in infos] == [round(s, 6) for s in result.sigmas]
     assert infos[-1].sigma_next == 0.0
     assert torch.allclose(infos[-1].predicted_clean, result.latents, atol=1e-5)
+
+
+def test_a_batch_gives_each_seed_its_own_image(dev, cond):
+    """Noise is drawn per seed, so a batch holds the same images as one-by-one sampling
+    (up to float rounding of batched matrix products)."""
+    alone = [render(dev, cond, seed=s) for s in (3, 9)]
+    pair = sampling.Conditioning.stack([cond, cond])
+    settings = sampling.Settings(steps=4, height=64, width=64, seeds=(3, 9), guidance=3.5)
+    result = sampling.denoise(dev, pair, settings, CPU, torch.float32)
+    batched = sampling.decode(dev, result.latents, 64, 64)
+    assert len(batched) == 2
+    for one, other in zip(alone, batched, strict=True):
+        assert np.abs(one.astype(int) - other.astype(int)).max() <= 1
+    assert not np.array_equal(batched[0], batched[1])

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from fewstep.grid import Cell, Grid
-from fewstep.io import atomic_write_with
+from fewstep.io import write_table
 from fewstep.metric_registry import metric_columns, of_kind, spec
 from fewstep.paths import Paths
+from fewstep.provenance import stamp
 from fewstep.stats import (
     Bootstrap,
     knee,
@@ -472,10 +473,9 @@ def run(config: dict[str, Any], out: Path | None = None) -> Path:
     out = Path(out or paths.summary)
     scores = load_scores(config)
     results = tables(config, scores, load_trajectories(config))
-    atomic_write_with(paths.per_image, lambda tmp: scores.to_parquet(tmp, index=False))
+    write_table(paths.per_image, stamp(scores, config))
     for name, table in results.items():
-        target = out if name == "summary" else out.parent / f"{name}.csv"
-        atomic_write_with(target, lambda tmp, table=table: table.to_csv(tmp, index=False))
+        write_table(out if name == "summary" else out.parent / f"{name}.csv", stamp(table, config))
     print(
         f"aggregated {len(scores)} images over {len(Grid(config).cells)} cells, "
         f"{len(metric_columns(scores))} metrics -> {out.parent}"

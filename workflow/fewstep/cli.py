@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fewstep.errors import FewstepError
+from fewstep.errors import FewstepError, OutOfMemoryError
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     config = _config(args)
     with tracking.job_run(config, "generate", args.cell) as tracked:
-        tracked.log_manifest(run(config, args.cell, args.out))
+        tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -71,7 +71,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     config = _config(args)
     with tracking.job_run(config, "score", args.cell) as tracked:
-        tracked.log_scores(run(config, args.cell, args.out))
+        tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
@@ -139,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
         p = add(name, func, help_)
         p.add_argument("--cell", required=True, help="cell id <backbone>/<adapter>/<steps>")
         p.add_argument("--out", type=Path, help="output table (default: the workflow's path)")
+        if name != "trajectory":
+            p.add_argument("--batch-size", type=int, help="images per batch (default: from the config)")
     add("aggregate", cmd_aggregate, "summarise all cells").add_argument("--out", type=Path)
     p = add("report", cmd_report, "figures, grids and the HTML page")
     p.add_argument("--summary", required=True, type=Path)
@@ -152,10 +154,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def out_of_memory(args: argparse.Namespace) -> OutOfMemoryError:
+    """CUDA ran out of memory: say where, and how the retry helps."""
+    batch = getattr(args, "batch_size", None)
+    where = f" in cell {args.cell}" if getattr(args, "cell", None) else ""
+    return OutOfMemoryError(
+        f"CUDA out of memory{f' at batch size {batch}' if batch else ''}{where}; finished images are kept; "
+        "Snakemake retries with half the batch (rule retries), or lower the batch size in the config, "
+        "or set memory.fp8_weights / memory.offload"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        except Exception as err:
+            torch = sys.modules.get("torch")
+            if torch is None or not isinstance(err, torch.OutOfMemoryError):
+                raise
+            raise out_of_memory(args) from err
     except FewstepError as err:
         print(f"fewstep {args.command}: error: {err}", file=sys.stderr)
         return 1

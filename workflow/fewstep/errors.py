@@ -16,3 +16,14 @@ class InputError(FewstepError, ValueError):
 
 class WeightsError(FewstepError, RuntimeError):
     """Model weights missing, gated or unusable."""
+
+
+class DiskFullError(FewstepError, OSError):
+    """No space left while writing an output; finished outputs stay as they are."""
+
+    def __init__(self, path: object):
+        super().__init__(f"disk full while writing {path}; free space, then rerun (finished work is kept)")
+
+
+class OutOfMemoryError(FewstepError, RuntimeError):
+    """The GPU ran out of memory for this batch size."""

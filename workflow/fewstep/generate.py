@@ -11,7 +11,6 @@ each item exactly once.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -25,7 +24,15 @@ from tqdm import tqdm
 from fewstep import provenance, sampling
 from fewstep.config import fingerprint
 from fewstep.grid import Cell, Grid, Item
-from fewstep.io import atomic_write_bytes, atomic_write_with, encode_png, sha256_bytes, sha256_file
+from fewstep.io import (
+    append_line,
+    atomic_write_bytes,
+    encode_png,
+    remove_stale_temporaries,
+    sha256_bytes,
+    sha256_file,
+    write_table,
+)
 from fewstep.paths import Paths
 from fewstep.precompute import load_tensors
 
@@ -45,11 +52,7 @@ def read_journal(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def append_journal(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(path, json.dumps(row, sort_keys=True, default=str))
 
 
 def reusable(row: dict[str, Any] | None, key: str, image: Path) -> bool:
@@ -138,46 +141,67 @@ class CellGenerator:
         return key, cond
 
     # --- generation -----------------------------------------------------------
-    def settings(self, seed: int) -> sampling.Settings:
+    def settings(self, seeds: tuple[int, ...]) -> sampling.Settings:
         return sampling.Settings(
             steps=self.cell.steps,
             height=self.height,
             width=self.width,
-            seed=seed,
+            seeds=tuple(seeds),
             guidance=self.grid.guidance(self.cell),
             adapter_scale=self.adapter.get("conditioning_scale", 0.0),
             adapter_start=self.adapter.get("guidance_start", 0.0),
             adapter_end=self.adapter.get("guidance_end", 1.0),
         )
 
-    def render(self, item: Item, cond: sampling.Conditioning) -> tuple[np.ndarray, dict[str, Any]]:
+    def render(self, items: list[Item], conds: list[sampling.Conditioning]) -> tuple[list[np.ndarray], dict]:
+        """One batch: its images and per-image timings (batch time over batch size)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        result = sampling.denoise(self.parts, cond, self.settings(item.seed), self.device, self.dtype)
+        settings = self.settings(tuple(item.seed for item in items))
+        result = sampling.denoise(
+            self.parts, sampling.Conditioning.stack(conds), settings, self.device, self.dtype
+        )
         start = time.perf_counter()
-        image = sampling.decode(self.parts, result.latents, self.height, self.width)
+        images = sampling.decode(self.parts, result.latents, self.height, self.width)
+        sampling.synchronize(self.device)
         decode_s = time.perf_counter() - start
         peak, peak_kind = peak_memory_mb(self.device)
-        return image, {
+        batch = len(items)
+        return images, {
+            "batch_size": batch,
             "sigmas": json.dumps([round(s, 6) for s in result.sigmas]),
             "adapter_steps": int(sum(result.adapter_active)),
-            "denoise_s": result.denoise_s,
-            "decode_s": decode_s,
-            "latency_s": result.denoise_s + decode_s,
-            "step_s_median": float(np.median(result.step_s)),
+            "denoise_s": result.denoise_s / batch,
+            "decode_s": decode_s / batch,
+            "latency_s": (result.denoise_s + decode_s) / batch,
+            "step_s_median": float(np.median(result.step_s)) / batch,
             "peak_mem_mb": peak,
             "peak_mem_kind": peak_kind,
         }
 
 
+def batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def run(
-    config: dict[str, Any], cell_id: str, manifest_path: Path | None = None, progress: bool = True
+    config: dict[str, Any],
+    cell_id: str,
+    manifest_path: Path | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
 ) -> Path:
-    """Generate every item of `cell_id` (resuming), then write the cell's manifest."""
+    """Generate every item of `cell_id` (resuming), then write the cell's manifest.
+
+    Items go through the sampler `batch_size` at a time (config generation.batch_size
+    unless given: the rule halves it on each retry after running out of memory).
+    """
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
+    batch_size = batch_size or config["generation"]["batch_size"]
     manifest_path = Path(manifest_path or paths.manifest(cell.id))
     journal_path = paths.journal(cell.id)
+    remove_stale_temporaries(paths.cell_dir(cell.id))
     journal = read_journal(journal_path)
     generator = CellGenerator(config, cell)
     prov = provenance.record(
@@ -186,50 +210,54 @@ def run(
         device_name=provenance.device_name(generator.device),
         dtype=str(generator.dtype).removeprefix("torch."),
     )
-    reused = 0
-    bar = tqdm(grid.items, desc=f"generate {cell.id}", unit="img", disable=not progress)
-    for item in bar:
+    pending = []
+    for item in grid.items:
         key, cond = generator.item_key(item)
-        image_path = paths.image(cell.id, item.id)
-        if reusable(journal.get(item.id), key, image_path):
-            reused += 1
-            continue
-        pixels, timing = generator.render(item, cond)
-        png = encode_png(
-            _to_pil(pixels),
-            {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
-        )
-        atomic_write_bytes(image_path, png)
-        row = {
-            "cell_id": cell.id,
-            "backbone": cell.backbone,
-            "adapter": cell.adapter,
-            "steps": cell.steps,
-            "item_id": item.id,
-            "identity": item.identity,
-            "prompt_id": item.prompt,
-            "prompt": grid.prompt(item.prompt)["text"],
-            "seed": item.seed,
-            "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
-            "sha256": sha256_bytes(png),
-            "item_key": key,
-            "width": generator.width,
-            "height": generator.height,
-            "guidance": generator.settings(item.seed).guidance,
-            "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
-            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **timing,
-            **{k: v for k, v in prov.items() if k != "versions"},
-            "versions": json.dumps(prov["versions"], sort_keys=True),
-        }
-        append_journal(journal_path, row)
-        journal[item.id] = row
+        if not reusable(journal.get(item.id), key, paths.image(cell.id, item.id)):
+            pending.append((item, key, cond))
+    reused = len(grid.items) - len(pending)
+    bar = tqdm(
+        total=len(grid.items), initial=reused, desc=f"generate {cell.id}", unit="img", disable=not progress
+    )
+    for batch in batches(pending, batch_size):
+        images, timing = generator.render([b[0] for b in batch], [b[2] for b in batch])
+        for (item, key, _), pixels in zip(batch, images, strict=True):
+            image_path = paths.image(cell.id, item.id)
+            png = encode_png(
+                _to_pil(pixels),
+                {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
+            )
+            atomic_write_bytes(image_path, png)
+            row = {
+                "cell_id": cell.id,
+                "backbone": cell.backbone,
+                "adapter": cell.adapter,
+                "steps": cell.steps,
+                "item_id": item.id,
+                "identity": item.identity,
+                "prompt_id": item.prompt,
+                "prompt": grid.prompt(item.prompt)["text"],
+                "seed": item.seed,
+                "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
+                "sha256": sha256_bytes(png),
+                "item_key": key,
+                "width": generator.width,
+                "height": generator.height,
+                "guidance": generator.settings((item.seed,)).guidance,
+                "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
+                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **timing,
+                **{k: v for k, v in prov.items() if k != "versions"},
+                "versions": json.dumps(prov["versions"], sort_keys=True),
+            }
+            append_journal(journal_path, row)
+            journal[item.id] = row
+            bar.update(1)
     bar.close()
-    rows = [journal[item.id] for item in grid.items]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([journal[item.id] for item in grid.items])
     frame["cell_hash"] = grid.cell_hash(cell)
-    atomic_write_with(manifest_path, lambda tmp: frame.to_parquet(tmp, index=False))
-    print(f"{cell.id}: {len(rows)} images ({reused} kept from an earlier run) -> {manifest_path}")
+    write_table(manifest_path, frame)
+    print(f"{cell.id}: {len(frame)} images ({reused} kept from an earlier run) -> {manifest_path}")
     return manifest_path
 
 

@@ -7,6 +7,7 @@ half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from fewstep.errors import DiskFullError
 
 
 def _current_umask() -> int:
@@ -40,6 +43,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -85,3 +92,45 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_table(path: str | Path, frame: Any) -> None:
+    """A DataFrame to .parquet or .csv (by suffix), atomically."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        atomic_write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporaries a killed writer left behind (`.<name>.*.tmp`); return how many."""
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line durably (fsync). A line torn by a kill is cut off first, so the
+    new line never glues onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "a+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    handle.seek(0)
+                    keep = handle.read().rfind(b"\n") + 1
+                    handle.truncate(keep)
+                    handle.seek(keep)
+            handle.write(line.encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path) from None
+        raise

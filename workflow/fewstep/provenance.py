@@ -75,3 +75,19 @@ def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "versions": versions(),
         **extra,
     }
+
+
+def stamp(frame, config: dict[str, Any]):
+    """A copy of `frame` whose every row names its provenance (config hash, commit, versions)."""
+    import json
+
+    info = record(config)
+    out = frame.copy()
+    for key, value in (
+        ("config_hash", info["config_hash"]),
+        ("git_commit", info["git_commit"]),
+        ("versions", json.dumps(info["versions"], sort_keys=True)),
+    ):
+        if key not in out:
+            out[key] = value
+    return out

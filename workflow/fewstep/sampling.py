@@ -31,10 +31,24 @@ ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
 
 @dataclass
 class Conditioning:
-    prompt_embeds: torch.Tensor  # [1, L, joint_attention_dim]
-    pooled_prompt_embeds: torch.Tensor  # [1, pooled_projection_dim]
-    identity_tokens: torch.Tensor | None = None  # [1, 8, joint_attention_dim]
-    control_latents: torch.Tensor | None = None  # packed [1, seq, 64]
+    """One row per image of the batch."""
+
+    prompt_embeds: torch.Tensor  # [B, L, joint_attention_dim]
+    pooled_prompt_embeds: torch.Tensor  # [B, pooled_projection_dim]
+    identity_tokens: torch.Tensor | None = None  # [B, 8, joint_attention_dim]
+    control_latents: torch.Tensor | None = None  # packed [B, seq, 64]
+
+    @staticmethod
+    def stack(rows: list[Conditioning]) -> Conditioning:
+        """Concatenate single-image conditionings into one batch."""
+
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(r, name) for r in rows]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return Conditioning(
+            *(cat(f) for f in ("prompt_embeds", "pooled_prompt_embeds", "identity_tokens", "control_latents"))
+        )
 
 
 @dataclass
@@ -42,7 +56,7 @@ class Settings:
     steps: int
     height: int
     width: int
-    seed: int
+    seeds: tuple[int, ...]  # one per image of the batch
     guidance: float | None = None
     adapter_scale: float = 1.0
     adapter_start: float = 0.0
@@ -109,7 +123,7 @@ def schedule(scheduler: Any, steps: int, image_seq_len: int, device: torch.devic
 
 
 def initial_noise(
-    seed: int,
+    seeds: tuple[int, ...],
     height: int,
     width: int,
     channels: int,
@@ -117,13 +131,15 @@ def initial_noise(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Packed latent noise drawn on the CPU, so a seed means the same noise on every device."""
+    """Packed latent noise, one image per seed, drawn on the CPU: a seed means the same
+    noise on every device and in every batch."""
     from diffusers import FluxPipeline
 
     h, w = 2 * (height // (scale * 2)), 2 * (width // (scale * 2))
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn((1, channels, h, w), generator=generator, dtype=torch.float32)
-    return FluxPipeline._pack_latents(noise, 1, channels, h, w).to(device, dtype)
+    noise = torch.cat(
+        [torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+    )
+    return FluxPipeline._pack_latents(noise, len(seeds), channels, h, w).to(device, dtype)
 
 
 def encode_control(vae: Any, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -155,7 +171,8 @@ def denoise(
     transformer, scheduler, infusenet = parts.transformer, parts.scheduler, parts.infusenet
     scale = vae_scale_factor(parts.vae)
     channels = transformer.config.in_channels // 4
-    latents = initial_noise(settings.seed, settings.height, settings.width, channels, scale, device, dtype)
+    batch = len(settings.seeds)
+    latents = initial_noise(settings.seeds, settings.height, settings.width, channels, scale, device, dtype)
     h, w = 2 * (settings.height // (scale * 2)), 2 * (settings.width // (scale * 2))
     image_ids = FluxPipeline._prepare_latent_image_ids(1, h // 2, w // 2, device, dtype)
     text_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=device, dtype=dtype)
@@ -167,13 +184,13 @@ def denoise(
 
     guidance = None
     if transformer.config.guidance_embeds:
-        guidance = torch.full([1], float(settings.guidance), device=device, dtype=torch.float32)
+        guidance = torch.full([batch], float(settings.guidance), device=device, dtype=torch.float32)
     adapter_guidance = None
     identity_ids = None
     if use_adapter:
         identity_ids = torch.zeros(cond.identity_tokens.shape[1], 3, device=device, dtype=dtype)
         if infusenet.config.guidance_embeds:
-            adapter_guidance = torch.full([1], ADAPTER_GUIDANCE, device=device, dtype=torch.float32)
+            adapter_guidance = torch.full([batch], ADAPTER_GUIDANCE, device=device, dtype=torch.float32)
         control = cond.control_latents
         if control is None:
             raise ValueError("the InfuseNet adapter needs control latents (a black image when none)")
@@ -184,7 +201,7 @@ def denoise(
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
             t0 = time.perf_counter()
-            timestep = t.expand(1).to(dtype) / 1000
+            timestep = t.expand(batch).to(dtype) / 1000
             block_samples = single_block_samples = None
             if active[i]:
                 block_samples, single_block_samples = infusenet(
@@ -238,8 +255,8 @@ def residual_probes(
     }
 
 
-def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Packed latents -> HxWx3 uint8 image."""
+def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> list[np.ndarray]:
+    """Packed latents [B, seq, 64] -> B images, HxWx3 uint8."""
     from diffusers import FluxPipeline
 
     vae = parts.vae
@@ -247,5 +264,5 @@ def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> np.nda
     unpacked = unpacked / vae.config.scaling_factor + vae.config.shift_factor
     with torch.no_grad():
         pixels = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
-    pixels = (pixels[0].float() / 2 + 0.5).clamp(0, 1)
-    return (pixels.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
+    return list((pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))

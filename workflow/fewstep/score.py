@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fewstep.grid import Cell, Grid
-from fewstep.io import atomic_write_with
+from fewstep.io import write_table
 from fewstep.metrics import (
     CLIPImageSimilarity,
     CLIPScore,
@@ -31,6 +31,7 @@ from fewstep.metrics import (
     PickScore,
 )
 from fewstep.paths import Paths
+from fewstep.provenance import stamp
 
 KEY_COLUMNS = [
     "cell_id",
@@ -164,7 +165,14 @@ def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> dict[str
     return {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
 
 
-def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
+def run(
+    config: dict[str, Any],
+    cell_id: str,
+    out: Path | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
+) -> Path:
+    """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless given)."""
     from fewstep.images import load_rgb
 
     grid, paths = Grid(config), Paths(config)
@@ -174,7 +182,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
     metrics = build_metrics(config)
     anchor_images = _anchor_images(config, paths, cell)
-    batch_size = config["scoring"]["batch_size"]
+    batch_size = batch_size or config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
 
@@ -203,7 +211,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
             bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
-    atomic_write_with(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    write_table(out, stamp(frame, config))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out

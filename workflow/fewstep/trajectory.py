@@ -24,7 +24,7 @@ from tqdm import tqdm
 from fewstep import provenance, sampling
 from fewstep.generate import CellGenerator
 from fewstep.grid import Grid
-from fewstep.io import atomic_write_bytes, atomic_write_with, encode_png
+from fewstep.io import atomic_write_bytes, encode_png, write_table
 from fewstep.paths import Paths
 
 
@@ -88,10 +88,12 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
             recorded.append((info, probe.take()))
             bar.update(1)
 
-        settings = generator.settings(item.seed)
+        settings = generator.settings((item.seed,))
         sampling.denoise(generator.parts, cond, settings, generator.device, generator.dtype, on_step=on_step)
         for info, (double, single) in recorded:
-            pixels = sampling.decode(generator.parts, info.predicted_clean, generator.height, generator.width)
+            pixels = sampling.decode(
+                generator.parts, info.predicted_clean, generator.height, generator.width
+            )[0]
             image = paths.trajectory_image(cell.id, item.id, info.index + 1)
             atomic_write_bytes(
                 image,
@@ -126,7 +128,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     bar.close()
     probe.close()
     frame = pd.DataFrame(rows)
-    atomic_write_with(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    write_table(out, provenance.stamp(frame, config))
     print(f"{cell.id}: trajectories of {len(items)} items x {cell.steps} steps -> {out}")
     return out
 

@@ -28,3 +28,8 @@ def score_inputs(wildcards):
     if anchor is not None:
         inputs.append(PATHS.manifest(anchor))
     return inputs
+
+
+def halved_per_attempt(size):
+    """Batch size for Snakemake's attempt counter: halved on every retry (after CUDA OOM)."""
+    return lambda wildcards, attempt: max(1, size // 2 ** (attempt - 1))

@@ -8,17 +8,19 @@ rule generate:
         PATHS.log("generate", CELL_PATTERN),
     benchmark:
         PATHS.benchmark("generate", CELL_PATTERN)
+    retries: 2
     conda:
         "../../envs/fewstep.yaml"
     resources:
         gpu=GPU,
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
         runtime=720,
+        batch=halved_per_attempt(CONFIG["generation"]["batch_size"]),
     params:
         # Reruns exactly the cells whose parameters or items changed.
         cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
     shell:
-        "python -m fewstep generate"
+        "python -m fewstep generate --batch-size {resources.batch}"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
 
 
