@@ -25,6 +25,13 @@ for tool in munged slurmctld slurmd sinfo; do
     || { echo "slurm-up.sh: $tool missing: apt-get install -y slurm-wlm munge" >&2; exit 1; }
 done
 PATH=/usr/sbin:$PATH
+export SLURM_CONF="$DIR/etc/slurm.conf"
+if [ -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
+  [ "$(readlink /etc/slurm/slurm.conf)" = "$SLURM_CONF" ] || {
+    echo "slurm-up.sh: /etc/slurm/slurm.conf exists (another Slurm?); move it away to run this one" >&2
+    exit 1
+  }
+fi
 
 mkdir -p "$DIR"/{etc,state,spool,log,run}
 runuser -u munge -- test -x "$DIR" \
@@ -56,7 +63,7 @@ MEM=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
 
 cat > "$DIR/etc/slurm.conf" <<CONF
 ClusterName=fewstep-ci
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
@@ -93,16 +100,8 @@ Name=gpu Type=h100 File=/dev/null
 Name=gpu Type=h100 File=/dev/zero
 CONF
 
-export SLURM_CONF="$DIR/etc/slurm.conf"
-if [ -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
-  [ "$(readlink /etc/slurm/slurm.conf)" = "$SLURM_CONF" ] || {
-    echo "slurm-up.sh: /etc/slurm/slurm.conf exists (another Slurm?); move it away to run this one" >&2
-    exit 1
-  }
-else
-  mkdir -p /etc/slurm
-  ln -s "$SLURM_CONF" /etc/slurm/slurm.conf
-fi
+mkdir -p /etc/slurm
+ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
 slurmctld
 slurmd
 for _ in $(seq 60); do
