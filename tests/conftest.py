@@ -58,10 +58,10 @@ def snakemake(
     workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 900, env: dict | None = None
 ):
     """Run the real Snakemake CLI on the repo's Snakefile in `workdir`."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
-    if configfile is not None:
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    if configfile is not None:  # last: it takes several values, and would swallow a target
         command += ["--configfile", str(configfile)]
-    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import synthetic_sweep as synth
 from PIL import Image
 
 from fewstep import aggregate, report
-from fewstep.config import fingerprint, validate
+from fewstep.config import config_hash, validate
 from fewstep.paths import Paths
 
 
@@ -99,7 +99,7 @@ def test_page_tells_the_reader_what_it_is(full):
     # the effective regime and findings
     assert "knee at 4 steps; reaches 95% of the anchor's value at 4 steps" in text
     # configuration and provenance
-    assert "sweep: synth" in text and fingerprint(config) in text
+    assert "sweep: synth" in text and config_hash(config) in text
     assert "version: kneed" in text and "0.9.0" in text
     assert "Trajectories: identity emergence and norm probes" in text
 

@@ -20,7 +20,7 @@ import pytest
 from chromium import CHROMIUM, broken, image_states, screenshot
 from PIL import Image
 
-from fewstep.config import fingerprint, load
+from fewstep.config import config_hash, load
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         config = load([DEMO])
     finally:
         os.chdir(cwd)
-    assert fingerprint(config) in text and "sweep: demo" in text
+    assert config_hash(config) in text and "sweep: demo" in text
     assert (page.parent / "tables" / "comparison.csv").read_text().startswith("quantity,metric,baseline")
 
 

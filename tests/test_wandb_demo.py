@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fewstep.config import fingerprint, validate
+from fewstep.config import config_hash, validate
 from fewstep.grid import Grid
 from fewstep.paths import Paths
 from fewstep.wandb_reader import find_run_files, read_run
@@ -59,7 +59,7 @@ def test_every_job_is_one_offline_run(demo) -> None:
     for run in demo["runs"]:
         assert (run.group, run.project, run.entity) == ("demo", "fewstep-demo", "")
         assert run.tags == ["weights-tiny"] and run.exit_code == 0
-        assert run.config["config_hash"] == fingerprint(demo["config"])
+        assert run.config["config_hash"] == config_hash(demo["config"])
 
 
 def test_cell_runs_carry_parameters_and_summaries(demo) -> None:

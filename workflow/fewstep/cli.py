@@ -26,6 +26,15 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return load(paths)
 
 
+def _gpu_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config of a GPU command, after taking a free card (before torch starts CUDA)."""
+    from fewstep import gpus
+
+    config = _config(args)
+    print(f"fewstep {args.command}: {gpus.claim(config['device'])}", file=sys.stderr, flush=True)
+    return config
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from fewstep.grid import Grid
 
@@ -45,9 +54,10 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:
+    config = _gpu_config(args)
     from fewstep.precompute import embed_prompts
 
-    embed_prompts(_config(args))
+    embed_prompts(config)
 
 
 def cmd_embed_identities(args: argparse.Namespace) -> None:
@@ -57,28 +67,28 @@ def cmd_embed_identities(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    config = _gpu_config(args)
     from fewstep import tracking
     from fewstep.generate import run
 
-    config = _config(args)
     with tracking.job_run(config, "generate", args.cell) as tracked:
         tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    config = _gpu_config(args)
     from fewstep import tracking
     from fewstep.score import run
 
-    config = _config(args)
     with tracking.job_run(config, "score", args.cell) as tracked:
         tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
+    config = _gpu_config(args)
     from fewstep import tracking
     from fewstep.trajectory import run
 
-    config = _config(args)
     with tracking.job_run(config, "trajectory", args.cell) as tracked:
         tracked.log_trajectory(run(config, args.cell, args.out))
 

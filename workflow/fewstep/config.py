@@ -158,6 +158,16 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: keys that say where files go or how runs are logged, not what is computed
+LOCATION_KEYS = ("results_dir", "models_dir", "reports_dir", "local_weights", "wandb")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """The provenance hash of a configuration: everything that shapes a result, not where it
+    is stored (the same sweep in two folders has one hash)."""
+    return fingerprint({k: v for k, v in config.items() if k not in LOCATION_KEYS})
+
+
 def write_resolved(config: dict[str, Any], directory: Path) -> Path:
     """Write the validated config content-addressed (<hash>.yaml) and return its path.
 

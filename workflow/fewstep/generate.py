@@ -34,7 +34,7 @@ from fewstep.io import (
     write_table,
 )
 from fewstep.paths import Paths
-from fewstep.precompute import load_tensors
+from fewstep.precompute import content_digest, load_tensors
 
 
 def read_journal(path: Path) -> dict[str, dict[str, Any]]:
@@ -93,7 +93,7 @@ class CellGenerator:
             self._prompts[prompt_id] = (
                 tensors["prompt_embeds"].to(self.device, self.dtype),
                 tensors["pooled_prompt_embeds"].to(self.device, self.dtype),
-                sha256_file(path),
+                content_digest(path),
             )
         return self._prompts[prompt_id]
 
@@ -106,7 +106,7 @@ class CellGenerator:
             embedding = tensors["arcface_irse50"].reshape(1, -1, 512).to(self.device, self.dtype)
             with torch.no_grad():
                 tokens = self.parts.resampler(embedding)
-            self._identities[identity] = (tokens, sha256_file(path))
+            self._identities[identity] = (tokens, content_digest(path))
         return self._identities[identity]
 
     def _control_latents(self, identity: str) -> torch.Tensor | None:
@@ -216,44 +216,44 @@ def run(
         if not reusable(journal.get(item.id), key, paths.image(cell.id, item.id)):
             pending.append((item, key, cond))
     reused = len(grid.items) - len(pending)
-    bar = tqdm(
+    progress_bar = tqdm(
         total=len(grid.items), initial=reused, desc=f"generate {cell.id}", unit="img", disable=not progress
     )
-    for batch in batches(pending, batch_size):
-        images, timing = generator.render([b[0] for b in batch], [b[2] for b in batch])
-        for (item, key, _), pixels in zip(batch, images, strict=True):
-            image_path = paths.image(cell.id, item.id)
-            png = encode_png(
-                _to_pil(pixels),
-                {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
-            )
-            atomic_write_bytes(image_path, png)
-            row = {
-                "cell_id": cell.id,
-                "backbone": cell.backbone,
-                "adapter": cell.adapter,
-                "steps": cell.steps,
-                "item_id": item.id,
-                "identity": item.identity,
-                "prompt_id": item.prompt,
-                "prompt": grid.prompt(item.prompt)["text"],
-                "seed": item.seed,
-                "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
-                "sha256": sha256_bytes(png),
-                "item_key": key,
-                "width": generator.width,
-                "height": generator.height,
-                "guidance": generator.settings((item.seed,)).guidance,
-                "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
-                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **timing,
-                **{k: v for k, v in prov.items() if k != "versions"},
-                "versions": json.dumps(prov["versions"], sort_keys=True),
-            }
-            append_journal(journal_path, row)
-            journal[item.id] = row
-            bar.update(1)
-    bar.close()
+    with progress_bar as bar:  # closed (its line ended) before an error line is printed
+        for batch in batches(pending, batch_size):
+            images, timing = generator.render([b[0] for b in batch], [b[2] for b in batch])
+            for (item, key, _), pixels in zip(batch, images, strict=True):
+                image_path = paths.image(cell.id, item.id)
+                png = encode_png(
+                    _to_pil(pixels),
+                    {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
+                )
+                atomic_write_bytes(image_path, png)
+                row = {
+                    "cell_id": cell.id,
+                    "backbone": cell.backbone,
+                    "adapter": cell.adapter,
+                    "steps": cell.steps,
+                    "item_id": item.id,
+                    "identity": item.identity,
+                    "prompt_id": item.prompt,
+                    "prompt": grid.prompt(item.prompt)["text"],
+                    "seed": item.seed,
+                    "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
+                    "sha256": sha256_bytes(png),
+                    "item_key": key,
+                    "width": generator.width,
+                    "height": generator.height,
+                    "guidance": generator.settings((item.seed,)).guidance,
+                    "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
+                    "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **timing,
+                    **{k: v for k, v in prov.items() if k != "versions"},
+                    "versions": json.dumps(prov["versions"], sort_keys=True),
+                }
+                append_journal(journal_path, row)
+                journal[item.id] = row
+                bar.update(1)
     frame = pd.DataFrame([journal[item.id] for item in grid.items])
     frame["cell_hash"] = grid.cell_hash(cell)
     write_table(manifest_path, frame)

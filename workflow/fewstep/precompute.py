@@ -39,6 +39,23 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
 
 
+def content_digest(path: Path) -> str:
+    """sha256 of a tensor file's names, dtypes, shapes, values and metadata, in sorted order.
+
+    The file's own bytes are not stable: safetensors writes metadata keys in hash order.
+    """
+    import hashlib
+    import json
+
+    tensors, metadata = load_tensors(path)
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def embed_prompts(config: dict[str, Any]) -> list[Path]:
     """Write every prompt's embeddings for every family and sequence length the cells use."""
     written = []
@@ -57,26 +74,28 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
     pipe = load_flux_text_encoders(config, source, device, dtype)
     written = []
     jobs = [(p, n) for p in config["prompts"] for n in grid.sequence_lengths(family)]
-    for prompt, length in tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt"):
-        with torch.no_grad():
-            embeds, pooled, _ = pipe.encode_prompt(
-                prompt=prompt["text"],
-                prompt_2=prompt["text"],
-                device=device,
-                max_sequence_length=length,
+    # the bar ends its line before an error line is printed
+    with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
+        for prompt, length in bar:
+            with torch.no_grad():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=prompt["text"],
+                    prompt_2=prompt["text"],
+                    device=device,
+                    max_sequence_length=length,
+                )
+            path = paths.prompt_embedding(family, prompt["id"], length)
+            save_tensors(
+                path,
+                {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                {
+                    "prompt": prompt["text"],
+                    "max_sequence_length": str(length),
+                    "text_encoders": source,
+                    "weights": config["weights"],
+                },
             )
-        path = paths.prompt_embedding(family, prompt["id"], length)
-        save_tensors(
-            path,
-            {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
-            {
-                "prompt": prompt["text"],
-                "max_sequence_length": str(length),
-                "text_encoders": source,
-                "weights": config["weights"],
-            },
-        )
-        written.append(path)
+            written.append(path)
     return written
 
 
@@ -90,43 +109,42 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
         CONDITIONING_FACE_PACK,
         face_analyzer,
         load_arcface_irse,
-        resolve_device,
     )
 
     paths = Paths(config)
-    device = resolve_device(config["device"])
     analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
-    arcface = load_arcface_irse(config, device)
+    arcface = load_arcface_irse(config, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
     written = []
-    for identity in tqdm(config["identities"], desc="identity embeddings", unit="identity"):
-        image = load_rgb(identity["image"])
-        bgr = rgb_to_bgr(image)
-        found = analyzer.analyze(bgr, config["face"]["policy"])
-        if found is None:
-            raise InputError(
-                f"identities[{identity['id']}]: no face found in {identity['image']}; "
-                "use a picture with one clearly visible face"
+    with tqdm(config["identities"], desc="identity embeddings", unit="identity") as bar:
+        for identity in bar:
+            image = load_rgb(identity["image"])
+            bgr = rgb_to_bgr(image)
+            found = analyzer.analyze(bgr, config["face"]["policy"])
+            if found is None:
+                raise InputError(
+                    f"identities[{identity['id']}]: no face found in {identity['image']}; "
+                    "use a picture with one clearly visible face"
+                )
+            face = found.face
+            embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
+            path = paths.identity_embedding(identity["id"])
+            save_tensors(
+                path,
+                {
+                    "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                    "bbox": torch.tensor(face.bbox, dtype=torch.float32),
+                    "kps": torch.tensor(face.kps, dtype=torch.float32),
+                    "det_score": torch.tensor([face.det_score], dtype=torch.float32),
+                },
+                {
+                    "identity": identity["id"],
+                    "image": identity["image"],
+                    "n_faces": str(found.n_faces),
+                    "policy": config["face"]["policy"],
+                    "weights": config["weights"],
+                    "height": str(image.shape[0]),
+                    "width": str(image.shape[1]),
+                },
             )
-        face = found.face
-        embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
-        path = paths.identity_embedding(identity["id"])
-        save_tensors(
-            path,
-            {
-                "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
-                "bbox": torch.tensor(face.bbox, dtype=torch.float32),
-                "kps": torch.tensor(face.kps, dtype=torch.float32),
-                "det_score": torch.tensor([face.det_score], dtype=torch.float32),
-            },
-            {
-                "identity": identity["id"],
-                "image": identity["image"],
-                "n_faces": str(found.n_faces),
-                "policy": config["face"]["policy"],
-                "weights": config["weights"],
-                "height": str(image.shape[0]),
-                "width": str(image.shape[1]),
-            },
-        )
-        written.append(path)
+            written.append(path)
     return written

@@ -66,10 +66,10 @@ def device_name(device: Any) -> str:
 
 def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The provenance block stored with every table and image."""
-    from fewstep.config import fingerprint
+    from fewstep.config import config_hash
 
     return {
-        "config_hash": fingerprint(config),
+        "config_hash": config_hash(config),
         "weights": config["weights"],
         "git_commit": git_commit(),
         "versions": versions(),

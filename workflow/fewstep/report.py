@@ -23,7 +23,7 @@ import yaml
 
 from fewstep import provenance
 from fewstep.aggregate import PARETO, TABLES, load_trajectories
-from fewstep.config import fingerprint
+from fewstep.config import config_hash
 from fewstep.grid import Cell, Grid
 from fewstep.io import atomic_write_bytes, atomic_write_text
 from fewstep.metric_registry import spec
@@ -750,7 +750,7 @@ def _provenance_section(page: Page, per_image: pd.DataFrame) -> None:
     )
     facts = pd.DataFrame(
         [
-            ("config hash", fingerprint(config)),
+            ("config hash", config_hash(config)),
             ("report made at commit", provenance.git_commit()),
             ("report made at", time.strftime("%Y-%m-%d %H:%M:%S %z")),
             ("images made at commit(s)", ", ".join(image_commits) or "—"),
@@ -851,7 +851,7 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     if comparison:
         intro += f"Comparison: <code>{html.escape(comparison[0].id)}</code> vs "
         intro += f"<code>{html.escape(comparison[1].id)}</code>. "
-    intro += f"Config hash {fingerprint(config)}, commit {html.escape(provenance.git_commit())}.</p>"
+    intro += f"Config hash {config_hash(config)}, commit {html.escape(provenance.git_commit())}.</p>"
     atomic_write_text(out, render(page, weights, intro))
     print(f"report -> {out}")
     return out

@@ -9,8 +9,8 @@ never the science, and every output says `weights=tiny`.
 
 from __future__ import annotations
 
-import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -91,47 +91,76 @@ def _corpus_lines() -> list[str]:
     return lines + [line.lower() for line in lines] + [line.upper() for line in lines]
 
 
+def _words(lines: list[str], pattern: str) -> Counter[str]:
+    import regex
+
+    return Counter(w for line in lines for w in regex.findall(pattern, line))
+
+
+def _bpe_merges(words: Counter[tuple[str, ...]], count: int) -> list[tuple[str, str]]:
+    """Plain byte-pair merges; ties go to the alphabetically first pair, so the result
+    never depends on hash order (the `tokenizers` trainer's does)."""
+    merges = []
+    words = Counter(words)
+    for _ in range(count):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, freq in words.items():
+            for pair in zip(symbols, symbols[1:], strict=False):
+                pairs[pair] += freq
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, freq in words.items():
+            out, k = [], 0
+            while k < len(symbols):
+                if symbols[k : k + 2] == best:
+                    out.append(best[0] + best[1])
+                    k += 2
+                else:
+                    out.append(symbols[k])
+                    k += 1
+            merged[tuple(out)] += freq
+        words = merged
+    return merges
+
+
 def build_clip_tokenizer(folder: Path):
-    """A byte-level BPE CLIP tokenizer trained on a small corpus, saved and reloaded."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A byte-level BPE CLIP tokenizer learnt from a small corpus, saved and reloaded."""
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
-    bpe.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        end_of_word_suffix="</w>",
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_corpus_lines(), trainer)
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tokenizer = CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=77)
+    byte_level = ByteLevel(add_prefix_space=False)
+    counts = _words([line.lower() for line in _corpus_lines()], r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+    words: Counter[tuple[str, ...]] = Counter()
+    for word, freq in counts.items():
+        mapped = byte_level.pre_tokenize_str(word)[0][0]
+        words[(*mapped[:-1], mapped[-1] + "</w>")] += freq
+    merges = _bpe_merges(words, 150)
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
+    tokens += [a + b for a, b in merges]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     tokenizer.save_pretrained(folder)
     return CLIPTokenizer.from_pretrained(folder)
 
 
 def build_t5_tokenizer(folder: Path):
-    """A Unigram T5 tokenizer trained on a small corpus, saved and reloaded."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A Unigram T5 tokenizer: every corpus word and character as a piece, scored by
+    log frequency (deterministic), saved and reloaded."""
+    import math
+
     from transformers import T5TokenizerFast
 
-    unigram = Tokenizer(models.Unigram())
-    unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        show_progress=False,
-    )
-    unigram.train_from_iterator(_corpus_lines(), trainer)
-    vocab = [tuple(pair) for pair in json.loads(unigram.to_str())["model"]["vocab"]]
-    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+    counts = _words(_corpus_lines(), r"\S+")
+    chars = Counter(c for word, freq in counts.items() for c in word for _ in range(freq))
+    total = sum(counts.values()) + sum(chars.values())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", math.log(len(counts) / total))]
+    pieces += [(f"▁{w}", math.log(f / total)) for w, f in sorted(counts.items())]
+    pieces += [(c, math.log(f / total) - 5.0) for c, f in sorted(chars.items())]  # fallback pieces
+    tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
     tokenizer.save_pretrained(folder)
     return T5TokenizerFast.from_pretrained(folder)
 

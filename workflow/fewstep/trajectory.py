@@ -79,53 +79,56 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     prov = provenance.record(config)
     items = grid.items[: config["trajectory"]["max_items"]]
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(items) * cell.steps, desc=f"trajectory {cell.id}", unit="step", disable=not progress)
-    for item in items:
-        _, cond = generator.item_key(item)
-        recorded: list[tuple[sampling.StepInfo, tuple[list[float], list[float]]]] = []
+    progress_bar = tqdm(total=len(items) * cell.steps, desc=f"trajectory {cell.id}", unit="step")
+    progress_bar.disable = not progress
+    with progress_bar as bar:  # closed (its line ended) before an error line is printed
+        for item in items:
+            _, cond = generator.item_key(item)
+            recorded: list[tuple[sampling.StepInfo, tuple[list[float], list[float]]]] = []
 
-        def on_step(info: sampling.StepInfo, recorded=recorded) -> None:
-            recorded.append((info, probe.take()))
-            bar.update(1)
+            def on_step(info: sampling.StepInfo, recorded=recorded) -> None:
+                recorded.append((info, probe.take()))
+                bar.update(1)
 
-        settings = generator.settings((item.seed,))
-        sampling.denoise(generator.parts, cond, settings, generator.device, generator.dtype, on_step=on_step)
-        for info, (double, single) in recorded:
-            pixels = sampling.decode(
-                generator.parts, info.predicted_clean, generator.height, generator.width
-            )[0]
-            image = paths.trajectory_image(cell.id, item.id, info.index + 1)
-            atomic_write_bytes(
-                image,
-                encode_png(
-                    _pil(pixels),
+            settings = generator.settings((item.seed,))
+            sampling.denoise(
+                generator.parts, cond, settings, generator.device, generator.dtype, on_step=on_step
+            )
+            for info, (double, single) in recorded:
+                pixels = sampling.decode(
+                    generator.parts, info.predicted_clean, generator.height, generator.width
+                )[0]
+                image = paths.trajectory_image(cell.id, item.id, info.index + 1)
+                atomic_write_bytes(
+                    image,
+                    encode_png(
+                        _pil(pixels),
+                        {
+                            "fewstep": json.dumps(
+                                {"cell": cell.id, "item": item.id, "step": info.index + 1, **prov}
+                            )
+                        },
+                    ),
+                )
+                score = scorer.score([Sample({}, pixels, references[item.identity])])[0]
+                rows.append(
                     {
-                        "fewstep": json.dumps(
-                            {"cell": cell.id, "item": item.id, "step": info.index + 1, **prov}
-                        )
-                    },
-                ),
-            )
-            score = scorer.score([Sample({}, pixels, references[item.identity])])[0]
-            rows.append(
-                {
-                    "cell_id": cell.id,
-                    "item_id": item.id,
-                    "identity": item.identity,
-                    "prompt_id": item.prompt,
-                    "seed": item.seed,
-                    "step": info.index + 1,
-                    "sigma": info.sigma,
-                    "adapter_active": info.adapter_active,
-                    "velocity_rms": _rms(info.velocity),
-                    **_relative(info.probes, double, single),
-                    "id_sim": score["id_sim"],
-                    "face_detected": score["face_detected"],
-                    "image": str(image.relative_to(paths.trajectory(cell.id).parent)),
-                    "weights": config["weights"],
-                }
-            )
-    bar.close()
+                        "cell_id": cell.id,
+                        "item_id": item.id,
+                        "identity": item.identity,
+                        "prompt_id": item.prompt,
+                        "seed": item.seed,
+                        "step": info.index + 1,
+                        "sigma": info.sigma,
+                        "adapter_active": info.adapter_active,
+                        "velocity_rms": _rms(info.velocity),
+                        **_relative(info.probes, double, single),
+                        "id_sim": score["id_sim"],
+                        "face_detected": score["face_detected"],
+                        "image": str(image.relative_to(paths.trajectory(cell.id).parent)),
+                        "weights": config["weights"],
+                    }
+                )
     probe.close()
     frame = pd.DataFrame(rows)
     write_table(out, provenance.stamp(frame, config))

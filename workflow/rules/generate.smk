@@ -41,6 +41,10 @@ rule trajectory:
         gpu=GPU,
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
         runtime=240,
+    params:
+        cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
+        max_items=CONFIG["trajectory"]["max_items"],
+        face=CONFIG["face"],
     shell:
         "python -m fewstep trajectory"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"

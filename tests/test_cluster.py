@@ -1,0 +1,222 @@
+"""Snakemake profiles: both pass Snakemake's own parser, and the demo sweep runs end to
+end through a real single-node Slurm (tests/cluster/slurm-up.sh) with the same
+outputs as a local run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+CLUSTER = REPO / "tests" / "cluster"
+GPU_RULES = {"generate", "embed_prompts", "trajectory"}
+TIMING = ["latency_s", "denoise_s", "decode_s", "peak_mem_mb"]
+
+
+def snakemake(
+    workdir: Path, *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The demo sweep run from `workdir` with the repository's Snakefile (and so its profiles)."""
+    cmd = [SNAKEMAKE, "-s", REPO / "Snakefile", "-d", workdir, "--configfile", REPO / "config" / "demo.yaml"]
+    return subprocess.run(
+        [str(part) for part in (*cmd, *args)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
+
+
+def tail(run: subprocess.CompletedProcess, lines: int = 60) -> str:
+    return "\n".join((run.stdout + run.stderr).splitlines()[-lines:])
+
+
+def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job a dry run lists."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in output.splitlines():
+        if rule := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            jobs.append((rule.group(1), {}))
+        elif (resources := re.fullmatch(r"\s+resources: (.*)", line)) and jobs:
+            jobs[-1][1].update(item.split("=", 1) for item in resources.group(1).split(", "))
+    return jobs
+
+
+def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
+    run = snakemake(tmp_path, "-n", "--config", "device=cuda")
+    assert run.returncode == 0, tail(run)
+    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in run.stderr
+    gpu = {rule: res.get("gpu") for rule, res in dry_run_jobs(run.stdout)}
+    assert gpu["generate"] == gpu["embed_prompts"] == gpu["trajectory"] == gpu["score"] == "1"
+    assert gpu["aggregate"] is None and gpu["report"] is None
+    # the profile's keys went through Snakemake's parser: an unknown key is an error
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.yaml").write_text(
+        (REPO / "profiles/default/config.yaml").read_text() + "no-such-option: 1\n"
+    )
+    run = snakemake(tmp_path, "-n", "--workflow-profile", bad)
+    assert run.returncode != 0 and "no-such-option" in run.stderr
+
+
+@pytest.mark.parametrize("device, gpus", [("cuda", "1"), ("cpu", "0")])
+def test_slurm_profile_requests_gpus_only_for_gpu_rules(tmp_path: Path, device: str, gpus: str) -> None:
+    run = snakemake(
+        tmp_path, "-n", "--workflow-profile", REPO / "profiles/slurm", "--config", f"device={device}"
+    )
+    assert run.returncode == 0, tail(run)
+    assert f"workflow specific profile {REPO / 'profiles' / 'slurm'}" in run.stderr
+    jobs = [(rule, res) for rule, res in dry_run_jobs(run.stdout) if rule != "all"]
+    assert {rule for rule, _ in jobs} >= GPU_RULES | {"score", "aggregate", "report", "prepare_model"}
+    for rule, res in jobs:
+        if rule in GPU_RULES:
+            assert res["slurm_partition"] == "gpu" and res["gpu_model"] == "h100", (rule, res)
+            assert res["gpu"] == gpus and res["cpus_per_gpu"] == "2", (rule, res)
+        else:
+            assert res["slurm_partition"] == "cpu" and res.get("gpu", "0") == "0", (rule, res)
+            assert "gpu_model" not in res, (rule, res)
+        assert int(res["mem_mb"]) <= 8000 and int(res["runtime"]) > 0, (rule, res)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[dict[str, str]]:
+    """A private single-node Slurm for this module; stopped by PID afterwards."""
+    missing = [
+        t
+        for t in ("munged", "slurmctld", "slurmd", "sbatch")
+        if not shutil.which(t, path="/usr/sbin:/usr/bin")
+    ]
+    reason = (
+        "starting slurmd needs root"
+        if os.geteuid() != 0
+        else f"Slurm not installed ({', '.join(missing)} missing): apt-get install -y slurm-wlm munge"
+        if missing
+        else ""
+    )
+    if reason:
+        if os.environ.get("FEWSTEP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FEWSTEP_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="fewstep-slurm-"))
+    folder.chmod(0o755)  # munged runs as user munge and must reach its folder
+    try:
+        up = subprocess.run(
+            ["bash", CLUSTER / "slurm-up.sh", folder], capture_output=True, text=True, timeout=120
+        )
+        if up.returncode != 0:
+            pytest.fail(f"tests/cluster/slurm-up.sh failed:\n{up.stderr}")
+        yield {"SLURM_CONF": str(folder / "etc" / "slurm.conf")}
+    finally:
+        subprocess.run(["bash", CLUSTER / "slurm-down.sh", folder], timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def outputs(workdir: Path) -> set[str]:
+    """Every output file of a run except logs and W&B runs (named by time and random run ids)."""
+    files = [p for top in ("results", "reports") for p in (workdir / top).rglob("*") if p.is_file()]
+    parts = [p.relative_to(workdir).parts for p in files]
+    return {"/".join(part) for part in parts if "logs" not in part and "wandb" not in part}
+
+
+def pixels(path: Path) -> str:
+    """Hash of the decoded image (mode, size and pixel bytes), not of the PNG file."""
+    with Image.open(path) as image:
+        return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def card_lines(workdir: Path) -> list[str]:
+    logs = sorted((workdir / "results/demo/logs/generate").glob("*.log"))
+    return [
+        line for log in logs for line in log.read_text().splitlines() if line.startswith("fewstep generate: ")
+    ]
+
+
+@pytest.mark.slow
+def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: Path) -> None:
+    """The demo with device=auto, so the GPU rules ask Slurm for GPUs; then locally.
+
+    Each run builds its own tiny models: the same bytes come out, down to the PNGs.
+    """
+    config = ["--config", "device=auto"]
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    on_slurm.mkdir()
+    local.mkdir()
+
+    # as a user runs it: the demo config's offline W&B mode applies (no WANDB_MODE=disabled)
+    user_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    run = snakemake(
+        on_slurm, "--workflow-profile", REPO / "profiles/slurm", *config, env={**user_env, **slurm}
+    )
+    assert run.returncode == 0, tail(run)
+    env = {k: v for k, v in user_env.items() if k != "SLURM_CONF"}
+    env.update(FEWSTEP_GPUS="2", FEWSTEP_GPU_LOCK_DIR=str(tmp_path / "gpu-locks"))
+    run = snakemake(local, "--resources", "gpu=2", *config, env=env)
+    assert run.returncode == 0, tail(run)
+
+    # same files, same images pixel for pixel
+    assert outputs(on_slurm) == outputs(local)
+    runs = {
+        d: sorted(p.parent.parent.parent.name for p in (d / "results/demo/wandb").rglob("run-*.wandb"))
+        for d in (on_slurm, local)
+    }
+    assert runs[on_slurm] == runs[local] and len(runs[local]) == 7 + 7 + 2 + 1  # one W&B run per job
+    images = sorted(p.relative_to(local) for p in (local / "results/demo/cells").rglob("*.png"))
+    assert len(images) == 7 * 4  # 7 cells x 2 identities x 2 prompts x 1 seed
+    assert [pixels(on_slurm / p) for p in images] == [pixels(local / p) for p in images]
+    assert [(on_slurm / p).read_bytes() == (local / p).read_bytes() for p in images] == [True] * len(images)
+    # same cells and numbers in the aggregate tables; only timings differ
+    summary = {d: pd.read_csv(d / "results/demo/aggregate/summary.csv") for d in (on_slurm, local)}
+    kept = {d: s[~s["metric"].isin(TIMING)].reset_index(drop=True) for d, s in summary.items()}
+    metrics = set(kept[local]["metric"])
+    assert {"id_sim", "face_detected", "lpips_ref", "lpips_anchor", "clip_score"} <= metrics
+    assert len(kept[local]) == 7 * len(metrics)
+    pd.testing.assert_frame_equal(kept[on_slurm], kept[local])
+    assert summary[on_slurm][["cell_id", "metric", "n"]].equals(summary[local][["cell_id", "metric", "n"]])
+    per_image = {  # all but timings and the PNG file hash
+        d: pd.read_parquet(d / "results/demo/aggregate/per_image.parquet").drop(columns=TIMING) for d in kept
+    }
+    pd.testing.assert_frame_equal(per_image[on_slurm], per_image[local])
+
+    # Slurm gave each GPU job a card; the local jobs took the two simulated cards by lock
+    slurm_cards = card_lines(on_slurm)
+    assert len(slurm_cards) == 7
+    assert all(re.fullmatch(r".*assigned by Slurm .*CUDA_VISIBLE_DEVICES=[01]", line) for line in slurm_cards)
+    local_cards = [
+        re.fullmatch(r"fewstep generate: GPU card (\d) of 0,1 \(lock .*\)", line)
+        for line in card_lines(local)
+    ]
+    assert len(local_cards) == 7 and all(local_cards)
+    assert {m.group(1) for m in local_cards} == {"0", "1"}  # two generate jobs ran side by side
+
+    # what Slurm was asked for: GPUs for the GPU rules only, in the profile's partitions
+    squeue = subprocess.run(
+        ["squeue", "-t", "all", "-h", "-O", "Comment:|,Partition:|,tres-per-job:|,State:|"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **slurm},
+        check=True,
+    ).stdout.splitlines()
+    jobs = [line.split("|")[:4] for line in squeue]
+    # all but localrule all: 7 models, 2 embedding jobs, 7 generate, 7 score, 2 trajectory,
+    # aggregate, report and the W&B aggregate run
+    assert len(jobs) == 28 and all(state == "COMPLETED" for *_, state in jobs)
+    for comment, partition, tres, _ in jobs:
+        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment).group(1)
+        expected = ("gpu", "gres:gpu:h100:1") if rule in GPU_RULES else ("cpu", "N/A")
+        assert (partition, tres) == expected, comment
+    # one Slurm log per job in the profile's folder (kept for successful jobs too)
+    assert len(list((on_slurm / "logs/slurm").rglob("*.log"))) == 28
+    assert len(list((on_slurm / "logs/slurm/rule_generate").glob("*/*.log"))) == 7
