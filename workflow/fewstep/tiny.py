@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
+from fewstep.models import FLUX_TRANSFORMER, FLUX_VAE
+
 # Shared by the tiny text encoders, transformers and adapters.
 JOINT_DIM = 32  # T5 d_model -> transformer joint_attention_dim
 POOLED_DIM = 32  # CLIP hidden size -> pooled_projection_dim
 HEADS, HEAD_DIM, ROPE_AXES = 2, 16, [4, 6, 6]
 
+# The published configs (fewstep.models) with only the sizes shrunk.
 TINY_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
+    FLUX_TRANSFORMER,
     num_layers=4,
     num_single_layers=4,
     attention_head_dim=HEAD_DIM,
@@ -35,19 +37,7 @@ TINY_TRANSFORMER = dict(
 # spreads each residual over several backbone blocks, as 4/10 over 19/38 does.
 TINY_INFUSENET = dict(TINY_TRANSFORMER, num_layers=2, num_single_layers=2, guidance_embeds=True)
 TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[8, 16, 16, 16],
-    layers_per_block=1,
-    latent_channels=16,
-    norm_num_groups=4,
-    sample_size=64,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
+    FLUX_VAE, block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64
 )
 # The resampler loader infers its shape from the checkpoint with dim_head fixed
 # at the published 64, so the tiny one keeps dim_head=64.
