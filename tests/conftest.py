@@ -49,6 +49,16 @@ def tiny_config(tiny_root) -> dict:
     return config
 
 
+@pytest.fixture(scope="session")
+def embedded(tiny_config) -> dict:
+    """The tiny config with its prompt and identity embeddings computed (once per session)."""
+    from fewstep import precompute
+
+    precompute.embed_prompts(tiny_config)
+    precompute.embed_identities(tiny_config)
+    return tiny_config
+
+
 @pytest.fixture
 def config(tiny_config) -> dict:
     return copy.deepcopy(tiny_config)

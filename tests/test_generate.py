@@ -12,13 +12,6 @@ from fewstep.grid import Grid
 from fewstep.paths import Paths
 
 
-@pytest.fixture(scope="module")
-def embedded(tiny_config):
-    precompute.embed_prompts(tiny_config)
-    precompute.embed_identities(tiny_config)
-    return tiny_config
-
-
 def test_prompt_and_identity_embeddings_are_written_once_per_sweep(embedded):
     paths = Paths(embedded)
     for prompt in embedded["prompts"]:

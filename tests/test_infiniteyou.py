@@ -34,13 +34,6 @@ def test_keypoint_image_draws_each_point_in_its_colour():
     assert tuple(image[mid[1], mid[0]]) == (153, 0, 0)
 
 
-@pytest.fixture(scope="module")
-def embedded(tiny_config):
-    precompute.embed_prompts(tiny_config)
-    precompute.embed_identities(tiny_config)
-    return tiny_config
-
-
 def test_keypoint_control_changes_the_image_and_the_cell_hash(embedded, tmp_path):
     keypoints = copy.deepcopy(embedded)
     keypoints["adapters"]["infusenet-aes"]["control"] = "keypoints"

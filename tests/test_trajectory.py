@@ -13,13 +13,6 @@ from fewstep.images import load_rgb
 from fewstep.paths import Paths
 
 
-@pytest.fixture(scope="module")
-def embedded(tiny_config):
-    precompute.embed_prompts(tiny_config)
-    precompute.embed_identities(tiny_config)
-    return tiny_config
-
-
 def test_one_row_per_item_and_step_ending_at_the_generated_image(embedded):
     config = copy.deepcopy(embedded)
     config["trajectory"]["max_items"] = 2
