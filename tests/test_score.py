@@ -229,7 +229,7 @@ def test_pick_score_scales_the_cosine_by_the_learned_temperature(scoring_config)
     metric = PickScore(scoring_config, JobModels(scoring_config))
     image = _reference(scoring_config, "group-t1")
     batch = [score.Sample({"identity": "group-t1"}, image, image, prompt="a portrait")]
-    scale = float(metric.model.logit_scale.exp())
+    scale = float(metric.model.logit_scale.detach().exp())
     assert metric.score(batch)[0]["pick_score"] == pytest.approx(scale * float(metric.cosines(batch)[0]))
 
 

@@ -122,6 +122,7 @@ class _PromptAlignment:
         repo = sm.SCORING_MODELS[self.model_name].repo_id
         self.version = _version(config, repo, f"transformers-{package_version('transformers')}")
 
+    @torch.inference_mode()
     def cosines(self, batch: list[Sample]) -> torch.Tensor:
         inputs = self.processor(
             text=[s.prompt for s in batch],
