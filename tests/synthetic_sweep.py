@@ -74,7 +74,7 @@ def latency(backbone: str, steps: int) -> float:
 
 def write_scores(config: dict, lpips: bool = True, images: bool = True) -> pd.DataFrame:
     """One scores table per cell (and a tiny PNG per image when `images`)."""
-    from fewstep.grid import Grid
+    from fewstep.grid import Grid, image_keys
     from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
@@ -85,14 +85,7 @@ def write_scores(config: dict, lpips: bool = True, images: bool = True) -> pd.Da
             effect = IDENTITY_EFFECTS[item.identity] + PROMPT_EFFECTS[item.prompt]
             id_sim = true_id_sim(cell.backbone, cell.adapter, cell.steps) + effect
             row = {
-                "cell_id": cell.id,
-                "backbone": cell.backbone,
-                "adapter": cell.adapter,
-                "steps": cell.steps,
-                "item_id": item.id,
-                "identity": item.identity,
-                "prompt_id": item.prompt,
-                "seed": item.seed,
+                **image_keys(cell, item),
                 "image": f"images/{item.id}.png",
                 "latency_s": latency(cell.backbone, cell.steps),
                 "weights": "tiny",
@@ -120,7 +113,7 @@ def write_scores(config: dict, lpips: bool = True, images: bool = True) -> pd.Da
 def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
     """A trajectory table in the shared format: id_sim of x0 rises linearly to the final value,
     the residual RMS halves every step while the velocity RMS stays 1; one PNG per (item, step)."""
-    from fewstep.grid import Cell, Grid
+    from fewstep.grid import Cell, Grid, image_keys
     from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
@@ -134,11 +127,7 @@ def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
             Image.new("RGB", (32, 32), (20 * step, 100, 100)).save(folder / image)
             rows.append(
                 {
-                    "cell_id": cell_id,
-                    "item_id": item.id,
-                    "identity": item.identity,
-                    "prompt_id": item.prompt,
-                    "seed": item.seed,
+                    **image_keys(cell, item),
                     "step": step,
                     "sigma": 1 - (step - 1) / cell.steps,
                     "adapter_active": True,

@@ -18,7 +18,7 @@ from PIL import Image
 from fewstep import cli, download, faces, models, score
 from fewstep import scoring_models as sm
 from fewstep.errors import InputError, WeightsError
-from fewstep.grid import Grid
+from fewstep.grid import Grid, image_keys
 from fewstep.images import load_rgb
 from fewstep.metrics import CLIPScore, JobModels, PerceptualDistance, PickScore, fit
 from fewstep.paths import Paths
@@ -75,14 +75,7 @@ def write_cell(config: dict, cell_id: str, image_for) -> pd.DataFrame:
         Image.fromarray(image_for(item)).save(path)
         rows.append(
             {
-                "cell_id": cell.id,
-                "backbone": cell.backbone,
-                "adapter": cell.adapter,
-                "steps": cell.steps,
-                "item_id": item.id,
-                "identity": item.identity,
-                "prompt_id": item.prompt,
-                "seed": item.seed,
+                **image_keys(cell, item),
                 "image": str(path.relative_to(paths.cell_dir(cell.id))),
                 "weights": config["weights"],
             }

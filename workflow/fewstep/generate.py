@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fewstep import provenance, sampling
 from fewstep.config import fingerprint
-from fewstep.grid import Cell, Grid, Item
+from fewstep.grid import Cell, Grid, Item, image_keys
 from fewstep.io import (
     append_line,
     atomic_write_bytes,
@@ -230,15 +230,8 @@ def run(
                 )
                 atomic_write_bytes(image_path, png)
                 row = {
-                    "cell_id": cell.id,
-                    "backbone": cell.backbone,
-                    "adapter": cell.adapter,
-                    "steps": cell.steps,
-                    "item_id": item.id,
-                    "identity": item.identity,
-                    "prompt_id": item.prompt,
+                    **image_keys(cell, item),
                     "prompt": grid.prompt(item.prompt)["text"],
-                    "seed": item.seed,
                     "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
                     "sha256": sha256_bytes(png),
                     "item_key": key,

@@ -48,6 +48,17 @@ class Item:
         return f"{self.identity}/{self.prompt}/s{self.seed}"
 
 
+#: columns that name one image of the sweep, first in every per-image table
+IMAGE_KEYS = ("cell_id", "backbone", "adapter", "steps", "item_id", "identity", "prompt_id", "seed")
+
+
+def image_keys(cell: Cell, item: Item) -> dict[str, Any]:
+    """The `IMAGE_KEYS` values of one item in one cell."""
+    values = (cell.id, cell.backbone, cell.adapter, cell.steps)
+    values += (item.id, item.identity, item.prompt, item.seed)
+    return dict(zip(IMAGE_KEYS, values, strict=True))
+
+
 class Grid:
     """Cells, items and the parameters of each, from a validated config."""
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from fewstep.grid import IMAGE_KEYS
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -56,15 +58,8 @@ METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
 
 #: columns that identify an image or its provenance, never a metric
 KEYS = {
-    "cell_id",
-    "backbone",
-    "adapter",
-    "steps",
-    "item_id",
-    "identity",
-    "prompt_id",
+    *IMAGE_KEYS,
     "prompt",
-    "seed",
     "image",
     "sha256",
     "weights",

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fewstep.grid import Cell, Grid
+from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.io import write_table
 from fewstep.metrics import (
     CLIPImageSimilarity,
@@ -34,14 +34,7 @@ from fewstep.paths import Paths
 from fewstep.provenance import stamp
 
 KEY_COLUMNS = [
-    "cell_id",
-    "backbone",
-    "adapter",
-    "steps",
-    "item_id",
-    "identity",
-    "prompt_id",
-    "seed",
+    *IMAGE_KEYS,
     "image",
     "sha256",
     "latency_s",

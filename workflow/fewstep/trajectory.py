@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fewstep import provenance, sampling
 from fewstep.generate import CellGenerator
-from fewstep.grid import Grid
+from fewstep.grid import Grid, image_keys
 from fewstep.io import atomic_write_bytes, encode_png, write_table
 from fewstep.paths import Paths
 
@@ -113,11 +113,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                 score = scorer.score([Sample({}, pixels, references[item.identity])])[0]
                 rows.append(
                     {
-                        "cell_id": cell.id,
-                        "item_id": item.id,
-                        "identity": item.identity,
-                        "prompt_id": item.prompt,
-                        "seed": item.seed,
+                        **image_keys(cell, item),
                         "step": info.index + 1,
                         "sigma": info.sigma,
                         "adapter_active": info.adapter_active,
