@@ -49,10 +49,11 @@ def fabricate_scores(config: dict) -> Path:
     """A score table and images for CELL, as the score job would leave them."""
     from PIL import Image
 
-    from fewstep.grid import Grid
+    from fewstep.grid import Grid, image_keys
     from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
+    cell = grid.cell(CELL)
     rng = np.random.default_rng(0)
     rows = []
     for index, item in enumerate(grid.items):
@@ -61,12 +62,7 @@ def fabricate_scores(config: dict) -> Path:
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
         rows.append(
             {
-                "cell_id": CELL,
-                "item_id": item.id,
-                "identity": item.identity,
-                "prompt_id": item.prompt,
-                "seed": item.seed,
-                "steps": 2,
+                **image_keys(cell, item),
                 "image": str(image.relative_to(paths.cell_dir(CELL))),
                 "latency_s": 0.5 + index,
                 "face_detected": index != 0,
