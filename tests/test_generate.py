@@ -65,3 +65,105 @@ def test_a_second_run_keeps_every_image(embedded):
     again = pd.read_parquet(generate.run(embedded, cell, progress=False))
     assert list(again["generated_at"]) == list(first["generated_at"])
     assert list(again["sha256"]) == list(first["sha256"])
+
+
+@pytest.fixture
+def own_results(embedded, tmp_path) -> dict:
+    """The tiny config writing to its own results folder, with the session's embeddings copied in."""
+    import copy
+    import shutil
+
+    config = copy.deepcopy(embedded)
+    config["results_dir"] = str(tmp_path / "results")
+    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    return config
+
+
+def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_results):
+    from fewstep.models import generation_weights, weights_digest
+
+    cell = "flux-schnell/infusenet-aes/2"
+    manifest = pd.read_parquet(generate.run(own_results, cell, progress=False, batch_size=3))
+    assert list(manifest["warmup"]) == [True, True, True, False]  # 4 items, batches of 3 and 1
+    assert list(manifest["batch_size"]) == [3, 3, 3, 1]
+    assert (manifest["prompt_encode_s"] > 0).all() and (manifest["identity_embed_s"] > 0).all()
+    assert (manifest["conditioning_s"] > 0).all()
+    inputs = manifest[["prompt_encode_s", "identity_embed_s", "conditioning_s", "latency_s"]].sum(axis=1)
+    assert manifest["end_to_end_s"].to_numpy() == pytest.approx(inputs.to_numpy(), rel=1e-12)
+    # each prompt's encoding time is the one its embedding file records
+    for row in manifest.itertuples():
+        path = Paths(own_results).prompt_embedding("flux", row.prompt_id, 256)
+        assert row.prompt_encode_s == float(precompute.load_tensors(path)[1]["encode_s"])
+    grid = Grid(own_results)
+    c = grid.cell(cell)
+    expected = weights_digest(own_results, generation_weights("flux-schnell", grid.adapter(c)))
+    assert set(manifest["weights_digest"]) == {expected}
+    assert set(manifest["dtype"]) == {"float32"} and manifest["device_name"].nunique() == 1
+
+
+def test_reembedding_the_same_inputs_keeps_their_digests(own_results):
+    """Embedding files carry their timing, which must not count as content (or every image would rerun)."""
+    paths = Paths(own_results)
+    path = paths.identity_embedding("astronaut")
+    before, meta_before = precompute.content_digest(path), precompute.load_tensors(path)[1]
+    precompute.embed_identities(own_results)
+    assert precompute.load_tensors(path)[1]["encode_s"] != meta_before["encode_s"]
+    assert precompute.content_digest(path) == before
+
+
+def _reseeded_backbone(source, target, seed: int):
+    """A copy of a tiny FLUX.1-schnell folder whose transformer is drawn from another seed."""
+    import shutil
+
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from fewstep.tiny import TINY_TRANSFORMER
+
+    shutil.copytree(source, target)
+    torch.manual_seed(seed)
+    FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=False).save_pretrained(target / "transformer")
+    return target
+
+
+def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
+    """local_weights pointed at another folder (as another hub revision would): no image is reused."""
+    from fewstep.models import model_folder, prepare
+
+    config = dict(own_results, weights="real", models_dir=str(tmp_path / "models"))
+    tiny_backbone = model_folder(own_results, "flux-schnell")
+    folders = [_reseeded_backbone(tiny_backbone, tmp_path / f"schnell-{s}", s) for s in (1, 2)]
+    config["local_weights"] = {
+        "flux-schnell": str(folders[0]),
+        "infiniteyou": str(model_folder(own_results, "infiniteyou")),
+    }
+    for name in config["local_weights"]:
+        prepare(config, name)
+    cell = "flux-schnell/infusenet-aes/1"
+    first = pd.read_parquet(generate.run(config, cell, progress=False))
+    again = pd.read_parquet(generate.run(config, cell, progress=False))
+    assert list(again["generated_at"]) == list(first["generated_at"])  # same weights: all kept
+
+    config["local_weights"]["flux-schnell"] = str(folders[1])
+    prepare(config, "flux-schnell")
+    other = pd.read_parquet(generate.run(config, cell, progress=False))
+    assert other["weights_digest"].iloc[0] != first["weights_digest"].iloc[0]
+    assert not set(other["item_key"]) & set(first["item_key"])
+    assert not set(other["sha256"]) & set(first["sha256"])  # regenerated with the new weights
+
+
+@pytest.mark.parametrize("change", ["batch_size", "device_name"])
+def test_batch_size_or_device_change_regenerates(own_results, monkeypatch, capsys, change):
+    cell = "flux-dev/infusenet-aes/1"
+    first = pd.read_parquet(generate.run(own_results, cell, progress=False))
+    generate.run(own_results, cell, progress=False)
+    assert "(4 kept from an earlier run)" in capsys.readouterr().out
+    if change == "batch_size":
+        own_results["generation"]["batch_size"] = 2
+    else:
+        from fewstep import provenance
+
+        monkeypatch.setattr(provenance, "device_name", lambda device: "another card")
+    other = pd.read_parquet(generate.run(own_results, cell, progress=False))
+    assert not set(other["item_key"]) & set(first["item_key"])
+    assert "(0 kept from an earlier run)" in capsys.readouterr().out

@@ -2,10 +2,18 @@
 
 Images are written atomically and recorded in an append-only journal the
 moment they exist, so a job killed at any point resumes where it stopped: an
-image is kept only if its journal row carries the current item key (cell
-parameters + item + input embeddings) and its bytes still hash to the
-recorded sha256. The manifest (the rule's output) is written last, listing
-each item exactly once.
+image is kept only if its journal row carries the current item key and its
+bytes still hash to the recorded sha256. The key covers the cell's parameters,
+the item, the digests of its input embeddings and of the weights files loaded,
+the device name, the compute dtype and the configured batch size (in bf16 the
+batch changes pixels). The manifest (the rule's output) is written last,
+listing each item exactly once.
+
+Latency columns per image: ``latency_s`` (denoise + decode, the batch's time
+over its size), ``end_to_end_s`` (that + the prompt's encoding and the
+identity's embedding as the embedding jobs timed them + the resampler and
+control-image encoding timed here, once per identity), and ``warmup`` (the
+job's first batch after loading the model, which pays one-off costs).
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ from fewstep.io import (
 )
 from fewstep.paths import Paths
 from fewstep.precompute import content_digest, load_tensors
+
+
+def _encode_seconds(metadata: dict[str, str]) -> float:
+    """How long an embedding job took for this file (NaN for files written before it timed them)."""
+    return float(metadata.get("encode_s", "nan"))
 
 
 def read_journal(path: Path) -> dict[str, dict[str, Any]]:
@@ -69,7 +82,13 @@ class CellGenerator:
     """Holds one cell's pipeline and conditioning caches."""
 
     def __init__(self, config: dict[str, Any], cell: Cell):
-        from fewstep.models import load_flux, resolve_device, resolve_dtype
+        from fewstep.models import (
+            generation_weights,
+            load_flux,
+            resolve_device,
+            resolve_dtype,
+            weights_digest,
+        )
 
         self.config, self.cell = config, cell
         self.grid, self.paths = Grid(config), Paths(config)
@@ -77,44 +96,62 @@ class CellGenerator:
         self.device = resolve_device(config["device"])
         self.dtype = resolve_dtype(config["dtype"], self.device)
         self.width, self.height = config["resolution"]["width"], config["resolution"]["height"]
+        self.weights_digest = weights_digest(config, generation_weights(self.backbone["model"], self.adapter))
         self.parts = load_flux(config, self.backbone["model"], self.adapter, self.device, self.dtype)
         self.cell_spec = self.grid.cell_spec(cell)
-        self._prompts: dict[str, tuple[sampling.Conditioning, str]] = {}
-        self._identities: dict[str, tuple[torch.Tensor, str]] = {}
-        self._controls: dict[str, torch.Tensor] = {}
+        self.runtime = {
+            "weights_digest": self.weights_digest,
+            "device_name": provenance.device_name(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "batch_size": config["generation"]["batch_size"],
+        }
+        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor, str, float]] = {}
+        self._identities: dict[str, tuple[torch.Tensor | None, str, float]] = {}
+        self._controls: dict[str, tuple[torch.Tensor, float]] = {}
 
     # --- inputs -------------------------------------------------------------
-    def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def _timed(self, compute):
+        """`compute()` and the seconds it took on this job's device."""
+        sampling.synchronize(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            value = compute()
+        sampling.synchronize(self.device)
+        return value, time.perf_counter() - start
+
+    def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str, float]:
+        """Prompt embeddings on the device, their digest, and the seconds encoding them took."""
         if prompt_id not in self._prompts:
             path = self.paths.prompt_embedding(
                 self.backbone["family"], prompt_id, self.backbone["max_sequence_length"]
             )
-            tensors, _ = load_tensors(path)
+            tensors, meta = load_tensors(path)
             self._prompts[prompt_id] = (
                 tensors["prompt_embeds"].to(self.device, self.dtype),
                 tensors["pooled_prompt_embeds"].to(self.device, self.dtype),
                 content_digest(path),
+                _encode_seconds(meta),
             )
         return self._prompts[prompt_id]
 
-    def _identity_tokens(self, identity: str) -> tuple[torch.Tensor | None, str]:
+    def _identity_tokens(self, identity: str) -> tuple[torch.Tensor | None, str, float, float]:
+        """Identity tokens, the embedding's digest, the embedding job's seconds and the resampler's."""
         if self.adapter["kind"] != "infusenet":
-            return None, ""
+            return None, "", 0.0, 0.0
         if identity not in self._identities:
             path = self.paths.identity_embedding(identity)
-            tensors, _ = load_tensors(path)
+            tensors, meta = load_tensors(path)
             embedding = tensors["arcface_irse50"].reshape(1, -1, 512).to(self.device, self.dtype)
-            with torch.no_grad():
-                tokens = self.parts.resampler(embedding)
-            self._identities[identity] = (tokens, content_digest(path))
+            tokens, seconds = self._timed(lambda: self.parts.resampler(embedding))
+            self._identities[identity] = (tokens, content_digest(path), _encode_seconds(meta), seconds)
         return self._identities[identity]
 
-    def _control_latents(self, identity: str) -> torch.Tensor | None:
-        """Encoded control image: black (InfiniteYou's default, shared) or the face's keypoints."""
+    def _control_latents(self, identity: str) -> tuple[torch.Tensor | None, float]:
+        """Encoded control image (black, InfiniteYou's default, or the face's keypoints) and its seconds."""
         from fewstep import control
 
         if self.adapter["kind"] != "infusenet":
-            return None
+            return None, 0.0
         key = identity if self.adapter["control"] == "keypoints" else ""
         if key not in self._controls:
             target = (self.width, self.height)
@@ -124,21 +161,30 @@ class CellGenerator:
                 image = control.keypoint_image(tensors["kps"].numpy(), source, target)
             else:
                 image = control.black_image(target)
-            self._controls[key] = sampling.encode_control(self.parts.vae, image, self.device, self.dtype)
+            self._controls[key] = self._timed(
+                lambda: sampling.encode_control(self.parts.vae, image, self.device, self.dtype)
+            )
         return self._controls[key]
 
-    def item_key(self, item: Item) -> tuple[str, sampling.Conditioning]:
-        embeds, pooled, prompt_sha = self._prompt(item.prompt)
-        tokens, identity_sha = self._identity_tokens(item.identity)
-        cond = sampling.Conditioning(embeds, pooled, tokens, self._control_latents(item.identity))
+    def item_inputs(self, item: Item) -> tuple[str, sampling.Conditioning, dict[str, float]]:
+        """The item's key, its conditioning, and the seconds its inputs cost outside the sampler."""
+        embeds, pooled, prompt_sha, prompt_s = self._prompt(item.prompt)
+        tokens, identity_sha, identity_s, resampler_s = self._identity_tokens(item.identity)
+        control, control_s = self._control_latents(item.identity)
         key = fingerprint(
             {
                 "cell": self.cell_spec,
                 "item": self.grid.item_spec(item),
                 "inputs": [prompt_sha, identity_sha],
+                "runtime": self.runtime,
             }
         )
-        return key, cond
+        seconds = {
+            "prompt_encode_s": prompt_s,
+            "identity_embed_s": identity_s,
+            "conditioning_s": resampler_s + control_s,
+        }
+        return key, sampling.Conditioning(embeds, pooled, tokens, control), seconds
 
     # --- generation -----------------------------------------------------------
     def settings(self, seeds: tuple[int, ...]) -> sampling.Settings:
@@ -207,22 +253,24 @@ def run(
     prov = provenance.record(
         config,
         device=str(generator.device),
-        device_name=provenance.device_name(generator.device),
-        dtype=str(generator.dtype).removeprefix("torch."),
+        device_name=generator.runtime["device_name"],
+        dtype=generator.runtime["dtype"],
+        weights_digest=generator.weights_digest,
     )
     pending = []
     for item in grid.items:
-        key, cond = generator.item_key(item)
+        key, cond, seconds = generator.item_inputs(item)
         if not reusable(journal.get(item.id), key, paths.image(cell.id, item.id)):
-            pending.append((item, key, cond))
+            pending.append((item, key, cond, seconds))
     reused = len(grid.items) - len(pending)
     progress_bar = tqdm(
         total=len(grid.items), initial=reused, desc=f"generate {cell.id}", unit="img", disable=not progress
     )
     with progress_bar as bar:  # closed (its line ended) before an error line is printed
-        for batch in batches(pending, batch_size):
+        for index, batch in enumerate(batches(pending, batch_size)):
             images, timing = generator.render([b[0] for b in batch], [b[2] for b in batch])
-            for (item, key, _), pixels in zip(batch, images, strict=True):
+            timing["warmup"] = index == 0  # the first batch after loading pays one-off costs
+            for (item, key, _, seconds), pixels in zip(batch, images, strict=True):
                 image_path = paths.image(cell.id, item.id)
                 png = encode_png(
                     _to_pil(pixels),
@@ -241,6 +289,8 @@ def run(
                     "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
                     "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     **timing,
+                    **seconds,
+                    "end_to_end_s": sum(seconds.values()) + timing["latency_s"],
                     **{k: v for k, v in prov.items() if k != "versions"},
                     "versions": json.dumps(prov["versions"], sort_keys=True),
                 }

@@ -149,6 +149,8 @@ class Grid:
             "resolution": dict(self.config["resolution"]),
             "weights": self.config["weights"],
             "dtype": self.config["dtype"],
+            "device": self.config["device"],
+            "batch_size": self.config["generation"]["batch_size"],  # in bf16 the batch moves pixels
             "fp8_weights": self.config["memory"]["fp8_weights"],
         }
 

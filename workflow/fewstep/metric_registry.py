@@ -50,6 +50,10 @@ _SPECS = [
     MetricSpec("latency_s", "latency per image", "s", "lower", "cost"),
     MetricSpec("denoise_s", "denoising time per image", "s", "lower", "cost"),
     MetricSpec("decode_s", "VAE decode time per image", "s", "lower", "cost"),
+    MetricSpec("end_to_end_s", "end-to-end time per image", "s", "lower", "cost"),
+    MetricSpec("prompt_encode_s", "prompt encoding time", "s", "lower", "cost"),
+    MetricSpec("identity_embed_s", "identity embedding time", "s", "lower", "cost"),
+    MetricSpec("conditioning_s", "resampler + control encoding time", "s", "lower", "cost"),
     MetricSpec("peak_mem_mb", "peak memory", "MiB", "lower", "cost"),
     MetricSpec("det_score", "face detector confidence", "", "higher", "diagnostic"),
     MetricSpec("n_faces", "faces found per image", "", None, "diagnostic"),
@@ -73,6 +77,8 @@ KEYS = {
     "guidance",
     "adapter_steps",
     "step_s_median",
+    "warmup",
+    "batch_size",
 }
 
 

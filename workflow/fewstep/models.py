@@ -219,6 +219,34 @@ def prepare(config: dict[str, Any], name: str) -> Path:
     return marker
 
 
+def generation_weights(backbone: str, adapter: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Registry model -> the folders inside it that a generation job reads (`load_flux`)."""
+    folders = {backbone: ("transformer/", "vae/", "scheduler/")}
+    if adapter["kind"] == "infusenet":
+        folders[INFINITEYOU.name] = (f"{INFU_VERSION}/{adapter['variant']}/",)
+    return folders
+
+
+def weights_digest(config: dict[str, Any], folders: dict[str, tuple[str, ...]]) -> str:
+    """Fingerprint of the files (path, sha256) under `folders`, read from the models' ready markers.
+
+    It changes exactly when the weights a job loads change: another hub revision,
+    another `local_weights` folder, tiny weights rebuilt with other values.
+    """
+    import json
+
+    from fewstep.config import fingerprint
+
+    files = {}
+    for name, prefixes in sorted(folders.items()):
+        marker = marker_path(config, name)
+        if not marker.exists():
+            raise WeightsError(f"missing {marker}; run the prepare rule for {name} first")
+        entries = json.loads(marker.read_text())["files"]
+        files[name] = sorted((f["path"], f["sha256"]) for f in entries if f["path"].startswith(prefixes))
+    return fingerprint(files)
+
+
 def face_packs(config: dict[str, Any]) -> list[str]:
     """insightface packs the sweep uses: conditioning detection and scoring."""
     return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})

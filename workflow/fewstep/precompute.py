@@ -9,6 +9,7 @@ InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,21 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
 
 
+#: metadata that says how long an embedding took and where, not what it holds (outside its digest)
+TIMING_KEYS = ("encode_s", "encode_device_name")
+
+
 def content_digest(path: Path) -> str:
     """sha256 of a tensor file's names, dtypes, shapes, values and metadata, in sorted order.
 
     The file's own bytes are not stable: safetensors writes metadata keys in hash order.
+    Timing metadata (`TIMING_KEYS`) is left out: re-embedding the same inputs keeps the digest.
     """
     import hashlib
     import json
 
     tensors, metadata = load_tensors(path)
+    metadata = {k: v for k, v in metadata.items() if k not in TIMING_KEYS}
     digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
@@ -66,6 +73,8 @@ def embed_prompts(config: dict[str, Any]) -> list[Path]:
 
 def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
     from fewstep.models import load_flux_text_encoders, resolve_device, resolve_dtype
+    from fewstep.provenance import device_name
+    from fewstep.sampling import synchronize
 
     grid, paths = Grid(config), Paths(config)
     device = resolve_device(config["device"])
@@ -77,6 +86,8 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
     # the bar ends its line before an error line is printed
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, length in bar:
+            synchronize(device)
+            start = time.perf_counter()
             with torch.no_grad():
                 embeds, pooled, _ = pipe.encode_prompt(
                     prompt=prompt["text"],
@@ -84,6 +95,8 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
                     device=device,
                     max_sequence_length=length,
                 )
+            synchronize(device)
+            encode_s = time.perf_counter() - start
             path = paths.prompt_embedding(family, prompt["id"], length)
             save_tensors(
                 path,
@@ -93,6 +106,8 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
                     "max_sequence_length": str(length),
                     "text_encoders": source,
                     "weights": config["weights"],
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name(device),
                 },
             )
             written.append(path)
@@ -110,6 +125,7 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
         face_analyzer,
         load_arcface_irse,
     )
+    from fewstep.provenance import device_name
 
     paths = Paths(config)
     analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
@@ -119,6 +135,7 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
         for identity in bar:
             image = load_rgb(identity["image"])
             bgr = rgb_to_bgr(image)
+            start = time.perf_counter()
             found = analyzer.analyze(bgr, config["face"]["policy"])
             if found is None:
                 raise InputError(
@@ -127,6 +144,7 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
                 )
             face = found.face
             embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
+            encode_s = time.perf_counter() - start  # detection, alignment and ArcFace
             path = paths.identity_embedding(identity["id"])
             save_tensors(
                 path,
@@ -144,6 +162,8 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
                     "weights": config["weights"],
                     "height": str(image.shape[0]),
                     "width": str(image.shape[1]),
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name("cpu"),
                 },
             )
             written.append(path)

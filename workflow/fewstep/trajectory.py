@@ -83,7 +83,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     progress_bar.disable = not progress
     with progress_bar as bar:  # closed (its line ended) before an error line is printed
         for item in items:
-            _, cond = generator.item_key(item)
+            _, cond, _ = generator.item_inputs(item)
             recorded: list[tuple[sampling.StepInfo, tuple[list[float], list[float]]]] = []
 
             def on_step(info: sampling.StepInfo, recorded=recorded) -> None:
@@ -123,6 +123,8 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                         "face_detected": score["face_detected"],
                         "image": str(image.relative_to(paths.trajectory(cell.id).parent)),
                         "weights": config["weights"],
+                        **generator.runtime,
+                        "batch_size": 1,  # one item at a time
                     }
                 )
     probe.close()
