@@ -97,3 +97,15 @@ def demo_run(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """Tiny SD1.5 and SDXL folders and a tiny h94/IP-Adapter folder, built once per session."""
+    from fewstep.families.sd import specs, tiny
+
+    root = tmp_path_factory.mktemp("sd")
+    for family in specs.FAMILIES.values():
+        tiny.build_tiny_pipeline(family, root / family.folder)
+    tiny.build_tiny_ip_adapter(root / "IP-Adapter", list(specs.FAMILIES.values()), ["plain", "plus"])
+    return root

@@ -1,0 +1,310 @@
+"""Load and run diffusers' own SD1.5 / SDXL pipelines with IP-Adapter.
+
+Generation jobs hold the UNet (with the adapter's projection and attention
+layers), the VAE and the scheduler, never a text or image encoder: prompt and
+reference embeddings are computed once per sweep by `encode_prompt` /
+`encode_reference` and passed to the pipeline as `prompt_embeds` and
+`ip_adapter_image_embeds`. Every step runs inside diffusers' loop;
+`callback_on_step_end` times it and a forward hook on the UNet reads the noise
+prediction from which the step's clean-image estimate x0 follows.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewstep.errors import ConfigError, WeightsError
+from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
+
+
+def load_pipeline(
+    family: SDFamily,
+    folder: Path,
+    *,
+    weights: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    text_encoders: bool = False,
+    denoiser: bool = True,
+) -> Any:
+    """The family's diffusers pipeline from a prepared folder.
+
+    `text_encoders` loads the tokenizers and text towers (prompt embedding jobs only);
+    `denoiser` the UNet and VAE (generation and reference embedding jobs). Random
+    weights build the published architectures on the device from the saved configs.
+    """
+    import diffusers
+
+    from fewstep.models import load_component
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise WeightsError(
+            f"missing {folder / 'model_index.json'}; run the prepare rule for {family.name} first"
+        )
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    components: dict[str, Any] = {}  # handed to from_pretrained: None leaves a component out
+    if not text_encoders:
+        components |= {name: None for name in family.text_encoders}
+        components |= {name.replace("text_encoder", "tokenizer"): None for name in family.text_encoders}
+    if not denoiser:
+        components |= {"unet": None, "vae": None}
+    # SD1.5's index names a safety checker and its feature extractor, which are never fetched.
+    components |= {"feature_extractor": None}
+    if family is not SDXL:
+        components |= {"safety_checker": None, "requires_safety_checker": False}
+    if weights == "random":
+        import transformers
+
+        classes = {
+            "unet": diffusers.UNet2DConditionModel,
+            "vae": diffusers.AutoencoderKL,
+            **{name: getattr(transformers, cls) for name, (cls, _) in family.text_encoders.items()},
+        }
+        for name, cls in classes.items():
+            if name not in components:
+                components[name] = load_component(cls, folder / name, weights, device, dtype)
+        pipe = pipeline_class.from_pretrained(folder, **components)
+    else:
+        pipe = pipeline_class.from_pretrained(folder, variant=VARIANT, dtype=dtype, **components)
+    pipe.set_progress_bar_config(disable=True)  # jobs show one bar per cell, not per image
+    return pipe.to(device)
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Swap in one of `SCHEDULERS` built from the shipped scheduler's config ("default" keeps it)."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
+    if SCHEDULERS[name] is not None:
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+
+
+def attach_ip_adapter(
+    pipe: Any, family: SDFamily, kind: str, root: Path, *, weights: str, with_encoder: bool
+) -> None:
+    """diffusers' `load_ip_adapter` for the family's `kind` ("plain", "plus") from h94's layout.
+
+    `with_encoder` also loads the image encoder the adapter was trained with, which
+    only the reference-embedding job needs. Random weights pass diffusers a state
+    dict of the published shapes, drawn on the device, and build the encoder from
+    its config.
+    """
+    adapter = family.adapters[kind]
+    root = Path(root)
+    if weights == "random":
+        from fewstep.families.sd.tiny import ip_adapter_state_dict
+
+        with torch.device(pipe.device):
+            vision = family.encoders[adapter.encoder_path]
+            state = ip_adapter_state_dict(pipe.unet, adapter, vision, adapter.plus_width)
+        pipe.load_ip_adapter(
+            state, subfolder=adapter.subfolder, weight_name=adapter.weight_name, image_encoder_folder=None
+        )
+        if with_encoder:
+            _attach_random_encoder(pipe, root / adapter.encoder_path)
+        pipe.unet.to(pipe.unet.dtype)
+        return
+    if not (root / adapter.subfolder / adapter.weight_name).exists():
+        raise WeightsError(
+            f"missing {root / adapter.subfolder / adapter.weight_name}; run the prepare rule for ip-adapter"
+        )
+    pipe.load_ip_adapter(
+        str(root),
+        subfolder=adapter.subfolder,
+        weight_name=adapter.weight_name,
+        image_encoder_folder=adapter.image_encoder_folder if with_encoder else None,
+        local_files_only=True,
+    )
+
+
+def _attach_random_encoder(pipe: Any, folder: Path) -> None:
+    """A random image encoder and the processor `load_ip_adapter` would pair with it."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from fewstep.models import load_component
+
+    encoder = load_component(CLIPVisionModelWithProjection, folder, "random", pipe.device, pipe.unet.dtype)
+    size = encoder.config.image_size
+    pipe.register_modules(
+        image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size)
+    )
+
+
+def _attention_of(processor_name: str) -> str:
+    """`up_blocks.0.attentions.1.transformer_blocks.3.attn2.processor` -> `up_blocks.0.attentions.1`."""
+    return re.match(r"^(.*?attentions\.\d+)\.", processor_name).group(1)
+
+
+def apply_scale(pipe: Any, scale: float | dict, key: str) -> list[str]:
+    """`set_ip_adapter_scale(scale)`; return the attention modules it reaches (non-zero scale).
+
+    diffusers expands a block dict over the blocks that have attention and sets every
+    other layer to 0 without complaint, so a dict naming only blocks without attention
+    (SD1.5's `up.block_0`) silently turns the adapter off: that is refused here, with
+    the config key `key` in the message.
+    """
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+
+    try:
+        pipe.set_ip_adapter_scale(scale)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    processors = {
+        name: proc
+        for name, proc in pipe.unet.attn_processors.items()
+        if isinstance(proc, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0)
+    }
+    reached = sorted(
+        {_attention_of(name) for name, proc in processors.items() if any(s != 0 for s in proc.scale)}
+    )
+    if isinstance(scale, dict) and not reached:
+        blocks = sorted({_attention_of(name).rsplit(".attentions", 1)[0] for name in processors})
+        raise ConfigError(
+            f"{key}: {scale} reaches no attention layer of this UNet (blocks with attention: "
+            f"{', '.join(blocks)}); name one of those blocks, or use adapter kind none for no adapter"
+        )
+    return reached
+
+
+def encode_prompt(
+    pipe: Any, prompt: str, negative_prompt: str | None, device: torch.device
+) -> dict[str, Any]:
+    """The prompt's embeddings with their classifier-free-guidance negatives, keyed by the
+    pipeline's own argument names (`prompt_embeds`, `negative_prompt_embeds`, SDXL's pooled)."""
+    with torch.no_grad():
+        out = pipe.encode_prompt(
+            prompt=prompt,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt,
+        )
+    names = ["prompt_embeds", "negative_prompt_embeds"]
+    if len(out) == 4:
+        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    return dict(zip(names, out, strict=True))
+
+
+def encode_reference(pipe: Any, image: Any, device: torch.device) -> list[torch.Tensor]:
+    """diffusers' `prepare_ip_adapter_image_embeds` for one reference image: one tensor per
+    loaded adapter, `cat([negative, positive])` as classifier-free guidance wants it."""
+    with torch.no_grad():
+        return pipe.prepare_ip_adapter_image_embeds(image, None, device, 1, True)
+
+
+@dataclass
+class Generation:
+    """One image and what each step cost. Step 0's time includes the pipeline's set-up."""
+
+    image: np.ndarray  # [H, W, 3] float in [0, 1], diffusers' output_type="np"
+    timesteps: list[float]
+    step_seconds: list[float]
+    decode_seconds: float
+    x0: list[torch.Tensor] = field(default_factory=list)  # latent clean-image estimate after each step
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _NoisePrediction:
+    """Forward hook keeping the UNet's last input, timestep and output."""
+
+    def __init__(self, unet: Any):
+        self.handle = unet.register_forward_hook(self, with_kwargs=True)
+        self.sample = self.timestep = self.output = None
+
+    def __call__(self, module, args, kwargs, output):
+        self.sample = args[0] if args else kwargs["sample"]
+        self.timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        self.output = output[0] if isinstance(output, tuple) else output.sample
+
+
+def clean_estimate(scheduler: Any, sample: torch.Tensor, timestep: Any, eps: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) for an epsilon-predicting UNet.
+
+    Every scheduler here feeds the UNet x_t in the DDPM scaling (Euler's
+    `scale_model_input` divides by sqrt(sigma^2 + 1), which is exactly that). Between
+    training timesteps (Euler's "linspace" spacing) abar follows Euler's own linear
+    interpolation of sigma = sqrt((1 - abar) / abar) in t.
+    """
+    abar = scheduler.alphas_cumprod.double().numpy()
+    sigma = np.interp(float(timestep), np.arange(len(abar)), ((1 - abar) / abar) ** 0.5)
+    abar_t = 1.0 / (1.0 + sigma**2)
+    x0 = (sample.double() - (1 - abar_t) ** 0.5 * eps.double()) / abar_t**0.5
+    return x0.to(sample.dtype)
+
+
+def generate(
+    pipe: Any,
+    *,
+    prompt: dict[str, Any],
+    image_embeds: list[torch.Tensor] | None,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    height: int,
+    width: int,
+    capture_x0: bool = False,
+) -> Generation:
+    """One image through the pipeline's own loop, with per-step timing (and x0)."""
+    device = pipe._execution_device
+    cfg = guidance_scale > 1
+    record: dict[str, list] = {"t": [], "seconds": [], "x0": []}
+    hook = _NoisePrediction(pipe.unet) if capture_x0 else None
+
+    def on_step_end(pipeline, index, timestep, tensors):
+        _synchronize(device)
+        record["seconds"].append(time.perf_counter())
+        record["t"].append(float(timestep))
+        if hook is not None:
+            eps = hook.output
+            sample = hook.sample
+            if cfg:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + guidance_scale * (cond - uncond)
+                sample = sample.chunk(2)[1]
+            record["x0"].append(clean_estimate(pipeline.scheduler, sample, timestep, eps).cpu())
+        return tensors
+
+    kwargs = dict(prompt)
+    if image_embeds is not None:
+        kwargs["ip_adapter_image_embeds"] = image_embeds if cfg else [e.chunk(2)[1] for e in image_embeds]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    _synchronize(device)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            image = pipe(
+                **kwargs,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                generator=generator,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+            ).images[0]
+    finally:
+        if hook is not None:
+            hook.handle.remove()
+    _synchronize(device)
+    end = time.perf_counter()
+    marks = [start, *record["seconds"]]
+    return Generation(
+        image=image,
+        timesteps=record["t"],
+        step_seconds=[b - a for a, b in zip(marks, marks[1:], strict=False)],
+        decode_seconds=end - marks[-1],
+        x0=record["x0"],
+    )

@@ -1,0 +1,200 @@
+"""Tiny SD1.5 / SDXL pipelines and h94/IP-Adapter stand-ins, in the published layouts.
+
+The published configurations (`specs`) with only the widths shrunk: the same
+block types, layers per block and attention layout, so InstantStyle's block
+scales reach the same places as on the real UNets. Component folders carry the
+fp16 safetensors variant names the hub repos use, the adapter files are the
+published `{"image_proj", "ip_adapter"}` pickles, and everything is loaded back
+through diffusers' own `from_pretrained` / `load_ip_adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.families.sd.specs import (
+    PLAIN_TOKENS,
+    PLUS_RESAMPLER,
+    SD15,
+    SDXL,
+    VARIANT,
+    IPAdapterFile,
+    SDFamily,
+)
+from fewstep.tiny import _manual_seed, _replace_dir, build_clip_tokenizer
+
+TEXT_WIDTH = 32  # every tiny text tower's hidden size and projection
+TINY_TEXT = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+TINY_VAE = dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64)
+TINY_UNETS = {
+    "sd15": dict(
+        block_out_channels=[32, 32, 64, 64], cross_attention_dim=TEXT_WIDTH, norm_num_groups=8, sample_size=8
+    ),
+    "sdxl": dict(
+        block_out_channels=[32, 64, 64],
+        attention_head_dim=[2, 2, 4],
+        transformer_layers_per_block=[1, 1, 2],
+        cross_attention_dim=2 * TEXT_WIDTH,  # both encoders' hidden states side by side
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=TEXT_WIDTH + 6 * 8,  # pooled text + 6 time ids
+        norm_num_groups=8,
+        sample_size=8,
+    ),
+}
+#: Stand-ins for the ViT-H (`models/`) and ViT-bigG (`sdxl_models/`) image encoders.
+TINY_ENCODERS = {
+    "models/image_encoder": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=8,
+        image_size=32,
+        projection_dim=24,
+    ),
+    "sdxl_models/image_encoder": dict(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=8,
+        image_size=32,
+        projection_dim=40,
+    ),
+}
+TINY_PLUS_WIDTH = 64  # one head of diffusers' fixed 64
+
+
+def tiny_unet_config(family: SDFamily) -> dict[str, Any]:
+    return dict(family.unet, **TINY_UNETS[family.name])
+
+
+def tiny_text_config(published: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    return dict(
+        published,
+        **TINY_TEXT,
+        hidden_size=TEXT_WIDTH,
+        projection_dim=TEXT_WIDTH,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
+    """A tiny `family` folder: component subfolders in fp16 safetensors and the published model_index."""
+    import diffusers
+    import transformers
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    components: dict[str, Any] = {}
+    for encoder, (class_name, published) in family.text_encoders.items():
+        tokenizer_name = encoder.replace("text_encoder", "tokenizer")
+        tokenizer = build_clip_tokenizer(staging / tokenizer_name)
+        if family is SDXL and encoder == "text_encoder_2":  # OpenCLIP's tokenizer pads with "!"
+            tokenizer = CLIPTokenizer.from_pretrained(staging / tokenizer_name, pad_token="!")
+        cls = getattr(transformers, class_name)
+        _manual_seed(f"tiny-{family.name}-{encoder}")
+        components[encoder] = cls(cls.config_class(**tiny_text_config(published, tokenizer)))
+        components[tokenizer_name] = tokenizer
+    _manual_seed(f"tiny-{family.name}-unet")
+    components["unet"] = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
+    _manual_seed(f"tiny-{family.name}-vae")
+    components["vae"] = diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE))
+    scheduler_class = getattr(diffusers, family.scheduler["_class_name"])
+    components["scheduler"] = scheduler_class.from_config(family.scheduler)
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    if family is SD15:
+        components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipeline_class(**components).to(torch.float16)
+    pipe.save_pretrained(staging, safe_serialization=True, variant=VARIANT)
+    # The published files verbatim: the index names a safety checker and feature extractor that
+    # are never fetched, and a scheduler config leaves out keys (SD1.5: timestep_spacing) whose
+    # defaults then differ between scheduler classes, as diffusers' `_use_default_values` tracks.
+    (staging / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
+    (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
+    _replace_dir(staging, folder)
+
+
+def ip_adapter_state_dict(
+    unet: Any, adapter: IPAdapterFile, vision: dict[str, Any], plus_width: int, std: float = 0.02
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Random weights in h94's file format for `unet` (which may sit on the meta device).
+
+    `ip_adapter` numbers the UNet's attention processors from 1 in diffusers' order,
+    and only cross-attention layers (odd numbers) carry `to_k_ip` / `to_v_ip`, shaped
+    like the layer's own `to_k` / `to_v`. `image_proj` is the plain linear projection
+    to 4 tokens, or for Plus the perceiver resampler IP-Adapter Plus and InfiniteYou
+    share (16 queries over the encoder's penultimate hidden states).
+    """
+    from fewstep.resampler import Resampler, ResamplerConfig
+
+    cross = unet.config.cross_attention_dim
+    ip_layers: dict[str, torch.Tensor] = {}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            for kind in ("k", "v"):
+                shape = getattr(attention, f"to_{kind}").weight.shape
+                ip_layers[f"{key_id}.to_{kind}_ip.weight"] = torch.randn(shape) * std
+            key_id += 2
+    if adapter.plus:
+        resampler = Resampler(
+            ResamplerConfig(
+                dim=plus_width,
+                heads=plus_width // PLUS_RESAMPLER["dim_head"],
+                embedding_dim=vision["hidden_size"],
+                output_dim=cross,
+                **PLUS_RESAMPLER,
+            )
+        )
+        image_proj = resampler.state_dict()
+    else:
+        image_proj = {
+            "proj.weight": torch.randn(PLAIN_TOKENS * cross, vision["projection_dim"]) * std,
+            "proj.bias": torch.randn(PLAIN_TOKENS * cross) * std,
+            "norm.weight": torch.ones(cross),
+            "norm.bias": torch.zeros(cross),
+        }
+    return {"image_proj": image_proj, "ip_adapter": ip_layers}
+
+
+def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[str]) -> None:
+    """The h94/IP-Adapter files `kinds` ("plain", "plus") of `families` need, and their encoders."""
+    import diffusers
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from fewstep.io import atomic_path
+
+    folder = Path(folder)
+    for family in families:
+        for kind in kinds:
+            adapter = family.adapters[kind]
+            published = family.encoders[adapter.encoder_path]
+            vision = dict(published, **TINY_ENCODERS[adapter.encoder_path])
+            encoder_folder = folder / adapter.encoder_path
+            if not (encoder_folder / "config.json").exists():
+                _manual_seed(f"tiny-{adapter.encoder_path}")
+                encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
+                staging = encoder_folder.with_name(encoder_folder.name + ".building")
+                encoder.save_pretrained(staging, safe_serialization=True)
+                _replace_dir(staging, encoder_folder)
+            with torch.device("meta"):
+                unet = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
+            _manual_seed(f"tiny-{family.name}-{adapter.weight_name}")
+            state = ip_adapter_state_dict(unet, adapter, vision, TINY_PLUS_WIDTH, std=0.2)
+            target = folder / adapter.subfolder / adapter.weight_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                torch.save(state, tmp)
