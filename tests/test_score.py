@@ -144,9 +144,10 @@ def test_lpips_to_the_anchor_is_zero_for_the_anchor_and_matched_by_item(scored):
     assert other["astronaut/portrait/s0"]["lpips_anchor"] == 0.0  # computed: the same picture
     for item in ("astronaut/astronaut-suit/s0", "group-t1/portrait/s0", "group-t1/astronaut-suit/s0"):
         assert other[item]["lpips_anchor"] > 0.01, item
-    # the square astronaut resized is what `fit` makes of the reference; group-t1 is cropped too
-    assert _by_item(anchor)["astronaut/portrait/s0"]["lpips_ref"] == 0.0
-    assert _by_item(anchor)["group-t1/portrait/s0"]["lpips_ref"] > 0.01
+    # the astronaut image is its reference at 96 px: at LPIPS's 256 px only resampling separates them
+    # (group-t1's reference is cropped to a square on the way, its image was squashed instead)
+    resampled = _by_item(anchor)["astronaut/portrait/s0"]["lpips_ref"]
+    assert 0 < resampled < 0.5 * _by_item(anchor)["group-t1/portrait/s0"]["lpips_ref"]
     # the identical picture is as far from the (fitted) reference as the anchor's own
     assert other["astronaut/portrait/s0"]["lpips_ref"] == pytest.approx(
         _by_item(anchor)["astronaut/portrait/s0"]["lpips_ref"], abs=1e-6
@@ -185,6 +186,32 @@ def test_lpips_loads_our_trunk_through_torch_home(scoring_config):
     other = _reference(scoring_config, "group-t1")
     assert metric.distances([(image, image), (image, other)])[0] == 0.0
     assert metric.distances([(image, other)])[0] > 0.05
+
+
+def test_lpips_compares_both_images_at_the_configured_size(scoring_config, monkeypatch):
+    """Whatever the sizes of generated and reference image, LPIPS sees both at lpips_size square."""
+    import lpips
+
+    config = copy.deepcopy(scoring_config)
+    config["scoring"]["lpips_size"] = 128
+    metric = PerceptualDistance(config, JobModels(config))
+    assert metric.version.endswith(":128px:weights=tiny")
+    seen = []
+    forward = lpips.LPIPS.forward
+    monkeypatch.setattr(
+        lpips.LPIPS, "forward", lambda self, a, b: seen.append((a.shape, b.shape)) or forward(self, a, b)
+    )
+    portrait = load_rgb(Grid(config).identity("astronaut")["image"])[:, 64:448]  # 512 x 384, 4:3 tall
+    small = np.asarray(Image.fromarray(portrait).resize((48, 64), Image.Resampling.BICUBIC))
+    reference = load_rgb(Grid(config).identity("group-t1")["image"])
+    values = metric.distances([(portrait, reference), (small, reference)])
+    assert seen == [((2, 3, 128, 128), (2, 3, 128, 128))]  # one forward pass, both at 128 x 128
+    # the same as the lpips package on the two fitted images, bit for bit
+    fitted = [fit(portrait, 128, 128), fit(reference, 128, 128)]
+    expected = float(metric.model(*(metric._tensor([f]) for f in fitted)).flatten()[0])
+    assert values[0] == expected
+    # the two sizes of one picture land near one value: the distance no longer follows the output size
+    assert abs(values[0] - values[1]) < 0.25 * values[0]
 
 
 def test_fit_crops_to_the_aspect_then_resizes():

@@ -53,10 +53,13 @@ def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
 class PerceptualDistance:
     """LPIPS (lower = closer) to the identity's reference picture and to the anchor cell's image.
 
-    ``lpips_ref``: the reference is centre-cropped to the generated image's aspect
-    ratio and resized to its size (bicubic). ``lpips_anchor``: the same
-    identity/prompt/seed image of the anchor cell (``config anchor``, the study's
-    dev-28 baseline), fitted the same way if its size differs; exactly 0 for the
+    Both images of every pair are brought to one fixed size first, ``scoring.lpips_size``
+    (S, default 256) square: centre-cropped to a square, then resized (bicubic) to S x S.
+    LPIPS averages per-pixel feature distances, so its value depends on the pixel
+    scale: at the output size, a 1152 px study image, a 64 px demo image and a
+    reference upscaled to either would not be comparable. ``lpips_ref``: the
+    reference picture. ``lpips_anchor``: the same identity/prompt/seed image of the
+    anchor cell (``config anchor``, the study's dev-28 baseline); exactly 0 for the
     anchor cell itself, NaN when the config names no anchor.
     """
 
@@ -64,24 +67,19 @@ class PerceptualDistance:
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         net = config["scoring"]["lpips_net"]
+        self.size = config["scoring"]["lpips_size"]
         self.device = models.device
         self.model = models.get(f"lpips-{net}", lambda: sm.load_lpips(config, net, models.device))
-        self.version = _version(config, f"lpips-{package_version('lpips')}", net, "v0.1")
+        self.version = _version(config, f"lpips-{package_version('lpips')}", net, "v0.1", f"{self.size}px")
 
     @torch.inference_mode()
     def distances(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
-        """LPIPS of each (generated, other) pair; `other` is fitted to the generated size."""
-        out = [np.nan] * len(pairs)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, (image, _) in enumerate(pairs):
-            by_shape.setdefault(image.shape, []).append(index)
-        for (height, width, _), indices in by_shape.items():
-            first = [pairs[i][0] for i in indices]
-            second = [fit(pairs[i][1], height, width) for i in indices]
-            values = self.model(self._tensor(first), self._tensor(second)).flatten().tolist()
-            for i, value in zip(indices, values, strict=True):
-                out[i] = float(value)
-        return out
+        """LPIPS of each pair, both images fitted to `size` x `size` first."""
+        if not pairs:
+            return []
+        first = [fit(a, self.size, self.size) for a, _ in pairs]
+        second = [fit(b, self.size, self.size) for _, b in pairs]
+        return [float(v) for v in self.model(self._tensor(first), self._tensor(second)).flatten().tolist()]
 
     def _tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
