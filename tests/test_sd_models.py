@@ -137,3 +137,26 @@ def test_random_image_encoders_are_the_published_ones(tmp_path):
         )
     assert _count(vit_h) == 632_076_800
     assert round(_count(big_g), -7) == 1_840_000_000  # OpenCLIP ViT-bigG-14's image tower, 1.84B
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_instantstyle_on_the_published_unets(tmp_path, family):
+    """Random mode on the meta device: h94's Plus adapter with its encoder attaches to the
+    full-size UNet, and InstantStyle's dicts reach the same layers as on the tiny one."""
+    from fewstep.errors import ConfigError
+    from fewstep.families.sd.pipeline import apply_scale, attach_ip_adapter
+
+    write_random_pipeline(family, tmp_path / family.folder)
+    write_random_ip_adapter(tmp_path / "IP-Adapter", family, ["plus"])
+    meta = torch.device("meta")
+    pipe = load_pipeline(family, tmp_path / family.folder, weights="random", device=meta, dtype=torch.bfloat16)
+    attach_ip_adapter(pipe, family, "plus", tmp_path / "IP-Adapter", weights="random", with_encoder=True)
+    assert _count(pipe.image_encoder) == 632_076_800  # ViT-H/14 for both Plus adapters
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
+    style = apply_scale(pipe, specs.INSTANTSTYLE[family.name]["style"], "adapters.style.scale")
+    if family is specs.SDXL:
+        assert style == ["up_blocks.0.attentions.1"]
+    else:
+        assert style == [f"up_blocks.1.attentions.{i}" for i in range(3)]
+        with pytest.raises(ConfigError, match="reaches no attention layer"):
+            apply_scale(pipe, {"up": {"block_0": 1.0}}, "adapters.style.scale")
