@@ -149,7 +149,9 @@ def test_instantstyle_on_the_published_unets(tmp_path, family):
     write_random_pipeline(family, tmp_path / family.folder)
     write_random_ip_adapter(tmp_path / "IP-Adapter", family, ["plus"])
     meta = torch.device("meta")
-    pipe = load_pipeline(family, tmp_path / family.folder, weights="random", device=meta, dtype=torch.bfloat16)
+    pipe = load_pipeline(
+        family, tmp_path / family.folder, weights="random", device=meta, dtype=torch.bfloat16
+    )
     attach_ip_adapter(pipe, family, "plus", tmp_path / "IP-Adapter", weights="random", with_encoder=True)
     assert _count(pipe.image_encoder) == 632_076_800  # ViT-H/14 for both Plus adapters
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
