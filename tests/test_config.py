@@ -104,3 +104,58 @@ def test_load_merges_files_and_reports_bad_yaml(tmp_path):
 def test_fingerprint_ignores_key_order_but_not_values():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def _pictures(folder, *names):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (8, 8), (200, 120, 90)).save(folder / name)
+    return folder
+
+
+def test_identities_from_a_folder_or_glob_take_their_ids_from_file_names(raw_demo, tmp_path):
+    faces = _pictures(tmp_path / "faces", "ada.png", "Grace Hopper.jpg", "lin.webp")
+    (faces / "notes.txt").write_text("not a picture")
+    raw_demo["identities"] = str(faces)
+    config = validate(raw_demo)
+    assert config["identities"] == [
+        {"id": "Grace-Hopper", "image": str(faces / "Grace Hopper.jpg")},
+        {"id": "ada", "image": str(faces / "ada.png")},
+        {"id": "lin", "image": str(faces / "lin.webp")},
+    ]
+    assert validate(config)["identities"] == config["identities"]  # expanding is idempotent
+    raw_demo["identities"] = [str(faces / "*.png"), {"id": "astronaut", "image": "builtin:astronaut"}]
+    assert [i["id"] for i in validate(raw_demo)["identities"]] == ["ada", "astronaut"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: _pictures(d / "empty") and [str(d / "empty")], "folder {d}/empty holds no pictures"),
+        (lambda d: [str(d / "none-*.png")], "glob '{d}/none-*.png' holds no pictures"),
+        (lambda d: [str(d / "missing")], "{d}/missing is neither a folder nor a glob"),
+        (
+            lambda d: [str(_pictures(d / "f", "ada.png", "ada.jpg"))],
+            "duplicated id 'ada' ({d}/f/ada.jpg and {d}/f/ada.png)",
+        ),
+        (
+            lambda d: [str(_pictures(d / "g", "ada.png")), {"id": "ada", "image": "builtin:astronaut"}],
+            "duplicated id 'ada' ({d}/g/ada.png and builtin:astronaut)",
+        ),
+        (
+            lambda d: (_pictures(d / "h"), (d / "h" / "bad.jpg").write_bytes(b"not a jpeg"), [str(d / "h")])[
+                -1
+            ],
+            "{d}/h/bad.jpg cannot be read as a picture (UnidentifiedImageError); replace or remove it",
+        ),
+    ],
+)
+def test_bad_identity_folders_fail_with_one_line(raw_demo, tmp_path, make, message):
+    raw_demo["identities"] = make(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(raw_demo)
+    text = str(err.value)
+    assert text.startswith("config identities: ") and "\n" not in text
+    assert message.format(d=tmp_path) in text

@@ -91,6 +91,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config {message}")
     fill_defaults(config, schema, schema)
     config["prompts"] = _normalise_prompts(config["prompts"])
+    config["identities"] = _expand_identities(config["identities"])
     _check_references(config)
     return config
 
@@ -104,15 +105,72 @@ def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:
     return out
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
+    """Turn every folder or glob entry into one {id, image} per picture (id = the file's stem)."""
+    entries = [identities] if isinstance(identities, str) else identities
+    out: list[dict[str, str]] = []
+    origin: dict[str, str] = {}  # id -> the file (or entry) that gave it, for duplicate errors
+    for entry in entries:
+        found = [dict(entry)] if isinstance(entry, dict) else _identity_folder(entry)
+        for identity in found:
+            if identity["id"] in origin:
+                raise ConfigError(
+                    f"config identities: duplicated id {identity['id']!r} ({origin[identity['id']]} and "
+                    f"{identity['image']}); give every identity a unique id (a folder's ids are file names)"
+                )
+            origin[identity["id"]] = identity["image"]
+            out.append(identity)
+    return out
+
+
+def _identity_folder(pattern: str) -> list[dict[str, str]]:
+    """One identity per picture in a folder or matching a glob, sorted by path; each one readable."""
+    import glob
+    import re
+
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(pattern).expanduser()
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+        where = f"folder {folder}"
+    elif glob.has_magic(pattern):
+        files = sorted(Path(p) for p in glob.glob(str(folder), recursive=True) if Path(p).is_file())
+        where = f"glob {pattern!r}"
+    else:
+        raise ConfigError(
+            f"config identities: {pattern} is neither a folder nor a glob; give a folder of pictures, "
+            "a glob such as faces/*.jpg, or {id, image} entries"
+        )
+    if not files:
+        suffixes = ", ".join(PICTURE_SUFFIXES)
+        raise ConfigError(f"config identities: {where} holds no pictures ({suffixes}); add one per identity")
+    out = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ConfigError(
+                f"config identities: {path} cannot be read as a picture ({type(err).__name__}); "
+                "replace or remove it"
+            ) from None
+        identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.")[:64]
+        if not identity:
+            raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
+        out.append({"id": identity, "image": str(path)})
+    return out
+
+
 def _duplicates(values: list[str]) -> list[str]:
     seen: set[str] = set()
     return sorted({v for v in values if v in seen or seen.add(v)})
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    dup = _duplicates([i["id"] for i in config["identities"]])
-    if dup:
-        raise ConfigError(f"config identities: duplicated id {dup[0]!r}; give every identity a unique id")
     dup = _duplicates([p["id"] for p in config["prompts"]])
     if dup:
         raise ConfigError(f"config prompts: duplicated id {dup[0]!r}; give every prompt a unique id")

@@ -26,6 +26,12 @@ rule embed_identities:
     input:
         marker_path(CONFIG, "insightface"),
         marker_path(CONFIG, "arcface-irse50"),
+        # a replaced picture re-embeds (builtin: pictures come with their package)
+        [
+            i["image"]
+            for i in CONFIG["identities"]
+            if not i["image"].startswith("builtin:")
+        ],
     output:
         [PATHS.identity_embedding(i["id"]) for i in CONFIG["identities"]],
     log:
