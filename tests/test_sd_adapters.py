@@ -159,10 +159,46 @@ def test_a_style_dict_that_reaches_no_attention_is_refused(tiny_sd):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("adapters.style.scale: ")
-    assert "up_blocks.1" in message and "kind none" in message
+    assert "up.block_1, up.block_2, up.block_3" in message and "up.block_0," not in message
+    assert "kind none" in message
 
 
 def test_a_block_list_of_the_wrong_length_names_the_key(tiny_sd):
     pipe = _pipe(tiny_sd, specs.SDXL, "plain")
-    with pytest.raises(ConfigError, match=r"^adapters\.style\.scale: Expected 3 scales for up\.block_0"):
+    with pytest.raises(
+        ConfigError, match=r"^adapters\.style\.scale\.up\.block_0: 3 scales \(one per attention"
+    ):
         apply_scale(pipe, {"up": {"block_0": [0.0, 1.0]}}, "adapters.style.scale")
+
+
+SCALE_DICTS = {
+    "sdxl": [
+        *specs.INSTANTSTYLE["sdxl"].values(),
+        0.7,
+        {"down": 1.0},
+        {"mid": [0.5]},
+        {"up": {"block_1": [1.0, 0.0, 1.0]}},
+        {"down": {"block_1": [0.0, 1.0]}, "up": 0.3},
+        {"up": {"block_2": 1.0, "block_0": [0.0, 0.0, 2.0]}},  # up.block_2 has no attention
+    ],
+    "sd15": [
+        *specs.INSTANTSTYLE["sd15"].values(),
+        1.0,
+        {"down": {"block_0": 1.0}},
+        {"up": {"block_3": [0.0, 0.0, 1.0]}},
+        {"mid": 1.0, "up": {"block_0": 1.0}},
+    ],
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_the_config_check_agrees_with_diffusers(tiny_sd, family):
+    """`scales.reached_layers` (no torch, run while the grid is built) predicts exactly the
+    layers diffusers' `set_ip_adapter_scale` gives a non-zero scale."""
+    from fewstep.families.sd.scales import reached_layers
+
+    pipe = _pipe(tiny_sd, family, "plain")
+    for scale in SCALE_DICTS[family.name]:
+        predicted = reached_layers(family.unet, scale, "adapters.x.scale")
+        assert predicted == apply_scale(pipe, scale, "adapters.x.scale"), scale
+        assert predicted

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fewstep.errors import ConfigError, WeightsError
+from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
 
 
@@ -147,32 +148,21 @@ def _attention_of(processor_name: str) -> str:
 def apply_scale(pipe: Any, scale: float | dict, key: str) -> list[str]:
     """`set_ip_adapter_scale(scale)`; return the attention modules it reaches (non-zero scale).
 
-    diffusers expands a block dict over the blocks that have attention and sets every
-    other layer to 0 without complaint, so a dict naming only blocks without attention
-    (SD1.5's `up.block_0`) silently turns the adapter off: that is refused here, with
-    the config key `key` in the message.
+    A dict that diffusers would silently turn into "adapter off" (it names only blocks
+    without attention, like SD1.5's `up.block_0`) is refused first by the config check
+    `scales.reached_layers`, with the config key `key` in the message.
     """
     from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 
-    try:
-        pipe.set_ip_adapter_scale(scale)
-    except ValueError as err:
-        raise ConfigError(f"{key}: {err}") from None
-    processors = {
-        name: proc
-        for name, proc in pipe.unet.attn_processors.items()
-        if isinstance(proc, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0)
-    }
-    reached = sorted(
-        {_attention_of(name) for name, proc in processors.items() if any(s != 0 for s in proc.scale)}
+    reached_layers(dict(pipe.unet.config), scale, key)
+    pipe.set_ip_adapter_scale(scale)
+    return sorted(
+        {
+            _attention_of(name)
+            for name, proc in pipe.unet.attn_processors.items()
+            if isinstance(proc, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0) and any(proc.scale)
+        }
     )
-    if isinstance(scale, dict) and not reached:
-        blocks = sorted({_attention_of(name).rsplit(".attentions", 1)[0] for name in processors})
-        raise ConfigError(
-            f"{key}: {scale} reaches no attention layer of this UNet (blocks with attention: "
-            f"{', '.join(blocks)}); name one of those blocks, or use adapter kind none for no adapter"
-        )
-    return reached
 
 
 def encode_prompt(
