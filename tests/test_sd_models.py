@@ -162,3 +162,36 @@ def test_instantstyle_on_the_published_unets(tmp_path, family):
         assert style == [f"up_blocks.1.attentions.{i}" for i in range(3)]
         with pytest.raises(ConfigError, match="reaches no attention layer"):
             apply_scale(pipe, {"up": {"block_0": 1.0}}, "adapters.style.scale")
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_allow_patterns_fetch_exactly_what_the_jobs_load(tiny_sd, family):
+    """The tiny folder is the published layout: every file in it is fetched, no pattern is idle."""
+    from fnmatch import fnmatch
+
+    folder = tiny_sd / family.folder
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    patterns = family.allow_patterns(text_encoders=True)
+    assert [f for f in files if not any(fnmatch(f, p) for p in patterns)] == []
+    assert [p for p in patterns if not any(fnmatch(f, p) for f in files)] == []
+    denoiser_only = family.allow_patterns(text_encoders=False)
+    assert not any(
+        fnmatch(f, p) for p in denoiser_only for f in files if f.startswith(("text_", "tokenizer"))
+    )
+    assert all(p.endswith((".json", ".fp16.safetensors")) for p in denoiser_only)
+
+
+def test_ip_adapter_patterns_name_only_the_files_used(tiny_sd):
+    from fnmatch import fnmatch
+
+    uses = [(specs.SDXL, "plus", True), (specs.SDXL, "plus", False), (specs.SD15, "plain", False)]
+    patterns = specs.ip_adapter_patterns(uses)
+    assert patterns == [
+        "models/image_encoder/config.json",
+        "models/image_encoder/model.safetensors",
+        "models/ip-adapter_sd15.bin",
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin",
+    ]
+    root = tiny_sd / "IP-Adapter"
+    files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    assert all(any(fnmatch(f, p) for f in files) for p in patterns)

@@ -54,7 +54,7 @@ def load_pipeline(
     components: dict[str, Any] = {}  # handed to from_pretrained: None leaves a component out
     if not text_encoders:
         components |= {name: None for name in family.text_encoders}
-        components |= {name.replace("text_encoder", "tokenizer"): None for name in family.text_encoders}
+        components |= {name: None for name in family.tokenizers}
     if not denoiser:
         components |= {"unet": None, "vae": None}
     # SD1.5's index names a safety checker and its feature extractor, which are never fetched.

@@ -143,6 +143,8 @@ class IPAdapterFile:
 
 
 IP_ADAPTER_REPO = "h94/IP-Adapter"
+#: The fp16 safetensors variant every component folder is fetched in.
+VARIANT = "fp16"
 #: Plus resamplers: 16 queries; heads = inner width // 64; depth and ff_mult as diffusers assumes.
 PLUS_RESAMPLER = {"num_queries": 16, "dim_head": 64, "depth": 4, "ff_mult": 4}
 PLAIN_TOKENS = 4
@@ -167,15 +169,36 @@ class SDFamily:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # repo-root folder -> vision config
 
     @property
-    def components(self) -> list[str]:
-        """The component folders a generation or precompute job reads (fetched in fp16 safetensors)."""
-        return [
-            "unet",
-            "vae",
-            "scheduler",
-            *self.text_encoders,
-            *(k.replace("text_encoder", "tokenizer") for k in self.text_encoders),
-        ]
+    def tokenizers(self) -> list[str]:
+        return [name.replace("text_encoder", "tokenizer") for name in self.text_encoders]
+
+    def allow_patterns(self, text_encoders: bool) -> list[str]:
+        """The files to fetch from the base model's repo: the component folders a job loads, in
+        the fp16 safetensors variant (no single-file checkpoints, no other variants or formats).
+
+        `text_encoders` adds the text towers and tokenizers (only the prompt embedding job reads them).
+        """
+        weights = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}
+        if text_encoders:
+            weights |= {name: "model" for name in self.text_encoders}
+        patterns = ["model_index.json", "scheduler/scheduler_config.json"]
+        for folder, stem in weights.items():
+            patterns += [f"{folder}/config.json", f"{folder}/{stem}.{VARIANT}.safetensors"]
+        if text_encoders:
+            patterns += [f"{name}/*" for name in self.tokenizers]
+        return patterns
+
+
+def ip_adapter_patterns(uses: list[tuple[SDFamily, str, bool]]) -> list[str]:
+    """The h94/IP-Adapter files for `(family, kind, with_encoder)` uses: each adapter file, and
+    the image-encoder folders (config and safetensors) of the uses that embed references."""
+    patterns = set()
+    for family, kind, with_encoder in uses:
+        adapter = family.adapters[kind]
+        patterns.add(f"{adapter.subfolder}/{adapter.weight_name}")
+        if with_encoder:
+            patterns |= {f"{adapter.encoder_path}/config.json", f"{adapter.encoder_path}/model.safetensors"}
+    return sorted(patterns)
 
 
 SD15 = SDFamily(
@@ -258,8 +281,6 @@ SCHEDULERS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
 }
-#: The fp16 safetensors variant every component folder is fetched in.
-VARIANT = "fp16"
 #: InstantStyle's published block scales (the `scale` of a style adapter).
 INSTANTSTYLE = {
     "sdxl": {
