@@ -138,6 +138,9 @@ def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
                     "hidden_rms_single": 1.0,
                     "relative_double": 2.0**-step,
                     "relative_single": 0.5 * 2.0**-step,
+                    # per backbone block: later blocks get a weaker push
+                    "block_relative_double": [2.0**-step / (1 + b) for b in range(3)],
+                    "block_relative_single": [0.5 * 2.0**-step / (1 + b) for b in range(5)],
                     "id_sim": 0.6 * step / cell.steps,
                     "face_detected": step > 1,
                     "image": image,

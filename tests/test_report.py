@@ -42,6 +42,8 @@ def test_figures_are_written_as_png_and_svg(full):
         f"{m}.{ext}" for m in ("face_detected", "id_sim", "lpips_ref") for ext in ("png", "svg")
     ]
     assert figures(page, "trajectory") == [
+        "blocks__flux-schnell__infusenet-aes__4.png",
+        "blocks__flux-schnell__infusenet-aes__4.svg",
         "emergence.png",
         "emergence.svg",
         "grid__flux-schnell__infusenet-aes__4.png",
@@ -142,3 +144,23 @@ def test_format_helpers():
     assert report.fmt(0.123456) == "0.1235" and report.fmt(0.03, signed=True) == "+0.03"
     assert report.fmt_ci(1.0, 0.5, 1.5, suffix="x") == "1x [0.5x, 1.5x]"
     assert report.fmt_ci(float("nan"), 0, 1) == "—"
+
+
+def test_block_heatmap_averages_items_per_step_and_block():
+    frame = synth.pd.DataFrame(
+        {
+            "step": [1, 1, 2, 2],
+            "block_relative_double": [
+                [1.0, 2.0],
+                [3.0, float("nan")],
+                [float("nan")] * 2,
+                [float("nan")] * 2,
+            ],
+        }
+    )
+    steps, matrix = report.block_matrix(frame, "block_relative_double")
+    assert steps == [1, 2]
+    assert matrix[0].tolist() == [2.0, 2.0] and synth.np.isnan(matrix[1]).all()  # step 2: adapter off
+    assert report.block_matrix(frame, "block_relative_single") is None
+    off = frame.assign(block_relative_double=[[float("nan")] * 2] * 4)
+    assert report.block_matrix(off, "block_relative_double") is None

@@ -45,3 +45,52 @@ def test_probes_are_missing_where_the_adapter_is_off(embedded):
     assert list(table["adapter_active"]) == [True, True, False, False]
     assert table["relative_single"][:2].notna().all() and table["relative_single"][2:].isna().all()
     assert table["hidden_rms_single"].notna().all()
+
+
+def test_block_probes_hold_one_value_per_backbone_block(embedded):
+    config = copy.deepcopy(embedded)
+    config["trajectory"]["max_items"] = 1
+    table = pd.read_parquet(trajectory.run(config, "flux-dev/infusenet-aes/2", progress=False))
+    for stream in ("double", "single"):
+        relative = np.stack(table[f"block_relative_{stream}"].to_numpy())
+        hidden = np.stack(table[f"block_hidden_rms_{stream}"].to_numpy())
+        assert relative.shape == hidden.shape == (2, 4)  # steps x the tiny backbone's 4 blocks
+        assert np.allclose(hidden.mean(axis=1), table[f"hidden_rms_{stream}"])
+        residual = relative * hidden  # the tiny InfuseNet's 2 residuals, each added to 2 blocks
+        assert np.allclose(residual[:, 0], residual[:, 1]) and np.allclose(residual[:, 2], residual[:, 3])
+        assert not np.allclose(residual[:, 1], residual[:, 2])
+        assert np.allclose(residual.mean(axis=1), table[f"residual_rms_{stream}"])
+
+
+def test_block_mapping_is_the_one_diffusers_applies():
+    """Which residual the FLUX transformer adds after each double block, read off its own forward."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from fewstep.tiny import TINY_TRANSFORMER
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=False).eval()
+    blocks = model.transformer_blocks
+    outputs, inputs = {}, {}
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out[1]))
+        block.register_forward_pre_hook(
+            lambda m, a, kw, i=i: inputs.__setitem__(i, kw["hidden_states"]), with_kwargs=True
+        )
+    tokens, width = 16, model.config.in_channels
+    samples = [torch.full((1, tokens, model.inner_dim), float(k + 1)) for k in range(3)]
+    with torch.no_grad():
+        model(
+            hidden_states=torch.randn(1, tokens, width),
+            encoder_hidden_states=torch.randn(1, 4, model.config.joint_attention_dim),
+            pooled_projections=torch.randn(1, model.config.pooled_projection_dim),
+            timestep=torch.tensor([0.5]),
+            img_ids=torch.zeros(tokens, 3),
+            txt_ids=torch.zeros(4, 3),
+            controlnet_block_samples=samples,
+        )
+    added = [float((inputs[i + 1] - outputs[i]).mean()) for i in range(len(blocks) - 1)]
+    expected = trajectory._per_block([1.0, 2.0, 3.0], len(blocks))
+    assert added == pytest.approx(expected[:-1], abs=1e-4)
+    assert expected == [1.0, 1.0, 2.0, 2.0]

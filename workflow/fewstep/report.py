@@ -259,6 +259,48 @@ def trajectory_figure(trajectory: pd.DataFrame, metrics: list[str], title: str):
     return fig
 
 
+def block_matrix(frame: pd.DataFrame, column: str) -> tuple[list[int], np.ndarray] | None:
+    """Steps and the step x block matrix of a per-block probe column, averaged over items.
+
+    None when the column holds no finite value (no adapter, or a table without block probes).
+    """
+    if column not in frame:
+        return None
+    rows = frame[frame[column].map(lambda value: isinstance(value, list | np.ndarray))]
+    if rows.empty:
+        return None
+    steps = sorted(rows["step"].unique().tolist())
+    stacked = [np.stack(rows.loc[rows["step"] == s, column].to_numpy()).astype(float) for s in steps]
+    sums = np.array([np.nansum(m, axis=0) for m in stacked])
+    counts = np.array([np.isfinite(m).sum(axis=0) for m in stacked])
+    matrix = np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+    return (steps, matrix) if np.isfinite(matrix).any() else None
+
+
+def block_heatmap(frame: pd.DataFrame, cell_id: str):
+    """InfuseNet residual over backbone block-output RMS: a step x block heatmap per stream."""
+    plt = _plt()
+    panels = {
+        stream: found
+        for stream in ("double", "single")
+        if (found := block_matrix(frame, f"block_relative_{stream}")) is not None
+    }
+    widths = [max(3.0, 0.16 * m.shape[1] + 1.5) for _, m in panels.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), 3.6), squeeze=False, width_ratios=widths)
+    for ax, (stream, (steps, matrix)) in zip(axes[0], panels.items(), strict=True):
+        image = ax.imshow(
+            np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis", interpolation="nearest"
+        )
+        rows = _even(list(range(len(steps))), 12)  # at most 12 step labels
+        ax.set_yticks(rows, [str(steps[r]) for r in rows])
+        ax.set_xlabel(f"{stream}-stream block")
+        ax.set_ylabel("step")
+        fig.colorbar(image, ax=ax, label="residual / block RMS")
+    fig.suptitle(f"{cell_id}: InfuseNet's push per backbone block (blank: adapter off)")
+    fig.tight_layout()
+    return fig
+
+
 TRAJECTORY_LABELS = {
     "id_sim": "identity similarity of decoded x0",
     "face_detected": "face detection rate of decoded x0",
@@ -611,6 +653,14 @@ def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFra
             "norms",
             "attention-stream norm probes along the trajectory",
         )
+    for cell_id, frame in frames.groupby("cell_id", sort=False):
+        if any(block_matrix(frame, f"block_relative_{s}") is not None for s in ("double", "single")):
+            body += page.figure(
+                block_heatmap(frame, cell_id),
+                "trajectory",
+                "blocks__" + cell_id.replace("/", "__"),
+                f"norm probes per block (step x block), {cell_id}",
+            )
     config = page.config
     seed = frames["seed"].iloc[0]
     references = _references(config)

@@ -71,7 +71,7 @@ class StepInfo:
     latents: torch.Tensor  # x_t before the step (packed)
     velocity: torch.Tensor  # model output
     adapter_active: bool
-    probes: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predicted_clean(self) -> torch.Tensor:
@@ -243,15 +243,18 @@ def residual_probes(
     block_samples: list[torch.Tensor],
     single_block_samples: list[torch.Tensor],
     latents: torch.Tensor,
-) -> dict[str, float]:
-    """Mean RMS of the adapter's residuals, double- and single-stream (a conditioning-strength probe)."""
+) -> dict[str, Any]:
+    """RMS of each of the adapter's residuals, per stream, and their mean (a conditioning-strength probe)."""
 
-    def rms(tensors: list[torch.Tensor]) -> float:
-        return float(torch.stack([t.float().pow(2).mean().sqrt() for t in tensors]).mean())
+    def rms(tensors: list[torch.Tensor]) -> list[float]:
+        return [float(t.float().pow(2).mean().sqrt()) for t in tensors]
 
+    double, single = rms(block_samples), rms(single_block_samples)
     return {
-        "residual_rms_double": rms(block_samples),
-        "residual_rms_single": rms(single_block_samples),
+        "residual_rms_double": float(np.mean(double)),
+        "residual_rms_single": float(np.mean(single)),
+        "residual_rms_double_each": double,
+        "residual_rms_single_each": single,
     }
 
 

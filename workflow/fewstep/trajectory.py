@@ -13,6 +13,7 @@ this table.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +135,34 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     return out
 
 
-def _relative(probes: dict[str, float], double: list[float], single: list[float]) -> dict[str, float]:
-    """Adapter residual RMS over backbone block-output RMS, per stream (NaN when the adapter is off)."""
-    hidden_double = float(np.mean(double)) if double else np.nan
-    hidden_single = float(np.mean(single)) if single else np.nan
-    res_double = probes.get("residual_rms_double", np.nan)
-    res_single = probes.get("residual_rms_single", np.nan)
-    return {
-        "residual_rms_double": res_double,
-        "residual_rms_single": res_single,
-        "hidden_rms_double": hidden_double,
-        "hidden_rms_single": hidden_single,
-        "relative_double": res_double / hidden_double,
-        "relative_single": res_single / hidden_single,
-    }
+def _relative(probes: dict[str, Any], double: list[float], single: list[float]) -> dict[str, Any]:
+    """Adapter residual RMS over backbone block-output RMS, per stream and per block (NaN when off).
+
+    Stream columns hold means over blocks; the ``block_*`` columns one value per
+    transformer block, in block order (the step x block heatmap of the report).
+    """
+    out: dict[str, Any] = {}
+    for stream, hidden in (("double", double), ("single", single)):
+        residual = probes.get(f"residual_rms_{stream}", np.nan)
+        hidden_mean = float(np.mean(hidden)) if hidden else np.nan
+        each = _per_block(probes.get(f"residual_rms_{stream}_each", []), len(hidden))
+        out |= {
+            f"residual_rms_{stream}": residual,
+            f"hidden_rms_{stream}": hidden_mean,
+            f"relative_{stream}": residual / hidden_mean,
+            f"block_hidden_rms_{stream}": list(hidden),
+            f"block_relative_{stream}": [r / h for r, h in zip(each, hidden, strict=True)],
+        }
+    return out
+
+
+def _per_block(residuals: list[float], blocks: int) -> list[float]:
+    """The residual RMS each of `blocks` backbone blocks receives, by diffusers' interval rule
+    (FluxTransformer2DModel adds sample ``i // ceil(blocks / len(residuals))`` to block i)."""
+    if not residuals:
+        return [np.nan] * blocks
+    interval = math.ceil(blocks / len(residuals))
+    return [residuals[i // interval] for i in range(blocks)]
 
 
 def _pil(pixels: np.ndarray):
