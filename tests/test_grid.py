@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from fewstep.config import validate
+from fewstep.errors import ConfigError
 from fewstep.grid import Cell, Grid, Item
 from fewstep.paths import Paths
 
@@ -44,7 +47,13 @@ def test_study_grid_crosses_every_block(tmp_path):
     from tests.conftest import REPO
 
     grid = Grid(load([REPO / "config.yaml"]))
-    assert len(grid.cells) == (9 + 6) * 3
+    # the main sweep, then the scale and window ablations at dev-28 and schnell-4 only
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3)
+    assert {c.steps for c in grid.cells if c.adapter.startswith("aes-")} == {28, 4}
+    assert (
+        Cell("flux-dev", "aes-first14", 28) in grid.cells
+        and Cell("flux-schnell", "aes-scale0.5", 4) in grid.cells
+    )
     assert len(grid.items) == 2 * 8 * 4
     assert Cell("flux-schnell", "none", 4) in grid.cells
     assert grid.text_encoder_backbone("flux") == "flux-schnell"  # ungated: no token needed for text
@@ -87,3 +96,21 @@ def test_adding_an_identity_changes_every_cell(raw_demo):
     after = Grid(validate(raw_demo))
     assert all(before.cell_hash(c) != after.cell_hash(c) for c in before.cells)
     assert len(after.items) == 6
+
+
+def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_demo):
+    raw_demo["adapters"]["first2"] = {"kind": "infusenet", "first_steps": 2}
+    raw_demo["cells"].append(
+        {"backbones": ["flux-dev", "flux-schnell"], "adapters": ["first2"], "steps": [4]}
+    )
+    grid = Grid(validate(raw_demo))
+    assert [c.id for c in grid.cells if c.adapter == "first2"] == [
+        "flux-dev/first2/4",
+        "flux-schnell/first2/4",
+    ]
+    assert grid.cell_spec(Cell("flux-dev", "first2", 4))["adapter"]["first_steps"] == 2
+    raw_demo["cells"][-1]["steps"] = [2, 4]
+    with pytest.raises(
+        ConfigError, match=r"adapters.first2.first_steps: 2 covers all 2 steps of cell flux-dev/first2/2"
+    ):
+        Grid(validate(raw_demo))

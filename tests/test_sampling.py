@@ -64,6 +64,23 @@ def test_guidance_window_switches_infusenet_at_the_right_steps(dev, cond, monkey
     assert sampling.adapter_window(4, 0.0, 0.5) == [True, True, False, False]
 
 
+def test_first_steps_window_runs_infusenet_on_the_first_k_steps_only(dev, cond, monkeypatch):
+    calls = []
+    original = dev.infusenet.forward
+    monkeypatch.setattr(dev.infusenet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    settings = sampling.Settings(
+        steps=4, height=64, width=64, seeds=(0,), guidance=3.5, adapter_first_steps=2
+    )
+    result = sampling.denoise(dev, cond, settings, CPU, torch.float32)
+    assert result.adapter_active == [True, True, False, False] and len(calls) == 2
+    assert sampling.adapter_window(8, 0.25, 1.0, first_steps=3) == [False, False, True] + [False] * 5
+    # after the window the backbone runs alone: a window of k differs from the full adapter and from none
+    full = render(dev, cond, steps=4)
+    window = render(dev, cond, steps=4, adapter_first_steps=2)
+    alone = render(models.FluxParts(dev.transformer, dev.vae, dev.scheduler), cond, steps=4)
+    assert not np.array_equal(window, full) and not np.array_equal(window, alone)
+
+
 def test_dev_gets_guidance_and_schnell_none(tiny_config, cond, monkeypatch):
     seen = {}
     for name in ("flux-dev", "flux-schnell"):

@@ -197,6 +197,7 @@ class CellGenerator:
             adapter_scale=self.adapter.get("conditioning_scale", 0.0),
             adapter_start=self.adapter.get("guidance_start", 0.0),
             adapter_end=self.adapter.get("guidance_end", 1.0),
+            adapter_first_steps=self.adapter.get("first_steps"),
         )
 
     def render(self, items: list[Item], conds: list[sampling.Conditioning]) -> tuple[list[np.ndarray], dict]:

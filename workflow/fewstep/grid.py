@@ -73,7 +73,7 @@ class Grid:
         for block in self.config["cells"]:
             for backbone in block["backbones"]:
                 for adapter in block["adapters"]:
-                    for steps in sorted(self.config["backbones"][backbone]["steps"]):
+                    for steps in sorted(block.get("steps") or self.config["backbones"][backbone]["steps"]):
                         seen.setdefault(Cell(backbone, adapter, steps))
         return list(seen)
 
@@ -239,6 +239,12 @@ class Grid:
             if kind not in FAMILY_ADAPTERS[family]:
                 raise ConfigError(
                     f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family} backbone"
+                )
+            first = self.adapter(cell).get("first_steps")
+            if kind != "none" and first is not None and first >= cell.steps:
+                raise ConfigError(
+                    f"config adapters.{cell.adapter}.first_steps: {first} covers all {cell.steps} steps of "
+                    f"cell {cell.id}, which would repeat the full adapter; run it at more steps or lower it"
                 )
         for key, cell in (
             *((f"trajectory.cells[{i}]", c) for i, c in enumerate(self.trajectory_cells)),

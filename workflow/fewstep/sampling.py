@@ -61,6 +61,7 @@ class Settings:
     adapter_scale: float = 1.0
     adapter_start: float = 0.0
     adapter_end: float = 1.0
+    adapter_first_steps: int | None = None  # InfuseNet on the first k steps only
 
 
 @dataclass
@@ -97,9 +98,10 @@ def vae_scale_factor(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def adapter_window(steps: int, start: float, end: float) -> list[bool]:
-    """Steps on which the adapter runs (diffusers' `controlnet_keep` rule)."""
-    return [not (i / steps < start or (i + 1) / steps > end) for i in range(steps)]
+def adapter_window(steps: int, start: float, end: float, first_steps: int | None = None) -> list[bool]:
+    """Steps on which the adapter runs: diffusers' `controlnet_keep` rule, cut after `first_steps`."""
+    limit = steps if first_steps is None else first_steps
+    return [not (i / steps < start or (i + 1) / steps > end) and i < limit for i in range(steps)]
 
 
 def schedule(scheduler: Any, steps: int, image_seq_len: int, device: torch.device) -> list[float]:
@@ -179,7 +181,9 @@ def denoise(
 
     sigmas = schedule(scheduler, settings.steps, latents.shape[1], device)
     use_adapter = infusenet is not None and cond.identity_tokens is not None and settings.adapter_scale != 0
-    active = adapter_window(settings.steps, settings.adapter_start, settings.adapter_end)
+    active = adapter_window(
+        settings.steps, settings.adapter_start, settings.adapter_end, settings.adapter_first_steps
+    )
     active = [a and use_adapter for a in active]
 
     guidance = None
