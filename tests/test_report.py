@@ -164,3 +164,49 @@ def test_block_heatmap_averages_items_per_step_and_block():
     assert report.block_matrix(frame, "block_relative_single") is None
     off = frame.assign(block_relative_double=[[float("nan")] * 2] * 4)
     assert report.block_matrix(off, "block_relative_double") is None
+
+
+def test_ablation_section_shows_identity_against_scale_and_window_and_the_latency_saved(tmp_path):
+    """Scale and window cells with known identity and latency: the section's table gives them back."""
+    import pandas as pd
+
+    raw = synth.raw_config(tmp_path)
+    for scale in (0, 0.5):
+        raw["adapters"][f"scale{scale}"] = {"kind": "infusenet", "conditioning_scale": scale}
+    for k in (1, 2):
+        raw["adapters"][f"first{k}"] = {"kind": "infusenet", "first_steps": k}
+    raw["cells"].append(
+        {"backbones": ["flux-dev"], "adapters": ["scale0", "scale0.5", "first1", "first2"], "steps": [4]}
+    )
+    config = validate(raw)
+    synth.write_scores(config, images=False)
+    paths = Paths(config)
+    full = synth.dev_curve(4)
+    known = {  # adapter -> (mean id_sim, latency per image): identity grows with scale and window
+        "scale0": (0.1, 0.9),
+        "scale0.5": (0.5 * full, 0.9),
+        "first1": (0.25 * full, 0.9 - 0.06),
+        "first2": (0.5 * full, 0.9 - 0.04),
+    }
+    for adapter, (mean, seconds) in known.items():
+        path = paths.scores(f"flux-dev/{adapter}/4")
+        frame = pd.read_parquet(path)
+        frame["id_sim"] = frame["id_sim"] - full + mean  # the same item effects around the new mean
+        frame["latency_s"] = seconds
+        frame.to_parquet(path, index=False)
+    page = report.run(config, aggregate.run(config))
+    table = pd.read_csv(page.parent / "tables" / "scale_window.csv").set_index("adapter")
+    assert list(table.index) == ["infusenet-aes", "scale0", "scale0.5", "first1", "first2"]
+    assert list(table["varies"]) == ["reference", "scale", "scale", "window", "window"]
+    assert list(table["infusenet_steps"]) == [4, 0, 4, 1, 2]
+    for adapter, (mean, seconds) in known.items():
+        assert table.loc[adapter, "id_sim"] == pytest.approx(mean)
+        assert table.loc[adapter, "latency_saved_s"] == pytest.approx(0.9 - seconds)
+    assert table.loc["first1", "latency_saved_fraction"] == pytest.approx(0.06 / 0.9)
+    assert (table["id_sim_ci_low"] <= table["id_sim"]).all() and (
+        table["id_sim"] <= table["id_sim_ci_high"]
+    ).all()
+    assert "scale_window.png" in figures(page, "ablation")
+    text = page.read_text()
+    assert "latency each window saves" in text or "latency it saves" in text
+    assert "+0.06 (+7%)" in text  # first1 saves 0.06 s of the full adapter's 0.9 s
