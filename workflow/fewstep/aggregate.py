@@ -475,7 +475,7 @@ def run(config: dict[str, Any], out: Path | None = None) -> Path:
     results = tables(config, scores, load_trajectories(config))
     write_table(paths.per_image, stamp(scores, config))
     for name, table in results.items():
-        write_table(out if name == "summary" else out.parent / f"{name}.csv", stamp(table, config))
+        write_table(out if name == "summary" else out.parent / f"{name}.csv", stamp(table, config, scores))
     print(
         f"aggregated {len(scores)} images over {len(Grid(config).cells)} cells, "
         f"{len(metric_columns(scores))} metrics -> {out.parent}"

@@ -77,8 +77,18 @@ def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
 
 
-def stamp(frame, config: dict[str, Any]):
-    """A copy of `frame` whose every row names its provenance (config hash, commit, versions)."""
+#: what made each image besides the config, carried from the per-image rows into every table
+RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
+
+
+def stamp(frame, config: dict[str, Any], images=None):
+    """A copy of `frame` whose every row names its provenance (config hash, commit, versions).
+
+    With `images` (per-image rows, e.g. the scores), rows also name the weights digest,
+    device name, dtype and batch size of the images behind them: per cell where the
+    table has a `cell_id` column, else over the whole sweep; differing values are
+    joined with ";" (a table over images from two cards says so).
+    """
     import json
 
     info = record(config)
@@ -90,4 +100,15 @@ def stamp(frame, config: dict[str, Any]):
     ):
         if key not in out:
             out[key] = value
+    present = [c for c in RUNTIME_COLUMNS if images is not None and c in images and c not in out]
+    if not present:
+        return out
+
+    def joined(values) -> str:
+        return ";".join(sorted({str(v) for v in values.dropna()}))
+
+    if "cell_id" in out:
+        return out.join(images.groupby("cell_id")[present].agg(joined), on="cell_id")
+    for column in present:
+        out[column] = joined(images[column])
     return out
