@@ -12,6 +12,8 @@ from fewstep import aggregate, report
 from fewstep.config import config_hash, validate
 from fewstep.paths import Paths
 
+QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref")
+
 
 def make(root, lpips: bool = True, trajectory: bool = True):
     config = validate(synth.raw_config(root))
@@ -34,13 +36,9 @@ def figures(page, section):
 
 def test_figures_are_written_as_png_and_svg(full):
     _, page, _ = full
-    assert figures(page, "regime") == [
-        f"{m}.{ext}" for m in ("face_detected", "id_sim", "lpips_ref") for ext in ("png", "svg")
-    ]
+    assert figures(page, "regime") == [f"{m}.{ext}" for m in QUALITY for ext in ("png", "svg")]
     assert figures(page, "cost") == ["latency.png", "latency.svg", "pareto.png", "pareto.svg"]
-    assert figures(page, "ablation") == [
-        f"{m}.{ext}" for m in ("face_detected", "id_sim", "lpips_ref") for ext in ("png", "svg")
-    ]
+    assert figures(page, "ablation") == [f"{m}.{ext}" for m in QUALITY for ext in ("png", "svg")]
     assert figures(page, "trajectory") == [
         "blocks__flux-schnell__infusenet-aes__4.png",
         "blocks__flux-schnell__infusenet-aes__4.svg",
@@ -95,11 +93,18 @@ def test_page_tells_the_reader_what_it_is(full):
     assert 'class="banner"' in text and "Tiny models with seeded random weights" in text
     # the study table, with the study's numbers beside ours
     assert "5.9x" in text and "+0.028" in text and "-0.016" in text
-    assert "4.125x [4.125x, 4.125x]" in text  # latency ratio 3.3 s / 0.8 s, constant per item
-    assert "+0.03 [+0.03, +0.03]" in text
+    ratio = re.search(r"<td>end-to-end latency ratio \(baseline / candidate\)</td>(<td>[^<]*</td>){3}", text)
+    # 3.35 s / 0.85 s end to end, with jitter
+    assert ratio and re.search(r"<td>[34]\.\d+x \[3\.\d+x, 4\.\d+x\]</td>$", ratio.group(0))
+    assert "<td>20 of 24</td><td>warm-up batch excluded</td>" in text  # the first batch of 4 left out
+    assert "identity similarity (no face = 0), candidate - baseline" in text and "(faces only)" in text
     assert "comparison cells are not the study's" in text  # dev-16 is not dev-28
     # the effective regime and findings
-    assert "knee at 4 steps; reaches 95% of the anchor's value at 4 steps" in text
+    assert "knee at 4 steps [4, 4]; as good as the anchor (margin 0.02) from 4 steps" in text
+    assert "no knee: flat within noise" in text  # schnell's flat curve
+    # the coverage table, and no warning: 4 identities is what the intervals need
+    assert "<td>4 x 8 x 4</td>" in text and "<td>4 x 3 x 2 (this sweep)</td>" in text
+    assert "its intervals reach 90% coverage" not in text
     # configuration and provenance
     assert "sweep: synth" in text and config_hash(config) in text
     assert "version: kneed" in text and "0.9.0" in text
@@ -120,6 +125,7 @@ def test_single_cell_without_anchor_or_comparison(tmp_path):
     raw["backbones"] = {"flux-dev": {"model": "flux-dev", "steps": [4]}}
     raw["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
     del raw["anchor"], raw["comparison"]
+    raw["identities"] = raw["identities"][:2]  # fewer than the intervals need: the page warns
     config = validate(raw)
     synth.write_scores(config)
     page = report.run(config, aggregate.run(config))
@@ -127,15 +133,12 @@ def test_single_cell_without_anchor_or_comparison(tmp_path):
     for empty in ("marginal", "ablation", "trajectory", "comparison"):
         assert Paths(config).table(empty).read_text().count("\n") == 1  # the header only
     assert "The config names no comparison cells" in text
+    assert "This sweep has 2 identities; its intervals reach 90% coverage from 4 identities on" in text
     assert "Every series has a single step count." in text
     assert "Each backbone runs a single adapter: no ablation." in text
-    assert "no knee found." in text and "anchor&#x27;s value" not in text and "anchor's value" not in text
-    assert ">no anchor<" in text  # the regime table's target column
-    assert [f for f in figures(page, "regime") if f.endswith(".png")] == [
-        "face_detected.png",
-        "id_sim.png",
-        "lpips_ref.png",
-    ]
+    assert "no knee: Kneedle finds none." in text and "as good as the anchor" not in text
+    assert ">no anchor<" in text  # the regime table's effective column
+    assert [f for f in figures(page, "regime") if f.endswith(".png")] == [f"{m}.png" for m in QUALITY]
     assert figures(page, "grids") == ["flux-dev__infusenet-aes__p0.png"]
 
 

@@ -1,11 +1,12 @@
 """From per-image scores to the sweep's tables: summaries, effective regime, Pareto, the study table.
 
 Every table is a CSV in results/<sweep>/aggregate/ (`Paths.table`), one row per
-cell/metric (or per pair of cells) with its interval; all intervals come from the
-two-way cluster bootstrap of fewstep.stats (identities x prompts, seeded by
-`report.seed`). Metric columns are whatever the scores tables hold (see
-fewstep.metric_registry); a metric that is absent simply has no rows, and the
-study table marks it "not available".
+cell/metric (or per pair of cells) with its interval; every interval is the crossed
+random-effects interval of fewstep.stats (identities x prompts, Satterthwaite t), whose
+coverage at this sweep's size `coverage.csv` reports. Metric columns are whatever the scores
+tables hold (see fewstep.metric_registry) plus `id_sim_zero` (no face counted as 0); a metric
+that is absent simply has no rows, and the study table marks it "not available". Cost columns
+leave out the images of a job's first (warm-up) batch where the manifest marks them.
 """
 
 from __future__ import annotations
@@ -18,30 +19,38 @@ import pandas as pd
 
 from fewstep.grid import Cell, Grid
 from fewstep.io import write_table
-from fewstep.metric_registry import metric_columns, of_kind, spec
+from fewstep.metric_registry import margin, metric_columns, of_kind, spec
 from fewstep.paths import Paths
 from fewstep.provenance import stamp
 from fewstep.stats import (
-    Bootstrap,
-    knee,
+    ITEM_KEYS,
+    SHAPES,
+    Interval,
+    coverage_table,
+    difference_interval,
+    fewest_identities,
+    fewest_lasting,
+    knee_test,
+    mean_interval,
     pair,
-    paired_difference,
     pareto_mask,
-    percentile_interval,
-    steps_to_target,
-    two_way_bootstrap,
+    ratio_interval,
 )
 
-TABLES = ("summary", "regime", "marginal", "pareto", "comparison", "ablation", "trajectory")
+TABLES = ("summary", "regime", "marginal", "pareto", "comparison", "ablation", "trajectory", "coverage")
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {
-    "latency_ratio": 5.9,
-    "id_sim": 0.028,
+    "end_to_end_s": 5.9,  # the paper's speed-up is end to end
+    "id_sim_zero": 0.028,
     "lpips_ref": -0.016,
 }
-#: Pareto frontier axes: cost (lower is better) and value
-PARETO = ("latency_s", "id_sim")
+#: Pareto frontier axes, first present of each: cost (lower is better) and value
+PARETO_COSTS = ("end_to_end_s", "latency_s")
+PARETO_VALUES = ("id_sim_zero", "id_sim")
+#: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
+COVERAGE_REPS = 2000
+KNEE_SAMPLES = 1000
 #: per-step columns of a trajectory table summarised per (cell, step)
 TRAJECTORY_METRICS = (
     "id_sim",
@@ -70,6 +79,7 @@ SUMMARY_COLUMNS = [
     "n_missing",
     "ci_low",
     "ci_high",
+    "df",
     "confidence",
     "n_identities",
     "n_prompts",
@@ -78,6 +88,8 @@ SUMMARY_COLUMNS = [
     "diff_ci_low",
     "diff_ci_high",
     "n_pairs",
+    "n_paired_images",
+    "device_name",
     "weights",
 ]
 REGIME_COLUMNS = [
@@ -89,12 +101,23 @@ REGIME_COLUMNS = [
     "steps",
     "means",
     "knee_steps",
+    "knee_ci_low",
+    "knee_ci_high",
     "knee_value",
+    "knee_verdict",
+    "knee_candidate",
+    "rise",
+    "rise_ci_low",
+    "rise_ci_high",
+    "flattening",
+    "flattening_ci_low",
+    "flattening_ci_high",
     "kneedle_sensitivity",
     "anchor",
     "anchor_value",
-    "target_fraction",
-    "steps_to_target",
+    "margin",
+    "effective_rule",
+    "effective_steps",
 ]
 MARGINAL_COLUMNS = [
     "backbone",
@@ -112,7 +135,35 @@ MARGINAL_COLUMNS = [
     "extra_latency_s",
     "gain_per_second",
     "n_pairs",
+    "n_paired_images",
 ]
+COMPARISON_COLUMNS = [
+    "quantity",
+    "metric",
+    "baseline",
+    "candidate",
+    "baseline_mean",
+    "candidate_mean",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n_pairs",
+    "n_paired_images",
+    "study",
+    "available",
+    "baseline_device",
+    "candidate_device",
+    "note",
+]
+#: the study table's rows: (quantity, metric); latency rows are ratios baseline / candidate
+COMPARISON_ROWS = (
+    ("end-to-end latency ratio (baseline / candidate)", "end_to_end_s"),
+    ("denoise + decode latency ratio (baseline / candidate)", "latency_s"),
+    ("identity similarity (no face = 0), candidate - baseline", "id_sim_zero"),
+    ("identity similarity (faces only), candidate - baseline", "id_sim"),
+    ("face detection rate, candidate - baseline", "face_detected"),
+    ("LPIPS to reference, candidate - baseline", "lpips_ref"),
+)
 
 
 def load_scores(config: dict[str, Any]) -> pd.DataFrame:
@@ -134,40 +185,77 @@ def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
     return frame
 
 
+def prepare(scores: pd.DataFrame) -> pd.DataFrame:
+    """The scores as the tables read them: `id_sim_zero` (identity similarity with no face
+    counted as 0, so a mean over every image, not only the ones that happen to show a face) and
+    cost columns left out (NaN) on warm-up images, unless a cell has nothing else."""
+    scores = scores.copy()
+    if "id_sim" in scores and "face_detected" in scores:
+        detected = scores["face_detected"].astype(bool)
+        scores["id_sim_zero"] = scores["id_sim"].astype(float).where(detected, 0.0)
+    if "warmup" in scores:
+        warm = scores["warmup"].fillna(False).astype(bool)
+        timed = warm & ~warm.groupby(scores["cell_id"]).transform("all")
+        for column in of_kind(metric_columns(scores), "cost"):
+            scores[column] = scores[column].astype(float).mask(timed)
+    return scores
+
+
+def devices(frame: pd.DataFrame) -> str:
+    """The device name(s) a frame's images ran on ("" when the scores do not say)."""
+    if "device_name" not in frame:
+        return ""
+    return ", ".join(sorted(frame["device_name"].dropna().astype(str).unique()))
+
+
 class Aggregator:
     """The sweep's statistics; every method returns one table."""
 
     def __init__(self, config: dict[str, Any], scores: pd.DataFrame):
         self.config, self.grid = config, Grid(config)
         options = config["report"]
-        self.samples, self.confidence = options["bootstrap_samples"], options["confidence"]
-        self.seed = options["seed"]
-        self.sensitivity, self.fraction = options["kneedle_sensitivity"], options["target_fraction"]
-        self.scores = scores
-        self.metrics = metric_columns(scores)
-        self.by_cell = {cell_id: frame for cell_id, frame in scores.groupby("cell_id", sort=False)}
-        self._boot: dict[str, Bootstrap] = {}
+        self.confidence, self.seed = options["confidence"], options["seed"]
+        self.sensitivity, self.margins = options["kneedle_sensitivity"], options["margins"]
+        self.knee_samples = min(options["bootstrap_samples"], KNEE_SAMPLES)
+        self.scores = prepare(scores)
+        self.metrics = metric_columns(self.scores)
+        self.by_cell = {cell_id: frame for cell_id, frame in self.scores.groupby("cell_id", sort=False)}
+        self._means: dict[tuple[str, str], Interval] = {}
+        self._pairs: dict[tuple[str, str], pd.DataFrame] = {}
 
     # ----------------------------------------------------------------- helpers
     def cell_frame(self, cell: Cell) -> pd.DataFrame:
         return self.by_cell.get(cell.id, self.scores.iloc[:0])
 
-    def boot(self, cell: Cell) -> Bootstrap:
-        if cell.id not in self._boot:
-            self._boot[cell.id] = two_way_bootstrap(
-                self.cell_frame(cell), self.metrics, self.samples, self.seed
-            )
-        return self._boot[cell.id]
+    def mean(self, cell: Cell, metric: str) -> Interval:
+        key = (cell.id, metric)
+        if key not in self._means:
+            self._means[key] = mean_interval(self.cell_frame(cell), metric, self.confidence)
+        return self._means[key]
 
-    def diff(self, a: Cell, b: Cell, metric: str):
-        return paired_difference(
-            self.cell_frame(a), self.cell_frame(b), metric, self.samples, self.confidence, self.seed
-        )
+    def paired(self, a: Cell, b: Cell) -> pd.DataFrame:
+        """Items of cells a and b matched on (identity, prompt, seed), every metric (cached)."""
+        if (a.id, b.id) not in self._pairs:
+            self._pairs[(a.id, b.id)] = pair(self.cell_frame(a), self.cell_frame(b), self.metrics)
+        return self._pairs[(a.id, b.id)]
+
+    def diff(self, a: Cell, b: Cell, metric: str) -> Interval:
+        return difference_interval(self.paired(a, b), metric, self.confidence)
 
     def series(self) -> list[tuple[str, str, list[Cell]]]:
         """(backbone, adapter, cells by steps) for every line of a metric-vs-steps plot."""
         pairs = dict.fromkeys((c.backbone, c.adapter) for c in self.grid.cells)
         return [(b, a, sorted(self.grid.cells_of(b, a), key=lambda c: c.steps)) for b, a in pairs]
+
+    def curve(self, cells: list[Cell], metric: str) -> pd.DataFrame:
+        """One row per item, one column `s<steps>` per cell of a series (items paired)."""
+        curve = None
+        for cell in cells:
+            frame = self.cell_frame(cell)
+            part = frame[list(ITEM_KEYS) + [metric]].rename(columns={metric: f"s{cell.steps}"})
+            part = part.astype({f"s{cell.steps}": float})
+            curve = part if curve is None else curve.merge(part, on=list(ITEM_KEYS), how="outer")
+        return curve
 
     # ------------------------------------------------------------------ tables
     def summary(self) -> pd.DataFrame:
@@ -175,10 +263,10 @@ class Aggregator:
         anchor = self.grid.anchor
         rows = []
         for cell in self.grid.cells:
-            frame, boot = self.cell_frame(cell), self.boot(cell)
+            frame = self.cell_frame(cell)
             for metric in self.metrics:
                 values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
-                low, high = boot.interval(metric, self.confidence)
+                mean = self.mean(cell, metric)
                 row = {
                     "cell_id": cell.id,
                     "backbone": cell.backbone,
@@ -187,60 +275,109 @@ class Aggregator:
                     "metric": metric,
                     "label": spec(metric).label,
                     "better": spec(metric).better or "",
-                    "mean": boot.mean(metric),
+                    "mean": mean.mean,
                     "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else np.nan,
                     "n": int(values.notna().sum()),
                     "n_missing": int(values.isna().sum()),
-                    "ci_low": low,
-                    "ci_high": high,
+                    "ci_low": mean.low,
+                    "ci_high": mean.high,
+                    "df": mean.df,
                     "confidence": self.confidence,
-                    "n_identities": boot.n_clusters[0],
-                    "n_prompts": boot.n_clusters[1],
+                    "n_identities": frame["identity"].nunique(),
+                    "n_prompts": frame["prompt_id"].nunique(),
                     "anchor": anchor.id if anchor else "",
                     "diff_vs_anchor": np.nan,
                     "diff_ci_low": np.nan,
                     "diff_ci_high": np.nan,
                     "n_pairs": 0,
+                    "n_paired_images": 0,
+                    "device_name": devices(frame),
                     "weights": self.config["weights"],
                 }
                 if anchor is not None:
                     d = self.diff(cell, anchor, metric)
                     row.update(
-                        diff_vs_anchor=d.mean, diff_ci_low=d.low, diff_ci_high=d.high, n_pairs=d.n_pairs
+                        diff_vs_anchor=d.mean,
+                        diff_ci_low=d.low,
+                        diff_ci_high=d.high,
+                        n_pairs=d.n,
+                        n_paired_images=d.n_items,
                     )
                 rows.append(row)
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
+    def effective(self, cells: list[Cell], metric: str) -> tuple[str, float]:
+        """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
+
+        Non-inferiority: the fewest steps from which, for every larger step count too, the
+        lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
+        metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
+        <= margin; the anchor cell passes by definition."""
+        anchor, info = self.grid.anchor, spec(metric)
+        delta = margin(metric, self.margins)
+        if anchor is None:
+            return "no anchor", np.nan
+        if info.better not in ("higher", "lower") or not np.isfinite(delta):
+            return "no direction or margin", np.nan
+        if info.anchor_relative:
+            passes = [c == anchor or not self.mean(c, metric).high > delta for c in cells]
+            rule = f"upper bound <= {delta:g}"
+        else:
+            passes = []
+            for cell in cells:
+                d = self.diff(cell, anchor, metric)
+                worst = d.low if info.better == "higher" else -d.high
+                passes.append(cell == anchor or worst >= -delta)
+            rule = f"non-inferior to the anchor within {delta:g}"
+        found = fewest_lasting([c.steps for c in cells], passes)
+        return rule, np.nan if found is None else found
+
     def regime(self) -> pd.DataFrame:
-        """Per backbone/adapter and quality metric: Kneedle knee and fewest steps reaching the target."""
+        """Per backbone/adapter and quality metric: the tested knee and the effective regime."""
         anchor = self.grid.anchor
         rows = []
         for backbone, adapter, cells in self.series():
+            steps = [c.steps for c in cells]
             for metric in of_kind(self.metrics, "quality"):
-                steps = [c.steps for c in cells]
-                means = [self.boot(c).mean(metric) for c in cells]
-                at = knee(steps, means, self.sensitivity)
-                anchor_value = self.boot(anchor).mean(metric) if anchor else np.nan
-                better = spec(metric).better
-                target = (
-                    steps_to_target(steps, means, anchor_value, self.fraction, better) if better else None
+                means = [self.mean(c, metric).mean for c in cells]
+                result = knee_test(
+                    self.curve(cells, metric),
+                    steps,
+                    [f"s{s}" for s in steps],
+                    self.confidence,
+                    self.sensitivity,
+                    self.knee_samples,
+                    self.seed,
                 )
+                rule, effective = self.effective(cells, metric)
+                at = result.steps
                 rows.append(
                     {
                         "backbone": backbone,
                         "adapter": adapter,
                         "metric": metric,
                         "label": spec(metric).label,
-                        "better": better or "",
+                        "better": spec(metric).better or "",
                         "steps": " ".join(map(str, steps)),
                         "means": " ".join(f"{m:.6g}" for m in means),
                         "knee_steps": np.nan if at is None else int(at),
+                        "knee_ci_low": result.low,
+                        "knee_ci_high": result.high,
                         "knee_value": np.nan if at is None else means[steps.index(int(at))],
+                        "knee_verdict": result.verdict,
+                        "knee_candidate": np.nan if result.candidate is None else result.candidate,
+                        "rise": result.rise.mean,
+                        "rise_ci_low": result.rise.low,
+                        "rise_ci_high": result.rise.high,
+                        "flattening": result.flattening.mean,
+                        "flattening_ci_low": result.flattening.low,
+                        "flattening_ci_high": result.flattening.high,
                         "kneedle_sensitivity": self.sensitivity,
                         "anchor": anchor.id if anchor else "",
-                        "anchor_value": anchor_value,
-                        "target_fraction": self.fraction,
-                        "steps_to_target": np.nan if target is None else target,
+                        "anchor_value": self.mean(anchor, metric).mean if anchor else np.nan,
+                        "margin": margin(metric, self.margins),
+                        "effective_rule": rule,
+                        "effective_steps": effective,
                     }
                 )
         return pd.DataFrame(rows, columns=REGIME_COLUMNS)
@@ -249,11 +386,12 @@ class Aggregator:
         """Gain of each extra step: paired difference between consecutive steps of a series."""
         rows = []
         metrics = of_kind(self.metrics, "quality")
+        cost = self.cost_metric()
         for backbone, adapter, cells in self.series():
             for lower, upper in zip(cells, cells[1:], strict=False):
                 extra_s = np.nan
-                if "latency_s" in self.metrics:
-                    extra_s = self.boot(upper).mean("latency_s") - self.boot(lower).mean("latency_s")
+                if cost is not None:
+                    extra_s = self.mean(upper, cost).mean - self.mean(lower, cost).mean
                 for metric in metrics:
                     d = self.diff(upper, lower, metric)
                     extra_steps = upper.steps - lower.steps
@@ -265,8 +403,8 @@ class Aggregator:
                             "better": spec(metric).better or "",
                             "from_steps": lower.steps,
                             "to_steps": upper.steps,
-                            "from_mean": self.boot(lower).mean(metric),
-                            "to_mean": self.boot(upper).mean(metric),
+                            "from_mean": self.mean(lower, metric).mean,
+                            "to_mean": self.mean(upper, metric).mean,
                             "gain": d.mean,
                             "gain_ci_low": d.low,
                             "gain_ci_high": d.high,
@@ -274,90 +412,89 @@ class Aggregator:
                             "extra_latency_s": extra_s,
                             # more steps measured faster is timing noise: no gain per second then
                             "gain_per_second": d.mean / extra_s if extra_s > 0 else np.nan,
-                            "n_pairs": d.n_pairs,
+                            "n_pairs": d.n,
+                            "n_paired_images": d.n_items,
                         }
                     )
         return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
 
+    def cost_metric(self) -> str | None:
+        """The per-image latency the cost views use: end to end when measured, else denoise + decode."""
+        return next((c for c in PARETO_COSTS if c in self.metrics), None)
+
     def pareto(self) -> pd.DataFrame:
-        """Every cell's mean latency and identity similarity; `on_front` marks the Pareto frontier."""
-        cost, value = PARETO
-        if cost not in self.metrics or value not in self.metrics:
-            return pd.DataFrame(columns=["cell_id", "backbone", "adapter", "steps", cost, value, "on_front"])
+        """Every cell's mean latency (end to end when measured) and identity similarity (no face
+        = 0 when known); `on_front` marks the Pareto frontier, `device_name` where each ran."""
+        cost = self.cost_metric()
+        value = next((c for c in PARETO_VALUES if c in self.metrics), None)
+        base = ["cell_id", "backbone", "adapter", "steps", "cost_metric", "value_metric", "device_name"]
+        if cost is None or value is None:
+            return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
         rows = []
         for cell in self.grid.cells:
-            boot = self.boot(cell)
             row = {
                 "cell_id": cell.id,
                 "backbone": cell.backbone,
                 "adapter": cell.adapter,
                 "steps": cell.steps,
+                "cost_metric": cost,
+                "value_metric": value,
+                "device_name": devices(self.cell_frame(cell)),
             }
-            for metric in (cost, value):
-                low, high = boot.interval(metric, self.confidence)
-                row.update({metric: boot.mean(metric), f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+            for name, metric in (("cost", cost), ("value", value)):
+                m = self.mean(cell, metric)
+                row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
             rows.append(row)
         table = pd.DataFrame(rows)
-        table["on_front"] = pareto_mask(table[cost], table[value], spec(value).better != "lower")
+        table["on_front"] = pareto_mask(table["cost"], table["value"], spec(value).better != "lower")
         return table
 
     def comparison(self) -> pd.DataFrame:
-        """The study's table: latency ratio baseline/candidate and candidate - baseline of
-        identity similarity and LPIPS to the reference, paired and with intervals."""
-        columns = [
-            "quantity",
-            "metric",
-            "baseline",
-            "candidate",
-            "baseline_mean",
-            "candidate_mean",
-            "estimate",
-            "ci_low",
-            "ci_high",
-            "n_pairs",
-            "study",
-            "available",
-        ]
+        """The study's table: latency ratios baseline / candidate (end to end and denoise +
+        decode; "not comparable" across device names) and candidate - baseline of identity
+        similarity (no face = 0; faces only; detection rate) and LPIPS to the reference, paired
+        and with intervals; pairs used of the images both cells hold."""
         if self.grid.comparison is None:
-            return pd.DataFrame(columns=columns)
+            return pd.DataFrame(columns=COMPARISON_COLUMNS)
         baseline, candidate = self.grid.comparison
-        base, cand = self.cell_frame(baseline), self.cell_frame(candidate)
+        base_device = devices(self.cell_frame(baseline))
+        cand_device = devices(self.cell_frame(candidate))
         rows = []
-        for quantity, metric in (
-            ("latency ratio (baseline / candidate)", "latency_s"),
-            ("identity similarity, candidate - baseline", "id_sim"),
-            ("LPIPS to reference, candidate - baseline", "lpips_ref"),
-        ):
-            row = dict.fromkeys(columns, np.nan)
-            study_key = "latency_ratio" if metric == "latency_s" else metric
+        for quantity, metric in COMPARISON_ROWS:
+            row = dict.fromkeys(COMPARISON_COLUMNS, np.nan)
             row.update(
                 quantity=quantity,
                 metric=metric,
                 baseline=baseline.id,
                 candidate=candidate.id,
-                study=STUDY[study_key],
+                study=STUDY.get(metric, np.nan),
                 available=metric in self.metrics,
                 n_pairs=0,
+                n_paired_images=0,
+                baseline_device=base_device,
+                candidate_device=cand_device,
+                note="",
             )
             if metric in self.metrics:
-                row.update(baseline_mean=self.boot(baseline).mean(metric))
-                row.update(candidate_mean=self.boot(candidate).mean(metric))
-                if metric == "latency_s":
-                    paired = pair(base, cand, [metric]).dropna()
-                    boot = two_way_bootstrap(paired, [f"{metric}_a", f"{metric}_b"], self.samples, self.seed)
-                    ratios = boot.replicates[:, 0] / boot.replicates[:, 1]
-                    low, high = percentile_interval(ratios, self.confidence)
-                    row.update(
-                        estimate=boot.estimate[0] / boot.estimate[1],
-                        ci_low=low,
-                        ci_high=high,
-                        n_pairs=len(paired),
+                row.update(baseline_mean=self.mean(baseline, metric).mean)
+                row.update(candidate_mean=self.mean(candidate, metric).mean)
+                if spec(metric).kind == "cost":
+                    r = ratio_interval(
+                        self.paired(baseline, candidate), f"{metric}_a", f"{metric}_b", self.confidence
                     )
+                    if base_device != cand_device or "," in base_device:
+                        where = f"baseline on {base_device or '?'}, candidate on {cand_device or '?'}"
+                        row.update(note=f"not comparable: {where}")
+                    else:
+                        row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+                        if "warmup" in self.scores:
+                            row.update(note="warm-up batch excluded")
                 else:
-                    d = self.diff(candidate, baseline, metric)
-                    row.update(estimate=d.mean, ci_low=d.low, ci_high=d.high, n_pairs=d.n_pairs)
+                    r = self.diff(candidate, baseline, metric)
+                    row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+                row.update(n_pairs=r.n, n_paired_images=r.n_items)
             rows.append(row)
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
     def ablation(self) -> pd.DataFrame:
         """Where a backbone runs several adapters: each adapter minus the reference adapter
@@ -375,6 +512,7 @@ class Aggregator:
             "diff_ci_low",
             "diff_ci_high",
             "n_pairs",
+            "n_paired_images",
         ]
         rows = []
         anchor = self.grid.anchor
@@ -400,12 +538,13 @@ class Aggregator:
                                 "reference_adapter": reference,
                                 "metric": metric,
                                 "better": spec(metric).better or "",
-                                "mean": self.boot(cell).mean(metric),
-                                "reference_mean": self.boot(ref).mean(metric),
+                                "mean": self.mean(cell, metric).mean,
+                                "reference_mean": self.mean(ref, metric).mean,
                                 "diff": d.mean,
                                 "diff_ci_low": d.low,
                                 "diff_ci_high": d.high,
-                                "n_pairs": d.n_pairs,
+                                "n_pairs": d.n,
+                                "n_paired_images": d.n_items,
                             }
                         )
         return pd.DataFrame(rows, columns=columns)
@@ -430,10 +569,9 @@ class Aggregator:
         metrics = [m for m in TRAJECTORY_METRICS if m in frame]
         rows = []
         for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
-            boot = two_way_bootstrap(group, metrics, self.samples, self.seed)
             cell = Cell.parse(cell_id)
             for metric in metrics:
-                low, high = boot.interval(metric, self.confidence)
+                m = mean_interval(group, metric, self.confidence)
                 rows.append(
                     {
                         "cell_id": cell_id,
@@ -443,13 +581,27 @@ class Aggregator:
                         "step": int(step),
                         "sigma": float(group["sigma"].mean()) if "sigma" in group else np.nan,
                         "metric": metric,
-                        "mean": boot.mean(metric),
-                        "ci_low": low,
-                        "ci_high": high,
-                        "n": int(boot.n[metrics.index(metric)]),
+                        "mean": m.mean,
+                        "ci_low": m.low,
+                        "ci_high": m.high,
+                        "n": m.n,
                     }
                 )
         return pd.DataFrame(rows, columns=columns)
+
+    def coverage(self) -> pd.DataFrame:
+        """Simulated coverage of the intervals at the checked sizes and at this sweep's own
+        (identities x prompts x seeds), with the fewest identities reaching 90% everywhere."""
+        config = self.config
+        own = (len(config["identities"]), len(config["prompts"]), len(config["seeds"]))
+        shapes = list(dict.fromkeys([*SHAPES, own]))
+        table = coverage_table(shapes, COVERAGE_REPS, self.confidence, self.seed)
+        table["this_sweep"] = [
+            (i, p, s) == own
+            for i, p, s in zip(table["identities"], table["prompts"], table["seeds"], strict=True)
+        ]
+        table["fewest_identities_for_90"] = fewest_identities(table[table["prompts"] >= 8])
+        return table
 
 
 def tables(
@@ -464,6 +616,7 @@ def tables(
         "comparison": agg.comparison(),
         "ablation": agg.ablation(),
         "trajectory": agg.trajectory(trajectories),
+        "coverage": agg.coverage(),
     }
 
 

@@ -8,6 +8,12 @@ knee, no "better"). `kind` decides where a metric appears:
 - ``quality``: what the steps buy (effective regime, knee, ablation, study table);
 - ``cost``: what the steps cost (latency vs steps, Pareto);
 - ``diagnostic``: summarised in the tables only.
+
+`margin` is the default non-inferiority margin of a quality metric (in its own unit;
+`report.margins` in the config overrides it): a step count is "as good as the anchor" when the
+lower bound of (cell - anchor), taken in the better direction, is >= -margin. An
+`anchor_relative` metric measures the distance to the anchor's own image (0 at the anchor): it
+counts as reached where its upper bound is <= margin.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class MetricSpec:
     unit: str = ""
     better: str | None = "higher"  # "higher", "lower" or None (no direction)
     kind: str = "quality"  # "quality", "cost" or "diagnostic"
+    margin: float | None = None  # default non-inferiority margin (quality metrics)
+    anchor_relative: bool = False
 
     @property
     def sign(self) -> float:
@@ -38,19 +46,22 @@ class MetricSpec:
 
 
 _SPECS = [
-    MetricSpec("id_sim", "ArcFace identity similarity", "cosine"),
-    MetricSpec("face_detected", "face detection rate", "fraction"),
-    MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower"),
-    MetricSpec("lpips_anchor", "LPIPS to the anchor cell's image", better="lower"),
-    MetricSpec("clip_score", "CLIPScore (image-prompt)", "100 x cosine"),
-    MetricSpec("pick_score", "PickScore"),
-    MetricSpec("clip_i", "CLIP-I (image-reference)", "cosine"),
-    MetricSpec("dino", "DINO (image-reference)", "cosine"),
-    MetricSpec("csd", "CSD style similarity", "cosine"),
-    MetricSpec("latency_s", "latency per image", "s", "lower", "cost"),
+    MetricSpec("id_sim_zero", "ArcFace identity similarity, no face = 0", "cosine", margin=0.02),
+    MetricSpec("id_sim", "ArcFace identity similarity, faces only", "cosine", margin=0.02),
+    MetricSpec("face_detected", "face detection rate", "fraction", margin=0.05),
+    MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower", margin=0.02),
+    MetricSpec(
+        "lpips_anchor", "LPIPS to the anchor cell's image", better="lower", margin=0.1, anchor_relative=True
+    ),
+    MetricSpec("clip_score", "CLIPScore (image-prompt)", "100 x cosine", margin=0.5),
+    MetricSpec("pick_score", "PickScore", margin=0.1),
+    MetricSpec("clip_i", "CLIP-I (image-reference)", "cosine", margin=0.01),
+    MetricSpec("dino", "DINO (image-reference)", "cosine", margin=0.01),
+    MetricSpec("csd", "CSD style similarity", "cosine", margin=0.01),
+    MetricSpec("latency_s", "denoise + decode time per image", "s", "lower", "cost"),
     MetricSpec("denoise_s", "denoising time per image", "s", "lower", "cost"),
     MetricSpec("decode_s", "VAE decode time per image", "s", "lower", "cost"),
-    MetricSpec("end_to_end_s", "end-to-end time per image", "s", "lower", "cost"),
+    MetricSpec("end_to_end_s", "end-to-end time per image (encoders, denoise, decode)", "s", "lower", "cost"),
     MetricSpec("prompt_encode_s", "prompt encoding time", "s", "lower", "cost"),
     MetricSpec("identity_embed_s", "identity embedding time", "s", "lower", "cost"),
     MetricSpec("conditioning_s", "resampler + control encoding time", "s", "lower", "cost"),
@@ -78,7 +89,10 @@ KEYS = {
     "adapter_steps",
     "step_s_median",
     "warmup",
+    "device_name",
+    "dtype",
     "batch_size",
+    "weights_digest",
 }
 
 
@@ -99,3 +113,9 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 def of_kind(columns: list[str], kind: str) -> list[str]:
     return [c for c in columns if spec(c).kind == kind]
+
+
+def margin(column: str, overrides: dict[str, float]) -> float:
+    """The non-inferiority margin of a metric: the config's, else the registry's, else NaN."""
+    value = overrides.get(column, spec(column).margin)
+    return float("nan") if value is None else float(value)
