@@ -182,7 +182,7 @@ def test_ablation_section_shows_identity_against_scale_and_window_and_the_latenc
         {"backbones": ["flux-dev"], "adapters": ["scale0", "scale0.5", "first1", "first2"], "steps": [4]}
     )
     config = validate(raw)
-    synth.write_scores(config, images=False)
+    synth.write_scores(config, images=False, noise=False)
     paths = Paths(config)
     full = synth.dev_curve(4)
     known = {  # adapter -> (mean id_sim, latency per image): identity grows with scale and window
