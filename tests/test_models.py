@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import os
 from pathlib import Path
 
 import pytest
@@ -107,13 +108,53 @@ def test_published_resampler_file_layout_loads_strictly(tmp_path):
     assert torch.equal(original.eval()(x), loaded(x))
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, source: Path, prefix: str = "") -> None:
-    """Lay `source` out as a Hugging Face cache snapshot of `repo_id` (refs/main -> commit)."""
-    commit = "0" * 40
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+#: what the hub stores with git LFS (the cache names those blobs by their sha256)
+LFS_SUFFIXES = {".safetensors", ".bin", ".onnx", ".pth"}
+
+
+def pinned_revision(repo_id: str) -> str:
+    """The revision the registry fetches `repo_id` at."""
+    from fewstep.scoring_models import SCORING_MODELS
+
+    specs = [*models.REGISTRY.values(), *SCORING_MODELS.values()]
+    pins = {s.repo_id: s.revision for s in specs if s.repo_id}
+    pins |= {
+        s.extra["processor_repo"]: s.extra["processor_revision"] for s in specs if "processor_repo" in s.extra
+    }
+    return pins[repo_id]
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, source: Path, prefix: str = "") -> str:
+    """Lay `source` out as the Hugging Face cache does; return the snapshot's commit.
+
+    Files become `blobs/<sha256>` (LFS files) or `blobs/<git blob id>` (the rest),
+    linked from `snapshots/<commit>/`, the commit being the registry's pin
+    (`refs/main` points at it when the pin is `main`).
+    """
+    pin = pinned_revision(repo_id)
+    commit = pin if len(pin) == 40 else hashlib.sha1(repo_id.encode()).hexdigest()
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(source, repo / "snapshots" / commit / prefix, dirs_exist_ok=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    if pin == "main":
+        (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit / prefix
+    for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        if file.suffix in LFS_SUFFIXES:
+            blob = hashlib.sha256(data).hexdigest()
+        else:
+            blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (repo / "blobs" / blob).write_bytes(data)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    return commit
 
 
 def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
@@ -122,19 +163,36 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     from fewstep.download import INSIGHTFACE_SUBDIR
 
     cache = tmp_path / "hub"
+    commits = {}
     for name in ("flux-dev", "flux-schnell"):
-        _fake_hub_cache(cache, models.BACKBONES[name].repo_id, models.model_folder(config, name))
-    _fake_hub_cache(cache, "ByteDance/InfiniteYou", models.model_folder(config, "infiniteyou"))
-    _fake_hub_cache(
+        commits[name] = _fake_hub_cache(
+            cache, models.BACKBONES[name].repo_id, models.model_folder(config, name)
+        )
+    commits["infiniteyou"] = _fake_hub_cache(
+        cache, "ByteDance/InfiniteYou", models.model_folder(config, "infiniteyou")
+    )
+    commits["insightface"] = _fake_hub_cache(
         cache, "ByteDance/InfiniteYou", models.model_folder(config, "insightface"), INSIGHTFACE_SUBDIR
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    hashed = []
+    monkeypatch.setattr(models, "sha256_file", lambda p: hashed.append(Path(p)) or _sha256(p))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     for name in ("flux-dev", "flux-schnell", "infiniteyou", "insightface"):
         marker = json.loads(models.prepare(real, name).read_text())
+        spec = models.REGISTRY[name]
         assert marker["weights"] == "real" and marker["files"]
-        assert all(len(f["sha256"]) == 64 for f in marker["files"])
+        assert (marker["repo_id"], marker["revision"]) == (spec.repo_id, spec.revision)
+        assert marker["commit"] == commits[name] and marker["commits"] == {spec.repo_id: commits[name]}
+        folder = models.model_folder(real, name)
+        for entry in marker["files"]:  # right whichever way it was found
+            assert entry["sha256"] == _sha256(folder / entry["path"])
+            lfs = Path(entry["path"]).suffix in LFS_SUFFIXES
+            assert entry["sha256_from"] == ("hub blob name" if lfs else "hashed"), entry
+    # only the small files were read: the large ones are named by their blobs
+    assert hashed and not [p for p in hashed if p.suffix in LFS_SUFFIXES]
+    assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
     assert models.model_folder(real, "flux-dev").is_symlink()
     parts = models.load_flux(
         real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
@@ -152,8 +210,9 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as excinfo:
         models.prepare(real, "flux-dev")
     assert str(excinfo.value) == (
-        "black-forest-labs/FLUX.1-dev: HF_HUB_OFFLINE is set and the files are not in the "
-        "Hugging Face cache; unset HF_HUB_OFFLINE or fill the cache first"
+        f"black-forest-labs/FLUX.1-dev@{models.BACKBONES['flux-dev'].revision}: HF_HUB_OFFLINE is set "
+        "and the files are not in the Hugging Face cache; unset HF_HUB_OFFLINE, fill the cache, "
+        "or point config revisions.<model> at the cached commit"
     )
     with pytest.raises(
         WeightsError, match=r"recognition_arcface_ir_se50.pth is missing and HF_HUB_OFFLINE is set"
@@ -176,7 +235,7 @@ def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(Exception) as excinfo:
-        download.snapshot("black-forest-labs/FLUX.1-dev", ["vae/*"], gated=True)
+        download.snapshot("black-forest-labs/FLUX.1-dev", ["vae/*"], "main", gated=True)
     assert "accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-dev" in str(excinfo.value)
     assert "HF_TOKEN" in str(excinfo.value) and "\n" not in str(excinfo.value)
 
@@ -214,3 +273,26 @@ def test_downloads_only_what_the_study_uses():
     study["trajectory"]["cells"] = []
     assert allow_patterns(study, "infiniteyou") == ["infu_flux_v1.0/aes_stage2/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-dev")  # now dev embeds the prompts
+
+
+def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_path, monkeypatch):
+    from fewstep.config import validate
+    from fewstep.errors import ConfigError, WeightsError
+    from fewstep.grid import Grid
+
+    raw = dict(raw_demo, revisions={"flux-schnell": "b" * 40})
+    assert models.model_revision(validate(raw), "flux-schnell") == "b" * 40
+    assert models.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
+    assert models.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
+    with pytest.raises(ConfigError, match=r"^config revisions\.arcface-irse50: not a Hugging Face model"):
+        Grid(validate(dict(raw_demo, revisions={"arcface-irse50": "main"})))
+    # offline, the pinned snapshot in the cache is not the one asked for
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", models.model_folder(config, "flux-schnell"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    real = dict(
+        config, weights="real", models_dir=str(tmp_path / "models"), revisions={"flux-schnell": "b" * 40}
+    )
+    with pytest.raises(WeightsError, match=r"^black-forest-labs/FLUX\.1-schnell@b{40}: HF_HUB_OFFLINE"):
+        models.prepare(real, "flux-schnell")

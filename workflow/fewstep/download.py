@@ -73,9 +73,14 @@ def _embeds_text(config: dict[str, Any], name: str) -> bool:
     return any(grid.text_encoder_backbone(family) == name for family in grid.families)
 
 
-def _hub_error(err: Exception, repo_id: str, gated: bool) -> WeightsError:
+def _hub_error(err: Exception, repo_id: str, gated: bool, revision: str) -> WeightsError:
     from huggingface_hub import get_token
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     page = f"https://huggingface.co/{repo_id}"
     if isinstance(err, GatedRepoError) or (gated and isinstance(err, RepositoryNotFoundError)):
@@ -88,14 +93,19 @@ def _hub_error(err: Exception, repo_id: str, gated: bool) -> WeightsError:
             f"{repo_id} is gated and your token cannot read it: accept the licence at {page} "
             "with the account the token belongs to"
         )
+    if isinstance(err, RevisionNotFoundError):
+        return WeightsError(
+            f"{repo_id} has no revision {revision!r}; set config revisions.<model> to a commit of {page}"
+        )
     if isinstance(err, LocalEntryNotFoundError):
         if offline():
             return WeightsError(
-                f"{repo_id}: HF_HUB_OFFLINE is set and the files are not in the Hugging Face cache; "
-                "unset HF_HUB_OFFLINE or fill the cache first"
+                f"{repo_id}@{revision}: HF_HUB_OFFLINE is set and the files are not in the Hugging Face "
+                "cache; unset HF_HUB_OFFLINE, fill the cache, or point config revisions.<model> at the "
+                "cached commit"
             )
         return WeightsError(
-            f"{repo_id}: the hub cannot be reached and the files are not cached; check the network"
+            f"{repo_id}@{revision}: the hub cannot be reached and the files are not cached; check the network"
         )
     if isinstance(err, RepositoryNotFoundError):
         return WeightsError(f"{repo_id} does not exist or is private; check the name at {page}")
@@ -117,12 +127,12 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
 
 
-def _check_space(repo_id: str, patterns: list[str]) -> None:
+def _check_space(repo_id: str, patterns: list[str], revision: str) -> None:
     """Refuse to start a download that cannot fit (sizes from the hub's file listing)."""
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     except Exception:  # noqa: BLE001 - the download itself reports access problems precisely
         return
     needed = sum(
@@ -138,19 +148,27 @@ def _check_space(repo_id: str, patterns: list[str]) -> None:
         )
 
 
-def snapshot(repo_id: str, patterns: list[str], gated: bool = False) -> Path:
-    """The cache snapshot holding `patterns` of `repo_id`, downloading what is missing."""
+def snapshot(repo_id: str, patterns: list[str], revision: str, gated: bool = False) -> Path:
+    """The cache snapshot of `repo_id` at `revision` holding `patterns`, downloading what is missing.
+
+    The snapshot folder is named by the commit the revision resolved to (the
+    prepared marker records it, see `fewstep.models.hub_snapshot`).
+    """
     from huggingface_hub import snapshot_download
 
     local_only = offline()
     if not local_only:
-        _check_space(repo_id, patterns)
+        _check_space(repo_id, patterns, revision)
     try:
         path = snapshot_download(
-            repo_id, allow_patterns=patterns, local_files_only=local_only, cache_dir=_cache_dir()
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            local_files_only=local_only,
+            cache_dir=_cache_dir(),
         )
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one line
-        raise _hub_error(err, repo_id, gated) from None
+        raise _hub_error(err, repo_id, gated, revision) from None
     return Path(path)
 
 
@@ -265,21 +283,24 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
         INSIGHTFACE,
         face_packs,
         infusenet_variants,
+        model_revision,
     )
     from fewstep.scoring_models import SCORING_MODELS
 
     folder = Path(folder)
+    revision = model_revision(config, name)
     if name in BACKBONES:
         spec = BACKBONES[name]
-        _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), spec.gated))
+        _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), revision, spec.gated))
         _require(folder, FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if _embeds_text(config, name) else []), name)
     elif name == INFINITEYOU.name:
-        _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name)))
+        _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name), revision))
         for variant in infusenet_variants(config):
             base = f"{INFU_VERSION}/{variant}"
             _require(folder, [f"{base}/InfuseNetModel/config.json", f"{base}/image_proj_model.bin"], name)
     elif name == INSIGHTFACE.name:
-        source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name)) / INSIGHTFACE_SUBDIR / "models"
+        source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name), revision)
+        source = source / INSIGHTFACE_SUBDIR / "models"
         for pack in face_packs(config):
             if pack in FACE_PACK_ZIPS:
                 fetch_face_pack_zip(pack, folder / "models" / pack)

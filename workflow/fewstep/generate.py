@@ -292,8 +292,7 @@ def run(
                     **timing,
                     **seconds,
                     "end_to_end_s": sum(seconds.values()) + timing["latency_s"],
-                    **{k: v for k, v in prov.items() if k != "versions"},
-                    "versions": json.dumps(prov["versions"], sort_keys=True),
+                    **provenance.columns(prov),
                 }
                 append_journal(journal_path, row)
                 journal[item.id] = row

@@ -233,6 +233,14 @@ class Grid:
             if name not in REGISTRY:
                 known = ", ".join(sorted(REGISTRY))
                 raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
+        from fewstep.scoring_models import SCORING_MODELS
+
+        hub = sorted(n for n, spec in {**REGISTRY, **SCORING_MODELS}.items() if spec.repo_id)
+        for name in self.config["revisions"]:
+            if name not in hub:
+                raise ConfigError(
+                    f"config revisions.{name}: not a Hugging Face model; known: {', '.join(hub)}"
+                )
         for cell in self.cells:
             family = self.backbone(cell)["family"]
             kind = self.adapter(cell)["kind"]

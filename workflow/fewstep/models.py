@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,13 +102,19 @@ FLUX_MODEL_INDEX = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model the workflow can prepare (download, build tiny, or write random configs)."""
+    """A model the workflow can prepare (download, build tiny, or write random configs).
+
+    `revision` is the hub commit a download asks for (config `revisions` overrides it).
+    A pinned commit is one a public source names (docs/weights.md lists them); `main`
+    where none was found, and the prepared marker then records the commit it resolved to.
+    """
 
     name: str
     folder: str
     repo_id: str | None = None
     gated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    revision: str = "main"
 
 
 BACKBONES = {
@@ -117,6 +124,7 @@ BACKBONES = {
         "black-forest-labs/FLUX.1-dev",
         gated=True,
         extra={"guidance_embeds": True, "scheduler": DEV_SCHEDULER, "max_sequence_length": 512},
+        revision="3de623fc3c33e44ffbe2bad470d0f45bccf2eb21",
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell",
@@ -127,6 +135,7 @@ BACKBONES = {
             "scheduler": SCHNELL_SCHEDULER,
             "max_sequence_length": 256,
         },
+        revision="741f7c3ce8b383c54771c7003378a50191e9efe9",
     ),
 }
 INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou")
@@ -165,7 +174,9 @@ def model_folder(config: dict[str, Any], name: str) -> Path:
 
 def marker_path(config: dict[str, Any], name: str) -> Path:
     """The file that says a model is ready (the prepare rule's output)."""
-    return Path(config["models_dir"]) / config["weights"] / ".ready" / f"{name}.json"
+    from fewstep.paths import Paths
+
+    return Paths(config).model_marker(name)
 
 
 def infusenet_variants(config: dict[str, Any]) -> list[str]:
@@ -176,8 +187,20 @@ def infusenet_variants(config: dict[str, Any]) -> list[str]:
     return sorted({grid.adapter(c)["variant"] for c in grid.cells if grid.adapter(c)["kind"] == "infusenet"})
 
 
+def model_revision(config: dict[str, Any], name: str) -> str | None:
+    """The hub revision model `name` is fetched at: config `revisions`, else the spec's pin."""
+    spec = _spec(name)
+    if spec is None or spec.repo_id is None:
+        return None
+    return config["revisions"].get(name, spec.revision)
+
+
 def prepare(config: dict[str, Any], name: str) -> Path:
-    """Make model `name` available for the configured weights mode; write its marker."""
+    """Make model `name` available for the configured weights mode; write its marker.
+
+    The marker names the requested revision, the hub commits the files resolved to
+    (read from the Hugging Face cache layout) and every file's size and sha256.
+    """
     folder = model_folder(config, name)
     mode = config["weights"]
     if mode == "tiny":
@@ -199,6 +222,8 @@ def prepare(config: dict[str, Any], name: str) -> Path:
         for name in names
         if ".cache" not in Path(root).parts
     )
+    spec = _spec(name)
+    commits = dict(sorted({hub_snapshot(p) for p in files} - {None}))
     atomic_write_json(
         marker,
         {
@@ -206,12 +231,12 @@ def prepare(config: dict[str, Any], name: str) -> Path:
             "weights": mode,
             "folder": str(folder),
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "repo_id": spec.repo_id,
+            "revision": model_revision(config, name),
+            "commit": commits.get(spec.repo_id),
+            "commits": commits,
             "files": [
-                {
-                    "path": str(p.relative_to(folder)),
-                    "bytes": p.stat().st_size,
-                    "sha256": sha256_file(p),
-                }
+                {"path": str(p.relative_to(folder)), "bytes": p.stat().st_size, **file_sha256(p)}
                 for p in files
             ],
         },
@@ -245,6 +270,38 @@ def weights_digest(config: dict[str, Any], folders: dict[str, tuple[str, ...]]) 
         entries = json.loads(marker.read_text())["files"]
         files[name] = sorted((f["path"], f["sha256"]) for f in entries if f["path"].startswith(prefixes))
     return fingerprint(files)
+
+
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def hub_snapshot(path: Path) -> tuple[str, str] | None:
+    """(repo id, commit) when `path` lies in a Hugging Face cache snapshot, else None.
+
+    The cache keeps `models--<org>--<name>/snapshots/<commit>/<file>`; only the
+    folders are resolved here (the file itself links on into `blobs/`).
+    """
+    parts = Path(os.path.realpath(path.parent)).parts
+    if "snapshots" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("snapshots")
+    if at == 0 or at + 1 >= len(parts) or not parts[at - 1].startswith("models--"):
+        return None
+    return parts[at - 1].removeprefix("models--").replace("--", "/"), parts[at + 1]
+
+
+def file_sha256(path: Path) -> dict[str, str]:
+    """A file's sha256: the name of its Hugging Face cache blob when that names it, else hashed.
+
+    The cache stores large (LFS) files as `blobs/<sha256>`: the hub's own hash of the
+    content, so re-reading tens of GB here adds nothing (`hf cache verify <repo>` checks
+    the bytes on demand). Small files' blobs are named by their git object id, and files
+    outside the cache are named by nothing: those are hashed.
+    """
+    target = path.resolve()
+    if target.parent.name == "blobs" and SHA256_NAME.fullmatch(target.name):
+        return {"sha256": target.name, "sha256_from": "hub blob name"}
+    return {"sha256": sha256_file(path), "sha256_from": "hashed"}
 
 
 def face_packs(config: dict[str, Any]) -> list[str]:

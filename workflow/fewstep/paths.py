@@ -16,6 +16,11 @@ class Paths:
     def __init__(self, config: dict[str, Any]):
         self.root = Path(config["results_dir"]) / config["sweep"]
         self.report_dir = Path(config["reports_dir"]) / config["sweep"]
+        self.models_root = Path(config["models_dir"]) / config["weights"]
+
+    def model_marker(self, name: str) -> Path:
+        """The file that says registry model `name` is ready (the prepare rule's output)."""
+        return self.models_root / ".ready" / f"{name}.json"
 
     # configuration and inputs
     @property

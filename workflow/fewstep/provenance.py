@@ -64,6 +64,22 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine()
 
 
+def model_revisions(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model of the sweep that is prepared: its hub repo, requested revision, resolved commit."""
+    import json
+
+    from fewstep.grid import Grid
+    from fewstep.paths import Paths
+
+    paths, out = Paths(config), {}
+    for name in Grid(config).models:
+        marker = paths.model_marker(name)
+        if marker.exists():
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            out[name] = {key: info.get(key) for key in ("repo_id", "revision", "commit")}
+    return out
+
+
 def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The provenance block stored with every table and image."""
     from fewstep.config import config_hash
@@ -73,33 +89,43 @@ def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "weights": config["weights"],
         "git_commit": git_commit(),
         "versions": versions(),
+        "models": model_revisions(config),
         **extra,
     }
 
 
+def columns(info: dict[str, Any]) -> dict[str, Any]:
+    """A provenance block as flat table columns: package versions and each model's
+    resolved hub commit (null for tiny or random weights) as JSON strings."""
+    import json
+
+    flat = {key: value for key, value in info.items() if key not in ("versions", "models")}
+    commits = {name: model["commit"] for name, model in info["models"].items()}
+    return flat | {
+        "versions": json.dumps(info["versions"], sort_keys=True),
+        "model_commits": json.dumps(commits, sort_keys=True),
+    }
+
+
+#: provenance columns every table gets (the rows' own columns win)
+STAMPED = ("config_hash", "git_commit", "versions", "model_commits")
 #: what made each image besides the config, carried from the per-image rows into every table
 RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
 
 
 def stamp(frame, config: dict[str, Any], images=None):
-    """A copy of `frame` whose every row names its provenance (config hash, commit, versions).
+    """A copy of `frame` whose every row names its provenance (`STAMPED`).
 
     With `images` (per-image rows, e.g. the scores), rows also name the weights digest,
     device name, dtype and batch size of the images behind them: per cell where the
     table has a `cell_id` column, else over the whole sweep; differing values are
     joined with ";" (a table over images from two cards says so).
     """
-    import json
-
-    info = record(config)
+    info = columns(record(config))
     out = frame.copy()
-    for key, value in (
-        ("config_hash", info["config_hash"]),
-        ("git_commit", info["git_commit"]),
-        ("versions", json.dumps(info["versions"], sort_keys=True)),
-    ):
+    for key in STAMPED:
         if key not in out:
-            out[key] = value
+            out[key] = info[key]
     present = [c for c in RUNTIME_COLUMNS if images is not None and c in images and c not in out]
     if not present:
         return out

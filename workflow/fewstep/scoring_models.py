@@ -61,6 +61,7 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "clip-vit-large-patch14",
         "openai/clip-vit-large-patch14",
         extra={"patterns": ["config.json", "model.safetensors", *CLIP_FILES]},
+        revision="32bd64288804d66eefd0ccbe215aa642df71cc41",
     ),
     # PickScore's repo holds the model; its processor is the one of the CLIP-H it was tuned from.
     "pickscore": ModelSpec(
@@ -71,13 +72,16 @@ SCORING_MODELS: dict[str, ModelSpec] = {
             "patterns": ["config.json", "model.safetensors"],
             "processor_repo": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
             "processor_patterns": CLIP_FILES,
+            "processor_revision": "1c2b8495b28150b8a4922ee1c8edee224c284c0c",
         },
+        revision="a4e4367c6dfa7288a00c550414478f865b875800",
     ),
     "dinov2-base": ModelSpec(
         "dinov2-base",
         "dinov2-base",
         "facebook/dinov2-base",
         extra={"patterns": ["config.json", "model.safetensors", "preprocessor_config.json"]},
+        revision="f9e44c814b77203eaa57a6bdbbd535f21ede1415",
     ),
     # CSD (Somepalli et al. 2024, github learn2phoenix/CSD): OpenAI CLIP ViT-L/14's image
     # tower with its projection replaced by a trained style head. The checkpoint holds
@@ -88,6 +92,7 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "CSD-ViT-L",
         "tomg-group-umd/CSD-ViT-L",
         extra={"file": "pytorch_model.bin", "patterns": ["pytorch_model.bin"]},
+        revision="5bc26a6fb0487f3f00a2a7313135103a005b1b67",
     ),
 }
 
@@ -293,9 +298,15 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
         path = fetch_url(spec.extra["url"], folder / CHECKPOINTS / spec.extra["file"])
         verify_name_hash(path)
         return
-    _link(folder if name != "pickscore" else folder / "model", snapshot(spec.repo_id, spec.extra["patterns"]))
+    from fewstep.models import model_revision
+
+    model = snapshot(spec.repo_id, spec.extra["patterns"], model_revision(config, name))
+    _link(folder if name != "pickscore" else folder / "model", model)
     if name == "pickscore":
-        processor = snapshot(spec.extra["processor_repo"], spec.extra["processor_patterns"])
+        extra = spec.extra
+        processor = snapshot(
+            extra["processor_repo"], extra["processor_patterns"], extra["processor_revision"]
+        )
         _link(folder / "processor", processor)
         _require(folder, ["model/config.json", "model/model.safetensors"], name)
         _require(folder, ["processor/preprocessor_config.json"], spec.extra["processor_repo"])

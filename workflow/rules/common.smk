@@ -1,4 +1,4 @@
-from fewstep.models import marker_path
+from fewstep.models import marker_path, model_revision
 from fewstep.scoring_models import score_anchor, scoring_models
 
 

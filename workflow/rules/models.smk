@@ -9,5 +9,8 @@ rule prepare_model:
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        # a changed hub revision (config revisions) fetches the model again
+        revision=lambda w: model_revision(CONFIG, w.model),
     shell:
         "python -m fewstep prepare-model --model {wildcards.model} > {log} 2>&1"
