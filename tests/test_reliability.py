@@ -182,10 +182,12 @@ def test_images_and_tables_carry_their_provenance(demo_run):
     assert len(tables) == 7 + 7 + 2 + 7 + 1
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
-        assert {"config_hash", "git_commit", "versions"} <= set(frame.columns), table
+        assert {"config_hash", "git_commit", "versions", "model_commits"} <= set(frame.columns), table
         if len(frame):
             assert set(frame["config_hash"]) == {config_hash}, table
             assert "torch" in json.loads(frame["versions"].iloc[0]), table
+            # each model of the sweep, by its resolved hub commit (none: tiny weights)
+            assert json.loads(frame["model_commits"].iloc[0])["flux-dev"] is None, table
 
 
 def test_changing_one_parameter_reruns_only_the_affected_cells_and_descendants(demo_run, tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wandb_harness import CELL, PADDING, STRACE, UNSHARE, clean_env
+from wandb_harness import ANCHOR, CELL, LOG_TEXT, PADDING, STRACE, UNSHARE, clean_env, run_cli
 
 from fewstep import tracking
 from fewstep.config import validate
@@ -138,6 +138,7 @@ def run_isolated(root: Path, config: dict, mode: str) -> dict:
         "python_net": [f"{event} {detail}" for kind, event, detail in audit if kind == "net"],
         "inet_syscalls": [line for line in strace.splitlines() if "AF_INET" in line],
         "unix_connects": sum(1 for line in strace.splitlines() if "connect(" in line and "AF_UNIX" in line),
+        "printed": [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")],
     }
 
 
@@ -218,6 +219,89 @@ def test_failed_job_ends_its_run_failed(isolated) -> None:
     runs = [read_run(f) for f in find_run_files(isolated["results"])]
     generate = next(r for r in runs if r.job_type == "generate")
     assert generate.exit_code == 1 and generate.name == CELL
+
+
+# ------------------------------------------------------------------ run ids, lineage
+
+
+def test_run_ids_are_stable_per_sweep_job_and_cell(raw_demo) -> None:
+    config = validate(raw_demo)
+    score = tracking.run_id(config, "score", CELL)
+    assert re.fullmatch(r"score-[0-9a-f]{16}", score)
+    assert score == tracking.run_id(validate(copy.deepcopy(raw_demo)), "score", CELL)
+    # where files go and how runs are logged do not make another run ...
+    moved = dict(raw_demo, results_dir="/elsewhere", wandb={"mode": "online", "project": "other"})
+    assert tracking.run_id(validate(moved), "score", CELL) == score
+    # ... another job, cell, sweep or item set does
+    others = {
+        tracking.run_id(config, "generate", CELL),
+        tracking.run_id(config, "score", ANCHOR),
+        tracking.run_id(validate(dict(raw_demo, sweep="other")), "score", CELL),
+        tracking.run_id(validate(dict(raw_demo, seeds=[0, 1])), "score", CELL),
+        tracking.run_id(config, "aggregate"),
+        tracking.run_id(validate(dict(raw_demo, seeds=[0, 1])), "aggregate"),
+    }
+    assert len(others) == 6 and score not in others
+
+
+def test_rerun_logs_to_the_same_run_id(isolated, score_run) -> None:
+    printed = isolated["printed"]
+    assert [p["attempt"] for p in printed] == [1, 2]
+    expected = tracking.run_id(isolated["config"], "score", CELL)
+    assert printed[0]["run_id"] == printed[1]["run_id"] == score_run.run_id == expected
+    assert score_run.resume  # resume="allow": after a sync the rerun continues the uploaded run
+
+
+def _slug(cell_id: str) -> str:
+    return cell_id.replace("/", "__")
+
+
+def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_run, monkeypatch) -> None:
+    """The lineage records, read back: inputs (`use_artifact`) and the output (`log_artifact`)."""
+    from fewstep import lineage
+    from fewstep.grid import Grid
+    from fewstep.paths import Paths
+    from fewstep.scoring_models import SCORING_MODELS
+
+    config = isolated["config"]
+    monkeypatch.setenv("WANDB_DATA_DIR", str(isolated["results"] / "test-staging"))  # drafts stage here
+    used, logged = score_run.used_artifacts, score_run.logged_artifacts
+    assert set(used) == {
+        "weights-tiny-clip-vit-l14",
+        "weights-tiny-insightface",
+        "weights-tiny-lpips-alex",
+        f"images-demo-{_slug(CELL)}",
+        f"images-demo-{_slug(ANCHOR)}",  # LPIPS to the anchor cell reads its images too
+    }
+    clip = used["weights-tiny-clip-vit-l14"]
+    assert clip.type == "model" and [e.path for e in clip.entries] == ["weights.json"]  # tiny: no hub refs
+    assert clip.metadata == {
+        "model": "clip-vit-l14",
+        "weights": "tiny",
+        "repo_id": "openai/clip-vit-large-patch14",
+        "revision": SCORING_MODELS["clip-vit-l14"].revision,
+        "commit": None,
+    }
+    images = used[f"images-demo-{_slug(CELL)}"]
+    paths = Paths(config)
+    expected_refs = {
+        f"images/{item.id}.png": paths.image(CELL, item.id).resolve().as_uri() for item in Grid(config).items
+    }
+    assert {e.path: e.ref for e in images.entries if e.ref} == expected_refs
+    assert [e.path for e in images.entries if not e.ref] == ["manifest.parquet"]
+    # rebuilt from the same files, the artifact has the same digest: the very version generate logged
+    assert images.digest == lineage.images(config, CELL).digest
+    tables = {name for name in logged if name.startswith(f"run-{score_run.run_id}-")}  # wandb.Table's own
+    assert set(logged) - tables == {f"scores-demo-{_slug(CELL)}"}
+    scores = logged[f"scores-demo-{_slug(CELL)}"]
+    assert scores.type == "scores" and [e.path for e in scores.entries] == ["scores.parquet"]
+    assert scores.digest == lineage.table(config, "scores", CELL, paths.scores(CELL)).digest
+
+
+def test_the_jobs_console_log_is_a_run_file(score_run) -> None:
+    name = f"logs/score/{_slug(CELL)}.log"
+    assert name in score_run.files
+    assert (score_run.run_dir / "files" / name).read_text() == LOG_TEXT
 
 
 # ------------------------------------------------------------------ reader
@@ -311,13 +395,6 @@ def test_summarise_means_spread_and_counts() -> None:
 # ------------------------------------------------------------------ sync
 
 
-def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    env = clean_env(home) | {"PYTHONPATH": str(REPO / "workflow")}
-    return subprocess.run(
-        [sys.executable, "-m", "fewstep", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_sync_lists_unsynced_runs_and_needs_a_key(isolated, tmp_path) -> None:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(isolated["config"]))
@@ -326,12 +403,12 @@ def test_sync_lists_unsynced_runs_and_needs_a_key(isolated, tmp_path) -> None:
     marker = generate.with_name(generate.name + ".synced")
     marker.touch()  # what `wandb sync` leaves after an upload
     try:
-        dry = _cli(["wandb-sync", "--dry-run", "--config", str(config_file)], tmp_path)
+        dry = run_cli(["wandb-sync", "--dry-run", "--config", str(config_file)], tmp_path)
     finally:
         marker.unlink()
     assert dry.returncode == 0, dry.stderr
     assert "Would sync 1 run(s)" in dry.stderr and "/score/" in dry.stderr and "/generate/" not in dry.stderr
-    real = _cli(["wandb-sync", "--config", str(config_file)], tmp_path)
+    real = run_cli(["wandb-sync", "--config", str(config_file)], tmp_path)
     assert real.returncode == 1
     assert real.stderr.strip().splitlines() == [
         "fewstep wandb-sync: error: no W&B API key: set WANDB_API_KEY or run `wandb login`, "

@@ -118,3 +118,65 @@ def test_nothing_of_wandb_outside_the_results(demo) -> None:
     work, home = demo["work"], demo["home"]
     assert [p for p in home.rglob("*") if "wandb" in p.name.lower()] == []
     assert {p.name for p in work.iterdir()} <= {"home", "results", "reports", "resources", ".snakemake"}
+
+
+def _slug(cell_id: str) -> str:
+    return cell_id.replace("/", "__")
+
+
+def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
+    """Each output artifact is the very version (same digest) its consumer uses."""
+    from fewstep.models import BACKBONES
+
+    grid = Grid(demo["config"])
+    runs = {(run.job_type, run.name): run for run in demo["runs"]}
+    aggregate = runs["aggregate", "demo"]
+    for cell in grid.cells:
+        generate, score = runs["generate", cell.id], runs["score", cell.id]
+        length = grid.backbone(cell)["max_sequence_length"]
+        assert set(generate.used_artifacts) == {
+            f"weights-tiny-{cell.backbone}",
+            "weights-tiny-infiniteyou",
+            f"embeddings-demo-flux-L{length}",
+            "identities-demo",
+        }
+        images = generate.logged_artifacts[f"images-demo-{_slug(cell.id)}"]
+        assert score.used_artifacts[f"images-demo-{_slug(cell.id)}"].digest == images.digest
+        scores = score.logged_artifacts[f"scores-demo-{_slug(cell.id)}"]
+        assert aggregate.used_artifacts[f"scores-demo-{_slug(cell.id)}"].digest == scores.digest
+        assert generate.config["models"][cell.backbone] == {
+            "repo_id": BACKBONES[cell.backbone].repo_id,
+            "revision": BACKBONES[cell.backbone].revision,
+            "commit": None,  # tiny weights come from no hub commit
+        }
+        assert f"logs/generate/{_slug(cell.id)}.log" in generate.files
+    for cell in grid.trajectory_cells:
+        trajectory = runs["trajectory", cell.id]
+        assert f"trajectory-demo-{_slug(cell.id)}" in trajectory.logged_artifacts
+        assert "weights-tiny-insightface" in trajectory.used_artifacts
+    report = aggregate.logged_artifacts["report-demo"]
+    assert "report/index.html" in {e.path for e in report.entries}
+    # a model is one artifact version, whichever job uses it
+    digests: dict[str, set[str]] = {}
+    for run in demo["runs"]:
+        for name, artifact in run.used_artifacts.items():
+            digests.setdefault(name, set()).add(artifact.digest)
+    assert {name: len(found) for name, found in digests.items()} == dict.fromkeys(digests, 1)
+
+
+def test_metrics_are_drawn_against_steps(demo) -> None:
+    runs = {(run.job_type, run.name): run for run in demo["runs"]}
+    for cell in Grid(demo["config"]).trajectory_cells:
+        trajectory = runs["trajectory", cell.id]
+        assert trajectory.metrics == {"trajectory/step": "", "trajectory/*": "trajectory/step"}
+    aggregate = runs["aggregate", "demo"]
+    assert aggregate.metrics == {"sweep/steps": "", "sweep/*": "sweep/steps"}
+    curves = [row for row in aggregate.history if "sweep/steps" in row]
+    summary = pd.read_csv(demo["work"] / demo["paths"].summary)
+    assert [row["sweep/steps"] for row in curves] == sorted(summary["steps"].unique())
+    dev = summary[(summary["metric"] == "id_sim") & (summary["backbone"] == "flux-dev")]
+    drawn = {row["sweep/steps"]: row.get("sweep/id_sim/flux-dev/infusenet-aes") for row in curves}
+    assert {steps: drawn[steps] for steps in dev["steps"]} == pytest.approx(
+        dict(zip(dev["steps"], dev["mean"], strict=True))
+    )
+    assert "steps" not in aggregate.summary  # parameters live in the config, never as metrics

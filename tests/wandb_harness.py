@@ -45,33 +45,82 @@ def clean_env(home: Path) -> dict[str, str]:
     return env | {"HOME": str(home), "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def fabricate_scores(config: dict) -> Path:
-    """A score table and images for CELL, as the score job would leave them."""
+ANCHOR = "flux-dev/infusenet-aes/8"  # the demo's anchor: scoring CELL reads its images (LPIPS)
+LOG_TEXT = "score job console output\n"
+
+
+def run_cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """`python -m fewstep ARGS` in a clean environment whose HOME is `home`."""
+    env = clean_env(home) | {"PYTHONPATH": str(WORKFLOW)}
+    return subprocess.run(
+        [sys.executable, "-m", "fewstep", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.DataFrame:
+    """A cell's images and manifest, as the generate job would leave them."""
     from PIL import Image
 
     from fewstep.grid import Grid, image_keys
     from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
-    cell = grid.cell(CELL)
-    rng = np.random.default_rng(0)
+    cell = grid.cell(cell_id)
     rows = []
     for index, item in enumerate(grid.items):
-        image = paths.image(CELL, item.id)
+        image = paths.image(cell_id, item.id)
         image.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
         rows.append(
             {
                 **image_keys(cell, item),
-                "image": str(image.relative_to(paths.cell_dir(CELL))),
+                "image": str(image.relative_to(paths.cell_dir(cell_id))),
                 "latency_s": 0.5 + index,
-                "face_detected": index != 0,
-                "id_sim": np.nan if index == 0 else 0.25 * index,
             }
         )
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(paths.manifest(cell_id), index=False)
+    return frame
+
+
+def fabricate_markers(config: dict) -> None:
+    """Prepared-model markers of the scoring models, as the prepare rule writes them."""
+    from fewstep.models import model_revision
+    from fewstep.paths import Paths
+    from fewstep.scoring_models import SCORING_MODELS, scoring_models
+
+    for name in scoring_models(config):
+        marker = Paths(config).model_marker(name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        spec = SCORING_MODELS.get(name)
+        info = {
+            "model": name,
+            "weights": config["weights"],
+            "repo_id": spec.repo_id if spec else "ByteDance/InfiniteYou",
+            "revision": model_revision(config, name),
+            "commit": None,
+            "commits": {},
+            "files": [{"path": "model.bin", "bytes": 3, "sha256": "a" * 64, "sha256_from": "hashed"}],
+        }
+        marker.write_text(json.dumps(info))
+
+
+def fabricate_scores(config: dict) -> Path:
+    """A score table for CELL, its images and the anchor's, as the score job would leave them."""
+    from fewstep.paths import Paths
+
+    paths, rng = Paths(config), np.random.default_rng(0)
+    fabricate_cell(config, ANCHOR, rng)
+    frame = fabricate_cell(config, CELL, rng)
+    frame["face_detected"] = frame.index != 0
+    frame["id_sim"] = [np.nan if i == 0 else 0.25 * i for i in range(len(frame))]
     out = paths.scores(CELL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(out, index=False)
+    frame.to_parquet(out, index=False)
+    fabricate_markers(config)
+    log = paths.log("score", CELL)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(LOG_TEXT)
     return out
 
 
@@ -82,6 +131,7 @@ def run_fewstep(config: dict) -> None:
     for attempt in (1, 2):
         with tracking.job_run(config, "score", CELL, extra={"attempt": attempt, "padding": PADDING}) as run:
             run.log_scores(scores)
+            print(json.dumps({"attempt": attempt, "run_id": run.wandb_run.id}), flush=True)
     try:
         with tracking.job_run(config, "generate", CELL):
             raise RuntimeError("job failed")

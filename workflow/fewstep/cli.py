@@ -117,6 +117,20 @@ def cmd_wandb_aggregate(args: argparse.Namespace) -> None:
     print(f"W&B aggregate run ({record['mode']}): {sum(map(len, logged.values()))} items -> {args.out}")
 
 
+def cmd_wandb_workspace(args: argparse.Namespace) -> None:
+    from fewstep import workspace
+
+    config = _config(args)
+    if args.out:
+        from fewstep.io import atomic_write_json
+
+        entity = args.entity or config["wandb"]["entity"] or "your-entity"
+        atomic_write_json(args.out, workspace.spec(config, entity))
+        print(f"W&B workspace spec of sweep {config['sweep']} -> {args.out}")
+    else:
+        print(f"W&B workspace saved: {workspace.save(config, args.entity)}")
+
+
 def cmd_wandb_sync(args: argparse.Namespace) -> None:
     from fewstep.tracking import sync
 
@@ -158,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     add(
         "wandb-aggregate", cmd_wandb_aggregate, "log the sweep's tables, figures and report to one W&B run"
     ).add_argument("--out", type=Path, required=True, help="JSON record of what was logged")
+    p = add("wandb-workspace", cmd_wandb_workspace, "save the sweep's W&B workspace (panels and grids)")
+    p.add_argument("--entity", help="W&B user or team (default: config wandb.entity, else the API key's)")
+    p.add_argument("--out", type=Path, help="write the workspace spec as JSON instead (offline)")
     add("wandb-sync", cmd_wandb_sync, "upload the sweep's offline W&B runs (`wandb sync`)").add_argument(
         "--dry-run", action="store_true", help="list the runs without uploading"
     )

@@ -207,6 +207,23 @@ class Grid:
             names.update({"infiniteyou", "arcface-irse50", "insightface"})
         return sorted(names)
 
+    def generation_models(self, cell: Cell) -> list[str]:
+        """Registry models a cell's generation loads: its backbone, and InfiniteYou for InfuseNet."""
+        names = [self.backbone(cell)["model"]]
+        return names + (["infiniteyou"] if self.adapter(cell)["kind"] == "infusenet" else [])
+
+    def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
+        """The prompt embedding files (`paths`: a `fewstep.paths.Paths`) a cell's generation reads."""
+        backbone = self.backbone(cell)
+        family, length = backbone["family"], backbone["max_sequence_length"]
+        return [paths.prompt_embedding(family, p["id"], length) for p in self.config["prompts"]]
+
+    def identity_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
+        """The identity embedding files a cell's generation reads (none without InfuseNet)."""
+        if self.adapter(cell)["kind"] != "infusenet":
+            return []
+        return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
+
     @property
     def uses_infusenet(self) -> bool:
         return any(self.adapter(c)["kind"] == "infusenet" for c in self.cells)

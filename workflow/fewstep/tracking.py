@@ -152,6 +152,7 @@ def run_config(
         "config_hash": prov["config_hash"],
         "git_commit": prov["git_commit"],
         "versions": prov["versions"],
+        "models": prov["models"],  # hub repo, requested revision, resolved commit of each model
     }
     grid = Grid(config)
     if cell_id is not None:
@@ -201,6 +202,29 @@ class Run:
         if self.enabled and data:
             self.wandb_run.log(data)
 
+    # ---- lineage (fewstep.lineage builds the artifacts) -------------------
+    def use(self, artifact: Any) -> None:
+        """Mark a draft artifact as this run's input (W&B keeps one version per digest).
+
+        wandb refuses `use_artifact` offline, yet `wandb sync` replays the record it
+        would write (an artifact flagged `use_after_commit`, the input edge of the
+        lineage graph): offline runs write that record through the same call.
+        """
+        if self.mode == "offline":
+            self.wandb_run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+        else:
+            self.wandb_run.use_artifact(artifact)
+
+    def use_weights(self, models: list[str]) -> None:
+        """Each prepared model as an input artifact (repo, revision, commit, file hashes)."""
+        import tempfile
+
+        from fewstep import lineage
+
+        with tempfile.TemporaryDirectory() as staging:  # wandb copies the file when it is added
+            for model in models:
+                self.use(lineage.weights(self.config, model, Path(staging)))
+
     def log_table(self, key: str, frame: pd.DataFrame) -> None:
         """One DataFrame as a wandb.Table (e.g. a trajectory job's per-step rows)."""
         if self.enabled:
@@ -213,12 +237,19 @@ class Run:
         """A generate job: timing and memory summaries, the device it ran on."""
         if not self.enabled:
             return
+        from fewstep import lineage
+
         frame = pd.read_parquet(manifest_path)
         self.summary(summarise(frame))
         first = frame.iloc[0] if len(frame) else {}
         self.update_config(
             {k: str(first[k]) for k in ("device", "device_name", "dtype", "peak_mem_kind") if k in first}
         )
+        cell = Grid(self.config).cell(self.cell_id)
+        self.use_weights(Grid(self.config).generation_models(cell))
+        for artifact in lineage.embeddings(self.config, cell):
+            self.use(artifact)
+        self.wandb_run.log_artifact(lineage.images(self.config, self.cell_id, manifest_path))
 
     def log_trajectory(self, trajectory_path: Path) -> None:
         """A trajectory job: per-step means as history (one point per step), the per-(item, step) table."""
@@ -232,6 +263,14 @@ class Run:
         self.log_table("trajectory", frame.drop(columns=["image"], errors="ignore"))
         last = frame[frame["step"] == frame["step"].max()]
         self.summary({"items": int(frame["item_id"].nunique()), "final_id_sim": float(last["id_sim"].mean())})
+        from fewstep import lineage
+
+        grid = Grid(self.config)
+        cell = grid.cell(self.cell_id)
+        self.use_weights([*grid.generation_models(cell), "insightface"])
+        for artifact in lineage.embeddings(self.config, cell):
+            self.use(artifact)
+        self.wandb_run.log_artifact(lineage.table(self.config, "trajectory", self.cell_id, trajectory_path))
 
     def log_scores(self, scores_path: Path) -> None:
         """A score job: metric summaries, a sample image grid, the per-image table."""
@@ -252,6 +291,14 @@ class Run:
                 "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
             }
         )
+        from fewstep import lineage
+        from fewstep.scoring_models import score_anchor, scoring_models
+
+        self.use_weights(scoring_models(self.config))
+        anchor = score_anchor(self.config, self.cell_id)
+        for cell_id in [self.cell_id] + ([anchor] if anchor else []):
+            self.use(lineage.images(self.config, cell_id))
+        self.wandb_run.log_artifact(lineage.table(self.config, "scores", self.cell_id, scores_path))
 
     def log_sweep(self) -> dict[str, list[str]]:
         """The aggregate run: every CSV table, every PNG figure, metric-vs-steps charts, the report."""
@@ -259,7 +306,8 @@ class Run:
             return {}
         import wandb
 
-        paths, logged = self.paths, {"tables": [], "figures": [], "charts": [], "report": []}
+        paths = self.paths
+        logged: dict[str, list[str]] = {"tables": [], "figures": [], "charts": [], "curves": [], "report": []}
         data: dict[str, Any] = {}
         for path in sorted(paths.aggregate_dir.rglob("*.csv")):
             key = f"tables/{path.relative_to(paths.aggregate_dir).with_suffix('').as_posix()}"
@@ -277,6 +325,14 @@ class Run:
             data["report"] = wandb.Html(paths.report_index.read_text(encoding="utf-8"))
             logged["report"].append("report")
         self.log(data)
+        for row in sweep_history(pd.read_csv(paths.summary)) if paths.summary.exists() else ():
+            self.wandb_run.log(row)
+            logged["curves"] += sorted(set(row) - {STEP_METRICS["aggregate"]} - set(logged["curves"]))
+        from fewstep import lineage
+
+        for cell in Grid(self.config).cells:
+            self.use(lineage.table(self.config, "scores", cell.id, paths.scores(cell.id)))
+        self.wandb_run.log_artifact(lineage.report(self.config))
         per_image = pd.read_parquet(paths.per_image) if paths.per_image.exists() else None
         self.summary(
             {
@@ -290,6 +346,42 @@ class Run:
 
 #: per-step columns of a trajectory table drawn against the step
 TRAJECTORY_CURVES = ("sigma", "id_sim", "face_detected", "relative_double", "relative_single", "velocity_rms")
+#: the x axis of each job type's history: W&B plots `<prefix>/*` against it
+STEP_METRICS = {"trajectory": "trajectory/step", "aggregate": "sweep/steps"}
+#: the rule whose log file a job type's run attaches, where it is not the job type itself
+LOG_RULES = {"aggregate": "wandb_aggregate"}
+
+
+def run_id(config: dict[str, Any], job_type: str, cell_id: str | None = None) -> str:
+    """A stable W&B run id: the job type and a hash of the sweep, job type and cell hash.
+
+    The same job of the same cell always logs to the same run (`resume="allow"`),
+    so a rerun after `wandb sync` updates that run instead of adding a second one;
+    a cell whose images would change (a new cell hash) is a new run. The aggregate
+    run hashes every cell's hash.
+    """
+    from fewstep.config import fingerprint
+
+    grid = Grid(config)
+    cells = [grid.cell(cell_id)] if cell_id is not None else grid.cells
+    key = {"sweep": config["sweep"], "job_type": job_type, "cells": [grid.cell_hash(c) for c in cells]}
+    return f"{job_type}-{fingerprint(key)}"
+
+
+def define_metrics(wandb_run: Any, job_type: str) -> None:
+    """Trajectory metrics plot against the denoising step, sweep metrics against steps."""
+    step = STEP_METRICS.get(job_type)
+    if step is not None:
+        wandb_run.define_metric(step)
+        wandb_run.define_metric(f"{step.split('/')[0]}/*", step_metric=step)
+
+
+def attach_log(wandb_run: Any, config: dict[str, Any], job_type: str, cell_id: str | None) -> None:
+    """The job's console log (its rule's log file) as a run file, read when the run is synced."""
+    paths = Paths(config)
+    log = paths.log(LOG_RULES.get(job_type, job_type), cell_id or "")
+    if log.exists():
+        wandb_run.save(str(log.resolve()), base_path=str(paths.root.resolve()), policy="end")
 
 
 @contextlib.contextmanager
@@ -315,6 +407,8 @@ def job_run(
         import wandb
 
         wandb_run = wandb.init(
+            id=run_id(config, job_type, cell_id),
+            resume="allow",
             project=settings["project"],
             entity=settings["entity"],
             group=config["sweep"],
@@ -330,6 +424,8 @@ def job_run(
                 console="off",
             ),
         )
+        define_metrics(wandb_run, job_type)
+        attach_log(wandb_run, config, job_type, cell_id)
         try:
             yield Run(config, cell_id, mode, wandb_run)
         except BaseException:
@@ -453,6 +549,17 @@ def steps_charts(summary: pd.DataFrame) -> dict[str, Any]:
             xname="denoising steps",
         )
     return charts
+
+
+def sweep_history(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """History rows of the aggregate run, one per number of steps, ascending:
+    `sweep/<metric>/<backbone>/<adapter>` means, drawn against `sweep/steps`."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record in summary.dropna(subset=["mean"]).to_dict("records"):
+        steps = int(record["steps"])
+        row = rows.setdefault(steps, {STEP_METRICS["aggregate"]: steps})
+        row[f"sweep/{record['metric']}/{record['backbone']}/{record['adapter']}"] = float(record["mean"])
+    return [rows[steps] for steps in sorted(rows)]
 
 
 # ---------------------------------------------------------------- sync

@@ -1,10 +1,11 @@
 """Read offline W&B run files (`run-<id>.wandb`) back into Python.
 
 wandb 0.31 ships no Python reader for these files: the old
-`wandb.sdk.internal.datastore` is gone and the only parser lives inside the Go
-`wandb-core` binary (used by `wandb sync` and `wandb leet`, neither of which
-prints the records). The format is small, so it is decoded here with wandb's
-own protobuf classes (`wandb.proto.wandb_internal_pb2.Record`):
+`wandb.sdk.internal.datastore` is gone and the parser lives inside the Go
+`wandb-core` binary. `wandb leet inspect --json <file>` prints every record as
+one JSON line (docs/wandb.md), which is how to look at a run by hand; the tests
+and `fewstep` read them here, with wandb's own protobuf classes
+(`wandb.proto.wandb_internal_pb2.Record`), so no subprocess is needed:
 
 - a 7-byte file header: ``:W&B``, magic 0xBEE1 (little endian), version 0;
 - then LevelDB-log framing: 32 KiB blocks (the header counts towards the first),
@@ -100,6 +101,34 @@ def _remove(target: dict[str, Any], item: Any) -> None:
 
 
 @dataclass
+class ArtifactEntry:
+    """One file of an artifact: a logged file (`digest` = base64 md5) or a reference (`ref`)."""
+
+    path: str
+    digest: str
+    ref: str = ""
+    size: int = 0
+
+
+@dataclass
+class OfflineArtifact:
+    """An artifact a run logged (its output) or used (`used`: an input of the run)."""
+
+    name: str
+    type: str
+    digest: str
+    used: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+    entries: list[ArtifactEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: Any) -> OfflineArtifact:
+        entries = [ArtifactEntry(e.path, e.digest, e.ref, int(e.size)) for e in record.manifest.contents]
+        metadata = json.loads(record.metadata) if record.metadata else {}
+        return cls(record.name, record.type, record.digest, record.use_after_commit, metadata, entries)
+
+
+@dataclass
 class OfflineRun:
     """What one run file says about its run: identity, config, summary, history."""
 
@@ -116,11 +145,22 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     exit_code: int | None = None  # None: the run never finished
+    resume: bool = False  # wandb.init(resume=...) was given: a rerun of the same id continues the run
+    metrics: dict[str, str] = field(default_factory=dict)  # define_metric: name or glob -> its x axis
+    artifacts: list[OfflineArtifact] = field(default_factory=list)
     records: Counter = field(default_factory=Counter)
 
     @property
     def run_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def used_artifacts(self) -> dict[str, OfflineArtifact]:
+        return {a.name: a for a in self.artifacts if a.used}
+
+    @property
+    def logged_artifacts(self) -> dict[str, OfflineArtifact]:
+        return {a.name: a for a in self.artifacts if not a.used}
 
 
 def read_run(path: str | Path) -> OfflineRun:
@@ -139,7 +179,7 @@ def read_run(path: str | Path) -> OfflineRun:
             r = record.run
             run.run_id, run.entity, run.project = r.run_id, r.entity, r.project
             run.group, run.job_type, run.name = r.run_group, r.job_type, r.display_name
-            run.tags = list(r.tags)
+            run.tags, run.resume = list(r.tags), r.resume
             for item in r.config.update:
                 _apply(run.config, item)
             for item in r.summary.update:
@@ -161,6 +201,10 @@ def read_run(path: str | Path) -> OfflineRun:
             run.history.append(row)
         elif kind == "files":
             run.files += [f.path for f in record.files.files]
+        elif kind == "metric":
+            run.metrics[record.metric.name or record.metric.glob_name] = record.metric.step_metric
+        elif kind == "artifact":
+            run.artifacts.append(OfflineArtifact.from_record(record.artifact))
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run

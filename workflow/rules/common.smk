@@ -5,18 +5,9 @@ from fewstep.scoring_models import score_anchor, scoring_models
 def generate_inputs(wildcards):
     """Models and precomputed embeddings one cell needs (never a text encoder)."""
     cell = GRID.cell(CELL_PATTERN.format(**wildcards))
-    backbone, adapter = GRID.backbone(cell), GRID.adapter(cell)
-    inputs = [marker_path(CONFIG, backbone["model"])]
-    inputs += [
-        PATHS.prompt_embedding(
-            backbone["family"], p["id"], backbone["max_sequence_length"]
-        )
-        for p in CONFIG["prompts"]
-    ]
-    if adapter["kind"] == "infusenet":
-        inputs.append(marker_path(CONFIG, "infiniteyou"))
-        inputs += [PATHS.identity_embedding(i["id"]) for i in CONFIG["identities"]]
-    return inputs
+    inputs = [marker_path(CONFIG, name) for name in GRID.generation_models(cell)]
+    inputs += GRID.prompt_embeddings(PATHS, cell)
+    return inputs + GRID.identity_embeddings(PATHS, cell)
 
 
 def score_inputs(wildcards):
