@@ -207,11 +207,6 @@ class Grid:
             names.update({"infiniteyou", "arcface-irse50", "insightface"})
         return sorted(names)
 
-    def generation_models(self, cell: Cell) -> list[str]:
-        """Registry models a cell's generation loads: its backbone, and InfiniteYou for InfuseNet."""
-        names = [self.backbone(cell)["model"]]
-        return names + (["infiniteyou"] if self.adapter(cell)["kind"] == "infusenet" else [])
-
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The prompt embedding files (`paths`: a `fewstep.paths.Paths`) a cell's generation reads."""
         backbone = self.backbone(cell)
@@ -223,6 +218,12 @@ class Grid:
         if self.adapter(cell)["kind"] != "infusenet":
             return []
         return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
+
+    def generation_models(self, cell: Cell) -> list[str]:
+        """Registry models a cell's generation loads (`fewstep.models.generation_weights`)."""
+        from fewstep.models import generation_weights
+
+        return list(generation_weights(self.backbone(cell)["model"], self.adapter(cell)))
 
     @property
     def uses_infusenet(self) -> bool:
