@@ -380,6 +380,8 @@ def test_summarise_means_spread_and_counts() -> None:
             "id_sim": [0.2, np.nan, 0.4],
             "face_detected": [True, False, True],
             "steps": [4, 4, 4],
+            "batch_size": [2, 2, 1],  # parameters stay in the run config
+            "warmup": [True, False, False],
             "identity": ["a", "b", "c"],
         }
     )
@@ -388,7 +390,7 @@ def test_summarise_means_spread_and_counts() -> None:
     assert out["id_sim"] == pytest.approx(0.3) and out["id_sim_n"] == 2
     assert out["id_sim_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert out["face_detected"] == pytest.approx(2 / 3)
-    assert "steps" not in out and "identity" not in out
+    assert not {"steps", "batch_size", "warmup", "identity"} & set(out)
     assert tracking.summarise(frame.assign(id_sim=np.nan))["id_sim"] is None
 
 

@@ -47,10 +47,12 @@ import pandas as pd
 from fewstep import provenance
 from fewstep.errors import FewstepError
 from fewstep.grid import Grid
+from fewstep.metric_registry import KEYS
 from fewstep.paths import Paths
 
-#: Integer columns of manifests/score tables that are parameters, not measurements.
-NOT_METRICS = frozenset({"steps", "seed", "width", "height", "guidance"})
+#: columns of manifests/score tables that are parameters or keys, not measurements (the
+#: median step time is one: the aggregate leaves it out, a run's summary shows it)
+NOT_METRICS = frozenset(KEYS - {"step_s_median"})
 
 
 class TrackingError(FewstepError, RuntimeError):
