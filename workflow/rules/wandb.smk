@@ -31,3 +31,17 @@ rule wandb_sync:
         runtime=120,
     shell:
         "python -m fewstep wandb-sync > {log} 2>&1"
+
+
+rule wandb_workspace:
+    """Save the sweep's W&B workspace: `snakemake wandb_workspace` (not in `all`; needs an API key)."""
+    log:
+        PATHS.log("wandb_workspace"),
+    localrule: True
+    conda:
+        "../../envs/fewstep.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m fewstep wandb-workspace > {log} 2>&1"
