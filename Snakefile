@@ -22,6 +22,7 @@ from fewstep.config import validate, write_resolved
 from fewstep.errors import FewstepError
 from fewstep.grid import Grid
 from fewstep.paths import CELL_PATTERN, Paths
+from fewstep.resume import stale_lock_hint
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
 if not workflow.overwrite_configfiles:
@@ -44,6 +45,12 @@ PATHS = Paths(CONFIG)
 jobenv.export(PACKAGE_DIR, write_resolved(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
 
+# After a kill, Snakemake's lock stays behind; say how to remove it (one line).
+if workflow.is_main_process and "--unlock" not in sys.argv:
+    hint = stale_lock_hint(Path.cwd(), workflow.overwrite_configfiles or [])
+    if hint:
+        print(hint, file=sys.stderr)
+
 
 envvars:
     "FEWSTEP_CONFIG",
@@ -55,6 +62,10 @@ wildcard_constraints:
     adapter=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     steps=r"\d+",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    prompt=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    identity=r"[A-Za-z0-9_.-]+",
+    length=r"\d+",
 
 
 include: "workflow/rules/common.smk"

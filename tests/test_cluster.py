@@ -21,7 +21,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
-GPU_RULES = {"generate", "embed_prompts", "trajectory"}
+GPU_RULES = {"generate", "embed_prompt", "trajectory"}
 TIMING = ["latency_s", "denoise_s", "decode_s", "peak_mem_mb"]
 
 
@@ -60,7 +60,7 @@ def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     assert run.returncode == 0, tail(run)
     assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in run.stderr
     gpu = {rule: res.get("gpu") for rule, res in dry_run_jobs(run.stdout)}
-    assert gpu["generate"] == gpu["embed_prompts"] == gpu["trajectory"] == gpu["score"] == "1"
+    assert gpu["generate"] == gpu["embed_prompt"] == gpu["trajectory"] == gpu["score"] == "1"
     assert gpu["aggregate"] is None and gpu["report"] is None
     # the profile's keys went through Snakemake's parser: an unknown key is an error
     bad = tmp_path / "bad"

@@ -62,7 +62,9 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
     assert counts["prepare_model"] == 7
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
-    assert counts["total"] == 2 * cells + 7 + 2 + 3 + 4 + 1
+    # one embedding job per prompt and sequence length (8 x 2) and per identity (2)
+    assert counts["embed_prompt"] == 16 and counts["embed_identity"] == 2
+    assert counts["total"] == 2 * cells + 7 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 

@@ -2,7 +2,9 @@
 
 FEWSTEP_FAULT=oom_above_batch_1 makes fewstep's sampler raise torch.OutOfMemoryError
 for batches of more than one image, as a GPU that is too small would: the test then
-watches Snakemake's retry halve the batch. Nothing happens without the variable.
+watches Snakemake's retry halve the batch. FEWSTEP_FAULT=disk_full_under:<folder> makes
+every file opened for writing below <folder> fail with ENOSPC, as a full disk does.
+Nothing happens without the variable.
 """
 
 import importlib.abc
@@ -37,5 +39,25 @@ class _WrapSampler(importlib.abc.MetaPathFinder):
         return spec
 
 
-if os.environ.get("FEWSTEP_FAULT") == "oom_above_batch_1":
+def _fill_disk_under(folder: str) -> None:
+    import builtins
+    import errno
+    import io
+
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wax+"):
+            path = os.path.abspath(os.fsdecode(file))
+            if path.startswith(folder):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real_open(file, mode, *args, **kwargs)
+
+    builtins.open = io.open = open_
+
+
+FAULT = os.environ.get("FEWSTEP_FAULT", "")
+if FAULT == "oom_above_batch_1":
     sys.meta_path.insert(0, _WrapSampler())
+elif FAULT.startswith("disk_full_under:"):
+    _fill_disk_under(os.path.abspath(FAULT.removeprefix("disk_full_under:")))

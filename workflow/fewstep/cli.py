@@ -7,13 +7,15 @@ one job, and turns user-fixable errors into a single line on stderr, exit 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fewstep.errors import FewstepError, OutOfMemoryError
+from fewstep.errors import DiskFullError, FewstepError, OutOfMemoryError
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,13 +59,13 @@ def cmd_embed_prompts(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
     from fewstep.precompute import embed_prompts
 
-    embed_prompts(config)
+    embed_prompts(config, args.family, args.prompt, args.length)
 
 
 def cmd_embed_identities(args: argparse.Namespace) -> None:
     from fewstep.precompute import embed_identities
 
-    embed_identities(_config(args))
+    embed_identities(_config(args), args.identity)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -153,8 +155,13 @@ def parser() -> argparse.ArgumentParser:
     add(
         "prepare-model", cmd_prepare_model, "download, build (tiny) or configure (random) one model"
     ).add_argument("--model", required=True)
-    add("embed-prompts", cmd_embed_prompts, "precompute prompt embeddings")
-    add("embed-identities", cmd_embed_identities, "precompute identity embeddings")
+    p = add("embed-prompts", cmd_embed_prompts, "precompute prompt embeddings (all, or those named)")
+    p.add_argument("--family", help="one model family (default: every family of the cells)")
+    p.add_argument("--prompt", nargs="+", help="prompt ids (default: every prompt)")
+    p.add_argument("--length", type=int, help="one T5 sequence length (default: every one the cells use)")
+    add(
+        "embed-identities", cmd_embed_identities, "precompute identity embeddings (all, or those named)"
+    ).add_argument("--identity", nargs="+", help="identity ids (default: every identity)")
     for name, func, help_ in (
         ("generate", cmd_generate, "generate every image of one cell"),
         ("score", cmd_score, "score every image of one cell"),
@@ -165,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, help="output table (default: the workflow's path)")
         if name != "trajectory":
             p.add_argument("--batch-size", type=int, help="images per batch (default: from the config)")
+            p.add_argument("--attempt", type=int, help="Snakemake's attempt (a retry runs only after OOM)")
     add("aggregate", cmd_aggregate, "summarise all cells").add_argument("--out", type=Path)
     p = add("report", cmd_report, "figures, grids and the HTML page")
     p.add_argument("--summary", required=True, type=Path)
@@ -192,16 +200,63 @@ def out_of_memory(args: argparse.Namespace) -> OutOfMemoryError:
     )
 
 
+def disk_full(err: BaseException) -> DiskFullError | None:
+    """The full-disk error somewhere in `err`'s chain (wandb, pyarrow and PIL wrap or re-raise it)."""
+    while err is not None:
+        if isinstance(err, DiskFullError):
+            return err
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return DiskFullError(err.filename or "the results folder")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _no_retry_note(args: argparse.Namespace) -> Path | None:
+    """Where a job records an error no retry can fix, for the rule's next attempt to see."""
+    if getattr(args, "attempt", None) is None:
+        return None
+    from fewstep.paths import Paths
+
+    return Paths(_config(args)).no_retry_note(args.command, args.cell)
+
+
+def _run(args: argparse.Namespace) -> None:
+    try:
+        args.func(args)
+    except Exception as err:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):
+            raise out_of_memory(args) from err
+        full = disk_full(err)
+        if full is None or full is err:
+            raise
+        raise full from err
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user-fixable error is one line on stderr and exit 1.
+
+    Snakemake retries a failed generate or score job (`--attempt` > 1) to halve the batch
+    after CUDA ran out of memory. Any other error would only fail again, so the first
+    attempt leaves a note and the retries repeat its line at once instead of working.
+    """
     args = parser().parse_args(argv)
     try:
+        note = _no_retry_note(args)
+        if note is not None and args.attempt > 1 and note.exists():
+            raise FewstepError(f"{note.read_text().strip()} (not retried: only CUDA out of memory is)")
+        if note is not None:
+            note.unlink(missing_ok=True)
         try:
-            args.func(args)
+            _run(args)
         except Exception as err:
-            torch = sys.modules.get("torch")
-            if torch is None or not isinstance(err, torch.OutOfMemoryError):
-                raise
-            raise out_of_memory(args) from err
+            if note is not None and not isinstance(err, OutOfMemoryError):
+                from fewstep.io import atomic_write_text
+
+                line = str(err) if isinstance(err, FewstepError) else f"{type(err).__name__}: {err}"
+                with contextlib.suppress(OSError):  # e.g. the disk is full
+                    atomic_write_text(note, line.splitlines()[0] if line else type(err).__name__)
+            raise
     except FewstepError as err:
         print(f"fewstep {args.command}: error: {err}", file=sys.stderr)
         return 1

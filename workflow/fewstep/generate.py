@@ -174,7 +174,7 @@ class CellGenerator:
         key = fingerprint(
             {
                 "cell": self.cell_spec,
-                "item": self.grid.item_spec(item),
+                "item": self.grid.item_spec(item, self.cell),
                 "inputs": [prompt_sha, identity_sha],
                 "runtime": self.runtime,
             }

@@ -16,6 +16,9 @@ from fewstep.config import fingerprint
 from fewstep.errors import ConfigError
 
 FAMILY_ADAPTERS = {"flux": {"infusenet", "none"}}
+#: largest width or height a family takes unless `resolution.max_side` says otherwise
+#: (FLUX.1 was trained up to about 2 megapixels)
+FAMILY_MAX_SIDE = {"flux": 2048}
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
 
 
@@ -157,22 +160,36 @@ class Grid:
     def cell_hash(self, cell: Cell) -> str:
         """Changes exactly when this cell's images would change (Snakemake's rerun trigger)."""
         spec = self.cell_spec(cell)
-        spec["items"] = [self.item_spec(item) for item in self.items]
+        spec["items"] = [self.item_spec(item, cell) for item in self.items]
         return fingerprint(spec)
 
-    def item_spec(self, item: Item) -> dict[str, Any]:
-        return {
-            "identity": item.identity,
-            "image": self.identity(item.identity)["image"],
-            "prompt": self.prompt(item.prompt)["text"],
-            "seed": item.seed,
-        }
+    def item_spec(self, item: Item, cell: Cell) -> dict[str, Any]:
+        """What an item's image in `cell` depends on besides the cell: its prompt's text, its
+        seed and, when the adapter conditions on a face, its reference picture's content."""
+        spec = {"identity": item.identity, "prompt": self.prompt(item.prompt)["text"], "seed": item.seed}
+        if self.adapter(cell)["kind"] != "none":
+            spec["picture"] = self.pictures[item.identity]
+        return spec
+
+    @cached_property
+    def pictures(self) -> dict[str, str]:
+        """identity id -> what its reference picture's pixels depend on (`picture_source`):
+        the rerun trigger of its embedding and of every score compared with it."""
+        from fewstep.images import picture_source
+
+        return {i["id"]: picture_source(i["image"]) for i in self.config["identities"]}
 
     def identity(self, identity_id: str) -> dict[str, Any]:
-        return next(i for i in self.config["identities"] if i["id"] == identity_id)
+        for identity in self.config["identities"]:
+            if identity["id"] == identity_id:
+                return identity
+        raise ConfigError(f"identity {identity_id!r} is not in the config's identities")
 
     def prompt(self, prompt_id: str) -> dict[str, Any]:
-        return next(p for p in self.config["prompts"] if p["id"] == prompt_id)
+        for prompt in self.config["prompts"]:
+            if prompt["id"] == prompt_id:
+                return prompt
+        raise ConfigError(f"prompt {prompt_id!r} is not in the config's prompts")
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -232,6 +249,7 @@ class Grid:
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
         from fewstep.models import BACKBONES, REGISTRY
+        from fewstep.scoring_models import SCORING_MODELS
 
         for name, backbone in self.config["backbones"].items():
             if backbone["model"] not in BACKBONES:
@@ -248,17 +266,24 @@ class Grid:
                     f"{SCHNELL_MAX_SEQUENCE_LENGTH} tokens; set 256"
                 )
         for name in self.config["local_weights"]:
-            if name not in REGISTRY:
-                known = ", ".join(sorted(REGISTRY))
+            if name not in REGISTRY and name not in SCORING_MODELS:
+                known = ", ".join(sorted({*REGISTRY, *SCORING_MODELS}))
                 raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
-        from fewstep.scoring_models import SCORING_MODELS
-
         hub = sorted(n for n, spec in {**REGISTRY, **SCORING_MODELS}.items() if spec.repo_id)
         for name in self.config["revisions"]:
             if name not in hub:
                 raise ConfigError(
                     f"config revisions.{name}: not a Hugging Face model; known: {', '.join(hub)}"
                 )
+        resolution = self.config["resolution"]
+        for family in self.families:
+            limit = resolution.get("max_side") or FAMILY_MAX_SIDE[family]
+            for side in ("width", "height"):
+                if resolution[side] > limit:
+                    raise ConfigError(
+                        f"config resolution.{side}: {resolution[side]} px is beyond the {family} limit of "
+                        f"{limit} px; lower it, or set resolution.max_side to go beyond deliberately"
+                    )
         for cell in self.cells:
             family = self.backbone(cell)["family"]
             kind = self.adapter(cell)["kind"]

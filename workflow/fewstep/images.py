@@ -61,5 +61,16 @@ def load_rgb(spec: str | Path) -> np.ndarray:
         ) from None
 
 
+def picture_source(spec: str) -> str:
+    """What a reference picture's pixels depend on: a builtin's name, or the sha256 of the
+    file's bytes (so replacing a picture's content at the same path counts as a change)."""
+    from fewstep.io import sha256_file
+
+    if spec.startswith("builtin:"):
+        return spec
+    path = Path(spec)
+    return f"sha256:{sha256_file(path)}" if path.is_file() else f"missing:{spec}"
+
+
 def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])

@@ -109,5 +109,9 @@ class Paths:
         """One log per job; a cell id's slashes become `__` to keep one folder per rule."""
         return self.root / "logs" / rule / f"{(name or rule).replace('/', '__')}.log"
 
+    def no_retry_note(self, rule: str, name: str = "") -> Path:
+        """A job's error that a retry cannot fix, next to its log (read by the next attempt)."""
+        return self.log(rule, name).with_suffix(".no-retry")
+
     def benchmark(self, rule: str, name: str = "") -> Path:
         return self.root / "benchmarks" / rule / f"{(name or rule).replace('/', '__')}.tsv"

@@ -63,15 +63,26 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def embed_prompts(config: dict[str, Any]) -> list[Path]:
-    """Write every prompt's embeddings for every family and sequence length the cells use."""
+def embed_prompts(
+    config: dict[str, Any],
+    family: str | None = None,
+    prompt_ids: list[str] | None = None,
+    length: int | None = None,
+) -> list[Path]:
+    """Write prompt embeddings: every family, prompt and sequence length the cells use, or
+    only the ones named (the `embed_prompt` rule: one prompt at one length)."""
+    grid = Grid(config)
+    prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
     written = []
-    for family in Grid(config).families:
-        written += _embed_family_prompts(config, family)
+    for name in [family] if family else grid.families:
+        lengths = [length] if length else grid.sequence_lengths(name)
+        written += _embed_family_prompts(config, name, prompts, lengths)
     return written
 
 
-def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
+def _embed_family_prompts(
+    config: dict[str, Any], family: str, prompts: list[dict[str, str]], lengths: list[int]
+) -> list[Path]:
     from fewstep.models import load_flux_text_encoders, resolve_device, resolve_dtype
     from fewstep.provenance import device_name
     from fewstep.sampling import synchronize
@@ -82,7 +93,7 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
     source = grid.text_encoder_backbone(family)
     pipe = load_flux_text_encoders(config, source, device, dtype)
     written = []
-    jobs = [(p, n) for p in config["prompts"] for n in grid.sequence_lengths(family)]
+    jobs = [(p, n) for p in prompts for n in lengths]
     # the bar ends its line before an error line is printed
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, length in bar:
@@ -114,8 +125,9 @@ def _embed_family_prompts(config: dict[str, Any], family: str) -> list[Path]:
     return written
 
 
-def embed_identities(config: dict[str, Any]) -> list[Path]:
-    """Write one identity embedding file per identity (face box, keypoints, ArcFace vector)."""
+def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = None) -> list[Path]:
+    """Write one embedding file (face box, keypoints, ArcFace vector) per identity, or for
+    the identities named (the `embed_identity` rule: one identity per job)."""
     from fewstep.arcface_irse import embed_aligned_bgr
     from fewstep.errors import InputError
     from fewstep.faces import aligned_crop
@@ -127,11 +139,12 @@ def embed_identities(config: dict[str, Any]) -> list[Path]:
     )
     from fewstep.provenance import device_name
 
-    paths = Paths(config)
+    grid, paths = Grid(config), Paths(config)
+    identities = [grid.identity(i) for i in identity_ids] if identity_ids else config["identities"]
     analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
     arcface = load_arcface_irse(config, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
     written = []
-    with tqdm(config["identities"], desc="identity embeddings", unit="identity") as bar:
+    with tqdm(identities, desc="identity embeddings", unit="identity") as bar:
         for identity in bar:
             image = load_rgb(identity["image"])
             bgr = rgb_to_bgr(image)

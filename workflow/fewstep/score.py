@@ -144,27 +144,32 @@ def build_metrics(config: dict[str, Any]) -> list[Metric]:
     return [METRICS[name](config, models) for name in config["scoring"]["metrics"]]
 
 
-def read_generated(path: Path) -> np.ndarray:
-    """Decode a generated PNG fully; a corrupt one stops the job with one line naming it."""
+def read_generated(path: Path, manifest: Path) -> np.ndarray:
+    """Decode a generated PNG fully; a corrupt one stops the job with one line naming it and
+    the command that regenerates it (a missing manifest alone would not: Snakemake skips a
+    missing intermediate file while everything after it is up to date)."""
     from fewstep.images import InputError, load_rgb
 
     try:
         return load_rgb(path)
     except InputError:
         raise InputError(
-            f"generated image {path} is corrupt; delete it and its cell's manifest.parquet, then rerun"
+            f"generated image {path} is corrupt; delete it, then rerun with `--forcerun {manifest}` "
+            "added to your snakemake command (its cell's other images are kept)"
         ) from None
 
 
-def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> dict[str, Path]:
-    """item id -> the anchor cell's image, when a metric compares to it and this is another cell."""
+def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
+    """item id -> the anchor cell's image, when a metric compares to it and this is another
+    cell; and the anchor's manifest."""
     from fewstep.scoring_models import score_anchor
 
     anchor = score_anchor(config, cell.id)
     if anchor is None:
-        return {}
+        return {}, None
     manifest = pd.read_parquet(paths.manifest(anchor), columns=["item_id", "image"])
-    return {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
+    images = {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
+    return images, paths.manifest(anchor)
 
 
 def run(
@@ -183,7 +188,7 @@ def run(
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
     metrics = build_metrics(config)
-    anchor_images = _anchor_images(config, paths, cell)
+    anchor_images, anchor_manifest = _anchor_images(config, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
@@ -192,10 +197,10 @@ def run(
         anchor = anchor_images.get(row["item_id"])
         return Sample(
             row,
-            read_generated(paths.cell_dir(cell.id) / row["image"]),
+            read_generated(paths.cell_dir(cell.id) / row["image"], paths.manifest(cell.id)),
             references[row["identity"]],
             prompt=grid.prompt(row["prompt_id"])["text"],
-            anchor=None if anchor is None else read_generated(anchor),
+            anchor=None if anchor is None else read_generated(anchor, anchor_manifest),
             is_anchor=cell == grid.anchor,
         )
 

@@ -21,6 +21,11 @@ def score_inputs(wildcards):
     return inputs
 
 
+def attempt_number(wildcards, attempt):
+    """Snakemake's attempt counter, for the job to know it is a retry."""
+    return attempt
+
+
 def halved_per_attempt(size):
     """Batch size for Snakemake's attempt counter: halved on every retry (after CUDA OOM)."""
     return lambda wildcards, attempt: max(1, size // 2 ** (attempt - 1))

@@ -16,12 +16,14 @@ rule generate:
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
         runtime=720,
         batch=halved_per_attempt(CONFIG["generation"]["batch_size"]),
+        attempt=attempt_number,
     params:
         # Reruns exactly the cells whose parameters or items changed.
         cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
     shell:
         "python -m fewstep generate --batch-size {resources.batch}"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
+        " --attempt {resources.attempt}"
+        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"
 
 
 rule trajectory:
@@ -47,4 +49,4 @@ rule trajectory:
         face=CONFIG["face"],
     shell:
         "python -m fewstep trajectory"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
+        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"

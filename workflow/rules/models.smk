@@ -13,4 +13,4 @@ rule prepare_model:
         # a changed hub revision (config revisions) fetches the model again
         revision=lambda w: model_revision(CONFIG, w.model),
     shell:
-        "python -m fewstep prepare-model --model {wildcards.model} > {log} 2>&1"
+        "python -m fewstep prepare-model --model {wildcards.model} > {log:q} 2>&1"

@@ -1,28 +1,27 @@
-rule embed_prompts:
-    """CLIP + T5 prompt embeddings, once per sweep (dev and schnell share them)."""
+rule embed_prompt:
+    """CLIP + T5 embeddings of one prompt at one sequence length (dev and schnell share them)."""
     input:
-        [marker_path(CONFIG, GRID.text_encoder_backbone(f)) for f in GRID.families],
+        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
     output:
-        [
-            PATHS.prompt_embedding(family, prompt["id"], length)
-            for family in GRID.families
-            for prompt in CONFIG["prompts"]
-            for length in GRID.sequence_lengths(family)
-        ],
+        PATHS.prompt_embedding("{family}", "{prompt}", "{length}"),
     log:
-        PATHS.log("embed_prompts"),
+        PATHS.log("embed_prompt", "{family}/{prompt}.L{length}"),
     conda:
         "../../envs/fewstep.yaml"
     resources:
         gpu=GPU,
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=60,
+    params:
+        # Re-embed exactly the prompt whose text changed (the encoders are the input marker).
+        text=lambda w: GRID.prompt(w.prompt)["text"],
     shell:
-        "python -m fewstep embed-prompts > {log} 2>&1"
+        "python -m fewstep embed-prompts --family {wildcards.family}"
+        " --prompt {wildcards.prompt} --length {wildcards.length} > {log:q} 2>&1"
 
 
-rule embed_identities:
-    """Face detection, alignment and the IR-SE50 ArcFace embedding of each identity."""
+rule embed_identity:
+    """Face detection, alignment and the IR-SE50 ArcFace embedding of one identity."""
     input:
         marker_path(CONFIG, "insightface"),
         marker_path(CONFIG, "arcface-irse50"),
@@ -33,13 +32,17 @@ rule embed_identities:
             if not i["image"].startswith("builtin:")
         ],
     output:
-        [PATHS.identity_embedding(i["id"]) for i in CONFIG["identities"]],
+        PATHS.identity_embedding("{identity}"),
     log:
-        PATHS.log("embed_identities"),
+        PATHS.log("embed_identity", "{identity}"),
     conda:
         "../../envs/fewstep.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        # Re-embed when the picture's content (or builtin name) or the face choice changes.
+        picture=lambda w: GRID.pictures[w.identity],
+        policy=CONFIG["face"]["policy"],
     shell:
-        "python -m fewstep embed-identities > {log} 2>&1"
+        "python -m fewstep embed-identities --identity {wildcards.identity} > {log:q} 2>&1"

@@ -28,7 +28,7 @@ rule aggregate:
         anchor=CONFIG.get("anchor"),
         comparison=CONFIG.get("comparison"),
     shell:
-        "python -m fewstep aggregate --out {output.summary} > {log} 2>&1"
+        "python -m fewstep aggregate --out {output.summary:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -72,4 +72,4 @@ rule report:
     params:
         report=CONFIG["report"],
     shell:
-        "python -m fewstep report --summary {input.summary} --out {output.page} > {log} 2>&1"
+        "python -m fewstep report --summary {input.summary:q} --out {output.page:q} > {log:q} 2>&1"

@@ -16,11 +16,15 @@ rule score:
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=120,
         batch=halved_per_attempt(CONFIG["scoring"]["batch_size"]),
+        attempt=attempt_number,
     params:
-        # Rescore when the metrics, the face pack or the anchor change.
+        # Rescore when the metrics, the face pack, the anchor or a reference picture change
+        # (a cell without a face adapter does not regenerate when a picture changes).
         scoring=CONFIG["scoring"],
+        pictures=GRID.pictures,
         face=CONFIG["face"],
         anchor=CONFIG.get("anchor"),
     shell:
         "python -m fewstep score --batch-size {resources.batch}"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log} 2>&1"
+        " --attempt {resources.attempt}"
+        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"

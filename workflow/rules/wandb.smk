@@ -16,7 +16,7 @@ rule wandb_aggregate:
         # switching tracking on (or to another project) relogs the sweep, never regenerates a cell
         wandb=CONFIG["wandb"],
     shell:
-        "python -m fewstep wandb-aggregate --out {output} > {log} 2>&1"
+        "python -m fewstep wandb-aggregate --out {output:q} > {log:q} 2>&1"
 
 
 rule wandb_sync:
@@ -30,7 +30,7 @@ rule wandb_sync:
         mem_mb=2000,
         runtime=120,
     shell:
-        "python -m fewstep wandb-sync > {log} 2>&1"
+        "python -m fewstep wandb-sync > {log:q} 2>&1"
 
 
 rule wandb_workspace:
@@ -44,4 +44,4 @@ rule wandb_workspace:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m fewstep wandb-workspace > {log} 2>&1"
+        "python -m fewstep wandb-workspace > {log:q} 2>&1"
