@@ -253,12 +253,29 @@ def write(tmp_path: Path, config: dict, name: str = "config.yaml") -> str:
         (lambda c: c["cells"][0]["backbones"].append("sdxl"), "cells[0].backbones: unknown backbone 'sdxl'"),
         (lambda c: c["cells"][0]["adapters"].append("ipa"), "cells[0].adapters: unknown adapter 'ipa'"),
         (lambda c: c["resolution"].update(height=1000), "resolution.height: 1000 is not a multiple of 16"),
+        (lambda c: c.update(seeds=[2**64]), "seeds[0]: 18446744073709551616 is greater than the maximum"),
+        (lambda c: c.update(seeds=[2**63]), "seeds[0]: 9223372036854775808 is greater than the maximum"),
+        (
+            lambda c: c.update(resolution={"width": 100000, "height": 100000}),
+            "resolution.width: 100000 is greater than the maximum of 8192",
+        ),
+        (
+            lambda c: c.update(resolution={"width": 4096, "height": 64}),
+            "resolution.width: 4096 px is beyond the flux limit of 2048 px; lower it, or set "
+            "resolution.max_side",
+        ),
     ],
 )
 def test_bad_config_is_one_line_and_a_nonzero_exit(raw_demo, tmp_path, capsys, mutate, expected):
     mutate(raw_demo)
     code, errors = run_cli(capsys, "validate", "--config", write(tmp_path, raw_demo))
     assert code == 1 and len(errors) == 1 and expected in errors[0], errors
+
+
+def test_resolution_beyond_the_family_limit_is_accepted_when_deliberate(raw_demo, tmp_path, capsys):
+    raw_demo.update(resolution={"width": 4096, "height": 64, "max_side": 4096}, seeds=[2**63 - 1])
+    code, errors = run_cli(capsys, "validate", "--config", write(tmp_path, raw_demo))
+    assert code == 0 and errors == []
 
 
 def test_corrupt_or_faceless_reference_image_is_one_line(config, tmp_path, capsys):
@@ -311,6 +328,36 @@ def test_missing_weights_folder_is_one_line(config, tmp_path, capsys):
     code, errors = run_cli(capsys, "generate", "--config", write(tmp_path, config), "--cell", CELL)
     assert code == 1 and len(errors) == 1
     assert "missing weights folder" in errors[0] and "nowhere" in errors[0] and "prepare" in errors[0]
+
+
+def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, capsys, monkeypatch):
+    """Every model the demo uses, scoring networks included, can come from a local folder in
+    the published layout (the tiny builds here); an empty or partial folder is one line."""
+    from fewstep.config import validate
+    from fewstep.models import marker_path, model_folder, prepare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = Grid(config).models
+    assert {"clip-vit-l14", "lpips-alex", "infiniteyou", "insightface"} <= set(names)
+    raw = copy.deepcopy(config)
+    raw.update(weights="real", models_dir=str(tmp_path / "models"))
+    raw["local_weights"] = {name: str(model_folder(config, name)) for name in names}
+    real = validate(raw)
+    for name in names:
+        assert prepare(real, name) == marker_path(real, name)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, missing in (
+        ("infiniteyou", "infu_flux_v1.0/aes_stage2/InfuseNetModel/config.json"),
+        ("clip-vit-l14", "config.json, model.safetensors, preprocessor_config.json"),
+        ("insightface", "models/antelopev2/scrfd_10g_bnkps.onnx"),
+    ):
+        raw["local_weights"] = {name: str(empty)}
+        raw["models_dir"] = str(tmp_path / f"models-{name}")
+        code, errors = run_cli(capsys, "prepare-model", "--config", write(tmp_path, raw), "--model", name)
+        assert code == 1 and len(errors) == 1, errors
+        assert f"error: config local_weights.{name}: {empty} lacks " in errors[0] and missing in errors[0]
+        assert not marker_path(validate(raw), name).exists()
 
 
 def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeypatch):
@@ -394,3 +441,71 @@ def test_cuda_out_of_memory_retries_with_half_the_batch(demo_run, tmp_path):
     assert result.stderr.count("Error in rule generate") == 2
     manifest = pd.read_parquet(demo_run / target)
     assert set(manifest["batch_size"]) == {1} and len(manifest) == 4
+
+
+def test_only_out_of_memory_is_retried(tiny_config, tmp_path, capsys, monkeypatch):
+    """Snakemake's retries exist to halve the batch; a retry of any other error returns its
+    line at once, without loading a model or generating anything."""
+    import torch
+
+    config, path = sweep(tiny_config, tmp_path, seeds=1)
+    unreadable = cli.FewstepError(f"image {tmp_path}/x.png cannot be read; replace it")
+    calls = []
+
+    def failing(config, cell, out=None, batch_size=None, **kwargs):
+        calls.append(batch_size)
+        if batch_size > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        raise unreadable
+
+    def attempt(number: int, batch: int) -> tuple[int, list[str]]:  # as the rule calls it
+        args = ["--cell", CELL, "--attempt", str(number), "--batch-size", str(batch)]
+        return run_cli(capsys, "generate", "--config", str(path), *args)
+
+    monkeypatch.setattr(generate, "run", failing)
+    note = Paths(config).no_retry_note("generate", CELL)
+    code, errors = attempt(1, 4)
+    assert code == 1 and "CUDA out of memory at batch size 4" in errors[0]
+    assert not note.exists()  # out of memory: the retry with half the batch runs
+    assert attempt(2, 1) == (1, [f"fewstep generate: error: {unreadable}"])
+    assert note.exists() and calls == [4, 1]
+    assert attempt(3, 1) == (
+        1,
+        [f"fewstep generate: error: {unreadable} (not retried: only CUDA out of memory is)"],
+    )
+    assert calls == [4, 1]  # not run again
+    monkeypatch.undo()  # the input fixed, a new run (attempt 1) starts clean
+    assert attempt(1, 1) == (0, []) and not note.exists()
+
+
+def test_a_missing_or_broken_config_file_is_one_line_with_file_and_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sweep: demo\nseeds: [0, 1\nprompts: [a]\n")
+    code, errors = run_cli(capsys, "validate", "--config", str(broken))
+    assert code == 1 and errors == [
+        f"fewstep validate: error: config file {broken} line 3 is not valid YAML; fix its syntax"
+    ]
+    code, errors = run_cli(capsys, "validate", "--config", str(tmp_path / "nope.yaml"))
+    missing = tmp_path / "nope.yaml"
+    assert code == 1 and errors == [
+        f"fewstep validate: error: config file {missing} does not exist; pass an existing --configfile"
+    ]
+
+
+def test_a_lock_left_by_a_killed_snakemake_is_explained_with_the_command(tmp_path):
+    from fewstep.resume import stale_lock_hint
+
+    demo = REPO / "config" / "demo.yaml"
+    assert stale_lock_hint(tmp_path, [demo]) is None
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/demo/cells/x/manifest.parquet\n")
+    result = snakemake(tmp_path, "-n", configfile=demo)
+    hints = [line for line in result.stderr.splitlines() if line.startswith("fewstep:")]
+    assert hints == [
+        f"fewstep: {locks} holds a lock; unless another Snakemake is running here, it was left by a killed "
+        f"run: `snakemake --unlock --configfile {demo}`, then rerun (finished work is kept)"
+    ]
+    unlocked = snakemake(tmp_path, "--unlock", configfile=demo)
+    assert unlocked.returncode == 0 and not (locks.exists() and any(locks.iterdir()))
+    assert "fewstep:" not in unlocked.stderr

@@ -182,15 +182,42 @@ def _link(folder: Path, target: Path) -> None:
     folder.symlink_to(target.resolve(), target_is_directory=True)
 
 
-def link_local(folder: Path, source: Path, name: str) -> None:
-    """Use weights the user already has (config local_weights) instead of downloading."""
+def link_local(config: dict[str, Any], folder: Path, source: Path, name: str) -> None:
+    """Use weights the user already has (config local_weights) instead of downloading,
+    once the folder is seen to hold every file the model loads."""
+    key = f"config local_weights.{name}"
     if not source.is_dir():
-        raise WeightsError(f"config local_weights.{name}: {source} is not a folder; fix the path")
+        raise WeightsError(f"{key}: {source} is not a folder; fix the path")
+    missing = [f for f in required_files(config, name) if not (source / f).exists()]
+    if missing:
+        raise WeightsError(
+            f"{key}: {source} lacks {', '.join(missing)}; point it at a folder in the published layout"
+        )
     _link(folder, source)
-    from fewstep.models import BACKBONES
+
+
+def required_files(config: dict[str, Any], name: str) -> list[str]:
+    """Files (relative to its folder) without which model `name` cannot load for this config."""
+    from fewstep.faces import PACK_FILES
+    from fewstep.models import ARCFACE_IRSE, BACKBONES, INFU_VERSION, face_packs, infusenet_variants
+    from fewstep.scoring_models import SCORING_MODELS
+    from fewstep.scoring_models import required_files as scoring_files
 
     if name in BACKBONES:
-        _require(folder, FLUX_REQUIRED, f"config local_weights.{name}")
+        return FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if _embeds_text(config, name) else [])
+    if name == "infiniteyou":
+        return [
+            f"{INFU_VERSION}/{variant}/{file}"
+            for variant in infusenet_variants(config)
+            for file in ("InfuseNetModel/config.json", "image_proj_model.bin")
+        ]
+    if name == "insightface":
+        return [f"models/{pack}/{file}" for pack in face_packs(config) for file in PACK_FILES[pack]]
+    if name == ARCFACE_IRSE.name:
+        return [ARCFACE_IRSE.extra["file"]]
+    if name in SCORING_MODELS:
+        return scoring_files(name)
+    raise WeightsError(f"no download recipe for model {name!r}")
 
 
 def _require(folder: Path, files: list[str], what: str) -> None:
@@ -275,16 +302,7 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
 
 def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     """Make `folder` hold the real weights of model `name`."""
-    from fewstep.models import (
-        ARCFACE_IRSE,
-        BACKBONES,
-        INFINITEYOU,
-        INFU_VERSION,
-        INSIGHTFACE,
-        face_packs,
-        infusenet_variants,
-        model_revision,
-    )
+    from fewstep.models import ARCFACE_IRSE, BACKBONES, INFINITEYOU, INSIGHTFACE, face_packs, model_revision
     from fewstep.scoring_models import SCORING_MODELS
 
     folder = Path(folder)
@@ -292,12 +310,10 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     if name in BACKBONES:
         spec = BACKBONES[name]
         _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), revision, spec.gated))
-        _require(folder, FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if _embeds_text(config, name) else []), name)
+        _require(folder, required_files(config, name), name)
     elif name == INFINITEYOU.name:
         _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name), revision))
-        for variant in infusenet_variants(config):
-            base = f"{INFU_VERSION}/{variant}"
-            _require(folder, [f"{base}/InfuseNetModel/config.json", f"{base}/image_proj_model.bin"], name)
+        _require(folder, required_files(config, name), name)
     elif name == INSIGHTFACE.name:
         source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name), revision)
         source = source / INSIGHTFACE_SUBDIR / "models"

@@ -210,7 +210,7 @@ def prepare(config: dict[str, Any], name: str) -> Path:
     elif name in config["local_weights"]:
         from fewstep.download import link_local
 
-        link_local(folder, Path(config["local_weights"][name]), name)
+        link_local(config, folder, Path(config["local_weights"][name]), name)
     else:
         from fewstep.download import fetch
 

@@ -289,6 +289,18 @@ def verify_name_hash(path: Path) -> None:
         )
 
 
+def required_files(name: str) -> list[str]:
+    """Files (relative to its folder) scoring model `name` loads."""
+    spec = SCORING_MODELS[name]
+    if name.startswith("lpips-"):
+        return [str(CHECKPOINTS / spec.extra["file"])]
+    if name == "pickscore":
+        return ["model/config.json", "model/model.safetensors", "processor/preprocessor_config.json"]
+    if name == "csd-vit-l":
+        return [spec.extra["file"]]
+    return ["config.json", "model.safetensors", "preprocessor_config.json"]
+
+
 def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
     """Real weights of scoring model `name` into `folder` (the download rule)."""
     from fewstep.download import _link, _require, fetch_url, snapshot
@@ -308,12 +320,7 @@ def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
             extra["processor_repo"], extra["processor_patterns"], extra["processor_revision"]
         )
         _link(folder / "processor", processor)
-        _require(folder, ["model/config.json", "model/model.safetensors"], name)
-        _require(folder, ["processor/preprocessor_config.json"], spec.extra["processor_repo"])
-    elif name == "csd-vit-l":
-        _require(folder, [spec.extra["file"]], name)
-    else:
-        _require(folder, ["config.json", "model.safetensors", "preprocessor_config.json"], name)
+    _require(folder, required_files(name), name)
 
 
 # --------------------------------------------------------------------------- loading
