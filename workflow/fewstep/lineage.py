@@ -11,7 +11,7 @@ version the generate job logged. Nothing here needs the network.
   the files at that commit on the hub, which W&B records without fetching them;
 - ``embeddings-<sweep>-<family>-L<length>`` and ``identities-<sweep>``
   (``embeddings``): the precomputed prompt and identity embeddings a cell reads;
-- ``images-<sweep>-<cell>`` (``images``): a cell's manifest, and its PNGs as
+- ``images-<sweep>-<cell>`` (``images``): a cell's manifest, and the PNGs it lists as
   checksummed references to the files under the results folder (not uploaded);
 - ``scores-<sweep>-<cell>``, ``trajectory-<sweep>-<cell>``: the per-image and per-step tables;
 - ``report-<sweep>`` (``report``): the aggregate tables and the report page.
@@ -23,6 +23,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from fewstep.grid import Cell, Grid
 from fewstep.paths import Paths
@@ -104,7 +106,8 @@ def images(config: dict[str, Any], cell_id: str, manifest: Path | None = None) -
         metadata={"cell_id": cell_id, "weights": config["weights"]},
     )
     artifact.add_file(str(manifest), name="manifest.parquet")
-    _file_reference(artifact, paths.cell_dir(cell_id) / "images", "images")
+    for image in pd.read_parquet(manifest, columns=["image"])["image"]:  # not stale files of the folder
+        _file_reference(artifact, paths.cell_dir(cell_id) / image, image)
     return artifact
 
 
