@@ -202,3 +202,35 @@ def test_the_config_check_agrees_with_diffusers(tiny_sd, family):
         predicted = reached_layers(family.unet, scale, "adapters.x.scale")
         assert predicted == apply_scale(pipe, scale, "adapters.x.scale"), scale
         assert predicted
+
+
+@pytest.mark.parametrize(
+    ("family", "kind"), [(specs.SDXL, "plus"), (specs.SD15, "plain")], ids=["sdxl", "sd15"]
+)
+def test_a_batch_gives_each_items_own_image(tiny_sd, prompts, references, family, kind):
+    """A batch of items with two prompts and two references gives the images of the items
+    run one at a time: no prompt or reference leaks into another item (diffusers repeats one
+    reference over a call, so each run of one reference is its own call)."""
+    from fewstep.families.sd.pipeline import Condition, decode, denoise, reference_runs
+
+    pipe = _pipe(tiny_sd, family, kind)
+    prompt, embeds = prompts[family.name], references[family.name, kind]
+    other_prompt = {k: v.flip(-1) for k, v in prompt.items()}
+    other_embeds = [e.flip(-1) for e in embeds]
+    conditions = [
+        Condition(prompt, embeds),
+        Condition(other_prompt, embeds),
+        Condition(prompt, other_embeds),
+    ]
+    assert reference_runs(conditions) == [[0, 1], [2]]
+    seeds = [3, 4, 5]
+    options = dict(steps=2, guidance_scale=family.guidance_scale, height=64, width=64)
+    result = denoise(pipe, conditions, seeds, **options, capture_x0=True)
+    evaluations = 3 if family is specs.SD15 else 2  # PNDM repeats its second timestep
+    assert len(result.step_seconds) == len(result.timesteps) == len(result.x0) == evaluations
+    assert result.x0[0].shape[0] == 3
+    batch = decode(pipe, result.latents)
+    for image, condition, seed in zip(batch, conditions, seeds, strict=True):
+        alone = decode(pipe, denoise(pipe, [condition], [seed], **options).latents)[0]
+        np.testing.assert_allclose(image, alone, atol=1e-4)
+    assert min(np.abs(batch[i] - batch[j]).mean() for i, j in ((0, 1), (0, 2), (1, 2))) > 1e-3

@@ -192,14 +192,55 @@ def encode_reference(pipe: Any, image: Any, device: torch.device) -> list[torch.
 
 
 @dataclass
-class Generation:
-    """One image and what each step cost. Step 0's time includes the pipeline's set-up."""
+class Condition:
+    """One image's conditioning: prompt embeddings keyed by the pipeline's argument names and,
+    with an adapter, one `cat([negative, positive])` image-embedding tensor per adapter."""
 
-    image: np.ndarray  # [H, W, 3] float in [0, 1], diffusers' output_type="np"
+    prompt: dict[str, torch.Tensor]
+    image_embeds: list[torch.Tensor] | None = None
+
+    def same_reference(self, other: Condition) -> bool:
+        if self.image_embeds is None or other.image_embeds is None:
+            return self.image_embeds is other.image_embeds
+        return all(torch.equal(a, b) for a, b in zip(self.image_embeds, other.image_embeds, strict=True))
+
+
+def reference_runs(conditions: list[Condition]) -> list[list[int]]:
+    """Indices of consecutive conditions that share a reference.
+
+    diffusers' pipelines repeat the given `ip_adapter_image_embeds` over the whole batch
+    (one reference image for every prompt of a call), so a batch can only hold items of
+    one reference; the grid's item order (reference x prompt x seed) keeps runs long.
+    """
+    runs: list[list[int]] = []
+    for i, condition in enumerate(conditions):
+        if runs and conditions[runs[-1][0]].same_reference(condition):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+@dataclass
+class Denoised:
+    """A batch's final latents and what each step cost. Step 0's time includes the set-up."""
+
+    latents: torch.Tensor
+    timesteps: list[float]  # one per UNet evaluation (PNDM: steps + 1)
+    step_seconds: list[float]
+    denoise_seconds: float
+    x0: list[torch.Tensor] = field(default_factory=list)  # latent clean-image estimate after each step
+
+
+@dataclass
+class Generation:
+    """One image (diffusers' output_type="np": [H, W, 3] float in [0, 1]) and its timings."""
+
+    image: np.ndarray
     timesteps: list[float]
     step_seconds: list[float]
     decode_seconds: float
-    x0: list[torch.Tensor] = field(default_factory=list)  # latent clean-image estimate after each step
+    x0: list[torch.Tensor] = field(default_factory=list)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -235,6 +276,112 @@ def clean_estimate(scheduler: Any, sample: torch.Tensor, timestep: Any, eps: tor
     return x0.to(sample.dtype)
 
 
+def denoise(
+    pipe: Any,
+    conditions: list[Condition],
+    seeds: list[int],
+    *,
+    steps: int,
+    guidance_scale: float,
+    height: int,
+    width: int,
+    capture_x0: bool = False,
+) -> Denoised:
+    """A batch through the pipeline's own loop (`output_type="latent"`), one call per run of
+    items sharing a reference, image i from the noise of seed `seeds[i]` drawn on the CPU
+    (the same on every device); steps are timed across the calls."""
+    runs = [
+        _denoise_run(
+            pipe,
+            [conditions[i] for i in run],
+            [seeds[i] for i in run],
+            steps,
+            guidance_scale,
+            height,
+            width,
+            capture_x0,
+        )
+        for run in reference_runs(conditions)
+    ]
+    return Denoised(
+        latents=torch.cat([r.latents for r in runs]),
+        timesteps=runs[0].timesteps,
+        step_seconds=[sum(times) for times in zip(*(r.step_seconds for r in runs), strict=True)],
+        denoise_seconds=sum(r.denoise_seconds for r in runs),
+        x0=[torch.cat(step) for step in zip(*(r.x0 for r in runs), strict=True)],
+    )
+
+
+def _denoise_run(
+    pipe: Any,
+    conditions: list[Condition],
+    seeds: list[int],
+    steps: int,
+    guidance_scale: float,
+    height: int,
+    width: int,
+    capture_x0: bool,
+) -> Denoised:
+    device = pipe._execution_device
+    cfg = guidance_scale > 1
+    marks: list[float] = []
+    record: dict[str, list] = {"t": [], "x0": []}
+    hook = _NoisePrediction(pipe.unet) if capture_x0 else None
+
+    def on_step_end(pipeline, index, timestep, tensors):
+        _synchronize(device)
+        marks.append(time.perf_counter())
+        record["t"].append(float(timestep))
+        if hook is not None:
+            eps, sample = hook.output, hook.sample
+            if cfg:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + guidance_scale * (cond - uncond)
+                sample = sample.chunk(2)[1]
+            record["x0"].append(clean_estimate(pipeline.scheduler, sample, timestep, eps).cpu())
+        return tensors
+
+    kwargs = {k: torch.cat([c.prompt[k] for c in conditions]) for k in conditions[0].prompt}
+    embeds = conditions[0].image_embeds
+    if embeds is not None:
+        kwargs["ip_adapter_image_embeds"] = embeds if cfg else [e.chunk(2)[1] for e in embeds]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    _synchronize(device)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            latents = pipe(
+                **kwargs,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+            ).images
+    finally:
+        if hook is not None:
+            hook.handle.remove()
+    times = [start, *marks]
+    return Denoised(
+        latents=latents,
+        timesteps=record["t"],
+        step_seconds=[b - a for a, b in zip(times, times[1:], strict=False)],
+        denoise_seconds=times[-1] - start,
+        x0=record["x0"],
+    )
+
+
+def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    """Latents (final or x0) to [B, H, W, 3] floats in [0, 1], as the pipeline decodes them
+    (its fp16 VAE upcast never applies: jobs run in bf16 or float32)."""
+    vae = pipe.vae
+    with torch.no_grad():
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="np")
+
+
 def generate(
     pipe: Any,
     *,
@@ -247,54 +394,25 @@ def generate(
     width: int,
     capture_x0: bool = False,
 ) -> Generation:
-    """One image through the pipeline's own loop, with per-step timing (and x0)."""
+    """One image: `denoise` then `decode`."""
     device = pipe._execution_device
-    cfg = guidance_scale > 1
-    record: dict[str, list] = {"t": [], "seconds": [], "x0": []}
-    hook = _NoisePrediction(pipe.unet) if capture_x0 else None
-
-    def on_step_end(pipeline, index, timestep, tensors):
-        _synchronize(device)
-        record["seconds"].append(time.perf_counter())
-        record["t"].append(float(timestep))
-        if hook is not None:
-            eps = hook.output
-            sample = hook.sample
-            if cfg:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + guidance_scale * (cond - uncond)
-                sample = sample.chunk(2)[1]
-            record["x0"].append(clean_estimate(pipeline.scheduler, sample, timestep, eps).cpu())
-        return tensors
-
-    kwargs = dict(prompt)
-    if image_embeds is not None:
-        kwargs["ip_adapter_image_embeds"] = image_embeds if cfg else [e.chunk(2)[1] for e in image_embeds]
-    generator = torch.Generator("cpu").manual_seed(seed)
-    _synchronize(device)
+    result = denoise(
+        pipe,
+        [Condition(prompt, image_embeds)],
+        [seed],
+        steps=steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        capture_x0=capture_x0,
+    )
     start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            image = pipe(
-                **kwargs,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                height=height,
-                width=width,
-                generator=generator,
-                output_type="np",
-                callback_on_step_end=on_step_end,
-            ).images[0]
-    finally:
-        if hook is not None:
-            hook.handle.remove()
+    image = decode(pipe, result.latents)[0]
     _synchronize(device)
-    end = time.perf_counter()
-    marks = [start, *record["seconds"]]
     return Generation(
         image=image,
-        timesteps=record["t"],
-        step_seconds=[b - a for a, b in zip(marks, marks[1:], strict=False)],
-        decode_seconds=end - marks[-1],
-        x0=record["x0"],
+        timesteps=result.timesteps,
+        step_seconds=result.step_seconds,
+        decode_seconds=time.perf_counter() - start,
+        x0=result.x0,
     )
