@@ -160,6 +160,7 @@ def main() -> None:
         "card": card,
         "torch": torch.__version__,
         "weights": args.weights,
+        "dtype": "bfloat16" if args.device == "cuda" else "float32",
         "date": time.strftime("%Y-%m-%d"),
     }
     import diffusers
