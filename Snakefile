@@ -3,7 +3,7 @@
     snakemake --cores all                                   # the study (config.yaml)
     snakemake --cores all --configfile config/demo.yaml     # offline demo, tiny models
 
-Cells and items come from fewstep.grid; paths from fewstep.paths; every rule
+Cells and items come from fewstep.grid; paths from fewstep.core.paths; every rule
 calls one `fewstep <command>` (workflow/fewstep/cli.py).
 """
 
@@ -17,12 +17,12 @@ min_version("9.0")
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
 
-from fewstep import jobenv
-from fewstep.config import validate, write_resolved
-from fewstep.errors import FewstepError
+from fewstep.core import jobenv
+from fewstep.core.config import validate, write_resolved
+from fewstep.core.errors import FewstepError
 from fewstep.grid import Grid
-from fewstep.paths import CELL_PATTERN, Paths
-from fewstep.resume import stale_lock_hint
+from fewstep.core.paths import CELL_PATTERN, Paths
+from fewstep.core.resume import stale_lock_hint
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
 if not workflow.overwrite_configfiles:

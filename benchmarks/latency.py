@@ -28,9 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep import generate, models, precompute  # noqa: E402
-from fewstep.config import validate  # noqa: E402
+from fewstep.core.config import validate  # noqa: E402
+from fewstep.families.flux import models
 from fewstep.grid import Grid  # noqa: E402
+from fewstep.jobs import (
+    generate,  # noqa: E402
+    precompute,
+)
 
 VARIANTS = {
     "base": {"fp8_weights": False, "offload": "none"},

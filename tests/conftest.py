@@ -35,9 +35,9 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_root) -> dict:
     """Validated demo config whose tiny models are built (once per test session)."""
-    from fewstep.config import validate
+    from fewstep.core.config import validate
+    from fewstep.families.flux.models import prepare
     from fewstep.grid import Grid
-    from fewstep.models import prepare
 
     raw = demo_yaml()
     raw["results_dir"] = str(tiny_root / "results")
@@ -52,7 +52,7 @@ def tiny_config(tiny_root) -> dict:
 @pytest.fixture(scope="session")
 def embedded(tiny_config) -> dict:
     """The tiny config with its prompt and identity embeddings computed (once per session)."""
-    from fewstep import precompute
+    from fewstep.jobs import precompute
 
     precompute.embed_prompts(tiny_config)
     precompute.embed_identities(tiny_config)

@@ -91,8 +91,8 @@ def latency(backbone: str, steps: int) -> float:
 def write_scores(config: dict, lpips: bool = True, images: bool = True, noise: bool = True) -> pd.DataFrame:
     """One scores table per cell (and a tiny PNG per image when `images`), with the manifest's
     provenance and timing columns (warmup, device_name, dtype, batch_size, weights_digest)."""
+    from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
-    from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
     rng = np.random.default_rng(0)
@@ -144,8 +144,8 @@ def write_scores(config: dict, lpips: bool = True, images: bool = True, noise: b
 def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
     """A trajectory table in the shared format: id_sim of x0 rises linearly to the final value,
     the residual RMS halves every step while the velocity RMS stays 1; one PNG per (item, step)."""
+    from fewstep.core.paths import Paths
     from fewstep.grid import Cell, Grid, image_keys
-    from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
     cell = Cell.parse(cell_id)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import synthetic_sweep as synth
 
-from fewstep import aggregate
-from fewstep.config import validate
-from fewstep.metric_registry import metric_columns, spec
-from fewstep.paths import Paths
+from fewstep.analysis import aggregate
+from fewstep.analysis.metric_registry import metric_columns, spec
+from fewstep.core.config import validate
+from fewstep.core.paths import Paths
 
 DEV = "flux-dev/infusenet-aes"
 ANCHOR, CANDIDATE = f"{DEV}/16", "flux-schnell/infusenet-aes/4"

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from fewstep.config import fingerprint, load, validate
-from fewstep.errors import ConfigError
+from fewstep.core.config import fingerprint, load, validate
+from fewstep.core.errors import ConfigError
 
 
 def test_defaults_are_filled(raw_demo):

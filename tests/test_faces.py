@@ -16,8 +16,9 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils.face_align import arcface_dst, estimate_norm
 
-from fewstep import arcface_irse, faces
-from fewstep.errors import WeightsError
+from fewstep.core.errors import WeightsError
+from fewstep.faces import analyzer as faces
+from fewstep.faces import arcface_irse
 
 FIXTURE = Path(__file__).parent / "fixtures" / "irse50_state_dict.json"
 SKIN_BGR = (150, 180, 220)  # a flat skin tone inside the tiny detector's YCbCr band

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from fewstep import generate, precompute
+from fewstep.core.paths import Paths
 from fewstep.grid import Grid
-from fewstep.paths import Paths
+from fewstep.jobs import generate, precompute
 
 
 def test_prompt_and_identity_embeddings_are_written_once_per_sweep(embedded):
@@ -80,7 +80,7 @@ def own_results(embedded, tmp_path) -> dict:
 
 
 def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_results):
-    from fewstep.models import generation_weights, weights_digest
+    from fewstep.families.flux.models import generation_weights, weights_digest
 
     cell = "flux-schnell/infusenet-aes/2"
     manifest = pd.read_parquet(generate.run(own_results, cell, progress=False, batch_size=3))
@@ -118,7 +118,7 @@ def _reseeded_backbone(source, target, seed: int):
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from fewstep.tiny import TINY_TRANSFORMER
+    from fewstep.families.flux.tiny import TINY_TRANSFORMER
 
     shutil.copytree(source, target)
     torch.manual_seed(seed)
@@ -128,7 +128,7 @@ def _reseeded_backbone(source, target, seed: int):
 
 def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
     """local_weights pointed at another folder (as another hub revision would): no image is reused."""
-    from fewstep.models import model_folder, prepare
+    from fewstep.families.flux.models import model_folder, prepare
 
     config = dict(own_results, weights="real", models_dir=str(tmp_path / "models"))
     tiny_backbone = model_folder(own_results, "flux-schnell")
@@ -161,7 +161,7 @@ def test_batch_size_or_device_change_regenerates(own_results, monkeypatch, capsy
     if change == "batch_size":
         own_results["generation"]["batch_size"] = 2
     else:
-        from fewstep import provenance
+        from fewstep.core import provenance
 
         monkeypatch.setattr(provenance, "device_name", lambda device: "another card")
     other = pd.read_parquet(generate.run(own_results, cell, progress=False))

@@ -1,4 +1,4 @@
-"""GPU card locks (fewstep.gpus): real processes on simulated cards (FEWSTEP_GPUS=N)."""
+"""GPU card locks (fewstep.core.gpus): real processes on simulated cards (FEWSTEP_GPUS=N)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewstep import gpus
-from fewstep.errors import ConfigError
+from fewstep.core import gpus
+from fewstep.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A GPU job as the CLI runs one: claim a card first, then work (here: sleep), then exit.
 JOB = """
 import json, os, sys, time
-from fewstep import gpus
+from fewstep.core import gpus
 claim = gpus.claim("cuda", poll_s=0.05)
 start = time.time()
 with open(sys.argv[1] + ".start", "w") as f:

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from fewstep.config import validate
-from fewstep.errors import ConfigError
+from fewstep.core.config import validate
+from fewstep.core.errors import ConfigError
+from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid, Item
-from fewstep.paths import Paths
 
 
 def test_demo_grid_cells_and_items(raw_demo):
@@ -43,7 +43,7 @@ def test_demo_grid_cells_and_items(raw_demo):
 
 
 def test_study_grid_crosses_every_block(tmp_path):
-    from fewstep.config import load
+    from fewstep.core.config import load
     from tests.conftest import REPO
 
     grid = Grid(load([REPO / "config.yaml"]))

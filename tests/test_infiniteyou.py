@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from fewstep import control, generate, models, precompute
-from fewstep.config import validate
-from fewstep.errors import WeightsError
+from fewstep.core.config import validate
+from fewstep.core.errors import WeightsError
+from fewstep.families.flux import control, models
 from fewstep.grid import Cell, Grid
+from fewstep.jobs import generate, precompute
 
 
 def test_letterbox_follows_infiniteyou():

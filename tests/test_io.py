@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fewstep.io import atomic_path, atomic_write_text
+from fewstep.core.io import atomic_path, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_files_with_normal_permissions(tmp_path):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fewstep import lineage
-from fewstep.config import validate
-from fewstep.models import BACKBONES
-from fewstep.paths import Paths
+from fewstep.core.config import validate
+from fewstep.core.paths import Paths
+from fewstep.families.flux.models import BACKBONES
+from fewstep.tracking import lineage
 
 COMMIT = "c" * 40
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep import models, sampling
-from fewstep.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+from fewstep.families.flux import models, sampler
+from fewstep.families.flux.resampler import PUBLISHED, Resampler, infer_config, load_resampler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -57,8 +57,8 @@ def test_dev_and_schnell_differ_as_the_real_ones(config):
     assert schnell.transformer.config.guidance_embeds is False
     assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
     assert schnell.scheduler.config.shift == 1.0 and schnell.scheduler.config.use_dynamic_shifting is False
-    assert sampling.schedule(schnell.scheduler, 4, 16, cpu) == [1.0, 0.75, 0.5, 0.25]
-    dev_sigmas = sampling.schedule(dev.scheduler, 4, 16, cpu)
+    assert sampler.schedule(schnell.scheduler, 4, 16, cpu) == [1.0, 0.75, 0.5, 0.25]
+    dev_sigmas = sampler.schedule(dev.scheduler, 4, 16, cpu)
     assert dev_sigmas[0] == 1.0 and all(d > s for d, s in zip(dev_sigmas[1:], [0.75, 0.5, 0.25], strict=True))
     # text encoders and VAE are shared, as in the published repos
     for sub in ("vae", "text_encoder", "text_encoder_2"):
@@ -95,7 +95,7 @@ def test_resampler_keys_match_the_published_checkpoint():
 
 def test_published_resampler_file_layout_loads_strictly(tmp_path):
     """A checkpoint written in the published format (state dict under image_proj) loads back."""
-    from fewstep.resampler import ResamplerConfig, save_resampler
+    from fewstep.families.flux.resampler import ResamplerConfig, save_resampler
 
     small = ResamplerConfig(dim=64, depth=2, dim_head=64, heads=2, num_queries=8, output_dim=48, ff_mult=4)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ LFS_SUFFIXES = {".safetensors", ".bin", ".onnx", ".pth"}
 
 def pinned_revision(repo_id: str) -> str:
     """The revision the registry fetches `repo_id` at."""
-    from fewstep.scoring_models import SCORING_MODELS
+    from fewstep.scoring.networks import SCORING_MODELS
 
     specs = [*models.REGISTRY.values(), *SCORING_MODELS.values()]
     pins = {s.repo_id: s.revision for s in specs if s.repo_id}
@@ -160,7 +160,7 @@ def _fake_hub_cache(cache: Path, repo_id: str, source: Path, prefix: str = "") -
 def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     """The real download path, offline: snapshot_download finds a cached snapshot, the
     model folder becomes a link to it, and the real loaders read it."""
-    from fewstep.download import INSIGHTFACE_SUBDIR
+    from fewstep.registry.hub import INSIGHTFACE_SUBDIR
 
     cache = tmp_path / "hub"
     commits = {}
@@ -202,7 +202,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
 
 
 def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
-    from fewstep.errors import WeightsError
+    from fewstep.core.errors import WeightsError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
@@ -224,18 +224,18 @@ def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
     import httpx2
     from huggingface_hub.errors import GatedRepoError
 
-    from fewstep import download
+    from fewstep.registry import hub
 
     def refuse(*args, **kwargs):
         response = httpx2.Response(401, request=httpx2.Request("GET", "https://huggingface.co/api"))
         raise GatedRepoError("gated", response=response)
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", refuse)
-    monkeypatch.setattr(download, "_check_space", lambda *a: None)
+    monkeypatch.setattr(hub, "_check_space", lambda *a: None)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(Exception) as excinfo:
-        download.snapshot("black-forest-labs/FLUX.1-dev", ["vae/*"], "main", gated=True)
+        hub.snapshot("black-forest-labs/FLUX.1-dev", ["vae/*"], "main", gated=True)
     assert "accept its licence at https://huggingface.co/black-forest-labs/FLUX.1-dev" in str(excinfo.value)
     assert "HF_TOKEN" in str(excinfo.value) and "\n" not in str(excinfo.value)
 
@@ -243,7 +243,7 @@ def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
 def test_missing_weights_folder_names_it(config, tmp_path):
     from diffusers import FluxTransformer2DModel
 
-    from fewstep.errors import WeightsError
+    from fewstep.core.errors import WeightsError
 
     with pytest.raises(WeightsError, match=r"missing weights folder .*nowhere; run the prepare"):
         models.load_component(
@@ -252,8 +252,8 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
 
 def test_downloads_only_what_the_study_uses():
-    from fewstep.config import load
-    from fewstep.download import allow_patterns
+    from fewstep.core.config import load
+    from fewstep.registry.hub import allow_patterns
     from tests.conftest import REPO
 
     study = load([REPO / "config.yaml"])
@@ -276,8 +276,8 @@ def test_downloads_only_what_the_study_uses():
 
 
 def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_path, monkeypatch):
-    from fewstep.config import validate
-    from fewstep.errors import ConfigError, WeightsError
+    from fewstep.core.config import validate
+    from fewstep.core.errors import ConfigError, WeightsError
     from fewstep.grid import Grid
 
     raw = dict(raw_demo, revisions={"flux-schnell": "b" * 40})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fewstep import provenance
+from fewstep.core import provenance
 
 
 def test_tables_carry_the_runtime_of_their_images_per_cell_or_over_the_sweep(raw_demo):
-    from fewstep.config import validate
+    from fewstep.core.config import validate
 
     config = validate(raw_demo)
     images = pd.DataFrame(

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from fewstep import cli, generate, precompute
+from fewstep import cli
+from fewstep.core.paths import Paths
 from fewstep.grid import Grid
-from fewstep.paths import Paths
+from fewstep.jobs import generate, precompute
 from tests.conftest import REPO, snakemake
 
 CELL = "flux-dev/infusenet-aes/8"
@@ -130,8 +131,8 @@ def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
 
 def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, tmp_path):
     """Two sweeps that share nothing, tiny models built twice: the same bytes."""
-    from fewstep.config import validate
-    from fewstep.models import prepare
+    from fewstep.core.config import validate
+    from fewstep.families.flux.models import prepare
     from tests.conftest import demo_yaml
 
     shas = []
@@ -157,7 +158,7 @@ def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, 
 def test_images_and_tables_carry_their_provenance(demo_run):
     from PIL import Image
 
-    from fewstep.config import config_hash, load
+    from fewstep.core.config import config_hash, load
 
     cwd = Path.cwd()
     os.chdir(demo_run)
@@ -333,8 +334,8 @@ def test_missing_weights_folder_is_one_line(config, tmp_path, capsys):
 def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, capsys, monkeypatch):
     """Every model the demo uses, scoring networks included, can come from a local folder in
     the published layout (the tiny builds here); an empty or partial folder is one line."""
-    from fewstep.config import validate
-    from fewstep.models import marker_path, model_folder, prepare
+    from fewstep.core.config import validate
+    from fewstep.families.flux.models import marker_path, model_folder, prepare
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     names = Grid(config).models
@@ -364,7 +365,7 @@ def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeyp
     import httpx2
     from huggingface_hub.errors import GatedRepoError
 
-    from fewstep import download
+    from fewstep.registry import hub
 
     def refuse(*args, **kwargs):
         response = httpx2.Response(401, request=httpx2.Request("GET", "https://huggingface.co/api"))
@@ -372,7 +373,7 @@ def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeyp
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", refuse)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
-    monkeypatch.setattr(download, "_check_space", lambda *a: None)
+    monkeypatch.setattr(hub, "_check_space", lambda *a: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     config.update(weights="real", models_dir=str(tmp_path / "models"))
     code, errors = run_cli(
@@ -395,7 +396,7 @@ def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, 
             pngs.append(target)
         return real_replace(source, target)
 
-    monkeypatch.setattr("fewstep.io.os.replace", replace)
+    monkeypatch.setattr("fewstep.core.io.os.replace", replace)
     code, errors = run_cli(capsys, "generate", "--config", str(path), "--cell", CELL)
     assert code == 1 and len(errors) == 1, errors
     assert errors[0].startswith("fewstep generate: error: disk full while writing ")
@@ -410,14 +411,14 @@ def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, 
 def test_cuda_out_of_memory_is_one_line(tiny_config, tmp_path, capsys, monkeypatch):
     import torch
 
-    from fewstep import sampling
+    from fewstep.families.flux import sampler
 
     config, path = sweep(tiny_config, tmp_path, seeds=1)
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(sampling, "denoise", no_memory)
+    monkeypatch.setattr(sampler, "denoise", no_memory)
     code, errors = run_cli(capsys, "generate", "--config", str(path), "--cell", CELL, "--batch-size", "4")
     assert code == 1 and len(errors) == 1
     assert errors[0].startswith(
@@ -493,7 +494,7 @@ def test_a_missing_or_broken_config_file_is_one_line_with_file_and_line(tmp_path
 
 
 def test_a_lock_left_by_a_killed_snakemake_is_explained_with_the_command(tmp_path):
-    from fewstep.resume import stale_lock_hint
+    from fewstep.core.resume import stale_lock_hint
 
     demo = REPO / "config" / "demo.yaml"
     assert stale_lock_hint(tmp_path, [demo]) is None

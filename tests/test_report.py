@@ -8,9 +8,9 @@ import pytest
 import synthetic_sweep as synth
 from PIL import Image
 
-from fewstep import aggregate, report
-from fewstep.config import config_hash, validate
-from fewstep.paths import Paths
+from fewstep.analysis import aggregate, report
+from fewstep.core.config import config_hash, validate
+from fewstep.core.paths import Paths
 
 QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref")
 

@@ -21,7 +21,7 @@ import pytest
 from chromium import CHROMIUM, broken, image_states, screenshot
 from PIL import Image
 
-from fewstep.config import config_hash, load
+from fewstep.core.config import config_hash, load
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,18 @@ import torch
 import yaml
 from PIL import Image
 
-from fewstep import cli, download, faces, models, score
-from fewstep import scoring_models as sm
-from fewstep.errors import InputError, WeightsError
+from fewstep import cli
+from fewstep.core.errors import InputError, WeightsError
+from fewstep.core.images import load_rgb
+from fewstep.core.paths import Paths
+from fewstep.faces import analyzer as faces
+from fewstep.families.flux import models
 from fewstep.grid import Grid, image_keys
-from fewstep.images import load_rgb
-from fewstep.metrics import CLIPScore, JobModels, PerceptualDistance, PickScore, fit
-from fewstep.paths import Paths
+from fewstep.jobs import score
+from fewstep.registry import hub
+from fewstep.scoring import networks as sm
+from fewstep.scoring.base import JobModels
+from fewstep.scoring.metrics import CLIPScore, PerceptualDistance, PickScore, fit
 from tests.test_models import _fake_hub_cache
 
 ALL = ["identity", "lpips", "clip_score", "pick_score", "clip_i", "dino", "csd"]
@@ -421,21 +426,21 @@ def _zip_tiny_pack(tmp_path: Path, pack: str) -> Path:
 
 
 def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypatch):
-    from fewstep.io import sha256_file
+    from fewstep.core.io import sha256_file
 
     cache = tmp_path / "hub"
     tiny_faces = models.model_folder(scoring_config, "insightface")
-    _fake_hub_cache(cache, "ByteDance/InfiniteYou", tiny_faces, download.INSIGHTFACE_SUBDIR)
+    _fake_hub_cache(cache, "ByteDance/InfiniteYou", tiny_faces, hub.INSIGHTFACE_SUBDIR)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["face"] = dict(real["face"], pack="buffalo_l")
-    assert download.allow_patterns(real, "insightface") == [  # buffalo_l is not among them
+    assert hub.allow_patterns(real, "insightface") == [  # buffalo_l is not among them
         "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
         "supports/insightface/models/antelopev2/glintr100.onnx",
     ]
     archive = _zip_tiny_pack(tmp_path, "buffalo_l")
-    url, _ = download.FACE_PACK_ZIPS["buffalo_l"]
+    url, _ = hub.FACE_PACK_ZIPS["buffalo_l"]
     assert url == "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip"
     placed = models.model_folder(real, "insightface") / "models" / "buffalo_l.zip"
     placed.parent.mkdir(parents=True)
@@ -444,7 +449,7 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
         models.prepare(real, "insightface")
     assert not placed.exists()
     placed.write_bytes(archive.read_bytes())
-    monkeypatch.setitem(download.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
+    monkeypatch.setitem(hub.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
     models.prepare(real, "insightface")
     pack = models.model_folder(real, "insightface") / "models" / "buffalo_l"
     assert sorted(p.name for p in pack.iterdir()) == sorted(faces.PACK_FILES["buffalo_l"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 from fewstep.families.sd import specs
 from fewstep.families.sd.pipeline import (
     apply_scale,

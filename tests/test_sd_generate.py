@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 from fewstep.families.sd import specs
 from fewstep.families.sd.pipeline import encode_prompt, generate, load_pipeline, set_scheduler
 

@@ -143,7 +143,7 @@ def test_random_image_encoders_are_the_published_ones(tmp_path):
 def test_instantstyle_on_the_published_unets(tmp_path, family):
     """Random mode on the meta device: h94's Plus adapter with its encoder attaches to the
     full-size UNet, and InstantStyle's dicts reach the same layers as on the tiny one."""
-    from fewstep.errors import ConfigError
+    from fewstep.core.errors import ConfigError
     from fewstep.families.sd.pipeline import apply_scale, attach_ip_adapter
 
     write_random_pipeline(family, tmp_path / family.folder)

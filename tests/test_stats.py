@@ -1,4 +1,4 @@
-"""fewstep.stats on synthetic data with known answers, and its claims checked by simulation
+"""fewstep.analysis.stats on synthetic data with known answers, and its claims checked by simulation
 at the design sizes the configs ship with (seeded, vectorised: seconds)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from synthetic_sweep import curve_frame, rng_frame
 
-from fewstep.stats import (
+from fewstep.analysis.stats import (
     SHAPES,
     coverage_table,
     crossed_components,

@@ -25,10 +25,10 @@ import pytest
 import yaml
 from wandb_harness import ANCHOR, CELL, LOG_TEXT, PADDING, STRACE, UNSHARE, clean_env, run_cli
 
-from fewstep import tracking
-from fewstep.config import validate
-from fewstep.errors import ConfigError
-from fewstep.wandb_reader import WandbFileError, find_run_files, read_run
+from fewstep.core.config import validate
+from fewstep.core.errors import ConfigError
+from fewstep.tracking import runs
+from fewstep.tracking.wandb_reader import WandbFileError, find_run_files, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "wandb_harness.py"
@@ -175,7 +175,7 @@ def test_offline_jobs_write_only_inside_results_and_use_no_network(isolated) -> 
 
 
 def test_stock_wandb_offline_is_caught_by_the_same_detectors(tmp_path) -> None:
-    """The control: without fewstep.tracking, wandb writes to HOME and looks up its server."""
+    """The control: without fewstep.tracking.runs, wandb writes to HOME and looks up its server."""
     caught = run_isolated(tmp_path, demo_config(tmp_path), "stock")
     assert any(p.startswith(".cache/wandb") for p in caught["outside"])
     outside = tmp_path / "outside"
@@ -226,20 +226,20 @@ def test_failed_job_ends_its_run_failed(isolated) -> None:
 
 def test_run_ids_are_stable_per_sweep_job_and_cell(raw_demo) -> None:
     config = validate(raw_demo)
-    score = tracking.run_id(config, "score", CELL)
+    score = runs.run_id(config, "score", CELL)
     assert re.fullmatch(r"score-[0-9a-f]{16}", score)
-    assert score == tracking.run_id(validate(copy.deepcopy(raw_demo)), "score", CELL)
+    assert score == runs.run_id(validate(copy.deepcopy(raw_demo)), "score", CELL)
     # where files go and how runs are logged do not make another run ...
     moved = dict(raw_demo, results_dir="/elsewhere", wandb={"mode": "online", "project": "other"})
-    assert tracking.run_id(validate(moved), "score", CELL) == score
+    assert runs.run_id(validate(moved), "score", CELL) == score
     # ... another job, cell, sweep or item set does
     others = {
-        tracking.run_id(config, "generate", CELL),
-        tracking.run_id(config, "score", ANCHOR),
-        tracking.run_id(validate(dict(raw_demo, sweep="other")), "score", CELL),
-        tracking.run_id(validate(dict(raw_demo, seeds=[0, 1])), "score", CELL),
-        tracking.run_id(config, "aggregate"),
-        tracking.run_id(validate(dict(raw_demo, seeds=[0, 1])), "aggregate"),
+        runs.run_id(config, "generate", CELL),
+        runs.run_id(config, "score", ANCHOR),
+        runs.run_id(validate(dict(raw_demo, sweep="other")), "score", CELL),
+        runs.run_id(validate(dict(raw_demo, seeds=[0, 1])), "score", CELL),
+        runs.run_id(config, "aggregate"),
+        runs.run_id(validate(dict(raw_demo, seeds=[0, 1])), "aggregate"),
     }
     assert len(others) == 6 and score not in others
 
@@ -247,7 +247,7 @@ def test_run_ids_are_stable_per_sweep_job_and_cell(raw_demo) -> None:
 def test_rerun_logs_to_the_same_run_id(isolated, score_run) -> None:
     printed = isolated["printed"]
     assert [p["attempt"] for p in printed] == [1, 2]
-    expected = tracking.run_id(isolated["config"], "score", CELL)
+    expected = runs.run_id(isolated["config"], "score", CELL)
     assert printed[0]["run_id"] == printed[1]["run_id"] == score_run.run_id == expected
     assert score_run.resume  # resume="allow": after a sync the rerun continues the uploaded run
 
@@ -258,10 +258,10 @@ def _slug(cell_id: str) -> str:
 
 def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_run, monkeypatch) -> None:
     """The lineage records, read back: inputs (`use_artifact`) and the output (`log_artifact`)."""
-    from fewstep import lineage
+    from fewstep.core.paths import Paths
     from fewstep.grid import Grid
-    from fewstep.paths import Paths
-    from fewstep.scoring_models import SCORING_MODELS
+    from fewstep.scoring.networks import SCORING_MODELS
+    from fewstep.tracking import lineage
 
     config = isolated["config"]
     monkeypatch.setenv("WANDB_DATA_DIR", str(isolated["results"] / "test-staging"))  # drafts stage here
@@ -332,22 +332,22 @@ def test_mode_config_decides_env_can_only_disable(monkeypatch, tmp_path) -> None
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert tracking.resolve_mode({"mode": "auto"}) == "offline"
+    assert runs.resolve_mode({"mode": "auto"}) == "offline"
     (tmp_path / "netrc").write_text("machine api.forge.coreweave.com\n  login user\n  password " + "a" * 40)
-    assert tracking.resolve_mode({"mode": "auto"}) == "online"
+    assert runs.resolve_mode({"mode": "auto"}) == "online"
     (tmp_path / "netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
-    assert tracking.resolve_mode({"mode": "auto"}) == "online"
+    assert runs.resolve_mode({"mode": "auto"}) == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert tracking.resolve_mode({"mode": "online"}) == "online"
+    assert runs.resolve_mode({"mode": "online"}) == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert tracking.resolve_mode({"mode": "online"}) == "disabled"
+    assert runs.resolve_mode({"mode": "online"}) == "disabled"
 
 
 def test_disabled_run_does_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     config = demo_config(tmp_path, mode="disabled")
-    with tracking.job_run(config, "score", CELL) as run:
+    with runs.job_run(config, "score", CELL) as run:
         assert not run.enabled
         run.summary({"x": 1})
         run.log_table("t", pd.DataFrame({"a": [1]}))
@@ -385,13 +385,13 @@ def test_summarise_means_spread_and_counts() -> None:
             "identity": ["a", "b", "c"],
         }
     )
-    out = tracking.summarise(frame)
+    out = runs.summarise(frame)
     assert out["images"] == 3
     assert out["id_sim"] == pytest.approx(0.3) and out["id_sim_n"] == 2
     assert out["id_sim_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
     assert out["face_detected"] == pytest.approx(2 / 3)
     assert not {"steps", "batch_size", "warmup", "identity"} & set(out)
-    assert tracking.summarise(frame.assign(id_sim=np.nan))["id_sim"] is None
+    assert runs.summarise(frame.assign(id_sim=np.nan))["id_sim"] is None
 
 
 # ------------------------------------------------------------------ sync

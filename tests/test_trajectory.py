@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fewstep import generate, precompute, trajectory
-from fewstep.images import load_rgb
-from fewstep.paths import Paths
+from fewstep.core.images import load_rgb
+from fewstep.core.paths import Paths
+from fewstep.jobs import generate, precompute, trajectory
 
 
 def test_one_row_per_item_and_step_ending_at_the_generated_image(embedded):
@@ -67,7 +67,7 @@ def test_block_mapping_is_the_one_diffusers_applies():
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from fewstep.tiny import TINY_TRANSFORMER
+    from fewstep.families.flux.tiny import TINY_TRANSFORMER
 
     torch.manual_seed(0)
     model = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=False).eval()

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from fewstep.config import config_hash, validate
+from fewstep.core.config import config_hash, validate
+from fewstep.core.paths import Paths
 from fewstep.grid import Grid
-from fewstep.paths import Paths
-from fewstep.wandb_reader import find_run_files, read_run
+from fewstep.tracking.wandb_reader import find_run_files, read_run
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def _slug(cell_id: str) -> str:
 
 def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
     """Each output artifact is the very version (same digest) its consumer uses."""
-    from fewstep.models import BACKBONES
+    from fewstep.families.flux.models import BACKBONES
 
     grid = Grid(demo["config"])
     runs = {(run.job_type, run.name): run for run in demo["runs"]}

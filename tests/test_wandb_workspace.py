@@ -10,9 +10,9 @@ import pytest
 import yaml
 from wandb_harness import run_cli
 
-from fewstep import tracking, workspace
-from fewstep.config import validate
+from fewstep.core.config import validate
 from fewstep.grid import Grid
+from fewstep.tracking import runs, workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
             for c in grid.cells
         ]
     )
-    logged = set().union(*tracking.sweep_history(summary)) - {"sweep/steps"}
+    logged = set().union(*runs.sweep_history(summary)) - {"sweep/steps"}
     lines = [p for p in panels["identity vs steps"] if p["type"] == "Run History Line Plot"]
     assert [p["xAxis"] for p in lines] == ["sweep/steps"] * 2
     assert {m for p in lines for m in p["metrics"]} == logged
@@ -58,8 +58,8 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
     (latency,) = panels["latency vs identity"]
     assert (latency["xAxis"], latency["yAxis"]) == ("summary:latency_s", "summary:id_sim")
     curves = {m.removeprefix("trajectory/") for p in panels["trajectories"] for m in p["metrics"]}
-    assert curves <= set(tracking.TRAJECTORY_CURVES)
-    assert {p["xAxis"] for p in panels["trajectories"]} == {tracking.STEP_METRICS["trajectory"]}
+    assert curves <= set(runs.TRAJECTORY_CURVES)
+    assert {p["xAxis"] for p in panels["trajectories"]} == {runs.STEP_METRICS["trajectory"]}
     assert panels["grids"][0]["type"] == "Media Browser"
 
 

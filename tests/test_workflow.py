@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fewstep.config import load
+from fewstep.core.config import load
 from fewstep.grid import Grid
 from tests.conftest import REPO, snakemake
 

@@ -1,11 +1,11 @@
 """Run tracked jobs in a child process for tests/test_tracking.py.
 
-    python tests/wandb_harness.py CONFIG.json fewstep   # fewstep.tracking jobs on a fabricated cell
+    python tests/wandb_harness.py CONFIG.json fewstep   # fewstep.tracking.runs jobs on a fabricated cell
     python tests/wandb_harness.py CONFIG.json stock     # plain wandb.init(mode="offline"), the control
 
 `fewstep` logs one score job twice (a rerun must replace the first), then a
 generate job that raises (its run must end failed). `stock` is what a job
-would do without fewstep.tracking: the test shows its detectors catch it.
+would do without fewstep.tracking.runs: the test shows its detectors catch it.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.D
     """A cell's images and manifest, as the generate job would leave them."""
     from PIL import Image
 
+    from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
-    from fewstep.paths import Paths
 
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
@@ -85,9 +85,9 @@ def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.D
 
 def fabricate_markers(config: dict) -> None:
     """Prepared-model markers of the scoring models, as the prepare rule writes them."""
-    from fewstep.models import model_revision
-    from fewstep.paths import Paths
-    from fewstep.scoring_models import SCORING_MODELS, scoring_models
+    from fewstep.core.paths import Paths
+    from fewstep.families.flux.models import model_revision
+    from fewstep.scoring.networks import SCORING_MODELS, scoring_models
 
     for name in scoring_models(config):
         marker = Paths(config).model_marker(name)
@@ -107,7 +107,7 @@ def fabricate_markers(config: dict) -> None:
 
 def fabricate_scores(config: dict) -> Path:
     """A score table for CELL, its images and the anchor's, as the score job would leave them."""
-    from fewstep.paths import Paths
+    from fewstep.core.paths import Paths
 
     paths, rng = Paths(config), np.random.default_rng(0)
     fabricate_cell(config, ANCHOR, rng)
@@ -125,15 +125,15 @@ def fabricate_scores(config: dict) -> Path:
 
 
 def run_fewstep(config: dict) -> None:
-    from fewstep import tracking
+    from fewstep.tracking import runs
 
     scores = fabricate_scores(config)
     for attempt in (1, 2):
-        with tracking.job_run(config, "score", CELL, extra={"attempt": attempt, "padding": PADDING}) as run:
+        with runs.job_run(config, "score", CELL, extra={"attempt": attempt, "padding": PADDING}) as run:
             run.log_scores(scores)
             print(json.dumps({"attempt": attempt, "run_id": run.wandb_run.id}), flush=True)
     try:
-        with tracking.job_run(config, "generate", CELL):
+        with runs.job_run(config, "generate", CELL):
             raise RuntimeError("job failed")
     except RuntimeError:
         pass

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fewstep.errors import DiskFullError, FewstepError, OutOfMemoryError
+from fewstep.core.errors import DiskFullError, FewstepError, OutOfMemoryError
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    from fewstep.config import load
-    from fewstep.errors import ConfigError
+    from fewstep.core.config import load
+    from fewstep.core.errors import ConfigError
 
     paths = args.config or ([os.environ["FEWSTEP_CONFIG"]] if os.environ.get("FEWSTEP_CONFIG") else [])
     if not paths:
@@ -30,7 +30,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _gpu_config(args: argparse.Namespace) -> dict[str, Any]:
     """The config of a GPU command, after taking a free card (before torch starts CUDA)."""
-    from fewstep import gpus
+    from fewstep.core import gpus
 
     config = _config(args)
     print(f"fewstep {args.command}: {gpus.claim(config['device'])}", file=sys.stderr, flush=True)
@@ -50,81 +50,81 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> None:
-    from fewstep.models import prepare
+    from fewstep.families.flux.models import prepare
 
     print(prepare(_config(args), args.model))
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
-    from fewstep.precompute import embed_prompts
+    from fewstep.jobs.precompute import embed_prompts
 
     embed_prompts(config, args.family, args.prompt, args.length)
 
 
 def cmd_embed_identities(args: argparse.Namespace) -> None:
-    from fewstep.precompute import embed_identities
+    from fewstep.jobs.precompute import embed_identities
 
     embed_identities(_config(args), args.identity)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
-    from fewstep import tracking
-    from fewstep.generate import run
+    from fewstep.jobs.generate import run
+    from fewstep.tracking import runs
 
-    with tracking.job_run(config, "generate", args.cell) as tracked:
+    with runs.job_run(config, "generate", args.cell) as tracked:
         tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
-    from fewstep import tracking
-    from fewstep.score import run
+    from fewstep.jobs.score import run
+    from fewstep.tracking import runs
 
-    with tracking.job_run(config, "score", args.cell) as tracked:
+    with runs.job_run(config, "score", args.cell) as tracked:
         tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
-    from fewstep import tracking
-    from fewstep.trajectory import run
+    from fewstep.jobs.trajectory import run
+    from fewstep.tracking import runs
 
-    with tracking.job_run(config, "trajectory", args.cell) as tracked:
+    with runs.job_run(config, "trajectory", args.cell) as tracked:
         tracked.log_trajectory(run(config, args.cell, args.out))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from fewstep.aggregate import run
+    from fewstep.analysis.aggregate import run
 
     run(_config(args), args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from fewstep.report import run
+    from fewstep.analysis.report import run
 
     run(_config(args), args.summary, args.out)
 
 
 def cmd_wandb_aggregate(args: argparse.Namespace) -> None:
-    from fewstep import tracking
-    from fewstep.io import atomic_write_json
+    from fewstep.core.io import atomic_write_json
+    from fewstep.tracking import runs
 
     config = _config(args)
-    with tracking.job_run(config, "aggregate") as tracked:
+    with runs.job_run(config, "aggregate") as tracked:
         logged = tracked.log_sweep()
-        record = tracking.run_record(tracked, logged)
+        record = runs.run_record(tracked, logged)
     atomic_write_json(args.out, record)
     print(f"W&B aggregate run ({record['mode']}): {sum(map(len, logged.values()))} items -> {args.out}")
 
 
 def cmd_wandb_workspace(args: argparse.Namespace) -> None:
-    from fewstep import workspace
+    from fewstep.tracking import workspace
 
     config = _config(args)
     if args.out:
-        from fewstep.io import atomic_write_json
+        from fewstep.core.io import atomic_write_json
 
         entity = args.entity or config["wandb"]["entity"] or "your-entity"
         atomic_write_json(args.out, workspace.spec(config, entity))
@@ -134,7 +134,7 @@ def cmd_wandb_workspace(args: argparse.Namespace) -> None:
 
 
 def cmd_wandb_sync(args: argparse.Namespace) -> None:
-    from fewstep.tracking import sync
+    from fewstep.tracking.runs import sync
 
     sync(_config(args), dry_run=args.dry_run)
 
@@ -215,7 +215,7 @@ def _no_retry_note(args: argparse.Namespace) -> Path | None:
     """Where a job records an error no retry can fix, for the rule's next attempt to see."""
     if getattr(args, "attempt", None) is None:
         return None
-    from fewstep.paths import Paths
+    from fewstep.core.paths import Paths
 
     return Paths(_config(args)).no_retry_note(args.command, args.cell)
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             _run(args)
         except Exception as err:
             if note is not None and not isinstance(err, OutOfMemoryError):
-                from fewstep.io import atomic_write_text
+                from fewstep.core.io import atomic_write_text
 
                 line = str(err) if isinstance(err, FewstepError) else f"{type(err).__name__}: {err}"
                 with contextlib.suppress(OSError):  # e.g. the disk is full

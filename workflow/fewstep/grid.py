@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from fewstep.config import fingerprint
-from fewstep.errors import ConfigError
+from fewstep.core.config import fingerprint
+from fewstep.core.errors import ConfigError
 
 FAMILY_ADAPTERS = {"flux": {"infusenet", "none"}}
 #: largest width or height a family takes unless `resolution.max_side` says otherwise
@@ -127,7 +127,7 @@ class Grid:
     # ------------------------------------------------------------ parameters
     def guidance(self, cell: Cell) -> float | None:
         """Embedded guidance the backbone really receives (None for schnell)."""
-        from fewstep.models import BACKBONES
+        from fewstep.families.flux.models import BACKBONES
 
         backbone = self.backbone(cell)
         spec = BACKBONES[backbone["model"]]
@@ -175,7 +175,7 @@ class Grid:
     def pictures(self) -> dict[str, str]:
         """identity id -> what its reference picture's pixels depend on (`picture_source`):
         the rerun trigger of its embedding and of every score compared with it."""
-        from fewstep.images import picture_source
+        from fewstep.core.images import picture_source
 
         return {i["id"]: picture_source(i["image"]) for i in self.config["identities"]}
 
@@ -214,7 +214,7 @@ class Grid:
     @property
     def models(self) -> list[str]:
         """Registry models this sweep needs prepared (generation and the configured metrics)."""
-        from fewstep.scoring_models import scoring_models
+        from fewstep.scoring.networks import scoring_models
 
         names = {self.backbone(c)["model"] for c in self.cells}
         for family in self.families:
@@ -225,7 +225,7 @@ class Grid:
         return sorted(names)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
-        """The prompt embedding files (`paths`: a `fewstep.paths.Paths`) a cell's generation reads."""
+        """The prompt embedding files (`paths`: a `fewstep.core.paths.Paths`) a cell's generation reads."""
         backbone = self.backbone(cell)
         family, length = backbone["family"], backbone["max_sequence_length"]
         return [paths.prompt_embedding(family, p["id"], length) for p in self.config["prompts"]]
@@ -237,8 +237,8 @@ class Grid:
         return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
 
     def generation_models(self, cell: Cell) -> list[str]:
-        """Registry models a cell's generation loads (`fewstep.models.generation_weights`)."""
-        from fewstep.models import generation_weights
+        """Registry models a cell's generation loads (`fewstep.families.flux.models.generation_weights`)."""
+        from fewstep.families.flux.models import generation_weights
 
         return list(generation_weights(self.backbone(cell)["model"], self.adapter(cell)))
 
@@ -248,8 +248,8 @@ class Grid:
 
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
-        from fewstep.models import BACKBONES, REGISTRY
-        from fewstep.scoring_models import SCORING_MODELS
+        from fewstep.families.flux.models import BACKBONES, REGISTRY
+        from fewstep.scoring.networks import SCORING_MODELS
 
         for name, backbone in self.config["backbones"].items():
             if backbone["model"] not in BACKBONES:

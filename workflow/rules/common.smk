@@ -1,5 +1,5 @@
-from fewstep.models import marker_path, model_revision
-from fewstep.scoring_models import score_anchor, scoring_models
+from fewstep.families.flux.models import marker_path, model_revision
+from fewstep.scoring.networks import score_anchor, scoring_models
 
 
 def generate_inputs(wildcards):

@@ -1,5 +1,5 @@
-from fewstep.aggregate import TABLES
-from fewstep.report import SECTIONS
+from fewstep.analysis.aggregate import TABLES
+from fewstep.analysis.report import SECTIONS
 
 
 # `snakemake --report report.html` describes the workflow with this page and

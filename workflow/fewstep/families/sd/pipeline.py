@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.errors import ConfigError, WeightsError
+from fewstep.core.errors import ConfigError, WeightsError
 from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
 
@@ -43,7 +43,7 @@ def load_pipeline(
     """
     import diffusers
 
-    from fewstep.models import load_component
+    from fewstep.registry.load import load_component
 
     folder = Path(folder)
     if not (folder / "model_index.json").exists():
@@ -131,7 +131,7 @@ def _attach_random_encoder(pipe: Any, folder: Path) -> None:
     """A random image encoder and the processor `load_ip_adapter` would pair with it."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from fewstep.models import load_component
+    from fewstep.registry.load import load_component
 
     encoder = load_component(CLIPVisionModelWithProjection, folder, "random", pipe.device, pipe.unet.dtype)
     size = encoder.config.image_size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 
 
 def attention_blocks(unet: dict[str, Any]) -> dict[str, list[int]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from fewstep.families.flux.tiny import _manual_seed, _replace_dir, build_clip_tokenizer
 from fewstep.families.sd.specs import (
     PLAIN_TOKENS,
     PLUS_RESAMPLER,
@@ -26,7 +27,6 @@ from fewstep.families.sd.specs import (
     IPAdapterFile,
     SDFamily,
 )
-from fewstep.tiny import _manual_seed, _replace_dir, build_clip_tokenizer
 
 TEXT_WIDTH = 32  # every tiny text tower's hidden size and projection
 TINY_TEXT = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -137,7 +137,7 @@ def ip_adapter_state_dict(
     to 4 tokens, or for Plus the perceiver resampler IP-Adapter Plus and InfiniteYou
     share (16 queries over the encoder's penultimate hidden states).
     """
-    from fewstep.resampler import Resampler, ResamplerConfig
+    from fewstep.families.flux.resampler import Resampler, ResamplerConfig
 
     cross = unet.config.cross_attention_dim
     ip_layers: dict[str, torch.Tensor] = {}
@@ -175,7 +175,7 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
     import diffusers
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fewstep.io import atomic_path
+    from fewstep.core.io import atomic_path
 
     folder = Path(folder)
     for family in families:

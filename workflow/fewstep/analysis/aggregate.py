@@ -1,0 +1,636 @@
+"""From per-image scores to the sweep's tables: summaries, effective regime, Pareto, the study table.
+
+Every table is a CSV in results/<sweep>/aggregate/ (`Paths.table`), one row per
+cell/metric (or per pair of cells) with its interval; every interval is the crossed
+random-effects interval of fewstep.analysis.stats (identities x prompts, Satterthwaite t), whose
+coverage at this sweep's size `coverage.csv` reports. Metric columns are whatever the scores
+tables hold (see fewstep.analysis.metric_registry) plus `id_sim_zero` (no face counted as 0); a metric
+that is absent simply has no rows, and the study table marks it "not available". Cost columns
+leave out the images of a job's first (warm-up) batch where the manifest marks them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fewstep.analysis.metric_registry import margin, metric_columns, of_kind, spec
+from fewstep.analysis.stats import (
+    ITEM_KEYS,
+    SHAPES,
+    Interval,
+    coverage_table,
+    difference_interval,
+    fewest_identities,
+    fewest_lasting,
+    knee_test,
+    mean_interval,
+    pair,
+    pareto_mask,
+    ratio_interval,
+)
+from fewstep.core.io import write_table
+from fewstep.core.paths import Paths
+from fewstep.core.provenance import stamp
+from fewstep.grid import Cell, Grid
+
+TABLES = ("summary", "regime", "marginal", "pareto", "comparison", "ablation", "trajectory", "coverage")
+
+#: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
+STUDY = {
+    "end_to_end_s": 5.9,  # the paper's speed-up is end to end
+    "id_sim_zero": 0.028,
+    "lpips_ref": -0.016,
+}
+#: Pareto frontier axes, first present of each: cost (lower is better) and value
+PARETO_COSTS = ("end_to_end_s", "latency_s")
+PARETO_VALUES = ("id_sim_zero", "id_sim")
+#: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
+COVERAGE_REPS = 2000
+KNEE_SAMPLES = 1000
+#: per-step columns of a trajectory table summarised per (cell, step)
+TRAJECTORY_METRICS = (
+    "id_sim",
+    "face_detected",
+    "adapter_active",
+    "residual_rms_double",
+    "residual_rms_single",
+    "velocity_rms",
+    "relative_double",
+    "relative_single",
+)
+
+
+# Column order of the tables whose rows are built as dicts; an empty table keeps its header.
+SUMMARY_COLUMNS = [
+    "cell_id",
+    "backbone",
+    "adapter",
+    "steps",
+    "metric",
+    "label",
+    "better",
+    "mean",
+    "std",
+    "n",
+    "n_missing",
+    "ci_low",
+    "ci_high",
+    "df",
+    "confidence",
+    "n_identities",
+    "n_prompts",
+    "anchor",
+    "diff_vs_anchor",
+    "diff_ci_low",
+    "diff_ci_high",
+    "n_pairs",
+    "n_paired_images",
+    "device_name",
+    "weights",
+]
+REGIME_COLUMNS = [
+    "backbone",
+    "adapter",
+    "metric",
+    "label",
+    "better",
+    "steps",
+    "means",
+    "knee_steps",
+    "knee_ci_low",
+    "knee_ci_high",
+    "knee_value",
+    "knee_verdict",
+    "knee_candidate",
+    "rise",
+    "rise_ci_low",
+    "rise_ci_high",
+    "flattening",
+    "flattening_ci_low",
+    "flattening_ci_high",
+    "kneedle_sensitivity",
+    "anchor",
+    "anchor_value",
+    "margin",
+    "effective_rule",
+    "effective_steps",
+]
+MARGINAL_COLUMNS = [
+    "backbone",
+    "adapter",
+    "metric",
+    "better",
+    "from_steps",
+    "to_steps",
+    "from_mean",
+    "to_mean",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "gain_per_step",
+    "extra_latency_s",
+    "gain_per_second",
+    "n_pairs",
+    "n_paired_images",
+]
+COMPARISON_COLUMNS = [
+    "quantity",
+    "metric",
+    "baseline",
+    "candidate",
+    "baseline_mean",
+    "candidate_mean",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "n_pairs",
+    "n_paired_images",
+    "study",
+    "available",
+    "baseline_device",
+    "candidate_device",
+    "note",
+]
+#: the study table's rows: (quantity, metric); latency rows are ratios baseline / candidate
+COMPARISON_ROWS = (
+    ("end-to-end latency ratio (baseline / candidate)", "end_to_end_s"),
+    ("denoise + decode latency ratio (baseline / candidate)", "latency_s"),
+    ("identity similarity (no face = 0), candidate - baseline", "id_sim_zero"),
+    ("identity similarity (faces only), candidate - baseline", "id_sim"),
+    ("face detection rate, candidate - baseline", "face_detected"),
+    ("LPIPS to reference, candidate - baseline", "lpips_ref"),
+)
+
+
+def load_scores(config: dict[str, Any]) -> pd.DataFrame:
+    grid, paths = Grid(config), Paths(config)
+    return pd.concat([pd.read_parquet(paths.scores(c.id)) for c in grid.cells], ignore_index=True)
+
+
+def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
+    """The configured cells' trajectory tables in one frame (None without any), with cell keys."""
+    paths = Paths(config)
+    found = [paths.trajectory(c.id) for c in Grid(config).trajectory_cells]
+    if not found:
+        return None
+    frame = pd.concat([pd.read_parquet(p) for p in found], ignore_index=True)
+    cells = [Cell.parse(c) for c in frame["cell_id"]]
+    frame["backbone"] = [c.backbone for c in cells]
+    frame["adapter"] = [c.adapter for c in cells]
+    frame["steps"] = [c.steps for c in cells]
+    return frame
+
+
+def prepare(scores: pd.DataFrame) -> pd.DataFrame:
+    """The scores as the tables read them: `id_sim_zero` (identity similarity with no face
+    counted as 0, so a mean over every image, not only the ones that happen to show a face) and
+    cost columns left out (NaN) on warm-up images, unless a cell has nothing else."""
+    scores = scores.copy()
+    if "id_sim" in scores and "face_detected" in scores:
+        detected = scores["face_detected"].astype(bool)
+        scores["id_sim_zero"] = scores["id_sim"].astype(float).where(detected, 0.0)
+    if "warmup" in scores:
+        warm = scores["warmup"].fillna(False).astype(bool)
+        timed = warm & ~warm.groupby(scores["cell_id"]).transform("all")
+        for column in of_kind(metric_columns(scores), "cost"):
+            scores[column] = scores[column].astype(float).mask(timed)
+    return scores
+
+
+def devices(frame: pd.DataFrame) -> str:
+    """The device name(s) a frame's images ran on ("" when the scores do not say)."""
+    if "device_name" not in frame:
+        return ""
+    return ", ".join(sorted(frame["device_name"].dropna().astype(str).unique()))
+
+
+class Aggregator:
+    """The sweep's statistics; every method returns one table."""
+
+    def __init__(self, config: dict[str, Any], scores: pd.DataFrame):
+        self.config, self.grid = config, Grid(config)
+        options = config["report"]
+        self.confidence, self.seed = options["confidence"], options["seed"]
+        self.sensitivity, self.margins = options["kneedle_sensitivity"], options["margins"]
+        self.knee_samples = min(options["bootstrap_samples"], KNEE_SAMPLES)
+        self.scores = prepare(scores)
+        self.metrics = metric_columns(self.scores)
+        self.by_cell = {cell_id: frame for cell_id, frame in self.scores.groupby("cell_id", sort=False)}
+        self._means: dict[tuple[str, str], Interval] = {}
+        self._pairs: dict[tuple[str, str], pd.DataFrame] = {}
+
+    # ----------------------------------------------------------------- helpers
+    def cell_frame(self, cell: Cell) -> pd.DataFrame:
+        return self.by_cell.get(cell.id, self.scores.iloc[:0])
+
+    def mean(self, cell: Cell, metric: str) -> Interval:
+        key = (cell.id, metric)
+        if key not in self._means:
+            self._means[key] = mean_interval(self.cell_frame(cell), metric, self.confidence)
+        return self._means[key]
+
+    def paired(self, a: Cell, b: Cell) -> pd.DataFrame:
+        """Items of cells a and b matched on (identity, prompt, seed), every metric (cached)."""
+        if (a.id, b.id) not in self._pairs:
+            self._pairs[(a.id, b.id)] = pair(self.cell_frame(a), self.cell_frame(b), self.metrics)
+        return self._pairs[(a.id, b.id)]
+
+    def diff(self, a: Cell, b: Cell, metric: str) -> Interval:
+        return difference_interval(self.paired(a, b), metric, self.confidence)
+
+    def series(self) -> list[tuple[str, str, list[Cell]]]:
+        """(backbone, adapter, cells by steps) for every line of a metric-vs-steps plot."""
+        pairs = dict.fromkeys((c.backbone, c.adapter) for c in self.grid.cells)
+        return [(b, a, sorted(self.grid.cells_of(b, a), key=lambda c: c.steps)) for b, a in pairs]
+
+    def curve(self, cells: list[Cell], metric: str) -> pd.DataFrame:
+        """One row per item, one column `s<steps>` per cell of a series (items paired)."""
+        curve = None
+        for cell in cells:
+            frame = self.cell_frame(cell)
+            part = frame[list(ITEM_KEYS) + [metric]].rename(columns={metric: f"s{cell.steps}"})
+            part = part.astype({f"s{cell.steps}": float})
+            curve = part if curve is None else curve.merge(part, on=list(ITEM_KEYS), how="outer")
+        return curve
+
+    # ------------------------------------------------------------------ tables
+    def summary(self) -> pd.DataFrame:
+        """Per cell and metric: mean, std, n, interval and the paired difference to the anchor."""
+        anchor = self.grid.anchor
+        rows = []
+        for cell in self.grid.cells:
+            frame = self.cell_frame(cell)
+            for metric in self.metrics:
+                values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
+                mean = self.mean(cell, metric)
+                row = {
+                    "cell_id": cell.id,
+                    "backbone": cell.backbone,
+                    "adapter": cell.adapter,
+                    "steps": cell.steps,
+                    "metric": metric,
+                    "label": spec(metric).label,
+                    "better": spec(metric).better or "",
+                    "mean": mean.mean,
+                    "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else np.nan,
+                    "n": int(values.notna().sum()),
+                    "n_missing": int(values.isna().sum()),
+                    "ci_low": mean.low,
+                    "ci_high": mean.high,
+                    "df": mean.df,
+                    "confidence": self.confidence,
+                    "n_identities": frame["identity"].nunique(),
+                    "n_prompts": frame["prompt_id"].nunique(),
+                    "anchor": anchor.id if anchor else "",
+                    "diff_vs_anchor": np.nan,
+                    "diff_ci_low": np.nan,
+                    "diff_ci_high": np.nan,
+                    "n_pairs": 0,
+                    "n_paired_images": 0,
+                    "device_name": devices(frame),
+                    "weights": self.config["weights"],
+                }
+                if anchor is not None:
+                    d = self.diff(cell, anchor, metric)
+                    row.update(
+                        diff_vs_anchor=d.mean,
+                        diff_ci_low=d.low,
+                        diff_ci_high=d.high,
+                        n_pairs=d.n,
+                        n_paired_images=d.n_items,
+                    )
+                rows.append(row)
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+    def effective(self, cells: list[Cell], metric: str) -> tuple[str, float]:
+        """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
+
+        Non-inferiority: the fewest steps from which, for every larger step count too, the
+        lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
+        metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
+        <= margin; the anchor cell passes by definition."""
+        anchor, info = self.grid.anchor, spec(metric)
+        delta = margin(metric, self.margins)
+        if anchor is None:
+            return "no anchor", np.nan
+        if info.better not in ("higher", "lower") or not np.isfinite(delta):
+            return "no direction or margin", np.nan
+        if info.anchor_relative:
+            passes = [c == anchor or not self.mean(c, metric).high > delta for c in cells]
+            rule = f"upper bound <= {delta:g}"
+        else:
+            passes = []
+            for cell in cells:
+                d = self.diff(cell, anchor, metric)
+                worst = d.low if info.better == "higher" else -d.high
+                passes.append(cell == anchor or worst >= -delta)
+            rule = f"non-inferior to the anchor within {delta:g}"
+        found = fewest_lasting([c.steps for c in cells], passes)
+        return rule, np.nan if found is None else found
+
+    def regime(self) -> pd.DataFrame:
+        """Per backbone/adapter and quality metric: the tested knee and the effective regime."""
+        anchor = self.grid.anchor
+        rows = []
+        for backbone, adapter, cells in self.series():
+            steps = [c.steps for c in cells]
+            for metric in of_kind(self.metrics, "quality"):
+                means = [self.mean(c, metric).mean for c in cells]
+                result = knee_test(
+                    self.curve(cells, metric),
+                    steps,
+                    [f"s{s}" for s in steps],
+                    self.confidence,
+                    self.sensitivity,
+                    self.knee_samples,
+                    self.seed,
+                )
+                rule, effective = self.effective(cells, metric)
+                at = result.steps
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "adapter": adapter,
+                        "metric": metric,
+                        "label": spec(metric).label,
+                        "better": spec(metric).better or "",
+                        "steps": " ".join(map(str, steps)),
+                        "means": " ".join(f"{m:.6g}" for m in means),
+                        "knee_steps": np.nan if at is None else int(at),
+                        "knee_ci_low": result.low,
+                        "knee_ci_high": result.high,
+                        "knee_value": np.nan if at is None else means[steps.index(int(at))],
+                        "knee_verdict": result.verdict,
+                        "knee_candidate": np.nan if result.candidate is None else result.candidate,
+                        "rise": result.rise.mean,
+                        "rise_ci_low": result.rise.low,
+                        "rise_ci_high": result.rise.high,
+                        "flattening": result.flattening.mean,
+                        "flattening_ci_low": result.flattening.low,
+                        "flattening_ci_high": result.flattening.high,
+                        "kneedle_sensitivity": self.sensitivity,
+                        "anchor": anchor.id if anchor else "",
+                        "anchor_value": self.mean(anchor, metric).mean if anchor else np.nan,
+                        "margin": margin(metric, self.margins),
+                        "effective_rule": rule,
+                        "effective_steps": effective,
+                    }
+                )
+        return pd.DataFrame(rows, columns=REGIME_COLUMNS)
+
+    def marginal(self) -> pd.DataFrame:
+        """Gain of each extra step: paired difference between consecutive steps of a series."""
+        rows = []
+        metrics = of_kind(self.metrics, "quality")
+        cost = self.cost_metric()
+        for backbone, adapter, cells in self.series():
+            for lower, upper in zip(cells, cells[1:], strict=False):
+                extra_s = np.nan
+                if cost is not None:
+                    extra_s = self.mean(upper, cost).mean - self.mean(lower, cost).mean
+                for metric in metrics:
+                    d = self.diff(upper, lower, metric)
+                    extra_steps = upper.steps - lower.steps
+                    rows.append(
+                        {
+                            "backbone": backbone,
+                            "adapter": adapter,
+                            "metric": metric,
+                            "better": spec(metric).better or "",
+                            "from_steps": lower.steps,
+                            "to_steps": upper.steps,
+                            "from_mean": self.mean(lower, metric).mean,
+                            "to_mean": self.mean(upper, metric).mean,
+                            "gain": d.mean,
+                            "gain_ci_low": d.low,
+                            "gain_ci_high": d.high,
+                            "gain_per_step": d.mean / extra_steps,
+                            "extra_latency_s": extra_s,
+                            # more steps measured faster is timing noise: no gain per second then
+                            "gain_per_second": d.mean / extra_s if extra_s > 0 else np.nan,
+                            "n_pairs": d.n,
+                            "n_paired_images": d.n_items,
+                        }
+                    )
+        return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
+
+    def cost_metric(self) -> str | None:
+        """The per-image latency the cost views use: end to end when measured, else denoise + decode."""
+        return next((c for c in PARETO_COSTS if c in self.metrics), None)
+
+    def pareto(self) -> pd.DataFrame:
+        """Every cell's mean latency (end to end when measured) and identity similarity (no face
+        = 0 when known); `on_front` marks the Pareto frontier, `device_name` where each ran."""
+        cost = self.cost_metric()
+        value = next((c for c in PARETO_VALUES if c in self.metrics), None)
+        base = ["cell_id", "backbone", "adapter", "steps", "cost_metric", "value_metric", "device_name"]
+        if cost is None or value is None:
+            return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
+        rows = []
+        for cell in self.grid.cells:
+            row = {
+                "cell_id": cell.id,
+                "backbone": cell.backbone,
+                "adapter": cell.adapter,
+                "steps": cell.steps,
+                "cost_metric": cost,
+                "value_metric": value,
+                "device_name": devices(self.cell_frame(cell)),
+            }
+            for name, metric in (("cost", cost), ("value", value)):
+                m = self.mean(cell, metric)
+                row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        table["on_front"] = pareto_mask(table["cost"], table["value"], spec(value).better != "lower")
+        return table
+
+    def comparison(self) -> pd.DataFrame:
+        """The study's table: latency ratios baseline / candidate (end to end and denoise +
+        decode; "not comparable" across device names) and candidate - baseline of identity
+        similarity (no face = 0; faces only; detection rate) and LPIPS to the reference, paired
+        and with intervals; pairs used of the images both cells hold."""
+        if self.grid.comparison is None:
+            return pd.DataFrame(columns=COMPARISON_COLUMNS)
+        baseline, candidate = self.grid.comparison
+        base_device = devices(self.cell_frame(baseline))
+        cand_device = devices(self.cell_frame(candidate))
+        rows = []
+        for quantity, metric in COMPARISON_ROWS:
+            row = dict.fromkeys(COMPARISON_COLUMNS, np.nan)
+            row.update(
+                quantity=quantity,
+                metric=metric,
+                baseline=baseline.id,
+                candidate=candidate.id,
+                study=STUDY.get(metric, np.nan),
+                available=metric in self.metrics,
+                n_pairs=0,
+                n_paired_images=0,
+                baseline_device=base_device,
+                candidate_device=cand_device,
+                note="",
+            )
+            if metric in self.metrics:
+                row.update(baseline_mean=self.mean(baseline, metric).mean)
+                row.update(candidate_mean=self.mean(candidate, metric).mean)
+                if spec(metric).kind == "cost":
+                    r = ratio_interval(
+                        self.paired(baseline, candidate), f"{metric}_a", f"{metric}_b", self.confidence
+                    )
+                    if base_device != cand_device or "," in base_device:
+                        where = f"baseline on {base_device or '?'}, candidate on {cand_device or '?'}"
+                        row.update(note=f"not comparable: {where}")
+                    else:
+                        row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+                        if "warmup" in self.scores:
+                            row.update(note="warm-up batch excluded")
+                else:
+                    r = self.diff(candidate, baseline, metric)
+                    row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+                row.update(n_pairs=r.n, n_paired_images=r.n_items)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+    def ablation(self) -> pd.DataFrame:
+        """Where a backbone runs several adapters: each adapter minus the reference adapter
+        (the anchor's, else the first) at the same steps, paired on items."""
+        columns = [
+            "backbone",
+            "steps",
+            "adapter",
+            "reference_adapter",
+            "metric",
+            "better",
+            "mean",
+            "reference_mean",
+            "diff",
+            "diff_ci_low",
+            "diff_ci_high",
+            "n_pairs",
+            "n_paired_images",
+        ]
+        rows = []
+        anchor = self.grid.anchor
+        for backbone in dict.fromkeys(c.backbone for c in self.grid.cells):
+            adapters = list(dict.fromkeys(c.adapter for c in self.grid.cells_of(backbone)))
+            if len(adapters) < 2:
+                continue
+            reference = anchor.adapter if anchor and anchor.adapter in adapters else adapters[0]
+            for adapter in adapters:
+                if adapter == reference:
+                    continue
+                for cell in self.grid.cells_of(backbone, adapter):
+                    ref = Cell(backbone, reference, cell.steps)
+                    if ref not in self.grid.cells:
+                        continue
+                    for metric in of_kind(self.metrics, "quality"):
+                        d = self.diff(cell, ref, metric)
+                        rows.append(
+                            {
+                                "backbone": backbone,
+                                "steps": cell.steps,
+                                "adapter": adapter,
+                                "reference_adapter": reference,
+                                "metric": metric,
+                                "better": spec(metric).better or "",
+                                "mean": self.mean(cell, metric).mean,
+                                "reference_mean": self.mean(ref, metric).mean,
+                                "diff": d.mean,
+                                "diff_ci_low": d.low,
+                                "diff_ci_high": d.high,
+                                "n_pairs": d.n,
+                                "n_paired_images": d.n_items,
+                            }
+                        )
+        return pd.DataFrame(rows, columns=columns)
+
+    def trajectory(self, frame: pd.DataFrame | None) -> pd.DataFrame:
+        """Per trajectory cell, step and probe: the mean over items with its interval."""
+        columns = [
+            "cell_id",
+            "backbone",
+            "adapter",
+            "steps",
+            "step",
+            "sigma",
+            "metric",
+            "mean",
+            "ci_low",
+            "ci_high",
+            "n",
+        ]
+        if frame is None or frame.empty:
+            return pd.DataFrame(columns=columns)
+        metrics = [m for m in TRAJECTORY_METRICS if m in frame]
+        rows = []
+        for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
+            cell = Cell.parse(cell_id)
+            for metric in metrics:
+                m = mean_interval(group, metric, self.confidence)
+                rows.append(
+                    {
+                        "cell_id": cell_id,
+                        "backbone": cell.backbone,
+                        "adapter": cell.adapter,
+                        "steps": cell.steps,
+                        "step": int(step),
+                        "sigma": float(group["sigma"].mean()) if "sigma" in group else np.nan,
+                        "metric": metric,
+                        "mean": m.mean,
+                        "ci_low": m.low,
+                        "ci_high": m.high,
+                        "n": m.n,
+                    }
+                )
+        return pd.DataFrame(rows, columns=columns)
+
+    def coverage(self) -> pd.DataFrame:
+        """Simulated coverage of the intervals at the checked sizes and at this sweep's own
+        (identities x prompts x seeds), with the fewest identities reaching 90% everywhere."""
+        config = self.config
+        own = (len(config["identities"]), len(config["prompts"]), len(config["seeds"]))
+        shapes = list(dict.fromkeys([*SHAPES, own]))
+        table = coverage_table(shapes, COVERAGE_REPS, self.confidence, self.seed)
+        table["this_sweep"] = [
+            (i, p, s) == own
+            for i, p, s in zip(table["identities"], table["prompts"], table["seeds"], strict=True)
+        ]
+        table["fewest_identities_for_90"] = fewest_identities(table[table["prompts"] >= 8])
+        return table
+
+
+def tables(
+    config: dict[str, Any], scores: pd.DataFrame, trajectories: pd.DataFrame | None
+) -> dict[str, pd.DataFrame]:
+    agg = Aggregator(config, scores)
+    return {
+        "summary": agg.summary(),
+        "regime": agg.regime(),
+        "marginal": agg.marginal(),
+        "pareto": agg.pareto(),
+        "comparison": agg.comparison(),
+        "ablation": agg.ablation(),
+        "trajectory": agg.trajectory(trajectories),
+        "coverage": agg.coverage(),
+    }
+
+
+def run(config: dict[str, Any], out: Path | None = None) -> Path:
+    """Write every table (summary to `out` if given, the others next to it)."""
+    paths = Paths(config)
+    out = Path(out or paths.summary)
+    scores = load_scores(config)
+    results = tables(config, scores, load_trajectories(config))
+    write_table(paths.per_image, stamp(scores, config))
+    for name, table in results.items():
+        write_table(out if name == "summary" else out.parent / f"{name}.csv", stamp(table, config, scores))
+    print(
+        f"aggregated {len(scores)} images over {len(Grid(config).cells)} cells, "
+        f"{len(metric_columns(scores))} metrics -> {out.parent}"
+    )
+    return out

@@ -1,0 +1,245 @@
+"""Load, validate and fingerprint a sweep configuration.
+
+Validation is JSON Schema against `workflow/schemas/config.schema.yaml` with
+defaults filled, plus the cross-references a schema cannot express. Every
+problem a user can cause becomes one `ConfigError` line naming the key. (The
+Snakefile also runs `snakemake.utils.validate` on the result; jobs and the CLI
+need only jsonschema.)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from fewstep.core.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _first_error(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e)))
+    if not errors:
+        return None
+    # The deepest error names the precise key; oneOf errors carry sub-errors.
+    error = jsonschema.exceptions.best_match(errors)
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        return f"{key}: {error.message}; remove it or check its spelling"
+    return f"{key}: {error.message.splitlines()[0]}"
+
+
+def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` ("#/$defs/name"), keeping sibling keys such as `default`."""
+    while "$ref" in spec:
+        target = schema
+        for part in spec["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        spec = {**target, **{k: v for k, v in spec.items() if k != "$ref"}}
+    return spec
+
+
+def fill_defaults(instance: Any, spec: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Fill schema defaults into `instance` in place, at every depth.
+
+    Like snakemake.utils.validate(set_default=True) for `properties`, and also
+    for the entries of maps (`additionalProperties`) and lists (`items`).
+    """
+    spec = _resolve(spec, schema)
+    if isinstance(instance, dict):
+        properties = spec.get("properties", {})
+        for key, sub in properties.items():
+            sub = _resolve(sub, schema)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                fill_defaults(instance[key], sub, schema)
+        extra = spec.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in instance.items():
+                if key not in properties:
+                    fill_defaults(value, extra, schema)
+    elif isinstance(instance, list) and isinstance(spec.get("items"), dict):
+        for value in instance:
+            fill_defaults(value, spec["items"], schema)
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of `config` with every default filled in."""
+    config = copy.deepcopy(dict(config))
+    schema = _schema()
+    message = _first_error(config, schema)
+    if message:
+        raise ConfigError(f"config {message}")
+    fill_defaults(config, schema, schema)
+    config["prompts"] = _normalise_prompts(config["prompts"])
+    config["identities"] = _expand_identities(config["identities"])
+    _check_references(config)
+    return config
+
+
+def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:
+    out = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            prompt = {"id": f"p{index:02d}", "text": prompt}
+        out.append(dict(prompt))
+    return out
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
+    """Turn every folder or glob entry into one {id, image} per picture (id = the file's stem)."""
+    entries = [identities] if isinstance(identities, str) else identities
+    out: list[dict[str, str]] = []
+    origin: dict[str, str] = {}  # id -> the file (or entry) that gave it, for duplicate errors
+    for entry in entries:
+        found = [dict(entry)] if isinstance(entry, dict) else _identity_folder(entry)
+        for identity in found:
+            if identity["id"] in origin:
+                raise ConfigError(
+                    f"config identities: duplicated id {identity['id']!r} ({origin[identity['id']]} and "
+                    f"{identity['image']}); give every identity a unique id (a folder's ids are file names)"
+                )
+            origin[identity["id"]] = identity["image"]
+            out.append(identity)
+    return out
+
+
+def _identity_folder(pattern: str) -> list[dict[str, str]]:
+    """One identity per picture in a folder or matching a glob, sorted by path; each one readable."""
+    import glob
+    import re
+
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(pattern).expanduser()
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+        where = f"folder {folder}"
+    elif glob.has_magic(pattern):
+        files = sorted(Path(p) for p in glob.glob(str(folder), recursive=True) if Path(p).is_file())
+        where = f"glob {pattern!r}"
+    else:
+        raise ConfigError(
+            f"config identities: {pattern} is neither a folder nor a glob; give a folder of pictures, "
+            "a glob such as faces/*.jpg, or {id, image} entries"
+        )
+    if not files:
+        suffixes = ", ".join(PICTURE_SUFFIXES)
+        raise ConfigError(f"config identities: {where} holds no pictures ({suffixes}); add one per identity")
+    out = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ConfigError(
+                f"config identities: {path} cannot be read as a picture ({type(err).__name__}); "
+                "replace or remove it"
+            ) from None
+        identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.")[:64]
+        if not identity:
+            raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
+        out.append({"id": identity, "image": str(path)})
+    return out
+
+
+def _duplicates(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({v for v in values if v in seen or seen.add(v)})
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    dup = _duplicates([p["id"] for p in config["prompts"]])
+    if dup:
+        raise ConfigError(f"config prompts: duplicated id {dup[0]!r}; give every prompt a unique id")
+    for index, block in enumerate(config["cells"]):
+        for name in block["backbones"]:
+            if name not in config["backbones"]:
+                known = ", ".join(sorted(config["backbones"]))
+                raise ConfigError(
+                    f"config cells[{index}].backbones: unknown backbone {name!r}; known: {known}"
+                )
+        for name in block["adapters"]:
+            if name not in config["adapters"]:
+                known = ", ".join(sorted(config["adapters"]))
+                raise ConfigError(f"config cells[{index}].adapters: unknown adapter {name!r}; known: {known}")
+    for name, adapter in config["adapters"].items():
+        if adapter["guidance_start"] >= adapter["guidance_end"] and adapter["kind"] != "none":
+            raise ConfigError(f"config adapters.{name}: guidance_start must be below guidance_end")
+
+
+def load(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read YAML files in order (later keys win, as with --configfile) and validate."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing --configfile") from None
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        merged.update(data)
+    merged.update(overrides or {})
+    return validate(merged)
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of any JSON-able value (dict key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: keys that say where files go or how runs are logged, not what is computed
+LOCATION_KEYS = ("results_dir", "models_dir", "reports_dir", "local_weights", "wandb")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """The provenance hash of a configuration: everything that shapes a result, not where it
+    is stored (the same sweep in two folders has one hash)."""
+    return fingerprint({k: v for k, v in config.items() if k not in LOCATION_KEYS})
+
+
+def write_resolved(config: dict[str, Any], directory: Path) -> Path:
+    """Write the validated config content-addressed (<hash>.yaml) and return its path.
+
+    Jobs read the configuration from this file; its name changes only with the
+    content, so an unchanged config never dirties anything.
+    """
+    path = Path(directory) / f"{fingerprint(config)}.yaml"
+    if not path.exists():
+        from fewstep.core.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def read_resolved(path: str | Path) -> dict[str, Any]:
+    """Read a config written by `write_resolved` (already validated)."""
+    return yaml.safe_load(Path(path).read_text())

@@ -1,0 +1,184 @@
+"""Work done once per sweep, before any cell: prompt and identity embeddings.
+
+Prompt embeddings (CLIP pooled + T5 sequence) are the same for FLUX.1-dev and
+FLUX.1-schnell, so one file per prompt and sequence length serves every cell
+and no generation job ever loads a text encoder. Identity embeddings follow
+InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
+5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fewstep.core.io import atomic_path
+from fewstep.core.paths import Paths
+from fewstep.grid import Grid
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata,
+        )
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+
+
+#: metadata that says how long an embedding took and where, not what it holds (outside its digest)
+TIMING_KEYS = ("encode_s", "encode_device_name")
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a tensor file's names, dtypes, shapes, values and metadata, in sorted order.
+
+    The file's own bytes are not stable: safetensors writes metadata keys in hash order.
+    Timing metadata (`TIMING_KEYS`) is left out: re-embedding the same inputs keeps the digest.
+    """
+    import hashlib
+    import json
+
+    tensors, metadata = load_tensors(path)
+    metadata = {k: v for k, v in metadata.items() if k not in TIMING_KEYS}
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def embed_prompts(
+    config: dict[str, Any],
+    family: str | None = None,
+    prompt_ids: list[str] | None = None,
+    length: int | None = None,
+) -> list[Path]:
+    """Write prompt embeddings: every family, prompt and sequence length the cells use, or
+    only the ones named (the `embed_prompt` rule: one prompt at one length)."""
+    grid = Grid(config)
+    prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
+    written = []
+    for name in [family] if family else grid.families:
+        lengths = [length] if length else grid.sequence_lengths(name)
+        written += _embed_family_prompts(config, name, prompts, lengths)
+    return written
+
+
+def _embed_family_prompts(
+    config: dict[str, Any], family: str, prompts: list[dict[str, str]], lengths: list[int]
+) -> list[Path]:
+    from fewstep.core.provenance import device_name
+    from fewstep.families.flux.models import load_flux_text_encoders
+    from fewstep.families.flux.sampler import synchronize
+    from fewstep.registry.load import resolve_device, resolve_dtype
+
+    grid, paths = Grid(config), Paths(config)
+    device = resolve_device(config["device"])
+    dtype = resolve_dtype(config["dtype"], device)
+    source = grid.text_encoder_backbone(family)
+    pipe = load_flux_text_encoders(config, source, device, dtype)
+    written = []
+    jobs = [(p, n) for p in prompts for n in lengths]
+    # the bar ends its line before an error line is printed
+    with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
+        for prompt, length in bar:
+            synchronize(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=prompt["text"],
+                    prompt_2=prompt["text"],
+                    device=device,
+                    max_sequence_length=length,
+                )
+            synchronize(device)
+            encode_s = time.perf_counter() - start
+            path = paths.prompt_embedding(family, prompt["id"], length)
+            save_tensors(
+                path,
+                {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                {
+                    "prompt": prompt["text"],
+                    "max_sequence_length": str(length),
+                    "text_encoders": source,
+                    "weights": config["weights"],
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name(device),
+                },
+            )
+            written.append(path)
+    return written
+
+
+def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = None) -> list[Path]:
+    """Write one embedding file (face box, keypoints, ArcFace vector) per identity, or for
+    the identities named (the `embed_identity` rule: one identity per job)."""
+    from fewstep.core.errors import InputError
+    from fewstep.core.images import load_rgb, rgb_to_bgr
+    from fewstep.core.provenance import device_name
+    from fewstep.faces.analyzer import aligned_crop
+    from fewstep.faces.arcface_irse import embed_aligned_bgr
+    from fewstep.families.flux.models import (
+        CONDITIONING_FACE_PACK,
+        face_analyzer,
+        load_arcface_irse,
+    )
+
+    grid, paths = Grid(config), Paths(config)
+    identities = [grid.identity(i) for i in identity_ids] if identity_ids else config["identities"]
+    analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
+    arcface = load_arcface_irse(config, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
+    written = []
+    with tqdm(identities, desc="identity embeddings", unit="identity") as bar:
+        for identity in bar:
+            image = load_rgb(identity["image"])
+            bgr = rgb_to_bgr(image)
+            start = time.perf_counter()
+            found = analyzer.analyze(bgr, config["face"]["policy"])
+            if found is None:
+                raise InputError(
+                    f"identities[{identity['id']}]: no face found in {identity['image']}; "
+                    "use a picture with one clearly visible face"
+                )
+            face = found.face
+            embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
+            encode_s = time.perf_counter() - start  # detection, alignment and ArcFace
+            path = paths.identity_embedding(identity["id"])
+            save_tensors(
+                path,
+                {
+                    "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                    "bbox": torch.tensor(face.bbox, dtype=torch.float32),
+                    "kps": torch.tensor(face.kps, dtype=torch.float32),
+                    "det_score": torch.tensor([face.det_score], dtype=torch.float32),
+                },
+                {
+                    "identity": identity["id"],
+                    "image": identity["image"],
+                    "n_faces": str(found.n_faces),
+                    "policy": config["face"]["policy"],
+                    "weights": config["weights"],
+                    "height": str(image.shape[0]),
+                    "width": str(image.shape[1]),
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name("cpu"),
+                },
+            )
+            written.append(path)
+    return written

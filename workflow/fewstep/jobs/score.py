@@ -1,0 +1,151 @@
+"""Score one cell: every image of its manifest through every configured metric.
+
+A metric is an object with a `name`, a `version`, and `score(batch)` returning
+one dict of columns per image; it is built with `(config, JobModels)` and loads
+its network once per job (`fewstep.scoring.metrics`). The output is one parquet table
+per cell: the manifest's keys plus one column per metric value, with the metric
+versions in the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from fewstep.core.io import write_table
+from fewstep.core.paths import Paths
+from fewstep.core.provenance import stamp
+from fewstep.grid import IMAGE_KEYS, Cell, Grid
+from fewstep.scoring.base import JobModels, Metric, Sample
+from fewstep.scoring.identity import IdentitySimilarity
+from fewstep.scoring.metrics import (
+    CLIPImageSimilarity,
+    CLIPScore,
+    CSDStyleSimilarity,
+    DINOSimilarity,
+    PerceptualDistance,
+    PickScore,
+)
+
+KEY_COLUMNS = [
+    *IMAGE_KEYS,
+    "image",
+    "sha256",
+    "latency_s",
+    "denoise_s",
+    "decode_s",
+    "end_to_end_s",
+    "prompt_encode_s",
+    "identity_embed_s",
+    "conditioning_s",
+    "warmup",
+    "peak_mem_mb",
+    "weights",
+    "weights_digest",
+    "device_name",
+    "dtype",
+    "batch_size",
+    "config_hash",
+    "git_commit",
+]
+
+
+METRICS = {
+    "identity": IdentitySimilarity,
+    "lpips": PerceptualDistance,
+    "clip_score": CLIPScore,
+    "pick_score": PickScore,
+    "clip_i": CLIPImageSimilarity,
+    "dino": DINOSimilarity,
+    "csd": CSDStyleSimilarity,
+}
+
+
+def build_metrics(config: dict[str, Any]) -> list[Metric]:
+    models = JobModels(config)
+    return [METRICS[name](config, models) for name in config["scoring"]["metrics"]]
+
+
+def read_generated(path: Path, manifest: Path) -> np.ndarray:
+    """Decode a generated PNG fully; a corrupt one stops the job with one line naming it and
+    the command that regenerates it (a missing manifest alone would not: Snakemake skips a
+    missing intermediate file while everything after it is up to date)."""
+    from fewstep.core.images import InputError, load_rgb
+
+    try:
+        return load_rgb(path)
+    except InputError:
+        raise InputError(
+            f"generated image {path} is corrupt; delete it, then rerun with `--forcerun {manifest}` "
+            "added to your snakemake command (its cell's other images are kept)"
+        ) from None
+
+
+def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
+    """item id -> the anchor cell's image, when a metric compares to it and this is another
+    cell; and the anchor's manifest."""
+    from fewstep.scoring.networks import score_anchor
+
+    anchor = score_anchor(config, cell.id)
+    if anchor is None:
+        return {}, None
+    manifest = pd.read_parquet(paths.manifest(anchor), columns=["item_id", "image"])
+    images = {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
+    return images, paths.manifest(anchor)
+
+
+def run(
+    config: dict[str, Any],
+    cell_id: str,
+    out: Path | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
+) -> Path:
+    """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless given)."""
+    from fewstep.core.images import load_rgb
+
+    grid, paths = Grid(config), Paths(config)
+    cell = grid.cell(cell_id)
+    out = Path(out or paths.scores(cell.id))
+    manifest = pd.read_parquet(paths.manifest(cell.id))
+    references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
+    metrics = build_metrics(config)
+    anchor_images, anchor_manifest = _anchor_images(config, paths, cell)
+    batch_size = batch_size or config["scoring"]["batch_size"]
+    rows = manifest.to_dict("records")
+    scored: list[dict[str, Any]] = []
+
+    def sample(row: dict[str, Any]) -> Sample:
+        anchor = anchor_images.get(row["item_id"])
+        return Sample(
+            row,
+            read_generated(paths.cell_dir(cell.id) / row["image"], paths.manifest(cell.id)),
+            references[row["identity"]],
+            prompt=grid.prompt(row["prompt_id"])["text"],
+            anchor=None if anchor is None else read_generated(anchor, anchor_manifest),
+            is_anchor=cell == grid.anchor,
+        )
+
+    # The bar closes (ending its line) before an error line is printed.
+    with tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = [sample(row) for row in chunk]
+            columns = [dict() for _ in chunk]
+            for metric in metrics:
+                for target, values in zip(columns, metric.score(batch), strict=True):
+                    target.update(values)
+            for row, values in zip(chunk, columns, strict=True):
+                scored.append({**{k: row.get(k) for k in KEY_COLUMNS}, **values})
+            bar.update(len(chunk))
+    frame = pd.DataFrame(scored)
+    frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
+    write_table(out, stamp(frame, config))
+    detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
+    print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
+    return out

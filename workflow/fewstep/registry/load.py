@@ -1,0 +1,54 @@
+"""Loading any registry model the same way, whatever its source (real, tiny, random)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.core.errors import WeightsError
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(
+            "config device: cuda requested but no CUDA GPU is visible; use device: auto or cpu"
+        )
+    return torch.device(requested)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The CPU always computes in float32 (bit-reproducible, and bf16 matmuls are slow there)."""
+    return torch.float32 if device.type == "cpu" else getattr(torch, name)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.getdefault_dtype()
+    torch.setdefault_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.setdefault_dtype(previous)
+
+
+def load_component(cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """`cls.from_pretrained(path)`, or for random weights `cls.from_config` built on the device."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(
+            f"missing weights folder {path}; run the prepare/download rule for this model first"
+        )
+    if weights == "random":
+        with torch.device(device), default_dtype(dtype):
+            if hasattr(cls, "load_config"):  # diffusers
+                module = cls.from_config(cls.load_config(path))
+            else:  # transformers
+                module = cls._from_config(cls.config_class.from_pretrained(path), dtype=dtype)
+        return module.eval()
+    module = cls.from_pretrained(path, dtype=dtype)
+    return module.to(device).eval()

@@ -1,0 +1,49 @@
+"""What every metric sees and promises: `Sample` in, one dict of columns per image out.
+
+A metric is built with `(config, JobModels)`, loads its network once per job
+through `JobModels.get` (metrics sharing a network share one copy) and scores
+whole batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One generated image with what metrics compare it to."""
+
+    row: dict[str, Any]
+    pixels: np.ndarray  # HxWx3 uint8 RGB
+    reference: np.ndarray  # the identity's reference picture, RGB
+    prompt: str = ""  # the prompt's text
+    anchor: np.ndarray | None = None  # the anchor cell's image of this item (other cells only)
+    is_anchor: bool = False  # this image belongs to the anchor cell
+
+
+class Metric(Protocol):
+    name: str
+    version: str
+
+    def score(self, batch: list[Sample]) -> list[dict[str, Any]]: ...
+
+
+class JobModels:
+    """The networks one scoring job holds: each loads once, on the job's device."""
+
+    def __init__(self, config: dict[str, Any]):
+        from fewstep.registry.load import resolve_device
+
+        self.config = config
+        self.device = resolve_device(config["device"])
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, name: str, load: Callable[[], Any]) -> Any:
+        if name not in self._loaded:
+            self._loaded[name] = load()
+        return self._loaded[name]

@@ -1,0 +1,138 @@
+"""W&B artifacts of a sweep, so each run's lineage graph reads weights -> images -> scores -> report.
+
+Every artifact is built from the files it names, so two jobs that build "the
+same" artifact get the same digest, and W&B keeps one version of it: the score
+job rebuilds its cell's images artifact and *uses* it, which links it to the
+version the generate job logged. Nothing here needs the network.
+
+- ``weights-<mode>-<model>`` (type ``model``): a model as its prepared marker
+  describes it (hub repo, requested revision, resolved commit, every file's
+  size and sha256) in ``weights.json``; real hub weights also as references to
+  the files at that commit on the hub, which W&B records without fetching them;
+- ``embeddings-<sweep>-<family>-L<length>`` and ``identities-<sweep>``
+  (``embeddings``): the precomputed prompt and identity embeddings a cell reads;
+- ``images-<sweep>-<cell>`` (``images``): a cell's manifest, and the PNGs it lists as
+  checksummed references to the files under the results folder (not uploaded);
+- ``scores-<sweep>-<cell>``, ``trajectory-<sweep>-<cell>``: the per-image and per-step tables;
+- ``report-<sweep>`` (``report``): the aggregate tables and the report page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fewstep.core.paths import Paths
+from fewstep.grid import Cell, Grid
+
+#: marker keys that describe the weights (not where or when they were prepared)
+WEIGHTS_KEYS = ("model", "weights", "repo_id", "revision", "commit", "commits", "files")
+HUB_FILE_URL = "https://huggingface.co/{repo_id}/resolve/{commit}/{path}"
+
+
+def artifact_name(*parts: str) -> str:
+    """A W&B artifact name (letters, digits, `-`, `_`, `.`); a cell id's slashes become `__`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p.replace("/", "__") for p in parts))
+
+
+def _file_reference(artifact: Any, path: Path, name: str) -> None:
+    """A checksummed reference to a local file or folder (recorded, never uploaded)."""
+    artifact.add_reference(Path(path).resolve().as_uri(), name=name)
+
+
+def weights(config: dict[str, Any], model: str, staging: Path) -> Any:
+    """The artifact of one prepared model, from its marker (`staging`: where weights.json is written)."""
+    import wandb
+
+    marker = json.loads(Paths(config).model_marker(model).read_text(encoding="utf-8"))
+    described = {key: marker.get(key) for key in WEIGHTS_KEYS}
+    artifact = wandb.Artifact(
+        artifact_name("weights", config["weights"], model),
+        type="model",
+        description=f"{model} ({config['weights']} weights)",
+        metadata={key: described[key] for key in ("model", "weights", "repo_id", "revision", "commit")},
+    )
+    staging.mkdir(parents=True, exist_ok=True)
+    manifest = staging / f"{model}.weights.json"
+    manifest.write_text(json.dumps(described, indent=1, sort_keys=True), encoding="utf-8")
+    artifact.add_file(str(manifest), name="weights.json")
+    if config["weights"] == "real" and marker.get("commit"):
+        for entry in marker["files"]:
+            url = HUB_FILE_URL.format(repo_id=marker["repo_id"], commit=marker["commit"], path=entry["path"])
+            artifact.add_reference(url, name=f"hub/{entry['path']}", checksum=False)
+    return artifact
+
+
+def embeddings(config: dict[str, Any], cell: Cell) -> list[Any]:
+    """The embedding artifacts one cell's generation reads (prompts; identities for InfuseNet)."""
+    import wandb
+
+    grid, paths = Grid(config), Paths(config)
+    backbone = grid.backbone(cell)
+    family, length = backbone["family"], backbone["max_sequence_length"]
+    groups = [
+        (
+            artifact_name("embeddings", config["sweep"], family, f"L{length}"),
+            grid.prompt_embeddings(paths, cell),
+            {"text_encoders": grid.text_encoder_backbone(family), "max_sequence_length": length},
+        ),
+        (artifact_name("identities", config["sweep"]), grid.identity_embeddings(paths, cell), {}),
+    ]
+    out = []
+    for name, files, metadata in groups:
+        if files:
+            artifact = wandb.Artifact(
+                name, type="embeddings", metadata={"weights": config["weights"], **metadata}
+            )
+            for path in files:
+                _file_reference(artifact, path, Path(path).name)
+            out.append(artifact)
+    return out
+
+
+def images(config: dict[str, Any], cell_id: str, manifest: Path | None = None) -> Any:
+    """One cell's images (references) and manifest, as the generate job left them."""
+    import wandb
+
+    paths = Paths(config)
+    manifest = manifest or paths.manifest(cell_id)
+    artifact = wandb.Artifact(
+        artifact_name("images", config["sweep"], cell_id),
+        type="images",
+        metadata={"cell_id": cell_id, "weights": config["weights"]},
+    )
+    artifact.add_file(str(manifest), name="manifest.parquet")
+    for image in pd.read_parquet(manifest, columns=["image"])["image"]:  # not stale files of the folder
+        _file_reference(artifact, paths.cell_dir(cell_id) / image, image)
+    return artifact
+
+
+def table(config: dict[str, Any], kind: str, cell_id: str, path: Path) -> Any:
+    """A cell's per-image scores or per-step trajectory table."""
+    import wandb
+
+    artifact = wandb.Artifact(
+        artifact_name(kind, config["sweep"], cell_id),
+        type=kind,
+        metadata={"cell_id": cell_id, "weights": config["weights"]},
+    )
+    artifact.add_file(str(path), name=Path(path).name)
+    return artifact
+
+
+def report(config: dict[str, Any]) -> Any:
+    """The aggregate tables and the report page of the sweep."""
+    import wandb
+
+    paths = Paths(config)
+    artifact = wandb.Artifact(
+        artifact_name("report", config["sweep"]), type="report", metadata={"weights": config["weights"]}
+    )
+    artifact.add_dir(str(paths.aggregate_dir), name="aggregate")
+    if paths.report_index.exists():
+        artifact.add_file(str(paths.report_index), name=f"report/{paths.report_index.name}")
+    return artifact

@@ -1,0 +1,103 @@
+"""A saved W&B workspace for one sweep, built with the `wandb-workspaces` package.
+
+`fewstep wandb-workspace` saves it to the sweep's project (online, with an API
+key) or writes its spec as JSON (`--out`, no network). Its sections:
+
+- identity vs steps: one line plot per backbone of the aggregate run's
+  `sweep/id_sim/<backbone>/<adapter>` curves (drawn against `sweep/steps`), and
+  every score run's mean identity similarity against its `steps` config;
+- latency vs identity: each score run's mean latency against its identity similarity;
+- trajectories: the trajectory runs' per-step identity and conditioning norms;
+- grids: every score run's `samples` grid of images.
+
+The runs shown are the sweep's (its W&B group). Every panel title names the
+weights mode, so a workspace of tiny-model runs does not pass for results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fewstep.grid import Grid
+from fewstep.tracking.runs import STEP_METRICS
+
+#: trajectory curves the workspace draws (logged as `trajectory/<name>`)
+TRAJECTORY_PANELS = {
+    "identity similarity of x0": ["id_sim"],
+    "relative conditioning norm": ["relative_double", "relative_single"],
+}
+
+
+def workspace(config: dict[str, Any], entity: str) -> Any:
+    """The `wandb_workspaces.workspaces.Workspace` of the sweep (nothing is sent)."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    grid, sweep = Grid(config), config["sweep"]
+    mark = f" ({config['weights']} weights)"
+    steps = STEP_METRICS["aggregate"]
+    by_backbone = [
+        wr.LinePlot(
+            title=f"identity similarity vs steps: {backbone}{mark}",
+            x=steps,
+            y=[f"sweep/id_sim/{backbone}/{adapter}" for adapter in sorted({c.adapter for c in cells})],
+            title_x="denoising steps",
+            title_y="ArcFace identity similarity",
+        )
+        for backbone, cells in _cells_by_backbone(grid).items()
+    ]
+    per_run = wr.ScatterPlot(
+        title=f"identity similarity per cell{mark}",
+        x=wr.Config("steps"),
+        y=wr.SummaryMetric("id_sim"),
+    )
+    latency = wr.ScatterPlot(
+        title=f"latency vs identity similarity{mark}",
+        x=wr.SummaryMetric("latency_s"),
+        y=wr.SummaryMetric("id_sim"),
+    )
+    step = STEP_METRICS["trajectory"]
+    trajectories = [
+        wr.LinePlot(title=f"{title}{mark}", x=step, y=[f"trajectory/{name}" for name in names])
+        for title, names in TRAJECTORY_PANELS.items()
+    ]
+    grids = wr.MediaBrowser(title=f"sample grids{mark}", media_keys=["samples"], num_columns=2)
+    return ws.Workspace(
+        entity=entity,
+        project=config["wandb"]["project"],
+        name=f"fewstep {sweep}",
+        sections=[
+            ws.Section(name="identity vs steps", panels=[*by_backbone, per_run], is_open=True, pinned=True),
+            ws.Section(name="latency vs identity", panels=[latency], is_open=True),
+            ws.Section(name="trajectories", panels=trajectories, is_open=True),
+            ws.Section(name="grids", panels=[grids], is_open=True),
+        ],
+        runset_settings=ws.RunsetSettings(filters=f"Metric('Group') == '{sweep}'"),
+    )
+
+
+def _cells_by_backbone(grid: Grid) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for cell in grid.cells:
+        out.setdefault(cell.backbone, []).append(cell)
+    return out
+
+
+def spec(config: dict[str, Any], entity: str) -> dict[str, Any]:
+    """The workspace as the plain data W&B stores (its view spec), for offline inspection."""
+    return workspace(config, entity)._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def save(config: dict[str, Any], entity: str | None) -> str:
+    """Save the workspace to W&B (needs the network and an API key); returns its URL."""
+    import wandb
+
+    from fewstep.tracking.runs import TrackingError, api_key_present
+
+    if not api_key_present():
+        raise TrackingError(
+            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun `fewstep wandb-workspace` "
+            "(or pass --out FILE to write the spec offline)"
+        )
+    entity = entity or config["wandb"]["entity"] or wandb.Api().default_entity
+    return workspace(config, entity).save().url
