@@ -28,12 +28,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype):
-    previous = torch.getdefault_dtype()
-    torch.setdefault_dtype(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
     try:
         yield
     finally:
-        torch.setdefault_dtype(previous)
+        torch.set_default_dtype(previous)
 
 
 def load_component(cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Any:
