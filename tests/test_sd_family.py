@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 from fewstep.families.sd.family import SD_FAMILIES
 from fewstep.families.sd.specs import INSTANTSTYLE, SD15, SDXL, ip_adapter_patterns
 

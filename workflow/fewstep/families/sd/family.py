@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFamily
 
