@@ -159,3 +159,38 @@ def test_bad_identity_folders_fail_with_one_line(raw_demo, tmp_path, make, messa
     text = str(err.value)
     assert text.startswith("config identities: ") and "\n" not in text
     assert message.format(d=tmp_path) in text
+
+
+def test_command_line_overrides_get_the_schema_types(raw_demo):
+    """`--config seeds=[0,1]` arrives as strings (Snakemake's BaseLoader); validation restores the types."""
+    from snakemake.cli import parse_config
+
+    overrides = parse_config(
+        ["seeds=[0,1]", "resolution={width: 96, height: 96}", "backbones={flux-dev: {guidance: null}}"]
+    )
+    assert overrides["seeds"] == ["0", "1"]  # what Snakemake hands over
+    raw_demo.update(seeds=overrides["seeds"], resolution=overrides["resolution"])
+    raw_demo["backbones"]["flux-dev"]["guidance"] = overrides["backbones"]["flux-dev"]["guidance"]
+    raw_demo["prompts"] = [{"id": "7", "text": "1"}, "2"]
+    config = validate(raw_demo)
+    assert config["seeds"] == [0, 1]
+    assert config["resolution"] == {"width": 96, "height": 96}
+    assert config["backbones"]["flux-dev"]["guidance"] is None
+    assert config["prompts"] == [{"id": "7", "text": "1"}, {"id": "p01", "text": "2"}]  # strings stay strings
+
+
+def test_command_line_overrides_that_are_no_number_still_fail_naming_the_key(raw_demo):
+    raw_demo["seeds"] = ["0", "a"]
+    with pytest.raises(ConfigError, match=r"^config seeds\[1\]: 'a' is not of type 'integer'$"):
+        validate(raw_demo)
+
+
+def test_config_reference_page_is_current():
+    """config/README.md is generated from the schema: regenerate with `fewstep config-reference`."""
+    from fewstep.config import reference_markdown
+    from tests.conftest import REPO
+
+    page = (REPO / "config" / "README.md").read_text()
+    assert page == reference_markdown(), "run: fewstep config-reference --out config/README.md"
+    assert "| `backbones.<name>.steps` | list of integer |" in page
+    assert "| `scoring.lpips_net` | `alex` \\| `vgg` | `\"alex\"` |" in page

@@ -82,10 +82,62 @@ def fill_defaults(instance: Any, spec: dict[str, Any], schema: dict[str, Any]) -
             fill_defaults(value, spec["items"], schema)
 
 
+def _types(spec: dict[str, Any]) -> set[str]:
+    kind = spec.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _takes_string(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
+    """Whether a string can be valid here (typed string, a string enum, or an untyped spec)."""
+    spec = _resolve(spec, schema)
+    branches = spec.get("oneOf", []) + spec.get("anyOf", [])
+    if branches:
+        return any(_takes_string(branch, schema) for branch in branches)
+    if "enum" in spec:
+        return any(isinstance(value, str) for value in spec["enum"])
+    return not _types(spec) or "string" in _types(spec)
+
+
+def coerce_strings(instance: Any, spec: dict[str, Any], schema: dict[str, Any]) -> Any:
+    """`instance` with strings parsed as YAML wherever the schema does not take a string.
+
+    `snakemake --config seeds=[0,1]` reads nested values with YAML's BaseLoader, so every
+    scalar inside a list or map arrives as a string ('0', '1'); this restores the types
+    the schema asks for before validation. Strings the schema accepts stay as they are.
+    """
+    spec = _resolve(spec, schema)
+    if isinstance(instance, str):
+        if _takes_string(spec, schema):
+            return instance
+        try:
+            return yaml.safe_load(instance)
+        except yaml.YAMLError:
+            return instance
+    branches = spec.get("oneOf", []) + spec.get("anyOf", [])
+    kind = "object" if isinstance(instance, dict) else "array" if isinstance(instance, list) else None
+    for branch in branches:
+        if kind in _types(_resolve(branch, schema)):
+            return coerce_strings(instance, branch, schema)
+    if isinstance(instance, dict):
+        properties = spec.get("properties", {})
+        extra = spec.get("additionalProperties")
+        return {
+            key: coerce_strings(value, properties[key], schema)
+            if key in properties
+            else coerce_strings(value, extra, schema)
+            if isinstance(extra, dict)
+            else value
+            for key, value in instance.items()
+        }
+    if isinstance(instance, list) and isinstance(spec.get("items"), dict):
+        return [coerce_strings(value, spec["items"], schema) for value in instance]
+    return instance
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `config` with every default filled in."""
-    config = copy.deepcopy(dict(config))
     schema = _schema()
+    config = coerce_strings(copy.deepcopy(dict(config)), schema, schema)
     message = _first_error(config, schema)
     if message:
         raise ConfigError(f"config {message}")
@@ -226,13 +278,18 @@ def config_hash(config: dict[str, Any]) -> str:
     return fingerprint({k: v for k, v in config.items() if k not in LOCATION_KEYS})
 
 
+def resolved_path(config: dict[str, Any], directory: Path) -> Path:
+    """Where `write_resolved` puts `config`: <directory>/<hash>.yaml, named by its content."""
+    return Path(directory) / f"{fingerprint(config)}.yaml"
+
+
 def write_resolved(config: dict[str, Any], directory: Path) -> Path:
     """Write the validated config content-addressed (<hash>.yaml) and return its path.
 
     Jobs read the configuration from this file; its name changes only with the
     content, so an unchanged config never dirties anything.
     """
-    path = Path(directory) / f"{fingerprint(config)}.yaml"
+    path = resolved_path(config, directory)
     if not path.exists():
         from fewstep.core.io import atomic_write_text
 
@@ -243,3 +300,54 @@ def write_resolved(config: dict[str, Any], directory: Path) -> Path:
 def read_resolved(path: str | Path) -> dict[str, Any]:
     """Read a config written by `write_resolved` (already validated)."""
     return yaml.safe_load(Path(path).read_text())
+
+
+def _type_label(spec: dict[str, Any], schema: dict[str, Any]) -> str:
+    spec = _resolve(spec, schema)
+    if "enum" in spec:
+        return " \\| ".join(f"`{value}`" for value in spec["enum"])
+    if "oneOf" in spec:
+        return " or ".join(_type_label(branch, schema) for branch in spec["oneOf"])
+    kinds = sorted(_types(spec), key=lambda kind: kind == "null")
+    if kinds == ["array"] and isinstance(spec.get("items"), dict):
+        return f"list of {_type_label(spec['items'], schema)}"
+    return " or ".join(kinds) or "any"
+
+
+def _reference_rows(spec: dict[str, Any], schema: dict[str, Any], key: str) -> list[tuple[str, ...]]:
+    """(key, type, default, description) for `spec` and every key below it."""
+    spec = _resolve(spec, schema)
+    default = f"`{json.dumps(spec['default'])}`" if "default" in spec else ""
+    description = " ".join(spec.get("description", "").split()).replace("|", "\\|")
+    rows = [(f"`{key}`", _type_label(spec, schema), default, description)] if key else []
+    for sub in [spec, *(_resolve(branch, schema) for branch in spec.get("oneOf", []))]:
+        for name, child in sub.get("properties", {}).items():
+            rows += _reference_rows(child, schema, f"{key}.{name}" if key else name)
+        if isinstance(sub.get("additionalProperties"), dict):
+            rows += _reference_rows(sub["additionalProperties"], schema, f"{key}.<name>")
+        items = _resolve(sub["items"], schema) if isinstance(sub.get("items"), dict) else {}
+        for branch in [items, *(_resolve(b, schema) for b in items.get("oneOf", []))]:
+            for name, child in branch.get("properties", {}).items():
+                rows += _reference_rows(child, schema, f"{key}[].{name}")
+    return rows
+
+
+def reference_markdown() -> str:
+    """config/README.md: every key of the schema with its type, default and meaning."""
+    schema = _schema()
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by `fewstep config-reference`",
+        "(`tests/test_config.py` keeps it current); edit the schema, not this page.",
+        "`config.yaml` is the study, `config/demo.yaml` the offline demo. `<name>` stands for",
+        "an entry of a map, `[]` for each element of a list.",
+        "",
+        f"Required at the top level: {', '.join(f'`{key}`' for key in schema['required'])}.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for row in _reference_rows(schema, schema, ""):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
