@@ -18,7 +18,7 @@ PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
 
 from fewstep.core import jobenv
-from fewstep.core.config import validate, write_resolved
+from fewstep.core.config import resolved_path, validate, write_resolved
 from fewstep.core.errors import FewstepError
 from fewstep.grid import Grid
 from fewstep.core.paths import CELL_PATTERN, Paths
@@ -41,8 +41,9 @@ snakemake_validate(CONFIG, "workflow/schemas/config.schema.yaml", set_default=Tr
 PATHS = Paths(CONFIG)
 # Jobs read the validated config from this content-addressed copy (named by its
 # hash) through $FEWSTEP_CONFIG. Keeping it out of params means a config change
-# reruns only the jobs whose own params (e.g. a cell's hash) changed.
-jobenv.export(PACKAGE_DIR, write_resolved(CONFIG, PATHS.config_dir))
+# reruns only the jobs whose own params (e.g. a cell's hash) changed. It is
+# written when jobs are about to run, so parsing (--lint, -n) writes nothing.
+jobenv.export(PACKAGE_DIR, resolved_path(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line).
@@ -66,6 +67,10 @@ wildcard_constraints:
     prompt=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     identity=r"[A-Za-z0-9_.-]+",
     length=r"\d+",
+
+
+onstart:
+    write_resolved(CONFIG, PATHS.config_dir)
 
 
 include: "workflow/rules/common.smk"

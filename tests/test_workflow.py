@@ -49,6 +49,15 @@ def test_lint_passes():
     assert "Congratulations" in result.stdout + result.stderr
 
 
+def test_parsing_the_workflow_writes_nothing(tmp_path):
+    """--lint and -n build the DAG only: no resolved config, no folder of results."""
+    for args in (["--lint"], ["-n", "--config", "seeds=[0,1]"]):
+        result = snakemake(tmp_path, *args, configfile=DEMO)
+        assert result.returncode == 0, result.stdout + result.stderr
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if ".snakemake" not in p.parts]
+    assert written == []
+
+
 def test_full_study_dag_builds_without_weights(tmp_path):
     result = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=REPO / "config.yaml")
     assert result.returncode == 0, result.stderr
