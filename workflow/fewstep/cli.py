@@ -49,6 +49,18 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"  {cell.id}")
 
 
+def cmd_config_reference(args: argparse.Namespace) -> None:
+    from fewstep.config import reference_markdown
+
+    text = reference_markdown()
+    if args.out:
+        from fewstep.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    else:
+        print(text, end="")
+
+
 def cmd_prepare_model(args: argparse.Namespace) -> None:
     from fewstep.families.flux.models import prepare
 
@@ -140,7 +152,10 @@ def cmd_wandb_sync(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from fewstep import __version__
+
     root = argparse.ArgumentParser(prog="fewstep", description=__doc__.splitlines()[0])
+    root.add_argument("--version", action="version", version=f"fewstep {__version__}")
     sub = root.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
@@ -152,9 +167,13 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     add("validate", cmd_validate, "check a config and list its cells")
+    sub.add_parser(
+        "config-reference", help="every config key with type, default and meaning (config/README.md)"
+    ).set_defaults(func=cmd_config_reference)
+    sub.choices["config-reference"].add_argument("--out", type=Path, help="write here (default: stdout)")
     add(
         "prepare-model", cmd_prepare_model, "download, build (tiny) or configure (random) one model"
-    ).add_argument("--model", required=True)
+    ).add_argument("--model", required=True, help="registry name, e.g. flux-schnell or insightface")
     p = add("embed-prompts", cmd_embed_prompts, "precompute prompt embeddings (all, or those named)")
     p.add_argument("--family", help="one model family (default: every family of the cells)")
     p.add_argument("--prompt", nargs="+", help="prompt ids (default: every prompt)")
@@ -173,10 +192,12 @@ def parser() -> argparse.ArgumentParser:
         if name != "trajectory":
             p.add_argument("--batch-size", type=int, help="images per batch (default: from the config)")
             p.add_argument("--attempt", type=int, help="Snakemake's attempt (a retry runs only after OOM)")
-    add("aggregate", cmd_aggregate, "summarise all cells").add_argument("--out", type=Path)
+    add("aggregate", cmd_aggregate, "summarise all cells").add_argument(
+        "--out", type=Path, help="summary table (default: the workflow's path); the other tables go beside it"
+    )
     p = add("report", cmd_report, "figures, grids and the HTML page")
-    p.add_argument("--summary", required=True, type=Path)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--summary", required=True, type=Path, help="the summary.csv that `aggregate` wrote")
+    p.add_argument("--out", type=Path, help="the report page (default: reports/<sweep>/index.html)")
     add(
         "wandb-aggregate", cmd_wandb_aggregate, "log the sweep's tables, figures and report to one W&B run"
     ).add_argument("--out", type=Path, required=True, help="JSON record of what was logged")
