@@ -108,13 +108,14 @@ def columns(info: dict[str, Any]) -> dict[str, Any]:
 
 
 #: provenance columns every table gets (the rows' own columns win)
-STAMPED = ("config_hash", "git_commit", "versions", "model_commits")
+STAMPED = ("weights", "config_hash", "git_commit", "versions", "model_commits")
 #: what made each image besides the config, carried from the per-image rows into every table
 RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
 
 
 def stamp(frame, config: dict[str, Any], images=None):
-    """A copy of `frame` whose every row names its provenance (`STAMPED`).
+    """A copy of `frame` whose every row names its provenance (`STAMPED`): a table made with
+    tiny or random weights says so in every row.
 
     With `images` (per-image rows, e.g. the scores), rows also name the weights digest,
     device name, dtype and batch size of the images behind them: per cell where the
