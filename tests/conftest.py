@@ -17,6 +17,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on the demo sweep is `slow`: `pytest -m "not slow"` never runs the workflow."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def demo_yaml() -> dict:
     return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
 
