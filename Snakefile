@@ -7,6 +7,7 @@ Cells and items come from fewstep.grid; paths from fewstep.core.paths; every rul
 calls one `fewstep <command>` (workflow/fewstep/cli.py).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ PATHS = Paths(CONFIG)
 # written when jobs are about to run, so parsing (--lint, -n) writes nothing.
 jobenv.export(PACKAGE_DIR, resolved_path(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
+os.environ["FEWSTEP_GPUS"] = str(GPU)  # GPU cards per GPU job, for profiles/slurm
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line).
 if workflow.is_main_process and "--unlock" not in sys.argv:

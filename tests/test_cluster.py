@@ -72,8 +72,21 @@ def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     assert run.returncode != 0 and "no-such-option" in run.stderr
 
 
-@pytest.mark.parametrize("device, gpus", [("cuda", "1"), ("cpu", "0")])
-def test_slurm_profile_requests_gpus_only_for_gpu_rules(tmp_path: Path, device: str, gpus: str) -> None:
+def gres_sent(resources: dict[str, str]) -> str:
+    """The GPU part of the sbatch call the slurm plugin builds from a job's resources."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.get
+
+    values = {key: int(value) if value.isdigit() else value for key, value in resources.items()}
+    return set_gres_string(SimpleNamespace(resources=Resources(values))).strip()
+
+
+@pytest.mark.parametrize("device, gpus", [("cuda", 1), ("cpu", 0)])
+def test_slurm_profile_requests_gpus_only_for_gpu_rules(tmp_path: Path, device: str, gpus: int) -> None:
     run = snakemake(
         tmp_path, "-n", "--workflow-profile", REPO / "profiles/slurm", "--config", f"device={device}"
     )
@@ -82,12 +95,11 @@ def test_slurm_profile_requests_gpus_only_for_gpu_rules(tmp_path: Path, device: 
     jobs = [(rule, res) for rule, res in dry_run_jobs(run.stdout) if rule != "all"]
     assert {rule for rule, _ in jobs} >= GPU_RULES | {"score", "aggregate", "report", "prepare_model"}
     for rule, res in jobs:
-        if rule in GPU_RULES:
-            assert res["slurm_partition"] == "gpu" and res["gpu_model"] == "h100", (rule, res)
-            assert res["gpu"] == gpus and res["cpus_per_gpu"] == "2", (rule, res)
-        else:
-            assert res["slurm_partition"] == "cpu" and res.get("gpu", "0") == "0", (rule, res)
-            assert "gpu_model" not in res, (rule, res)
+        if rule in GPU_RULES and gpus:
+            assert res["slurm_partition"] == "gpu" and gres_sent(res) == "--gpus=h100:1", (rule, res)
+            assert res["cpus_per_gpu"] == "2", (rule, res)
+        else:  # no GPU request at all, not even --gpus=h100:0
+            assert res["slurm_partition"] == "cpu" and gres_sent(res) == "", (rule, res)
         assert int(res["mem_mb"]) <= 8000 and int(res["runtime"]) > 0, (rule, res)
 
 
