@@ -266,3 +266,31 @@ def test_irse_load_errors_are_one_line(tmp_path: Path) -> None:
         arcface_irse.load_irse50(path, config="huge")
     with pytest.raises(ValueError, match="112x112x3 uint8"):
         arcface_irse.embed_aligned_bgr(arcface_irse.tiny_irse(), np.zeros((64, 64, 3), np.uint8))
+
+
+def test_onnxruntime_keeps_its_device_id_in_the_sweep_cache(tmp_path):
+    """onnxruntime writes ~/.cache/Microsoft unless told otherwise; jobs point it at the sweep."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = (
+        "import os; import fewstep.faces as f; from onnx import helper, TensorProto as T\n"
+        "assert 'XDG_CACHE_HOME' not in os.environ\n"
+        "v = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [1])\n"
+        "g = helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'g', [v('x')], [v('y')])\n"
+        "m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)], ir_version=9)\n"
+        "f.onnxruntime.InferenceSession(m.SerializeToString(), providers=['CPUExecutionProvider'])\n"
+    )
+    env = {
+        "HOME": str(tmp_path / "home"),
+        "FEWSTEP_CACHE_DIR": str(tmp_path / "cache"),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO / "workflow"),
+    }
+    (tmp_path / "home").mkdir()
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "home").rglob("*")) == []
+    assert (tmp_path / "cache" / "Microsoft" / "DeveloperTools" / ".onnxruntime" / "deviceid").is_file()

@@ -25,7 +25,11 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     paths = args.config or ([os.environ["FEWSTEP_CONFIG"]] if os.environ.get("FEWSTEP_CONFIG") else [])
     if not paths:
         raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
-    return load(paths)
+    config = load(paths)
+    from fewstep.paths import Paths
+
+    os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(config).cache_dir))  # read by fewstep.faces
+    return config
 
 
 def _gpu_config(args: argparse.Namespace) -> dict[str, Any]:

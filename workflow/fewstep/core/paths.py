@@ -27,6 +27,11 @@ class Paths:
     def config_dir(self) -> Path:
         return self.root / "config"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where libraries that would write under $HOME keep their files (onnxruntime's id)."""
+        return self.root / "cache"
+
     def prompt_embedding(self, family: str, prompt: str, length: int | str) -> Path:
         return self.root / "embeddings" / "prompts" / family / f"{prompt}.L{length}.safetensors"
 

@@ -10,16 +10,42 @@ skin-coloured blobs (see :func:`build_tiny_face_pack`). Its boxes and
 keypoints are geometrically plausible, never a real face detector's output.
 """
 
+# ruff: noqa: E402  (onnxruntime must be imported first, by _import_onnxruntime)
 from __future__ import annotations
 
+import importlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
-import onnxruntime
-from insightface.app import FaceAnalysis
+
+
+def _import_onnxruntime() -> ModuleType:
+    """Import onnxruntime with its telemetry id kept in $FEWSTEP_CACHE_DIR (the sweep's cache).
+
+    onnxruntime writes a device id to $XDG_CACHE_HOME/Microsoft (default ~/.cache), taking
+    the folder from the environment when it is imported. XDG_CACHE_HOME is set only for that
+    import: for the whole job it would also move the Hugging Face and torch caches.
+    """
+    cache, before = os.environ.get("FEWSTEP_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME")
+    if cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+    try:
+        return importlib.import_module("onnxruntime")
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+
+
+onnxruntime = _import_onnxruntime()
+
+from insightface.app import FaceAnalysis  # after onnxruntime: it imports it
 from insightface.utils.face_align import arcface_dst, norm_crop
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
