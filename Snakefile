@@ -47,6 +47,10 @@ PATHS = Paths(CONFIG)
 jobenv.export(PACKAGE_DIR, resolved_path(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
 os.environ["FEWSTEP_GPUS"] = str(GPU)  # GPU cards per GPU job, for profiles/slurm
+# Threads of the CPU-heavy rules (scoring, embeddings, trajectories, aggregation), at most
+# --cores; Snakemake hands them to each job as OMP_NUM_THREADS, which torch and fewstep's
+# onnxruntime sessions follow.
+CPU_THREADS = 4
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line).
 if workflow.is_main_process and "--unlock" not in sys.argv:

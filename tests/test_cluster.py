@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
 GPU_RULES = {"generate", "embed_prompt", "trajectory"}
+CPU_HEAVY_RULES = {"score", "embed_prompt", "embed_identity", "trajectory", "aggregate"}
 TIMING = ["latency_s", "denoise_s", "decode_s", "peak_mem_mb"]
 
 
@@ -45,23 +46,29 @@ def tail(run: subprocess.CompletedProcess, lines: int = 60) -> str:
 
 
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, resources) of every job a dry run lists."""
+    """(rule, resources) of every job a dry run lists (its threads, when above 1, as `threads`)."""
     jobs: list[tuple[str, dict[str, str]]] = []
     for line in output.splitlines():
         if rule := re.fullmatch(r"(?:local)?rule (\w+):", line):
             jobs.append((rule.group(1), {}))
+        elif (threads := re.fullmatch(r"\s+threads: (\d+)", line)) and jobs:
+            jobs[-1][1]["threads"] = threads.group(1)
         elif (resources := re.fullmatch(r"\s+resources: (.*)", line)) and jobs:
             jobs[-1][1].update(item.split("=", 1) for item in resources.group(1).split(", "))
     return jobs
 
 
 def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
-    run = snakemake(tmp_path, "-n", "--config", "device=cuda")
+    run = snakemake(tmp_path, "-n", "--config", "device=cuda", "--cores", "8")
     assert run.returncode == 0, tail(run)
     assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in run.stderr
-    gpu = {rule: res.get("gpu") for rule, res in dry_run_jobs(run.stdout)}
+    jobs = dict(dry_run_jobs(run.stdout))
+    gpu = {rule: res.get("gpu") for rule, res in jobs.items()}
     assert gpu["generate"] == gpu["embed_prompt"] == gpu["trajectory"] == gpu["score"] == "1"
     assert gpu["aggregate"] is None and gpu["report"] is None
+    # the CPU-heavy rules get threads (Snakemake hands them on as OMP_NUM_THREADS)
+    threads = {rule: res.get("threads", "1") for rule, res in jobs.items()}
+    assert {rule for rule, n in threads.items() if n == "4"} == CPU_HEAVY_RULES
     # the profile's keys went through Snakemake's parser: an unknown key is an error
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -294,3 +294,13 @@ def test_onnxruntime_keeps_its_device_id_in_the_sweep_cache(tmp_path):
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "home").rglob("*")) == []
     assert (tmp_path / "cache" / "Microsoft" / "DeveloperTools" / ".onnxruntime" / "deviceid").is_file()
+
+
+def test_onnxruntime_sessions_use_the_job_threads(pack_root: Path, monkeypatch) -> None:
+    """Snakemake sets OMP_NUM_THREADS to the rule's threads; both face sessions follow it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    analyzer = faces.FaceAnalyzer(pack_root)
+    for model in (analyzer.detector, analyzer.recognizer):
+        assert model.session.get_session_options().intra_op_num_threads == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert faces.session_options().intra_op_num_threads == 0  # onnxruntime's default: every core

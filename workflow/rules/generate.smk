@@ -39,6 +39,7 @@ rule trajectory:
         PATHS.benchmark("trajectory", CELL_PATTERN)
     conda:
         "../../envs/fewstep.yaml"
+    threads: CPU_THREADS
     resources:
         gpu=GPU,
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,

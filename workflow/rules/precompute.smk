@@ -8,6 +8,7 @@ rule embed_prompt:
         PATHS.log("embed_prompt", "{family}/{prompt}.L{length}"),
     conda:
         "../../envs/fewstep.yaml"
+    threads: CPU_THREADS
     resources:
         gpu=GPU,
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
@@ -37,6 +38,7 @@ rule embed_identity:
         PATHS.log("embed_identity", "{identity}"),
     conda:
         "../../envs/fewstep.yaml"
+    threads: CPU_THREADS
     resources:
         mem_mb=4000,
         runtime=30,

@@ -20,6 +20,7 @@ rule aggregate:
         PATHS.log("aggregate"),
     conda:
         "../../envs/fewstep.yaml"
+    threads: CPU_THREADS
     resources:
         mem_mb=4000,
         runtime=30,

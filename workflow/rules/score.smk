@@ -11,6 +11,7 @@ rule score:
     retries: 2
     conda:
         "../../envs/fewstep.yaml"
+    threads: CPU_THREADS
     resources:
         gpu=GPU,
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,

@@ -156,6 +156,15 @@ def _check_pack(folder: Path) -> None:
         raise FaceModelError(f"face model pack {folder} has no .onnx files{where}: {_pack_hint(folder)}")
 
 
+def session_options() -> onnxruntime.SessionOptions:
+    """onnxruntime options with as many threads as the job has (OMP_NUM_THREADS: Snakemake sets
+    it to the rule's `threads`; torch follows it too). Unset, onnxruntime takes every core."""
+    options = onnxruntime.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    options.intra_op_num_threads = int(threads) if threads.isdigit() else 0
+    return options
+
+
 class FaceAnalyzer:
     """insightface detection + ArcFace recognition over one model pack.
 
@@ -182,6 +191,7 @@ class FaceAnalyzer:
                 root=str(Path(root).expanduser()),
                 allowed_modules=["detection", "recognition"],
                 providers=providers,
+                sess_options=session_options(),
             )
         except AssertionError as err:
             raise FaceModelError(
