@@ -61,6 +61,7 @@ if workflow.is_main_process and "--unlock" not in sys.argv:
 
 envvars:
     "FEWSTEP_CONFIG",
+    "FEWSTEP_GPUS",
     "PYTHONPATH",
 
 
