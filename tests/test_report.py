@@ -58,11 +58,25 @@ def test_figures_are_written_as_png_and_svg(full):
         assert path.read_text().lstrip().startswith("<?xml") and "</svg>" in path.read_text()
 
 
+def test_every_figure_and_picture_says_its_weights_are_tiny(full):
+    """Figures travel without the page (W&B, snakemake --report): each carries the mark itself."""
+    _, page, _ = full
+    svgs = sorted((page.parent / "figures").rglob("*.svg"))
+    assert svgs and all(report.WEIGHT_MARKS["tiny"] in path.read_text() for path in svgs)
+    pictures = [p for p in (page.parent / "figures").rglob("*.png") if not p.with_suffix(".svg").exists()]
+    assert len(pictures) == 4  # three identity x steps grids, one x0 grid
+    for path in pictures:
+        with Image.open(path) as picture:
+            band = picture.convert("RGB").crop((0, picture.height - 18, picture.width, picture.height))
+            assert (160, 0, 0) in {color for _, color in band.getcolors(1 << 16)}, path
+
+
 def test_image_grid_layout_identity_rows_step_columns(full):
     config, page, _ = full
     with Image.open(page.parent / "figures" / "grids" / "flux-dev__infusenet-aes__p0.png") as grid:
         tile, label = 128, 20
-        assert grid.size == ((5 + 1) * tile, label + 4 * tile)  # reference + 5 steps, 4 identities
+        band = 18  # the weights mark below the grid
+        assert grid.size == ((5 + 1) * tile, label + 4 * tile + band)  # reference + 5 steps, 4 identities
         # tile (row 0 = astronaut, column 3 = 4 steps) is the generated PNG: shade = 255 * id_sim
         pixel = grid.getpixel((3 * tile + 64, label + 64))
         expected = int(
@@ -72,7 +86,7 @@ def test_image_grid_layout_identity_rows_step_columns(full):
     with Image.open(
         page.parent / "figures" / "trajectory" / "grid__flux-schnell__infusenet-aes__4.png"
     ) as grid:
-        assert grid.size == ((4 + 1) * 128, 20 + 4 * 128)  # reference + 4 steps
+        assert grid.size == ((4 + 1) * 128, 20 + 4 * 128 + 18)  # reference + 4 steps, weights mark
         assert grid.getpixel((2 * 128 + 64, 20 + 64)) == (40, 100, 100)  # step 2 tile of the synthetic x0
 
 

@@ -37,6 +37,12 @@ WEIGHT_BANNERS = {
     "and its numbers mean nothing.",
     "random": "Full-size models with random weights: latency and memory are real, image metrics are not.",
 }
+#: the line every figure and picture carries when the weights are not real: the files travel
+#: alone (W&B's aggregate run, `snakemake --report`), without the page's banner
+WEIGHT_MARKS = {
+    "tiny": "weights: tiny (seeded random) - not a result",
+    "random": "weights: random (full size) - image metrics mean nothing",
+}
 NA = "not available"
 #: packages behind the numbers and figures of the page, listed in its provenance
 REPORT_PACKAGES = ("numpy", "pandas", "scipy", "matplotlib", "kneed", "snakemake")
@@ -476,6 +482,17 @@ def image_grid(
     return canvas
 
 
+def marked(image, mark: str, band: int = 18):
+    """`image` (PIL) with a band below it that carries `mark` in red."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = Image.new("RGB", (image.width, image.height + band), "white")
+    out.paste(image.convert("RGB"), (0, 0))
+    font = ImageFont.load_default(size=12)
+    ImageDraw.Draw(out).text((4, image.height + 2), mark, fill="#a00000", font=font)
+    return out
+
+
 def _steps_label(steps: int) -> str:
     return f"{steps} step" + ("" if steps == 1 else "s")
 
@@ -499,6 +516,9 @@ class Page:
     def figure(self, fig, section: str, name: str, alt: str) -> str:
         """Save `fig` as PNG and SVG under figures/<section>/; return the embedded PNG."""
         plt = _plt()
+        mark = WEIGHT_MARKS.get(self.config["weights"])
+        if mark:  # below the axes; bbox_inches="tight" makes room for it
+            fig.text(0.5, 0, mark, ha="center", va="top", fontsize=9, color="#a00000", weight="bold")
         data = {}
         for fmt_ in ("png", "svg"):
             buffer = io.BytesIO()
@@ -511,7 +531,8 @@ class Page:
         return f"<figure>{_img_tag(data['png'], alt)}<figcaption>{caption}</figcaption></figure>"
 
     def picture(self, image, section: str, name: str, alt: str) -> str:
-        data = _png(image)
+        mark = WEIGHT_MARKS.get(self.config["weights"])
+        data = _png(marked(image, mark) if mark else image)
         atomic_write_bytes(self.figures / section / f"{name}.png", data)
         return f"<figure>{_img_tag(data, alt)}<figcaption>{html.escape(alt)}</figcaption></figure>"
 
