@@ -183,7 +183,8 @@ def test_images_and_tables_carry_their_provenance(demo_run):
     assert len(tables) == 7 + 7 + 2 + 7 + 1
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
-        assert {"weights", "config_hash", "git_commit", "versions", "model_commits"} <= set(frame.columns), table
+        stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
+        assert stamped <= set(frame.columns), table
         if len(frame):
             assert set(frame["weights"]) == {"tiny"}, table  # demo numbers never pass for results
             assert set(frame["config_hash"]) == {config_hash}, table
