@@ -187,7 +187,7 @@ def test_command_line_overrides_that_are_no_number_still_fail_naming_the_key(raw
 
 def test_config_reference_page_is_current():
     """config/README.md is generated from the schema: regenerate with `fewstep config-reference`."""
-    from fewstep.config import reference_markdown
+    from fewstep.core.config import reference_markdown
     from tests.conftest import REPO
 
     page = (REPO / "config" / "README.md").read_text()

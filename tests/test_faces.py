@@ -276,7 +276,7 @@ def test_onnxruntime_keeps_its_device_id_in_the_sweep_cache(tmp_path):
     from tests.conftest import REPO
 
     probe = (
-        "import os; import fewstep.faces as f; from onnx import helper, TensorProto as T\n"
+        "import os; import fewstep.faces.analyzer as f; from onnx import helper, TensorProto as T\n"
         "assert 'XDG_CACHE_HOME' not in os.environ\n"
         "v = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [1])\n"
         "g = helper.make_graph([helper.make_node('Identity', ['x'], ['y'])], 'g', [v('x')], [v('y')])\n"

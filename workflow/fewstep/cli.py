@@ -26,7 +26,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
     config = load(paths)
-    from fewstep.paths import Paths
+    from fewstep.core.paths import Paths
 
     os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(config).cache_dir))  # read by fewstep.faces
     return config
@@ -54,11 +54,11 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_config_reference(args: argparse.Namespace) -> None:
-    from fewstep.config import reference_markdown
+    from fewstep.core.config import reference_markdown
 
     text = reference_markdown()
     if args.out:
-        from fewstep.io import atomic_write_text
+        from fewstep.core.io import atomic_write_text
 
         atomic_write_text(args.out, text)
     else:
