@@ -68,6 +68,32 @@ def test_backbone_checks_and_defaults():
     assert (SD15_FAMILY.resolution(), SDXL_FAMILY.resolution()) == (512, 1024)
 
 
+def test_the_grid_side_of_the_family_protocol():
+    """Every grid-side member `fewstep.families.base.Family` names exists on the SD families."""
+    import inspect
+
+    from fewstep.families.base import Family
+
+    grid_side = [
+        "name",
+        "backbones",
+        "adapter_kinds",
+        "check_backbone",
+        "check_adapter",
+        "guidance",
+        "cell_models",
+        "needs_identity_embeddings",
+        "prompt_model",
+    ]
+    assert set(grid_side) <= {*Family.__annotations__, *dict(inspect.getmembers(Family))}
+    for family in SD_FAMILIES.values():
+        assert all(hasattr(family, member) for member in grid_side)
+        (spec,) = family.backbones.values()
+        assert (spec.name, spec.repo_id) == (family.name, family.spec.repo_id)
+        assert family.adapter_kinds == {"ip_adapter", "none"}
+        assert family.prompt_model([family.name]) == family.name
+
+
 def test_cells_need_only_their_models_and_adapter_files():
     assert SDXL_FAMILY.cell_models({}, {"kind": "none"}) == ["sdxl"]
     assert SDXL_FAMILY.cell_models({}, OBJECT) == ["sdxl", "ip-adapter"]

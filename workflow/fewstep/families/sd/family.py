@@ -23,12 +23,14 @@ from typing import Any
 
 from fewstep.core.errors import ConfigError
 from fewstep.families.sd.scales import reached_layers
-from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFamily
+from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, IP_ADAPTER_REPO, SCHEDULERS, SDFamily
+from fewstep.registry.spec import ModelSpec
 
 ADAPTER_KIND = "ip_adapter"
 ROLES = {"style": ["csd", "clip_i", "clip_score"], "object": ["dino", "clip_i", "clip_score"]}
 #: the registry model holding h94/IP-Adapter's files
 IP_ADAPTER_MODEL = "ip-adapter"
+IP_ADAPTER = ModelSpec(IP_ADAPTER_MODEL, "IP-Adapter", IP_ADAPTER_REPO)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class StableDiffusion:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def backbones(self) -> dict[str, ModelSpec]:
+        """The registry spec usable as ``backbones.<id>.model`` (one base model per family)."""
+        return {self.name: ModelSpec(self.name, self.spec.folder, self.spec.repo_id)}
 
     @property
     def adapter_kinds(self) -> frozenset[str]:
