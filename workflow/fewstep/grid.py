@@ -8,18 +8,15 @@ the tests all take cells and items from `Grid`; nothing re-derives them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from fewstep.core.config import fingerprint
 from fewstep.core.errors import ConfigError
-
-FAMILY_ADAPTERS = {"flux": {"infusenet", "none"}}
-#: largest width or height a family takes unless `resolution.max_side` says otherwise
-#: (FLUX.1 was trained up to about 2 megapixels)
-FAMILY_MAX_SIDE = {"flux": 2048}
-SCHNELL_MAX_SEQUENCE_LENGTH = 256
+from fewstep.families import FAMILIES
+from fewstep.families.base import Family
 
 
 @dataclass(frozen=True, order=True)
@@ -65,8 +62,10 @@ def image_keys(cell: Cell, item: Item) -> dict[str, Any]:
 class Grid:
     """Cells, items and the parameters of each, from a validated config."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], families: Mapping[str, Family] = FAMILIES):
+        """`families`: name -> `Family` (`fewstep.families.FAMILIES` unless a caller injects others)."""
         self.config = config
+        self.known_families = families
         self._check()
 
     # ------------------------------------------------------------------ cells
@@ -101,6 +100,9 @@ class Grid:
     def adapter(self, cell: Cell) -> dict[str, Any]:
         return self.config["adapters"][cell.adapter]
 
+    def family(self, cell: Cell) -> Family:
+        return self.known_families[self.backbone(cell)["family"]]
+
     def cells_of(self, backbone: str | None = None, adapter: str | None = None) -> list[Cell]:
         return [
             c
@@ -126,12 +128,8 @@ class Grid:
 
     # ------------------------------------------------------------ parameters
     def guidance(self, cell: Cell) -> float | None:
-        """Embedded guidance the backbone really receives (None for schnell)."""
-        from fewstep.families.flux.models import BACKBONES
-
-        backbone = self.backbone(cell)
-        spec = BACKBONES[backbone["model"]]
-        return backbone["guidance"] if spec.extra["guidance_embeds"] else None
+        """Guidance the backbone really receives (None for FLUX.1-schnell)."""
+        return self.family(cell).guidance(self.backbone(cell))
 
     def cell_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything that determines a cell's images (hashed into its provenance)."""
@@ -197,10 +195,9 @@ class Grid:
         return sorted({self.backbone(c)["family"] for c in self.cells})
 
     def text_encoder_backbone(self, family: str) -> str:
-        """Backbone whose text encoders embed the prompts (dev and schnell share them)."""
+        """Backbone model whose text encoders embed the family's prompts (once per sweep)."""
         names = [self.backbone(c)["model"] for c in self.cells if self.backbone(c)["family"] == family]
-        # Prefer an ungated backbone so a token is not needed just for the text encoders.
-        return "flux-schnell" if "flux-schnell" in names else names[0]
+        return self.known_families[family].prompt_model(list(dict.fromkeys(names)))
 
     def sequence_lengths(self, family: str) -> list[int]:
         return sorted(
@@ -216,12 +213,12 @@ class Grid:
         """Registry models this sweep needs prepared (generation and the configured metrics)."""
         from fewstep.scoring.networks import scoring_models
 
-        names = {self.backbone(c)["model"] for c in self.cells}
+        names = {name for cell in self.cells for name in self.generation_models(cell)}
         for family in self.families:
             names.add(self.text_encoder_backbone(family))
         names.update(scoring_models(self.config))
-        if self.uses_infusenet:  # insightface: the conditioning face detection
-            names.update({"infiniteyou", "arcface-irse50", "insightface"})
+        if any(self.needs_identity_embeddings(cell) for cell in self.cells):
+            names.update({"arcface-irse50", "insightface"})  # the embed_identities rule's models
         return sorted(names)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
@@ -231,40 +228,36 @@ class Grid:
         return [paths.prompt_embedding(family, p["id"], length) for p in self.config["prompts"]]
 
     def identity_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
-        """The identity embedding files a cell's generation reads (none without InfuseNet)."""
-        if self.adapter(cell)["kind"] != "infusenet":
+        """The identity embedding files a cell's generation reads (none when its adapter needs none)."""
+        if not self.needs_identity_embeddings(cell):
             return []
         return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
 
+    def needs_identity_embeddings(self, cell: Cell) -> bool:
+        return self.family(cell).needs_identity_embeddings(self.adapter(cell))
+
     def generation_models(self, cell: Cell) -> list[str]:
-        """Registry models a cell's generation loads (`fewstep.families.flux.models.generation_weights`)."""
-        from fewstep.families.flux.models import generation_weights
-
-        return list(generation_weights(self.backbone(cell)["model"], self.adapter(cell)))
-
-    @property
-    def uses_infusenet(self) -> bool:
-        return any(self.adapter(c)["kind"] == "infusenet" for c in self.cells)
+        """Registry models a cell's generation loads (its family says which)."""
+        return self.family(cell).cell_models(self.backbone(cell), self.adapter(cell))
 
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
-        from fewstep.families.flux.models import BACKBONES, REGISTRY
+        from fewstep.families.flux.models import REGISTRY
         from fewstep.scoring.networks import SCORING_MODELS
 
         for name, backbone in self.config["backbones"].items():
-            if backbone["model"] not in BACKBONES:
-                known = ", ".join(sorted(BACKBONES))
+            family = self.known_families.get(backbone["family"])
+            if family is None:
+                known = ", ".join(sorted(self.known_families))
+                raise ConfigError(
+                    f"config backbones.{name}.family: unknown family {backbone['family']!r}; known: {known}"
+                )
+            if backbone["model"] not in family.backbones:
+                known = ", ".join(sorted(family.backbones))
                 raise ConfigError(
                     f"config backbones.{name}.model: unknown model {backbone['model']!r}; known: {known}"
                 )
-            if (
-                backbone["model"] == "flux-schnell"
-                and backbone["max_sequence_length"] > SCHNELL_MAX_SEQUENCE_LENGTH
-            ):
-                raise ConfigError(
-                    f"config backbones.{name}.max_sequence_length: FLUX.1-schnell takes at most "
-                    f"{SCHNELL_MAX_SEQUENCE_LENGTH} tokens; set 256"
-                )
+            family.check_backbone(name, backbone)
         for name in self.config["local_weights"]:
             if name not in REGISTRY and name not in SCORING_MODELS:
                 known = ", ".join(sorted({*REGISTRY, *SCORING_MODELS}))
@@ -277,7 +270,7 @@ class Grid:
                 )
         resolution = self.config["resolution"]
         for family in self.families:
-            limit = resolution.get("max_side") or FAMILY_MAX_SIDE[family]
+            limit = resolution.get("max_side") or self.known_families[family].max_side
             for side in ("width", "height"):
                 if resolution[side] > limit:
                     raise ConfigError(
@@ -285,12 +278,12 @@ class Grid:
                         f"{limit} px; lower it, or set resolution.max_side to go beyond deliberately"
                     )
         for cell in self.cells:
-            family = self.backbone(cell)["family"]
-            kind = self.adapter(cell)["kind"]
-            if kind not in FAMILY_ADAPTERS[family]:
+            family, kind = self.family(cell), self.adapter(cell)["kind"]
+            if kind not in family.adapter_kinds:
                 raise ConfigError(
-                    f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family} backbone"
+                    f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family.name} backbone"
                 )
+            family.check_adapter(cell.adapter, self.adapter(cell))
             first = self.adapter(cell).get("first_steps")
             if kind != "none" and first is not None and first >= cell.steps:
                 raise ConfigError(

@@ -1,0 +1,1 @@
+"""Lowest layer: config, errors, atomic io, paths, provenance, images, job environment, GPU claims."""

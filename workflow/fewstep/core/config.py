@@ -297,11 +297,6 @@ def write_resolved(config: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def read_resolved(path: str | Path) -> dict[str, Any]:
-    """Read a config written by `write_resolved` (already validated)."""
-    return yaml.safe_load(Path(path).read_text())
-
-
 def _type_label(spec: dict[str, Any], schema: dict[str, Any]) -> str:
     spec = _resolve(spec, schema)
     if "enum" in spec:

@@ -1,0 +1,11 @@
+"""Model families: one folder each, one `Family` object each (the contract: `fewstep.families.base`).
+
+Add a family by writing ``families/<name>/`` with an object satisfying `Family`
+and listing it here; the grid and the rules find it by the config's
+``backbones.<id>.family``.
+"""
+
+from fewstep.families.base import Family
+from fewstep.families.flux.family import FLUX
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (FLUX,)}

@@ -118,6 +118,8 @@ class Family(Protocol):
     backbones: Mapping[str, ModelSpec]
     #: the ``adapters.<id>.kind`` values this family runs; ``"none"`` is the bare backbone
     adapter_kinds: frozenset[str]
+    #: largest width or height it takes unless config ``resolution.max_side`` says otherwise
+    max_side: int
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -165,3 +167,8 @@ class Family(Protocol):
     ) -> CellPipeline:
         """Load one cell's backbone and adapter (config ``memory`` options applied)."""
         ...
+
+
+def rms(tensor: torch.Tensor) -> torch.Tensor:
+    """Root mean square of a tensor's values, in float32 (a 0-d tensor): the norm probes' measure."""
+    return tensor.float().pow(2).mean().sqrt()

@@ -1,0 +1,1 @@
+"""The jobs the rules run (through `fewstep.cli`): precompute, generate, trajectory, score."""

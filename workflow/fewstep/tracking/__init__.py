@@ -1,0 +1,1 @@
+"""Experiment tracking: every job a W&B run, and a reader for offline run files."""

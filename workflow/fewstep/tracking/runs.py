@@ -583,7 +583,18 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
             "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun `fewstep wandb-sync`"
         )
     sync_dir = root / "sync"
-    env = dict(os.environ, WANDB_CACHE_DIR=str(sync_dir / "cache"), WANDB_DATA_DIR=str(sync_dir / "data"))
+    sync_dir.mkdir(parents=True, exist_ok=True)
+    # wandb-core writes its port file (port_file.txt) and `wandb/` into the working directory
+    # and its sockets into $TMPDIR: all of them go to the sweep's wandb folder, never the checkout.
+    sockets = Paths(config).wandb_sockets.resolve()
+    sockets.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        WANDB_DIR=str(sync_dir),
+        WANDB_CACHE_DIR=str(sync_dir / "cache"),
+        WANDB_DATA_DIR=str(sync_dir / "data"),
+        TMPDIR=str(sockets),
+    )
     env.pop("WANDB_MODE", None)
     command = [
         sys.executable,
@@ -593,7 +604,7 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
         *(["--dry-run"] if dry_run else []),
         *map(str, run_dirs),
     ]
-    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, check=False)
+    result = subprocess.run(command, env=env, cwd=sync_dir, stdin=subprocess.DEVNULL, check=False)
     if result.returncode:
         raise TrackingError(f"`wandb sync` failed (exit {result.returncode}); see its output above")
     return run_dirs

@@ -26,7 +26,6 @@ from fewstep.core.io import atomic_write_json, sha256_file
 from fewstep.registry.load import default_dtype, load_component
 from fewstep.registry.spec import ModelSpec
 
-WEIGHTS_MODES = ("real", "tiny", "random")
 INFU_VERSION = "infu_flux_v1.0"
 
 DEV_SCHEDULER = {

@@ -9,7 +9,7 @@ real file loads with `strict=True`; tests pin the key list.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -136,7 +136,3 @@ def save_resampler(model: Resampler, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save({STATE_DICT_KEY: model.state_dict()}, tmp)
-
-
-def config_dict(config: ResamplerConfig) -> dict[str, int]:
-    return asdict(config)

@@ -1,0 +1,89 @@
+"""Families: FLUX has the grid side of the `Family` protocol; the grid takes the families it is given."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewstep.core.config import validate
+from fewstep.core.errors import ConfigError
+from fewstep.families import FAMILIES
+from fewstep.families.base import Family
+from fewstep.families.flux.family import FLUX
+from fewstep.grid import Cell, Grid
+from fewstep.registry.spec import ModelSpec
+
+GRID_SIDE = (
+    "name",
+    "backbones",
+    "adapter_kinds",
+    "max_side",
+    "check_backbone",
+    "check_adapter",
+    "guidance",
+    "cell_models",
+    "needs_identity_embeddings",
+    "prompt_model",
+)
+
+
+def test_flux_is_the_registered_family_and_has_the_grid_side():
+    assert FAMILIES == {"flux": FLUX}
+    assert [name for name in GRID_SIDE if not hasattr(FLUX, name)] == []
+    assert set(GRID_SIDE) <= set(Family.__annotations__) | set(vars(Family))
+    assert sorted(FLUX.backbones) == ["flux-dev", "flux-schnell"]
+    assert FLUX.cell_models({"model": "flux-dev"}, {"kind": "none"}) == ["flux-dev"]
+    assert FLUX.cell_models({"model": "flux-dev"}, {"kind": "infusenet", "variant": "aes_stage2"}) == [
+        "flux-dev",
+        "infiniteyou",
+    ]
+
+
+class ToyFamily:
+    """A second family, only for the grid: what a new family folder would give it."""
+
+    name = "toy"
+    backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
+    adapter_kinds = frozenset({"none"})
+    max_side = 512
+
+    def check_backbone(self, key, backbone):
+        if backbone["steps"] != sorted(backbone["steps"]):
+            raise ConfigError(f"config backbones.{key}.steps: list them in increasing order")
+
+    def check_adapter(self, key, adapter):
+        pass
+
+    def guidance(self, backbone):
+        return 7.5
+
+    def cell_models(self, backbone, adapter):
+        return [backbone["model"]]
+
+    def needs_identity_embeddings(self, adapter):
+        return False
+
+    def prompt_model(self, models):
+        return models[0]
+
+
+def test_the_grid_takes_its_families_from_the_caller(raw_demo):
+    raw_demo["backbones"]["toy"] = {"model": "toy-1", "family": "toy", "steps": [2, 3]}
+    raw_demo["adapters"]["bare"] = {"kind": "none"}
+    raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"]})
+    config = validate(raw_demo)
+    with pytest.raises(ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux"):
+        Grid(config)
+    families = {**FAMILIES, "toy": ToyFamily()}
+    grid = Grid(config, families=families)
+    toy = Cell("toy", "bare", 3)
+    assert grid.guidance(toy) == 7.5 and grid.generation_models(toy) == ["toy-1"]
+    assert grid.families == ["flux", "toy"] and grid.text_encoder_backbone("toy") == "toy-1"
+    assert "toy-1" in grid.models and not grid.needs_identity_embeddings(toy)
+    raw_demo["cells"][-1]["adapters"] = ["infusenet-aes"]
+    wrong_kind = r"adapter 'infusenet-aes' \(infusenet\) cannot run on a toy backbone"
+    with pytest.raises(ConfigError, match=wrong_kind):
+        Grid(validate(raw_demo), families=families)
+    raw_demo["cells"][-1]["adapters"] = ["bare"]
+    raw_demo["backbones"]["toy"]["steps"] = [3, 2]
+    with pytest.raises(ConfigError, match="backbones.toy.steps: list them in increasing order"):
+        Grid(validate(raw_demo), families=families)

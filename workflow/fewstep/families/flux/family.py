@@ -1,0 +1,58 @@
+"""FLUX.1 (dev, schnell) with InfiniteYou's InfuseNet identity adapter, as a `Family` (grid side)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fewstep.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fewstep.registry.spec import ModelSpec
+
+SCHNELL_MAX_SEQUENCE_LENGTH = 256
+
+
+class FluxFamily:
+    """FLUX.1-dev and FLUX.1-schnell; adapters: InfuseNet (``infusenet``) or none."""
+
+    name = "flux"
+    adapter_kinds = frozenset({"infusenet", "none"})
+    max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
+
+    @property
+    def backbones(self) -> Mapping[str, ModelSpec]:
+        from fewstep.families.flux.models import BACKBONES
+
+        return BACKBONES
+
+    def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
+        too_long = backbone["max_sequence_length"] > SCHNELL_MAX_SEQUENCE_LENGTH
+        if backbone["model"] == "flux-schnell" and too_long:
+            raise ConfigError(
+                f"config backbones.{key}.max_sequence_length: FLUX.1-schnell takes at most "
+                f"{SCHNELL_MAX_SEQUENCE_LENGTH} tokens; set 256"
+            )
+
+    def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
+        """The schema already checks InfuseNet's settings (variant, scale, window, control)."""
+
+    def guidance(self, backbone: Mapping[str, Any]) -> float | None:
+        """dev's embedded guidance; schnell's transformer has no guidance embedding."""
+        return backbone["guidance"] if self.backbones[backbone["model"]].extra["guidance_embeds"] else None
+
+    def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
+        from fewstep.families.flux.models import generation_weights
+
+        return list(generation_weights(backbone["model"], dict(adapter)))
+
+    def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
+        """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
+        return adapter["kind"] == "infusenet"
+
+    def prompt_model(self, models: Sequence[str]) -> str:
+        """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""
+        return "flux-schnell" if "flux-schnell" in models else models[0]
+
+
+FLUX = FluxFamily()
