@@ -237,6 +237,8 @@ def test_trajectory_summary(sweep):
     assert sorted(trajectory["step"].unique()) == [1, 2, 3, 4]
     assert row(trajectory, step=2, metric="id_sim")["mean"] == pytest.approx(0.3)
     assert row(trajectory, step=1, metric="face_detected")["mean"] == 0.0
+    assert row(trajectory, step=1, metric="id_sim_zero")["mean"] == 0.0  # no face at step 1
+    assert row(trajectory, step=2, metric="id_sim_zero")["mean"] == pytest.approx(0.3)
     assert row(trajectory, step=3, metric="relative_double")["mean"] == pytest.approx(0.125)
     assert row(trajectory, step=3, metric="relative_single")["mean"] == pytest.approx(0.0625)
 
@@ -250,6 +252,26 @@ def test_coverage_table_at_this_sweeps_size(sweep):
         zip(coverage["identities"], coverage["prompts"], coverage["seeds"], strict=True)
     )
     assert set(coverage["fewest_identities_for_90"]) == {4}
+
+
+def test_widths_project_this_sweeps_spread_to_more_identities(sweep):
+    _, _, tables = sweep
+    widths = tables["widths"]
+    assert set(widths["quantity"]) == {"cell mean", "paired difference"} and set(widths["metric"]) == {
+        "id_sim_zero"
+    }
+    mean = widths[widths["quantity"] == "cell mean"].set_index("identities")
+    assert mean["mean_width"].is_monotonic_decreasing and list(mean.index) == list(
+        aggregate.PROJECTED_IDENTITIES
+    )
+    assert mean["sd_identity"].iloc[0] == pytest.approx(
+        np.std(list(synth.IDENTITY_EFFECTS.values()), ddof=1), rel=0.3
+    )
+    # at the sweep's own 4 identities the projection is about as wide as the anchor's own interval
+    anchor = row(tables["summary"], cell_id=ANCHOR, metric="id_sim_zero")
+    assert mean.loc[4, "mean_width"] == pytest.approx(anchor["ci_high"] - anchor["ci_low"], rel=0.6)
+    paired = widths[widths["quantity"] == "paired difference"].set_index("identities")
+    assert (paired["mean_width"] < mean["mean_width"]).all()  # the shared effects cancel
 
 
 def test_missing_metric_is_not_available(tmp_path):

@@ -23,6 +23,7 @@ from fewstep.analysis.stats import (
     pareto_mask,
     ratio_interval,
     simulate,
+    spread,
     two_way_bootstrap,
     width_by_identities,
 )
@@ -120,6 +121,28 @@ def test_the_percentile_bootstrap_misses_where_the_crossed_interval_does_not():
         low, high = np.quantile(two_way_bootstrap(frame, ["v"], 400, seed=k)[:, 0], [0.025, 0.975])
         hits += low <= 0 <= high
     assert hits / reps < 0.85
+
+
+def test_spread_recovers_the_components_and_projects_the_width():
+    rng = np.random.default_rng(8)
+    shape = (60, 40, 2)
+    identity, prompt = design_codes(shape)
+    frame = pd.DataFrame({"identity": identity, "prompt_id": prompt})
+    values = simulate(shape, (0.5, 0.3, 0.0, 1.0), 1, rng)[0]
+    s_i, s_p, _, s_e = spread(values, frame)
+    assert (
+        s_i == pytest.approx(0.5, rel=0.2)
+        and s_p == pytest.approx(0.3, rel=0.25)
+        and s_e == pytest.approx(1.0, rel=0.05)
+    )
+    # projected to the data's own size, the simulated width is the width its own interval has
+    small = (4, 8, 4)
+    frame = pd.DataFrame(dict(zip(("identity", "prompt_id"), design_codes(small), strict=True)))
+    data = simulate(small, (0.5, 0.3, 0.0, 1.0), 300, rng)
+    own = [mean_interval(frame.assign(v=row), "v", 0.95) for row in data[:300]]
+    own_width = np.mean([r.high - r.low for r in own])
+    projected = width_by_identities((4,), 8, 4, (0.5, 0.3, 0.0, 1.0), reps=1000)["mean_width"].iloc[0]
+    assert projected == pytest.approx(own_width, rel=0.1)
 
 
 def test_width_falls_with_identities():

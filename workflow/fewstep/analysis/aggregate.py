@@ -31,13 +31,25 @@ from fewstep.analysis.stats import (
     pair,
     pareto_mask,
     ratio_interval,
+    spread,
+    width_by_identities,
 )
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.grid import Cell, Grid
 
-TABLES = ("summary", "regime", "marginal", "pareto", "comparison", "ablation", "trajectory", "coverage")
+TABLES = (
+    "summary",
+    "regime",
+    "marginal",
+    "pareto",
+    "comparison",
+    "ablation",
+    "trajectory",
+    "coverage",
+    "widths",
+)
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {
@@ -51,8 +63,11 @@ PARETO_VALUES = ("id_sim_zero", "id_sim")
 #: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
 COVERAGE_REPS = 2000
 KNEE_SAMPLES = 1000
+#: identity counts the widths table projects to
+PROJECTED_IDENTITIES = (2, 4, 8, 12, 16, 24, 32)
 #: per-step columns of a trajectory table summarised per (cell, step)
 TRAJECTORY_METRICS = (
+    "id_sim_zero",
     "id_sim",
     "face_detected",
     "adapter_active",
@@ -185,14 +200,20 @@ def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
     return frame
 
 
+def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with `id_sim_zero`: identity similarity with no face counted as 0, so its mean is
+    over every image, not only the ones that happen to show a face (where both columns exist)."""
+    frame = frame.copy()
+    if "id_sim" in frame and "face_detected" in frame:
+        detected = frame["face_detected"].astype(bool)
+        frame["id_sim_zero"] = frame["id_sim"].astype(float).where(detected, 0.0)
+    return frame
+
+
 def prepare(scores: pd.DataFrame) -> pd.DataFrame:
-    """The scores as the tables read them: `id_sim_zero` (identity similarity with no face
-    counted as 0, so a mean over every image, not only the ones that happen to show a face) and
-    cost columns left out (NaN) on warm-up images, unless a cell has nothing else."""
-    scores = scores.copy()
-    if "id_sim" in scores and "face_detected" in scores:
-        detected = scores["face_detected"].astype(bool)
-        scores["id_sim_zero"] = scores["id_sim"].astype(float).where(detected, 0.0)
+    """The scores as the tables read them: with `id_sim_zero`, and cost columns left out (NaN)
+    on warm-up images, unless a cell has nothing else."""
+    scores = with_zero_identity(scores)
     if "warmup" in scores:
         warm = scores["warmup"].fillna(False).astype(bool)
         timed = warm & ~warm.groupby(scores["cell_id"]).transform("all")
@@ -566,6 +587,7 @@ class Aggregator:
         ]
         if frame is None or frame.empty:
             return pd.DataFrame(columns=columns)
+        frame = with_zero_identity(frame)
         metrics = [m for m in TRAJECTORY_METRICS if m in frame]
         rows = []
         for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
@@ -603,6 +625,68 @@ class Aggregator:
         table["fewest_identities_for_90"] = fewest_identities(table[table["prompts"] >= 8])
         return table
 
+    def widths(self) -> pd.DataFrame:
+        """How wide the headline identity metric's intervals would be with more identities, at this
+        sweep's own spread (method-of-moments sds) and its prompts and seeds: a cell mean (the
+        anchor's) and the study's paired difference (candidate - baseline), simulated."""
+        columns = ["quantity", "metric", "source", "identities", "prompts", "seeds", "mean_width"]
+        columns += ["sd_identity", "sd_prompt", "sd_image"]
+        metric = next((m for m in PARETO_VALUES if m in self.metrics), None)
+        sources = []
+        if metric and self.grid.anchor is not None:
+            frame = self.cell_frame(self.grid.anchor)
+            sources.append(("cell mean", self.grid.anchor.id, frame[metric].to_numpy(), frame))
+        if metric and self.grid.comparison is not None:
+            baseline, candidate = self.grid.comparison
+            paired = self.paired(candidate, baseline)
+            sources.append(
+                (
+                    "paired difference",
+                    f"{candidate.id} - {baseline.id}",
+                    paired[f"{metric}_diff"].to_numpy(),
+                    paired,
+                )
+            )
+        prompts, seeds = len(self.config["prompts"]), len(self.config["seeds"])
+        rows = []
+        for quantity, source, values, frame in sources:
+            if frame.empty or not np.isfinite(values.astype(float)).any():
+                continue
+            sds = spread(values, frame)
+            if not all(np.isfinite(sds)):
+                continue
+            table = width_by_identities(
+                PROJECTED_IDENTITIES,
+                prompts,
+                seeds,
+                sds,
+                reps=1000,
+                confidence=self.confidence,
+                seed=self.seed,
+            )
+            for r in table.itertuples(index=False):
+                rows.append(
+                    dict(
+                        zip(
+                            columns,
+                            (
+                                quantity,
+                                metric,
+                                source,
+                                r.identities,
+                                prompts,
+                                seeds,
+                                r.mean_width,
+                                sds[0],
+                                sds[1],
+                                sds[3],
+                            ),
+                            strict=True,
+                        )
+                    )
+                )
+        return pd.DataFrame(rows, columns=columns)
+
 
 def tables(
     config: dict[str, Any], scores: pd.DataFrame, trajectories: pd.DataFrame | None
@@ -617,6 +701,7 @@ def tables(
         "ablation": agg.ablation(),
         "trajectory": agg.trajectory(trajectories),
         "coverage": agg.coverage(),
+        "widths": agg.widths(),
     }
 
 

@@ -430,7 +430,8 @@ def block_heatmap(frame: pd.DataFrame, cell_id: str):
 
 
 TRAJECTORY_LABELS = {
-    "id_sim": "identity similarity of decoded x0",
+    "id_sim_zero": "identity similarity of decoded x0 (no face = 0)",
+    "id_sim": "identity similarity of decoded x0 (faces only)",
     "face_detected": "face detection rate of decoded x0",
     "residual_rms_double": "InfuseNet residual RMS, double blocks",
     "residual_rms_single": "InfuseNet residual RMS, single blocks",
@@ -871,7 +872,7 @@ def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFra
         return
     body = ""
     present = set(trajectory["metric"])
-    emergence = [m for m in ("id_sim", "face_detected") if m in present]
+    emergence = [m for m in ("id_sim_zero", "id_sim", "face_detected") if m in present]
     norms = [
         m
         for m in (
@@ -1033,7 +1034,30 @@ def _identity_warning(n_identities: int, coverage: pd.DataFrame) -> str:
     )
 
 
-def _method_section(page: Page, summary: pd.DataFrame, coverage: pd.DataFrame) -> None:
+def _widths_text(widths: pd.DataFrame, n_identities: int) -> str:
+    """The widths table as one row per quantity, one column per identity count."""
+    if widths.empty:
+        return ""
+    rows = []
+    for (quantity, metric, source), group in widths.groupby(["quantity", "metric", "source"], sort=False):
+        first = group.iloc[0]
+        entry = {
+            "interval of": f"{quantity} of {metric} ({source})",
+            "sd identity / prompt / image": " / ".join(
+                f"{v:.3g}" for v in (first.sd_identity, first.sd_prompt, first.sd_image)
+            ),
+        }
+        entry.update({f"{int(r.identities)} identities": f"{r.mean_width:.3g}" for r in group.itertuples()})
+        rows.append(entry)
+    return (
+        f"<p>How wide the {widths['metric'].iloc[0]} intervals would be with more identities, at this "
+        f"sweep's own spread (estimated from its {n_identities} identities), prompts and seeds: the mean "
+        "full width of the 95% interval, simulated (<code>widths.csv</code>).</p>"
+        + html_table(pd.DataFrame(rows), "widths")
+    )
+
+
+def _method_section(page: Page, summary: pd.DataFrame, coverage: pd.DataFrame, widths: pd.DataFrame) -> None:
     options = page.config["report"]
     n_id = int(summary["n_identities"].max()) if len(summary) else 0
     n_pr = int(summary["n_prompts"].max()) if len(summary) else 0
@@ -1049,7 +1073,8 @@ def _method_section(page: Page, summary: pd.DataFrame, coverage: pd.DataFrame) -
         f"This sweep has {n_id} identities and {n_pr} prompts; with one identity (or prompt) that factor "
         "is held fixed and the interval speaks for it alone. The coverage this achieves, simulated "
         "(<code>coverage.csv</code>, 2000 data sets per size and variance mix, the worst mix shown):"
-        + html_table(_coverage_table(coverage), "coverage"),
+        + html_table(_coverage_table(coverage), "coverage")
+        + _widths_text(widths, n_id),
         "<b>Paired differences</b> (vs the anchor, between consecutive steps, between adapters, the study "
         "table): images matched on identity, prompt and seed, the per-image differences given the same "
         "interval; tables say how many pairs of how many paired images had a value in both.",
@@ -1171,7 +1196,7 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     _trajectory_section(page, read["trajectory"], load_trajectories(config))
     _grids_section(page)
     _summary_section(page, summary)
-    _method_section(page, summary, read["coverage"])
+    _method_section(page, summary, read["coverage"], read["widths"])
     _provenance_section(page, per_image)
 
     weights = {config["weights"], *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}

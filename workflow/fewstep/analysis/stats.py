@@ -49,7 +49,8 @@ ITEM_KEYS = ("identity", "prompt_id", "seed")
 # ------------------------------------------------------------ the estimator
 @dataclass
 class Components:
-    """Per replicate (leading axis): mean, variance of the mean, Satterthwaite df, counts."""
+    """Per replicate (leading axis): mean, variance of the mean, Satterthwaite df, counts, and
+    the mean squares of identity, prompt and their interaction (replicates x 3)."""
 
     mean: np.ndarray
     variance: np.ndarray
@@ -57,6 +58,7 @@ class Components:
     n: np.ndarray
     n_identities: np.ndarray
     n_prompts: np.ndarray
+    mean_squares: np.ndarray
 
     def half_width(self, confidence: float) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -114,7 +116,7 @@ def crossed_components(values: np.ndarray, identity: np.ndarray, prompt: np.ndar
         spread = np.where(single, ms_e**2 / (n - 1), spread)
         variance = np.where(n > 1, total / n, np.nan)
         df = np.where(total > 0, total**2 / spread, np.inf)
-    return Components(mean, variance, df, n, levels_i, levels_p)
+    return Components(mean, variance, df, n, levels_i, levels_p, np.stack([ms_a, ms_b, ms_ab], axis=1))
 
 
 @dataclass
@@ -304,6 +306,19 @@ def coverage_table(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def spread(values: np.ndarray, frame: pd.DataFrame, clusters: Sequence[str] = CLUSTERS) -> tuple[float, ...]:
+    """Method-of-moments sds (identity, prompt, 0, image) of `values` (one per row of `frame`):
+    `simulate` with them reproduces the data's expected mean squares at its own prompts and
+    seeds (the interaction is folded into the image term, which is all a width at fixed prompts
+    and seeds depends on). NaNs where a factor has a single level."""
+    parts = crossed_components(np.asarray(values, dtype=float)[None, :], *_codes(frame, clusters))
+    ms_a, ms_b, ms_ab = parts.mean_squares[0]
+    n, n_i, n_p = parts.n[0], parts.n_identities[0], parts.n_prompts[0]
+    identity = np.sqrt(max(ms_a - ms_ab, 0.0) * n_i / n)
+    prompt = np.sqrt(max(ms_b - ms_ab, 0.0) * n_p / n)
+    return float(identity), float(prompt), 0.0, float(np.sqrt(ms_ab))
 
 
 def width_by_identities(
