@@ -25,6 +25,7 @@ from fewstep.analysis.aggregate import TABLES, load_trajectories
 from fewstep.analysis.metric_registry import margin, spec
 from fewstep.core import provenance
 from fewstep.core.config import config_hash
+from fewstep.core.images import identity_images
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid
@@ -907,7 +908,7 @@ def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFra
             )
     config = page.config
     seed = frames["seed"].iloc[0]
-    references = _references(config)
+    references = identity_images(config, config["report"]["grid_max_identities"])
     for cell_id, frame in frames.groupby("cell_id", sort=False):
         prompt = frame["prompt_id"].iloc[0]
         chosen = frame[(frame["prompt_id"] == prompt) & (frame["seed"] == seed)]
@@ -939,16 +940,9 @@ def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
     return None
 
 
-def _references(config: dict[str, Any]) -> dict[str, np.ndarray]:
-    from fewstep.core.images import load_rgb
-
-    identities = config["identities"][: config["report"]["grid_max_identities"]]
-    return {i["id"]: load_rgb(i["image"]) for i in identities}
-
-
 def _grids_section(page: Page) -> None:
     config, grid, paths = page.config, page.grid, page.paths
-    references = _references(config)
+    references = identity_images(config, config["report"]["grid_max_identities"])
     seed = config["seeds"][0]
     body = (
         "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "

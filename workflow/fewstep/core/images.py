@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,3 +75,8 @@ def picture_source(spec: str) -> str:
 
 def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def identity_images(config: dict[str, Any], limit: int | None = None) -> dict[str, np.ndarray]:
+    """Each configured identity's reference picture (of the first `limit` identities), by id."""
+    return {i["id"]: load_rgb(i["image"]) for i in config["identities"][:limit]}

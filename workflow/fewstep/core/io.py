@@ -70,10 +70,12 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def encode_png(image: Any, metadata: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of a PIL image, with text chunks (provenance) when given."""
+def encode_png(pixels: Any, metadata: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of an HxWx3 uint8 RGB array, with text chunks (provenance) when given."""
+    from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
+    image = Image.fromarray(pixels)
     info = PngInfo()
     for key, value in (metadata or {}).items():
         info.add_itxt(key, value)

@@ -270,7 +270,7 @@ def run(
             for (item, key, _, seconds), pixels in zip(batch, images, strict=True):
                 image_path = paths.image(cell.id, item.id)
                 png = encode_png(
-                    _to_pil(pixels),
+                    pixels,
                     {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
                 )
                 atomic_write_bytes(image_path, png)
@@ -298,9 +298,3 @@ def run(
     write_table(manifest_path, frame)
     print(f"{cell.id}: {len(frame)} images ({reused} kept from an earlier run) -> {manifest_path}")
     return manifest_path
-
-
-def _to_pil(pixels: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(pixels)

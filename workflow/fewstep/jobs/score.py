@@ -107,13 +107,13 @@ def run(
     batch_size: int | None = None,
 ) -> Path:
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless given)."""
-    from fewstep.core.images import load_rgb
+    from fewstep.core.images import identity_images
 
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
     out = Path(out or paths.scores(cell.id))
     manifest = pd.read_parquet(paths.manifest(cell.id))
-    references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
+    references = identity_images(config)
     metrics = build_metrics(config)
     anchor_images, anchor_manifest = _anchor_images(config, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]

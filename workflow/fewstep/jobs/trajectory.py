@@ -67,7 +67,7 @@ class BlockProbe:
 
 def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
     """Write trajectories/<cell>/trajectory.parquet and the per-step x0 images."""
-    from fewstep.core.images import load_rgb
+    from fewstep.core.images import identity_images
     from fewstep.scoring.base import JobModels, Sample
     from fewstep.scoring.identity import IdentitySimilarity
 
@@ -76,7 +76,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     out = Path(out or paths.trajectory(cell.id))
     generator = CellGenerator(config, cell)
     scorer = IdentitySimilarity(config, JobModels(config))
-    references = {i["id"]: load_rgb(i["image"]) for i in config["identities"]}
+    references = identity_images(config)
     probe = BlockProbe(generator.parts.transformer)
     prov = provenance.record(config)
     items = grid.items[: config["trajectory"]["max_items"]]
@@ -104,7 +104,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                 atomic_write_bytes(
                     image,
                     encode_png(
-                        _pil(pixels),
+                        pixels,
                         {
                             "fewstep": json.dumps(
                                 {"cell": cell.id, "item": item.id, "step": info.index + 1, **prov}
@@ -164,9 +164,3 @@ def _per_block(residuals: list[float], blocks: int) -> list[float]:
         return [np.nan] * blocks
     interval = math.ceil(blocks / len(residuals))
     return [residuals[i // interval] for i in range(blocks)]
-
-
-def _pil(pixels: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(pixels)
