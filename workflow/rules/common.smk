@@ -10,6 +10,13 @@ def generate_inputs(wildcards):
     return inputs + GRID.identity_embeddings(PATHS, cell)
 
 
+def identity_picture(wildcards):
+    """This identity's picture file, when it is one that exists: a newer picture re-embeds only
+    its own identity (a missing one is the job's one-line error, not Snakemake's)."""
+    image = GRID.identity(wildcards.identity)["image"]
+    return [image] if not image.startswith("builtin:") and Path(image).is_file() else []
+
+
 def score_inputs(wildcards):
     """A cell's manifest, the scoring models, and the anchor cell's manifest (LPIPS to it)."""
     cell_id = CELL_PATTERN.format(**wildcards)

@@ -26,12 +26,7 @@ rule embed_identity:
     input:
         marker_path(CONFIG, "insightface"),
         marker_path(CONFIG, "arcface-irse50"),
-        # a replaced picture re-embeds (builtin: pictures come with their package)
-        [
-            i["image"]
-            for i in CONFIG["identities"]
-            if not i["image"].startswith("builtin:")
-        ],
+        identity_picture,
     output:
         PATHS.identity_embedding("{identity}"),
     log:

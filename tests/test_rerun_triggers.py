@@ -1,0 +1,231 @@
+"""Rerun triggers: a change reruns exactly the jobs whose outputs depend on it, and the
+rerun outputs really change (issue 18: stale embeddings gave pixel-identical images).
+
+Each test works on a copy of the session's finished demo (results, tiny models and
+Snakemake's metadata, mtimes kept), asks `snakemake -n` which jobs a change brings, and
+runs only the few jobs that show the outputs change where their conditioning changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fewstep.core.paths import Paths
+from tests.conftest import REPO, snakemake
+
+CELL = "flux-schnell/infusenet-aes/1"
+DOWNSTREAM = {"generate": 7, "score": 7, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
+
+
+@pytest.fixture
+def demo(demo_run, tmp_path) -> Path:
+    """A private copy of the finished demo workdir: what a test changes stays there."""
+    work = tmp_path / "demo"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns("home"))
+    return work
+
+
+def demo_config(**changes) -> dict:
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config.update(changes)
+    return config
+
+
+def write_config(work: Path, config: dict) -> Path:
+    path = work / "changed.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+def planned(work: Path, configfile: Path, *targets: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job `snakemake -n` lists, `all` left out."""
+    result = snakemake(work, "-n", *targets, configfile=configfile)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs: list[tuple[str, str]] = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", result.stdout):
+        match = re.match(r"(?:local)?rule (\w+):\n", block)
+        if match and match.group(1) != "all":
+            found = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
+            jobs.append((match.group(1), found.group(1) if found else ""))
+    return sorted(jobs)
+
+
+def counts(jobs: list[tuple[str, str]]) -> dict[str, int]:
+    return dict(collections.Counter(rule for rule, _ in jobs))
+
+
+def of(jobs: list[tuple[str, str]], rule: str) -> list[str]:
+    return [wildcards for name, wildcards in jobs if name == rule]
+
+
+def pixels(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def images(work: Path, cell: str = CELL) -> dict[str, bytes]:
+    paths = Paths(demo_config(results_dir=str(work / "results"), reports_dir=str(work / "reports")))
+    manifest = pd.read_parquet(paths.manifest(cell))
+    return {row.item_id: pixels(paths.cell_dir(cell) / row.image) for row in manifest.itertuples()}
+
+
+def run_cell(work: Path, configfile: Path, cell: str = CELL) -> None:
+    target = f"results/demo/cells/{cell}/manifest.parquet"
+    result = snakemake(work, target, "--cores", "2", configfile=configfile)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_the_demo_copy_is_up_to_date(demo):
+    assert planned(demo, REPO / "config" / "demo.yaml") == []
+
+
+def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
+    config = demo_config()
+    config["prompts"][0]["text"] = "An oil painting of the person in a garden, impressionist style"
+    configfile = write_config(demo, config)
+    jobs = planned(demo, configfile)
+    # that prompt at both T5 lengths (dev 512, schnell 256), no identity, every cell downstream
+    assert of(jobs, "embed_prompt") == [
+        "family=flux, prompt=portrait, length=256",
+        "family=flux, prompt=portrait, length=512",
+    ]
+    assert counts(jobs) == {"embed_prompt": 2, **DOWNSTREAM}
+    before = images(demo)
+    run_cell(demo, configfile)
+    after = images(demo)
+    assert before.keys() == after.keys()
+    for item in before:  # only the changed prompt's images differ
+        assert (before[item] != after[item]) == item.split("/")[1].startswith("portrait"), item
+
+
+def test_face_policy_change_reembeds_identities_and_changes_the_group_picture_images(demo):
+    config = demo_config(face={"policy": "highest_score"})
+    configfile = write_config(demo, config)
+    jobs = planned(demo, configfile)
+    assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
+    assert counts(jobs) == {"embed_identity": 2, **DOWNSTREAM}
+    before = images(demo)
+    run_cell(demo, configfile)
+    after = images(demo)
+    # the group picture has several faces: the other face conditions its images now;
+    # the astronaut has one, so its embedding and images stay what they were
+    for item in before:
+        assert (before[item] != after[item]) == item.startswith("group-t1/"), item
+
+
+def test_a_picture_replaced_in_place_reembeds_that_identity_only(demo):
+    from PIL import Image
+
+    from fewstep.core.images import load_rgb
+
+    picture = demo / "my pictures" / "astronaut.png"
+    picture.parent.mkdir()
+    Image.fromarray(load_rgb("builtin:astronaut")).save(picture)
+    config = demo_config()
+    config["identities"][0]["image"] = str(picture)
+    configfile = write_config(demo, config)
+    target = "results/demo/embeddings/identities/astronaut.safetensors"
+    result = snakemake(demo, target, "--cores", "1", configfile=configfile)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned(demo, configfile, target) == []
+    # new content, an old modification time: only the content digest can tell
+    Image.fromarray(load_rgb("builtin:astronaut")[:, ::-1]).save(picture)
+    os.utime(picture, (946684800, 946684800))
+    jobs = planned(demo, configfile)
+    assert of(jobs, "embed_identity") == ["identity=astronaut"]
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 7
+
+
+def test_a_builtin_name_change_reembeds_that_identity_only(demo):
+    config = demo_config()
+    config["identities"][1]["image"] = "builtin:insightface/Tom_Hanks_54745"
+    jobs = planned(demo, write_config(demo, config))
+    assert of(jobs, "embed_identity") == ["identity=group-t1"]
+    assert counts(jobs) == {"embed_identity": 1, **DOWNSTREAM}
+
+
+def test_a_model_prepared_again_reruns_what_it_feeds(demo):
+    from fewstep.families.flux.models import marker_path
+
+    config = demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny")
+    marker = marker_path(config, "arcface-irse50")
+    os.utime(marker)  # as prepare_model rewrites it
+    jobs = planned(demo, REPO / "config" / "demo.yaml")
+    assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 7
+
+
+def test_a_bad_picture_for_one_identity_loses_nothing_of_the_others(demo):
+    broken = demo / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    config = demo_config(face={"policy": "highest_score"})  # every identity must be embedded again
+    config["identities"].append({"id": "broken", "image": str(broken)})
+    configfile = write_config(demo, config)
+    folder = demo / "results" / "demo" / "embeddings" / "identities"
+    targets = [f"results/demo/embeddings/identities/{i['id']}.safetensors" for i in config["identities"]]
+    result = snakemake(demo, *targets, "--cores", "2", configfile=configfile)
+    assert result.returncode != 0
+    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.safetensors", "group-t1.safetensors"]
+    assert planned(demo, configfile, *targets) == [("embed_identity", "identity=broken")]
+    # the job's one line reaches the console (show-failed-logs), not only its log
+    assert f"image {broken} cannot be read" in result.stdout + result.stderr
+
+
+def test_score_reruns_when_a_reference_picture_changes_for_a_cell_without_adapter(tmp_path):
+    """A backbone-only cell does not regenerate for a new picture, but its identity score must."""
+    from fewstep.core.config import validate
+    from fewstep.grid import Grid
+
+    raw = demo_config()
+    raw["adapters"]["none"] = {"kind": "none"}
+    raw["cells"][0]["adapters"].append("none")
+    changed = copy.deepcopy(raw)
+    changed["identities"][0]["image"] = "builtin:coffee"
+    grids = [Grid(validate(c)) for c in (raw, changed)]
+    none, aes = grids[0].cell("flux-dev/none/1"), grids[0].cell("flux-dev/infusenet-aes/1")
+    assert grids[0].cell_hash(none) == grids[1].cell_hash(none)
+    assert grids[0].cell_hash(aes) != grids[1].cell_hash(aes)
+    assert grids[0].pictures != grids[1].pictures  # the score rule's `pictures` param
+
+
+def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
+    """Deleting a cell's manifest would not do: Snakemake skips a missing intermediate file
+    while everything after it is up to date. The message names the command that works."""
+    demo_file = REPO / "config" / "demo.yaml"
+    cell_dir = Path("results/demo/cells") / CELL
+    manifest = pd.read_parquet(demo / cell_dir / "manifest.parquet")
+    image = cell_dir / manifest["image"].iloc[0]
+    kept = dict(zip(manifest["item_id"], manifest["generated_at"], strict=True))
+    original = pixels(demo / image)
+    (demo / image).write_bytes((demo / image).read_bytes()[:200])  # torn by a failing disk
+    scores = f"results/demo/scores/{CELL}/scores.parquet"
+    failed = snakemake(demo, "--cores", "2", "--forcerun", scores, configfile=demo_file)
+    assert failed.returncode != 0
+    advice = (
+        f"generated image {image} is corrupt; delete it, then rerun with `--forcerun "
+        f"{cell_dir / 'manifest.parquet'}` added to your snakemake command"
+    )
+    assert advice in failed.stdout + failed.stderr  # on the console (show-failed-logs)
+    (demo / image).unlink()
+    rerun = snakemake(
+        demo, "--cores", "2", "--forcerun", str(cell_dir / "manifest.parquet"), configfile=demo_file
+    )
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert pixels(demo / image) == original
+    again = pd.read_parquet(demo / cell_dir / "manifest.parquet")
+    remade = {
+        item for item, at in zip(again["item_id"], again["generated_at"], strict=True) if kept[item] != at
+    }
+    assert remade == {manifest["item_id"].iloc[0]}  # the others were kept
+    assert planned(demo, demo_file) == []
