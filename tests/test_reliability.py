@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from fewstep import cli
+from fewstep.analysis import aggregate
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 from fewstep.jobs import generate, precompute
@@ -180,7 +181,7 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         *(results / "aggregate").glob("*.csv"),
         results / "aggregate" / "per_image.parquet",
     ]
-    assert len(tables) == 7 + 7 + 2 + 7 + 1
+    assert len(tables) == 7 + 7 + 2 + len(aggregate.TABLES) + 1
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}

@@ -66,7 +66,9 @@ def test_full_study_dag_builds_without_weights(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    cells = (9 + 6) * 3  # (dev steps + schnell steps) x (aes, sim, none)
+    # (dev steps + schnell steps) x (aes, sim, none), then the ablations at dev-28 (4 scales,
+    # 5 windows) and schnell-4 (4 scales, 3 windows)
+    cells = (9 + 6) * 3 + 9 + 7
     assert counts["generate"] == cells and counts["score"] == cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
     assert counts["prepare_model"] == 7

@@ -64,6 +64,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` atomically, with stable bytes: saved to a file, torch names the
+    archive's records after the file's stem, which would be the random temporary name."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Let `writer(tmp_path)` produce the file (e.g. DataFrame.to_parquet)."""
     with atomic_path(path) as tmp:

@@ -16,7 +16,6 @@ L2-normalised embedding.
 
 from __future__ import annotations
 
-import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewstep.core.io import atomic_write_bytes
+from fewstep.core.io import atomic_torch_save
 from fewstep.faces.analyzer import FaceModelError
 
 __all__ = [
@@ -151,10 +150,8 @@ def tiny_irse(seed: int = 0) -> IRSEArcFace:
 
 def save_tiny_irse(path: Path, seed: int = 0) -> Path:
     """Write the seeded tiny model as a plain state dict, like the published ``.pth``."""
-    buffer = io.BytesIO()
-    torch.save(tiny_irse(seed).state_dict(), buffer)
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(tiny_irse(seed).state_dict(), path)
     return path
 
 

@@ -170,7 +170,7 @@ def save_tiny_lpips_trunk(net: str, path: Path) -> None:
     """
     from torchvision import models as tv
 
-    from fewstep.core.io import atomic_path
+    from fewstep.core.io import atomic_torch_save
 
     _seeded(f"tiny-lpips-{net}")
     state = (tv.alexnet if net == "alex" else tv.vgg16)(weights=None).state_dict()
@@ -178,8 +178,7 @@ def save_tiny_lpips_trunk(net: str, path: Path) -> None:
         key: value if key.startswith("features.") else torch.zeros((), dtype=value.dtype).expand(value.shape)
         for key, value in state.items()
     }
-    with atomic_path(path) as tmp:
-        torch.save(compact, tmp)
+    atomic_torch_save(compact, path)
 
 
 def _save_tiny_clip_processor(folder: Path) -> Any:
@@ -248,7 +247,7 @@ def save_tiny_csd(path: Path) -> None:
     import numpy as np
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from fewstep.core.io import atomic_path
+    from fewstep.core.io import atomic_torch_save
 
     _seeded("tiny-csd")
     config = CLIPVisionConfig(
@@ -268,8 +267,7 @@ def save_tiny_csd(path: Path) -> None:
     # Third-party loaders report numpy scalars next to the state dict in the published
     # file; one here keeps the restricted unpickling path honest.
     checkpoint = {"model_state_dict": state, "epoch": np.int64(0)}
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    atomic_torch_save(checkpoint, path)
 
 
 # --------------------------------------------------------------------------- real

@@ -132,7 +132,6 @@ def load_resampler(
 
 def save_resampler(model: Resampler, path: str | Path) -> None:
     """Write the published file format (used to build tiny checkpoints)."""
-    from fewstep.core.io import atomic_path
+    from fewstep.core.io import atomic_torch_save
 
-    with atomic_path(path) as tmp:
-        torch.save({STATE_DICT_KEY: model.state_dict()}, tmp)
+    atomic_torch_save({STATE_DICT_KEY: model.state_dict()}, path)

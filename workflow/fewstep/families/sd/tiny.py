@@ -175,7 +175,7 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
     import diffusers
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fewstep.core.io import atomic_path
+    from fewstep.core.io import atomic_torch_save
 
     folder = Path(folder)
     for family in families:
@@ -196,5 +196,4 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
             state = ip_adapter_state_dict(unet, adapter, vision, TINY_PLUS_WIDTH, std=0.2)
             target = folder / adapter.subfolder / adapter.weight_name
             target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                torch.save(state, tmp)
+            atomic_torch_save(state, target)
