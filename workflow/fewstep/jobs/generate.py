@@ -12,7 +12,7 @@ listing each item exactly once.
 Latency columns per image: ``latency_s`` (denoise + decode, the batch's time
 over its size), ``end_to_end_s`` (that + the prompt's encoding and the
 identity's embedding as the embedding jobs timed them + the resampler and
-control-image encoding timed here, once per identity), and ``warmup`` (the
+control-image encoding timed here once per identity, after a warm-up call), and ``warmup`` (the
 job's first batch after loading the model, which pays one-off costs).
 """
 
@@ -107,7 +107,11 @@ class CellGenerator:
 
     # --- inputs -------------------------------------------------------------
     def _timed(self, compute):
-        """`compute()` and the seconds it took on this job's device."""
+        """`compute()` and the seconds it took on this job's device, timed on a second call:
+        a first call pays one-off costs (kernel selection, lazy initialisation) that would
+        otherwise land in every image's end-to-end time."""
+        with torch.no_grad():
+            compute()
         sampler.synchronize(self.device)
         start = time.perf_counter()
         with torch.no_grad():
