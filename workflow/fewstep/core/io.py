@@ -80,8 +80,8 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def encode_png(pixels: Any, metadata: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of an HxWx3 uint8 RGB array, with text chunks (provenance) when given."""
+def encode_png(pixels: Any, metadata: dict[str, str] | None = None, compress_level: int = 6) -> bytes:
+    """PNG bytes of an HxWx3 uint8 RGB array, with text chunks (provenance) when given (zlib level 0-9)."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -90,7 +90,7 @@ def encode_png(pixels: Any, metadata: dict[str, str] | None = None) -> bytes:
     for key, value in (metadata or {}).items():
         info.add_itxt(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
     return buffer.getvalue()
 
 
