@@ -18,6 +18,7 @@ diffusers' FluxControlNetPipeline and InfiniteYou's InfuseNet pipeline:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,18 +81,47 @@ class StepInfo:
         return self.latents - self.sigma * self.velocity
 
 
+class StepTimer:
+    """Wall time between marks without a synchronize per step: CUDA events on a GPU, else the clock.
+
+    A mark only records where the device's work stream is; `seconds` waits for the last mark, so
+    reading the times is the one point that waits for the GPU (the image writer does it).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """The intervals between consecutive marks."""
+        if not self.cuda:
+            return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        self.marks[-1].synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+
 @dataclass
 class Result:
     latents: torch.Tensor
     sigmas: list[float]
     adapter_active: list[bool]
-    denoise_s: float
-    step_s: list[float]
+    timer: StepTimer  # marked before the first step and after every step
 
+    @property
+    def step_s(self) -> list[float]:
+        return self.timer.seconds()[: len(self.sigmas)]
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    @property
+    def denoise_s(self) -> float:
+        return sum(self.step_s)
 
 
 def vae_scale_factor(vae: Any) -> int:
@@ -141,7 +171,10 @@ def initial_noise(
     noise = torch.cat(
         [torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
     )
-    return FluxPipeline._pack_latents(noise, len(seeds), channels, h, w).to(device, dtype)
+    packed = FluxPipeline._pack_latents(noise, len(seeds), channels, h, w)
+    if device.type == "cuda":  # pinned: the copy waits for nothing the GPU is still doing
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    return packed.to(device, dtype)
 
 
 def encode_control(vae: Any, image: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -166,8 +199,13 @@ def denoise(
     device: torch.device,
     dtype: torch.dtype,
     on_step: Callable[[StepInfo], None] | None = None,
+    accelerated: Any = None,
 ) -> Result:
-    """Run the sampler; return final packed latents with per-step sigmas and timings."""
+    """Run the sampler; return final packed latents with per-step sigmas and timings.
+
+    `accelerated` (a `fewstep.acceleration.Accelerated` over these parts) wraps every
+    transformer call; without it the loop is the plain eager one.
+    """
     from diffusers import FluxPipeline
 
     transformer, scheduler, infusenet = parts.transformer, parts.scheduler, parts.infusenet
@@ -199,12 +237,12 @@ def denoise(
         if control is None:
             raise ValueError("the InfuseNet adapter needs control latents (a black image when none)")
 
-    step_s: list[float] = []
-    synchronize(device)
-    start = time.perf_counter()
+    timer = StepTimer(device)
+    timer.mark()
+    if accelerated is not None:
+        accelerated.new_image()
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
-            t0 = time.perf_counter()
             timestep = t.expand(batch).to(dtype) / 1000
             block_samples = single_block_samples = None
             if active[i]:
@@ -220,27 +258,31 @@ def denoise(
                     guidance=adapter_guidance,
                     return_dict=False,
                 )
-            velocity = transformer(
-                hidden_states=latents,
-                timestep=timestep,
-                guidance=guidance,
-                pooled_projections=cond.pooled_prompt_embeds,
-                encoder_hidden_states=cond.prompt_embeds,
-                controlnet_block_samples=block_samples,
-                controlnet_single_block_samples=single_block_samples,
-                txt_ids=text_ids,
-                img_ids=image_ids,
-                return_dict=False,
-            )[0]
+            residuals = {
+                "controlnet_block_samples": block_samples,
+                "controlnet_single_block_samples": single_block_samples,
+            }
+            call = accelerated.denoiser_call(residuals) if accelerated else contextlib.nullcontext(residuals)
+            with call as residuals:
+                velocity = transformer(
+                    hidden_states=latents,
+                    timestep=timestep,
+                    guidance=guidance,
+                    pooled_projections=cond.pooled_prompt_embeds,
+                    encoder_hidden_states=cond.prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=image_ids,
+                    return_dict=False,
+                    **residuals,
+                )[0]
             if on_step is not None:
                 info = StepInfo(i, sigmas[i], float(scheduler.sigmas[i + 1]), latents, velocity, active[i])
                 if block_samples is not None:
                     info.probes = residual_probes(block_samples, single_block_samples, latents)
                 on_step(info)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0].to(dtype)
-            synchronize(device)
-            step_s.append(time.perf_counter() - t0)
-    return Result(latents, sigmas, active, time.perf_counter() - start, step_s)
+            timer.mark()
+    return Result(latents, sigmas, active, timer)
 
 
 def residual_probes(
@@ -264,6 +306,11 @@ def residual_probes(
 
 def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> list[np.ndarray]:
     """Packed latents [B, seq, 64] -> B images, HxWx3 uint8."""
+    return list(decode_pixels(parts, latents, height, width).cpu().numpy())
+
+
+def decode_pixels(parts: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Packed latents [B, seq, 64] -> [B, H, W, 3] uint8 on the latents' device (nothing waits)."""
     from diffusers import FluxPipeline
 
     vae = parts.vae
@@ -272,4 +319,4 @@ def decode(parts: Any, latents: torch.Tensor, height: int, width: int) -> list[n
     with torch.no_grad():
         pixels = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
     pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
-    return list((pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+    return (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)

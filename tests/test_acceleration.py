@@ -1,0 +1,193 @@
+"""Acceleration switches on tiny models: eager untouched, the cache correct with InfuseNet."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fewstep import acceleration, generate, models, sampling
+from fewstep.config import validate
+from fewstep.errors import ConfigError
+from fewstep.grid import Cell, Grid
+from fewstep.paths import Paths
+
+CPU = torch.device("cpu")
+OFF = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.05}
+
+
+def load(config):
+    return models.load_flux(config, "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def cond(tiny_config):
+    parts = load(tiny_config)
+    torch.manual_seed(0)
+    width = parts.transformer.config.joint_attention_dim
+    embedding = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+    control = sampling.encode_control(parts.vae, np.zeros((64, 64, 3), np.uint8), CPU, torch.float32)
+    return sampling.Conditioning(
+        torch.randn(1, 16, width), torch.randn(1, 32), parts.resampler(embedding), control
+    )
+
+
+def latents(parts, cond, accelerated=None, steps=4):
+    settings = sampling.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
+    return sampling.denoise(parts, cond, settings, CPU, torch.float32, accelerated=accelerated).latents
+
+
+def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw_demo):
+    plain = Grid(validate(copy.deepcopy(raw_demo)))
+    raw_demo["accelerations"] = {"fast": {"compile": "regional", "fp8": "dynamic"}}
+    raw_demo["cells"][0]["accelerations"] = ["eager", "fast"]
+    grid = Grid(validate(raw_demo))
+    eager = [c for c in grid.cells if c.acceleration == "eager"]
+    assert eager == plain.cells  # same ids, so same paths
+    assert [grid.cell_hash(c) for c in eager] == [plain.cell_hash(c) for c in plain.cells]
+    fast = grid.cell("flux-dev/infusenet-aes+fast/8")
+    assert (fast.adapter_name, fast.acceleration, fast.job) == (
+        "infusenet-aes",
+        "fast",
+        "flux-dev/infusenet-aes+fast",
+    )
+    assert grid.adapter(fast) == grid.adapter(Cell("flux-dev", "infusenet-aes", 8))
+    assert grid.acceleration(fast) == {**OFF, "compile": "regional", "fp8": "dynamic"}
+    assert [c.steps for c in grid.job("flux-dev/infusenet-aes+fast")] == [1, 2, 4, 8]
+    assert Paths(grid.config).cell_dir(fast.id).parts[-3:] == ("flux-dev", "infusenet-aes+fast", "8")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            {
+                "cells": [
+                    {"backbones": ["flux-dev"], "adapters": ["infusenet-aes"], "accelerations": ["turbo"]}
+                ]
+            },
+            "config cells[0].accelerations: unknown acceleration 'turbo'; known: eager",
+        ),
+        (
+            {"accelerations": {"eager": {}}},
+            "config accelerations.eager: the name eager means every switch off",
+        ),
+        ({"accelerations": {"x": {"compile": "max"}}}, "config accelerations.x.compile"),
+    ],
+)
+def test_bad_accelerations_are_one_line_naming_the_key(raw_demo, edit, message):
+    raw_demo.update(edit)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(raw_demo)
+
+
+def test_fp8_on_a_cpu_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="fp8: dynamic needs a CUDA GPU of compute capability >= 8.9"):
+        acceleration.check_fp8(CPU)
+
+
+def test_fp8_leaves_the_text_and_identity_streams_in_the_compute_dtype(tiny_config):
+    parts = load(tiny_config)
+    kept = {
+        n
+        for n, m in parts.infusenet.named_modules()
+        if isinstance(m, torch.nn.Linear) and acceleration.keeps_compute_dtype(n)
+    }
+    # InfuseNet's 8 identity tokens flow through the context embedder and every block's context stream
+    assert "context_embedder" in kept
+    assert "transformer_blocks.0.attn.add_q_proj" in kept and "transformer_blocks.0.ff_context.net.2" in kept
+    assert not any(
+        acceleration.keeps_compute_dtype(n) for n in ("transformer_blocks.0.attn.to_q", "proj_out")
+    )
+
+
+def test_cache_threshold_zero_is_the_uncached_image_bit_for_bit(tiny_config, cond):
+    eager = latents(load(tiny_config), cond)
+    parts = load(tiny_config)
+    cached = acceleration.Accelerated(parts, {**OFF, "cache": "first_block", "cache_threshold": 0.0}, CPU)
+    assert torch.equal(latents(parts, cond, cached), eager)
+    assert torch.equal(latents(parts, cond, cached), eager)  # the cache is reset between images
+
+
+def test_a_cache_hit_counts_infusenet_residuals_once(tiny_config, cond):
+    """Two calls with identical inputs: the second is a hit and must repeat the first's output."""
+    parts = load(tiny_config)
+    transformer, infusenet = parts.transformer, parts.infusenet
+    inputs = {
+        "hidden_states": torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(1)),
+        "timestep": torch.tensor([0.5]),
+        "guidance": torch.tensor([3.5]),
+        "pooled_projections": cond.pooled_prompt_embeds,
+        "img_ids": torch.zeros(16, 3),
+    }
+    double, single = infusenet(
+        controlnet_cond=cond.control_latents[:, :16],
+        encoder_hidden_states=cond.identity_tokens,
+        txt_ids=torch.zeros(8, 3),
+        return_dict=False,
+        **inputs,
+    )
+    text = {"encoder_hidden_states": cond.prompt_embeds, "txt_ids": torch.zeros(16, 3), "return_dict": False}
+    residuals = {"controlnet_block_samples": double, "controlnet_single_block_samples": single}
+    with torch.no_grad():
+        full = transformer(**inputs, **text, **residuals)[0]
+        cached = acceleration.Accelerated(parts, {**OFF, "cache": "first_block", "cache_threshold": 0.0}, CPU)
+        outputs = []
+        for _ in range(2):
+            with cached.denoiser_call(residuals) as passed:
+                outputs.append(transformer(**inputs, **text, **passed)[0])
+        assert torch.equal(outputs[0], full)
+        torch.testing.assert_close(outputs[1], full, rtol=0, atol=1e-5)
+        # diffusers' own path (residuals handed to the transformer) adds them again on the hit
+        plain = load(tiny_config)
+        plain.transformer.enable_cache(acceleration.FirstBlockCacheConfig(threshold=0.0))
+        with plain.transformer.cache_context("cond"):
+            first = plain.transformer(**inputs, **text, **residuals)[0]
+            doubled = plain.transformer(**inputs, **text, **residuals)[0]
+        assert torch.equal(first, full) and (doubled - full).abs().max() > 1e-2
+
+
+def test_a_high_threshold_skips_the_blocks_after_the_first_step(tiny_config, cond):
+    parts = load(tiny_config)
+    calls = []
+    parts.transformer.single_transformer_blocks[-1].register_forward_pre_hook(lambda *a: calls.append(1))
+    cached = acceleration.Accelerated(parts, {**OFF, "cache": "first_block", "cache_threshold": 1e9}, CPU)
+    skipped = latents(parts, cond, cached)
+    assert len(calls) == 4  # the hooked call still happens; its block's work does not:
+    assert not torch.equal(skipped, latents(load(tiny_config), cond)) and torch.isfinite(skipped).all()
+
+
+def test_regional_compile_traces_the_same_arithmetic(tiny_config, cond):
+    """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business)."""
+    torch._dynamo.reset()
+    parts = load(tiny_config)
+    acceleration.compile_regions(parts, backend="eager")
+    assert all(b._compiled_call_impl is not None for b in parts.transformer.transformer_blocks)
+    assert all(b._compiled_call_impl is not None for b in parts.infusenet.single_transformer_blocks)
+    assert torch.equal(latents(parts, cond, steps=2), latents(load(tiny_config), cond, steps=2))
+
+
+def test_an_accelerated_job_writes_paired_cells_and_threshold_zero_matches_eager(embedded, tmp_path):
+    config = copy.deepcopy(embedded)
+    config["results_dir"] = str(tmp_path)
+    config["accelerations"] = {"cached": {**OFF, "cache": "first_block", "cache_threshold": 0.0}}
+    config["cells"][0]["accelerations"] = ["eager", "cached"]
+    config = validate(config)
+    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    for job in ("flux-schnell/infusenet-aes", "flux-schnell/infusenet-aes+cached"):
+        generate.run_job(config, job, progress=False)
+    paths = Paths(config)
+    for item in Grid(config).items:
+        eager = paths.image("flux-schnell/infusenet-aes/2", item.id)
+        cached = paths.image("flux-schnell/infusenet-aes+cached/2", item.id)
+        assert np.array_equal(_pixels(eager), _pixels(cached))
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image)

@@ -1,0 +1,180 @@
+"""Acceleration switches of a FLUX generation job: regional compile, fp8 matmuls, first-block cache.
+
+Each switch is a key of a named entry under the config's ``accelerations`` and a sweep dimension:
+a cell ``flux-dev/infusenet-aes+fast/28`` is the eager cell ``flux-dev/infusenet-aes/28`` with the
+switches of ``accelerations.fast``, so one sweep measures what each switch costs in identity and
+LPIPS, paired image by image against eager. All switches off is eager: the job then runs exactly
+today's code path (no hook, no wrapper), so eager images do not change.
+
+- ``compile: regional``: diffusers' ``compile_repeated_blocks`` on the transformer (its
+  ``_repeated_blocks``), and InfuseNet's blocks compiled one by one (``FluxControlNetModel`` lists
+  no ``_repeated_blocks``). Blocks of one class share one compiled graph, so compiling costs
+  seconds, paid once per job (one job runs all step counts of a backbone x adapter x acceleration).
+- ``fp8: dynamic``: torchao's ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())``
+  on the linear layers of transformer and InfuseNet, except those whose name contains ``context``
+  or ``add_`` (the text/identity stream: cuBLASLt refuses the rowwise fp8 matmul for InfuseNet's
+  8 identity tokens). Without compile the activation quantisation is not fused and fp8 is slower
+  than eager; use it together with ``compile``.
+- ``cache: first_block``: diffusers' ``FirstBlockCacheConfig`` through ``enable_cache``. When the
+  first block's residual changed by less than ``cache_threshold`` (relative mean absolute change)
+  since the last full step, the remaining blocks are skipped and their cached residual reused.
+  See `InfuseNetResiduals` for how InfuseNet's additions stay correct on such a hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook
+
+from fewstep.errors import ConfigError
+
+#: linear layers kept in the compute dtype under fp8 (text and identity streams)
+FP8_KEPT = ("context", "add_")
+
+
+def keeps_compute_dtype(name: str) -> bool:
+    """True for a linear layer that fp8 leaves in the compute dtype (text/identity stream)."""
+    return any(part in name for part in FP8_KEPT)
+
+
+def check_fp8(device: torch.device) -> None:
+    """fp8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+        raise ConfigError(
+            f"config accelerations: fp8: dynamic needs a CUDA GPU of compute capability >= 8.9, not {where}; "
+            "set fp8: none for this device"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "config accelerations: fp8: dynamic needs torchao; pip install torchao==0.18.0"
+        ) from None
+
+
+def quantize_fp8(module: torch.nn.Module) -> None:
+    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def chosen(layer: torch.nn.Module, name: str) -> bool:
+        return isinstance(layer, torch.nn.Linear) and not keeps_compute_dtype(name)
+
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=chosen)
+
+
+def compile_regions(parts: Any, **options: Any) -> None:
+    """`compile_repeated_blocks` on the transformer, InfuseNet's blocks one by one (torch.compile kwargs)."""
+    parts.transformer.compile_repeated_blocks(**options)
+    if parts.infusenet is not None:
+        for block in (*parts.infusenet.transformer_blocks, *parts.infusenet.single_transformer_blocks):
+            block.compile(**options)
+
+
+class InfuseNetResiduals:
+    """InfuseNet's residuals added inside the backbone's blocks, so a cache hit skips them too.
+
+    diffusers' FLUX transformer adds a ControlNet residual to the hidden states *between* blocks,
+    outside the blocks. First-block cache hooks the blocks: on a hit the first block runs, the
+    others return their input, and the last full step's residual of the whole tail is added. That
+    cached residual already holds the previous step's InfuseNet additions, yet the transformer
+    still adds the current step's after every skipped block: each InfuseNet residual counted
+    twice. Here each residual is added by a hook *inside* its block (registered before the cache's
+    hooks, so the cache wraps it): on a full step the arithmetic is the transformer's own (the
+    same tensor sum in the same order, so a cache threshold of 0 gives the uncached image bit for
+    bit); on a hit the skipped blocks add nothing and the cached tail stands in for them, the
+    InfuseNet additions of the last full step included. The first block's addition still runs on
+    a hit, and enters the cache's decision: a change of InfuseNet's output (its window closing)
+    counts as a change of the first block.
+
+    Which residual a block receives follows diffusers' interval rule: block ``i`` of ``n`` gets
+    sample ``i // ceil(n / len(samples))``.
+    """
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.samples: dict[str, list[torch.Tensor] | None] = {"double": None, "single": None}
+        streams = {"double": transformer.transformer_blocks, "single": transformer.single_transformer_blocks}
+        for stream, blocks in streams.items():
+            for index, block in enumerate(blocks):
+                hook = _ResidualHook(self, stream, index, len(blocks))
+                HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, "fewstep_infusenet")
+
+    @contextlib.contextmanager
+    def added(self, double: list[torch.Tensor] | None, single: list[torch.Tensor] | None) -> Iterator[None]:
+        """Add these residuals in the transformer calls inside the block."""
+        self.samples = {"double": double, "single": single}
+        try:
+            yield
+        finally:
+            self.samples = {"double": None, "single": None}
+
+
+class _ResidualHook(ModelHook):
+    """Adds one block's InfuseNet residual to the block's output (post-forward only)."""
+
+    def __init__(self, source: InfuseNetResiduals, stream: str, index: int, blocks: int):
+        super().__init__()
+        self.source, self.stream, self.index, self.blocks = source, stream, index, blocks
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        samples = self.source.samples[self.stream]
+        if samples is None:
+            return output
+        encoder_hidden_states, hidden_states = output
+        interval = math.ceil(self.blocks / len(samples))
+        return encoder_hidden_states, hidden_states + samples[self.index // interval]
+
+
+class Accelerated:
+    """A job's pipeline parts with one acceleration applied; `denoiser_call` wraps each step.
+
+    `acceleration` is a validated config ``accelerations`` entry (``compile``, ``fp8``, ``cache``,
+    ``cache_threshold``); applied in the order torchao and diffusers expect: quantise, hook, compile.
+    """
+
+    def __init__(self, parts: Any, acceleration: dict[str, Any], device: torch.device):
+        self.acceleration = acceleration
+        self.residuals: InfuseNetResiduals | None = None
+        if acceleration["fp8"] == "dynamic":
+            check_fp8(device)
+            for module in (parts.transformer, parts.infusenet):
+                if module is not None:
+                    quantize_fp8(module)
+        if acceleration["cache"] == "first_block":
+            if parts.infusenet is not None:
+                self.residuals = InfuseNetResiduals(parts.transformer)
+            parts.transformer.enable_cache(FirstBlockCacheConfig(threshold=acceleration["cache_threshold"]))
+        if acceleration["compile"] == "regional":
+            compile_regions(parts)
+        self.transformer = parts.transformer
+        self.cached = acceleration["cache"] != "none"
+
+    def new_image(self) -> None:
+        """Forget the cache of the previous batch: each batch starts from a full step."""
+        if self.cached:
+            self.transformer._reset_stateful_cache()
+
+    @contextlib.contextmanager
+    def denoiser_call(self, residuals: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Context of one transformer call; yields the residual keyword arguments to pass it.
+
+        Uncached: InfuseNet's residuals go to the transformer as diffusers expects. Cached: inside
+        ``cache_context`` (diffusers' caches need it), the residuals added by `InfuseNetResiduals`.
+        """
+        if not self.cached:
+            yield residuals
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.transformer.cache_context("cond"))
+            if self.residuals is not None:
+                stack.enter_context(
+                    self.residuals.added(
+                        residuals["controlnet_block_samples"], residuals["controlnet_single_block_samples"]
+                    )
+                )
+            yield {"controlnet_block_samples": None, "controlnet_single_block_samples": None}
