@@ -22,7 +22,7 @@ from fewstep.core import jobenv
 from fewstep.core.config import resolved_path, validate, write_resolved
 from fewstep.core.errors import FewstepError
 from fewstep.grid import Grid
-from fewstep.core.paths import CELL_PATTERN, Paths
+from fewstep.core.paths import CELL_PATTERN, JOB_PATTERN, Paths
 from fewstep.core.resume import stale_lock_hint
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
@@ -67,7 +67,7 @@ envvars:
 
 wildcard_constraints:
     backbone=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    adapter=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    adapter=r"[A-Za-z0-9][A-Za-z0-9_.-]*(\+[A-Za-z0-9][A-Za-z0-9_.-]*)?",
     steps=r"\d+",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep import acceleration, generate, models, sampling
-from fewstep.config import validate
-from fewstep.errors import ConfigError
+from fewstep.core.config import validate
+from fewstep.core.errors import ConfigError
+from fewstep.core.paths import Paths
+from fewstep.families.flux import acceleration, models, sampler
 from fewstep.grid import Cell, Grid
-from fewstep.paths import Paths
+from fewstep.jobs import generate
 
 CPU = torch.device("cpu")
 OFF = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.05}
@@ -29,15 +30,15 @@ def cond(tiny_config):
     torch.manual_seed(0)
     width = parts.transformer.config.joint_attention_dim
     embedding = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
-    control = sampling.encode_control(parts.vae, np.zeros((64, 64, 3), np.uint8), CPU, torch.float32)
-    return sampling.Conditioning(
+    control = sampler.encode_control(parts.vae, np.zeros((64, 64, 3), np.uint8), CPU, torch.float32)
+    return sampler.Conditioning(
         torch.randn(1, 16, width), torch.randn(1, 32), parts.resampler(embedding), control
     )
 
 
 def latents(parts, cond, accelerated=None, steps=4):
-    settings = sampling.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
-    return sampling.denoise(parts, cond, settings, CPU, torch.float32, accelerated=accelerated).latents
+    settings = sampler.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
+    return sampler.denoise(parts, cond, settings, CPU, torch.float32, accelerated=accelerated).latents
 
 
 def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw_demo):

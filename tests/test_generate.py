@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from fewstep.core.io import sha256_file
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 from fewstep.jobs import generate, precompute
@@ -167,3 +168,34 @@ def test_batch_size_or_device_change_regenerates(own_results, monkeypatch, capsy
     other = pd.read_parquet(generate.run(own_results, cell, progress=False))
     assert not set(other["item_key"]) & set(first["item_key"])
     assert "(0 kept from an earlier run)" in capsys.readouterr().out
+
+
+TIMING = ["generated_at", "warmup", "denoise_s", "decode_s", "latency_s", "end_to_end_s", "step_s_median"]
+TIMING += ["peak_mem_mb", "conditioning_s"]
+
+
+def test_one_job_for_all_step_counts_writes_what_separate_cells_write(embedded, tmp_path):
+    """The generate rule runs a backbone x adapter as one job: outputs equal one job per cell."""
+    import shutil
+
+    from PIL import Image
+
+    job = "flux-schnell/infusenet-aes"
+    separate, joint = (dict(embedded, results_dir=str(tmp_path / name)) for name in ("separate", "joint"))
+    for config in (separate, joint):
+        shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    cells = Grid(embedded).job(job)
+    assert [c.steps for c in cells] == [1, 2, 4]
+    for cell in cells:
+        generate.run(separate, cell.id, progress=False)
+    record = json.loads(generate.run_job(joint, job, progress=False).read_text())
+    assert list(record["cells"]) == [c.id for c in cells]
+    for cell in cells:
+        one, many = (pd.read_parquet(Paths(c).manifest(cell.id)) for c in (separate, joint))
+        pd.testing.assert_frame_equal(one.drop(columns=TIMING), many.drop(columns=TIMING))
+        assert record["cells"][cell.id]["sha256"] == sha256_file(Paths(joint).manifest(cell.id))
+        for item in Grid(embedded).items:
+            images = [Paths(c).image(cell.id, item.id).read_bytes() for c in (separate, joint)]
+            assert images[0] == images[1]  # same pixels and the same provenance chunk
+            with Image.open(Paths(joint).image(cell.id, item.id)) as image:
+                assert json.loads(image.text["fewstep"])["cell"] == cell.id

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fewstep.image_writer import ImageWriter
+from fewstep.jobs.image_writer import ImageWriter
 
 
 def test_tasks_run_in_submission_order_and_close_waits_for_all():

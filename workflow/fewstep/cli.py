@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fewstep.core.errors import DiskFullError, FewstepError, OutOfMemoryError
+from fewstep.core.errors import ConfigError, DiskFullError, FewstepError, OutOfMemoryError
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,12 +85,25 @@ def cmd_embed_identities(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    if (args.cell is None) == (args.job is None):
+        raise ConfigError(
+            "generate takes one of --cell <backbone>/<adapter>/<steps> or --job <backbone>/<adapter>"
+        )
     config = _gpu_config(args)
-    from fewstep.jobs.generate import run
+    from fewstep.core.paths import Paths
+    from fewstep.grid import Grid
+    from fewstep.jobs.generate import run, run_job
     from fewstep.tracking import runs
 
-    with runs.job_run(config, "generate", args.cell) as tracked:
-        tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
+    if args.cell is not None:
+        with runs.job_run(config, "generate", args.cell) as tracked:
+            tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
+        return
+    record = run_job(config, args.job, batch_size=args.batch_size)
+    for cell in Grid(config).job(args.job):  # one W&B run per cell, as for a job of one cell
+        with runs.job_run(config, "generate", cell.id) as tracked:
+            tracked.log_manifest(Paths(config).manifest(cell.id))
+    print(f"{args.job}: record -> {record}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -186,13 +199,21 @@ def parser() -> argparse.ArgumentParser:
         "embed-identities", cmd_embed_identities, "precompute identity embeddings (all, or those named)"
     ).add_argument("--identity", nargs="+", help="identity ids (default: every identity)")
     for name, func, help_ in (
-        ("generate", cmd_generate, "generate every image of one cell"),
+        ("generate", cmd_generate, "generate every image of one cell, or of every cell of one job"),
         ("score", cmd_score, "score every image of one cell"),
         ("trajectory", cmd_trajectory, "decode and score x0 at every step for a few items of one cell"),
     ):
         p = add(name, func, help_)
-        p.add_argument("--cell", required=True, help="cell id <backbone>/<adapter>/<steps>")
-        p.add_argument("--out", type=Path, help="output table (default: the workflow's path)")
+        if name == "generate":
+            p.add_argument("--cell", help="cell id <backbone>/<adapter>[+<acceleration>]/<steps>")
+            p.add_argument(
+                "--job", help="generation job <backbone>/<adapter>[+<acceleration>]: all its step counts"
+            )
+        else:
+            p.add_argument(
+                "--cell", required=True, help="cell id <backbone>/<adapter>[+<acceleration>]/<steps>"
+            )
+        p.add_argument("--out", type=Path, help="output table of --cell (default: the workflow's path)")
         if name != "trajectory":
             p.add_argument("--batch-size", type=int, help="images per batch (default: from the config)")
             p.add_argument("--attempt", type=int, help="Snakemake's attempt (a retry runs only after OOM)")
@@ -218,6 +239,7 @@ def out_of_memory(args: argparse.Namespace) -> OutOfMemoryError:
     """CUDA ran out of memory: say where, and how the retry helps."""
     batch = getattr(args, "batch_size", None)
     where = f" in cell {args.cell}" if getattr(args, "cell", None) else ""
+    where = f" in job {args.job}" if getattr(args, "job", None) else where
     return OutOfMemoryError(
         f"CUDA out of memory{f' at batch size {batch}' if batch else ''}{where}; finished images are kept; "
         "Snakemake retries with half the batch (rule retries), or lower the batch size in the config, "
@@ -242,7 +264,7 @@ def _no_retry_note(args: argparse.Namespace) -> Path | None:
         return None
     from fewstep.core.paths import Paths
 
-    return Paths(_config(args)).no_retry_note(args.command, args.cell)
+    return Paths(_config(args)).no_retry_note(args.command, args.cell or getattr(args, "job", None))
 
 
 def _run(args: argparse.Namespace) -> None:

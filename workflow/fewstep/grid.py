@@ -1,9 +1,12 @@
 """The one place that turns a configuration into cells and items.
 
-A *cell* is one generation job: backbone x adapter setting x number of steps,
-with a readable id such as ``flux-schnell/infusenet-aes/4``. An *item* is one
-image inside every cell: identity x prompt x seed. The Snakefile, the CLI and
-the tests all take cells and items from `Grid`; nothing re-derives them.
+A *cell* is one set of images: backbone x adapter setting x acceleration x number
+of steps, with a readable id such as ``flux-schnell/infusenet-aes/4``; an accelerated
+cell carries its acceleration in the adapter segment, ``flux-schnell/infusenet-aes+fast/4``
+(eager cells keep the plain id). A *generation job* runs every step count of one
+backbone x adapter x acceleration with one model load (``flux-schnell/infusenet-aes``).
+An *item* is one image inside every cell: identity x prompt x seed. The Snakefile, the
+CLI and the tests all take cells, jobs and items from `Grid`; nothing re-derives them.
 """
 
 from __future__ import annotations
@@ -18,22 +21,46 @@ from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES
 from fewstep.families.base import Family
 
+#: the acceleration of cells with every switch off; their ids carry no acceleration
+EAGER = "eager"
+EAGER_SWITCHES = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.0}
+#: joins adapter and acceleration in a cell's adapter segment (names cannot contain it)
+ACCELERATION_SEPARATOR = "+"
+
 
 @dataclass(frozen=True, order=True)
 class Cell:
     backbone: str
-    adapter: str
+    adapter: str  # the adapter segment: an adapter name, plus "+<acceleration>" unless eager
     steps: int
 
     @property
     def id(self) -> str:
         return f"{self.backbone}/{self.adapter}/{self.steps}"
 
+    @property
+    def adapter_name(self) -> str:
+        return self.adapter.partition(ACCELERATION_SEPARATOR)[0]
+
+    @property
+    def acceleration(self) -> str:
+        return self.adapter.partition(ACCELERATION_SEPARATOR)[2] or EAGER
+
+    @property
+    def job(self) -> str:
+        """The generation job that renders this cell (with the other step counts)."""
+        return f"{self.backbone}/{self.adapter}"
+
+    @classmethod
+    def of(cls, backbone: str, adapter: str, acceleration: str, steps: int) -> Cell:
+        segment = adapter if acceleration == EAGER else f"{adapter}{ACCELERATION_SEPARATOR}{acceleration}"
+        return cls(backbone, segment, steps)
+
     @classmethod
     def parse(cls, cell_id: str) -> Cell:
         parts = cell_id.strip("/").split("/")
         if len(parts) != 3 or not parts[2].isdigit():
-            raise ConfigError(f"cell id {cell_id!r} is not <backbone>/<adapter>/<steps>")
+            raise ConfigError(f"cell id {cell_id!r} is not <backbone>/<adapter>[+<acceleration>]/<steps>")
         return cls(parts[0], parts[1], int(parts[2]))
 
 
@@ -75,9 +102,31 @@ class Grid:
         for block in self.config["cells"]:
             for backbone in block["backbones"]:
                 for adapter in block["adapters"]:
-                    for steps in sorted(block.get("steps") or self.config["backbones"][backbone]["steps"]):
-                        seen.setdefault(Cell(backbone, adapter, steps))
+                    for acceleration in block["accelerations"]:
+                        for steps in sorted(
+                            block.get("steps") or self.config["backbones"][backbone]["steps"]
+                        ):
+                            seen.setdefault(Cell.of(backbone, adapter, acceleration, steps))
         return list(seen)
+
+    @cached_property
+    def jobs(self) -> dict[str, list[Cell]]:
+        """Generation job id -> its cells (every step count of one backbone x adapter x acceleration)."""
+        jobs: dict[str, list[Cell]] = {}
+        for cell in self.cells:
+            jobs.setdefault(cell.job, []).append(cell)
+        return jobs
+
+    def job(self, job_id: str) -> list[Cell]:
+        if job_id not in self.jobs:
+            raise ConfigError(
+                f"generation job {job_id!r} is not in this sweep's grid; known: {', '.join(self.jobs)}"
+            )
+        return self.jobs[job_id]
+
+    def job_hash(self, job_id: str) -> str:
+        """Changes exactly when one of the job's cells would change (the generate rule's trigger)."""
+        return fingerprint([self.cell_hash(cell) for cell in self.job(job_id)])
 
     @cached_property
     def items(self) -> list[Item]:
@@ -98,7 +147,13 @@ class Grid:
         return self.config["backbones"][cell.backbone]
 
     def adapter(self, cell: Cell) -> dict[str, Any]:
-        return self.config["adapters"][cell.adapter]
+        return self.config["adapters"][cell.adapter_name]
+
+    def acceleration(self, cell: Cell) -> dict[str, Any]:
+        """The cell's switches (all off for eager)."""
+        if cell.acceleration == EAGER:
+            return dict(EAGER_SWITCHES)
+        return self.config["accelerations"][cell.acceleration]
 
     def family(self, cell: Cell) -> Family:
         return self.known_families[self.backbone(cell)["family"]]
@@ -153,7 +208,7 @@ class Grid:
             "device": self.config["device"],
             "batch_size": self.config["generation"]["batch_size"],  # in bf16 the batch moves pixels
             "fp8_weights": self.config["memory"]["fp8_weights"],
-        }
+        } | ({} if cell.acceleration == EAGER else {"acceleration": self.acceleration(cell)})
 
     def cell_hash(self, cell: Cell) -> str:
         """Changes exactly when this cell's images would change (Snakemake's rerun trigger)."""
@@ -283,11 +338,11 @@ class Grid:
                 raise ConfigError(
                     f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family.name} backbone"
                 )
-            family.check_adapter(cell.adapter, self.adapter(cell))
+            family.check_adapter(cell.adapter_name, self.adapter(cell))
             first = self.adapter(cell).get("first_steps")
             if kind != "none" and first is not None and first >= cell.steps:
                 raise ConfigError(
-                    f"config adapters.{cell.adapter}.first_steps: {first} covers all {cell.steps} steps of "
+                    f"config adapters.{cell.adapter_name}.first_steps: {first} covers all {cell.steps} steps of "
                     f"cell {cell.id}, which would repeat the full adapter; run it at more steps or lower it"
                 )
         for key, cell in (

@@ -3,8 +3,11 @@ from fewstep.scoring.networks import score_anchor, scoring_models
 
 
 def generate_inputs(wildcards):
-    """Models and precomputed embeddings one cell needs (never a text encoder)."""
-    cell = GRID.cell(CELL_PATTERN.format(**wildcards))
+    """Models and precomputed embeddings one cell or generation job needs (never a text encoder)."""
+    if "steps" in wildcards.keys():
+        cell = GRID.cell(CELL_PATTERN.format(**wildcards))
+    else:  # a job's cells share backbone, adapter and acceleration: they need the same inputs
+        cell = GRID.job(JOB_PATTERN.format(**wildcards))[0]
     inputs = [marker_path(CONFIG, name) for name in GRID.generation_models(cell)]
     inputs += GRID.prompt_embeddings(PATHS, cell)
     return inputs + GRID.identity_embeddings(PATHS, cell)
@@ -18,19 +21,24 @@ def identity_picture(wildcards):
 
 
 def score_inputs(wildcards):
-    """A cell's manifest, the scoring models, and the anchor cell's manifest (LPIPS to it)."""
+    """The cell's generation job, the scoring models, and the anchor cell's job (LPIPS to it)."""
     cell_id = CELL_PATTERN.format(**wildcards)
-    inputs = [PATHS.manifest(cell_id)]
+    inputs = [generation_record(cell_id)]
     inputs += [marker_path(CONFIG, name) for name in scoring_models(CONFIG)]
     anchor = score_anchor(CONFIG, cell_id)
     if anchor is not None:
-        inputs.append(PATHS.manifest(anchor))
+        inputs.append(generation_record(anchor))
     return inputs
 
 
 def attempt_number(wildcards, attempt):
     """Snakemake's attempt counter, for the job to know it is a retry."""
     return attempt
+
+
+def generation_record(cell_id):
+    """The output of the generate job that writes this cell's manifest and images."""
+    return PATHS.generation_record(GRID.cell(cell_id).job)
 
 
 def halved_per_attempt(size):

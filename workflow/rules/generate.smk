@@ -1,13 +1,15 @@
 rule generate:
-    """All images of one cell: the pipeline loads once, finished images survive a crash."""
+    """Every step count of one backbone x adapter x acceleration: the pipeline loads (and compiles)
+    once; each cell keeps its own images, journal and manifest; finished images survive a crash.
+    """
     input:
         generate_inputs,
     output:
-        PATHS.manifest(CELL_PATTERN),
+        PATHS.generation_record(JOB_PATTERN),
     log:
-        PATHS.log("generate", CELL_PATTERN),
+        PATHS.log("generate", JOB_PATTERN),
     benchmark:
-        PATHS.benchmark("generate", CELL_PATTERN)
+        PATHS.benchmark("generate", JOB_PATTERN)
     retries: 2
     conda:
         "../../envs/fewstep.yaml"
@@ -18,12 +20,12 @@ rule generate:
         batch=halved_per_attempt(CONFIG["generation"]["batch_size"]),
         attempt=attempt_number,
     params:
-        # Reruns exactly the cells whose parameters or items changed.
-        cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
+        # Reruns the jobs one of whose cells changed (resuming: unchanged cells keep their images).
+        job_hash=lambda w: GRID.job_hash(JOB_PATTERN.format(**w)),
     shell:
         "python -m fewstep generate --batch-size {resources.batch}"
         " --attempt {resources.attempt}"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"
+        " --job {wildcards.backbone}/{wildcards.adapter} > {log:q} 2>&1"
 
 
 rule trajectory:

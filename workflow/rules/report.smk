@@ -38,7 +38,7 @@ rule report:
         summary=PATHS.summary,
         per_image=PATHS.per_image,
         tables=[PATHS.table(name) for name in TABLES if name != "summary"],
-        manifests=[PATHS.manifest(cell.id) for cell in GRID.cells],
+        generated=[PATHS.generation_record(job) for job in GRID.jobs],
         trajectories=[PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],
     output:
         page=report(

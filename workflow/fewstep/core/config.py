@@ -237,6 +237,14 @@ def _check_references(config: dict[str, Any]) -> None:
             if name not in config["adapters"]:
                 known = ", ".join(sorted(config["adapters"]))
                 raise ConfigError(f"config cells[{index}].adapters: unknown adapter {name!r}; known: {known}")
+        for name in block["accelerations"]:
+            if name != "eager" and name not in config["accelerations"]:
+                known = ", ".join(["eager", *sorted(config["accelerations"])])
+                raise ConfigError(
+                    f"config cells[{index}].accelerations: unknown acceleration {name!r}; known: {known}"
+                )
+    if "eager" in config["accelerations"]:
+        raise ConfigError("config accelerations.eager: the name eager means every switch off; rename it")
     for name, adapter in config["adapters"].items():
         if adapter["guidance_start"] >= adapter["guidance_end"] and adapter["kind"] != "none":
             raise ConfigError(f"config adapters.{name}: guidance_start must be below guidance_end")

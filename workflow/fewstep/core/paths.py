@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 CELL_PATTERN = "{backbone}/{adapter}/{steps}"
+JOB_PATTERN = "{backbone}/{adapter}"
 
 
 class Paths:
@@ -41,6 +42,10 @@ class Paths:
     # per cell
     def cell_dir(self, cell_id: str) -> Path:
         return self.root / "cells" / cell_id
+
+    def generation_record(self, job_id: str) -> Path:
+        """What one generation job (every step count of a backbone x adapter) made; the rule output."""
+        return self.root / "cells" / job_id / "generation.json"
 
     def manifest(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "manifest.parquet"

@@ -1,4 +1,5 @@
-"""One generation job = one cell: load the pipeline once, loop over the items.
+"""One generation job = every step count of one backbone x adapter x acceleration: load (and
+compile) the pipeline once, loop over cells and items.
 
 Images are written atomically and recorded in an append-only journal the
 moment they exist, so a job killed at any point resumes where it stopped: an
@@ -6,21 +7,25 @@ image is kept only if its journal row carries the current item key and its
 bytes still hash to the recorded sha256. The key covers the cell's parameters,
 the item, the digests of its input embeddings and of the weights files loaded,
 the device name, the compute dtype and the configured batch size (in bf16 the
-batch changes pixels). The manifest (the rule's output) is written last,
-listing each item exactly once.
+batch changes pixels). Each cell's manifest, listing each item exactly once,
+is written once its last image is recorded; the job's record (the rule's
+output) last.
 
 Latency columns per image: ``latency_s`` (denoise + decode, the batch's time
 over its size), ``end_to_end_s`` (that + the prompt's encoding and the
 identity's embedding as the embedding jobs timed them + the resampler and
 control-image encoding timed here once per identity, after a warm-up call), and ``warmup`` (the
-job's first batch after loading the model, which pays one-off costs).
+job's first batch after loading the model, which pays one-off costs such as
+compiling).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,8 @@ from fewstep.core.io import (
 )
 from fewstep.core.paths import Paths
 from fewstep.families.flux import sampler
-from fewstep.grid import Cell, Grid, Item, image_keys
+from fewstep.grid import EAGER, Cell, Grid, Item, image_keys
+from fewstep.jobs.image_writer import PNG_COMPRESS_LEVEL, ImageWriter
 from fewstep.jobs.precompute import content_digest, load_tensors
 
 
@@ -79,14 +85,55 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
-class CellGenerator:
-    """Holds one cell's pipeline and conditioning caches."""
+@dataclass
+class Batch:
+    """One batch on its way: queued on the GPU, its pixels copied to the host when done."""
+
+    cell: Cell
+    rows: list[tuple[Item, str, dict[str, float]]]  # item, item key, its input seconds
+    pixels: torch.Tensor  # [B, H, W, 3] uint8 on the host (pinned while the copy runs)
+    copied: Any  # a CUDA event recorded after the copy, None on the CPU
+    result: sampler.Result
+    peak: tuple[float, str]
+    warmup: bool  # the job's first batch after loading (and compiling) the model
+
+    def images(self) -> list[np.ndarray]:
+        """Wait for the batch (the writer thread does, never the GPU's thread)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return list(self.pixels.numpy())
+
+    def timing(self) -> dict[str, Any]:
+        """Per-image timings (batch time over batch size) from the batch's timer marks."""
+        intervals = self.result.timer.seconds()
+        step_s, decode_s = intervals[: len(self.result.sigmas)], intervals[-1]
+        batch = len(self.rows)
+        return {
+            "batch_size": batch,
+            "sigmas": json.dumps([round(s, 6) for s in self.result.sigmas]),
+            "adapter_steps": int(sum(self.result.adapter_active)),
+            "denoise_s": sum(step_s) / batch,
+            "decode_s": decode_s / batch,
+            "latency_s": (sum(step_s) + decode_s) / batch,
+            "step_s_median": float(np.median(step_s)) / batch,
+            "peak_mem_mb": self.peak[0],
+            "peak_mem_kind": self.peak[1],
+            "warmup": self.warmup,
+        }
+
+
+class JobGenerator:
+    """One generation job's pipeline (loaded and accelerated once) and conditioning caches.
+
+    A job is one backbone x adapter x acceleration; every cell it renders differs only in
+    its number of steps, so all of them share the loaded, compiled model.
+    """
 
     def __init__(self, config: dict[str, Any], cell: Cell):
         from fewstep.families.flux.models import generation_weights, load_flux, weights_digest
         from fewstep.registry.load import resolve_device, resolve_dtype
 
-        self.config, self.cell = config, cell
+        self.config = config
         self.grid, self.paths = Grid(config), Paths(config)
         self.backbone, self.adapter = self.grid.backbone(cell), self.grid.adapter(cell)
         self.device = resolve_device(config["device"])
@@ -94,7 +141,11 @@ class CellGenerator:
         self.width, self.height = config["resolution"]["width"], config["resolution"]["height"]
         self.weights_digest = weights_digest(config, generation_weights(self.backbone["model"], self.adapter))
         self.parts = load_flux(config, self.backbone["model"], self.adapter, self.device, self.dtype)
-        self.cell_spec = self.grid.cell_spec(cell)
+        self.accelerated = None
+        if cell.acceleration != EAGER:  # eager runs today's plain loop, untouched
+            from fewstep.families.flux.acceleration import Accelerated
+
+            self.accelerated = Accelerated(self.parts, self.grid.acceleration(cell), self.device)
         self.runtime = {
             "weights_digest": self.weights_digest,
             "device_name": provenance.device_name(self.device),
@@ -166,15 +217,15 @@ class CellGenerator:
             )
         return self._controls[key]
 
-    def item_inputs(self, item: Item) -> tuple[str, sampler.Conditioning, dict[str, float]]:
+    def item_inputs(self, cell: Cell, item: Item) -> tuple[str, sampler.Conditioning, dict[str, float]]:
         """The item's key, its conditioning, and the seconds its inputs cost outside the sampler."""
         embeds, pooled, prompt_sha, prompt_s = self._prompt(item.prompt)
         tokens, identity_sha, identity_s, resampler_s = self._identity_tokens(item.identity)
         control, control_s = self._control_latents(item.identity)
         key = fingerprint(
             {
-                "cell": self.cell_spec,
-                "item": self.grid.item_spec(item, self.cell),
+                "cell": self.grid.cell_spec(cell),
+                "item": self.grid.item_spec(item, cell),
                 "inputs": [prompt_sha, identity_sha],
                 "runtime": self.runtime,
             }
@@ -187,44 +238,37 @@ class CellGenerator:
         return key, sampler.Conditioning(embeds, pooled, tokens, control), seconds
 
     # --- generation -----------------------------------------------------------
-    def settings(self, seeds: tuple[int, ...]) -> sampler.Settings:
+    def settings(self, cell: Cell, seeds: tuple[int, ...]) -> sampler.Settings:
         return sampler.Settings(
-            steps=self.cell.steps,
+            steps=cell.steps,
             height=self.height,
             width=self.width,
             seeds=tuple(seeds),
-            guidance=self.grid.guidance(self.cell),
+            guidance=self.grid.guidance(cell),
             adapter_scale=self.adapter.get("conditioning_scale", 0.0),
             adapter_start=self.adapter.get("guidance_start", 0.0),
             adapter_end=self.adapter.get("guidance_end", 1.0),
             adapter_first_steps=self.adapter.get("first_steps"),
         )
 
-    def render(self, items: list[Item], conds: list[sampler.Conditioning]) -> tuple[list[np.ndarray], dict]:
-        """One batch: its images and per-image timings (batch time over batch size)."""
+    def launch(self, cell: Cell, rows: list, cond: sampler.Conditioning, warmup: bool) -> Batch:
+        """Queue one batch on the device and the copy of its pixels to the host; wait for nothing."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        settings = self.settings(tuple(item.seed for item in items))
+        settings = self.settings(cell, tuple(row[0].seed for row in rows))
         result = sampler.denoise(
-            self.parts, sampler.Conditioning.stack(conds), settings, self.device, self.dtype
+            self.parts, cond, settings, self.device, self.dtype, accelerated=self.accelerated
         )
-        start = time.perf_counter()
-        images = sampler.decode(self.parts, result.latents, self.height, self.width)
-        sampler.synchronize(self.device)
-        decode_s = time.perf_counter() - start
-        peak, peak_kind = peak_memory_mb(self.device)
-        batch = len(items)
-        return images, {
-            "batch_size": batch,
-            "sigmas": json.dumps([round(s, 6) for s in result.sigmas]),
-            "adapter_steps": int(sum(result.adapter_active)),
-            "denoise_s": result.denoise_s / batch,
-            "decode_s": decode_s / batch,
-            "latency_s": (result.denoise_s + decode_s) / batch,
-            "step_s_median": float(np.median(result.step_s)) / batch,
-            "peak_mem_mb": peak,
-            "peak_mem_kind": peak_kind,
-        }
+        pixels = sampler.decode_pixels(self.parts, result.latents, self.height, self.width)
+        result.timer.mark()
+        copied = None
+        if self.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            pixels = host
+        return Batch(cell, rows, pixels, copied, result, peak_memory_mb(self.device), warmup)
 
 
 def batches(items: list, size: int) -> list[list]:
@@ -238,19 +282,50 @@ def run(
     progress: bool = True,
     batch_size: int | None = None,
 ) -> Path:
-    """Generate every item of `cell_id` (resuming), then write the cell's manifest.
+    """Generate every item of `cell_id` (resuming), then write the cell's manifest."""
+    cell = Grid(config).cell(cell_id)
+    out = {cell: Path(manifest_path)} if manifest_path else {}
+    return run_cells(config, [cell], out, progress, batch_size)[cell]
 
-    Items go through the sampler `batch_size` at a time (config generation.batch_size
-    unless given: the rule halves it on each retry after running out of memory).
+
+def run_job(
+    config: dict[str, Any], job_id: str, progress: bool = True, batch_size: int | None = None
+) -> Path:
+    """Every cell of one generation job with one model load; returns the job's record.
+
+    Each cell keeps its own journal, images and manifest, exactly as if it ran alone; the
+    record (the generate rule's output) lists the cells' manifests and their hashes.
     """
     grid, paths = Grid(config), Paths(config)
-    cell = grid.cell(cell_id)
+    manifests = run_cells(config, grid.job(job_id), {}, progress, batch_size)
+    record = {
+        "job": job_id,
+        "job_hash": grid.job_hash(job_id),
+        "cells": {
+            cell.id: {"manifest": str(path), "sha256": sha256_file(path)} for cell, path in manifests.items()
+        },
+    }
+    atomic_write_bytes(paths.generation_record(job_id), json.dumps(record, indent=1).encode())
+    return paths.generation_record(job_id)
+
+
+def run_cells(
+    config: dict[str, Any],
+    cells: list[Cell],
+    manifest_paths: dict[Cell, Path],
+    progress: bool = True,
+    batch_size: int | None = None,
+) -> dict[Cell, Path]:
+    """Generate every item of `cells` (one job: same backbone, adapter, acceleration), resuming.
+
+    Items go through the sampler `batch_size` at a time (config generation.batch_size
+    unless given: the rule halves it on each retry after running out of memory). The GPU's
+    thread only queues work: PNG encoding, writing and the journal run in the writer thread,
+    which also writes each cell's manifest once its last image is recorded.
+    """
+    grid, paths = Grid(config), Paths(config)
     batch_size = batch_size or config["generation"]["batch_size"]
-    manifest_path = Path(manifest_path or paths.manifest(cell.id))
-    journal_path = paths.journal(cell.id)
-    remove_stale_temporaries(paths.cell_dir(cell.id))
-    journal = read_journal(journal_path)
-    generator = CellGenerator(config, cell)
+    generator = JobGenerator(config, cells[0])
     prov = provenance.record(
         config,
         device=str(generator.device),
@@ -258,47 +333,74 @@ def run(
         dtype=generator.runtime["dtype"],
         weights_digest=generator.weights_digest,
     )
-    pending = []
-    for item in grid.items:
-        key, cond, seconds = generator.item_inputs(item)
-        if not reusable(journal.get(item.id), key, paths.image(cell.id, item.id)):
-            pending.append((item, key, cond, seconds))
-    reused = len(grid.items) - len(pending)
-    progress_bar = tqdm(
-        total=len(grid.items), initial=reused, desc=f"generate {cell.id}", unit="img", disable=not progress
-    )
-    with progress_bar as bar:  # closed (its line ended) before an error line is printed
-        for index, batch in enumerate(batches(pending, batch_size)):
-            images, timing = generator.render([b[0] for b in batch], [b[2] for b in batch])
-            timing["warmup"] = index == 0  # the first batch after loading pays one-off costs
-            for (item, key, _, seconds), pixels in zip(batch, images, strict=True):
-                image_path = paths.image(cell.id, item.id)
-                png = encode_png(
-                    pixels,
-                    {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
+    journals, pending = {}, {}
+    for cell in cells:
+        remove_stale_temporaries(paths.cell_dir(cell.id))
+        journals[cell] = read_journal(paths.journal(cell.id))
+        pending[cell] = []
+        for item in grid.items:
+            key, cond, seconds = generator.item_inputs(cell, item)
+            if not reusable(journals[cell].get(item.id), key, paths.image(cell.id, item.id)):
+                pending[cell].append((item, key, cond, seconds))
+    total = len(cells) * len(grid.items)
+    reused = total - sum(len(p) for p in pending.values())
+    name = cells[0].id if len(cells) == 1 else f"{cells[0].job} ({len(cells)} cells)"
+    manifests = {cell: Path(manifest_paths.get(cell) or paths.manifest(cell.id)) for cell in cells}
+
+    def record(batch: Batch) -> None:
+        """Encode, write and journal one finished batch (writer thread)."""
+        cell, timing = batch.cell, batch.timing()
+        for (item, key, seconds), pixels in zip(batch.rows, batch.images(), strict=True):
+            image_path = paths.image(cell.id, item.id)
+            png = encode_png(
+                pixels,
+                {"fewstep": json.dumps({"cell": cell.id, "item": item.id, "item_key": key, **prov})},
+                compress_level=PNG_COMPRESS_LEVEL,
+            )
+            atomic_write_bytes(image_path, png)
+            row = {
+                **image_keys(cell, item),
+                "prompt": grid.prompt(item.prompt)["text"],
+                "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
+                "sha256": sha256_bytes(png),
+                "item_key": key,
+                "width": generator.width,
+                "height": generator.height,
+                "guidance": grid.guidance(cell),
+                "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
+                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **timing,
+                **seconds,
+                "end_to_end_s": sum(seconds.values()) + timing["latency_s"],
+                **provenance.columns(prov),
+            }
+            append_journal(paths.journal(cell.id), row)
+            journals[cell][item.id] = row
+            bar.update(1)
+
+    def write_manifest(cell: Cell) -> None:
+        frame = pd.DataFrame([journals[cell][item.id] for item in grid.items])
+        frame["cell_hash"] = grid.cell_hash(cell)
+        write_table(manifests[cell], frame)
+        kept = len(grid.items) - len(pending[cell])
+        print(f"{cell.id}: {len(frame)} images ({kept} kept from an earlier run) -> {manifests[cell]}")
+
+    bar = tqdm(total=total, initial=reused, desc=f"generate {name}", unit="img", disable=not progress)
+    with bar, ImageWriter() as writer:  # the bar closes (its line ends) before an error line is printed
+        launched = 0
+        for cell in cells:
+            # prepared ahead: every batch's conditioning is stacked before the first is launched
+            ready = [
+                (
+                    [(item, key, s) for item, key, _, s in batch],
+                    sampler.Conditioning.stack([b[2] for b in batch]),
                 )
-                atomic_write_bytes(image_path, png)
-                row = {
-                    **image_keys(cell, item),
-                    "prompt": grid.prompt(item.prompt)["text"],
-                    "image": str(image_path.relative_to(paths.cell_dir(cell.id))),
-                    "sha256": sha256_bytes(png),
-                    "item_key": key,
-                    "width": generator.width,
-                    "height": generator.height,
-                    "guidance": generator.settings((item.seed,)).guidance,
-                    "rng": "torch.Generator(cpu).manual_seed(seed), noise drawn in float32",
-                    "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    **timing,
-                    **seconds,
-                    "end_to_end_s": sum(seconds.values()) + timing["latency_s"],
-                    **provenance.columns(prov),
-                }
-                append_journal(journal_path, row)
-                journal[item.id] = row
-                bar.update(1)
-    frame = pd.DataFrame([journal[item.id] for item in grid.items])
-    frame["cell_hash"] = grid.cell_hash(cell)
-    write_table(manifest_path, frame)
-    print(f"{cell.id}: {len(frame)} images ({reused} kept from an earlier run) -> {manifest_path}")
-    return manifest_path
+                for batch in batches(pending[cell], batch_size)
+            ]
+            for rows, cond in ready:
+                batch = generator.launch(cell, rows, cond, warmup=launched == 0)
+                writer.submit(functools.partial(record, batch))
+                launched += 1
+            writer.submit(functools.partial(write_manifest, cell))
+    return manifests
+

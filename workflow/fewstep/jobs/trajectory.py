@@ -27,7 +27,7 @@ from fewstep.core.io import atomic_write_bytes, encode_png, write_table
 from fewstep.core.paths import Paths
 from fewstep.families.flux import sampler
 from fewstep.grid import Grid, image_keys
-from fewstep.jobs.generate import CellGenerator
+from fewstep.jobs.generate import JobGenerator
 
 
 def _rms(tensor: torch.Tensor) -> float:
@@ -74,7 +74,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
     out = Path(out or paths.trajectory(cell.id))
-    generator = CellGenerator(config, cell)
+    generator = JobGenerator(config, cell)
     scorer = IdentitySimilarity(config, JobModels(config))
     references = identity_images(config)
     probe = BlockProbe(generator.parts.transformer)
@@ -85,16 +85,22 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     progress_bar.disable = not progress
     with progress_bar as bar:  # closed (its line ended) before an error line is printed
         for item in items:
-            _, cond, _ = generator.item_inputs(item)
+            _, cond, _ = generator.item_inputs(cell, item)
             recorded: list[tuple[sampler.StepInfo, tuple[list[float], list[float]]]] = []
 
             def on_step(info: sampler.StepInfo, recorded=recorded) -> None:
                 recorded.append((info, probe.take()))
                 bar.update(1)
 
-            settings = generator.settings((item.seed,))
+            settings = generator.settings(cell, (item.seed,))
             sampler.denoise(
-                generator.parts, cond, settings, generator.device, generator.dtype, on_step=on_step
+                generator.parts,
+                cond,
+                settings,
+                generator.device,
+                generator.dtype,
+                on_step=on_step,
+                accelerated=generator.accelerated,
             )
             for info, (double, single) in recorded:
                 pixels = sampler.decode(

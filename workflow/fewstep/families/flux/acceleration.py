@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook
 
-from fewstep.errors import ConfigError
+from fewstep.core.errors import ConfigError
 
 #: linear layers kept in the compute dtype under fp8 (text and identity streams)
 FP8_KEPT = ("context", "add_")

@@ -7,7 +7,7 @@ writer can follow. Work runs in submission order, so journal rows keep the order
 
 Nothing is lost when the process dies, however it dies: a batch still in the queue has no journal
 row yet, so the resumed job renders it again (an image is kept only if its journal row exists and
-its bytes still hash to it, see `fewstep.generate`).
+its bytes still hash to it, see `fewstep.jobs.generate`).
 """
 
 from __future__ import annotations
