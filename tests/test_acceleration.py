@@ -161,14 +161,22 @@ def test_a_high_threshold_skips_the_blocks_after_the_first_step(tiny_config, con
     assert not torch.equal(skipped, latents(load(tiny_config), cond)) and torch.isfinite(skipped).all()
 
 
-def test_regional_compile_traces_the_same_arithmetic(tiny_config, cond):
-    """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business)."""
+@pytest.mark.parametrize("cache", ["none", "first_block"])
+def test_regional_compile_traces_the_same_arithmetic_once_per_block_class(tiny_config, cond, cache):
+    """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business).
+
+    With the cache's and InfuseNet's hooks on the blocks, the hooks stay outside the compiled code:
+    no recompile per block, so as many graphs as without them.
+    """
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    counters.clear()
     parts = load(tiny_config)
-    acceleration.compile_regions(parts, backend="eager")
-    assert all(b._compiled_call_impl is not None for b in parts.transformer.transformer_blocks)
-    assert all(b._compiled_call_impl is not None for b in parts.infusenet.single_transformer_blocks)
-    assert torch.equal(latents(parts, cond, steps=2), latents(load(tiny_config), cond, steps=2))
+    switches = {**OFF, "compile": "regional", "cache": cache, "cache_threshold": 0.0}
+    compiled = acceleration.Accelerated(parts, switches, CPU, {"backend": "eager"})
+    assert torch.equal(latents(parts, cond, compiled, steps=2), latents(load(tiny_config), cond, steps=2))
+    assert counters["stats"]["unique_graphs"] <= 7  # 11 with the hooks inside the compiled code
 
 
 def test_an_accelerated_job_writes_paired_cells_and_threshold_zero_matches_eager(embedded, tmp_path):

@@ -33,6 +33,10 @@ from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook
 
 from fewstep.core.errors import ConfigError
 
+#: torch.compile options of a job: its shapes never change (one resolution, one prompt length, 8
+#: identity tokens), so each block class compiles once per token count, static, instead of the
+#: dynamic-shape graph dynamo switches to when InfuseNet's 8 tokens follow the prompt's 512
+COMPILE_OPTIONS = {"dynamic": False}
 #: linear layers kept in the compute dtype under fp8 (text and identity streams)
 FP8_KEPT = ("context", "add_")
 
@@ -68,12 +72,34 @@ def quantize_fp8(module: torch.nn.Module) -> None:
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=chosen)
 
 
+def repeated_blocks(parts: Any) -> list[torch.nn.Module]:
+    """InfuseNet's blocks and the transformer's `_repeated_blocks`: what regional compile compiles."""
+    names = parts.transformer._repeated_blocks
+    blocks = [m for m in parts.transformer.modules() if type(m).__name__ in names]
+    if parts.infusenet is not None:
+        blocks += [*parts.infusenet.transformer_blocks, *parts.infusenet.single_transformer_blocks]
+    return blocks
+
+
 def compile_regions(parts: Any, **options: Any) -> None:
     """`compile_repeated_blocks` on the transformer, InfuseNet's blocks one by one (torch.compile kwargs)."""
     parts.transformer.compile_repeated_blocks(**options)
     if parts.infusenet is not None:
         for block in (*parts.infusenet.transformer_blocks, *parts.infusenet.single_transformer_blocks):
             block.compile(**options)
+
+
+def compile_block_forwards(parts: Any, **options: Any) -> None:
+    """The same regions with each block's own `forward` compiled, for blocks that get hooks afterwards.
+
+    `compile_repeated_blocks` compiles a block's whole call, hooks included. The cache's hooks and
+    InfuseNet's residual hooks hold per-block state (the block's index, head or tail role) that
+    dynamo guards on, which costs a recompile per block and soon hits dynamo's recompile limit
+    (the rest then runs uncompiled). Compiled before the hooks are registered, the hooks wrap the
+    compiled forward and run outside it: one graph per block class, as without the cache.
+    """
+    for block in repeated_blocks(parts):
+        block.forward = torch.compile(block.forward, **options)
 
 
 class InfuseNetResiduals:
@@ -134,10 +160,17 @@ class Accelerated:
     """A job's pipeline parts with one acceleration applied; `denoiser_call` wraps each step.
 
     `acceleration` is a validated config ``accelerations`` entry (``compile``, ``fp8``, ``cache``,
-    ``cache_threshold``); applied in the order torchao and diffusers expect: quantise, hook, compile.
+    ``cache_threshold``); applied in the order torchao and diffusers expect: quantise, compile, hook.
+    `compile_options` go to `torch.compile` (default `COMPILE_OPTIONS`).
     """
 
-    def __init__(self, parts: Any, acceleration: dict[str, Any], device: torch.device):
+    def __init__(
+        self,
+        parts: Any,
+        acceleration: dict[str, Any],
+        device: torch.device,
+        compile_options: dict[str, Any] | None = None,
+    ):
         self.acceleration = acceleration
         self.residuals: InfuseNetResiduals | None = None
         if acceleration["fp8"] == "dynamic":
@@ -145,12 +178,15 @@ class Accelerated:
             for module in (parts.transformer, parts.infusenet):
                 if module is not None:
                     quantize_fp8(module)
+        options = COMPILE_OPTIONS | (compile_options or {})
+        if acceleration["compile"] == "regional" and acceleration["cache"] != "none":
+            compile_block_forwards(parts, **options)
+        elif acceleration["compile"] == "regional":
+            compile_regions(parts, **options)
         if acceleration["cache"] == "first_block":
             if parts.infusenet is not None:
                 self.residuals = InfuseNetResiduals(parts.transformer)
             parts.transformer.enable_cache(FirstBlockCacheConfig(threshold=acceleration["cache_threshold"]))
-        if acceleration["compile"] == "regional":
-            compile_regions(parts)
         self.transformer = parts.transformer
         self.cached = acceleration["cache"] != "none"
 

@@ -1,0 +1,312 @@
+"""Speed of each acceleration switch, side by side in one run on one GPU, through the generation job.
+
+    python benchmarks/acceleration.py --out bench               # a CUDA GPU of compute capability >= 8.9
+    python benchmarks/acceleration.py --out bench --backbones flux-schnell --variants eager fast
+    python benchmarks/acceleration.py --out /tmp/b --weights tiny --device cpu --variants eager cache
+
+Full-size FLUX.1-dev (28 steps) and FLUX.1-schnell (4 steps) with InfuseNet and random weights
+(latency does not depend on weight values), built by the workflow's `random` mode; prompt and
+identity embeddings drawn at random in their real shapes and files, so no text encoder or face
+model is needed. Every (backbone, variant) is one generation job, `fewstep.generate.run_job`, as
+the generate rule runs it (load, accelerate, render, writer thread, manifests), one after the other
+in this process. Per job:
+
+- ``per_step_s``, ``per_image_s``: medians over the images after the warm-up batch (manifest);
+- ``compile_s``: the warm-up image's latency minus a warm image's (compiling, autotuning);
+- ``job_s``: the whole job, model load included; ``peak_mem_gib``: CUDA's peak allocation;
+- ``gpu_busy``: mean NVML utilisation sampled every 20 ms from the first recorded image to the
+  job's end (the part of a job after loading and compiling);
+- ``computed_steps``: with the first-block cache, the fraction of steps that ran every block;
+  random weights do not behave like trained ones here, so this and the cache's speed-up are only
+  indicative (the study's own sweep measures the real ones);
+- ``graphs``: graphs dynamo compiled (recompiles show here);
+- ``max_pixel_diff``: largest 0-255 difference to the eager job's image of the same item (tiny
+  weights only: random weights are drawn afresh by every job, so their images differ anyway).
+
+Writes ``acceleration.json`` and ``acceleration.md`` (the table) under ``--out``, naming the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+
+from fewstep import generate, models, precompute  # noqa: E402
+from fewstep.config import validate  # noqa: E402
+from fewstep.grid import Cell, Grid  # noqa: E402
+from fewstep.paths import Paths  # noqa: E402
+
+VARIANTS = {
+    "eager": {},
+    "compile": {"compile": "regional"},
+    "fp8": {"fp8": "dynamic"},
+    "cache": {"cache": "first_block"},
+    "fast": {"compile": "regional", "fp8": "dynamic"},
+    "fast-cache": {"compile": "regional", "fp8": "dynamic", "cache": "first_block"},
+}
+STEPS = {"flux-dev": 28, "flux-schnell": 4}
+
+
+def config_for(args: argparse.Namespace, backbone: str) -> dict:
+    """One backbone, InfuseNet, every variant as an acceleration of the sweep."""
+    backbones = {
+        "flux-dev": {"model": "flux-dev", "steps": [STEPS["flux-dev"]], "guidance": 3.5},
+        "flux-schnell": {
+            "model": "flux-schnell",
+            "steps": [STEPS["flux-schnell"]],
+            "guidance": None,
+            "max_sequence_length": 256,
+        },
+    }
+    accelerations = {
+        name: dict(switches, cache_threshold=args.cache_threshold)
+        for name, switches in VARIANTS.items()
+        if switches
+    }
+    return validate(
+        {
+            "sweep": "acceleration",
+            "weights": args.weights,
+            "device": args.device,
+            "dtype": "bfloat16",
+            "results_dir": str(args.work / "results"),
+            "models_dir": str(args.work / "models"),
+            "reports_dir": str(args.work / "reports"),
+            "resolution": {"width": args.size, "height": args.size},
+            "identities": [{"id": "random", "image": "builtin:astronaut"}],
+            "prompts": [{"id": "random", "text": "random embeddings (benchmark)"}],
+            "seeds": list(range(args.images[backbone])),
+            "backbones": {backbone: backbones[backbone]},
+            "adapters": {"infusenet-aes": {"kind": "infusenet"}},
+            "accelerations": accelerations,
+            "cells": [
+                {"backbones": [backbone], "adapters": ["infusenet-aes"], "accelerations": args.variants}
+            ],
+            "wandb": {"mode": "disabled"},
+        }
+    )
+
+
+def write_random_embeddings(config: dict) -> None:
+    """Prompt and identity embedding files with the real names, shapes and keys, random values."""
+    paths, generator = Paths(config), torch.Generator().manual_seed(0)
+    note = {"synthetic": "random normal values: a latency benchmark, not a picture"}
+    for backbone in config["backbones"].values():
+        folder = models.model_folder(config, backbone["model"])
+        shape = json.loads((folder / "transformer" / "config.json").read_text())
+        length = backbone["max_sequence_length"]
+        precompute.save_tensors(
+            paths.prompt_embedding("flux", "random", length),
+            {
+                "prompt_embeds": torch.randn(1, length, shape["joint_attention_dim"], generator=generator),
+                "pooled_prompt_embeds": torch.randn(1, shape["pooled_projection_dim"], generator=generator),
+            },
+            note,
+        )
+    embedding = torch.nn.functional.normalize(torch.randn(1, 512, generator=generator), dim=-1)
+    precompute.save_tensors(
+        paths.identity_embedding("random"), {"arcface_irse50": embedding, "kps": torch.zeros(5, 2)}, note
+    )
+
+
+class BusySampler:
+    """NVML GPU utilisation every 20 ms from the moment `started()` is true (a journal row exists)."""
+
+    def __init__(self, started) -> None:
+        self.started, self.samples, self.stop = started, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        while not self.stop.wait(0.02):
+            if self.started():
+                self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+    def __enter__(self) -> BusySampler:
+        if torch.cuda.is_available():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    @property
+    def busy(self) -> float | None:
+        return statistics.fmean(self.samples) / 100 if self.samples else None
+
+
+class CacheCounter:
+    """Counts the first-block cache's decisions: full step or reuse."""
+
+    def __init__(self) -> None:
+        from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+
+        self.hook, self.decisions = FBCHeadBlockHook, []
+        self.original = FBCHeadBlockHook._should_compute_remaining_blocks
+
+    def __enter__(self) -> CacheCounter:
+        original, decisions = self.original, self.decisions
+
+        def counted(hook, residual):
+            decisions.append(original(hook, residual))
+            return decisions[-1]
+
+        self.hook._should_compute_remaining_blocks = torch.compiler.disable(counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hook._should_compute_remaining_blocks = self.original
+
+
+def pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.int16)
+
+
+def run_job(config: dict, backbone: str, variant: str) -> dict:
+    grid, paths = Grid(config), Paths(config)
+    cell = Cell.of(backbone, "infusenet-aes", variant, STEPS[backbone])
+    journal = paths.journal(cell.id)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # each job compiles afresh, as in its own process
+    counters.clear()
+    print(f"{time.strftime('%H:%M:%S')} {cell.job}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with (
+        BusySampler(lambda: journal.exists() and journal.stat().st_size > 0) as sampler,
+        CacheCounter() as cache,
+    ):
+        generate.run_job(config, cell.job, progress=False)
+    job_s = time.perf_counter() - start
+    manifest = pd.read_parquet(paths.manifest(cell.id))
+    warm = manifest[~manifest["warmup"]] if (~manifest["warmup"]).any() else manifest
+    eager = Cell.of(backbone, "infusenet-aes", "eager", STEPS[backbone])
+    diffs = [
+        int(np.abs(pixels(paths.image(cell.id, item.id)) - pixels(paths.image(eager.id, item.id))).max())
+        for item in grid.items
+        if paths.image(eager.id, item.id).exists() and config["weights"] != "random"
+    ]
+    per_image = float(warm["latency_s"].median())
+    return {
+        "backbone": backbone,
+        "steps": STEPS[backbone],
+        "variant": variant,
+        "switches": grid.acceleration(cell),
+        "images": len(manifest),
+        "per_step_s": float(warm["step_s_median"].median()),
+        "per_image_s": per_image,
+        "compile_s": float(manifest.loc[manifest["warmup"], "latency_s"].max() - per_image),
+        "job_s": job_s,
+        "peak_mem_gib": float(manifest["peak_mem_mb"].max()) / 1024,
+        "gpu_busy": sampler.busy,
+        "computed_steps": float(np.mean(cache.decisions)) if cache.decisions else None,
+        "graphs": counters["stats"]["unique_graphs"],
+        "max_pixel_diff": max(diffs) if diffs else None,
+    }
+
+
+def table(rows: list[dict], card: str) -> str:
+    lines = [
+        f"Card: {card}. Speed-up = eager per-image latency / this variant's, same backbone, same run.",
+        "",
+        "| backbone | variant | per step | per image | speed-up | compile | peak memory | GPU busy "
+        "| steps computed | max pixel diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    eager = {r["backbone"]: r["per_image_s"] for r in rows if r["variant"] == "eager"}
+
+    def fmt(value, pattern):
+        return "-" if value is None else pattern.format(value)
+
+    for r in rows:
+        speedup = eager[r["backbone"]] / r["per_image_s"] if r["backbone"] in eager else None
+        lines.append(
+            f"| {r['backbone']}-{r['steps']} | {r['variant']} | {r['per_step_s']:.3f} s "
+            f"| {r['per_image_s']:.2f} s "
+            f"| {fmt(speedup, '{:.2f}x')} | {r['compile_s']:.0f} s | {r['peak_mem_gib']:.1f} GiB "
+            f"| {fmt(r['gpu_busy'], '{:.0%}')} | {fmt(r['computed_steps'], '{:.0%}')} "
+            f"| {fmt(r['max_pixel_diff'], '{}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fewstep-acceleration"))
+    parser.add_argument("--backbones", nargs="+", default=list(STEPS), choices=list(STEPS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--dev-images", type=int, default=3, help="images per flux-dev job (the first warms up)"
+    )
+    parser.add_argument("--schnell-images", type=int, default=8, help="images per flux-schnell job")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--cache-threshold", type=float, default=0.08)
+    parser.add_argument(
+        "--weights", default="random", choices=["random", "tiny"], help="tiny: a CPU smoke run"
+    )
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            "benchmarks/acceleration.py needs a CUDA GPU (or --weights tiny --device cpu for a smoke run)"
+        )
+    if "eager" not in args.variants:
+        args.variants.insert(0, "eager")  # every ratio and pixel difference is against eager
+    args.images = {"flux-dev": args.dev_images, "flux-schnell": args.schnell_images}
+    args.out.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    rows: list[dict] = []
+    for backbone in args.backbones:
+        config = config_for(args, backbone)
+        for name in {"infiniteyou", config["backbones"][backbone]["model"]}:
+            models.prepare(config, name)
+        write_random_embeddings(config)
+        for variant in args.variants:
+            try:
+                rows.append(run_job(config, backbone, variant))
+            except torch.OutOfMemoryError as err:
+                print(f"{backbone} {variant}: out of memory ({str(err).splitlines()[0]})", flush=True)
+                continue
+            finally:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            print(json.dumps(rows[-1]), flush=True)
+            record = {
+                "card": card,
+                "torch": torch.__version__,
+                "command": " ".join(sys.argv),
+                "date": time.strftime("%Y-%m-%d"),
+                "size": args.size,
+                "rows": rows,
+            }
+            (args.out / "acceleration.json").write_text(json.dumps(record, indent=1))
+            (args.out / "acceleration.md").write_text(table(rows, card))
+    print(table(rows, card))
+
+
+if __name__ == "__main__":
+    main()
