@@ -66,16 +66,19 @@ def test_full_study_dag_builds_without_weights(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # (dev steps + schnell steps) x (aes, sim, none), then the ablations at dev-28 (4 scales,
-    # 5 windows) and schnell-4 (4 scales, 3 windows)
-    cells = (9 + 6) * 3 + 9 + 7
-    assert counts["generate"] == cells and counts["score"] == cells
+    grid = Grid(load([REPO / "config.yaml"]))
+    cells, jobs = len(grid.cells), len(grid.jobs)
+    # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
+    # and schnell-4 (4 scales, 3 windows), the accelerations (compiled, cached) at dev-28, schnell-4
+    assert cells == (9 + 6) * 3 + 9 + 7 + 4
+    # one generate job per backbone x adapter x acceleration (all its step counts), one score per cell
+    assert counts["generate"] == jobs < cells == counts["score"]
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
     assert counts["prepare_model"] == 7
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
     # one embedding job per prompt and sequence length (8 x 2) and per identity (2)
     assert counts["embed_prompt"] == 16 and counts["embed_identity"] == 2
-    assert counts["total"] == 2 * cells + 7 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + cells + 7 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
@@ -97,8 +100,8 @@ def test_scoring_a_cell_waits_for_the_anchor_cell(tmp_path):
         line.split("wildcards: ")[1] for line in result.stdout.splitlines() if "wildcards: backbone" in line
     ]
     assert sorted(planned) == [
-        "backbone=flux-dev, adapter=infusenet-aes, steps=8",  # the anchor's generate job
-        "backbone=flux-schnell, adapter=infusenet-aes, steps=4",  # generate
+        "backbone=flux-dev, adapter=infusenet-aes",  # the anchor's generate job (all dev steps)
+        "backbone=flux-schnell, adapter=infusenet-aes",  # generate (all schnell steps)
         "backbone=flux-schnell, adapter=infusenet-aes, steps=4",  # score
     ]
     models = [line.split("model=")[1] for line in result.stdout.splitlines() if "wildcards: model=" in line]
