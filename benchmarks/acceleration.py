@@ -43,10 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep import generate, models, precompute  # noqa: E402
-from fewstep.config import validate  # noqa: E402
+from fewstep.core.config import validate  # noqa: E402
+from fewstep.core.paths import Paths  # noqa: E402
+from fewstep.families.flux import models  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
-from fewstep.paths import Paths  # noqa: E402
+from fewstep.jobs import generate, precompute  # noqa: E402
 
 VARIANTS = {
     "eager": {},
