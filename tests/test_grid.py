@@ -47,8 +47,14 @@ def test_study_grid_crosses_every_block(tmp_path):
     from tests.conftest import REPO
 
     grid = Grid(load([REPO / "config.yaml"]))
-    # the main sweep, then the scale and window ablations at dev-28 and schnell-4 only
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3)
+    # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, and the two
+    # accelerations (compiled, cached) of infusenet-aes at dev-28 and schnell-4
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 2
+    assert {c.id for c in grid.cells if c.acceleration != "eager"} == {
+        f"{b}/infusenet-aes+{a}/{s}"
+        for b, s in (("flux-dev", 28), ("flux-schnell", 4))
+        for a in ("compiled", "cached")
+    }
     assert {c.steps for c in grid.cells if c.adapter.startswith("aes-")} == {28, 4}
     assert (
         Cell("flux-dev", "aes-first14", 28) in grid.cells
