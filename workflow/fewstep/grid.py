@@ -342,8 +342,9 @@ class Grid:
             first = self.adapter(cell).get("first_steps")
             if kind != "none" and first is not None and first >= cell.steps:
                 raise ConfigError(
-                    f"config adapters.{cell.adapter_name}.first_steps: {first} covers all {cell.steps} steps of "
-                    f"cell {cell.id}, which would repeat the full adapter; run it at more steps or lower it"
+                    f"config adapters.{cell.adapter_name}.first_steps: {first} covers all {cell.steps} "
+                    f"steps of cell {cell.id}, which would repeat the full adapter; "
+                    "run it at more steps or lower it"
                 )
         for key, cell in (
             *((f"trajectory.cells[{i}]", c) for i, c in enumerate(self.trajectory_cells)),
