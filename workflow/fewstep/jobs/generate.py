@@ -403,4 +403,3 @@ def run_cells(
                 launched += 1
             writer.submit(functools.partial(write_manifest, cell))
     return manifests
-
