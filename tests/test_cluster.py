@@ -229,13 +229,14 @@ def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: P
         check=True,
     ).stdout.splitlines()
     jobs = [line.split("|")[:4] for line in squeue]
-    # all but localrule all: 7 models, 2 embedding jobs, 2 generate, 7 score, 2 trajectory,
+    # all but localrule all: 7 models, 6 embedding jobs (2 prompts x 2 lengths, 2 identities),
+    # 2 generate, 7 score, 2 trajectory,
     # aggregate, report and the W&B aggregate run
-    assert len(jobs) == 23 and all(state == "COMPLETED" for *_, state in jobs)
+    assert len(jobs) == 27 and all(state == "COMPLETED" for *_, state in jobs)
     for comment, partition, tres, _ in jobs:
         rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment).group(1)
         expected = ("gpu", "gres:gpu:h100:1") if rule in GPU_RULES else ("cpu", "N/A")
         assert (partition, tres) == expected, comment
     # one Slurm log per job in the profile's folder (kept for successful jobs too)
-    assert len(list((on_slurm / "logs/slurm").rglob("*.log"))) == 23
+    assert len(list((on_slurm / "logs/slurm").rglob("*.log"))) == 27
     assert len(list((on_slurm / "logs/slurm/rule_generate").glob("*/*.log"))) == 2
