@@ -18,12 +18,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fewstep.analysis.metric_registry import METRICS
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
 GPU_RULES = {"generate", "embed_prompt", "trajectory"}
 CPU_HEAVY_RULES = {"score", "embed_prompt", "embed_identity", "trajectory", "aggregate"}
-TIMING = ["latency_s", "denoise_s", "decode_s", "peak_mem_mb"]
+#: what differs between two runs of the same sweep: every cost the registry knows (times, memory)
+TIMING = [name for name, spec in METRICS.items() if spec.kind == "cost"]
 
 
 def snakemake(

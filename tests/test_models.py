@@ -268,7 +268,7 @@ def test_downloads_only_what_the_study_uses():
         "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
         "supports/insightface/models/antelopev2/glintr100.onnx",
     ]
-    study["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"]}]
+    study["cells"] = [{"backbones": ["flux-dev"], "adapters": ["infusenet-aes"], "accelerations": ["eager"]}]
     del study["comparison"]
     study["trajectory"]["cells"] = []
     assert allow_patterns(study, "infiniteyou") == ["infu_flux_v1.0/aes_stage2/*"]

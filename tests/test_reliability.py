@@ -439,12 +439,12 @@ def test_cuda_out_of_memory_retries_with_half_the_batch(demo_run, tmp_path):
     configfile.write_text(yaml.safe_dump(raw))
     env = dict(os.environ, FEWSTEP_FAULT="oom_above_batch_1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "faults"), env.get("PYTHONPATH", "")])
-    target = "results/oom/cells/flux-schnell/infusenet-aes/2/manifest.parquet"
+    target = "results/oom/cells/flux-schnell/infusenet-aes/generation.json"  # every schnell step count
     result = snakemake(demo_run, target, "--cores", "1", configfile=configfile, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     # attempt 1: batch 4, out of memory; attempt 2: batch 2, out of memory; attempt 3: batch 1
     assert result.stderr.count("Error in rule generate") == 2
-    manifest = pd.read_parquet(demo_run / target)
+    manifest = pd.read_parquet(demo_run / "results/oom/cells/flux-schnell/infusenet-aes/2/manifest.parquet")
     assert set(manifest["batch_size"]) == {1} and len(manifest) == 4
 
 

@@ -23,7 +23,7 @@ from fewstep.core.paths import Paths
 from tests.conftest import REPO, snakemake
 
 CELL = "flux-schnell/infusenet-aes/1"
-DOWNSTREAM = {"generate": 7, "score": 7, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
+DOWNSTREAM = {"generate": 2, "score": 7, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def images(work: Path, cell: str = CELL) -> dict[str, bytes]:
 
 
 def run_cell(work: Path, configfile: Path, cell: str = CELL) -> None:
-    target = f"results/demo/cells/{cell}/manifest.parquet"
+    """Run the generation job that renders `cell` (every step count of its backbone x adapter)."""
+    target = f"results/demo/cells/{cell.rsplit('/', 1)[0]}/generation.json"
     result = snakemake(work, target, "--cores", "2", configfile=configfile)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
@@ -144,7 +145,7 @@ def test_a_picture_replaced_in_place_reembeds_that_identity_only(demo):
     os.utime(picture, (946684800, 946684800))
     jobs = planned(demo, configfile)
     assert of(jobs, "embed_identity") == ["identity=astronaut"]
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 7
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
 
 
 def test_a_builtin_name_change_reembeds_that_identity_only(demo):
@@ -163,7 +164,7 @@ def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     os.utime(marker)  # as prepare_model rewrites it
     jobs = planned(demo, REPO / "config" / "demo.yaml")
     assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 7
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
 
 
 def test_a_bad_picture_for_one_identity_loses_nothing_of_the_others(demo):
@@ -212,14 +213,15 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     scores = f"results/demo/scores/{CELL}/scores.parquet"
     failed = snakemake(demo, "--cores", "2", "--forcerun", scores, configfile=demo_file)
     assert failed.returncode != 0
+    record = cell_dir.parent / "generation.json"  # the record of the job that rendered the cell
     advice = (
         f"generated image {image} is corrupt; delete it, then rerun with `--forcerun "
-        f"{cell_dir / 'manifest.parquet'}` added to your snakemake command"
+        f"{record}` added to your snakemake command"
     )
     assert advice in failed.stdout + failed.stderr  # on the console (show-failed-logs)
     (demo / image).unlink()
     rerun = snakemake(
-        demo, "--cores", "2", "--forcerun", str(cell_dir / "manifest.parquet"), configfile=demo_file
+        demo, "--cores", "2", "--forcerun", str(record), configfile=demo_file
     )
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
     assert pixels(demo / image) == original

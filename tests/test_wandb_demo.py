@@ -149,7 +149,7 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
             "revision": BACKBONES[cell.backbone].revision,
             "commit": None,  # tiny weights come from no hub commit
         }
-        assert f"logs/generate/{_slug(cell.id)}.log" in generate.files
+        assert f"logs/generate/{_slug(cell.job)}.log" in generate.files  # one log per job
     for cell in grid.trajectory_cells:
         trajectory = runs["trajectory", cell.id]
         assert f"trajectory-demo-{_slug(cell.id)}" in trajectory.logged_artifacts

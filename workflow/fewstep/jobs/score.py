@@ -71,24 +71,25 @@ def build_metrics(config: dict[str, Any]) -> list[Metric]:
     return [METRICS[name](config, models) for name in config["scoring"]["metrics"]]
 
 
-def read_generated(path: Path, manifest: Path) -> np.ndarray:
+def read_generated(path: Path, record: Path) -> np.ndarray:
     """Decode a generated PNG fully; a corrupt one stops the job with one line naming it and
-    the command that regenerates it (a missing manifest alone would not: Snakemake skips a
-    missing intermediate file while everything after it is up to date)."""
+    the command that regenerates it: forcing its generation job's record (a missing manifest
+    alone would not do: Snakemake skips a missing intermediate file while everything after
+    it is up to date)."""
     from fewstep.core.images import InputError, load_rgb
 
     try:
         return load_rgb(path)
     except InputError:
         raise InputError(
-            f"generated image {path} is corrupt; delete it, then rerun with `--forcerun {manifest}` "
+            f"generated image {path} is corrupt; delete it, then rerun with `--forcerun {record}` "
             "added to your snakemake command (its cell's other images are kept)"
         ) from None
 
 
 def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
     """item id -> the anchor cell's image, when a metric compares to it and this is another
-    cell; and the anchor's manifest."""
+    cell; and the generation record of the job that made them."""
     from fewstep.scoring.networks import score_anchor
 
     anchor = score_anchor(config, cell.id)
@@ -96,7 +97,7 @@ def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[di
         return {}, None
     manifest = pd.read_parquet(paths.manifest(anchor), columns=["item_id", "image"])
     images = {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
-    return images, paths.manifest(anchor)
+    return images, paths.generation_record(Cell.parse(anchor).job)
 
 
 def run(
@@ -115,7 +116,7 @@ def run(
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = identity_images(config)
     metrics = build_metrics(config)
-    anchor_images, anchor_manifest = _anchor_images(config, paths, cell)
+    anchor_images, anchor_record = _anchor_images(config, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
@@ -124,10 +125,10 @@ def run(
         anchor = anchor_images.get(row["item_id"])
         return Sample(
             row,
-            read_generated(paths.cell_dir(cell.id) / row["image"], paths.manifest(cell.id)),
+            read_generated(paths.cell_dir(cell.id) / row["image"], paths.generation_record(cell.job)),
             references[row["identity"]],
             prompt=grid.prompt(row["prompt_id"])["text"],
-            anchor=None if anchor is None else read_generated(anchor, anchor_manifest),
+            anchor=None if anchor is None else read_generated(anchor, anchor_record),
             is_anchor=cell == grid.anchor,
         )
 

@@ -352,6 +352,8 @@ TRAJECTORY_CURVES = ("sigma", "id_sim", "face_detected", "relative_double", "rel
 STEP_METRICS = {"trajectory": "trajectory/step", "aggregate": "sweep/steps"}
 #: the rule whose log file a job type's run attaches, where it is not the job type itself
 LOG_RULES = {"aggregate": "wandb_aggregate"}
+#: job types whose one log serves every cell of a generation job (a backbone x adapter)
+PER_JOB_LOGS = {"generate"}
 
 
 def run_id(config: dict[str, Any], job_type: str, cell_id: str | None = None) -> str:
@@ -381,7 +383,10 @@ def define_metrics(wandb_run: Any, job_type: str) -> None:
 def attach_log(wandb_run: Any, config: dict[str, Any], job_type: str, cell_id: str | None) -> None:
     """The job's console log (its rule's log file) as a run file, read when the run is synced."""
     paths = Paths(config)
-    log = paths.log(LOG_RULES.get(job_type, job_type), cell_id or "")
+    name = cell_id or ""
+    if cell_id is not None and job_type in PER_JOB_LOGS:
+        name = Grid(config).cell(cell_id).job
+    log = paths.log(LOG_RULES.get(job_type, job_type), name)
     if log.exists():
         wandb_run.save(str(log.resolve()), base_path=str(paths.root.resolve()), policy="end")
 
