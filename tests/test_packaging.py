@@ -20,6 +20,8 @@ def pyproject_pins() -> dict[str, str]:
 def env_pins() -> dict[str, str]:
     spec = yaml.safe_load(ENV.read_text())
     (pip,) = [entry["pip"] for entry in spec["dependencies"] if isinstance(entry, dict)]
+    names = [pin.split("==")[0] for pin in pip]
+    assert len(names) == len(set(names)), f"{ENV.name} lists a package twice: {sorted(names)}"
     return dict(pin.split("==") for pin in pip)
 
 
