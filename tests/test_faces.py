@@ -139,6 +139,22 @@ def test_largest_policy_keeps_the_larger_face(analyzer: faces.FaceAnalyzer, two_
         analyzer.analyze(two_faces, policy="biggest")
 
 
+def test_only_the_chosen_face_is_embedded(analyzer: faces.FaceAnalyzer, two_faces, monkeypatch) -> None:
+    """Two faces found, one ArcFace pass: the policy's face, with the embedding it has alone."""
+    detected, _ = analyzer.detect(two_faces)
+    assert len(detected) == 2
+    calls = []
+    get_feat = analyzer.recognizer.get_feat
+    monkeypatch.setattr(analyzer.recognizer, "get_feat", lambda crop: calls.append(crop) or get_feat(crop))
+    for policy in faces.POLICIES:
+        calls.clear()
+        result = analyzer.analyze(two_faces, policy)
+        assert len(calls) == 1 and result.n_faces == 2
+        chosen = faces.select(detected, policy)
+        assert np.array_equal(result.face.bbox, chosen.bbox)
+        assert np.array_equal(result.face.embedding, analyzer.embed(two_faces, chosen).embedding)
+
+
 def test_embeddings_match_self_and_differ_across_faces(
     analyzer: faces.FaceAnalyzer, pack_root: Path, astronaut, tmp_path: Path
 ) -> None:
@@ -304,3 +320,26 @@ def test_onnxruntime_sessions_use_the_job_threads(pack_root: Path, monkeypatch) 
         assert model.session.get_session_options().intra_op_num_threads == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert faces.session_options().intra_op_num_threads == 0  # onnxruntime's default: every core
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_face_sessions_take_the_cuda_provider_only_for_a_gpu_job(pack_root: Path, monkeypatch, gpu) -> None:
+    """With onnxruntime-gpu a GPU job detects and embeds on CUDA; a CPU job never asks for it."""
+    from fewstep.faces import analyzer as module
+
+    asked = []
+    real = module.FaceAnalysis
+
+    def recording(*args, providers, **kwargs):
+        asked.append(providers)
+        return real(*args, providers=["CPUExecutionProvider"], **kwargs)  # this build has no CUDA
+
+    monkeypatch.setattr(
+        module.onnxruntime,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    monkeypatch.setattr(module, "FaceAnalysis", recording)
+    faces.FaceAnalyzer(pack_root, gpu=gpu)
+    expected = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    assert asked == [expected]

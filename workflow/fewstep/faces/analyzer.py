@@ -58,6 +58,7 @@ __all__ = [
     "PACK_FILES",
     "DetectedFace",
     "FaceAnalyzer",
+    "FaceBox",
     "FaceModelError",
     "FaceResult",
     "aligned_crop",
@@ -95,19 +96,25 @@ class FaceModelError(WeightsError):
 
 
 @dataclass(frozen=True)
-class DetectedFace:
-    """One detected face in image pixel coordinates."""
+class FaceBox:
+    """One detected face in image pixel coordinates, not yet embedded."""
 
     bbox: np.ndarray  # (4,) float32: x1, y1, x2, y2
     kps: np.ndarray  # (5, 2) float32: eyes, nose, mouth corners
     det_score: float
-    embedding: np.ndarray  # (512,) float32, L2-normalised ArcFace (ONNX) embedding
 
     @property
     def area(self) -> float:
         """Box area in square pixels."""
         x1, y1, x2, y2 = (float(v) for v in self.bbox)
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+@dataclass(frozen=True)
+class DetectedFace(FaceBox):
+    """A detected face with its ArcFace embedding."""
+
+    embedding: np.ndarray  # (512,) float32, L2-normalised ArcFace (ONNX) embedding
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def select(faces: list[DetectedFace], policy: str = "largest") -> DetectedFace:
+def select(faces: list[FaceBox], policy: str = "largest") -> FaceBox:
     """Pick one face: ``largest`` box area (InfiniteYou) or ``highest_score``."""
     if policy not in POLICIES:
         raise ValueError(f"face policy {policy!r} is unknown; use one of {list(POLICIES)}")
@@ -168,7 +175,9 @@ def session_options() -> onnxruntime.SessionOptions:
 class FaceAnalyzer:
     """insightface detection + ArcFace recognition over one model pack.
 
-    ``root`` is the insightface root: the pack is read from ``root/models/name``.
+    ``root`` is the insightface root: the pack is read from ``root/models/name``. With
+    ``gpu`` (a job on a CUDA device) and an onnxruntime build with the CUDA provider
+    (``onnxruntime-gpu``), detection and recognition run on the GPU; otherwise on the CPU.
     """
 
     def __init__(
@@ -177,10 +186,11 @@ class FaceAnalyzer:
         name: str = "antelopev2",
         det_thresh: float = 0.5,
         det_sizes: tuple[int, ...] = DET_SIZES,
+        gpu: bool = True,
     ) -> None:
         self.folder = Path(root).expanduser().resolve() / "models" / name
         _check_pack(self.folder)
-        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        cuda = gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         providers = ["CUDAExecutionProvider"] if cuda else []
         providers.append("CPUExecutionProvider")
         try:
@@ -214,31 +224,36 @@ class FaceAnalyzer:
         #: True for packs from :func:`build_tiny_face_pack`: outputs are demo numbers.
         self.is_tiny = any(p.key == "fewstep_tiny" and p.value == "1" for p in meta)
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[list[DetectedFace], int]:
+    def detect(self, image_bgr: np.ndarray) -> tuple[list[FaceBox], int]:
         """All faces at the first det size that finds any, and that size (0: none)."""
         for size in self.det_sizes:
             bboxes, kpss = self.detector.detect(image_bgr, input_size=(size, size))
             if len(bboxes):
                 pairs = zip(bboxes, kpss, strict=True)
-                return [self._embed(image_bgr, box, kps) for box, kps in pairs], size
+                return [
+                    FaceBox(np.asarray(box[:4], np.float32), np.asarray(kps, np.float32), float(box[4]))
+                    for box, kps in pairs
+                ], size
         return [], 0
 
     def analyze(self, image_bgr: np.ndarray, policy: str = "largest") -> FaceResult | None:
-        """Detect, then keep one face by ``policy``; None when no face is found."""
+        """Detect, keep one face by ``policy`` and embed only that one; None without a face.
+
+        ArcFace runs once per image however many faces the picture holds (a crowd costs
+        one detection pass, not one recognition pass per face).
+        """
         faces, size = self.detect(image_bgr)
         if not faces:
             return None
-        return FaceResult(face=select(faces, policy), n_faces=len(faces), det_size=size)
-
-    def _embed(self, image_bgr: np.ndarray, box: np.ndarray, kps: np.ndarray) -> DetectedFace:
-        crop = aligned_crop(image_bgr, kps, size=self.recognizer.input_size[0])
-        feat = np.asarray(self.recognizer.get_feat(crop), dtype=np.float32).ravel()
-        return DetectedFace(
-            bbox=np.asarray(box[:4], dtype=np.float32),
-            kps=np.asarray(kps, dtype=np.float32),
-            det_score=float(box[4]),
-            embedding=feat / np.linalg.norm(feat),
+        return FaceResult(
+            face=self.embed(image_bgr, select(faces, policy)), n_faces=len(faces), det_size=size
         )
+
+    def embed(self, image_bgr: np.ndarray, face: FaceBox) -> DetectedFace:
+        """The ArcFace embedding of one detected face (aligned crop, L2-normalised)."""
+        crop = aligned_crop(image_bgr, face.kps, size=self.recognizer.input_size[0])
+        feat = np.asarray(self.recognizer.get_feat(crop), dtype=np.float32).ravel()
+        return DetectedFace(face.bbox, face.kps, face.det_score, embedding=feat / np.linalg.norm(feat))
 
 
 def aligned_crop(image_bgr: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:

@@ -449,10 +449,12 @@ def load_flux_text_encoders(
 
 
 def face_analyzer(config: dict[str, Any], pack: str | None = None):
-    """insightface detection + recognition over a prepared pack (scoring's by default)."""
+    """insightface detection + recognition over a prepared pack (scoring's by default); on the
+    GPU unless the config's device is the CPU (and onnxruntime has its CUDA provider)."""
     from fewstep.faces.analyzer import FaceAnalyzer
 
-    return FaceAnalyzer(model_folder(config, INSIGHTFACE.name), pack or config["face"]["pack"])
+    folder, gpu = model_folder(config, INSIGHTFACE.name), config["device"] != "cpu"
+    return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
 
 
 def load_arcface_irse(config: dict[str, Any], device: torch.device):
