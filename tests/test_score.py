@@ -457,3 +457,25 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     analyzer = models.face_analyzer(real)
     assert analyzer.folder == pack.resolve() and analyzer.is_tiny
     assert models.face_analyzer(real, "antelopev2").folder.name == "antelopev2"
+
+
+def test_the_next_batch_is_decoded_while_this_one_is_scored():
+    """decoded_ahead keeps order, decodes batch k+1 while the caller holds batch k, and raises
+    a decoding error only at its own batch (the batches before it are scored)."""
+    import threading
+
+    started = {i: threading.Event() for i in range(4)}
+
+    def decode(batch):
+        started[batch].set()
+        if batch == 3:
+            raise InputError("generated image 3.png is corrupt")
+        return f"pixels {batch}"
+
+    got = []
+    with pytest.raises(InputError, match="3.png"):
+        for batch, pixels in zip(range(4), score.decoded_ahead(range(4), decode), strict=True):
+            assert started[batch + 1].wait(timeout=10), f"batch {batch + 1} was not decoded ahead"
+            got.append(pixels)
+    assert got == ["pixels 0", "pixels 1", "pixels 2"]
+    assert list(score.decoded_ahead([], decode)) == []

@@ -10,6 +10,8 @@ versions in the table.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,21 @@ def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[di
     return images, paths.generation_record(Cell.parse(anchor).job)
 
 
+def decoded_ahead(batches: Iterable[Any], decode: Callable[[Any], Any]) -> Iterator[Any]:
+    """`decode(batch)` of each batch, in order, the next one decoded in a thread while the
+    caller scores this one (PNG inflate releases the GIL): the networks do not wait for it.
+    A decoding error is raised when its batch's turn comes."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending: Future | None = None
+        for batch in batches:
+            following = pool.submit(decode, batch)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
+
+
 def run(
     config: dict[str, Any],
     cell_id: str,
@@ -134,9 +151,9 @@ def run(
 
     # The bar closes (ending its line) before an error line is printed.
     with tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress) as bar:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            batch = [sample(row) for row in chunk]
+        chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+        decoded = decoded_ahead(chunks, lambda chunk: [sample(row) for row in chunk])
+        for chunk, batch in zip(chunks, decoded, strict=True):
             columns = [dict() for _ in chunk]
             for metric in metrics:
                 for target, values in zip(columns, metric.score(batch), strict=True):
