@@ -23,7 +23,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from wandb_harness import ANCHOR, CELL, LOG_TEXT, PADDING, STRACE, UNSHARE, clean_env, run_cli
+from wandb_harness import (
+    ANCHOR,
+    CELL,
+    LOG_TEXT,
+    PADDING,
+    STRACE,
+    UNSHARE,
+    clean_env,
+    fabricate_cell,
+    fabricate_markers,
+    run_cli,
+)
 
 from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
@@ -213,6 +224,40 @@ def test_offline_run_reads_back_with_identity_config_and_summary(score_run, isol
     assert table["columns"][0] == "thumbnail" and len(table["data"]) == 4
     id_sims = [row[table["columns"].index("id_sim")] for row in table["data"]]
     assert id_sims == [None, 0.25, 0.5, 0.75]
+
+
+def test_a_full_disk_under_the_wandb_files_is_one_line(tmp_path) -> None:
+    """W&B's offline files are most of a demo's results, so a full disk shows there first:
+    the score job stops inside wandb.init with the one disk-full line naming the file, writes
+    no score table and leaves the cell's images as they were."""
+    from fewstep.core.paths import Paths
+
+    config = demo_config(tmp_path, mode="offline")
+    rng = np.random.default_rng(0)
+    fabricate_cell(config, ANCHOR, rng)
+    fabricate_cell(config, CELL, rng)
+    fabricate_markers(config)
+    paths = Paths(config)
+    images = {p: p.read_bytes() for p in paths.cell_dir(CELL).rglob("*.png")}
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    (tmp_path / "home").mkdir()
+    env = clean_env(tmp_path / "home") | {
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO / "workflow")]),
+        "FEWSTEP_FAULT": f"disk_full_under:{paths.wandb_root.resolve()}",
+    }
+    command = [sys.executable, "-m", "fewstep", "score", "--config", str(config_file), "--cell", CELL]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"fewstep score: error: disk full while writing {re.escape(str(paths.wandb_root.resolve()))}/\S+; "
+        r"free space, then rerun \(finished work is kept\)",
+        last,
+    ), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not paths.scores(CELL).exists()
+    assert {p: p.read_bytes() for p in paths.cell_dir(CELL).rglob("*.png")} == images
 
 
 def test_failed_job_ends_its_run_failed(isolated) -> None:
