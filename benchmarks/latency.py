@@ -17,14 +17,13 @@ config memory.offload: group).
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from timing import card_name, free_memory, require_device, warm_images, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
@@ -92,17 +91,17 @@ def run_variant(config: dict) -> pd.DataFrame:
         manifest = pd.read_parquet(generate.run(config, cell.id))
         manifest["job_s"] = time.perf_counter() - start
         frames.append(manifest)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
     return pd.concat(frames, ignore_index=True)
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Median over images after the first (which pays one-off CUDA/cuBLAS set-up)."""
+    cell_keys = ["variant", "cell_id"]
+    warm_cells = warm_images(frame, cell_keys).groupby(cell_keys, sort=False)
     rows = []
-    for (variant, cell), group in frame.groupby(["variant", "cell_id"], sort=False):
-        warm = group.iloc[1:] if len(group) > 1 else group
+    for (variant, cell), group in frame.groupby(cell_keys, sort=False):
+        warm = warm_cells.get_group((variant, cell))
         steps = int(group["steps"].iloc[0])
         rows.append(
             {
@@ -134,8 +133,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmarks/latency.py needs a CUDA GPU (or --weights tiny --device cpu for a smoke run)")
+    require_device(args.device, "benchmarks/latency.py")
     args.out.mkdir(parents=True, exist_ok=True)
     frames = []
     for variant in args.variants:
@@ -148,10 +146,8 @@ def main() -> None:
         frame["variant"] = variant
         frames.append(frame)
     per_image = pd.concat(frames, ignore_index=True)
-    per_image.to_csv(args.out / "latency_per_image.csv", index=False)
     table = summarise(per_image)
-    table.to_csv(args.out / "latency_summary.csv", index=False)
-    card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    card = card_name(args.device)
     ratios = {}
     for variant, group in table.groupby("variant"):
         by_cell = dict(zip(group["cell"], group["latency_s"], strict=True))
@@ -166,9 +162,8 @@ def main() -> None:
         "ratios_dev_over_schnell": ratios,
         "date": time.strftime("%Y-%m-%d"),
     }
-    (args.out / "latency_meta.json").write_text(json.dumps(meta, indent=2))
-    print(f"\n{card}, torch {torch.__version__}, {args.size}x{args.size}, {args.weights} weights")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    header = f"{card}, torch {torch.__version__}, {args.size}x{args.size}, {args.weights} weights"
+    write_report(args.out, "latency", per_image, table, meta, header, digits=3)
     print("dev/schnell latency ratio per variant:", {k: round(v, 2) for k, v in ratios.items()})
 
 

@@ -14,7 +14,6 @@ so the adapter's cost is a ratio within one run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from timing import card_name, free_memory, require_device, warm_images, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
@@ -107,15 +107,16 @@ def run_family(family: specs.SDFamily, args: argparse.Namespace) -> list[dict]:
                 )
                 print(json.dumps(rows[-1]), flush=True)
         del pipe
-        gc.collect()
+        free_memory()
     return rows
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Medians over the images after the first of each cell (which pays one-off set-up)."""
-    warm = frame[frame["image"] > 0] if frame["image"].max() > 0 else frame
+    cell_keys = ["family", "adapter", "steps"]
     table = (
-        warm.groupby(["family", "adapter", "steps"], sort=False)
+        warm_images(frame, cell_keys)
+        .groupby(cell_keys, sort=False)
         .agg(
             unet_calls=("unet_calls", "first"),
             latency_s=("latency_s", "median"),
@@ -146,16 +147,13 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmarks/sd_latency.py needs a CUDA GPU (or --weights tiny --device cpu for a smoke run)")
+    require_device(args.device, "benchmarks/sd_latency.py")
     args.out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(
         [row for family in args.families for row in run_family(specs.FAMILIES[family], args)]
     )
-    frame.to_csv(args.out / "sd_latency_per_image.csv", index=False)
     table = summarise(frame)
-    table.to_csv(args.out / "sd_latency_summary.csv", index=False)
-    card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    card = card_name(args.device)
     meta = {
         "card": card,
         "torch": torch.__version__,
@@ -166,9 +164,8 @@ def main() -> None:
     import diffusers
 
     meta["diffusers"] = diffusers.__version__
-    (args.out / "sd_latency_meta.json").write_text(json.dumps(meta, indent=2))
-    print(f"\n{card}, torch {torch.__version__}, diffusers {diffusers.__version__}, {args.weights} weights")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    header = f"{card}, torch {torch.__version__}, diffusers {diffusers.__version__}, {args.weights} weights"
+    write_report(args.out, "sd_latency", frame, table, meta, header, digits=4)
 
 
 if __name__ == "__main__":

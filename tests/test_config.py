@@ -193,4 +193,4 @@ def test_config_reference_page_is_current():
     page = (REPO / "config" / "README.md").read_text()
     assert page == reference_markdown(), "run: fewstep config-reference --out config/README.md"
     assert "| `backbones.<name>.steps` | list of integer |" in page
-    assert "| `scoring.lpips_net` | `alex` \\| `vgg` | `\"alex\"` |" in page
+    assert '| `scoring.lpips_net` | `alex` \\| `vgg` | `"alex"` |' in page

@@ -220,9 +220,7 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     )
     assert advice in failed.stdout + failed.stderr  # on the console (show-failed-logs)
     (demo / image).unlink()
-    rerun = snakemake(
-        demo, "--cores", "2", "--forcerun", str(record), configfile=demo_file
-    )
+    rerun = snakemake(demo, "--cores", "2", "--forcerun", str(record), configfile=demo_file)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
     assert pixels(demo / image) == original
     again = pd.read_parquet(demo / cell_dir / "manifest.parquet")

@@ -68,9 +68,7 @@ def test_first_steps_window_runs_infusenet_on_the_first_k_steps_only(dev, cond, 
     calls = []
     original = dev.infusenet.forward
     monkeypatch.setattr(dev.infusenet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-    settings = sampler.Settings(
-        steps=4, height=64, width=64, seeds=(0,), guidance=3.5, adapter_first_steps=2
-    )
+    settings = sampler.Settings(steps=4, height=64, width=64, seeds=(0,), guidance=3.5, adapter_first_steps=2)
     result = sampler.denoise(dev, cond, settings, CPU, torch.float32)
     assert result.adapter_active == [True, True, False, False] and len(calls) == 2
     assert sampler.adapter_window(8, 0.25, 1.0, first_steps=3) == [False, False, True] + [False] * 5

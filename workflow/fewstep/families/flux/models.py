@@ -25,6 +25,7 @@ from fewstep.core.errors import WeightsError
 from fewstep.core.io import atomic_write_json, sha256_file
 from fewstep.registry.load import default_dtype, load_component
 from fewstep.registry.spec import ModelSpec
+from fewstep.registry.text_encoders import CLIP_L_TEXT
 
 INFU_VERSION = "infu_flux_v1.0"
 
@@ -66,16 +67,6 @@ FLUX_VAE = dict(
     shift_factor=0.1159,
     use_quant_conv=False,
     use_post_quant_conv=False,
-)
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
 )
 T5_XXL = dict(
     vocab_size=32128,
@@ -340,7 +331,7 @@ def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
         write(folder / "vae" / "config.json", FLUX_VAE)
         write(folder / "scheduler" / "scheduler_config.json", extra["scheduler"])
         write(folder / "model_index.json", FLUX_MODEL_INDEX)
-        CLIPTextConfig(**CLIP_L).save_pretrained(folder / "text_encoder")
+        CLIPTextConfig(**CLIP_L_TEXT).save_pretrained(folder / "text_encoder")
         T5Config(**T5_XXL).save_pretrained(folder / "text_encoder_2")
         # Tokenizers only turn text into ids; tiny ones keep random mode offline.
         tiny.build_clip_tokenizer(folder / "tokenizer")

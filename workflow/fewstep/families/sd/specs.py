@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fewstep.registry.text_encoders import CLIP_L_TEXT
+
 #: The noise schedule both base models were trained with.
 _BETAS = {
     "beta_start": 0.00085,
@@ -44,26 +46,23 @@ SDXL_SCHEDULER = {
     "use_karras_sigmas": False,
 }
 
+#: What both UNets share.
+_UNET = dict(in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32)
 SD15_UNET = dict(
+    _UNET,
     sample_size=64,
-    in_channels=4,
-    out_channels=4,
     down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     block_out_channels=[320, 640, 1280, 1280],
-    layers_per_block=2,
     attention_head_dim=8,
     cross_attention_dim=768,
-    norm_num_groups=32,
 )
 SDXL_UNET = dict(
+    _UNET,
     sample_size=128,
-    in_channels=4,
-    out_channels=4,
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     block_out_channels=[320, 640, 1280],
-    layers_per_block=2,
     attention_head_dim=[5, 10, 20],
     transformer_layers_per_block=[1, 2, 10],
     cross_attention_dim=2048,
@@ -71,7 +70,6 @@ SDXL_UNET = dict(
     addition_embed_type="text_time",
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
 )
 _VAE = dict(
     in_channels=3,
@@ -86,17 +84,6 @@ _VAE = dict(
 SD15_VAE = dict(_VAE, sample_size=512)
 SDXL_VAE = dict(_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
 
-#: OpenAI CLIP ViT-L/14's text tower (SD1.5's encoder, SDXL's first one).
-CLIP_L_TEXT = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-)
 #: OpenCLIP ViT-bigG/14's text tower with its projection (SDXL's second encoder).
 CLIP_BIGG_TEXT = dict(
     CLIP_L_TEXT,
@@ -162,7 +149,7 @@ class SDFamily:
     vae: dict[str, Any]
     scheduler: dict[str, Any]
     text_encoders: dict[str, tuple[str, dict[str, Any]]]  # component -> (transformers class, config)
-    model_index: dict[str, Any]
+    index_extras: dict[str, Any]  # model_index.json's entries for parts no job loads
     resolution: int
     guidance_scale: float
     adapters: dict[str, IPAdapterFile] = field(default_factory=dict)  # kind -> file
@@ -171,6 +158,22 @@ class SDFamily:
     @property
     def tokenizers(self) -> list[str]:
         return [name.replace("text_encoder", "tokenizer") for name in self.text_encoders]
+
+    @property
+    def model_index(self) -> dict[str, Any]:
+        """The repo's model_index.json: each component's (library, class), keys sorted as published."""
+        index = {
+            "_class_name": self.pipeline_class,
+            "image_encoder": [None, None],
+            "scheduler": ["diffusers", self.scheduler["_class_name"]],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            **self.index_extras,
+        }
+        for encoder, tokenizer in zip(self.text_encoders, self.tokenizers, strict=True):
+            index[encoder] = ["transformers", self.text_encoders[encoder][0]]
+            index[tokenizer] = ["transformers", "CLIPTokenizer"]
+        return dict(sorted(index.items()))
 
     def allow_patterns(self, text_encoders: bool) -> list[str]:
         """The files to fetch from the base model's repo: the component folders a job loads, in
@@ -210,17 +213,10 @@ SD15 = SDFamily(
     vae=SD15_VAE,
     scheduler=SD15_SCHEDULER,
     text_encoders={"text_encoder": ("CLIPTextModel", CLIP_L_TEXT)},
-    model_index={
-        "_class_name": "StableDiffusionPipeline",
+    index_extras={
         "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": [None, None],
         "requires_safety_checker": True,
         "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
     },
     resolution=512,
     guidance_scale=7.5,
@@ -244,19 +240,7 @@ SDXL = SDFamily(
         "text_encoder": ("CLIPTextModel", CLIP_L_TEXT),
         "text_encoder_2": ("CLIPTextModelWithProjection", CLIP_BIGG_TEXT),
     },
-    model_index={
-        "_class_name": "StableDiffusionXLPipeline",
-        "feature_extractor": [None, None],
-        "force_zeros_for_empty_prompt": True,
-        "image_encoder": [None, None],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    },
+    index_extras={"feature_extractor": [None, None], "force_zeros_for_empty_prompt": True},
     resolution=1024,
     guidance_scale=5.0,
     adapters={
