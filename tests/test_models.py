@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewstep.families.flux import models, sampler
-from fewstep.families.flux.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -95,7 +95,7 @@ def test_resampler_keys_match_the_published_checkpoint():
 
 def test_published_resampler_file_layout_loads_strictly(tmp_path):
     """A checkpoint written in the published format (state dict under image_proj) loads back."""
-    from fewstep.families.flux.resampler import ResamplerConfig, save_resampler
+    from fewstep.families.resampler import ResamplerConfig, save_resampler
 
     small = ResamplerConfig(dim=64, depth=2, dim_head=64, heads=2, num_queries=8, output_dim=48, ff_mult=4)
     torch.manual_seed(0)

@@ -1,5 +1,4 @@
-from fewstep.analysis.aggregate import TABLES
-from fewstep.analysis.report import SECTIONS
+from fewstep.analysis.outputs import SECTIONS, TABLES
 
 
 # `snakemake --report report.html` describes the workflow with this page and

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fewstep.analysis.metric_registry import margin, metric_columns, of_kind, spec
+from fewstep.analysis.outputs import TABLES as TABLES  # the table names, read by the rules
 from fewstep.analysis.stats import (
     ITEM_KEYS,
     SHAPES,
@@ -38,18 +39,6 @@ from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.grid import Cell, Grid
-
-TABLES = (
-    "summary",
-    "regime",
-    "marginal",
-    "pareto",
-    "comparison",
-    "ablation",
-    "trajectory",
-    "coverage",
-    "widths",
-)
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {

@@ -21,17 +21,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fewstep.analysis.aggregate import TABLES, load_trajectories
+from fewstep.analysis.aggregate import load_trajectories
 from fewstep.analysis.metric_registry import margin, spec
+from fewstep.analysis.outputs import SECTIONS, TABLES
 from fewstep.core import provenance
 from fewstep.core.config import config_hash
 from fewstep.core.images import identity_images
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid
-
-#: figure folders under reports/<sweep>/figures/, each one Snakemake report category
-SECTIONS = ("regime", "cost", "ablation", "trajectory", "grids")
 
 WEIGHT_BANNERS = {
     "tiny": "Tiny models with seeded random weights: this page tests the workflow; its images are noise "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import InputError
+
+if TYPE_CHECKING:  # numpy is imported where pixels are read: the grid's picture hashes need none
+    import numpy as np
 
 
 def _builtin(name: str) -> np.ndarray:
@@ -28,6 +29,7 @@ def _builtin(name: str) -> np.ndarray:
             known = ", ".join(sorted(p.stem for p in folder.iterdir()))
             raise InputError(f"unknown builtin image {name!r}; insightface ships: {known}")
         return load_rgb(matches[0])
+    import numpy as np
     import skimage.data
 
     loader = getattr(skimage.data, name, None)
@@ -44,6 +46,7 @@ def _builtin(name: str) -> np.ndarray:
 
 def load_rgb(spec: str | Path) -> np.ndarray:
     """An HxWx3 uint8 RGB array from a path or `builtin:<name>`."""
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     spec = str(spec)
@@ -74,6 +77,8 @@ def picture_source(spec: str) -> str:
 
 
 def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.ascontiguousarray(image[:, :, ::-1])
 
 

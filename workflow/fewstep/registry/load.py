@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
 
+if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
+    import torch
+
 
 def resolve_device(requested: str) -> torch.device:
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -23,11 +26,15 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The CPU always computes in float32 (bit-reproducible, and bf16 matmuls are slow there)."""
+    import torch
+
     return torch.float32 if device.type == "cpu" else getattr(torch, name)
 
 
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype):
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -38,6 +45,8 @@ def default_dtype(dtype: torch.dtype):
 
 def load_component(cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Any:
     """`cls.from_pretrained(path)`, or for random weights `cls.from_config` built on the device."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise WeightsError(

@@ -27,12 +27,15 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
 from fewstep.registry.spec import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
+    import torch
+
+    from fewstep.scoring.style_encoder import CSDStyleEncoder
 
 #: torchvision's ImageNet trunks as published (file names carry a sha256 prefix).
 LPIPS_TRUNKS = {
@@ -133,14 +136,14 @@ def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:
 
 
 def _seeded(name: str) -> None:
-    from fewstep.families.flux.tiny import _manual_seed
+    from fewstep.registry.tiny import manual_seed
 
-    _manual_seed(name)
+    manual_seed(name)
 
 
 def build_tiny(name: str, folder: Path) -> None:
     """A tiny stand-in for scoring model `name` in its published layout under `folder`."""
-    from fewstep.families.flux.tiny import _replace_dir
+    from fewstep.registry.tiny import replace_dir
 
     spec = SCORING_MODELS[name]
     if name.startswith("lpips-"):
@@ -156,7 +159,7 @@ def build_tiny(name: str, folder: Path) -> None:
         _save_tiny_dinov2(staging)
     elif name == "csd-vit-l":
         save_tiny_csd(staging / spec.extra["file"])
-    _replace_dir(staging, folder)
+    replace_dir(staging, folder)
 
 
 def save_tiny_lpips_trunk(net: str, path: Path) -> None:
@@ -168,6 +171,7 @@ def save_tiny_lpips_trunk(net: str, path: Path) -> None:
     torchvision checks the sha256 prefix in the name only when it downloads, so a
     file in the cache loads as is; these bytes do not match that prefix.
     """
+    import torch
     from torchvision import models as tv
 
     from fewstep.core.io import atomic_torch_save
@@ -185,7 +189,7 @@ def _save_tiny_clip_processor(folder: Path) -> Any:
     """Tokenizer + CLIPImageProcessor files, as a CLIP repo publishes them; returns the tokenizer."""
     from transformers import CLIPImageProcessor
 
-    from fewstep.families.flux.tiny import build_clip_tokenizer
+    from fewstep.registry.tiny import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
@@ -245,6 +249,7 @@ def _save_tiny_dinov2(folder: Path) -> None:
 def save_tiny_csd(path: Path) -> None:
     """A CSD training checkpoint in the published key layout, with a tiny ViT (width 128)."""
     import numpy as np
+    import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from fewstep.core.io import atomic_torch_save
@@ -365,6 +370,7 @@ def load_lpips(config: dict[str, Any], net: str, device: torch.device):
 
 def load_clip(config: dict[str, Any], name: str, device: torch.device) -> tuple[Any, Any]:
     """A CLIPModel and its CLIPProcessor (CLIP-L for CLIPScore/CLIP-I, or PickScore)."""
+    import torch
     from transformers import CLIPModel, CLIPProcessor
 
     folder = _folder(config, name)
@@ -376,6 +382,7 @@ def load_clip(config: dict[str, Any], name: str, device: torch.device) -> tuple[
 
 
 def load_dinov2(config: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoImageProcessor, Dinov2Model
 
     folder = _folder(config, "dinov2-base")
@@ -399,6 +406,8 @@ def read_csd_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     the training checkpoint carries a few next to its tensors.
     """
     import pickle
+
+    import torch
 
     if not path.exists():
         raise WeightsError(f"missing {path}; run the prepare/download rule for csd-vit-l first")
@@ -467,6 +476,8 @@ def openai_to_hf_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def hf_to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`openai_to_hf_visual` (used to write tiny CSD checkpoints)."""
+    import torch
+
     out = {oa: state[hf] for oa, hf in _OPENAI_EMBEDDING_MAP}
     for i in range(_n_layers(state, "encoder.layers.")):
         out.update({oa: state[hf] for oa, hf in _openai_layer_map(i)})
@@ -474,19 +485,6 @@ def hf_to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             parts = [state[f"encoder.layers.{i}.self_attn.{x}_proj.{p}"] for x in "qkv"]
             out[f"transformer.resblocks.{i}.attn.in_proj_{p}"] = torch.cat(parts, dim=0)
     return out
-
-
-class CSDStyleEncoder(torch.nn.Module):
-    """CLIP ViT image tower (pooled, pre-projection) followed by CSD's style head, L2-normalised."""
-
-    def __init__(self, vision: Any, style: torch.Tensor):
-        super().__init__()
-        self.vision = vision
-        self.style = torch.nn.Parameter(style, requires_grad=False)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.vision(pixel_values=pixel_values).pooler_output  # ln_post(CLS)
-        return torch.nn.functional.normalize(pooled @ self.style, dim=-1)
 
 
 def load_csd(config: dict[str, Any], device: torch.device) -> tuple[CSDStyleEncoder, Any]:
@@ -497,6 +495,8 @@ def load_csd(config: dict[str, Any], device: torch.device) -> tuple[CSDStyleEnco
     stand-in go through the same code.
     """
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from fewstep.scoring.style_encoder import CSDStyleEncoder
 
     path = _folder(config, "csd-vit-l") / SCORING_MODELS["csd-vit-l"].extra["file"]
     state = read_csd_checkpoint(path)

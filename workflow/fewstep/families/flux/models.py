@@ -17,79 +17,27 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
 from fewstep.core.io import atomic_write_json, sha256_file
+from fewstep.families.flux.specs import (
+    DEV_SCHEDULER,
+    FLUX_MODEL_INDEX,
+    FLUX_TRANSFORMER,
+    FLUX_VAE,
+    INFUSENET,
+    SCHNELL_SCHEDULER,
+    T5_XXL,
+)
 from fewstep.registry.load import default_dtype, load_component
 from fewstep.registry.spec import ModelSpec
 from fewstep.registry.text_encoders import CLIP_L_TEXT
 
+if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
+    import torch
+
 INFU_VERSION = "infu_flux_v1.0"
-
-DEV_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
-SCHNELL_SCHEDULER = dict(DEV_SCHEDULER, shift=1.0, use_dynamic_shifting=False)
-
-FLUX_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    axes_dims_rope=[16, 56, 56],
-)
-INFUSENET = dict(FLUX_TRANSFORMER, num_layers=4, num_single_layers=10, guidance_embeds=True)
-FLUX_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-T5_XXL = dict(
-    vocab_size=32128,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-)
-FLUX_MODEL_INDEX = {
-    "_class_name": "FluxPipeline",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "text_encoder_2": ["transformers", "T5EncoderModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "tokenizer_2": ["transformers", "T5TokenizerFast"],
-    "transformer": ["diffusers", "FluxTransformer2DModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
-
 
 BACKBONES = {
     "flux-dev": ModelSpec(
@@ -323,7 +271,7 @@ def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
     elif name in BACKBONES:
         from transformers import CLIPTextConfig, T5Config
 
-        from fewstep.families.flux import tiny
+        from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer
 
         extra = BACKBONES[name].extra
         transformer = {**FLUX_TRANSFORMER, "guidance_embeds": extra["guidance_embeds"]}
@@ -334,8 +282,8 @@ def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
         CLIPTextConfig(**CLIP_L_TEXT).save_pretrained(folder / "text_encoder")
         T5Config(**T5_XXL).save_pretrained(folder / "text_encoder_2")
         # Tokenizers only turn text into ids; tiny ones keep random mode offline.
-        tiny.build_clip_tokenizer(folder / "tokenizer")
-        tiny.build_t5_tokenizer(folder / "tokenizer_2")
+        build_clip_tokenizer(folder / "tokenizer")
+        build_t5_tokenizer(folder / "tokenizer_2")
     elif name == INFINITEYOU.name:
         for variant in infusenet_variants(config):
             write(folder / INFU_VERSION / variant / "InfuseNetModel" / "config.json", INFUSENET)
@@ -381,6 +329,8 @@ def apply_memory_options(
     parts: FluxParts, memory: dict[str, Any], device: torch.device, dtype: torch.dtype
 ) -> None:
     """8-bit weight storage and CPU offloading for GPUs smaller than the whole model."""
+    import torch
+
     big = [m for m in (parts.infusenet, parts.transformer) if m is not None]
     if memory["fp8_weights"]:
         for module in big:  # weights stored as float8 e4m3, each layer upcast to `dtype` as it runs
@@ -401,9 +351,10 @@ def load_infiniteyou(
     config: dict[str, Any], variant: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
     """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
+    import torch
     from diffusers import FluxControlNetModel
 
-    from fewstep.families.flux.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+    from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
 
     folder = model_folder(config, INFINITEYOU.name) / INFU_VERSION / variant
     infusenet = load_component(

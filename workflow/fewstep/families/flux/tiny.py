@@ -10,19 +10,19 @@ never the science, and every output says `weights=tiny`.
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from fewstep.families.flux.models import FLUX_TRANSFORMER, FLUX_VAE
+from fewstep.families.flux.specs import FLUX_TRANSFORMER, FLUX_VAE
+from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer, manual_seed, replace_dir
 
 # Shared by the tiny text encoders, transformers and adapters.
 JOINT_DIM = 32  # T5 d_model -> transformer joint_attention_dim
 POOLED_DIM = 32  # CLIP hidden size -> pooled_projection_dim
 HEADS, HEAD_DIM, ROPE_AXES = 2, 16, [4, 6, 6]
 
-# The published configs (fewstep.families.flux.models) with only the sizes shrunk.
+# The published configs (fewstep.families.flux.specs) with only the sizes shrunk.
 TINY_TRANSFORMER = dict(
     FLUX_TRANSFORMER,
     num_layers=4,
@@ -52,108 +52,6 @@ TINY_RESAMPLER = dict(
     ff_mult=2,
 )
 
-CORPUS = """
-A photo of a person, portrait, studio lighting, 35mm film, close-up, smiling.
-An astronaut in a white spacesuit standing in front of an American flag.
-A woman wearing a red coat walking in the snow at night, cinematic.
-A man with glasses reading a book in a library, warm light, bokeh.
-Oil painting of a child in a garden, impressionist style, soft colours.
-Headshot of a scientist in a laboratory, sharp focus, high detail.
-A chef cooking in a busy kitchen; steam, motion blur, photorealistic!
-Watercolor portrait of an old fisherman by the sea, "golden hour".
-Selfie on a mountain summit with clouds below, wide angle, 4k.
-Anime style drawing of a girl with blue hair under cherry blossoms.
-"""
-
-
-def _seed(name: str) -> int:
-    import zlib
-
-    return zlib.crc32(name.encode())
-
-
-def _manual_seed(name: str) -> None:
-    torch.manual_seed(_seed(name))
-
-
-def _corpus_lines() -> list[str]:
-    lines = [line.strip() for line in CORPUS.strip().splitlines()]
-    return lines + [line.lower() for line in lines] + [line.upper() for line in lines]
-
-
-def _words(lines: list[str], pattern: str) -> Counter[str]:
-    import regex
-
-    return Counter(w for line in lines for w in regex.findall(pattern, line))
-
-
-def _bpe_merges(words: Counter[tuple[str, ...]], count: int) -> list[tuple[str, str]]:
-    """Plain byte-pair merges; ties go to the alphabetically first pair, so the result
-    never depends on hash order (the `tokenizers` trainer's does)."""
-    merges = []
-    words = Counter(words)
-    for _ in range(count):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, freq in words.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += freq
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, freq in words.items():
-            out, k = [], 0
-            while k < len(symbols):
-                if symbols[k : k + 2] == best:
-                    out.append(best[0] + best[1])
-                    k += 2
-                else:
-                    out.append(symbols[k])
-                    k += 1
-            merged[tuple(out)] += freq
-        words = merged
-    return merges
-
-
-def build_clip_tokenizer(folder: Path):
-    """A byte-level BPE CLIP tokenizer learnt from a small corpus, saved and reloaded."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    byte_level = ByteLevel(add_prefix_space=False)
-    counts = _words([line.lower() for line in _corpus_lines()], r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
-    words: Counter[tuple[str, ...]] = Counter()
-    for word, freq in counts.items():
-        mapped = byte_level.pre_tokenize_str(word)[0][0]
-        words[(*mapped[:-1], mapped[-1] + "</w>")] += freq
-    merges = _bpe_merges(words, 150)
-    alphabet = sorted(ByteLevel.alphabet())
-    tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(c + "</w>" for c in alphabet)]
-    tokens += [a + b for a, b in merges]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-    tokenizer.save_pretrained(folder)
-    return CLIPTokenizer.from_pretrained(folder)
-
-
-def build_t5_tokenizer(folder: Path):
-    """A Unigram T5 tokenizer: every corpus word and character as a piece, scored by
-    log frequency (deterministic), saved and reloaded."""
-    import math
-
-    from transformers import T5TokenizerFast
-
-    counts = _words(_corpus_lines(), r"\S+")
-    chars = Counter(c for word, freq in counts.items() for c in word for _ in range(freq))
-    total = sum(counts.values()) + sum(chars.values())
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", math.log(len(counts) / total))]
-    pieces += [(f"▁{w}", math.log(f / total)) for w, f in sorted(counts.items())]
-    pieces += [(c, math.log(f / total) - 5.0) for c, f in sorted(chars.items())]  # fallback pieces
-    tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
-    tokenizer.save_pretrained(folder)
-    return T5TokenizerFast.from_pretrained(folder)
-
 
 def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config: dict) -> None:
     """A tiny FLUX.1 folder in the diffusers layout (model_index.json + subfolders).
@@ -176,7 +74,7 @@ def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config
     tokenizer = build_clip_tokenizer(staging / "tokenizer")
     tokenizer_2 = build_t5_tokenizer(staging / "tokenizer_2")
 
-    _manual_seed("tiny-clip")
+    manual_seed("tiny-clip")
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -191,7 +89,7 @@ def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    _manual_seed("tiny-t5")
+    manual_seed("tiny-t5")
     text_encoder_2 = T5EncoderModel(
         T5Config(
             vocab_size=len(tokenizer_2),
@@ -207,9 +105,9 @@ def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config
             eos_token_id=1,
         )
     )
-    _manual_seed("tiny-vae")
+    manual_seed("tiny-vae")
     vae = AutoencoderKL(**TINY_VAE)
-    _manual_seed(f"tiny-transformer-guidance={guidance_embeds}")
+    manual_seed(f"tiny-transformer-guidance={guidance_embeds}")
     transformer = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=guidance_embeds)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
     pipe = FluxPipeline(
@@ -222,7 +120,7 @@ def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config
         transformer=transformer,
     )
     pipe.save_pretrained(staging, safe_serialization=True)
-    _replace_dir(staging, folder)
+    replace_dir(staging, folder)
 
 
 def build_infiniteyou(folder: Path, variants: list[str]) -> None:
@@ -232,12 +130,12 @@ def build_infiniteyou(folder: Path, variants: list[str]) -> None:
     """
     from diffusers import FluxControlNetModel
 
-    from fewstep.families.flux.resampler import Resampler, ResamplerConfig, save_resampler
+    from fewstep.families.resampler import Resampler, ResamplerConfig, save_resampler
 
     folder = Path(folder)
     for variant in variants:
         target = folder / "infu_flux_v1.0" / variant
-        _manual_seed(f"tiny-infusenet-{variant}")
+        manual_seed(f"tiny-infusenet-{variant}")
         infusenet = FluxControlNetModel(**TINY_INFUSENET)
         _randomise_zero_init(infusenet)
         size_mb = sum(p.numel() * p.element_size() for p in infusenet.parameters()) / 1e6
@@ -248,9 +146,9 @@ def build_infiniteyou(folder: Path, variants: list[str]) -> None:
             safe_serialization=True,
             max_shard_size=f"{size_mb * 0.6:.3f}MB",
         )
-        _manual_seed(f"tiny-resampler-{variant}")
+        manual_seed(f"tiny-resampler-{variant}")
         save_resampler(Resampler(ResamplerConfig(**TINY_RESAMPLER)), staging / "image_proj_model.bin")
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
 
 
 def _randomise_zero_init(module: torch.nn.Module, std: float = 0.05) -> None:
@@ -259,11 +157,3 @@ def _randomise_zero_init(module: torch.nn.Module, std: float = 0.05) -> None:
         for parameter in module.parameters():
             if parameter.dim() > 1 and not parameter.any():
                 parameter.normal_(0.0, std)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished folder into place (a half-built one never carries the final name)."""
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)

@@ -18,7 +18,7 @@ def write_random_pipeline(family: SDFamily, folder: Path) -> None:
     import transformers
 
     from fewstep.core.io import atomic_write_json
-    from fewstep.families.flux.tiny import build_clip_tokenizer
+    from fewstep.registry.tiny import build_clip_tokenizer
 
     folder = Path(folder)
     atomic_write_json(folder / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **family.unet})

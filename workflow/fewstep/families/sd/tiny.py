@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from fewstep.families.flux.tiny import _manual_seed, _replace_dir, build_clip_tokenizer
 from fewstep.families.sd.specs import (
     PLAIN_TOKENS,
     PLUS_RESAMPLER,
@@ -27,6 +26,7 @@ from fewstep.families.sd.specs import (
     IPAdapterFile,
     SDFamily,
 )
+from fewstep.registry.tiny import build_clip_tokenizer, manual_seed, replace_dir
 
 TEXT_WIDTH = 32  # every tiny text tower's hidden size and projection
 TINY_TEXT = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -104,12 +104,12 @@ def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
         if family is SDXL and encoder == "text_encoder_2":  # OpenCLIP's tokenizer pads with "!"
             tokenizer = CLIPTokenizer.from_pretrained(staging / tokenizer_name, pad_token="!")
         cls = getattr(transformers, class_name)
-        _manual_seed(f"tiny-{family.name}-{encoder}")
+        manual_seed(f"tiny-{family.name}-{encoder}")
         components[encoder] = cls(cls.config_class(**tiny_text_config(published, tokenizer)))
         components[tokenizer_name] = tokenizer
-    _manual_seed(f"tiny-{family.name}-unet")
+    manual_seed(f"tiny-{family.name}-unet")
     components["unet"] = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
-    _manual_seed(f"tiny-{family.name}-vae")
+    manual_seed(f"tiny-{family.name}-vae")
     components["vae"] = diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE))
     scheduler_class = getattr(diffusers, family.scheduler["_class_name"])
     components["scheduler"] = scheduler_class.from_config(family.scheduler)
@@ -123,7 +123,7 @@ def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
     # defaults then differ between scheduler classes, as diffusers' `_use_default_values` tracks.
     (staging / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
     (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
-    _replace_dir(staging, folder)
+    replace_dir(staging, folder)
 
 
 def ip_adapter_state_dict(
@@ -137,7 +137,7 @@ def ip_adapter_state_dict(
     to 4 tokens, or for Plus the perceiver resampler IP-Adapter Plus and InfiniteYou
     share (16 queries over the encoder's penultimate hidden states).
     """
-    from fewstep.families.flux.resampler import Resampler, ResamplerConfig
+    from fewstep.families.resampler import Resampler, ResamplerConfig
 
     cross = unet.config.cross_attention_dim
     ip_layers: dict[str, torch.Tensor] = {}
@@ -185,14 +185,14 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
             vision = dict(published, **TINY_ENCODERS[adapter.encoder_path])
             encoder_folder = folder / adapter.encoder_path
             if not (encoder_folder / "config.json").exists():
-                _manual_seed(f"tiny-{adapter.encoder_path}")
+                manual_seed(f"tiny-{adapter.encoder_path}")
                 encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
                 staging = encoder_folder.with_name(encoder_folder.name + ".building")
                 encoder.save_pretrained(staging, safe_serialization=True)
-                _replace_dir(staging, encoder_folder)
+                replace_dir(staging, encoder_folder)
             with torch.device("meta"):
                 unet = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
-            _manual_seed(f"tiny-{family.name}-{adapter.weight_name}")
+            manual_seed(f"tiny-{family.name}-{adapter.weight_name}")
             state = ip_adapter_state_dict(unet, adapter, vision, TINY_PLUS_WIDTH, std=0.2)
             target = folder / adapter.subfolder / adapter.weight_name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 A 512-d face embedding becomes `num_queries` identity tokens of width
 `output_dim` (8 x 4096 for the published model). Parameter names follow the
 published `image_proj_model.bin` (state dict under the key `image_proj`) so the
-real file loads with `strict=True`; tests pin the key list.
+real file loads with `strict=True`; tests pin the key list. Shared by the families:
+FLUX's InfiniteYou and SD's IP-Adapter Plus build theirs from it.
 """
 
 from __future__ import annotations
