@@ -86,13 +86,15 @@ def demo_run(tmp_path_factory) -> Path:
     """The README's demo sweep, run once per session through Snakemake into a fresh folder.
 
     As a user's first run: an empty HOME and TMPDIR, no WANDB_* variables (the demo
-    config's offline W&B mode decides), and no network where `unshare --net` works.
+    config's offline W&B mode decides), no network where `unshare --net` works, and a space
+    in the working folder's path.
     Shared by the workflow, report-page and W&B tests.
     """
     from wandb_harness import UNSHARE, clean_env
 
-    workdir = tmp_path_factory.mktemp("demo")
-    (workdir / "home").mkdir()
+    # a space in the folder, as in many users' paths: every path of every rule must be quoted
+    workdir = tmp_path_factory.mktemp("demo") / "my demo"
+    (workdir / "home").mkdir(parents=True)
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     command += ["--configfile", str(REPO / "config" / "demo.yaml"), "--cores", "2", "-q"]
     if UNSHARE:

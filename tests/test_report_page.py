@@ -75,6 +75,10 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
     ]
     assert names("ablation") == []  # the demo has one adapter
     assert names("trajectory") == [
+        "blocks__flux-dev__infusenet-aes__8.png",  # per-block InfuseNet norm heatmaps
+        "blocks__flux-dev__infusenet-aes__8.svg",
+        "blocks__flux-schnell__infusenet-aes__4.png",
+        "blocks__flux-schnell__infusenet-aes__4.svg",
         "emergence.png",
         "emergence.svg",
         "grid__flux-dev__infusenet-aes__8.png",
@@ -101,7 +105,7 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    assert len(states) == len(pngs) == 13
+    assert len(states) == len(pngs) == 16
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import os
 import re
 import shutil
@@ -75,7 +76,9 @@ def pixels(path: Path) -> bytes:
 
 
 def images(work: Path, cell: str = CELL) -> dict[str, bytes]:
-    paths = Paths(demo_config(results_dir=str(work / "results"), reports_dir=str(work / "reports")))
+    from fewstep.core.config import validate
+
+    paths = Paths(validate(demo_config(results_dir=str(work / "results"), reports_dir=str(work / "reports"))))
     manifest = pd.read_parquet(paths.manifest(cell))
     return {row.item_id: pixels(paths.cell_dir(cell) / row.image) for row in manifest.itertuples()}
 
@@ -157,11 +160,17 @@ def test_a_builtin_name_change_reembeds_that_identity_only(demo):
 
 
 def test_a_model_prepared_again_reruns_what_it_feeds(demo):
+    """A rewritten ready marker reruns its consumers; a touch alone does not (same checksum)."""
+    from fewstep.core.config import validate
     from fewstep.families.flux.models import marker_path
 
-    config = demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny")
+    config = validate(demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny"))
     marker = marker_path(config, "arcface-irse50")
-    os.utime(marker)  # as prepare_model rewrites it
+    os.utime(marker)  # touched, same bytes: Snakemake compares the checksum, nothing reruns
+    assert planned(demo, REPO / "config" / "demo.yaml") == []
+    record = json.loads(marker.read_text())  # as prepare_model rewrites it: a new preparation time
+    record["prepared_at"] = "2030-01-01T00:00:00+0000"
+    marker.write_text(json.dumps(record, indent=2, sort_keys=True))
     jobs = planned(demo, REPO / "config" / "demo.yaml")
     assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
     assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
