@@ -12,7 +12,7 @@ rule generate:
         PATHS.benchmark("generate", JOB_PATTERN)
     retries: 2
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/generate.yaml"
     resources:
         gpu=GPU,
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
@@ -40,7 +40,7 @@ rule trajectory:
     benchmark:
         PATHS.benchmark("trajectory", CELL_PATTERN)
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/generate.yaml"
     threads: CPU_THREADS
     resources:
         gpu=GPU,

@@ -5,7 +5,7 @@ rule prepare_model:
     log:
         PATHS.log("prepare_model", "{model}"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/models.yaml"
     resources:
         mem_mb=8000,
         runtime=240,

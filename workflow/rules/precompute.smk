@@ -7,7 +7,7 @@ rule embed_prompt:
     log:
         PATHS.log("embed_prompt", "{family}/{prompt}.L{length}"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/generate.yaml"
     threads: CPU_THREADS
     resources:
         gpu=GPU,
@@ -32,7 +32,7 @@ rule embed_identity:
     log:
         PATHS.log("embed_identity", "{identity}"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/generate.yaml"
     threads: CPU_THREADS
     resources:
         mem_mb=4000,

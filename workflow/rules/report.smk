@@ -18,7 +18,7 @@ rule aggregate:
     log:
         PATHS.log("aggregate"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/report.yaml"
     threads: CPU_THREADS
     resources:
         mem_mb=4000,
@@ -65,7 +65,7 @@ rule report:
     log:
         PATHS.log("report"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/report.yaml"
     resources:
         mem_mb=4000,
         runtime=30,

@@ -10,7 +10,7 @@ rule score:
         PATHS.benchmark("score", CELL_PATTERN)
     retries: 2
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/score.yaml"
     threads: CPU_THREADS
     resources:
         gpu=GPU,

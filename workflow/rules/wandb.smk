@@ -8,7 +8,7 @@ rule wandb_aggregate:
     log:
         PATHS.log("wandb_aggregate"),
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/wandb.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -25,7 +25,7 @@ rule wandb_sync:
         PATHS.log("wandb_sync"),
     localrule: True
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/wandb.yaml"
     resources:
         mem_mb=2000,
         runtime=120,
@@ -39,7 +39,7 @@ rule wandb_workspace:
         PATHS.log("wandb_workspace"),
     localrule: True
     conda:
-        "../../envs/fewstep.yaml"
+        "../../envs/wandb.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
