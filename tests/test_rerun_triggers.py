@@ -157,7 +157,7 @@ def test_a_builtin_name_change_reembeds_that_identity_only(demo):
 
 
 def test_a_model_prepared_again_reruns_what_it_feeds(demo):
-    from fewstep.families.flux.models import marker_path
+    from fewstep.registry.catalog import marker_path
 
     config = demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny")
     marker = marker_path(config, "arcface-irse50")

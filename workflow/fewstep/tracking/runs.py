@@ -48,7 +48,7 @@ from fewstep.analysis.metric_registry import KEYS
 from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
 from fewstep.core.paths import Paths
-from fewstep.grid import Grid
+from fewstep.grid import Grid, score_anchor
 
 #: columns of manifests/score tables that are parameters or keys, not measurements (the
 #: median step time is one: the aggregate leaves it out, a run's summary shows it)
@@ -293,7 +293,7 @@ class Run:
                 "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
             }
         )
-        from fewstep.scoring.networks import score_anchor, scoring_models
+        from fewstep.scoring.networks import scoring_models
         from fewstep.tracking import lineage
 
         self.use_weights(scoring_models(self.config))
