@@ -84,6 +84,30 @@ class Item:
 
 #: columns that name one image of the sweep, first in every per-image table
 IMAGE_KEYS = ("cell_id", "backbone", "adapter", "steps", "item_id", "identity", "prompt_id", "seed")
+#: columns of the image tables that identify an image or its provenance, never a metric
+#: (what analysis and tracking both leave out of metrics)
+KEYS = {
+    *IMAGE_KEYS,
+    "prompt",
+    "image",
+    "sha256",
+    "weights",
+    "config_hash",
+    "git_commit",
+    "metric_versions",
+    "step",
+    "sigma",
+    "width",
+    "height",
+    "guidance",
+    "adapter_steps",
+    "step_s_median",
+    "warmup",
+    "device_name",
+    "dtype",
+    "batch_size",
+    "weights_digest",
+}
 
 
 def image_keys(cell: Cell, item: Item) -> dict[str, Any]:

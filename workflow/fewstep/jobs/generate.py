@@ -329,6 +329,7 @@ def run_cells(
     generator = JobGenerator(config, cells[0])
     prov = provenance.record(
         config,
+        grid.models,
         device=str(generator.device),
         device_name=generator.runtime["device_name"],
         dtype=generator.runtime["dtype"],

@@ -161,7 +161,7 @@ def run(
             bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
-    write_table(out, stamp(frame, config))
+    write_table(out, stamp(frame, config, grid.models))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out
