@@ -43,8 +43,8 @@ def tiny_root(tmp_path_factory) -> Path:
 def tiny_config(tiny_root) -> dict:
     """Validated demo config whose tiny models are built (once per test session)."""
     from fewstep.core.config import validate
-    from fewstep.families.flux.models import prepare
     from fewstep.grid import Grid
+    from fewstep.jobs.prepare import prepare_model
 
     raw = demo_yaml()
     raw["results_dir"] = str(tiny_root / "results")
@@ -52,7 +52,7 @@ def tiny_config(tiny_root) -> dict:
     raw["reports_dir"] = str(tiny_root / "reports")
     config = validate(raw)
     for name in Grid(config).models:
-        prepare(config, name)
+        prepare_model(config, name)
     return config
 
 

@@ -81,7 +81,8 @@ def own_results(embedded, tmp_path) -> dict:
 
 
 def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_results):
-    from fewstep.families.flux.models import generation_weights, weights_digest
+    from fewstep.families.flux.models import generation_weights
+    from fewstep.registry.prepare import weights_digest
 
     cell = "flux-schnell/infusenet-aes/2"
     manifest = pd.read_parquet(generate.run(own_results, cell, progress=False, batch_size=3))
@@ -129,7 +130,8 @@ def _reseeded_backbone(source, target, seed: int):
 
 def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
     """local_weights pointed at another folder (as another hub revision would): no image is reused."""
-    from fewstep.families.flux.models import model_folder, prepare
+    from fewstep.jobs.prepare import prepare_model
+    from fewstep.registry.catalog import model_folder
 
     config = dict(own_results, weights="real", models_dir=str(tmp_path / "models"))
     tiny_backbone = model_folder(own_results, "flux-schnell")
@@ -139,14 +141,14 @@ def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
         "infiniteyou": str(model_folder(own_results, "infiniteyou")),
     }
     for name in config["local_weights"]:
-        prepare(config, name)
+        prepare_model(config, name)
     cell = "flux-schnell/infusenet-aes/1"
     first = pd.read_parquet(generate.run(config, cell, progress=False))
     again = pd.read_parquet(generate.run(config, cell, progress=False))
     assert list(again["generated_at"]) == list(first["generated_at"])  # same weights: all kept
 
     config["local_weights"]["flux-schnell"] = str(folders[1])
-    prepare(config, "flux-schnell")
+    prepare_model(config, "flux-schnell")
     other = pd.read_parquet(generate.run(config, cell, progress=False))
     assert other["weights_digest"].iloc[0] != first["weights_digest"].iloc[0]
     assert not set(other["item_key"]) & set(first["item_key"])

@@ -79,24 +79,9 @@ def test_every_module_is_in_a_layer():
     assert {unit(m) for m in import_graph() if layer(unit(m)) is None} <= {"__init__"}
 
 
-#: Edges still against the layers (issue 13): the model registry (specs of every model,
-#: `model_folder`, `prepare`, the hub transport's model lists) lives in
-#: `families/flux/models.py` and `registry/hub.py` reaches up into it. Each edge leaves this
-#: list when that registry moves into `registry/`; the test fails on a new edge and on a
-#: listed one that is gone.
-UNRESOLVED = {
-    "fewstep.core.provenance -> fewstep.grid",
-    "fewstep.families.flux.models -> fewstep.grid",
-    "fewstep.families.flux.models -> fewstep.scoring.networks",
-    "fewstep.registry.hub -> fewstep.faces.analyzer",
-    "fewstep.registry.hub -> fewstep.families.flux.models",
-    "fewstep.registry.hub -> fewstep.grid",
-    "fewstep.registry.hub -> fewstep.scoring.networks",
-    "fewstep.scoring.identity -> fewstep.families.flux.models",
-    "fewstep.scoring.networks -> fewstep.families.flux.models",
-    "fewstep.scoring.networks -> fewstep.grid",
-    "fewstep.tracking.runs -> fewstep.analysis.metric_registry",
-}
+#: Edges still against the layers, none since the model registry moved into `registry/`
+#: (issue 13); the test fails on a new edge and on a listed one that is gone.
+UNRESOLVED: set[str] = set()
 
 
 def allowed(importer: str, target: str) -> bool:

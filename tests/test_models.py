@@ -10,15 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from fewstep.faces.models import INSIGHTFACE_SUBDIR, face_analyzer
 from fewstep.families.flux import models, sampler
 from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+from fewstep.grid import Grid
+from fewstep.jobs.prepare import prepare_model
+from fewstep.registry import catalog
+from fewstep.registry import prepare as preparing
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_tiny_backbones_are_saved_in_the_diffusers_layout(config):
     for name in ("flux-dev", "flux-schnell"):
-        folder = models.model_folder(config, name)
+        folder = catalog.model_folder(config, name)
         index = json.loads((folder / "model_index.json").read_text())
         assert index["_class_name"] == "FluxPipeline"
         assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
@@ -40,7 +45,7 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
 
-    folder = models.model_folder(config, "flux-dev") / "transformer"
+    folder = catalog.model_folder(config, "flux-dev") / "transformer"
     loaded = models.load_component(FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32)
     on_disk = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
     state = loaded.state_dict()
@@ -62,13 +67,13 @@ def test_dev_and_schnell_differ_as_the_real_ones(config):
     assert dev_sigmas[0] == 1.0 and all(d > s for d, s in zip(dev_sigmas[1:], [0.75, 0.5, 0.25], strict=True))
     # text encoders and VAE are shared, as in the published repos
     for sub in ("vae", "text_encoder", "text_encoder_2"):
-        dev_file = next((models.model_folder(config, "flux-dev") / sub).glob("*.safetensors"))
-        schnell_file = next((models.model_folder(config, "flux-schnell") / sub).glob("*.safetensors"))
+        dev_file = next((catalog.model_folder(config, "flux-dev") / sub).glob("*.safetensors"))
+        schnell_file = next((catalog.model_folder(config, "flux-schnell") / sub).glob("*.safetensors"))
         assert dev_file.read_bytes() == schnell_file.read_bytes(), sub
 
 
 def test_infusenet_layout_matches_the_published_folders(config):
-    variant = models.model_folder(config, "infiniteyou") / "infu_flux_v1.0" / "aes_stage2"
+    variant = catalog.model_folder(config, "infiniteyou") / "infu_flux_v1.0" / "aes_stage2"
     shards = sorted(p.name for p in (variant / "InfuseNetModel").glob("*.safetensors"))
     assert shards == [
         "diffusion_pytorch_model-00001-of-00002.safetensors",
@@ -118,9 +123,7 @@ LFS_SUFFIXES = {".safetensors", ".bin", ".onnx", ".pth"}
 
 def pinned_revision(repo_id: str) -> str:
     """The revision the registry fetches `repo_id` at."""
-    from fewstep.scoring.networks import SCORING_MODELS
-
-    specs = [*models.REGISTRY.values(), *SCORING_MODELS.values()]
+    specs = list(catalog.MODELS.values())
     pins = {s.repo_id: s.revision for s in specs if s.repo_id}
     pins |= {
         s.extra["processor_repo"]: s.extra["processor_revision"] for s in specs if "processor_repo" in s.extra
@@ -160,32 +163,30 @@ def _fake_hub_cache(cache: Path, repo_id: str, source: Path, prefix: str = "") -
 def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     """The real download path, offline: snapshot_download finds a cached snapshot, the
     model folder becomes a link to it, and the real loaders read it."""
-    from fewstep.registry.hub import INSIGHTFACE_SUBDIR
-
     cache = tmp_path / "hub"
     commits = {}
     for name in ("flux-dev", "flux-schnell"):
         commits[name] = _fake_hub_cache(
-            cache, models.BACKBONES[name].repo_id, models.model_folder(config, name)
+            cache, models.BACKBONES[name].repo_id, catalog.model_folder(config, name)
         )
     commits["infiniteyou"] = _fake_hub_cache(
-        cache, "ByteDance/InfiniteYou", models.model_folder(config, "infiniteyou")
+        cache, "ByteDance/InfiniteYou", catalog.model_folder(config, "infiniteyou")
     )
     commits["insightface"] = _fake_hub_cache(
-        cache, "ByteDance/InfiniteYou", models.model_folder(config, "insightface"), INSIGHTFACE_SUBDIR
+        cache, "ByteDance/InfiniteYou", catalog.model_folder(config, "insightface"), INSIGHTFACE_SUBDIR
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     hashed = []
-    monkeypatch.setattr(models, "sha256_file", lambda p: hashed.append(Path(p)) or _sha256(p))
+    monkeypatch.setattr(preparing, "sha256_file", lambda p: hashed.append(Path(p)) or _sha256(p))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     for name in ("flux-dev", "flux-schnell", "infiniteyou", "insightface"):
-        marker = json.loads(models.prepare(real, name).read_text())
-        spec = models.REGISTRY[name]
+        marker = json.loads(prepare_model(real, name).read_text())
+        spec = catalog.MODELS[name]
         assert marker["weights"] == "real" and marker["files"]
         assert (marker["repo_id"], marker["revision"]) == (spec.repo_id, spec.revision)
         assert marker["commit"] == commits[name] and marker["commits"] == {spec.repo_id: commits[name]}
-        folder = models.model_folder(real, name)
+        folder = catalog.model_folder(real, name)
         for entry in marker["files"]:  # right whichever way it was found
             assert entry["sha256"] == _sha256(folder / entry["path"])
             lfs = Path(entry["path"]).suffix in LFS_SUFFIXES
@@ -193,12 +194,12 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     # only the small files were read: the large ones are named by their blobs
     assert hashed and not [p for p in hashed if p.suffix in LFS_SUFFIXES]
     assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
-    assert models.model_folder(real, "flux-dev").is_symlink()
+    assert catalog.model_folder(real, "flux-dev").is_symlink()
     parts = models.load_flux(
         real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
-    assert models.face_analyzer(real).recognizer is not None
+    assert face_analyzer(real).recognizer is not None
 
 
 def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
@@ -208,7 +209,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     with pytest.raises(WeightsError) as excinfo:
-        models.prepare(real, "flux-dev")
+        prepare_model(real, "flux-dev")
     assert str(excinfo.value) == (
         f"black-forest-labs/FLUX.1-dev@{models.BACKBONES['flux-dev'].revision}: HF_HUB_OFFLINE is set "
         "and the files are not in the Hugging Face cache; unset HF_HUB_OFFLINE, fill the cache, "
@@ -217,7 +218,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     with pytest.raises(
         WeightsError, match=r"recognition_arcface_ir_se50.pth is missing and HF_HUB_OFFLINE is set"
     ):
-        models.prepare(real, "arcface-irse50")
+        prepare_model(real, "arcface-irse50")
 
 
 def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
@@ -253,11 +254,15 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
 def test_downloads_only_what_the_study_uses():
     from fewstep.core.config import load
-    from fewstep.registry.hub import allow_patterns
+    from fewstep.registry import hub
     from tests.conftest import REPO
 
     study = load([REPO / "config.yaml"])
+
     # dev and schnell ship the same text encoders: fetched once, from the ungated schnell
+    def allow_patterns(config, name):
+        return hub.allow_patterns(config, name, Grid(config).model_usage(name))
+
     assert allow_patterns(study, "flux-dev") == ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-schnell")
     assert allow_patterns(study, "infiniteyou") == [
@@ -278,21 +283,20 @@ def test_downloads_only_what_the_study_uses():
 def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_path, monkeypatch):
     from fewstep.core.config import validate
     from fewstep.core.errors import ConfigError, WeightsError
-    from fewstep.grid import Grid
 
     raw = dict(raw_demo, revisions={"flux-schnell": "b" * 40})
-    assert models.model_revision(validate(raw), "flux-schnell") == "b" * 40
-    assert models.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
-    assert models.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
+    assert catalog.model_revision(validate(raw), "flux-schnell") == "b" * 40
+    assert catalog.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
+    assert catalog.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
     with pytest.raises(ConfigError, match=r"^config revisions\.arcface-irse50: not a Hugging Face model"):
         Grid(validate(dict(raw_demo, revisions={"arcface-irse50": "main"})))
     # offline, the pinned snapshot in the cache is not the one asked for
     cache = tmp_path / "hub"
-    _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", models.model_folder(config, "flux-schnell"))
+    _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", catalog.model_folder(config, "flux-schnell"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(
         config, weights="real", models_dir=str(tmp_path / "models"), revisions={"flux-schnell": "b" * 40}
     )
     with pytest.raises(WeightsError, match=r"^black-forest-labs/FLUX\.1-schnell@b{40}: HF_HUB_OFFLINE"):
-        models.prepare(real, "flux-schnell")
+        prepare_model(real, "flux-schnell")

@@ -133,7 +133,7 @@ def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
 def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, tmp_path):
     """Two sweeps that share nothing, tiny models built twice: the same bytes."""
     from fewstep.core.config import validate
-    from fewstep.families.flux.models import prepare
+    from fewstep.jobs.prepare import prepare_model
     from tests.conftest import demo_yaml
 
     shas = []
@@ -146,7 +146,7 @@ def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, 
         )
         config = validate(raw)
         for model in Grid(config).models:
-            prepare(config, model)
+            prepare_model(config, model)
         precompute.embed_prompts(config)
         precompute.embed_identities(config)
         manifest = pd.read_parquet(generate.run(config, "flux-schnell/infusenet-aes/2", progress=False))
@@ -339,7 +339,8 @@ def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, cap
     """Every model the demo uses, scoring networks included, can come from a local folder in
     the published layout (the tiny builds here); an empty or partial folder is one line."""
     from fewstep.core.config import validate
-    from fewstep.families.flux.models import marker_path, model_folder, prepare
+    from fewstep.jobs.prepare import prepare_model
+    from fewstep.registry.catalog import marker_path, model_folder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     names = Grid(config).models
@@ -349,7 +350,7 @@ def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, cap
     raw["local_weights"] = {name: str(model_folder(config, name)) for name in names}
     real = validate(raw)
     for name in names:
-        assert prepare(real, name) == marker_path(real, name)
+        assert prepare_model(real, name) == marker_path(real, name)
     empty = tmp_path / "empty"
     empty.mkdir()
     for name, missing in (

@@ -162,7 +162,7 @@ def test_a_builtin_name_change_reembeds_that_identity_only(demo):
 def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     """A rewritten ready marker reruns its consumers; a touch alone does not (same checksum)."""
     from fewstep.core.config import validate
-    from fewstep.families.flux.models import marker_path
+    from fewstep.registry.catalog import marker_path
 
     config = validate(demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny"))
     marker = marker_path(config, "arcface-irse50")

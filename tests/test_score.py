@@ -20,10 +20,11 @@ from fewstep.core.errors import InputError, WeightsError
 from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
 from fewstep.faces import analyzer as faces
-from fewstep.families.flux import models
-from fewstep.grid import Grid, image_keys
+from fewstep.faces import models as face_models
+from fewstep.grid import Grid, image_keys, score_anchor
 from fewstep.jobs import score
-from fewstep.registry import hub
+from fewstep.jobs.prepare import prepare_model
+from fewstep.registry import catalog, hub
 from fewstep.scoring import networks as sm
 from fewstep.scoring.base import JobModels
 from fewstep.scoring.metrics import CLIPScore, PerceptualDistance, PickScore, fit
@@ -59,8 +60,8 @@ def scoring_config(tiny_config, tmp_path_factory) -> dict:
     config["results_dir"] = str(tmp_path_factory.mktemp("scoring") / "results")
     config["scoring"] = dict(config["scoring"], metrics=ALL, batch_size=3)  # batches of 3 and 1
     for name in sm.scoring_models(config):
-        if not models.marker_path(config, name).exists():
-            models.prepare(config, name)
+        if not catalog.marker_path(config, name).exists():
+            prepare_model(config, name)
     return config
 
 
@@ -184,7 +185,7 @@ def test_lpips_loads_our_trunk_through_torch_home(scoring_config):
     before = os.environ.get("TORCH_HOME")
     metric = PerceptualDistance(scoring_config, JobModels(scoring_config))
     assert os.environ.get("TORCH_HOME") == before  # restored after loading
-    trunk = models.model_folder(scoring_config, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
+    trunk = catalog.model_folder(scoring_config, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
     on_disk = torch.load(trunk, weights_only=True)
     assert torch.equal(metric.model.net.slice1[0].weight.cpu(), on_disk["features.0.weight"])
     image = _reference(scoring_config, "astronaut")
@@ -296,7 +297,7 @@ def _openai_visual(state: dict, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def test_csd_matches_an_independent_openai_clip_forward(scoring_config):
-    path = models.model_folder(scoring_config, "csd-vit-l") / "pytorch_model.bin"
+    path = catalog.model_folder(scoring_config, "csd-vit-l") / "pytorch_model.bin"
     state = sm.read_csd_checkpoint(path)
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     encoder, processor = sm.load_csd(scoring_config, torch.device("cpu"))
@@ -343,11 +344,11 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
 
 
 def test_score_rule_inputs_order_the_anchor_first(scoring_config):
-    assert sm.score_anchor(scoring_config, OTHER) == ANCHOR
-    assert sm.score_anchor(scoring_config, ANCHOR) is None
+    assert score_anchor(scoring_config, OTHER) == ANCHOR
+    assert score_anchor(scoring_config, ANCHOR) is None
     no_lpips = dict(scoring_config, scoring=dict(scoring_config["scoring"], metrics=["identity"]))
-    assert sm.score_anchor(no_lpips, OTHER) is None
-    assert sm.score_anchor({k: v for k, v in scoring_config.items() if k != "anchor"}, OTHER) is None
+    assert score_anchor(no_lpips, OTHER) is None
+    assert score_anchor({k: v for k, v in scoring_config.items() if k != "anchor"}, OTHER) is None
     assert sm.scoring_models(scoring_config) == [
         "clip-vit-l14",
         "csd-vit-l",
@@ -368,7 +369,7 @@ def test_score_rule_inputs_order_the_anchor_first(scoring_config):
 def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path, monkeypatch):
     """The download recipes of the hub-hosted scoring models, offline, then scoring with them."""
     cache = tmp_path / "hub"
-    tiny = lambda name: models.model_folder(scoring_config, name)  # noqa: E731
+    tiny = lambda name: catalog.model_folder(scoring_config, name)  # noqa: E731
     _fake_hub_cache(cache, "openai/clip-vit-large-patch14", tiny("clip-vit-l14"))
     _fake_hub_cache(cache, "yuvalkirstain/PickScore_v1", tiny("pickscore") / "model")
     _fake_hub_cache(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", tiny("pickscore") / "processor")
@@ -379,10 +380,10 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["scoring"] = dict(real["scoring"], metrics=["clip_score", "pick_score", "clip_i", "dino", "csd"])
     for name in ("clip-vit-l14", "pickscore", "dinov2-base", "csd-vit-l"):
-        marker = json.loads(models.prepare(real, name).read_text())
+        marker = json.loads(prepare_model(real, name).read_text())
         assert marker["weights"] == "real" and all(len(f["sha256"]) == 64 for f in marker["files"])
-    assert models.model_folder(real, "clip-vit-l14").is_symlink()
-    assert (models.model_folder(real, "pickscore") / "processor").is_symlink()
+    assert catalog.model_folder(real, "clip-vit-l14").is_symlink()
+    assert (catalog.model_folder(real, "pickscore") / "processor").is_symlink()
     image = _reference(real, "astronaut")
     sample = score.Sample({"identity": "astronaut"}, image, image, prompt="a portrait")
     row = {}
@@ -397,13 +398,13 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
 def test_lpips_trunk_download_is_checked_against_its_name(scoring_config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
-    trunk = models.model_folder(real, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
+    trunk = catalog.model_folder(real, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
     with pytest.raises(WeightsError, match=r"alexnet-owt-7be5be79.pth is missing and HF_HUB_OFFLINE"):
-        models.prepare(real, "lpips-alex")
+        prepare_model(real, "lpips-alex")
     trunk.parent.mkdir(parents=True)
     trunk.write_bytes(b"not the published alexnet")
     with pytest.raises(WeightsError) as excinfo:
-        models.prepare(real, "lpips-alex")
+        prepare_model(real, "lpips-alex")
     assert "not the 7be5be79 its name promises" in str(excinfo.value) and "\n" not in str(excinfo.value)
     assert not trunk.exists()  # a rerun downloads it again
     content = b"published bytes"
@@ -429,34 +430,35 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     from fewstep.core.io import sha256_file
 
     cache = tmp_path / "hub"
-    tiny_faces = models.model_folder(scoring_config, "insightface")
-    _fake_hub_cache(cache, "ByteDance/InfiniteYou", tiny_faces, hub.INSIGHTFACE_SUBDIR)
+    tiny_faces = catalog.model_folder(scoring_config, "insightface")
+    _fake_hub_cache(cache, "ByteDance/InfiniteYou", tiny_faces, face_models.INSIGHTFACE_SUBDIR)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["face"] = dict(real["face"], pack="buffalo_l")
-    assert hub.allow_patterns(real, "insightface") == [  # buffalo_l is not among them
+    usage = Grid(real).model_usage("insightface")
+    assert hub.allow_patterns(real, "insightface", usage) == [  # buffalo_l is not among them
         "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
         "supports/insightface/models/antelopev2/glintr100.onnx",
     ]
     archive = _zip_tiny_pack(tmp_path, "buffalo_l")
-    url, _ = hub.FACE_PACK_ZIPS["buffalo_l"]
+    url, _ = face_models.FACE_PACK_ZIPS["buffalo_l"]
     assert url == "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip"
-    placed = models.model_folder(real, "insightface") / "models" / "buffalo_l.zip"
+    placed = catalog.model_folder(real, "insightface") / "models" / "buffalo_l.zip"
     placed.parent.mkdir(parents=True)
     placed.write_bytes(archive.read_bytes())  # as if fetch_url had downloaded it
     with pytest.raises(WeightsError, match=r"buffalo_l.zip has sha256 .* not the published"):
-        models.prepare(real, "insightface")
+        prepare_model(real, "insightface")
     assert not placed.exists()
     placed.write_bytes(archive.read_bytes())
-    monkeypatch.setitem(hub.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
-    models.prepare(real, "insightface")
-    pack = models.model_folder(real, "insightface") / "models" / "buffalo_l"
+    monkeypatch.setitem(face_models.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
+    prepare_model(real, "insightface")
+    pack = catalog.model_folder(real, "insightface") / "models" / "buffalo_l"
     assert sorted(p.name for p in pack.iterdir()) == sorted(faces.PACK_FILES["buffalo_l"])
     assert not placed.exists() and not pack.is_symlink()
-    analyzer = models.face_analyzer(real)
+    analyzer = face_models.face_analyzer(real)
     assert analyzer.folder == pack.resolve() and analyzer.is_tiny
-    assert models.face_analyzer(real, "antelopev2").folder.name == "antelopev2"
+    assert face_models.face_analyzer(real, "antelopev2").folder.name == "antelopev2"
 
 
 def test_the_next_batch_is_decoded_while_this_one_is_scored():

@@ -86,7 +86,7 @@ def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.D
 def fabricate_markers(config: dict) -> None:
     """Prepared-model markers of the scoring models, as the prepare rule writes them."""
     from fewstep.core.paths import Paths
-    from fewstep.families.flux.models import model_revision
+    from fewstep.registry.catalog import model_revision
     from fewstep.scoring.networks import SCORING_MODELS, scoring_models
 
     for name in scoring_models(config):

@@ -66,9 +66,9 @@ def cmd_config_reference(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> None:
-    from fewstep.families.flux.models import prepare
+    from fewstep.jobs.prepare import prepare_model
 
-    print(prepare(_config(args), args.model))
+    print(prepare_model(_config(args), args.model))
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:

@@ -18,8 +18,15 @@ from typing import Any
 
 from fewstep.core.config import fingerprint
 from fewstep.core.errors import ConfigError
+from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
 from fewstep.families import FAMILIES
 from fewstep.families.base import Family
+from fewstep.registry.catalog import MODELS
+from fewstep.registry.spec import Usage
+from fewstep.scoring.networks import ANCHOR_METRICS, scoring_models
+
+# Importing the families, `fewstep.faces.models` and `fewstep.scoring.networks` registers
+# every model (`fewstep.registry.catalog`): whatever holds a grid can look each one up.
 
 #: the acceleration of cells with every switch off; their ids carry no acceleration
 EAGER = "eager"
@@ -77,6 +84,30 @@ class Item:
 
 #: columns that name one image of the sweep, first in every per-image table
 IMAGE_KEYS = ("cell_id", "backbone", "adapter", "steps", "item_id", "identity", "prompt_id", "seed")
+#: columns of the image tables that identify an image or its provenance, never a metric
+#: (what analysis and tracking both leave out of metrics)
+KEYS = {
+    *IMAGE_KEYS,
+    "prompt",
+    "image",
+    "sha256",
+    "weights",
+    "config_hash",
+    "git_commit",
+    "metric_versions",
+    "step",
+    "sigma",
+    "width",
+    "height",
+    "guidance",
+    "adapter_steps",
+    "step_s_median",
+    "warmup",
+    "device_name",
+    "dtype",
+    "batch_size",
+    "weights_digest",
+}
 
 
 def image_keys(cell: Cell, item: Item) -> dict[str, Any]:
@@ -266,15 +297,19 @@ class Grid:
     @property
     def models(self) -> list[str]:
         """Registry models this sweep needs prepared (generation and the configured metrics)."""
-        from fewstep.scoring.networks import scoring_models
-
         names = {name for cell in self.cells for name in self.generation_models(cell)}
         for family in self.families:
             names.add(self.text_encoder_backbone(family))
         names.update(scoring_models(self.config))
         if any(self.needs_identity_embeddings(cell) for cell in self.cells):
-            names.update({"arcface-irse50", "insightface"})  # the embed_identities rule's models
+            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})  # the embed_identities rule's models
         return sorted(names)
+
+    def model_usage(self, name: str) -> Usage:
+        """What of model `name` this sweep uses: its recipe fetches or builds only that."""
+        adapters = tuple(self.adapter(c) for c in self.cells if name in self.generation_models(c))
+        embeds_text = any(self.text_encoder_backbone(family) == name for family in self.families)
+        return Usage(adapters=adapters, embeds_text=embeds_text)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The prompt embedding files (`paths`: a `fewstep.core.paths.Paths`) a cell's generation reads."""
@@ -297,9 +332,6 @@ class Grid:
 
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
-        from fewstep.families.flux.models import REGISTRY
-        from fewstep.scoring.networks import SCORING_MODELS
-
         for name, backbone in self.config["backbones"].items():
             family = self.known_families.get(backbone["family"])
             if family is None:
@@ -314,10 +346,10 @@ class Grid:
                 )
             family.check_backbone(name, backbone)
         for name in self.config["local_weights"]:
-            if name not in REGISTRY and name not in SCORING_MODELS:
-                known = ", ".join(sorted({*REGISTRY, *SCORING_MODELS}))
+            if name not in MODELS:
+                known = ", ".join(sorted(MODELS))
                 raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
-        hub = sorted(n for n, spec in {**REGISTRY, **SCORING_MODELS}.items() if spec.repo_id)
+        hub = sorted(n for n, spec in MODELS.items() if spec.repo_id)
         for name in self.config["revisions"]:
             if name not in hub:
                 raise ConfigError(
@@ -355,3 +387,10 @@ class Grid:
                 raise ConfigError(
                     f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
                 )
+
+
+def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:
+    """The anchor cell whose images scoring `cell_id` reads, if any (the score rule's extra input)."""
+    anchor = Grid(config).anchor
+    wanted = any(m in ANCHOR_METRICS for m in config["scoring"]["metrics"])
+    return anchor.id if wanted and anchor is not None and anchor.id != cell_id else None

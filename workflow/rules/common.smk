@@ -1,5 +1,6 @@
-from fewstep.families.flux.models import marker_path, model_revision
-from fewstep.scoring.networks import score_anchor, scoring_models
+from fewstep.grid import score_anchor
+from fewstep.registry.catalog import marker_path, model_revision
+from fewstep.scoring.networks import scoring_models
 
 
 def generate_inputs(wildcards):

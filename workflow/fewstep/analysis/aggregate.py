@@ -696,15 +696,18 @@ def tables(
 
 def run(config: dict[str, Any], out: Path | None = None) -> Path:
     """Write every table (summary to `out` if given, the others next to it)."""
-    paths = Paths(config)
+    grid, paths = Grid(config), Paths(config)
     out = Path(out or paths.summary)
     scores = load_scores(config)
     results = tables(config, scores, load_trajectories(config))
-    write_table(paths.per_image, stamp(scores, config))
+    write_table(paths.per_image, stamp(scores, config, grid.models))
     for name, table in results.items():
-        write_table(out if name == "summary" else out.parent / f"{name}.csv", stamp(table, config, scores))
+        write_table(
+            out if name == "summary" else out.parent / f"{name}.csv",
+            stamp(table, config, grid.models, scores),
+        )
     print(
-        f"aggregated {len(scores)} images over {len(Grid(config).cells)} cells, "
+        f"aggregated {len(scores)} images over {len(grid.cells)} cells, "
         f"{len(metric_columns(scores))} metrics -> {out.parent}"
     )
     return out

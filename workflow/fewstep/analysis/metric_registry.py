@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fewstep.grid import IMAGE_KEYS
+from fewstep.grid import KEYS
 
 
 @dataclass(frozen=True)
@@ -70,30 +70,6 @@ _SPECS = [
     MetricSpec("n_faces", "faces found per image", "", None, "diagnostic"),
 ]
 METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
-
-#: columns that identify an image or its provenance, never a metric
-KEYS = {
-    *IMAGE_KEYS,
-    "prompt",
-    "image",
-    "sha256",
-    "weights",
-    "config_hash",
-    "git_commit",
-    "metric_versions",
-    "step",
-    "sigma",
-    "width",
-    "height",
-    "guidance",
-    "adapter_steps",
-    "step_s_median",
-    "warmup",
-    "device_name",
-    "dtype",
-    "batch_size",
-    "weights_digest",
-}
 
 
 def spec(column: str) -> MetricSpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,15 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine()
 
 
-def model_revisions(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per model of the sweep that is prepared: its hub repo, requested revision, resolved commit."""
+def model_revisions(config: dict[str, Any], models: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per model of the sweep (`models`: `Grid.models`) that is prepared: its hub repo,
+    requested revision, resolved commit."""
     import json
 
     from fewstep.core.paths import Paths
-    from fewstep.grid import Grid
 
     paths, out = Paths(config), {}
-    for name in Grid(config).models:
+    for name in models:
         marker = paths.model_marker(name)
         if marker.exists():
             info = json.loads(marker.read_text(encoding="utf-8"))
@@ -80,8 +81,8 @@ def model_revisions(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """The provenance block stored with every table and image."""
+def record(config: dict[str, Any], models: Iterable[str], **extra: Any) -> dict[str, Any]:
+    """The provenance block stored with every table and image (`models`: the sweep's, `Grid.models`)."""
     from fewstep.core.config import config_hash
 
     return {
@@ -89,7 +90,7 @@ def record(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "weights": config["weights"],
         "git_commit": git_commit(),
         "versions": versions(),
-        "models": model_revisions(config),
+        "models": model_revisions(config, models),
         **extra,
     }
 
@@ -113,7 +114,7 @@ STAMPED = ("weights", "config_hash", "git_commit", "versions", "model_commits")
 RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
 
 
-def stamp(frame, config: dict[str, Any], images=None):
+def stamp(frame, config: dict[str, Any], models: Iterable[str], images=None):
     """A copy of `frame` whose every row names its provenance (`STAMPED`): a table made with
     tiny or random weights says so in every row.
 
@@ -122,7 +123,7 @@ def stamp(frame, config: dict[str, Any], images=None):
     table has a `cell_id` column, else over the whole sweep; differing values are
     joined with ";" (a table over images from two cards says so).
     """
-    info = columns(record(config))
+    info = columns(record(config, models))
     out = frame.copy()
     for key in STAMPED:
         if key not in out:

@@ -130,8 +130,9 @@ class JobGenerator:
     """
 
     def __init__(self, config: dict[str, Any], cell: Cell):
-        from fewstep.families.flux.models import generation_weights, load_flux, weights_digest
+        from fewstep.families.flux.models import generation_weights, load_flux
         from fewstep.registry.load import resolve_device, resolve_dtype
+        from fewstep.registry.prepare import weights_digest
 
         self.config = config
         self.grid, self.paths = Grid(config), Paths(config)
@@ -328,6 +329,7 @@ def run_cells(
     generator = JobGenerator(config, cells[0])
     prov = provenance.record(
         config,
+        grid.models,
         device=str(generator.device),
         device_name=generator.runtime["device_name"],
         dtype=generator.runtime["dtype"],

@@ -134,11 +134,7 @@ def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = No
     from fewstep.core.provenance import device_name
     from fewstep.faces.analyzer import aligned_crop
     from fewstep.faces.arcface_irse import embed_aligned_bgr
-    from fewstep.families.flux.models import (
-        CONDITIONING_FACE_PACK,
-        face_analyzer,
-        load_arcface_irse,
-    )
+    from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
 
     grid, paths = Grid(config), Paths(config)
     identities = [grid.identity(i) for i in identity_ids] if identity_ids else config["identities"]

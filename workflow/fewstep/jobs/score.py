@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.grid import IMAGE_KEYS, Cell, Grid
+from fewstep.grid import IMAGE_KEYS, Cell, Grid, score_anchor
 from fewstep.scoring.base import JobModels, Metric, Sample
 from fewstep.scoring.identity import IdentitySimilarity
 from fewstep.scoring.metrics import (
@@ -92,8 +92,6 @@ def read_generated(path: Path, record: Path) -> np.ndarray:
 def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
     """item id -> the anchor cell's image, when a metric compares to it and this is another
     cell; and the generation record of the job that made them."""
-    from fewstep.scoring.networks import score_anchor
-
     anchor = score_anchor(config, cell.id)
     if anchor is None:
         return {}, None
@@ -163,7 +161,7 @@ def run(
             bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
-    write_table(out, stamp(frame, config))
+    write_table(out, stamp(frame, config, grid.models))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out

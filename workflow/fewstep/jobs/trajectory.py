@@ -78,7 +78,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     scorer = IdentitySimilarity(config, JobModels(config))
     references = identity_images(config)
     probe = BlockProbe(generator.parts.transformer)
-    prov = provenance.record(config)
+    prov = provenance.record(config, grid.models)
     items = grid.items[: config["trajectory"]["max_items"]]
     rows: list[dict[str, Any]] = []
     progress_bar = tqdm(total=len(items) * cell.steps, desc=f"trajectory {cell.id}", unit="step")
@@ -137,7 +137,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                 )
     probe.close()
     frame = pd.DataFrame(rows)
-    write_table(out, provenance.stamp(frame, config))
+    write_table(out, provenance.stamp(frame, config, grid.models))
     print(f"{cell.id}: trajectories of {len(items)} items x {cell.steps} steps -> {out}")
     return out
 

@@ -23,23 +23,9 @@ from typing import Any
 
 from fewstep.core.errors import WeightsError
 from fewstep.core.io import atomic_path
+from fewstep.registry.catalog import lookup, model_revision
+from fewstep.registry.spec import ModelSpec, Usage
 
-#: what a generation job loads from a FLUX repo (the single-file checkpoints at its root are skipped)
-FLUX_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
-#: the text encoders, fetched from one backbone only (dev and schnell ship identical ones)
-FLUX_TEXT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "tokenizer/*", "tokenizer_2/*"]
-#: files that must exist after a download (relative to the model folder)
-FLUX_REQUIRED = ["model_index.json", "transformer/config.json", "vae/config.json"]
-FLUX_TEXT_REQUIRED = ["text_encoder/config.json", "text_encoder_2/config.json", "tokenizer_2/tokenizer.json"]
-INSIGHTFACE_SUBDIR = "supports/insightface"
-#: insightface packs InfiniteYou's hub repo does not carry: insightface's own release zips
-#: (the URL insightface 2.1 itself downloads from) with the archive's sha256.
-FACE_PACK_ZIPS = {
-    "buffalo_l": (
-        "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip",
-        "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
-    ),
-}
 GIB = 1024**3
 
 
@@ -47,30 +33,12 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def allow_patterns(config: dict[str, Any], name: str) -> list[str]:
+def allow_patterns(config: dict[str, Any], name: str, usage: Usage) -> list[str]:
     """Only what the config uses is fetched: no single-file checkpoints, no unused variants."""
-    from fewstep.faces.analyzer import PACK_FILES
-    from fewstep.families.flux.models import BACKBONES, INFU_VERSION, face_packs, infusenet_variants
-
-    if name in BACKBONES:
-        return FLUX_PATTERNS + (FLUX_TEXT_PATTERNS if _embeds_text(config, name) else [])
-    if name == "infiniteyou":
-        return [f"{INFU_VERSION}/{variant}/*" for variant in infusenet_variants(config)]
-    if name == "insightface":  # the detector and recognition model, not the pack's other networks
-        return [
-            f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
-            for pack in face_packs(config)
-            if pack not in FACE_PACK_ZIPS
-            for file in PACK_FILES[pack]
-        ]
-    raise WeightsError(f"no download recipe for model {name!r}")
-
-
-def _embeds_text(config: dict[str, Any], name: str) -> bool:
-    from fewstep.grid import Grid
-
-    grid = Grid(config)
-    return any(grid.text_encoder_backbone(family) == name for family in grid.families)
+    spec = lookup(name)
+    if spec.recipe is None or spec.recipe.patterns is None:
+        raise WeightsError(f"no download recipe for model {name!r}")
+    return spec.recipe.patterns(config, spec, usage)
 
 
 def _hub_error(err: Exception, repo_id: str, gated: bool, revision: str) -> WeightsError:
@@ -152,7 +120,7 @@ def snapshot(repo_id: str, patterns: list[str], revision: str, gated: bool = Fal
     """The cache snapshot of `repo_id` at `revision` holding `patterns`, downloading what is missing.
 
     The snapshot folder is named by the commit the revision resolved to (the
-    prepared marker records it, see `fewstep.families.flux.models.hub_snapshot`).
+    prepared marker records it, see `fewstep.registry.prepare.hub_snapshot`).
     """
     from huggingface_hub import snapshot_download
 
@@ -172,7 +140,7 @@ def snapshot(repo_id: str, patterns: list[str], revision: str, gated: bool = Fal
     return Path(path)
 
 
-def _link(folder: Path, target: Path) -> None:
+def link_folder(folder: Path, target: Path) -> None:
     """Point `folder` at `target` (replacing an older link, never a real folder's content)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.is_symlink():
@@ -182,51 +150,21 @@ def _link(folder: Path, target: Path) -> None:
     folder.symlink_to(target.resolve(), target_is_directory=True)
 
 
-def link_local(config: dict[str, Any], folder: Path, source: Path, name: str) -> None:
+def link_local(folder: Path, source: Path, name: str, required: list[str]) -> None:
     """Use weights the user already has (config local_weights) instead of downloading,
-    once the folder is seen to hold every file the model loads."""
+    once the folder is seen to hold every `required` file the model loads."""
     key = f"config local_weights.{name}"
     if not source.is_dir():
         raise WeightsError(f"{key}: {source} is not a folder; fix the path")
-    missing = [f for f in required_files(config, name) if not (source / f).exists()]
+    missing = [f for f in required if not (source / f).exists()]
     if missing:
         raise WeightsError(
             f"{key}: {source} lacks {', '.join(missing)}; point it at a folder in the published layout"
         )
-    _link(folder, source)
+    link_folder(folder, source)
 
 
-def required_files(config: dict[str, Any], name: str) -> list[str]:
-    """Files (relative to its folder) without which model `name` cannot load for this config."""
-    from fewstep.faces.analyzer import PACK_FILES
-    from fewstep.families.flux.models import (
-        ARCFACE_IRSE,
-        BACKBONES,
-        INFU_VERSION,
-        face_packs,
-        infusenet_variants,
-    )
-    from fewstep.scoring.networks import SCORING_MODELS
-    from fewstep.scoring.networks import required_files as scoring_files
-
-    if name in BACKBONES:
-        return FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if _embeds_text(config, name) else [])
-    if name == "infiniteyou":
-        return [
-            f"{INFU_VERSION}/{variant}/{file}"
-            for variant in infusenet_variants(config)
-            for file in ("InfuseNetModel/config.json", "image_proj_model.bin")
-        ]
-    if name == "insightface":
-        return [f"models/{pack}/{file}" for pack in face_packs(config) for file in PACK_FILES[pack]]
-    if name == ARCFACE_IRSE.name:
-        return [ARCFACE_IRSE.extra["file"]]
-    if name in SCORING_MODELS:
-        return scoring_files(name)
-    raise WeightsError(f"no download recipe for model {name!r}")
-
-
-def _require(folder: Path, files: list[str], what: str) -> None:
+def require_files(folder: Path, files: list[str], what: str) -> None:
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise WeightsError(f"{what}: {folder} lacks {', '.join(missing)}; rerun the download (it resumes)")
@@ -265,83 +203,10 @@ def fetch_url(url: str, path: Path) -> Path:
     return path
 
 
-def fetch_face_pack_zip(pack: str, folder: Path) -> None:
-    """A release zip of an insightface pack, checked and unpacked to `folder` (its .onnx files on top)."""
-    import tempfile
-    import zipfile
-
-    from fewstep.core.io import sha256_file
-
-    if folder.is_dir() and any(folder.glob("*.onnx")):
-        return
-    url, expected = FACE_PACK_ZIPS[pack]
-    archive = fetch_url(url, folder.with_name(f"{pack}.zip"))
-    digest = sha256_file(archive)
-    if digest != expected:
-        archive.unlink()
-        raise WeightsError(
-            f"{archive} has sha256 {digest[:12]}..., not the published {expected[:12]}...; "
-            "it was deleted: rerun to download it again"
-        )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{pack}.") as tmp:
-        extracted, staging = Path(tmp) / "zip", Path(tmp) / "pack"
-        try:
-            with zipfile.ZipFile(archive) as zipped:
-                zipped.extractall(extracted)
-        except zipfile.BadZipFile:
-            archive.unlink()
-            raise WeightsError(
-                f"{archive} is not a zip archive; it was deleted: rerun to download it again"
-            ) from None
-        onnx = sorted(extracted.rglob("*.onnx"))
-        if not onnx:
-            raise WeightsError(f"{archive} holds no .onnx files; check {url}")
-        staging.mkdir()
-        for file in onnx:  # some packs nest their files one folder down
-            file.rename(staging / file.name)
-        if folder.is_symlink():
-            folder.unlink()
-        staging.rename(folder)
-    archive.unlink()
-
-
-def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
-    """Make `folder` hold the real weights of model `name`."""
-    from fewstep.families.flux.models import (
-        ARCFACE_IRSE,
-        BACKBONES,
-        INFINITEYOU,
-        INSIGHTFACE,
-        face_packs,
-        model_revision,
-    )
-    from fewstep.scoring.networks import SCORING_MODELS
-
-    folder = Path(folder)
-    revision = model_revision(config, name)
-    if name in BACKBONES:
-        spec = BACKBONES[name]
-        _link(folder, snapshot(spec.repo_id, allow_patterns(config, name), revision, spec.gated))
-        _require(folder, required_files(config, name), name)
-    elif name == INFINITEYOU.name:
-        _link(folder, snapshot(INFINITEYOU.repo_id, allow_patterns(config, name), revision))
-        _require(folder, required_files(config, name), name)
-    elif name == INSIGHTFACE.name:
-        source = snapshot(INSIGHTFACE.repo_id, allow_patterns(config, name), revision)
-        source = source / INSIGHTFACE_SUBDIR / "models"
-        for pack in face_packs(config):
-            if pack in FACE_PACK_ZIPS:
-                fetch_face_pack_zip(pack, folder / "models" / pack)
-                continue
-            _link(folder / "models" / pack, source / pack)
-            if not any((folder / "models" / pack).glob("*.onnx")):
-                raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
-    elif name == ARCFACE_IRSE.name:
-        fetch_url(ARCFACE_IRSE.extra["url"], folder / ARCFACE_IRSE.extra["file"])
-    elif name in SCORING_MODELS:
-        from fewstep.scoring.networks import fetch as fetch_scoring
-
-        fetch_scoring(config, name, folder)
-    else:
-        raise WeightsError(f"no download recipe for model {name!r}")
+def fetch_snapshot(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """The common recipe's fetch: `folder` links to the hub snapshot of the spec's allow-patterns,
+    which must then hold the spec's required files."""
+    revision = model_revision(config, spec.name)
+    patterns = allow_patterns(config, spec.name, usage)
+    link_folder(folder, snapshot(spec.repo_id, patterns, revision, spec.gated))
+    require_files(folder, spec.recipe.required(config, spec, usage), spec.name)

@@ -21,7 +21,7 @@ class IdentitySimilarity:
     name = "identity"
 
     def __init__(self, config: dict[str, Any], models: JobModels):
-        from fewstep.families.flux.models import face_analyzer
+        from fewstep.faces.models import face_analyzer
 
         self.analyzer = models.get("insightface", lambda: face_analyzer(config))
         self.policy = config["face"]["policy"]

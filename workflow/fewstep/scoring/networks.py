@@ -1,6 +1,7 @@
 """The networks behind the scoring metrics: registry entries, tiny stand-ins, recipes, loaders.
 
-Every scoring network is a registry model (see `fewstep.families.flux.models`) with the three sources:
+Every scoring network is a registry model (`fewstep.registry.catalog`), registered here with the
+recipe of its three sources:
 
 - ``real``: the published weights. Hub repos go through the download rule's
   `snapshot_download` (allow-patterns, the Hugging Face cache, a link at
@@ -25,12 +26,14 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
-from fewstep.registry.spec import ModelSpec
+from fewstep.registry.catalog import model_folder, model_revision, register
+from fewstep.registry.hub import fetch_snapshot, fetch_url, link_folder, require_files, snapshot
+from fewstep.registry.spec import Build, Files, ModelSpec, Recipe, Usage
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
     import torch
@@ -53,51 +56,6 @@ CLIP_FILES = [
     "merges.txt",
     "special_tokens_map.json",
 ]
-
-SCORING_MODELS: dict[str, ModelSpec] = {
-    **{
-        f"lpips-{net}": ModelSpec(f"lpips-{net}", "torch", extra={"file": file, "url": url})
-        for net, (file, url) in LPIPS_TRUNKS.items()
-    },
-    "clip-vit-l14": ModelSpec(
-        "clip-vit-l14",
-        "clip-vit-large-patch14",
-        "openai/clip-vit-large-patch14",
-        extra={"patterns": ["config.json", "model.safetensors", *CLIP_FILES]},
-        revision="32bd64288804d66eefd0ccbe215aa642df71cc41",
-    ),
-    # PickScore's repo holds the model; its processor is the one of the CLIP-H it was tuned from.
-    "pickscore": ModelSpec(
-        "pickscore",
-        "PickScore_v1",
-        "yuvalkirstain/PickScore_v1",
-        extra={
-            "patterns": ["config.json", "model.safetensors"],
-            "processor_repo": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-            "processor_patterns": CLIP_FILES,
-            "processor_revision": "1c2b8495b28150b8a4922ee1c8edee224c284c0c",
-        },
-        revision="a4e4367c6dfa7288a00c550414478f865b875800",
-    ),
-    "dinov2-base": ModelSpec(
-        "dinov2-base",
-        "dinov2-base",
-        "facebook/dinov2-base",
-        extra={"patterns": ["config.json", "model.safetensors", "preprocessor_config.json"]},
-        revision="f9e44c814b77203eaa57a6bdbbd535f21ede1415",
-    ),
-    # CSD (Somepalli et al. 2024, github learn2phoenix/CSD): OpenAI CLIP ViT-L/14's image
-    # tower with its projection replaced by a trained style head. The checkpoint holds
-    # {"model_state_dict": {"module.backbone.<OpenAI visual keys>", "module.last_layer_style",
-    # "module.last_layer_content"}, ...}.
-    "csd-vit-l": ModelSpec(
-        "csd-vit-l",
-        "CSD-ViT-L",
-        "tomg-group-umd/CSD-ViT-L",
-        extra={"file": "pytorch_model.bin", "patterns": ["pytorch_model.bin"]},
-        revision="5bc26a6fb0487f3f00a2a7313135103a005b1b67",
-    ),
-}
 
 
 def metric_models(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -123,15 +81,6 @@ def scoring_models(config: dict[str, Any]) -> list[str]:
 ANCHOR_METRICS = ("lpips",)
 
 
-def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:
-    """The anchor cell whose images scoring `cell_id` reads, if any (the score rule's extra input)."""
-    from fewstep.grid import Grid
-
-    anchor = Grid(config).anchor
-    wanted = any(m in ANCHOR_METRICS for m in config["scoring"]["metrics"])
-    return anchor.id if wanted and anchor is not None and anchor.id != cell_id else None
-
-
 # --------------------------------------------------------------------------- tiny
 
 
@@ -141,25 +90,34 @@ def _seeded(name: str) -> None:
     manual_seed(name)
 
 
-def build_tiny(name: str, folder: Path) -> None:
-    """A tiny stand-in for scoring model `name` in its published layout under `folder`."""
-    from fewstep.registry.tiny import replace_dir
+def _staged(save: Callable[[Path], None]) -> Build:
+    """A tiny builder that saves into a staging folder, moved into place once complete."""
 
-    spec = SCORING_MODELS[name]
-    if name.startswith("lpips-"):
-        save_tiny_lpips_trunk(name.removeprefix("lpips-"), folder / CHECKPOINTS / spec.extra["file"])
-        return
-    staging = folder.with_name(folder.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    if name == "clip-vit-l14":
-        _save_tiny_clip(staging, _save_tiny_clip_processor(staging), "tiny-clip-score")
-    elif name == "pickscore":
-        _save_tiny_clip(staging / "model", _save_tiny_clip_processor(staging / "processor"), "tiny-pickscore")
-    elif name == "dinov2-base":
-        _save_tiny_dinov2(staging)
-    elif name == "csd-vit-l":
-        save_tiny_csd(staging / spec.extra["file"])
-    replace_dir(staging, folder)
+    def build(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+        from fewstep.registry.tiny import replace_dir
+
+        staging = folder.with_name(folder.name + ".building")
+        shutil.rmtree(staging, ignore_errors=True)
+        save(staging)
+        replace_dir(staging, folder)
+
+    return build
+
+
+def _lpips_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    save_tiny_lpips_trunk(spec.name.removeprefix("lpips-"), folder / CHECKPOINTS / spec.extra["file"])
+
+
+def _tiny_clip_score(folder: Path) -> None:
+    _save_tiny_clip(folder, _save_tiny_clip_processor(folder), "tiny-clip-score")
+
+
+def _tiny_pickscore(folder: Path) -> None:
+    _save_tiny_clip(folder / "model", _save_tiny_clip_processor(folder / "processor"), "tiny-pickscore")
+
+
+def _tiny_csd(folder: Path) -> None:
+    save_tiny_csd(folder / SCORING_MODELS["csd-vit-l"].extra["file"])
 
 
 def save_tiny_lpips_trunk(net: str, path: Path) -> None:
@@ -292,46 +250,108 @@ def verify_name_hash(path: Path) -> None:
         )
 
 
-def required_files(name: str) -> list[str]:
-    """Files (relative to its folder) scoring model `name` loads."""
-    spec = SCORING_MODELS[name]
-    if name.startswith("lpips-"):
-        return [str(CHECKPOINTS / spec.extra["file"])]
-    if name == "pickscore":
-        return ["model/config.json", "model/model.safetensors", "processor/preprocessor_config.json"]
-    if name == "csd-vit-l":
-        return [spec.extra["file"]]
+def _patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return spec.extra["patterns"]
+
+
+def _transformers_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
-def fetch(config: dict[str, Any], name: str, folder: Path) -> None:
-    """Real weights of scoring model `name` into `folder` (the download rule)."""
-    from fewstep.registry.hub import _link, _require, fetch_url, snapshot
+def _pickscore_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return ["model/config.json", "model/model.safetensors", "processor/preprocessor_config.json"]
 
-    spec = SCORING_MODELS[name]
-    if name.startswith("lpips-"):
-        path = fetch_url(spec.extra["url"], folder / CHECKPOINTS / spec.extra["file"])
-        verify_name_hash(path)
-        return
-    from fewstep.families.flux.models import model_revision
 
-    model = snapshot(spec.repo_id, spec.extra["patterns"], model_revision(config, name))
-    _link(folder if name != "pickscore" else folder / "model", model)
-    if name == "pickscore":
-        extra = spec.extra
-        processor = snapshot(
-            extra["processor_repo"], extra["processor_patterns"], extra["processor_revision"]
+def _file_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [spec.extra["file"]]
+
+
+def _lpips_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [str(CHECKPOINTS / spec.extra["file"])]
+
+
+def _lpips_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """torchvision's trunk, where torch.hub looks for it under the scoring job's TORCH_HOME."""
+    verify_name_hash(fetch_url(spec.extra["url"], folder / CHECKPOINTS / spec.extra["file"]))
+
+
+def _pickscore_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """The model from PickScore's repo, the processor from the CLIP-H repo it was tuned from."""
+    extra = spec.extra
+    model = snapshot(spec.repo_id, extra["patterns"], model_revision(config, spec.name))
+    link_folder(folder / "model", model)
+    processor = snapshot(extra["processor_repo"], extra["processor_patterns"], extra["processor_revision"])
+    link_folder(folder / "processor", processor)
+    require_files(folder, _pickscore_required(config, spec, usage), spec.name)
+
+
+def _hub_recipe(save: Callable[[Path], None], required: Files) -> Recipe:
+    """A network fetched as one hub snapshot of its spec's patterns."""
+    return Recipe(fetch=fetch_snapshot, tiny=_staged(save), required=required, patterns=_patterns)
+
+
+SCORING_MODELS: dict[str, ModelSpec] = {
+    **{
+        f"lpips-{net}": ModelSpec(
+            f"lpips-{net}",
+            "torch",
+            extra={"file": file, "url": url},
+            recipe=Recipe(fetch=_lpips_fetch, tiny=_lpips_tiny, required=_lpips_required),
         )
-        _link(folder / "processor", processor)
-    _require(folder, required_files(name), name)
+        for net, (file, url) in LPIPS_TRUNKS.items()
+    },
+    "clip-vit-l14": ModelSpec(
+        "clip-vit-l14",
+        "clip-vit-large-patch14",
+        "openai/clip-vit-large-patch14",
+        extra={"patterns": ["config.json", "model.safetensors", *CLIP_FILES]},
+        revision="32bd64288804d66eefd0ccbe215aa642df71cc41",
+        recipe=_hub_recipe(_tiny_clip_score, _transformers_required),
+    ),
+    # PickScore's repo holds the model; its processor is the one of the CLIP-H it was tuned from.
+    "pickscore": ModelSpec(
+        "pickscore",
+        "PickScore_v1",
+        "yuvalkirstain/PickScore_v1",
+        extra={
+            "patterns": ["config.json", "model.safetensors"],
+            "processor_repo": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+            "processor_patterns": CLIP_FILES,
+            "processor_revision": "1c2b8495b28150b8a4922ee1c8edee224c284c0c",
+        },
+        revision="a4e4367c6dfa7288a00c550414478f865b875800",
+        recipe=Recipe(fetch=_pickscore_fetch, tiny=_staged(_tiny_pickscore), required=_pickscore_required),
+    ),
+    "dinov2-base": ModelSpec(
+        "dinov2-base",
+        "dinov2-base",
+        "facebook/dinov2-base",
+        extra={"patterns": ["config.json", "model.safetensors", "preprocessor_config.json"]},
+        revision="f9e44c814b77203eaa57a6bdbbd535f21ede1415",
+        recipe=_hub_recipe(_save_tiny_dinov2, _transformers_required),
+    ),
+    # CSD (Somepalli et al. 2024, github learn2phoenix/CSD): OpenAI CLIP ViT-L/14's image
+    # tower with its projection replaced by a trained style head. The checkpoint holds
+    # {"model_state_dict": {"module.backbone.<OpenAI visual keys>", "module.last_layer_style",
+    # "module.last_layer_content"}, ...}.
+    "csd-vit-l": ModelSpec(
+        "csd-vit-l",
+        "CSD-ViT-L",
+        "tomg-group-umd/CSD-ViT-L",
+        extra={"file": "pytorch_model.bin", "patterns": ["pytorch_model.bin"]},
+        revision="5bc26a6fb0487f3f00a2a7313135103a005b1b67",
+        recipe=_hub_recipe(_tiny_csd, _file_required),
+    ),
+}
+
+
+register(*SCORING_MODELS.values())
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def _folder(config: dict[str, Any], name: str) -> Path:
-    from fewstep.families.flux.models import model_folder
-
     folder = model_folder(config, name)
     if not folder.exists():
         raise WeightsError(f"missing weights folder {folder}; run the prepare/download rule for {name} first")

@@ -44,11 +44,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fewstep.analysis.metric_registry import KEYS
 from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
 from fewstep.core.paths import Paths
-from fewstep.grid import Grid
+from fewstep.grid import KEYS, Grid, score_anchor
 
 #: columns of manifests/score tables that are parameters or keys, not measurements (the
 #: median step time is one: the aggregate leaves it out, a run's summary shows it)
@@ -146,7 +145,7 @@ def run_config(
     config: dict[str, Any], job_type: str, cell_id: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The run's W&B config: what made the job's outputs."""
-    prov = provenance.record(config)
+    prov = provenance.record(config, Grid(config).models)
     out: dict[str, Any] = {
         "sweep": config["sweep"],
         "job_type": job_type,
@@ -293,7 +292,7 @@ class Run:
                 "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
             }
         )
-        from fewstep.scoring.networks import score_anchor, scoring_models
+        from fewstep.scoring.networks import scoring_models
         from fewstep.tracking import lineage
 
         self.use_weights(scoring_models(self.config))

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.families.flux.models import BACKBONES, generation_weights
 
 if TYPE_CHECKING:
     from fewstep.registry.spec import ModelSpec
@@ -22,8 +23,6 @@ class FluxFamily:
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
-        from fewstep.families.flux.models import BACKBONES
-
         return BACKBONES
 
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -42,8 +41,6 @@ class FluxFamily:
         return backbone["guidance"] if self.backbones[backbone["model"]].extra["guidance_embeds"] else None
 
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
-        from fewstep.families.flux.models import generation_weights
-
         return list(generation_weights(backbone["model"], dict(adapter)))
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:

@@ -1,4 +1,6 @@
-"""Model registry: one name, three sources, one loading code path.
+"""FLUX's registered models (FLUX.1-dev, FLUX.1-schnell, InfiniteYou) and their loaders.
+
+Each spec carries the recipe of its three sources (`fewstep.registry.spec.Recipe`):
 
 - ``real``: the published weights, fetched by the download rule into
   ``<models_dir>/real/<folder>`` and read with ``from_pretrained``;
@@ -7,20 +9,18 @@
 - ``random``: the published architectures with random weights, built directly
   on the device from the saved configs (honest latency, meaningless images).
 
-Everything downstream calls the loaders here and never knows which source it got.
+Importing this module registers the specs (`fewstep.registry.catalog`). Everything
+downstream calls the loaders here and never knows which source it got.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
-from fewstep.core.io import atomic_write_json, sha256_file
 from fewstep.families.flux.specs import (
     DEV_SCHEDULER,
     FLUX_MODEL_INDEX,
@@ -30,14 +30,110 @@ from fewstep.families.flux.specs import (
     SCHNELL_SCHEDULER,
     T5_XXL,
 )
+from fewstep.registry.catalog import model_folder, register
+from fewstep.registry.hub import fetch_snapshot
 from fewstep.registry.load import default_dtype, load_component
-from fewstep.registry.spec import ModelSpec
+from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
 
 if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
     import torch
 
 INFU_VERSION = "infu_flux_v1.0"
+
+#: what a generation job loads from a FLUX repo (the single-file checkpoints at its root are skipped)
+FLUX_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
+#: the text encoders, fetched from one backbone only (dev and schnell ship identical ones)
+FLUX_TEXT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "tokenizer/*", "tokenizer_2/*"]
+#: files that must exist after a download (relative to the model folder)
+FLUX_REQUIRED = ["model_index.json", "transformer/config.json", "vae/config.json"]
+FLUX_TEXT_REQUIRED = ["text_encoder/config.json", "text_encoder_2/config.json", "tokenizer_2/tokenizer.json"]
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _backbone_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return FLUX_PATTERNS + (FLUX_TEXT_PATTERNS if usage.embeds_text else [])
+
+
+def _backbone_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if usage.embeds_text else [])
+
+
+def _backbone_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.families.flux import tiny
+
+    extra = spec.extra
+    tiny.build_flux_backbone(
+        folder, guidance_embeds=extra["guidance_embeds"], scheduler_config=extra["scheduler"]
+    )
+
+
+def _backbone_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """Only configs: the loaders build full-size modules on the device."""
+    from transformers import CLIPTextConfig, T5Config
+
+    from fewstep.core.io import atomic_write_json as write
+    from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer
+
+    extra = spec.extra
+    transformer = {**FLUX_TRANSFORMER, "guidance_embeds": extra["guidance_embeds"]}
+    write(folder / "transformer" / "config.json", transformer)
+    write(folder / "vae" / "config.json", FLUX_VAE)
+    write(folder / "scheduler" / "scheduler_config.json", extra["scheduler"])
+    write(folder / "model_index.json", FLUX_MODEL_INDEX)
+    CLIPTextConfig(**CLIP_L_TEXT).save_pretrained(folder / "text_encoder")
+    T5Config(**T5_XXL).save_pretrained(folder / "text_encoder_2")
+    # Tokenizers only turn text into ids; tiny ones keep random mode offline.
+    build_clip_tokenizer(folder / "tokenizer")
+    build_t5_tokenizer(folder / "tokenizer_2")
+
+
+def infusenet_variants(adapters: tuple[Mapping[str, Any], ...]) -> list[str]:
+    """InfuseNet variants these adapters use (only these are fetched or built)."""
+    return sorted({a["variant"] for a in adapters if a["kind"] == "infusenet"})
+
+
+def _infiniteyou_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [f"{INFU_VERSION}/{variant}/*" for variant in infusenet_variants(usage.adapters)]
+
+
+def _infiniteyou_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [
+        f"{INFU_VERSION}/{variant}/{file}"
+        for variant in infusenet_variants(usage.adapters)
+        for file in ("InfuseNetModel/config.json", "image_proj_model.bin")
+    ]
+
+
+def _infiniteyou_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.families.flux import tiny
+
+    tiny.build_infiniteyou(folder, infusenet_variants(usage.adapters))
+
+
+def _infiniteyou_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.core.io import atomic_write_json
+
+    for variant in infusenet_variants(usage.adapters):
+        atomic_write_json(folder / INFU_VERSION / variant / "InfuseNetModel" / "config.json", INFUSENET)
+
+
+BACKBONE_RECIPE = Recipe(
+    fetch=fetch_snapshot,
+    tiny=_backbone_tiny,
+    required=_backbone_required,
+    random=_backbone_random,
+    patterns=_backbone_patterns,
+)
+INFINITEYOU_RECIPE = Recipe(
+    fetch=fetch_snapshot,
+    tiny=_infiniteyou_tiny,
+    required=_infiniteyou_required,
+    random=_infiniteyou_random,
+    patterns=_infiniteyou_patterns,
+)
 
 BACKBONES = {
     "flux-dev": ModelSpec(
@@ -47,6 +143,7 @@ BACKBONES = {
         gated=True,
         extra={"guidance_embeds": True, "scheduler": DEV_SCHEDULER, "max_sequence_length": 512},
         revision="3de623fc3c33e44ffbe2bad470d0f45bccf2eb21",
+        recipe=BACKBONE_RECIPE,
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell",
@@ -58,112 +155,11 @@ BACKBONES = {
             "max_sequence_length": 256,
         },
         revision="741f7c3ce8b383c54771c7003378a50191e9efe9",
+        recipe=BACKBONE_RECIPE,
     ),
 }
-INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou")
-#: insightface packs under <folder>/models/<pack>: detection for InfiniteYou's conditioning
-#: (antelopev2, as published with InfiniteYou) and the scoring network (config face.pack).
-INSIGHTFACE = ModelSpec("insightface", "insightface", "ByteDance/InfiniteYou")
-#: facexlib's IR-SE50 ArcFace, the embedding InfiniteYou conditions on.
-ARCFACE_IRSE = ModelSpec(
-    "arcface-irse50",
-    "facexlib",
-    extra={
-        "file": "recognition_arcface_ir_se50.pth",
-        "url": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
-    },
-)
-CONDITIONING_FACE_PACK = "antelopev2"
-REGISTRY = {**BACKBONES, **{m.name: m for m in (INFINITEYOU, INSIGHTFACE, ARCFACE_IRSE)}}
-
-
-def _spec(name: str) -> ModelSpec | None:
-    """Generation models here, scoring models in `fewstep.scoring.networks`."""
-    from fewstep.scoring.networks import SCORING_MODELS
-
-    return REGISTRY.get(name) or SCORING_MODELS.get(name)
-
-
-def model_folder(config: dict[str, Any], name: str) -> Path:
-    from fewstep.scoring.networks import SCORING_MODELS
-
-    spec = _spec(name)
-    if spec is None:
-        known = ", ".join(sorted({*REGISTRY, *SCORING_MODELS}))
-        raise WeightsError(f"unknown model {name!r}; known: {known}")
-    return Path(config["models_dir"]) / config["weights"] / spec.folder
-
-
-def marker_path(config: dict[str, Any], name: str) -> Path:
-    """The file that says a model is ready (the prepare rule's output)."""
-    from fewstep.core.paths import Paths
-
-    return Paths(config).model_marker(name)
-
-
-def infusenet_variants(config: dict[str, Any]) -> list[str]:
-    """InfuseNet variants the configured cells use (only these are fetched or built)."""
-    from fewstep.grid import Grid
-
-    grid = Grid(config)
-    return sorted({grid.adapter(c)["variant"] for c in grid.cells if grid.adapter(c)["kind"] == "infusenet"})
-
-
-def model_revision(config: dict[str, Any], name: str) -> str | None:
-    """The hub revision model `name` is fetched at: config `revisions`, else the spec's pin."""
-    spec = _spec(name)
-    if spec is None or spec.repo_id is None:
-        return None
-    return config["revisions"].get(name, spec.revision)
-
-
-def prepare(config: dict[str, Any], name: str) -> Path:
-    """Make model `name` available for the configured weights mode; write its marker.
-
-    The marker names the requested revision, the hub commits the files resolved to
-    (read from the Hugging Face cache layout) and every file's size and sha256.
-    """
-    folder = model_folder(config, name)
-    mode = config["weights"]
-    if mode == "tiny":
-        _build_tiny(config, name, folder)
-    elif mode == "random":
-        _write_random(config, name, folder)
-    elif name in config["local_weights"]:
-        from fewstep.registry.hub import link_local
-
-        link_local(config, folder, Path(config["local_weights"][name]), name)
-    else:
-        from fewstep.registry.hub import fetch
-
-        fetch(config, name, folder)
-    marker = marker_path(config, name)
-    files = sorted(
-        Path(root) / name
-        for root, _, names in os.walk(folder, followlinks=True)  # links into the HF cache
-        for name in names
-        if ".cache" not in Path(root).parts
-    )
-    spec = _spec(name)
-    commits = dict(sorted({hub_snapshot(p) for p in files} - {None}))
-    atomic_write_json(
-        marker,
-        {
-            "model": name,
-            "weights": mode,
-            "folder": str(folder),
-            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "repo_id": spec.repo_id,
-            "revision": model_revision(config, name),
-            "commit": commits.get(spec.repo_id),
-            "commits": commits,
-            "files": [
-                {"path": str(p.relative_to(folder)), "bytes": p.stat().st_size, **file_sha256(p)}
-                for p in files
-            ],
-        },
-    )
-    return marker
+INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou", recipe=INFINITEYOU_RECIPE)
+register(*BACKBONES.values(), INFINITEYOU)
 
 
 def generation_weights(backbone: str, adapter: dict[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -172,121 +168,6 @@ def generation_weights(backbone: str, adapter: dict[str, Any]) -> dict[str, tupl
     if adapter["kind"] == "infusenet":
         folders[INFINITEYOU.name] = (f"{INFU_VERSION}/{adapter['variant']}/",)
     return folders
-
-
-def weights_digest(config: dict[str, Any], folders: dict[str, tuple[str, ...]]) -> str:
-    """Fingerprint of the files (path, sha256) under `folders`, read from the models' ready markers.
-
-    It changes exactly when the weights a job loads change: another hub revision,
-    another `local_weights` folder, tiny weights rebuilt with other values.
-    """
-    import json
-
-    from fewstep.core.config import fingerprint
-
-    files = {}
-    for name, prefixes in sorted(folders.items()):
-        marker = marker_path(config, name)
-        if not marker.exists():
-            raise WeightsError(f"missing {marker}; run the prepare rule for {name} first")
-        entries = json.loads(marker.read_text())["files"]
-        files[name] = sorted((f["path"], f["sha256"]) for f in entries if f["path"].startswith(prefixes))
-    return fingerprint(files)
-
-
-SHA256_NAME = re.compile(r"[0-9a-f]{64}")
-
-
-def hub_snapshot(path: Path) -> tuple[str, str] | None:
-    """(repo id, commit) when `path` lies in a Hugging Face cache snapshot, else None.
-
-    The cache keeps `models--<org>--<name>/snapshots/<commit>/<file>`; only the
-    folders are resolved here (the file itself links on into `blobs/`).
-    """
-    parts = Path(os.path.realpath(path.parent)).parts
-    if "snapshots" not in parts:
-        return None
-    at = len(parts) - 1 - parts[::-1].index("snapshots")
-    if at == 0 or at + 1 >= len(parts) or not parts[at - 1].startswith("models--"):
-        return None
-    return parts[at - 1].removeprefix("models--").replace("--", "/"), parts[at + 1]
-
-
-def file_sha256(path: Path) -> dict[str, str]:
-    """A file's sha256: the name of its Hugging Face cache blob when that names it, else hashed.
-
-    The cache stores large (LFS) files as `blobs/<sha256>`: the hub's own hash of the
-    content, so re-reading tens of GB here adds nothing (`hf cache verify <repo>` checks
-    the bytes on demand). Small files' blobs are named by their git object id, and files
-    outside the cache are named by nothing: those are hashed.
-    """
-    target = path.resolve()
-    if target.parent.name == "blobs" and SHA256_NAME.fullmatch(target.name):
-        return {"sha256": target.name, "sha256_from": "hub blob name"}
-    return {"sha256": sha256_file(path), "sha256_from": "hashed"}
-
-
-def face_packs(config: dict[str, Any]) -> list[str]:
-    """insightface packs the sweep uses: conditioning detection and scoring."""
-    return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})
-
-
-def _build_tiny(config: dict[str, Any], name: str, folder: Path) -> None:
-    from fewstep.families.flux import tiny
-    from fewstep.scoring.networks import SCORING_MODELS, build_tiny
-
-    if name == INSIGHTFACE.name:
-        from fewstep.faces.analyzer import build_tiny_face_pack
-
-        for pack in face_packs(config):
-            build_tiny_face_pack(folder, pack)
-    elif name == ARCFACE_IRSE.name:
-        from fewstep.faces.arcface_irse import save_tiny_irse
-
-        save_tiny_irse(folder / ARCFACE_IRSE.extra["file"])
-    elif name in BACKBONES:
-        extra = BACKBONES[name].extra
-        tiny.build_flux_backbone(
-            folder, guidance_embeds=extra["guidance_embeds"], scheduler_config=extra["scheduler"]
-        )
-    elif name == INFINITEYOU.name:
-        tiny.build_infiniteyou(folder, infusenet_variants(config))
-    elif name in SCORING_MODELS:
-        build_tiny(name, folder)
-    else:  # pragma: no cover - REGISTRY lookups fail earlier
-        raise WeightsError(f"no tiny builder for {name!r}")
-
-
-def _write_random(config: dict[str, Any], name: str, folder: Path) -> None:
-    """Write only configs: the loaders build full-size modules on the device.
-
-    Face and scoring models are the exception: random detectors find no face, and
-    random mode's scores are meaningless anyway, so it uses their tiny stand-ins.
-    """
-    from fewstep.core.io import atomic_write_json as write
-    from fewstep.scoring.networks import SCORING_MODELS
-
-    if name in (INSIGHTFACE.name, ARCFACE_IRSE.name) or name in SCORING_MODELS:
-        _build_tiny(config, name, folder)
-    elif name in BACKBONES:
-        from transformers import CLIPTextConfig, T5Config
-
-        from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer
-
-        extra = BACKBONES[name].extra
-        transformer = {**FLUX_TRANSFORMER, "guidance_embeds": extra["guidance_embeds"]}
-        write(folder / "transformer" / "config.json", transformer)
-        write(folder / "vae" / "config.json", FLUX_VAE)
-        write(folder / "scheduler" / "scheduler_config.json", extra["scheduler"])
-        write(folder / "model_index.json", FLUX_MODEL_INDEX)
-        CLIPTextConfig(**CLIP_L_TEXT).save_pretrained(folder / "text_encoder")
-        T5Config(**T5_XXL).save_pretrained(folder / "text_encoder_2")
-        # Tokenizers only turn text into ids; tiny ones keep random mode offline.
-        build_clip_tokenizer(folder / "tokenizer")
-        build_t5_tokenizer(folder / "tokenizer_2")
-    elif name == INFINITEYOU.name:
-        for variant in infusenet_variants(config):
-            write(folder / INFU_VERSION / variant / "InfuseNetModel" / "config.json", INFUSENET)
 
 
 # --------------------------------------------------------------------------- loading
@@ -388,19 +269,3 @@ def load_flux_text_encoders(
         text_encoder_2=load_component(T5EncoderModel, folder / "text_encoder_2", weights, device, dtype),
         dtype=dtype,
     )
-
-
-def face_analyzer(config: dict[str, Any], pack: str | None = None):
-    """insightface detection + recognition over a prepared pack (scoring's by default); on the
-    GPU unless the config's device is the CPU (and onnxruntime has its CUDA provider)."""
-    from fewstep.faces.analyzer import FaceAnalyzer
-
-    folder, gpu = model_folder(config, INSIGHTFACE.name), config["device"] != "cpu"
-    return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
-
-
-def load_arcface_irse(config: dict[str, Any], device: torch.device):
-    """The IR-SE50 ArcFace InfiniteYou conditions on (its layout is read from the file)."""
-    from fewstep.faces.arcface_irse import load_irse50
-
-    return load_irse50(model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"], "auto", device)

@@ -1,0 +1,175 @@
+"""The face models' registry entries: insightface packs and facexlib's IR-SE50 ArcFace.
+
+Light to import (the networks' runtime, `fewstep.faces.analyzer` and
+`fewstep.faces.arcface_irse`, loads inside the recipes and loaders), so the grid can
+register these models while Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fewstep.core.errors import WeightsError
+from fewstep.registry.catalog import model_folder, model_revision, register
+from fewstep.registry.hub import fetch_url, link_folder, snapshot
+from fewstep.registry.spec import ModelSpec, Recipe, Usage
+
+if TYPE_CHECKING:
+    import torch
+
+#: the insightface pack InfiniteYou's conditioning detects faces with, as published with it
+CONDITIONING_FACE_PACK = "antelopev2"
+INSIGHTFACE_SUBDIR = "supports/insightface"
+#: insightface packs InfiniteYou's hub repo does not carry: insightface's own release zips
+#: (the URL insightface 2.1 itself downloads from) with the archive's sha256.
+FACE_PACK_ZIPS = {
+    "buffalo_l": (
+        "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip",
+        "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
+    ),
+}
+
+
+def face_packs(config: dict[str, Any]) -> list[str]:
+    """insightface packs the sweep uses: conditioning detection and scoring."""
+    return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})
+
+
+def _pack_files(pack: str) -> tuple[str, str]:
+    from fewstep.faces.analyzer import PACK_FILES
+
+    return PACK_FILES[pack]
+
+
+def _insightface_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    """The detector and recognition model, not the pack's other networks."""
+    return [
+        f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
+        for pack in face_packs(config)
+        if pack not in FACE_PACK_ZIPS
+        for file in _pack_files(pack)
+    ]
+
+
+def _insightface_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [f"models/{pack}/{file}" for pack in face_packs(config) for file in _pack_files(pack)]
+
+
+def _insightface_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """Packs from InfiniteYou's repo (linked into the cache snapshot), the rest from release zips."""
+    patterns = _insightface_patterns(config, spec, usage)
+    source = snapshot(spec.repo_id, patterns, model_revision(config, spec.name))
+    source = source / INSIGHTFACE_SUBDIR / "models"
+    for pack in face_packs(config):
+        if pack in FACE_PACK_ZIPS:
+            fetch_face_pack_zip(pack, folder / "models" / pack)
+            continue
+        link_folder(folder / "models" / pack, source / pack)
+        if not any((folder / "models" / pack).glob("*.onnx")):
+            raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
+
+
+def _insightface_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """Tiny packs, in random mode too: random detectors find no face."""
+    from fewstep.faces.analyzer import build_tiny_face_pack
+
+    for pack in face_packs(config):
+        build_tiny_face_pack(folder, pack)
+
+
+def _arcface_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [spec.extra["file"]]
+
+
+def _arcface_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    fetch_url(spec.extra["url"], folder / spec.extra["file"])
+
+
+def _arcface_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.faces.arcface_irse import save_tiny_irse
+
+    save_tiny_irse(folder / spec.extra["file"])
+
+
+#: insightface packs under <folder>/models/<pack>: detection for InfiniteYou's conditioning
+#: (`CONDITIONING_FACE_PACK`) and the scoring network (config face.pack).
+INSIGHTFACE = ModelSpec(
+    "insightface",
+    "insightface",
+    "ByteDance/InfiniteYou",
+    recipe=Recipe(
+        fetch=_insightface_fetch,
+        tiny=_insightface_tiny,
+        required=_insightface_required,
+        patterns=_insightface_patterns,
+    ),
+)
+#: facexlib's IR-SE50 ArcFace, the embedding InfiniteYou conditions on.
+ARCFACE_IRSE = ModelSpec(
+    "arcface-irse50",
+    "facexlib",
+    extra={
+        "file": "recognition_arcface_ir_se50.pth",
+        "url": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
+    },
+    recipe=Recipe(fetch=_arcface_fetch, tiny=_arcface_tiny, required=_arcface_required),
+)
+register(INSIGHTFACE, ARCFACE_IRSE)
+
+
+def fetch_face_pack_zip(pack: str, folder: Path) -> None:
+    """A release zip of an insightface pack, checked and unpacked to `folder` (its .onnx files on top)."""
+    import tempfile
+    import zipfile
+
+    from fewstep.core.io import sha256_file
+
+    if folder.is_dir() and any(folder.glob("*.onnx")):
+        return
+    url, expected = FACE_PACK_ZIPS[pack]
+    archive = fetch_url(url, folder.with_name(f"{pack}.zip"))
+    digest = sha256_file(archive)
+    if digest != expected:
+        archive.unlink()
+        raise WeightsError(
+            f"{archive} has sha256 {digest[:12]}..., not the published {expected[:12]}...; "
+            "it was deleted: rerun to download it again"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{pack}.") as tmp:
+        extracted, staging = Path(tmp) / "zip", Path(tmp) / "pack"
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(extracted)
+        except zipfile.BadZipFile:
+            archive.unlink()
+            raise WeightsError(
+                f"{archive} is not a zip archive; it was deleted: rerun to download it again"
+            ) from None
+        onnx = sorted(extracted.rglob("*.onnx"))
+        if not onnx:
+            raise WeightsError(f"{archive} holds no .onnx files; check {url}")
+        staging.mkdir()
+        for file in onnx:  # some packs nest their files one folder down
+            file.rename(staging / file.name)
+        if folder.is_symlink():
+            folder.unlink()
+        staging.rename(folder)
+    archive.unlink()
+
+
+def face_analyzer(config: dict[str, Any], pack: str | None = None):
+    """insightface detection + recognition over a prepared pack (scoring's by default); on the
+    GPU unless the config's device is the CPU (and onnxruntime has its CUDA provider)."""
+    from fewstep.faces.analyzer import FaceAnalyzer
+
+    folder, gpu = model_folder(config, INSIGHTFACE.name), config["device"] != "cpu"
+    return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
+
+
+def load_arcface_irse(config: dict[str, Any], device: torch.device):
+    """The IR-SE50 ArcFace InfiniteYou conditions on (its layout is read from the file)."""
+    from fewstep.faces.arcface_irse import load_irse50
+
+    return load_irse50(model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"], "auto", device)
