@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,12 +94,10 @@ def _staged(save: Callable[[Path], None]) -> Build:
     """A tiny builder that saves into a staging folder, moved into place once complete."""
 
     def build(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
-        from fewstep.registry.tiny import replace_dir
+        from fewstep.core.io import staged_dir
 
-        staging = folder.with_name(folder.name + ".building")
-        shutil.rmtree(staging, ignore_errors=True)
-        save(staging)
-        replace_dir(staging, folder)
+        with staged_dir(folder) as staging:
+            save(staging)
 
     return build
 
