@@ -246,7 +246,9 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
     from fewstep.core.errors import WeightsError
 
-    with pytest.raises(WeightsError, match=r"missing weights folder .*nowhere; run the prepare"):
+    with pytest.raises(
+        WeightsError, match=r"missing .*nowhere; run the prepare_model rule for this model first"
+    ):
         models.load_component(
             FluxTransformer2DModel, tmp_path / "nowhere", "real", torch.device("cpu"), torch.float32
         )

@@ -1,7 +1,7 @@
 """Atomic file output: write to a temporary sibling, fsync, then rename.
 
 A job killed at any moment leaves either the old file or the new one, never
-half of one.
+half of one. Folders are built under a staging name and renamed into place alike.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(folder: str | Path) -> Iterator[Path]:
+    """Yield a fresh, empty `<folder>.building`; on success it replaces `folder` (a folder or a
+    link there), so a half-built folder never carries the final name. A failed build is removed."""
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -123,7 +123,7 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
     import tempfile
     import zipfile
 
-    from fewstep.core.io import sha256_file
+    from fewstep.core.io import sha256_file, staged_dir
 
     if folder.is_dir() and any(folder.glob("*.onnx")):
         return
@@ -138,7 +138,7 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{pack}.") as tmp:
-        extracted, staging = Path(tmp) / "zip", Path(tmp) / "pack"
+        extracted = Path(tmp) / "zip"
         try:
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(extracted)
@@ -150,12 +150,9 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
         onnx = sorted(extracted.rglob("*.onnx"))
         if not onnx:
             raise WeightsError(f"{archive} holds no .onnx files; check {url}")
-        staging.mkdir()
-        for file in onnx:  # some packs nest their files one folder down
-            file.rename(staging / file.name)
-        if folder.is_symlink():
-            folder.unlink()
-        staging.rename(folder)
+        with staged_dir(folder) as staging:
+            for file in onnx:  # some packs nest their files one folder down
+                file.rename(staging / file.name)
     archive.unlink()
 
 

@@ -19,19 +19,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from fewstep.core import provenance
 from fewstep.core.io import atomic_write_bytes, encode_png, write_table
 from fewstep.core.paths import Paths
+from fewstep.families.base import rms
 from fewstep.families.flux import sampler
 from fewstep.grid import Grid, image_keys
 from fewstep.jobs.generate import JobGenerator
-
-
-def _rms(tensor: torch.Tensor) -> float:
-    return float(tensor.float().pow(2).mean().sqrt())
 
 
 class BlockProbe:
@@ -50,7 +46,7 @@ class BlockProbe:
     @staticmethod
     def _keep(store: list[float]):
         def hook(module, args, output):
-            store.append(_rms(output[1] if isinstance(output, tuple) else output))
+            store.append(float(rms(output[1] if isinstance(output, tuple) else output)))
 
         return hook
 
@@ -125,7 +121,7 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                         "step": info.index + 1,
                         "sigma": info.sigma,
                         "adapter_active": info.adapter_active,
-                        "velocity_rms": _rms(info.velocity),
+                        "velocity_rms": float(rms(info.velocity)),
                         **_relative(info.probes, double, single),
                         "id_sim": score["id_sim"],
                         "face_detected": score["face_detected"],

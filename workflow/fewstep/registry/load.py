@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
+from fewstep.registry.prepare import missing_weights
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
     import torch
@@ -49,9 +50,7 @@ def load_component(cls: Any, path: Path, weights: str, device: torch.device, dty
 
     path = Path(path)
     if not path.exists():
-        raise WeightsError(
-            f"missing weights folder {path}; run the prepare/download rule for this model first"
-        )
+        raise missing_weights(path, "this model")
     if weights == "random":
         with torch.device(device), default_dtype(dtype):
             if hasattr(cls, "load_config"):  # diffusers

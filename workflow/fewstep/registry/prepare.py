@@ -18,6 +18,11 @@ from fewstep.registry.catalog import lookup, marker_path, model_folder, model_re
 from fewstep.registry.spec import Usage
 
 
+def missing_weights(path: Path, model: str) -> WeightsError:
+    """The error for a model file or folder that is not there: its fix is the prepare rule."""
+    return WeightsError(f"missing {path}; run the prepare_model rule for {model} first")
+
+
 def prepare(config: dict[str, Any], name: str, usage: Usage) -> Path:
     """Make model `name` available for the configured weights mode; write its marker.
 
@@ -82,7 +87,7 @@ def weights_digest(config: dict[str, Any], folders: dict[str, tuple[str, ...]]) 
     for name, prefixes in sorted(folders.items()):
         marker = marker_path(config, name)
         if not marker.exists():
-            raise WeightsError(f"missing {marker}; run the prepare rule for {name} first")
+            raise missing_weights(marker, name)
         entries = json.loads(marker.read_text())["files"]
         files[name] = sorted((f["path"], f["sha256"]) for f in entries if f["path"].startswith(prefixes))
     return fingerprint(files)

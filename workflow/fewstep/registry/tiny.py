@@ -6,7 +6,6 @@ else; tokenizers are learnt from one small corpus, deterministically.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -113,11 +112,3 @@ def build_t5_tokenizer(folder: Path):
     tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
     tokenizer.save_pretrained(folder)
     return T5TokenizerFast.from_pretrained(folder)
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished folder into place (a half-built one never carries the final name)."""
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)

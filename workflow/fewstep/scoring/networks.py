@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import WeightsError
 from fewstep.registry.catalog import model_folder, model_revision, register
 from fewstep.registry.hub import fetch_snapshot, fetch_url, link_folder, require_files, snapshot
+from fewstep.registry.prepare import missing_weights
 from fewstep.registry.spec import Build, Files, ModelSpec, Recipe, Usage
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
@@ -94,12 +94,10 @@ def _staged(save: Callable[[Path], None]) -> Build:
     """A tiny builder that saves into a staging folder, moved into place once complete."""
 
     def build(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
-        from fewstep.registry.tiny import replace_dir
+        from fewstep.core.io import staged_dir
 
-        staging = folder.with_name(folder.name + ".building")
-        shutil.rmtree(staging, ignore_errors=True)
-        save(staging)
-        replace_dir(staging, folder)
+        with staged_dir(folder) as staging:
+            save(staging)
 
     return build
 
@@ -354,7 +352,7 @@ register(*SCORING_MODELS.values())
 def _folder(config: dict[str, Any], name: str) -> Path:
     folder = model_folder(config, name)
     if not folder.exists():
-        raise WeightsError(f"missing weights folder {folder}; run the prepare/download rule for {name} first")
+        raise missing_weights(folder, name)
     return folder
 
 
@@ -380,7 +378,7 @@ def load_lpips(config: dict[str, Any], net: str, device: torch.device):
     folder = _folder(config, name)
     file = folder / CHECKPOINTS / SCORING_MODELS[name].extra["file"]
     if not file.exists():  # torchvision would try to download it
-        raise WeightsError(f"missing {file}; run the prepare/download rule for {name} first")
+        raise missing_weights(file, name)
     with torch_home(folder), warnings.catch_warnings():
         # lpips 0.1.4 still calls torchvision's deprecated `pretrained=True`.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
@@ -430,7 +428,7 @@ def read_csd_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     if not path.exists():
-        raise WeightsError(f"missing {path}; run the prepare/download rule for csd-vit-l first")
+        raise missing_weights(path, "csd-vit-l")
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -33,6 +33,7 @@ from fewstep.families.flux.specs import (
 from fewstep.registry.catalog import model_folder, register
 from fewstep.registry.hub import fetch_snapshot
 from fewstep.registry.load import default_dtype, load_component
+from fewstep.registry.prepare import missing_weights
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
 
@@ -247,7 +248,7 @@ def load_infiniteyou(
     else:
         path = folder / "image_proj_model.bin"
         if not path.exists():
-            raise WeightsError(f"missing {path}; run the prepare/download rule for infiniteyou first")
+            raise missing_weights(path, INFINITEYOU.name)
         resampler = load_resampler(path, infer_config(path)).to(device, dtype)
     return infusenet, resampler
 

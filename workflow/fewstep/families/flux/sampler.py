@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.families.base import rms
+
 ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
 
 
@@ -296,11 +298,8 @@ def residual_probes(
     latents: torch.Tensor,
 ) -> dict[str, Any]:
     """RMS of each of the adapter's residuals, per stream, and their mean (a conditioning-strength probe)."""
-
-    def rms(tensors: list[torch.Tensor]) -> list[float]:
-        return [float(t.float().pow(2).mean().sqrt()) for t in tensors]
-
-    double, single = rms(block_samples), rms(single_block_samples)
+    double = [float(rms(t)) for t in block_samples]
+    single = [float(rms(t)) for t in single_block_samples]
     return {
         "residual_rms_double": float(np.mean(double)),
         "residual_rms_single": float(np.mean(single)),

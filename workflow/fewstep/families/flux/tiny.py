@@ -9,13 +9,13 @@ never the science, and every output says `weights=tiny`.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
+from fewstep.core.io import staged_dir
 from fewstep.families.flux.specs import FLUX_TRANSFORMER, FLUX_VAE
-from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer, manual_seed, replace_dir
+from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer, manual_seed
 
 # Shared by the tiny text encoders, transformers and adapters.
 JOINT_DIM = 32  # T5 d_model -> transformer joint_attention_dim
@@ -68,59 +68,56 @@ def build_flux_backbone(folder: Path, *, guidance_embeds: bool, scheduler_config
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     folder = Path(folder)
-    staging = folder.with_name(folder.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    tokenizer = build_clip_tokenizer(staging / "tokenizer")
-    tokenizer_2 = build_t5_tokenizer(staging / "tokenizer_2")
+    with staged_dir(folder) as staging:
+        tokenizer = build_clip_tokenizer(staging / "tokenizer")
+        tokenizer_2 = build_t5_tokenizer(staging / "tokenizer_2")
 
-    manual_seed("tiny-clip")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=POOLED_DIM,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=POOLED_DIM,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        manual_seed("tiny-clip")
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=POOLED_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                projection_dim=POOLED_DIM,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         )
-    )
-    manual_seed("tiny-t5")
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=JOINT_DIM,
-            d_kv=16,
-            d_ff=64,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
+        manual_seed("tiny-t5")
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_2),
+                d_model=JOINT_DIM,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+                feed_forward_proj="gated-gelu",
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
         )
-    )
-    manual_seed("tiny-vae")
-    vae = AutoencoderKL(**TINY_VAE)
-    manual_seed(f"tiny-transformer-guidance={guidance_embeds}")
-    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=guidance_embeds)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    pipe.save_pretrained(staging, safe_serialization=True)
-    replace_dir(staging, folder)
+        manual_seed("tiny-vae")
+        vae = AutoencoderKL(**TINY_VAE)
+        manual_seed(f"tiny-transformer-guidance={guidance_embeds}")
+        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=guidance_embeds)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+        pipe = FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+        )
+        pipe.save_pretrained(staging, safe_serialization=True)
 
 
 def build_infiniteyou(folder: Path, variants: list[str]) -> None:
@@ -139,16 +136,14 @@ def build_infiniteyou(folder: Path, variants: list[str]) -> None:
         infusenet = FluxControlNetModel(**TINY_INFUSENET)
         _randomise_zero_init(infusenet)
         size_mb = sum(p.numel() * p.element_size() for p in infusenet.parameters()) / 1e6
-        staging = target.with_name(target.name + ".building")
-        shutil.rmtree(staging, ignore_errors=True)
-        infusenet.save_pretrained(
-            staging / "InfuseNetModel",
-            safe_serialization=True,
-            max_shard_size=f"{size_mb * 0.6:.3f}MB",
-        )
-        manual_seed(f"tiny-resampler-{variant}")
-        save_resampler(Resampler(ResamplerConfig(**TINY_RESAMPLER)), staging / "image_proj_model.bin")
-        replace_dir(staging, target)
+        with staged_dir(target) as staging:
+            infusenet.save_pretrained(
+                staging / "InfuseNetModel",
+                safe_serialization=True,
+                max_shard_size=f"{size_mb * 0.6:.3f}MB",
+            )
+            manual_seed(f"tiny-resampler-{variant}")
+            save_resampler(Resampler(ResamplerConfig(**TINY_RESAMPLER)), staging / "image_proj_model.bin")
 
 
 def _randomise_zero_init(module: torch.nn.Module, std: float = 0.05) -> None:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.core.errors import ConfigError, WeightsError
+from fewstep.core.errors import ConfigError
 from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
+from fewstep.registry.prepare import missing_weights
 
 
 def load_pipeline(
@@ -47,9 +48,7 @@ def load_pipeline(
 
     folder = Path(folder)
     if not (folder / "model_index.json").exists():
-        raise WeightsError(
-            f"missing {folder / 'model_index.json'}; run the prepare rule for {family.name} first"
-        )
+        raise missing_weights(folder / "model_index.json", family.name)
     pipeline_class = getattr(diffusers, family.pipeline_class)
     components: dict[str, Any] = {}  # handed to from_pretrained: None leaves a component out
     if not text_encoders:
@@ -115,9 +114,7 @@ def attach_ip_adapter(
         pipe.unet.to(pipe.unet.dtype)
         return
     if not (root / adapter.subfolder / adapter.weight_name).exists():
-        raise WeightsError(
-            f"missing {root / adapter.subfolder / adapter.weight_name}; run the prepare rule for ip-adapter"
-        )
+        raise missing_weights(root / adapter.subfolder / adapter.weight_name, "ip-adapter")
     pipe.load_ip_adapter(
         str(root),
         subfolder=adapter.subfolder,

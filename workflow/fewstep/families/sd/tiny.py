@@ -11,12 +11,12 @@ through diffusers' own `from_pretrained` / `load_ip_adapter`.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fewstep.core.io import staged_dir
 from fewstep.families.sd.specs import (
     PLAIN_TOKENS,
     PLUS_RESAMPLER,
@@ -26,7 +26,7 @@ from fewstep.families.sd.specs import (
     IPAdapterFile,
     SDFamily,
 )
-from fewstep.registry.tiny import build_clip_tokenizer, manual_seed, replace_dir
+from fewstep.registry.tiny import build_clip_tokenizer, manual_seed
 
 TEXT_WIDTH = 32  # every tiny text tower's hidden size and projection
 TINY_TEXT = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -94,36 +94,33 @@ def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
-    staging = folder.with_name(folder.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    components: dict[str, Any] = {}
-    for encoder, (class_name, published) in family.text_encoders.items():
-        tokenizer_name = encoder.replace("text_encoder", "tokenizer")
-        tokenizer = build_clip_tokenizer(staging / tokenizer_name)
-        if family is SDXL and encoder == "text_encoder_2":  # OpenCLIP's tokenizer pads with "!"
-            tokenizer = CLIPTokenizer.from_pretrained(staging / tokenizer_name, pad_token="!")
-        cls = getattr(transformers, class_name)
-        manual_seed(f"tiny-{family.name}-{encoder}")
-        components[encoder] = cls(cls.config_class(**tiny_text_config(published, tokenizer)))
-        components[tokenizer_name] = tokenizer
-    manual_seed(f"tiny-{family.name}-unet")
-    components["unet"] = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
-    manual_seed(f"tiny-{family.name}-vae")
-    components["vae"] = diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE))
-    scheduler_class = getattr(diffusers, family.scheduler["_class_name"])
-    components["scheduler"] = scheduler_class.from_config(family.scheduler)
-    pipeline_class = getattr(diffusers, family.pipeline_class)
-    if family is SD15:
-        components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe = pipeline_class(**components).to(torch.float16)
-    pipe.save_pretrained(staging, safe_serialization=True, variant=VARIANT)
-    # The published files verbatim: the index names a safety checker and feature extractor that
-    # are never fetched, and a scheduler config leaves out keys (SD1.5: timestep_spacing) whose
-    # defaults then differ between scheduler classes, as diffusers' `_use_default_values` tracks.
-    (staging / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
-    (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
-    replace_dir(staging, folder)
+    with staged_dir(folder) as staging:
+        components: dict[str, Any] = {}
+        for encoder, (class_name, published) in family.text_encoders.items():
+            tokenizer_name = encoder.replace("text_encoder", "tokenizer")
+            tokenizer = build_clip_tokenizer(staging / tokenizer_name)
+            if family is SDXL and encoder == "text_encoder_2":  # OpenCLIP's tokenizer pads with "!"
+                tokenizer = CLIPTokenizer.from_pretrained(staging / tokenizer_name, pad_token="!")
+            cls = getattr(transformers, class_name)
+            manual_seed(f"tiny-{family.name}-{encoder}")
+            components[encoder] = cls(cls.config_class(**tiny_text_config(published, tokenizer)))
+            components[tokenizer_name] = tokenizer
+        manual_seed(f"tiny-{family.name}-unet")
+        components["unet"] = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
+        manual_seed(f"tiny-{family.name}-vae")
+        components["vae"] = diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE))
+        scheduler_class = getattr(diffusers, family.scheduler["_class_name"])
+        components["scheduler"] = scheduler_class.from_config(family.scheduler)
+        pipeline_class = getattr(diffusers, family.pipeline_class)
+        if family is SD15:
+            components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = pipeline_class(**components).to(torch.float16)
+        pipe.save_pretrained(staging, safe_serialization=True, variant=VARIANT)
+        # The published files verbatim: the index names a safety checker and feature extractor that
+        # are never fetched, and a scheduler config leaves out keys (SD1.5: timestep_spacing) whose
+        # defaults then differ between scheduler classes, as diffusers' `_use_default_values` tracks.
+        (staging / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
+        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
 
 
 def ip_adapter_state_dict(
@@ -187,9 +184,8 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
             if not (encoder_folder / "config.json").exists():
                 manual_seed(f"tiny-{adapter.encoder_path}")
                 encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
-                staging = encoder_folder.with_name(encoder_folder.name + ".building")
-                encoder.save_pretrained(staging, safe_serialization=True)
-                replace_dir(staging, encoder_folder)
+                with staged_dir(encoder_folder) as staging:
+                    encoder.save_pretrained(staging, safe_serialization=True)
             with torch.device("meta"):
                 unet = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
             manual_seed(f"tiny-{family.name}-{adapter.weight_name}")
