@@ -14,6 +14,7 @@ from fewstep.core.errors import WeightsError
 from fewstep.families.flux import control, models
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate, precompute
+from fewstep.jobs.prepare import prepare_model
 
 
 def test_letterbox_follows_infiniteyou():
@@ -54,7 +55,7 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
     raw["local_weights"] = {"flux-schnell": str(models.model_folder(config, "flux-schnell"))}
     real = validate(raw)
-    models.prepare(real, "flux-schnell")
+    prepare_model(real, "flux-schnell")
     assert (
         models.model_folder(real, "flux-schnell").resolve()
         == models.model_folder(config, "flux-schnell").resolve()
@@ -63,7 +64,7 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
     assert parts.transformer.config.guidance_embeds is False
     raw["local_weights"] = {"flux-schnell": str(tmp_path / "nowhere")}
     with pytest.raises(WeightsError, match=r"local_weights.flux-schnell: .*nowhere is not a folder"):
-        models.prepare(validate(raw), "flux-schnell")
+        prepare_model(validate(raw), "flux-schnell")
 
 
 def test_fp8_weights_store_eight_bits_and_rerun_the_cells(embedded):
