@@ -46,7 +46,9 @@ PATHS = Paths(CONFIG)
 # written when jobs are about to run, so parsing (--lint, -n) writes nothing.
 jobenv.export(PACKAGE_DIR, resolved_path(CONFIG, PATHS.config_dir))
 GPU = 0 if CONFIG["device"] == "cpu" else 1
-os.environ["FEWSTEP_GPUS"] = str(GPU)  # GPU cards per GPU job, for profiles/slurm
+# GPU cards per GPU job, for profiles/slurm. Not FEWSTEP_GPUS: that one says how many cards
+# this machine has (fewstep.core.gpus, which a local job's card lock reads).
+os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
 # Threads of the CPU-heavy rules (scoring, embeddings, trajectories, aggregation), at most
 # --cores; Snakemake hands them to each job as OMP_NUM_THREADS, which torch and fewstep's
 # onnxruntime sessions follow.
@@ -61,7 +63,7 @@ if workflow.is_main_process and "--unlock" not in sys.argv:
 
 envvars:
     "FEWSTEP_CONFIG",
-    "FEWSTEP_GPUS",
+    "FEWSTEP_JOB_GPUS",
     "PYTHONPATH",
 
 
