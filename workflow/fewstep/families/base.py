@@ -172,3 +172,11 @@ class Family(Protocol):
 def rms(tensor: torch.Tensor) -> torch.Tensor:
     """Root mean square of a tensor's values, in float32 (a 0-d tensor): the norm probes' measure."""
     return tensor.float().pow(2).mean().sqrt()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA): around timed sections."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)

@@ -46,6 +46,7 @@ from fewstep.core.io import (
     write_table,
 )
 from fewstep.core.paths import Paths
+from fewstep.families.base import synchronize
 from fewstep.families.flux import sampler
 from fewstep.grid import EAGER, Cell, Grid, Item, image_keys
 from fewstep.jobs.image_writer import PNG_COMPRESS_LEVEL, ImageWriter
@@ -164,11 +165,11 @@ class JobGenerator:
         otherwise land in every image's end-to-end time."""
         with torch.no_grad():
             compute()
-        sampler.synchronize(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         with torch.no_grad():
             value = compute()
-        sampler.synchronize(self.device)
+        synchronize(self.device)
         return value, time.perf_counter() - start
 
     def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str, float]:

@@ -84,8 +84,8 @@ def _embed_family_prompts(
     config: dict[str, Any], family: str, prompts: list[dict[str, str]], lengths: list[int]
 ) -> list[Path]:
     from fewstep.core.provenance import device_name
+    from fewstep.families.base import synchronize
     from fewstep.families.flux.models import load_flux_text_encoders
-    from fewstep.families.flux.sampler import synchronize
     from fewstep.registry.load import resolve_device, resolve_dtype
 
     grid, paths = Grid(config), Paths(config)

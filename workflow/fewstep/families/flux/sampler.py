@@ -83,11 +83,6 @@ class StepInfo:
         return self.latents - self.sigma * self.velocity
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class StepTimer:
     """Wall time between marks without a synchronize per step: CUDA events on a GPU, else the clock.
 

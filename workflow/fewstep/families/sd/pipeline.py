@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fewstep.core.errors import ConfigError
+from fewstep.families.base import synchronize
 from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
 from fewstep.registry.prepare import missing_weights
@@ -240,11 +241,6 @@ class Generation:
     x0: list[torch.Tensor] = field(default_factory=list)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _NoisePrediction:
     """Forward hook keeping the UNet's last input, timestep and output."""
 
@@ -326,7 +322,7 @@ def _denoise_run(
     hook = _NoisePrediction(pipe.unet) if capture_x0 else None
 
     def on_step_end(pipeline, index, timestep, tensors):
-        _synchronize(device)
+        synchronize(device)
         marks.append(time.perf_counter())
         record["t"].append(float(timestep))
         if hook is not None:
@@ -343,7 +339,7 @@ def _denoise_run(
     if embeds is not None:
         kwargs["ip_adapter_image_embeds"] = embeds if cfg else [e.chunk(2)[1] for e in embeds]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -405,7 +401,7 @@ def generate(
     )
     start = time.perf_counter()
     image = decode(pipe, result.latents)[0]
-    _synchronize(device)
+    synchronize(device)
     return Generation(
         image=image,
         timesteps=result.timesteps,
