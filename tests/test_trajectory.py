@@ -10,6 +10,7 @@ import pytest
 
 from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
+from fewstep.families.flux.pipeline import per_block
 from fewstep.jobs import generate, precompute, trajectory
 
 
@@ -91,6 +92,6 @@ def test_block_mapping_is_the_one_diffusers_applies():
             controlnet_block_samples=samples,
         )
     added = [float((inputs[i + 1] - outputs[i]).mean()) for i in range(len(blocks) - 1)]
-    expected = trajectory._per_block([1.0, 2.0, 3.0], len(blocks))
+    expected = per_block([1.0, 2.0, 3.0], len(blocks))
     assert added == pytest.approx(expected[:-1], abs=1e-4)
     assert expected == [1.0, 1.0, 2.0, 2.0]

@@ -168,6 +168,10 @@ class Grid:
             for seed in self.config["seeds"]
         ]
 
+    def items_of(self, cell: Cell) -> list[Item]:
+        """The items rendered in `cell`, in order (every cell renders the sweep's items)."""
+        return self.items
+
     def cell(self, cell_id: str) -> Cell:
         cell = Cell.parse(cell_id)
         if cell not in self.cells:
@@ -285,6 +289,15 @@ class Grid:
         names = [self.backbone(c)["model"] for c in self.cells if self.backbone(c)["family"] == family]
         return self.known_families[family].prompt_model(list(dict.fromkeys(names)))
 
+    def prompt_backbone(self, family: str, length: int) -> dict[str, Any]:
+        """A configured backbone of `family` whose prompt embeddings have sequence length `length`
+        (the settings its prompt encoder embeds with)."""
+        for cell in self.cells:
+            backbone = self.backbone(cell)
+            if backbone["family"] == family and backbone["max_sequence_length"] == int(length):
+                return backbone
+        raise ConfigError(f"no {family} backbone of the sweep embeds prompts at length {length}")
+
     def sequence_lengths(self, family: str) -> list[int]:
         return sorted(
             {
@@ -311,11 +324,23 @@ class Grid:
         embeds_text = any(self.text_encoder_backbone(family) == name for family in self.families)
         return Usage(adapters=adapters, embeds_text=embeds_text)
 
-    def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
-        """The prompt embedding files (`paths`: a `fewstep.core.paths.Paths`) a cell's generation reads."""
+    def resolution(self, cell: Cell) -> tuple[int, int]:
+        """Width and height of the cell's images."""
+        return self.config["resolution"]["width"], self.config["resolution"]["height"]
+
+    def prompt_embedding(self, paths: Any, cell: Cell, prompt_id: str) -> Any:
+        """The embedding file of one prompt as `cell`'s backbone reads it (`paths`: a
+        `fewstep.core.paths.Paths`)."""
         backbone = self.backbone(cell)
-        family, length = backbone["family"], backbone["max_sequence_length"]
-        return [paths.prompt_embedding(family, p["id"], length) for p in self.config["prompts"]]
+        return paths.prompt_embedding(backbone["family"], prompt_id, backbone["max_sequence_length"])
+
+    def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
+        """The prompt embedding files a cell's generation reads."""
+        return [self.prompt_embedding(paths, cell, p["id"]) for p in self.config["prompts"]]
+
+    def reference_embedding(self, paths: Any, cell: Cell, reference_id: str) -> Any | None:
+        """The embedding file of one item reference that `cell`'s adapter reads (None: none)."""
+        return paths.identity_embedding(reference_id) if self.needs_identity_embeddings(cell) else None
 
     def identity_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The identity embedding files a cell's generation reads (none when its adapter needs none)."""
@@ -325,6 +350,10 @@ class Grid:
 
     def needs_identity_embeddings(self, cell: Cell) -> bool:
         return self.family(cell).needs_identity_embeddings(self.adapter(cell))
+
+    def generation_weights(self, cell: Cell) -> dict[str, tuple[str, ...]]:
+        """Registry models a cell's generation loads -> the folders inside each it reads."""
+        return self.family(cell).cell_weights(self.backbone(cell), self.adapter(cell))
 
     def generation_models(self, cell: Cell) -> list[str]:
         """Registry models a cell's generation loads (its family says which)."""

@@ -20,15 +20,44 @@ config key and the fix.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from fewstep.registry.spec import ModelSpec
+
+
+class StepTimer:
+    """Wall time between marks without a synchronize per step: CUDA events on a GPU, else the clock.
+
+    A mark only records where the device's work stream is; `seconds` waits for the last mark, so
+    reading the times is the one point that waits for the GPU (the image writer does it).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """The intervals between consecutive marks."""
+        if not self.cuda:
+            return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        self.marks[-1].synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 @dataclass
@@ -36,13 +65,13 @@ class Step:
     """What the per-step callback of `CellPipeline.denoise` receives after each model call."""
 
     index: int  # 0-based step number
-    sigma: float  # noise level the step starts from
+    sigma: float  # noise level the step starts from (the timestep for DDPM-style schedulers)
     sigma_next: float  # noise level it ends at
-    latents: torch.Tensor  # the latents the model saw (the family's own layout)
     prediction: torch.Tensor  # the model's output (velocity for flow matching, epsilon for DDPM-style)
     predicted_clean: torch.Tensor  # the x0 estimate, decodable with `CellPipeline.decode`
     adapter_active: bool  # the adapter contributed to this step
-    probes: dict[str, float] = field(default_factory=dict)  # adapter-strength measurements, family-defined
+    #: per-step measurements of adapter strength, family-defined trajectory columns
+    probes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,43 +81,43 @@ class Denoised:
     latents: torch.Tensor
     sigmas: list[float]  # one per step taken
     adapter_active: list[bool]  # one per step taken
-    denoise_s: float  # wall time of the whole loop (device synchronised)
-    step_s: list[float]  # wall time of each step
+    #: marked before the first step and after every step; the job marks it once more after decoding
+    timer: StepTimer
 
 
 @dataclass(frozen=True)
 class ItemInputs:
     """The precomputed inputs of one image, read from the files the precompute rules wrote."""
 
-    prompt: Mapping[str, torch.Tensor]  # the family's prompt embedding file (`PromptEncoder.encode`)
-    reference_id: str  # the item's identity (cache key for per-reference work)
-    reference_image: str  # its picture, as config ``identities[].image`` names it (`core.images.load_rgb`)
-    reference: Mapping[str, torch.Tensor] | None = None  # identity embedding file, when the adapter needs one
-    reference_meta: Mapping[str, str] = field(default_factory=dict)  # that file's metadata
+    prompt: Mapping[str, torch.Tensor]  # the prompt embedding file's tensors, on the device in compute dtype
+    reference_id: str  # the item's reference (identity, style or object picture): cache key per reference
+    #: the reference's embedding file (CPU, as saved) when the adapter reads one, and its metadata
+    reference: Mapping[str, torch.Tensor] | None = None
+    reference_meta: Mapping[str, str] = field(default_factory=dict)
 
 
 class PromptEncoder(Protocol):
-    """The family's text encoders, loaded once per sweep by the embed_prompts job."""
+    """The family's text encoders, loaded once per sweep by the embed_prompt jobs."""
 
-    def encode(self, text: str, max_sequence_length: int) -> dict[str, torch.Tensor]:
-        """Embeddings of one prompt (batch of one), saved as they are into the prompt embedding file."""
+    def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Embeddings of one prompt (batch of one) for `backbone`'s settings, saved as they are
+        into the prompt embedding file."""
         ...
 
 
 class CellPipeline(Protocol):
-    """One cell's loaded models (backbone + adapter), without text encoders.
+    """One generation job's loaded models (backbone + adapter, accelerated), without text encoders.
 
-    Built once per generation or trajectory job by `Family.cell_pipeline` with the
-    cell's backbone and adapter settings, step count and resolution.
+    Built once per generation or trajectory job by `Family.cell_pipeline`; it renders every
+    step count of the job's cells.
     """
 
     device: torch.device
     dtype: torch.dtype
-    #: the network called once per step (FLUX transformer, SD UNet); the trajectory job hooks its blocks
-    denoiser: torch.nn.Module
 
-    def condition(self, inputs: ItemInputs) -> Any:
-        """The conditioning of one image (the family's own type), cached per reference as it likes."""
+    def condition(self, inputs: ItemInputs) -> tuple[Any, float]:
+        """The conditioning of one image (the family's own type), and the device seconds computing
+        it cost (adapter projections, control images; cached per reference as the family likes)."""
         ...
 
     def stack(self, conditions: Sequence[Any]) -> Any:
@@ -96,16 +125,17 @@ class CellPipeline(Protocol):
         ...
 
     def denoise(
-        self, condition: Any, seeds: Sequence[int], on_step: Callable[[Step], None] | None = None
+        self, condition: Any, seeds: Sequence[int], steps: int, on_step: Callable[[Step], None] | None = None
     ) -> Denoised:
-        """Sample one batch, image i from noise seeded by `seeds[i]` (same noise on every device).
+        """Sample one batch in `steps` steps, image i from noise seeded by `seeds[i]` (the same
+        noise on every device); queue the work and wait for nothing.
 
-        `on_step` is called after every model evaluation, before the scheduler step.
+        `on_step` (trajectories) is called after every model evaluation, with the step's probes.
         """
         ...
 
-    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
-        """Latents (final or `Step.predicted_clean`) to HxWx3 uint8 RGB images."""
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (final or `Step.predicted_clean`) to [B, H, W, 3] uint8 RGB on the device."""
         ...
 
 
@@ -132,6 +162,13 @@ class Family(Protocol):
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
         """The guidance the backbone really receives (None when it takes none)."""
+        ...
+
+    def cell_weights(
+        self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        """Registry models a generation job of this backbone and adapter loads -> the folders or
+        files inside each that it reads (their digest goes into every image's resume key)."""
         ...
 
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
@@ -161,11 +198,12 @@ class Family(Protocol):
         config: Mapping[str, Any],
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
-        steps: int,
+        acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
     ) -> CellPipeline:
-        """Load one cell's backbone and adapter (config ``memory`` options applied)."""
+        """Load one generation job's backbone and adapter (config ``memory`` options applied) and
+        accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off)."""
         ...
 
 

@@ -46,9 +46,8 @@ from fewstep.core.io import (
     write_table,
 )
 from fewstep.core.paths import Paths
-from fewstep.families.base import synchronize
-from fewstep.families.flux import sampler
-from fewstep.grid import EAGER, Cell, Grid, Item, image_keys
+from fewstep.families.base import Denoised, ItemInputs
+from fewstep.grid import Cell, Grid, Item, image_keys
 from fewstep.jobs.image_writer import PNG_COMPRESS_LEVEL, ImageWriter
 from fewstep.jobs.precompute import content_digest, load_tensors
 
@@ -94,7 +93,7 @@ class Batch:
     rows: list[tuple[Item, str, dict[str, float]]]  # item, item key, its input seconds
     pixels: torch.Tensor  # [B, H, W, 3] uint8 on the host (pinned while the copy runs)
     copied: Any  # a CUDA event recorded after the copy, None on the CPU
-    result: sampler.Result
+    result: Denoised
     peak: tuple[float, str]
     warmup: bool  # the job's first batch after loading (and compiling) the model
 
@@ -107,7 +106,7 @@ class Batch:
     def timing(self) -> dict[str, Any]:
         """Per-image timings (batch time over batch size) from the batch's timer marks."""
         intervals = self.result.timer.seconds()
-        step_s, decode_s = intervals[: len(self.result.sigmas)], intervals[-1]
+        step_s, decode_s = intervals[:-1], intervals[-1]
         batch = len(self.rows)
         return {
             "batch_size": batch,
@@ -124,144 +123,84 @@ class Batch:
 
 
 class JobGenerator:
-    """One generation job's pipeline (loaded and accelerated once) and conditioning caches.
+    """One generation job's pipeline (its family's `CellPipeline`, loaded and accelerated once)
+    and the precomputed inputs it reads.
 
     A job is one backbone x adapter x acceleration; every cell it renders differs only in
     its number of steps, so all of them share the loaded, compiled model.
     """
 
     def __init__(self, config: dict[str, Any], cell: Cell):
-        from fewstep.families.flux.models import generation_weights, load_flux
         from fewstep.registry.load import resolve_device, resolve_dtype
         from fewstep.registry.prepare import weights_digest
 
         self.config = config
         self.grid, self.paths = Grid(config), Paths(config)
-        self.backbone, self.adapter = self.grid.backbone(cell), self.grid.adapter(cell)
         self.device = resolve_device(config["device"])
         self.dtype = resolve_dtype(config["dtype"], self.device)
-        self.width, self.height = config["resolution"]["width"], config["resolution"]["height"]
-        self.weights_digest = weights_digest(config, generation_weights(self.backbone["model"], self.adapter))
-        self.parts = load_flux(config, self.backbone["model"], self.adapter, self.device, self.dtype)
-        self.accelerated = None
-        if cell.acceleration != EAGER:  # eager runs today's plain loop, untouched
-            from fewstep.families.flux.acceleration import Accelerated
-
-            self.accelerated = Accelerated(self.parts, self.grid.acceleration(cell), self.device)
+        self.width, self.height = self.grid.resolution(cell)
+        self.weights_digest = weights_digest(config, self.grid.generation_weights(cell))
+        self.pipeline = self.grid.family(cell).cell_pipeline(
+            config,
+            self.grid.backbone(cell),
+            self.grid.adapter(cell),
+            self.grid.acceleration(cell),
+            self.device,
+            self.dtype,
+        )
         self.runtime = {
             "weights_digest": self.weights_digest,
             "device_name": provenance.device_name(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_size": config["generation"]["batch_size"],
         }
-        self._prompts: dict[str, tuple[torch.Tensor, torch.Tensor, str, float]] = {}
-        self._identities: dict[str, tuple[torch.Tensor | None, str, float]] = {}
-        self._controls: dict[str, tuple[torch.Tensor, float]] = {}
+        self._files: dict[Path, tuple[dict[str, torch.Tensor], dict[str, str], str]] = {}
 
-    # --- inputs -------------------------------------------------------------
-    def _timed(self, compute):
-        """`compute()` and the seconds it took on this job's device, timed on a second call:
-        a first call pays one-off costs (kernel selection, lazy initialisation) that would
-        otherwise land in every image's end-to-end time."""
-        with torch.no_grad():
-            compute()
-        synchronize(self.device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            value = compute()
-        synchronize(self.device)
-        return value, time.perf_counter() - start
-
-    def _prompt(self, prompt_id: str) -> tuple[torch.Tensor, torch.Tensor, str, float]:
-        """Prompt embeddings on the device, their digest, and the seconds encoding them took."""
-        if prompt_id not in self._prompts:
-            path = self.paths.prompt_embedding(
-                self.backbone["family"], prompt_id, self.backbone["max_sequence_length"]
-            )
+    def _read(self, path: Path, to_device: bool) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+        """An embedding file's tensors (on the device in compute dtype if `to_device`), metadata
+        and content digest, read once per job."""
+        if path not in self._files:
             tensors, meta = load_tensors(path)
-            self._prompts[prompt_id] = (
-                tensors["prompt_embeds"].to(self.device, self.dtype),
-                tensors["pooled_prompt_embeds"].to(self.device, self.dtype),
-                content_digest(path),
-                _encode_seconds(meta),
-            )
-        return self._prompts[prompt_id]
+            if to_device:
+                tensors = {k: v.to(self.device, self.dtype) for k, v in tensors.items()}
+            self._files[path] = (tensors, meta, content_digest(path))
+        return self._files[path]
 
-    def _identity_tokens(self, identity: str) -> tuple[torch.Tensor | None, str, float, float]:
-        """Identity tokens, the embedding's digest, the embedding job's seconds and the resampler's."""
-        if self.adapter["kind"] != "infusenet":
-            return None, "", 0.0, 0.0
-        if identity not in self._identities:
-            path = self.paths.identity_embedding(identity)
-            tensors, meta = load_tensors(path)
-            embedding = tensors["arcface_irse50"].reshape(1, -1, 512).to(self.device, self.dtype)
-            tokens, seconds = self._timed(lambda: self.parts.resampler(embedding))
-            self._identities[identity] = (tokens, content_digest(path), _encode_seconds(meta), seconds)
-        return self._identities[identity]
-
-    def _control_latents(self, identity: str) -> tuple[torch.Tensor | None, float]:
-        """Encoded control image (black, InfiniteYou's default, or the face's keypoints) and its seconds."""
-        from fewstep.families.flux import control
-
-        if self.adapter["kind"] != "infusenet":
-            return None, 0.0
-        key = identity if self.adapter["control"] == "keypoints" else ""
-        if key not in self._controls:
-            target = (self.width, self.height)
-            if key:
-                tensors, meta = load_tensors(self.paths.identity_embedding(identity))
-                source = (int(meta["width"]), int(meta["height"]))
-                image = control.keypoint_image(tensors["kps"].numpy(), source, target)
-            else:
-                image = control.black_image(target)
-            self._controls[key] = self._timed(
-                lambda: sampler.encode_control(self.parts.vae, image, self.device, self.dtype)
-            )
-        return self._controls[key]
-
-    def item_inputs(self, cell: Cell, item: Item) -> tuple[str, sampler.Conditioning, dict[str, float]]:
+    def item_inputs(self, cell: Cell, item: Item) -> tuple[str, Any, dict[str, float]]:
         """The item's key, its conditioning, and the seconds its inputs cost outside the sampler."""
-        embeds, pooled, prompt_sha, prompt_s = self._prompt(item.prompt)
-        tokens, identity_sha, identity_s, resampler_s = self._identity_tokens(item.identity)
-        control, control_s = self._control_latents(item.identity)
+        prompt, prompt_meta, prompt_sha = self._read(
+            self.grid.prompt_embedding(self.paths, cell, item.prompt), to_device=True
+        )
+        reference_file = self.grid.reference_embedding(self.paths, cell, item.identity)
+        reference, reference_meta, reference_sha = (
+            self._read(reference_file, to_device=False) if reference_file else (None, {}, "")
+        )
+        inputs = ItemInputs(prompt, item.identity, reference, reference_meta)
+        with torch.no_grad():
+            condition, conditioning_s = self.pipeline.condition(inputs)
         key = fingerprint(
             {
                 "cell": self.grid.cell_spec(cell),
                 "item": self.grid.item_spec(item, cell),
-                "inputs": [prompt_sha, identity_sha],
+                "inputs": [prompt_sha, reference_sha],
                 "runtime": self.runtime,
             }
         )
         seconds = {
-            "prompt_encode_s": prompt_s,
-            "identity_embed_s": identity_s,
-            "conditioning_s": resampler_s + control_s,
+            "prompt_encode_s": _encode_seconds(prompt_meta),
+            "identity_embed_s": _encode_seconds(reference_meta) if reference_file else 0.0,
+            "conditioning_s": conditioning_s,
         }
-        return key, sampler.Conditioning(embeds, pooled, tokens, control), seconds
+        return key, condition, seconds
 
-    # --- generation -----------------------------------------------------------
-    def settings(self, cell: Cell, seeds: tuple[int, ...]) -> sampler.Settings:
-        return sampler.Settings(
-            steps=cell.steps,
-            height=self.height,
-            width=self.width,
-            seeds=tuple(seeds),
-            guidance=self.grid.guidance(cell),
-            adapter_scale=self.adapter.get("conditioning_scale", 0.0),
-            adapter_start=self.adapter.get("guidance_start", 0.0),
-            adapter_end=self.adapter.get("guidance_end", 1.0),
-            adapter_first_steps=self.adapter.get("first_steps"),
-        )
-
-    def launch(self, cell: Cell, rows: list, cond: sampler.Conditioning, warmup: bool) -> Batch:
+    def launch(self, cell: Cell, rows: list, condition: Any, warmup: bool) -> Batch:
         """Queue one batch on the device and the copy of its pixels to the host; wait for nothing."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        settings = self.settings(cell, tuple(row[0].seed for row in rows))
-        result = sampler.denoise(
-            self.parts, cond, settings, self.device, self.dtype, accelerated=self.accelerated
-        )
-        pixels = sampler.decode_pixels(self.parts, result.latents, self.height, self.width)
+        seeds = [row[0].seed for row in rows]
+        with torch.no_grad():
+            result = self.pipeline.denoise(condition, seeds, cell.steps)
+            pixels = self.pipeline.decode(result.latents)
         result.timer.mark()
         copied = None
         if self.device.type == "cuda":
@@ -341,11 +280,11 @@ def run_cells(
         remove_stale_temporaries(paths.cell_dir(cell.id))
         journals[cell] = read_journal(paths.journal(cell.id))
         pending[cell] = []
-        for item in grid.items:
+        for item in grid.items_of(cell):
             key, cond, seconds = generator.item_inputs(cell, item)
             if not reusable(journals[cell].get(item.id), key, paths.image(cell.id, item.id)):
                 pending[cell].append((item, key, cond, seconds))
-    total = len(cells) * len(grid.items)
+    total = sum(len(grid.items_of(cell)) for cell in cells)
     reused = total - sum(len(p) for p in pending.values())
     name = cells[0].id if len(cells) == 1 else f"{cells[0].job} ({len(cells)} cells)"
     manifests = {cell: Path(manifest_paths.get(cell) or paths.manifest(cell.id)) for cell in cells}
@@ -382,10 +321,10 @@ def run_cells(
             bar.update(1)
 
     def write_manifest(cell: Cell) -> None:
-        frame = pd.DataFrame([journals[cell][item.id] for item in grid.items])
+        frame = pd.DataFrame([journals[cell][item.id] for item in grid.items_of(cell)])
         frame["cell_hash"] = grid.cell_hash(cell)
         write_table(manifests[cell], frame)
-        kept = len(grid.items) - len(pending[cell])
+        kept = len(grid.items_of(cell)) - len(pending[cell])
         print(f"{cell.id}: {len(frame)} images ({kept} kept from an earlier run) -> {manifests[cell]}")
 
     bar = tqdm(total=total, initial=reused, desc=f"generate {name}", unit="img", disable=not progress)
@@ -396,7 +335,7 @@ def run_cells(
             ready = [
                 (
                     [(item, key, s) for item, key, _, s in batch],
-                    sampler.Conditioning.stack([b[2] for b in batch]),
+                    generator.pipeline.stack([b[2] for b in batch]),
                 )
                 for batch in batches(pending[cell], batch_size)
             ]

@@ -85,14 +85,13 @@ def _embed_family_prompts(
 ) -> list[Path]:
     from fewstep.core.provenance import device_name
     from fewstep.families.base import synchronize
-    from fewstep.families.flux.models import load_flux_text_encoders
     from fewstep.registry.load import resolve_device, resolve_dtype
 
     grid, paths = Grid(config), Paths(config)
     device = resolve_device(config["device"])
     dtype = resolve_dtype(config["dtype"], device)
     source = grid.text_encoder_backbone(family)
-    pipe = load_flux_text_encoders(config, source, device, dtype)
+    encoder = grid.known_families[family].prompt_encoder(config, source, device, dtype)
     written = []
     jobs = [(p, n) for p in prompts for n in lengths]
     # the bar ends its line before an error line is printed
@@ -100,19 +99,13 @@ def _embed_family_prompts(
         for prompt, length in bar:
             synchronize(device)
             start = time.perf_counter()
-            with torch.no_grad():
-                embeds, pooled, _ = pipe.encode_prompt(
-                    prompt=prompt["text"],
-                    prompt_2=prompt["text"],
-                    device=device,
-                    max_sequence_length=length,
-                )
+            tensors = encoder.encode(prompt["text"], grid.prompt_backbone(family, length))
             synchronize(device)
             encode_s = time.perf_counter() - start
             path = paths.prompt_embedding(family, prompt["id"], length)
             save_tensors(
                 path,
-                {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                tensors,
                 {
                     "prompt": prompt["text"],
                     "max_sequence_length": str(length),

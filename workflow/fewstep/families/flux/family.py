@@ -9,6 +9,9 @@ from fewstep.core.errors import ConfigError
 from fewstep.families.flux.models import BACKBONES, generation_weights
 
 if TYPE_CHECKING:
+    import torch
+
+    from fewstep.families.flux.pipeline import FluxCellPipeline, FluxPromptEncoder
     from fewstep.registry.spec import ModelSpec
 
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
@@ -40,8 +43,13 @@ class FluxFamily:
         """dev's embedded guidance; schnell's transformer has no guidance embedding."""
         return backbone["guidance"] if self.backbones[backbone["model"]].extra["guidance_embeds"] else None
 
+    def cell_weights(
+        self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        return generation_weights(backbone["model"], dict(adapter))
+
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
-        return list(generation_weights(backbone["model"], dict(adapter)))
+        return list(self.cell_weights(backbone, adapter))
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
@@ -50,6 +58,29 @@ class FluxFamily:
     def prompt_model(self, models: Sequence[str]) -> str:
         """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""
         return "flux-schnell" if "flux-schnell" in models else models[0]
+
+    # --- job side: imports torch and diffusers inside -------------------------
+    def prompt_encoder(
+        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+    ) -> FluxPromptEncoder:
+        from fewstep.families.flux.pipeline import FluxPromptEncoder
+
+        return FluxPromptEncoder(config, model, device, dtype)
+
+    def cell_pipeline(
+        self,
+        config: Mapping[str, Any],
+        backbone: Mapping[str, Any],
+        adapter: Mapping[str, Any],
+        acceleration: Mapping[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> FluxCellPipeline:
+        from fewstep.families.flux.pipeline import FluxCellPipeline
+
+        return FluxCellPipeline(
+            config, backbone, adapter, acceleration, self.guidance(backbone), device, dtype
+        )
 
 
 FLUX = FluxFamily()
