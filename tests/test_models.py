@@ -46,7 +46,9 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
     from safetensors.torch import load_file
 
     folder = catalog.model_folder(config, "flux-dev") / "transformer"
-    loaded = models.load_component(FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32)
+    loaded = models.load_component(
+        FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32, model="flux-dev"
+    )
     on_disk = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
     state = loaded.state_dict()
     assert set(state) == set(on_disk)
@@ -247,10 +249,15 @@ def test_missing_weights_folder_names_it(config, tmp_path):
     from fewstep.core.errors import WeightsError
 
     with pytest.raises(
-        WeightsError, match=r"missing .*nowhere; run the prepare_model rule for this model first"
+        WeightsError, match=r"missing .*nowhere; run the prepare_model rule for flux-dev first"
     ):
         models.load_component(
-            FluxTransformer2DModel, tmp_path / "nowhere", "real", torch.device("cpu"), torch.float32
+            FluxTransformer2DModel,
+            tmp_path / "nowhere",
+            "real",
+            torch.device("cpu"),
+            torch.float32,
+            model="flux-dev",
         )
 
 

@@ -44,13 +44,17 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def load_component(cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """`cls.from_pretrained(path)`, or for random weights `cls.from_config` built on the device."""
+def load_component(
+    cls: Any, path: Path, weights: str, device: torch.device, dtype: torch.dtype, *, model: str
+) -> Any:
+    """`cls.from_pretrained(path)`, or for random weights `cls.from_config` built on the device.
+
+    `model` is the registry model the folder belongs to: a missing folder names its prepare job."""
     import torch
 
     path = Path(path)
     if not path.exists():
-        raise missing_weights(path, "this model")
+        raise missing_weights(path, model)
     if weights == "random":
         with torch.device(device), default_dtype(dtype):
             if hasattr(cls, "load_config"):  # diffusers

@@ -197,8 +197,10 @@ def load_flux(
     weights = config["weights"]
     folder = model_folder(config, backbone)
     parts = FluxParts(
-        transformer=load_component(FluxTransformer2DModel, folder / "transformer", weights, device, dtype),
-        vae=load_component(AutoencoderKL, folder / "vae", weights, device, dtype),
+        transformer=load_component(
+            FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=backbone
+        ),
+        vae=load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=backbone),
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
     )
     if adapter["kind"] == "infusenet":
@@ -240,7 +242,12 @@ def load_infiniteyou(
 
     folder = model_folder(config, INFINITEYOU.name) / INFU_VERSION / variant
     infusenet = load_component(
-        FluxControlNetModel, folder / "InfuseNetModel", config["weights"], device, dtype
+        FluxControlNetModel,
+        folder / "InfuseNetModel",
+        config["weights"],
+        device,
+        dtype,
+        model=INFINITEYOU.name,
     )
     if config["weights"] == "random":
         with torch.device(device), default_dtype(dtype):
@@ -266,7 +273,11 @@ def load_flux_text_encoders(
         folder,
         transformer=None,
         vae=None,
-        text_encoder=load_component(CLIPTextModel, folder / "text_encoder", weights, device, dtype),
-        text_encoder_2=load_component(T5EncoderModel, folder / "text_encoder_2", weights, device, dtype),
+        text_encoder=load_component(
+            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=backbone
+        ),
+        text_encoder_2=load_component(
+            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=backbone
+        ),
         dtype=dtype,
     )

@@ -71,7 +71,9 @@ def load_pipeline(
         }
         for name, cls in classes.items():
             if name not in components:
-                components[name] = load_component(cls, folder / name, weights, device, dtype)
+                components[name] = load_component(
+                    cls, folder / name, weights, device, dtype, model=family.name
+                )
         pipe = pipeline_class.from_pretrained(folder, **components)
     else:
         pipe = pipeline_class.from_pretrained(folder, variant=VARIANT, dtype=dtype, **components)
@@ -131,7 +133,9 @@ def _attach_random_encoder(pipe: Any, folder: Path) -> None:
 
     from fewstep.registry.load import load_component
 
-    encoder = load_component(CLIPVisionModelWithProjection, folder, "random", pipe.device, pipe.unet.dtype)
+    encoder = load_component(
+        CLIPVisionModelWithProjection, folder, "random", pipe.device, pipe.unet.dtype, model="ip-adapter"
+    )
     size = encoder.config.image_size
     pipe.register_modules(
         image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size)
