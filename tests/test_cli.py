@@ -29,3 +29,43 @@ def test_every_command_and_option_has_help():
         if action.option_strings and action.help in (None, "", argparse.SUPPRESS)
     ]
     assert missing == []
+
+
+def test_snakemake_configfiles_are_found_in_every_spelling():
+    from fewstep.cli import snakemake_configfiles
+
+    argv = ["-n", "--configfile", "a.yaml", "b.yaml", "--cores", "2", "--configfiles=c.yaml", "all"]
+    assert snakemake_configfiles(argv) == ["a.yaml", "b.yaml", "c.yaml"]
+    assert snakemake_configfiles(["--cores", "all"]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (None, "config file {path} does not exist; pass an existing --configfile"),
+        ("sweep: x\nprompts: [a\n  b: c\n", "config file {path} line 3 is not valid YAML; fix its syntax"),
+    ],
+)
+def test_fewstep_snakemake_names_a_bad_configfile_in_one_line(tmp_path, capsys, monkeypatch, text, line):
+    """Snakemake itself answers with a traceback or a line without file and line; nothing runs."""
+    import os
+
+    path = tmp_path / "my config.yaml"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("snakemake must not start"))
+    assert main(["snakemake", "-n", "--configfile", str(path)]) == 1
+    assert capsys.readouterr().err == f"fewstep snakemake: error: {line.format(path=path)}\n"
+
+
+def test_fewstep_snakemake_runs_snakemake_with_the_arguments_unchanged(monkeypatch):
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: started.append((exe, argv)))
+    args = ["-n", "--configfile", str(REPO / "config" / "demo.yaml"), "--cores", "1"]
+    assert main(["snakemake", *args]) == 0
+    assert started == [(sys.executable, [sys.executable, "-m", "snakemake", *args])]

@@ -65,6 +65,8 @@ def checked(words: list[str]) -> list[str] | None:
         args = args if tool == "fewstep" else words[3:]
         if args[0] in CHEAP_FEWSTEP:
             return words
+        if args[0] == "snakemake":  # Snakemake's arguments: dry-run them as the snakemake lines are
+            return [*words, *([] if "-n" in args else ["-n"])]
         parser().parse_args(args)  # a wrong command or option exits here
         return None
     if words[:3] == ["python", "-m", "pytest"]:

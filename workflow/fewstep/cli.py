@@ -53,6 +53,35 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"  {cell.id}")
 
 
+def snakemake_configfiles(argv: list[str]) -> list[str]:
+    """The files that Snakemake arguments `argv` name with ``--configfile(s)``."""
+    files: list[str] = []
+    taking = False
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if name in ("--configfile", "--configfiles"):
+            taking = not equals
+            files += [value] if equals else []
+        elif taking and not arg.startswith("-"):
+            files.append(arg)
+        else:
+            taking = False
+    return files
+
+
+def cmd_snakemake(args: argparse.Namespace) -> None:
+    """Check every ``--configfile`` (exists, valid YAML), then run Snakemake with the arguments.
+
+    Snakemake reads config files in its own command line, before the workflow runs, and answers a
+    missing file or a YAML error with a traceback or a line naming neither file nor line.
+    """
+    from fewstep.core.config import read_config_file
+
+    for path in snakemake_configfiles(args.snakemake_args):
+        read_config_file(path)
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args.snakemake_args])
+
+
 def cmd_config_reference(args: argparse.Namespace) -> None:
     from fewstep.core.config import reference_markdown
 
@@ -184,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     add("validate", cmd_validate, "check a config and list its cells")
+    sub.add_parser(  # main() hands its arguments to cmd_snakemake unparsed
+        "snakemake",
+        help="snakemake with the arguments that follow, after checking each --configfile (one-line errors)",
+    )
     sub.add_parser(
         "config-reference", help="every config key with type, default and meaning (config/README.md)"
     ).set_defaults(func=cmd_config_reference)
@@ -287,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     after CUDA ran out of memory. Any other error would only fail again, so the first
     attempt leaves a note and the retries repeat its line at once instead of working.
     """
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snakemake"]:  # every later argument is Snakemake's, options included
+        args = argparse.Namespace(command="snakemake", func=cmd_snakemake, snakemake_args=argv[1:])
+    else:
+        args = parser().parse_args(argv)
     try:
         note = _no_retry_note(args)
         if note is not None and args.attempt > 1 and note.exists():

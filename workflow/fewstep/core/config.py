@@ -254,20 +254,25 @@ def load(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> di
     """Read YAML files in order (later keys win, as with --configfile) and validate."""
     merged: dict[str, Any] = {}
     for path in paths:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing --configfile") from None
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys")
-        merged.update(data)
+        merged.update(read_config_file(path))
     merged.update(overrides or {})
     return validate(merged)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """One config file's keys; a missing file or a YAML error is one line naming file and line."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing --configfile") from None
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML; fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return data
 
 
 def fingerprint(obj: Any) -> str:
