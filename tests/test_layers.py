@@ -201,7 +201,7 @@ for config_file in sys.argv[3:]:
     for cell in grid.cells:
         grid.cell_hash(grid.cell(cell.id))
         paths.scores(cell.id), paths.log("score", cell.id), paths.benchmark("score", cell.id)
-        [marker_path(config, name) for name in scoring_models(config)]
+        [marker_path(config, name) for name in grid.score_models(cell)]
         score_anchor(config, cell.id)
     for cell in grid.trajectory_cells:
         paths.trajectory(cell.id), paths.log("trajectory", cell.id)

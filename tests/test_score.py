@@ -59,7 +59,7 @@ def scoring_config(tiny_config, tmp_path_factory) -> dict:
     config = copy.deepcopy(tiny_config)
     config["results_dir"] = str(tmp_path_factory.mktemp("scoring") / "results")
     config["scoring"] = dict(config["scoring"], metrics=ALL, batch_size=3)  # batches of 3 and 1
-    for name in sm.scoring_models(config):
+    for name in sm.scoring_models(config, ALL):
         if not catalog.marker_path(config, name).exists():
             prepare_model(config, name)
     return config
@@ -349,7 +349,7 @@ def test_score_rule_inputs_order_the_anchor_first(scoring_config):
     no_lpips = dict(scoring_config, scoring=dict(scoring_config["scoring"], metrics=["identity"]))
     assert score_anchor(no_lpips, OTHER) is None
     assert score_anchor({k: v for k, v in scoring_config.items() if k != "anchor"}, OTHER) is None
-    assert sm.scoring_models(scoring_config) == [
+    assert sm.scoring_models(scoring_config, scoring_config["scoring"]["metrics"]) == [
         "clip-vit-l14",
         "csd-vit-l",
         "dinov2-base",
@@ -387,7 +387,7 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
     image = _reference(real, "astronaut")
     sample = score.Sample({"identity": "astronaut"}, image, image, prompt="a portrait")
     row = {}
-    for metric in score.build_metrics(real):
+    for metric in score.build_metrics(real, real["scoring"]["metrics"]):
         assert metric.version.endswith("weights=real")
         row.update(metric.score([sample])[0])
     assert set(row) == {"clip_score", "pick_score", "clip_i", "dino", "csd"}

@@ -89,7 +89,7 @@ def fabricate_markers(config: dict) -> None:
     from fewstep.registry.catalog import model_revision
     from fewstep.scoring.networks import SCORING_MODELS, scoring_models
 
-    for name in scoring_models(config):
+    for name in scoring_models(config, config["scoring"]["metrics"]):
         marker = Paths(config).model_marker(name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         spec = SCORING_MODELS.get(name)

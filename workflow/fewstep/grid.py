@@ -273,6 +273,10 @@ class Grid:
                 return identity
         raise ConfigError(f"identity {identity_id!r} is not in the config's identities")
 
+    def reference_picture(self, reference_id: str) -> str:
+        """The picture (path or ``builtin:<name>``) an item's reference id names."""
+        return self.identity(reference_id)["image"]
+
     def prompt(self, prompt_id: str) -> dict[str, Any]:
         for prompt in self.config["prompts"]:
             if prompt["id"] == prompt_id:
@@ -313,7 +317,7 @@ class Grid:
         names = {name for cell in self.cells for name in self.generation_models(cell)}
         for family in self.families:
             names.add(self.text_encoder_backbone(family))
-        names.update(scoring_models(self.config))
+        names.update(scoring_models(self.config, {m for cell in self.cells for m in self.cell_metrics(cell)}))
         if any(self.needs_identity_embeddings(cell) for cell in self.cells):
             names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})  # the embed_identities rule's models
         return sorted(names)
@@ -358,6 +362,30 @@ class Grid:
     def generation_models(self, cell: Cell) -> list[str]:
         """Registry models a cell's generation loads (its family says which)."""
         return self.family(cell).cell_models(self.backbone(cell), self.adapter(cell))
+
+    # --------------------------------------------------------------- scoring
+    def cell_metrics(self, cell: Cell) -> list[str]:
+        """The metrics that score `cell` (its family picks them from config ``scoring.metrics``)."""
+        return self.family(cell).cell_metrics(self.adapter(cell), self.config["scoring"]["metrics"])
+
+    def score_models(self, cell: Cell) -> list[str]:
+        """Registry models the score job of `cell` loads."""
+        return scoring_models(self.config, self.cell_metrics(cell))
+
+    def score_anchor(self, cell: Cell) -> Cell | None:
+        """The cell whose images `cell`'s anchor-paired metrics (LPIPS) compare with, if any:
+        the config's ``anchor``, or for families that anchor each job to itself its
+        highest-step cell. None for the anchor itself and when no such metric is scored."""
+        if not any(m in ANCHOR_METRICS for m in self.cell_metrics(cell)):
+            return None
+        anchor = max(self.jobs[cell.job]) if self.family(cell).anchors_to_highest_step else self.anchor
+        return anchor if anchor is not None and anchor != cell else None
+
+    def is_anchor(self, cell: Cell) -> bool:
+        """Whether other cells' anchor-paired metrics compare with this cell's images."""
+        if self.family(cell).anchors_to_highest_step:
+            return cell == max(self.jobs[cell.job])
+        return cell == self.anchor
 
     # -------------------------------------------------------------- checking
     def _check(self) -> None:
@@ -420,6 +448,6 @@ class Grid:
 
 def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:
     """The anchor cell whose images scoring `cell_id` reads, if any (the score rule's extra input)."""
-    anchor = Grid(config).anchor
-    wanted = any(m in ANCHOR_METRICS for m in config["scoring"]["metrics"])
-    return anchor.id if wanted and anchor is not None and anchor.id != cell_id else None
+    grid = Grid(config)
+    anchor = grid.score_anchor(grid.cell(cell_id))
+    return None if anchor is None else anchor.id

@@ -175,6 +175,15 @@ class Family(Protocol):
         """Registry models a generation job of this backbone and adapter loads."""
         ...
 
+    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
+        """The metrics (`fewstep.jobs.score.METRICS` names) that score a cell with this adapter;
+        `configured` is config ``scoring.metrics``."""
+        ...
+
+    #: True: a cell's anchor-paired metrics (LPIPS) compare with its own job's highest-step cell;
+    #: False: with the config's ``anchor`` cell
+    anchors_to_highest_step: bool
+
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         """Whether cells with this adapter read the identity embedding files (embed_identities rule)."""
         ...

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.grid import IMAGE_KEYS, Cell, Grid, score_anchor
+from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.scoring.base import JobModels, Metric, Sample
 from fewstep.scoring.identity import IdentitySimilarity
 from fewstep.scoring.metrics import (
@@ -68,9 +68,9 @@ METRICS = {
 }
 
 
-def build_metrics(config: dict[str, Any]) -> list[Metric]:
+def build_metrics(config: dict[str, Any], names: list[str]) -> list[Metric]:
     models = JobModels(config)
-    return [METRICS[name](config, models) for name in config["scoring"]["metrics"]]
+    return [METRICS[name](config, models) for name in names]
 
 
 def read_generated(path: Path, record: Path) -> np.ndarray:
@@ -89,15 +89,15 @@ def read_generated(path: Path, record: Path) -> np.ndarray:
         ) from None
 
 
-def _anchor_images(config: dict[str, Any], paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
+def _anchor_images(grid: Grid, paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
     """item id -> the anchor cell's image, when a metric compares to it and this is another
     cell; and the generation record of the job that made them."""
-    anchor = score_anchor(config, cell.id)
+    anchor = grid.score_anchor(cell)
     if anchor is None:
         return {}, None
-    manifest = pd.read_parquet(paths.manifest(anchor), columns=["item_id", "image"])
-    images = {row.item_id: paths.cell_dir(anchor) / row.image for row in manifest.itertuples()}
-    return images, paths.generation_record(Cell.parse(anchor).job)
+    manifest = pd.read_parquet(paths.manifest(anchor.id), columns=["item_id", "image"])
+    images = {row.item_id: paths.cell_dir(anchor.id) / row.image for row in manifest.itertuples()}
+    return images, paths.generation_record(anchor.job)
 
 
 def decoded_ahead(batches: Iterable[Any], decode: Callable[[Any], Any]) -> Iterator[Any]:
@@ -123,15 +123,16 @@ def run(
     batch_size: int | None = None,
 ) -> Path:
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless given)."""
-    from fewstep.core.images import identity_images
+    from fewstep.core.images import load_rgb
 
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
     out = Path(out or paths.scores(cell.id))
     manifest = pd.read_parquet(paths.manifest(cell.id))
-    references = identity_images(config)
-    metrics = build_metrics(config)
-    anchor_images, anchor_record = _anchor_images(config, paths, cell)
+    references = {item.identity: None for item in grid.items_of(cell)}
+    references = {ref: load_rgb(grid.reference_picture(ref)) for ref in references}
+    metrics = build_metrics(config, grid.cell_metrics(cell))
+    anchor_images, anchor_record = _anchor_images(grid, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
@@ -144,7 +145,7 @@ def run(
             references[row["identity"]],
             prompt=grid.prompt(row["prompt_id"])["text"],
             anchor=None if anchor is None else read_generated(anchor, anchor_record),
-            is_anchor=cell == grid.anchor,
+            is_anchor=grid.is_anchor(cell),
         )
 
     # The bar closes (ending its line) before an error line is printed.

@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,10 +71,10 @@ def metric_models(config: dict[str, Any]) -> dict[str, list[str]]:
     }
 
 
-def scoring_models(config: dict[str, Any]) -> list[str]:
-    """Registry models the configured metrics need (what the score rule waits for)."""
+def scoring_models(config: dict[str, Any], metrics: Iterable[str]) -> list[str]:
+    """Registry models `metrics` need (what a score job waits for)."""
     needs = metric_models(config)
-    return sorted({name for metric in config["scoring"]["metrics"] for name in needs[metric]})
+    return sorted({name for metric in metrics for name in needs[metric]})
 
 
 #: metrics that compare each image with the anchor cell's image of the same item

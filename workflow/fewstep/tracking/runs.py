@@ -292,10 +292,9 @@ class Run:
                 "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
             }
         )
-        from fewstep.scoring.networks import scoring_models
         from fewstep.tracking import lineage
 
-        self.use_weights(scoring_models(self.config))
+        self.use_weights(Grid(self.config).score_models(Grid(self.config).cell(self.cell_id)))
         anchor = score_anchor(self.config, self.cell_id)
         for cell_id in [self.cell_id] + ([anchor] if anchor else []):
             self.use(lineage.images(self.config, cell_id))

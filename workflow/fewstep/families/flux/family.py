@@ -51,6 +51,12 @@ class FluxFamily:
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
         return list(self.cell_weights(backbone, adapter))
 
+    anchors_to_highest_step = False  # the study's anchor: FLUX.1-dev at its reference step count
+
+    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
+        """Every configured metric: the identity sweep's (ArcFace, LPIPS, CLIP-type)."""
+        return list(configured)
+
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
         return adapter["kind"] == "infusenet"
