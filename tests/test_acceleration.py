@@ -105,6 +105,19 @@ def test_fp8_leaves_the_text_and_identity_streams_in_the_compute_dtype(tiny_conf
     )
 
 
+def test_fp8_leaves_inductor_settings_alone(monkeypatch):
+    """torchao would turn on coordinate-descent tuning process-wide: minutes of compile per block."""
+    quant_api = pytest.importorskip("torchao.quantization.quant_api")
+    from torch._inductor import config as inductor
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)  # a CPU here
+    before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions)
+    layers = torch.nn.Sequential(torch.nn.Linear(32, 32, dtype=torch.bfloat16))
+    acceleration.quantize_fp8(layers)
+    assert type(layers[0].weight).__name__ == "Float8Tensor"
+    assert (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions) == before
+
+
 def test_cache_threshold_zero_is_the_uncached_image_bit_for_bit(tiny_config, cond):
     eager = latents(load(tiny_config), cond)
     parts = load(tiny_config)

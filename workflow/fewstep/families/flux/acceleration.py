@@ -65,13 +65,22 @@ def check_fp8(device: torch.device) -> None:
 
 
 def quantize_fp8(module: torch.nn.Module) -> None:
-    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream."""
+    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream.
+
+    ``set_inductor_config=False``: by default torchao turns on inductor's coordinate-descent tuning
+    (all directions) for the whole process, which compiles and times many variants of every Triton
+    kernel, one after the other: on an H200 one full-size fp8 FLUX block took 70-90 s to compile
+    instead of seconds, and a bf16 compile later in the same process slowed as much, so a
+    compile + fp8 job sat minutes before its first image. The kernels of the default tuning run
+    within noise of it here (docs/performance.md, Measured).
+    """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def chosen(layer: torch.nn.Module, name: str) -> bool:
         return isinstance(layer, torch.nn.Linear) and not keeps_compute_dtype(name)
 
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=chosen)
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(module, config, filter_fn=chosen)
 
 
 def repeated_blocks(parts: Any) -> list[torch.nn.Module]:
