@@ -71,8 +71,8 @@ def quantize_fp8(module: torch.nn.Module) -> None:
     (all directions) for the whole process, which compiles and times many variants of every Triton
     kernel, one after the other: on an H200 one full-size fp8 FLUX block took 70-90 s to compile
     instead of seconds, and a bf16 compile later in the same process slowed as much, so a
-    compile + fp8 job sat minutes before its first image. The kernels of the default tuning run
-    within noise of it here (docs/performance.md, Measured).
+    compile + fp8 job sat minutes before its first image. The kernels that tuning found ran within
+    1% of the default ones (docs/performance.md, Measured).
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
