@@ -48,6 +48,7 @@ from fewstep.core.paths import Paths  # noqa: E402
 from fewstep.families.flux import models  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
+from fewstep.jobs.prepare import prepare_model  # noqa: E402
 
 VARIANTS = {
     "eager": {},
@@ -283,7 +284,7 @@ def main() -> None:
     for backbone in args.backbones:
         config = config_for(args, backbone)
         for name in {"infiniteyou", config["backbones"][backbone]["model"]}:
-            models.prepare(config, name)
+            prepare_model(config, name)
         write_random_embeddings(config)
         for variant in args.variants:
             try:

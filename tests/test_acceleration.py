@@ -105,6 +105,19 @@ def test_fp8_leaves_the_text_and_identity_streams_in_the_compute_dtype(tiny_conf
     )
 
 
+def test_fp8_leaves_inductor_settings_alone(monkeypatch):
+    """torchao would turn on coordinate-descent tuning process-wide: minutes of compile per block."""
+    quant_api = pytest.importorskip("torchao.quantization.quant_api")
+    from torch._inductor import config as inductor
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)  # a CPU here
+    before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions)
+    layers = torch.nn.Sequential(torch.nn.Linear(32, 32, dtype=torch.bfloat16))
+    acceleration.quantize_fp8(layers)
+    assert type(layers[0].weight).__name__ == "Float8Tensor"
+    assert (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions) == before
+
+
 def test_cache_threshold_zero_is_the_uncached_image_bit_for_bit(tiny_config, cond):
     eager = latents(load(tiny_config), cond)
     parts = load(tiny_config)
@@ -161,12 +174,26 @@ def test_a_high_threshold_skips_the_blocks_after_the_first_step(tiny_config, con
     assert not torch.equal(skipped, latents(load(tiny_config), cond)) and torch.isfinite(skipped).all()
 
 
+def test_row_major_restrides_a_batch_one_slice_without_copying_and_copies_a_strided_batch():
+    joint = torch.randn(1, 8 + 16, 4)
+    image = joint[:, 8:]  # what a single block returns: contiguous for torch, batch stride 24 x 4
+    assert image.is_contiguous() and image.stride() == (96, 4, 1)
+    restrided = acceleration.row_major(image)
+    assert restrided.stride() == (64, 4, 1) and restrided.data_ptr() == image.data_ptr()
+    assert torch.equal(restrided, image)
+    batch = torch.randn(2, 8 + 16, 4)[:, 8:]
+    copied = acceleration.row_major(batch)
+    assert copied.stride() == (64, 4, 1) and torch.equal(copied, batch)
+
+
 @pytest.mark.parametrize("cache", ["none", "first_block"])
 def test_regional_compile_traces_the_same_arithmetic_once_per_block_class(tiny_config, cond, cache):
     """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business).
 
     With the cache's and InfuseNet's hooks on the blocks, the hooks stay outside the compiled code:
-    no recompile per block, so as many graphs as without them.
+    no recompile per block, so as many graphs as without them. Transformer and InfuseNet share the
+    block classes; their inputs are restrided, so a single block after another (a slice of the joint
+    tensor) reuses the graph: one per block class and token count.
     """
     from torch._dynamo.utils import counters
 
@@ -176,7 +203,9 @@ def test_regional_compile_traces_the_same_arithmetic_once_per_block_class(tiny_c
     switches = {**OFF, "compile": "regional", "cache": cache, "cache_threshold": 0.0}
     compiled = acceleration.Accelerated(parts, switches, CPU, {"backend": "eager"})
     assert torch.equal(latents(parts, cond, compiled, steps=2), latents(load(tiny_config), cond, steps=2))
-    assert counters["stats"]["unique_graphs"] <= 7  # 11 with the hooks inside the compiled code
+    # double and single blocks, each for the prompt's and InfuseNet's token counts (6 with the
+    # slices' strides, 11 with the hooks inside the compiled code)
+    assert counters["stats"]["unique_graphs"] == 4
 
 
 def test_an_accelerated_job_writes_paired_cells_and_threshold_zero_matches_eager(embedded, tmp_path):

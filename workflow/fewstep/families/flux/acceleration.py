@@ -6,10 +6,11 @@ switches of ``accelerations.fast``, so one sweep measures what each switch costs
 LPIPS, paired image by image against eager. All switches off is eager: the job then runs exactly
 today's code path (no hook, no wrapper), so eager images do not change.
 
-- ``compile: regional``: diffusers' ``compile_repeated_blocks`` on the transformer (its
-  ``_repeated_blocks``), and InfuseNet's blocks compiled one by one (``FluxControlNetModel`` lists
-  no ``_repeated_blocks``). Blocks of one class share one compiled graph, so compiling costs
-  seconds, paid once per job (one job runs all step counts of a backbone x adapter x acceleration).
+- ``compile: regional``: ``torch.compile`` of the forward of each of the transformer's
+  ``_repeated_blocks`` and of InfuseNet's blocks (``FluxControlNetModel`` lists no
+  ``_repeated_blocks``), on row-major inputs (see `compile_blocks`). Blocks of one class share one
+  compiled graph per token count, so compiling costs seconds, paid once per job (one job runs all
+  step counts of a backbone x adapter x acceleration).
 - ``fp8: dynamic``: torchao's ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())``
   on the linear layers of transformer and InfuseNet, except those whose name contains ``context``
   or ``add_`` (the text/identity stream: cuBLASLt refuses the rowwise fp8 matmul for InfuseNet's
@@ -24,6 +25,7 @@ today's code path (no hook, no wrapper), so eager images do not change.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -63,13 +65,22 @@ def check_fp8(device: torch.device) -> None:
 
 
 def quantize_fp8(module: torch.nn.Module) -> None:
-    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream."""
+    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream.
+
+    ``set_inductor_config=False``: by default torchao turns on inductor's coordinate-descent tuning
+    (all directions) for the whole process, which compiles and times many variants of every Triton
+    kernel, one after the other: on an H200 one full-size fp8 FLUX block took 70-90 s to compile
+    instead of seconds, and a bf16 compile later in the same process slowed as much, so a
+    compile + fp8 job sat minutes before its first image. The kernels that tuning found ran within
+    1% of the default ones (docs/performance.md, Measured).
+    """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def chosen(layer: torch.nn.Module, name: str) -> bool:
         return isinstance(layer, torch.nn.Linear) and not keeps_compute_dtype(name)
 
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=chosen)
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(module, config, filter_fn=chosen)
 
 
 def repeated_blocks(parts: Any) -> list[torch.nn.Module]:
@@ -81,25 +92,48 @@ def repeated_blocks(parts: Any) -> list[torch.nn.Module]:
     return blocks
 
 
-def compile_regions(parts: Any, **options: Any) -> None:
-    """`compile_repeated_blocks` on the transformer, InfuseNet's blocks one by one (torch.compile kwargs)."""
-    parts.transformer.compile_repeated_blocks(**options)
-    if parts.infusenet is not None:
-        for block in (*parts.infusenet.transformer_blocks, *parts.infusenet.single_transformer_blocks):
-            block.compile(**options)
+def compile_blocks(parts: Any, **options: Any) -> None:
+    """Each repeated block's own `forward` compiled (torch.compile kwargs), called on row-major inputs.
 
+    Hooks outside: `compile_repeated_blocks` would compile a block's whole call, hooks included, and
+    the cache's and InfuseNet's residual hooks hold per-block state (index, head or tail role) that
+    dynamo guards on: a recompile per block, soon past dynamo's recompile limit (the rest then runs
+    uncompiled). Compiled beneath the hooks, one graph serves a block class.
 
-def compile_block_forwards(parts: Any, **options: Any) -> None:
-    """The same regions with each block's own `forward` compiled, for blocks that get hooks afterwards.
-
-    `compile_repeated_blocks` compiles a block's whole call, hooks included. The cache's hooks and
-    InfuseNet's residual hooks hold per-block state (the block's index, head or tail role) that
-    dynamo guards on, which costs a recompile per block and soon hits dynamo's recompile limit
-    (the rest then runs uncompiled). Compiled before the hooks are registered, the hooks wrap the
-    compiled forward and run outside it: one graph per block class, as without the cache.
+    Row-major inputs: transformer and InfuseNet share the block classes, so their compiled forwards
+    share one code object and one set of static-shape guards, strides included. A single block
+    returns slices of its joint text + image tensor, so the block after it receives a view whose
+    batch stride is that of 512 + 4096 tokens (the transformer's prompt) or 8 + 4096 (InfuseNet's
+    identity tokens), while the first block of a stream, or one after a residual addition, receives
+    a fresh tensor. Each stride is one more graph to compile, and an fp8 graph compiles slowly. With
+    every input given the row-major strides of its shape, a block class compiles once per token
+    count: double and single blocks, each for the prompt's tokens and InfuseNet's 8.
     """
     for block in repeated_blocks(parts):
-        block.forward = torch.compile(block.forward, **options)
+        block.forward = _on_row_major_inputs(torch.compile(block.forward, **options))
+
+
+def row_major(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values with the row-major strides of the tensor's shape.
+
+    With batch 1 the slice is already contiguous for torch (a dimension of size 1 addresses nothing
+    through its stride), so ``.contiguous()`` keeps the view, and its batch stride, that dynamo
+    still guards on; ``.view(shape)`` then restrides it without a copy. A batch above 1 copies.
+    """
+    return tensor.contiguous().view(tensor.shape)
+
+
+def _on_row_major_inputs(forward: Any) -> Any:
+    """`forward` with its tensor arguments made `row_major` first, outside the compiled code."""
+
+    def normalised(value: Any) -> Any:
+        return row_major(value) if isinstance(value, torch.Tensor) else value
+
+    @functools.wraps(forward)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return forward(*map(normalised, args), **{k: normalised(v) for k, v in kwargs.items()})
+
+    return call
 
 
 class InfuseNetResiduals:
@@ -179,10 +213,8 @@ class Accelerated:
                 if module is not None:
                     quantize_fp8(module)
         options = COMPILE_OPTIONS | (compile_options or {})
-        if acceleration["compile"] == "regional" and acceleration["cache"] != "none":
-            compile_block_forwards(parts, **options)
-        elif acceleration["compile"] == "regional":
-            compile_regions(parts, **options)
+        if acceleration["compile"] == "regional":
+            compile_blocks(parts, **options)
         if acceleration["cache"] == "first_block":
             if parts.infusenet is not None:
                 self.residuals = InfuseNetResiduals(parts.transformer)
