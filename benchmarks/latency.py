@@ -28,12 +28,9 @@ from timing import card_name, free_memory, require_device, warm_images, write_re
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from fewstep.core.config import validate  # noqa: E402
-from fewstep.families.flux import models
 from fewstep.grid import Grid  # noqa: E402
-from fewstep.jobs import (
-    generate,  # noqa: E402
-    precompute,
-)
+from fewstep.jobs import generate, precompute  # noqa: E402
+from fewstep.jobs.prepare import prepare_model  # noqa: E402
 
 VARIANTS = {
     "base": {"fp8_weights": False, "offload": "none"},
@@ -82,7 +79,7 @@ def config_for(variant: str, args: argparse.Namespace) -> dict:
 def run_variant(config: dict) -> pd.DataFrame:
     grid = Grid(config)
     for name in grid.models:
-        models.prepare(config, name)
+        prepare_model(config, name)
     precompute.embed_prompts(config)
     precompute.embed_identities(config)
     frames = []
