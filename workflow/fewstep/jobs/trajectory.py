@@ -1,13 +1,12 @@
-"""Watch identity form: decode the predicted clean image at every step, with norm probes.
+"""Watch the conditioning form: decode the predicted clean image at every step, with probes.
 
-For a few items of a cell, the sampler's x0 estimate (x_t - sigma * v) is
-decoded and scored for identity after every step, and each step records how
-strong the adapter's push is relative to the backbone's own activations:
-the RMS of InfuseNet's residuals over the RMS of the transformer block outputs
-they are added to, per stream (double / single blocks). The study's claims
-that identity "enters an effective regime within 4-8 steps" and that "the
-relative conditioning contribution falls as sampling proceeds" are read off
-this table.
+For a few items of a cell, the family's x0 estimate is decoded and scored for identity after
+every step of the generation jobs' own `CellPipeline.denoise` (its per-step callback), and the
+family's `Step.probes` become columns. FLUX's probes say how strong the adapter's push is
+relative to the backbone's own activations: the RMS of InfuseNet's residuals over the RMS of
+the transformer block outputs they are added to, per stream (double / single blocks). The
+study's claims that identity "enters an effective regime within 4-8 steps" and that "the
+relative conditioning contribution falls as sampling proceeds" are read off this table.
 """
 
 from __future__ import annotations
