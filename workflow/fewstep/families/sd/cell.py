@@ -17,7 +17,7 @@ import torch
 from fewstep.core.errors import ConfigError
 from fewstep.families.base import Denoised, ItemInputs, Step
 from fewstep.families.sd import pipeline
-from fewstep.families.sd.family import ADAPTER_KIND, IP_ADAPTER_MODEL, StableDiffusion, negative_prompt
+from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, negative_prompt
 from fewstep.families.sd.specs import SDFamily
 from fewstep.registry.catalog import model_folder
 
@@ -73,7 +73,7 @@ class SDCellPipeline:
     def __init__(
         self,
         config: Mapping[str, Any],
-        family: StableDiffusion,
+        family: Any,  # the `family.StableDiffusion` building it
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         scale: float | dict | None,

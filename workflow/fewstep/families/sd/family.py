@@ -29,6 +29,7 @@ from fewstep.families.sd.models import (
     IP_ADAPTER,
     IP_ADAPTER_MODEL,
     generation_weights,
+    negative_prompt,
     reference_weights,
 )
 from fewstep.families.sd.scales import reached_layers
@@ -182,10 +183,6 @@ class StableDiffusion:
             raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
         scale = self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None
         return SDCellPipeline(config, self, backbone, adapter, scale, device, dtype)
-
-
-def negative_prompt(backbone: Mapping[str, Any]) -> str:
-    return backbone.get("negative_prompt") or ""
 
 
 def negative_label(backbone: Mapping[str, Any]) -> str:

@@ -115,6 +115,11 @@ def generation_weights(backbone: str, adapter: Mapping[str, Any]) -> dict[str, t
     return folders
 
 
+def negative_prompt(backbone: Mapping[str, Any]) -> str:
+    """A backbone's classifier-free guidance negative prompt (empty unless configured)."""
+    return backbone.get("negative_prompt") or ""
+
+
 def reference_weights(backbone: str, file: str) -> dict[str, tuple[str, ...]]:
     """What a reference embedding job reads: the base model, the adapter file and its encoder."""
     adapter = FAMILIES[backbone].adapters[file]
