@@ -76,6 +76,9 @@ wildcard_constraints:
     prompt=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     identity=r"[A-Za-z0-9_.-]+",
     length=r"\d+",
+    negative=r"N[0-9a-f]+",
+    file=r"plain|plus",
+    reference=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 onstart:

@@ -47,7 +47,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     config = _config(args)
     grid = Grid(config)
     print(
-        f"{config['sweep']}: {len(grid.cells)} cells x {len(grid.items)} items, weights={config['weights']}"
+        f"{config['sweep']}: {len(grid.cells)} cells, {sum(len(grid.items_of(c)) for c in grid.cells)} "
+        f"images, weights={config['weights']}"
     )
     for cell in grid.cells:
         print(f"  {cell.id}")
@@ -104,7 +105,14 @@ def cmd_embed_prompts(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
     from fewstep.jobs.precompute import embed_prompts
 
-    embed_prompts(config, args.family, args.prompt, args.length)
+    embed_prompts(config, args.family, args.prompt, args.length, args.negative)
+
+
+def cmd_embed_references(args: argparse.Namespace) -> None:
+    config = _gpu_config(args)
+    from fewstep.jobs.precompute import embed_references
+
+    embed_references(config, args.family, args.file, args.reference)
 
 
 def cmd_embed_identities(args: argparse.Namespace) -> None:
@@ -228,6 +236,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="one model family (default: every family of the cells)")
     p.add_argument("--prompt", nargs="+", help="prompt ids (default: every prompt)")
     p.add_argument("--length", type=int, help="one T5 sequence length (default: every one the cells use)")
+    p.add_argument("--negative", help="SD: one negative prompt's label N<hash> (default: every one)")
+    p = add(
+        "embed-references",
+        cmd_embed_references,
+        "precompute IP-Adapter reference embeddings",
+    )
+    p.add_argument("--family", help="sd15 or sdxl (default: every family of the adapter cells)")
+    p.add_argument("--file", choices=["plain", "plus"], help="adapter file whose image encoder embeds")
+    p.add_argument("--reference", nargs="+", help="reference ids (default: every one the cells read)")
     add(
         "embed-identities", cmd_embed_identities, "precompute identity embeddings (all, or those named)"
     ).add_argument("--identity", nargs="+", help="identity ids (default: every identity)")

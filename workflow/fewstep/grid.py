@@ -169,8 +169,48 @@ class Grid:
         ]
 
     def items_of(self, cell: Cell) -> list[Item]:
-        """The items rendered in `cell`, in order (every cell renders the sweep's items)."""
-        return self.items
+        """The items rendered in `cell`, in order: identity x prompt x seed (`items`), or for a
+        family that reads references, reference x prompt x seed with `Item.identity` the
+        reference id (an adapter cell crosses the references of its role, a bare backbone those
+        of every role its backbone's adapters use)."""
+        if not self.reads_references(cell):
+            return self.items
+        return [
+            Item(reference["id"], prompt["id"], seed)
+            for reference in self.references_of(cell)
+            for prompt in self.config["prompts"]
+            for seed in self.config["seeds"]
+        ]
+
+    def reads_references(self, cell: Cell) -> bool:
+        """The cell's items cross the config's references rather than its identities."""
+        return getattr(self.family(cell), "reads_references", False)
+
+    def reference_roles(self, cell: Cell) -> list[str]:
+        """Roles of the references `cell` crosses."""
+        family = self.family(cell)
+        role = family.reference_role(self.adapter(cell))
+        if role is not None:
+            return [role]
+        roles = {family.reference_role(self.adapter(c)) for c in self.cells if c.backbone == cell.backbone}
+        return sorted(roles - {None}) or sorted({r["role"] for r in self.config["references"]})
+
+    def references_of(self, cell: Cell) -> list[dict[str, Any]]:
+        roles = self.reference_roles(cell)
+        return [r for r in self.config["references"] if r["role"] in roles]
+
+    def reference(self, reference_id: str) -> dict[str, Any]:
+        for reference in self.config["references"]:
+            if reference["id"] == reference_id:
+                return reference
+        raise ConfigError(f"reference {reference_id!r} is not in the config's references")
+
+    @cached_property
+    def reference_pictures(self) -> dict[str, str]:
+        """reference id -> what its picture's pixels depend on (`picture_source`)."""
+        from fewstep.core.images import picture_source
+
+        return {r["id"]: picture_source(r["image"]) for r in self.config["references"]}
 
     def cell(self, cell_id: str) -> Cell:
         cell = Cell.parse(cell_id)
@@ -227,17 +267,22 @@ class Grid:
         adapter = dict(self.adapter(cell))
         if adapter["kind"] == "none":
             adapter = {"kind": "none"}
+        settings = {"max_sequence_length": backbone["max_sequence_length"]}
+        resolution = dict(self.config["resolution"])
+        if self.reads_references(cell):  # SD: its own settings and square side
+            settings = self.family(cell).settings(backbone)
+            resolution = dict(zip(("width", "height"), self.resolution(cell), strict=True))
         return {
             "cell": cell.id,
             "backbone": {
                 "model": backbone["model"],
                 "family": backbone["family"],
-                "max_sequence_length": backbone["max_sequence_length"],
+                **settings,
                 "guidance": self.guidance(cell),
             },
             "adapter": adapter,
             "steps": cell.steps,
-            "resolution": dict(self.config["resolution"]),
+            "resolution": resolution,
             "weights": self.config["weights"],
             "dtype": self.config["dtype"],
             "device": self.config["device"],
@@ -248,7 +293,7 @@ class Grid:
     def cell_hash(self, cell: Cell) -> str:
         """Changes exactly when this cell's images would change (Snakemake's rerun trigger)."""
         spec = self.cell_spec(cell)
-        spec["items"] = [self.item_spec(item, cell) for item in self.items]
+        spec["items"] = [self.item_spec(item, cell) for item in self.items_of(cell)]
         return fingerprint(spec)
 
     def item_spec(self, item: Item, cell: Cell) -> dict[str, Any]:
@@ -256,7 +301,8 @@ class Grid:
         seed and, when the adapter conditions on a face, its reference picture's content."""
         spec = {"identity": item.identity, "prompt": self.prompt(item.prompt)["text"], "seed": item.seed}
         if self.adapter(cell)["kind"] != "none":
-            spec["picture"] = self.pictures[item.identity]
+            pictures = self.reference_pictures if self.reads_references(cell) else self.pictures
+            spec["picture"] = pictures[item.identity]
         return spec
 
     @cached_property
@@ -324,19 +370,54 @@ class Grid:
 
     def model_usage(self, name: str) -> Usage:
         """What of model `name` this sweep uses: its recipe fetches or builds only that."""
-        adapters = tuple(self.adapter(c) for c in self.cells if name in self.generation_models(c))
+        cells = [c for c in self.cells if name in self.generation_models(c)]
         embeds_text = any(self.text_encoder_backbone(family) == name for family in self.families)
-        return Usage(adapters=adapters, embeds_text=embeds_text)
+        return Usage(
+            adapters=tuple(self.adapter(c) for c in cells),
+            embeds_text=embeds_text,
+            family_adapters=tuple((self.backbone(c)["family"], self.adapter(c)) for c in cells),
+        )
 
     def resolution(self, cell: Cell) -> tuple[int, int]:
-        """Width and height of the cell's images."""
+        """Width and height of the cell's images (SD: the backbone's square side)."""
+        if self.reads_references(cell):
+            side = self.family(cell).resolution(self.backbone(cell))
+            return side, side
         return self.config["resolution"]["width"], self.config["resolution"]["height"]
 
     def prompt_embedding(self, paths: Any, cell: Cell, prompt_id: str) -> Any:
         """The embedding file of one prompt as `cell`'s backbone reads it (`paths`: a
-        `fewstep.core.paths.Paths`)."""
+        `fewstep.core.paths.Paths`); SD files carry their negative prompt's label."""
         backbone = self.backbone(cell)
+        if self.reads_references(cell):
+            from fewstep.families.sd.family import negative_label
+
+            return paths.negative_prompt_embedding(backbone["family"], prompt_id, negative_label(backbone))
         return paths.prompt_embedding(backbone["family"], prompt_id, backbone["max_sequence_length"])
+
+    def negative_prompts(self, family: str) -> dict[str, dict[str, Any]]:
+        """Negative label -> a backbone of `family` embedding with that negative prompt."""
+        from fewstep.families.sd.family import negative_label
+
+        backbones = [self.backbone(c) for c in self.cells if self.backbone(c)["family"] == family]
+        return {negative_label(b): b for b in backbones}
+
+    def reference_file(self, cell: Cell) -> str | None:
+        """The adapter file (plain, plus) whose image encoder embeds the cell's references."""
+        adapter = self.adapter(cell)
+        if not self.reads_references(cell) or adapter["kind"] == "none":
+            return None
+        return adapter.get("file", "plain")
+
+    def reference_embeddings_needed(self) -> list[tuple[str, str, str]]:
+        """(family, adapter file, reference id) of every reference embedding the sweep reads."""
+        needed = {
+            (self.backbone(c)["family"], self.reference_file(c), item.identity)
+            for c in self.cells
+            if self.reference_file(c)
+            for item in self.items_of(c)
+        }
+        return sorted(needed)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The prompt embedding files a cell's generation reads."""
@@ -344,10 +425,16 @@ class Grid:
 
     def reference_embedding(self, paths: Any, cell: Cell, reference_id: str) -> Any | None:
         """The embedding file of one item reference that `cell`'s adapter reads (None: none)."""
+        file = self.reference_file(cell)
+        if file is not None:
+            return paths.reference_embedding(self.backbone(cell)["family"], file, reference_id)
         return paths.identity_embedding(reference_id) if self.needs_identity_embeddings(cell) else None
 
     def identity_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
-        """The identity embedding files a cell's generation reads (none when its adapter needs none)."""
+        """The identity or reference embedding files a cell's generation reads (none when its
+        adapter needs none)."""
+        if self.reference_file(cell) is not None:
+            return [self.reference_embedding(paths, cell, r["id"]) for r in self.references_of(cell)]
         if not self.needs_identity_embeddings(cell):
             return []
         return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
@@ -413,7 +500,23 @@ class Grid:
                     f"config revisions.{name}: not a Hugging Face model; known: {', '.join(hub)}"
                 )
         resolution = self.config["resolution"]
+        for name, backbone in self.config["backbones"].items():
+            family = self.known_families[backbone["family"]]
+            if backbone.get("resolution") is None:
+                continue
+            if not getattr(family, "reads_references", False):
+                raise ConfigError(
+                    f"config backbones.{name}.resolution: {family.name} uses config resolution; remove it"
+                )
+            limit = resolution.get("max_side") or family.max_side
+            if backbone["resolution"] > limit:
+                raise ConfigError(
+                    f"config backbones.{name}.resolution: {backbone['resolution']} px is beyond the "
+                    f"{family.name} limit of {limit} px; lower it, or set resolution.max_side"
+                )
         for family in self.families:
+            if getattr(self.known_families[family], "reads_references", False):
+                continue
             limit = resolution.get("max_side") or self.known_families[family].max_side
             for side in ("width", "height"):
                 if resolution[side] > limit:
@@ -428,6 +531,7 @@ class Grid:
                     f"config cells: adapter {cell.adapter!r} ({kind}) cannot run on a {family.name} backbone"
                 )
             family.check_adapter(cell.adapter_name, self.adapter(cell))
+            self._check_items(cell)
             first = self.adapter(cell).get("first_steps")
             if kind != "none" and first is not None and first >= cell.steps:
                 raise ConfigError(
@@ -444,6 +548,21 @@ class Grid:
                 raise ConfigError(
                     f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
                 )
+
+    def _check_items(self, cell: Cell) -> None:
+        """Each cell has pictures to cross: identities, or references of the roles it reads."""
+        if not self.reads_references(cell):
+            if not self.config["identities"]:
+                raise ConfigError(f"config identities: cell {cell.id} crosses identities; add at least one")
+            return
+        if cell.acceleration != EAGER:
+            raise ConfigError(
+                f"config cells.accelerations: {cell.acceleration!r} on {cell.backbone}; "
+                f"{self.family(cell).name} backbones run eager only"
+            )
+        if not self.references_of(cell):
+            roles = " or ".join(self.reference_roles(cell)) or "style or object"
+            raise ConfigError(f"config references: cell {cell.id} needs a reference of role {roles}; add one")
 
 
 def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:

@@ -3,7 +3,8 @@ from fewstep.registry.catalog import marker_path, model_revision
 
 
 def generate_inputs(wildcards):
-    """Models and precomputed embeddings one cell or generation job needs (never a text encoder)."""
+    """Models and precomputed embeddings (prompts; identities or references) one cell or
+    generation job needs (never a text or image encoder)."""
     if "steps" in wildcards.keys():
         cell = GRID.cell(CELL_PATTERN.format(**wildcards))
     else:  # a job's cells share backbone, adapter and acceleration: they need the same inputs
@@ -17,6 +18,12 @@ def identity_picture(wildcards):
     """This identity's picture file, when it is one that exists: a newer picture re-embeds only
     its own identity (a missing one is the job's one-line error, not Snakemake's)."""
     image = GRID.identity(wildcards.identity)["image"]
+    return [image] if not image.startswith("builtin:") and Path(image).is_file() else []
+
+
+def reference_picture(wildcards):
+    """This reference's picture file, when it is one that exists (as `identity_picture`)."""
+    image = GRID.reference(wildcards.reference)["image"]
     return [image] if not image.startswith("builtin:") and Path(image).is_file() else []
 
 

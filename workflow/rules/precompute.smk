@@ -43,3 +43,52 @@ rule embed_identity:
         policy=CONFIG["face"]["policy"],
     shell:
         "python -m fewstep embed-identities --identity {wildcards.identity} > {log:q} 2>&1"
+
+
+rule embed_sd_prompt:
+    """SD text embeddings of one prompt with one CFG negative prompt (named by its label)."""
+    input:
+        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
+    output:
+        PATHS.negative_prompt_embedding("{family}", "{prompt}", "{negative}"),
+    log:
+        PATHS.log("embed_prompt", "{family}/{prompt}.{negative}"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: CPU_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        runtime=30,
+    params:
+        # Re-embed exactly the prompt whose text or negative prompt changed.
+        text=lambda w: GRID.prompt(w.prompt)["text"],
+        negative=lambda w: GRID.negative_prompts(w.family)[w.negative].get("negative_prompt") or "",
+    shell:
+        "python -m fewstep embed-prompts --family {wildcards.family}"
+        " --prompt {wildcards.prompt} --negative {wildcards.negative} > {log:q} 2>&1"
+
+
+rule embed_reference:
+    """IP-Adapter image embeddings of one reference through one adapter file's image encoder."""
+    input:
+        lambda w: marker_path(CONFIG, w.family),
+        marker_path(CONFIG, "ip-adapter"),
+        reference_picture,
+    output:
+        PATHS.reference_embedding("{family}", "{file}", "{reference}"),
+    log:
+        PATHS.log("embed_reference", "{family}/{file}/{reference}"),
+    conda:
+        "../../envs/generate.yaml"
+    threads: CPU_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        runtime=30,
+    params:
+        # Re-embed when the picture's content (or builtin name) changes.
+        picture=lambda w: GRID.reference_pictures[w.reference],
+    shell:
+        "python -m fewstep embed-references --family {wildcards.family} --file {wildcards.file}"
+        " --reference {wildcards.reference} > {log:q} 2>&1"

@@ -144,6 +144,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     fill_defaults(config, schema, schema)
     config["prompts"] = _normalise_prompts(config["prompts"])
     config["identities"] = _expand_identities(config["identities"])
+    for backbone in config["backbones"].values():  # null for SD: the family's own default
+        backbone.setdefault("guidance", FLUX_GUIDANCE if backbone["family"] == "flux" else None)
     _check_references(config)
     return config
 
@@ -157,6 +159,8 @@ def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:
     return out
 
 
+#: FLUX.1-dev's embedded guidance unless config backbones.<id>.guidance says otherwise
+FLUX_GUIDANCE = 3.5
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -226,6 +230,9 @@ def _check_references(config: dict[str, Any]) -> None:
     dup = _duplicates([p["id"] for p in config["prompts"]])
     if dup:
         raise ConfigError(f"config prompts: duplicated id {dup[0]!r}; give every prompt a unique id")
+    dup = _duplicates([r["id"] for r in config["references"]])
+    if dup:
+        raise ConfigError(f"config references: duplicated id {dup[0]!r}; give every reference a unique id")
     for index, block in enumerate(config["cells"]):
         for name in block["backbones"]:
             if name not in config["backbones"]:

@@ -36,6 +36,14 @@ class Paths:
     def prompt_embedding(self, family: str, prompt: str, length: int | str) -> Path:
         return self.root / "embeddings" / "prompts" / family / f"{prompt}.L{length}.safetensors"
 
+    def negative_prompt_embedding(self, family: str, prompt: str, negative: str) -> Path:
+        """A prompt with the CFG negative labelled `negative` (SD families)."""
+        return self.root / "embeddings" / "prompts" / family / f"{prompt}.{negative}.safetensors"
+
+    def reference_embedding(self, family: str, file: str, reference: str) -> Path:
+        """One reference picture through the image encoder of an adapter file (plain, plus)."""
+        return self.root / "embeddings" / "references" / family / file / f"{reference}.safetensors"
+
     def identity_embedding(self, identity: str) -> Path:
         return self.root / "embeddings" / "identities" / f"{identity}.safetensors"
 

@@ -68,15 +68,126 @@ def embed_prompts(
     family: str | None = None,
     prompt_ids: list[str] | None = None,
     length: int | None = None,
+    negative: str | None = None,
 ) -> list[Path]:
-    """Write prompt embeddings: every family, prompt and sequence length the cells use, or
-    only the ones named (the `embed_prompt` rule: one prompt at one length)."""
+    """Write prompt embeddings: every family, prompt and sequence length (SD: negative prompt)
+    the cells use, or only the ones named (the `embed_prompt` rule: one prompt at one length;
+    `embed_sd_prompt`: one prompt with one negative, by its label)."""
     grid = Grid(config)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
     written = []
     for name in [family] if family else grid.families:
-        lengths = [length] if length else grid.sequence_lengths(name)
-        written += _embed_family_prompts(config, name, prompts, lengths)
+        if getattr(grid.known_families[name], "reads_references", False):
+            negatives = grid.negative_prompts(name)
+            labels = [negative] if negative else list(negatives)
+            written += _embed_sd_prompts(config, name, prompts, {k: negatives[k] for k in labels})
+        else:
+            lengths = [length] if length else grid.sequence_lengths(name)
+            written += _embed_family_prompts(config, name, prompts, lengths)
+    return written
+
+
+def _embed_sd_prompts(
+    config: dict[str, Any], family: str, prompts: list[dict[str, str]], negatives: dict[str, dict[str, Any]]
+) -> list[Path]:
+    """One file per prompt and negative prompt: prompt and negative embeddings (SDXL: pooled too)."""
+    from fewstep.core.provenance import device_name
+    from fewstep.families.base import synchronize
+    from fewstep.registry.load import resolve_device, resolve_dtype
+
+    grid, paths = Grid(config), Paths(config)
+    device = resolve_device(config["device"])
+    dtype = resolve_dtype(config["dtype"], device)
+    source = grid.text_encoder_backbone(family)
+    encoder = grid.known_families[family].prompt_encoder(config, source, device, dtype)
+    written = []
+    jobs = [(p, label) for p in prompts for label in negatives]
+    with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
+        for prompt, label in bar:
+            backbone = negatives[label]
+            synchronize(device)
+            start = time.perf_counter()
+            tensors = encoder.encode(prompt["text"], backbone)
+            synchronize(device)
+            encode_s = time.perf_counter() - start
+            path = paths.negative_prompt_embedding(family, prompt["id"], label)
+            save_tensors(
+                path,
+                tensors,
+                {
+                    "prompt": prompt["text"],
+                    "negative_prompt": backbone.get("negative_prompt") or "",
+                    "text_encoders": source,
+                    "weights": config["weights"],
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name(device),
+                },
+            )
+            written.append(path)
+    return written
+
+
+def embed_references(
+    config: dict[str, Any],
+    family: str | None = None,
+    file: str | None = None,
+    reference_ids: list[str] | None = None,
+) -> list[Path]:
+    """Write IP-Adapter image embeddings (``image_embeds``: cat[negative, positive]) of every
+    reference the adapter cells read, or of those named (the `embed_reference` rule: one
+    family x adapter file x reference per job)."""
+    from PIL import Image
+
+    from fewstep.core.images import load_rgb
+    from fewstep.core.provenance import device_name
+    from fewstep.families.base import synchronize
+    from fewstep.families.sd.cell import ReferenceEncoder
+    from fewstep.families.sd.specs import FAMILIES
+    from fewstep.registry.load import resolve_device, resolve_dtype
+
+    grid, paths = Grid(config), Paths(config)
+    device = resolve_device(config["device"])
+    dtype = resolve_dtype(config["dtype"], device)
+    needed = [
+        (f, a, r)
+        for f, a, r in grid.reference_embeddings_needed()
+        if (family is None or f == family)
+        and (file is None or a == file)
+        and (not reference_ids or r in reference_ids)
+    ]
+    written, encoders = [], {}
+    with tqdm(needed, desc="reference embeddings", unit="reference") as bar:
+        for name, adapter_file, reference_id in bar:
+            if (name, adapter_file) not in encoders:
+                encoders[name, adapter_file] = ReferenceEncoder(
+                    config, FAMILIES[name], adapter_file, device, dtype
+                )
+            reference = grid.reference(reference_id)
+            image = Image.fromarray(load_rgb(reference["image"]))
+            synchronize(device)
+            start = time.perf_counter()
+            embeds = encoders[name, adapter_file].encode(image)
+            synchronize(device)
+            encode_s = time.perf_counter() - start
+            path = paths.reference_embedding(name, adapter_file, reference_id)
+            save_tensors(
+                path,
+                {"image_embeds": embeds},
+                {
+                    "reference": reference_id,
+                    "image": reference["image"],
+                    "picture": grid.reference_pictures[reference_id],
+                    "role": reference["role"],
+                    "family": name,
+                    "file": adapter_file,
+                    "weights": config["weights"],
+                    "height": str(image.height),
+                    "width": str(image.width),
+                    "encode_s": f"{encode_s:.6f}",
+                    "encode_device_name": device_name(device),
+                },
+            )
+            written.append(path)
     return written
 
 

@@ -166,8 +166,8 @@ def run_config(
             "cell_hash": grid.cell_hash(cell),
             "cell": grid.cell_spec(cell),
             "items": {
-                "count": len(grid.items),
-                "identities": [i["id"] for i in config["identities"]],
+                "count": len(grid.items_of(cell)),
+                "identities": list(dict.fromkeys(item.identity for item in grid.items_of(cell))),
                 "prompts": [p["id"] for p in config["prompts"]],
                 "seeds": list(config["seeds"]),
             },

@@ -17,20 +17,33 @@ CLIPScore).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.families.sd.models import (
+    ADAPTER_KIND,
+    BACKBONES,
+    IP_ADAPTER,
+    IP_ADAPTER_MODEL,
+    generation_weights,
+    negative_prompt,
+    reference_weights,
+)
 from fewstep.families.sd.scales import reached_layers
-from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, IP_ADAPTER_REPO, SCHEDULERS, SDFamily
-from fewstep.registry.spec import ModelSpec
+from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFamily
 
-ADAPTER_KIND = "ip_adapter"
+if TYPE_CHECKING:
+    import torch
+
+    from fewstep.families.sd.cell import SDCellPipeline, SDPromptEncoder
+    from fewstep.registry.spec import ModelSpec
+
+__all__ = ["ADAPTER_KIND", "IP_ADAPTER", "IP_ADAPTER_MODEL", "ROLES", "SD_FAMILIES", "StableDiffusion"]
+
 ROLES = {"style": ["csd", "clip_i", "clip_score"], "object": ["dino", "clip_i", "clip_score"]}
-#: the registry model holding h94/IP-Adapter's files
-IP_ADAPTER_MODEL = "ip-adapter"
-IP_ADAPTER = ModelSpec(IP_ADAPTER_MODEL, "IP-Adapter", IP_ADAPTER_REPO)
 
 
 @dataclass(frozen=True)
@@ -43,10 +56,18 @@ class StableDiffusion:
     def name(self) -> str:
         return self.spec.name
 
+    #: items cross the config's ``references`` (style / object pictures), not its identities
+    reads_references = True
+
     @property
     def backbones(self) -> dict[str, ModelSpec]:
         """The registry spec usable as ``backbones.<id>.model`` (one base model per family)."""
-        return {self.name: ModelSpec(self.name, self.spec.folder, self.spec.repo_id)}
+        return {self.name: BACKBONES[self.name]}
+
+    @property
+    def max_side(self) -> int:
+        """Twice the trained resolution: beyond it the UNets repeat objects."""
+        return 2 * self.spec.resolution
 
     @property
     def adapter_kinds(self) -> frozenset[str]:
@@ -97,12 +118,35 @@ class StableDiffusion:
         guidance = backbone.get("guidance")
         return self.spec.guidance_scale if guidance is None else float(guidance)
 
-    def resolution(self) -> int:
-        return self.spec.resolution
+    def resolution(self, backbone: Mapping[str, Any] | None = None) -> int:
+        """The side of the square images: ``backbones.<id>.resolution``, else the trained one."""
+        side = (backbone or {}).get("resolution")
+        return self.spec.resolution if side is None else int(side)
+
+    def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
+        """What besides model and guidance shapes a backbone's images (cell specs hash it)."""
+        return {
+            "scheduler": backbone.get("scheduler", "default"),
+            "negative_prompt": negative_prompt(backbone),
+            "resolution": self.resolution(backbone),
+        }
+
+    def cell_weights(
+        self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        return generation_weights(self.name, adapter)
+
+    def reference_weights(self, file: str) -> dict[str, tuple[str, ...]]:
+        """What the reference embedding job of adapter file `file` reads (its weights digest)."""
+        return reference_weights(self.name, file)
 
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
         """Registry models a generation job loads: the base model, and h94's files with an adapter."""
-        return [self.name, *([IP_ADAPTER_MODEL] if adapter["kind"] == ADAPTER_KIND else [])]
+        return list(self.cell_weights(backbone, adapter))
+
+    def reference_role(self, adapter: Mapping[str, Any]) -> str | None:
+        """The role of the references an adapter cell crosses (None: the bare backbone)."""
+        return adapter["role"] if adapter["kind"] == ADAPTER_KIND else None
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # SD cells read reference *image* embeddings, not face embeddings
@@ -115,6 +159,40 @@ class StableDiffusion:
         (generation loads the file, the reference embedding job the encoder too)."""
         files = sorted({a.get("file", "plain") for a in adapters if a["kind"] == ADAPTER_KIND})
         return [(self.spec, file, True) for file in files]
+
+    # --- job side: imports torch and diffusers inside -------------------------
+    def prompt_encoder(
+        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+    ) -> SDPromptEncoder:
+        from fewstep.families.sd.cell import SDPromptEncoder
+
+        return SDPromptEncoder(config, self.spec, device, dtype)
+
+    def cell_pipeline(
+        self,
+        config: Mapping[str, Any],
+        backbone: Mapping[str, Any],
+        adapter: Mapping[str, Any],
+        acceleration: Mapping[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> SDCellPipeline:
+        from fewstep.families.sd.cell import SDCellPipeline
+
+        if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
+            raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
+        scale = self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None
+        return SDCellPipeline(config, self, backbone, adapter, scale, device, dtype)
+
+
+def negative_label(backbone: Mapping[str, Any]) -> str:
+    """Names the negative prompt in embedding file names: two negatives never share a file."""
+    return "N" + hashlib.sha256(negative_prompt(backbone).encode()).hexdigest()[:12]
+
+
+def prompt_settings(backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Negative label -> a backbone embedding with that negative prompt."""
+    return {negative_label(b): b for b in backbones}
 
 
 SD_FAMILIES = {name: StableDiffusion(spec) for name, spec in FAMILIES.items()}

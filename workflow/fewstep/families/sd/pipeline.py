@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from fewstep.core.errors import ConfigError
-from fewstep.families.base import synchronize
+from fewstep.families.base import StepTimer, synchronize
 from fewstep.families.sd.scales import reached_layers
 from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
 from fewstep.registry.prepare import missing_weights
@@ -223,15 +224,39 @@ def reference_runs(conditions: list[Condition]) -> list[list[int]]:
     return runs
 
 
+class RunTimers:
+    """The `base.StepTimer` of a batch run as several pipeline calls (one per reference run):
+    step i's time is the sum over the calls; a mark after the last call (decoding) goes to the last."""
+
+    def __init__(self, timers: list[StepTimer]):
+        self.timers = timers
+
+    def mark(self) -> None:
+        self.timers[-1].mark()
+
+    def seconds(self) -> list[float]:
+        each = [timer.seconds() for timer in self.timers]
+        steps = min(len(intervals) for intervals in each)
+        return [sum(intervals[k] for intervals in each) for k in range(steps)] + each[-1][steps:]
+
+
 @dataclass
 class Denoised:
-    """A batch's final latents and what each step cost. Step 0's time includes the set-up."""
+    """A batch's final latents and its timer, marked before the first step and after each step."""
 
     latents: torch.Tensor
     timesteps: list[float]  # one per UNet evaluation (PNDM: steps + 1)
-    step_seconds: list[float]
-    denoise_seconds: float
+    timer: Any  # base.StepTimer or RunTimers
     x0: list[torch.Tensor] = field(default_factory=list)  # latent clean-image estimate after each step
+
+    @property
+    def step_seconds(self) -> list[float]:
+        """Seconds of each step (waits for the device). Step 0's time includes the set-up."""
+        return self.timer.seconds()
+
+    @property
+    def denoise_seconds(self) -> float:
+        return sum(self.step_seconds)
 
 
 @dataclass
@@ -273,6 +298,10 @@ def clean_estimate(scheduler: Any, sample: torch.Tensor, timestep: Any, eps: tor
     return x0.to(sample.dtype)
 
 
+#: called after each step of a pipeline call: (index, timestep, guided noise prediction, x0)
+OnStep = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+
+
 def denoise(
     pipe: Any,
     conditions: list[Condition],
@@ -283,10 +312,13 @@ def denoise(
     height: int,
     width: int,
     capture_x0: bool = False,
+    on_step: OnStep | None = None,
 ) -> Denoised:
     """A batch through the pipeline's own loop (`output_type="latent"`), one call per run of
     items sharing a reference, image i from the noise of seed `seeds[i]` drawn on the CPU
-    (the same on every device); steps are timed across the calls."""
+    (the same on every device). Each call's steps are marked on a `base.StepTimer` in
+    `callback_on_step_end` (no synchronize per step); `capture_x0` keeps each step's x0 on the
+    CPU, `on_step` receives it on the device."""
     runs = [
         _denoise_run(
             pipe,
@@ -297,14 +329,14 @@ def denoise(
             height,
             width,
             capture_x0,
+            on_step,
         )
         for run in reference_runs(conditions)
     ]
     return Denoised(
         latents=torch.cat([r.latents for r in runs]),
         timesteps=runs[0].timesteps,
-        step_seconds=[sum(times) for times in zip(*(r.step_seconds for r in runs), strict=True)],
-        denoise_seconds=sum(r.denoise_seconds for r in runs),
+        timer=runs[0].timer if len(runs) == 1 else RunTimers([r.timer for r in runs]),
         x0=[torch.cat(step) for step in zip(*(r.x0 for r in runs), strict=True)],
     )
 
@@ -318,16 +350,16 @@ def _denoise_run(
     height: int,
     width: int,
     capture_x0: bool,
+    on_step: OnStep | None,
 ) -> Denoised:
     device = pipe._execution_device
     cfg = guidance_scale > 1
-    marks: list[float] = []
+    timer = StepTimer(device)
     record: dict[str, list] = {"t": [], "x0": []}
-    hook = _NoisePrediction(pipe.unet) if capture_x0 else None
+    hook = _NoisePrediction(pipe.unet) if capture_x0 or on_step is not None else None
 
     def on_step_end(pipeline, index, timestep, tensors):
-        synchronize(device)
-        marks.append(time.perf_counter())
+        timer.mark()
         record["t"].append(float(timestep))
         if hook is not None:
             eps, sample = hook.output, hook.sample
@@ -335,7 +367,11 @@ def _denoise_run(
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
                 sample = sample.chunk(2)[1]
-            record["x0"].append(clean_estimate(pipeline.scheduler, sample, timestep, eps).cpu())
+            x0 = clean_estimate(pipeline.scheduler, sample, timestep, eps)
+            if capture_x0:
+                record["x0"].append(x0.cpu())
+            if on_step is not None:
+                on_step(index, float(timestep), eps, x0)
         return tensors
 
     kwargs = {k: torch.cat([c.prompt[k] for c in conditions]) for k in conditions[0].prompt}
@@ -343,8 +379,7 @@ def _denoise_run(
     if embeds is not None:
         kwargs["ip_adapter_image_embeds"] = embeds if cfg else [e.chunk(2)[1] for e in embeds]
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    synchronize(device)
-    start = time.perf_counter()
+    timer.mark()
     try:
         with torch.no_grad():
             latents = pipe(
@@ -360,23 +395,27 @@ def _denoise_run(
     finally:
         if hook is not None:
             hook.handle.remove()
-    times = [start, *marks]
-    return Denoised(
-        latents=latents,
-        timesteps=record["t"],
-        step_seconds=[b - a for a, b in zip(times, times[1:], strict=False)],
-        denoise_seconds=times[-1] - start,
-        x0=record["x0"],
-    )
+    return Denoised(latents=latents, timesteps=record["t"], timer=timer, x0=record["x0"])
 
 
 def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
     """Latents (final or x0) to [B, H, W, 3] floats in [0, 1], as the pipeline decodes them
     (its fp16 VAE upcast never applies: jobs run in bf16 or float32)."""
+    return pipe.image_processor.pt_to_numpy(decode_tensor(pipe, latents))
+
+
+def decode_tensor(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to [B, 3, H, W] in [0, 1] on the device, in the VAE's dtype (the pipeline's steps)."""
     vae = pipe.vae
     with torch.no_grad():
         image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="np")
+    return pipe.image_processor.postprocess(image, output_type="pt")
+
+
+def decode_uint8(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] uint8 on the device, rounded as diffusers' `numpy_to_pil` rounds float32."""
+    image = decode_tensor(pipe, latents).permute(0, 2, 3, 1).float()
+    return (image * 255).round().to(torch.uint8)
 
 
 def generate(
