@@ -184,7 +184,7 @@ class Grid:
 
     def reads_references(self, cell: Cell) -> bool:
         """The cell's items cross the config's references rather than its identities."""
-        return getattr(self.family(cell), "reads_references", False)
+        return self.family(cell).reads_references
 
     def reference_roles(self, cell: Cell) -> list[str]:
         """Roles of the references `cell` crosses."""
@@ -319,8 +319,11 @@ class Grid:
                 return identity
         raise ConfigError(f"identity {identity_id!r} is not in the config's identities")
 
-    def reference_picture(self, reference_id: str) -> str:
-        """The picture (path or ``builtin:<name>``) an item's reference id names."""
+    def reference_picture(self, cell: Cell, reference_id: str) -> str:
+        """The picture (path or ``builtin:<name>``) that an item of `cell` is compared with: its
+        identity's, or its style / object reference's."""
+        if self.reads_references(cell):
+            return self.reference(reference_id)["image"]
         return self.identity(reference_id)["image"]
 
     def prompt(self, prompt_id: str) -> dict[str, Any]:
@@ -504,7 +507,7 @@ class Grid:
             family = self.known_families[backbone["family"]]
             if backbone.get("resolution") is None:
                 continue
-            if not getattr(family, "reads_references", False):
+            if not family.reads_references:
                 raise ConfigError(
                     f"config backbones.{name}.resolution: {family.name} uses config resolution; remove it"
                 )
@@ -515,7 +518,7 @@ class Grid:
                     f"{family.name} limit of {limit} px; lower it, or set resolution.max_side"
                 )
         for family in self.families:
-            if getattr(self.known_families[family], "reads_references", False):
+            if self.known_families[family].reads_references:
                 continue
             limit = resolution.get("max_side") or self.known_families[family].max_side
             for side in ("width", "height"):

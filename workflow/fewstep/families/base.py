@@ -150,6 +150,9 @@ class Family(Protocol):
     adapter_kinds: frozenset[str]
     #: largest width or height it takes unless config ``resolution.max_side`` says otherwise
     max_side: int
+    #: True: items cross the config's ``references`` (style / object pictures, ``Item.identity``
+    #: holding the reference id); False: its ``identities``
+    reads_references: bool
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:

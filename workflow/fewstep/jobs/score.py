@@ -130,7 +130,7 @@ def run(
     out = Path(out or paths.scores(cell.id))
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {item.identity: None for item in grid.items_of(cell)}
-    references = {ref: load_rgb(grid.reference_picture(ref)) for ref in references}
+    references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
     metrics = build_metrics(config, grid.cell_metrics(cell))
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]

@@ -23,6 +23,7 @@ class FluxFamily:
     name = "flux"
     adapter_kinds = frozenset({"infusenet", "none"})
     max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
+    reads_references = False  # items cross identities (InfuseNet conditions on a face)
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

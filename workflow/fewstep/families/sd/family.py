@@ -148,6 +148,16 @@ class StableDiffusion:
         """The role of the references an adapter cell crosses (None: the bare backbone)."""
         return adapter["role"] if adapter["kind"] == ADAPTER_KIND else None
 
+    #: LPIPS compares each image with the same item in its job's highest-step cell
+    anchors_to_highest_step = True
+
+    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
+        """The role's scores (`ROLES`) and LPIPS; a bare backbone gets every role's, since its
+        items cross the references of every role (config ``scoring.metrics`` is FLUX's)."""
+        role = self.reference_role(adapter)
+        roles = [role] if role else list(ROLES)
+        return list(dict.fromkeys(m for r in roles for m in ROLES[r])) + ["lpips"]
+
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # SD cells read reference *image* embeddings, not face embeddings
 
