@@ -39,7 +39,7 @@ from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.families import FAMILIES
-from fewstep.grid import Cell, Grid
+from fewstep.grid import KEYS, Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {
@@ -208,7 +208,14 @@ def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
 
 def prepare(scores: pd.DataFrame) -> pd.DataFrame:
     """The scores as the tables read them: with `id_sim_zero`, and cost columns left out (NaN)
-    on warm-up images, unless a cell has nothing else."""
+    on warm-up images, unless a cell has nothing else. A flag column that concatenation with
+    cells lacking it (SD cells have no `face_detected`) turned into objects is read as 0/1 with NaN."""
+    scores = scores.copy()
+    for column in scores.columns.difference(list(KEYS)):
+        values = scores[column]
+        if values.dtype == object and values.notna().any():
+            if values.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all():
+                scores[column] = values.astype(float)
     scores = with_zero_identity(scores)
     if "warmup" in scores:
         warm = scores["warmup"].fillna(False).astype(bool)
