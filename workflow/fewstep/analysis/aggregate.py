@@ -38,7 +38,8 @@ from fewstep.analysis.stats import (
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.grid import Cell, Grid
+from fewstep.families import FAMILIES
+from fewstep.grid import KEYS, Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {
@@ -46,9 +47,15 @@ STUDY = {
     "id_sim_zero": 0.028,
     "lpips_ref": -0.016,
 }
-#: Pareto frontier axes, first present of each: cost (lower is better) and value
+#: Pareto frontier axes, first present of each: cost (lower is better) and value; a series
+#: without an identity metric (SD style/object cells) gets a row per cell for each of its quality metrics
 PARETO_COSTS = ("end_to_end_s", "latency_s")
 PARETO_VALUES = ("id_sim_zero", "id_sim")
+#: families whose series are their own reference (their highest-step cell) until the family says so
+#: itself (`Family.anchors_to_highest_step`)
+SELF_ANCHORED_FAMILIES = ("sd15", "sdxl")
+#: share of a curve's rise (first to last step count, in the better direction) "steps to 95%" asks for
+RISE_SHARE = 0.95
 #: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
 COVERAGE_REPS = 2000
 KNEE_SAMPLES = 1000
@@ -201,7 +208,14 @@ def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
 
 def prepare(scores: pd.DataFrame) -> pd.DataFrame:
     """The scores as the tables read them: with `id_sim_zero`, and cost columns left out (NaN)
-    on warm-up images, unless a cell has nothing else."""
+    on warm-up images, unless a cell has nothing else. A flag column that concatenation with
+    cells lacking it (SD cells have no `face_detected`) turned into objects is read as 0/1 with NaN."""
+    scores = scores.copy()
+    for column in scores.columns.difference(list(KEYS)):
+        values = scores[column]
+        if values.dtype == object and values.notna().any():
+            if values.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all():
+                scores[column] = values.astype(float)
     scores = with_zero_identity(scores)
     if "warmup" in scores:
         warm = scores["warmup"].fillna(False).astype(bool)
@@ -209,6 +223,30 @@ def prepare(scores: pd.DataFrame) -> pd.DataFrame:
         for column in of_kind(metric_columns(scores), "cost"):
             scores[column] = scores[column].astype(float).mask(timed)
     return scores
+
+
+def anchors_to_highest_step(config: dict[str, Any], backbone: str) -> bool:
+    """Whether `backbone`'s series take their own highest-step cell as the reference of paired
+    differences and of `lpips_anchor` (SD), rather than the config's ``anchor`` (FLUX)."""
+    name = config["backbones"][backbone].get("family", "flux")
+    family = FAMILIES.get(name)
+    flag = getattr(family, "anchors_to_highest_step", None)
+    return bool(flag) if flag is not None else name in SELF_ANCHORED_FAMILIES
+
+
+def steps_to_share(steps: list[int], means: list[float], better: str, share: float = RISE_SHARE) -> float:
+    """The fewest steps whose mean has made `share` of the curve's change from the first to the
+    last step count, in the better direction, and keeps it at every larger step count (NaN: no
+    direction, or the curve ends no better than it starts). A point estimate read off the means."""
+    sign = {"higher": 1.0, "lower": -1.0}.get(better)
+    values = np.asarray(means, dtype=float)
+    if sign is None or len(values) < 2 or not np.isfinite(values[[0, -1]]).all():
+        return np.nan
+    gain = sign * (values - values[0])
+    if not gain[-1] > 0:
+        return np.nan
+    found = fewest_lasting(steps, list(np.nan_to_num(gain, nan=-np.inf) >= share * gain[-1]))
+    return np.nan if found is None else found
 
 
 def devices(frame: pd.DataFrame) -> str:
@@ -232,6 +270,7 @@ class Aggregator:
         self.by_cell = {cell_id: frame for cell_id, frame in self.scores.groupby("cell_id", sort=False)}
         self._means: dict[tuple[str, str], Interval] = {}
         self._pairs: dict[tuple[str, str], pd.DataFrame] = {}
+        self._series_metrics: dict[tuple[str, str], list[str]] = {}
 
     # ----------------------------------------------------------------- helpers
     def cell_frame(self, cell: Cell) -> pd.DataFrame:
@@ -257,6 +296,22 @@ class Aggregator:
         pairs = dict.fromkeys((c.backbone, c.adapter) for c in self.grid.cells)
         return [(b, a, sorted(self.grid.cells_of(b, a), key=lambda c: c.steps)) for b, a in pairs]
 
+    def reference(self, cell: Cell) -> Cell | None:
+        """The cell `cell`'s paired differences compare with: its own series' highest-step cell
+        for self-anchored families (SD, where `lpips_anchor` is 0 there), else the config's anchor."""
+        if anchors_to_highest_step(self.config, cell.backbone):
+            return max(self.grid.cells_of(cell.backbone, cell.adapter), key=lambda c: c.steps)
+        return self.grid.anchor
+
+    def series_metrics(self, backbone: str, adapter: str) -> list[str]:
+        """The metrics a series was scored with: those with a value in any of its cells (a style
+        cell has no dino, a FLUX cell no csd; concatenated tables hold NaN there)."""
+        key = (backbone, adapter)
+        if key not in self._series_metrics:
+            frames = [self.cell_frame(c) for c in self.grid.cells_of(backbone, adapter)]
+            self._series_metrics[key] = [m for m in self.metrics if any(f[m].notna().any() for f in frames)]
+        return self._series_metrics[key]
+
     def curve(self, cells: list[Cell], metric: str) -> pd.DataFrame:
         """One row per item, one column `s<steps>` per cell of a series (items paired)."""
         curve = None
@@ -269,12 +324,13 @@ class Aggregator:
 
     # ------------------------------------------------------------------ tables
     def summary(self) -> pd.DataFrame:
-        """Per cell and metric: mean, std, n, interval and the paired difference to the anchor."""
-        anchor = self.grid.anchor
+        """Per cell and each metric of its series: mean, std, n, interval and the paired difference
+        to its reference (the anchor; for SD its series' highest-step cell)."""
         rows = []
         for cell in self.grid.cells:
             frame = self.cell_frame(cell)
-            for metric in self.metrics:
+            anchor = self.reference(cell)
+            for metric in self.series_metrics(cell.backbone, cell.adapter):
                 values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
                 mean = self.mean(cell, metric)
                 row = {
@@ -316,14 +372,14 @@ class Aggregator:
                 rows.append(row)
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
-    def effective(self, cells: list[Cell], metric: str) -> tuple[str, float]:
+    def effective(self, cells: list[Cell], metric: str, anchor: Cell | None) -> tuple[str, float]:
         """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
 
         Non-inferiority: the fewest steps from which, for every larger step count too, the
         lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
         metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
         <= margin; the anchor cell passes by definition."""
-        anchor, info = self.grid.anchor, spec(metric)
+        info = spec(metric)
         delta = margin(metric, self.margins)
         if anchor is None:
             return "no anchor", np.nan
@@ -343,12 +399,13 @@ class Aggregator:
         return rule, np.nan if found is None else found
 
     def regime(self) -> pd.DataFrame:
-        """Per backbone/adapter and quality metric: the tested knee and the effective regime."""
-        anchor = self.grid.anchor
+        """Per backbone/adapter and quality metric of its own: the tested knee and the effective
+        regime (against the anchor; for SD against the series' highest-step cell)."""
         rows = []
         for backbone, adapter, cells in self.series():
             steps = [c.steps for c in cells]
-            for metric in of_kind(self.metrics, "quality"):
+            anchor = self.reference(cells[0])
+            for metric in of_kind(self.series_metrics(backbone, adapter), "quality"):
                 means = [self.mean(c, metric).mean for c in cells]
                 result = knee_test(
                     self.curve(cells, metric),
@@ -359,7 +416,7 @@ class Aggregator:
                     self.knee_samples,
                     self.seed,
                 )
-                rule, effective = self.effective(cells, metric)
+                rule, effective = self.effective(cells, metric, anchor)
                 at = result.steps
                 rows.append(
                     {
@@ -395,9 +452,9 @@ class Aggregator:
     def marginal(self) -> pd.DataFrame:
         """Gain of each extra step: paired difference between consecutive steps of a series."""
         rows = []
-        metrics = of_kind(self.metrics, "quality")
         cost = self.cost_metric()
         for backbone, adapter, cells in self.series():
+            metrics = of_kind(self.series_metrics(backbone, adapter), "quality")
             for lower, upper in zip(cells, cells[1:], strict=False):
                 extra_s = np.nan
                 if cost is not None:
@@ -432,31 +489,44 @@ class Aggregator:
         """The per-image latency the cost views use: end to end when measured, else denoise + decode."""
         return next((c for c in PARETO_COSTS if c in self.metrics), None)
 
+    def pareto_values(self, backbone: str, adapter: str) -> list[str]:
+        """The value axes of a series' Pareto rows: its identity metric (no face = 0 when known),
+        else each of its own quality metrics (SD style/object series)."""
+        metrics = self.series_metrics(backbone, adapter)
+        identity = next((c for c in PARETO_VALUES if c in metrics), None)
+        return [identity] if identity else of_kind(metrics, "quality")
+
     def pareto(self) -> pd.DataFrame:
         """Every cell's mean latency (end to end when measured) and identity similarity (no face
-        = 0 when known); `on_front` marks the Pareto frontier, `device_name` where each ran."""
+        = 0 when known; a series without one: a row for each of its quality metrics); `on_front`
+        marks the Pareto frontier among the cells of the same value metric, `device_name` where
+        each ran."""
         cost = self.cost_metric()
-        value = next((c for c in PARETO_VALUES if c in self.metrics), None)
         base = ["cell_id", "backbone", "adapter", "steps", "cost_metric", "value_metric", "device_name"]
-        if cost is None or value is None:
-            return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
         rows = []
-        for cell in self.grid.cells:
-            row = {
-                "cell_id": cell.id,
-                "backbone": cell.backbone,
-                "adapter": cell.adapter,
-                "steps": cell.steps,
-                "cost_metric": cost,
-                "value_metric": value,
-                "device_name": devices(self.cell_frame(cell)),
-            }
-            for name, metric in (("cost", cost), ("value", value)):
-                m = self.mean(cell, metric)
-                row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
-            rows.append(row)
+        for cell in self.grid.cells if cost is not None else []:
+            for value in self.pareto_values(cell.backbone, cell.adapter):
+                row = {
+                    "cell_id": cell.id,
+                    "backbone": cell.backbone,
+                    "adapter": cell.adapter,
+                    "steps": cell.steps,
+                    "cost_metric": cost,
+                    "value_metric": value,
+                    "device_name": devices(self.cell_frame(cell)),
+                }
+                for name, metric in (("cost", cost), ("value", value)):
+                    m = self.mean(cell, metric)
+                    row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
+                rows.append(row)
+        if not rows:
+            return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
         table = pd.DataFrame(rows)
-        table["on_front"] = pareto_mask(table["cost"], table["value"], spec(value).better != "lower")
+        table["on_front"] = False
+        for value, group in table.groupby("value_metric", sort=False):
+            front = pareto_mask(group["cost"], group["value"], spec(value).better != "lower")
+            table.loc[group.index, "on_front"] = front
+        table["on_front"] = table["on_front"].astype(bool)
         return table
 
     def comparison(self) -> pd.DataFrame:
@@ -538,8 +608,11 @@ class Aggregator:
                     ref = Cell(backbone, reference, cell.steps)
                     if ref not in self.grid.cells:
                         continue
-                    for metric in of_kind(self.metrics, "quality"):
+                    shared = set(self.series_metrics(backbone, reference))
+                    for metric in of_kind(self.series_metrics(backbone, adapter), "quality"):
                         d = self.diff(cell, ref, metric)
+                        if metric not in shared or d.n_items == 0:
+                            continue  # a metric the reference series lacks, or items it never drew
                         rows.append(
                             {
                                 "backbone": backbone,
@@ -604,15 +677,27 @@ class Aggregator:
         """Simulated coverage of the intervals at the checked sizes and at this sweep's own
         (identities x prompts x seeds), with the fewest identities reaching 90% everywhere."""
         config = self.config
-        own = (len(config["identities"]), len(config["prompts"]), len(config["seeds"]))
-        shapes = list(dict.fromkeys([*SHAPES, own]))
+        own = [(len(config["identities"]), len(config["prompts"]), len(config["seeds"]))]
+        own += self.self_anchored_shapes()
+        shapes = list(dict.fromkeys([*SHAPES, *own]))
         table = coverage_table(shapes, COVERAGE_REPS, self.confidence, self.seed)
         table["this_sweep"] = [
-            (i, p, s) == own
+            (i, p, s) in own
             for i, p, s in zip(table["identities"], table["prompts"], table["seeds"], strict=True)
         ]
         table["fewest_identities_for_90"] = fewest_identities(table[table["prompts"] >= 8])
         return table
+
+    def self_anchored_shapes(self) -> list[tuple[int, int, int]]:
+        """(references, prompts, seeds) of the SD series as scored: their items are drawn from the
+        references of the adapter's role, so their size is not the identities'."""
+        shapes = []
+        for backbone, _, cells in self.series():
+            if anchors_to_highest_step(self.config, backbone):
+                frame = pd.concat([self.cell_frame(c) for c in cells])
+                if not frame.empty:
+                    shapes.append(tuple(int(frame[k].nunique()) for k in ("identity", "prompt_id", "seed")))
+        return list(dict.fromkeys(shapes))
 
     def widths(self) -> pd.DataFrame:
         """How wide the headline identity metric's intervals would be with more identities, at this

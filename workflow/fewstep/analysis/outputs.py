@@ -17,4 +17,4 @@ TABLES = (
 )
 
 #: figure folders under reports/<sweep>/figures/, each one Snakemake report category
-SECTIONS = ("regime", "cost", "ablation", "trajectory", "grids")
+SECTIONS = ("regime", "cost", "ablation", "trajectory", "grids", "sd")

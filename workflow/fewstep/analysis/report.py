@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fewstep.analysis.aggregate import load_trajectories
+from fewstep.analysis.aggregate import anchors_to_highest_step, load_trajectories, steps_to_share
 from fewstep.analysis.metric_registry import margin, spec
 from fewstep.analysis.outputs import SECTIONS, TABLES
 from fewstep.core import provenance
 from fewstep.core.config import config_hash
-from fewstep.core.images import identity_images
+from fewstep.core.images import identity_images, load_rgb
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid
@@ -938,7 +938,8 @@ def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
     return None
 
 
-def _grids_section(page: Page) -> None:
+def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
+    """Identity x steps grids of every backbone/adapter but the backbones in `skip` (SD's own section)."""
     config, grid, paths = page.config, page.grid, page.paths
     references = identity_images(config, config["report"]["grid_max_identities"])
     seed = config["seeds"][0]
@@ -948,6 +949,8 @@ def _grids_section(page: Page) -> None:
     )
     for prompt in [p["id"] for p in config["prompts"][: config["report"]["grid_prompts"]]]:
         for backbone, adapter in dict.fromkeys((c.backbone, c.adapter) for c in grid.cells):
+            if backbone in skip:
+                continue
             cells = _even(
                 sorted(grid.cells_of(backbone, adapter), key=lambda c: c.steps),
                 config["report"]["grid_max_steps"],
@@ -965,6 +968,181 @@ def _grids_section(page: Page) -> None:
                 f"{backbone} / {adapter}: identity x steps, prompt {prompt}, seed {seed}",
             )
     page.add("grids", "Image grids: identity x steps", body)
+
+
+# ------------------------------------------------------- SD style and object adapters
+#: how a family's section is titled
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+#: the study's third claim, which every SD section is set against
+SD_CLAIM = (
+    "style- and object-adapter (IP-Adapter) sweeps on SDXL and SD1.5 show the same diminishing "
+    "returns after intermediate steps"
+)
+
+
+def _family(config: dict[str, Any], backbone: str) -> str:
+    return config["backbones"][backbone].get("family", "flux")
+
+
+def _rows_of(table: pd.DataFrame, backbones: Iterable[str], keep: bool = True) -> pd.DataFrame:
+    """Rows of a per-backbone table whose backbone is (keep) or is not among `backbones`."""
+    if "backbone" not in table:
+        return table
+    inside = table["backbone"].isin(list(backbones))
+    return table[inside if keep else ~inside]
+
+
+def _role(config: dict[str, Any], adapter: str) -> str:
+    entry = config["adapters"].get(adapter.partition("+")[0], {})
+    return entry.get("role") or entry.get("kind", "")
+
+
+def _after_knee(marginal: pd.DataFrame, row) -> str:
+    """The largest gain per step (better direction) over the consecutive segments from the knee on."""
+    if not np.isfinite(row.knee_steps):
+        return "—"
+    after = marginal[
+        (marginal["backbone"] == row.backbone)
+        & (marginal["adapter"] == row.adapter)
+        & (marginal["metric"] == row.metric)
+        & (marginal["from_steps"] >= row.knee_steps)
+    ]
+    if after.empty:
+        return "—"
+    sign = spec(row.metric).sign
+    best = after.loc[(sign * after["gain_per_step"]).idxmax()]
+    width = best["to_steps"] - best["from_steps"]
+    low, high = best["gain_ci_low"] / width, best["gain_ci_high"] / width
+    return (
+        f"{fmt_ci(best['gain_per_step'], low, high, signed=True)} per step "
+        f"({int(best['from_steps'])} → {int(best['to_steps'])})"
+    )
+
+
+def _steps_to_95(row) -> float:
+    steps = [int(s) for s in str(row.steps).split()]
+    means = [float(m) for m in str(row.means).split()]
+    return steps_to_share(steps, means, row.better if isinstance(row.better, str) else "")
+
+
+def _found_text(row, marginal: pd.DataFrame) -> str:
+    """What the sweep found for one series and metric, in the claim's terms."""
+    label = spec(row.metric).label
+    share = _steps_to_95(row)
+    text = f"{_knee_text(row)} for {label}"
+    text += f" (rise first → last {fmt_ci(row.rise, row.rise_ci_low, row.rise_ci_high, signed=True)})"
+    if np.isfinite(share):
+        text += f", 95% of the rise by {_steps_label(int(share))}"
+    if row.effective_rule != "no anchor":
+        text += (
+            f", as good as its {_steps_label(int(row.steps.split()[-1]))} cell from {_effective_text(row)}"
+        )
+    after = _after_knee(marginal, row)
+    if after != "—":
+        text += f", largest gain after the knee {after}"
+    return text
+
+
+def sd_figure_name(family: str, adapter: str, metric: str) -> str:
+    return f"{family}__{adapter}__{metric}"
+
+
+def _sd_grids(page: Page, per_image: pd.DataFrame, backbone: str, adapter: str) -> str:
+    """Reference x steps grid of one SD series (first prompt and seed its images hold)."""
+    config, paths = page.config, page.paths
+    frame = per_image[(per_image["backbone"] == backbone) & (per_image["adapter"] == adapter)]
+    if frame.empty:
+        return ""
+    pictures = {r["id"]: r["image"] for r in [*config.get("references", []), *config["identities"]]}
+    prompt, seed = frame["prompt_id"].iloc[0], frame["seed"].iloc[0]
+    chosen = frame[(frame["prompt_id"] == prompt) & (frame["seed"] == seed)]
+    ids = list(dict.fromkeys(chosen["identity"]))[: config["report"]["grid_max_identities"]]
+    references = {
+        r: load_rgb(pictures[r]) if r in pictures else np.full((32, 32, 3), 187, np.uint8) for r in ids
+    }
+    steps = _even(sorted(set(chosen["steps"].astype(int))), config["report"]["grid_max_steps"])
+    tiles = {}
+    for row in chosen.itertuples(index=False):
+        if int(row.steps) in steps:
+            image = getattr(row, "image", None)
+            where = paths.cell_dir(row.cell_id) / image if isinstance(image, str) else None
+            tiles[(row.identity, _steps_label(int(row.steps)))] = where or paths.image(
+                row.cell_id, row.item_id
+            )
+    canvas = image_grid(references, [_steps_label(s) for s in steps], tiles)
+    return page.picture(
+        canvas,
+        "sd",
+        f"grid__{backbone}__{adapter}__{prompt}",
+        f"{backbone} / {adapter}: reference x steps, prompt {prompt}, seed {seed}",
+    )
+
+
+def _sd_sections(
+    page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, backbones: list[str]
+) -> None:
+    """One section per SD family of the sweep: its metrics vs steps, knees, grids and the claim."""
+    config, options = page.config, page.config["report"]
+    banner = WEIGHT_BANNERS.get(config["weights"])
+    for family in dict.fromkeys(_family(config, b) for b in backbones):
+        members = [b for b in backbones if _family(config, b) == family]
+        summary, regime = _rows_of(read["summary"], members), _rows_of(read["regime"], members)
+        marginal = _rows_of(read["marginal"], members)
+        adapters = list(dict.fromkeys(regime["adapter"]))
+        roles = list(dict.fromkeys(_role(config, a) for a in adapters))
+        name = FAMILY_NAMES.get(family, family)
+        title = f"{name} {' and '.join(roles) or 'IP-Adapter'} adapters"
+        body = f'<p class="banner">{html.escape(banner)}</p>' if banner else ""
+        claims = []
+        for row in regime.itertuples(index=False):
+            claims.append(
+                f"<li><code>{html.escape(row.backbone)} / {html.escape(row.adapter)}</code>: "
+                f"found: {html.escape(_found_text(row, marginal))}.</li>"
+            )
+        body += (
+            f"<p><b>claim:</b> {html.escape(SD_CLAIM)} (diminishing returns after intermediate steps).</p>"
+            + (f"<ul>{''.join(claims)}</ul>" if claims else _note("No quality metric in these scores."))
+            + "<p>Every SD series is its own reference: paired differences, the effective regime and "
+            "<code>lpips_anchor</code> (0 there) compare with the series' highest-step cell, not the "
+            "config's anchor. Intervals cluster on the reference (the <code>identity</code> column) and "
+            "the prompt.</p>"
+        )
+        figures = ""
+        for adapter in adapters:
+            for metric in dict.fromkeys(regime.loc[regime["adapter"] == adapter, "metric"]):
+                figures += page.figure(
+                    regime_figure(
+                        summary[summary["adapter"] == adapter],
+                        regime[regime["adapter"] == adapter],
+                        metric,
+                        margin(metric, options["margins"]),
+                    ),
+                    "sd",
+                    sd_figure_name(family, adapter, metric),
+                    f"{name} / {adapter}: {spec(metric).label} vs steps (tested knee starred)",
+                )
+        table = pd.DataFrame(
+            {
+                "backbone": regime["backbone"],
+                "adapter": regime["adapter"],
+                "role": [_role(config, a) for a in regime["adapter"]],
+                "metric": regime["metric"],
+                "knee (steps) [interval]": [_knee_text(r) for r in regime.itertuples(index=False)],
+                "effective from (vs highest steps)": [
+                    _effective_text(r) for r in regime.itertuples(index=False)
+                ],
+                "steps to 95% of the rise": [fmt(_steps_to_95(r)) for r in regime.itertuples(index=False)],
+                "largest gain per step after the knee [interval]": [
+                    _after_knee(marginal, r) for r in regime.itertuples(index=False)
+                ],
+            }
+        )
+        grids = "".join(
+            _sd_grids(page, per_image, b, a)
+            for b, a in dict.fromkeys(zip(summary["backbone"], summary["adapter"], strict=True))
+        )
+        body += figures + html_table(table) + "<h3>Image grids: reference x steps</h3>" + grids
+        page.add(f"sd-{family}", title, body)
 
 
 def _missing(count: int) -> str:
@@ -1178,6 +1356,9 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
         atomic_write_bytes(out.parent / "tables" / f"{name}.csv", source.read_bytes())
 
     page = Page(config, out)
+    sd = [b for b in dict.fromkeys(c.backbone for c in grid.cells) if anchors_to_highest_step(config, b)]
+    sd_read = read
+    read = {name: _rows_of(table, sd, keep=False) for name, table in read.items()}  # the FLUX sections'
     summary = read["summary"]
     _findings(page, read)
     _study_section(page, read["comparison"], config["report"]["confidence"])
@@ -1186,7 +1367,8 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"], summary)
     _trajectory_section(page, read["trajectory"], load_trajectories(config))
-    _grids_section(page)
+    _grids_section(page, frozenset(sd))
+    _sd_sections(page, sd_read, per_image, sd)
     _summary_section(page, summary)
     _method_section(page, summary, read["coverage"], read["widths"])
     _provenance_section(page, per_image)
