@@ -20,8 +20,6 @@ from PIL import Image
 from fewstep.analysis import aggregate, report
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
-from fewstep.families import FAMILIES
-from fewstep.families.sd.family import SD_FAMILIES
 from fewstep.grid import Cell, Item, image_keys
 
 SD_STEPS = [1, 2, 4, 8, 12, 16, 25, 30, 50]
@@ -44,65 +42,25 @@ def curve(metric: str, steps: int) -> float:
     }[metric]
 
 
-class SelfAnchored:
-    """An SD family as the grid will see it once wired (stand-in until FAMILIES lists it)."""
-
-    anchors_to_highest_step = True
-    max_side = 2048
-
-    def __init__(self, family):
-        self._family = family
-
-    def __getattr__(self, name):
-        return getattr(self._family, name)
-
-    def check_backbone(self, key, backbone):
-        pass
-
-    def cell_weights(self, backbone, adapter):
-        return {}
-
-    def cell_models(self, backbone, adapter):
-        return []
-
-    def cell_metrics(self, adapter, configured):
-        return []
-
-    def needs_identity_embeddings(self, adapter):
-        return False
-
-
-@pytest.fixture(scope="module")
-def families():
-    saved = dict(FAMILIES)
-    for name, family in SD_FAMILIES.items():
-        FAMILIES.setdefault(name, SelfAnchored(family))
-    yield
-    FAMILIES.clear()
-    FAMILIES.update(saved)
-
-
 def sd_config(root, with_flux: bool = True) -> dict:
-    """A validated FLUX config with SD backbones, adapters, references and cells added by hand."""
-    config = validate(synth.raw_config(root))
-    template = {**config["cells"][0]}  # a validated block: accelerations and steps filled in
+    """The synthetic FLUX config with SD backbones, adapters, references and cells, validated."""
+    raw = synth.raw_config(root)
     if not with_flux:
-        config["cells"] = []
-        config["anchor"] = config["comparison"] = None
-    flux = config["backbones"]["flux-dev"]
+        raw["cells"] = []
+        for key in ("anchor", "comparison", "trajectory"):
+            raw.pop(key, None)
     for family in ("sd15", "sdxl"):
-        config["backbones"][family] = {**flux, "family": family, "model": family, "steps": SD_STEPS}
-        config["backbones"][family]["max_sequence_length"] = 77
+        raw["backbones"][family] = {"family": family, "model": family, "steps": SD_STEPS}
     for role in REFERENCES:
-        config["adapters"][f"sd-{role}"] = {"kind": "ip_adapter", "role": role, "file": "plain", "scale": 1.0}
-    config["references"] = [
+        raw["adapters"][f"sd-{role}"] = {"kind": "ip_adapter", "role": role, "file": "plain", "scale": 1.0}
+    raw["references"] = [
         {"id": r, "image": f"builtin:{PICTURES[r]}", "role": role}
         for role, refs in REFERENCES.items()
         for r in refs
     ]
-    config["cells"].append({**template, "backbones": ["sd15"], "adapters": ["sd-style", "sd-object"]})
-    config["cells"].append({**template, "backbones": ["sdxl"], "adapters": ["sd-style"]})
-    return config
+    raw["cells"].append({"backbones": ["sd15"], "adapters": ["sd-style", "sd-object"]})
+    raw["cells"].append({"backbones": ["sdxl"], "adapters": ["sd-style"]})
+    return validate(raw)
 
 
 def write_sd_scores(config: dict, rng: np.random.Generator) -> None:
@@ -153,7 +111,7 @@ def build(root, with_flux: bool = True):
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory, families):
+def mixed(tmp_path_factory):
     return build(tmp_path_factory.mktemp("mixed"))
 
 

@@ -551,6 +551,12 @@ class Grid:
                 raise ConfigError(
                     f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
                 )
+            if cell is not None and self.reads_references(cell):
+                raise ConfigError(
+                    f"config {key}: {cell.id} is a {self.family(cell).name} cell; the {key.split('.')[0]} "
+                    "compares identities (FLUX cells only), and SD cells are compared with their own "
+                    "highest-step cell; remove it"
+                )
 
     def _check_items(self, cell: Cell) -> None:
         """Each cell has pictures to cross: identities, or references of the roles it reads."""

@@ -51,9 +51,6 @@ STUDY = {
 #: without an identity metric (SD style/object cells) gets a row per cell for each of its quality metrics
 PARETO_COSTS = ("end_to_end_s", "latency_s")
 PARETO_VALUES = ("id_sim_zero", "id_sim")
-#: families whose series are their own reference (their highest-step cell) until the family says so
-#: itself (`Family.anchors_to_highest_step`)
-SELF_ANCHORED_FAMILIES = ("sd15", "sdxl")
 #: share of a curve's rise (first to last step count, in the better direction) "steps to 95%" asks for
 RISE_SHARE = 0.95
 #: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
@@ -228,10 +225,7 @@ def prepare(scores: pd.DataFrame) -> pd.DataFrame:
 def anchors_to_highest_step(config: dict[str, Any], backbone: str) -> bool:
     """Whether `backbone`'s series take their own highest-step cell as the reference of paired
     differences and of `lpips_anchor` (SD), rather than the config's ``anchor`` (FLUX)."""
-    name = config["backbones"][backbone].get("family", "flux")
-    family = FAMILIES.get(name)
-    flag = getattr(family, "anchors_to_highest_step", None)
-    return bool(flag) if flag is not None else name in SELF_ANCHORED_FAMILIES
+    return FAMILIES[config["backbones"][backbone]["family"]].anchors_to_highest_step
 
 
 def steps_to_share(steps: list[int], means: list[float], better: str, share: float = RISE_SHARE) -> float:
