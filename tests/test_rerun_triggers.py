@@ -238,3 +238,44 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     }
     assert remade == {manifest["item_id"].iloc[0]}  # the others were kept
     assert planned(demo, demo_file) == []
+
+
+SD_DOWNSTREAM = {"aggregate": 1, "report": 1, "wandb_aggregate": 1}
+
+
+def test_an_sd_negative_prompt_change_reembeds_that_backbones_prompts_only(demo):
+    config = demo_config()
+    config["backbones"]["sd15"]["negative_prompt"] = "lowres, watermark"
+    configfile = write_config(demo, config)
+    jobs = planned(demo, configfile)
+    # the two prompts of sd15 (its negative is part of their embedding), sd15's jobs downstream
+    assert [w.split(", prompt=")[1].split(",")[0] for w in of(jobs, "embed_sd_prompt")] == [
+        "astronaut-suit",
+        "portrait",
+    ]
+    assert all("backbone=sd15" in w or "family=sd15" in w for w in of(jobs, "embed_sd_prompt"))
+    assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sd15, adapter=sd-style"]
+    assert counts(jobs) == {"embed_sd_prompt": 2, "generate": 2, "score": 6, **SD_DOWNSTREAM}
+    cell = "sd15/sd-style/1"
+    before = images(demo, cell)
+    run_cell(demo, configfile, cell)
+    after = images(demo, cell)
+    assert before.keys() == after.keys() and all(before[i] != after[i] for i in before)
+
+
+def test_an_sd_reference_picture_change_reembeds_that_reference_only(demo):
+    config = demo_config()
+    config["references"][1]["image"] = "builtin:rocket"  # the object reference
+    configfile = write_config(demo, config)
+    jobs = planned(demo, configfile)
+    assert of(jobs, "embed_reference") == [
+        "family=sd15, file=plus, reference=coffee",
+        "family=sdxl, file=plus, reference=coffee",
+    ]
+    assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sdxl, adapter=sd-object"]
+    assert counts(jobs) == {"embed_reference": 2, "generate": 2, "score": 6, **SD_DOWNSTREAM}
+    cell = "sdxl/sd-object/2"
+    before = images(demo, cell)
+    run_cell(demo, configfile, cell)
+    after = images(demo, cell)
+    assert before.keys() == after.keys() and all(before[i] != after[i] for i in before)
