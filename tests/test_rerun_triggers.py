@@ -99,12 +99,22 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
     config["prompts"][0]["text"] = "An oil painting of the person in a garden, impressionist style"
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
-    # that prompt at both T5 lengths (dev 512, schnell 256), no identity, every cell downstream
+    # that prompt at both T5 lengths (dev 512, schnell 256) and for both SD families, no
+    # identity, every cell downstream (the SD cells share the prompts)
     assert of(jobs, "embed_prompt") == [
         "family=flux, prompt=portrait, length=256",
         "family=flux, prompt=portrait, length=512",
     ]
-    assert counts(jobs) == {"embed_prompt": 2, **DOWNSTREAM}
+    assert [w.split(", negative=")[0] for w in of(jobs, "embed_sd_prompt")] == [
+        "family=sd15, prompt=portrait",
+        "family=sdxl, prompt=portrait",
+    ]
+    sd_cells = {"generate": 4, "score": 12}
+    assert counts(jobs) == {
+        "embed_prompt": 2,
+        "embed_sd_prompt": 2,
+        **{rule: n + sd_cells.get(rule, 0) for rule, n in DOWNSTREAM.items()},
+    }
     before = images(demo)
     run_cell(demo, configfile)
     after = images(demo)

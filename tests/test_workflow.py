@@ -16,15 +16,20 @@ def test_demo_sweep_produces_every_output(demo_run):
     grid = Grid(config)
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
-    assert len(images) == len(grid.cells) * len(grid.items) == 7 * 4
+    # 7 FLUX cells of 2 identities x 2 prompts, 12 SD cells of 1 reference x 2 prompts
+    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 12 * 2
     for cell in grid.cells:
         manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
-        assert len(manifest) == 4 and manifest["item_id"].is_unique
+        assert len(manifest) == len(grid.items_of(cell)) and manifest["item_id"].is_unique
         scores = pd.read_parquet(results / "scores" / cell.id / "scores.parquet")
         assert list(scores["item_id"]) == list(manifest["item_id"])
     summary = pd.read_csv(results / "aggregate" / "summary.csv")
-    assert len(summary) == len(grid.cells) * summary["metric"].nunique()
     assert not summary.duplicated(["cell_id", "metric"]).any()
+    metrics = summary.groupby("cell_id")["metric"].apply(set)
+    assert set(metrics.index) == {cell.id for cell in grid.cells}
+    assert {"csd", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sd15/sd-style/2"]
+    assert {"dino", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sdxl/sd-object/1"]
+    assert "id_sim" not in metrics["sd15/sd-style/2"] and "csd" not in metrics["flux-dev/infusenet-aes/1"]
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
     assert {"lpips_ref", "lpips_anchor", "clip_score"} <= set(summary["metric"])
     anchor = summary[(summary["cell_id"] == config["anchor"]) & (summary["metric"] == "lpips_anchor")]
