@@ -194,3 +194,26 @@ def test_config_reference_page_is_current():
     assert page == reference_markdown(), "run: fewstep config-reference --out config/README.md"
     assert "| `backbones.<name>.steps` | list of integer |" in page
     assert '| `scoring.lpips_net` | `alex` \\| `vgg` | `"alex"` |' in page
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "line"),
+    [
+        ("backbones", "scheduler", "ddim", "config backbones.flux-dev.scheduler: an SD setting"),
+        ("backbones", "resolution", 512, "config backbones.flux-dev.resolution: an SD setting"),
+        ("adapters", "scale", 0.5, "config adapters.infusenet-aes.scale: an IP-Adapter setting"),
+    ],
+)
+def test_sd_only_settings_on_flux_are_refused_in_one_line(section, key, value, line):
+    import re
+
+    import yaml
+
+    from fewstep.grid import Grid
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    name = "flux-dev" if section == "backbones" else "infusenet-aes"
+    raw[section][name][key] = value
+    with pytest.raises(ConfigError, match=re.escape(line)):
+        Grid(validate(raw))

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from fewstep.registry.spec import ModelSpec
 
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
+#: backbone and adapter keys of the SD families' schema that FLUX would silently ignore
+SD_ONLY_BACKBONE_KEYS = ("scheduler", "negative_prompt", "resolution")
+IP_ADAPTER_KEYS = ("role", "file", "scale")
 
 
 class FluxFamily:
@@ -30,6 +33,12 @@ class FluxFamily:
         return BACKBONES
 
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
+        for setting in SD_ONLY_BACKBONE_KEYS:
+            if setting in backbone:
+                raise ConfigError(
+                    f"config backbones.{key}.{setting}: an SD setting, which FLUX does not take; remove it"
+                    + (" (FLUX uses config resolution)" if setting == "resolution" else "")
+                )
         too_long = backbone["max_sequence_length"] > SCHNELL_MAX_SEQUENCE_LENGTH
         if backbone["model"] == "flux-schnell" and too_long:
             raise ConfigError(
@@ -38,7 +47,14 @@ class FluxFamily:
             )
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
-        """The schema already checks InfuseNet's settings (variant, scale, window, control)."""
+        """The schema checks InfuseNet's settings (variant, scale, window, control); IP-Adapter's
+        would be ignored here, so they are refused."""
+        for setting in IP_ADAPTER_KEYS:
+            if adapter["kind"] == "infusenet" and setting in adapter:
+                raise ConfigError(
+                    f"config adapters.{key}.{setting}: an IP-Adapter setting, which InfuseNet does not "
+                    "take; remove it (InfuseNet's strength is conditioning_scale)"
+                )
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
         """dev's embedded guidance; schnell's transformer has no guidance embedding."""
