@@ -51,9 +51,9 @@ def test_plain_string_prompts_get_ids(raw_demo):
             "is not one of",
         ),
         (
-            lambda c: c["cells"][0]["backbones"].append("sdxl"),
+            lambda c: c["cells"][0]["backbones"].append("sd21"),
             "cells[0].backbones",
-            "unknown backbone 'sdxl'",
+            "unknown backbone 'sd21'",
         ),
         (lambda c: c["cells"][0]["adapters"].append("nope"), "cells[0].adapters", "unknown adapter 'nope'"),
         (

@@ -23,12 +23,16 @@ GRID_SIDE = (
     "cell_models",
     "needs_identity_embeddings",
     "prompt_model",
+    "reads_references",
+    "anchors_to_highest_step",
+    "cell_weights",
+    "cell_metrics",
 )
 
 
 def test_flux_is_the_registered_family_and_has_the_grid_side():
-    assert FAMILIES == {"flux": FLUX}
-    assert [name for name in GRID_SIDE if not hasattr(FLUX, name)] == []
+    assert FAMILIES["flux"] is FLUX and sorted(FAMILIES) == ["flux", "sd15", "sdxl"]
+    assert [(f, name) for f in FAMILIES.values() for name in GRID_SIDE if not hasattr(f, name)] == []
     assert set(GRID_SIDE) <= set(Family.__annotations__) | set(vars(Family))
     assert sorted(FLUX.backbones) == ["flux-dev", "flux-schnell"]
     assert FLUX.cell_models({"model": "flux-dev"}, {"kind": "none"}) == ["flux-dev"]
@@ -45,6 +49,8 @@ class ToyFamily:
     backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
     adapter_kinds = frozenset({"none"})
     max_side = 512
+    reads_references = False
+    anchors_to_highest_step = False
 
     def check_backbone(self, key, backbone):
         if backbone["steps"] != sorted(backbone["steps"]):
@@ -56,8 +62,14 @@ class ToyFamily:
     def guidance(self, backbone):
         return 7.5
 
+    def cell_weights(self, backbone, adapter):
+        return {backbone["model"]: ("unet/",)}
+
     def cell_models(self, backbone, adapter):
-        return [backbone["model"]]
+        return list(self.cell_weights(backbone, adapter))
+
+    def cell_metrics(self, adapter, configured):
+        return list(configured)
 
     def needs_identity_embeddings(self, adapter):
         return False
@@ -71,13 +83,15 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     raw_demo["adapters"]["bare"] = {"kind": "none"}
     raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"]})
     config = validate(raw_demo)
-    with pytest.raises(ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux"):
+    with pytest.raises(
+        ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux, sd15, sdxl"
+    ):
         Grid(config)
     families = {**FAMILIES, "toy": ToyFamily()}
     grid = Grid(config, families=families)
     toy = Cell("toy", "bare", 3)
     assert grid.guidance(toy) == 7.5 and grid.generation_models(toy) == ["toy-1"]
-    assert grid.families == ["flux", "toy"] and grid.text_encoder_backbone("toy") == "toy-1"
+    assert grid.families == ["flux", "sd15", "sdxl", "toy"] and grid.text_encoder_backbone("toy") == "toy-1"
     assert "toy-1" in grid.models and not grid.needs_identity_embeddings(toy)
     raw_demo["cells"][-1]["adapters"] = ["infusenet-aes"]
     wrong_kind = r"adapter 'infusenet-aes' \(infusenet\) cannot run on a toy backbone"

@@ -22,6 +22,11 @@ def test_demo_grid_cells_and_items(raw_demo):
         "flux-schnell/infusenet-aes/1",
         "flux-schnell/infusenet-aes/2",
         "flux-schnell/infusenet-aes/4",
+        *(f"{b}/{a}/{s}" for b in ("sd15", "sdxl") for a in ("sd-style", "sd-object") for s in (1, 2, 4)),
+    ]
+    assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
+        "coffee/portrait/s0",
+        "coffee/astronaut-suit/s0",
     ]
     assert [i.id for i in grid.items] == [
         "astronaut/portrait/s0",
@@ -33,12 +38,17 @@ def test_demo_grid_cells_and_items(raw_demo):
     assert grid.comparison == (Cell("flux-dev", "infusenet-aes", 8), Cell("flux-schnell", "infusenet-aes", 4))
     assert grid.models == [
         "arcface-irse50",
-        "clip-vit-l14",  # clip_score
+        "clip-vit-l14",  # clip_score, clip_i
+        "csd-vit-l",  # the SD style cells' csd
+        "dinov2-base",  # the SD object cells' dino
         "flux-dev",
         "flux-schnell",
         "infiniteyou",
         "insightface",
+        "ip-adapter",
         "lpips-alex",  # lpips
+        "sd15",
+        "sdxl",
     ]
 
 
@@ -97,12 +107,17 @@ def test_changing_one_backbone_parameter_changes_only_its_cells(raw_demo):
     )
 
 
-def test_adding_an_identity_changes_every_cell(raw_demo):
+def test_adding_an_identity_changes_every_flux_cell_and_a_reference_its_roles_sd_cells(raw_demo):
     before = Grid(validate(raw_demo))
     raw_demo["identities"].append({"id": "coffee", "image": "builtin:coffee"})
     after = Grid(validate(raw_demo))
-    assert all(before.cell_hash(c) != after.cell_hash(c) for c in before.cells)
+    changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
+    assert changed == {c.id for c in before.cells if c.backbone.startswith("flux")}
     assert len(after.items) == 6
+    raw_demo["references"].append({"id": "rocket", "image": "builtin:rocket", "role": "style"})
+    with_style = Grid(validate(raw_demo))
+    changed = {c.id for c in after.cells if after.cell_hash(c) != with_style.cell_hash(c)}
+    assert changed == {c.id for c in after.cells if c.adapter == "sd-style"}
 
 
 def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_demo):
