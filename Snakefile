@@ -51,9 +51,8 @@ GPU = 0 if CONFIG["device"] == "cpu" else 1
 os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
 # Threads of the CPU-heavy rules (scoring, embeddings, trajectories, aggregation), at most
 # --cores; Snakemake hands them to each job as OMP_NUM_THREADS, which torch and fewstep's
-# onnxruntime sessions follow. Tiny models compute next to nothing: their jobs spend their time
-# importing torch and loading, one core each, so that more of them run side by side.
-CPU_THREADS = 1 if CONFIG["weights"] == "tiny" else 4
+# onnxruntime sessions follow.
+CPU_THREADS = 4
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line).
 if workflow.is_main_process and "--unlock" not in sys.argv:
