@@ -23,17 +23,26 @@ from fewstep.analysis.metric_registry import METRICS
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
-GPU_RULES = {"generate", "embed_prompt", "trajectory"}
-CPU_HEAVY_RULES = {"score", "embed_prompt", "embed_identity", "trajectory", "aggregate"}
+GPU_RULES = {"generate", "embed_prompt", "embed_sd_prompt", "embed_reference", "trajectory"}
+CPU_HEAVY_RULES = {
+    "score",
+    "embed_prompt",
+    "embed_sd_prompt",
+    "embed_reference",
+    "embed_identity",
+    "trajectory",
+    "aggregate",
+}
+DEMO = REPO / "config" / "demo.yaml"
 #: what differs between two runs of the same sweep: every cost the registry knows (times, memory)
 TIMING = [name for name, spec in METRICS.items() if spec.kind == "cost"]
 
 
 def snakemake(
-    workdir: Path, *args: str | Path, env: dict[str, str] | None = None
+    workdir: Path, *args: str | Path, env: dict[str, str] | None = None, configfile: Path = DEMO
 ) -> subprocess.CompletedProcess:
     """The demo sweep run from `workdir` with the repository's Snakefile (and so its profiles)."""
-    cmd = [SNAKEMAKE, "-s", REPO / "Snakefile", "-d", workdir, "--configfile", REPO / "config" / "demo.yaml"]
+    cmd = [SNAKEMAKE, "-s", REPO / "Snakefile", "-d", workdir, "--configfile", configfile]
     return subprocess.run(
         [str(part) for part in (*cmd, *args)],
         cwd=workdir,
@@ -42,6 +51,22 @@ def snakemake(
         env=env,
         timeout=1500,
     )
+
+
+def flux_demo(folder: Path) -> Path:
+    """The demo without its SD cells: the Slurm round trip checks the profiles and the plumbing,
+    which the FLUX half exercises in full (GPU, CPU and local rules), at half the jobs."""
+    import yaml
+
+    config = yaml.safe_load(DEMO.read_text())
+    for backbone in [b for b, spec in config["backbones"].items() if spec.get("family", "flux") != "flux"]:
+        del config["backbones"][backbone]
+    config["adapters"] = {k: v for k, v in config["adapters"].items() if v["kind"] != "ip_adapter"}
+    config["cells"] = [c for c in config["cells"] if set(c["backbones"]) <= set(config["backbones"])]
+    del config["references"]
+    path = folder / "flux-demo.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
 
 
 def tail(run: subprocess.CompletedProcess, lines: int = 60) -> str:
@@ -168,7 +193,7 @@ def card_lines(workdir: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: Path) -> None:
-    """The demo with device=auto, so the GPU rules ask Slurm for GPUs; then locally.
+    """The demo's FLUX cells with device=auto, so the GPU rules ask Slurm for GPUs; then locally.
 
     Each run builds its own tiny models: the same bytes come out, down to the PNGs.
     """
@@ -179,13 +204,19 @@ def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: P
 
     # as a user runs it: the demo config's offline W&B mode applies (no WANDB_MODE=disabled)
     user_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    configfile = flux_demo(tmp_path)
     run = snakemake(
-        on_slurm, "--workflow-profile", REPO / "profiles/slurm", *config, env={**user_env, **slurm}
+        on_slurm,
+        "--workflow-profile",
+        REPO / "profiles/slurm",
+        *config,
+        env={**user_env, **slurm},
+        configfile=configfile,
     )
     assert run.returncode == 0, tail(run)
     env = {k: v for k, v in user_env.items() if k != "SLURM_CONF"}
     env.update(FEWSTEP_GPUS="2", FEWSTEP_GPU_LOCK_DIR=str(tmp_path / "gpu-locks"))
-    run = snakemake(local, "--resources", "gpu=2", *config, env=env)
+    run = snakemake(local, "--resources", "gpu=2", *config, env=env, configfile=configfile)
     assert run.returncode == 0, tail(run)
 
     # same files, same images pixel for pixel
