@@ -76,14 +76,18 @@ def test_cell_runs_carry_parameters_and_summaries(demo) -> None:
         assert generate.config["device"] == "cpu"
         assert GENERATE_SUMMARY <= set(generate.summary)
         manifest = pd.read_parquet(work / paths.manifest(cell.id))
-        assert generate.summary["images"] == len(grid.items) == len(manifest)
+        assert generate.summary["images"] == len(grid.items_of(cell)) == len(manifest)
         assert generate.summary["latency_s"] == pytest.approx(manifest["latency_s"].mean())
-        assert SCORE_SUMMARY <= set(score.summary)
+        sd_summary = {"images", "clip_i", "clip_score", "latency_s"}
+        own = sd_summary if grid.reads_references(cell) else SCORE_SUMMARY
+        assert own <= set(score.summary)
         scores = pd.read_parquet(work / paths.scores(cell.id))
-        assert score.summary["id_sim"] == pytest.approx(scores["id_sim"].mean())
-        assert score.summary["id_sim_n"] == scores["id_sim"].notna().sum()
+        for metric in ("id_sim", "csd", "dino", "clip_i"):
+            if metric in scores:  # each cell's own metrics (identity for FLUX, its role's for SD)
+                assert score.summary[metric] == pytest.approx(scores[metric].mean())
+                assert score.summary[f"{metric}_n"] == scores[metric].notna().sum()
         assert score.summary["samples"]["_type"] == "image-file"
-        assert score.summary["scores"]["nrows"] == len(grid.items)
+        assert score.summary["scores"]["nrows"] == len(grid.items_of(cell))
 
 
 def test_trajectory_runs_draw_each_step(demo) -> None:

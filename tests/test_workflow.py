@@ -74,16 +74,20 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     cells, jobs = len(grid.cells), len(grid.jobs)
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
-    # and schnell-4 (4 scales, 3 windows), the accelerations (compiled, cached) at dev-28, schnell-4
-    assert cells == (9 + 6) * 3 + 9 + 7 + 4
+    # and schnell-4 (4 scales, 3 windows), the accelerations (compiled, cached) at dev-28, schnell-4,
+    # and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain, none) x 9 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 4 + 2 * 5 * 9
     # one generate job per backbone x adapter x acceleration (all its step counts), one score per cell
     assert counts["generate"] == jobs < cells == counts["score"]
-    # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring)
-    assert counts["prepare_model"] == 7
+    # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
+    # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores)
+    assert counts["prepare_model"] == 12
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
-    # one embedding job per prompt and sequence length (8 x 2) and per identity (2)
+    # one embedding job per prompt and sequence length (8 x 2) and per identity (2); per SD family
+    # one per prompt (8, one negative prompt) and per reference and adapter file (6 plain, 3 plus)
     assert counts["embed_prompt"] == 16 and counts["embed_identity"] == 2
-    assert counts["total"] == jobs + cells + 7 + 18 + 3 + 4 + 1
+    assert counts["embed_sd_prompt"] == 2 * 8 and counts["embed_reference"] == 2 * (6 + 3)
+    assert counts["total"] == jobs + cells + 12 + 18 + 16 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
