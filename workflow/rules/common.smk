@@ -31,7 +31,9 @@ def score_inputs(wildcards):
     """The cell's generation job, the scoring models, and the anchor cell's job (LPIPS to it)."""
     cell_id = CELL_PATTERN.format(**wildcards)
     inputs = [generation_record(cell_id)]
-    inputs += [marker_path(CONFIG, name) for name in GRID.score_models(GRID.cell(cell_id))]
+    inputs += [
+        marker_path(CONFIG, name) for name in GRID.score_models(GRID.cell(cell_id))
+    ]
     anchor = score_anchor(CONFIG, cell_id)
     if anchor is not None:
         inputs.append(generation_record(anchor))

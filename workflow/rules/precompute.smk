@@ -63,7 +63,10 @@ rule embed_sd_prompt:
     params:
         # Re-embed exactly the prompt whose text or negative prompt changed.
         text=lambda w: GRID.prompt(w.prompt)["text"],
-        negative=lambda w: GRID.negative_prompts(w.family)[w.negative].get("negative_prompt") or "",
+        negative=lambda w: GRID.negative_prompts(w.family)[w.negative].get(
+            "negative_prompt"
+        )
+        or "",
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
         " --prompt {wildcards.prompt} --negative {wildcards.negative} > {log:q} 2>&1"
