@@ -254,7 +254,7 @@ def write(tmp_path: Path, config: dict, name: str = "config.yaml") -> str:
             lambda c: c["backbones"]["flux-dev"].update(steps=[-4]),
             "backbones.flux-dev.steps[0]: -4 is less than",
         ),
-        (lambda c: c["cells"][0]["backbones"].append("sdxl"), "cells[0].backbones: unknown backbone 'sdxl'"),
+        (lambda c: c["cells"][0]["backbones"].append("sd21"), "cells[0].backbones: unknown backbone 'sd21'"),
         (lambda c: c["cells"][0]["adapters"].append("ipa"), "cells[0].adapters: unknown adapter 'ipa'"),
         (lambda c: c["resolution"].update(height=1000), "resolution.height: 1000 is not a multiple of 16"),
         (lambda c: c.update(seeds=[2**64]), "seeds[0]: 18446744073709551616 is greater than the maximum"),

@@ -139,19 +139,20 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
     for cell in grid.cells:
         generate, score = runs["generate", cell.id], runs["score", cell.id]
         length = grid.backbone(cell)["max_sequence_length"]
+        family = grid.backbone(cell)["family"]
         assert set(generate.used_artifacts) == {
-            f"weights-tiny-{cell.backbone}",
-            "weights-tiny-infiniteyou",
-            f"embeddings-demo-flux-L{length}",
+            *(f"weights-tiny-{model}" for model in grid.generation_models(cell)),
+            f"embeddings-demo-{family}-L{length}",
             "identities-demo",
         }
         images = generate.logged_artifacts[f"images-demo-{_slug(cell.id)}"]
         assert score.used_artifacts[f"images-demo-{_slug(cell.id)}"].digest == images.digest
         scores = score.logged_artifacts[f"scores-demo-{_slug(cell.id)}"]
         assert aggregate.used_artifacts[f"scores-demo-{_slug(cell.id)}"].digest == scores.digest
+        spec = BACKBONES.get(cell.backbone) or grid.family(cell).backbones[cell.backbone]
         assert generate.config["models"][cell.backbone] == {
-            "repo_id": BACKBONES[cell.backbone].repo_id,
-            "revision": BACKBONES[cell.backbone].revision,
+            "repo_id": spec.repo_id,
+            "revision": spec.revision,
             "commit": None,  # tiny weights come from no hub commit
         }
         assert f"logs/generate/{_slug(cell.job)}.log" in generate.files  # one log per job

@@ -458,6 +458,27 @@ class Grid:
         """The metrics that score `cell` (its family picks them from config ``scoring.metrics``)."""
         return self.family(cell).cell_metrics(self.adapter(cell), self.config["scoring"]["metrics"])
 
+    def score_spec(self, cell: Cell) -> dict[str, Any]:
+        """Everything besides its images that `cell`'s scores depend on."""
+        metrics = self.cell_metrics(cell)
+        anchor = self.score_anchor(cell)
+        pictures = self.reference_pictures if self.reads_references(cell) else self.pictures
+        references = sorted({item.identity for item in self.items_of(cell)})
+        spec = {
+            "metrics": metrics,
+            "scoring": {k: v for k, v in self.config["scoring"].items() if k != "metrics"},
+            "pictures": {r: pictures[r] for r in references},
+            "anchor": None if anchor is None else anchor.id,
+        }
+        if "identity" in metrics:  # the face detector picks the face the score compares
+            spec["face"] = self.config["face"]
+        return spec
+
+    def score_hash(self, cell: Cell) -> str:
+        """Changes exactly when `cell`'s scores would change for the same images (the score
+        rule's trigger; key order in the config file does not matter)."""
+        return fingerprint(self.score_spec(cell))
+
     def score_models(self, cell: Cell) -> list[str]:
         """Registry models the score job of `cell` loads."""
         return scoring_models(self.config, self.cell_metrics(cell))

@@ -19,12 +19,10 @@ rule score:
         batch=halved_per_attempt(CONFIG["scoring"]["batch_size"]),
         attempt=attempt_number,
     params:
-        # Rescore when the metrics, the face pack, the anchor or a reference picture change
-        # (a cell without a face adapter does not regenerate when a picture changes).
-        scoring=CONFIG["scoring"],
-        pictures=GRID.pictures,
-        face=CONFIG["face"],
-        anchor=CONFIG.get("anchor"),
+        # Rescore exactly when the cell's metrics and their settings, its reference pictures, the
+        # face choice (identity cells) or its anchor change (a cell without an adapter does not
+        # regenerate when a picture changes); one order-free hash, as the cells' own.
+        score_hash=lambda w: GRID.score_hash(GRID.cell(CELL_PATTERN.format(**w))),
     shell:
         "python -m fewstep score --batch-size {resources.batch}"
         " --attempt {resources.attempt}"
