@@ -138,12 +138,12 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
     aggregate = runs["aggregate", "demo"]
     for cell in grid.cells:
         generate, score = runs["generate", cell.id], runs["score", cell.id]
-        length = grid.backbone(cell)["max_sequence_length"]
-        family = grid.backbone(cell)["family"]
+        family, file = grid.backbone(cell)["family"], grid.reference_file(cell)
+        variant = grid.prompt_embedding(demo["paths"], cell, "portrait").name.split(".")[1]  # L512, N...
         assert set(generate.used_artifacts) == {
             *(f"weights-tiny-{model}" for model in grid.generation_models(cell)),
-            f"embeddings-demo-{family}-L{length}",
-            "identities-demo",
+            f"embeddings-demo-{family}-{variant}",
+            f"references-demo-{family}-{file}" if file else "identities-demo",
         }
         images = generate.logged_artifacts[f"images-demo-{_slug(cell.id)}"]
         assert score.used_artifacts[f"images-demo-{_slug(cell.id)}"].digest == images.digest

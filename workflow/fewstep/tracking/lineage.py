@@ -9,7 +9,8 @@ version the generate job logged. Nothing here needs the network.
   describes it (hub repo, requested revision, resolved commit, every file's
   size and sha256) in ``weights.json``; real hub weights also as references to
   the files at that commit on the hub, which W&B records without fetching them;
-- ``embeddings-<sweep>-<family>-L<length>`` and ``identities-<sweep>``
+- ``embeddings-<sweep>-<family>-<L<length> | N<negative>>``, ``identities-<sweep>`` and
+  ``references-<sweep>-<family>-<adapter file>``
   (``embeddings``): the precomputed prompt and identity embeddings a cell reads;
 - ``images-<sweep>-<cell>`` (``images``): a cell's manifest, and the PNGs it lists as
   checksummed references to the files under the results folder (not uploaded);
@@ -72,15 +73,22 @@ def embeddings(config: dict[str, Any], cell: Cell) -> list[Any]:
     import wandb
 
     grid, paths = Grid(config), Paths(config)
-    backbone = grid.backbone(cell)
-    family, length = backbone["family"], backbone["max_sequence_length"]
+    family = grid.backbone(cell)["family"]
+    prompts = grid.prompt_embeddings(paths, cell)
+    # what the prompt files were encoded with: L<length> (FLUX's T5) or N<negative prompt> (SD)
+    variant = Path(prompts[0]).name.split(".")[1]
+    references = grid.identity_embeddings(paths, cell)
+    if grid.reference_file(cell) is not None:  # one image encoder per family and adapter file
+        references_name = artifact_name("references", config["sweep"], family, grid.reference_file(cell))
+    else:
+        references_name = artifact_name("identities", config["sweep"])
     groups = [
         (
-            artifact_name("embeddings", config["sweep"], family, f"L{length}"),
-            grid.prompt_embeddings(paths, cell),
-            {"text_encoders": grid.text_encoder_backbone(family), "max_sequence_length": length},
+            artifact_name("embeddings", config["sweep"], family, variant),
+            prompts,
+            {"text_encoders": grid.text_encoder_backbone(family), "variant": variant},
         ),
-        (artifact_name("identities", config["sweep"]), grid.identity_embeddings(paths, cell), {}),
+        (references_name, references, {}),
     ]
     out = []
     for name, files, metadata in groups:

@@ -77,9 +77,11 @@ def workspace(config: dict[str, Any], entity: str) -> Any:
 
 
 def _cells_by_backbone(grid: Grid) -> dict[str, list[Any]]:
+    """The identity-scored cells (FLUX's) by backbone: the panels draw their id_sim curves."""
     out: dict[str, list[Any]] = {}
     for cell in grid.cells:
-        out.setdefault(cell.backbone, []).append(cell)
+        if "identity" in grid.cell_metrics(cell):
+            out.setdefault(cell.backbone, []).append(cell)
     return out
 
 
