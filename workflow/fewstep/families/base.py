@@ -224,6 +224,15 @@ def rms(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float().pow(2).mean().sqrt()
 
 
+def timed(device: torch.device, compute: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """`compute(*args)` and its wall time, the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    value = compute(*args)
+    synchronize(device)
+    return value, time.perf_counter() - start
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op off CUDA): around timed sections."""
     if device.type == "cuda":

@@ -77,7 +77,7 @@ def embed_prompts(
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
     written = []
     for name in [family] if family else grid.families:
-        if getattr(grid.known_families[name], "reads_references", False):
+        if grid.known_families[name].reads_references:
             negatives = grid.negative_prompts(name)
             labels = [negative] if negative else list(negatives)
             written += _embed_sd_prompts(config, name, prompts, {k: negatives[k] for k in labels})
@@ -92,7 +92,7 @@ def _embed_sd_prompts(
 ) -> list[Path]:
     """One file per prompt and negative prompt: prompt and negative embeddings (SDXL: pooled too)."""
     from fewstep.core.provenance import device_name
-    from fewstep.families.base import synchronize
+    from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
     grid, paths = Grid(config), Paths(config)
@@ -105,11 +105,7 @@ def _embed_sd_prompts(
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, label in bar:
             backbone = negatives[label]
-            synchronize(device)
-            start = time.perf_counter()
-            tensors = encoder.encode(prompt["text"], backbone)
-            synchronize(device)
-            encode_s = time.perf_counter() - start
+            tensors, encode_s = timed(device, encoder.encode, prompt["text"], backbone)
             path = paths.negative_prompt_embedding(family, prompt["id"], label)
             save_tensors(
                 path,
@@ -140,7 +136,7 @@ def embed_references(
 
     from fewstep.core.images import load_rgb
     from fewstep.core.provenance import device_name
-    from fewstep.families.base import synchronize
+    from fewstep.families.base import timed
     from fewstep.families.sd.cell import ReferenceEncoder
     from fewstep.families.sd.specs import FAMILIES
     from fewstep.registry.load import resolve_device, resolve_dtype
@@ -164,11 +160,7 @@ def embed_references(
                 )
             reference = grid.reference(reference_id)
             image = Image.fromarray(load_rgb(reference["image"]))
-            synchronize(device)
-            start = time.perf_counter()
-            embeds = encoders[name, adapter_file].encode(image)
-            synchronize(device)
-            encode_s = time.perf_counter() - start
+            embeds, encode_s = timed(device, encoders[name, adapter_file].encode, image)
             path = paths.reference_embedding(name, adapter_file, reference_id)
             save_tensors(
                 path,
@@ -195,7 +187,7 @@ def _embed_family_prompts(
     config: dict[str, Any], family: str, prompts: list[dict[str, str]], lengths: list[int]
 ) -> list[Path]:
     from fewstep.core.provenance import device_name
-    from fewstep.families.base import synchronize
+    from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
     grid, paths = Grid(config), Paths(config)
@@ -208,11 +200,8 @@ def _embed_family_prompts(
     # the bar ends its line before an error line is printed
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, length in bar:
-            synchronize(device)
-            start = time.perf_counter()
-            tensors = encoder.encode(prompt["text"], grid.prompt_backbone(family, length))
-            synchronize(device)
-            encode_s = time.perf_counter() - start
+            backbone = grid.prompt_backbone(family, length)
+            tensors, encode_s = timed(device, encoder.encode, prompt["text"], backbone)
             path = paths.prompt_embedding(family, prompt["id"], length)
             save_tensors(
                 path,

@@ -10,14 +10,13 @@ initialisation) stay out of every image's end-to-end time.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from fewstep.families.base import Denoised, ItemInputs, Step, rms, synchronize
+from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, sampler
 from fewstep.families.flux.models import load_flux, load_flux_text_encoders
 
@@ -71,12 +70,7 @@ class FluxCellPipeline:
         """`compute()` and its device seconds, timed on a second call (the first pays one-off costs)."""
         with torch.no_grad():
             compute()
-        synchronize(self.device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            value = compute()
-        synchronize(self.device)
-        return value, time.perf_counter() - start
+            return timed(self.device, compute)
 
     def _identity_tokens(self, inputs: ItemInputs) -> tuple[torch.Tensor, float]:
         if inputs.reference_id not in self._identities:

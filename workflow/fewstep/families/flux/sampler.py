@@ -19,7 +19,6 @@ diffusers' FluxControlNetPipeline and InfiniteYou's InfuseNet pipeline:
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.families.base import rms
+from fewstep.families.base import StepTimer, rms
 
 ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
 
@@ -81,33 +80,6 @@ class StepInfo:
     def predicted_clean(self) -> torch.Tensor:
         """x0 estimate of flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0."""
         return self.latents - self.sigma * self.velocity
-
-
-class StepTimer:
-    """Wall time between marks without a synchronize per step: CUDA events on a GPU, else the clock.
-
-    A mark only records where the device's work stream is; `seconds` waits for the last mark, so
-    reading the times is the one point that waits for the GPU (the image writer does it).
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def seconds(self) -> list[float]:
-        """The intervals between consecutive marks."""
-        if not self.cuda:
-            return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
-        self.marks[-1].synchronize()
-        return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
 @dataclass
