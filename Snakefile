@@ -51,8 +51,9 @@ GPU = 0 if CONFIG["device"] == "cpu" else 1
 os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
 # Threads of the CPU-heavy rules (scoring, embeddings, trajectories, aggregation), at most
 # --cores; Snakemake hands them to each job as OMP_NUM_THREADS, which torch and fewstep's
-# onnxruntime sessions follow.
-CPU_THREADS = 4
+# onnxruntime sessions follow. Tiny models make these jobs import-bound: one thread each lets
+# two run side by side on a small machine.
+CPU_THREADS = 4 if CONFIG["weights"] != "tiny" else 1
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line).
 if workflow.is_main_process and "--unlock" not in sys.argv:

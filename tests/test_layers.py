@@ -177,7 +177,7 @@ def workflow_imports() -> list[str]:
 def test_the_parse_check_runs_the_workflows_imports():
     imports = workflow_imports()
     assert "from fewstep.grid import Grid" in imports
-    assert any("score_anchor" in line for line in imports)
+    assert any("marker_path" in line for line in imports)
 
 
 PARSE = """
@@ -198,11 +198,12 @@ for config_file in sys.argv[3:]:
         [marker_path(config, name) for name in grid.generation_models(first)]
         grid.prompt_embeddings(paths, first) + grid.identity_embeddings(paths, first)
         paths.generation_record(job), paths.log("generate", job), paths.benchmark("generate", job)
+        grid.job_score_hash(job)
+        paths.score_record(job), paths.log("score", job), paths.benchmark("score", job)
     for cell in grid.cells:
         grid.cell_hash(grid.cell(cell.id))
-        paths.scores(cell.id), paths.log("score", cell.id), paths.benchmark("score", cell.id)
         [marker_path(config, name) for name in grid.score_models(cell)]
-        score_anchor(config, cell.id)
+        grid.score_anchor(cell)
     for cell in grid.trajectory_cells:
         paths.trajectory(cell.id), paths.log("trajectory", cell.id)
     for identity in grid.pictures:

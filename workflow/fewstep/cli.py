@@ -121,11 +121,15 @@ def cmd_embed_identities(args: argparse.Namespace) -> None:
     embed_identities(_config(args), args.identity)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def _cell_or_job(command: str, args: argparse.Namespace) -> None:
     if (args.cell is None) == (args.job is None):
         raise ConfigError(
-            "generate takes one of --cell <backbone>/<adapter>/<steps> or --job <backbone>/<adapter>"
+            f"{command} takes one of --cell <backbone>/<adapter>/<steps> or --job <backbone>/<adapter>"
         )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    _cell_or_job("generate", args)
     config = _gpu_config(args)
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid
@@ -144,12 +148,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    _cell_or_job("score", args)
     config = _gpu_config(args)
-    from fewstep.jobs.score import run
+    from fewstep.core.paths import Paths
+    from fewstep.grid import Grid
+    from fewstep.jobs.score import run, run_job
     from fewstep.tracking import runs
 
-    with runs.job_run(config, "score", args.cell) as tracked:
-        tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
+    if args.cell is not None:
+        with runs.job_run(config, "score", args.cell) as tracked:
+            tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
+        return
+    record = run_job(config, args.job, batch_size=args.batch_size)
+    for cell in Grid(config).job(args.job):  # one W&B run per cell, as for a job of one cell
+        with runs.job_run(config, "score", cell.id) as tracked:
+            tracked.log_scores(Paths(config).scores(cell.id))
+    print(f"{args.job}: record -> {record}")
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
@@ -250,11 +264,11 @@ def parser() -> argparse.ArgumentParser:
     ).add_argument("--identity", nargs="+", help="identity ids (default: every identity)")
     for name, func, help_ in (
         ("generate", cmd_generate, "generate every image of one cell, or of every cell of one job"),
-        ("score", cmd_score, "score every image of one cell"),
+        ("score", cmd_score, "score every image of one cell, or of every cell of one job"),
         ("trajectory", cmd_trajectory, "decode and score x0 at every step for a few items of one cell"),
     ):
         p = add(name, func, help_)
-        if name == "generate":
+        if name != "trajectory":
             p.add_argument("--cell", help="cell id <backbone>/<adapter>[+<acceleration>]/<steps>")
             p.add_argument(
                 "--job", help="generation job <backbone>/<adapter>[+<acceleration>]: all its step counts"

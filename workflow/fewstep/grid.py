@@ -479,6 +479,11 @@ class Grid:
         rule's trigger; key order in the config file does not matter)."""
         return fingerprint(self.score_spec(cell))
 
+    def job_score_hash(self, job_id: str) -> str:
+        """Changes exactly when the scores of one of the job's cells would (the score rule's
+        trigger; the job then rescores only those cells)."""
+        return fingerprint({cell.id: self.score_hash(cell) for cell in self.job(job_id)})
+
     def score_models(self, cell: Cell) -> list[str]:
         """Registry models the score job of `cell` loads."""
         return scoring_models(self.config, self.cell_metrics(cell))
@@ -593,10 +598,3 @@ class Grid:
         if not self.references_of(cell):
             roles = " or ".join(self.reference_roles(cell)) or "style or object"
             raise ConfigError(f"config references: cell {cell.id} needs a reference of role {roles}; add one")
-
-
-def score_anchor(config: dict[str, Any], cell_id: str) -> str | None:
-    """The anchor cell whose images scoring `cell_id` reads, if any (the score rule's extra input)."""
-    grid = Grid(config)
-    anchor = grid.score_anchor(grid.cell(cell_id))
-    return None if anchor is None else anchor.id

@@ -1,4 +1,3 @@
-from fewstep.grid import score_anchor
 from fewstep.registry.catalog import marker_path, model_revision
 
 
@@ -28,26 +27,20 @@ def reference_picture(wildcards):
 
 
 def score_inputs(wildcards):
-    """The cell's generation job, the scoring models, and the anchor cell's job (LPIPS to it)."""
-    cell_id = CELL_PATTERN.format(**wildcards)
-    inputs = [generation_record(cell_id)]
-    inputs += [
-        marker_path(CONFIG, name) for name in GRID.score_models(GRID.cell(cell_id))
+    """The job's generation record, the scoring models of its cells, and the anchor cells'
+    generation jobs (LPIPS to them)."""
+    cells = GRID.job(JOB_PATTERN.format(**wildcards))
+    models = {name for cell in cells for name in GRID.score_models(cell)}
+    anchors = {GRID.score_anchor(cell) for cell in cells} - {None}
+    jobs = {cells[0].job} | {anchor.job for anchor in anchors}
+    return [marker_path(CONFIG, name) for name in sorted(models)] + [
+        PATHS.generation_record(job) for job in sorted(jobs)
     ]
-    anchor = score_anchor(CONFIG, cell_id)
-    if anchor is not None:
-        inputs.append(generation_record(anchor))
-    return inputs
 
 
 def attempt_number(wildcards, attempt):
     """Snakemake's attempt counter, for the job to know it is a retry."""
     return attempt
-
-
-def generation_record(cell_id):
-    """The output of the generate job that writes this cell's manifest and images."""
-    return PATHS.generation_record(GRID.cell(cell_id).job)
 
 
 def halved_per_attempt(size):

@@ -9,7 +9,7 @@ report: "../report/workflow.rst"
 rule aggregate:
     """Every table: per cell and metric with intervals, effective regime, Pareto, the study's comparison."""
     input:
-        scores=[PATHS.scores(cell.id) for cell in GRID.cells],
+        scores=[PATHS.score_record(job) for job in GRID.jobs],
         trajectories=[PATHS.trajectory(cell.id) for cell in GRID.trajectory_cells],
     output:
         summary=PATHS.summary,

@@ -1,13 +1,14 @@
 rule score:
-    """Every metric for every image of one cell (after the anchor cell, for LPIPS to it)."""
+    """Every metric for every image of the cells of one generation job, the networks loaded
+    once (after the anchor cell's job, for LPIPS to it); rescores only the cells that changed."""
     input:
         score_inputs,
     output:
-        PATHS.scores(CELL_PATTERN),
+        PATHS.score_record(JOB_PATTERN),
     log:
-        PATHS.log("score", CELL_PATTERN),
+        PATHS.log("score", JOB_PATTERN),
     benchmark:
-        PATHS.benchmark("score", CELL_PATTERN)
+        PATHS.benchmark("score", JOB_PATTERN)
     retries: 2
     conda:
         "../../envs/score.yaml"
@@ -19,11 +20,11 @@ rule score:
         batch=halved_per_attempt(CONFIG["scoring"]["batch_size"]),
         attempt=attempt_number,
     params:
-        # Rescore exactly when the cell's metrics and their settings, its reference pictures, the
+        # Rescore exactly when a cell's metrics and their settings, its reference pictures, the
         # face choice (identity cells) or its anchor change (a cell without an adapter does not
-        # regenerate when a picture changes); one order-free hash, as the cells' own.
-        score_hash=lambda w: GRID.score_hash(GRID.cell(CELL_PATTERN.format(**w))),
+        # regenerate when a picture changes); one order-free hash over the job's cells.
+        score_hash=lambda w: GRID.job_score_hash(JOB_PATTERN.format(**w)),
     shell:
         "python -m fewstep score --batch-size {resources.batch}"
         " --attempt {resources.attempt}"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"
+        " --job {wildcards.backbone}/{wildcards.adapter} > {log:q} 2>&1"

@@ -68,6 +68,10 @@ class Paths:
     def scores(self, cell_id: str) -> Path:
         return self.root / "scores" / cell_id / "scores.parquet"
 
+    def score_record(self, job_id: str) -> Path:
+        """What one score job (the cells of one generation job) wrote; the rule output."""
+        return self.root / "scores" / job_id / "scoring.json"
+
     def trajectory(self, cell_id: str) -> Path:
         """One row per (item, step): x0 decoded at every step and norm probes (trajectory rule)."""
         return self.root / "trajectories" / cell_id / "trajectory.parquet"

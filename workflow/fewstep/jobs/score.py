@@ -1,6 +1,9 @@
-"""Score one cell: every image of its manifest through every configured metric.
+"""Score the cells of one generation job: every image of each manifest through its metrics.
 
-A metric is an object with a `name`, a `version`, and `score(batch)` returning
+The job loads each scoring network once for all its cells (`run_job`) and rescores only
+the cells whose inputs changed: each table keeps the digest of what it was computed
+from (`scored_inputs`), so a job rerun for one cell's sake, or after a kill, leaves
+the other tables as they are. A metric is an object with a `name`, a `version`, and `score(batch)` returning
 one dict of columns per image; it is built with `(config, JobModels)` and loads
 its network once per job (`fewstep.scoring.metrics`). The output is one parquet table
 per cell: the manifest's keys plus one column per metric value, with the metric
@@ -19,7 +22,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fewstep.core.io import write_table
+from fewstep.core.config import fingerprint
+from fewstep.core.io import atomic_write_bytes, sha256_file, write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.grid import IMAGE_KEYS, Cell, Grid
@@ -68,9 +72,52 @@ METRICS = {
 }
 
 
-def build_metrics(config: dict[str, Any], names: list[str]) -> list[Metric]:
-    models = JobModels(config)
+def build_metrics(config: dict[str, Any], names: list[str], models: JobModels | None = None) -> list[Metric]:
+    models = models or JobModels(config)
     return [METRICS[name](config, models) for name in names]
+
+
+def scored_inputs(grid: Grid, paths: Paths, cell: Cell) -> str:
+    """Digest of everything a cell's table is computed from: its score settings (the grid's
+    `score_hash`), its images and, for anchor-paired metrics, the anchor cell's images."""
+    anchor = grid.score_anchor(cell)
+    images = {
+        source.id: pd.read_parquet(paths.manifest(source.id), columns=["item_id", "sha256"]).values.tolist()
+        for source in (cell, anchor)
+        if source is not None
+    }
+    return fingerprint({"score_hash": grid.score_hash(cell), "images": images})
+
+
+def is_current(table: Path, digest: str) -> bool:
+    """Whether `table` exists and was computed from the inputs `digest` names."""
+    try:
+        stored = pd.read_parquet(table, columns=["scored_inputs"])["scored_inputs"]
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return False
+    return len(stored) > 0 and bool((stored == digest).all())
+
+
+def run_job(
+    config: dict[str, Any], job_id: str, progress: bool = True, batch_size: int | None = None
+) -> Path:
+    """Score every cell of one generation job, the networks loaded once; returns the job's
+    record (the score rule's output), which lists each cell's table and whether it was
+    rescored. Cells whose table is current are kept as they are."""
+    grid, paths = Grid(config), Paths(config)
+    models = JobModels(config)
+    cells = {}
+    for cell in grid.job(job_id):
+        table = paths.scores(cell.id)
+        fresh = not is_current(table, scored_inputs(grid, paths, cell))
+        if fresh:
+            run(config, cell.id, progress=progress, batch_size=batch_size, models=models)
+        else:
+            print(f"{cell.id}: scores are current, kept -> {table}")
+        cells[cell.id] = {"scores": str(table), "sha256": sha256_file(table), "rescored": fresh}
+    record = {"job": job_id, "score_hash": grid.job_score_hash(job_id), "cells": cells}
+    atomic_write_bytes(paths.score_record(job_id), json.dumps(record, indent=1).encode())
+    return paths.score_record(job_id)
 
 
 def read_generated(path: Path, record: Path) -> np.ndarray:
@@ -121,8 +168,10 @@ def run(
     out: Path | None = None,
     progress: bool = True,
     batch_size: int | None = None,
+    models: JobModels | None = None,
 ) -> Path:
-    """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless given)."""
+    """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless
+    given), with the networks `models` holds (loaded here when not given)."""
     from fewstep.core.images import load_rgb
 
     grid, paths = Grid(config), Paths(config)
@@ -131,7 +180,7 @@ def run(
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {item.identity: None for item in grid.items_of(cell)}
     references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
-    metrics = build_metrics(config, grid.cell_metrics(cell))
+    metrics = build_metrics(config, grid.cell_metrics(cell), models)
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
     batch_size = batch_size or config["scoring"]["batch_size"]
     rows = manifest.to_dict("records")
@@ -162,6 +211,7 @@ def run(
             bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
+    frame["scored_inputs"] = scored_inputs(grid, paths, cell)
     write_table(out, stamp(frame, config, grid.models))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")

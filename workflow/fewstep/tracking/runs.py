@@ -351,7 +351,7 @@ STEP_METRICS = {"trajectory": "trajectory/step", "aggregate": "sweep/steps"}
 #: the rule whose log file a job type's run attaches, where it is not the job type itself
 LOG_RULES = {"aggregate": "wandb_aggregate"}
 #: job types whose one log serves every cell of a generation job (a backbone x adapter)
-PER_JOB_LOGS = {"generate"}
+PER_JOB_LOGS = {"generate", "score"}
 
 
 def run_id(config: dict[str, Any], job_type: str, cell_id: str | None = None) -> str:
