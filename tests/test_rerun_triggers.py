@@ -24,7 +24,7 @@ from fewstep.core.paths import Paths
 from tests.conftest import REPO, snakemake
 
 CELL = "flux-schnell/infusenet-aes/1"
-DOWNSTREAM = {"generate": 2, "score": 7, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
+DOWNSTREAM = {"generate": 2, "score": 2, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
 
 
 @pytest.fixture
@@ -109,11 +109,11 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
         "family=sd15, prompt=portrait",
         "family=sdxl, prompt=portrait",
     ]
-    sd_cells = {"generate": 4, "score": 12}
+    sd_jobs = {"generate": 4, "score": 4}
     assert counts(jobs) == {
         "embed_prompt": 2,
         "embed_sd_prompt": 2,
-        **{rule: n + sd_cells.get(rule, 0) for rule, n in DOWNSTREAM.items()},
+        **{rule: n + sd_jobs.get(rule, 0) for rule, n in DOWNSTREAM.items()},
     }
     before = images(demo)
     run_cell(demo, configfile)
@@ -229,8 +229,8 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     kept = dict(zip(manifest["item_id"], manifest["generated_at"], strict=True))
     original = pixels(demo / image)
     (demo / image).write_bytes((demo / image).read_bytes()[:200])  # torn by a failing disk
-    scores = f"results/demo/scores/{CELL}/scores.parquet"
-    failed = snakemake(demo, "--cores", "2", "--forcerun", scores, configfile=demo_file)
+    scoring = f"results/demo/scores/{CELL.rsplit('/', 1)[0]}/scoring.json"  # the cell's score job
+    failed = snakemake(demo, "--cores", "2", "--forcerun", scoring, configfile=demo_file)
     assert failed.returncode != 0
     record = cell_dir.parent / "generation.json"  # the record of the job that rendered the cell
     advice = (
@@ -265,7 +265,7 @@ def test_an_sd_negative_prompt_change_reembeds_that_backbones_prompts_only(demo)
     ]
     assert all("backbone=sd15" in w or "family=sd15" in w for w in of(jobs, "embed_sd_prompt"))
     assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sd15, adapter=sd-style"]
-    assert counts(jobs) == {"embed_sd_prompt": 2, "generate": 2, "score": 6, **SD_DOWNSTREAM}
+    assert counts(jobs) == {"embed_sd_prompt": 2, "generate": 2, "score": 2, **SD_DOWNSTREAM}
     cell = "sd15/sd-style/1"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)
@@ -283,7 +283,7 @@ def test_an_sd_reference_picture_change_reembeds_that_reference_only(demo):
         "family=sdxl, file=plus, reference=coffee",
     ]
     assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sdxl, adapter=sd-object"]
-    assert counts(jobs) == {"embed_reference": 2, "generate": 2, "score": 6, **SD_DOWNSTREAM}
+    assert counts(jobs) == {"embed_reference": 2, "generate": 2, "score": 2, **SD_DOWNSTREAM}
     cell = "sdxl/sd-object/2"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
 from fewstep.faces import analyzer as faces
 from fewstep.faces import models as face_models
-from fewstep.grid import Grid, image_keys, score_anchor
+from fewstep.grid import Grid, image_keys
 from fewstep.jobs import score
 from fewstep.jobs.prepare import prepare_model
 from fewstep.registry import catalog, hub
@@ -345,6 +346,12 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
     assert not Paths(config).scores(CORRUPT).exists()
 
 
+def score_anchor(config: dict, cell_id: str) -> str | None:
+    grid = Grid(config)
+    anchor = grid.score_anchor(grid.cell(cell_id))
+    return None if anchor is None else anchor.id
+
+
 def test_score_rule_inputs_order_the_anchor_first(scoring_config):
     assert score_anchor(scoring_config, OTHER) == ANCHOR
     assert score_anchor(scoring_config, ANCHOR) is None
@@ -483,3 +490,90 @@ def test_the_next_batch_is_decoded_while_this_one_is_scored():
             got.append(pixels)
     assert got == ["pixels 0", "pixels 1", "pixels 2"]
     assert list(score.decoded_ahead([], decode)) == []
+
+
+# ------------------------------------------------------------------ one job, every cell
+
+
+@pytest.fixture
+def job_config(scoring_config, tmp_path) -> dict:
+    """The dev job's 4 cells and the schnell job's 3 on disk (as their generate jobs leave
+    them), the dev-8 anchor among them; only the metrics that load fast."""
+    config = copy.deepcopy(scoring_config)
+    config["results_dir"] = str(tmp_path / "results")
+    config["scoring"]["metrics"] = ["lpips", "clip_score"]
+    for cell in Grid(config).cells:
+        if cell.backbone.startswith("flux"):
+            write_cell(
+                config, cell.id, lambda item, s=cell.steps: _reference(config, item.identity)[:, :: (-1) ** s]
+            )
+    return config
+
+
+def _tables(config: dict, job: str) -> dict[str, bytes]:
+    return {cell.id: Paths(config).scores(cell.id).read_bytes() for cell in Grid(config).job(job)}
+
+
+def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_path):
+    alone = copy.deepcopy(job_config)
+    alone["results_dir"] = str(tmp_path / "alone")
+    for job in ("flux-dev/infusenet-aes", "flux-schnell/infusenet-aes"):
+        record = json.loads(score.run_job(job_config, job, progress=False).read_text())
+        assert record["score_hash"] == Grid(job_config).job_score_hash(job)
+        cells = Grid(job_config).job(job)
+        assert list(record["cells"]) == [cell.id for cell in cells]
+        assert all(entry["rescored"] for entry in record["cells"].values())
+        for cell in cells:
+            shutil.copytree(Paths(job_config).cell_dir(cell.id), Paths(alone).cell_dir(cell.id))
+    for cell in Grid(alone).cells:
+        if cell.backbone.startswith("flux"):
+            score.run(alone, cell.id, progress=False)
+            together = pd.read_parquet(Paths(job_config).scores(cell.id))
+            separate = pd.read_parquet(Paths(alone).scores(cell.id))
+            pd.testing.assert_frame_equal(together, separate, check_exact=True)  # bit for bit
+
+
+def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
+    dev, schnell = "flux-dev/infusenet-aes", "flux-schnell/infusenet-aes"
+    for job in (dev, schnell):
+        score.run_job(job_config, job, progress=False)
+    before = {job: _tables(job_config, job) for job in (dev, schnell)}
+    record = json.loads(score.run_job(job_config, schnell, progress=False).read_text())
+    assert not any(entry["rescored"] for entry in record["cells"].values())
+    assert _tables(job_config, schnell) == before[schnell]  # kept byte for byte
+    # one image of schnell-2 rewritten (other pixels): only that cell is scored again
+    paths = Paths(job_config)
+    image = paths.image("flux-schnell/infusenet-aes/2", Grid(job_config).items[0].id)
+    Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)).save(image)
+    record = json.loads(score.run_job(job_config, schnell, progress=False).read_text())
+    assert {c: e["rescored"] for c, e in record["cells"].items()} == {
+        "flux-schnell/infusenet-aes/1": False,
+        "flux-schnell/infusenet-aes/2": True,
+        "flux-schnell/infusenet-aes/4": False,
+    }
+    after = _tables(job_config, schnell)
+    assert after["flux-schnell/infusenet-aes/1"] == before[schnell]["flux-schnell/infusenet-aes/1"]
+    assert after["flux-schnell/infusenet-aes/2"] != before[schnell]["flux-schnell/infusenet-aes/2"]
+    # new anchor images (dev-8): every cell paired with it is scored again, the anchor too
+    anchor = paths.image(ANCHOR, Grid(job_config).items[1].id)
+    Image.fromarray(np.full((SIZE, SIZE, 3), 200, np.uint8)).save(anchor)
+    for job in (dev, schnell):
+        record = json.loads(score.run_job(job_config, job, progress=False).read_text())
+        assert all(entry["rescored"] for entry in record["cells"].values()), job
+    # a scoring setting of these cells changed: every table is computed again
+    changed = copy.deepcopy(job_config)
+    changed["scoring"]["lpips_size"] = 128
+    record = json.loads(score.run_job(changed, schnell, progress=False).read_text())
+    assert all(entry["rescored"] for entry in record["cells"].values())
+
+
+def test_a_table_without_its_inputs_digest_is_not_current(job_config):
+    cell = Grid(job_config).cell(OTHER)
+    paths = Paths(job_config)
+    score.run(job_config, OTHER, progress=False)
+    digest = score.scored_inputs(Grid(job_config), paths, cell)
+    assert score.is_current(paths.scores(OTHER), digest)
+    frame = pd.read_parquet(paths.scores(OTHER)).drop(columns="scored_inputs")
+    frame.to_parquet(paths.scores(OTHER), index=False)  # a table of an earlier fewstep
+    assert not score.is_current(paths.scores(OTHER), digest)
+    assert not score.is_current(paths.scores(ANCHOR).with_name("missing.parquet"), digest)

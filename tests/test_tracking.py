@@ -344,7 +344,7 @@ def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_r
 
 
 def test_the_jobs_console_log_is_a_run_file(score_run) -> None:
-    name = f"logs/score/{_slug(CELL)}.log"
+    name = f"logs/score/{_slug(CELL.rsplit('/', 1)[0])}.log"  # one log per score job
     assert name in score_run.files
     assert (score_run.run_dir / "files" / name).read_text() == LOG_TEXT
 

@@ -77,8 +77,8 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # and schnell-4 (4 scales, 3 windows), the accelerations (compiled, cached) at dev-28, schnell-4,
     # and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain, none) x 9 step counts
     assert cells == (9 + 6) * 3 + 9 + 7 + 4 + 2 * 5 * 9
-    # one generate job per backbone x adapter x acceleration (all its step counts), one score per cell
-    assert counts["generate"] == jobs < cells == counts["score"]
+    # one generate and one score job per backbone x adapter x acceleration (all its step counts)
+    assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores)
     assert counts["prepare_model"] == 12
@@ -87,7 +87,7 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # one per prompt (8, one negative prompt) and per reference and adapter file (6 plain, 3 plus)
     assert counts["embed_prompt"] == 16 and counts["embed_identity"] == 2
     assert counts["embed_sd_prompt"] == 2 * 8 and counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + cells + 12 + 18 + 16 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 12 + 18 + 16 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
@@ -101,8 +101,8 @@ def test_bad_config_stops_with_one_line(tmp_path):
 
 
 def test_scoring_a_cell_waits_for_the_anchor_cell(tmp_path):
-    """LPIPS to the anchor: the score job of another cell needs the anchor's images first."""
-    target = "results/demo/scores/flux-schnell/infusenet-aes/4/scores.parquet"
+    """LPIPS to the anchor: the score job of another job's cells needs the anchor's images first."""
+    target = "results/demo/scores/flux-schnell/infusenet-aes/scoring.json"
     result = snakemake(tmp_path, "-n", target, configfile=DEMO)
     assert result.returncode == 0, result.stderr
     planned = [
@@ -111,7 +111,7 @@ def test_scoring_a_cell_waits_for_the_anchor_cell(tmp_path):
     assert sorted(planned) == [
         "backbone=flux-dev, adapter=infusenet-aes",  # the anchor's generate job (all dev steps)
         "backbone=flux-schnell, adapter=infusenet-aes",  # generate (all schnell steps)
-        "backbone=flux-schnell, adapter=infusenet-aes, steps=4",  # score
+        "backbone=flux-schnell, adapter=infusenet-aes",  # score (all schnell steps)
     ]
     models = [line.split("model=")[1] for line in result.stdout.splitlines() if "wildcards: model=" in line]
     assert {"lpips-alex", "clip-vit-l14", "insightface"} <= set(models)

@@ -118,7 +118,7 @@ def fabricate_scores(config: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     fabricate_markers(config)
-    log = paths.log("score", CELL)
+    log = paths.log("score", CELL.rsplit("/", 1)[0])  # the score job's log (all the job's cells)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(LOG_TEXT)
     return out

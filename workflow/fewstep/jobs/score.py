@@ -79,14 +79,24 @@ def build_metrics(config: dict[str, Any], names: list[str], models: JobModels | 
 
 def scored_inputs(grid: Grid, paths: Paths, cell: Cell) -> str:
     """Digest of everything a cell's table is computed from: its score settings (the grid's
-    `score_hash`), its images and, for anchor-paired metrics, the anchor cell's images."""
+    `score_hash`), the bytes of its images and, for anchor-paired metrics, of the anchor
+    cell's images (read from disk: an image torn after generation is scored again, and
+    its error names the fix)."""
     anchor = grid.score_anchor(cell)
-    images = {
-        source.id: pd.read_parquet(paths.manifest(source.id), columns=["item_id", "sha256"]).values.tolist()
-        for source in (cell, anchor)
-        if source is not None
-    }
+    images = {}
+    for source in (cell, anchor) if anchor is not None else (cell,):
+        manifest = pd.read_parquet(paths.manifest(source.id), columns=["item_id", "image"])
+        folder = paths.cell_dir(source.id)
+        images[source.id] = {row.item_id: _file_digest(folder / row.image) for row in manifest.itertuples()}
     return fingerprint({"score_hash": grid.score_hash(cell), "images": images})
+
+
+def _file_digest(path: Path) -> str | None:
+    """The file's sha256; None for a missing one (scoring it gives the one-line error)."""
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def is_current(table: Path, digest: str) -> bool:

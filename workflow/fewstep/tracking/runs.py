@@ -47,7 +47,7 @@ import pandas as pd
 from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
 from fewstep.core.paths import Paths
-from fewstep.grid import KEYS, Grid, score_anchor
+from fewstep.grid import KEYS, Grid
 
 #: columns of manifests/score tables that are parameters or keys, not measurements (the
 #: median step time is one: the aggregate leaves it out, a run's summary shows it)
@@ -294,9 +294,11 @@ class Run:
         )
         from fewstep.tracking import lineage
 
-        self.use_weights(Grid(self.config).score_models(Grid(self.config).cell(self.cell_id)))
-        anchor = score_anchor(self.config, self.cell_id)
-        for cell_id in [self.cell_id] + ([anchor] if anchor else []):
+        grid = Grid(self.config)
+        cell = grid.cell(self.cell_id)
+        self.use_weights(grid.score_models(cell))
+        anchor = grid.score_anchor(cell)
+        for cell_id in [self.cell_id] + ([anchor.id] if anchor else []):
             self.use(lineage.images(self.config, cell_id))
         self.wandb_run.log_artifact(lineage.table(self.config, "scores", self.cell_id, scores_path))
 
