@@ -83,11 +83,12 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores)
     assert counts["prepare_model"] == 12
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
-    # one embedding job per prompt and sequence length (8 x 2) and per identity (2); per SD family
-    # one per prompt (8, one negative prompt) and per reference and adapter file (6 plain, 3 plus)
-    assert counts["embed_prompt"] == 16 and counts["embed_identity"] == 2
-    assert counts["embed_sd_prompt"] == 2 * 8 and counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 12 + 18 + 16 + 18 + 3 + 4 + 1
+    # one prompt embedding job per T5 sequence length (2: every prompt) and one per identity (2);
+    # per SD family one for its prompts (one negative prompt) and one per reference and adapter
+    # file (6 plain, 3 plus)
+    assert counts["embed_prompt"] == 2 and counts["embed_identity"] == 2
+    assert counts["embed_sd_prompt"] == 2 and counts["embed_reference"] == 2 * (6 + 3)
+    assert counts["total"] == jobs + jobs + 12 + 4 + 2 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 

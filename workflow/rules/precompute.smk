@@ -1,11 +1,21 @@
+# Prompt id -> text, order-free: the prompt embedding jobs' rerun trigger.
+PROMPT_TEXTS = {
+    p["id"]: p["text"] for p in sorted(CONFIG["prompts"], key=lambda p: p["id"])
+}
+
+
 rule embed_prompt:
-    """CLIP + T5 embeddings of one prompt at one sequence length (dev and schnell share them)."""
+    """CLIP + T5 embeddings of every prompt at one sequence length, the text encoders loaded
+    once (dev and schnell share them)."""
     input:
         lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
     output:
-        PATHS.prompt_embedding("{family}", "{prompt}", "{length}"),
+        [
+            PATHS.prompt_embedding("{family}", p["id"], "{length}")
+            for p in CONFIG["prompts"]
+        ],
     log:
-        PATHS.log("embed_prompt", "{family}/{prompt}.L{length}"),
+        PATHS.log("embed_prompt", "{family}/L{length}"),
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS
@@ -14,11 +24,11 @@ rule embed_prompt:
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=60,
     params:
-        # Re-embed exactly the prompt whose text changed (the encoders are the input marker).
-        text=lambda w: GRID.prompt(w.prompt)["text"],
+        # Re-embed when a prompt's text changes (the encoders are the input marker).
+        texts=PROMPT_TEXTS,
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --prompt {wildcards.prompt} --length {wildcards.length} > {log:q} 2>&1"
+        " --length {wildcards.length} > {log:q} 2>&1"
 
 
 rule embed_identity:
@@ -46,13 +56,17 @@ rule embed_identity:
 
 
 rule embed_sd_prompt:
-    """SD text embeddings of one prompt with one CFG negative prompt (named by its label)."""
+    """SD text embeddings of every prompt with one CFG negative prompt (named by its label),
+    the text encoders loaded once."""
     input:
         lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
     output:
-        PATHS.negative_prompt_embedding("{family}", "{prompt}", "{negative}"),
+        [
+            PATHS.negative_prompt_embedding("{family}", p["id"], "{negative}")
+            for p in CONFIG["prompts"]
+        ],
     log:
-        PATHS.log("embed_prompt", "{family}/{prompt}.{negative}"),
+        PATHS.log("embed_prompt", "{family}/{negative}"),
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS
@@ -61,15 +75,15 @@ rule embed_sd_prompt:
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=30,
     params:
-        # Re-embed exactly the prompt whose text or negative prompt changed.
-        text=lambda w: GRID.prompt(w.prompt)["text"],
+        # Re-embed when a prompt's text or the negative prompt changes.
+        texts=PROMPT_TEXTS,
         negative=lambda w: GRID.negative_prompts(w.family)[w.negative].get(
             "negative_prompt"
         )
         or "",
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --prompt {wildcards.prompt} --negative {wildcards.negative} > {log:q} 2>&1"
+        " --negative {wildcards.negative} > {log:q} 2>&1"
 
 
 rule embed_reference:

@@ -71,8 +71,8 @@ def embed_prompts(
     negative: str | None = None,
 ) -> list[Path]:
     """Write prompt embeddings: every family, prompt and sequence length (SD: negative prompt)
-    the cells use, or only the ones named (the `embed_prompt` rule: one prompt at one length;
-    `embed_sd_prompt`: one prompt with one negative, by its label)."""
+    the cells use, or only the ones named (the `embed_prompt` rule: every prompt at one
+    length; `embed_sd_prompt`: every prompt with one negative, by its label)."""
     grid = Grid(config)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
     written = []
