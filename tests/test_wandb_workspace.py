@@ -35,7 +35,13 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
         "fewstep demo",
     )
     panels = _panels(spec)
-    assert list(panels) == ["identity vs steps", "latency vs identity", "trajectories", "grids"]
+    assert list(panels) == [
+        "identity vs steps",
+        "style and object vs steps",
+        "latency vs identity",
+        "trajectories",
+        "grids",
+    ]
     assert all("(tiny weights)" in p["chartTitle"] for section in panels.values() for p in section)
     # identity vs steps: one line plot per backbone over the aggregate run's curves
     grid = Grid(demo)
@@ -62,6 +68,30 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
     assert curves <= set(runs.TRAJECTORY_CURVES)
     assert {p["xAxis"] for p in panels["trajectories"]} == {runs.STEP_METRICS["trajectory"]}
     assert panels["grids"][0]["type"] == "Media Browser"
+
+
+def test_sd_panels_draw_each_backbones_reference_curves(demo) -> None:
+    """One line plot per SD backbone and metric, over the adapters whose cells log it."""
+    grid = Grid(demo)
+    rows = []
+    for cell in grid.cells:
+        if grid.reads_references(cell):
+            role = grid.adapter(cell)["role"]
+            columns = ["csd" if role == "style" else "dino", "clip_i", "clip_score", "lpips_anchor"]
+            keys = {"backbone": cell.backbone, "adapter": cell.adapter, "steps": cell.steps}
+            rows += [{"metric": m, **keys, "mean": 0.5} for m in columns]
+    logged = set().union(*runs.sweep_history(pd.DataFrame(rows))) - {"sweep/steps"}
+    lines = _panels(workspace.spec(demo, "someone"))["style and object vs steps"]
+    assert all(p["type"] == "Run History Line Plot" and p["xAxis"] == "sweep/steps" for p in lines)
+    assert {m for p in lines for m in p["metrics"]} == logged
+    by_title = {p["chartTitle"]: p["metrics"] for p in lines}
+    assert by_title["csd vs steps: sd15 (tiny weights)"] == ["sweep/csd/sd15/sd-style"]
+    assert by_title["dino vs steps: sdxl (tiny weights)"] == ["sweep/dino/sdxl/sd-object"]
+    assert by_title["clip_i vs steps: sdxl (tiny weights)"] == [
+        "sweep/clip_i/sdxl/sd-style",
+        "sweep/clip_i/sdxl/sd-object",
+    ]
+    assert len(lines) == 2 * 5  # per backbone: CSD, DINO, CLIP-I, CLIPScore, LPIPS to the anchor
 
 
 def test_workspace_command_writes_the_spec_offline_and_needs_a_key_to_save(demo, tmp_path) -> None:

@@ -6,6 +6,9 @@ key) or writes its spec as JSON (`--out`, no network). Its sections:
 - identity vs steps: one line plot per backbone of the aggregate run's
   `sweep/id_sim/<backbone>/<adapter>` curves (drawn against `sweep/steps`), and
   every score run's mean identity similarity against its `steps` config;
+- style and object vs steps (SD1.5 / SDXL IP-Adapter cells): per backbone and metric
+  (CSD, DINO, CLIP-I, CLIPScore, LPIPS to the job's highest-step cell), the aggregate
+  run's curves of every adapter scored with it;
 - latency vs identity: each score run's mean latency against its identity similarity;
 - trajectories: the trajectory runs' per-step identity and conditioning norms;
 - grids: every score run's `samples` grid of images.
@@ -25,6 +28,16 @@ from fewstep.tracking.runs import STEP_METRICS
 TRAJECTORY_PANELS = {
     "identity similarity of x0": ["id_sim"],
     "relative conditioning norm": ["relative_double", "relative_single"],
+}
+
+
+#: reference-scored cells' metric (a `fewstep.jobs.score.METRICS` name) -> the column drawn
+REFERENCE_CURVES = {
+    "csd": "csd",
+    "dino": "dino",
+    "clip_i": "clip_i",
+    "clip_score": "clip_score",
+    "lpips": "lpips_anchor",
 }
 
 
@@ -56,6 +69,16 @@ def workspace(config: dict[str, Any], entity: str) -> Any:
         x=wr.SummaryMetric("latency_s"),
         y=wr.SummaryMetric("id_sim"),
     )
+    by_reference = [
+        wr.LinePlot(
+            title=f"{column} vs steps: {backbone}{mark}",
+            x=steps,
+            y=[f"sweep/{column}/{backbone}/{adapter}" for adapter in adapters],
+            title_x="denoising steps",
+            title_y=column,
+        )
+        for (backbone, column), adapters in _reference_curves(grid).items()
+    ]
     step = STEP_METRICS["trajectory"]
     trajectories = [
         wr.LinePlot(title=f"{title}{mark}", x=step, y=[f"trajectory/{name}" for name in names])
@@ -68,6 +91,7 @@ def workspace(config: dict[str, Any], entity: str) -> Any:
         name=f"fewstep {sweep}",
         sections=[
             ws.Section(name="identity vs steps", panels=[*by_backbone, per_run], is_open=True, pinned=True),
+            ws.Section(name="style and object vs steps", panels=by_reference, is_open=True),
             ws.Section(name="latency vs identity", panels=[latency], is_open=True),
             ws.Section(name="trajectories", panels=trajectories, is_open=True),
             ws.Section(name="grids", panels=[grids], is_open=True),
@@ -83,6 +107,18 @@ def _cells_by_backbone(grid: Grid) -> dict[str, list[Any]]:
         if "identity" in grid.cell_metrics(cell):
             out.setdefault(cell.backbone, []).append(cell)
     return out
+
+
+def _reference_curves(grid: Grid) -> dict[tuple[str, str], list[str]]:
+    """(backbone, column) -> the adapters whose reference-scored cells log that column."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for cell in grid.cells:
+        if grid.reads_references(cell):
+            for name in grid.cell_metrics(cell):
+                if name in REFERENCE_CURVES:
+                    adapters = out.setdefault((cell.backbone, REFERENCE_CURVES[name]), [])
+                    adapters += [cell.adapter] if cell.adapter not in adapters else []
+    return dict(sorted(out.items()))
 
 
 def spec(config: dict[str, Any], entity: str) -> dict[str, Any]:
