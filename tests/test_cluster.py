@@ -87,7 +87,7 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
-    run = snakemake(tmp_path, "-n", "--config", "device=cuda", "--cores", "8")
+    run = snakemake(tmp_path, "-n", "--config", "device=cuda", "weights=random", "--cores", "8")
     assert run.returncode == 0, tail(run)
     assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in run.stderr
     jobs = dict(dry_run_jobs(run.stdout))
@@ -97,6 +97,10 @@ def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     # the CPU-heavy rules get threads (Snakemake hands them on as OMP_NUM_THREADS)
     threads = {rule: res.get("threads", "1") for rule, res in jobs.items()}
     assert {rule for rule, n in threads.items() if n == "4"} == CPU_HEAVY_RULES
+    # tiny models make those jobs import-bound: one thread each, so two run side by side
+    tiny = snakemake(tmp_path, "-n", "--config", "device=cpu", "--cores", "8")
+    assert tiny.returncode == 0, tail(tiny)
+    assert {res.get("threads", "1") for _, res in dry_run_jobs(tiny.stdout)} == {"1"}
     # the profile's keys went through Snakemake's parser: an unknown key is an error
     bad = tmp_path / "bad"
     bad.mkdir()
