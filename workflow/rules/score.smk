@@ -1,6 +1,7 @@
 rule score:
     """Every metric for every image of the cells of one generation job, the networks loaded
-    once (after the anchor cell's job, for LPIPS to it); rescores only the cells that changed."""
+    once (after the anchor cell's job, for LPIPS to it); rescores only the cells that changed.
+    """
     input:
         score_inputs,
     output:
@@ -16,7 +17,7 @@ rule score:
     resources:
         gpu=GPU,
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
-        runtime=120,
+        runtime=lambda w: 120 * len(GRID.job(JOB_PATTERN.format(**w))),  # minutes: 2 h per cell
         batch=halved_per_attempt(CONFIG["scoring"]["batch_size"]),
         attempt=attempt_number,
     params:
