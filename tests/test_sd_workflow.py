@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,42 @@ def test_run_job_writes_every_cells_images_and_resumes(sd_config):
     before = paths.journal(cell.id).read_text()
     run_job(sd_config, cell.job, progress=False)
     assert paths.journal(cell.id).read_text() == before  # nothing regenerated
+
+
+def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, tmp_path):
+    """As for FLUX: killed twice mid-cell, then finished; kept images are not made again and
+    every image equals an uninterrupted run's, pixel for pixel."""
+    from fewstep.jobs.generate import run_job
+    from tests.test_reliability import job, kill_when, lines, pixels
+
+    def copy_with_seeds(root):
+        config = copy.deepcopy(sd_config)
+        config |= {"results_dir": str(root / "results"), "seeds": list(range(10))}
+        config["generation"] = dict(config["generation"], batch_size=1)
+        # the seeds change no embedding: prompts and references are those already made
+        shutil.copytree(Paths(sd_config).root / "embeddings", Paths(config).root / "embeddings")
+        return config
+
+    config, cell = copy_with_seeds(tmp_path / "killed"), "sd15/style/2"
+    path = tmp_path / "killed" / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    journal = Paths(config).journal(cell)
+    for after in (2, 5):
+        process = job("generate", path, "--cell", cell)
+        kill_when(process, lambda after=after: lines(journal) >= after)
+    done_before = lines(journal)
+    assert 5 <= done_before < 10
+    kept = {json.loads(line)["item_id"]: json.loads(line) for line in journal.read_text().splitlines()}
+    finish = job("generate", path, "--cell", cell)
+    assert finish.wait() == 0, finish.stderr.read()
+    manifest = pd.read_parquet(Paths(config).manifest(cell)).set_index("item_id")
+    assert list(manifest.index) == [i.id for i in Grid(config).items_of(Grid(config).cell(cell))]
+    assert all(manifest.loc[item, "generated_at"] == row["generated_at"] for item, row in kept.items())
+    assert lines(journal) == 10 and not list(Paths(config).cell_dir(cell).rglob("*.tmp"))
+    clean = copy_with_seeds(tmp_path / "clean")
+    run_job(clean, "sd15/style", progress=False)
+    for item in manifest.index:
+        assert pixels(Paths(config).image(cell, item)) == pixels(Paths(clean).image(cell, item)), item
 
 
 def test_precomputed_embeddings_give_diffusers_own_image(sd_config):
