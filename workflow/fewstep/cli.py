@@ -128,42 +128,43 @@ def _cell_or_job(command: str, args: argparse.Namespace) -> None:
         )
 
 
+def _tracked_cells(config: dict, args: argparse.Namespace, stage: str, run, run_job, log, output) -> None:
+    """`--cell`: `run` inside one W&B run. `--job`: `run_job` for every cell of the job, then
+    one W&B run per cell, as for a job of one cell; `log(tracked, path)` logs a cell's
+    `output(paths, cell_id)` file."""
+    from fewstep.core.paths import Paths
+    from fewstep.grid import Grid
+    from fewstep.tracking import runs
+
+    if args.cell is not None:
+        with runs.job_run(config, stage, args.cell) as tracked:
+            log(tracked, run(config, args.cell, args.out, batch_size=args.batch_size))
+        return
+    record = run_job(config, args.job, batch_size=args.batch_size)
+    for cell in Grid(config).job(args.job):
+        with runs.job_run(config, stage, cell.id) as tracked:
+            log(tracked, output(Paths(config), cell.id))
+    print(f"{args.job}: record -> {record}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
     config = _gpu_config(args)
     from fewstep.core.paths import Paths
-    from fewstep.grid import Grid
-    from fewstep.jobs.generate import run, run_job
-    from fewstep.tracking import runs
+    from fewstep.jobs import generate
+    from fewstep.tracking.runs import Run
 
-    if args.cell is not None:
-        with runs.job_run(config, "generate", args.cell) as tracked:
-            tracked.log_manifest(run(config, args.cell, args.out, batch_size=args.batch_size))
-        return
-    record = run_job(config, args.job, batch_size=args.batch_size)
-    for cell in Grid(config).job(args.job):  # one W&B run per cell, as for a job of one cell
-        with runs.job_run(config, "generate", cell.id) as tracked:
-            tracked.log_manifest(Paths(config).manifest(cell.id))
-    print(f"{args.job}: record -> {record}")
+    _tracked_cells(config, args, "generate", generate.run, generate.run_job, Run.log_manifest, Paths.manifest)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     _cell_or_job("score", args)
     config = _gpu_config(args)
     from fewstep.core.paths import Paths
-    from fewstep.grid import Grid
-    from fewstep.jobs.score import run, run_job
-    from fewstep.tracking import runs
+    from fewstep.jobs import score
+    from fewstep.tracking.runs import Run
 
-    if args.cell is not None:
-        with runs.job_run(config, "score", args.cell) as tracked:
-            tracked.log_scores(run(config, args.cell, args.out, batch_size=args.batch_size))
-        return
-    record = run_job(config, args.job, batch_size=args.batch_size)
-    for cell in Grid(config).job(args.job):  # one W&B run per cell, as for a job of one cell
-        with runs.job_run(config, "score", cell.id) as tracked:
-            tracked.log_scores(Paths(config).scores(cell.id))
-    print(f"{args.job}: record -> {record}")
+    _tracked_cells(config, args, "score", score.run, score.run_job, Run.log_scores, Paths.scores)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
