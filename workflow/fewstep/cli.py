@@ -128,19 +128,19 @@ def _cell_or_job(command: str, args: argparse.Namespace) -> None:
         )
 
 
-def _tracked_cells(config: dict, args: argparse.Namespace, stage: str, run, run_job, log, output) -> None:
-    """`--cell`: `run` inside one W&B run. `--job`: `run_job` for every cell of the job, then
-    one W&B run per cell, as for a job of one cell; `log(tracked, path)` logs a cell's
-    `output(paths, cell_id)` file."""
+def _tracked_cells(config: dict, args: argparse.Namespace, stage: str, job, runs, log, output) -> None:
+    """`--cell`: `job.run` inside one W&B run (`runs.job_run`). `--job`: `job.run_job` for
+    every cell of the job, then one W&B run per cell, as for a job of one cell;
+    `log(tracked, path)` logs a cell's `output(paths, cell_id)` file. The caller imports
+    the modules: each command's imports stay its own."""
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid
-    from fewstep.tracking import runs
 
     if args.cell is not None:
         with runs.job_run(config, stage, args.cell) as tracked:
-            log(tracked, run(config, args.cell, args.out, batch_size=args.batch_size))
+            log(tracked, job.run(config, args.cell, args.out, batch_size=args.batch_size))
         return
-    record = run_job(config, args.job, batch_size=args.batch_size)
+    record = job.run_job(config, args.job, batch_size=args.batch_size)
     for cell in Grid(config).job(args.job):
         with runs.job_run(config, stage, cell.id) as tracked:
             log(tracked, output(Paths(config), cell.id))
@@ -152,9 +152,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
-    from fewstep.tracking.runs import Run
+    from fewstep.tracking import runs
 
-    _tracked_cells(config, args, "generate", generate.run, generate.run_job, Run.log_manifest, Paths.manifest)
+    _tracked_cells(config, args, "generate", generate, runs, runs.Run.log_manifest, Paths.manifest)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -162,9 +162,9 @@ def cmd_score(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import score
-    from fewstep.tracking.runs import Run
+    from fewstep.tracking import runs
 
-    _tracked_cells(config, args, "score", score.run, score.run_job, Run.log_scores, Paths.scores)
+    _tracked_cells(config, args, "score", score, runs, runs.Run.log_scores, Paths.scores)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
