@@ -118,10 +118,10 @@ def run_job(
     models = JobModels(config)
     cells = {}
     for cell in grid.job(job_id):
-        table = paths.scores(cell.id)
-        fresh = not is_current(table, scored_inputs(grid, paths, cell))
+        table, digest = paths.scores(cell.id), scored_inputs(grid, paths, cell)
+        fresh = not is_current(table, digest)
         if fresh:
-            run(config, cell.id, progress=progress, batch_size=batch_size, models=models)
+            run(config, cell.id, progress=progress, batch_size=batch_size, models=models, inputs=digest)
         else:
             print(f"{cell.id}: scores are current, kept -> {table}")
         cells[cell.id] = {"scores": str(table), "sha256": sha256_file(table), "rescored": fresh}
@@ -179,9 +179,11 @@ def run(
     progress: bool = True,
     batch_size: int | None = None,
     models: JobModels | None = None,
+    inputs: str | None = None,
 ) -> Path:
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless
-    given), with the networks `models` holds (loaded here when not given)."""
+    given), with the networks `models` holds (loaded here when not given); `inputs` is the
+    cell's `scored_inputs` digest when the caller has it (computed here when not given)."""
     from fewstep.core.images import load_rgb
 
     grid, paths = Grid(config), Paths(config)
@@ -221,7 +223,7 @@ def run(
             bar.update(len(chunk))
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
-    frame["scored_inputs"] = scored_inputs(grid, paths, cell)
+    frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
     write_table(out, stamp(frame, config, grid.models))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
