@@ -142,6 +142,71 @@ def test_slurm_profile_requests_gpus_only_for_gpu_rules(tmp_path: Path, device: 
         assert int(res["mem_mb"]) <= 8000 and int(res["runtime"]) > 0, (rule, res)
 
 
+def claim(link: Path, folder: Path) -> subprocess.CompletedProcess[str]:
+    """Run claim-conf.sh for FOLDER with LINK as Slurm's default config path."""
+    env = {**os.environ, "FEWSTEP_SLURM_DEFAULT_CONF": str(link)}
+    command = ["bash", CLUSTER / "claim-conf.sh", folder]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+
+def throwaway_slurm(folder: Path, slurmctld_pid: int | None) -> Path:
+    """A folder laid out as slurm-up.sh leaves it, its slurmctld pid file naming SLURMCTLD_PID."""
+    (folder / "etc").mkdir(parents=True)
+    (folder / "run").mkdir()
+    (folder / "etc" / "slurm.conf").write_text("ClusterName=fewstep-ci\n")
+    if slurmctld_pid is not None:
+        (folder / "run" / "slurmctld.pid").write_text(f"{slurmctld_pid}\n")
+    return folder / "etc" / "slurm.conf"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_default_config_link_replaces_only_a_stale_throwaway_slurm(tmp_path: Path) -> None:
+    """A link left by a killed run is replaced; a real or running Slurm's config is kept."""
+    link, ours = tmp_path / "etc-slurm" / "slurm.conf", tmp_path / "ours"
+    wanted = str(ours / "etc" / "slurm.conf")
+
+    assert claim(link, ours).returncode == 0 and os.readlink(link) == wanted
+    again = claim(link, ours)
+    assert again.returncode == 0 and again.stderr == "" and os.readlink(link) == wanted
+
+    stale = [tmp_path / "gone" / "etc" / "slurm.conf"]  # its folder was removed
+    stale.append(throwaway_slurm(tmp_path / "killed", dead_pid()))
+    stale.append(throwaway_slurm(tmp_path / "never-started", None))
+    for target in stale:
+        link.unlink()
+        link.symlink_to(target)
+        run = claim(link, ours)
+        assert run.returncode == 0 and os.readlink(link) == wanted, (target, run.stderr)
+        assert f"linked to {target}, whose Slurm is not running" in run.stderr
+
+    running = throwaway_slurm(tmp_path / "running", os.getpid())
+    foreign = tmp_path / "site" / "slurm.conf"
+    foreign.parent.mkdir()
+    foreign.write_text("ClusterName=site\n")
+    kept = {
+        running: f"belongs to the Slurm in {tmp_path / 'running'}, still running",
+        foreign: "which slurm-up.sh did not write",
+    }
+    for target, reason in kept.items():
+        link.unlink()
+        link.symlink_to(target)
+        run = claim(link, ours)
+        assert run.returncode == 1 and os.readlink(link) == str(target), run.stderr
+        assert reason in run.stderr and run.stderr.count("\n") == 1
+
+    link.unlink()
+    link.write_text("ClusterName=site\n")
+    run = claim(link, ours)
+    assert run.returncode == 1 and "exists (another Slurm?)" in run.stderr
+    assert link.read_text() == "ClusterName=site\n" and not link.is_symlink()
+
+
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[dict[str, str]]:
     """A private single-node Slurm for this module; stopped by PID afterwards."""

@@ -10,7 +10,8 @@ for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/munge/munged
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
 done
-if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$DIR/etc/slurm.conf" ]; then
-  rm -f /etc/slurm/slurm.conf
+LINK=${FEWSTEP_SLURM_DEFAULT_CONF:-/etc/slurm/slurm.conf}
+if [ "$(readlink "$LINK" 2>/dev/null)" = "$DIR/etc/slurm.conf" ]; then
+  rm -f "$LINK"
 fi
 exit 0

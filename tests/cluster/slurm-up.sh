@@ -10,7 +10,8 @@
 # daemons listen on free ports. One thing cannot: inside a job, the plugin's nested
 # `srun` runs with every SLURM_* variable but a few removed (SLURM_CONF too), so it
 # reads the default /etc/slurm/slurm.conf. That path becomes a symlink to
-# DIR/etc/slurm.conf (refused if something else is there; slurm-down.sh removes it).
+# DIR/etc/slurm.conf (claim-conf.sh: refused if a real or running Slurm is there, a
+# stale link left by a killed run is replaced; slurm-down.sh removes it).
 #
 # Accounting is off (no slurmdbd): job status comes from squeue, which keeps
 # finished jobs for MinJobAge (3600 s here, so a test can read them back). The node
@@ -26,14 +27,9 @@ for tool in munged slurmctld slurmd sinfo; do
 done
 PATH=/usr/sbin:$PATH
 export SLURM_CONF="$DIR/etc/slurm.conf"
-if [ -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
-  [ "$(readlink /etc/slurm/slurm.conf)" = "$SLURM_CONF" ] || {
-    echo "slurm-up.sh: /etc/slurm/slurm.conf exists (another Slurm?); move it away to run this one" >&2
-    exit 1
-  }
-fi
 
 mkdir -p "$DIR"/{etc,state,spool,log,run}
+bash "$(dirname "$0")/claim-conf.sh" "$DIR"
 runuser -u munge -- test -x "$DIR" \
   || { echo "slurm-up.sh: user munge cannot enter $DIR; use a folder whose parents are world-executable" >&2; exit 1; }
 install -d -m 700 -o munge -g munge "$DIR/munge"
@@ -100,8 +96,6 @@ Name=gpu Type=h100 File=/dev/null
 Name=gpu Type=h100 File=/dev/zero
 CONF
 
-mkdir -p /etc/slurm
-ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
 slurmctld
 slurmd
 for _ in $(seq 60); do
