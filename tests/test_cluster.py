@@ -253,11 +253,11 @@ def pixels(path: Path) -> str:
         return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
 
 
-def card_lines(workdir: Path) -> list[str]:
-    logs = sorted((workdir / "results/demo/logs/generate").glob("*.log"))
-    return [
-        line for log in logs for line in log.read_text().splitlines() if line.startswith("fewstep generate: ")
-    ]
+def card_lines(workdir: Path, rule: str = "generate") -> list[str]:
+    """What RULE's jobs ("*": every rule's) print as `fewstep <command>: ...`: the GPU card they took."""
+    logs = sorted((workdir / "results/demo/logs").glob(f"{rule}/*.log"))
+    lines = [line for log in logs for line in log.read_text().splitlines()]
+    return [line for line in lines if re.match(r"fewstep [a-z-]+: ", line)]
 
 
 @pytest.mark.slow
@@ -318,12 +318,17 @@ def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: P
     slurm_cards = card_lines(on_slurm)
     assert len(slurm_cards) == 2  # the two generation jobs (dev, schnell), each all its step counts
     assert all(re.fullmatch(r".*assigned by Slurm .*CUDA_VISIBLE_DEVICES=[01]", line) for line in slurm_cards)
+    # Which GPU jobs run side by side depends on when their inputs finish (the two generate jobs
+    # wait on different prompt embeddings), so both cards are asked of the run's GPU jobs together.
+    lock = re.escape(str(tmp_path / "gpu-locks"))
     local_cards = [
-        re.fullmatch(r"fewstep generate: GPU card (\d) of 0,1 \(lock .*\)", line)
-        for line in card_lines(local)
+        re.fullmatch(rf"fewstep ([a-z-]+): GPU card (\d) of 0,1 \(lock {lock}/gpu(\d)\.lock\)", line)
+        for line in card_lines(local, "*")
     ]
-    assert len(local_cards) == 2 and all(local_cards)
-    assert {m.group(1) for m in local_cards} == {"0", "1"}  # two generate jobs ran side by side
+    assert all(local_cards) and all(m.group(2) == m.group(3) for m in local_cards)
+    commands = sorted(m.group(1) for m in local_cards)  # 2 of each: per T5 length, per backbone
+    assert commands == sorted(["embed-prompts", "generate", "score", "trajectory"] * 2)
+    assert {m.group(2) for m in local_cards} == {"0", "1"}
 
     # what Slurm was asked for: GPUs for the GPU rules only, in the profile's partitions
     squeue = subprocess.run(
