@@ -2,7 +2,10 @@
 
     python benchmarks/acceleration.py --out bench               # a CUDA GPU of compute capability >= 8.9
     python benchmarks/acceleration.py --out bench --backbones flux-schnell --variants eager fast
+    python benchmarks/acceleration.py --out b --variants eager fast taylorseer fast-taylorseer mag fast-mag
     python benchmarks/acceleration.py --out /tmp/b --weights tiny --device cpu --variants eager cache
+
+Cache variants take each backbone's schedule from `SCHEDULES` (the study config's).
 
 Full-size FLUX.1-dev (28 steps) and FLUX.1-schnell (4 steps) with InfuseNet and random weights
 (latency does not depend on weight values), built by the workflow's `random` mode; prompt and
@@ -11,14 +14,18 @@ model is needed. Every (backbone, variant) is one generation job, `fewstep.gener
 the generate rule runs it (load, accelerate, render, writer thread, manifests), one after the other
 in this process. Per job:
 
-- ``per_step_s``, ``per_image_s``: medians over the images after the warm-up batch (manifest);
+- ``per_step_s``: an image's denoising time over its steps (a mean: a cache's skipped steps are
+  short), ``per_image_s``: end-to-end latency; medians over the images after the warm-up batch;
 - ``compile_s``: the warm-up image's latency minus a warm image's (compiling, autotuning);
 - ``job_s``: the whole job, model load included; ``peak_mem_gib``: CUDA's peak allocation;
 - ``gpu_busy``: mean NVML utilisation sampled every 20 ms from the first recorded image to the
   job's end (the part of a job after loading and compiling);
-- ``computed_steps``: with the first-block cache, the fraction of steps that ran every block;
-  random weights do not behave like trained ones here, so this and the cache's speed-up are only
-  indicative (the study's own sweep measures the real ones);
+- ``steps_computed``: transformer steps per image whose blocks ran (the caches' own decisions,
+  counted by `Accelerated.tally`; eager and compile/fp8 compute every step). TaylorSeer's and
+  MagCache's schedules do not depend on the weights, so their speed here is what real weights get;
+  the first-block cache decides from the outputs, which random weights never let it skip;
+- ``infusenet_calls``: InfuseNet calls per image (manifest ``adapter_steps``): a scheduled cache
+  skips InfuseNet with the blocks;
 - ``graphs``: graphs dynamo compiled (recompiles show here);
 - ``max_pixel_diff``: largest 0-255 difference to the eager job's image of the same item (tiny
   weights only: random weights are drawn afresh by every job, so their images differ anyway).
@@ -45,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
-from fewstep.families.flux import models  # noqa: E402
+from fewstep.families.flux import acceleration, models  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
@@ -57,8 +64,24 @@ VARIANTS = {
     "cache": {"cache": "first_block"},
     "fast": {"compile": "regional", "fp8": "dynamic"},
     "fast-cache": {"compile": "regional", "fp8": "dynamic", "cache": "first_block"},
+    "taylorseer": {"cache": "taylorseer"},
+    "mag": {"cache": "mag"},
+    "fast-taylorseer": {"compile": "regional", "fp8": "dynamic", "cache": "taylorseer"},
+    "fast-mag": {"compile": "regional", "fp8": "dynamic", "cache": "mag"},
 }
 STEPS = {"flux-dev": 28, "flux-schnell": 4}
+#: the weight-independent schedules of each backbone, as the study config runs them (config.yaml:
+#: taylorseer/magcache at dev-28, taylorseer-few/magcache-few at schnell-4); steps computed in a comment
+SCHEDULES = {
+    "flux-dev": {
+        "taylorseer": {"cache_interval": 5, "cache_warmup": 3},  # 8 of 28
+        "mag": {"cache_threshold": 0.06, "cache_max_skips": 3, "cache_warmup": 3},  # 14 of 28
+    },
+    "flux-schnell": {
+        "taylorseer": {"cache_interval": 2, "cache_warmup": 2},  # 3 of 4
+        "mag": {"cache_threshold": 0.06, "cache_max_skips": 3, "cache_warmup": 1},  # 3 of 4
+    },
+}
 
 
 def config_for(args: argparse.Namespace, backbone: str) -> dict:
@@ -73,7 +96,11 @@ def config_for(args: argparse.Namespace, backbone: str) -> dict:
         },
     }
     accelerations = {
-        name: dict(switches, cache_threshold=args.cache_threshold)
+        name: {
+            "cache_threshold": args.cache_threshold,
+            **switches,
+            **SCHEDULES[backbone].get(switches.get("cache"), {}),
+        }
         for name, switches in VARIANTS.items()
         if switches
     }
@@ -154,27 +181,26 @@ class BusySampler:
         return statistics.fmean(self.samples) / 100 if self.samples else None
 
 
-class CacheCounter:
-    """Counts the first-block cache's decisions: full step or reuse."""
+class Tallies:
+    """Every `Accelerated` a job builds, to read its counts of steps computed and InfuseNet calls."""
 
-    def __init__(self) -> None:
-        from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+    def __enter__(self) -> Tallies:
+        self.made: list[acceleration.Accelerated] = []
+        self.original = original = acceleration.Accelerated.__init__
+        made = self.made
 
-        self.hook, self.decisions = FBCHeadBlockHook, []
-        self.original = FBCHeadBlockHook._should_compute_remaining_blocks
+        def init(accelerated, *args, **kwargs):
+            original(accelerated, *args, **kwargs)
+            made.append(accelerated)
 
-    def __enter__(self) -> CacheCounter:
-        original, decisions = self.original, self.decisions
-
-        def counted(hook, residual):
-            decisions.append(original(hook, residual))
-            return decisions[-1]
-
-        self.hook._should_compute_remaining_blocks = torch.compiler.disable(counted)
+        acceleration.Accelerated.__init__ = init
         return self
 
     def __exit__(self, *exc) -> None:
-        self.hook._should_compute_remaining_blocks = self.original
+        acceleration.Accelerated.__init__ = self.original
+
+    def count(self, key: str) -> int | None:
+        return sum(a.tally[key] for a in self.made) if self.made else None
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -198,7 +224,7 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
     start = time.perf_counter()
     with (
         BusySampler(lambda: journal.exists() and journal.stat().st_size > 0) as sampler,
-        CacheCounter() as cache,
+        Tallies() as tallies,
     ):
         generate.run_job(config, cell.job, progress=False)
     job_s = time.perf_counter() - start
@@ -211,19 +237,22 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
         if paths.image(eager.id, item.id).exists() and config["weights"] != "random"
     ]
     per_image = float(warm["latency_s"].median())
+    images = len(manifest)
+    computed = tallies.count("computed")  # eager: no wrapper, every step computed
     return {
         "backbone": backbone,
         "steps": STEPS[backbone],
         "variant": variant,
         "switches": grid.acceleration(cell),
-        "images": len(manifest),
-        "per_step_s": float(warm["step_s_median"].median()),
+        "images": images,
+        "per_step_s": float(warm["denoise_s"].median()) / STEPS[backbone],
         "per_image_s": per_image,
         "compile_s": float(manifest.loc[manifest["warmup"], "latency_s"].max() - per_image),
         "job_s": job_s,
         "peak_mem_gib": float(manifest["peak_mem_mb"].max()) / 1024,
         "gpu_busy": sampler.busy,
-        "computed_steps": float(np.mean(cache.decisions)) if cache.decisions else None,
+        "steps_computed": (STEPS[backbone] * images if computed is None else computed) / images,
+        "infusenet_calls": float(manifest["adapter_steps"].mean()),
         "graphs": counters["stats"]["unique_graphs"],
         "max_pixel_diff": max(diffs) if diffs else None,
     }
@@ -234,8 +263,8 @@ def table(rows: list[dict], card: str) -> str:
         f"Card: {card}. Speed-up = eager per-image latency / this variant's, same backbone, same run.",
         "",
         "| backbone | variant | per step | per image | speed-up | compile | peak memory | GPU busy "
-        "| steps computed | max pixel diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| steps computed | InfuseNet calls | max pixel diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {r["backbone"]: r["per_image_s"] for r in rows if r["variant"] == "eager"}
 
@@ -248,7 +277,8 @@ def table(rows: list[dict], card: str) -> str:
             f"| {r['backbone']}-{r['steps']} | {r['variant']} | {r['per_step_s']:.3f} s "
             f"| {r['per_image_s']:.2f} s "
             f"| {fmt(speedup, '{:.2f}x')} | {r['compile_s']:.0f} s | {r['peak_mem_gib']:.1f} GiB "
-            f"| {fmt(r['gpu_busy'], '{:.0%}')} | {fmt(r['computed_steps'], '{:.0%}')} "
+            f"| {fmt(r['gpu_busy'], '{:.0%}')} | {r['steps_computed']:.3g}/{r['steps']} "
+            f"| {r['infusenet_calls']:.3g}/{r['steps']} "
             f"| {fmt(r['max_pixel_diff'], '{}')} |"
         )
     return "\n".join(lines) + "\n"

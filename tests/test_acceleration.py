@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers.hooks import FirstBlockCacheConfig
 
-from fewstep.core.config import validate
+from fewstep.core.config import check_caches, validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
 from fewstep.families.flux import acceleration, models, sampler
@@ -77,12 +78,53 @@ def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw
             "config accelerations.eager: the name eager means every switch off",
         ),
         ({"accelerations": {"x": {"compile": "max"}}}, "config accelerations.x.compile"),
+        ({"accelerations": {"x": {"cache": "teacache"}}}, "config accelerations.x.cache: 'teacache' is not"),
+        (
+            {"accelerations": {"x": {"cache": "first_block", "cache_interval": 2}}},
+            "config accelerations.x.cache_interval: only cache: taylorseer uses it, not cache: first_block; "
+            "remove it or change the cache",
+        ),
+        (
+            {"accelerations": {"x": {"compile": "regional", "cache_max_skips": 2}}},
+            "config accelerations.x.cache_max_skips: only cache: mag uses it, not cache: none",
+        ),
+        (
+            {"accelerations": {"x": {"cache": "taylorseer", "cache_warmup": 0}}},
+            "config accelerations.x.cache_warmup: taylorseer extrapolates from computed steps",
+        ),
     ],
 )
 def test_bad_accelerations_are_one_line_naming_the_key(raw_demo, edit, message):
     raw_demo.update(edit)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(raw_demo)
+
+
+def test_each_cache_gets_its_own_keys_with_their_defaults_and_other_entries_stay_as_written(raw_demo):
+    raw_demo["accelerations"] = {
+        "taylor": {"cache": "taylorseer"},
+        "mag": {"cache": "mag", "cache_warmup": 1, "cache_threshold": 0.1},
+        "fast": {"compile": "regional", "fp8": "dynamic"},
+    }
+    accelerations = validate(raw_demo)["accelerations"]
+    assert accelerations["taylor"] == {**OFF, "cache": "taylorseer", "cache_interval": 5, "cache_warmup": 3}
+    assert accelerations["mag"] == {
+        **OFF,
+        "cache": "mag",
+        "cache_threshold": 0.1,
+        "cache_max_skips": 3,
+        "cache_warmup": 1,
+    }
+    assert accelerations["fast"] == {**OFF, "compile": "regional", "fp8": "dynamic"}  # cell hashes unchanged
+
+
+def test_a_cache_on_an_sd_backbone_is_one_line_naming_the_key(raw_demo):
+    raw_demo["accelerations"] = {"taylor": {"cache": "taylorseer"}}
+    raw_demo["cells"][1]["accelerations"] = ["eager", "taylor"]
+    with pytest.raises(
+        ConfigError, match="^config cells.accelerations: 'taylor' on sd15; sd15 backbones run eager only$"
+    ):
+        Grid(validate(raw_demo))
 
 
 def test_fp8_on_a_cpu_is_refused_with_the_fix():
@@ -157,7 +199,7 @@ def test_a_cache_hit_counts_infusenet_residuals_once(tiny_config, cond):
         torch.testing.assert_close(outputs[1], full, rtol=0, atol=1e-5)
         # diffusers' own path (residuals handed to the transformer) adds them again on the hit
         plain = load(tiny_config)
-        plain.transformer.enable_cache(acceleration.FirstBlockCacheConfig(threshold=0.0))
+        plain.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
         with plain.transformer.cache_context("cond"):
             first = plain.transformer(**inputs, **text, **residuals)[0]
             doubled = plain.transformer(**inputs, **text, **residuals)[0]
@@ -174,6 +216,106 @@ def test_a_high_threshold_skips_the_blocks_after_the_first_step(tiny_config, con
     assert not torch.equal(skipped, latents(load(tiny_config), cond)) and torch.isfinite(skipped).all()
 
 
+#: caches that never skip: every step computed (TaylorSeer's interval 1, MagCache's 0 skips in a row)
+NEVER_SKIP = {
+    "first_block": {"cache": "first_block", "cache_threshold": 0.0},
+    "taylorseer": {"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
+    "mag": {"cache": "mag", "cache_max_skips": 0, "cache_warmup": 0},
+}
+#: 6 steps: TaylorSeer computes 0, 1 and 3; MagCache (FLUX's ratios) 0, 3 and 5
+SKIPPING = {
+    "taylorseer": {"cache": "taylorseer", "cache_interval": 3, "cache_warmup": 2},
+    "mag": {"cache": "mag", "cache_threshold": 0.06, "cache_max_skips": 2, "cache_warmup": 1},
+}
+
+
+def switches(**cache):
+    """An ``accelerations`` entry as validation leaves it (the cache's own defaults filled in)."""
+    accelerations = {"x": {**OFF, **cache}}
+    check_caches(accelerations)
+    return accelerations["x"]
+
+
+@pytest.mark.parametrize("cache", sorted(NEVER_SKIP))
+def test_a_cache_that_never_skips_is_eager_bit_for_bit(tiny_config, cond, cache):
+    eager = latents(load(tiny_config), cond, steps=6)
+    parts = load(tiny_config)
+    cached = acceleration.Accelerated(parts, switches(**NEVER_SKIP[cache]), CPU)
+    assert torch.equal(latents(parts, cond, cached, steps=6), eager)
+    assert torch.equal(latents(parts, cond, cached, steps=6), eager)  # the cache is reset between images
+    assert cached.tally == {"calls": 12, "computed": 12, "infusenet": 12}
+
+
+def recorded(parts, cond, accelerated, steps):
+    """Each step's velocity and transformer keyword arguments, and InfuseNet's calls' arguments."""
+    calls, adapter, velocities = [], [], []
+    parts.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
+    parts.infusenet.register_forward_pre_hook(lambda m, a, kw: adapter.append(dict(kw)), with_kwargs=True)
+    settings = sampler.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
+    result = sampler.denoise(
+        parts, cond, settings, CPU, torch.float32, lambda s: velocities.append(s.velocity), accelerated
+    )
+    return result, velocities, calls, adapter
+
+
+def assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, adapter):
+    """Each computed step's velocity is eager's for the same inputs (InfuseNet run as eager runs it)."""
+    eager = load(tiny_config)
+    assert len(adapter) == sum(computed)  # InfuseNet ran exactly on the computed steps
+    for step, inputs in zip([s for s, c in enumerate(computed) if c], adapter, strict=True):
+        with torch.no_grad():
+            double, single = eager.infusenet(**inputs)
+            residuals = {"controlnet_block_samples": double, "controlnet_single_block_samples": single}
+            assert torch.equal(velocities[step], eager.transformer(**(calls[step] | residuals))[0])
+
+
+def test_taylorseer_computes_its_schedule_and_extrapolates_the_velocity_between(tiny_config, cond):
+    parts = load(tiny_config)
+    cached = acceleration.Accelerated(parts, switches(**SKIPPING["taylorseer"]), CPU)
+    result, velocities, calls, adapter = recorded(parts, cond, cached, 6)
+    computed = [True, True, False, True, False, False]
+    assert cached.schedule == computed and result.adapter_active == computed
+    assert cached.tally == {"calls": 6, "computed": 3, "infusenet": 3}
+    assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, adapter)
+
+    def first_order(last, before, distance, offset):  # diffusers' arithmetic, float32 factors
+        slope = (velocities[last] - velocities[before]) / distance
+        return torch.zeros_like(velocities[last]) + velocities[last] * 1.0 + slope * float(offset)
+
+    assert torch.equal(velocities[2], first_order(1, 0, 1, 1))
+    assert torch.equal(velocities[4], first_order(3, 1, 2, 1))
+    assert torch.equal(velocities[5], first_order(3, 1, 2, 2))
+    assert not torch.equal(velocities[5], velocities[4])
+
+
+def test_magcache_reuses_the_last_computed_residual_of_the_block_stack(tiny_config, cond):
+    """A skipped step: the last block's output is this step's input plus the last computed step's
+    residual (its InfuseNet additions inside it, the last block's included, none added again)."""
+    parts = load(tiny_config)
+    transformer = parts.transformer
+    heads, tails = [], []
+    transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda m, a, kw: heads.append(kw["hidden_states"]), with_kwargs=True
+    )
+    transformer.norm_out.register_forward_pre_hook(lambda m, a: tails.append(a[0]))
+    cached = acceleration.Accelerated(parts, switches(**SKIPPING["mag"]), CPU)
+    result, velocities, calls, adapter = recorded(parts, cond, cached, 6)
+    computed = [True, False, False, True, False, True]
+    assert cached.schedule == computed and result.adapter_active == computed
+    assert cached.tally == {"calls": 6, "computed": 3, "infusenet": 3}
+    assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, adapter)
+    for step, last in ((1, 0), (2, 0), (4, 3)):
+        assert torch.equal(tails[step], heads[step] + (tails[last] - heads[last]))
+
+
+def test_a_cache_whose_hooks_leave_its_schedule_stops_the_job(tiny_config, cond):
+    parts = load(tiny_config)
+    cached = acceleration.Accelerated(parts, switches(**SKIPPING["taylorseer"]), CPU)
+    cached.cache.start = lambda steps: [True] * steps  # InfuseNet would run on steps the blocks skip
+    with pytest.raises(RuntimeError, match="taylorseer cache skipped step 2, against its schedule"):
+        latents(parts, cond, cached, steps=6)
+
+
 def test_row_major_restrides_a_batch_one_slice_without_copying_and_copies_a_strided_batch():
     joint = torch.randn(1, 8 + 16, 4)
     image = joint[:, 8:]  # what a single block returns: contiguous for torch, batch stride 24 x 4
@@ -186,23 +328,29 @@ def test_row_major_restrides_a_batch_one_slice_without_copying_and_copies_a_stri
     assert copied.stride() == (64, 4, 1) and torch.equal(copied, batch)
 
 
-@pytest.mark.parametrize("cache", ["none", "first_block"])
+@pytest.mark.parametrize("cache", ["none", "first_block", "taylorseer", "mag"])
 def test_regional_compile_traces_the_same_arithmetic_once_per_block_class(tiny_config, cond, cache):
     """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business).
 
-    With the cache's and InfuseNet's hooks on the blocks, the hooks stay outside the compiled code:
-    no recompile per block, so as many graphs as without them. Transformer and InfuseNet share the
-    block classes; their inputs are restrided, so a single block after another (a slice of the joint
-    tensor) reuses the graph: one per block class and token count.
+    With the caches' and InfuseNet's hooks on the blocks, the hooks stay outside the compiled code:
+    no recompile per block, so as many graphs as without them, and the same images as the same
+    cache uncompiled, skipped steps included. Transformer and InfuseNet share the block classes;
+    their inputs are restrided, so a single block after another (a slice of the joint tensor)
+    reuses the graph: one per block class and token count.
     """
     from torch._dynamo.utils import counters
 
+    cache_switches = {"none": {}, "first_block": NEVER_SKIP["first_block"], **SKIPPING}[cache]
+    reference = load(tiny_config)
+    uncompiled = acceleration.Accelerated(reference, switches(**cache_switches), CPU)
+    expected = latents(reference, cond, uncompiled, steps=6)
     torch._dynamo.reset()
     counters.clear()
     parts = load(tiny_config)
-    switches = {**OFF, "compile": "regional", "cache": cache, "cache_threshold": 0.0}
-    compiled = acceleration.Accelerated(parts, switches, CPU, {"backend": "eager"})
-    assert torch.equal(latents(parts, cond, compiled, steps=2), latents(load(tiny_config), cond, steps=2))
+    regional = switches(**cache_switches, compile="regional")
+    compiled = acceleration.Accelerated(parts, regional, CPU, {"backend": "eager"})
+    assert torch.equal(latents(parts, cond, compiled, steps=6), expected)
+    assert compiled.tally == uncompiled.tally
     # double and single blocks, each for the prompt's and InfuseNet's token counts (6 with the
     # slices' strides, 11 with the hooks inside the compiled code)
     assert counters["stats"]["unique_graphs"] == 4

@@ -46,3 +46,28 @@ def test_latency_benchmark_runs_every_cell_and_names_the_machine(tmp_path):
     assert (summary["images"] == 2).all() and (summary["latency_s"] > 0).all()
     meta = json.loads((out / "latency_meta.json").read_text())
     assert meta["card"] == "CPU" and meta["date"]
+
+
+def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_computes(tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(
+        "acceleration.py",
+        *("--out", str(out), "--work", str(tmp_path / "work"), "--size", "64"),
+        *("--dev-images", "1", "--schnell-images", "1", "--variants", "eager", "taylorseer", "mag"),
+    )
+    record = json.loads((out / "acceleration.json").read_text())
+    assert record["card"] == "CPU" and record["date"]
+    counts = {
+        (r["backbone"], r["variant"]): (r["steps_computed"], r["infusenet_calls"]) for r in record["rows"]
+    }
+    # the study's schedules: TaylorSeer every 5th step after 3, MagCache's FLUX ratios (fewstep's caches)
+    assert counts == {
+        ("flux-dev", "eager"): (28, 28),
+        ("flux-dev", "taylorseer"): (8, 8),
+        ("flux-dev", "mag"): (14, 14),
+        ("flux-schnell", "eager"): (4, 4),
+        ("flux-schnell", "taylorseer"): (3, 3),
+        ("flux-schnell", "mag"): (3, 3),
+    }
+    assert all(r["per_image_s"] > 0 and r["peak_mem_gib"] > 0 for r in record["rows"])
+    assert "| flux-dev-28 | taylorseer |" in (out / "acceleration.md").read_text()

@@ -147,7 +147,38 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     for backbone in config["backbones"].values():  # null for SD: the family's own default
         backbone.setdefault("guidance", FLUX_GUIDANCE if backbone["family"] == "flux" else None)
     _check_references(config)
+    check_caches(config["accelerations"])
     return config
+
+
+#: each cache schedule's own keys of an ``accelerations`` entry, with their defaults (filled in
+#: only for that cache, so the entries of other caches, and their cells' hashes, stay as written)
+CACHE_KEYS: dict[str, dict[str, int]] = {
+    "none": {},
+    "first_block": {},
+    "taylorseer": {"cache_interval": 5, "cache_warmup": 3},
+    "mag": {"cache_max_skips": 3, "cache_warmup": 3},
+}
+
+
+def check_caches(accelerations: dict[str, Any]) -> None:
+    """Each entry holds only its cache's keys (their defaults filled in); TaylorSeer computes first."""
+    every = {key for keys in CACHE_KEYS.values() for key in keys}
+    for name, entry in accelerations.items():
+        cache = entry["cache"]
+        for key in sorted(every & (set(entry) - set(CACHE_KEYS[cache]))):
+            users = " or ".join(c for c, keys in CACHE_KEYS.items() if key in keys)
+            raise ConfigError(
+                f"config accelerations.{name}.{key}: only cache: {users} uses it, not cache: {cache}; "
+                "remove it or change the cache"
+            )
+        for key, default in CACHE_KEYS[cache].items():
+            entry.setdefault(key, default)
+        if cache == "taylorseer" and entry["cache_warmup"] < 1:
+            raise ConfigError(
+                f"config accelerations.{name}.cache_warmup: taylorseer extrapolates from computed steps, "
+                "so at least the first step must run; set cache_warmup >= 1"
+            )
 
 
 def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Acceleration switches of a FLUX generation job: regional compile, fp8 matmuls, first-block cache.
+"""Acceleration switches of a FLUX generation job: regional compile, fp8 matmuls, cache schedules.
 
 Each switch is a key of a named entry under the config's ``accelerations`` and a sweep dimension:
 a cell ``flux-dev/infusenet-aes+fast/28`` is the eager cell ``flux-dev/infusenet-aes/28`` with the
@@ -16,24 +16,23 @@ today's code path (no hook, no wrapper), so eager images do not change.
   or ``add_`` (the text/identity stream: cuBLASLt refuses the rowwise fp8 matmul for InfuseNet's
   8 identity tokens). Without compile the activation quantisation is not fused and fp8 is slower
   than eager; use it together with ``compile``.
-- ``cache: first_block``: diffusers' ``FirstBlockCacheConfig`` through ``enable_cache``. When the
-  first block's residual changed by less than ``cache_threshold`` (relative mean absolute change)
-  since the last full step, the remaining blocks are skipped and their cached residual reused.
-  See `InfuseNetResiduals` for how InfuseNet's additions stay correct on such a hit.
+- ``cache``: a cache schedule through diffusers' hooks (`fewstep.families.flux.caches`):
+  ``first_block`` (decided per step from the first block's residual), ``taylorseer`` and ``mag``
+  (skips fixed by the step index: InfuseNet does not run on a skipped step). Hooks go on after
+  compiling, so they stay outside the compiled blocks (see `compile_blocks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, ModelHook
 
 from fewstep.core.errors import ConfigError
+from fewstep.families.flux.caches import CACHES, Cache
 
 #: torch.compile options of a job: its shapes never change (one resolution, one prompt length, 8
 #: identity tokens), so each block class compiles once per token count, static, instead of the
@@ -136,66 +135,13 @@ def _on_row_major_inputs(forward: Any) -> Any:
     return call
 
 
-class InfuseNetResiduals:
-    """InfuseNet's residuals added inside the backbone's blocks, so a cache hit skips them too.
-
-    diffusers' FLUX transformer adds a ControlNet residual to the hidden states *between* blocks,
-    outside the blocks. First-block cache hooks the blocks: on a hit the first block runs, the
-    others return their input, and the last full step's residual of the whole tail is added. That
-    cached residual already holds the previous step's InfuseNet additions, yet the transformer
-    still adds the current step's after every skipped block: each InfuseNet residual counted
-    twice. Here each residual is added by a hook *inside* its block (registered before the cache's
-    hooks, so the cache wraps it): on a full step the arithmetic is the transformer's own (the
-    same tensor sum in the same order, so a cache threshold of 0 gives the uncached image bit for
-    bit); on a hit the skipped blocks add nothing and the cached tail stands in for them, the
-    InfuseNet additions of the last full step included. The first block's addition still runs on
-    a hit, and enters the cache's decision: a change of InfuseNet's output (its window closing)
-    counts as a change of the first block.
-
-    Which residual a block receives follows diffusers' interval rule: block ``i`` of ``n`` gets
-    sample ``i // ceil(n / len(samples))``.
-    """
-
-    def __init__(self, transformer: torch.nn.Module):
-        self.samples: dict[str, list[torch.Tensor] | None] = {"double": None, "single": None}
-        streams = {"double": transformer.transformer_blocks, "single": transformer.single_transformer_blocks}
-        for stream, blocks in streams.items():
-            for index, block in enumerate(blocks):
-                hook = _ResidualHook(self, stream, index, len(blocks))
-                HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, "fewstep_infusenet")
-
-    @contextlib.contextmanager
-    def added(self, double: list[torch.Tensor] | None, single: list[torch.Tensor] | None) -> Iterator[None]:
-        """Add these residuals in the transformer calls inside the block."""
-        self.samples = {"double": double, "single": single}
-        try:
-            yield
-        finally:
-            self.samples = {"double": None, "single": None}
-
-
-class _ResidualHook(ModelHook):
-    """Adds one block's InfuseNet residual to the block's output (post-forward only)."""
-
-    def __init__(self, source: InfuseNetResiduals, stream: str, index: int, blocks: int):
-        super().__init__()
-        self.source, self.stream, self.index, self.blocks = source, stream, index, blocks
-
-    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        samples = self.source.samples[self.stream]
-        if samples is None:
-            return output
-        encoder_hidden_states, hidden_states = output
-        interval = math.ceil(self.blocks / len(samples))
-        return encoder_hidden_states, hidden_states + samples[self.index // interval]
-
-
 class Accelerated:
-    """A job's pipeline parts with one acceleration applied; `denoiser_call` wraps each step.
+    """A job's pipeline parts with one acceleration applied; `start` and `denoiser_call` wrap each image.
 
-    `acceleration` is a validated config ``accelerations`` entry (``compile``, ``fp8``, ``cache``,
-    ``cache_threshold``); applied in the order torchao and diffusers expect: quantise, compile, hook.
-    `compile_options` go to `torch.compile` (default `COMPILE_OPTIONS`).
+    `acceleration` is a validated config ``accelerations`` entry (``compile``, ``fp8``, ``cache``
+    and the cache's own keys); applied in the order torchao and diffusers expect: quantise,
+    compile, hook. `compile_options` go to `torch.compile` (default `COMPILE_OPTIONS`). `tally`
+    counts the transformer calls, those that ran the blocks and the InfuseNet calls.
     """
 
     def __init__(
@@ -206,7 +152,6 @@ class Accelerated:
         compile_options: dict[str, Any] | None = None,
     ):
         self.acceleration = acceleration
-        self.residuals: InfuseNetResiduals | None = None
         if acceleration["fp8"] == "dynamic":
             check_fp8(device)
             for module in (parts.transformer, parts.infusenet):
@@ -215,34 +160,54 @@ class Accelerated:
         options = COMPILE_OPTIONS | (compile_options or {})
         if acceleration["compile"] == "regional":
             compile_blocks(parts, **options)
-        if acceleration["cache"] == "first_block":
-            if parts.infusenet is not None:
-                self.residuals = InfuseNetResiduals(parts.transformer)
-            parts.transformer.enable_cache(FirstBlockCacheConfig(threshold=acceleration["cache_threshold"]))
+        self.cache: Cache | None = None
+        if acceleration["cache"] != "none":
+            cache = CACHES[acceleration["cache"]]
+            self.cache = cache(parts.transformer, acceleration, parts.infusenet is not None)
         self.transformer = parts.transformer
-        self.cached = acceleration["cache"] != "none"
+        self.schedule: list[bool] = []
+        self.step = 0
+        self.tally = {"calls": 0, "computed": 0, "infusenet": 0}
 
-    def new_image(self) -> None:
-        """Forget the cache of the previous batch: each batch starts from a full step."""
-        if self.cached:
+    def start(self, steps: int) -> list[bool]:
+        """A new batch of `steps` steps, from a full step; the steps whose blocks run (InfuseNet's too)."""
+        self.schedule = self.cache.start(steps) if self.cache is not None else [True] * steps
+        self.step = 0
+        if self.cache is not None:
             self.transformer._reset_stateful_cache()
+        return self.schedule
 
     @contextlib.contextmanager
     def denoiser_call(self, residuals: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Context of one transformer call; yields the residual keyword arguments to pass it.
 
         Uncached: InfuseNet's residuals go to the transformer as diffusers expects. Cached: inside
-        ``cache_context`` (diffusers' caches need it), the residuals added by `InfuseNetResiduals`.
+        ``cache_context`` (diffusers' caches need it), the residuals added by the cache's
+        `InfuseNetResiduals` where it has them. A scheduled cache whose hooks decide otherwise than
+        its schedule stops the job: InfuseNet would have been skipped, or run, in vain.
         """
-        if not self.cached:
+        self.tally["calls"] += 1
+        self.tally["infusenet"] += residuals["controlnet_block_samples"] is not None
+        if self.cache is None:
             yield residuals
+            self.tally["computed"] += 1
             return
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.transformer.cache_context("cond"))
-            if self.residuals is not None:
+            if self.cache.residuals is not None:
                 stack.enter_context(
-                    self.residuals.added(
+                    self.cache.residuals.added(
                         residuals["controlnet_block_samples"], residuals["controlnet_single_block_samples"]
                     )
                 )
-            yield {"controlnet_block_samples": None, "controlnet_single_block_samples": None}
+                residuals = {"controlnet_block_samples": None, "controlnet_single_block_samples": None}
+            yield residuals
+            computed = self.cache.computed()
+        self.tally["computed"] += computed
+        if self.cache.scheduled and computed != self.schedule[self.step]:
+            did = "ran" if computed else "skipped"
+            raise RuntimeError(
+                f"the {self.acceleration['cache']} cache {did} step {self.step}, against its schedule; "
+                "InfuseNet's calls followed the schedule (a fewstep bug)"
+            )
+        self.step += 1

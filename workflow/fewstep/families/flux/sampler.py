@@ -177,8 +177,9 @@ def denoise(
 ) -> Result:
     """Run the sampler; return final packed latents with per-step sigmas and timings.
 
-    `accelerated` (a `fewstep.acceleration.Accelerated` over these parts) wraps every
-    transformer call; without it the loop is the plain eager one.
+    `accelerated` (a `fewstep.families.flux.acceleration.Accelerated` over these parts) wraps
+    every transformer call; without it the loop is the plain eager one. ``Result.adapter_active``
+    marks the steps InfuseNet ran on: inside its window, less the steps a cache schedule skips.
     """
     from diffusers import FluxPipeline
 
@@ -213,8 +214,9 @@ def denoise(
 
     timer = StepTimer(device)
     timer.mark()
-    if accelerated is not None:
-        accelerated.new_image()
+    if accelerated is not None:  # a cache that skips a step's blocks makes its InfuseNet call useless
+        computed = accelerated.start(settings.steps)
+        active = [a and c for a, c in zip(active, computed, strict=True)]
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
             timestep = t.expand(batch).to(dtype) / 1000
