@@ -377,3 +377,25 @@ def _pixels(path):
 
     with Image.open(path) as image:
         return np.asarray(image)
+
+
+def test_a_mag_cache_job_follows_its_schedule_at_every_step_count(embedded, tmp_path):
+    """One job runs steps 1, 2 and 4 with one set of hooks: each image on its own step count's
+    ratios (MagCache, FLUX's ratios interpolated: 4 steps compute 0, 2 and 3; 2 steps both)."""
+    import pandas as pd
+
+    config = copy.deepcopy(embedded)
+    config["results_dir"] = str(tmp_path)
+    config["accelerations"] = {"mag": SKIPPING["mag"]}
+    config["cells"][0]["accelerations"] = ["eager", "mag"]
+    config = validate(config)
+    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    generate.run_job(config, "flux-schnell/infusenet-aes+mag", progress=False)
+    paths = Paths(config)
+    calls = {
+        steps: sorted(
+            set(pd.read_parquet(paths.manifest(f"flux-schnell/infusenet-aes+mag/{steps}"))["adapter_steps"])
+        )
+        for steps in (1, 2, 4)
+    }
+    assert calls == {1: [1], 2: [2], 4: [3]}

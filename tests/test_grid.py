@@ -57,14 +57,18 @@ def test_study_grid_crosses_every_block(tmp_path):
     from tests.conftest import REPO
 
     grid = Grid(load([REPO / "config.yaml"]))
-    # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the two
-    # accelerations (compiled, cached) of infusenet-aes at dev-28 and schnell-4, and SD1.5 and
-    # SDXL with 4 IP-Adapter settings and none at 9 step counts
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 2 + 2 * 5 * 9
+    # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
+    # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
+    # schnell-4, and SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9
+    accelerated = {
+        "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
+        "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),
+    }
     assert {c.id for c in grid.cells if c.acceleration != "eager"} == {
         f"{b}/infusenet-aes+{a}/{s}"
         for b, s in (("flux-dev", 28), ("flux-schnell", 4))
-        for a in ("compiled", "cached")
+        for a in accelerated[b]
     }
     assert {c.steps for c in grid.cells if c.adapter.startswith("aes-")} == {28, 4}
     assert (

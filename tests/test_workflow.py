@@ -74,9 +74,10 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     cells, jobs = len(grid.cells), len(grid.jobs)
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
-    # and schnell-4 (4 scales, 3 windows), the accelerations (compiled, cached) at dev-28, schnell-4,
-    # and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain, none) x 9 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 4 + 2 * 5 * 9
+    # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
+    # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
+    # none) x 9 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
