@@ -141,8 +141,9 @@ class FirstBlockCache(Cache):
 class TaylorSeerCache(Cache):
     """TaylorSeer-Lite: blocks skipped, the output extrapolated; InfuseNet added by the transformer.
 
-    Its factors are kept in float32: they are one output-sized tensor each, and the extrapolation
-    of a bfloat16 difference would lose most of its digits.
+    Its factors (the last computed velocity and its slope, one output-sized tensor each) are kept
+    in float32, which holds the values of any compute dtype exactly: diffusers' default bfloat16
+    would round a float32 job's velocity before extrapolating it.
     """
 
     def __init__(self, transformer: torch.nn.Module, switches: dict[str, Any], infusenet: bool):
