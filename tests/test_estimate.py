@@ -123,8 +123,8 @@ def test_generation_and_score_jobs_add_up_from_the_figures(tmp_path):
         ("embed_identity", "t1"): (12.0, False),
     }
     assert result.gpu_seconds == pytest.approx(18.8 + 37.4 + 15.58 + 15.8 + 15.4 + 15.4 + 20 + 20 + 15)
-    # prepare jobs side by side (5 s), the GPU jobs one after another, aggregate + report + wandb
-    assert result.wall_seconds == pytest.approx(5 + result.gpu_seconds + 30 + 40 + 15)
+    # prepare jobs side by side (10 + 5 s), the GPU jobs one after another, aggregate + report + wandb
+    assert result.wall_seconds == pytest.approx(15 + result.gpu_seconds + 30 + 40 + 15)
     kinds = result.kind_seconds(gpu=True)
     assert kinds["generate"] == (3, pytest.approx(71.78)) and kinds["prepare"] == (0, 0)
     assert result.figures.sources == [

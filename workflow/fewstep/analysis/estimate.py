@@ -356,7 +356,7 @@ def estimate(config: dict[str, Any], card: str, folder: Path = FIGURES) -> Estim
     grid, paths, notes = Grid(config), Paths(config), []
     gpu = config["device"] != "cpu"
     start = ASSUMED_S["job_start"]
-    jobs = [Job("prepare_model", name, ASSUMED_S["prepare"], False) for name in grid.models]
+    jobs = [Job("prepare_model", name, start + ASSUMED_S["prepare"], False) for name in grid.models]
     jobs += [Job(j.rule, j.name, j.seconds, j.gpu and gpu) for j in _embedding_jobs(grid, paths)]
     images = {cell.id: len(grid.items_of(cell)) for cell in grid.cells}
     pixels = 0.0
