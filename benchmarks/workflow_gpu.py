@@ -379,12 +379,18 @@ def install_wheels(wheels: Path, site: Path) -> None:
 
 
 def card_and_torch() -> tuple[str, str]:
+    """The first card's name (nvidia-smi: no CUDA context in this process) and torch's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import torch
-    except ImportError:
-        return "no torch", "none"
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return name, torch.__version__
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        card = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        card = "CPU"
+    try:
+        return card.strip(), version("torch")
+    except PackageNotFoundError:
+        return card.strip(), "none"
 
 
 def estimate_card(card_name: str, known: list[str], wanted: str | None) -> str | None:
@@ -496,7 +502,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workflow_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "workflow_gpu.md").write_text(markdown(result))
-    shutil.copy(args.workdir / "snakemake.log", args.out / "snakemake.log")
+    for name in ("snakemake.log", "samples.csv"):
+        if (args.workdir / name).exists():
+            shutil.copy(args.workdir / name, args.out / name)
     logs = args.workdir / config["results_dir"] / config["sweep"] / "logs"
     if logs.is_dir():  # every job's own log, for what the run shows
         shutil.make_archive(str(args.out / "job_logs"), "gztar", logs)
