@@ -20,6 +20,7 @@ still written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -167,9 +168,10 @@ def job_name(job: dict[str, Any]) -> str:
     return Path(path).stem.replace("__", "/") if path else job["rule"]
 
 
-def measured_jobs(workdir: Path, log_text: str) -> list[dict[str, Any]]:
+def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[str, Any]]:
     """Each job's window: from its benchmark file (wall seconds; written as the job ends) where
-    the rule has one, else from the Snakemake log; its card claim from its own log."""
+    the rule has one, else from the Snakemake log; its card claim from its own log. `gpu`: the
+    config's GPU rules take a card (not with `device: cpu`)."""
     jobs = []
     for job in parse_snakemake_log(log_text):
         bench = workdir / job["benchmark"] if job["benchmark"] else None
@@ -189,7 +191,7 @@ def measured_jobs(workdir: Path, log_text: str) -> list[dict[str, Any]]:
                 "name": job_name(job),
                 "start": start,
                 "end": end,
-                "gpu": job["rule"] in GPU_RULES,
+                "gpu": gpu and job["rule"] in GPU_RULES,
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
             }
@@ -306,7 +308,8 @@ def _kept_to_cards(gpu_jobs: list[dict[str, Any]]) -> dict[str, Any]:
             )
     by_card: dict[str, list[dict[str, Any]]] = {}
     for job in gpu_jobs:
-        by_card.setdefault(str(job["card"]), []).append(job)
+        if job["card"] is not None:
+            by_card.setdefault(job["card"], []).append(job)
     for card, held in by_card.items():
         for before, after in zip(held, held[1:], strict=False):
             if after["start_s"] < before["start_s"] + before["wall_s"] - 1.0:  # stamps to the second
@@ -402,21 +405,26 @@ def estimate_card(card_name: str, known: list[str], wanted: str | None) -> str |
 
 
 def run_snakemake(command: list[str], workdir: Path, limit_s: float) -> tuple[int, float, float, str]:
-    """Run Snakemake, its output kept; stopped after `limit_s` (SIGINT, then SIGKILL after 15 s)."""
+    """Run Snakemake, its output kept; stopped after `limit_s`: SIGINT to it and its jobs (its own
+    process group), SIGKILL to all of them 15 s later."""
     start = time.time()
     log_path = workdir / "snakemake.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            code = proc.wait(timeout=limit_s)
+            code = proc.wait(timeout=max(limit_s, 1.0))
         except subprocess.TimeoutExpired:
             print(f"workflow_gpu: stopping Snakemake after {limit_s:.0f} s", file=sys.stderr)
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             try:
                 code = proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+                code = None
+            with contextlib.suppress(ProcessLookupError):  # jobs Snakemake left running
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait() if code is None else code
     return code, start, time.time(), log_path.read_text(errors="replace")
 
 
@@ -487,7 +495,7 @@ def main() -> None:
             sampler.terminate()
             sampler.wait()
     gpu_samples, proc_samples = read_samples(samples)
-    jobs = measured_jobs(args.workdir, log_text)
+    jobs = measured_jobs(args.workdir, log_text, gpu=config["device"] != "cpu")
     result = {
         "card": card,
         "torch": torch_version,

@@ -90,6 +90,8 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
     assert (prepare["start"], prepare["end"], prepare["gpu"], prepare["card"]) == (T0, T0 + 6, False, None)
     assert generate["end"] == pytest.approx(T0 + 30.5) and generate["start"] == pytest.approx(T0 + 10.25)
     assert (generate["gpu"], generate["card"], generate["waited_s"]) == (True, "0", 3.0)
+    on_cpu = workflow_gpu.measured_jobs(tmp_path, text, gpu=False)  # device: cpu takes no card
+    assert [j["gpu"] for j in on_cpu] == [False, False]
 
 
 def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
