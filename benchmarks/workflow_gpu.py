@@ -143,19 +143,26 @@ def start_sampler(path: Path, interval_ms: int) -> subprocess.Popen | None:
 
 def parse_snakemake_log(text: str) -> list[dict[str, Any]]:
     """Every job the Snakemake log started: rule, jobid, log and benchmark paths, start and end
-    (epoch seconds, to the second; end None when it never finished)."""
+    (epoch seconds, to the second; end None when it never ended), whether it failed. A retried
+    job keeps its last attempt."""
     jobs: dict[str, dict[str, Any]] = {}
-    stamp, current = None, None
+    stamp, current, failing = None, None, False
     for line in text.splitlines():
-        line = line.rstrip()
+        line, field = line.rstrip(), line.strip().partition(": ")
         if match := STAMP.match(line):
             stamp = time.mktime(time.strptime(match["stamp"], "%a %b %d %H:%M:%S %Y"))
         elif match := JOB_START.match(line):
-            current = {"rule": match["rule"], "start": stamp, "end": None, "log": None, "benchmark": None}
-        elif current is not None and (field := line.strip().partition(": "))[0] in ("log", "benchmark"):
+            current, failing = {"rule": match["rule"], "start": stamp, "end": None, "failed": False}, False
+            current |= {"log": None, "benchmark": None}
+        elif line.startswith("Error in rule "):
+            current, failing = None, True
+        elif failing and field[0] == "jobid" and field[2] in jobs:
+            jobs[field[2]] |= {"end": stamp, "failed": True}
+            failing = False
+        elif current is not None and field[0] in ("log", "benchmark"):
             current[field[0]] = field[2].split(",")[0].strip()
-        elif current is not None and line.strip().startswith("jobid: "):
-            jobs[line.strip().split()[1]] = current
+        elif current is not None and field[0] == "jobid":
+            jobs[field[2]] = current
         elif match := FINISHED.match(line):
             if match["jobid"] in jobs:
                 jobs[match["jobid"]]["end"] = stamp
@@ -175,7 +182,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
     jobs = []
     for job in parse_snakemake_log(log_text):
         bench = workdir / job["benchmark"] if job["benchmark"] else None
-        if bench is not None and bench.exists():
+        if bench is not None and bench.exists() and not job["failed"]:
             rows = list(csv.DictReader(bench.read_text().splitlines(), delimiter="\t"))
             end = bench.stat().st_mtime
             start = end - float(rows[-1]["s"])
@@ -194,6 +201,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
                 "gpu": gpu and job["rule"] in GPU_RULES,
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
+                "failed": job["failed"],
             }
         )
     return sorted(jobs, key=lambda job: job["start"])
@@ -249,6 +257,7 @@ def summarise(
                 "gpu_busy": _busy(gpu_samples, job["start"], job["end"], card) if job["gpu"] else None,
                 "peak_mem_mib": peak,
                 "cards_seen": seen,
+                "failed": job.get("failed", False),
             }
         )
     gpu_jobs = [r for r in rows if r["gpu_job"]]
@@ -290,6 +299,7 @@ def summarise(
         "idle_gap_total_s": round(sum(g["gap_s"] for g in gaps), 3),
         "waited_for_card_s": sum(r["waited_s"] for r in gpu_jobs),
         "kept_to_cards": kept,
+        "failed_jobs": [f"{r['rule']} {r['name']}" for r in rows if r["failed"]],
         "rules": rules,
         "jobs": rows,
     }
@@ -348,6 +358,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| idle gaps between GPU jobs | {len(s['idle_gaps'])}, {s['idle_gap_total_s']:.1f} s in all |",
         f"| waited for a card | {s['waited_for_card_s']:.0f} s |",
         f"| every job kept to its card | {kept} |",
+        f"| failed jobs | {', '.join(s['failed_jobs']) or 'none'} |",
         "",
         "| rule | jobs | wall time per job (s) | total |",
         "|---|---|---|---|",

@@ -47,15 +47,21 @@ def test_a_job_process_is_named_as_its_benchmark_file_names_it():
     assert job_of([*python, "aggregate"]) is None and job_of(["python", "train.py"]) is None
 
 
-def snakemake_log(jobs: list[tuple[float, str, int, str, str | None, float | None]]) -> str:
-    """Snakemake's console output for (start, rule, jobid, log, benchmark, end) jobs."""
+def snakemake_log(jobs: list[tuple[float, str, int, str, str | None, float | None]], failed=()) -> str:
+    """Snakemake's console output for (start, rule, jobid, log, benchmark, end) jobs; the jobids in
+    `failed` end with an error at `end`."""
     events = []
     for start, rule, jobid, log, benchmark, end in jobs:
         lines = [stamp(start), f"{'localrule' if rule == 'all' else 'rule'} {rule}:", f"    log: {log}"]
         lines += [f"    jobid: {jobid}"] + ([f"    benchmark: {benchmark}"] if benchmark else [])
         lines += ["    resources: tmpdir=/tmp, gpu=1"]
         events.append((start, lines))
-        if end is not None:
+        if jobid in failed:
+            error = [f"Error in rule {rule}:", "    message: None", f"    jobid: {jobid}"]
+            events.append(
+                (end, [stamp(end), *error, f"    log: {log} (check log file(s) for error details)"])
+            )
+        elif end is not None:
             events.append((end, [stamp(end), f"Finished jobid: {jobid} (Rule: {rule})", "1 of 5 steps done"]))
     return "\n".join(line for _, lines in sorted(events, key=lambda e: e[0]) for line in lines) + "\n"
 
@@ -78,20 +84,24 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
             (T0 + 9, "generate", 1, "results/s/logs/generate/flux-dev__none.log",
              "results/s/benchmarks/generate/flux-dev__none.tsv", T0 + 31),
             (T0 + 31, "score", 2, "results/s/logs/score/flux-dev__none.log", None, None),  # stopped
+            (T0 + 33, "embed_identity", 4, "results/s/logs/embed_identity/t1.log", None, T0 + 35),
             (T0 + 40, "all", 0, "", None, T0 + 40),
-        ]
+        ],
+        failed={4},
     )  # fmt: skip
     jobs = workflow_gpu.measured_jobs(tmp_path, text)
-    assert [(j["rule"], j["name"]) for j in jobs] == [
-        ("prepare_model", "flux-dev"),
-        ("generate", "flux-dev/none"),
+    assert [(j["rule"], j["name"], j["failed"]) for j in jobs] == [
+        ("prepare_model", "flux-dev", False),
+        ("generate", "flux-dev/none", False),
+        ("embed_identity", "t1", True),
     ]
-    prepare, generate = jobs
+    prepare, generate, failed = jobs
+    assert (failed["start"], failed["end"], failed["card"]) == (T0 + 33, T0 + 35, None)
     assert (prepare["start"], prepare["end"], prepare["gpu"], prepare["card"]) == (T0, T0 + 6, False, None)
     assert generate["end"] == pytest.approx(T0 + 30.5) and generate["start"] == pytest.approx(T0 + 10.25)
     assert (generate["gpu"], generate["card"], generate["waited_s"]) == (True, "0", 3.0)
     on_cpu = workflow_gpu.measured_jobs(tmp_path, text, gpu=False)  # device: cpu takes no card
-    assert [j["gpu"] for j in on_cpu] == [False, False]
+    assert [j["gpu"] for j in on_cpu] == [False, False, False]
 
 
 def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
@@ -153,7 +163,7 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert by_rule["score"]["peak_mem_mib"] == 2000.0  # no process rows: the card in its window
     assert by_rule["prepare_model"]["peak_mem_mib"] is None and by_rule["prepare_model"]["gpu_busy"] is None
     assert summary["rules"]["generate"] == {"jobs": 1, "wall_s": [20.0], "total_s": 20.0}
-    assert summary["kept_to_cards"] == {"ok": True, "problems": []}
+    assert summary["kept_to_cards"] == {"ok": True, "problems": []} and summary["failed_jobs"] == []
     assert workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), 70.0)["within_25_percent"] is False
     table = workflow_gpu.markdown(
         {
@@ -171,7 +181,7 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert "| GPU busy, first generate to last score | 80% |" in table
     assert "| generate | 1 | 20.0 | 20.0 s |" in table
     assert "| generate flux-dev/none | 10.0 s | 20.0 s | 0 | 100% | 28.3 GiB |" in table
-    assert "| every job kept to its card | yes |" in table
+    assert "| every job kept to its card | yes |" in table and "| failed jobs | none |" in table
 
 
 def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
