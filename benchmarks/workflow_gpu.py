@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parents[1]
 MARKER = ".workflow_gpu"  # a working folder this script made (and may empty)
 GPU_RULES = ("embed_prompt", "embed_sd_prompt", "embed_reference", "generate", "trajectory", "score")
 STAMP = re.compile(r"^\[(?P<stamp>\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
@@ -68,7 +69,11 @@ def sample(path: Path, interval_s: float) -> None:
                 util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
                 used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
                 out.write(f"gpu,{now:.3f},{index},{util},{used:.0f}\n")
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                try:
+                    processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                except pynvml.NVMLError:  # no process accounting here: the card's rows suffice
+                    processes = []
+                for proc in processes:
                     job = job_of(command_line(proc.pid))
                     if job:
                         memory = (proc.usedGpuMemory or 0) / 2**20
@@ -124,7 +129,7 @@ def start_sampler(path: Path, interval_ms: int) -> subprocess.Popen | None:
         import pynvml
 
         pynvml.nvmlInit()
-        command = [sys.executable, __file__, "--sample", str(path), "--sample-ms", str(interval_ms)]
+        command = [sys.executable, str(SCRIPT), "--sample", str(path), "--sample-ms", str(interval_ms)]
         return subprocess.Popen(command)
     except Exception as err:  # ImportError, or pynvml.NVMLError (no driver)
         print(f"workflow_gpu: no NVML ({err}); sampling with nvidia-smi", file=sys.stderr)

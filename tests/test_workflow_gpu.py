@@ -196,3 +196,79 @@ def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
         "embed_prompt flux/L512: no card claim in its log",
         "card 0: flux-dev/none and flux-dev/none/4 overlap",
     ]
+
+
+FAKE_NVML = '''
+"""A stand-in for nvidia-ml-py: one card 60% busy with 1 GiB in use; the process named in
+FAKE_NVML_PID holds 512 MiB on it."""
+import os
+from types import SimpleNamespace
+
+
+class NVMLError(Exception):
+    pass
+
+
+def nvmlInit():
+    pass
+
+
+def nvmlDeviceGetCount():
+    return 1
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+
+def nvmlDeviceGetUtilizationRates(handle):
+    return SimpleNamespace(gpu=60)
+
+
+def nvmlDeviceGetMemoryInfo(handle):
+    return SimpleNamespace(used=2**30)
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle):
+    return [SimpleNamespace(pid=int(os.environ["FAKE_NVML_PID"]), usedGpuMemory=2**29)]
+'''
+
+
+def rows(samples) -> int:
+    return samples.read_text().count("proc,") if samples.exists() else 0
+
+
+def test_the_sampler_side_process_records_the_card_and_each_job_process(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    (tmp_path / "pynvml.py").write_text(FAKE_NVML)
+    job = subprocess.Popen(  # a process whose command line is a generation job's
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(30)",
+            "-m",
+            "fewstep",
+            "generate",
+            "--job",
+            "sd15/style",
+        ]
+    )
+    monkeypatch.setenv("FAKE_NVML_PID", str(job.pid))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    samples = tmp_path / "samples.csv"
+    sampler = workflow_gpu.start_sampler(samples, interval_ms=50)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and rows(samples) < 3:
+            time.sleep(0.1)
+    finally:
+        sampler.terminate()
+        sampler.wait()
+        job.kill()
+        job.wait()
+    gpus, procs = workflow_gpu.read_samples(samples)
+    assert len(gpus) >= 3 and {(gpu, busy, memory) for _, gpu, busy, memory in gpus} == {(0, 0.6, 1024.0)}
+    assert {(p[1:]) for p in procs} == {(0, job.pid, 512.0, "generate", "sd15/style")}
