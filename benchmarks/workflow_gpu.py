@@ -456,6 +456,9 @@ def main() -> None:
     )
     parser.add_argument("--card", help="benchmarks/results figures to estimate with (default: this card's)")
     parser.add_argument("--sample-ms", type=int, default=100)
+    parser.add_argument(
+        "--resume", action="store_true", help="keep --workdir: finish a stopped run (times only the rest)"
+    )
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)  # the sampler side process
     args = parser.parse_args()
     began = time.time()
@@ -474,15 +477,16 @@ def main() -> None:
     from fewstep.analysis.estimate import cards, estimate
     from fewstep.core.config import load
 
-    if args.workdir.exists():
+    if args.workdir.exists() and not args.resume:
         if not (args.workdir / MARKER).exists():
             sys.exit(
                 f"workflow_gpu: {args.workdir} exists and this script did not make it; pick another --workdir"
             )
         shutil.rmtree(args.workdir)
-    (args.workdir / "bin").mkdir(parents=True)
-    (args.workdir / MARKER).touch()
-    (args.workdir / "bin" / "python").symlink_to(sys.executable)  # jobs call `python`
+    if not (args.workdir / MARKER).exists():
+        (args.workdir / "bin").mkdir(parents=True)
+        (args.workdir / MARKER).touch()
+        (args.workdir / "bin" / "python").symlink_to(sys.executable)  # jobs call `python`
     os.environ["PATH"] = os.pathsep.join([str(args.workdir / "bin"), os.environ["PATH"]])
     # the first job to import a module caches its bytecode for the others (wheels install uncompiled)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -502,6 +506,8 @@ def main() -> None:
         "--workflow-profile",
         str(REPO / "profiles" / "default"),
     ]
+    if args.resume:  # a stopped run's lock
+        subprocess.run([*command, "--unlock"], cwd=args.workdir, capture_output=True, check=False)
     try:
         code, start, end, log_text = run_snakemake(
             command, args.workdir, began + args.limit_s - 45 - time.time()
