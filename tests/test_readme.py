@@ -19,7 +19,7 @@ from fewstep.cli import parser
 from tests.conftest import REPO
 
 #: fewstep commands cheap enough to run for real
-CHEAP_FEWSTEP = {"--version", "validate", "config-reference"}
+CHEAP_FEWSTEP = {"--version", "validate", "config-reference", "estimate"}
 #: what the test cannot do here, and why
 NOT_RUN = {
     ("bash", "scripts/demo.sh"): "the quick start: the slow workflow tests run the same demo",

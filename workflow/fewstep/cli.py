@@ -54,6 +54,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
         print(f"  {cell.id}")
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from fewstep.analysis.estimate import FIGURES, cards, estimate, render
+
+    card = args.card or next(iter(sorted(cards(FIGURES))), "none")
+    names = ", ".join(str(path) for path in args.config or [os.environ.get("FEWSTEP_CONFIG", "")])
+    print(render(estimate(_config(args), card), names))
+
+
 def snakemake_configfiles(argv: list[str]) -> list[str]:
     """The files that Snakemake arguments `argv` name with ``--configfile(s)``."""
     files: list[str] = []
@@ -236,6 +244,11 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     add("validate", cmd_validate, "check a config and list its cells")
+    add(
+        "estimate", cmd_estimate, "images, GPU hours, disk and downloads of a sweep, before running it"
+    ).add_argument(
+        "--card", help="card whose benchmarks/results figures to use (default: the first, e.g. h200)"
+    )
     sub.add_parser(  # main() hands its arguments to cmd_snakemake unparsed
         "snakemake",
         help="snakemake with the arguments that follow, after checking each --configfile (one-line errors)",

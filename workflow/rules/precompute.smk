@@ -16,6 +16,8 @@ rule embed_prompt:
         ],
     log:
         PATHS.log("embed_prompt", "{family}/L{length}"),
+    benchmark:
+        PATHS.benchmark("embed_prompt", "{family}/L{length}")
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS
@@ -67,6 +69,8 @@ rule embed_sd_prompt:
         ],
     log:
         PATHS.log("embed_prompt", "{family}/{negative}"),
+    benchmark:
+        PATHS.benchmark("embed_sd_prompt", "{family}/{negative}")
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS
@@ -96,6 +100,8 @@ rule embed_reference:
         PATHS.reference_embedding("{family}", "{file}", "{reference}"),
     log:
         PATHS.log("embed_reference", "{family}/{file}/{reference}"),
+    benchmark:
+        PATHS.benchmark("embed_reference", "{family}/{file}/{reference}")
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS

@@ -1,0 +1,548 @@
+"""The whole workflow on one GPU host, timed: Snakemake through the workstation profile, an NVML
+sampler beside it, and what `fewstep estimate` predicted for the same config.
+
+    python benchmarks/workflow_gpu.py --out bench                        # config/gpu.yaml
+    python benchmarks/workflow_gpu.py --out bench --wheels .whl          # offline host: carried wheels
+
+Runs ``snakemake --cores all --configfile <config> --workflow-profile profiles/default`` in a fresh
+working folder (``--workdir``), while a side process samples every GPU every ``--sample-ms``
+(NVML through pynvml; without it ``nvidia-smi -lms``): utilisation, memory, and which processes
+hold memory on which card (their command lines name the job). Writes ``workflow_gpu.json`` and
+``workflow_gpu.md`` under ``--out``: the whole run's wall time; per rule its jobs' wall times
+(Snakemake's benchmark files; the Snakemake log's one-second stamps for rules without one); GPU
+busy over the whole run, from the first generation job to the last score job, and per job; the
+idle gaps between GPU jobs; peak GPU memory per job; whether every job kept to the card its lock
+gave it (`fewstep.core.gpus`); and the estimate beside the measured wall time. ``--limit-s`` is the
+script's own time: Snakemake is stopped 45 s before it (SIGINT, then SIGKILL), and the files are
+still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parents[1]
+MARKER = ".workflow_gpu"  # a working folder this script made (and may empty)
+GPU_RULES = ("embed_prompt", "embed_sd_prompt", "embed_reference", "generate", "trajectory", "score")
+STAMP = re.compile(r"^\[(?P<stamp>\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+JOB_START = re.compile(r"^(?:local)?rule (?P<rule>\w+):$")
+FINISHED = re.compile(r"^Finished jobid: (?P<jobid>\d+) \(Rule: (?P<rule>\w+)\)")
+CLAIM = re.compile(
+    r"fewstep [\w-]+: (?:GPU card (?P<card>\S+) of \S+ \(lock [^)]*\)(?: after waiting (?P<waited>\d+) s)?)"
+)
+#: `python -m fewstep <command> ...` -> (rule, name) as the benchmark and log files name the job
+COMMANDS = {
+    "generate": ("generate", ("--job", "--cell")),
+    "score": ("score", ("--job", "--cell")),
+    "trajectory": ("trajectory", ("--cell",)),
+    "embed-references": ("embed_reference", ("--family", "--file", "--reference")),
+}
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample(path: Path, interval_s: float) -> None:
+    """Side process: one row per GPU and sample, one per (GPU, process) holding memory."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    with path.open("w", buffering=1) as out:
+        while True:
+            now = time.time()
+            for index, handle in enumerate(handles):
+                util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+                out.write(f"gpu,{now:.3f},{index},{util},{used:.0f}\n")
+                try:
+                    processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                except pynvml.NVMLError:  # no process accounting here: the card's rows suffice
+                    processes = []
+                for proc in processes:
+                    job = job_of(command_line(proc.pid))
+                    if job:
+                        memory = (proc.usedGpuMemory or 0) / 2**20
+                        out.write(f"proc,{now:.3f},{index},{proc.pid},{memory:.0f},{job[0]},{job[1]}\n")
+            time.sleep(max(0.0, interval_s - (time.time() - now)))
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+def job_of(argv: list[str]) -> tuple[str, str] | None:
+    """(rule, name) of a `python -m fewstep <command>` process, None for any other process."""
+    if "fewstep" not in argv or argv.index("fewstep") + 1 >= len(argv):
+        return None
+    command = argv[argv.index("fewstep") + 1]
+    options = {key: value for key, value in zip(argv, argv[1:], strict=False) if key.startswith("--")}
+    if command == "embed-prompts":
+        family = options.get("--family", "")
+        if "--negative" in options:
+            return "embed_sd_prompt", f"{family}/{options['--negative']}"
+        return "embed_prompt", f"{family}/L{options.get('--length', '')}"
+    if command not in COMMANDS:
+        return None
+    rule, keys = COMMANDS[command]
+    return rule, "/".join(options[key] for key in keys if key in options)
+
+
+def read_samples(path: Path) -> tuple[list[tuple[float, int, float, float]], list[tuple]]:
+    """(t, gpu, busy 0-1, memory MiB) rows and (t, gpu, pid, memory MiB, rule, name) rows, from
+    this script's sampler or from `nvidia-smi --query-gpu=timestamp,index,utilization.gpu,
+    memory.used --format=csv,noheader,nounits`."""
+    gpus, procs = [], []
+    if not path.exists():
+        return gpus, procs
+    for row in csv.reader(path.read_text().splitlines()):
+        row = [cell.strip() for cell in row]
+        if row and row[0] == "gpu":
+            gpus.append((float(row[1]), int(row[2]), float(row[3]) / 100, float(row[4])))
+        elif row and row[0] == "proc":
+            procs.append((float(row[1]), int(row[2]), int(row[3]), float(row[4]), row[5], row[6]))
+        elif len(row) == 4 and row[1].isdigit():
+            stamp = datetime.datetime.strptime(row[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            gpus.append((stamp, int(row[1]), float(row[2]) / 100, float(row[3])))
+    return gpus, procs
+
+
+def start_sampler(path: Path, interval_ms: int) -> subprocess.Popen | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        command = [sys.executable, str(SCRIPT), "--sample", str(path), "--sample-ms", str(interval_ms)]
+        return subprocess.Popen(command)
+    except Exception as err:  # ImportError, or pynvml.NVMLError (no driver)
+        print(f"workflow_gpu: no NVML ({err}); sampling with nvidia-smi", file=sys.stderr)
+    if shutil.which("nvidia-smi") is None:
+        print("workflow_gpu: no pynvml and no nvidia-smi: no GPU samples", file=sys.stderr)
+        return None
+    query = "--query-gpu=timestamp,index,utilization.gpu,memory.used"
+    out = path.open("w")
+    return subprocess.Popen(
+        ["nvidia-smi", query, "--format=csv,noheader,nounits", f"-lms={interval_ms}"], stdout=out
+    )
+
+
+# --------------------------------------------------------------------------- the run's records
+
+
+def parse_snakemake_log(text: str) -> list[dict[str, Any]]:
+    """Every job the Snakemake log started: rule, jobid, log and benchmark paths, start and end
+    (epoch seconds, to the second; end None when it never ended), whether it failed. A retried
+    job keeps its last attempt."""
+    jobs: dict[str, dict[str, Any]] = {}
+    stamp, current, failing = None, None, False
+    for line in text.splitlines():
+        line, field = line.rstrip(), line.strip().partition(": ")
+        if match := STAMP.match(line):
+            stamp = time.mktime(time.strptime(match["stamp"], "%a %b %d %H:%M:%S %Y"))
+        elif match := JOB_START.match(line):
+            current, failing = {"rule": match["rule"], "start": stamp, "end": None, "failed": False}, False
+            current |= {"log": None, "benchmark": None}
+        elif line.startswith("Error in rule "):
+            current, failing = None, True
+        elif failing and field[0] == "jobid" and field[2] in jobs:
+            jobs[field[2]] |= {"end": stamp, "failed": True}
+            failing = False
+        elif current is not None and field[0] in ("log", "benchmark"):
+            current[field[0]] = field[2].split(",")[0].strip()
+        elif current is not None and field[0] == "jobid":
+            jobs[field[2]] = current
+        elif match := FINISHED.match(line):
+            if match["jobid"] in jobs:
+                jobs[match["jobid"]]["end"] = stamp
+    return [dict(job, jobid=int(jobid)) for jobid, job in jobs.items() if job["rule"] != "all"]
+
+
+def job_name(job: dict[str, Any]) -> str:
+    """A job's name as its log and benchmark files spell it (`/` as `__`)."""
+    path = job.get("benchmark") or job.get("log") or ""
+    return Path(path).stem.replace("__", "/") if path else job["rule"]
+
+
+def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[str, Any]]:
+    """Each job's window: from its benchmark file (wall seconds; written as the job ends) where
+    the rule has one, else from the Snakemake log; its card claim from its own log. `gpu`: the
+    config's GPU rules take a card (not with `device: cpu`)."""
+    jobs = []
+    for job in parse_snakemake_log(log_text):
+        bench = workdir / job["benchmark"] if job["benchmark"] else None
+        if bench is not None and bench.exists() and not job["failed"]:
+            rows = list(csv.DictReader(bench.read_text().splitlines(), delimiter="\t"))
+            end = bench.stat().st_mtime
+            start = end - float(rows[-1]["s"])
+        elif job["end"] is not None:
+            start, end = job["start"], job["end"]
+        else:
+            continue  # never finished (the run was stopped)
+        log = workdir / job["log"] if job["log"] else None
+        claim = CLAIM.search(log.read_text(errors="replace")) if log is not None and log.exists() else None
+        jobs.append(
+            {
+                "rule": job["rule"],
+                "name": job_name(job),
+                "start": start,
+                "end": end,
+                "gpu": gpu and job["rule"] in GPU_RULES,
+                "card": claim["card"] if claim else None,
+                "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
+                "failed": job["failed"],
+            }
+        )
+    return sorted(jobs, key=lambda job: job["start"])
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def _busy(
+    samples: list[tuple[float, int, float, float]], start: float, end: float, gpus: set[int] | None = None
+):
+    """Mean utilisation (0-1) of the samples in [start, end] (of `gpus` only), None without any."""
+    values = [busy for t, gpu, busy, _ in samples if start <= t <= end and (gpus is None or gpu in gpus)]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summarise(
+    jobs: list[dict[str, Any]],
+    gpu_samples: list[tuple[float, int, float, float]],
+    proc_samples: list[tuple],
+    run: tuple[float, float],
+    estimate_s: float | None,
+) -> dict[str, Any]:
+    """Wall times, GPU busy, idle gaps, peak memory and card keeping of one run's `jobs`
+    (windows in epoch seconds), from the sampler's rows; `run` is Snakemake's (start, end)."""
+    start, end = run
+    rows = []
+    for job in jobs:
+        card = {int(job["card"])} if job["card"] is not None and job["card"].isdigit() else None
+        own = [p for p in proc_samples if (p[4], p[5]) == (job["rule"], job["name"])]
+        seen = sorted({p[1] for p in own})
+        if any(p[3] for p in own):  # the job's own processes, per sample time summed over their cards
+            per_time: dict[float, float] = {}
+            for t, _, _, memory, *_ in own:
+                per_time[t] = per_time.get(t, 0.0) + memory
+            peak = max(per_time.values())
+        else:  # the card's memory while the job ran (GPU jobs take a card each)
+            inside = [
+                m
+                for t, gpu, _, m in gpu_samples
+                if job["start"] <= t <= job["end"] and (card is None or gpu in card)
+            ]
+            peak = max(inside) if inside and job["gpu"] else None
+        rows.append(
+            {
+                "rule": job["rule"],
+                "name": job["name"],
+                "start_s": round(job["start"] - start, 3),
+                "wall_s": round(job["end"] - job["start"], 3),
+                "gpu_job": job["gpu"],
+                "card": job["card"],
+                "waited_s": job["waited_s"],
+                "gpu_busy": _busy(gpu_samples, job["start"], job["end"], card) if job["gpu"] else None,
+                "peak_mem_mib": peak,
+                "cards_seen": seen,
+                "failed": job.get("failed", False),
+            }
+        )
+    gpu_jobs = [r for r in rows if r["gpu_job"]]
+    gaps = []
+    for before, after in zip(gpu_jobs, gpu_jobs[1:], strict=False):
+        gap = after["start_s"] - (before["start_s"] + before["wall_s"])
+        if gap > 0:
+            gaps.append(
+                {
+                    "after": f"{before['rule']} {before['name']}",
+                    "before": f"{after['rule']} {after['name']}",
+                    "gap_s": round(gap, 3),
+                }
+            )
+    generate = [r for r in rows if r["rule"] == "generate"]
+    scores = [r for r in rows if r["rule"] == "score"]
+    busy_span = None
+    if generate and scores:
+        first = start + min(r["start_s"] for r in generate)
+        last = start + max(r["start_s"] + r["wall_s"] for r in scores)
+        busy_span = _busy(gpu_samples, first, last)
+    rules: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = rules.setdefault(row["rule"], {"jobs": 0, "wall_s": [], "total_s": 0.0})
+        entry["jobs"] += 1
+        entry["wall_s"].append(row["wall_s"])
+        entry["total_s"] = round(entry["total_s"] + row["wall_s"], 3)
+    kept = _kept_to_cards(gpu_jobs)
+    wall = round(end - start, 3)
+    return {
+        "wall_s": wall,
+        "estimate_s": None if estimate_s is None else round(estimate_s, 1),
+        "measured_over_estimate": None if not estimate_s else round(wall / estimate_s, 3),
+        "within_25_percent": None if not estimate_s else abs(wall / estimate_s - 1) <= 0.25,
+        "gpu_busy_run": _busy(gpu_samples, start, end),
+        "gpu_busy_generate_to_score": busy_span,
+        "gpu_job_s": round(sum(r["wall_s"] for r in gpu_jobs), 3),
+        "idle_gaps": gaps,
+        "idle_gap_total_s": round(sum(g["gap_s"] for g in gaps), 3),
+        "waited_for_card_s": sum(r["waited_s"] for r in gpu_jobs),
+        "kept_to_cards": kept,
+        "failed_jobs": [f"{r['rule']} {r['name']}" for r in rows if r["failed"]],
+        "rules": rules,
+        "jobs": rows,
+    }
+
+
+def _kept_to_cards(gpu_jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every GPU job named its card, its processes touched only that card, and no two jobs held
+    one card at once."""
+    problems = []
+    for job in gpu_jobs:
+        if job["card"] is None:
+            problems.append(f"{job['rule']} {job['name']}: no card claim in its log")
+        elif job["cards_seen"] and job["cards_seen"] != [int(job["card"])]:
+            problems.append(
+                f"{job['rule']} {job['name']}: card {job['card']} claimed, used {job['cards_seen']}"
+            )
+    by_card: dict[str, list[dict[str, Any]]] = {}
+    for job in gpu_jobs:
+        if job["card"] is not None:
+            by_card.setdefault(job["card"], []).append(job)
+    for card, held in by_card.items():
+        for before, after in zip(held, held[1:], strict=False):
+            if after["start_s"] < before["start_s"] + before["wall_s"] - 1.0:  # stamps to the second
+                problems.append(f"card {card}: {before['name']} and {after['name']} overlap")
+    return {"ok": not problems, "problems": problems}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The run as a table naming card, date and versions."""
+    s = result["summary"]
+
+    def pct(value):
+        return "–" if value is None else f"{100 * value:.0f}%"
+
+    def gib(mib):
+        return "–" if mib is None else f"{mib / 1024:.1f} GiB"
+
+    problems = s["kept_to_cards"]["problems"]
+    kept = "yes" if not problems else "no: " + "; ".join(problems)
+    estimate = (
+        "–" if s["estimate_s"] is None else f"{s['estimate_s']:.0f} s ({result['estimate_card']} figures)"
+    )
+    lines = [
+        f"# Workflow on one GPU: {result['card']}, {result['date']}",
+        "",
+        f"`{' '.join(result['command'])}` (exit {result['returncode']}); torch {result['torch']}, "
+        f"config `{result['config']}`.",
+        "",
+        "| whole run | |",
+        "|---|---|",
+        f"| wall time | {s['wall_s']:.0f} s |",
+        f"| `fewstep estimate` | {estimate}; measured / estimate {s['measured_over_estimate']} |",
+        f"| GPU busy, whole run | {pct(s['gpu_busy_run'])} |",
+        f"| GPU busy, first generate to last score | {pct(s['gpu_busy_generate_to_score'])} |",
+        f"| GPU jobs, summed | {s['gpu_job_s']:.0f} s |",
+        f"| idle gaps between GPU jobs | {len(s['idle_gaps'])}, {s['idle_gap_total_s']:.1f} s in all |",
+        f"| waited for a card | {s['waited_for_card_s']:.0f} s |",
+        f"| every job kept to its card | {kept} |",
+        f"| failed jobs | {', '.join(s['failed_jobs']) or 'none'} |",
+        "",
+        "| rule | jobs | wall time per job (s) | total |",
+        "|---|---|---|---|",
+        *(
+            f"| {rule} | {e['jobs']} | {', '.join(f'{w:.1f}' for w in e['wall_s'])} | {e['total_s']:.1f} s |"
+            for rule, e in s["rules"].items()
+        ),
+        "",
+        "| job | start | wall | card | GPU busy | peak GPU memory |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {j['rule']} {j['name']} | {j['start_s']:.1f} s | {j['wall_s']:.1f} s | {j['card'] or '–'} | "
+            f"{pct(j['gpu_busy'])} | {gib(j['peak_mem_mib'])} |"
+            for j in s["jobs"]
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def install_wheels(wheels: Path, site: Path) -> None:
+    """The carried wheels into `site` (no index, no dependencies: the folder holds them all),
+    first on this process's and every job's import path."""
+    files = sorted(str(path) for path in wheels.glob("*.whl"))
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
+    command += ["--no-cache-dir", "--upgrade", "--target", str(site), *files]
+    subprocess.run(command, check=True)
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+
+
+def card_and_torch() -> tuple[str, str]:
+    """The first card's name (nvidia-smi: no CUDA context in this process) and torch's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        card = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        card = "CPU"
+    try:
+        return card.strip(), version("torch")
+    except PackageNotFoundError:
+        return card.strip(), "none"
+
+
+def estimate_card(card_name: str, known: list[str], wanted: str | None) -> str | None:
+    """The figures to estimate with: `wanted`, else the card's own (H100 -> h100), else the first."""
+    if wanted:
+        return wanted
+    own = next((key for key in known if key in card_name.lower().replace(" ", "")), None)
+    return own or (known[0] if known else None)
+
+
+def run_snakemake(command: list[str], workdir: Path, limit_s: float) -> tuple[int, float, float, str]:
+    """Run Snakemake, its output kept; stopped after `limit_s`: SIGINT to it and its jobs (its own
+    process group), SIGKILL to all of them 15 s later."""
+    start = time.time()
+    log_path = workdir / "snakemake.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code = proc.wait(timeout=max(limit_s, 1.0))
+        except subprocess.TimeoutExpired:
+            print(f"workflow_gpu: stopping Snakemake after {limit_s:.0f} s", file=sys.stderr)
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                code = proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                code = None
+            with contextlib.suppress(ProcessLookupError):  # jobs Snakemake left running
+                os.killpg(proc.pid, signal.SIGKILL)
+            code = proc.wait() if code is None else code
+    return code, start, time.time(), log_path.read_text(errors="replace")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for workflow_gpu.json and workflow_gpu.md")
+    parser.add_argument("--configfile", type=Path, default=REPO / "config" / "gpu.yaml")
+    parser.add_argument("--wheels", type=Path, help="install these carried wheels first (offline hosts)")
+    parser.add_argument("--site", type=Path, default=Path("/tmp/fewstep-site"), help="where --wheels go")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fewstep-gpu-run"))
+    parser.add_argument(
+        "--limit-s", type=float, default=570.0, help="this script's time: Snakemake is stopped 45 s before"
+    )
+    parser.add_argument("--card", help="benchmarks/results figures to estimate with (default: this card's)")
+    parser.add_argument("--sample-ms", type=int, default=100)
+    parser.add_argument(
+        "--resume", action="store_true", help="keep --workdir: finish a stopped run (times only the rest)"
+    )
+    parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)  # the sampler side process
+    args = parser.parse_args()
+    began = time.time()
+    if args.sample:
+        return sample(args.sample, args.sample_ms / 1000)
+    if args.out is None:
+        parser.error("--out is required")
+    args.out, args.workdir, config_file = (
+        args.out.resolve(),
+        args.workdir.resolve(),
+        args.configfile.resolve(),
+    )
+    if args.wheels:
+        install_wheels(args.wheels.resolve(), args.site.resolve())
+    sys.path.insert(0, str(REPO / "workflow"))
+    from fewstep.analysis.estimate import cards, estimate
+    from fewstep.core.config import load
+
+    if args.workdir.exists() and not args.resume:
+        if not (args.workdir / MARKER).exists():
+            sys.exit(
+                f"workflow_gpu: {args.workdir} exists and this script did not make it; pick another --workdir"
+            )
+        shutil.rmtree(args.workdir)
+    if not (args.workdir / MARKER).exists():
+        (args.workdir / "bin").mkdir(parents=True)
+        (args.workdir / MARKER).touch()
+        (args.workdir / "bin" / "python").symlink_to(sys.executable)  # jobs call `python`
+    os.environ["PATH"] = os.pathsep.join([str(args.workdir / "bin"), os.environ["PATH"]])
+    # the first job to import a module caches its bytecode for the others (wheels install uncompiled)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    card, torch_version = card_and_torch()
+    figures = estimate_card(card, sorted(cards()), args.card)
+    config = load([config_file])
+    predicted = None
+    if figures is not None:
+        os.chdir(args.workdir)  # the config's relative folders, as Snakemake will see them
+        predicted = estimate(config, figures).wall_seconds
+    samples = args.workdir / "samples.csv"
+    sampler = start_sampler(samples, args.sample_ms)
+    command = [sys.executable, "-m", "snakemake", "--cores", "all", "--configfile", str(config_file)]
+    command += [
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--workflow-profile",
+        str(REPO / "profiles" / "default"),
+    ]
+    if args.resume:  # a stopped run's lock
+        subprocess.run([*command, "--unlock"], cwd=args.workdir, capture_output=True, check=False)
+    try:
+        code, start, end, log_text = run_snakemake(
+            command, args.workdir, began + args.limit_s - 45 - time.time()
+        )
+    finally:
+        if sampler is not None:
+            sampler.terminate()
+            sampler.wait()
+    gpu_samples, proc_samples = read_samples(samples)
+    jobs = measured_jobs(args.workdir, log_text, gpu=config["device"] != "cpu")
+    result = {
+        "card": card,
+        "torch": torch_version,
+        "date": time.strftime("%Y-%m-%d"),
+        "config": str(config_file.relative_to(REPO) if config_file.is_relative_to(REPO) else config_file),
+        "command": ["snakemake", *command[3:]],
+        "returncode": code,
+        "estimate_card": figures,
+        "samples": len(gpu_samples),
+        "summary": summarise(jobs, gpu_samples, proc_samples, (start, end), predicted),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "workflow_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "workflow_gpu.md").write_text(markdown(result))
+    for name in ("snakemake.log", "samples.csv"):
+        if (args.workdir / name).exists():
+            shutil.copy(args.workdir / name, args.out / name)
+    logs = args.workdir / config["results_dir"] / config["sweep"] / "logs"
+    if logs.is_dir():  # every job's own log, for what the run shows
+        shutil.make_archive(str(args.out / "job_logs"), "gztar", logs)
+    print(markdown(result))
+    if code != 0:
+        print(log_text[-4000:], file=sys.stderr)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""benchmarks/workflow_gpu.py: the GPU run's records (Snakemake log, benchmark files, job logs,
+sampler rows) turned into wall times, GPU busy, idle gaps, peak memory and card keeping, checked
+on records written here."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+spec = importlib.util.spec_from_file_location("workflow_gpu", REPO / "benchmarks" / "workflow_gpu.py")
+workflow_gpu = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workflow_gpu)
+
+T0 = 1_800_000_000.0  # the run's start, epoch seconds
+
+
+def stamp(t: float) -> str:
+    return f"[{time.asctime(time.localtime(t))}]"
+
+
+def test_a_job_process_is_named_as_its_benchmark_file_names_it():
+    job_of = workflow_gpu.job_of
+    python = ["python", "-m", "fewstep"]
+    assert job_of([*python, "generate", "--batch-size", "1", "--job", "flux-dev/none"]) == (
+        "generate",
+        "flux-dev/none",
+    )
+    assert job_of([*python, "embed-prompts", "--family", "flux", "--length", "512"]) == (
+        "embed_prompt",
+        "flux/L512",
+    )
+    assert job_of([*python, "embed-prompts", "--family", "sd15", "--negative", "N0d15"]) == (
+        "embed_sd_prompt",
+        "sd15/N0d15",
+    )
+    references = [*python, "embed-references", "--family", "sdxl", "--file", "plus", "--reference", "coffee"]
+    assert job_of(references) == ("embed_reference", "sdxl/plus/coffee")
+    assert job_of([*python, "trajectory", "--cell", "flux-schnell/none/4"]) == (
+        "trajectory",
+        "flux-schnell/none/4",
+    )
+    assert job_of([*python, "aggregate"]) is None and job_of(["python", "train.py"]) is None
+
+
+def snakemake_log(jobs: list[tuple[float, str, int, str, str | None, float | None]], failed=()) -> str:
+    """Snakemake's console output for (start, rule, jobid, log, benchmark, end) jobs; the jobids in
+    `failed` end with an error at `end`."""
+    events = []
+    for start, rule, jobid, log, benchmark, end in jobs:
+        lines = [stamp(start), f"{'localrule' if rule == 'all' else 'rule'} {rule}:", f"    log: {log}"]
+        lines += [f"    jobid: {jobid}"] + ([f"    benchmark: {benchmark}"] if benchmark else [])
+        lines += ["    resources: tmpdir=/tmp, gpu=1"]
+        events.append((start, lines))
+        if jobid in failed:
+            error = [f"Error in rule {rule}:", "    message: None", f"    jobid: {jobid}"]
+            events.append(
+                (end, [stamp(end), *error, f"    log: {log} (check log file(s) for error details)"])
+            )
+        elif end is not None:
+            events.append((end, [stamp(end), f"Finished jobid: {jobid} (Rule: {rule})", "1 of 5 steps done"]))
+    return "\n".join(line for _, lines in sorted(events, key=lambda e: e[0]) for line in lines) + "\n"
+
+
+def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
+    logs, benches = tmp_path / "results/s/logs", tmp_path / "results/s/benchmarks"
+    (logs / "generate").mkdir(parents=True)
+    (logs / "prepare_model").mkdir(parents=True)
+    (benches / "generate").mkdir(parents=True)
+    (logs / "generate/flux-dev__none.log").write_text(
+        "fewstep generate: GPU card 0 of 0 (lock /tmp/locks/gpu0.lock) after waiting 3 s\nrendering\n"
+    )
+    (logs / "prepare_model/flux-dev.log").write_text("fewstep prepare-model: random configs written\n")
+    bench = benches / "generate/flux-dev__none.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\n20.250\t0:00:20\t1000\n")
+    os.utime(bench, (T0 + 30.5, T0 + 30.5))
+    text = snakemake_log(
+        [
+            (T0, "prepare_model", 3, "results/s/logs/prepare_model/flux-dev.log", None, T0 + 6),
+            (T0 + 9, "generate", 1, "results/s/logs/generate/flux-dev__none.log",
+             "results/s/benchmarks/generate/flux-dev__none.tsv", T0 + 31),
+            (T0 + 31, "score", 2, "results/s/logs/score/flux-dev__none.log", None, None),  # stopped
+            (T0 + 33, "embed_identity", 4, "results/s/logs/embed_identity/t1.log", None, T0 + 35),
+            (T0 + 40, "all", 0, "", None, T0 + 40),
+        ],
+        failed={4},
+    )  # fmt: skip
+    jobs = workflow_gpu.measured_jobs(tmp_path, text)
+    assert [(j["rule"], j["name"], j["failed"]) for j in jobs] == [
+        ("prepare_model", "flux-dev", False),
+        ("generate", "flux-dev/none", False),
+        ("embed_identity", "t1", True),
+    ]
+    prepare, generate, failed = jobs
+    assert (failed["start"], failed["end"], failed["card"]) == (T0 + 33, T0 + 35, None)
+    assert (prepare["start"], prepare["end"], prepare["gpu"], prepare["card"]) == (T0, T0 + 6, False, None)
+    assert generate["end"] == pytest.approx(T0 + 30.5) and generate["start"] == pytest.approx(T0 + 10.25)
+    assert (generate["gpu"], generate["card"], generate["waited_s"]) == (True, "0", 3.0)
+    on_cpu = workflow_gpu.measured_jobs(tmp_path, text, gpu=False)  # device: cpu takes no card
+    assert [j["gpu"] for j in on_cpu] == [False, False, False]
+
+
+def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
+    ours = tmp_path / "ours.csv"
+    ours.write_text(
+        "gpu,1800000000.100,0,87,30000\nproc,1800000000.100,0,4242,29500,generate,flux-dev/none\n"
+    )
+    gpus, procs = workflow_gpu.read_samples(ours)
+    assert gpus == [(1800000000.1, 0, 0.87, 30000.0)]
+    assert procs == [(1800000000.1, 0, 4242, 29500.0, "generate", "flux-dev/none")]
+    smi = tmp_path / "smi.csv"
+    smi.write_text("2027/01/15 08:00:00.250, 1, 45, 1024\n")
+    gpus, procs = workflow_gpu.read_samples(smi)
+    expected = time.mktime(time.strptime("2027/01/15 08:00:00", "%Y/%m/%d %H:%M:%S")) + 0.25
+    assert gpus == [(pytest.approx(expected), 1, 0.45, 1024.0)] and procs == []
+
+
+def job(rule, name, start, end, card="0", gpu=True):
+    return {
+        "rule": rule,
+        "name": name,
+        "start": T0 + start,
+        "end": T0 + end,
+        "gpu": gpu,
+        "card": card,
+        "waited_s": 0.0,
+    }
+
+
+def one_run():
+    jobs = [
+        job("prepare_model", "flux-dev", 0, 5, card=None, gpu=False),
+        job("generate", "flux-dev/none", 10, 30),
+        job("score", "flux-dev/none", 32, 40),
+    ]
+    # one sample a second, at half seconds: busy while generating, half busy while scoring
+    gpus = []
+    for k in range(100):
+        t = k + 0.5
+        busy, memory = (1.0, 30000.0) if 10 < t < 30 else (0.5, 2000.0) if 32 < t < 40 else (0.0, 500.0)
+        gpus.append((T0 + t, 0, busy, memory))
+    procs = [(T0 + k + 0.5, 0, 4242, 29000.0, "generate", "flux-dev/none") for k in range(10, 30)]
+    return jobs, gpus, procs
+
+
+def test_busy_gaps_memory_and_cards_of_a_run_add_up():
+    jobs, gpus, procs = one_run()
+    summary = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), estimate_s=90.0)
+    assert summary["wall_s"] == 100 and summary["measured_over_estimate"] == pytest.approx(1.111)
+    assert summary["within_25_percent"] is True
+    assert summary["gpu_busy_run"] == pytest.approx(0.24)  # (20 x 1 + 8 x 0.5) / 100 samples
+    assert summary["gpu_busy_generate_to_score"] == pytest.approx(0.8)  # (20 + 4) / 30
+    assert summary["idle_gaps"] == [
+        {"after": "generate flux-dev/none", "before": "score flux-dev/none", "gap_s": 2.0}
+    ]
+    by_rule = {row["rule"]: row for row in summary["jobs"]}
+    assert by_rule["generate"]["gpu_busy"] == 1.0 and by_rule["score"]["gpu_busy"] == 0.5
+    assert by_rule["generate"]["peak_mem_mib"] == 29000.0  # its own process
+    assert by_rule["score"]["peak_mem_mib"] == 2000.0  # no process rows: the card in its window
+    assert by_rule["prepare_model"]["peak_mem_mib"] is None and by_rule["prepare_model"]["gpu_busy"] is None
+    assert summary["rules"]["generate"] == {"jobs": 1, "wall_s": [20.0], "total_s": 20.0}
+    assert summary["kept_to_cards"] == {"ok": True, "problems": []} and summary["failed_jobs"] == []
+    assert workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), 70.0)["within_25_percent"] is False
+    table = workflow_gpu.markdown(
+        {
+            "card": "NVIDIA H100 80GB HBM3",
+            "date": "2026-12-07",
+            "command": ["snakemake", "--cores", "all"],
+            "returncode": 0,
+            "torch": "2.11.0",
+            "config": "config/gpu.yaml",
+            "estimate_card": "h200",
+            "summary": summary,
+        }
+    )
+    assert "# Workflow on one GPU: NVIDIA H100 80GB HBM3, 2026-12-07" in table
+    assert "| GPU busy, first generate to last score | 80% |" in table
+    assert "| generate | 1 | 20.0 | 20.0 s |" in table
+    assert "| generate flux-dev/none | 10.0 s | 20.0 s | 0 | 100% | 28.3 GiB |" in table
+    assert "| every job kept to its card | yes |" in table and "| failed jobs | none |" in table
+
+
+def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
+    jobs, gpus, procs = one_run()
+    jobs.append(job("trajectory", "flux-dev/none/4", 35, 45))  # card 0 while score holds it
+    jobs.append(job("embed_prompt", "flux/L512", 50, 60, card=None))
+    procs.append((T0 + 20.5, 1, 4242, 100.0, "generate", "flux-dev/none"))
+    kept = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), None)["kept_to_cards"]
+    assert kept["ok"] is False
+    assert kept["problems"] == [
+        "generate flux-dev/none: card 0 claimed, used [0, 1]",
+        "embed_prompt flux/L512: no card claim in its log",
+        "card 0: flux-dev/none and flux-dev/none/4 overlap",
+    ]
+
+
+FAKE_NVML = '''
+"""A stand-in for nvidia-ml-py: one card 60% busy with 1 GiB in use; the process named in
+FAKE_NVML_PID holds 512 MiB on it."""
+import os
+from types import SimpleNamespace
+
+
+class NVMLError(Exception):
+    pass
+
+
+def nvmlInit():
+    pass
+
+
+def nvmlDeviceGetCount():
+    return 1
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+
+def nvmlDeviceGetUtilizationRates(handle):
+    return SimpleNamespace(gpu=60)
+
+
+def nvmlDeviceGetMemoryInfo(handle):
+    return SimpleNamespace(used=2**30)
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle):
+    return [SimpleNamespace(pid=int(os.environ["FAKE_NVML_PID"]), usedGpuMemory=2**29)]
+'''
+
+
+def rows(samples) -> int:
+    return samples.read_text().count("proc,") if samples.exists() else 0
+
+
+def test_the_sampler_side_process_records_the_card_and_each_job_process(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    (tmp_path / "pynvml.py").write_text(FAKE_NVML)
+    job = subprocess.Popen(  # a process whose command line is a generation job's
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(30)",
+            "-m",
+            "fewstep",
+            "generate",
+            "--job",
+            "sd15/style",
+        ]
+    )
+    monkeypatch.setenv("FAKE_NVML_PID", str(job.pid))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    samples = tmp_path / "samples.csv"
+    sampler = workflow_gpu.start_sampler(samples, interval_ms=50)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and rows(samples) < 3:
+            time.sleep(0.1)
+    finally:
+        sampler.terminate()
+        sampler.wait()
+        job.kill()
+        job.wait()
+    gpus, procs = workflow_gpu.read_samples(samples)
+    assert len(gpus) >= 3 and {(gpu, busy, memory) for _, gpu, busy, memory in gpus} == {(0, 0.6, 1024.0)}
+    assert {(p[1:]) for p in procs} == {(0, job.pid, 512.0, "generate", "sd15/style")}
