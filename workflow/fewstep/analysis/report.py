@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fewstep.analysis.aggregate import anchors_to_highest_step, load_trajectories, steps_to_share
+from fewstep.analysis.aggregate import anchors_to_highest_step, steps_to_share
 from fewstep.analysis.metric_registry import margin, spec
 from fewstep.analysis.outputs import SECTIONS, TABLES
+from fewstep.analysis.scores import load_trajectories
 from fewstep.core import provenance
 from fewstep.core.config import config_hash
 from fewstep.core.images import identity_images, load_rgb
