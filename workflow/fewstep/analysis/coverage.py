@@ -95,7 +95,7 @@ def _expit(x: np.ndarray) -> np.ndarray:
 #: the value scales the coverage is checked on: every bounds a registered metric has
 VALUE_SCALES = (
     ValueScale("unbounded"),
-    ValueScale("cosine in [-1, 1], mean near 0.8", Bounds(-1.0, 1.0), np.tanh, 1.1, 0.25),
+    ValueScale("cosine (-1 to 1), mean near 0.8", Bounds(-1.0, 1.0), np.tanh, 1.1, 0.25),
     ValueScale("0/1 rate, mean near 0.9", Bounds(0.0, 1.0), _expit, 2.5, 0.5, binary=True),
     ValueScale("positive time (log-normal)", Bounds(0.0, np.inf), np.exp, 0.0, 0.3),
 )
