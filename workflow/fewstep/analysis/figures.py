@@ -296,7 +296,8 @@ def block_heatmap(frame: pd.DataFrame, cell_id: str):
         ax.set_xlabel(f"{stream}-stream block")
         ax.set_ylabel("step")
         fig.colorbar(image, ax=ax, label="residual / block RMS")
-    fig.suptitle(f"{cell_id}: InfuseNet's push per backbone block (blank: adapter off)")
+    title = f"{cell_id}: InfuseNet's push per backbone block (blank: adapter off)"
+    fig.suptitle(wrapped(title, int(9 * sum(widths))), fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -1,6 +1,6 @@
 """How the report prints numbers and tables: one digits policy, intervals that carry their range.
 
-The policy: a lone number has 3 significant digits, in positional notation from 0.0001 to a
+The policy: a lone number has 3 significant digits, in positional notation from 1e-8 to a
 million; an interval prints its estimate and both bounds to the same decimal place, the one that
 gives the interval's half width 2 significant digits. A zero is "0", never "+0". An interval
 whose bounds are equal prints its value alone; one that could not be estimated says "too few
@@ -52,7 +52,7 @@ def fmt(value: Any, signed: bool = False) -> str:
     if value == 0:
         return "0"
     magnitude = math.floor(math.log10(abs(value)))
-    if not -4 <= magnitude < 6:
+    if not -8 <= magnitude < 6:
         return f"{value:+.{DIGITS - 1}e}" if signed else f"{value:.{DIGITS - 1}e}"
     return _number(value, max(DIGITS - 1 - magnitude, 0), signed)
 
