@@ -102,7 +102,7 @@ def _found_text(row, marginal: pd.DataFrame) -> Html:
     if np.isfinite(share):
         sentences.append(f"95% of that change by {steps_label(int(share))}")
     if row.effective_rule != "no anchor":
-        sentences.append(f"as good as its {steps_label(int(steps[-1]))} cell from {effective_text(row)}")
+        sentences.append(f"as good as its {steps[-1]}-step cell from {effective_text(row)}")
     after = _after_knee(marginal, row)
     if after != "—":
         sentences.append(f"largest gain after the knee: {after}")
