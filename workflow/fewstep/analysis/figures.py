@@ -156,7 +156,7 @@ def cost_figure(summary: pd.DataFrame, metrics: list[str]):
             band(ax, frame["steps"], frame["ci_low"], frame["ci_high"], info.bounds, color=color)
         steps_axis(ax, data["steps"])
         keep_in_range(ax, "y", info.bounds)
-        ax.set_ylabel(info.unit or metric)
+        ax.set_ylabel({"s": "seconds per image"}.get(info.unit, info.unit or metric))
         ax.set_title(wrapped(info.label, 45), fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
