@@ -192,6 +192,9 @@ def test_format_helpers():
     assert plain(formats.fmt_ci(0.7203, 0.302, 0.98)) == "0.72 [0.30, 0.98]"
     assert plain(formats.fmt_ci(0.0012, -0.0003, 0.0027, signed=True)) == "+0.0012 [-0.0003, +0.0027]"
     assert plain(formats.fmt_ci(0.0, 0.0, 0.0, signed=True)) == "0"  # not "+0 [+0, +0]"
+    ratio = formats.fmt_ci(1.91, 0.138, 27.8, suffix="x", bounds=Bounds(0.0, np.inf))
+    assert plain(ratio) == "1.9x [0.14x, 28x]"  # not "2x [0x, 28x]"
+    assert plain(formats.fmt_ci(0.5738, 0.1, 1.82, bounds=Bounds(0.0, np.inf))) == "0.57 [0.10, 1.82]"
     assert plain(formats.fmt_ci(0.5, float("nan"), float("nan"))) == "0.500 (too few items to estimate)"
     assert formats.fmt_ci(float("nan"), 0, 1) == "—"
     span = formats.fmt_ci(0.6, 0.5, 0.7, bounds=Bounds(-1.0, 1.0))

@@ -2,7 +2,8 @@
 
 The policy: a lone number has 3 significant digits, in positional notation from 1e-8 to a
 million; an interval prints its estimate and both bounds to the same decimal place, the one that
-gives the interval's half width 2 significant digits. A zero is "0", never "+0". An interval
+gives the interval's half width 2 significant digits (a positive quantity's numbers keep at least 2
+significant digits each: "1.9x [0.14x, 28x]", not "2x [0x, 28x]"). A zero is "0", never "+0". An interval
 whose bounds are equal prints its value alone; one that could not be estimated says "too few
 items to estimate". Every printed interval is a `<span class="ci">` carrying the range its
 quantity can take (`data-range-low`, `data-range-high`), which the page test checks in the browser.
@@ -81,8 +82,13 @@ def fmt_ci(
         text = f"{fmt(mean, signed)}{suffix}"
     else:
         places = decimals_of(low, high)
-        low_, mean_, high_ = (_number(v, places, signed) + suffix for v in (low, mean, high))
-        text = f"{mean_} [{low_}, {high_}]"
+        positive = bounds.low == 0 and np.isinf(bounds.high)  # a ratio or a time: never "0x"
+
+        def number(value: float) -> str:
+            own = max(1 - math.floor(math.log10(abs(value))), 0) if positive and value else 0
+            return _number(value, max(places, min(own, 8)), signed) + suffix
+
+        text = f"{number(mean)} [{number(low)}, {number(high)}]"
     attributes = f'data-range-low="{bounds.low:g}" data-range-high="{bounds.high:g}"'
     return Html(f'<span class="ci" {attributes}>{html.escape(text)}</span>')
 
