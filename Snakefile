@@ -37,7 +37,8 @@ try:
     GRID = Grid(CONFIG)
 except FewstepError as err:
     sys.exit(f"fewstep: {err}")
-snakemake_validate(CONFIG, "workflow/schemas/config.schema.yaml", set_default=True)
+# Snakemake's own check of the schema; the defaults are fewstep's (filled only where they apply)
+snakemake_validate(CONFIG, "workflow/schemas/config.schema.yaml", set_default=False)
 
 PATHS = Paths(CONFIG)
 # Jobs read the validated config from this content-addressed copy (named by its

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import synthetic_sweep as synth
 
-from fewstep.analysis import aggregate
+from fewstep.analysis import aggregate, coverage
 from fewstep.analysis.metric_registry import metric_columns, spec
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
@@ -262,7 +262,7 @@ def test_widths_project_this_sweeps_spread_to_more_identities(sweep):
     }
     mean = widths[widths["quantity"] == "cell mean"].set_index("identities")
     assert mean["mean_width"].is_monotonic_decreasing and list(mean.index) == list(
-        aggregate.PROJECTED_IDENTITIES
+        coverage.PROJECTED_IDENTITIES
     )
     assert mean["sd_identity"].iloc[0] == pytest.approx(
         np.std(list(synth.IDENTITY_EFFECTS.values()), ddof=1), rel=0.3

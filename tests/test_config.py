@@ -30,6 +30,30 @@ def test_defaults_are_filled(raw_demo):
     assert config["prompts"][0] == {"id": "portrait", "text": raw["prompts"][0]["text"]}
 
 
+def test_defaults_fill_only_where_they_apply(raw_demo):
+    """InfuseNet's settings only on InfuseNet adapters, T5's sequence length only on FLUX backbones:
+    the stored and hashed config of an IP-Adapter or SD cell holds nothing it does not use."""
+    raw = copy.deepcopy(raw_demo)
+    raw["adapters"]["style"] = {"kind": "ip_adapter", "role": "style"}
+    raw["adapters"]["off"] = {"kind": "none"}
+    raw["backbones"]["sd15"] = {"family": "sd15", "model": "sd15", "steps": [4]}
+    config = validate(raw)
+    assert config["adapters"]["style"] == {"kind": "ip_adapter", "role": "style"}
+    assert config["adapters"]["off"] == {"kind": "none"}
+    assert "max_sequence_length" not in config["backbones"]["sd15"]
+    backbones = config["backbones"].values()
+    assert all(("max_sequence_length" in b) == (b["family"] == "flux") for b in backbones)
+    assert config["backbones"]["flux-dev"]["max_sequence_length"] == 512  # the default, filled
+    raw["adapters"]["style"]["variant"] = "sim_stage1"
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    assert str(error.value) == ("config adapters.style.variant: applies only where kind infusenet; remove it")
+    del raw["adapters"]["style"]["variant"]
+    raw["backbones"]["sd15"]["max_sequence_length"] = 77
+    with pytest.raises(ConfigError, match=r"^config backbones.sd15.max_sequence_length: applies only where "):
+        validate(raw)
+
+
 def test_plain_string_prompts_get_ids(raw_demo):
     raw_demo["prompts"] = ["a photo", 'quotes "x" and ünïcode\nnew line']
     config = validate(raw_demo)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import html
+import io
 import re
 
+import numpy as np
 import pytest
 import synthetic_sweep as synth
 from PIL import Image
 
-from fewstep.analysis import aggregate, report
+from fewstep.analysis import aggregate, formats, report
+from fewstep.analysis.figure_check import layout_problems, place_labels, range_gid
+from fewstep.analysis.figures import block_matrix, pyplot, trajectory_figure
+from fewstep.analysis.page import WEIGHT_MARKS
+from fewstep.analysis.stats import Bounds
 from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
 
@@ -16,13 +24,22 @@ QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref"
 
 
 def make(root, lpips: bool = True, trajectory: bool = True):
+    """The synthetic sweep's report; a figure the layout check objects to fails here."""
     config = validate(synth.raw_config(root))
     synth.write_scores(config, lpips=lpips)
     if trajectory:
         synth.write_trajectory(config, "flux-schnell/infusenet-aes/4")
     summary = aggregate.run(config)
-    page = report.run(config, summary)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        page = report.run(config, summary)
+    assert "figure layout" not in printed.getvalue(), printed.getvalue()
     return config, page, page.read_text()
+
+
+def plain(text: str) -> str:
+    """The page's text as a reader sees it: tags dropped, entities resolved."""
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +79,7 @@ def test_every_figure_and_picture_says_its_weights_are_tiny(full):
     """Figures travel without the page (W&B, snakemake --report): each carries the mark itself."""
     _, page, _ = full
     svgs = sorted((page.parent / "figures").rglob("*.svg"))
-    assert svgs and all(report.WEIGHT_MARKS["tiny"] in path.read_text() for path in svgs)
+    assert svgs and all(WEIGHT_MARKS["tiny"] in path.read_text() for path in svgs)
     pictures = [p for p in (page.parent / "figures").rglob("*.png") if not p.with_suffix(".svg").exists()]
     assert len(pictures) == 4  # three identity x steps grids, one x0 grid
     for path in pictures:
@@ -107,17 +124,25 @@ def test_page_tells_the_reader_what_it_is(full):
     assert 'class="banner"' in text and "Tiny models with seeded random weights" in text
     # the study table, with the study's numbers beside ours
     assert "5.9x" in text and "+0.028" in text and "-0.016" in text
-    ratio = re.search(r"<td>end-to-end latency ratio \(baseline / candidate\)</td>(<td>[^<]*</td>){3}", text)
-    # 3.35 s / 0.85 s end to end, with jitter
-    assert ratio and re.search(r"<td>[34]\.\d+x \[3\.\d+x, 4\.\d+x\]</td>$", ratio.group(0))
+    ratio = re.search(r"<td>end-to-end latency ratio \(baseline / candidate\)</td>(<td>.*?</td>){3}", text)
+    # 3.35 s / 0.85 s end to end, with jitter; a ratio's range is (0, inf)
+    assert ratio and re.search(
+        r'data-range-low="0" data-range-high="inf">[34]\.\d\dx \[3\.\d\dx, 4\.\d\dx\]</span></td>$',
+        ratio.group(0),
+    )
     assert "<td>20 of 24</td><td>warm-up batch excluded</td>" in text  # the first batch of 4 left out
     assert "identity similarity (no face = 0), candidate - baseline" in text and "(faces only)" in text
     assert "comparison cells are not the study's" in text  # dev-16 is not dev-28
     # the effective regime and findings
-    assert "knee at 4 steps [4, 4]; as good as the anchor (margin 0.02) from 4 steps" in text
+    assert "knee at 4 steps [4, 4]; as good as the anchor (margin 0.02) from 4 steps" in plain(text)
     assert "no knee: flat within noise" in text  # schnell's flat curve
-    # the coverage table, and no warning: 4 identities is what the intervals need
-    assert "<td>4 x 8 x 4</td>" in text and "<td>4 x 3 x 2 (this sweep)</td>" in text
+    # the coverage table says which design each row is, and no warning: 4 identities is what the
+    # intervals need
+    assert "<td>4 x 8 x 4: 4 identities</td>" in text
+    assert "<td>4 x 3 x 2: this sweep: flux-dev, flux-schnell (identities x prompts x seeds)</td>" in text
+    assert text.count("<td>cosine (-1 to 1), mean near 0.8</td>") == 4  # a row per design
+    # header: per family, as the scores (one row per manifest row) hold them
+    assert "FLUX: 13 cells of 24 images each (4 identities x 3 prompts x 2 seeds)" in text
     assert "its intervals reach 90% coverage" not in text
     # configuration and provenance
     assert "sweep: synth" in text and config_hash(config) in text
@@ -157,10 +182,23 @@ def test_single_cell_without_anchor_or_comparison(tmp_path):
 
 
 def test_format_helpers():
-    assert report.fmt(float("nan")) == "—"
-    assert report.fmt(0.123456) == "0.1235" and report.fmt(0.03, signed=True) == "+0.03"
-    assert report.fmt_ci(1.0, 0.5, 1.5, suffix="x") == "1x [0.5x, 1.5x]"
-    assert report.fmt_ci(float("nan"), 0, 1) == "—"
+    """One digits policy: 3 significant digits alone; an interval's three numbers to the place that
+    gives its half width 2 significant digits; no "+0"; a range on every printed interval."""
+    assert formats.fmt(float("nan")) == "—"
+    assert formats.fmt(0.123456) == "0.123" and formats.fmt(0.03, signed=True) == "+0.0300"
+    assert formats.fmt(1.302e-05) == "0.0000130" and formats.fmt(1234.5) == "1234" and formats.fmt(0.0) == "0"
+    assert formats.fmt(-0.0, signed=True) == "0" and formats.fmt(3, signed=True) == "+3"
+    assert plain(formats.fmt_ci(1.0, 0.5, 1.5, suffix="x")) == "1.00x [0.50x, 1.50x]"
+    assert plain(formats.fmt_ci(0.7203, 0.302, 0.98)) == "0.72 [0.30, 0.98]"
+    assert plain(formats.fmt_ci(0.0012, -0.0003, 0.0027, signed=True)) == "+0.0012 [-0.0003, +0.0027]"
+    assert plain(formats.fmt_ci(0.0, 0.0, 0.0, signed=True)) == "0"  # not "+0 [+0, +0]"
+    ratio = formats.fmt_ci(1.91, 0.138, 27.8, suffix="x", bounds=Bounds(0.0, np.inf))
+    assert plain(ratio) == "1.9x [0.14x, 28x]"  # not "2x [0x, 28x]"
+    assert plain(formats.fmt_ci(0.5738, 0.1, 1.82, bounds=Bounds(0.0, np.inf))) == "0.57 [0.10, 1.82]"
+    assert plain(formats.fmt_ci(0.5, float("nan"), float("nan"))) == "0.500 (too few items to estimate)"
+    assert formats.fmt_ci(float("nan"), 0, 1) == "—"
+    span = formats.fmt_ci(0.6, 0.5, 0.7, bounds=Bounds(-1.0, 1.0))
+    assert span.startswith('<span class="ci" data-range-low="-1" data-range-high="1">')
 
 
 def test_block_heatmap_averages_items_per_step_and_block():
@@ -175,12 +213,12 @@ def test_block_heatmap_averages_items_per_step_and_block():
             ],
         }
     )
-    steps, matrix = report.block_matrix(frame, "block_relative_double")
+    steps, matrix = block_matrix(frame, "block_relative_double")
     assert steps == [1, 2]
     assert matrix[0].tolist() == [2.0, 2.0] and synth.np.isnan(matrix[1]).all()  # step 2: adapter off
-    assert report.block_matrix(frame, "block_relative_single") is None
+    assert block_matrix(frame, "block_relative_single") is None
     off = frame.assign(block_relative_double=[[float("nan")] * 2] * 4)
-    assert report.block_matrix(off, "block_relative_double") is None
+    assert block_matrix(off, "block_relative_double") is None
 
 
 def test_ablation_section_shows_identity_against_scale_and_window_and_the_latency_saved(tmp_path):
@@ -226,4 +264,44 @@ def test_ablation_section_shows_identity_against_scale_and_window_and_the_latenc
     assert "scale_window.png" in figures(page, "ablation")
     text = page.read_text()
     assert "latency each window saves" in text or "latency it saves" in text
-    assert "+0.06 (+7%)" in text  # first1 saves 0.06 s of the full adapter's 0.9 s
+    assert "+0.0600 (+7%)" in text  # first1 saves 0.06 s of the full adapter's 0.9 s
+
+
+def test_the_layout_check_finds_what_a_reader_would_see_as_broken():
+    """Each defect of the demo page's figures, made on purpose: the check names it."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(5, 4))  # three panels used: the fourth stays empty
+    for ax in axes.flat[:3]:
+        ax.plot([1, 2], [0.5, 0.6])
+    axes[0][0].set_ylabel("a y label far too long for its small panel, so it runs into the title above")
+    fig.suptitle("a title")
+    fig.tight_layout()
+    axes[0][1].fill_between([1, 2], [0.3, 0.9], [0.7, 1.139]).set_gid(range_gid("y", Bounds(-1.0, 1.0)))
+    for x in (1.0, 1.01):  # two point labels on top of each other
+        axes[1][0].annotate("28", (x, 0.55))
+    problems = layout_problems(fig)
+    assert "empty axes ''" in problems
+    assert any("overlaps 'a title'" in p or "reaches outside the figure" in p for p in problems), problems
+    assert "text '28' overlaps '28'" in problems
+    assert any(p.startswith("an interval drawn at 1.139 outside its range [-1.0, 1.0]") for p in problems)
+    plt.close(fig)
+
+
+def test_point_labels_are_placed_where_they_collide_with_nothing():
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    x = np.array([1.0, 1.02, 1.04, 2.0, 2.01])
+    y = np.array([0.5, 0.51, 0.49, 0.8, 0.8])
+    ax.plot(x, y, "o")
+    place_labels(ax, [(a, b, str(k)) for k, (a, b) in enumerate(zip(x, y, strict=True))])
+    assert len(ax.texts) == 5 and layout_problems(fig) == []
+    plt.close(fig)
+
+
+def test_trajectory_figures_have_no_empty_panel(full):
+    config, page, _ = full
+    trajectory = synth.pd.read_csv(Paths(config).table("trajectory"))
+    fig = trajectory_figure(trajectory, ["id_sim_zero", "id_sim", "face_detected"], "emergence")
+    assert len(fig.axes) == 3 and layout_problems(fig) == []
+    fig = trajectory_figure(trajectory, ["residual_rms_double", "relative_double", "velocity_rms"], "x")
+    assert layout_problems(fig) == []

@@ -1,14 +1,21 @@
-"""The real report of the offline demo: the page in headless Chromium, and `snakemake --report`.
+"""The report page in headless Chromium: the synthetic FLUX + SD sweep's, and the real report of
+the offline demo (and `snakemake --report`).
 
-The demo runs once per test session through Snakemake (conftest's `demo_run`,
-shared with tests/test_workflow.py). The browser tests skip only where no `chromium` is
-installed; CI installs it and sets FEWSTEP_REQUIRE_CHROMIUM=1, which turns the
-skip into a failure.
+What a reader would see as broken is checked in the browser at 1400 px (`chromium.layout_defects`):
+the page wider than the window, a table wider than what shows it without its own scroll box, a
+printed interval outside the range its quantity can take or printed without one; the header's
+counts per family equal the manifests'; and every figure passed the layout check when it was made
+(no empty axes, no text outside its figure or on other text, no interval drawn outside its range).
+The demo runs once per test session through Snakemake (conftest's `demo_run`, shared with
+tests/test_workflow.py; those tests are marked slow). The browser tests skip only where no
+`chromium` is installed; CI installs it and sets FEWSTEP_REQUIRE_CHROMIUM=1, which turns the skip
+into a failure.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
@@ -17,13 +24,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from chromium import CHROMIUM, broken, image_states, screenshot
+from chromium import CHROMIUM, broken, image_states, layout, layout_defects, screenshot
 from PIL import Image
 
 from fewstep.core.config import config_hash, load
-
-pytestmark = pytest.mark.slow
+from fewstep.core.paths import Paths
+from fewstep.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "config" / "demo.yaml"
@@ -42,6 +50,9 @@ def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+slow = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def demo(demo_run) -> Path:
     """The offline demo run end to end; returns its working directory."""
@@ -53,6 +64,7 @@ def page(demo) -> Path:
     return demo / "reports" / "demo" / "index.html"
 
 
+@slow
 def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
     text = page.read_text()
     figures = page.parent / "figures"
@@ -101,6 +113,7 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
     assert (page.parent / "tables" / "comparison.csv").read_text().startswith("quantity,metric,baseline")
 
 
+@slow
 @needs_chromium
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
@@ -140,6 +153,7 @@ def test_image_probe_reports_broken_images(tmp_path):
     assert not list(tmp_path.glob(".probe-*"))  # the probe copy is cleaned up
 
 
+@slow
 def test_snakemake_report_collects_the_registered_figures(demo, tmp_path):
     out = tmp_path / "snakemake-report.html"
     result = snakemake(demo, "--report", str(out))
@@ -149,3 +163,95 @@ def test_snakemake_report_collects_the_registered_figures(demo, tmp_path):
         assert expected in text, expected
     assert "Tiny models with seeded random weights" in text  # workflow.rst, rendered with the config
     assert "Adding id_sim.png" in result.stdout + result.stderr
+
+
+def manifest_counts(config: dict) -> dict[str, tuple[int, int]]:
+    """family -> (cells, images) from the cells' manifest.parquet files."""
+    grid, paths = Grid(config), Paths(config)
+    counts: dict[str, list[int]] = {}
+    for cell in grid.cells:
+        family = config["backbones"][cell.backbone]["family"]
+        found = counts.setdefault(family, [0, 0])
+        found[0] += 1
+        found[1] += len(pd.read_parquet(paths.manifest(cell.id)))
+    return {family: tuple(n) for family, n in counts.items()}
+
+
+def check_page(page: Path, expected: dict[str, tuple[int, int]]) -> dict:
+    """The page's layout at 1400 px without defects, its header counts the `expected` ones."""
+    state = layout(page, width=1400)
+    assert layout_defects(state) == []
+    assert len(state["intervals"]) > 20  # the check read the printed intervals
+    assert {c["family"]: (c["cells"], c["images"]) for c in state["counts"]} == expected
+    for count in state["counts"]:  # the text says the same as the attributes
+        cells = f"{count['cells']} cell{'s' if count['cells'] != 1 else ''} of "
+        assert cells in count["text"], count
+    assert state["total"]["images"] == sum(images for _, images in expected.values())
+    return state
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """The synthetic FLUX + SD1.5 + SDXL sweep of tests/test_report_sd.py."""
+    from test_report_sd import build
+
+    config, _, page = build(tmp_path_factory.mktemp("synthetic"))
+    return config, page
+
+
+@needs_chromium
+def test_synthetic_page_has_no_layout_defects_in_headless_chromium(synthetic):
+    config, page = synthetic
+    grid = Grid(config)
+    expected = {}
+    for cell in grid.cells:  # what the scores hold, one row per manifest row
+        family = config["backbones"][cell.backbone]["family"]
+        rows = len(pd.read_parquet(Paths(config).scores(cell.id)))
+        cells, images = expected.get(family, (0, 0))
+        expected[family] = (cells + 1, images + rows)
+    assert expected == {"flux": (13, 312), "sd15": (18, 324), "sdxl": (9, 162)}
+    state = check_page(page, expected)
+    # the wide tables of every cell are in their own scroll box
+    assert all(table["shown"] is not None for table in state["tables"])
+
+
+@needs_chromium
+def test_the_layout_probe_finds_each_defect(tmp_path):
+    """A page made with each defect: the probe names every one (a check that cannot fail is none)."""
+    cells = "".join(f"<td>column {k} with some text</td>" for k in range(40))
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<!doctype html><html><body>"
+        f"<table><tr><th>wide</th>{cells}</tr></table>"
+        f'<div style="overflow-x:auto"><table><tr><th>boxed</th>{cells}</tr></table></div>'
+        '<p><span class="ci" data-range-low="-1" data-range-high="1">0.72 [0.30, 1.14]</span></p>'
+        '<p><span class="ci" data-range-low="0" data-range-high="inf">0.57 [0.10, 1.82]</span></p>'
+        "<p>end to end 0.57 [-0.67, 1.82] s</p>"
+        "</body></html>"
+    )
+    defects = layout_defects(layout(page, width=1400))
+    assert defects[0].startswith("the page is ") and "1400 px window" in defects[0]
+    assert defects[1].startswith("table 'wide' reaches ")
+    assert "interval '0.72 [0.30, 1.14]' outside its range [-1, 1]" in defects
+    assert "an interval printed without its range: 'end to end 0.57 [-0.67, 1.82] s'" in defects
+    assert len(defects) == 4  # the boxed table and the positive time interval are fine
+
+
+@slow
+@needs_chromium
+def test_demo_page_has_no_layout_defects_and_counts_its_manifests(demo, page, tmp_path):
+    from fewstep.analysis import report
+
+    printed = io.StringIO()
+    cwd = Path.cwd()
+    os.chdir(demo)  # the config's relative paths resolve as in the run
+    try:
+        config = load([DEMO])
+        expected = manifest_counts(config)
+        with contextlib.redirect_stdout(printed):  # the report again: what its figure check prints
+            report.run(config, Paths(config).summary, tmp_path / "index.html")
+    finally:
+        os.chdir(cwd)
+    assert "figure layout" not in printed.getvalue(), printed.getvalue()
+    assert expected["flux"] == (7, 28) and expected["sd15"][1] + expected["sdxl"][1] == 24
+    check_page(page, expected)

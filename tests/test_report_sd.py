@@ -9,6 +9,7 @@ Known structure (3 references per role x 3 prompts x 2 seeds, as in the study co
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -18,6 +19,7 @@ import synthetic_sweep as synth
 from PIL import Image
 
 from fewstep.analysis import aggregate, report
+from fewstep.analysis.page import WEIGHT_BANNERS
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Item, image_keys
@@ -186,10 +188,27 @@ def test_the_page_has_a_section_per_sd_family(mixed):
     assert '<section id="sd-sd15"><h2>SD1.5 style and object adapters</h2>' in text
     assert '<section id="sd-sdxl"><h2>SDXL style adapters</h2>' in text
     sd15 = text[text.index('id="sd-sd15"') : text.index('id="sd-sdxl"')]
-    assert "<b>claim:</b>" in sd15 and "diminishing returns after intermediate steps" in sd15
-    assert re.search(r"found: knee at 8 steps \[\d+, \d+\] for CSD style similarity", sd15)
-    assert re.search(r"found: knee at 12 steps \[\d+, \d+\] for DINO", sd15)
-    assert report.WEIGHT_BANNERS["tiny"] in sd15
+    assert "<b>The study's claim:</b>" in sd15
+    assert sd15.count("diminishing returns after intermediate steps") == 1  # said once
+    text = html.unescape(re.sub(r"<[^>]+>", "", sd15))
+    assert re.search(r"CSD style similarity: knee at 8 steps \[\d+, \d+\]\. ", text)
+    assert re.search(r"DINO \(image-reference\): knee at 12 steps \[\d+, \d+\]\. ", text)
+    assert WEIGHT_BANNERS["tiny"] in sd15
+    # every finding is sentences of "what: value", each value a number, an interval or a verdict
+    bullets = re.findall(r"<li><code>(sd\w+) / ([\w-]+)</code>: (.*?)</li>", sd15)
+    assert len(bullets) == 8  # sd15 style and object, 4 metrics each (sdxl has its own section)
+    number = r"[-+]?\d+(\.\d+)?"
+    interval = rf"{number}( \[{number}, {number}\]| \(too few items to estimate\))?"
+    for _, _, finding in bullets:
+        sentences = html.unescape(re.sub(r"<[^>]+>", "", finding)).rstrip(".").split(". ")
+        assert re.fullmatch(r"[^:]+: (knee at \d+ steps? \[\d+, \d+\]|no knee \([a-z ]+\))", sentences[0])
+        assert re.fullmatch(rf"Change from 1 to 50 steps in the better direction: {interval}", sentences[1])
+        for sentence in sentences[2:]:
+            assert re.fullmatch(
+                rf"(95% of that change by \d+ steps?|As good as its 50-step cell from .+"
+                rf"|Largest gain after the knee: {interval} per step \(\d+ → \d+\))",
+                sentence,
+            ), sentence
     names = sorted(p.name for p in (page.parent / "figures" / "sd").iterdir())
     for metric in ("csd", "clip_i", "clip_score", "lpips_anchor"):
         assert f"sd15__sd-style__{metric}.png" in names and f"sdxl__sd-style__{metric}.svg" in names
@@ -220,3 +239,17 @@ def test_flux_rows_and_sections_are_those_of_a_flux_only_sweep(mixed, tmp_path):
     for key in ("regime", "marginal", "findings", "study", "grids"):
         section = re.compile(rf'<section id="{key}">.*?</section>', re.S)
         assert strip(section.search(text).group()) == strip(section.search(flux_page).group()), key
+
+
+def test_sd_legends_say_what_the_anchor_is(mixed):
+    from fewstep.analysis.figures import regime_figure
+
+    _, tables, _ = mixed
+    series = lambda t: t[(t.backbone == "sd15") & (t.adapter == "sd-style")]  # noqa: E731
+    fig = regime_figure(series(tables["summary"]), series(tables["regime"]), "csd", 0.01)
+    assert "anchor: this series at 50 steps" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    flux = lambda t: t[t.backbone.str.startswith("flux")]  # noqa: E731
+    fig = regime_figure(flux(tables["summary"]), flux(tables["regime"]), "id_sim", 0.02)
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert "anchor: this series at 16 steps" in legends[0]  # flux-dev holds the anchor
+    assert "anchor: flux-dev/infusenet-aes/16" in legends[1]  # schnell compares with it

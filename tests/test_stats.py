@@ -8,12 +8,20 @@ import pandas as pd
 import pytest
 from synthetic_sweep import curve_frame, rng_frame
 
-from fewstep.analysis.stats import (
+from fewstep.analysis.coverage import (
     SHAPES,
+    VALUE_SCALES,
     coverage_table,
-    crossed_components,
     design_codes,
     fewest_identities,
+    simulate,
+    spread,
+    width_by_identities,
+)
+from fewstep.analysis.metric_registry import METRICS
+from fewstep.analysis.stats import (
+    Bounds,
+    crossed_components,
     fewest_lasting,
     knee,
     knee_test,
@@ -22,10 +30,7 @@ from fewstep.analysis.stats import (
     paired_difference,
     pareto_mask,
     ratio_interval,
-    simulate,
-    spread,
     two_way_bootstrap,
-    width_by_identities,
 )
 
 STUDY_STEPS = [1, 2, 4, 6, 8, 12, 16, 20, 28]  # flux-dev in config.yaml
@@ -89,23 +94,87 @@ def test_one_identity_holds_it_fixed_and_constant_values_give_a_point():
 
 
 # ---------------------------------------------------------------- coverage
+#: the other designs the configs ship: the demo's FLUX 2 x 2 x 1 and SD 1 x 2 x 1, the study's SD 3 x 3 x 2
+SHIPPED = ((2, 2, 1), (1, 2, 1), (3, 3, 2))
+
+
 @pytest.fixture(scope="module")
 def coverage():
-    return coverage_table(SHAPES, reps=2000, seed=0)
+    return coverage_table(SHAPES + SHIPPED, reps=2000, seed=0)
 
 
 def test_coverage_at_the_study_sizes(coverage):
     """The claim behind every interval: >= 90% coverage of a 95% interval from 4 identities on,
     for means and paired differences, under every variance mix (an identity-specific effect too)."""
+    shapes = list(zip(coverage["identities"], coverage["prompts"], coverage["seeds"], strict=True))
+    checked = np.array([shape in SHAPES for shape in shapes])
+    coverage = coverage[(coverage["scale"] == "unbounded").to_numpy() & checked]
     worst = coverage.groupby(["identities", "quantity"])["coverage"].min()
     assert (worst.loc[[4, 12]] >= 0.93).all(), worst
     assert (worst.loc[2] >= 0.88).all(), worst  # the shipped 2 x 8 x 4: near, not at, 90%
     assert (coverage["coverage"] <= 0.995).all()  # not vacuous: intervals are not infinite
-    assert fewest_identities(coverage) == 4
+    assert fewest_identities(coverage[coverage["prompts"] >= 8]) == 4
     # the price of few identities: a cell mean's interval at 2 identities is ~3x that at 4
     widths = coverage[(coverage["scenario"] == "identity + prompt") & (coverage["quantity"] == "mean")]
     widths = widths.set_index("identities")["mean_width"]
     assert widths[2] > 2.5 * widths[4] > 2.5 * widths[12]
+
+
+def test_bounded_intervals_stay_in_range_and_cover_at_the_shipped_sizes(coverage):
+    """What the report prints for a cosine, a 0/1 rate and a time: every interval inside its range
+    (a mean's and a paired difference's), and where one is given it covers like the unbounded one;
+    a 0/1 rate whose items all sit on a bound gets none ("too few items to estimate")."""
+    bounded = coverage[coverage["scale"] != "unbounded"]
+    assert set(bounded["scale"]) == {s.name for s in VALUE_SCALES if s.link is not None}
+    assert (bounded["in_range"] == 1.0).all()
+    worst = bounded.groupby(["scale", "identities", "prompts", "seeds"])["coverage"].min()
+    assert (worst.xs(4, level="identities") >= 0.93).all() and (
+        worst.xs(12, level="identities") >= 0.93
+    ).all()
+    assert (worst.xs((2, 8, 4), level=["identities", "prompts", "seeds"]) >= 0.88).all(), worst
+    assert (worst.xs((3, 3, 2), level=["identities", "prompts", "seeds"]) >= 0.92).all(), worst
+    assert (worst.xs((2, 2, 1), level=["identities", "prompts", "seeds"]) >= 0.95).all(), worst
+    # continuous values always get an interval; a 0/1 rate near 1 on 4 items mostly does not
+    estimated = bounded.groupby(["scale", "identities", "prompts", "seeds"])["estimated"].min()
+    assert (estimated.drop("0/1 rate, mean near 0.9", level="scale") == 1.0).all()
+    assert estimated.loc[("0/1 rate, mean near 0.9", 2, 2, 1)] < 0.5
+    assert estimated.loc[("0/1 rate, mean near 0.9", 4, 8, 4)] == 1.0
+
+
+def test_a_mean_near_its_bound_gets_an_asymmetric_interval_inside_the_range():
+    """The demo's schnell-1 case: a cosine mean of 0.72 on 2 x 2 x 1 printed [0.302, 1.139]."""
+    frame = pd.DataFrame({"identity": [0, 0, 1, 1], "prompt_id": [0, 1, 0, 1], "seed": 0})
+    frame["id_sim"] = [0.95, 0.9, 0.5, 0.53]
+    linear = mean_interval(frame, "id_sim", 0.95)
+    assert linear.high > 1  # what the page printed before
+    cosine = mean_interval(frame, "id_sim", 0.95, bounds=METRICS["id_sim"].bounds)
+    assert cosine.mean == linear.mean and -1 < cosine.low < cosine.mean < cosine.high < 1
+    assert cosine.high - cosine.mean < cosine.mean - cosine.low  # squeezed towards the bound
+    # times: on the log scale, positive; a difference of times is unbounded
+    frame["end_to_end_s"] = [0.2, 1.4, 0.3, 0.4]
+    assert mean_interval(frame, "end_to_end_s", 0.95).low < 0
+    seconds = mean_interval(frame, "end_to_end_s", 0.95, bounds=METRICS["end_to_end_s"].bounds)
+    assert 0 < seconds.low < seconds.mean < seconds.high
+    assert np.isinf(METRICS["end_to_end_s"].bounds.difference().high)
+    # a far-from-bound mean is nearly the linear interval
+    frame["id_sim"] = [0.02, 0.01, -0.01, 0.0]
+    near = mean_interval(frame, "id_sim", 0.95, bounds=Bounds(-1, 1))
+    assert near.low == pytest.approx(mean_interval(frame, "id_sim", 0.95).low, rel=0.01)
+
+
+def test_no_interval_where_every_value_sits_on_a_bound():
+    frame = pd.DataFrame({"identity": [0, 0, 1, 1], "prompt_id": [0, 1, 0, 1], "seed": 0})
+    frame["face_detected"] = 1.0
+    rate = mean_interval(frame, "face_detected", 0.95, bounds=METRICS["face_detected"].bounds)
+    assert rate.mean == 1.0 and np.isnan(rate.low) and np.isnan(rate.high)
+    other = frame.assign(face_detected=[1.0, 1.0, 0.0, 0.0])
+    diff = paired_difference(frame, other, "face_detected", 0.95, METRICS["face_detected"].bounds)
+    assert diff.mean == 0.5 and diff.low >= -1 and diff.high <= 1
+    same = paired_difference(frame, frame, "face_detected", 0.95, METRICS["face_detected"].bounds)
+    assert same.mean == 0.0 and np.isnan(same.low)  # 0/1 values that all agree: no spread to read
+    # a continuous metric that does not move has a point interval
+    frame["id_sim"] = 0.4
+    assert mean_interval(frame, "id_sim", 0.95, bounds=Bounds(-1, 1)).low == 0.4
 
 
 def test_the_percentile_bootstrap_misses_where_the_crossed_interval_does_not():

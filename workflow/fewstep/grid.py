@@ -267,7 +267,7 @@ class Grid:
         adapter = dict(self.adapter(cell))
         if adapter["kind"] == "none":
             adapter = {"kind": "none"}
-        settings = {"max_sequence_length": backbone["max_sequence_length"]}
+        settings = {"max_sequence_length": backbone.get("max_sequence_length")}
         resolution = dict(self.config["resolution"])
         if self.reads_references(cell):  # SD: its own settings and square side
             settings = self.family(cell).settings(backbone)

@@ -17,29 +17,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fewstep.analysis.coverage import design_coverage, projected_widths
 from fewstep.analysis.metric_registry import margin, metric_columns, of_kind, spec
+from fewstep.analysis.outputs import COMPARISON_COLUMNS, MARGINAL_COLUMNS, REGIME_COLUMNS, SUMMARY_COLUMNS
 from fewstep.analysis.outputs import TABLES as TABLES  # the table names, read by the rules
+from fewstep.analysis.scores import devices, load_scores, load_trajectories, prepare, with_zero_identity
 from fewstep.analysis.stats import (
     ITEM_KEYS,
-    SHAPES,
     Interval,
-    coverage_table,
     difference_interval,
-    fewest_identities,
     fewest_lasting,
     knee_test,
     mean_interval,
     pair,
     pareto_mask,
     ratio_interval,
-    spread,
-    width_by_identities,
 )
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.families import FAMILIES
-from fewstep.grid import KEYS, Cell, Grid
+from fewstep.grid import Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
 STUDY = {
@@ -53,11 +51,8 @@ PARETO_COSTS = ("end_to_end_s", "latency_s")
 PARETO_VALUES = ("id_sim_zero", "id_sim")
 #: share of a curve's rise (first to last step count, in the better direction) "steps to 95%" asks for
 RISE_SHARE = 0.95
-#: replicates of a coverage simulation (per shape and scenario) and of a knee's bootstrap at most
-COVERAGE_REPS = 2000
+#: replicates of a knee's bootstrap at most
 KNEE_SAMPLES = 1000
-#: identity counts the widths table projects to
-PROJECTED_IDENTITIES = (2, 4, 8, 12, 16, 24, 32)
 #: per-step columns of a trajectory table summarised per (cell, step)
 TRAJECTORY_METRICS = (
     "id_sim_zero",
@@ -72,97 +67,6 @@ TRAJECTORY_METRICS = (
 )
 
 
-# Column order of the tables whose rows are built as dicts; an empty table keeps its header.
-SUMMARY_COLUMNS = [
-    "cell_id",
-    "backbone",
-    "adapter",
-    "steps",
-    "metric",
-    "label",
-    "better",
-    "mean",
-    "std",
-    "n",
-    "n_missing",
-    "ci_low",
-    "ci_high",
-    "df",
-    "confidence",
-    "n_identities",
-    "n_prompts",
-    "anchor",
-    "diff_vs_anchor",
-    "diff_ci_low",
-    "diff_ci_high",
-    "n_pairs",
-    "n_paired_images",
-    "device_name",
-    "weights",
-]
-REGIME_COLUMNS = [
-    "backbone",
-    "adapter",
-    "metric",
-    "label",
-    "better",
-    "steps",
-    "means",
-    "knee_steps",
-    "knee_ci_low",
-    "knee_ci_high",
-    "knee_value",
-    "knee_verdict",
-    "knee_candidate",
-    "rise",
-    "rise_ci_low",
-    "rise_ci_high",
-    "flattening",
-    "flattening_ci_low",
-    "flattening_ci_high",
-    "kneedle_sensitivity",
-    "anchor",
-    "anchor_value",
-    "margin",
-    "effective_rule",
-    "effective_steps",
-]
-MARGINAL_COLUMNS = [
-    "backbone",
-    "adapter",
-    "metric",
-    "better",
-    "from_steps",
-    "to_steps",
-    "from_mean",
-    "to_mean",
-    "gain",
-    "gain_ci_low",
-    "gain_ci_high",
-    "gain_per_step",
-    "extra_latency_s",
-    "gain_per_second",
-    "n_pairs",
-    "n_paired_images",
-]
-COMPARISON_COLUMNS = [
-    "quantity",
-    "metric",
-    "baseline",
-    "candidate",
-    "baseline_mean",
-    "candidate_mean",
-    "estimate",
-    "ci_low",
-    "ci_high",
-    "n_pairs",
-    "n_paired_images",
-    "study",
-    "available",
-    "baseline_device",
-    "candidate_device",
-    "note",
-]
 #: the study table's rows: (quantity, metric); latency rows are ratios baseline / candidate
 COMPARISON_ROWS = (
     ("end-to-end latency ratio (baseline / candidate)", "end_to_end_s"),
@@ -172,54 +76,6 @@ COMPARISON_ROWS = (
     ("face detection rate, candidate - baseline", "face_detected"),
     ("LPIPS to reference, candidate - baseline", "lpips_ref"),
 )
-
-
-def load_scores(config: dict[str, Any]) -> pd.DataFrame:
-    grid, paths = Grid(config), Paths(config)
-    return pd.concat([pd.read_parquet(paths.scores(c.id)) for c in grid.cells], ignore_index=True)
-
-
-def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
-    """The configured cells' trajectory tables in one frame (None without any), with cell keys."""
-    paths = Paths(config)
-    found = [paths.trajectory(c.id) for c in Grid(config).trajectory_cells]
-    if not found:
-        return None
-    frame = pd.concat([pd.read_parquet(p) for p in found], ignore_index=True)
-    cells = [Cell.parse(c) for c in frame["cell_id"]]
-    frame["backbone"] = [c.backbone for c in cells]
-    frame["adapter"] = [c.adapter for c in cells]
-    frame["steps"] = [c.steps for c in cells]
-    return frame
-
-
-def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with `id_sim_zero`: identity similarity with no face counted as 0, so its mean is
-    over every image, not only the ones that happen to show a face (where both columns exist)."""
-    frame = frame.copy()
-    if "id_sim" in frame and "face_detected" in frame:
-        detected = frame["face_detected"].astype(bool)
-        frame["id_sim_zero"] = frame["id_sim"].astype(float).where(detected, 0.0)
-    return frame
-
-
-def prepare(scores: pd.DataFrame) -> pd.DataFrame:
-    """The scores as the tables read them: with `id_sim_zero`, and cost columns left out (NaN)
-    on warm-up images, unless a cell has nothing else. A flag column that concatenation with
-    cells lacking it (SD cells have no `face_detected`) turned into objects is read as 0/1 with NaN."""
-    scores = scores.copy()
-    for column in scores.columns.difference(list(KEYS)):
-        values = scores[column]
-        if values.dtype == object and values.notna().any():
-            if values.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all():
-                scores[column] = values.astype(float)
-    scores = with_zero_identity(scores)
-    if "warmup" in scores:
-        warm = scores["warmup"].fillna(False).astype(bool)
-        timed = warm & ~warm.groupby(scores["cell_id"]).transform("all")
-        for column in of_kind(metric_columns(scores), "cost"):
-            scores[column] = scores[column].astype(float).mask(timed)
-    return scores
 
 
 def anchors_to_highest_step(config: dict[str, Any], backbone: str) -> bool:
@@ -241,13 +97,6 @@ def steps_to_share(steps: list[int], means: list[float], better: str, share: flo
         return np.nan
     found = fewest_lasting(steps, list(np.nan_to_num(gain, nan=-np.inf) >= share * gain[-1]))
     return np.nan if found is None else found
-
-
-def devices(frame: pd.DataFrame) -> str:
-    """The device name(s) a frame's images ran on ("" when the scores do not say)."""
-    if "device_name" not in frame:
-        return ""
-    return ", ".join(sorted(frame["device_name"].dropna().astype(str).unique()))
 
 
 class Aggregator:
@@ -273,7 +122,8 @@ class Aggregator:
     def mean(self, cell: Cell, metric: str) -> Interval:
         key = (cell.id, metric)
         if key not in self._means:
-            self._means[key] = mean_interval(self.cell_frame(cell), metric, self.confidence)
+            frame = self.cell_frame(cell)
+            self._means[key] = mean_interval(frame, metric, self.confidence, bounds=spec(metric).bounds)
         return self._means[key]
 
     def paired(self, a: Cell, b: Cell) -> pd.DataFrame:
@@ -283,7 +133,7 @@ class Aggregator:
         return self._pairs[(a.id, b.id)]
 
     def diff(self, a: Cell, b: Cell, metric: str) -> Interval:
-        return difference_interval(self.paired(a, b), metric, self.confidence)
+        return difference_interval(self.paired(a, b), metric, self.confidence, spec(metric).bounds)
 
     def series(self) -> list[tuple[str, str, list[Cell]]]:
         """(backbone, adapter, cells by steps) for every line of a metric-vs-steps plot."""
@@ -409,6 +259,7 @@ class Aggregator:
                     self.sensitivity,
                     self.knee_samples,
                     self.seed,
+                    spec(metric).bounds,
                 )
                 rule, effective = self.effective(cells, metric, anchor)
                 at = result.steps
@@ -649,7 +500,7 @@ class Aggregator:
         for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
             cell = Cell.parse(cell_id)
             for metric in metrics:
-                m = mean_interval(group, metric, self.confidence)
+                m = mean_interval(group, metric, self.confidence, bounds=spec(metric).bounds)
                 rows.append(
                     {
                         "cell_id": cell_id,
@@ -668,37 +519,32 @@ class Aggregator:
         return pd.DataFrame(rows, columns=columns)
 
     def coverage(self) -> pd.DataFrame:
-        """Simulated coverage of the intervals at the checked sizes and at this sweep's own
-        (identities x prompts x seeds), with the fewest identities reaching 90% everywhere."""
-        config = self.config
-        own = [(len(config["identities"]), len(config["prompts"]), len(config["seeds"]))]
-        own += self.self_anchored_shapes()
-        shapes = list(dict.fromkeys([*SHAPES, *own]))
-        table = coverage_table(shapes, COVERAGE_REPS, self.confidence, self.seed)
-        table["this_sweep"] = [
-            (i, p, s) in own
-            for i, p, s in zip(table["identities"], table["prompts"], table["seeds"], strict=True)
-        ]
-        table["fewest_identities_for_90"] = fewest_identities(table[table["prompts"] >= 8])
-        return table
-
-    def self_anchored_shapes(self) -> list[tuple[int, int, int]]:
-        """(references, prompts, seeds) of the SD series as scored: their items are drawn from the
-        references of the adapter's role, so their size is not the identities'."""
-        shapes = []
+        """Simulated coverage of the intervals at the checked sizes and at each design this sweep's
+        series have, labelled with the backbones of each (`fewstep.analysis.coverage.design_coverage`)."""
+        designs: dict[tuple[int, int, int], list[str]] = {}
         for backbone, _, cells in self.series():
-            if anchors_to_highest_step(self.config, backbone):
-                frame = pd.concat([self.cell_frame(c) for c in cells])
-                if not frame.empty:
-                    shapes.append(tuple(int(frame[k].nunique()) for k in ("identity", "prompt_id", "seed")))
-        return list(dict.fromkeys(shapes))
+            frame = pd.concat([self.cell_frame(c) for c in cells])
+            if not frame.empty:
+                shape = tuple(int(frame[k].nunique()) for k in ("identity", "prompt_id", "seed"))
+                designs.setdefault(shape, [])
+                designs[shape] += [] if backbone in designs[shape] else [backbone]
+        named = {
+            shape: (
+                "this sweep: "
+                + ", ".join(backbones)
+                + (
+                    " (references x prompts x seeds)"
+                    if all(anchors_to_highest_step(self.config, b) for b in backbones)
+                    else " (identities x prompts x seeds)"
+                )
+            )
+            for shape, backbones in designs.items()
+        }
+        return design_coverage(named, self.confidence, self.seed)
 
     def widths(self) -> pd.DataFrame:
         """How wide the headline identity metric's intervals would be with more identities, at this
-        sweep's own spread (method-of-moments sds) and its prompts and seeds: a cell mean (the
-        anchor's) and the study's paired difference (candidate - baseline), simulated."""
-        columns = ["quantity", "metric", "source", "identities", "prompts", "seeds", "mean_width"]
-        columns += ["sd_identity", "sd_prompt", "sd_image"]
+        sweep's own spread: a cell mean (the anchor's) and the study's paired difference."""
         metric = next((m for m in PARETO_VALUES if m in self.metrics), None)
         sources = []
         if metric and self.grid.anchor is not None:
@@ -707,53 +553,10 @@ class Aggregator:
         if metric and self.grid.comparison is not None:
             baseline, candidate = self.grid.comparison
             paired = self.paired(candidate, baseline)
-            sources.append(
-                (
-                    "paired difference",
-                    f"{candidate.id} - {baseline.id}",
-                    paired[f"{metric}_diff"].to_numpy(),
-                    paired,
-                )
-            )
-        prompts, seeds = len(self.config["prompts"]), len(self.config["seeds"])
-        rows = []
-        for quantity, source, values, frame in sources:
-            if frame.empty or not np.isfinite(values.astype(float)).any():
-                continue
-            sds = spread(values, frame)
-            if not all(np.isfinite(sds)):
-                continue
-            table = width_by_identities(
-                PROJECTED_IDENTITIES,
-                prompts,
-                seeds,
-                sds,
-                reps=1000,
-                confidence=self.confidence,
-                seed=self.seed,
-            )
-            for r in table.itertuples(index=False):
-                rows.append(
-                    dict(
-                        zip(
-                            columns,
-                            (
-                                quantity,
-                                metric,
-                                source,
-                                r.identities,
-                                prompts,
-                                seeds,
-                                r.mean_width,
-                                sds[0],
-                                sds[1],
-                                sds[3],
-                            ),
-                            strict=True,
-                        )
-                    )
-                )
-        return pd.DataFrame(rows, columns=columns)
+            source = f"{candidate.id} - {baseline.id}"
+            sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
+        shape = (len(self.config["prompts"]), len(self.config["seeds"]))
+        return projected_widths(metric, sources, shape, self.confidence, self.seed)
 
 
 def tables(

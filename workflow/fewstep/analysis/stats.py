@@ -14,14 +14,23 @@ for that combination of mean squares. With 4 identities an identity effect is es
 3 degrees of freedom: a normal quantile, or the two-way cluster bootstrap used before (which
 has no small-sample correction), covers far below nominal there (79% at 2 x 8 x 4 in the
 issue-15 measurements), while the t quantile keeps the coverage near nominal at the cost of
-honest width. `coverage_table` measures it by simulation at any design size; the test suite
-asserts the levels at 2 x 8 x 4, 4 x 8 x 4 and 12 x 12 x 4, and the report prints them.
+honest width. `fewstep.analysis.coverage.coverage_table` measures it by simulation at any design
+size; the test suite asserts the levels at 2 x 8 x 4, 4 x 8 x 4 and 12 x 12 x 4, and the report prints them.
 
 The mean squares are computed from residual sums per identity, per prompt and per (identity,
 prompt), so a missing value (no face found) just leaves the sums: on a balanced design they are
 exactly the two-way ANOVA's, on an unbalanced one the two-way cluster-robust (Cameron, Gelbach
 & Miller) sums with the same small-sample factors. A factor with one level (one identity) is
 held fixed: the interval then speaks for that identity only, and the report says so.
+
+An interval respects the range of its metric (`Bounds`, from the metric registry): the mean and its
+standard error are carried by the delta method to a scale where the range holds, the t interval is
+taken there and mapped back (`Bounds.limits`): log(mean - low) for a quantity bounded on one side
+(times), logit((mean - low) / (high - low)) for one bounded on both (a rate; for a cosine in [-1, 1]
+that is Fisher's z). A paired difference of such a metric lies in [-(high - low), high - low] and
+is treated the same way. Where the variance cannot be estimated (one value) the interval is NaN and
+the report says "too few items to estimate". `fewstep.analysis.coverage` measures the coverage of
+these intervals by simulation on each kind of scale.
 
 Differences between cells are paired on (identity, prompt, seed), so effects shared by both
 cells cancel; a ratio of means (latency) is linearised on the log scale (delta method), goes
@@ -47,6 +56,74 @@ CLUSTERS = ("identity", "prompt_id")
 ITEM_KEYS = ("identity", "prompt_id", "seed")
 
 
+# ------------------------------------------------------------ ranges
+@dataclass(frozen=True)
+class Bounds:
+    """The values a quantity can take (infinite: unbounded on that side)."""
+
+    low: float = -np.inf
+    high: float = np.inf
+
+    def difference(self) -> Bounds:
+        """The range of a difference of two such values."""
+        width = self.high - self.low
+        return Bounds(-width, width)
+
+    def holds(self, value: float) -> bool:
+        return bool(self.low <= value <= self.high)
+
+    def on_bounds(self, values: np.ndarray) -> np.ndarray:
+        """Per row of `values` (replicates x images, NaN = missing): whether every value sits on a
+        finite bound (a 0/1 rate always does; a cosine of 1 everywhere does)."""
+        values = np.atleast_2d(np.asarray(values, dtype=float))
+        edge = np.isin(values, [b for b in (self.low, self.high) if np.isfinite(b)]) | np.isnan(values)
+        return edge.all(axis=1)
+
+    def limits(
+        self, mean: np.ndarray, half: np.ndarray, on_bounds: np.ndarray | bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """mean +- half (t x se on the value's own scale) taken on the scale where the range holds
+        and mapped back (delta method: the half width there is g'(mean) x half). No spread where
+        every value sits on a bound (`on_bounds`: all items 1, or differences of 0/1 values that
+        all agree) gives no interval (NaN): the estimator sees no variance where the items are too
+        few to show any. A mean on or beyond a bound with a positive half width (values outside
+        the declared range) gets the linear interval cut at the range."""
+        mean, half = np.broadcast_arrays(np.asarray(mean, dtype=float), np.asarray(half, dtype=float))
+        low, high = mean - half, mean + half
+        lower, upper = np.isfinite(self.low), np.isfinite(self.high)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if lower and upper:
+                width = self.high - self.low
+                share = (mean - self.low) / width
+                inside = (share > 0) & (share < 1)
+                z = np.log(share / (1 - share))
+                dz = half / (width * share * (1 - share))
+                t_low, t_high = (
+                    self.low + width / (1 + np.exp(dz - z)),
+                    self.low + width / (1 + np.exp(-z - dz)),
+                )
+            elif lower or upper:
+                gap = mean - self.low if lower else self.high - mean
+                inside = gap > 0
+                factor = np.exp(half / gap)
+                near, far = gap / factor, gap * factor
+                t_low, t_high = (
+                    (self.low + near, self.low + far) if lower else (self.high - far, self.high - near)
+                )
+            else:
+                return low, high
+            transformed = inside & (half > 0)
+            unknown = (half == 0) & on_bounds
+            low = np.where(transformed, t_low, np.where(unknown, np.nan, np.clip(low, self.low, self.high)))
+            high = np.where(
+                transformed, t_high, np.where(unknown, np.nan, np.clip(high, self.low, self.high))
+            )
+        return low, high
+
+
+UNBOUNDED = Bounds()
+
+
 # ------------------------------------------------------------ the estimator
 @dataclass
 class Components:
@@ -65,6 +142,13 @@ class Components:
         with np.errstate(invalid="ignore"):
             t = scipy_stats.t.ppf((1 + confidence) / 2, np.where(self.df > 0, self.df, np.nan))
         return np.where(self.variance == 0, 0.0, t * np.sqrt(self.variance))
+
+    def limits(
+        self, confidence: float, bounds: Bounds = UNBOUNDED, on_bounds: np.ndarray | bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The interval's (low, high) per replicate, inside `bounds` (NaN: too few items; see
+        `Bounds.limits` for `on_bounds`)."""
+        return bounds.limits(self.mean, self.half_width(confidence), on_bounds)
 
 
 def _one_hot(codes: np.ndarray, levels: int) -> np.ndarray:
@@ -141,7 +225,7 @@ class Interval:
         return cls(float("nan"), float("nan"), float("nan"), 0, n_items)
 
 
-def _codes(frame: pd.DataFrame, clusters: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def cluster_codes(frame: pd.DataFrame, clusters: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return tuple(pd.Categorical(frame[c]).codes.astype(int) for c in clusters)
 
 
@@ -151,20 +235,26 @@ def interval_of(
     confidence: float,
     clusters: Sequence[str] = CLUSTERS,
     center: float | None = None,
+    bounds: Bounds = UNBOUNDED,
+    sources: np.ndarray | None = None,
 ) -> Interval:
-    """Interval of the mean of `values` (one per row of `frame`, NaN = missing). With `center`,
-    the values are linearised deviations whose mean is 0 and the interval is centred there."""
+    """Interval of the mean of `values` (one per row of `frame`, NaN = missing), inside `bounds`.
+    With `center`, the values are linearised deviations whose mean is 0 and the interval is
+    centred there (no bounds). `sources`: the values a difference was taken of, in their own
+    range (`Bounds.on_bounds` reads them; default `values` in `bounds`)."""
     values = np.asarray(values, dtype=float)
     if not np.isfinite(values).any():
         return Interval.empty(len(values))
-    identity, prompt = _codes(frame, clusters)
+    identity, prompt = cluster_codes(frame, clusters)
     parts = crossed_components(values[None, :], identity, prompt)
-    mean = float(parts.mean[0]) if center is None else center
-    half = float(parts.half_width(confidence)[0])
+    if center is not None:
+        parts.mean[0] = center
+    edge = bounds.on_bounds(values) if sources is None else sources
+    low, high = parts.limits(confidence, bounds, edge)
     return Interval(
-        mean,
-        mean - half,
-        mean + half,
+        float(parts.mean[0]),
+        float(low[0]),
+        float(high[0]),
         int(parts.n[0]),
         len(values),
         float(parts.df[0]),
@@ -174,12 +264,17 @@ def interval_of(
 
 
 def mean_interval(
-    frame: pd.DataFrame, column: str, confidence: float, clusters: Sequence[str] = CLUSTERS
+    frame: pd.DataFrame,
+    column: str,
+    confidence: float,
+    clusters: Sequence[str] = CLUSTERS,
+    bounds: Bounds = UNBOUNDED,
 ) -> Interval:
-    """Mean of `column` over the frame's images (NaNs left out) with its crossed interval."""
+    """Mean of `column` over the frame's images (NaNs left out) with its crossed interval, inside
+    the column's `bounds`."""
     if column not in frame or frame.empty:
         return Interval.empty(len(frame))
-    return interval_of(frame[column].astype(float).to_numpy(), frame, confidence, clusters)
+    return interval_of(frame[column].astype(float).to_numpy(), frame, confidence, clusters, bounds=bounds)
 
 
 def ratio_interval(frame: pd.DataFrame, numerator: str, denominator: str, confidence: float) -> Interval:
@@ -217,141 +312,32 @@ def pair(
     return merged
 
 
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float) -> Interval:
+def paired_difference(
+    a: pd.DataFrame, b: pd.DataFrame, column: str, confidence: float, bounds: Bounds = UNBOUNDED
+) -> Interval:
     """Mean of a - b over items both hold with a value in both, with its crossed interval:
     identity and prompt effects shared by a and b cancel, effects specific to one remain in the
-    differences and widen the interval. `n` pairs are used of `n_items` matched images."""
+    differences and widen the interval. `n` pairs are used of `n_items` matched images. `bounds`
+    is the range of the column's values; the interval stays inside the range of a difference."""
     if column not in a or column not in b:
         return Interval.empty()
-    return difference_interval(pair(a, b, [column]), column, confidence)
+    return difference_interval(pair(a, b, [column]), column, confidence, bounds)
 
 
-def difference_interval(paired: pd.DataFrame, column: str, confidence: float) -> Interval:
+def difference_interval(
+    paired: pd.DataFrame, column: str, confidence: float, bounds: Bounds = UNBOUNDED
+) -> Interval:
     """`paired_difference` on a frame `pair` already made (one merge serves every column)."""
     if f"{column}_diff" not in paired or paired.empty:
         return Interval.empty(len(paired))
-    return interval_of(paired[f"{column}_diff"].to_numpy(), paired, confidence)
-
-
-# ------------------------------------------------------------ simulation
-#: variance components (sd of identity, prompt, identity x prompt, seed) the coverage is checked under
-SCENARIOS = {
-    "identity + prompt": (1.0, 1.0, 0.0, 1.0),
-    "identity only (an identity-specific effect)": (1.0, 0.0, 0.0, 1.0),
-    "prompt only": (0.0, 1.0, 0.0, 1.0),
-    "all four": (0.5, 0.5, 0.5, 1.0),
-    "seed noise only": (0.0, 0.0, 0.0, 1.0),
-}
-#: the design sizes of the coverage test (identities, prompts, seeds); the study config ships 2 x 8 x 4
-SHAPES = ((2, 8, 4), (4, 8, 4), (12, 12, 4))
-
-
-def simulate(
-    shape: tuple[int, int, int],
-    sds: tuple[float, float, float, float],
-    reps: int,
-    rng: np.random.Generator,
-    paired: bool = False,
-) -> np.ndarray:
-    """`reps` crossed-effects data sets (reps x images, true mean 0, images in identity-major
-    order) with sds (identity, prompt, identity x prompt, seed). `paired`: the per-item
-    differences of two cells, where every effect both cells share has cancelled, so what is left
-    is the second cell's own effects (`sds`) minus the first cell's own seed noise (sd 1)."""
-    n_i, n_p, n_s = shape
-
-    def draw(sd):
-        s_i, s_p, s_ip, s_e = sd
-        return (
-            s_i * rng.normal(size=(reps, n_i, 1, 1))
-            + s_p * rng.normal(size=(reps, 1, n_p, 1))
-            + s_ip * rng.normal(size=(reps, n_i, n_p, 1))
-            + s_e * rng.normal(size=(reps, n_i, n_p, n_s))
-        )
-
-    data = draw(sds) - draw((0.0, 0.0, 0.0, 1.0)) if paired else draw(sds)
-    return data.reshape(reps, -1)
-
-
-def design_codes(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    n_i, n_p, n_s = shape
-    i, p, _ = np.meshgrid(range(n_i), range(n_p), range(n_s), indexing="ij")
-    return i.ravel(), p.ravel()
-
-
-def coverage_table(
-    shapes: Sequence[tuple[int, int, int]] = SHAPES,
-    reps: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Coverage of the crossed interval of a mean and of a paired difference, by simulation.
-
-    For each design shape and scenario (`SCENARIOS`): the fraction of `reps` seeded data sets
-    whose interval holds the true value, and the mean full width in units of the seed sd.
-    Paired differences (see `simulate`): the scenario's effects are the second cell's own, e.g.
-    an identity-specific effect in 'identity only'."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for shape in shapes:
-        identity, prompt = design_codes(shape)
-        for quantity in ("mean", "paired difference"):
-            for name, sds in SCENARIOS.items():
-                data = simulate(shape, sds, reps, rng, paired=quantity == "paired difference")
-                parts = crossed_components(data, identity, prompt)
-                half = parts.half_width(confidence)
-                rows.append(
-                    {
-                        "identities": shape[0],
-                        "prompts": shape[1],
-                        "seeds": shape[2],
-                        "quantity": quantity,
-                        "scenario": name,
-                        "coverage": float(np.mean(np.abs(parts.mean) <= half)),
-                        "mean_width": float(np.mean(2 * half)),
-                        "reps": reps,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def spread(values: np.ndarray, frame: pd.DataFrame, clusters: Sequence[str] = CLUSTERS) -> tuple[float, ...]:
-    """Method-of-moments sds (identity, prompt, 0, image) of `values` (one per row of `frame`):
-    `simulate` with them reproduces the data's expected mean squares at its own prompts and
-    seeds (the interaction is folded into the image term, which is all a width at fixed prompts
-    and seeds depends on). NaNs where a factor has a single level."""
-    parts = crossed_components(np.asarray(values, dtype=float)[None, :], *_codes(frame, clusters))
-    ms_a, ms_b, ms_ab = parts.mean_squares[0]
-    n, n_i, n_p = parts.n[0], parts.n_identities[0], parts.n_prompts[0]
-    identity = np.sqrt(max(ms_a - ms_ab, 0.0) * n_i / n)
-    prompt = np.sqrt(max(ms_b - ms_ab, 0.0) * n_p / n)
-    return float(identity), float(prompt), 0.0, float(np.sqrt(ms_ab))
-
-
-def width_by_identities(
-    identities: Sequence[int] = (2, 4, 8, 12, 16, 24, 32),
-    prompts: int = 8,
-    seeds: int = 4,
-    sds: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 1.0),
-    reps: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Mean full interval width of a cell mean against the number of identities (simulated,
-    in units of the sds given: by default identity, prompt and seed sd all 1)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for n_i in identities:
-        shape = (n_i, prompts, seeds)
-        parts = crossed_components(simulate(shape, sds, reps, rng), *design_codes(shape))
-        rows.append({"identities": n_i, "mean_width": float(np.mean(2 * parts.half_width(confidence)))})
-    return pd.DataFrame(rows)
-
-
-def fewest_identities(table: pd.DataFrame, level: float = 0.90) -> int | None:
-    """The fewest identities at which every simulated scenario of `coverage_table` reaches `level`."""
-    worst = table.groupby("identities")["coverage"].min()
-    good = worst[worst >= level]
-    return int(good.index.min()) if len(good) else None
+    sides = paired[[f"{column}_a", f"{column}_b"]].to_numpy(dtype=float).T.reshape(1, -1)
+    return interval_of(
+        paired[f"{column}_diff"].to_numpy(),
+        paired,
+        confidence,
+        bounds=bounds.difference(),
+        sources=bounds.on_bounds(sides),
+    )
 
 
 # ------------------------------------------------------------ bootstrap of a curve
@@ -367,7 +353,7 @@ def two_way_bootstrap(
     (identity, prompt) pair; NaNs are left out per column. All columns share the replicates, so
     a curve (a column per step count, items paired) keeps its shape's correlation. Used for the
     spread of a knee's location, not for intervals of means (no small-sample correction)."""
-    rows, cols = _codes(frame, clusters)
+    rows, cols = cluster_codes(frame, clusters)
     n_rows, n_cols = rows.max() + 1, cols.max() + 1
     rng = np.random.default_rng(seed)
     w_rows = rng.multinomial(n_rows, np.full(n_rows, 1 / n_rows), size=samples).astype(float)
@@ -445,9 +431,19 @@ class Knee:
     found: float = float("nan")
 
 
-def _contrast(curve: pd.DataFrame, weights: dict[str, float], confidence: float) -> Interval:
+def _contrast(
+    curve: pd.DataFrame, weights: dict[str, float], confidence: float, bounds: Bounds = UNBOUNDED
+) -> Interval:
+    """Interval of a weighted sum of a curve's columns; `bounds` is the range of the curve's values
+    and the interval stays in that of their differences (meant for weights summing to 0)."""
     values = sum(w * curve[c].astype(float).to_numpy() for c, w in weights.items())
-    return interval_of(values, curve, confidence)
+    return interval_of(
+        values,
+        curve,
+        confidence,
+        bounds=bounds.difference(),
+        sources=bounds.on_bounds(curve[list(weights)].to_numpy(dtype=float).T.reshape(1, -1)),
+    )
 
 
 def knee_test(
@@ -458,6 +454,7 @@ def knee_test(
     sensitivity: float = 1.0,
     samples: int = 1000,
     seed: int = 0,
+    bounds: Bounds = UNBOUNDED,
 ) -> Knee:
     """Kneedle's knee of a curve, kept only when it stands out of the noise.
 
@@ -468,19 +465,22 @@ def knee_test(
     (2) the slope before the candidate exceeds the slope after it beyond its interval. Under a
     flat curve (1) alone passes with probability 1 - confidence (the direction is the data's),
     so a false knee is at most that frequent. The knee's interval: percentile interval over a
-    two-way cluster bootstrap of the curve (replicates without a knee left out)."""
+    two-way cluster bootstrap of the curve (replicates without a knee left out). The rise is
+    given whenever the curve has two step counts (`bounds`: the range of the curve's values)."""
     steps = [int(s) for s in steps]
     means = [float(np.nanmean(curve[c].astype(float))) if curve[c].notna().any() else np.nan for c in columns]
     none = Interval.empty(len(curve))
-    candidate = knee(steps, means, sensitivity)
-    if candidate is None:
-        return Knee(None, "no knee: Kneedle finds none", None, none, none)
-    at = steps.index(int(candidate))
-    if at in (0, len(steps) - 1):
-        return Knee(None, "no knee: the curve does not flatten inside the steps", candidate, none, none)
     first, last = columns[0], columns[-1]
     direction = 1.0 if means[-1] >= means[0] else -1.0
-    rise = _contrast(curve, {last: direction, first: -direction}, confidence)
+    rise = none
+    if len(steps) > 1:
+        rise = _contrast(curve, {last: direction, first: -direction}, confidence, bounds)
+    candidate = knee(steps, means, sensitivity)
+    if candidate is None:
+        return Knee(None, "no knee: Kneedle finds none", None, rise, none)
+    at = steps.index(int(candidate))
+    if at in (0, len(steps) - 1):
+        return Knee(None, "no knee: the curve does not flatten inside the steps", candidate, rise, none)
     before, after = steps[at] - steps[0], steps[-1] - steps[at]
     slopes = {first: -direction / before, last: -direction / after}
     slopes[columns[at]] = direction / before + direction / after

@@ -57,29 +57,46 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def fill_defaults(instance: Any, spec: dict[str, Any], schema: dict[str, Any]) -> None:
+def _applies(instance: dict[str, Any], condition: dict[str, list[Any]], properties: dict[str, Any]) -> bool:
+    """Whether an `appliesTo` condition ({key: allowed values}) holds for `instance` (a key it
+    does not set counts with its schema default)."""
+    return all(
+        instance.get(key, properties[key].get("default")) in allowed for key, allowed in condition.items()
+    )
+
+
+def fill_defaults(instance: Any, spec: dict[str, Any], schema: dict[str, Any], path: str = "") -> None:
     """Fill schema defaults into `instance` in place, at every depth.
 
     Like snakemake.utils.validate(set_default=True) for `properties`, and also
-    for the entries of maps (`additionalProperties`) and lists (`items`).
+    for the entries of maps (`additionalProperties`) and lists (`items`). A property
+    marked `appliesTo: {key: [values]}` (InfuseNet's settings: `kind: [infusenet]`) is
+    filled only where it applies, and set where it does not is a one-line error: a config
+    then stores, hashes and shows only what its adapter or backbone uses.
     """
     spec = _resolve(spec, schema)
     if isinstance(instance, dict):
         properties = spec.get("properties", {})
         for key, sub in properties.items():
             sub = _resolve(sub, schema)
+            condition = sub.get("appliesTo")
+            if condition and not _applies(instance, condition, properties):
+                if key in instance:
+                    where = ", ".join(f"{k} {' or '.join(map(str, v))}" for k, v in condition.items())
+                    raise ConfigError(f"config {path}{key}: applies only where {where}; remove it")
+                continue
             if key not in instance and "default" in sub:
                 instance[key] = copy.deepcopy(sub["default"])
             if key in instance:
-                fill_defaults(instance[key], sub, schema)
+                fill_defaults(instance[key], sub, schema, f"{path}{key}.")
         extra = spec.get("additionalProperties")
         if isinstance(extra, dict):
             for key, value in instance.items():
                 if key not in properties:
-                    fill_defaults(value, extra, schema)
+                    fill_defaults(value, extra, schema, f"{path}{key}.")
     elif isinstance(instance, list) and isinstance(spec.get("items"), dict):
-        for value in instance:
-            fill_defaults(value, spec["items"], schema)
+        for index, value in enumerate(instance):
+            fill_defaults(value, spec["items"], schema, f"{path.rstrip('.')}[{index}].")
 
 
 def _types(spec: dict[str, Any]) -> set[str]:
@@ -284,7 +301,7 @@ def _check_references(config: dict[str, Any]) -> None:
     if "eager" in config["accelerations"]:
         raise ConfigError("config accelerations.eager: the name eager means every switch off; rename it")
     for name, adapter in config["adapters"].items():
-        if adapter["guidance_start"] >= adapter["guidance_end"] and adapter["kind"] != "none":
+        if adapter["kind"] == "infusenet" and adapter["guidance_start"] >= adapter["guidance_end"]:
             raise ConfigError(f"config adapters.{name}: guidance_start must be below guidance_end")
 
 
@@ -364,6 +381,10 @@ def _reference_rows(spec: dict[str, Any], schema: dict[str, Any], key: str) -> l
     """(key, type, default, description) for `spec` and every key below it."""
     spec = _resolve(spec, schema)
     default = f"`{json.dumps(spec['default'])}`" if "default" in spec else ""
+    if default and "appliesTo" in spec:
+        default += (
+            " (" + "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in spec["appliesTo"].items()) + ")"
+        )
     description = " ".join(spec.get("description", "").split()).replace("|", "\\|")
     rows = [(f"`{key}`", _type_label(spec, schema), default, description)] if key else []
     for sub in [spec, *(_resolve(branch, schema) for branch in spec.get("oneOf", []))]:
