@@ -170,6 +170,9 @@ COMPARISON_ROWS = (
     ("identity similarity (no face = 0), candidate - baseline", "id_sim_zero"),
     ("identity similarity (faces only), candidate - baseline", "id_sim"),
     ("face detection rate, candidate - baseline", "face_detected"),
+    ("identity similarity to held-out photos (faces only), candidate - baseline", "id_sim_heldout"),
+    ("dlib identity similarity (no face = 0), candidate - baseline", "id_sim_dlib_zero"),
+    ("dlib identity similarity to held-out photos, candidate - baseline", "id_sim_heldout_dlib"),
     ("LPIPS to reference, candidate - baseline", "lpips_ref"),
 )
 
@@ -194,12 +197,14 @@ def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with `id_sim_zero`: identity similarity with no face counted as 0, so its mean is
-    over every image, not only the ones that happen to show a face (where both columns exist)."""
+    """A copy with `id_sim_zero` (and `id_sim_<encoder>_zero` for every other encoder): identity
+    similarity with no face counted as 0, so its mean is over every image, not only the ones
+    that happen to show a face (where both columns exist)."""
     frame = frame.copy()
-    if "id_sim" in frame and "face_detected" in frame:
-        detected = frame["face_detected"].astype(bool)
-        frame["id_sim_zero"] = frame["id_sim"].astype(float).where(detected, 0.0)
+    for suffix in ("", *(c.removeprefix("face_detected") for c in frame if c.startswith("face_detected_"))):
+        if f"id_sim{suffix}" in frame and f"face_detected{suffix}" in frame:
+            detected = frame[f"face_detected{suffix}"].astype(bool)
+            frame[f"id_sim{suffix}_zero"] = frame[f"id_sim{suffix}"].astype(float).where(detected, 0.0)
     return frame
 
 

@@ -49,6 +49,13 @@ _SPECS = [
     MetricSpec("id_sim_zero", "ArcFace identity similarity, no face = 0", "cosine", margin=0.02),
     MetricSpec("id_sim", "ArcFace identity similarity, faces only", "cosine", margin=0.02),
     MetricSpec("face_detected", "face detection rate", "fraction", margin=0.05),
+    MetricSpec("id_sim_heldout", "ArcFace similarity to held-out photos, faces only", "cosine", margin=0.02),
+    MetricSpec("id_sim_dlib_zero", "dlib identity similarity, no face = 0", "cosine", margin=0.02),
+    MetricSpec("id_sim_dlib", "dlib identity similarity, faces only", "cosine", margin=0.02),
+    MetricSpec("face_detected_dlib", "dlib face detection rate", "fraction", margin=0.05),
+    MetricSpec(
+        "id_sim_heldout_dlib", "dlib similarity to held-out photos, faces only", "cosine", margin=0.02
+    ),
     MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower", margin=0.02),
     MetricSpec(
         "lpips_anchor", "LPIPS to the anchor cell's image", better="lower", margin=0.1, anchor_relative=True
@@ -68,6 +75,10 @@ _SPECS = [
     MetricSpec("peak_mem_mb", "peak memory", "MiB", "lower", "cost"),
     MetricSpec("det_score", "face detector confidence", "", "higher", "diagnostic"),
     MetricSpec("n_faces", "faces found per image", "", None, "diagnostic"),
+    MetricSpec("copy_paste", "ArcFace copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
+    MetricSpec("copy_paste_dlib", "dlib copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
+    MetricSpec("det_score_dlib", "dlib HOG detector score", "", "higher", "diagnostic"),
+    MetricSpec("n_faces_dlib", "faces dlib finds per image", "", None, "diagnostic"),
 ]
 METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fewstep.analysis import identity_encoders
 from fewstep.analysis.aggregate import anchors_to_highest_step, load_trajectories, steps_to_share
 from fewstep.analysis.metric_registry import margin, spec
 from fewstep.analysis.outputs import SECTIONS, TABLES
@@ -1363,6 +1364,7 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     _findings(page, read)
     _study_section(page, read["comparison"], config["report"]["confidence"])
     _regime_section(page, summary, read["regime"], config)
+    page.add(*identity_encoders.section(config, summary))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"], summary)
