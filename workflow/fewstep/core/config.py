@@ -186,6 +186,11 @@ def _held_out(entry: dict[str, Any]) -> dict[str, Any]:
     """An {id, images, condition} entry as {id, image, heldout}: `images[condition]` (default the
     first) conditions the adapter, the others are held out for scoring only."""
     identity = dict(entry)
+    if ("image" in identity) == ("images" in identity):
+        raise ConfigError(
+            f"config identities: {identity['id']!r} needs either image (with optional heldout) or images "
+            "(with optional condition), not both or neither"
+        )
     if "images" not in identity:
         return identity
     images, index = list(identity.pop("images")), identity.pop("condition", 0)
