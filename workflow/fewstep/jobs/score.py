@@ -192,7 +192,12 @@ def run(
     out = Path(out or paths.scores(cell.id))
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {item.identity: None for item in grid.items_of(cell)}
-    heldout = {ref: [load_rgb(p) for p in grid.heldout_pictures(cell, ref)] for ref in references}
+    heldout = {  # an identity's held-out photos (style and object references have none)
+        ref: []
+        if grid.reads_references(cell)
+        else [load_rgb(p) for p in grid.identity(ref).get("heldout", [])]
+        for ref in references
+    }
     references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
     metrics = build_metrics(config, grid.cell_metrics(cell), models)
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
