@@ -61,7 +61,7 @@ ENCODERS = (
         "conditioning encoder",
         "0.02: the largest drop in cosine between a face and its own flipped, cropped, rescaled or "
         "colour-jittered copy, measured with the trained model on the astronaut (at most 0.008) and "
-        "t1's six faces (at most 0.017, a flip); different people of t1 sit 0.07 or more below the "
+        "t1's six faces (at most 0.017, a flip); different people of t1 sit 0.067 or more below the "
         "same face (tests/test_trained_faces.py)",
     ),
 )
