@@ -141,5 +141,17 @@ def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis
     assert body.count("margin basis") == 1 and "0.017" in body and "70% of the study" in body
     assert "disagree on the sign in <b>1</b> of 1" in body
     assert "1 held-out photos over 2 identities" in body  # the demo's mirrored stand-in
+    comparison = pd.DataFrame(
+        {
+            "metric": ["id_sim_zero", "id_sim_dlib_zero", "lpips_ref"],
+            "estimate": [0.028, -0.004, -0.016],
+            "ci_low": [0.01, -0.01, -0.03],
+            "ci_high": [0.04, 0.002, 0.0],
+        }
+    )
+    body = ie.section(config, summary, comparison)[2]
+    assert "+0.0280 [+0.0100, +0.0400]" in body and "<b>disagree on its sign</b>" in body
+    comparison.loc[1, "estimate"] = 0.01
+    assert "agree on its sign" in ie.section(config, summary, comparison)[2]
     config["scoring"]["metrics"] = ["identity", "lpips"]
     assert "One encoder only" in ie.section(config, summary)[2]

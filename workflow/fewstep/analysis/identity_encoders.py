@@ -139,7 +139,28 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, border=0, classes="data", na_rep="-")
 
 
-def section(config: dict[str, Any], summary: pd.DataFrame) -> tuple[str, str, str]:
+def study_agreement(comparison: pd.DataFrame, encoders: list[Encoder]) -> str:
+    """One sentence on whether the encoders agree on the sign of the study table's identity
+    difference (candidate - baseline, no face = 0)."""
+    rows = comparison.set_index("metric") if "metric" in comparison else pd.DataFrame()
+    found = [
+        (e, rows.loc[f"id_sim{e.suffix}_zero"]) for e in encoders if f"id_sim{e.suffix}_zero" in rows.index
+    ]
+    found = [(e, r) for e, r in found if np.isfinite(r["estimate"])]
+    if len(found) < 2:
+        return ""
+    parts = ", ".join(
+        f"{html.escape(e.name)} {r['estimate']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        for e, r in found
+    )
+    signs = {np.sign(r["estimate"]) for _, r in found} - {0.0}
+    verdict = "agree on its sign" if len(signs) <= 1 else "<b>disagree on its sign</b>"
+    return f"<p>Study table, candidate - baseline (no face = 0): {parts}; the encoders {verdict}.</p>"
+
+
+def section(
+    config: dict[str, Any], summary: pd.DataFrame, comparison: pd.DataFrame | None = None
+) -> tuple[str, str, str]:
     """(anchor id, title, HTML body) of the report's identity-encoder section."""
     encoders = scored(config["scoring"]["metrics"])
     margins = config["report"]["margins"]
@@ -153,6 +174,8 @@ def section(config: dict[str, Any], summary: pd.DataFrame) -> tuple[str, str, st
         else "<p>No identity has held-out photos: <code>id_sim_heldout</code> and <code>copy_paste</code> "
         "are empty. Give each identity several photos (docs/identities.md).</p>"
     )
+    if comparison is not None:
+        body += study_agreement(comparison, encoders)
     flags = disagreements(summary, encoders)
     if len(encoders) < 2:
         body += "<p>One encoder only: add <code>identity_dlib</code> to <code>scoring.metrics</code>.</p>"

@@ -1364,7 +1364,7 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     _findings(page, read)
     _study_section(page, read["comparison"], config["report"]["confidence"])
     _regime_section(page, summary, read["regime"], config)
-    page.add(*identity_encoders.section(config, summary))
+    page.add(*identity_encoders.section(config, summary, read["comparison"]))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"], summary)
