@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import skimage.data
 from insightface.data import get_image
-from PIL import Image, ImageEnhance
 
 from fewstep.faces import analyzer as insight
 from fewstep.faces.analyzer import cosine, select
+from fewstep.faces.augment import augmentations, suggested_margin
 from fewstep.faces.dlib_encoder import DLIB_FILES, DlibFaceEncoder
 from fewstep.faces.models import DLIB_FACE
 from fewstep.registry.spec import Usage
@@ -58,25 +58,6 @@ def t1() -> np.ndarray:
     return np.ascontiguousarray(get_image("t1")[:, :, ::-1])  # insightface gives BGR
 
 
-def augmentations(rgb: np.ndarray) -> dict[str, np.ndarray]:
-    image = Image.fromarray(rgb)
-    w, h = image.size
-    hsv = np.asarray(image.convert("HSV")).copy()
-    hsv[..., 0] = (hsv[..., 0].astype(int) + 10) % 256
-    out = {
-        "flip": image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        "crop": image.crop((40, 10, w - 60, h - 80)),
-        "scale 0.6": image.resize((int(w * 0.6), int(h * 0.6)), Image.Resampling.BICUBIC),
-        "scale 1.5": image.resize((int(w * 1.5), int(h * 1.5)), Image.Resampling.BICUBIC),
-        "brightness 0.75": ImageEnhance.Brightness(image).enhance(0.75),
-        "brightness 1.25": ImageEnhance.Brightness(image).enhance(1.25),
-        "saturation 0.5": ImageEnhance.Color(image).enhance(0.5),
-        "contrast 1.3": ImageEnhance.Contrast(image).enhance(1.3),
-        "hue +10": Image.fromarray(hsv, "HSV").convert("RGB"),
-    }
-    return {name: np.ascontiguousarray(np.asarray(picture)) for name, picture in out.items()}
-
-
 def _person(t1: np.ndarray, box: list[float], pad: int = 60) -> np.ndarray:
     """t1 cut around one face, so that face is the only (largest) one the crop holds."""
     x1, y1, x2, y2 = (int(v) for v in box)
@@ -110,6 +91,7 @@ def test_the_same_face_scores_clearly_above_t1s_other_people(metric, astronaut, 
     assert min(same_sims) > 0.99  # measured 0.992 (flip)
     assert max(other_sims) < 0.90  # measured 0.891
     assert min(same_sims) - max(other_sims) > 0.08  # measured 0.100
+    assert suggested_margin([1 - v for v in same_sims]) == 0.01  # the astronaut alone: 0.008 rounded up
 
 
 def _t1_boxes(metric: DlibIdentitySimilarity) -> list[list[float]]:
