@@ -155,3 +155,38 @@ def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis
     assert "agree on its sign" in ie.section(config, summary, comparison)[2]
     config["scoring"]["metrics"] = ["identity", "lpips"]
     assert "One encoder only" in ie.section(config, summary)[2]
+
+
+def test_dlib_files_without_the_package_come_from_dlib_net_checked(tmp_path, monkeypatch):
+    """The fallback download (dlib.net's .dat.bz2): the pinned digest decides, a wrong file is one
+    line and leaves nothing behind. Small stand-in files with their own digests keep it fast."""
+    import bz2
+    import hashlib
+
+    from fewstep.core.errors import WeightsError
+    from fewstep.faces import dlib_encoder, models
+    from fewstep.registry.spec import Usage
+
+    contents = {"landmarks.dat": b"five points", "resnet.dat": b"128 numbers"}
+    monkeypatch.setattr(
+        dlib_encoder, "DLIB_FILES", {n: hashlib.sha256(c).hexdigest() for n, c in contents.items()}
+    )
+    monkeypatch.setattr(dlib_encoder, "packaged_models", lambda: None)
+    urls = []
+
+    def fetch(url, path, wrong=False):
+        urls.append(url)
+        path.write_bytes(
+            bz2.compress(b"junk" if wrong else contents[url.rsplit("/", 1)[1].removesuffix(".bz2")])
+        )
+        return path
+
+    monkeypatch.setattr(models, "fetch_url", fetch)
+    models.DLIB_FACE.recipe.fetch({}, models.DLIB_FACE, tmp_path / "ok", Usage())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ok").iterdir()} == contents
+    assert urls == ["http://dlib.net/files/landmarks.dat.bz2", "http://dlib.net/files/resnet.dat.bz2"]
+    monkeypatch.setattr(models, "fetch_url", lambda url, path: fetch(url, path, wrong=True))
+    with pytest.raises(WeightsError, match="landmarks.dat has sha256 .* not the pinned") as err:
+        models.DLIB_FACE.recipe.fetch({}, models.DLIB_FACE, tmp_path / "bad", Usage())
+    assert "\n" not in str(err.value)
+    assert not any((tmp_path / "bad").glob("*.dat"))

