@@ -5,9 +5,10 @@ One metric per encoder (docs/scoring.md): `identity` is the study's insightface 
 its own suffix (none for ArcFace, `_dlib` for dlib):
 
 - `id_sim`: cosine to the conditioning photo (the picture the adapter was given);
-- `id_sim_heldout`: mean cosine to the identity's held-out photos (NaN without any);
+- `id_sim_heldout`: mean cosine to the identity's held-out photos;
 - `copy_paste`: MultiID-Bench's copy-paste score against the held-out photos (see
-  `copy_paste`); NaN without held-out photos;
+  `copy_paste`); both NaN for an identity without held-out photos, and absent from a table
+  none of whose identities has any;
 - `face_detected`, `n_faces`, `det_score`, `face_bbox`.
 
 An image without a face gets NaN similarities and `face_detected = False`: it counts
@@ -84,9 +85,9 @@ class _IdentityMetric:
                 if face is None
                 else json.dumps([round(float(v), 2) for v in face.bbox]),
                 f"id_sim{s}": np.nan,
-                f"id_sim_heldout{s}": np.nan,
-                f"copy_paste{s}": np.nan,
             }
+            if sample.heldout:  # a sweep without held-out photos gets no such columns
+                row.update({f"id_sim_heldout{s}": np.nan, f"copy_paste{s}": np.nan})
             if face is not None and reference is not None:
                 row[f"id_sim{s}"] = cosine(face.embedding, reference)
             if face is not None and heldout:
