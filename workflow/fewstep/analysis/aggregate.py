@@ -197,9 +197,8 @@ def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with `id_sim_zero` (and `id_sim_<encoder>_zero` for every other encoder): identity
-    similarity with no face counted as 0, so its mean is over every image, not only the ones
-    that happen to show a face (where both columns exist)."""
+    """A copy with `id_sim_zero` and every other encoder's `id_sim_<encoder>_zero`: no face counted as 0,
+    so its mean is over every image, not only the ones that happen to show a face."""
     frame = frame.copy()
     for suffix in ("", *(c.removeprefix("face_detected") for c in frame if c.startswith("face_detected_"))):
         if f"id_sim{suffix}" in frame and f"face_detected{suffix}" in frame:
