@@ -57,8 +57,8 @@ ENCODERS = (
         "HOG + linear SVM, dlib's 5-point shape predictor, 150 px face chip",
         "ResNet-34-like, 128-d, pairwise metric-learning (hinge) loss, ~3M faces (FaceScrub, VGG Face "
         "and images dlib's author collected)",
-        "another lineage: shares no network, loss, detector, alignment or training set with the "
-        "conditioning encoder",
+        "another lineage: shares no network, loss, detector or alignment with the conditioning encoder; "
+        "its training faces are other collections (though also largely of celebrities)",
         "0.02: the largest drop in cosine between a face and its own flipped, cropped, rescaled or "
         "colour-jittered copy, measured with the trained model on the astronaut (at most 0.008) and "
         "t1's six faces (at most 0.017, a flip); different people of t1 sit 0.067 or more below the "
