@@ -71,3 +71,20 @@ def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_
     }
     assert all(r["per_image_s"] > 0 and r["peak_mem_gib"] > 0 for r in record["rows"])
     assert "| flux-dev-28 | taylorseer |" in (out / "acceleration.md").read_text()
+
+
+def test_identity_margins_measure_each_encoders_same_photo_spread(tmp_path):
+    """The demo's photos: the astronaut and her mirror image hold one face each; t1's crowd is left
+    out (a copy may choose another of its people). dlib's trained model loses at most 0.008 on them."""
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "benchmarks" / "identity_margins.py")]
+    command += ["--config", str(REPO / "config" / "demo.yaml"), "--out", str(out)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["encoder"]: row for row in json.loads((out / "identity_margins.json").read_text())}
+    assert set(rows) == {"identity", "identity_dlib"}
+    dlib = rows["identity_dlib"]
+    assert (dlib["photos"], dlib["single_face_photos"], dlib["copies_scored"]) == (3, 2, 18)
+    assert 0.005 < dlib["max_drop"] < 0.01 and dlib["suggested_margin"] == 0.01
+    assert dlib["heldout_sim"] > 0.99  # the mirrored stand-in is the same photo
+    assert "| identity_dlib | 3 | 2 | 18 |" in (out / "identity_margins.md").read_text()

@@ -41,6 +41,7 @@ def test_demo_grid_cells_and_items(raw_demo):
         "clip-vit-l14",  # clip_score, clip_i
         "csd-vit-l",  # the SD style cells' csd
         "dinov2-base",  # the SD object cells' dino
+        "dlib-face",  # identity_dlib
         "flux-dev",
         "flux-schnell",
         "infiniteyou",

@@ -314,6 +314,7 @@ def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_r
     assert set(used) == {
         "weights-tiny-clip-vit-l14",
         "weights-tiny-insightface",
+        "weights-tiny-dlib-face",  # identity_dlib: the trained dlib files, in tiny mode too
         "weights-tiny-lpips-alex",
         f"images-demo-{_slug(CELL)}",
         f"images-demo-{_slug(ANCHOR)}",  # LPIPS to the anchor cell reads its images too

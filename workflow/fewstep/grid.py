@@ -18,6 +18,7 @@ from typing import Any
 
 from fewstep.core.config import fingerprint
 from fewstep.core.errors import ConfigError
+from fewstep.core.images import picture_source
 from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
 from fewstep.families import FAMILIES
 from fewstep.families.base import Family
@@ -208,8 +209,6 @@ class Grid:
     @cached_property
     def reference_pictures(self) -> dict[str, str]:
         """reference id -> what its picture's pixels depend on (`picture_source`)."""
-        from fewstep.core.images import picture_source
-
         return {r["id"]: picture_source(r["image"]) for r in self.config["references"]}
 
     def cell(self, cell_id: str) -> Cell:
@@ -307,10 +306,7 @@ class Grid:
 
     @cached_property
     def pictures(self) -> dict[str, str]:
-        """identity id -> what its reference picture's pixels depend on (`picture_source`):
-        the rerun trigger of its embedding and of every score compared with it."""
-        from fewstep.core.images import picture_source
-
+        """identity id -> its conditioning photo's `picture_source` (its embedding's rerun trigger)."""
         return {i["id"]: picture_source(i["image"]) for i in self.config["identities"]}
 
     def identity(self, identity_id: str) -> dict[str, Any]:
@@ -470,8 +466,11 @@ class Grid:
             "pictures": {r: pictures[r] for r in references},
             "anchor": None if anchor is None else anchor.id,
         }
-        if "identity" in metrics:  # the face detector picks the face the score compares
+        if any(m.startswith("identity") for m in metrics):  # the face chosen, the held-out photos
             spec["face"] = self.config["face"]
+            spec["heldout"] = {
+                r: list(map(picture_source, self.identity(r).get("heldout", []))) for r in references
+            }
         return spec
 
     def score_hash(self, cell: Cell) -> str:

@@ -74,6 +74,9 @@ COMPARISON_ROWS = (
     ("identity similarity (no face = 0), candidate - baseline", "id_sim_zero"),
     ("identity similarity (faces only), candidate - baseline", "id_sim"),
     ("face detection rate, candidate - baseline", "face_detected"),
+    ("identity similarity to held-out photos (faces only), candidate - baseline", "id_sim_heldout"),
+    ("dlib identity similarity (no face = 0), candidate - baseline", "id_sim_dlib_zero"),
+    ("dlib identity similarity to held-out photos, candidate - baseline", "id_sim_heldout_dlib"),
     ("LPIPS to reference, candidate - baseline", "lpips_ref"),
 )
 

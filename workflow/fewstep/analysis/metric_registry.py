@@ -69,6 +69,13 @@ _SPECS = [
     MetricSpec("id_sim", "ArcFace identity similarity, faces only", "cosine", margin=0.02),
     MetricSpec("face_detected", "face detection rate", "fraction", margin=0.05),
     MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower", margin=0.02, limits=(0.0, INF)),
+    MetricSpec("id_sim_heldout", "ArcFace similarity to held-out photos, faces only", "cosine", margin=0.02),
+    MetricSpec("id_sim_dlib_zero", "dlib identity similarity, no face = 0", "cosine", margin=0.02),
+    MetricSpec("id_sim_dlib", "dlib identity similarity, faces only", "cosine", margin=0.02),
+    MetricSpec("face_detected_dlib", "dlib face detection rate", "fraction", margin=0.05),
+    MetricSpec(
+        "id_sim_heldout_dlib", "dlib similarity to held-out photos, faces only", "cosine", margin=0.02
+    ),
     MetricSpec(
         "lpips_anchor",
         "LPIPS to the anchor cell's image",
@@ -117,6 +124,10 @@ _SPECS = [
         "probe",
         limits=(0, INF),
     ),
+    MetricSpec("copy_paste", "ArcFace copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
+    MetricSpec("copy_paste_dlib", "dlib copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
+    MetricSpec("det_score_dlib", "dlib HOG detector score", "", "higher", "diagnostic"),
+    MetricSpec("n_faces_dlib", "faces dlib finds per image", "", None, "diagnostic", limits=(0.0, INF)),
 ]
 METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fewstep.analysis import identity_encoders
 from fewstep.analysis.aggregate import anchors_to_highest_step
 from fewstep.analysis.figures import (
     ablation_figure,
@@ -457,6 +458,7 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     _findings(page, read)
     _study_section(page, read["comparison"], config["report"]["confidence"])
     _regime_section(page, summary, read["regime"], config)
+    page.add(*identity_encoders.section(config, summary, read["comparison"]))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"], summary)

@@ -32,12 +32,13 @@ def load_trajectories(config: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def with_zero_identity(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy with `id_sim_zero`: identity similarity with no face counted as 0, so its mean is
-    over every image, not only the ones that happen to show a face (where both columns exist)."""
+    """A copy with `id_sim_zero` and every other encoder's `id_sim_<encoder>_zero`: no face counted as 0,
+    so its mean is over every image, not only the ones that happen to show a face."""
     frame = frame.copy()
-    if "id_sim" in frame and "face_detected" in frame:
-        detected = frame["face_detected"].astype(bool)
-        frame["id_sim_zero"] = frame["id_sim"].astype(float).where(detected, 0.0)
+    for suffix in ("", *(c.removeprefix("face_detected") for c in frame if c.startswith("face_detected_"))):
+        if f"id_sim{suffix}" in frame and f"face_detected{suffix}" in frame:
+            detected = frame[f"face_detected{suffix}"].astype(bool)
+            frame[f"id_sim{suffix}_zero"] = frame[f"id_sim{suffix}"].astype(float).where(detected, 0.0)
     return frame
 
 

@@ -218,7 +218,7 @@ def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     origin: dict[str, str] = {}  # id -> the file (or entry) that gave it, for duplicate errors
     for entry in entries:
-        found = [dict(entry)] if isinstance(entry, dict) else _identity_folder(entry)
+        found = [_held_out(entry)] if isinstance(entry, dict) else _identity_folder(entry)
         for identity in found:
             if identity["id"] in origin:
                 raise ConfigError(
@@ -230,16 +230,48 @@ def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
     return out
 
 
-def _identity_folder(pattern: str) -> list[dict[str, str]]:
-    """One identity per picture in a folder or matching a glob, sorted by path; each one readable."""
+def _held_out(entry: dict[str, Any]) -> dict[str, Any]:
+    """An {id, images, condition} entry as {id, image, heldout}: `images[condition]` (default the
+    first) conditions the adapter, the others are held out for scoring only."""
+    identity = dict(entry)
+    if ("image" in identity) == ("images" in identity):
+        raise ConfigError(
+            f"config identities: {identity['id']!r} needs either image (with optional heldout) or images "
+            "(with optional condition), not both or neither"
+        )
+    if "images" not in identity:
+        return identity
+    images, index = list(identity.pop("images")), identity.pop("condition", 0)
+    if index >= len(images):
+        raise ConfigError(
+            f"config identities: {identity['id']!r} has condition: {index} but {len(images)} images; "
+            f"give an index below {len(images)}"
+        )
+    return {**identity, "image": images[index], "heldout": images[:index] + images[index + 1 :]}
+
+
+def _pictures_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+
+
+def _identity_folder(pattern: str) -> list[dict[str, Any]]:
+    """One identity per picture in a folder or matching a glob, sorted by path; each one readable.
+    A folder of folders gives one identity per subfolder: its first picture by name conditions
+    the adapter, the others are held out."""
     import glob
-    import re
 
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(pattern).expanduser()
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if subfolders and not _pictures_of(folder):
+        out = []
+        for sub in subfolders:
+            pictures = [entry["image"] for entry in _identity_folder(str(sub))]
+            out.append({"id": _identity_id(sub), "image": pictures[0], "heldout": pictures[1:]})
+        return out
     if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+        files = _pictures_of(folder)
         where = f"folder {folder}"
     elif glob.has_magic(pattern):
         files = sorted(Path(p) for p in glob.glob(str(folder), recursive=True) if Path(p).is_file())
@@ -262,11 +294,18 @@ def _identity_folder(pattern: str) -> list[dict[str, str]]:
                 f"config identities: {path} cannot be read as a picture ({type(err).__name__}); "
                 "replace or remove it"
             ) from None
-        identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.")[:64]
-        if not identity:
-            raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
-        out.append({"id": identity, "image": str(path)})
+        out.append({"id": _identity_id(path), "image": str(path)})
     return out
+
+
+def _identity_id(path: Path) -> str:
+    """An identity id from a file's stem or a folder's name."""
+    import re
+
+    identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-.")[:64]
+    if not identity:
+        raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
+    return identity
 
 
 def _duplicates(values: list[str]) -> list[str]:

@@ -11,12 +11,21 @@ if TYPE_CHECKING:  # numpy is imported where pixels are read: the grid's picture
     import numpy as np
 
 
+MIRRORED = "~mirrored"
+
+
 def _builtin(name: str) -> np.ndarray:
     """Pictures installed packages already carry (no network).
 
     `builtin:<name>` is a scikit-image picture (astronaut, coffee, chelsea, rocket, ...);
-    `builtin:insightface/<name>` one of insightface's samples (Tom_Hanks_54745, t1).
+    `builtin:insightface/<name>` one of insightface's samples (Tom_Hanks_54745, t1);
+    `<name>~mirrored` the same picture flipped left to right (the demo's stand-in for a held-out
+    photo: no package ships a second photo of one person).
     """
+    if name.endswith(MIRRORED):
+        import numpy as np
+
+        return np.ascontiguousarray(_builtin(name.removesuffix(MIRRORED))[:, ::-1])
     if name.startswith("insightface/"):
         from pathlib import Path
 

@@ -115,7 +115,55 @@ ARCFACE_IRSE = ModelSpec(
     },
     recipe=Recipe(fetch=_arcface_fetch, tiny=_arcface_tiny, required=_arcface_required),
 )
-register(INSIGHTFACE, ARCFACE_IRSE)
+
+
+def _dlib_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    from fewstep.faces.dlib_encoder import DLIB_FILES
+
+    return list(DLIB_FILES)
+
+
+def _dlib_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """The trained files, in every weights mode: copied from the installed
+    `face_recognition_models` package (offline), else downloaded from dlib.net; each checked
+    against its pinned sha256."""
+    import bz2
+    import shutil
+
+    from fewstep.core.io import atomic_path, sha256_file
+    from fewstep.faces.dlib_encoder import DLIB_FILES, DLIB_URL, packaged_models
+
+    packaged = packaged_models()
+    for name, expected in DLIB_FILES.items():
+        target = folder / name
+        if target.is_file() and sha256_file(target) == expected:
+            continue
+        source = packaged / name if packaged is not None else None
+        with atomic_path(target) as tmp:
+            if source is not None and source.is_file():
+                shutil.copyfile(source, tmp)
+            else:
+                archive = fetch_url(DLIB_URL.format(name=name), folder / f"{name}.bz2")
+                with bz2.open(archive) as packed, open(tmp, "wb") as out:
+                    shutil.copyfileobj(packed, out, length=1 << 20)
+                archive.unlink()
+            digest = sha256_file(tmp)
+            if digest != expected:
+                raise WeightsError(
+                    f"{name} has sha256 {digest[:12]}..., not the pinned {expected[:12]}... "
+                    "(face_recognition_models 0.3.0); pip install face_recognition_models==0.3.0, then rerun"
+                )
+
+
+#: dlib's trained face recogniser (HOG detector, 5-point landmarks, 128-d ResNet): a scoring
+#: encoder of another lineage than ArcFace. Its files are small and ship on PyPI, so tiny and
+#: random mode use the trained model too (the demo still runs offline).
+DLIB_FACE = ModelSpec(
+    "dlib-face",
+    "dlib",
+    recipe=Recipe(fetch=_dlib_fetch, tiny=_dlib_fetch, random=_dlib_fetch, required=_dlib_required),
+)
+register(INSIGHTFACE, ARCFACE_IRSE, DLIB_FACE)
 
 
 def fetch_face_pack_zip(pack: str, folder: Path) -> None:
@@ -163,6 +211,13 @@ def face_analyzer(config: dict[str, Any], pack: str | None = None):
 
     folder, gpu = model_folder(config, INSIGHTFACE.name), config["device"] != "cpu"
     return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
+
+
+def dlib_encoder(config: dict[str, Any]):
+    """dlib's detector, landmarks and recogniser over the prepared files (CPU)."""
+    from fewstep.faces.dlib_encoder import DlibFaceEncoder
+
+    return DlibFaceEncoder(model_folder(config, DLIB_FACE.name))
 
 
 def load_arcface_irse(config: dict[str, Any], device: torch.device):

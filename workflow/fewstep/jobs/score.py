@@ -28,7 +28,7 @@ from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.scoring.base import JobModels, Metric, Sample
-from fewstep.scoring.identity import IdentitySimilarity
+from fewstep.scoring.identity import DlibIdentitySimilarity, IdentitySimilarity
 from fewstep.scoring.metrics import (
     CLIPImageSimilarity,
     CLIPScore,
@@ -63,6 +63,7 @@ KEY_COLUMNS = [
 
 METRICS = {
     "identity": IdentitySimilarity,
+    "identity_dlib": DlibIdentitySimilarity,
     "lpips": PerceptualDistance,
     "clip_score": CLIPScore,
     "pick_score": PickScore,
@@ -191,6 +192,12 @@ def run(
     out = Path(out or paths.scores(cell.id))
     manifest = pd.read_parquet(paths.manifest(cell.id))
     references = {item.identity: None for item in grid.items_of(cell)}
+    heldout = {  # an identity's held-out photos (style and object references have none)
+        ref: []
+        if grid.reads_references(cell)
+        else [load_rgb(p) for p in grid.identity(ref).get("heldout", [])]
+        for ref in references
+    }
     references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
     metrics = build_metrics(config, grid.cell_metrics(cell), models)
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
@@ -207,6 +214,7 @@ def run(
             prompt=grid.prompt(row["prompt_id"])["text"],
             anchor=None if anchor is None else read_generated(anchor, anchor_record),
             is_anchor=grid.is_anchor(cell),
+            heldout=heldout[row["identity"]],
         )
 
     # The bar closes (ending its line) before an error line is printed.

@@ -8,7 +8,7 @@ whole batches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,10 +20,11 @@ class Sample:
 
     row: dict[str, Any]
     pixels: np.ndarray  # HxWx3 uint8 RGB
-    reference: np.ndarray  # the identity's reference picture, RGB
+    reference: np.ndarray  # the identity's reference picture (the one conditioning the adapter), RGB
     prompt: str = ""  # the prompt's text
     anchor: np.ndarray | None = None  # the anchor cell's image of this item (other cells only)
     is_anchor: bool = False  # this image belongs to the anchor cell
+    heldout: list[np.ndarray] = field(default_factory=list)  # the identity's held-out photos, RGB
 
 
 class Metric(Protocol):

@@ -62,6 +62,7 @@ def metric_models(config: dict[str, Any]) -> dict[str, list[str]]:
     """Registry models each metric needs."""
     return {
         "identity": ["insightface"],
+        "identity_dlib": ["dlib-face"],
         "lpips": [f"lpips-{config['scoring']['lpips_net']}"],
         "clip_score": ["clip-vit-l14"],
         "clip_i": ["clip-vit-l14"],
