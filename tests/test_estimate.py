@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from fewstep.analysis import estimate as est
 from fewstep.cli import main
@@ -47,7 +48,11 @@ def write_figures(folder):
 
 
 def small_config(tmp_path, weights="random"):
-    return validate(
+    return validate(small_sweep(tmp_path, weights))
+
+
+def small_sweep(tmp_path, weights="random"):
+    return (
         {
             "sweep": "small",
             "weights": weights,
@@ -183,4 +188,98 @@ def test_the_command_prints_the_estimate_of_the_gpu_config_naming_its_figures(ca
     assert "benchmarks/results/latency_h200_2026-11-26.csv" in out
     assert "images: 40 in 12 cells" in out and "download: none (weights random" in out
     assert main(["estimate", "--config", str(REPO / "config" / "gpu.yaml"), "--card", "v100"]) == 1
-    assert "cards with figures: h200" in capsys.readouterr().err
+    assert "cards with figures: h100, h200" in capsys.readouterr().err
+    assert main(["estimate", "--config", str(REPO / "config" / "gpu.yaml"), "--card", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "acceleration_h100_2026-12-06_caches.json" in out and "workflow_h100_2026-12-06.json" in out
+    assert "note: no latency file for h100" in out and "note: no sd_latency file for h100" in out
+    assert "job overheads measured: " in out and "generate/flux " in out
+
+
+#: a workflow run of the small sweep on card x1: job walls in s (the rest of its jobs below)
+RUN_WALLS = {
+    ("generate", "flux-dev/infusenet-aes"): 30.0,  # modelled work 2.8 s (above): overhead 27.2
+    ("generate", "flux-dev/infusenet-aes+compiled"): 40.0,  # work 20 + 1.4: overhead 18.6
+    ("generate", "sd15/style"): 20.0,  # work 0.58: overhead 19.42
+    ("score", "flux-dev/infusenet-aes"): 10.8,  # 4 images x 0.2 s: overhead 10
+    ("score", "flux-dev/infusenet-aes+compiled"): 11.4,  # 2 images: 11
+    ("score", "sd15/style"): 12.4,  # 2 images: 12
+}
+OTHER_WALLS = {"prepare_model": 7.0, "embed_prompt": 12.0, "embed_sd_prompt": 9.0, "embed_reference": 8.0,
+               "embed_identity": 3.0, "aggregate": 6.0, "report": 16.0, "wandb_aggregate": 1.0}  # fmt: skip
+
+
+def write_run(tmp_path, folder, card="x1", leave_out=None):
+    """A workflow_gpu.py result for the small sweep, its config written beside it."""
+    config_path = tmp_path / "small.yaml"
+    config_path.write_text(yaml.safe_dump(small_sweep(tmp_path)))
+    planned = est.estimate_with(small_config(tmp_path), est.measured_figures(card, folder)).jobs
+    jobs = [
+        {"rule": j.rule, "name": j.name, "failed": False,
+         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.rule))}
+        for j in planned
+        if (j.rule, j.name) != leave_out
+    ]  # fmt: skip
+    run = {"card": card.upper(), "config": str(config_path), "summary": {"jobs": jobs}}
+    (folder / f"workflow_{card}_2026-01-02.json").write_text(json.dumps(run))
+
+
+def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    write_run(tmp_path, folder)
+    result = est.estimate(small_config(tmp_path), "x1", folder)
+    overheads = {key: round(value, 6) for key, value in result.figures.overheads.items()}
+    assert overheads["generate/flux"] == 22.9 and overheads["generate/sd15"] == 19.42
+    assert overheads["generate"] == round((27.2 + 18.6 + 19.42) / 3, 6) and overheads["score"] == 11.0
+    assert overheads["prepare_model/random"] == 7.0 and overheads["embed_prompt"] == 12.0
+    # overhead of the family's jobs + the modelled work
+    assert seconds(result, "generate") == {
+        "flux-dev/infusenet-aes": 22.9 + 2.8,
+        "flux-dev/infusenet-aes+compiled": 22.9 + 21.4,
+        "sd15/style": 20.0,
+    }
+    assert seconds(result, "score") == {
+        "flux-dev/infusenet-aes": 11.8,
+        "flux-dev/infusenet-aes+compiled": 11.4,
+        "sd15/style": 11.4,
+    }
+    # in sample: the GPU jobs add up to the run's own; prepare 7, then aggregate, report, W&B
+    gpu = sum(RUN_WALLS.values()) + 12 + 9 + 8
+    assert result.gpu_seconds == pytest.approx(gpu)
+    assert result.wall_seconds == pytest.approx(7 + gpu + 6 + 16 + 1)
+    assert result.gpu_overhead_seconds == pytest.approx(gpu - 2.8 - 21.4 - 0.58 - 0.8 - 0.4 - 0.4)
+    assert result.figures.sources[-1] == str(folder / "workflow_x1_2026-01-02.json")
+    assert any("measured in the x1 workflow run" in note for note in result.notes)
+    # real weights are downloaded, not built: their preparation keeps the assumed 10 + 5 s
+    real = est.estimate(small_config(tmp_path, weights="real"), "x1", folder)
+    assert set(seconds(real, "prepare_model").values()) == {15.0}
+
+
+def test_a_run_whose_config_forms_other_jobs_now_is_left_out_with_a_note(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    write_run(tmp_path, folder, leave_out=("score", "sd15/style"))
+    result = est.estimate(small_config(tmp_path), "x1", folder)
+    assert result.figures.overheads == {}
+    assert seconds(result, "score")["sd15/style"] == 15.4  # assumed: 10 + 5 + 2 x 0.2
+    assert any("now forms jobs the run did not run (score sd15/style)" in note for note in result.notes)
+
+
+def test_a_card_with_acceleration_figures_alone_borrows_the_rest_and_says_so(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    write_run(tmp_path, folder)
+    rows = [{"backbone": "flux-dev", "variant": "eager", "per_step_s": 0.3, "per_image_s": 8.5, "images": 3,
+             "compile_s": 1.0, "job_s": 30.0}]  # fmt: skip
+    (folder / "acceleration_x3_2026-01-03.json").write_text(json.dumps({"card": "X3", "rows": rows}))
+    result = est.estimate(small_config(tmp_path), "x3", folder)
+    # its own eager step with InfuseNet; without it at x1's ratio 0.15 / 0.2; x1's decode
+    assert result.figures.flux_step[("flux-dev", True)] == 0.3
+    assert result.figures.flux_step[("flux-dev", False)] == pytest.approx(0.225)
+    assert result.figures.flux_decode == pytest.approx(0.1) and result.figures.sd[("sd15", "plain")] == (
+        pytest.approx(0.08),
+        pytest.approx(0.03),
+    )
+    # x1's measured overhead 22.9 s + 2 items x (2 x 0.3 + 0.1) + 2 x (4 x 0.3 + 0.1)
+    assert seconds(result, "generate")["flux-dev/infusenet-aes"] == pytest.approx(22.9 + 1.4 + 2.6)
+    notes = "\n".join(result.notes)
+    assert "no latency file for x3" in notes and "no sd_latency file for x3" in notes
+    assert "measured in the x1 workflow run" in notes and "no compile figures for x3" in notes

@@ -3,8 +3,11 @@
 Timings come from one card's measured figures in ``benchmarks/results/`` (FLUX per step and
 VAE decode from ``latency_<card>_<date>.csv``; model load, compile and the acceleration
 switches' step times from ``acceleration_<card>_<date>.json``; SD per image against steps from
-``sd_latency_<card>_<date>.csv``), the newest file of each kind. What those files do not
-measure (a job's process start, text and image encoders, scoring, aggregation) is an assumed
+``sd_latency_<card>_<date>.csv``), the newest file of each kind; a card with acceleration figures
+alone borrows decode, the steps without InfuseNet (at the other card's ratio) and SD from a card
+that has them, and says so. A job's overhead (process start and model load: job wall minus the
+modelled work) comes from the newest whole-workflow run, ``workflow_<card>_<date>.json``
+(benchmarks/workflow_gpu.py), the card's own else another's; what no file measures is an assumed
 constant, `ASSUMED_S`, and the output says so. Per-step and decode times scale with the pixel
 count from the 1024x1024 (SD: the family's own side) they were measured at.
 
@@ -16,6 +19,7 @@ model preparation before them and aggregate, report and W&B after them. Only std
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import statistics
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.core.config import load
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
 from fewstep.grid import EAGER_SWITCHES, Grid
@@ -31,12 +36,11 @@ from fewstep.registry.catalog import lookup, marker_path
 ROOT = Path(__file__).resolve().parents[3]  # the repository
 FIGURES = ROOT / "benchmarks" / "results"
 FILE_NAME = re.compile(
-    r"^(?P<kind>latency|acceleration|sd_latency)_(?P<card>[a-z0-9]+)_(?P<date>\d{4}-\d{2}-\d{2})"
+    r"^(?P<kind>latency|acceleration|sd_latency|workflow)_(?P<card>[a-z0-9]+)_(?P<date>\d{4}-\d{2}-\d{2})"
 )
 MEASURED_SIDE = 1024  # FLUX figures: 1024x1024
 
-#: seconds of what benchmarks/results does not measure (a GPU run of the workflow measures them:
-#: benchmarks/workflow_gpu.py)
+#: seconds of what benchmarks/results does not measure, where no workflow run's overheads apply
 ASSUMED_S = {
     "job_start": 10.0,  # a job's process: Python, torch/diffusers imports, CUDA context
     "prepare": 5.0,  # one model's prepare job with tiny or random weights (real: the download)
@@ -108,6 +112,8 @@ class Figures:
     flux_load: float
     accelerations: dict[str, tuple[float, float]]  # variant -> (step factor over eager, compile s)
     sd: dict[tuple[str, str], tuple[float, float]]  # (family, adapter file or none) -> (s, s per step)
+    overheads: dict[str, float] = field(default_factory=dict)  # Job.key -> measured s (process + load)
+    notes: list[str] = field(default_factory=list)
 
 
 def cards(folder: Path = FIGURES) -> dict[str, dict[str, list[Path]]]:
@@ -115,7 +121,7 @@ def cards(folder: Path = FIGURES) -> dict[str, dict[str, list[Path]]]:
     found: dict[str, dict[str, list[Path]]] = {}
     for path in sorted(folder.glob("*"), key=lambda p: (_date(p), p.name)):
         match = FILE_NAME.match(path.name)
-        wanted = ".json" if match and match["kind"] == "acceleration" else ".csv"
+        wanted = ".json" if match and match["kind"] in ("acceleration", "workflow") else ".csv"
         if match and path.suffix == wanted:
             found.setdefault(match["card"], {}).setdefault(match["kind"], []).append(path)
     return found
@@ -133,22 +139,34 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(handle))
 
 
-def load_figures(card: str, folder: Path = FIGURES) -> Figures:
-    """The figures of `card` (as file names spell it, e.g. h200); an unknown card is one line."""
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _borrowed(found: dict[str, dict[str, list[Path]]], card: str, kind: str) -> Path | None:
+    """The newest `kind` file of `card`, else of the first card that has one."""
+    owners = [card] + sorted(c for c in found if c != card)
+    return next((found[c][kind][-1] for c in owners if kind in found[c]), None)
+
+
+def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
+    """The benchmark figures of `card` (as file names spell it, e.g. h200), without the workflow
+    run's overheads; an unknown card is one line."""
     found = cards(folder)
-    complete = sorted(c for c, kinds in found.items() if "latency" in kinds and "acceleration" in kinds)
+    any_latency = any("latency" in kinds for kinds in found.values())
+    complete = sorted(c for c, kinds in found.items() if "acceleration" in kinds and any_latency)
     if card not in complete:
         raise ConfigError(
             f"no timing figures for card {card!r} in {folder}; cards with figures: "
             f"{', '.join(complete) or 'none'} (run benchmarks/latency.py and acceleration.py on it)"
         )
-    kinds = found[card]
-    latency = _rows(kinds["latency"][-1])
-    flux_step, decode = {}, []
-    for row in latency:
+    kinds, notes = found[card], []
+    latency_path = _borrowed(found, card, "latency")
+    latency_step, decode = {}, []
+    for row in _rows(latency_path):
         if row["variant"] == "base":
             backbone, adapter, _ = row["cell"].split("/")
-            flux_step[(backbone, adapter != "none")] = float(row["per_step_s"])
+            latency_step[(backbone, adapter != "none")] = float(row["per_step_s"])
             decode.append(float(row["decode_s"]))
     accelerations: dict[str, tuple[float, float]] = {}
     eager: dict[str, dict[str, Any]] = {}
@@ -161,10 +179,22 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
         base = eager.get(row["backbone"])
         if row["variant"] != "eager" and base is not None:
             accelerations[row["variant"]] = (row["per_step_s"] / base["per_step_s"], row["compile_s"])
+    flux_step = dict(latency_step)
+    if "latency" not in kinds:  # its own eager steps (with InfuseNet), the other card's ratio without
+        for (model, adapter), step in latency_step.items():
+            if model in eager and (model, True) in latency_step:
+                flux_step[(model, adapter)] = eager[model]["per_step_s"] * step / latency_step[(model, True)]
+        notes.append(
+            f"no latency file for {card}: FLUX per step from its eager acceleration rows (with InfuseNet; "
+            f"without it at {_relative(latency_path)}'s ratio), VAE decode from that file"
+        )
     sd = {}
-    if "sd_latency" in kinds:
+    sd_path = _borrowed(found, card, "sd_latency")
+    if sd_path is not None:
+        if "sd_latency" not in kinds:
+            notes.append(f"no sd_latency file for {card}: SD per image from {_relative(sd_path)}")
         by_key: dict[tuple[str, str], dict[int, float]] = {}
-        for row in _rows(kinds["sd_latency"][-1]):
+        for row in _rows(sd_path):
             by_key.setdefault((row["family"], row["adapter"]), {})[int(row["steps"])] = float(
                 row["latency_s"]
             )
@@ -172,16 +202,64 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
             low, high = min(points), max(points)
             per_step = (points[high] - points[low]) / (high - low) if high > low else 0.0
             sd[key] = (points[low] - per_step * low, per_step)
-    used = [kinds["latency"][-1], *kinds["acceleration"], *kinds.get("sd_latency", [])[-1:]]
+    used = [latency_path, *kinds["acceleration"], *([sd_path] if sd_path else [])]
     return Figures(
         card=card,
-        sources=[str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in used],
+        sources=[_relative(p) for p in used],
         flux_step=flux_step,
         flux_decode=statistics.mean(decode),
         flux_load=statistics.mean(loads),
         accelerations=accelerations,
         sd=sd,
+        notes=notes,
     )
+
+
+def load_figures(card: str, folder: Path = FIGURES) -> Figures:
+    """`card`'s benchmark figures with the job overheads of the newest workflow run (its own, else
+    another card's), where that run's config still forms the jobs it ran."""
+    figures = measured_figures(card, folder)
+    run_path = _borrowed(cards(folder), card, "workflow")
+    if run_path is None:
+        return figures
+    overheads, problem = measured_overheads(run_path, folder)
+    if problem:
+        figures.notes.append(f"{_relative(run_path)} not used: {problem}; job overheads assumed")
+        return figures
+    run_card = FILE_NAME.match(run_path.name)["card"]
+    figures.overheads = overheads
+    figures.sources.append(_relative(run_path))
+    figures.notes.append(
+        f"job overheads (process start + model load) measured in the {run_card} workflow run "
+        f"{_relative(run_path)} as job wall minus modelled work (random weights; on that run's own "
+        "config an in-sample check)"
+    )
+    return figures
+
+
+def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str, float], str]:
+    """Job key (`Job.key`, and the rule alone for generate and trajectory) -> mean seconds of the
+    run's jobs beyond the work the run card's figures model; or a reason it cannot be read."""
+    run = json.loads(run_path.read_text())
+    config_path = ROOT / run["config"]
+    if not config_path.exists():
+        return {}, f"its config {run['config']} is gone"
+    try:
+        model = estimate_with(
+            load([config_path]), measured_figures(FILE_NAME.match(run_path.name)["card"], folder)
+        )
+    except ConfigError as error:
+        return {}, str(error)
+    walls = {(j["rule"], j["name"]): j["wall_s"] for j in run["summary"]["jobs"] if not j["failed"]}
+    missing = [f"{j.rule} {j.name}" for j in model.jobs if (j.rule, j.name) not in walls]
+    if missing:
+        return {}, f"{run['config']} now forms jobs the run did not run ({', '.join(missing[:3])})"
+    spent: dict[str, list[float]] = {}
+    for job in model.jobs:
+        keys = {job.key, job.rule} if job.rule in ("generate", "trajectory") else {job.key}
+        for key in keys:
+            spent.setdefault(key, []).append(walls[(job.rule, job.name)] - job.work)
+    return {key: statistics.mean(values) for key, values in spent.items()}, ""
 
 
 #: benchmarks/acceleration.py's variant for each set of switches that are on
@@ -207,8 +285,25 @@ KINDS = {
 class Job:
     rule: str
     name: str
-    seconds: float
+    overhead: float  # process start and model load: measured in a workflow run, else assumed
     gpu: bool
+    work: float = 0.0  # what the benchmark figures model: steps, decode, compile; scoring
+    sub: str = ""  # what the overhead depends on besides the rule: the family, or the weights
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}/{self.sub}" if self.sub else self.rule
+
+    @property
+    def seconds(self) -> float:
+        return self.overhead + self.work
+
+
+def _job(figures: Figures, rule: str, name: str, assumed: float, gpu: bool, work=0.0, sub="") -> Job:
+    """A job with the measured overhead of its key (generate, trajectory: else its rule's), else `assumed`."""
+    job = Job(rule, name, assumed, gpu, work, sub)
+    fallback = figures.overheads.get(rule, assumed) if rule in ("generate", "trajectory") else assumed
+    return dataclasses.replace(job, overhead=figures.overheads.get(job.key, fallback))
 
 
 @dataclass
@@ -236,6 +331,10 @@ class Estimate:
         return sum(j.seconds for j in self.jobs if j.gpu)
 
     @property
+    def gpu_overhead_seconds(self) -> float:
+        return sum(j.overhead for j in self.jobs if j.gpu)
+
+    @property
     def wall_seconds(self) -> float:
         """One card: prepare jobs side by side, then the GPU jobs one after another, then the
         sweep-level jobs (CPU embedding jobs run beside the GPU jobs)."""
@@ -249,8 +348,10 @@ def _variant(switches: dict[str, Any]) -> str | None:
     return VARIANTS.get(on) if on else None
 
 
-def _generation_seconds(grid: Grid, cells: list, figures: Figures, notes: list[str]) -> tuple[float, float]:
-    """(one-off seconds, seconds of every image) of the generation job of `cells`."""
+def _generation_seconds(
+    grid: Grid, cells: list, figures: Figures, notes: list[str]
+) -> tuple[float, float, float]:
+    """(assumed overhead, compile, seconds of every image) of the generation job of `cells`."""
     first = cells[0]
     family = grid.family(first).name
     start = ASSUMED_S["job_start"]
@@ -259,11 +360,11 @@ def _generation_seconds(grid: Grid, cells: list, figures: Figures, notes: list[s
         fit = figures.sd.get((family, file))
         if fit is None:
             notes.append(f"no {family} figures for {figures.card}: {first.job} counts its start only")
-            return start, 0.0
+            return start, 0.0, 0.0
         side = grid.resolution(first)[0]
         scale = (side / grid.family(first).resolution()) ** 2
         images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
-        return start + ASSUMED_S["sd_load"], images
+        return start + ASSUMED_S["sd_load"], 0.0, images
     model = grid.backbone(first)["model"]
     adapter = grid.adapter(first)
     width, height = grid.resolution(first)
@@ -283,10 +384,10 @@ def _generation_seconds(grid: Grid, cells: list, figures: Figures, notes: list[s
             adapter_steps = min(adapter_steps, adapter["first_steps"])
         step_s = adapter_steps * with_adapter + (cell.steps - adapter_steps) * alone
         images += len(grid.items_of(cell)) * (step_s + figures.flux_decode * scale)
-    return start + figures.flux_load + compile_s, images
+    return start + figures.flux_load, compile_s, images
 
 
-def _embedding_jobs(grid: Grid, paths: Paths) -> list[Job]:
+def _embedding_jobs(grid: Grid, paths: Paths, figures: Figures, gpu: bool) -> list[Job]:
     """The prompt, reference and identity embedding jobs, as the Snakefile forms them."""
     start = ASSUMED_S["job_start"]
     prompt_jobs = {
@@ -295,21 +396,22 @@ def _embedding_jobs(grid: Grid, paths: Paths) -> list[Job]:
         for path in grid.prompt_embeddings(paths, cell)
     }
     jobs = [
-        Job(
+        _job(
+            figures,
             "embed_prompt" if suffix.startswith("L") else "embed_sd_prompt",
             f"{family}/{suffix.removesuffix('.safetensors')}",
             start + ASSUMED_S["text_encoders"],
-            True,
+            gpu,
         )
         for family, suffix in sorted(prompt_jobs)
     ]
     jobs += [
-        Job("embed_reference", "/".join(key), start + ASSUMED_S["image_encoder"], True)
+        _job(figures, "embed_reference", "/".join(key), start + ASSUMED_S["image_encoder"], gpu)
         for key in grid.reference_embeddings_needed()
     ]
     if any(grid.needs_identity_embeddings(cell) for cell in grid.cells):
         jobs += [
-            Job("embed_identity", identity["id"], start + ASSUMED_S["identity"], False)
+            _job(figures, "embed_identity", identity["id"], start + ASSUMED_S["identity"], False)
             for identity in grid.config["identities"]
         ]
     return jobs
@@ -352,32 +454,41 @@ def _embedding_bytes(grid: Grid, paths: Paths, jobs: list[Job]) -> float:
 
 def estimate(config: dict[str, Any], card: str, folder: Path = FIGURES) -> Estimate:
     """What the sweep of `config` (validated) costs on `card`, from `folder`'s figures."""
-    figures = load_figures(card, folder)
-    grid, paths, notes = Grid(config), Paths(config), []
+    return estimate_with(config, load_figures(card, folder))
+
+
+def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
+    """What the sweep of `config` (validated) costs with `figures`."""
+    grid, paths, notes = Grid(config), Paths(config), list(figures.notes)
     gpu = config["device"] != "cpu"
     start = ASSUMED_S["job_start"]
-    jobs = [Job("prepare_model", name, start + ASSUMED_S["prepare"], False) for name in grid.models]
-    jobs += [Job(j.rule, j.name, j.seconds, j.gpu and gpu) for j in _embedding_jobs(grid, paths)]
+    prepare = start + ASSUMED_S["prepare"]
+    jobs = [
+        _job(figures, "prepare_model", name, prepare, False, sub=config["weights"]) for name in grid.models
+    ]
+    jobs += _embedding_jobs(grid, paths, figures, gpu)
     images = {cell.id: len(grid.items_of(cell)) for cell in grid.cells}
     pixels = 0.0
     for job_id, cells in grid.jobs.items():
-        once, per_images = _generation_seconds(grid, cells, figures, notes)
-        jobs.append(Job("generate", job_id, once + per_images, gpu))
+        once, compile_s, per_images = _generation_seconds(grid, cells, figures, notes)
+        family = grid.family(cells[0]).name
+        jobs.append(_job(figures, "generate", job_id, once, gpu, compile_s + per_images, family))
         count = sum(images[c.id] for c in cells)
-        score = start + ASSUMED_S["score_load"] + count * ASSUMED_S["score_image"]
-        jobs.append(Job("score", job_id, score, gpu))
+        score = count * ASSUMED_S["score_image"]
+        jobs.append(_job(figures, "score", job_id, start + ASSUMED_S["score_load"], gpu, score))
         pixels += sum(images[c.id] * grid.resolution(c)[0] * grid.resolution(c)[1] for c in cells)
     trajectory_images = 0
     for cell in grid.trajectory_cells:
         items = min(len(grid.items_of(cell)), config["trajectory"]["max_items"])
-        once, cell_images = _generation_seconds(grid, [cell], figures, notes)
+        once, compile_s, cell_images = _generation_seconds(grid, [cell], figures, notes)
         # every step: the denoising step, then x0 decoded and scored for identity
         per_step = cell_images / images[cell.id] / cell.steps + figures.flux_decode + ASSUMED_S["score_image"]
-        jobs.append(Job("trajectory", cell.id, once + items * cell.steps * per_step, gpu))
+        work = compile_s + items * cell.steps * per_step
+        jobs.append(_job(figures, "trajectory", cell.id, once, gpu, work, grid.family(cell).name))
         trajectory_images += items * cell.steps
         pixels += items * cell.steps * grid.resolution(cell)[0] * grid.resolution(cell)[1]
     jobs += [
-        Job(rule, rule, start + ASSUMED_S[key], False)
+        _job(figures, rule, rule, start + ASSUMED_S[key], False)
         for rule, key in (("aggregate", "aggregate"), ("report", "report"), ("wandb_aggregate", "wandb"))
     ]
     if not gpu:
@@ -416,6 +527,8 @@ def render(result: Estimate, config_name: str) -> str:
     cpu = sum(seconds for _, seconds in result.kind_seconds(gpu=False).values())
     lines += [
         f"  {'all':<18} {result.gpu_seconds / 3600:8.3f} h   (CPU-only jobs: {cpu / 3600:.3f} h more)",
+        f"  of which job overhead (process start, model load): {result.gpu_overhead_seconds / 3600:.3f} h"
+        f" ({result.gpu_overhead_seconds / max(result.gpu_seconds, 1e-9):.0%})",
         f"wall time on one card: {_duration(result.wall_seconds)} (GPU jobs one after another; "
         "prepare before, aggregate and report after)",
         f"disk: images {result.image_gb:.2f} GB at most (raw RGB; PNGs of photos are smaller), "
@@ -428,7 +541,10 @@ def render(result: Estimate, config_name: str) -> str:
         )
     else:
         lines.append(f"download: none (weights {config['weights']}: built here, nothing fetched)")
+    if figures.overheads:
+        measured = ", ".join(f"{key} {value:.1f} s" for key, value in sorted(figures.overheads.items()))
+        lines.append(f"job overheads measured: {measured}")
     assumed = ", ".join(f"{name} {value:g} s" for name, value in ASSUMED_S.items())
-    lines.append(f"assumed, not in benchmarks/results: {assumed}")
+    lines.append(f"assumed where nothing measured applies: {assumed}")
     lines += [f"note: {note}" for note in dict.fromkeys(result.notes)]
     return "\n".join(lines)
