@@ -273,10 +273,14 @@ def table(rows: list[dict], card: str) -> str:
 
     for r in rows:
         speedup = eager[r["backbone"]] / r["per_image_s"] if r["backbone"] in eager else None
+        # nothing compiled: warm-up minus warm image is first-image noise (0-1 s, at times negative)
+        compiled = r["switches"].get("compile", "none") != "none"
+        compile_s = f"{r['compile_s']:.0f} s" if compiled else "–"
         lines.append(
             f"| {r['backbone']}-{r['steps']} | {r['variant']} | {r['per_step_s']:.3f} s "
             f"| {r['per_image_s']:.2f} s "
-            f"| {fmt(speedup, '{:.2f}x')} | {r['compile_s']:.0f} s | {r['peak_mem_gib']:.1f} GiB "
+            f"| {fmt(speedup, '{:.2f}x')} | {compile_s} "
+            f"| {r['peak_mem_gib']:.1f} GiB "
             f"| {fmt(r['gpu_busy'], '{:.0%}')} | {r['steps_computed']:.3g}/{r['steps']} "
             f"| {r['infusenet_calls']:.3g}/{r['steps']} "
             f"| {fmt(r['max_pixel_diff'], '{}')} |"

@@ -7,6 +7,7 @@ workflow's code as it is (a renamed entry point would otherwise surface on the n
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -70,7 +71,10 @@ def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_
         ("flux-schnell", "mag"): (3, 3),
     }
     assert all(r["per_image_s"] > 0 and r["peak_mem_gib"] > 0 for r in record["rows"])
-    assert "| flux-dev-28 | taylorseer |" in (out / "acceleration.md").read_text()
+    table = (out / "acceleration.md").read_text()
+    # nothing to compile: no compile time, whatever the warm-up image's noise
+    assert re.search(r"\| flux-dev-28 \| taylorseer \| [0-9.]+ s \| [0-9.]+ s \| [0-9.]+x \| – \|", table)
+    assert re.search(r"\| flux-schnell-4 \| eager \| [0-9.]+ s \| [0-9.]+ s \| 1.00x \| – \|", table)
 
 
 def test_identity_margins_measure_each_encoders_same_photo_spread(tmp_path):
