@@ -81,15 +81,16 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
-    # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores)
-    assert counts["prepare_model"] == 12
+    # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores); dlib's face models (the
+    # second identity encoder)
+    assert counts["prepare_model"] == 13
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per T5 sequence length (2: every prompt) and one per identity (2);
     # per SD family one for its prompts (one negative prompt) and one per reference and adapter
     # file (6 plain, 3 plus)
     assert counts["embed_prompt"] == 2 and counts["embed_identity"] == 2
     assert counts["embed_sd_prompt"] == 2 and counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 12 + 4 + 2 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 13 + 4 + 2 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
