@@ -368,7 +368,7 @@ class Grid:
             names.add(self.text_encoder_backbone(family))
         names.update(scoring_models(self.config, {m for cell in self.cells for m in self.cell_metrics(cell)}))
         if any(self.needs_identity_embeddings(cell) for cell in self.cells):
-            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})  # the embed_identities rule's models
+            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})  # the embed_identity rule's models
         return sorted(names)
 
     def model_usage(self, name: str) -> Usage:

@@ -10,6 +10,7 @@ need only jsonschema.)
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -42,9 +43,44 @@ def _first_error(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
     # The deepest error names the precise key; oneOf errors carry sub-errors.
     error = jsonschema.exceptions.best_match(errors)
     key = _key_path(error.absolute_path)
-    if error.validator == "additionalProperties":
-        return f"{key}: {error.message}; remove it or check its spelling"
+    if error.validator in ("required", "additionalProperties") and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        unexpected = (
+            sorted(set(error.instance) - known) if error.schema.get("additionalProperties") is False else []
+        )
+        missing = [name for name in error.schema.get("required", []) if name not in error.instance]
+        for name in unexpected:
+            if "." in name and name.split(".")[0] in known:  # `--config wandb.mode=x`
+                return f"{key}: {_dotted_override_hint(name, error.instance[name])}"
+        for name in unexpected:
+            close = difflib.get_close_matches(name, missing or sorted(known), n=1)
+            if close:
+                what = f"the required key {close[0]!r} is missing and " if close[0] in missing else ""
+                return f"{key}: {what}{name!r} is not a key; did you mean {close[0]!r}? Rename it"
+        if unexpected:
+            return f"{key}: {unexpected[0]!r} is not a key; remove it or check its spelling"
     return f"{key}: {error.message.splitlines()[0]}"
+
+
+def nested_override(name: str, value: Any) -> str:
+    """`a.b.c` and its value as the nested override Snakemake's --config takes: ``a={b: {c: value}}``."""
+    head, *rest = name.split(".")
+    if isinstance(value, str):  # as YAML reads it, so the override shows no needless quotes
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    nested: Any = value
+    for part in reversed(rest):
+        nested = {part: nested}
+    return f"{head}={yaml.safe_dump(nested, default_flow_style=True, width=10**6).strip()}"
+
+
+def _dotted_override_hint(name: str, value: Any) -> str:
+    return (
+        f"{name!r} is not a key: Snakemake's --config takes no dotted keys; "
+        f"write the nested override --config '{nested_override(name, value)}'"
+    )
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +205,9 @@ def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
     entries = [identities] if isinstance(identities, str) else identities
     out: list[dict[str, str]] = []
     origin: dict[str, str] = {}  # id -> the file (or entry) that gave it, for duplicate errors
-    for entry in entries:
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            check_picture(entry["image"], f"identities[{index}].image")
         found = [dict(entry)] if isinstance(entry, dict) else _identity_folder(entry)
         for identity in found:
             if identity["id"] in origin:
@@ -186,8 +224,6 @@ def _identity_folder(pattern: str) -> list[dict[str, str]]:
     """One identity per picture in a folder or matching a glob, sorted by path; each one readable."""
     import glob
     import re
-
-    from PIL import Image, UnidentifiedImageError
 
     folder = Path(pattern).expanduser()
     if folder.is_dir():
@@ -206,19 +242,36 @@ def _identity_folder(pattern: str) -> list[dict[str, str]]:
         raise ConfigError(f"config identities: {where} holds no pictures ({suffixes}); add one per identity")
     out = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ConfigError(
-                f"config identities: {path} cannot be read as a picture ({type(err).__name__}); "
-                "replace or remove it"
-            ) from None
+        check_picture(str(path), "identities")
         identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.")[:64]
         if not identity:
             raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
         out.append({"id": identity, "image": str(path)})
     return out
+
+
+def check_picture(image: str, key: str) -> None:
+    """A picture entry a job can read: a file whose header and data PIL verifies, or a builtin an
+    installed package ships. Checked with the config, so a bad one stops the run before the DAG."""
+    from PIL import Image, UnidentifiedImageError
+
+    from fewstep.core.images import builtin_problem
+
+    if image.startswith("builtin:"):
+        problem = builtin_problem(image.removeprefix("builtin:"))
+        if problem:
+            raise ConfigError(f"config {key}: {problem}")
+        return
+    path = Path(image)
+    if not path.is_file():
+        raise ConfigError(f"config {key}: {image} does not exist; fix the path or remove the entry")
+    try:
+        with Image.open(path) as picture:
+            picture.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(
+            f"config {key}: {path} cannot be read as a picture ({type(err).__name__}); replace or remove it"
+        ) from None
 
 
 def _duplicates(values: list[str]) -> list[str]:
@@ -233,6 +286,8 @@ def _check_references(config: dict[str, Any]) -> None:
     dup = _duplicates([r["id"] for r in config["references"]])
     if dup:
         raise ConfigError(f"config references: duplicated id {dup[0]!r}; give every reference a unique id")
+    for index, reference in enumerate(config["references"]):
+        check_picture(reference["image"], f"references[{index}].image")
     for index, block in enumerate(config["cells"]):
         for name in block["backbones"]:
             if name not in config["backbones"]:

@@ -11,34 +11,53 @@ if TYPE_CHECKING:  # numpy is imported where pixels are read: the grid's picture
     import numpy as np
 
 
+#: names in `skimage.data.__all__` that are no picture
+NOT_PICTURES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}
+
+
+def _insightface_samples() -> Path:
+    """insightface's sample pictures folder, found without importing insightface."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("insightface")
+    return Path(spec.submodule_search_locations[0]) / "data" / "images"
+
+
+def builtin_problem(name: str) -> str | None:
+    """What is wrong with `builtin:<name>` (one line), or None when an installed package ships it.
+    Cheap: imports neither insightface nor numpy, so the config check can run it at parse time."""
+    if name.startswith("insightface/"):
+        folder = _insightface_samples()
+        stem = name.removeprefix("insightface/")
+        if stem and "/" not in stem and any(folder.glob(f"{stem}.*")):
+            return None
+        known = ", ".join(sorted(p.stem for p in folder.iterdir()))
+        return f"unknown builtin image {name!r}; insightface ships: {known}"
+    import skimage.data
+
+    if name in skimage.data.__all__ and name not in NOT_PICTURES:
+        return None
+    return (
+        f"unknown builtin image {name!r}; use e.g. builtin:astronaut, builtin:coffee, "
+        "builtin:insightface/Tom_Hanks_54745"
+    )
+
+
 def _builtin(name: str) -> np.ndarray:
     """Pictures installed packages already carry (no network).
 
     `builtin:<name>` is a scikit-image picture (astronaut, coffee, chelsea, rocket, ...);
     `builtin:insightface/<name>` one of insightface's samples (Tom_Hanks_54745, t1).
     """
+    problem = builtin_problem(name)
+    if problem:
+        raise InputError(problem)
     if name.startswith("insightface/"):
-        from pathlib import Path
-
-        import insightface.data
-
-        folder = Path(insightface.data.__file__).parent / "images"
-        stem = name.removeprefix("insightface/")
-        matches = sorted(folder.glob(f"{stem}.*")) if stem and "/" not in stem else []
-        if not matches:
-            known = ", ".join(sorted(p.stem for p in folder.iterdir()))
-            raise InputError(f"unknown builtin image {name!r}; insightface ships: {known}")
-        return load_rgb(matches[0])
+        return load_rgb(sorted(_insightface_samples().glob(f"{name.removeprefix('insightface/')}.*"))[0])
     import numpy as np
     import skimage.data
 
-    loader = getattr(skimage.data, name, None)
-    if loader is None or name.startswith("_") or name in {"data_dir", "download_all", "file_hash"}:
-        raise InputError(
-            f"unknown builtin image {name!r}; use e.g. builtin:astronaut, builtin:coffee, "
-            "builtin:insightface/Tom_Hanks_54745"
-        )
-    image = loader()
+    image = getattr(skimage.data, name)()
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[:, :, :3])
