@@ -346,13 +346,20 @@ def out_of_memory(args: argparse.Namespace) -> OutOfMemoryError:
     )
 
 
+#: how libraries that write natively say ENOSPC without an OSError (safetensors, pyarrow, torch)
+NO_SPACE = ("No space left on device", "os error 28", "errno 28")
+
+
 def disk_full(err: BaseException) -> DiskFullError | None:
-    """The full-disk error somewhere in `err`'s chain (wandb, pyarrow and PIL wrap or re-raise it)."""
+    """The full-disk error somewhere in `err`'s chain (wandb, pyarrow and PIL wrap or re-raise it;
+    safetensors and torch's writers raise their own types, naming only the OS error)."""
     while err is not None:
         if isinstance(err, DiskFullError):
             return err
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             return DiskFullError(err.filename or "the results folder")
+        if any(text in str(err) for text in NO_SPACE):
+            return DiskFullError("an output file")
         err = err.__cause__ or err.__context__
     return None
 

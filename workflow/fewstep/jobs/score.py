@@ -224,7 +224,7 @@ def run(
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
     frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
-    write_table(out, stamp(frame, config, grid.models))
+    write_table(out, stamp(frame, config, [*grid.cell_models(cell), *grid.score_models(cell)]))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out

@@ -145,7 +145,11 @@ def run_config(
     config: dict[str, Any], job_type: str, cell_id: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The run's W&B config: what made the job's outputs."""
-    prov = provenance.record(config, Grid(config).models)
+    grid = Grid(config)
+    models = grid.models if cell_id is None else grid.cell_models(grid.cell(cell_id))
+    if cell_id is not None and job_type == "score":
+        models = [*models, *grid.score_models(grid.cell(cell_id))]
+    prov = provenance.record(config, models)
     out: dict[str, Any] = {
         "sweep": config["sweep"],
         "job_type": job_type,
@@ -155,7 +159,6 @@ def run_config(
         "versions": prov["versions"],
         "models": prov["models"],  # hub repo, requested revision, resolved commit of each model
     }
-    grid = Grid(config)
     if cell_id is not None:
         cell = grid.cell(cell_id)
         out |= {
