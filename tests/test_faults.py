@@ -130,3 +130,65 @@ def test_a_full_disk_is_recognised_in_the_errors_native_writers_raise():
     except RuntimeError as err:
         assert "/r/x.parquet" in str(cli.disk_full(err))
     assert cli.disk_full(RuntimeError("CUDA error: an illegal memory access")) is None
+
+
+# ------------------------------------------------------------------ deleted cell files
+
+
+def test_a_dry_run_names_the_deleted_files_of_a_finished_job_and_the_command(tmp_path):
+    """Snakemake checks a generation job's record only: with the record there and a cell's image
+    and another cell's manifest gone, a plain run would do nothing; the Snakefile says so in one line
+    with the command that makes them again."""
+    from fewstep.core.config import load
+    from fewstep.grid import Grid
+    from tests.conftest import snakemake
+
+    demo = REPO / "config" / "demo.yaml"
+    config = load([demo])
+    grid, paths = Grid(config), Paths(config)
+    job = "flux-schnell/infusenet-aes"
+    cells = grid.job(job)
+    for cell in cells:  # a finished job, as far as files go
+        for path in [paths.manifest(cell.id), *(paths.image(cell.id, i.id) for i in grid.items_of(cell))]:
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(b"x")
+    (tmp_path / paths.generation_record(job)).write_text("{}")
+    quiet = snakemake(tmp_path, "-n", configfile=demo)
+    assert quiet.returncode == 0 and "generated file" not in quiet.stderr
+    image = paths.image(cells[0].id, grid.items_of(cells[0])[1].id)
+    (tmp_path / image).unlink()
+    (tmp_path / paths.manifest(cells[2].id)).unlink()
+    result = snakemake(tmp_path, "-n", configfile=demo)
+    hints = [line for line in result.stderr.splitlines() if line.startswith("fewstep:")]
+    assert hints == [
+        f"fewstep: 2 generated file(s) of finished jobs are gone ({paths.manifest(cells[2].id)}, {image}); "
+        f"a plain rerun does not see it: `snakemake --forcerun {paths.generation_record(job)} --configfile "
+        f"{demo}` makes exactly those again (the other images are kept)"
+    ]
+
+
+def test_a_score_job_missing_its_manifest_or_an_image_says_how_to_make_them_again(sweep, tmp_path, capsys):
+    """No FileNotFoundError: one line naming the file and the --forcerun that regenerates it."""
+    config, _ = sweep
+    config = copy.deepcopy(config)
+    shutil.copytree(Paths(config).root, tmp_path / "results" / config["sweep"])
+    config["results_dir"] = str(tmp_path / "results")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    paths = Paths(config)
+    record = paths.generation_record(ANCHOR.rsplit("/", 1)[0])
+    fix = (
+        f"rerun with `--forcerun {record}` added to your snakemake command (its cell's other images are kept)"
+    )
+    image = sorted(paths.cell_dir(ANCHOR).rglob("*.png"))[0]
+    image.unlink()
+    assert cli.main(["score", "--config", str(path), "--cell", ANCHOR]) == 1
+    assert (
+        capsys.readouterr().err.splitlines()[-1]
+        == f"fewstep score: error: generated image {image} is missing; {fix}"
+    )
+    paths.manifest(ANCHOR).unlink()
+    assert cli.main(["score", "--config", str(path), "--cell", ANCHOR]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fewstep score: error: manifest {paths.manifest(ANCHOR)} of cell {ANCHOR} is missing; {fix}"
+    )

@@ -228,7 +228,7 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     assert failed.returncode != 0
     record = cell_dir.parent / "generation.json"  # the record of the job that rendered the cell
     advice = (
-        f"generated image {image} is corrupt; delete it, then rerun with `--forcerun "
+        f"generated image {image} is corrupt; rerun with `--forcerun "
         f"{record}` added to your snakemake command"
     )
     assert advice in failed.stdout + failed.stderr  # on the console (show-failed-logs)
