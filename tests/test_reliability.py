@@ -333,7 +333,7 @@ def test_missing_weights_folder_is_one_line(config, tmp_path, capsys):
     code, errors = run_cli(capsys, "generate", "--config", write(tmp_path, config), "--cell", CELL)
     assert code == 1 and len(errors) == 1
     # the job stops at the first thing it lacks: the model's ready marker under the missing folder
-    assert "nowhere" in errors[0] and "run the prepare_model rule for" in errors[0]
+    assert "nowhere" in errors[0] and "; prepare it: `fewstep prepare-model --config " in errors[0]
 
 
 def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, capsys, monkeypatch):

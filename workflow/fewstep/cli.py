@@ -26,7 +26,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
     config = load(paths)
+    from fewstep.core import jobenv
     from fewstep.core.paths import Paths
+
+    jobenv.CONFIG_FILES[:] = [str(path) for path in paths]  # for the commands error messages name
 
     os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(config).cache_dir))  # read by fewstep.faces
     return config

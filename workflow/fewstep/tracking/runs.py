@@ -587,8 +587,11 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
         print(f"no unsynced offline W&B runs under {root}")
         return []
     if not dry_run and not api_key_present():
+        from fewstep.core.jobenv import config_option
+
         raise TrackingError(
-            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun `fewstep wandb-sync`"
+            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun "
+            f"`fewstep wandb-sync {config_option()}`"
         )
     sync_dir = root / "sync"
     sync_dir.mkdir(parents=True, exist_ok=True)
