@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,12 @@ def test_a_dry_run_names_the_deleted_files_of_a_finished_job_and_the_command(tmp
         f"a plain rerun does not see it: `snakemake --forcerun {paths.generation_record(job)} --configfile "
         f"{demo}` makes exactly those again (the other images are kept)"
     ]
+    (command,) = re.findall(r"`([^`]+)`", hints[0])
+    forced = snakemake(tmp_path, "-n", *shlex.split(command)[1:])  # the hint's command, dry-run
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert re.search(
+        r"rule generate:\n(.*\n)*?\s+wildcards: backbone=flux-schnell, adapter=infusenet-aes", forced.stdout
+    )
 
 
 def test_a_score_job_missing_its_manifest_or_an_image_says_how_to_make_them_again(sweep, tmp_path, capsys):
