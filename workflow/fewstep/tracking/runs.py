@@ -46,6 +46,7 @@ import pandas as pd
 
 from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
+from fewstep.core.jobenv import config_option
 from fewstep.core.paths import Paths
 from fewstep.grid import KEYS, Grid
 
@@ -145,11 +146,7 @@ def run_config(
     config: dict[str, Any], job_type: str, cell_id: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The run's W&B config: what made the job's outputs."""
-    grid = Grid(config)
-    models = grid.models if cell_id is None else grid.cell_models(grid.cell(cell_id))
-    if cell_id is not None and job_type == "score":
-        models = [*models, *grid.score_models(grid.cell(cell_id))]
-    prov = provenance.record(config, models)
+    prov = provenance.record(config, Grid(config).models)
     out: dict[str, Any] = {
         "sweep": config["sweep"],
         "job_type": job_type,
@@ -159,6 +156,7 @@ def run_config(
         "versions": prov["versions"],
         "models": prov["models"],  # hub repo, requested revision, resolved commit of each model
     }
+    grid = Grid(config)
     if cell_id is not None:
         cell = grid.cell(cell_id)
         out |= {
@@ -587,12 +585,8 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
         print(f"no unsynced offline W&B runs under {root}")
         return []
     if not dry_run and not api_key_present():
-        from fewstep.core.jobenv import config_option
-
-        raise TrackingError(
-            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun "
-            f"`fewstep wandb-sync {config_option()}`"
-        )
+        again = f"`fewstep wandb-sync {config_option()}`"
+        raise TrackingError(f"no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun {again}")
     sync_dir = root / "sync"
     sync_dir.mkdir(parents=True, exist_ok=True)
     # wandb-core writes its port file (port_file.txt) and `wandb/` into the working directory
