@@ -114,9 +114,9 @@ def test_run_job_writes_every_cells_images_and_resumes(sd_config):
 def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, tmp_path):
     """As for FLUX: killed twice mid-cell, then finished; kept images are not made again and
     every image equals an uninterrupted run's, byte for byte: its provenance names the cell's own
-    models, not whichever others happen to be prepared (a face model is, between the two runs)."""
+    models, not whichever others of the sweep happen to be prepared (SDXL is while the run is killed,
+    not afterwards)."""
     from fewstep.jobs.generate import run_job
-    from fewstep.jobs.prepare import prepare_model
     from fewstep.registry.catalog import marker_path
     from tests.test_reliability import job, kill_when, lines
 
@@ -137,19 +137,20 @@ def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, 
         kill_when(process, lambda after=after: lines(journal) >= after)
     done_before = lines(journal)
     assert 5 <= done_before < 10
-    face_model = marker_path(config, "insightface")
-    assert not face_model.exists()
-    prepare_model(config, "insightface")  # an SD cell uses no face model
+    other = marker_path(config, "sdxl")  # a model of the sweep that an sd15 cell does not use
+    hidden = other.rename(other.with_name("sdxl.hidden"))
     kept = {json.loads(line)["item_id"]: json.loads(line) for line in journal.read_text().splitlines()}
-    finish = job("generate", path, "--cell", cell)
-    assert finish.wait() == 0, finish.stderr.read()
+    try:
+        finish = job("generate", path, "--cell", cell)
+        assert finish.wait() == 0, finish.stderr.read()
+        clean = copy_with_seeds(tmp_path / "clean")
+        run_job(clean, "sd15/style", progress=False)
+    finally:
+        hidden.rename(other)
     manifest = pd.read_parquet(Paths(config).manifest(cell)).set_index("item_id")
     assert list(manifest.index) == [i.id for i in Grid(config).items_of(Grid(config).cell(cell))]
     assert all(manifest.loc[item, "generated_at"] == row["generated_at"] for item, row in kept.items())
     assert lines(journal) == 10 and not list(Paths(config).cell_dir(cell).rglob("*.tmp"))
-    face_model.unlink()
-    clean = copy_with_seeds(tmp_path / "clean")
-    run_job(clean, "sd15/style", progress=False)
     for item in manifest.index:
         image = Paths(config).image(cell, item)
         assert image.read_bytes() == Paths(clean).image(cell, item).read_bytes(), item
