@@ -182,6 +182,7 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         results / "aggregate" / "per_image.parquet",
     ]
     assert len(tables) == 19 + 19 + 2 + len(aggregate.TABLES) + 1  # manifests, scores: 7 FLUX + 12 SD cells
+    grid = Grid(config)
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
@@ -190,8 +191,18 @@ def test_images_and_tables_carry_their_provenance(demo_run):
             assert set(frame["weights"]) == {"tiny"}, table  # demo numbers never pass for results
             assert set(frame["config_hash"]) == {config_hash}, table
             assert "torch" in json.loads(frame["versions"].iloc[0]), table
-            # each model of the sweep, by its resolved hub commit (none: tiny weights)
-            assert json.loads(frame["model_commits"].iloc[0])["flux-dev"] is None, table
+            # each model that made the table, by its resolved hub commit (none: tiny weights): a cell's
+            # own models (its scores: and the scoring networks), the sweep's for the sweep tables
+            commits = json.loads(frame["model_commits"].iloc[0])
+            assert set(commits.values()) == {None}, table
+            made = grid.models  # the aggregate CSVs
+            if table.suffix == ".parquet":  # per-image rows: a manifest's, a trajectory's, scores'
+                cell = grid.cell(frame["cell_id"].iloc[0])
+                scored = "scores" in table.parts or table.name == "per_image.parquet"
+                made = grid.cell_models(cell) + (grid.score_models(cell) if scored else [])
+            assert set(commits) == set(made), table
+    sd = pd.read_parquet(results / "cells" / "sd15" / "sd-style" / "1" / "manifest.parquet")
+    assert "insightface" not in json.loads(sd["model_commits"].iloc[0])  # an SD cell uses no face model
 
 
 def test_changing_one_parameter_reruns_only_the_affected_cells_and_descendants(demo_run, tmp_path):
