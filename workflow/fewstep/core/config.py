@@ -253,8 +253,6 @@ def _identity_folder(pattern: str) -> list[dict[str, str]]:
 def check_picture(image: str, key: str) -> None:
     """A picture entry a job can read: a file whose header and data PIL verifies, or a builtin an
     installed package ships. Checked with the config, so a bad one stops the run before the DAG."""
-    from PIL import Image, UnidentifiedImageError
-
     from fewstep.core.images import builtin_problem
 
     if image.startswith("builtin:"):
@@ -262,6 +260,8 @@ def check_picture(image: str, key: str) -> None:
         if problem:
             raise ConfigError(f"config {key}: {problem}")
         return
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(image)
     if not path.is_file():
         raise ConfigError(f"config {key}: {image} does not exist; fix the path or remove the entry")
