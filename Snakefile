@@ -23,7 +23,7 @@ from fewstep.core.config import resolved_path, validate, write_resolved
 from fewstep.core.errors import FewstepError
 from fewstep.grid import Grid
 from fewstep.core.paths import CELL_PATTERN, JOB_PATTERN, Paths
-from fewstep.core.resume import stale_lock_hint
+from fewstep.core.resume import missing_cell_files, missing_files_hint, stale_lock_hint
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
 if not workflow.overwrite_configfiles:
@@ -56,11 +56,16 @@ os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
 # two run side by side on a small machine.
 CPU_THREADS = 4 if CONFIG["weights"] != "tiny" else 1
 
-# After a kill, Snakemake's lock stays behind; say how to remove it (one line).
+# After a kill, Snakemake's lock stays behind; say how to remove it (one line). A finished
+# generation job whose images or manifests were deleted: name them and the command (one line).
 if workflow.is_main_process and "--unlock" not in sys.argv:
-    hint = stale_lock_hint(Path.cwd(), workflow.overwrite_configfiles or [])
-    if hint:
-        print(hint, file=sys.stderr)
+    configfiles = workflow.overwrite_configfiles or []
+    for hint in (
+        stale_lock_hint(Path.cwd(), configfiles),
+        missing_files_hint(missing_cell_files(GRID, PATHS), configfiles),
+    ):
+        if hint:
+            print(hint, file=sys.stderr)
 
 
 envvars:

@@ -69,3 +69,22 @@ def test_fewstep_snakemake_runs_snakemake_with_the_arguments_unchanged(monkeypat
     args = ["-n", "--configfile", str(REPO / "config" / "demo.yaml"), "--cores", "1"]
     assert main(["snakemake", *args]) == 0
     assert started == [(sys.executable, [sys.executable, "-m", "snakemake", *args])]
+
+
+def test_validate_lists_every_cell_with_its_items(capsys):
+    """`fewstep validate` keeps the README's promise: each cell with the items it crosses."""
+    from fewstep.core.config import load
+    from fewstep.grid import Grid
+    from tests.conftest import REPO
+
+    demo = REPO / "config" / "demo.yaml"
+    assert main(["validate", "--config", str(demo)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    grid = Grid(load([demo]))
+    assert lines[0] == f"demo: {len(grid.cells)} cells, 52 images, weights=tiny"
+    assert all(
+        line.startswith(f"  {cell.id}: {len(grid.items_of(cell))} items (")
+        for line, cell in zip(lines[1:], grid.cells, strict=True)
+    )
+    assert "  flux-dev/infusenet-aes/8: 4 items (2 identities x 2 prompts x 1 seed)" in lines
+    assert "  sdxl/sd-object/4: 2 items (1 reference x 2 prompts x 1 seed)" in lines

@@ -241,3 +241,94 @@ def test_sd_only_settings_on_flux_are_refused_in_one_line(section, key, value, l
     raw[section][name][key] = value
     with pytest.raises(ConfigError, match=re.escape(line)):
         Grid(validate(raw))
+
+
+@pytest.mark.parametrize("section", ["identities", "references"])
+@pytest.mark.parametrize(
+    ("image", "problem"),
+    [
+        ("{d}/nowhere.png", "{d}/nowhere.png does not exist; fix the path or remove the entry"),
+        ("{d}/corrupt.png", "{d}/corrupt.png cannot be read as a picture (UnidentifiedImageError)"),
+        ("builtin:hubble", "unknown builtin image 'hubble'; use e.g. builtin:astronaut"),
+        ("builtin:insightface/t9", "unknown builtin image 'insightface/t9'; insightface ships: "),
+    ],
+)
+def test_explicit_picture_entries_are_checked_like_folder_entries(
+    raw_demo, tmp_path, section, image, problem
+):
+    """An {id, image} entry with a picture no job could read stops validation (so `snakemake -n` and
+    `fewstep validate`), naming the entry's key, as a bad picture in an identity folder does."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    entry = {"id": "extra", "image": image.format(d=tmp_path)} | (
+        {"role": "style"} if section == "references" else {}
+    )
+    raw_demo[section].append(entry)
+    index = len(raw_demo[section]) - 1
+    with pytest.raises(ConfigError) as err:
+        validate(raw_demo)
+    assert str(err.value).startswith(f"config {section}[{index}].image: {problem.format(d=tmp_path)}")
+    assert "\n" not in str(err.value)
+    raw_demo[section][index]["image"] = "builtin:insightface/t1"  # a readable picture passes
+    assert validate(raw_demo)[section][index]["image"] == "builtin:insightface/t1"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "line"),
+    [
+        (
+            lambda c: c.update(promts=c.pop("prompts")),
+            "config <top level>: the required key 'prompts' is missing and 'promts' is not a key; "
+            "did you mean 'prompts'? Rename it",
+        ),
+        (
+            lambda c: c["backbones"]["flux-dev"].update(stepz=[1]),
+            "config backbones.flux-dev: 'stepz' is not a key; did you mean 'steps'? Rename it",
+        ),
+        (
+            lambda c: c.update(qqq=1),
+            "config <top level>: 'qqq' is not a key; remove it or check its spelling",
+        ),
+        (
+            lambda c: c.update({"wandb.mode": "disabled"}),
+            "config <top level>: 'wandb.mode' is not a key: Snakemake's --config takes no dotted keys; "
+            "write the nested override --config 'wandb={mode: disabled}'",
+        ),
+    ],
+)
+def test_a_misspelt_key_is_named_with_its_close_match(raw_demo, mutate, line):
+    mutate(raw_demo)
+    with pytest.raises(ConfigError) as err:
+        validate(raw_demo)
+    assert str(err.value) == line
+
+
+def test_fewstep_snakemake_turns_dotted_overrides_into_nested_ones(raw_demo, capsys):
+    """`--config wandb.mode=disabled` (a traceback from Snakemake) becomes `wandb={mode: disabled}`,
+    which Snakemake merges into the config file's `wandb` keys: the other keys stay."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    from fewstep.cli import nested_config_overrides
+
+    argv = ["-n", "--config", "wandb.mode=disabled", "seeds=[0,1]", "resolution.width=96", "--cores", "1"]
+    rewritten = nested_config_overrides(argv)
+    assert rewritten == [
+        "-n",
+        "--config",
+        "wandb={mode: disabled}",
+        "seeds=[0,1]",
+        "resolution={width: 96}",
+    ] + [
+        "--cores",
+        "1",
+    ]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "fewstep snakemake: --config wandb.mode=disabled read as --config 'wandb={mode: disabled}'"
+    )
+    with pytest.raises(ValueError, match="valid identifier"):  # what Snakemake does with the dotted key
+        parse_config(["wandb.mode=disabled"])
+    update_config(raw_demo, parse_config(rewritten[2:5]))
+    config = validate(raw_demo)
+    assert config["wandb"] == {**config["wandb"], "mode": "disabled", "project": "fewstep-demo"}
+    assert config["resolution"]["width"] == 96 and config["resolution"]["height"] == 64
+    assert nested_config_overrides(["--configfile", "a.b=c.yaml"]) == ["--configfile", "a.b=c.yaml"]

@@ -63,7 +63,7 @@ def _one_line_error(excinfo: pytest.ExceptionInfo, folder: Path) -> str:
     assert isinstance(excinfo.value, WeightsError)
     assert "\n" not in message
     assert str(folder) in message
-    assert "download rule" in message and "build_tiny_face_pack" in message
+    assert "prepare it: `fewstep prepare-model --config " in message and "--model insightface`" in message
     return message
 
 

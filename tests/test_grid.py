@@ -12,6 +12,18 @@ from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid, Item
 
 
+def test_a_cells_models_are_those_that_make_its_images(raw_demo):
+    """What a cell's provenance names: its generation, prompt-embedding and (face cells)
+    identity-embedding models; no model of another cell, no scoring network."""
+    grid = Grid(validate(raw_demo))
+    assert grid.cell_models(grid.cell("sd15/sd-style/1")) == ["ip-adapter", "sd15"]
+    schnell = grid.cell_models(grid.cell("flux-schnell/infusenet-aes/4"))
+    assert {"flux-schnell", "infiniteyou", "insightface", "arcface-irse50"} <= set(schnell)
+    assert "sd15" not in schnell and "lpips-alex" not in schnell
+    made = {name for cell in grid.cells for name in grid.cell_models(cell)}
+    assert made < set(grid.models) and "lpips-alex" in set(grid.models) - made
+
+
 def test_demo_grid_cells_and_items(raw_demo):
     grid = Grid(validate(raw_demo))
     assert [c.id for c in grid.cells] == [

@@ -248,9 +248,8 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
     from fewstep.core.errors import WeightsError
 
-    with pytest.raises(
-        WeightsError, match=r"missing .*nowhere; run the prepare_model rule for flux-dev first"
-    ):
+    hint = r"prepare it: `fewstep prepare-model --config .* --model flux-dev`"
+    with pytest.raises(WeightsError, match=rf"missing .*nowhere; {hint}"):
         models.load_component(
             FluxTransformer2DModel,
             tmp_path / "nowhere",

@@ -182,6 +182,7 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         results / "aggregate" / "per_image.parquet",
     ]
     assert len(tables) == 19 + 19 + 2 + len(aggregate.TABLES) + 1  # manifests, scores: 7 FLUX + 12 SD cells
+    grid = Grid(config)
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
@@ -190,8 +191,18 @@ def test_images_and_tables_carry_their_provenance(demo_run):
             assert set(frame["weights"]) == {"tiny"}, table  # demo numbers never pass for results
             assert set(frame["config_hash"]) == {config_hash}, table
             assert "torch" in json.loads(frame["versions"].iloc[0]), table
-            # each model of the sweep, by its resolved hub commit (none: tiny weights)
-            assert json.loads(frame["model_commits"].iloc[0])["flux-dev"] is None, table
+            # each model that made the table, by its resolved hub commit (none: tiny weights): a cell's
+            # own models (its scores: and the scoring networks), the sweep's for the sweep tables
+            commits = json.loads(frame["model_commits"].iloc[0])
+            assert set(commits.values()) == {None}, table
+            made = grid.models  # the aggregate CSVs
+            if table.suffix == ".parquet":  # per-image rows: a manifest's, a trajectory's, scores'
+                cell = grid.cell(frame["cell_id"].iloc[0])
+                scored = "scores" in table.parts or table.name == "per_image.parquet"
+                made = grid.cell_models(cell) + (grid.score_models(cell) if scored else [])
+            assert set(commits) == set(made), table
+    sd = pd.read_parquet(results / "cells" / "sd15" / "sd-style" / "1" / "manifest.parquet")
+    assert "insightface" not in json.loads(sd["model_commits"].iloc[0])  # an SD cell uses no face model
 
 
 def test_changing_one_parameter_reruns_only_the_affected_cells_and_descendants(demo_run, tmp_path):
@@ -290,7 +301,8 @@ def test_corrupt_or_faceless_reference_image_is_one_line(config, tmp_path, capsy
 
     Image.new("RGB", (200, 200), (128, 128, 128)).save(grey)
     config.update(results_dir=str(tmp_path / "results"))
-    for image, expected in ((corrupt, f"image {corrupt} cannot be read"), (grey, f"no face found in {grey}")):
+    cases = ((corrupt, f"identities[0].image: {corrupt} cannot be read"), (grey, f"no face found in {grey}"))
+    for image, expected in cases:
         config["identities"] = [{"id": "bad", "image": str(image)}]
         code, errors = run_cli(capsys, "embed-identities", "--config", write(tmp_path, config))
         assert code == 1 and len(errors) == 1 and expected in errors[0], errors
@@ -332,7 +344,7 @@ def test_missing_weights_folder_is_one_line(config, tmp_path, capsys):
     code, errors = run_cli(capsys, "generate", "--config", write(tmp_path, config), "--cell", CELL)
     assert code == 1 and len(errors) == 1
     # the job stops at the first thing it lacks: the model's ready marker under the missing folder
-    assert "nowhere" in errors[0] and "run the prepare_model rule for" in errors[0]
+    assert "nowhere" in errors[0] and "; prepare it: `fewstep prepare-model --config " in errors[0]
 
 
 def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, capsys, monkeypatch):
@@ -477,11 +489,49 @@ def test_only_out_of_memory_is_retried(tiny_config, tmp_path, capsys, monkeypatc
     assert note.exists() and calls == [4, 1]
     assert attempt(3, 1) == (
         1,
-        [f"fewstep generate: error: {unreadable} (not retried: only CUDA out of memory is)"],
+        [
+            f"fewstep generate: error: {unreadable} "
+            "(not retried: only CUDA out of memory and network errors are)"
+        ],
     )
     assert calls == [4, 1]  # not run again
     monkeypatch.undo()  # the input fixed, a new run (attempt 1) starts clean
     assert attempt(1, 1) == (0, []) and not note.exists()
+
+
+def test_no_job_retries_an_error_a_retry_cannot_change(config, tmp_path, capsys, monkeypatch):
+    """Every rule passes Snakemake's attempt: a faceless picture (the embed_identity job's error)
+    is noted by the first attempt, and the retry repeats its line without embedding anything;
+    each job has its own note; a network error is retried for real."""
+    from PIL import Image
+
+    from fewstep.core.errors import NetworkError
+
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(grey)
+    config.update(results_dir=str(tmp_path / "results"))
+    config["identities"] = [{"id": "grey", "image": str(grey)}, config["identities"][0]]
+    path = write(tmp_path, config)
+    calls = []
+    real = precompute.embed_identities
+    monkeypatch.setattr(precompute, "embed_identities", lambda *a: calls.append(a[1]) or real(*a))
+
+    def attempt(number: int, identity: str = "grey") -> tuple[int, list[str]]:
+        args = ["--config", path, "--identity", identity, "--attempt", str(number)]
+        return run_cli(capsys, "embed-identities", *args)
+
+    code, errors = attempt(1)
+    assert code == 1 and len(errors) == 1 and f"no face found in {grey}" in errors[0]
+    note = Paths(config).no_retry_note("embed-identities", "grey")
+    assert note.read_text().strip() == errors[0].removeprefix("fewstep embed-identities: error: ")
+    assert attempt(2) == (1, [f"{errors[0]} (not retried: only CUDA out of memory and network errors are)"])
+    assert calls == [["grey"]]  # the retry embedded nothing
+    assert attempt(1, "astronaut") == (0, []) and calls[-1] == ["astronaut"]  # its own note: none
+    monkeypatch.setattr(
+        precompute, "embed_identities", lambda *a: (_ for _ in ()).throw(NetworkError("hub down"))
+    )
+    assert attempt(1, "astronaut")[0] == 1
+    assert not Paths(config).no_retry_note("embed-identities", "astronaut").exists()
 
 
 def test_a_missing_or_broken_config_file_is_one_line_with_file_and_line(tmp_path, capsys):

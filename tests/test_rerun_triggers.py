@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     assert failed.returncode != 0
     record = cell_dir.parent / "generation.json"  # the record of the job that rendered the cell
     advice = (
-        f"generated image {image} is corrupt; delete it, then rerun with `--forcerun "
+        f"generated image {image} is corrupt; rerun with `--forcerun "
         f"{record}` added to your snakemake command"
     )
     assert advice in failed.stdout + failed.stderr  # on the console (show-failed-logs)
@@ -242,6 +243,42 @@ def test_a_corrupt_generated_image_is_made_again_as_the_message_says(demo):
     }
     assert remade == {manifest["item_id"].iloc[0]}  # the others were kept
     assert planned(demo, demo_file) == []
+
+
+def test_deleted_images_and_manifests_are_named_and_the_named_command_makes_exactly_those(demo):
+    """A plain rerun would do nothing (Snakemake checks a generation job's record only): it names
+    the gone files in one line with a command; that command makes exactly them again."""
+    demo_file = REPO / "config" / "demo.yaml"
+    cells = Path("results/demo/cells") / CELL.rsplit("/", 1)[0]
+    before = {
+        cell: pd.read_parquet(demo / cells / cell / "manifest.parquet").set_index("item_id")
+        for cell in ("1", "2", "4")
+    }
+    image = cells / "1" / before["1"]["image"].iloc[1]
+    original = pixels(demo / image)
+    (demo / image).unlink()
+    (demo / cells / "4" / "manifest.parquet").unlink()
+    plain = snakemake(demo, "-n", configfile=demo_file)
+    (hint,) = [line for line in plain.stderr.splitlines() if line.startswith("fewstep:")]
+    assert hint.startswith(
+        f"fewstep: 2 generated file(s) of finished jobs are gone ({cells / '4' / 'manifest.parquet'}"
+    )
+    (command,) = re.findall(r"`([^`]+)`", hint)
+    words = shlex.split(command)
+    assert words[:2] == ["snakemake", "--forcerun"]
+    rerun = snakemake(demo, "--cores", "2", *words[1:])
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert pixels(demo / image) == original  # the same image (its provenance names the code's commit)
+    for cell, manifest in before.items():
+        again = pd.read_parquet(demo / cells / cell / "manifest.parquet").set_index("item_id")
+        remade = {
+            item
+            for item in manifest.index
+            if again.loc[item, "generated_at"] != manifest.loc[item, "generated_at"]
+        }
+        assert remade == ({manifest.index[1]} if cell == "1" else set()), cell
+    quiet = snakemake(demo, "-n", configfile=demo_file)
+    assert "fewstep:" not in quiet.stderr and planned(demo, demo_file) == []
 
 
 SD_DOWNSTREAM = {"aggregate": 1, "report": 1, "wandb_aggregate": 1}

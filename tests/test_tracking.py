@@ -460,5 +460,5 @@ def test_sync_lists_unsynced_runs_and_needs_a_key(isolated, tmp_path) -> None:
     assert real.returncode == 1
     assert real.stderr.strip().splitlines() == [
         "fewstep wandb-sync: error: no W&B API key: set WANDB_API_KEY or run `wandb login`, "
-        "then rerun `fewstep wandb-sync`"
+        f"then rerun `fewstep wandb-sync --config {config_file}`"
     ]

@@ -106,5 +106,6 @@ def test_workspace_command_writes_the_spec_offline_and_needs_a_key_to_save(demo,
     assert saved.returncode == 1
     assert saved.stderr.strip().splitlines() == [
         "fewstep wandb-workspace: error: no W&B API key: set WANDB_API_KEY or run `wandb login`, then "
-        "rerun `fewstep wandb-workspace` (or pass --out FILE to write the spec offline)"
+        f"rerun `fewstep wandb-workspace --config {config_file}` "
+        "(or pass --out FILE to write the spec offline)"
     ]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fewstep.core.errors import ConfigError, DiskFullError, FewstepError, OutOfMemoryError
+from fewstep.core.errors import ConfigError, DiskFullError, FewstepError, NetworkError, OutOfMemoryError
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -26,7 +26,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     if not paths:
         raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
     config = load(paths)
+    from fewstep.core import jobenv
     from fewstep.core.paths import Paths
+
+    jobenv.CONFIG_FILES[:] = [str(path) for path in paths]  # for the commands error messages name
 
     os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(config).cache_dir))  # read by fewstep.faces
     return config
@@ -51,7 +54,12 @@ def cmd_validate(args: argparse.Namespace) -> None:
         f"images, weights={config['weights']}"
     )
     for cell in grid.cells:
-        print(f"  {cell.id}")
+        items = grid.items_of(cell)
+        picture = ("reference", "references") if grid.reads_references(cell) else ("identity", "identities")
+        crossed = [len({getattr(item, key) for item in items}) for key in ("identity", "prompt", "seed")]
+        words = [picture, ("prompt", "prompts"), ("seed", "seeds")]
+        counts = " x ".join(f"{n} {word[n != 1]}" for n, word in zip(crossed, words, strict=True))
+        print(f"  {cell.id}: {len(items)} {'item' if len(items) == 1 else 'items'} ({counts})")
 
 
 def cmd_estimate(args: argparse.Namespace) -> None:
@@ -78,8 +86,30 @@ def snakemake_configfiles(argv: list[str]) -> list[str]:
     return files
 
 
+def nested_config_overrides(argv: list[str]) -> list[str]:
+    """Snakemake arguments `argv` with each dotted ``--config`` key (``wandb.mode=disabled``, which
+    Snakemake rejects with a traceback) written as the nested override it takes
+    (``wandb={mode: disabled}``; Snakemake merges nested overrides into the config key by key)."""
+    from fewstep.core.config import nested_override
+
+    out: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg in ("--config", "-C"):
+            taking = True
+        elif arg.startswith("-"):
+            taking = False
+        elif taking and "=" in arg and "." in arg.partition("=")[0]:
+            name, _, value = arg.partition("=")
+            arg = nested_override(name, value)
+            print(f"fewstep snakemake: --config {name}={value} read as --config '{arg}'", file=sys.stderr)
+        out.append(arg)
+    return out
+
+
 def cmd_snakemake(args: argparse.Namespace) -> None:
-    """Check every ``--configfile`` (exists, valid YAML), then run Snakemake with the arguments.
+    """Check every ``--configfile`` (exists, valid YAML), turn dotted ``--config`` keys into nested
+    overrides, then run Snakemake with the arguments.
 
     Snakemake reads config files in its own command line, before the workflow runs, and answers a
     missing file or a YAML error with a traceback or a line naming neither file nor line.
@@ -88,7 +118,8 @@ def cmd_snakemake(args: argparse.Namespace) -> None:
 
     for path in snakemake_configfiles(args.snakemake_args):
         read_config_file(path)
-    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args.snakemake_args])
+    argv = nested_config_overrides(args.snakemake_args)
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *argv])
 
 
 def cmd_config_reference(args: argparse.Namespace) -> None:
@@ -240,10 +271,17 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config", nargs="+", type=Path, help="config YAML file(s), later win (default: $FEWSTEP_CONFIG)"
         )
+        if name not in ("validate", "wandb-sync", "wandb-workspace"):  # the commands rules run as jobs
+            p.add_argument(
+                "--attempt",
+                type=int,
+                help="Snakemake's attempt: a retry runs only after an error a retry can change "
+                "(CUDA out of memory, the network)",
+            )
         p.set_defaults(func=func)
         return p
 
-    add("validate", cmd_validate, "check a config and list its cells")
+    add("validate", cmd_validate, "check a config and list its cells with their items")
     add(
         "estimate", cmd_estimate, "images, GPU hours, disk and downloads of a sweep, before running it"
     ).add_argument(
@@ -294,7 +332,6 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, help="output table of --cell (default: the workflow's path)")
         if name != "trajectory":
             p.add_argument("--batch-size", type=int, help="images per batch (default: from the config)")
-            p.add_argument("--attempt", type=int, help="Snakemake's attempt (a retry runs only after OOM)")
     add("aggregate", cmd_aggregate, "summarise all cells").add_argument(
         "--out", type=Path, help="summary table (default: the workflow's path); the other tables go beside it"
     )
@@ -325,24 +362,51 @@ def out_of_memory(args: argparse.Namespace) -> OutOfMemoryError:
     )
 
 
+#: how libraries that write natively say ENOSPC without an OSError (safetensors, pyarrow, torch)
+NO_SPACE = ("No space left on device", "os error 28", "errno 28")
+
+
 def disk_full(err: BaseException) -> DiskFullError | None:
-    """The full-disk error somewhere in `err`'s chain (wandb, pyarrow and PIL wrap or re-raise it)."""
+    """The full-disk error somewhere in `err`'s chain (wandb, pyarrow and PIL wrap or re-raise it;
+    safetensors and torch's writers raise their own types, naming only the OS error)."""
     while err is not None:
         if isinstance(err, DiskFullError):
             return err
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             return DiskFullError(err.filename or "the results folder")
+        if any(text in str(err) for text in NO_SPACE):
+            return DiskFullError("an output file")
         err = err.__cause__ or err.__context__
     return None
 
 
+#: the options that say which job of a rule a command is (the others say how it runs)
+JOB_OPTIONS = (
+    "cell",
+    "job",
+    "model",
+    "family",
+    "file",
+    "length",
+    "negative",
+    "prompt",
+    "identity",
+    "reference",
+)
+
+
 def _no_retry_note(args: argparse.Namespace) -> Path | None:
-    """Where a job records an error no retry can fix, for the rule's next attempt to see."""
+    """Where a job records an error no retry can fix, for the rule's next attempt to see: one
+    file per job (`JOB_OPTIONS`), so two jobs of one rule never read each other's."""
     if getattr(args, "attempt", None) is None:
         return None
     from fewstep.core.paths import Paths
 
-    return Paths(_config(args)).no_retry_note(args.command, args.cell or getattr(args, "job", None))
+    values = [getattr(args, name, None) for name in JOB_OPTIONS]
+    label = "/".join(
+        ",".join(map(str, v)) if isinstance(v, list) else str(v) for v in values if v is not None
+    )
+    return Paths(_config(args)).no_retry_note(args.command, label)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -361,9 +425,10 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a user-fixable error is one line on stderr and exit 1.
 
-    Snakemake retries a failed generate or score job (`--attempt` > 1) to halve the batch
-    after CUDA ran out of memory. Any other error would only fail again, so the first
-    attempt leaves a note and the retries repeat its line at once instead of working.
+    Snakemake retries a failed job (`--attempt` > 1): a generate or score job with half the
+    batch after CUDA ran out of memory, a download after the network failed. Any other error
+    would only fail again (Snakemake cannot tell errors apart), so the first attempt leaves a
+    note and the retries repeat its line at once instead of working.
     """
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["snakemake"]:  # every later argument is Snakemake's, options included
@@ -373,13 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         note = _no_retry_note(args)
         if note is not None and args.attempt > 1 and note.exists():
-            raise FewstepError(f"{note.read_text().strip()} (not retried: only CUDA out of memory is)")
+            raise FewstepError(
+                f"{note.read_text().strip()} (not retried: only CUDA out of memory and network errors are)"
+            )
         if note is not None:
             note.unlink(missing_ok=True)
         try:
             _run(args)
         except Exception as err:
-            if note is not None and not isinstance(err, OutOfMemoryError):
+            if note is not None and not isinstance(err, OutOfMemoryError | NetworkError):
                 from fewstep.core.io import atomic_write_text
 
                 line = str(err) if isinstance(err, FewstepError) else f"{type(err).__name__}: {err}"

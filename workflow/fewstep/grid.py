@@ -233,11 +233,8 @@ class Grid:
         return self.known_families[self.backbone(cell)["family"]]
 
     def cells_of(self, backbone: str | None = None, adapter: str | None = None) -> list[Cell]:
-        return [
-            c
-            for c in self.cells
-            if (backbone is None or c.backbone == backbone) and (adapter is None or c.adapter == adapter)
-        ]
+        wanted = [(backbone, "backbone"), (adapter, "adapter")]
+        return [c for c in self.cells if all(v is None or getattr(c, k) == v for v, k in wanted)]
 
     @property
     def anchor(self) -> Cell | None:
@@ -246,10 +243,8 @@ class Grid:
 
     @property
     def comparison(self) -> tuple[Cell, Cell] | None:
-        comparison = self.config.get("comparison")
-        if not comparison:
-            return None
-        return Cell.parse(comparison["baseline"]), Cell.parse(comparison["candidate"])
+        pair = self.config.get("comparison")
+        return (Cell.parse(pair["baseline"]), Cell.parse(pair["candidate"])) if pair else None
 
     @property
     def trajectory_cells(self) -> list[Cell]:
@@ -358,13 +353,17 @@ class Grid:
 
     @property
     def models(self) -> list[str]:
-        """Registry models this sweep needs prepared (generation and the configured metrics)."""
-        names = {name for cell in self.cells for name in self.generation_models(cell)}
-        for family in self.families:
-            names.add(self.text_encoder_backbone(family))
+        """Registry models this sweep needs prepared (what makes each cell, the configured metrics)."""
+        names = {name for cell in self.cells for name in self.cell_models(cell)}
         names.update(scoring_models(self.config, {m for cell in self.cells for m in self.cell_metrics(cell)}))
-        if any(self.needs_identity_embeddings(cell) for cell in self.cells):
-            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})  # the embed_identities rule's models
+        return sorted(names)
+
+    def cell_models(self, cell: Cell) -> list[str]:
+        """Registry models whose output a cell's images depend on: its generation, its prompt
+        embeddings and, for face-conditioned cells, the embed_identity rule's (its provenance)."""
+        names = {*self.generation_models(cell), self.text_encoder_backbone(self.backbone(cell)["family"])}
+        if self.needs_identity_embeddings(cell):
+            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})
         return sorted(names)
 
     def model_usage(self, name: str) -> Usage:

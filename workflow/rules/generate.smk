@@ -46,10 +46,12 @@ rule trajectory:
         gpu=GPU,
         mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
         runtime=240,
+        attempt=attempt_number,
     params:
         cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
         max_items=CONFIG["trajectory"]["max_items"],
         face=CONFIG["face"],
     shell:
         "python -m fewstep trajectory"
-        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps} > {log:q} 2>&1"
+        " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"

@@ -9,8 +9,10 @@ rule prepare_model:
     resources:
         mem_mb=8000,
         runtime=240,
+        attempt=attempt_number,
     params:
         # a changed hub revision (config revisions) fetches the model again
         revision=lambda w: model_revision(CONFIG, w.model),
     shell:
-        "python -m fewstep prepare-model --model {wildcards.model} > {log:q} 2>&1"
+        "python -m fewstep prepare-model --model {wildcards.model}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"

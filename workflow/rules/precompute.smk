@@ -25,12 +25,13 @@ rule embed_prompt:
         gpu=GPU,
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=60,
+        attempt=attempt_number,
     params:
         # Re-embed when a prompt's text changes (the encoders are the input marker).
         texts=PROMPT_TEXTS,
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --length {wildcards.length} > {log:q} 2>&1"
+        " --length {wildcards.length} --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule embed_identity:
@@ -49,12 +50,14 @@ rule embed_identity:
     resources:
         mem_mb=4000,
         runtime=30,
+        attempt=attempt_number,
     params:
         # Re-embed when the picture's content (or builtin name) or the face choice changes.
         picture=lambda w: GRID.pictures[w.identity],
         policy=CONFIG["face"]["policy"],
     shell:
-        "python -m fewstep embed-identities --identity {wildcards.identity} > {log:q} 2>&1"
+        "python -m fewstep embed-identities --identity {wildcards.identity}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule embed_sd_prompt:
@@ -78,6 +81,7 @@ rule embed_sd_prompt:
         gpu=GPU,
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=30,
+        attempt=attempt_number,
     params:
         # Re-embed when a prompt's text or the negative prompt changes.
         texts=PROMPT_TEXTS,
@@ -87,7 +91,7 @@ rule embed_sd_prompt:
         or "",
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --negative {wildcards.negative} > {log:q} 2>&1"
+        " --negative {wildcards.negative} --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule embed_reference:
@@ -109,9 +113,10 @@ rule embed_reference:
         gpu=GPU,
         mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=30,
+        attempt=attempt_number,
     params:
         # Re-embed when the picture's content (or builtin name) changes.
         picture=lambda w: GRID.reference_pictures[w.reference],
     shell:
         "python -m fewstep embed-references --family {wildcards.family} --file {wildcards.file}"
-        " --reference {wildcards.reference} > {log:q} 2>&1"
+        " --reference {wildcards.reference} --attempt {resources.attempt} > {log:q} 2>&1"

@@ -23,12 +23,14 @@ rule aggregate:
     resources:
         mem_mb=4000,
         runtime=30,
+        attempt=attempt_number,
     params:
         report=CONFIG["report"],
         anchor=CONFIG.get("anchor"),
         comparison=CONFIG.get("comparison"),
     shell:
-        "python -m fewstep aggregate --out {output.summary:q} > {log:q} 2>&1"
+        "python -m fewstep aggregate --out {output.summary:q}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule report:
@@ -69,7 +71,9 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+        attempt=attempt_number,
     params:
         report=CONFIG["report"],
     shell:
-        "python -m fewstep report --summary {input.summary:q} --out {output.page:q} > {log:q} 2>&1"
+        "python -m fewstep report --summary {input.summary:q} --out {output.page:q}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"

@@ -12,11 +12,13 @@ rule wandb_aggregate:
     resources:
         mem_mb=2000,
         runtime=30,
+        attempt=attempt_number,
     params:
         # switching tracking on (or to another project) relogs the sweep, never regenerates a cell
         wandb=CONFIG["wandb"],
     shell:
-        "python -m fewstep wandb-aggregate --out {output:q} > {log:q} 2>&1"
+        "python -m fewstep wandb-aggregate --out {output:q}"
+        " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule wandb_sync:

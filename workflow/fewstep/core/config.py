@@ -10,6 +10,7 @@ need only jsonschema.)
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -42,9 +43,44 @@ def _first_error(config: dict[str, Any], schema: dict[str, Any]) -> str | None:
     # The deepest error names the precise key; oneOf errors carry sub-errors.
     error = jsonschema.exceptions.best_match(errors)
     key = _key_path(error.absolute_path)
-    if error.validator == "additionalProperties":
-        return f"{key}: {error.message}; remove it or check its spelling"
+    if error.validator in ("required", "additionalProperties") and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        unexpected = (
+            sorted(set(error.instance) - known) if error.schema.get("additionalProperties") is False else []
+        )
+        missing = [name for name in error.schema.get("required", []) if name not in error.instance]
+        for name in unexpected:
+            if "." in name and name.split(".")[0] in known:  # `--config wandb.mode=x`
+                return f"{key}: {_dotted_override_hint(name, error.instance[name])}"
+        for name in unexpected:
+            close = difflib.get_close_matches(name, missing or sorted(known), n=1)
+            if close:
+                what = f"the required key {close[0]!r} is missing and " if close[0] in missing else ""
+                return f"{key}: {what}{name!r} is not a key; did you mean {close[0]!r}? Rename it"
+        if unexpected:
+            return f"{key}: {unexpected[0]!r} is not a key; remove it or check its spelling"
     return f"{key}: {error.message.splitlines()[0]}"
+
+
+def nested_override(name: str, value: Any) -> str:
+    """`a.b.c` and its value as the nested override Snakemake's --config takes: ``a={b: {c: value}}``."""
+    head, *rest = name.split(".")
+    if isinstance(value, str):  # as YAML reads it, so the override shows no needless quotes
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    nested: Any = value
+    for part in reversed(rest):
+        nested = {part: nested}
+    return f"{head}={yaml.safe_dump(nested, default_flow_style=True, width=10**6).strip()}"
+
+
+def _dotted_override_hint(name: str, value: Any) -> str:
+    return (
+        f"{name!r} is not a key: Snakemake's --config takes no dotted keys; "
+        f"write the nested override --config '{nested_override(name, value)}'"
+    )
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -217,8 +253,10 @@ def _expand_identities(identities: str | list[Any]) -> list[dict[str, str]]:
     entries = [identities] if isinstance(identities, str) else identities
     out: list[dict[str, str]] = []
     origin: dict[str, str] = {}  # id -> the file (or entry) that gave it, for duplicate errors
-    for entry in entries:
+    for index, entry in enumerate(entries):
         found = [_held_out(entry)] if isinstance(entry, dict) else _identity_folder(entry)
+        if isinstance(entry, dict):
+            _check_identity_pictures(entry, index)
         for identity in found:
             if identity["id"] in origin:
                 raise ConfigError(
@@ -260,8 +298,6 @@ def _identity_folder(pattern: str) -> list[dict[str, Any]]:
     the adapter, the others are held out."""
     import glob
 
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(pattern).expanduser()
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if subfolders and not _pictures_of(folder):
@@ -286,14 +322,7 @@ def _identity_folder(pattern: str) -> list[dict[str, Any]]:
         raise ConfigError(f"config identities: {where} holds no pictures ({suffixes}); add one per identity")
     out = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ConfigError(
-                f"config identities: {path} cannot be read as a picture ({type(err).__name__}); "
-                "replace or remove it"
-            ) from None
+        check_picture(str(path), "identities")
         out.append({"id": _identity_id(path), "image": str(path)})
     return out
 
@@ -308,6 +337,41 @@ def _identity_id(path: Path) -> str:
     return identity
 
 
+def _check_identity_pictures(entry: dict[str, Any], index: int) -> None:
+    """Every picture an explicit identity entry names (conditioning and held out), each by its key."""
+    if "images" in entry:
+        for number, image in enumerate(entry["images"]):
+            check_picture(image, f"identities[{index}].images[{number}]")
+        return
+    check_picture(entry["image"], f"identities[{index}].image")
+    for number, image in enumerate(entry.get("heldout", [])):
+        check_picture(image, f"identities[{index}].heldout[{number}]")
+
+
+def check_picture(image: str, key: str) -> None:
+    """A picture entry a job can read: a file whose header and data PIL verifies, or a builtin an
+    installed package ships. Checked with the config, so a bad one stops the run before the DAG."""
+    from fewstep.core.images import builtin_problem
+
+    if image.startswith("builtin:"):
+        problem = builtin_problem(image.removeprefix("builtin:"))
+        if problem:
+            raise ConfigError(f"config {key}: {problem}")
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(image)
+    if not path.is_file():
+        raise ConfigError(f"config {key}: {image} does not exist; fix the path or remove the entry")
+    try:
+        with Image.open(path) as picture:
+            picture.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(
+            f"config {key}: {path} cannot be read as a picture ({type(err).__name__}); replace or remove it"
+        ) from None
+
+
 def _duplicates(values: list[str]) -> list[str]:
     seen: set[str] = set()
     return sorted({v for v in values if v in seen or seen.add(v)})
@@ -320,6 +384,8 @@ def _check_references(config: dict[str, Any]) -> None:
     dup = _duplicates([r["id"] for r in config["references"]])
     if dup:
         raise ConfigError(f"config references: duplicated id {dup[0]!r}; give every reference a unique id")
+    for index, reference in enumerate(config["references"]):
+        check_picture(reference["image"], f"references[{index}].image")
     for index, block in enumerate(config["cells"]):
         for name in block["backbones"]:
             if name not in config["backbones"]:

@@ -18,6 +18,10 @@ class WeightsError(FewstepError, RuntimeError):
     """Model weights missing, gated or unusable."""
 
 
+class NetworkError(WeightsError):
+    """A download failed on the way (unreachable hub, dropped connection): a retry may succeed."""
+
+
 class DiskFullError(FewstepError, OSError):
     """No space left while writing an output; finished outputs stay as they are."""
 

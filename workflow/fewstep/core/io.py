@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +95,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
-    """Let `writer(tmp_path)` produce the file (e.g. DataFrame.to_parquet)."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
-
-
 def encode_png(pixels: Any, metadata: dict[str, str] | None = None, compress_level: int = 6) -> bytes:
     """PNG bytes of an HxWx3 uint8 RGB array, with text chunks (provenance) when given (zlib level 0-9)."""
     from PIL import Image
@@ -128,12 +122,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def write_table(path: str | Path, frame: Any) -> None:
-    """A DataFrame to .parquet or .csv (by suffix), atomically."""
+    """A DataFrame to .parquet or .csv (by suffix), atomically. Encoded in memory, then written
+    through Python like every other output: a full disk raises the same OSError (ENOSPC) here as
+    anywhere, where pyarrow's own writer would raise its own error type."""
     path = Path(path)
+    buffer = io.BytesIO()
     if path.suffix == ".parquet":
-        atomic_write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        frame.to_parquet(buffer, index=False)
     else:
-        atomic_write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+        frame.to_csv(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
+
+#: the config file(s) this process read (`fewstep.cli` records them), for the commands hints name
+CONFIG_FILES: list[str] = []
+
+
+def config_option() -> str:
+    """``--config <file>`` for a command an error message names: the files this process read,
+    else the job's resolved config ($FEWSTEP_CONFIG), else a placeholder."""
+    files = CONFIG_FILES or ([os.environ["FEWSTEP_CONFIG"]] if os.environ.get("FEWSTEP_CONFIG") else [])
+    return "--config " + (" ".join(shlex.quote(f) for f in files) if files else "<your config>")
 
 
 def export(package_dir: str | Path, config_file: str | Path) -> None:

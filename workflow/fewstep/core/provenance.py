@@ -66,8 +66,7 @@ def device_name(device: Any) -> str:
 
 
 def model_revisions(config: dict[str, Any], models: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Per model of the sweep (`models`: `Grid.models`) that is prepared: its hub repo,
-    requested revision, resolved commit."""
+    """Per model of `models` that is prepared: its hub repo, requested revision, resolved commit."""
     import json
 
     from fewstep.core.paths import Paths
@@ -82,7 +81,9 @@ def model_revisions(config: dict[str, Any], models: Iterable[str]) -> dict[str, 
 
 
 def record(config: dict[str, Any], models: Iterable[str], **extra: Any) -> dict[str, Any]:
-    """The provenance block stored with every table and image (`models`: the sweep's, `Grid.models`)."""
+    """The provenance block stored with every table and image. `models`: what made it (a cell's
+    images: `Grid.cell_models`; a sweep table: `Grid.models`), never whatever else is prepared, so
+    the same output written before or after another model was prepared has the same bytes."""
     from fewstep.core.config import config_hash
 
     return {

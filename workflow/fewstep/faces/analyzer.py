@@ -145,9 +145,11 @@ def select(faces: list[FaceBox], policy: str = "largest") -> FaceBox:
 
 
 def _pack_hint(folder: Path) -> str:
-    return (
-        f"run the workflow's face-model download rule to fetch it into {folder}, "
-        "or build the offline demo pack with fewstep.faces.analyzer.build_tiny_face_pack"
+    from fewstep.registry.prepare import prepare_command
+
+    return (  # "insightface": the pack's registry name (fewstep.faces.models, which imports this module)
+        f"prepare it: `{prepare_command('insightface')}` (downloads it into {folder}; "
+        "with tiny weights, builds the offline demo pack)"
     )
 
 

@@ -182,8 +182,11 @@ def load_irse50(
         raise ValueError(f"IR-SE config {config!r} is unknown; use auto or one of {sorted(CONFIGS)}")
     path = Path(path)
     if not path.is_file():
+        from fewstep.registry.prepare import prepare_command
+
+        # "arcface-irse50": the registry name (fewstep.faces.models, which imports this module)
         raise FaceModelError(
-            f"ArcFace checkpoint {path} does not exist: run the workflow's prepare_model rule "
+            f"ArcFace checkpoint {path} does not exist: prepare it: `{prepare_command('arcface-irse50')}` "
             "(downloads it for real weights, builds a tiny one for the demo)"
         )
     try:

@@ -188,7 +188,7 @@ class Family(Protocol):
     anchors_to_highest_step: bool
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
-        """Whether cells with this adapter read the identity embedding files (embed_identities rule)."""
+        """Whether cells with this adapter read the identity embedding files (embed_identity rule)."""
         ...
 
     def prompt_model(self, models: Sequence[str]) -> str:

@@ -269,7 +269,7 @@ def run_cells(
     generator = JobGenerator(config, cells[0])
     prov = provenance.record(
         config,
-        grid.models,
+        grid.cell_models(cells[0]),  # the job's cells share them; what else is prepared does not matter
         device=str(generator.device),
         device_name=generator.runtime["device_name"],
         dtype=generator.runtime["dtype"],

@@ -17,20 +17,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewstep.core.io import atomic_path
+from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    """A safetensors file, atomically: encoded in memory and written through Python, so a full disk
+    is the one `DiskFullError` (safetensors' own writer raises a `SafetensorError` for it)."""
+    from safetensors.torch import save
 
-    with atomic_path(path) as tmp:
-        save_file(
-            {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
-            str(tmp),
-            metadata,
-        )
+    data = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, metadata)
+    atomic_write_bytes(path, data)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

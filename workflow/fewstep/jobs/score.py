@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fewstep.core.config import fingerprint
+from fewstep.core.errors import InputError
 from fewstep.core.io import atomic_write_bytes, sha256_file, write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
@@ -86,7 +87,7 @@ def scored_inputs(grid: Grid, paths: Paths, cell: Cell) -> str:
     anchor = grid.score_anchor(cell)
     images = {}
     for source in (cell, anchor) if anchor is not None else (cell,):
-        manifest = pd.read_parquet(paths.manifest(source.id), columns=["item_id", "image"])
+        manifest = read_manifest(paths, source, columns=["item_id", "image"])
         folder = paths.cell_dir(source.id)
         images[source.id] = {row.item_id: _file_digest(folder / row.image) for row in manifest.itertuples()}
     return fingerprint({"score_hash": grid.score_hash(cell), "images": images})
@@ -131,20 +132,37 @@ def run_job(
     return paths.score_record(job_id)
 
 
+def regenerate_hint(record: Path) -> str:
+    """The fix for a generated file that is gone or damaged: forcing its generation job's record
+    (Snakemake checks only the record), which makes exactly the missing or damaged images again."""
+    return (
+        f"rerun with `--forcerun {record}` added to your snakemake command (its cell's other images are kept)"
+    )
+
+
+def read_manifest(paths: Paths, cell: Cell, columns: list[str] | None = None) -> pd.DataFrame:
+    """A cell's manifest; a missing or unreadable one stops the job with one line and the fix."""
+    path = paths.manifest(cell.id)
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, ValueError) as err:
+        problem = f"cannot be read ({type(err).__name__})"
+    record = paths.generation_record(cell.job)
+    raise InputError(f"manifest {path} of cell {cell.id} {problem}; {regenerate_hint(record)}")
+
+
 def read_generated(path: Path, record: Path) -> np.ndarray:
-    """Decode a generated PNG fully; a corrupt one stops the job with one line naming it and
-    the command that regenerates it: forcing its generation job's record (a missing manifest
-    alone would not do: Snakemake skips a missing intermediate file while everything after
-    it is up to date)."""
-    from fewstep.core.images import InputError, load_rgb
+    """Decode a generated PNG fully; a missing or corrupt one stops the job with one line naming
+    it and the command that regenerates it."""
+    from fewstep.core.images import load_rgb
 
     try:
         return load_rgb(path)
     except InputError:
-        raise InputError(
-            f"generated image {path} is corrupt; delete it, then rerun with `--forcerun {record}` "
-            "added to your snakemake command (its cell's other images are kept)"
-        ) from None
+        problem = "is missing" if not path.exists() else "is corrupt"
+        raise InputError(f"generated image {path} {problem}; {regenerate_hint(record)}") from None
 
 
 def _anchor_images(grid: Grid, paths: Paths, cell: Cell) -> tuple[dict[str, Path], Path | None]:
@@ -153,7 +171,7 @@ def _anchor_images(grid: Grid, paths: Paths, cell: Cell) -> tuple[dict[str, Path
     anchor = grid.score_anchor(cell)
     if anchor is None:
         return {}, None
-    manifest = pd.read_parquet(paths.manifest(anchor.id), columns=["item_id", "image"])
+    manifest = read_manifest(paths, anchor, columns=["item_id", "image"])
     images = {row.item_id: paths.cell_dir(anchor.id) / row.image for row in manifest.itertuples()}
     return images, paths.generation_record(anchor.job)
 
@@ -190,7 +208,7 @@ def run(
     grid, paths = Grid(config), Paths(config)
     cell = grid.cell(cell_id)
     out = Path(out or paths.scores(cell.id))
-    manifest = pd.read_parquet(paths.manifest(cell.id))
+    manifest = read_manifest(paths, cell)
     references = {item.identity: None for item in grid.items_of(cell)}
     heldout = {  # an identity's held-out photos (style and object references have none)
         ref: []
@@ -232,7 +250,7 @@ def run(
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
     frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
-    write_table(out, stamp(frame, config, grid.models))
+    write_table(out, stamp(frame, config, [*grid.cell_models(cell), *grid.score_models(cell)]))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from fewstep.core import provenance
 from fewstep.core.io import atomic_write_bytes, encode_png, write_table
 from fewstep.core.paths import Paths
+from fewstep.faces.models import INSIGHTFACE
 from fewstep.families.base import Step
 from fewstep.grid import Grid, image_keys
 from fewstep.jobs.generate import JobGenerator
@@ -39,7 +40,8 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
     generator = JobGenerator(config, cell)
     scorer = IdentitySimilarity(config, JobModels(config))
     references = identity_images(config)
-    prov = provenance.record(config, grid.models)
+    models = [*grid.cell_models(cell), INSIGHTFACE.name]  # what made and scored its x0 images
+    prov = provenance.record(config, models)
     items = grid.items_of(cell)[: config["trajectory"]["max_items"]]
     rows: list[dict[str, Any]] = []
     progress_bar = tqdm(total=len(items) * cell.steps, desc=f"trajectory {cell.id}", unit="step")
@@ -87,6 +89,6 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                     }
                 )
     frame = pd.DataFrame(rows)
-    write_table(out, provenance.stamp(frame, config, grid.models))
+    write_table(out, provenance.stamp(frame, config, models))
     print(f"{cell.id}: trajectories of {len(items)} items x {cell.steps} steps -> {out}")
     return out

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fewstep.core.errors import WeightsError
+from fewstep.core.errors import NetworkError, WeightsError
 from fewstep.core.io import atomic_path
 from fewstep.registry.catalog import lookup, model_revision
 from fewstep.registry.spec import ModelSpec, Usage
@@ -72,14 +72,14 @@ def _hub_error(err: Exception, repo_id: str, gated: bool, revision: str) -> Weig
                 "cache; unset HF_HUB_OFFLINE, fill the cache, or point config revisions.<model> at the "
                 "cached commit"
             )
-        return WeightsError(
+        return NetworkError(
             f"{repo_id}@{revision}: the hub cannot be reached and the files are not cached; check the network"
         )
     if isinstance(err, RepositoryNotFoundError):
         return WeightsError(f"{repo_id} does not exist or is private; check the name at {page}")
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return _disk_full(repo_id)
-    return WeightsError(f"{repo_id}: download failed ({type(err).__name__}: {str(err).splitlines()[0]})")
+    return NetworkError(f"{repo_id}: download failed ({type(err).__name__}: {str(err).splitlines()[0]})")
 
 
 def _disk_full(what: str) -> WeightsError:
@@ -194,7 +194,7 @@ def fetch_url(url: str, path: Path) -> Path:
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise _disk_full(url) from None
-        raise WeightsError(
+        raise NetworkError(
             f"cannot download {url} ({err}); check the network, then rerun (it resumes)"
         ) from None
     with atomic_path(path) as tmp:

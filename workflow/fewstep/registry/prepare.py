@@ -18,9 +18,17 @@ from fewstep.registry.catalog import lookup, marker_path, model_folder, model_re
 from fewstep.registry.spec import Usage
 
 
+def prepare_command(model: str) -> str:
+    """The command that prepares `model` again (what the prepare_model rule runs): a plain rerun
+    keeps a model whose ready marker exists, even when its files are gone."""
+    from fewstep.core.jobenv import config_option
+
+    return f"fewstep prepare-model {config_option()} --model {model}"
+
+
 def missing_weights(path: Path, model: str) -> WeightsError:
-    """The error for a model file or folder that is not there: its fix is the prepare rule."""
-    return WeightsError(f"missing {path}; run the prepare_model rule for {model} first")
+    """The error for a model file or folder that is not there: its fix is preparing the model."""
+    return WeightsError(f"missing {path}; prepare it: `{prepare_command(model)}`")
 
 
 def prepare(config: dict[str, Any], name: str, usage: Usage) -> Path:

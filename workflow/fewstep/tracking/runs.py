@@ -46,6 +46,7 @@ import pandas as pd
 
 from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
+from fewstep.core.jobenv import config_option
 from fewstep.core.paths import Paths
 from fewstep.grid import KEYS, Grid
 
@@ -584,9 +585,8 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
         print(f"no unsynced offline W&B runs under {root}")
         return []
     if not dry_run and not api_key_present():
-        raise TrackingError(
-            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun `fewstep wandb-sync`"
-        )
+        again = f"`fewstep wandb-sync {config_option()}`"
+        raise TrackingError(f"no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun {again}")
     sync_dir = root / "sync"
     sync_dir.mkdir(parents=True, exist_ok=True)
     # wandb-core writes its port file (port_file.txt) and `wandb/` into the working directory

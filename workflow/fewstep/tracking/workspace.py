@@ -133,9 +133,11 @@ def save(config: dict[str, Any], entity: str | None) -> str:
     from fewstep.tracking.runs import TrackingError, api_key_present
 
     if not api_key_present():
+        from fewstep.core.jobenv import config_option
+
         raise TrackingError(
-            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun `fewstep wandb-workspace` "
-            "(or pass --out FILE to write the spec offline)"
+            "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun "
+            f"`fewstep wandb-workspace {config_option()}` (or pass --out FILE to write the spec offline)"
         )
     entity = entity or config["wandb"]["entity"] or wandb.Api().default_entity
     return workspace(config, entity).save().url
