@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fewstep.analysis.formats import fmt, html_table
 from fewstep.analysis.metric_registry import margin
 
 
@@ -136,7 +137,9 @@ def disagreements(summary: pd.DataFrame, encoders: list[Encoder]) -> pd.DataFram
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, border=0, classes="data", na_rep="-")
+    """The report's table: numbers by its digits policy, in its own scroll box."""
+    numbers = frame.astype(object).map(lambda v: v if isinstance(v, str) else fmt(v))
+    return html_table(numbers, "data")
 
 
 def study_agreement(comparison: pd.DataFrame, encoders: list[Encoder]) -> str:
