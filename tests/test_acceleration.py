@@ -160,6 +160,7 @@ def test_fp8_leaves_inductor_settings_alone(monkeypatch):
     assert (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions) == before
 
 
+@pytest.mark.slow
 def test_cache_threshold_zero_is_the_uncached_image_bit_for_bit(tiny_config, cond):
     eager = latents(load(tiny_config), cond)
     parts = load(tiny_config)
@@ -328,6 +329,7 @@ def test_row_major_restrides_a_batch_one_slice_without_copying_and_copies_a_stri
     assert copied.stride() == (64, 4, 1) and torch.equal(copied, batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["none", "first_block", "taylorseer", "mag"])
 def test_regional_compile_traces_the_same_arithmetic_once_per_block_class(tiny_config, cond, cache):
     """Dynamo over every compiled region (backend eager: the inductor kernels are the GPU's business).
@@ -379,6 +381,7 @@ def _pixels(path):
         return np.asarray(image)
 
 
+@pytest.mark.slow
 def test_a_mag_cache_job_follows_its_schedule_at_every_step_count(embedded, tmp_path):
     """One job runs steps 1, 2 and 4 with one set of hooks: each image on its own step count's
     ratios (MagCache, FLUX's ratios interpolated: 4 steps compute 0, 2 and 3; 2 steps both)."""

@@ -276,6 +276,7 @@ def test_widths_project_this_sweeps_spread_to_more_identities(sweep):
     assert (paired["mean_width"] < mean["mean_width"]).all()  # the shared effects cancel
 
 
+@pytest.mark.slow
 def test_missing_metric_is_not_available(tmp_path):
     config = validate(synth.raw_config(tmp_path))
     scores = synth.write_scores(config, lpips=False, images=False)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO
 
@@ -30,6 +31,7 @@ def run_benchmark(script: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_latency_benchmark_runs_every_cell_and_names_the_machine(tmp_path):
     out = tmp_path / "out"
     run_benchmark(
@@ -49,6 +51,7 @@ def test_latency_benchmark_runs_every_cell_and_names_the_machine(tmp_path):
     assert meta["card"] == "CPU" and meta["date"]
 
 
+@pytest.mark.slow
 def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_computes(tmp_path):
     out = tmp_path / "out"
     run_benchmark(
@@ -77,6 +80,7 @@ def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_
     assert re.search(r"\| flux-schnell-4 \| eager \| [0-9.]+ s \| [0-9.]+ s \| 1.00x \| – \|", table)
 
 
+@pytest.mark.slow
 def test_identity_margins_measure_each_encoders_same_photo_spread(tmp_path):
     """The demo's photos: the astronaut and her mirror image hold one face each; t1's crowd is left
     out (a copy may choose another of its people). dlib's trained model loses at most 0.008 on them."""

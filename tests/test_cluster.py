@@ -86,6 +86,7 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+@pytest.mark.slow
 def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     run = snakemake(tmp_path, "-n", "--config", "device=cuda", "weights=random", "--cores", "8")
     assert run.returncode == 0, tail(run)

@@ -72,6 +72,7 @@ def assert_one_disk_full_line(result: subprocess.CompletedProcess, command: str,
     ],
     ids=lambda job: job[0],
 )
+@pytest.mark.slow
 def test_every_job_on_a_full_disk_says_so_in_one_line_and_leaves_its_files_as_they_were(sweep, job):
     """The embedding jobs' safetensors, the images and journal, the tables: each job stops with the
     one disk-full line (no traceback), and nothing under the results folder is new or changed."""
@@ -95,6 +96,7 @@ def test_preparing_a_model_on_a_full_disk_leaves_no_ready_marker(embedded, tmp_p
     assert not list(models.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_aggregate_and_report_on_a_full_disk_say_so_in_one_line(tmp_path):
     from fewstep.analysis import aggregate
 
@@ -136,6 +138,7 @@ def test_a_full_disk_is_recognised_in_the_errors_native_writers_raise():
 # ------------------------------------------------------------------ deleted cell files
 
 
+@pytest.mark.slow
 def test_a_dry_run_names_the_deleted_files_of_a_finished_job_and_the_command(tmp_path):
     """Snakemake checks a generation job's record only: with the record there and a cell's image
     and another cell's manifest gone, a plain run would do nothing; the Snakefile says so in one line

@@ -57,6 +57,7 @@ def wait_for(predicate, timeout_s: float = 30.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_more_jobs_than_cards_never_share_a_card(tmp_path: Path) -> None:
     """Five jobs on two cards: each runs alone on its card, the rest wait their turn."""
     env = job_env(2, tmp_path / "locks")
@@ -145,6 +146,7 @@ def test_card_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_gpu_command_claims_a_card_before_it_starts(tmp_path: Path) -> None:
     """`fewstep embed-prompts` waits for the held card, takes it, and only then loads anything."""
     override = tmp_path / "cuda.yaml"

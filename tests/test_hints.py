@@ -53,6 +53,7 @@ def faces_only(tiny_config, tmp_path):
     return config, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["insightface", "arcface-irse50"])
 def test_a_face_model_whose_files_are_gone_names_the_command_that_prepares_it(faces_only, capsys, model):
     """The ready marker is there (a plain rerun prepares nothing), the files are not: the error
@@ -113,6 +114,7 @@ def source_hints() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_hint_in_the_source_names_a_command_that_exists():
     """Each `fewstep <command> ...` a message names is a command of the CLI with options it takes;
     each other tool's subcommand answers --help."""

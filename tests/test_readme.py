@@ -83,6 +83,7 @@ def test_the_readme_has_commands():
     assert "bash scripts/demo.sh" in " ".join(COMMANDS) and len(COMMANDS) >= 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_works_as_written(command):
     assignments, words = split(command)

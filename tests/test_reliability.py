@@ -70,6 +70,7 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 def test_sigkilled_generation_resumes_and_matches_an_uninterrupted_run(tiny_config, tmp_path):
     config, path = sweep(tiny_config, tmp_path / "killed")
     paths = Paths(config)
@@ -116,6 +117,7 @@ def test_a_killed_writer_leaves_no_half_file_and_no_torn_journal(tiny_config, tm
     assert len(records) == 5 and records[-1]["item_id"] == "group-t1/portrait/s0"  # only the lost one redone
 
 
+@pytest.mark.slow
 def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
     config, path = sweep(tiny_config, tmp_path, seeds=4)
     paths = Paths(config)
@@ -130,6 +132,7 @@ def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
     assert len(pd.read_parquet(paths.scores(CELL))) == 16
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, tmp_path):
     """Two sweeps that share nothing, tiny models built twice: the same bytes."""
     from fewstep.core.config import validate
@@ -400,6 +403,7 @@ def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeyp
     assert "black-forest-labs/FLUX.1-dev is gated and no Hugging Face token is set" in errors[0]
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, capsys, monkeypatch):
     config, path = sweep(tiny_config, tmp_path, seeds=2)
     paths = Paths(config)
@@ -548,6 +552,7 @@ def test_a_missing_or_broken_config_file_is_one_line_with_file_and_line(tmp_path
     ]
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_snakemake_is_explained_with_the_command(tmp_path):
     from fewstep.core.resume import stale_lock_hint
 

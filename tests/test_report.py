@@ -150,6 +150,7 @@ def test_page_tells_the_reader_what_it_is(full):
     assert "Trajectories: identity emergence and norm probes" in text
 
 
+@pytest.mark.slow
 def test_sections_without_data_say_so(tmp_path):
     config, page, text = make(tmp_path, lpips=False, trajectory=False)
     assert figures(page, "trajectory") == []
@@ -158,6 +159,7 @@ def test_sections_without_data_say_so(tmp_path):
     assert "lpips_ref.png" not in " ".join(figures(page, "regime"))
 
 
+@pytest.mark.slow
 def test_single_cell_without_anchor_or_comparison(tmp_path):
     """One backbone, adapter and step count, no anchor, no comparison: empty sections say why."""
     raw = synth.raw_config(tmp_path)
@@ -221,6 +223,7 @@ def test_block_heatmap_averages_items_per_step_and_block():
     assert block_matrix(off, "block_relative_double") is None
 
 
+@pytest.mark.slow
 def test_ablation_section_shows_identity_against_scale_and_window_and_the_latency_saved(tmp_path):
     """Scale and window cells with known identity and latency: the section's table gives them back."""
     import pandas as pd

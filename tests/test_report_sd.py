@@ -223,6 +223,7 @@ def test_the_page_has_a_section_per_sd_family(mixed):
         assert grid.height == 20 + 3 * 128 + 18
 
 
+@pytest.mark.slow
 def test_flux_rows_and_sections_are_those_of_a_flux_only_sweep(mixed, tmp_path):
     config, tables, page = mixed
     only = validate(synth.raw_config(tmp_path))

@@ -514,6 +514,7 @@ def _tables(config: dict, job: str) -> dict[str, bytes]:
     return {cell.id: Paths(config).scores(cell.id).read_bytes() for cell in Grid(config).job(job)}
 
 
+@pytest.mark.slow
 def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_path):
     alone = copy.deepcopy(job_config)
     alone["results_dir"] = str(tmp_path / "alone")
@@ -533,6 +534,7 @@ def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_
             pd.testing.assert_frame_equal(together, separate, check_exact=True)  # bit for bit
 
 
+@pytest.mark.slow
 def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
     dev, schnell = "flux-dev/infusenet-aes", "flux-schnell/infusenet-aes"
     for job in (dev, schnell):

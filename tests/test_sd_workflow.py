@@ -111,6 +111,7 @@ def test_run_job_writes_every_cells_images_and_resumes(sd_config):
     assert paths.journal(cell.id).read_text() == before  # nothing regenerated
 
 
+@pytest.mark.slow
 def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, tmp_path):
     """As for FLUX: killed twice mid-cell, then finished; kept images are not made again and
     every image equals an uninterrupted run's, byte for byte: its provenance names the cell's own

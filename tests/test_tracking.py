@@ -185,6 +185,7 @@ def test_offline_jobs_write_only_inside_results_and_use_no_network(isolated) -> 
     ]
 
 
+@pytest.mark.slow
 def test_stock_wandb_offline_is_caught_by_the_same_detectors(tmp_path) -> None:
     """The control: without fewstep.tracking.runs, wandb writes to HOME and looks up its server."""
     caught = run_isolated(tmp_path, demo_config(tmp_path), "stock")
@@ -226,6 +227,7 @@ def test_offline_run_reads_back_with_identity_config_and_summary(score_run, isol
     assert id_sims == [None, 0.25, 0.5, 0.75]
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_wandb_files_is_one_line(tmp_path) -> None:
     """W&B's offline files are most of a demo's results, so a full disk shows there first:
     the score job stops inside wandb.init with the one disk-full line naming the file, writes
@@ -443,6 +445,7 @@ def test_summarise_means_spread_and_counts() -> None:
 # ------------------------------------------------------------------ sync
 
 
+@pytest.mark.slow
 def test_sync_lists_unsynced_runs_and_needs_a_key(isolated, tmp_path) -> None:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(isolated["config"]))

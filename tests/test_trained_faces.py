@@ -81,6 +81,7 @@ def test_detection_finds_the_faces(folder: Path, astronaut, t1) -> None:
     assert T1_LARGEST in boxes and T1_MOST_CONFIDENT in boxes
 
 
+@pytest.mark.slow
 def test_the_same_face_scores_clearly_above_t1s_other_people(metric, astronaut, t1) -> None:
     """The whole metric: detection, chosen face, landmarks, chip, embedding, cosine."""
     same = metric.score([Sample({}, image, astronaut) for image in augmentations(astronaut).values()])

@@ -94,6 +94,7 @@ def test_sd_panels_draw_each_backbones_reference_curves(demo) -> None:
     assert len(lines) == 2 * 5  # per backbone: CSD, DINO, CLIP-I, CLIPScore, LPIPS to the anchor
 
 
+@pytest.mark.slow
 def test_workspace_command_writes_the_spec_offline_and_needs_a_key_to_save(demo, tmp_path) -> None:
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(demo))

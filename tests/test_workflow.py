@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from fewstep.core.config import load
 from fewstep.grid import Grid
@@ -54,6 +55,7 @@ def test_lint_passes():
     assert "Congratulations" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_parsing_the_workflow_writes_nothing(tmp_path):
     """--lint and -n build the DAG only: no resolved config, no folder of results."""
     for args in (["--lint"], ["-n", "--config", "seeds=[0,1]"]):
