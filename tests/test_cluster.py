@@ -340,14 +340,14 @@ def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: P
         check=True,
     ).stdout.splitlines()
     jobs = [line.split("|")[:4] for line in squeue]
-    # all but localrule all: 7 models, 4 embedding jobs (2 T5 lengths, 2 identities),
-    # 2 generate, 2 score, 2 trajectory,
+    # all but localrule all: 8 models (dlib's face models among them), 4 embedding jobs (2 T5
+    # lengths, 2 identities), 2 generate, 2 score, 2 trajectory,
     # aggregate, report and the W&B aggregate run
-    assert len(jobs) == 20 and all(state == "COMPLETED" for *_, state in jobs)
+    assert len(jobs) == 21 and all(state == "COMPLETED" for *_, state in jobs)
     for comment, partition, tres, _ in jobs:
         rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", comment).group(1)
         expected = ("gpu", "gres:gpu:h100:1") if rule in GPU_RULES else ("cpu", "N/A")
         assert (partition, tres) == expected, comment
     # one Slurm log per job in the profile's folder (kept for successful jobs too)
-    assert len(list((on_slurm / "logs/slurm").rglob("*.log"))) == 20
+    assert len(list((on_slurm / "logs/slurm").rglob("*.log"))) == 21
     assert len(list((on_slurm / "logs/slurm/rule_generate").glob("*/*.log"))) == 2

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fewstep.analysis.formats import fmt, html_table
-from fewstep.analysis.metric_registry import margin
+from fewstep.analysis.formats import fmt, fmt_ci, html_table
+from fewstep.analysis.metric_registry import margin, spec
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,9 @@ def study_agreement(comparison: pd.DataFrame, encoders: list[Encoder]) -> str:
     if len(found) < 2:
         return ""
     parts = ", ".join(
-        f"{html.escape(e.name)} {r['estimate']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
-        for e, r in found
+        f"{html.escape(e.name)} "
+        + fmt_ci(r["estimate"], r["ci_low"], r["ci_high"], True, bounds=spec(m).bounds.difference())
+        for (e, r), m in zip(found, [f"id_sim{e.suffix}_zero" for e, _ in found], strict=True)
     )
     signs = {np.sign(r["estimate"]) for _, r in found} - {0.0}
     verdict = "agree on its sign" if len(signs) <= 1 else "<b>disagree on its sign</b>"
