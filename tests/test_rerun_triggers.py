@@ -181,20 +181,28 @@ def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
 
 
-def test_a_bad_picture_for_one_identity_loses_nothing_of_the_others(demo):
+def test_a_bad_picture_for_one_identity_stops_before_any_job_and_loses_nothing(demo):
+    """A picture no job could read is refused with the config, before the DAG: no job starts,
+    so nothing is retried, and every finished embedding stays as it was."""
     broken = demo / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    config = demo_config(face={"policy": "highest_score"})  # every identity must be embedded again
+    config = demo_config(face={"policy": "highest_score"})  # every identity would be embedded again
     config["identities"].append({"id": "broken", "image": str(broken)})
     configfile = write_config(demo, config)
     folder = demo / "results" / "demo" / "embeddings" / "identities"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     targets = [f"results/demo/embeddings/identities/{i['id']}.safetensors" for i in config["identities"]]
     result = snakemake(demo, *targets, "--cores", "2", configfile=configfile)
     assert result.returncode != 0
-    assert sorted(p.name for p in folder.iterdir()) == ["astronaut.safetensors", "group-t1.safetensors"]
-    assert planned(demo, configfile, *targets) == [("embed_identity", "identity=broken")]
-    # the job's one line reaches the console (show-failed-logs), not only its log
-    assert f"image {broken} cannot be read" in result.stdout + result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(before) == ["astronaut.safetensors", "group-t1.safetensors"]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fewstep:")]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"fewstep: config identities\[2\]\.image: {re.escape(str(broken))} cannot be read as a picture "
+        r"\(\w+\); replace or remove it",
+        lines[0],
+    ), result.stderr[-2000:]
+    assert "rule embed_identity" not in result.stdout + result.stderr  # no job was started
 
 
 def test_score_reruns_when_a_reference_picture_changes_for_a_cell_without_adapter(tmp_path):
