@@ -128,7 +128,10 @@ def test_cells_where_the_encoders_disagree_on_the_sign_are_flagged():
     flags = ie.disagreements(summary, list(ie.ENCODERS)).set_index("cell_id")
     assert flags["signs differ"].to_dict() == {"c/4": True, "c/2": True, "c/1": False}
     assert flags["strong"].to_dict() == {"c/4": True, "c/2": False, "c/1": False}
-    assert flags.loc["c/4", ie.ENCODERS[1].name] == "-0.0200 [-0.0300, -0.0100]"
+    # printed by the report's digits policy, in a span that carries a cosine difference's range
+    assert flags.loc["c/4", ie.ENCODERS[1].name] == (
+        '<span class="ci" data-range-low="-2" data-range-high="2">-0.020 [-0.030, -0.010]</span>'
+    )
 
 
 def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis(raw_demo):
@@ -150,7 +153,8 @@ def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis
         }
     )
     body = ie.section(config, summary, comparison)[2]
-    assert "+0.0280 [+0.0100, +0.0400]" in body and "<b>disagree on its sign</b>" in body
+    assert 'data-range-low="-2" data-range-high="2">+0.028 [+0.010, +0.040]</span>' in body
+    assert "<b>disagree on its sign</b>" in body
     comparison.loc[1, "estimate"] = 0.01
     assert "agree on its sign" in ie.section(config, summary, comparison)[2]
     config["scoring"]["metrics"] = ["identity", "lpips"]

@@ -127,7 +127,13 @@ def disagreements(summary: pd.DataFrame, encoders: list[Encoder]) -> pd.DataFram
             row = {"cell_id": cell_id, "quantity": quantity}
             row.update(
                 {
-                    e.name: f"{r['diff_vs_anchor']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]"
+                    e.name: fmt_ci(
+                        r["diff_vs_anchor"],
+                        r["diff_ci_low"],
+                        r["diff_ci_high"],
+                        True,
+                        bounds=spec(_column(stem, e)).bounds.difference(),
+                    )
                     for e, r in zip(encoders, found, strict=True)
                 }
             )
