@@ -270,14 +270,20 @@ def assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, ad
             assert torch.equal(velocities[step], eager.transformer(**(calls[step] | residuals))[0])
 
 
-def test_taylorseer_computes_its_schedule_and_extrapolates_the_velocity_between(tiny_config, cond):
-    parts = load(tiny_config)
-    cached = acceleration.Accelerated(parts, switches(**SKIPPING["taylorseer"]), CPU)
+def run_schedule(tiny_config, cond, parts, cache: str, plan: str) -> list:
+    """Six steps under `cache`'s skipping switches: the steps computed are `plan`'s 1s, InfuseNet runs
+    on exactly those, and each of them equals an eager call; returns every step's velocity."""
+    cached = acceleration.Accelerated(parts, switches(**SKIPPING[cache]), CPU)
     result, velocities, calls, adapter = recorded(parts, cond, cached, 6)
-    computed = [True, True, False, True, False, False]
+    computed = [c == "1" for c in plan]
     assert cached.schedule == computed and result.adapter_active == computed
     assert cached.tally == {"calls": 6, "computed": 3, "infusenet": 3}
     assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, adapter)
+    return velocities
+
+
+def test_taylorseer_computes_its_schedule_and_extrapolates_the_velocity_between(tiny_config, cond):
+    velocities = run_schedule(tiny_config, cond, load(tiny_config), "taylorseer", "110100")
 
     def first_order(last, before, distance, offset):  # diffusers' arithmetic, float32 factors
         slope = (velocities[last] - velocities[before]) / distance
@@ -299,12 +305,7 @@ def test_magcache_reuses_the_last_computed_residual_of_the_block_stack(tiny_conf
         lambda m, a, kw: heads.append(kw["hidden_states"]), with_kwargs=True
     )
     transformer.norm_out.register_forward_pre_hook(lambda m, a: tails.append(a[0]))
-    cached = acceleration.Accelerated(parts, switches(**SKIPPING["mag"]), CPU)
-    result, velocities, calls, adapter = recorded(parts, cond, cached, 6)
-    computed = [True, False, False, True, False, True]
-    assert cached.schedule == computed and result.adapter_active == computed
-    assert cached.tally == {"calls": 6, "computed": 3, "infusenet": 3}
-    assert_computed_steps_are_eager(tiny_config, computed, velocities, calls, adapter)
+    run_schedule(tiny_config, cond, parts, "mag", "100101")
     for step, last in ((1, 0), (2, 0), (4, 3)):
         assert torch.equal(tails[step], heads[step] + (tails[last] - heads[last]))
 
