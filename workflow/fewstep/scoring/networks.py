@@ -34,6 +34,7 @@ from fewstep.registry.catalog import model_folder, model_revision, register
 from fewstep.registry.hub import fetch_snapshot, fetch_url, link_folder, require_files, snapshot
 from fewstep.registry.prepare import missing_weights
 from fewstep.registry.spec import Build, Files, ModelSpec, Recipe, Usage
+from fewstep.scoring.specs import BY_NAME, anchor_metrics
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse never loads it
     import torch
@@ -58,28 +59,13 @@ CLIP_FILES = [
 ]
 
 
-def metric_models(config: dict[str, Any]) -> dict[str, list[str]]:
-    """Registry models each metric needs."""
-    return {
-        "identity": ["insightface"],
-        "identity_dlib": ["dlib-face"],
-        "lpips": [f"lpips-{config['scoring']['lpips_net']}"],
-        "clip_score": ["clip-vit-l14"],
-        "clip_i": ["clip-vit-l14"],
-        "pick_score": ["pickscore"],
-        "dino": ["dinov2-base"],
-        "csd": ["csd-vit-l"],
-    }
-
-
 def scoring_models(config: dict[str, Any], metrics: Iterable[str]) -> list[str]:
-    """Registry models `metrics` need (what a score job waits for)."""
-    needs = metric_models(config)
-    return sorted({name for metric in metrics for name in needs[metric]})
+    """Registry models `metrics` need (what a score job waits for; each spec lists its own)."""
+    return sorted({name for metric in metrics for name in BY_NAME[metric].models(config)})
 
 
 #: metrics that compare each image with the anchor cell's image of the same item
-ANCHOR_METRICS = ("lpips",)
+ANCHOR_METRICS = anchor_metrics()
 
 
 # --------------------------------------------------------------------------- tiny
