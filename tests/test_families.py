@@ -26,7 +26,8 @@ GRID_SIDE = (
     "reads_references",
     "anchors_to_highest_step",
     "cell_weights",
-    "cell_metrics",
+    "adapter_roles",
+    "adapter_role",
 )
 
 
@@ -68,8 +69,10 @@ class ToyFamily:
     def cell_models(self, backbone, adapter):
         return list(self.cell_weights(backbone, adapter))
 
-    def cell_metrics(self, adapter, configured):
-        return list(configured)
+    adapter_roles = ("identity",)
+
+    def adapter_role(self, adapter):
+        return None
 
     def needs_identity_embeddings(self, adapter):
         return False

@@ -25,6 +25,7 @@ from fewstep.families.base import Family
 from fewstep.registry.catalog import MODELS
 from fewstep.registry.spec import Usage
 from fewstep.scoring.networks import ANCHOR_METRICS, scoring_models
+from fewstep.scoring.specs import cell_metrics, face_metrics
 
 # Importing the families, `fewstep.faces.models` and `fewstep.scoring.networks` registers
 # every model (`fewstep.registry.catalog`): whatever holds a grid can look each one up.
@@ -190,10 +191,10 @@ class Grid:
     def reference_roles(self, cell: Cell) -> list[str]:
         """Roles of the references `cell` crosses."""
         family = self.family(cell)
-        role = family.reference_role(self.adapter(cell))
+        role = family.adapter_role(self.adapter(cell))
         if role is not None:
             return [role]
-        roles = {family.reference_role(self.adapter(c)) for c in self.cells if c.backbone == cell.backbone}
+        roles = {family.adapter_role(self.adapter(c)) for c in self.cells if c.backbone == cell.backbone}
         return sorted(roles - {None}) or sorted({r["role"] for r in self.config["references"]})
 
     def references_of(self, cell: Cell) -> list[dict[str, Any]]:
@@ -450,8 +451,8 @@ class Grid:
 
     # --------------------------------------------------------------- scoring
     def cell_metrics(self, cell: Cell) -> list[str]:
-        """The metrics that score `cell` (its family picks them from config ``scoring.metrics``)."""
-        return self.family(cell).cell_metrics(self.adapter(cell), self.config["scoring"]["metrics"])
+        """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
+        return cell_metrics(self.family(cell), self.adapter(cell), self.config["scoring"]["metrics"])
 
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""
@@ -465,7 +466,7 @@ class Grid:
             "pictures": {r: pictures[r] for r in references},
             "anchor": None if anchor is None else anchor.id,
         }
-        if any(m.startswith("identity") for m in metrics):  # the face chosen, the held-out photos
+        if set(metrics) & set(face_metrics()):  # the face chosen, the held-out photos
             spec["face"] = self.config["face"]
             spec["heldout"] = {
                 r: list(map(picture_source, self.identity(r).get("heldout", []))) for r in references
@@ -490,10 +491,9 @@ class Grid:
         """The cell whose images `cell`'s anchor-paired metrics (LPIPS) compare with, if any:
         the config's ``anchor``, or for families that anchor each job to itself its
         highest-step cell. None for the anchor itself and when no such metric is scored."""
-        if not any(m in ANCHOR_METRICS for m in self.cell_metrics(cell)):
-            return None
         anchor = max(self.jobs[cell.job]) if self.family(cell).anchors_to_highest_step else self.anchor
-        return anchor if anchor is not None and anchor != cell else None
+        paired = any(m in ANCHOR_METRICS for m in self.cell_metrics(cell))
+        return anchor if paired and anchor not in (None, cell) else None
 
     def is_anchor(self, cell: Cell) -> bool:
         """Whether other cells' anchor-paired metrics compare with this cell's images."""

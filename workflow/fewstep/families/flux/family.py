@@ -70,9 +70,11 @@ class FluxFamily:
 
     anchors_to_highest_step = False  # the study's anchor: FLUX.1-dev at its reference step count
 
-    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
-        """Every configured metric: the identity sweep's (ArcFace, LPIPS, CLIP-type)."""
-        return list(configured)
+    adapter_roles = ("identity",)
+
+    def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
+        """InfuseNet conditions on a face."""
+        return "identity" if adapter["kind"] == "infusenet" else None
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""

@@ -11,8 +11,8 @@ No torch here (it runs while Snakemake parses the workflow). Config shape:
 
 `scale` is a number, an InstantStyle block dict, or a preset name (`style`,
 `style_layout`) resolved per family, so one adapter entry serves SD1.5 and SDXL.
-`role` picks the scores (`ROLES`: style CSD + CLIP-I + CLIPScore, object DINO + CLIP-I +
-CLIPScore).
+`role` (`ROLES`) picks the references its cells cross and the metrics that fit them
+(`fewstep.scoring.specs`: style CSD + CLIP-I + CLIPScore, object DINO + CLIP-I + CLIPScore).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ADAPTER_KIND", "IP_ADAPTER", "IP_ADAPTER_MODEL", "ROLES", "SD_FAMILIES", "StableDiffusion"]
 
-ROLES = {"style": ["csd", "clip_i", "clip_score"], "object": ["dino", "clip_i", "clip_score"]}
+#: the roles an IP-Adapter entry can play (config ``adapters.<id>.role``)
+ROLES = ("style", "object")
 
 
 @dataclass(frozen=True)
@@ -144,19 +145,15 @@ class StableDiffusion:
         """Registry models a generation job loads: the base model, and h94's files with an adapter."""
         return list(self.cell_weights(backbone, adapter))
 
-    def reference_role(self, adapter: Mapping[str, Any]) -> str | None:
-        """The role of the references an adapter cell crosses (None: the bare backbone)."""
-        return adapter["role"] if adapter["kind"] == ADAPTER_KIND else None
-
     #: LPIPS compares each image with the same item in its job's highest-step cell
     anchors_to_highest_step = True
 
-    def cell_metrics(self, adapter: Mapping[str, Any], configured: Sequence[str]) -> list[str]:
-        """The role's scores (`ROLES`) and LPIPS; a bare backbone gets every role's, since its
-        items cross the references of every role (config ``scoring.metrics`` is FLUX's)."""
-        role = self.reference_role(adapter)
-        roles = [role] if role else list(ROLES)
-        return list(dict.fromkeys(m for r in roles for m in ROLES[r])) + ["lpips"]
+    #: a bare backbone's items cross the references of every role
+    adapter_roles = ROLES
+
+    def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
+        """The adapter's ``role``: the references its cells cross."""
+        return adapter["role"] if adapter["kind"] == ADAPTER_KIND else None
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # SD cells read reference *image* embeddings, not face embeddings
