@@ -17,6 +17,8 @@ import yaml
 from PIL import Image
 
 from fewstep import cli
+from fewstep.analysis.metric_registry import METRICS as REGISTERED
+from fewstep.analysis.metric_registry import metric_columns
 from fewstep.core.errors import InputError, WeightsError
 from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
@@ -28,6 +30,7 @@ from fewstep.jobs.prepare import prepare_model
 from fewstep.registry import catalog, hub
 from fewstep.scoring import networks as sm
 from fewstep.scoring.base import JobModels
+from fewstep.scoring.identity import IdentitySimilarity
 from fewstep.scoring.metrics import CLIPScore, PerceptualDistance, PickScore, fit
 from tests.test_models import _fake_hub_cache
 
@@ -127,6 +130,7 @@ def test_every_metric_column_joins_the_manifest_keys(scored):
         for key in ("cell_id", "backbone", "adapter", "steps", "identity", "prompt_id", "seed", "image"):
             assert list(scores[key]) == list(manifest[key]), key
         assert set(COLUMNS) <= set(scores.columns)
+        assert set(metric_columns(scores)) <= set(REGISTERED)  # every column a metric writes is in its spec
         numeric = scores[["lpips_ref", "clip_score", "pick_score", "clip_i", "dino", "csd"]]
         assert np.isfinite(numeric.to_numpy(dtype=float)).all()
         assert scores["clip_score"].between(0, 100).all()
@@ -174,7 +178,7 @@ def test_no_face_is_missing_and_lowers_the_detection_rate(scored):
 
 
 def test_identity_similarity_of_a_face_with_itself_is_one(scoring_config):
-    metric = score.IdentitySimilarity(scoring_config, JobModels(scoring_config))
+    metric = IdentitySimilarity(scoring_config, JobModels(scoring_config))
     picture = _reference(scoring_config, "astronaut")
     found = metric.analyzer.analyze(np.ascontiguousarray(picture[:, :, ::-1]))
     assert abs(faces.cosine(found.face.embedding, found.face.embedding) - 1.0) < 1e-5
