@@ -24,8 +24,8 @@ from fewstep.families import FAMILIES
 from fewstep.families.base import Family
 from fewstep.registry.catalog import MODELS
 from fewstep.registry.spec import Usage
+from fewstep.scoring import specs
 from fewstep.scoring.networks import ANCHOR_METRICS, scoring_models
-from fewstep.scoring.specs import cell_metrics, face_metrics
 
 # Importing the families, `fewstep.faces.models` and `fewstep.scoring.networks` registers
 # every model (`fewstep.registry.catalog`): whatever holds a grid can look each one up.
@@ -452,7 +452,7 @@ class Grid:
     # --------------------------------------------------------------- scoring
     def cell_metrics(self, cell: Cell) -> list[str]:
         """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
-        return cell_metrics(self.family(cell), self.adapter(cell), self.config["scoring"]["metrics"])
+        return specs.cell_metrics(self.family(cell), self.adapter(cell), self.config["scoring"]["metrics"])
 
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""
@@ -466,7 +466,7 @@ class Grid:
             "pictures": {r: pictures[r] for r in references},
             "anchor": None if anchor is None else anchor.id,
         }
-        if set(metrics) & set(face_metrics()):  # the face chosen, the held-out photos
+        if set(metrics) & set(specs.face_metrics()):  # the face chosen, the held-out photos
             spec["face"] = self.config["face"]
             spec["heldout"] = {
                 r: list(map(picture_source, self.identity(r).get("heldout", []))) for r in references
