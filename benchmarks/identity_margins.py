@@ -39,9 +39,8 @@ from fewstep.grid import Grid  # noqa: E402
 from fewstep.jobs.score import build_metrics  # noqa: E402
 from fewstep.registry.prepare import prepare  # noqa: E402
 from fewstep.scoring.base import Sample  # noqa: E402
-from fewstep.scoring.networks import metric_models  # noqa: E402
-
-ENCODER_METRICS = ("identity", "identity_dlib")
+from fewstep.scoring.networks import scoring_models  # noqa: E402
+from fewstep.scoring.specs import face_metrics  # noqa: E402
 
 
 def _sim(metric, pixels: np.ndarray, reference: np.ndarray) -> float:
@@ -57,8 +56,8 @@ def _faces(metric, photo: np.ndarray) -> int:
 def measure(config: dict) -> list[dict]:
     """One row per identity encoder of the config (see the module docstring)."""
     grid = Grid(config)
-    names = [m for m in ENCODER_METRICS if m in config["scoring"]["metrics"]]
-    for model in sorted({n for m in names for n in metric_models(config)[m]}):
+    names = [m for m in face_metrics() if m in config["scoring"]["metrics"]]
+    for model in scoring_models(config, names):
         prepare(config, model, grid.model_usage(model))
     identities = {
         i["id"]: (load_rgb(i["image"]), [load_rgb(p) for p in i.get("heldout", [])])
