@@ -11,8 +11,8 @@ No torch here (it runs while Snakemake parses the workflow). Config shape:
 
 `scale` is a number, an InstantStyle block dict, or a preset name (`style`,
 `style_layout`) resolved per family, so one adapter entry serves SD1.5 and SDXL.
-`role` (`ROLES`) picks the references its cells cross and the metrics that fit them
-(`fewstep.scoring.specs`: style CSD + CLIP-I + CLIPScore, object DINO + CLIP-I + CLIPScore).
+`role` (`ROLES`, `adapter_role`) picks the references its cells cross and, through the metric
+specs that fit it (`fewstep.scoring.specs`), their scores.
 """
 
 from __future__ import annotations
