@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.grid import Grid
-from fewstep.tracking.runs import STEP_METRICS
+from fewstep.tracking.content import STEP_METRICS
 
 #: trajectory curves the workspace draws (logged as `trajectory/<name>`)
 TRAJECTORY_PANELS = {
