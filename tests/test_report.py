@@ -19,6 +19,7 @@ from fewstep.analysis.page import WEIGHT_BANNERS, WEIGHT_MARKS
 from fewstep.analysis.stats import Bounds
 from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
+from tests.conftest import REPO
 
 QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref")
 
@@ -148,6 +149,18 @@ def test_page_tells_the_reader_what_it_is(full):
     assert "sweep: synth" in text and config_hash(config) in text
     assert "version: kneed" in text and "0.9.0" in text
     assert "Trajectories: identity emergence and norm probes" in text
+
+
+def test_every_family_has_the_report_side_and_its_folders_are_report_categories():
+    from fewstep.analysis.outputs import SECTIONS
+    from fewstep.families import FAMILIES
+
+    labels = {name: family.label for name, family in FAMILIES.items()}
+    assert labels == {"flux": "FLUX", "sd15": "SD1.5", "sdxl": "SDXL"}
+    assert all(callable(f.report_parts) for f in FAMILIES.values())
+    assert SECTIONS == ("regime", "cost", "ablation", "trajectory", "grids", "sd")
+    for folder in SECTIONS:  # `snakemake --report` captions each category with its own text
+        assert (REPO / "workflow" / "report" / f"{folder}.rst").exists()
 
 
 def test_a_family_reaches_the_page_only_through_its_report_parts(full, tmp_path, monkeypatch):
