@@ -138,7 +138,7 @@ def test_margins_come_from_the_config(tmp_path):
     raw["report"]["margins"] = {"id_sim": 0.55}
     config = validate(raw)
     scores = synth.write_scores(config, images=False)
-    regime = aggregate.Aggregator(config, scores).regime()
+    regime = aggregate.regime(aggregate.Context(config, scores))
     dev = row(regime, backbone="flux-dev", adapter="infusenet-aes", metric="id_sim")
     assert dev["margin"] == 0.55 and dev["effective_steps"] == 1  # 0.45 below at one step: within 0.55
 
@@ -193,7 +193,7 @@ def test_latency_across_devices_is_not_comparable(tmp_path):
     config = validate(synth.raw_config(tmp_path))
     scores = synth.write_scores(config, images=False)
     scores.loc[scores["cell_id"] == CANDIDATE, "device_name"] = "other-gpu"
-    comparison = aggregate.Aggregator(config, scores).comparison().set_index("metric")
+    comparison = aggregate.comparison(aggregate.Context(config, scores)).set_index("metric")
     for metric in ("end_to_end_s", "latency_s"):
         assert np.isnan(comparison.loc[metric, "estimate"])
         assert (
@@ -210,11 +210,11 @@ def test_old_tables_without_the_new_columns(tmp_path):
     scores = scores.drop(
         columns=["end_to_end_s", "warmup", "device_name", "dtype", "batch_size", "weights_digest"]
     )
-    agg = aggregate.Aggregator(config, scores)
-    comparison = agg.comparison().set_index("metric")
+    ctx = aggregate.Context(config, scores)
+    comparison = aggregate.comparison(ctx).set_index("metric")
     assert not comparison.loc["end_to_end_s", "available"]
     assert comparison.loc["latency_s", "note"] == ""  # nothing to exclude, nothing to compare devices by
-    pareto = agg.pareto()
+    pareto = aggregate.pareto(ctx)
     assert set(pareto["cost_metric"]) == {"latency_s"}
     # without noise the shift is exact: a point interval
     identity = comparison.loc["id_sim_zero"]

@@ -15,10 +15,11 @@ from PIL import Image
 from fewstep.analysis import aggregate, formats, report
 from fewstep.analysis.figure_check import layout_problems, place_labels, range_gid
 from fewstep.analysis.figures import block_matrix, pyplot, trajectory_figure
-from fewstep.analysis.page import WEIGHT_MARKS
+from fewstep.analysis.page import WEIGHT_BANNERS, WEIGHT_MARKS
 from fewstep.analysis.stats import Bounds
 from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
+from tests.conftest import REPO
 
 QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref")
 
@@ -148,6 +149,50 @@ def test_page_tells_the_reader_what_it_is(full):
     assert "sweep: synth" in text and config_hash(config) in text
     assert "version: kneed" in text and "0.9.0" in text
     assert "Trajectories: identity emergence and norm probes" in text
+
+
+def test_every_family_has_the_report_side_and_its_folders_are_report_categories():
+    from fewstep.analysis.outputs import SECTIONS
+    from fewstep.families import FAMILIES
+
+    labels = {name: family.label for name, family in FAMILIES.items()}
+    assert labels == {"flux": "FLUX", "sd15": "SD1.5", "sdxl": "SDXL"}
+    assert all(callable(f.report_parts) for f in FAMILIES.values())
+    assert SECTIONS == ("regime", "cost", "ablation", "trajectory", "grids", "sd")
+    for folder in SECTIONS:  # `snakemake --report` captions each category with its own text
+        assert (REPO / "workflow" / "report" / f"{folder}.rst").exists()
+
+
+def test_a_family_reaches_the_page_only_through_its_report_parts(full, tmp_path, monkeypatch):
+    """A family's own section and its addition to a generic section land on the page from its
+    `report_parts`; its kit holds its rows, and the generic sections then leave those rows out
+    while the header still counts its cells under its label."""
+    from fewstep.families import FAMILIES
+    from fewstep.families.report_kit import ReportParts
+
+    config, _, _ = full
+    kits = []
+
+    def parts(self, kit):
+        kits.append(kit)
+        own = kit.html_table(kit.tables["summary"][["cell_id", "metric"]].head(2))
+        return ReportParts(sections=[("own", "Own section", own)], appended={"cost": "<p>added to cost</p>"})
+
+    monkeypatch.setattr(type(FAMILIES["flux"]), "report_parts", parts)
+    page = report.run(config, Paths(config).summary, tmp_path / "index.html")
+    text = page.read_text()
+    (kit,) = kits
+    assert set(kit.tables["summary"]["backbone"]) == {"flux-dev", "flux-schnell"}
+    assert [c.id for c in kit.cells] == [c.id for c in report.Grid(config).cells]
+    assert kit.banner == WEIGHT_BANNERS["tiny"] and kit.out == page
+    order = re.findall(r'<section id="([^"]+)">', text)
+    assert order.index("grids") < order.index("own") < order.index("summary")
+    assert '<section id="own"><h2>Own section</h2><div class="scroll"><table' in text
+    assert "<td>flux-dev/infusenet-aes/1</td><td>id_sim_zero</td>" in text
+    assert re.search(r'<section id="cost">(?:(?!</section>).)*<p>added to cost</p></section>', text, re.S)
+    assert "No quality metric in the scores." in text  # the regime section has no rows left
+    assert figures(page, "regime") == [] and figures(page, "grids") == []
+    assert "FLUX: 13 cells of 24 images each (4 identities x 3 prompts x 2 seeds)" in text
 
 
 @pytest.mark.slow

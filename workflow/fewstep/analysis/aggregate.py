@@ -7,6 +7,9 @@ coverage at this sweep's size `coverage.csv` reports. Metric columns are whateve
 tables hold (see fewstep.analysis.metric_registry) plus `id_sim_zero` (no face counted as 0); a metric
 that is absent simply has no rows, and the study table marks it "not available". Cost columns
 leave out the images of a job's first (warm-up) batch where the manifest marks them.
+
+Each table is one function of a shared `Context` (`fewstep.analysis.context`: the scores per
+cell, the series, cached intervals); `TABLE_FUNCTIONS` names them.
 """
 
 from __future__ import annotations
@@ -17,26 +20,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fewstep.analysis.context import PARETO_COSTS as PARETO_COSTS
+from fewstep.analysis.context import Context, anchors_to_highest_step
 from fewstep.analysis.coverage import design_coverage, projected_widths
 from fewstep.analysis.metric_registry import margin, metric_columns, of_kind, spec
 from fewstep.analysis.outputs import COMPARISON_COLUMNS, MARGINAL_COLUMNS, REGIME_COLUMNS, SUMMARY_COLUMNS
 from fewstep.analysis.outputs import TABLES as TABLES  # the table names, read by the rules
-from fewstep.analysis.scores import devices, load_scores, load_trajectories, prepare, with_zero_identity
+from fewstep.analysis.scores import devices, load_scores, load_trajectories, with_zero_identity
 from fewstep.analysis.stats import (
-    ITEM_KEYS,
-    Interval,
-    difference_interval,
     fewest_lasting,
     knee_test,
     mean_interval,
-    pair,
     pareto_mask,
     ratio_interval,
 )
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
@@ -45,14 +45,11 @@ STUDY = {
     "id_sim_zero": 0.028,
     "lpips_ref": -0.016,
 }
-#: Pareto frontier axes, first present of each: cost (lower is better) and value; a series
-#: without an identity metric (SD style/object cells) gets a row per cell for each of its quality metrics
-PARETO_COSTS = ("end_to_end_s", "latency_s")
+#: Pareto frontier value axis, first present (the cost axis: `PARETO_COSTS`); a series without
+#: an identity metric (SD style/object cells) gets a row per cell for each of its quality metrics
 PARETO_VALUES = ("id_sim_zero", "id_sim")
 #: share of a curve's rise (first to last step count, in the better direction) "steps to 95%" asks for
 RISE_SHARE = 0.95
-#: replicates of a knee's bootstrap at most
-KNEE_SAMPLES = 1000
 #: per-step columns of a trajectory table summarised per (cell, step)
 TRAJECTORY_METRICS = (
     "id_sim_zero",
@@ -81,12 +78,6 @@ COMPARISON_ROWS = (
 )
 
 
-def anchors_to_highest_step(config: dict[str, Any], backbone: str) -> bool:
-    """Whether `backbone`'s series take their own highest-step cell as the reference of paired
-    differences and of `lpips_anchor` (SD), rather than the config's ``anchor`` (FLUX)."""
-    return FAMILIES[config["backbones"][backbone]["family"]].anchors_to_highest_step
-
-
 def steps_to_share(steps: list[int], means: list[float], better: str, share: float = RISE_SHARE) -> float:
     """The fewest steps whose mean has made `share` of the curve's change from the first to the
     last step count, in the better direction, and keeps it at every larger step count (NaN: no
@@ -102,480 +93,425 @@ def steps_to_share(steps: list[int], means: list[float], better: str, share: flo
     return np.nan if found is None else found
 
 
-class Aggregator:
-    """The sweep's statistics; every method returns one table."""
+def summary(ctx: Context) -> pd.DataFrame:
+    """Per cell and each metric of its series: mean, std, n, interval and the paired difference
+    to its reference (the anchor; for SD its series' highest-step cell)."""
+    rows = []
+    for cell in ctx.grid.cells:
+        frame = ctx.cell_frame(cell)
+        anchor = ctx.reference(cell)
+        for metric in ctx.series_metrics(cell.backbone, cell.adapter):
+            values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
+            mean = ctx.mean(cell, metric)
+            row = {
+                "cell_id": cell.id,
+                "backbone": cell.backbone,
+                "adapter": cell.adapter,
+                "steps": cell.steps,
+                "metric": metric,
+                "label": spec(metric).label,
+                "better": spec(metric).better or "",
+                "mean": mean.mean,
+                "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else np.nan,
+                "n": int(values.notna().sum()),
+                "n_missing": int(values.isna().sum()),
+                "ci_low": mean.low,
+                "ci_high": mean.high,
+                "df": mean.df,
+                "confidence": ctx.confidence,
+                "n_identities": frame["identity"].nunique(),
+                "n_prompts": frame["prompt_id"].nunique(),
+                "anchor": anchor.id if anchor else "",
+                "diff_vs_anchor": np.nan,
+                "diff_ci_low": np.nan,
+                "diff_ci_high": np.nan,
+                "n_pairs": 0,
+                "n_paired_images": 0,
+                "device_name": devices(frame),
+                "weights": ctx.config["weights"],
+            }
+            if anchor is not None:
+                d = ctx.diff(cell, anchor, metric)
+                row.update(
+                    diff_vs_anchor=d.mean,
+                    diff_ci_low=d.low,
+                    diff_ci_high=d.high,
+                    n_pairs=d.n,
+                    n_paired_images=d.n_items,
+                )
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
-    def __init__(self, config: dict[str, Any], scores: pd.DataFrame):
-        self.config, self.grid = config, Grid(config)
-        options = config["report"]
-        self.confidence, self.seed = options["confidence"], options["seed"]
-        self.sensitivity, self.margins = options["kneedle_sensitivity"], options["margins"]
-        self.knee_samples = min(options["bootstrap_samples"], KNEE_SAMPLES)
-        self.scores = prepare(scores)
-        self.metrics = metric_columns(self.scores)
-        self.by_cell = {cell_id: frame for cell_id, frame in self.scores.groupby("cell_id", sort=False)}
-        self._means: dict[tuple[str, str], Interval] = {}
-        self._pairs: dict[tuple[str, str], pd.DataFrame] = {}
-        self._series_metrics: dict[tuple[str, str], list[str]] = {}
 
-    # ----------------------------------------------------------------- helpers
-    def cell_frame(self, cell: Cell) -> pd.DataFrame:
-        return self.by_cell.get(cell.id, self.scores.iloc[:0])
+def effective_regime(ctx: Context, cells: list[Cell], metric: str, anchor: Cell | None) -> tuple[str, float]:
+    """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
 
-    def mean(self, cell: Cell, metric: str) -> Interval:
-        key = (cell.id, metric)
-        if key not in self._means:
-            frame = self.cell_frame(cell)
-            self._means[key] = mean_interval(frame, metric, self.confidence, bounds=spec(metric).bounds)
-        return self._means[key]
-
-    def paired(self, a: Cell, b: Cell) -> pd.DataFrame:
-        """Items of cells a and b matched on (identity, prompt, seed), every metric (cached)."""
-        if (a.id, b.id) not in self._pairs:
-            self._pairs[(a.id, b.id)] = pair(self.cell_frame(a), self.cell_frame(b), self.metrics)
-        return self._pairs[(a.id, b.id)]
-
-    def diff(self, a: Cell, b: Cell, metric: str) -> Interval:
-        return difference_interval(self.paired(a, b), metric, self.confidence, spec(metric).bounds)
-
-    def series(self) -> list[tuple[str, str, list[Cell]]]:
-        """(backbone, adapter, cells by steps) for every line of a metric-vs-steps plot."""
-        pairs = dict.fromkeys((c.backbone, c.adapter) for c in self.grid.cells)
-        return [(b, a, sorted(self.grid.cells_of(b, a), key=lambda c: c.steps)) for b, a in pairs]
-
-    def reference(self, cell: Cell) -> Cell | None:
-        """The cell `cell`'s paired differences compare with: its own series' highest-step cell
-        for self-anchored families (SD, where `lpips_anchor` is 0 there), else the config's anchor."""
-        if anchors_to_highest_step(self.config, cell.backbone):
-            return max(self.grid.cells_of(cell.backbone, cell.adapter), key=lambda c: c.steps)
-        return self.grid.anchor
-
-    def series_metrics(self, backbone: str, adapter: str) -> list[str]:
-        """The metrics a series was scored with: those with a value in any of its cells (a style
-        cell has no dino, a FLUX cell no csd; concatenated tables hold NaN there)."""
-        key = (backbone, adapter)
-        if key not in self._series_metrics:
-            frames = [self.cell_frame(c) for c in self.grid.cells_of(backbone, adapter)]
-            self._series_metrics[key] = [m for m in self.metrics if any(f[m].notna().any() for f in frames)]
-        return self._series_metrics[key]
-
-    def curve(self, cells: list[Cell], metric: str) -> pd.DataFrame:
-        """One row per item, one column `s<steps>` per cell of a series (items paired)."""
-        curve = None
+    Non-inferiority: the fewest steps from which, for every larger step count too, the
+    lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
+    metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
+    <= margin; the anchor cell passes by definition."""
+    info = spec(metric)
+    delta = margin(metric, ctx.margins)
+    if anchor is None:
+        return "no anchor", np.nan
+    if info.better not in ("higher", "lower") or not np.isfinite(delta):
+        return "no direction or margin", np.nan
+    if info.anchor_relative:
+        passes = [c == anchor or not ctx.mean(c, metric).high > delta for c in cells]
+        rule = f"upper bound <= {delta:g}"
+    else:
+        passes = []
         for cell in cells:
-            frame = self.cell_frame(cell)
-            part = frame[list(ITEM_KEYS) + [metric]].rename(columns={metric: f"s{cell.steps}"})
-            part = part.astype({f"s{cell.steps}": float})
-            curve = part if curve is None else curve.merge(part, on=list(ITEM_KEYS), how="outer")
-        return curve
+            d = ctx.diff(cell, anchor, metric)
+            worst = d.low if info.better == "higher" else -d.high
+            passes.append(cell == anchor or worst >= -delta)
+        rule = f"non-inferior to the anchor within {delta:g}"
+    found = fewest_lasting([c.steps for c in cells], passes)
+    return rule, np.nan if found is None else found
 
-    # ------------------------------------------------------------------ tables
-    def summary(self) -> pd.DataFrame:
-        """Per cell and each metric of its series: mean, std, n, interval and the paired difference
-        to its reference (the anchor; for SD its series' highest-step cell)."""
-        rows = []
-        for cell in self.grid.cells:
-            frame = self.cell_frame(cell)
-            anchor = self.reference(cell)
-            for metric in self.series_metrics(cell.backbone, cell.adapter):
-                values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
-                mean = self.mean(cell, metric)
-                row = {
-                    "cell_id": cell.id,
-                    "backbone": cell.backbone,
-                    "adapter": cell.adapter,
-                    "steps": cell.steps,
+
+def regime(ctx: Context) -> pd.DataFrame:
+    """Per backbone/adapter and quality metric of its own: the tested knee and the effective
+    regime (against the anchor; for SD against the series' highest-step cell)."""
+    rows = []
+    for backbone, adapter, cells in ctx.series():
+        steps = [c.steps for c in cells]
+        anchor = ctx.reference(cells[0])
+        for metric in of_kind(ctx.series_metrics(backbone, adapter), "quality"):
+            means = [ctx.mean(c, metric).mean for c in cells]
+            result = knee_test(
+                ctx.curve(cells, metric),
+                steps,
+                [f"s{s}" for s in steps],
+                ctx.confidence,
+                ctx.sensitivity,
+                ctx.knee_samples,
+                ctx.seed,
+                spec(metric).bounds,
+            )
+            rule, effective = effective_regime(ctx, cells, metric, anchor)
+            at = result.steps
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "adapter": adapter,
                     "metric": metric,
                     "label": spec(metric).label,
                     "better": spec(metric).better or "",
-                    "mean": mean.mean,
-                    "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else np.nan,
-                    "n": int(values.notna().sum()),
-                    "n_missing": int(values.isna().sum()),
-                    "ci_low": mean.low,
-                    "ci_high": mean.high,
-                    "df": mean.df,
-                    "confidence": self.confidence,
-                    "n_identities": frame["identity"].nunique(),
-                    "n_prompts": frame["prompt_id"].nunique(),
+                    "steps": " ".join(map(str, steps)),
+                    "means": " ".join(f"{m:.6g}" for m in means),
+                    "knee_steps": np.nan if at is None else int(at),
+                    "knee_ci_low": result.low,
+                    "knee_ci_high": result.high,
+                    "knee_value": np.nan if at is None else means[steps.index(int(at))],
+                    "knee_verdict": result.verdict,
+                    "knee_candidate": np.nan if result.candidate is None else result.candidate,
+                    "rise": result.rise.mean,
+                    "rise_ci_low": result.rise.low,
+                    "rise_ci_high": result.rise.high,
+                    "flattening": result.flattening.mean,
+                    "flattening_ci_low": result.flattening.low,
+                    "flattening_ci_high": result.flattening.high,
+                    "kneedle_sensitivity": ctx.sensitivity,
                     "anchor": anchor.id if anchor else "",
-                    "diff_vs_anchor": np.nan,
-                    "diff_ci_low": np.nan,
-                    "diff_ci_high": np.nan,
-                    "n_pairs": 0,
-                    "n_paired_images": 0,
-                    "device_name": devices(frame),
-                    "weights": self.config["weights"],
+                    "anchor_value": ctx.mean(anchor, metric).mean if anchor else np.nan,
+                    "margin": margin(metric, ctx.margins),
+                    "effective_rule": rule,
+                    "effective_steps": effective,
                 }
-                if anchor is not None:
-                    d = self.diff(cell, anchor, metric)
-                    row.update(
-                        diff_vs_anchor=d.mean,
-                        diff_ci_low=d.low,
-                        diff_ci_high=d.high,
-                        n_pairs=d.n,
-                        n_paired_images=d.n_items,
-                    )
-                rows.append(row)
-        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+            )
+    return pd.DataFrame(rows, columns=REGIME_COLUMNS)
 
-    def effective(self, cells: list[Cell], metric: str, anchor: Cell | None) -> tuple[str, float]:
-        """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
 
-        Non-inferiority: the fewest steps from which, for every larger step count too, the
-        lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
-        metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
-        <= margin; the anchor cell passes by definition."""
-        info = spec(metric)
-        delta = margin(metric, self.margins)
-        if anchor is None:
-            return "no anchor", np.nan
-        if info.better not in ("higher", "lower") or not np.isfinite(delta):
-            return "no direction or margin", np.nan
-        if info.anchor_relative:
-            passes = [c == anchor or not self.mean(c, metric).high > delta for c in cells]
-            rule = f"upper bound <= {delta:g}"
-        else:
-            passes = []
-            for cell in cells:
-                d = self.diff(cell, anchor, metric)
-                worst = d.low if info.better == "higher" else -d.high
-                passes.append(cell == anchor or worst >= -delta)
-            rule = f"non-inferior to the anchor within {delta:g}"
-        found = fewest_lasting([c.steps for c in cells], passes)
-        return rule, np.nan if found is None else found
-
-    def regime(self) -> pd.DataFrame:
-        """Per backbone/adapter and quality metric of its own: the tested knee and the effective
-        regime (against the anchor; for SD against the series' highest-step cell)."""
-        rows = []
-        for backbone, adapter, cells in self.series():
-            steps = [c.steps for c in cells]
-            anchor = self.reference(cells[0])
-            for metric in of_kind(self.series_metrics(backbone, adapter), "quality"):
-                means = [self.mean(c, metric).mean for c in cells]
-                result = knee_test(
-                    self.curve(cells, metric),
-                    steps,
-                    [f"s{s}" for s in steps],
-                    self.confidence,
-                    self.sensitivity,
-                    self.knee_samples,
-                    self.seed,
-                    spec(metric).bounds,
-                )
-                rule, effective = self.effective(cells, metric, anchor)
-                at = result.steps
+def marginal(ctx: Context) -> pd.DataFrame:
+    """Gain of each extra step: paired difference between consecutive steps of a series."""
+    rows = []
+    cost = ctx.cost_metric()
+    for backbone, adapter, cells in ctx.series():
+        metrics = of_kind(ctx.series_metrics(backbone, adapter), "quality")
+        for lower, upper in zip(cells, cells[1:], strict=False):
+            extra_s = np.nan
+            if cost is not None:
+                extra_s = ctx.mean(upper, cost).mean - ctx.mean(lower, cost).mean
+            for metric in metrics:
+                d = ctx.diff(upper, lower, metric)
+                extra_steps = upper.steps - lower.steps
                 rows.append(
                     {
                         "backbone": backbone,
                         "adapter": adapter,
                         "metric": metric,
-                        "label": spec(metric).label,
                         "better": spec(metric).better or "",
-                        "steps": " ".join(map(str, steps)),
-                        "means": " ".join(f"{m:.6g}" for m in means),
-                        "knee_steps": np.nan if at is None else int(at),
-                        "knee_ci_low": result.low,
-                        "knee_ci_high": result.high,
-                        "knee_value": np.nan if at is None else means[steps.index(int(at))],
-                        "knee_verdict": result.verdict,
-                        "knee_candidate": np.nan if result.candidate is None else result.candidate,
-                        "rise": result.rise.mean,
-                        "rise_ci_low": result.rise.low,
-                        "rise_ci_high": result.rise.high,
-                        "flattening": result.flattening.mean,
-                        "flattening_ci_low": result.flattening.low,
-                        "flattening_ci_high": result.flattening.high,
-                        "kneedle_sensitivity": self.sensitivity,
-                        "anchor": anchor.id if anchor else "",
-                        "anchor_value": self.mean(anchor, metric).mean if anchor else np.nan,
-                        "margin": margin(metric, self.margins),
-                        "effective_rule": rule,
-                        "effective_steps": effective,
+                        "from_steps": lower.steps,
+                        "to_steps": upper.steps,
+                        "from_mean": ctx.mean(lower, metric).mean,
+                        "to_mean": ctx.mean(upper, metric).mean,
+                        "gain": d.mean,
+                        "gain_ci_low": d.low,
+                        "gain_ci_high": d.high,
+                        "gain_per_step": d.mean / extra_steps,
+                        "extra_latency_s": extra_s,
+                        # more steps measured faster is timing noise: no gain per second then
+                        "gain_per_second": d.mean / extra_s if extra_s > 0 else np.nan,
+                        "n_pairs": d.n,
+                        "n_paired_images": d.n_items,
                     }
                 )
-        return pd.DataFrame(rows, columns=REGIME_COLUMNS)
+    return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
 
-    def marginal(self) -> pd.DataFrame:
-        """Gain of each extra step: paired difference between consecutive steps of a series."""
-        rows = []
-        cost = self.cost_metric()
-        for backbone, adapter, cells in self.series():
-            metrics = of_kind(self.series_metrics(backbone, adapter), "quality")
-            for lower, upper in zip(cells, cells[1:], strict=False):
-                extra_s = np.nan
-                if cost is not None:
-                    extra_s = self.mean(upper, cost).mean - self.mean(lower, cost).mean
-                for metric in metrics:
-                    d = self.diff(upper, lower, metric)
-                    extra_steps = upper.steps - lower.steps
+
+def pareto_values(ctx: Context, backbone: str, adapter: str) -> list[str]:
+    """The value axes of a series' Pareto rows: its identity metric (no face = 0 when known),
+    else each of its own quality metrics (SD style/object series)."""
+    metrics = ctx.series_metrics(backbone, adapter)
+    identity = next((c for c in PARETO_VALUES if c in metrics), None)
+    return [identity] if identity else of_kind(metrics, "quality")
+
+
+def pareto(ctx: Context) -> pd.DataFrame:
+    """Every cell's mean latency (end to end when measured) and identity similarity (no face
+    = 0 when known; a series without one: a row for each of its quality metrics); `on_front`
+    marks the Pareto frontier among the cells of the same value metric, `device_name` where
+    each ran."""
+    cost = ctx.cost_metric()
+    base = ["cell_id", "backbone", "adapter", "steps", "cost_metric", "value_metric", "device_name"]
+    rows = []
+    for cell in ctx.grid.cells if cost is not None else []:
+        for value in pareto_values(ctx, cell.backbone, cell.adapter):
+            row = {
+                "cell_id": cell.id,
+                "backbone": cell.backbone,
+                "adapter": cell.adapter,
+                "steps": cell.steps,
+                "cost_metric": cost,
+                "value_metric": value,
+                "device_name": devices(ctx.cell_frame(cell)),
+            }
+            for name, metric in (("cost", cost), ("value", value)):
+                m = ctx.mean(cell, metric)
+                row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
+    table = pd.DataFrame(rows)
+    table["on_front"] = False
+    for value, group in table.groupby("value_metric", sort=False):
+        front = pareto_mask(group["cost"], group["value"], spec(value).better != "lower")
+        table.loc[group.index, "on_front"] = front
+    table["on_front"] = table["on_front"].astype(bool)
+    return table
+
+
+def comparison(ctx: Context) -> pd.DataFrame:
+    """The study's table: latency ratios baseline / candidate (end to end and denoise +
+    decode; "not comparable" across device names) and candidate - baseline of identity
+    similarity (no face = 0; faces only; detection rate) and LPIPS to the reference, paired
+    and with intervals; pairs used of the images both cells hold."""
+    if ctx.grid.comparison is None:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    baseline, candidate = ctx.grid.comparison
+    base_device = devices(ctx.cell_frame(baseline))
+    cand_device = devices(ctx.cell_frame(candidate))
+    rows = []
+    for quantity, metric in COMPARISON_ROWS:
+        row = dict.fromkeys(COMPARISON_COLUMNS, np.nan)
+        row.update(
+            quantity=quantity,
+            metric=metric,
+            baseline=baseline.id,
+            candidate=candidate.id,
+            study=STUDY.get(metric, np.nan),
+            available=metric in ctx.metrics,
+            n_pairs=0,
+            n_paired_images=0,
+            baseline_device=base_device,
+            candidate_device=cand_device,
+            note="",
+        )
+        if metric in ctx.metrics:
+            row.update(baseline_mean=ctx.mean(baseline, metric).mean)
+            row.update(candidate_mean=ctx.mean(candidate, metric).mean)
+            if spec(metric).kind == "cost":
+                r = ratio_interval(
+                    ctx.paired(baseline, candidate), f"{metric}_a", f"{metric}_b", ctx.confidence
+                )
+                if base_device != cand_device or "," in base_device:
+                    where = f"baseline on {base_device or '?'}, candidate on {cand_device or '?'}"
+                    row.update(note=f"not comparable: {where}")
+                else:
+                    row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+                    if "warmup" in ctx.scores:
+                        row.update(note="warm-up batch excluded")
+            else:
+                r = ctx.diff(candidate, baseline, metric)
+                row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
+            row.update(n_pairs=r.n, n_paired_images=r.n_items)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def ablation(ctx: Context) -> pd.DataFrame:
+    """Where a backbone runs several adapters: each adapter minus the reference adapter
+    (the anchor's, else the first) at the same steps, paired on items."""
+    columns = [
+        "backbone",
+        "steps",
+        "adapter",
+        "reference_adapter",
+        "metric",
+        "better",
+        "mean",
+        "reference_mean",
+        "diff",
+        "diff_ci_low",
+        "diff_ci_high",
+        "n_pairs",
+        "n_paired_images",
+    ]
+    rows = []
+    anchor = ctx.grid.anchor
+    for backbone in dict.fromkeys(c.backbone for c in ctx.grid.cells):
+        adapters = list(dict.fromkeys(c.adapter for c in ctx.grid.cells_of(backbone)))
+        if len(adapters) < 2:
+            continue
+        reference = anchor.adapter if anchor and anchor.adapter in adapters else adapters[0]
+        for adapter in adapters:
+            if adapter == reference:
+                continue
+            for cell in ctx.grid.cells_of(backbone, adapter):
+                ref = Cell(backbone, reference, cell.steps)
+                if ref not in ctx.grid.cells:
+                    continue
+                shared = set(ctx.series_metrics(backbone, reference))
+                for metric in of_kind(ctx.series_metrics(backbone, adapter), "quality"):
+                    d = ctx.diff(cell, ref, metric)
+                    if metric not in shared or d.n_items == 0:
+                        continue  # a metric the reference series lacks, or items it never drew
                     rows.append(
                         {
                             "backbone": backbone,
+                            "steps": cell.steps,
                             "adapter": adapter,
+                            "reference_adapter": reference,
                             "metric": metric,
                             "better": spec(metric).better or "",
-                            "from_steps": lower.steps,
-                            "to_steps": upper.steps,
-                            "from_mean": self.mean(lower, metric).mean,
-                            "to_mean": self.mean(upper, metric).mean,
-                            "gain": d.mean,
-                            "gain_ci_low": d.low,
-                            "gain_ci_high": d.high,
-                            "gain_per_step": d.mean / extra_steps,
-                            "extra_latency_s": extra_s,
-                            # more steps measured faster is timing noise: no gain per second then
-                            "gain_per_second": d.mean / extra_s if extra_s > 0 else np.nan,
+                            "mean": ctx.mean(cell, metric).mean,
+                            "reference_mean": ctx.mean(ref, metric).mean,
+                            "diff": d.mean,
+                            "diff_ci_low": d.low,
+                            "diff_ci_high": d.high,
                             "n_pairs": d.n,
                             "n_paired_images": d.n_items,
                         }
                     )
-        return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
 
-    def cost_metric(self) -> str | None:
-        """The per-image latency the cost views use: end to end when measured, else denoise + decode."""
-        return next((c for c in PARETO_COSTS if c in self.metrics), None)
 
-    def pareto_values(self, backbone: str, adapter: str) -> list[str]:
-        """The value axes of a series' Pareto rows: its identity metric (no face = 0 when known),
-        else each of its own quality metrics (SD style/object series)."""
-        metrics = self.series_metrics(backbone, adapter)
-        identity = next((c for c in PARETO_VALUES if c in metrics), None)
-        return [identity] if identity else of_kind(metrics, "quality")
-
-    def pareto(self) -> pd.DataFrame:
-        """Every cell's mean latency (end to end when measured) and identity similarity (no face
-        = 0 when known; a series without one: a row for each of its quality metrics); `on_front`
-        marks the Pareto frontier among the cells of the same value metric, `device_name` where
-        each ran."""
-        cost = self.cost_metric()
-        base = ["cell_id", "backbone", "adapter", "steps", "cost_metric", "value_metric", "device_name"]
-        rows = []
-        for cell in self.grid.cells if cost is not None else []:
-            for value in self.pareto_values(cell.backbone, cell.adapter):
-                row = {
-                    "cell_id": cell.id,
+def trajectory(ctx: Context, frame: pd.DataFrame | None) -> pd.DataFrame:
+    """Per trajectory cell, step and probe: the mean over items with its interval."""
+    columns = [
+        "cell_id",
+        "backbone",
+        "adapter",
+        "steps",
+        "step",
+        "sigma",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+    ]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    frame = with_zero_identity(frame)
+    metrics = [m for m in TRAJECTORY_METRICS if m in frame]
+    rows = []
+    for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
+        cell = Cell.parse(cell_id)
+        for metric in metrics:
+            m = mean_interval(group, metric, ctx.confidence, bounds=spec(metric).bounds)
+            rows.append(
+                {
+                    "cell_id": cell_id,
                     "backbone": cell.backbone,
                     "adapter": cell.adapter,
                     "steps": cell.steps,
-                    "cost_metric": cost,
-                    "value_metric": value,
-                    "device_name": devices(self.cell_frame(cell)),
+                    "step": int(step),
+                    "sigma": float(group["sigma"].mean()) if "sigma" in group else np.nan,
+                    "metric": metric,
+                    "mean": m.mean,
+                    "ci_low": m.low,
+                    "ci_high": m.high,
+                    "n": m.n,
                 }
-                for name, metric in (("cost", cost), ("value", value)):
-                    m = self.mean(cell, metric)
-                    row.update({name: m.mean, f"{name}_ci_low": m.low, f"{name}_ci_high": m.high})
-                rows.append(row)
-        if not rows:
-            return pd.DataFrame(columns=[*base, "cost", "value", "on_front"])
-        table = pd.DataFrame(rows)
-        table["on_front"] = False
-        for value, group in table.groupby("value_metric", sort=False):
-            front = pareto_mask(group["cost"], group["value"], spec(value).better != "lower")
-            table.loc[group.index, "on_front"] = front
-        table["on_front"] = table["on_front"].astype(bool)
-        return table
-
-    def comparison(self) -> pd.DataFrame:
-        """The study's table: latency ratios baseline / candidate (end to end and denoise +
-        decode; "not comparable" across device names) and candidate - baseline of identity
-        similarity (no face = 0; faces only; detection rate) and LPIPS to the reference, paired
-        and with intervals; pairs used of the images both cells hold."""
-        if self.grid.comparison is None:
-            return pd.DataFrame(columns=COMPARISON_COLUMNS)
-        baseline, candidate = self.grid.comparison
-        base_device = devices(self.cell_frame(baseline))
-        cand_device = devices(self.cell_frame(candidate))
-        rows = []
-        for quantity, metric in COMPARISON_ROWS:
-            row = dict.fromkeys(COMPARISON_COLUMNS, np.nan)
-            row.update(
-                quantity=quantity,
-                metric=metric,
-                baseline=baseline.id,
-                candidate=candidate.id,
-                study=STUDY.get(metric, np.nan),
-                available=metric in self.metrics,
-                n_pairs=0,
-                n_paired_images=0,
-                baseline_device=base_device,
-                candidate_device=cand_device,
-                note="",
             )
-            if metric in self.metrics:
-                row.update(baseline_mean=self.mean(baseline, metric).mean)
-                row.update(candidate_mean=self.mean(candidate, metric).mean)
-                if spec(metric).kind == "cost":
-                    r = ratio_interval(
-                        self.paired(baseline, candidate), f"{metric}_a", f"{metric}_b", self.confidence
-                    )
-                    if base_device != cand_device or "," in base_device:
-                        where = f"baseline on {base_device or '?'}, candidate on {cand_device or '?'}"
-                        row.update(note=f"not comparable: {where}")
-                    else:
-                        row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
-                        if "warmup" in self.scores:
-                            row.update(note="warm-up batch excluded")
-                else:
-                    r = self.diff(candidate, baseline, metric)
-                    row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
-                row.update(n_pairs=r.n, n_paired_images=r.n_items)
-            rows.append(row)
-        return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
 
-    def ablation(self) -> pd.DataFrame:
-        """Where a backbone runs several adapters: each adapter minus the reference adapter
-        (the anchor's, else the first) at the same steps, paired on items."""
-        columns = [
-            "backbone",
-            "steps",
-            "adapter",
-            "reference_adapter",
-            "metric",
-            "better",
-            "mean",
-            "reference_mean",
-            "diff",
-            "diff_ci_low",
-            "diff_ci_high",
-            "n_pairs",
-            "n_paired_images",
-        ]
-        rows = []
-        anchor = self.grid.anchor
-        for backbone in dict.fromkeys(c.backbone for c in self.grid.cells):
-            adapters = list(dict.fromkeys(c.adapter for c in self.grid.cells_of(backbone)))
-            if len(adapters) < 2:
-                continue
-            reference = anchor.adapter if anchor and anchor.adapter in adapters else adapters[0]
-            for adapter in adapters:
-                if adapter == reference:
-                    continue
-                for cell in self.grid.cells_of(backbone, adapter):
-                    ref = Cell(backbone, reference, cell.steps)
-                    if ref not in self.grid.cells:
-                        continue
-                    shared = set(self.series_metrics(backbone, reference))
-                    for metric in of_kind(self.series_metrics(backbone, adapter), "quality"):
-                        d = self.diff(cell, ref, metric)
-                        if metric not in shared or d.n_items == 0:
-                            continue  # a metric the reference series lacks, or items it never drew
-                        rows.append(
-                            {
-                                "backbone": backbone,
-                                "steps": cell.steps,
-                                "adapter": adapter,
-                                "reference_adapter": reference,
-                                "metric": metric,
-                                "better": spec(metric).better or "",
-                                "mean": self.mean(cell, metric).mean,
-                                "reference_mean": self.mean(ref, metric).mean,
-                                "diff": d.mean,
-                                "diff_ci_low": d.low,
-                                "diff_ci_high": d.high,
-                                "n_pairs": d.n,
-                                "n_paired_images": d.n_items,
-                            }
-                        )
-        return pd.DataFrame(rows, columns=columns)
 
-    def trajectory(self, frame: pd.DataFrame | None) -> pd.DataFrame:
-        """Per trajectory cell, step and probe: the mean over items with its interval."""
-        columns = [
-            "cell_id",
-            "backbone",
-            "adapter",
-            "steps",
-            "step",
-            "sigma",
-            "metric",
-            "mean",
-            "ci_low",
-            "ci_high",
-            "n",
-        ]
-        if frame is None or frame.empty:
-            return pd.DataFrame(columns=columns)
-        frame = with_zero_identity(frame)
-        metrics = [m for m in TRAJECTORY_METRICS if m in frame]
-        rows = []
-        for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
-            cell = Cell.parse(cell_id)
-            for metric in metrics:
-                m = mean_interval(group, metric, self.confidence, bounds=spec(metric).bounds)
-                rows.append(
-                    {
-                        "cell_id": cell_id,
-                        "backbone": cell.backbone,
-                        "adapter": cell.adapter,
-                        "steps": cell.steps,
-                        "step": int(step),
-                        "sigma": float(group["sigma"].mean()) if "sigma" in group else np.nan,
-                        "metric": metric,
-                        "mean": m.mean,
-                        "ci_low": m.low,
-                        "ci_high": m.high,
-                        "n": m.n,
-                    }
-                )
-        return pd.DataFrame(rows, columns=columns)
-
-    def coverage(self) -> pd.DataFrame:
-        """Simulated coverage of the intervals at the checked sizes and at each design this sweep's
-        series have, labelled with the backbones of each (`fewstep.analysis.coverage.design_coverage`)."""
-        designs: dict[tuple[int, int, int], list[str]] = {}
-        for backbone, _, cells in self.series():
-            frame = pd.concat([self.cell_frame(c) for c in cells])
-            if not frame.empty:
-                shape = tuple(int(frame[k].nunique()) for k in ("identity", "prompt_id", "seed"))
-                designs.setdefault(shape, [])
-                designs[shape] += [] if backbone in designs[shape] else [backbone]
-        named = {
-            shape: (
-                "this sweep: "
-                + ", ".join(backbones)
-                + (
-                    " (references x prompts x seeds)"
-                    if all(anchors_to_highest_step(self.config, b) for b in backbones)
-                    else " (identities x prompts x seeds)"
-                )
+def coverage(ctx: Context) -> pd.DataFrame:
+    """Simulated coverage of the intervals at the checked sizes and at each design this sweep's
+    series have, labelled with the backbones of each (`fewstep.analysis.coverage.design_coverage`)."""
+    designs: dict[tuple[int, int, int], list[str]] = {}
+    for backbone, _, cells in ctx.series():
+        frame = pd.concat([ctx.cell_frame(c) for c in cells])
+        if not frame.empty:
+            shape = tuple(int(frame[k].nunique()) for k in ("identity", "prompt_id", "seed"))
+            designs.setdefault(shape, [])
+            designs[shape] += [] if backbone in designs[shape] else [backbone]
+    named = {
+        shape: (
+            "this sweep: "
+            + ", ".join(backbones)
+            + (
+                " (references x prompts x seeds)"
+                if all(anchors_to_highest_step(ctx.config, b) for b in backbones)
+                else " (identities x prompts x seeds)"
             )
-            for shape, backbones in designs.items()
-        }
-        return design_coverage(named, self.confidence, self.seed)
+        )
+        for shape, backbones in designs.items()
+    }
+    return design_coverage(named, ctx.confidence, ctx.seed)
 
-    def widths(self) -> pd.DataFrame:
-        """How wide the headline identity metric's intervals would be with more identities, at this
-        sweep's own spread: a cell mean (the anchor's) and the study's paired difference."""
-        metric = next((m for m in PARETO_VALUES if m in self.metrics), None)
-        sources = []
-        if metric and self.grid.anchor is not None:
-            frame = self.cell_frame(self.grid.anchor)
-            sources.append(("cell mean", self.grid.anchor.id, frame[metric].to_numpy(), frame))
-        if metric and self.grid.comparison is not None:
-            baseline, candidate = self.grid.comparison
-            paired = self.paired(candidate, baseline)
-            source = f"{candidate.id} - {baseline.id}"
-            sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
-        shape = (len(self.config["prompts"]), len(self.config["seeds"]))
-        return projected_widths(metric, sources, shape, self.confidence, self.seed)
+
+def widths(ctx: Context) -> pd.DataFrame:
+    """How wide the headline identity metric's intervals would be with more identities, at this
+    sweep's own spread: a cell mean (the anchor's) and the study's paired difference."""
+    metric = next((m for m in PARETO_VALUES if m in ctx.metrics), None)
+    sources = []
+    if metric and ctx.grid.anchor is not None:
+        frame = ctx.cell_frame(ctx.grid.anchor)
+        sources.append(("cell mean", ctx.grid.anchor.id, frame[metric].to_numpy(), frame))
+    if metric and ctx.grid.comparison is not None:
+        baseline, candidate = ctx.grid.comparison
+        paired = ctx.paired(candidate, baseline)
+        source = f"{candidate.id} - {baseline.id}"
+        sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
+    shape = (len(ctx.config["prompts"]), len(ctx.config["seeds"]))
+    return projected_widths(metric, sources, shape, ctx.confidence, ctx.seed)
+
+
+#: the table functions of the aggregate (the trajectory table also reads the trajectory frames)
+TABLE_FUNCTIONS = {
+    "summary": summary,
+    "regime": regime,
+    "marginal": marginal,
+    "pareto": pareto,
+    "comparison": comparison,
+    "ablation": ablation,
+    "coverage": coverage,
+    "widths": widths,
+}
 
 
 def tables(
     config: dict[str, Any], scores: pd.DataFrame, trajectories: pd.DataFrame | None
 ) -> dict[str, pd.DataFrame]:
-    agg = Aggregator(config, scores)
+    """Every table of `TABLES`, each from one function of the shared `Context`."""
+    ctx = Context(config, scores)
     return {
-        "summary": agg.summary(),
-        "regime": agg.regime(),
-        "marginal": agg.marginal(),
-        "pareto": agg.pareto(),
-        "comparison": agg.comparison(),
-        "ablation": agg.ablation(),
-        "trajectory": agg.trajectory(trajectories),
-        "coverage": agg.coverage(),
-        "widths": agg.widths(),
+        name: trajectory(ctx, trajectories) if name == "trajectory" else TABLE_FUNCTIONS[name](ctx)
+        for name in TABLES
     }
 
 

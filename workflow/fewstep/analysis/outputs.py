@@ -3,6 +3,8 @@
 Plain names with no pandas behind them: the rules read them while Snakemake parses the workflow.
 """
 
+from fewstep.families import FAMILIES
+
 #: CSV tables under results/<sweep>/aggregate/ (`Paths.table`), "summary" first
 TABLES = (
     "summary",
@@ -16,8 +18,14 @@ TABLES = (
     "widths",
 )
 
-#: figure folders under reports/<sweep>/figures/, each one Snakemake report category
-SECTIONS = ("regime", "cost", "ablation", "trajectory", "grids", "sd")
+#: figure folders under reports/<sweep>/figures/, each one Snakemake report category: the generic
+#: sections' and those the families draw their own sections in (`Family.report_folders`)
+SECTIONS = tuple(
+    dict.fromkeys(
+        ("regime", "cost", "ablation", "trajectory", "grids")
+        + tuple(folder for family in FAMILIES.values() for folder in family.report_folders)
+    )
+)
 
 # Column order of the tables whose rows are built as dicts; an empty table keeps its header.
 SUMMARY_COLUMNS = [

@@ -76,6 +76,10 @@ class Page:
     def add(self, key: str, title: str, body: str) -> None:
         self.sections.append((key, title, body))
 
+    def append(self, key: str, body: str) -> None:
+        """Add `body` at the end of section `key` (a family's addition to a generic section)."""
+        self.sections = [(k, t, b + body if k == key else b) for k, t, b in self.sections]
+
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222;line-height:1.45}

@@ -4,7 +4,8 @@
 PNG data); next to it `figures/<section>/*.{png,svg}` (the Snakemake report
 registers the PNGs, one category per section) and `tables/*.csv`. Sections
 without data (no trajectories, one adapter, no LPIPS column) say so instead of
-showing an empty figure.
+showing an empty figure. Family-specific sections and additions come from each family of the
+sweep (`fewstep.analysis.family_sections`); this module names no family.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fewstep.analysis import identity_encoders
-from fewstep.analysis.aggregate import anchors_to_highest_step
+from fewstep.analysis.context import anchors_to_highest_step
+from fewstep.analysis.family_sections import family_parts, rows_of
 from fewstep.analysis.figures import (
     ablation_figure,
     block_heatmap,
@@ -48,8 +50,6 @@ from fewstep.analysis.report_method import (
     provenance_section,
     summary_section,
 )
-from fewstep.analysis.report_sd import rows_of, sd_sections
-from fewstep.analysis.scale_window import scale_window_section
 from fewstep.analysis.scores import load_trajectories
 from fewstep.analysis.stats import Bounds
 from fewstep.core import provenance
@@ -57,6 +57,7 @@ from fewstep.core.config import config_hash
 from fewstep.core.images import identity_images
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
+from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
 #: the range of a ratio of positive means
@@ -297,11 +298,10 @@ def _cost_section(page: Page, summary: pd.DataFrame, pareto: pd.DataFrame) -> No
     )
 
 
-def _ablation_section(page: Page, ablation: pd.DataFrame, summary: pd.DataFrame) -> None:
-    scale_window = scale_window_section(page, summary)
+def _ablation_section(page: Page, ablation: pd.DataFrame) -> None:
     if ablation.empty:
         note = note_html("Each backbone runs a single adapter: no ablation.")
-        page.add("ablation", "Adapter ablation", note + scale_window)
+        page.add("ablation", "Adapter ablation", note)
         return
     body = (
         "<p>Each adapter minus the reference adapter on the same backbone, steps, identity, prompt, seed.</p>"
@@ -323,7 +323,7 @@ def _ablation_section(page: Page, ablation: pd.DataFrame, summary: pd.DataFrame)
             r.diff, r.diff_ci_low, r.diff_ci_high, True, bounds=spec(r.metric).bounds.difference()
         ),
     ).rename(columns={"compared": "adapter − reference"})
-    page.add("ablation", "Adapter ablation", body + html_table(table) + scale_window)
+    page.add("ablation", "Adapter ablation", body + html_table(table))
 
 
 def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFrame | None) -> None:
@@ -404,7 +404,8 @@ def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
 
 
 def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
-    """Identity x steps grids of every backbone/adapter but the backbones in `skip` (SD's own section)."""
+    """Identity x steps grids of every backbone/adapter but the backbones in `skip` (shown in their
+    family's own section)."""
     config, grid, paths = page.config, page.grid, page.paths
     references = identity_images(config, config["report"]["grid_max_identities"])
     seed = config["seeds"][0]
@@ -451,9 +452,8 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
         atomic_write_bytes(out.parent / "tables" / f"{name}.csv", source.read_bytes())
 
     page = Page(config, out)
-    sd = [b for b in dict.fromkeys(c.backbone for c in grid.cells) if anchors_to_highest_step(config, b)]
-    sd_read = read
-    read = {name: rows_of(table, sd, keep=False) for name, table in read.items()}  # the FLUX sections'
+    parts, own = family_parts(page, read, per_image)
+    read = {name: rows_of(table, own, keep=False) for name, table in read.items()}  # the generic sections'
     summary = read["summary"]
     _findings(page, read)
     _study_section(page, read["comparison"], config["report"]["confidence"])
@@ -461,13 +461,17 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     page.add(*identity_encoders.section(config, summary, read["comparison"]))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
-    _ablation_section(page, read["ablation"], summary)
+    _ablation_section(page, read["ablation"])
     _trajectory_section(page, read["trajectory"], load_trajectories(config))
-    _grids_section(page, frozenset(sd))
-    sd_sections(page, sd_read, per_image, sd)
+    _grids_section(page, frozenset(own))
+    for part in parts:
+        page.sections += part.sections
     summary_section(page, summary)
     method_section(page, summary, read["coverage"], read["widths"])
     provenance_section(page, per_image)
+    for part in parts:
+        for key, extra in part.appended.items():
+            page.append(key, extra)
 
     weights = {config["weights"], *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}
     anchor, comparison = grid.anchor, grid.comparison
@@ -495,9 +499,7 @@ def counted(n: int, one: str, many: str) -> str:
 def header_counts(config: dict[str, Any], per_image: pd.DataFrame) -> str:
     """Cells and images per model family as the scored images (one row per manifest row) hold
     them: each family's own images per cell and their identities (references) x prompts x seeds."""
-    from fewstep.analysis.report_sd import FAMILY_NAMES
-
-    family = per_image["backbone"].map(lambda b: config["backbones"][b].get("family", "flux"))
+    family = per_image["backbone"].map(lambda b: config["backbones"][b]["family"])
     parts = []
     for name, frame in per_image.groupby(family, sort=False):
         per_cell = frame.groupby("cell_id", sort=False)
@@ -519,7 +521,7 @@ def header_counts(config: dict[str, Any], per_image: pd.DataFrame) -> str:
             for i, p, k in shapes
         )
         cells = counted(per_cell.ngroups, "cell", "cells")
-        text = f"{FAMILY_NAMES.get(name, name.upper())}: {cells} of {each} ({designs})"
+        text = f"{FAMILIES[name].label}: {cells} of {each} ({designs})"
         attributes = (
             f'data-family="{html.escape(name)}" data-cells="{per_cell.ngroups}" data-images="{len(frame)}"'
         )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
 
@@ -220,6 +221,18 @@ class Family(Protocol):
     ) -> CellPipeline:
         """Load one generation job's backbone and adapter (config ``memory`` options applied) and
         accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off)."""
+        ...
+
+    # --- report side: `fewstep.families.report_kit` --------------------------
+    #: the family's name on the report page ("FLUX", "SD1.5")
+    label: str
+    #: figure folders of its own under reports/<sweep>/figures/ (each one Snakemake report
+    #: category, described by workflow/report/<folder>.rst)
+    report_folders: tuple[str, ...]
+
+    def report_parts(self, kit: ReportKit) -> ReportParts:
+        """Its report sections and additions to the generic ones, drawn with `kit`'s tools from
+        `kit`'s tables (its own rows); empty `ReportParts` when the generic page says it all."""
         ...
 
 

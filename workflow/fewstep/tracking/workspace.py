@@ -23,7 +23,7 @@ from typing import Any
 
 from fewstep.grid import Grid
 from fewstep.scoring.specs import BY_NAME, IDENTITY, MetricSpec
-from fewstep.tracking.runs import STEP_METRICS
+from fewstep.tracking.content import STEP_METRICS
 
 #: trajectory curves the workspace draws (logged as `trajectory/<name>`)
 TRAJECTORY_PANELS = {

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from fewstep.families.flux.pipeline import FluxCellPipeline, FluxPromptEncoder
+    from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
@@ -106,6 +107,16 @@ class FluxFamily:
         return FluxCellPipeline(
             config, backbone, adapter, acceleration, self.guidance(backbone), device, dtype
         )
+
+    # --- report side -----------------------------------------------------------
+    label = "FLUX"
+    report_folders = ()  # its scale and window figure joins the generic ablation folder
+
+    def report_parts(self, kit: ReportKit) -> ReportParts:
+        """The InfuseNet scale and window study, at the end of the ablation section."""
+        from fewstep.families.flux.report import report_parts
+
+        return report_parts(kit)
 
 
 FLUX = FluxFamily()

@@ -38,6 +38,7 @@ from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFami
 if TYPE_CHECKING:
     import torch
 
+    from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.families.sd.cell import SDCellPipeline, SDPromptEncoder
     from fewstep.registry.spec import ModelSpec
 
@@ -190,6 +191,19 @@ class StableDiffusion:
             raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
         scale = self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None
         return SDCellPipeline(config, self, backbone, adapter, scale, device, dtype)
+
+    # --- report side -----------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    report_folders = ("sd",)  # one figure folder for every SD family's section
+
+    def report_parts(self, kit: ReportKit) -> ReportParts:
+        """A section of its own: metrics vs steps per series, knees, grids, the study's claim."""
+        from fewstep.families.sd.report import section
+
+        return section(kit, self.name, self.label, self.report_folders[0])
 
 
 def negative_label(backbone: Mapping[str, Any]) -> str:

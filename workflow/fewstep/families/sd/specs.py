@@ -142,6 +142,7 @@ class SDFamily:
     """One Stable Diffusion base model: its repo, layout, defaults and adapter files."""
 
     name: str
+    label: str  # its name on the report page
     repo_id: str
     folder: str
     pipeline_class: str
@@ -206,6 +207,7 @@ def ip_adapter_patterns(uses: list[tuple[SDFamily, str, bool]]) -> list[str]:
 
 SD15 = SDFamily(
     name="sd15",
+    label="SD1.5",
     repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
     folder="stable-diffusion-v1-5",
     pipeline_class="StableDiffusionPipeline",
@@ -230,6 +232,7 @@ SD15 = SDFamily(
 )
 SDXL = SDFamily(
     name="sdxl",
+    label="SDXL",
     repo_id="stabilityai/stable-diffusion-xl-base-1.0",
     folder="stable-diffusion-xl-base-1.0",
     pipeline_class="StableDiffusionXLPipeline",

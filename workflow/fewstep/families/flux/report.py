@@ -1,24 +1,23 @@
-"""InfuseNet's conditioning scale and adapter window: identity and the latency each saves."""
+"""FLUX's part of the report: InfuseNet's conditioning scale and adapter window, in the ablation section.
+
+Identity against the scale and the window, and the latency each window saves; drawn with the
+report's injected tools (`ReportKit`), pandas imported inside the functions.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from fewstep.analysis.figure_check import range_gid
-from fewstep.analysis.figures import pyplot, series_colors, wrapped
-from fewstep.analysis.formats import fmt, fmt_ci, html_table, note_html, steps_label
-from fewstep.analysis.metric_registry import spec
-from fewstep.analysis.page import Page
 from fewstep.core.io import atomic_write_bytes
-from fewstep.grid import Grid
+from fewstep.families.report_kit import ReportKit, ReportParts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IDENTITY = "id_sim"
 
 
-def scale_window_table(config: dict[str, Any], summary: pd.DataFrame) -> pd.DataFrame:
+def scale_window_table(kit: ReportKit, summary: pd.DataFrame) -> pd.DataFrame:
     """Identity and latency of every InfuseNet cell next to its operating point's full adapter.
 
     Cells of one backbone and step count with the same InfuseNet variant and control
@@ -27,13 +26,15 @@ def scale_window_table(config: dict[str, Any], summary: pd.DataFrame) -> pd.Data
     1, InfuseNet on fewer steps). `latency_saved_s` is the reference's mean latency
     minus the cell's (denoise + decode per image, as the summary computes it).
     """
+    import numpy as np
+    import pandas as pd
+
     from fewstep.families.flux.sampler import adapter_window
 
-    grid = Grid(config)
     means = summary.set_index(["cell_id", "metric"])
     rows = []
-    for cell in grid.cells:
-        adapter = grid.adapter(cell)
+    for cell in kit.cells:
+        adapter = kit.adapter(cell)
         if adapter["kind"] != "infusenet":
             continue
         window = adapter_window(
@@ -76,19 +77,21 @@ def scale_window_table(config: dict[str, Any], summary: pd.DataFrame) -> pd.Data
     return table[varied].reset_index(drop=True)
 
 
-def scale_window_figure(table: pd.DataFrame):
+def scale_window_figure(kit: ReportKit, table: pd.DataFrame):
     """Identity against conditioning scale, identity against window, latency each window saves."""
-    plt = pyplot()
+    import pandas as pd
+
+    plt = kit.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), squeeze=False)
     scale_ax, window_ax, saved_ax = axes[0]
     points = list(dict.fromkeys(zip(table["backbone"], table["steps"], table["family"], strict=True)))
-    colors = series_colors(points)
+    colors = kit.series_colors(points)
     for point in points:
         backbone, steps, family = point
         data = table[
             (table["backbone"] == backbone) & (table["steps"] == steps) & (table["family"] == family)
         ]
-        label = f"{backbone} {steps_label(steps)} ({family})"
+        label = f"{backbone} {kit.steps_label(steps)} ({family})"
         ref = data[data["varies"] == "reference"]
         for ax, kind, x in (
             (scale_ax, "scale", "conditioning_scale"),
@@ -110,7 +113,7 @@ def scale_window_figure(table: pd.DataFrame):
                 color=colors[point],
                 label=label,
             )
-            bars[0].set_gid(range_gid("y", spec(IDENTITY).bounds))
+            bars[0].set_gid(kit.range_gid("y", kit.spec(IDENTITY).bounds))
             if kind == "window":
                 saved_ax.plot(
                     xs, 100 * series["latency_saved_fraction"], marker="o", color=colors[point], label=label
@@ -119,8 +122,8 @@ def scale_window_figure(table: pd.DataFrame):
     window_ax.set_xlabel("fraction of steps with InfuseNet (first k of n)")
     saved_ax.set_xlabel("fraction of steps with InfuseNet (first k of n)")
     for ax in (scale_ax, window_ax):
-        ax.set_ylabel(wrapped(spec(IDENTITY).axis_label))
-    saved_ax.set_ylabel(wrapped("latency saved vs the full adapter (%)"))
+        ax.set_ylabel(kit.wrapped(kit.spec(IDENTITY).axis_label))
+    saved_ax.set_ylabel(kit.wrapped("latency saved vs the full adapter (%)"))
     scale_ax.set_title("identity vs conditioning scale")
     window_ax.set_title("identity vs adapter window")
     saved_ax.set_title("latency each window saves")
@@ -132,40 +135,43 @@ def scale_window_figure(table: pd.DataFrame):
     return fig
 
 
-def scale_window_section(page: Page, summary: pd.DataFrame) -> str:
+def scale_window_section(kit: ReportKit) -> str:
     """Identity against InfuseNet's scale and window, and the latency each window saves."""
-    table = scale_window_table(page.config, summary)
+    import pandas as pd
+
+    summary = kit.tables["summary"]
+    table = scale_window_table(kit, summary)
     if table.empty or IDENTITY not in set(summary["metric"]):
-        return note_html("No conditioning-scale or adapter-window cells in this sweep.")
-    atomic_write_bytes(page.out.parent / "tables" / "scale_window.csv", table.to_csv(index=False).encode())
+        return kit.note_html("No conditioning-scale or adapter-window cells in this sweep.")
+    atomic_write_bytes(kit.out.parent / "tables" / "scale_window.csv", table.to_csv(index=False).encode())
     body = (
         "<h3>Conditioning scale and adapter window</h3><p>Each InfuseNet cell next to the full adapter "
         "(scale 1, every step) of its backbone, step count and variant. A window runs InfuseNet on the first "
         "k steps only; the latency it saves is the full adapter's mean denoise + decode time per image "
         "minus its own (<code>tables/scale_window.csv</code>).</p>"
     )
-    body += page.figure(
-        scale_window_figure(table), "ablation", "scale_window", "identity vs scale and window"
+    body += kit.figure(
+        scale_window_figure(kit, table), "ablation", "scale_window", "identity vs scale and window"
     )
     shown = table.assign(
         identity=pd.Series(
             [
-                fmt_ci(
+                kit.fmt_ci(
                     r[IDENTITY],
                     r[f"{IDENTITY}_ci_low"],
                     r[f"{IDENTITY}_ci_high"],
-                    bounds=spec(IDENTITY).bounds,
+                    bounds=kit.spec(IDENTITY).bounds,
                 )
                 for _, r in table.iterrows()
             ],
             index=table.index,
             dtype=object,
         ),
-        latency=[fmt(v) for v in table["latency_s"]],
+        latency=[kit.fmt(v) for v in table["latency_s"]],
         saved=[
             ""
             if r["varies"] == "reference"
-            else f"{fmt(r['latency_saved_s'], signed=True)} ({100 * r['latency_saved_fraction']:+.0f}%)"
+            else f"{kit.fmt(r['latency_saved_s'], signed=True)} ({100 * r['latency_saved_fraction']:+.0f}%)"
             for _, r in table.iterrows()
         ],
     )
@@ -176,8 +182,13 @@ def scale_window_section(page: Page, summary: pd.DataFrame) -> str:
         "varies": "varies",
         "conditioning_scale": "scale",
         "infusenet_steps": "InfuseNet steps",
-        "identity": f"{spec(IDENTITY).label} [interval]",
+        "identity": f"{kit.spec(IDENTITY).label} [interval]",
         "latency": "latency (s)",
         "saved": "latency saved (s)",
     }
-    return body + html_table(shown[list(columns)].rename(columns=columns))
+    return body + kit.html_table(shown[list(columns)].rename(columns=columns))
+
+
+def report_parts(kit: ReportKit) -> ReportParts:
+    """The scale and window study, appended to the generic ablation section."""
+    return ReportParts(appended={"ablation": scale_window_section(kit)})
