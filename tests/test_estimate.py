@@ -209,19 +209,20 @@ OTHER_WALLS = {"prepare_model": 7.0, "embed_prompt": 12.0, "embed_sd_prompt": 9.
                "embed_identity": 3.0, "aggregate": 6.0, "report": 16.0, "wandb_aggregate": 1.0}  # fmt: skip
 
 
-def write_run(tmp_path, folder, card="x1", leave_out=None):
-    """A workflow_gpu.py result for the small sweep, its config written beside it."""
+def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", slower=0.0):
+    """A workflow_gpu.py result for the small sweep, its config written beside it (every job
+    `slower` seconds longer: another host)."""
     config_path = tmp_path / "small.yaml"
     config_path.write_text(yaml.safe_dump(small_sweep(tmp_path)))
     planned = est.estimate_with(small_config(tmp_path), est.measured_figures(card, folder)).jobs
     jobs = [
         {"rule": j.rule, "name": j.name, "failed": False,
-         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.rule))}
+         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.rule)) + slower}
         for j in planned
         if (j.rule, j.name) != leave_out
     ]  # fmt: skip
     run = {"card": card.upper(), "config": str(config_path), "summary": {"jobs": jobs}}
-    (folder / f"workflow_{card}_2026-01-02.json").write_text(json.dumps(run))
+    (folder / f"workflow_{card}_{date}.json").write_text(json.dumps(run))
 
 
 def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path):
@@ -249,10 +250,23 @@ def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path):
     assert result.wall_seconds == pytest.approx(7 + gpu + 6 + 16 + 1)
     assert result.gpu_overhead_seconds == pytest.approx(gpu - 2.8 - 21.4 - 0.58 - 0.8 - 0.4 - 0.4)
     assert result.figures.sources[-1] == str(folder / "workflow_x1_2026-01-02.json")
-    assert any("measured in the x1 workflow run" in note for note in result.notes)
+    assert any("measured in 1 x1 workflow run" in note for note in result.notes)
     # real weights are downloaded, not built: their preparation keeps the assumed 10 + 5 s
     real = est.estimate(small_config(tmp_path, weights="real"), "x1", folder)
     assert set(seconds(real, "prepare_model").values()) == {15.0}
+
+
+def test_overheads_of_several_runs_are_averaged_per_job_kind(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    write_run(tmp_path, folder)
+    one = est.estimate(small_config(tmp_path), "x1", folder).figures.overheads
+    write_run(tmp_path, folder, date="2026-01-03", slower=4.0)  # a slower host: every job 4 s longer
+    both = est.estimate(small_config(tmp_path), "x1", folder)
+    assert set(both.figures.overheads) == set(one)
+    for key, seconds_one in one.items():
+        assert both.figures.overheads[key] == pytest.approx(seconds_one + 2.0), key
+    assert both.figures.sources[-2:] == [str(folder / f"workflow_x1_2026-01-0{d}.json") for d in (2, 3)]
+    assert any("measured in 2 x1 workflow runs" in note for note in both.notes)
 
 
 def test_a_run_whose_config_forms_other_jobs_now_is_left_out_with_a_note(tmp_path):
@@ -282,4 +296,4 @@ def test_a_card_with_acceleration_figures_alone_borrows_the_rest_and_says_so(tmp
     assert seconds(result, "generate")["flux-dev/infusenet-aes"] == pytest.approx(22.9 + 1.4 + 2.6)
     notes = "\n".join(result.notes)
     assert "no latency file for x3" in notes and "no sd_latency file for x3" in notes
-    assert "measured in the x1 workflow run" in notes and "no compile figures for x3" in notes
+    assert "measured in 1 x1 workflow run" in notes and "no compile figures for x3" in notes
