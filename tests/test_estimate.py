@@ -11,7 +11,7 @@ import yaml
 
 from fewstep.analysis import estimate as est
 from fewstep.cli import main
-from fewstep.core.config import validate
+from fewstep.core.config import load, validate
 from fewstep.core.errors import ConfigError
 from fewstep.registry.catalog import marker_path
 from tests.conftest import REPO
@@ -194,6 +194,29 @@ def test_the_command_prints_the_estimate_of_the_gpu_config_naming_its_figures(ca
     assert "acceleration_h100_2026-12-06_caches.json" in out and "workflow_h100_2026-12-06.json" in out
     assert "note: no latency file for h100" in out and "note: no sd_latency file for h100" in out
     assert "job overheads measured: " in out and "generate/flux " in out
+    assert "measured in 2 h100 workflow runs" in out and "workflow_h100_2026-12-07.json" in out
+
+
+def test_the_committed_gpu_runs_are_each_estimated_within_a_quarter_of_their_measured_wall_time():
+    """Every workflow run in benchmarks/results, estimated from the other runs' overheads (out of
+    sample) and from all of them: the figures docs/performance.md prints."""
+    runs = sorted(est.FIGURES.glob("workflow_h100_*.json"))
+    assert len(runs) >= 2
+    for run_path in runs:
+        run = json.loads(run_path.read_text())
+        config = load([REPO / run["config"]])
+        measured = run["summary"]["wall_s"]
+        others = est.measured_figures("h100")
+        pooled: dict[str, list[float]] = {}
+        for other in runs:
+            if other != run_path:
+                for key, seconds in est.measured_overheads(other)[0].items():
+                    pooled.setdefault(key, []).append(seconds)
+        others.overheads = {key: sum(values) / len(values) for key, values in pooled.items()}
+        out_of_sample = est.estimate_with(config, others).wall_seconds / measured
+        both = est.estimate(config, "h100").wall_seconds / measured
+        assert 0.74 < out_of_sample < 1.27, (run_path.name, out_of_sample)
+        assert 0.85 < both < 1.15, (run_path.name, both)
 
 
 #: a workflow run of the small sweep on card x1: job walls in s (the rest of its jobs below)
