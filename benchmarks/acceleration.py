@@ -10,7 +10,7 @@ Cache variants take each backbone's schedule from `SCHEDULES` (the study config'
 Full-size FLUX.1-dev (28 steps) and FLUX.1-schnell (4 steps) with InfuseNet and random weights
 (latency does not depend on weight values), built by the workflow's `random` mode; prompt and
 identity embeddings drawn at random in their real shapes and files, so no text encoder or face
-model is needed. Every (backbone, variant) is one generation job, `fewstep.generate.run_job`, as
+model is needed. Every (backbone, variant) is one generation job, `fewstep.jobs.generate.run_job`, as
 the generate rule runs it (load, accelerate, render, writer thread, manifests), one after the other
 in this process. Per job:
 

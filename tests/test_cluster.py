@@ -86,6 +86,15 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+def test_each_profile_is_one_profile_yaml() -> None:
+    # Snakemake 9 reads profile.yaml (config.yaml only for compatibility); with both in one
+    # folder it would take whichever the directory listing gives first
+    folders = sorted(path for path in (REPO / "profiles").iterdir() if path.is_dir())
+    assert [path.name for path in folders] == ["default", "slurm"]
+    for folder in folders:
+        assert sorted(path.name for path in folder.iterdir()) == ["profile.yaml"], folder
+
+
 @pytest.mark.slow
 def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     run = snakemake(tmp_path, "-n", "--config", "device=cuda", "weights=random", "--cores", "8")
@@ -105,8 +114,8 @@ def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     # the profile's keys went through Snakemake's parser: an unknown key is an error
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "config.yaml").write_text(
-        (REPO / "profiles/default/config.yaml").read_text() + "no-such-option: 1\n"
+    (bad / "profile.yaml").write_text(
+        (REPO / "profiles/default/profile.yaml").read_text() + "no-such-option: 1\n"
     )
     run = snakemake(tmp_path, "-n", "--workflow-profile", bad)
     assert run.returncode != 0 and "no-such-option" in run.stderr

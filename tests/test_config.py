@@ -154,6 +154,64 @@ def test_identities_from_a_folder_or_glob_take_their_ids_from_file_names(raw_dem
     assert [i["id"] for i in validate(raw_demo)["identities"]] == ["ada", "astronaut"]
 
 
+def _schema_validator():
+    import jsonschema
+    import yaml
+
+    from fewstep.core.config import SCHEMA_PATH
+
+    return jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
+
+
+def test_ids_from_file_names_are_valid_names(raw_demo, tmp_path):
+    """A folder's ids satisfy the schema's name pattern (letter or digit first), so the resolved
+    config passes the schema again: the Snakefile checks the config once, before the filling."""
+    faces = _pictures(tmp_path / "faces", "_face.png", "-dash.png", "ünï cödé.jpg")
+    raw_demo["identities"] = str(faces)
+    config = validate(raw_demo)
+    assert [identity["id"] for identity in config["identities"]] == ["dash", "face", "n-c-d"]
+    errors = [error.message for error in _schema_validator().iter_errors(config)]
+    assert errors == []
+
+
+def _schemas_with_defaults(node, where="config"):
+    """(key path, subschema) of every subschema of the config schema that declares a default."""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _schemas_with_defaults(item, f"{where}[{index}]")
+    elif isinstance(node, dict):
+        if "default" in node:
+            yield where, node
+        for key, value in node.items():
+            if key in ("properties", "$defs"):  # maps of names to subschemas
+                for name, sub in value.items():
+                    yield from _schemas_with_defaults(sub, f"{where}.{name}")
+            elif key != "default":
+                yield from _schemas_with_defaults(value, f"{where}/{key}")
+
+
+def test_every_schema_default_passes_its_own_schema():
+    """The filled defaults need no second schema check: each one is valid where it is filled."""
+    validator = _schema_validator()
+
+    def invalid_defaults(node):
+        found = list(_schemas_with_defaults(node))
+        return len(found), [
+            where for where, sub in found if not validator.evolve(schema=sub).is_valid(sub["default"])
+        ]
+
+    count, invalid = invalid_defaults(validator.schema)
+    assert count > 40 and invalid == []
+    # $refs and bounds are checked: a default its schema refuses is named
+    bad = {
+        "properties": {
+            "sweep": {"$ref": "#/$defs/name", "default": "_results"},
+            "seed": {"minimum": 0, "default": -1},
+        }
+    }
+    assert invalid_defaults(bad) == (2, ["config.sweep", "config.seed"])
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -2,9 +2,9 @@
 
 Validation is JSON Schema against `workflow/schemas/config.schema.yaml` with
 defaults filled, plus the cross-references a schema cannot express. Every
-problem a user can cause becomes one `ConfigError` line naming the key. (The
-Snakefile also runs `snakemake.utils.validate` on the result; jobs and the CLI
-need only jsonschema.)
+problem a user can cause becomes one `ConfigError` line naming the key. This is
+the only check: the Snakefile, the jobs and the CLI all run `validate`, and its
+result passes the schema again (defaults and expanded identities included).
 """
 
 from __future__ import annotations
@@ -328,10 +328,11 @@ def _identity_folder(pattern: str) -> list[dict[str, Any]]:
 
 
 def _identity_id(path: Path) -> str:
-    """An identity id from a file's stem or a folder's name."""
+    """An identity id from a file's stem or a folder's name, as the schema's names are: a letter or
+    digit first, then letters, digits and ``_.-``, at most 64 characters."""
     import re
 
-    identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-.")[:64]
+    identity = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-._")[:64]
     if not identity:
         raise ConfigError(f"config identities: {path} has no letters or digits in its name; rename it")
     return identity
