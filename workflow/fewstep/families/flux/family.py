@@ -11,7 +11,7 @@ from fewstep.families.flux.models import BACKBONES, generation_weights
 if TYPE_CHECKING:
     import torch
 
-    from fewstep.families.flux.pipeline import FluxCellPipeline, FluxPromptEncoder
+    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder
     from fewstep.registry.spec import ModelSpec
 
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
@@ -86,7 +86,7 @@ class FluxFamily:
     def prompt_encoder(
         self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
     ) -> FluxPromptEncoder:
-        from fewstep.families.flux.pipeline import FluxPromptEncoder
+        from fewstep.families.flux.cell import FluxPromptEncoder
 
         return FluxPromptEncoder(config, model, device, dtype)
 
@@ -99,7 +99,7 @@ class FluxFamily:
         device: torch.device,
         dtype: torch.dtype,
     ) -> FluxCellPipeline:
-        from fewstep.families.flux.pipeline import FluxCellPipeline
+        from fewstep.families.flux.cell import FluxCellPipeline
 
         return FluxCellPipeline(
             config, backbone, adapter, acceleration, self.guidance(backbone), device, dtype
