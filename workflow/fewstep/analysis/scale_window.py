@@ -27,7 +27,7 @@ def scale_window_table(config: dict[str, Any], summary: pd.DataFrame) -> pd.Data
     1, InfuseNet on fewer steps). `latency_saved_s` is the reference's mean latency
     minus the cell's (denoise + decode per image, as the summary computes it).
     """
-    from fewstep.families.flux.sampler import adapter_window
+    from fewstep.families.flux.pipeline import adapter_window
 
     grid = Grid(config)
     means = summary.set_index(["cell_id", "metric"])

@@ -1,7 +1,7 @@
 """FLUX's job side of the family contract: `FluxPromptEncoder` and `FluxCellPipeline`.
 
 The cell pipeline holds one job's transformer, VAE, scheduler and (with an adapter) InfuseNet
-and the identity resampler, accelerated as the job's switches say, and runs `sampler.denoise`:
+and the identity resampler, accelerated as the job's switches say, and runs `pipeline.denoise`:
 the generation and trajectory jobs share that one loop. Identity tokens and control latents are
 computed once per identity and timed on a second call, so one-off costs (kernel selection, lazy
 initialisation) stay out of every image's end-to-end time.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
-from fewstep.families.flux import control, sampler
+from fewstep.families.flux import control, pipeline
 from fewstep.families.flux.models import load_flux, load_flux_text_encoders
 
 
@@ -89,12 +89,12 @@ class FluxCellPipeline:
             else:
                 image = control.black_image(target)
             self._controls[key] = self._timed(
-                lambda: sampler.encode_control(self.parts.vae, image, self.device, self.dtype)
+                lambda: pipeline.encode_control(self.parts.vae, image, self.device, self.dtype)
             )
         return self._controls[key]
 
-    def condition(self, inputs: ItemInputs) -> tuple[sampler.Conditioning, float]:
-        prompt = sampler.Conditioning(inputs.prompt["prompt_embeds"], inputs.prompt["pooled_prompt_embeds"])
+    def condition(self, inputs: ItemInputs) -> tuple[pipeline.Conditioning, float]:
+        prompt = pipeline.Conditioning(inputs.prompt["prompt_embeds"], inputs.prompt["pooled_prompt_embeds"])
         if self.adapter["kind"] != "infusenet":
             return prompt, 0.0
         tokens, resampler_s = self._identity_tokens(inputs)
@@ -102,12 +102,12 @@ class FluxCellPipeline:
         prompt.identity_tokens, prompt.control_latents = tokens, latents
         return prompt, resampler_s + control_s
 
-    def stack(self, conditions: Sequence[sampler.Conditioning]) -> sampler.Conditioning:
-        return sampler.Conditioning.stack(list(conditions))
+    def stack(self, conditions: Sequence[pipeline.Conditioning]) -> pipeline.Conditioning:
+        return pipeline.Conditioning.stack(list(conditions))
 
     # --- sampling -------------------------------------------------------------
-    def settings(self, steps: int, seeds: Sequence[int]) -> sampler.Settings:
-        return sampler.Settings(
+    def settings(self, steps: int, seeds: Sequence[int]) -> pipeline.Settings:
+        return pipeline.Settings(
             steps=steps,
             height=self.height,
             width=self.width,
@@ -121,14 +121,14 @@ class FluxCellPipeline:
 
     def denoise(
         self,
-        condition: sampler.Conditioning,
+        condition: pipeline.Conditioning,
         seeds: Sequence[int],
         steps: int,
         on_step: Callable[[Step], None] | None = None,
     ) -> Denoised:
         probe = BlockProbe(self.parts.transformer) if on_step is not None else None
 
-        def report(info: sampler.StepInfo) -> None:
+        def report(info: pipeline.StepInfo) -> None:
             double, single = probe.take()
             probes = {"velocity_rms": float(rms(info.velocity)), **relative(info.probes, double, single)}
             on_step(
@@ -144,7 +144,7 @@ class FluxCellPipeline:
             )
 
         try:
-            result = sampler.denoise(
+            result = pipeline.denoise(
                 self.parts,
                 condition,
                 self.settings(steps, seeds),
@@ -159,7 +159,7 @@ class FluxCellPipeline:
         return Denoised(result.latents, result.sigmas, result.adapter_active, result.timer)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return sampler.decode_pixels(self.parts, latents, self.height, self.width)
+        return pipeline.decode_pixels(self.parts, latents, self.height, self.width)
 
 
 class BlockProbe:
