@@ -144,7 +144,7 @@ class FluxCellPipeline:
             )
 
         try:
-            result = pipeline.denoise(
+            return pipeline.denoise(
                 self.parts,
                 condition,
                 self.settings(steps, seeds),
@@ -156,7 +156,6 @@ class FluxCellPipeline:
         finally:
             if probe is not None:
                 probe.close()
-        return Denoised(result.latents, result.sigmas, result.adapter_active, result.timer)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return pipeline.decode_pixels(self.parts, latents, self.height, self.width)

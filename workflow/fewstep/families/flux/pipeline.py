@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.families.base import StepTimer, rms
+from fewstep.families.base import Denoised, StepTimer, rms
 
 ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
 
@@ -80,22 +80,6 @@ class StepInfo:
     def predicted_clean(self) -> torch.Tensor:
         """x0 estimate of flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0."""
         return self.latents - self.sigma * self.velocity
-
-
-@dataclass
-class Result:
-    latents: torch.Tensor
-    sigmas: list[float]
-    adapter_active: list[bool]
-    timer: StepTimer  # marked before the first step and after every step
-
-    @property
-    def step_s(self) -> list[float]:
-        return self.timer.seconds()[: len(self.sigmas)]
-
-    @property
-    def denoise_s(self) -> float:
-        return sum(self.step_s)
 
 
 def vae_scale_factor(vae: Any) -> int:
@@ -174,11 +158,11 @@ def denoise(
     dtype: torch.dtype,
     on_step: Callable[[StepInfo], None] | None = None,
     accelerated: Any = None,
-) -> Result:
+) -> Denoised:
     """Run the sampler; return final packed latents with per-step sigmas and timings.
 
     `accelerated` (a `fewstep.families.flux.acceleration.Accelerated` over these parts) wraps
-    every transformer call; without it the loop is the plain eager one. ``Result.adapter_active``
+    every transformer call; without it the loop is the plain eager one. ``Denoised.adapter_active``
     marks the steps InfuseNet ran on: inside its window, less the steps a cache schedule skips.
     """
     from diffusers import FluxPipeline
@@ -258,7 +242,7 @@ def denoise(
                 on_step(info)
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0].to(dtype)
             timer.mark()
-    return Result(latents, sigmas, active, timer)
+    return Denoised(latents, sigmas, active, timer)
 
 
 def residual_probes(
