@@ -18,7 +18,7 @@ import torch
 
 from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
-from fewstep.families.flux.models import load_flux, load_flux_text_encoders
+from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders
 
 
 class FluxPromptEncoder:
@@ -39,15 +39,40 @@ class FluxPromptEncoder:
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
 
+def load_components(
+    config: Mapping[str, Any],
+    backbone: Mapping[str, Any],
+    adapter: Mapping[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """The components a `FluxCellPipeline` takes, loaded from the prepared weights (config
+    ``memory`` options applied): transformer, vae, scheduler and, with InfuseNet, infusenet and
+    resampler."""
+    return vars(load_flux(dict(config), backbone["model"], dict(adapter), device, dtype))
+
+
 class FluxCellPipeline:
-    """One FLUX generation job's models; see the module docstring."""
+    """One FLUX generation job's models; see the module docstring.
+
+    Built from loaded components as diffusers' pipelines are (`load_components` reads them from
+    the prepared weights; a test may pass its own): `infusenet` and `resampler` only with the
+    InfuseNet adapter. `adapter` is the job's config ``adapters`` entry, `acceleration` its
+    switches (all ``none``: eager).
+    """
 
     def __init__(
         self,
-        config: Mapping[str, Any],
-        backbone: Mapping[str, Any],
+        *,
+        transformer: Any,
+        vae: Any,
+        scheduler: Any,
+        infusenet: Any = None,
+        resampler: Any = None,
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
+        width: int,
+        height: int,
         guidance: float | None,
         device: torch.device,
         dtype: torch.dtype,
@@ -55,8 +80,8 @@ class FluxCellPipeline:
         self.device, self.dtype = device, dtype
         self.adapter = dict(adapter)
         self.guidance = guidance
-        self.width, self.height = config["resolution"]["width"], config["resolution"]["height"]
-        self.parts = load_flux(dict(config), backbone["model"], self.adapter, device, dtype)
+        self.width, self.height = width, height
+        self.parts = FluxParts(transformer, vae, scheduler, infusenet, resampler)
         self.accelerated = None
         if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
             from fewstep.families.flux.acceleration import Accelerated

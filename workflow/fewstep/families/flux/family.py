@@ -99,10 +99,17 @@ class FluxFamily:
         device: torch.device,
         dtype: torch.dtype,
     ) -> FluxCellPipeline:
-        from fewstep.families.flux.cell import FluxCellPipeline
+        from fewstep.families.flux.cell import FluxCellPipeline, load_components
 
         return FluxCellPipeline(
-            config, backbone, adapter, acceleration, self.guidance(backbone), device, dtype
+            **load_components(config, backbone, adapter, device, dtype),
+            adapter=adapter,
+            acceleration=acceleration,
+            width=config["resolution"]["width"],
+            height=config["resolution"]["height"],
+            guidance=self.guidance(backbone),
+            device=device,
+            dtype=dtype,
         )
 
 
