@@ -13,7 +13,7 @@ from diffusers.hooks import FirstBlockCacheConfig
 from fewstep.core.config import check_caches, validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
-from fewstep.families.flux import acceleration, models, sampler
+from fewstep.families.flux import acceleration, models, pipeline
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate
 
@@ -31,15 +31,15 @@ def cond(tiny_config):
     torch.manual_seed(0)
     width = parts.transformer.config.joint_attention_dim
     embedding = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
-    control = sampler.encode_control(parts.vae, np.zeros((64, 64, 3), np.uint8), CPU, torch.float32)
-    return sampler.Conditioning(
+    control = pipeline.encode_control(parts.vae, np.zeros((64, 64, 3), np.uint8), CPU, torch.float32)
+    return pipeline.Conditioning(
         torch.randn(1, 16, width), torch.randn(1, 32), parts.resampler(embedding), control
     )
 
 
 def latents(parts, cond, accelerated=None, steps=4):
-    settings = sampler.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
-    return sampler.denoise(parts, cond, settings, CPU, torch.float32, accelerated=accelerated).latents
+    settings = pipeline.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
+    return pipeline.denoise(parts, cond, settings, CPU, torch.float32, accelerated=accelerated).latents
 
 
 def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw_demo):
@@ -252,8 +252,8 @@ def recorded(parts, cond, accelerated, steps):
     calls, adapter, velocities = [], [], []
     parts.transformer.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)), with_kwargs=True)
     parts.infusenet.register_forward_pre_hook(lambda m, a, kw: adapter.append(dict(kw)), with_kwargs=True)
-    settings = sampler.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
-    result = sampler.denoise(
+    settings = pipeline.Settings(steps=steps, height=64, width=64, seeds=(0,), guidance=3.5)
+    result = pipeline.denoise(
         parts, cond, settings, CPU, torch.float32, lambda s: velocities.append(s.velocity), accelerated
     )
     return result, velocities, calls, adapter

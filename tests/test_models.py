@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fewstep.faces.models import INSIGHTFACE_SUBDIR, face_analyzer
-from fewstep.families.flux import models, sampler
+from fewstep.families.flux import models, pipeline
 from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
 from fewstep.grid import Grid
 from fewstep.jobs.prepare import prepare_model
@@ -64,8 +64,8 @@ def test_dev_and_schnell_differ_as_the_real_ones(config):
     assert schnell.transformer.config.guidance_embeds is False
     assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
     assert schnell.scheduler.config.shift == 1.0 and schnell.scheduler.config.use_dynamic_shifting is False
-    assert sampler.schedule(schnell.scheduler, 4, 16, cpu) == [1.0, 0.75, 0.5, 0.25]
-    dev_sigmas = sampler.schedule(dev.scheduler, 4, 16, cpu)
+    assert pipeline.schedule(schnell.scheduler, 4, 16, cpu) == [1.0, 0.75, 0.5, 0.25]
+    dev_sigmas = pipeline.schedule(dev.scheduler, 4, 16, cpu)
     assert dev_sigmas[0] == 1.0 and all(d > s for d, s in zip(dev_sigmas[1:], [0.75, 0.5, 0.25], strict=True))
     # text encoders and VAE are shared, as in the published repos
     for sub in ("vae", "text_encoder", "text_encoder_2"):

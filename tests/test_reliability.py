@@ -432,14 +432,14 @@ def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, 
 def test_cuda_out_of_memory_is_one_line(tiny_config, tmp_path, capsys, monkeypatch):
     import torch
 
-    from fewstep.families.flux import sampler
+    from fewstep.families.flux import pipeline
 
     config, path = sweep(tiny_config, tmp_path, seeds=1)
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(sampler, "denoise", no_memory)
+    monkeypatch.setattr(pipeline, "denoise", no_memory)
     code, errors = run_cli(capsys, "generate", "--config", str(path), "--cell", CELL, "--batch-size", "4")
     assert code == 1 and len(errors) == 1
     assert errors[0].startswith(

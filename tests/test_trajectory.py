@@ -10,7 +10,7 @@ import pytest
 
 from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
-from fewstep.families.flux.pipeline import per_block
+from fewstep.families.flux.cell import per_block
 from fewstep.jobs import generate, precompute, trajectory
 
 

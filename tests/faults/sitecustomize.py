@@ -15,7 +15,7 @@ import sys
 
 class _WrapSampler(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "fewstep.families.flux.sampler":
+        if name != "fewstep.families.flux.pipeline":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

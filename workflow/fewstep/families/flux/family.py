@@ -11,7 +11,7 @@ from fewstep.families.flux.models import BACKBONES, generation_weights
 if TYPE_CHECKING:
     import torch
 
-    from fewstep.families.flux.pipeline import FluxCellPipeline, FluxPromptEncoder
+    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
@@ -89,7 +89,7 @@ class FluxFamily:
     def prompt_encoder(
         self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
     ) -> FluxPromptEncoder:
-        from fewstep.families.flux.pipeline import FluxPromptEncoder
+        from fewstep.families.flux.cell import FluxPromptEncoder
 
         return FluxPromptEncoder(config, model, device, dtype)
 
@@ -102,10 +102,17 @@ class FluxFamily:
         device: torch.device,
         dtype: torch.dtype,
     ) -> FluxCellPipeline:
-        from fewstep.families.flux.pipeline import FluxCellPipeline
+        from fewstep.families.flux.cell import FluxCellPipeline, load_components
 
         return FluxCellPipeline(
-            config, backbone, adapter, acceleration, self.guidance(backbone), device, dtype
+            **load_components(config, backbone, adapter, device, dtype),
+            adapter=adapter,
+            acceleration=acceleration,
+            width=config["resolution"]["width"],
+            height=config["resolution"]["height"],
+            guidance=self.guidance(backbone),
+            device=device,
+            dtype=dtype,
         )
 
     # --- report side -----------------------------------------------------------

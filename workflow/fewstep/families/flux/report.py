@@ -29,7 +29,7 @@ def scale_window_table(kit: ReportKit, summary: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from fewstep.families.flux.sampler import adapter_window
+    from fewstep.families.flux.pipeline import adapter_window
 
     means = summary.set_index(["cell_id", "metric"])
     rows = []

@@ -18,7 +18,7 @@ from fewstep.core.errors import ConfigError
 from fewstep.families.base import Denoised, ItemInputs, Step
 from fewstep.families.sd import pipeline
 from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, negative_prompt
-from fewstep.families.sd.specs import SDFamily
+from fewstep.families.sd.specs import SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
 
 
@@ -67,39 +67,74 @@ class ReferenceEncoder:
         return embeds
 
 
+def load_components(
+    config: Mapping[str, Any],
+    spec: SDFamily,
+    backbone: Mapping[str, Any],
+    adapter: Mapping[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """The components an `SDCellPipeline` takes, loaded from the prepared weights: the UNet
+    (with the IP-Adapter's projection and attention layers when `adapter` has one), the VAE and
+    the backbone's scheduler."""
+    if config["memory"]["offload"] != "none" or config["memory"]["fp8_weights"]:
+        raise ConfigError(f"config memory: {spec.name} backbones take no offload or fp8_weights")
+    weights = config["weights"]
+    pipe = pipeline.load_pipeline(
+        spec, model_folder(dict(config), spec.name), weights=weights, device=device, dtype=dtype
+    )
+    pipeline.set_scheduler(pipe, backbone.get("scheduler", "default"))
+    if adapter["kind"] == ADAPTER_KIND:
+        pipeline.attach_ip_adapter(
+            pipe,
+            spec,
+            adapter.get("file", "plain"),
+            model_folder(dict(config), IP_ADAPTER_MODEL),
+            weights=weights,
+            with_encoder=False,
+        )
+    return {"unet": pipe.unet, "vae": pipe.vae, "scheduler": pipe.scheduler}
+
+
 class SDCellPipeline:
-    """One SD generation job's UNet, VAE, scheduler and IP-Adapter layers, eager."""
+    """One SD generation job's UNet, VAE, scheduler and IP-Adapter layers, eager.
+
+    Built from loaded components as diffusers' pipelines are (`load_components` reads them from
+    the prepared weights; a test may pass its own) into the family's diffusers pipeline, without
+    text or image encoders. `scale` is the adapter's `set_ip_adapter_scale` argument (presets
+    resolved): given exactly when the UNet carries IP-Adapter layers.
+    """
 
     def __init__(
         self,
-        config: Mapping[str, Any],
-        family: Any,  # the `family.StableDiffusion` building it
-        backbone: Mapping[str, Any],
-        adapter: Mapping[str, Any],
+        *,
+        unet: Any,
+        vae: Any,
+        scheduler: Any,
+        spec: SDFamily,
         scale: float | dict | None,
+        guidance: float,
+        side: int,
         device: torch.device,
         dtype: torch.dtype,
     ):
+        import diffusers
+
         self.device, self.dtype = device, dtype
-        self.with_adapter = adapter["kind"] == ADAPTER_KIND
-        self.guidance = family.guidance(backbone)
-        self.side = family.resolution(backbone)
-        weights = config["weights"]
-        if config["memory"]["offload"] != "none" or config["memory"]["fp8_weights"]:
-            raise ConfigError(f"config memory: {family.name} backbones take no offload or fp8_weights")
-        self.pipe = pipeline.load_pipeline(
-            family.spec, model_folder(dict(config), family.name), weights=weights, device=device, dtype=dtype
-        )
-        pipeline.set_scheduler(self.pipe, backbone.get("scheduler", "default"))
-        if self.with_adapter:
-            pipeline.attach_ip_adapter(
-                self.pipe,
-                family.spec,
-                adapter.get("file", "plain"),
-                model_folder(dict(config), IP_ADAPTER_MODEL),
-                weights=weights,
-                with_encoder=False,
+        self.with_adapter = scale is not None
+        if self.with_adapter != (unet.encoder_hid_proj is not None):
+            raise ValueError(
+                "an SD cell pipeline takes a scale exactly when its UNet carries IP-Adapter layers"
             )
+        self.guidance, self.side = guidance, side
+        encoders = {name: None for name in (*spec.text_encoders, *spec.tokenizers)}
+        if spec is not SDXL:  # SD1.5's pipeline also takes its (never loaded) safety checker
+            encoders |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        pipeline_class = getattr(diffusers, spec.pipeline_class)
+        self.pipe = pipeline_class(unet=unet, vae=vae, scheduler=scheduler, **encoders)
+        self.pipe.set_progress_bar_config(disable=True)  # jobs show one bar per cell, not per image
+        if self.with_adapter:
             pipeline.apply_scale(self.pipe, scale, "config adapters.<name>.scale")
 
     def condition(self, inputs: ItemInputs) -> tuple[pipeline.Condition, float]:

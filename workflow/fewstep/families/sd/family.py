@@ -185,12 +185,19 @@ class StableDiffusion:
         device: torch.device,
         dtype: torch.dtype,
     ) -> SDCellPipeline:
-        from fewstep.families.sd.cell import SDCellPipeline
+        from fewstep.families.sd.cell import SDCellPipeline, load_components
 
         if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
             raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
-        scale = self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None
-        return SDCellPipeline(config, self, backbone, adapter, scale, device, dtype)
+        return SDCellPipeline(
+            **load_components(config, self.spec, backbone, adapter, device, dtype),
+            spec=self.spec,
+            scale=self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None,
+            guidance=self.guidance(backbone),
+            side=self.resolution(backbone),
+            device=device,
+            dtype=dtype,
+        )
 
     # --- report side -----------------------------------------------------------
     @property

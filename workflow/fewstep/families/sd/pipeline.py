@@ -241,8 +241,9 @@ class RunTimers:
 
 
 @dataclass
-class Denoised:
-    """A batch's final latents and its timer, marked before the first step and after each step."""
+class DenoiseOutput:
+    """A batch's final latents and its timer, marked before the first step and after each step
+    (`cell.SDCellPipeline` turns it into the contract's `base.Denoised`)."""
 
     latents: torch.Tensor
     timesteps: list[float]  # one per UNet evaluation (PNDM: steps + 1)
@@ -313,7 +314,7 @@ def denoise(
     width: int,
     capture_x0: bool = False,
     on_step: OnStep | None = None,
-) -> Denoised:
+) -> DenoiseOutput:
     """A batch through the pipeline's own loop (`output_type="latent"`), one call per run of
     items sharing a reference, image i from the noise of seed `seeds[i]` drawn on the CPU
     (the same on every device). Each call's steps are marked on a `base.StepTimer` in
@@ -333,7 +334,7 @@ def denoise(
         )
         for run in reference_runs(conditions)
     ]
-    return Denoised(
+    return DenoiseOutput(
         latents=torch.cat([r.latents for r in runs]),
         timesteps=runs[0].timesteps,
         timer=runs[0].timer if len(runs) == 1 else RunTimers([r.timer for r in runs]),
@@ -351,7 +352,7 @@ def _denoise_run(
     width: int,
     capture_x0: bool,
     on_step: OnStep | None,
-) -> Denoised:
+) -> DenoiseOutput:
     device = pipe._execution_device
     cfg = guidance_scale > 1
     timer = StepTimer(device)
@@ -395,7 +396,7 @@ def _denoise_run(
     finally:
         if hook is not None:
             hook.handle.remove()
-    return Denoised(latents=latents, timesteps=record["t"], timer=timer, x0=record["x0"])
+    return DenoiseOutput(latents=latents, timesteps=record["t"], timer=timer, x0=record["x0"])
 
 
 def decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
