@@ -23,7 +23,17 @@ GRID_SIDE = (
     "cell_models",
     "needs_identity_embeddings",
     "prompt_model",
-    "reads_references",
+    "roles",
+    "adapter_role",
+    "acceleration_switches",
+    "comparable",
+    "settings",
+    "image_size",
+    "check_size",
+    "prompt_variants",
+    "prompt_variant",
+    "prompt_metadata",
+    "reference_file",
     "anchors_to_highest_step",
     "cell_weights",
     "cell_metrics",
@@ -49,7 +59,9 @@ class ToyFamily:
     backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
     adapter_kinds = frozenset({"none"})
     max_side = 512
-    reads_references = False
+    roles = ("identity",)
+    acceleration_switches = frozenset()
+    comparable = False
     anchors_to_highest_step = False
 
     def check_backbone(self, key, backbone):
@@ -76,6 +88,30 @@ class ToyFamily:
 
     def prompt_model(self, models):
         return models[0]
+
+    def adapter_role(self, adapter):
+        return None
+
+    def settings(self, backbone):
+        return {}
+
+    def image_size(self, backbone, resolution):
+        return {"width": 64, "height": 64}
+
+    def check_size(self, key, backbone, resolution):
+        pass
+
+    def prompt_variants(self, backbones):
+        return {"T": backbones[0]}
+
+    def prompt_variant(self, backbone):
+        return "T"
+
+    def prompt_metadata(self, backbone):
+        return {}
+
+    def reference_file(self, adapter):
+        return None
 
 
 def test_the_grid_takes_its_families_from_the_caller(raw_demo):
