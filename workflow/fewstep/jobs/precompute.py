@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fewstep.core.errors import ConfigError
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
@@ -140,6 +141,11 @@ def embed_references(
     grid, paths = Grid(config), Paths(config)
     device = resolve_device(config["device"])
     dtype = resolve_dtype(config["dtype"], device)
+    files = sorted({a for f, a, _ in grid.reference_embeddings_needed() if family is None or f == family})
+    if file is not None and file not in files:
+        raise ConfigError(
+            f"embed-references --file {file}: no adapter cell of the sweep reads it; use {' or '.join(files)}"
+        )
     needed = [
         (f, a, r)
         for f, a, r in grid.reference_embeddings_needed()
