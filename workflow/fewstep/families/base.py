@@ -259,7 +259,8 @@ class Family(Protocol):
     def reference_encoder(
         self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
-        """The image encoder of adapter file `file` (a `reference_file` value)."""
+        """The image encoder of adapter file `file` (a `reference_file` value); a family whose
+        `reference_file` is always None (FLUX) has none."""
         ...
 
     def cell_pipeline(
