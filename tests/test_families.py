@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from fewstep.core.config import validate
@@ -137,3 +139,28 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     raw_demo["backbones"]["toy"]["steps"] = [3, 2]
     with pytest.raises(ConfigError, match="backbones.toy.steps: list them in increasing order"):
         Grid(validate(raw_demo), families=families)
+
+
+class CompilingToy(ToyFamily):
+    """A toy that implements one acceleration switch (`compile`) of the three."""
+
+    acceleration_switches = frozenset({"compile"})
+
+
+def test_a_family_takes_only_the_acceleration_switches_it_implements(raw_demo):
+    raw_demo["backbones"]["toy"] = {"model": "toy-1", "family": "toy", "steps": [2, 3]}
+    raw_demo["adapters"]["bare"] = {"kind": "none"}
+    raw_demo["accelerations"] = {"compiled": {"compile": "regional"}, "cached": {"cache": "first_block"}}
+    raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"], "accelerations": ["compiled"]})
+    grid = Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": CompilingToy()})
+    assert "toy/bare+compiled/3" in [c.id for c in grid.cells]
+    with pytest.raises(
+        ConfigError, match="^config cells.accelerations: 'compiled' on toy; toy backbones run eager only$"
+    ):
+        Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": ToyFamily()})
+    raw_demo["cells"][-1]["accelerations"] = ["cached"]
+    with pytest.raises(
+        ConfigError,
+        match="^config accelerations.cached.cache: toy backbones do not take it; set none, or leave",
+    ):
+        Grid(validate(raw_demo), families={**FAMILIES, "toy": CompilingToy()})
