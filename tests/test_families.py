@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -164,3 +165,20 @@ def test_a_family_takes_only_the_acceleration_switches_it_implements(raw_demo):
         match="^config accelerations.cached.cache: toy backbones do not take it; set none, or leave",
     ):
         Grid(validate(raw_demo), families={**FAMILIES, "toy": CompilingToy()})
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ({"anchor": "sd15/sd-style/4"}, "anchor"),
+        ({"trajectory": {"cells": ["sd15/sd-style/4"]}}, "trajectory"),
+    ],
+)
+def test_only_a_comparable_familys_cells_are_anchor_or_trajectory_cells(raw_demo, setting, key):
+    """SD cells are compared with their own highest-step cell (`comparable` False)."""
+    raw_demo.update(setting)
+    where = re.escape("anchor" if key == "anchor" else "trajectory.cells[0]")
+    with pytest.raises(
+        ConfigError, match=rf"^config {where}: sd15/sd-style/4 is a sd15 cell; the {key} takes"
+    ):
+        Grid(validate(raw_demo))

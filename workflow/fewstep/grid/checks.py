@@ -111,6 +111,6 @@ def _check_compared_cells(grid: Grid) -> None:
         family = grid.family(cell)
         if not family.comparable:
             raise ConfigError(
-                f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} compares "
-                f"identities across cells, which {family.name} cells are not compared by; remove it"
+                f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} takes cells of "
+                f"families compared across cells (not {family.name}); pick such a cell or remove it"
             )
