@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import re
+
 import pytest
 
 from fewstep.core.config import validate
@@ -23,7 +26,15 @@ GRID_SIDE = (
     "cell_models",
     "needs_identity_embeddings",
     "prompt_model",
-    "reads_references",
+    "acceleration_switches",
+    "comparable",
+    "settings",
+    "image_size",
+    "check_size",
+    "prompt_variants",
+    "prompt_variant",
+    "prompt_metadata",
+    "reference_file",
     "anchors_to_highest_step",
     "cell_weights",
     "adapter_roles",
@@ -50,7 +61,9 @@ class ToyFamily:
     backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
     adapter_kinds = frozenset({"none"})
     max_side = 512
-    reads_references = False
+    adapter_roles = ("identity",)
+    acceleration_switches = frozenset()
+    comparable = False
     anchors_to_highest_step = False
 
     def check_backbone(self, key, backbone):
@@ -69,16 +82,35 @@ class ToyFamily:
     def cell_models(self, backbone, adapter):
         return list(self.cell_weights(backbone, adapter))
 
-    adapter_roles = ("identity",)
-
-    def adapter_role(self, adapter):
-        return None
-
     def needs_identity_embeddings(self, adapter):
         return False
 
     def prompt_model(self, models):
         return models[0]
+
+    def adapter_role(self, adapter):
+        return None
+
+    def settings(self, backbone):
+        return {}
+
+    def image_size(self, backbone, resolution):
+        return {"width": 64, "height": 64}
+
+    def check_size(self, key, backbone, resolution):
+        pass
+
+    def prompt_variants(self, backbones):
+        return {"T": backbones[0]}
+
+    def prompt_variant(self, backbone):
+        return "T"
+
+    def prompt_metadata(self, backbone):
+        return {}
+
+    def reference_file(self, adapter):
+        return None
 
 
 def test_the_grid_takes_its_families_from_the_caller(raw_demo):
@@ -104,3 +136,45 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     raw_demo["backbones"]["toy"]["steps"] = [3, 2]
     with pytest.raises(ConfigError, match="backbones.toy.steps: list them in increasing order"):
         Grid(validate(raw_demo), families=families)
+
+
+class CompilingToy(ToyFamily):
+    """A toy that implements one acceleration switch (`compile`) of the three."""
+
+    acceleration_switches = frozenset({"compile"})
+
+
+def test_a_family_takes_only_the_acceleration_switches_it_implements(raw_demo):
+    raw_demo["backbones"]["toy"] = {"model": "toy-1", "family": "toy", "steps": [2, 3]}
+    raw_demo["adapters"]["bare"] = {"kind": "none"}
+    raw_demo["accelerations"] = {"compiled": {"compile": "regional"}, "cached": {"cache": "first_block"}}
+    raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"], "accelerations": ["compiled"]})
+    grid = Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": CompilingToy()})
+    assert "toy/bare+compiled/3" in [c.id for c in grid.cells]
+    with pytest.raises(
+        ConfigError, match="^config cells.accelerations: 'compiled' on toy; toy backbones run eager only$"
+    ):
+        Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": ToyFamily()})
+    raw_demo["cells"][-1]["accelerations"] = ["cached"]
+    with pytest.raises(
+        ConfigError,
+        match="^config accelerations.cached.cache: toy backbones do not take it; set none, or leave",
+    ):
+        Grid(validate(raw_demo), families={**FAMILIES, "toy": CompilingToy()})
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ({"anchor": "sd15/sd-style/4"}, "anchor"),
+        ({"trajectory": {"cells": ["sd15/sd-style/4"]}}, "trajectory"),
+    ],
+)
+def test_only_a_comparable_familys_cells_are_anchor_or_trajectory_cells(raw_demo, setting, key):
+    """SD cells are compared with their own highest-step cell (`comparable` False)."""
+    raw_demo.update(setting)
+    where = re.escape("anchor" if key == "anchor" else "trajectory.cells[0]")
+    with pytest.raises(
+        ConfigError, match=rf"^config {where}: sd15/sd-style/4 is a sd15 cell; the {key} takes"
+    ):
+        Grid(validate(raw_demo))

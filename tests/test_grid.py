@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
+import yaml
 
 from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid, Item
+from tests.conftest import REPO
 
 
 def test_a_cells_models_are_those_that_make_its_images(raw_demo):
@@ -91,7 +94,7 @@ def test_study_grid_crosses_every_block(tmp_path):
     assert len(grid.items) == 2 * 8 * 4
     assert Cell("flux-schnell", "none", 4) in grid.cells
     assert grid.text_encoder_backbone("flux") == "flux-schnell"  # ungated: no token needed for text
-    assert grid.sequence_lengths("flux") == [256, 512]
+    assert list(grid.prompt_variants("flux")) == ["L256", "L512"]
 
 
 def test_cell_ids_round_trip_and_paths_are_readable(raw_demo):
@@ -153,3 +156,14 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
         ConfigError, match=r"adapters.first2.first_steps: 2 covers all 2 steps of cell flux-dev/first2/2"
     ):
         Grid(validate(raw_demo))
+
+
+@pytest.mark.parametrize("config_file", ["config/demo.yaml", "config.yaml"])
+def test_rerun_fingerprints_are_those_recorded_before_the_grid_split(config_file):
+    """Every cell, score and job fingerprint of the demo and the study as recorded from the grid
+    before issue 24 (tests/fixtures/rerun_fingerprints.json): refactoring reruns nothing."""
+    recorded = json.loads((REPO / "tests" / "fixtures" / "rerun_fingerprints.json").read_text())[config_file]
+    grid = Grid(validate(yaml.safe_load((REPO / config_file).read_text())))
+    assert {c.id: grid.cell_hash(c) for c in grid.cells} == recorded["cell_hash"]
+    assert {c.id: grid.score_hash(c) for c in grid.cells} == recorded["score_hash"]
+    assert {job: grid.job_hash(job) for job in grid.jobs} == recorded["job_hash"]

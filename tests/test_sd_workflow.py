@@ -218,3 +218,13 @@ def test_the_dag_lists_the_sd_jobs(tmp_path):
     assert rules.count("embed_reference") == 3  # sd15 plain/cat, sd15 plus/cup, sdxl plain/cat
     prepared = {w for rule, w in jobs if rule == "prepare_model"}
     assert {"model=sd15", "model=sdxl", "model=ip-adapter"} <= prepared
+
+
+def test_embed_references_refuses_an_adapter_file_no_cell_reads(raw_demo):
+    """The CLI names no family's adapter files: the job says which files the sweep's cells read."""
+    from fewstep.core.config import validate
+    from fewstep.core.errors import ConfigError
+    from fewstep.jobs import precompute
+
+    with pytest.raises(ConfigError, match=r"^embed-references --file bogus: .* reads it; use plain or plus$"):
+        precompute.embed_references(validate(raw_demo), "sd15", "bogus")

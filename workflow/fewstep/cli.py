@@ -308,8 +308,8 @@ def parser() -> argparse.ArgumentParser:
         cmd_embed_references,
         "precompute IP-Adapter reference embeddings",
     )
-    p.add_argument("--family", help="sd15 or sdxl (default: every family of the adapter cells)")
-    p.add_argument("--file", choices=["plain", "plus"], help="adapter file whose image encoder embeds")
+    p.add_argument("--family", help="e.g. sd15 or sdxl (default: every family of the adapter cells)")
+    p.add_argument("--file", help="adapter file whose image encoder embeds, e.g. plain or plus (SD)")
     p.add_argument("--reference", nargs="+", help="reference ids (default: every one the cells read)")
     add(
         "embed-identities", cmd_embed_identities, "precompute identity embeddings (all, or those named)"

@@ -85,7 +85,7 @@ rule embed_sd_prompt:
     params:
         # Re-embed when a prompt's text or the negative prompt changes.
         texts=PROMPT_TEXTS,
-        negative=lambda w: GRID.negative_prompts(w.family)[w.negative].get(
+        negative=lambda w: GRID.prompt_variants(w.family)[w.negative].get(
             "negative_prompt"
         )
         or "",

@@ -33,12 +33,17 @@ class Paths:
         """Where libraries that would write under $HOME keep their files (onnxruntime's id)."""
         return self.root / "cache"
 
+    def prompt_variant_embedding(self, family: str, prompt: str, variant: str) -> Path:
+        """A prompt embedded as the family's prompt variant `variant` (`Family.prompt_variant`)."""
+        return self.root / "embeddings" / "prompts" / family / f"{prompt}.{variant}.safetensors"
+
     def prompt_embedding(self, family: str, prompt: str, length: int | str) -> Path:
-        return self.root / "embeddings" / "prompts" / family / f"{prompt}.L{length}.safetensors"
+        """A prompt at T5 sequence length `length` (FLUX's variant ``L<length>``)."""
+        return self.prompt_variant_embedding(family, prompt, f"L{length}")
 
     def negative_prompt_embedding(self, family: str, prompt: str, negative: str) -> Path:
         """A prompt with the CFG negative labelled `negative` (SD families)."""
-        return self.root / "embeddings" / "prompts" / family / f"{prompt}.{negative}.safetensors"
+        return self.prompt_variant_embedding(family, prompt, negative)
 
     def reference_embedding(self, family: str, file: str, reference: str) -> Path:
         """One reference picture through the image encoder of an adapter file (plain, plus)."""

@@ -5,9 +5,11 @@ one object satisfying `Family`, listed in `fewstep.families.FAMILIES` under the
 name that config ``backbones.<id>.family`` uses. It gives:
 
 - the grid (`fewstep.grid`): its backbone models, the adapter kinds it runs and
-  their validation, the registry models a cell needs, what the cells precompute;
-- the jobs (`fewstep.jobs`): a prompt encoder and, per cell, a `CellPipeline`
-  that conditions, denoises with a per-step callback and decodes;
+  their validation, the pictures each adapter conditions on, its images' size and the
+  settings hashed into a cell, the registry models a cell needs, what the cells
+  precompute (prompt variants, reference files), its acceleration switches;
+- the jobs (`fewstep.jobs`): a prompt encoder, reference encoders and, per cell, a
+  `CellPipeline` that conditions, denoises with a per-step callback and decodes;
 - preparation: its `ModelSpec`s are registered with `fewstep.registry` and carry
   their own real / tiny / random recipes.
 
@@ -106,6 +108,14 @@ class PromptEncoder(Protocol):
         ...
 
 
+class ReferenceEncoder(Protocol):
+    """An adapter file's image encoder, loaded once per embed_reference job."""
+
+    def encode(self, image: Any) -> torch.Tensor:
+        """The embedding of one reference picture (a PIL image), saved as ``image_embeds``."""
+        ...
+
+
 class CellPipeline(Protocol):
     """One generation job's loaded models (backbone + adapter, accelerated), without text encoders.
 
@@ -151,9 +161,16 @@ class Family(Protocol):
     adapter_kinds: frozenset[str]
     #: largest width or height it takes unless config ``resolution.max_side`` says otherwise
     max_side: int
-    #: True: items cross the config's ``references`` (style / object pictures, ``Item.identity``
-    #: holding the reference id); False: its ``identities``
-    reads_references: bool
+    #: the pictures its adapters condition on (`adapter_role`), in order: ``"identity"`` (config
+    #: ``identities``) or a reference role (config ``references`` of that role, ``Item.identity``
+    #: holding the reference id). A bare backbone crosses those of its adapter cells' roles, or all
+    #: of these when it has none, and its images are scored for each of them (the metric specs say
+    #: which metrics fit a role: `fewstep.scoring.specs`)
+    adapter_roles: tuple[str, ...]
+    #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements; empty: eager only
+    acceleration_switches: frozenset[str]
+    #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
+    comparable: bool
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -168,6 +185,38 @@ class Family(Protocol):
         """The guidance the backbone really receives (None when it takes none)."""
         ...
 
+    def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
+        """What besides model, family and guidance shapes a backbone's images (hashed into cell specs)."""
+        ...
+
+    def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
+        """The size of a backbone's images with ``width`` and ``height`` (hashed into cell specs);
+        `resolution` is config ``resolution``."""
+        ...
+
+    def check_size(self, key: str, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> None:
+        """Raise `ConfigError` when ``backbones.<key>``'s images would be larger than the family's
+        `max_side` (or config ``resolution.max_side``)."""
+        ...
+
+    def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        """Label -> a backbone embedding prompts that way, one per prompt embedding file the sweep's
+        `backbones` read (FLUX: ``L<sequence length>``; SD: ``N<negative prompt hash>``)."""
+        ...
+
+    def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
+        """The label of the prompt embedding files `backbone` reads (a `prompt_variants` key)."""
+        ...
+
+    def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
+        """What a prompt embedding file of `backbone`'s variant records of its settings."""
+        ...
+
+    def reference_file(self, adapter: Mapping[str, Any]) -> str | None:
+        """The adapter file whose image encoder embeds the references of a cell with this adapter
+        (the embed_reference rule); None when the adapter reads no reference embedding."""
+        ...
+
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
     ) -> dict[str, tuple[str, ...]]:
@@ -178,10 +227,6 @@ class Family(Protocol):
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
         """Registry models a generation job of this backbone and adapter loads."""
         ...
-
-    #: the roles its adapters can play (`adapter_role`); a bare backbone's images are scored for
-    #: each of them (the metric specs say which metrics fit a role: `fewstep.scoring.specs`)
-    adapter_roles: tuple[str, ...]
 
     def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
         """What the adapter is given and its images are compared with: ``"identity"`` (a face),
@@ -208,6 +253,13 @@ class Family(Protocol):
         self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
     ) -> PromptEncoder:
         """The text encoders of registry model `model`."""
+        ...
+
+    def reference_encoder(
+        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+    ) -> ReferenceEncoder:
+        """The image encoder of adapter file `file` (a `reference_file` value); a family whose
+        `reference_file` is always None (FLUX) has none."""
         ...
 
     def cell_pipeline(

@@ -1,8 +1,9 @@
 """Work done once per sweep, before any cell: prompt and identity embeddings.
 
-Prompt embeddings (CLIP pooled + T5 sequence) are the same for FLUX.1-dev and
-FLUX.1-schnell, so one file per prompt and sequence length serves every cell
-and no generation job ever loads a text encoder. Identity embeddings follow
+Prompt embeddings are made once per family, prompt and prompt variant (`Family.prompt_variants`;
+FLUX's CLIP pooled + T5 sequence are the same for FLUX.1-dev and FLUX.1-schnell, so one file per
+prompt and sequence length serves every cell), and no generation job ever loads a text encoder.
+Reference embeddings go through each family's `reference_encoder`. Identity embeddings follow
 InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
 5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fewstep.core.errors import ConfigError
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
@@ -68,27 +70,25 @@ def embed_prompts(
     length: int | None = None,
     negative: str | None = None,
 ) -> list[Path]:
-    """Write prompt embeddings: every family, prompt and sequence length (SD: negative prompt)
-    the cells use, or only the ones named (the `embed_prompt` rule: every prompt at one
-    length; `embed_sd_prompt`: every prompt with one negative, by its label)."""
+    """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
+    the cells use, or only the ones named (the `embed_prompt` rule: every prompt at one sequence
+    length, variant ``L<length>``; `embed_sd_prompt`: every prompt with one negative, by its label)."""
     grid = Grid(config)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
+    wanted = negative or (f"L{length}" if length else None)
     written = []
     for name in [family] if family else grid.families:
-        if grid.known_families[name].reads_references:
-            negatives = grid.negative_prompts(name)
-            labels = [negative] if negative else list(negatives)
-            written += _embed_sd_prompts(config, name, prompts, {k: negatives[k] for k in labels})
-        else:
-            lengths = [length] if length else grid.sequence_lengths(name)
-            written += _embed_family_prompts(config, name, prompts, lengths)
+        labels = [wanted] if wanted else list(grid.prompt_variants(name))
+        variants = {label: grid.prompt_variant_backbone(name, label) for label in labels}
+        written += _embed_prompts(config, name, prompts, variants)
     return written
 
 
-def _embed_sd_prompts(
-    config: dict[str, Any], family: str, prompts: list[dict[str, str]], negatives: dict[str, dict[str, Any]]
+def _embed_prompts(
+    config: dict[str, Any], family: str, prompts: list[dict[str, str]], variants: dict[str, Any]
 ) -> list[Path]:
-    """One file per prompt and negative prompt: prompt and negative embeddings (SDXL: pooled too)."""
+    """One file per prompt and variant (label -> the backbone whose settings it embeds with),
+    the family's text encoders loaded once."""
     from fewstep.core.provenance import device_name
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
@@ -99,18 +99,19 @@ def _embed_sd_prompts(
     source = grid.text_encoder_backbone(family)
     encoder = grid.known_families[family].prompt_encoder(config, source, device, dtype)
     written = []
-    jobs = [(p, label) for p in prompts for label in negatives]
+    jobs = [(p, label) for p in prompts for label in variants]
+    # the bar ends its line before an error line is printed
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, label in bar:
-            backbone = negatives[label]
+            backbone = variants[label]
             tensors, encode_s = timed(device, encoder.encode, prompt["text"], backbone)
-            path = paths.negative_prompt_embedding(family, prompt["id"], label)
+            path = paths.prompt_variant_embedding(family, prompt["id"], label)
             save_tensors(
                 path,
                 tensors,
                 {
                     "prompt": prompt["text"],
-                    "negative_prompt": backbone.get("negative_prompt") or "",
+                    **grid.known_families[family].prompt_metadata(backbone),
                     "text_encoders": source,
                     "weights": config["weights"],
                     "encode_s": f"{encode_s:.6f}",
@@ -127,21 +128,24 @@ def embed_references(
     file: str | None = None,
     reference_ids: list[str] | None = None,
 ) -> list[Path]:
-    """Write IP-Adapter image embeddings (``image_embeds``: cat[negative, positive]) of every
-    reference the adapter cells read, or of those named (the `embed_reference` rule: one
+    """Write the image embeddings (``image_embeds``) of every reference the adapter cells read,
+    through each family's `reference_encoder`, or of those named (the `embed_reference` rule: one
     family x adapter file x reference per job)."""
     from PIL import Image
 
     from fewstep.core.images import load_rgb
     from fewstep.core.provenance import device_name
     from fewstep.families.base import timed
-    from fewstep.families.sd.cell import ReferenceEncoder
-    from fewstep.families.sd.specs import FAMILIES
     from fewstep.registry.load import resolve_device, resolve_dtype
 
     grid, paths = Grid(config), Paths(config)
     device = resolve_device(config["device"])
     dtype = resolve_dtype(config["dtype"], device)
+    files = sorted({a for f, a, _ in grid.reference_embeddings_needed() if family is None or f == family})
+    if file is not None and file not in files:
+        raise ConfigError(
+            f"embed-references --file {file}: no adapter cell of the sweep reads it; use {' or '.join(files)}"
+        )
     needed = [
         (f, a, r)
         for f, a, r in grid.reference_embeddings_needed()
@@ -153,9 +157,8 @@ def embed_references(
     with tqdm(needed, desc="reference embeddings", unit="reference") as bar:
         for name, adapter_file, reference_id in bar:
             if (name, adapter_file) not in encoders:
-                encoders[name, adapter_file] = ReferenceEncoder(
-                    config, FAMILIES[name], adapter_file, device, dtype
-                )
+                encoder = grid.known_families[name].reference_encoder(config, adapter_file, device, dtype)
+                encoders[name, adapter_file] = encoder
             reference = grid.reference(reference_id)
             image = Image.fromarray(load_rgb(reference["image"]))
             embeds, encode_s = timed(device, encoders[name, adapter_file].encode, image)
@@ -173,42 +176,6 @@ def embed_references(
                     "weights": config["weights"],
                     "height": str(image.height),
                     "width": str(image.width),
-                    "encode_s": f"{encode_s:.6f}",
-                    "encode_device_name": device_name(device),
-                },
-            )
-            written.append(path)
-    return written
-
-
-def _embed_family_prompts(
-    config: dict[str, Any], family: str, prompts: list[dict[str, str]], lengths: list[int]
-) -> list[Path]:
-    from fewstep.core.provenance import device_name
-    from fewstep.families.base import timed
-    from fewstep.registry.load import resolve_device, resolve_dtype
-
-    grid, paths = Grid(config), Paths(config)
-    device = resolve_device(config["device"])
-    dtype = resolve_dtype(config["dtype"], device)
-    source = grid.text_encoder_backbone(family)
-    encoder = grid.known_families[family].prompt_encoder(config, source, device, dtype)
-    written = []
-    jobs = [(p, n) for p in prompts for n in lengths]
-    # the bar ends its line before an error line is printed
-    with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
-        for prompt, length in bar:
-            backbone = grid.prompt_backbone(family, length)
-            tensors, encode_s = timed(device, encoder.encode, prompt["text"], backbone)
-            path = paths.prompt_embedding(family, prompt["id"], length)
-            save_tensors(
-                path,
-                tensors,
-                {
-                    "prompt": prompt["text"],
-                    "max_sequence_length": str(length),
-                    "text_encoders": source,
-                    "weights": config["weights"],
                     "encode_s": f"{encode_s:.6f}",
                     "encode_device_name": device_name(device),
                 },

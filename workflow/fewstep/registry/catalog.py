@@ -1,9 +1,9 @@
 """The model registry: every model the workflow can prepare, by name.
 
 The module that owns a model registers its `ModelSpec` (with the `Recipe` that prepares it)
-when it is imported: `fewstep.families.flux.models`, `fewstep.faces.models`,
-`fewstep.scoring.networks`. The grid imports all of them, so whatever knows a sweep knows
-its models; this module never imports upward.
+when it is imported: the families' model modules, `fewstep.faces.models`,
+`fewstep.scoring.networks`. `fewstep.grid.bootstrap` imports all of them (and the grid that
+module), so whatever knows a sweep knows its models; this module never imports upward.
 """
 
 from __future__ import annotations

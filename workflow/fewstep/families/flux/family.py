@@ -27,7 +27,9 @@ class FluxFamily:
     name = "flux"
     adapter_kinds = frozenset({"infusenet", "none"})
     max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
-    reads_references = False  # items cross identities (InfuseNet conditions on a face)
+    adapter_roles = ("identity",)  # InfuseNet conditions on a face: every cell crosses the identities
+    acceleration_switches = frozenset({"compile", "fp8", "cache"})
+    comparable = True  # the trajectory, anchor and comparison cells are FLUX cells of the identity study
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
@@ -61,6 +63,38 @@ class FluxFamily:
         """dev's embedded guidance; schnell's transformer has no guidance embedding."""
         return backbone["guidance"] if self.backbones[backbone["model"]].extra["guidance_embeds"] else None
 
+    def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
+        return {"max_sequence_length": backbone.get("max_sequence_length")}
+
+    def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
+        """Config ``resolution`` as it is (every FLUX backbone of a sweep takes the same size)."""
+        return dict(resolution)
+
+    def check_size(self, key: str, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> None:
+        limit = resolution.get("max_side") or self.max_side
+        for side in ("width", "height"):
+            if resolution[side] > limit:
+                raise ConfigError(
+                    f"config resolution.{side}: {resolution[side]} px is beyond the {self.name} limit of "
+                    f"{limit} px; lower it, or set resolution.max_side to go beyond deliberately"
+                )
+
+    def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        """One file per T5 sequence length, shortest first (nothing else shapes the embeddings)."""
+        lengths = sorted({b["max_sequence_length"] for b in backbones})
+        return {f"L{n}": next(b for b in backbones if b["max_sequence_length"] == n) for n in lengths}
+
+    def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
+        return f"L{backbone['max_sequence_length']}"
+
+    def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
+        return {"max_sequence_length": str(backbone["max_sequence_length"])}
+
+    def reference_file(self, adapter: Mapping[str, Any]) -> None:
+        """InfuseNet reads the identity embeddings (`needs_identity_embeddings`), no reference file;
+        so FLUX has no `reference_encoder`."""
+        return None
+
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
     ) -> dict[str, tuple[str, ...]]:
@@ -70,8 +104,6 @@ class FluxFamily:
         return list(self.cell_weights(backbone, adapter))
 
     anchors_to_highest_step = False  # the study's anchor: FLUX.1-dev at its reference step count
-
-    adapter_roles = ("identity",)
 
     def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
         """InfuseNet conditions on a face."""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from fewstep.families.report_kit import ReportKit, ReportParts
-    from fewstep.families.sd.cell import SDCellPipeline, SDPromptEncoder
+    from fewstep.families.sd.cell import ReferenceEncoder, SDCellPipeline, SDPromptEncoder
     from fewstep.registry.spec import ModelSpec
 
 __all__ = ["ADAPTER_KIND", "IP_ADAPTER", "IP_ADAPTER_MODEL", "ROLES", "SD_FAMILIES", "StableDiffusion"]
@@ -58,8 +58,10 @@ class StableDiffusion:
     def name(self) -> str:
         return self.spec.name
 
-    #: items cross the config's ``references`` (style / object pictures), not its identities
-    reads_references = True
+    acceleration_switches: frozenset[str] = frozenset()  # eager only
+    #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
+    #: config's trajectory, anchor or comparison cell (those compare identities)
+    comparable = False
 
     @property
     def backbones(self) -> dict[str, ModelSpec]:
@@ -125,6 +127,19 @@ class StableDiffusion:
         side = (backbone or {}).get("resolution")
         return self.spec.resolution if side is None else int(side)
 
+    def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
+        """Square images of the backbone's side (`resolution`); config ``resolution`` is FLUX's."""
+        side = self.resolution(backbone)
+        return {"width": side, "height": side}
+
+    def check_size(self, key: str, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> None:
+        limit = resolution.get("max_side") or self.max_side
+        if backbone.get("resolution") is not None and backbone["resolution"] > limit:
+            raise ConfigError(
+                f"config backbones.{key}.resolution: {backbone['resolution']} px is beyond the "
+                f"{self.name} limit of {limit} px; lower it, or set resolution.max_side"
+            )
+
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
         """What besides model and guidance shapes a backbone's images (cell specs hash it)."""
         return {
@@ -146,10 +161,25 @@ class StableDiffusion:
         """Registry models a generation job loads: the base model, and h94's files with an adapter."""
         return list(self.cell_weights(backbone, adapter))
 
+    def reference_file(self, adapter: Mapping[str, Any]) -> str | None:
+        """h94's plain or Plus file: its image encoder embeds the references (None: bare backbone)."""
+        return adapter.get("file", "plain") if adapter["kind"] == ADAPTER_KIND else None
+
+    def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        """One file per CFG negative prompt, named by its label (`negative_label`)."""
+        return {negative_label(b): b for b in backbones}
+
+    def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
+        return negative_label(backbone)
+
+    def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
+        return {"negative_prompt": negative_prompt(backbone)}
+
     #: LPIPS compares each image with the same item in its job's highest-step cell
     anchors_to_highest_step = True
 
-    #: a bare backbone's items cross the references of every role
+    #: the adapters' roles: items cross the config's ``references`` of a role, never identities (a
+    #: bare backbone's those of every role)
     adapter_roles = ROLES
 
     def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
@@ -175,6 +205,13 @@ class StableDiffusion:
         from fewstep.families.sd.cell import SDPromptEncoder
 
         return SDPromptEncoder(config, self.spec, device, dtype)
+
+    def reference_encoder(
+        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+    ) -> ReferenceEncoder:
+        from fewstep.families.sd.cell import ReferenceEncoder
+
+        return ReferenceEncoder(config, self.spec, file, device, dtype)
 
     def cell_pipeline(
         self,
@@ -216,11 +253,6 @@ class StableDiffusion:
 def negative_label(backbone: Mapping[str, Any]) -> str:
     """Names the negative prompt in embedding file names: two negatives never share a file."""
     return "N" + hashlib.sha256(negative_prompt(backbone).encode()).hexdigest()[:12]
-
-
-def prompt_settings(backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """Negative label -> a backbone embedding with that negative prompt."""
-    return {negative_label(b): b for b in backbones}
 
 
 SD_FAMILIES = {name: StableDiffusion(spec) for name, spec in FAMILIES.items()}

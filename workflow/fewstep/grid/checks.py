@@ -1,0 +1,116 @@
+"""Checks of a sweep's grid: every cell can run, with one-line `ConfigError`s naming the key."""
+
+from __future__ import annotations
+
+from fewstep.core.errors import ConfigError
+from fewstep.grid.cells import EAGER, EAGER_SWITCHES, IDENTITY, Cell
+from fewstep.grid.inputs import FileInputs as Grid  # the grid's parts, as `fewstep.grid.Grid` joins them
+from fewstep.registry.catalog import MODELS
+
+#: the acceleration settings that switch something on ("none": off); the others tune a switch
+SWITCHES = tuple(name for name, off in EAGER_SWITCHES.items() if off == "none")
+
+
+def check(grid: Grid) -> None:
+    """Raise the first `ConfigError` of the config behind `grid`."""
+    config, families = grid.config, grid.known_families
+    for name, backbone in config["backbones"].items():
+        family = families.get(backbone["family"])
+        if family is None:
+            known = ", ".join(sorted(families))
+            raise ConfigError(
+                f"config backbones.{name}.family: unknown family {backbone['family']!r}; known: {known}"
+            )
+        if backbone["model"] not in family.backbones:
+            known = ", ".join(sorted(family.backbones))
+            raise ConfigError(
+                f"config backbones.{name}.model: unknown model {backbone['model']!r}; known: {known}"
+            )
+        family.check_backbone(name, backbone)
+    for name in config["local_weights"]:
+        if name not in MODELS:
+            known = ", ".join(sorted(MODELS))
+            raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
+    hub = sorted(n for n, spec in MODELS.items() if spec.repo_id)
+    for name in config["revisions"]:
+        if name not in hub:
+            raise ConfigError(f"config revisions.{name}: not a Hugging Face model; known: {', '.join(hub)}")
+    used = {cell.backbone for cell in grid.cells}
+    for name, backbone in config["backbones"].items():
+        if name in used:
+            families[backbone["family"]].check_size(name, backbone, config["resolution"])
+    for cell in grid.cells:
+        _check_cell(grid, cell)
+    _check_compared_cells(grid)
+
+
+def _check_cell(grid: Grid, cell: Cell) -> None:
+    family, adapter = grid.family(cell), grid.adapter(cell)
+    if adapter["kind"] not in family.adapter_kinds:
+        raise ConfigError(
+            f"config cells: adapter {cell.adapter!r} ({adapter['kind']}) cannot run on a "
+            f"{family.name} backbone"
+        )
+    family.check_adapter(cell.adapter_name, adapter)
+    _check_acceleration(grid, cell)
+    _check_items(grid, cell)
+    first = adapter.get("first_steps")
+    if adapter["kind"] != "none" and first is not None and first >= cell.steps:
+        raise ConfigError(
+            f"config adapters.{cell.adapter_name}.first_steps: {first} covers all {cell.steps} "
+            f"steps of cell {cell.id}, which would repeat the full adapter; "
+            "run it at more steps or lower it"
+        )
+
+
+def _check_acceleration(grid: Grid, cell: Cell) -> None:
+    """An accelerated cell's switches are ones its family implements (`acceleration_switches`)."""
+    if cell.acceleration == EAGER:
+        return
+    family = grid.family(cell)
+    if not family.acceleration_switches:
+        raise ConfigError(
+            f"config cells.accelerations: {cell.acceleration!r} on {cell.backbone}; "
+            f"{family.name} backbones run eager only"
+        )
+    switches = grid.acceleration(cell)
+    for switch in SWITCHES:
+        if switches[switch] != "none" and switch not in family.acceleration_switches:
+            raise ConfigError(
+                f"config accelerations.{cell.acceleration}.{switch}: {family.name} backbones do not take "
+                f"it; set none, or leave {cell.acceleration!r} off {cell.backbone}'s cells"
+            )
+
+
+def _check_items(grid: Grid, cell: Cell) -> None:
+    """Each cell has pictures to cross: identities, or references of the roles it reads."""
+    roles = grid.cell_roles(cell)
+    if IDENTITY in roles and not grid.config["identities"]:
+        raise ConfigError(f"config identities: cell {cell.id} crosses identities; add at least one")
+    if not grid.reads_references(cell):
+        return
+    if not grid.references_of(cell):
+        raise ConfigError(
+            f"config references: cell {cell.id} needs a reference of role {' or '.join(roles)}; add one"
+        )
+
+
+def _check_compared_cells(grid: Grid) -> None:
+    """The trajectory, anchor and comparison cells are in the grid, of a family that allows it."""
+    for key, cell in (
+        *((f"trajectory.cells[{i}]", c) for i, c in enumerate(grid.trajectory_cells)),
+        ("anchor", grid.anchor),
+        *zip(("comparison.baseline", "comparison.candidate"), grid.comparison or (), strict=False),
+    ):
+        if cell is None:
+            continue
+        if cell not in grid.cells:
+            raise ConfigError(
+                f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
+            )
+        family = grid.family(cell)
+        if not family.comparable:
+            raise ConfigError(
+                f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} takes cells of "
+                f"families compared across cells (not {family.name}); pick such a cell or remove it"
+            )
