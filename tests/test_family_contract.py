@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES, base
 from fewstep.grid import EAGER_SWITCHES
 
@@ -136,6 +138,8 @@ def arguments(config: dict, name: str, backbone: dict, adapter: dict) -> dict[st
         "adapter": adapter,
         "configured": list(config["scoring"]["metrics"]),
         "models": [b["model"] for b in config["backbones"].values() if b["family"] == name],
+        "backbones": [b for b in config["backbones"].values() if b["family"] == name],
+        "resolution": config["resolution"],
         "config": config,
         "model": prompt_model(config, name),
         "acceleration": dict(EAGER_SWITCHES),
@@ -219,6 +223,27 @@ def references(name: str, adapter: dict) -> tuple[dict | None, dict[str, str]]:
     tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
     shape = (2, 1, tokens, vision["hidden_size"]) if spec.plus else (2, 1, vision["projection_dim"])
     return {"image_embeds": torch.randn(shape)}, {}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_reference_encoders_embed_what_the_cell_pipelines_read(demo, name):
+    """`reference_encoder` of every adapter file the family's `reference_file` names, loaded from
+    the prepared tiny weights, embeds a picture in the shape its cells read; a family naming no
+    file refuses the call in one line."""
+    family = FAMILIES[name]
+    files = {family.reference_file(a): a for _, a in cases(demo, name) if family.reference_file(a)}
+    if not files:
+        with pytest.raises(ConfigError, match="read no reference embeddings"):
+            family.reference_encoder(demo, "plain", CPU, torch.float32)
+        return
+    picture = Image.fromarray(np.full((48, 40, 3), 127, np.uint8))
+    for file, adapter in files.items():
+        encoder = family.reference_encoder(demo, file, CPU, torch.float32)
+        for member, spec in members(base.ReferenceEncoder).items():
+            assert_signature(encoder, member, spec)
+        embeds = encoder.encode(picture)
+        expected, _ = references(name, adapter)
+        assert embeds.shape == expected["image_embeds"].shape and torch.isfinite(embeds).all(), file
 
 
 def run_cell_pipeline(

@@ -11,6 +11,7 @@ from fewstep.families.flux.models import BACKBONES, generation_weights
 if TYPE_CHECKING:
     import torch
 
+    from fewstep.families.base import ReferenceEncoder
     from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
@@ -124,6 +125,16 @@ class FluxFamily:
         from fewstep.families.flux.cell import FluxPromptEncoder
 
         return FluxPromptEncoder(config, model, device, dtype)
+
+    def reference_encoder(
+        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+    ) -> ReferenceEncoder:
+        """None to load: InfuseNet reads the face embeddings of the embed_identity rule, and
+        `reference_file` is None for every FLUX adapter, so no job asks for this."""
+        raise ConfigError(
+            f"embed-references --file {file}: FLUX adapters read no reference embeddings (InfuseNet "
+            "takes the identity embeddings); run embed-identities instead"
+        )
 
     def cell_pipeline(
         self,
