@@ -399,3 +399,22 @@ def unknown(name: str, helper: str) -> None:
     from fewstep.families.sd.specs import FAMILIES as SD
 
     assert name == "flux" or name in SD, f"tests/test_family_contract.py: give {helper} a case for {name}"
+
+
+def test_an_sd_cell_pipeline_takes_a_scale_exactly_with_adapter_layers():
+    """A scale for a UNet without IP-Adapter layers (or none for one with them) would be ignored."""
+    from conftest import demo_yaml
+
+    from fewstep.core.config import validate
+
+    config = validate(demo_yaml())
+    backbone, style = config["backbones"]["sd15"], config["adapters"]["sd-style"]
+    cls = cell_pipeline_class(FAMILIES["sd15"])
+    bare, adapted = (
+        tiny_components("sd15", backbone, {"kind": "none"}),
+        tiny_components("sd15", backbone, style),
+    )
+    for components, scale in ((bare, 1.0), (adapted, None)):
+        settings = injected_settings("sd15", config, backbone, style) | {"scale": scale}
+        with pytest.raises(ValueError, match="takes a scale exactly when its UNet carries IP-Adapter layers"):
+            cls(**components, **settings)

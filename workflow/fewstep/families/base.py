@@ -119,8 +119,9 @@ class ReferenceEncoder(Protocol):
 class CellPipeline(Protocol):
     """One generation job's loaded models (backbone + adapter, accelerated), without text encoders.
 
-    Built once per generation or trajectory job by `Family.cell_pipeline`; it renders every
-    step count of the job's cells.
+    Built once per generation or trajectory job by `Family.cell_pipeline`, which loads the
+    components (the family's ``cell.load_components``) and passes them to the constructor, as
+    diffusers' pipelines take theirs; it renders every step count of the job's cells.
     """
 
     device: torch.device
