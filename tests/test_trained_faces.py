@@ -42,7 +42,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def metric(folder: Path) -> DlibIdentitySimilarity:
-    config = {"face": {"policy": "largest"}, "device": "cpu", "weights": "tiny"}
+    config = {"face": {"policy": "largest"}, "device": "cpu", "weights": "tiny", "scoring": {}}
     models = JobModels(config)
     models.get("dlib-face", lambda: DlibFaceEncoder(folder))
     return DlibIdentitySimilarity(config, models)
