@@ -35,6 +35,7 @@ GRID_SIDE = (
     "prompt_variant",
     "prompt_metadata",
     "reference_file",
+    "reference_models",
     "anchors_to_highest_step",
     "cell_weights",
     "adapter_roles",

@@ -67,8 +67,10 @@ rule embed_reference:
     """Image embeddings of one reference through the image encoder of one adapter file
     (`Family.reference_file`: an SD family's IP-Adapter plain or Plus)."""
     input:
-        lambda w: marker_path(CONFIG, w.family),
-        marker_path(CONFIG, "ip-adapter"),
+        lambda w: [
+            marker_path(CONFIG, name)
+            for name in GRID.reference_models(w.family, w.file)
+        ],
         reference_picture,
     output:
         PATHS.reference_embedding("{family}", "{file}", "{reference}"),

@@ -117,6 +117,15 @@ class FileInputs(RerunTriggers):
         """Every adapter file whose image encoder embeds the sweep's references (`Family.reference_file`)."""
         return sorted({self.reference_file(c) for c in self.cells} - {None})
 
+    def reference_models(self, family: str, file: str) -> list[str]:
+        """Registry models the embed_reference job of `family`'s adapter file `file` loads."""
+        adapter = next(
+            self.adapter(c)
+            for c in self.cells
+            if self.backbone(c)["family"] == family and self.reference_file(c) == file
+        )
+        return self.known_families[family].reference_models(adapter)
+
     def reference_embedding(self, paths: Any, cell: Cell, reference_id: str) -> Any | None:
         """The embedding file of one item reference that `cell`'s adapter reads (None: none)."""
         file = self.reference_file(cell)

@@ -96,6 +96,9 @@ class FluxFamily:
         so FLUX has no `reference_encoder`."""
         return None
 
+    def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []  # no reference file: the embed_identity rule's face models embed InfuseNet's input
+
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
     ) -> dict[str, tuple[str, ...]]:
