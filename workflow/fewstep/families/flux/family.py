@@ -51,8 +51,10 @@ class FluxFamily:
             )
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
-        """The schema checks InfuseNet's settings (variant, scale, window, control); IP-Adapter's
-        would be ignored here, so they are refused."""
+        """The schema checks InfuseNet's settings (variant, scale, window, control) one by one, this
+        the window as a whole; IP-Adapter's would be ignored here, so they are refused."""
+        if adapter["kind"] == "infusenet" and adapter["guidance_start"] >= adapter["guidance_end"]:
+            raise ConfigError(f"config adapters.{key}: guidance_start must be below guidance_end")
         for setting in IP_ADAPTER_KEYS:
             if adapter["kind"] == "infusenet" and setting in adapter:
                 raise ConfigError(
