@@ -23,7 +23,7 @@ from fewstep.core import jobenv
 from fewstep.core.config import resolved_path, validate, write_resolved
 from fewstep.core.errors import FewstepError
 from fewstep.grid import Grid
-from fewstep.core.paths import CELL_PATTERN, JOB_PATTERN, Paths
+from fewstep.core.paths import CELL_PATTERN, JOB_PATTERN, Paths, one_of
 from fewstep.core.resume import missing_cell_files, missing_files_hint, stale_lock_hint
 
 # config.yaml is the default; a --configfile replaces it rather than merging into it.
@@ -86,9 +86,9 @@ wildcard_constraints:
     family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     prompt=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     identity=r"[A-Za-z0-9_.-]+",
-    length=r"\d+",
-    negative=r"N[0-9a-f]+",
-    file=r"plain|plus",
+    # the labels and adapter files the sweep's families name (`Family.prompt_variants`, `reference_file`)
+    variant=one_of(GRID.prompt_variant_labels),
+    file=one_of(GRID.reference_files),
     reference=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 

@@ -37,7 +37,7 @@ from typing import Any
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
 MARKER = ".workflow_gpu"  # a working folder this script made (and may empty)
-GPU_RULES = ("embed_prompt", "embed_sd_prompt", "embed_reference", "generate", "trajectory", "score")
+GPU_RULES = ("embed_prompt", "embed_reference", "generate", "trajectory", "score")
 STAMP = re.compile(r"^\[(?P<stamp>\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 JOB_START = re.compile(r"^(?:local)?rule (?P<rule>\w+):$")
 FINISHED = re.compile(r"^Finished jobid: (?P<jobid>\d+) \(Rule: (?P<rule>\w+)\)")
@@ -49,6 +49,7 @@ COMMANDS = {
     "generate": ("generate", ("--job", "--cell")),
     "score": ("score", ("--job", "--cell")),
     "trajectory": ("trajectory", ("--cell",)),
+    "embed-prompts": ("embed_prompt", ("--family", "--variant")),
     "embed-references": ("embed_reference", ("--family", "--file", "--reference")),
 }
 
@@ -94,11 +95,6 @@ def job_of(argv: list[str]) -> tuple[str, str] | None:
         return None
     command = argv[argv.index("fewstep") + 1]
     options = {key: value for key, value in zip(argv, argv[1:], strict=False) if key.startswith("--")}
-    if command == "embed-prompts":
-        family = options.get("--family", "")
-        if "--negative" in options:
-            return "embed_sd_prompt", f"{family}/{options['--negative']}"
-        return "embed_prompt", f"{family}/L{options.get('--length', '')}"
     if command not in COMMANDS:
         return None
     rule, keys = COMMANDS[command]

@@ -23,11 +23,10 @@ from fewstep.analysis.metric_registry import METRICS
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
-GPU_RULES = {"generate", "embed_prompt", "embed_sd_prompt", "embed_reference", "trajectory"}
+GPU_RULES = {"generate", "embed_prompt", "embed_reference", "trajectory"}
 CPU_HEAVY_RULES = {
     "score",
     "embed_prompt",
-    "embed_sd_prompt",
     "embed_reference",
     "embed_identity",
     "trajectory",

@@ -119,10 +119,10 @@ def test_generation_and_score_jobs_add_up_from_the_figures(tmp_path):
         "sd15/style": 15.4,
     }
     embed = {(j.rule, j.name): (j.seconds, j.gpu) for j in result.jobs if j.rule.startswith("embed")}
-    sd_prompt = next(name for rule, name in embed if rule == "embed_sd_prompt")
+    sd_prompt = next(name for rule, name in embed if name.startswith("sd15/"))
     assert embed == {
         ("embed_prompt", "flux/L512"): (20.0, True),
-        ("embed_sd_prompt", sd_prompt): (20.0, True),
+        ("embed_prompt", sd_prompt): (20.0, True),
         ("embed_reference", "sd15/plain/hubble"): (15.0, True),
         ("embed_identity", "astronaut"): (12.0, False),
         ("embed_identity", "t1"): (12.0, False),
@@ -232,15 +232,15 @@ OTHER_WALLS = {"prepare_model": 7.0, "embed_prompt": 12.0, "embed_sd_prompt": 9.
                "embed_identity": 3.0, "aggregate": 6.0, "report": 16.0, "wandb_aggregate": 1.0}  # fmt: skip
 
 
-def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", slower=0.0):
+def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", slower=0.0, former=False):
     """A workflow_gpu.py result for the small sweep, its config written beside it (every job
-    `slower` seconds longer: another host)."""
+    `slower` seconds longer: another host; `former`: SD's prompt jobs under their former rule)."""
     config_path = tmp_path / "small.yaml"
     config_path.write_text(yaml.safe_dump(small_sweep(tmp_path)))
     planned = est.estimate_with(small_config(tmp_path), est.measured_figures(card, folder)).jobs
     jobs = [
-        {"rule": j.rule, "name": j.name, "failed": False,
-         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.rule)) + slower}
+        {"rule": j.key if former and j.key == "embed_sd_prompt" else j.rule, "name": j.name, "failed": False,
+         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.timing_key or j.rule)) + slower}
         for j in planned
         if (j.rule, j.name) != leave_out
     ]  # fmt: skip
@@ -248,14 +248,17 @@ def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", sl
     (folder / f"workflow_{card}_{date}.json").write_text(json.dumps(run))
 
 
-def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path):
+@pytest.mark.parametrize("former", [False, True], ids=["now", "former"])
+def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path, former):
+    """Also from a run that named SD's prompt jobs by their former rule (the committed runs)."""
     folder = write_figures(tmp_path / "figures")
-    write_run(tmp_path, folder)
+    write_run(tmp_path, folder, former=former)
     result = est.estimate(small_config(tmp_path), "x1", folder)
     overheads = {key: round(value, 6) for key, value in result.figures.overheads.items()}
     assert overheads["generate/flux"] == 22.9 and overheads["generate/sd15"] == 19.42
     assert overheads["generate"] == round((27.2 + 18.6 + 19.42) / 3, 6) and overheads["score"] == 11.0
     assert overheads["prepare_model/random"] == 7.0 and overheads["embed_prompt"] == 12.0
+    assert overheads["embed_sd_prompt"] == 9.0  # SD's prompt jobs keep their own overhead
     # overhead of the family's jobs + the modelled work
     assert seconds(result, "generate") == {
         "flux-dev/infusenet-aes": 22.9 + 2.8,

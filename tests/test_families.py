@@ -6,8 +6,9 @@ import copy
 import re
 
 import pytest
+import yaml
 
-from fewstep.core.config import validate
+from fewstep.core.config import SCHEMA_PATH, validate
 from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES
 from fewstep.families.base import Family
@@ -35,6 +36,7 @@ GRID_SIDE = (
     "prompt_variant",
     "prompt_metadata",
     "reference_file",
+    "reference_models",
     "anchors_to_highest_step",
     "cell_weights",
     "adapter_roles",
@@ -178,3 +180,24 @@ def test_only_a_comparable_familys_cells_are_anchor_or_trajectory_cells(raw_demo
         ConfigError, match=rf"^config {where}: sd15/sd-style/4 is a sd15 cell; the {key} takes"
     ):
         Grid(validate(raw_demo))
+
+
+def test_the_schema_enum_of_adapter_kinds_is_the_families_kinds():
+    """The schema keeps every config key (an adapter kind's settings are keys too, each marked with
+    the kinds it applies to): a family's new kind is listed there, and this test says which one is
+    missing or stale."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    kind = schema["properties"]["adapters"]["additionalProperties"]["properties"]["kind"]
+    assert kind["enum"] == sorted(set().union(*(family.adapter_kinds for family in FAMILIES.values())))
+
+
+def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family():
+    from conftest import demo_yaml
+
+    raw = demo_yaml()
+    name = next(key for key, adapter in raw["adapters"].items() if adapter["kind"] == "infusenet")
+    raw["adapters"][name] |= {"guidance_start": 0.5, "guidance_end": 0.5}
+    config = validate(raw)  # each setting alone is valid
+    message = rf"^config adapters\.{name}: guidance_start must be below guidance_end$"
+    with pytest.raises(ConfigError, match=message):
+        Grid(config)

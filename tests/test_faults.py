@@ -63,7 +63,7 @@ def assert_one_disk_full_line(result: subprocess.CompletedProcess, command: str,
 @pytest.mark.parametrize(
     "job",
     [
-        ["embed-prompts", "--family", "flux", "--length", "256"],
+        ["embed-prompts", "--family", "flux", "--variant", "L256"],
         ["embed-identities", "--identity", "astronaut"],
         ["embed-references", "--family", "sd15", "--file", "plain", "--reference", "hubble"],
         ["generate", "--cell", "flux-schnell/infusenet-aes/1"],

@@ -102,12 +102,12 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
     jobs = planned(demo, configfile)
     # the prompts at both T5 lengths (dev 512, schnell 256) and for both SD families (one job
     # per encoder variant), no identity, every cell downstream (the SD cells share the prompts)
-    assert of(jobs, "embed_prompt") == ["family=flux, length=256", "family=flux, length=512"]
-    assert [w.split(", negative=")[0] for w in of(jobs, "embed_sd_prompt")] == ["family=sd15", "family=sdxl"]
+    prompt_jobs = [w for w in of(jobs, "embed_prompt")]
+    assert prompt_jobs[:2] == ["family=flux, variant=L256", "family=flux, variant=L512"]
+    assert [w.split(", variant=N")[0] for w in prompt_jobs[2:]] == ["family=sd15", "family=sdxl"]
     sd_jobs = {"generate": 4, "score": 4}
     assert counts(jobs) == {
-        "embed_prompt": 2,
-        "embed_sd_prompt": 2,
+        "embed_prompt": 4,
         **{rule: n + sd_jobs.get(rule, 0) for rule, n in DOWNSTREAM.items()},
     }
     before = images(demo)
@@ -298,9 +298,9 @@ def test_an_sd_negative_prompt_change_reembeds_that_backbones_prompts_only(demo)
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
     # sd15's prompts with the new negative (part of their embedding), sd15's jobs downstream
-    assert [w.split(", negative=")[0] for w in of(jobs, "embed_sd_prompt")] == ["family=sd15"]
+    assert [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt")] == ["family=sd15"]
     assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sd15, adapter=sd-style"]
-    assert counts(jobs) == {"embed_sd_prompt": 1, "generate": 2, "score": 2, **SD_DOWNSTREAM}
+    assert counts(jobs) == {"embed_prompt": 1, "generate": 2, "score": 2, **SD_DOWNSTREAM}
     cell = "sd15/sd-style/1"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)

@@ -204,7 +204,7 @@ def _planned(work, raw) -> list[tuple[str, str]]:
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", result.stdout):
         match = re.match(r"(?:local)?rule (\w+):\n", block)
-        if match and match.group(1) in {"embed_sd_prompt", "embed_reference", "generate", "prepare_model"}:
+        if match and match.group(1) in {"embed_prompt", "embed_reference", "generate", "prepare_model"}:
             found = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
             jobs.append((match.group(1), found.group(1) if found else ""))
     return sorted(jobs)
@@ -214,7 +214,7 @@ def test_the_dag_lists_the_sd_jobs(tmp_path):
     jobs = _planned(tmp_path, _raw(tmp_path))
     rules = [rule for rule, _ in jobs]
     assert rules.count("generate") == 3
-    assert rules.count("embed_sd_prompt") == 2  # one per family (each with its own negative)
+    assert rules.count("embed_prompt") == 2  # one per family (each with its own negative)
     assert rules.count("embed_reference") == 3  # sd15 plain/cat, sd15 plus/cup, sdxl plain/cat
     prepared = {w for rule, w in jobs if rule == "prepare_model"}
     assert {"model=sd15", "model=sdxl", "model=ip-adapter"} <= prepared

@@ -257,3 +257,28 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     # its own section, drawn by its report_parts with the injected tools, with its rows only
     assert 'id="toy"' in text and "The toy family" in text
     assert "LPIPS to 4 steps" in text and "Toy: 3 cells" in text
+
+
+def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config):
+    """The embed_prompt rule's variant constraint takes the toy's label; `fewstep estimate` times
+    the toy by the jobs' starts (no benchmark figures name it) and says so."""
+    import re
+
+    from snakemake.io import regex_from_filepattern
+
+    from fewstep.analysis import estimate
+    from fewstep.core.paths import one_of
+
+    grid, paths = Grid(toy_config), Paths(toy_config)
+    assert grid.prompt_variant_labels == ["T"] and grid.reference_files == []
+    pattern = paths.prompt_variant_embedding("{family}", "portrait", f"{{variant,{one_of(['T'])}}}")
+    wanted = paths.prompt_variant_embedding("toy", "portrait", "T")
+    match = re.match(regex_from_filepattern(str(pattern)), str(wanted))
+    assert match and match.groupdict() == {"family": "toy", "variant": "T"}
+    assert not re.match(regex_from_filepattern(str(pattern)), str(wanted).replace(".T.", ".L512."))
+
+    result = estimate.estimate(toy_config, "h200")
+    jobs = {(job.rule, job.name): job for job in result.jobs}
+    assert jobs["embed_prompt", "toy/T"].key == "embed_prompt/toy"
+    assert jobs["generate", "toy/bare"].work == 0.0
+    assert "no toy figures for h200: toy/bare counts its start only" in result.notes

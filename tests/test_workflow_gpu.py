@@ -30,12 +30,12 @@ def test_a_job_process_is_named_as_its_benchmark_file_names_it():
         "generate",
         "flux-dev/none",
     )
-    assert job_of([*python, "embed-prompts", "--family", "flux", "--length", "512"]) == (
+    assert job_of([*python, "embed-prompts", "--family", "flux", "--variant", "L512"]) == (
         "embed_prompt",
         "flux/L512",
     )
-    assert job_of([*python, "embed-prompts", "--family", "sd15", "--negative", "N0d15"]) == (
-        "embed_sd_prompt",
+    assert job_of([*python, "embed-prompts", "--family", "sd15", "--variant", "N0d15"]) == (
+        "embed_prompt",
         "sd15/N0d15",
     )
     references = [*python, "embed-references", "--family", "sdxl", "--file", "plus", "--reference", "coffee"]

@@ -144,7 +144,7 @@ def cmd_embed_prompts(args: argparse.Namespace) -> None:
     config = _gpu_config(args)
     from fewstep.jobs.precompute import embed_prompts
 
-    embed_prompts(config, args.family, args.prompt, args.length, args.negative)
+    embed_prompts(config, args.family, args.prompt, args.variant)
 
 
 def cmd_embed_references(args: argparse.Namespace) -> None:
@@ -301,8 +301,11 @@ def parser() -> argparse.ArgumentParser:
     p = add("embed-prompts", cmd_embed_prompts, "precompute prompt embeddings (all, or those named)")
     p.add_argument("--family", help="one model family (default: every family of the cells)")
     p.add_argument("--prompt", nargs="+", help="prompt ids (default: every prompt)")
-    p.add_argument("--length", type=int, help="one T5 sequence length (default: every one the cells use)")
-    p.add_argument("--negative", help="SD: one negative prompt's label N<hash> (default: every one)")
+    p.add_argument(
+        "--variant",
+        help="one prompt variant's label, e.g. L512 (FLUX's T5 length) or an SD negative prompt's N<hash> "
+        "(default: every one the cells use)",
+    )
     p = add(
         "embed-references",
         cmd_embed_references,
@@ -387,8 +390,7 @@ JOB_OPTIONS = (
     "model",
     "family",
     "file",
-    "length",
-    "negative",
+    "variant",
     "prompt",
     "identity",
     "reference",

@@ -5,33 +5,36 @@ PROMPT_TEXTS = {
 
 
 rule embed_prompt:
-    """CLIP + T5 embeddings of every prompt at one sequence length, the text encoders loaded
-    once (dev and schnell share them)."""
+    """Embeddings of every prompt as one prompt variant of one family (`Family.prompt_variants`:
+    FLUX's T5 sequence length, an SD family's CFG negative prompt), its text encoders loaded once
+    (FLUX dev and schnell share them)."""
     input:
         lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
     output:
         [
-            PATHS.prompt_embedding("{family}", p["id"], "{length}")
+            PATHS.prompt_variant_embedding("{family}", p["id"], "{variant}")
             for p in CONFIG["prompts"]
         ],
     log:
-        PATHS.log("embed_prompt", "{family}/L{length}"),
+        PATHS.log("embed_prompt", "{family}/{variant}"),
     benchmark:
-        PATHS.benchmark("embed_prompt", "{family}/L{length}")
+        PATHS.benchmark("embed_prompt", "{family}/{variant}")
     conda:
         "../../envs/generate.yaml"
     threads: CPU_THREADS
     resources:
         gpu=GPU,
+        # the largest text encoders' (FLUX's T5-XXL); an SD family's need less
         mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
         runtime=60,
         attempt=attempt_number,
     params:
-        # Re-embed when a prompt's text changes (the encoders are the input marker).
+        # Re-embed when a prompt's text or the variant's settings (SD: the negative prompt) change.
         texts=PROMPT_TEXTS,
+        settings=lambda w: GRID.prompt_settings(w.family, w.variant),
     shell:
         "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --length {wildcards.length} --attempt {resources.attempt} > {log:q} 2>&1"
+        " --variant {wildcards.variant} --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule embed_identity:
@@ -60,45 +63,14 @@ rule embed_identity:
         " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
-rule embed_sd_prompt:
-    """SD text embeddings of every prompt with one CFG negative prompt (named by its label),
-    the text encoders loaded once."""
-    input:
-        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
-    output:
-        [
-            PATHS.negative_prompt_embedding("{family}", p["id"], "{negative}")
-            for p in CONFIG["prompts"]
-        ],
-    log:
-        PATHS.log("embed_prompt", "{family}/{negative}"),
-    benchmark:
-        PATHS.benchmark("embed_sd_prompt", "{family}/{negative}")
-    conda:
-        "../../envs/generate.yaml"
-    threads: CPU_THREADS
-    resources:
-        gpu=GPU,
-        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
-        runtime=30,
-        attempt=attempt_number,
-    params:
-        # Re-embed when a prompt's text or the negative prompt changes.
-        texts=PROMPT_TEXTS,
-        negative=lambda w: GRID.prompt_variants(w.family)[w.negative].get(
-            "negative_prompt"
-        )
-        or "",
-    shell:
-        "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --negative {wildcards.negative} --attempt {resources.attempt} > {log:q} 2>&1"
-
-
 rule embed_reference:
-    """IP-Adapter image embeddings of one reference through one adapter file's image encoder."""
+    """Image embeddings of one reference through the image encoder of one adapter file
+    (`Family.reference_file`: an SD family's IP-Adapter plain or Plus)."""
     input:
-        lambda w: marker_path(CONFIG, w.family),
-        marker_path(CONFIG, "ip-adapter"),
+        lambda w: [
+            marker_path(CONFIG, name)
+            for name in GRID.reference_models(w.family, w.file)
+        ],
         reference_picture,
     output:
         PATHS.reference_embedding("{family}", "{file}", "{reference}"),

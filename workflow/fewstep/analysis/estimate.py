@@ -1,15 +1,19 @@
 """What a sweep will cost before it runs: images, GPU time per rule kind, disk and downloads.
 
-Timings come from one card's measured figures in ``benchmarks/results/`` (FLUX per step and
-VAE decode from ``latency_<card>_<date>.csv``; model load, compile and the acceleration
-switches' step times from ``acceleration_<card>_<date>.json``; SD per image against steps from
-``sd_latency_<card>_<date>.csv``), the newest file of each kind; a card with acceleration figures
+Timings come from one card's measured figures in ``benchmarks/results/`` (per step and VAE
+decode of the backbone models in ``latency_<card>_<date>.csv``, FLUX's; model load, compile and
+the acceleration switches' step times from ``acceleration_<card>_<date>.json``; per image against
+steps of the families in ``sd_latency_<card>_<date>.csv``, SD's), the newest file of each kind.
+A generation job is timed per step when its backbone model has per-step figures, else per image
+when its family and adapter file have a fit, else by its start alone (and the output says so):
+the figures' keys decide, the family is asked only through its protocol (`Family.adapter_role`,
+`reference_file`, `image_size`); a card with acceleration figures
 alone borrows decode, the steps without InfuseNet (at the other card's ratio) and SD from a card
 that has them, and says so. A job's overhead (process start and model load: job wall minus the
 modelled work) comes from the newest whole-workflow run, ``workflow_<card>_<date>.json``
 (benchmarks/workflow_gpu.py), the card's own else another's; what no file measures is an assumed
 constant, `ASSUMED_S`, and the output says so. Per-step and decode times scale with the pixel
-count from the 1024x1024 (SD: the family's own side) they were measured at.
+count from the 1024x1024 (per-image figures: the family's default `image_size`) they were measured at.
 
 The wall time assumes the workstation profile's one card: GPU jobs one after another, the
 model preparation before them and aggregate, report and W&B after them. Only stdlib here:
@@ -29,7 +33,6 @@ from typing import Any
 
 from fewstep.core.config import load
 from fewstep.core.errors import ConfigError
-from fewstep.core.paths import Paths
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import lookup, marker_path
 
@@ -94,11 +97,22 @@ PUBLISHED_GB = {
     ("h94/IP-Adapter", "sdxl_models/image_encoder/model.safetensors"): 3.69,
 }
 
-#: float32 values of one embedding file (precompute saves float32)
-FLUX_PROMPT_WIDTH, FLUX_POOLED = 4096, 768
-SD_PROMPT_FLOATS = {"sd15": 2 * 77 * 768, "sdxl": 2 * (77 * 2048 + 1280)}  # prompt and negative
+#: float32 values of one prompt embedding file (precompute saves float32) per family, from its
+#: variant's settings (`Family.prompt_metadata`): FLUX's T5 tokens x 4096 and CLIP's pooled 768;
+#: an SD family's prompt and negative (SDXL: both CLIP towers and the pooled 1280)
+PROMPT_FLOATS = {
+    "flux": lambda settings: int(settings["max_sequence_length"]) * 4096 + 768,
+    "sd15": lambda settings: 2 * 77 * 768,
+    "sdxl": lambda settings: 2 * (77 * 2048 + 1280),
+}
 REFERENCE_FLOATS = {"plain": 2 * 1280, "plus": 2 * 257 * 1280}  # at most (ViT-H/bigG), with the negative
 IDENTITY_FLOATS = 512 + 10
+#: the overhead key of a family's prompt embedding jobs where the workflow runs measured it: the
+#: runs of 2026-12-06/07 ran the SD families' under the rule embed_sd_prompt (their CLIP towers,
+#: pooled); a family not listed has its own key, embed_prompt/<family>
+PROMPT_OVERHEAD_KEYS = {"flux": "embed_prompt", "sd15": "embed_sd_prompt", "sdxl": "embed_sd_prompt"}
+#: rules a committed workflow run names that are now another rule (one prompt rule for every family)
+FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}
 
 
 @dataclass
@@ -107,7 +121,7 @@ class Figures:
 
     card: str
     sources: list[str]
-    flux_step: dict[tuple[str, bool], float]  # (model, with InfuseNet) -> s per step at 1024²
+    flux_step: dict[tuple[str, bool], float]  # (backbone model, with its adapter) -> s per step at 1024²
     flux_decode: float
     flux_load: float
     accelerations: dict[str, tuple[float, float]]  # variant -> (step factor over eager, compile s)
@@ -269,7 +283,11 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
         )
     except ConfigError as error:
         return {}, str(error)
-    walls = {(j["rule"], j["name"]): j["wall_s"] for j in run["summary"]["jobs"] if not j["failed"]}
+    walls = {
+        (FORMER_RULES.get(j["rule"], j["rule"]), j["name"]): j["wall_s"]
+        for j in run["summary"]["jobs"]
+        if not j["failed"]
+    }
     missing = [f"{j.rule} {j.name}" for j in model.jobs if (j.rule, j.name) not in walls]
     if missing:
         return {}, f"{run['config']} now forms jobs the run did not run ({', '.join(missing[:3])})"
@@ -289,10 +307,9 @@ VARIANTS = {
     ("compile", "fp8"): "fast",
     ("compile", "fp8", "cache"): "fast-cache",
 }
-GPU_RULES = ("embed_prompt", "embed_sd_prompt", "embed_reference", "generate", "trajectory", "score")
 KINDS = {
     "prepare": ("prepare_model",),
-    "embed": ("embed_prompt", "embed_sd_prompt", "embed_reference", "embed_identity"),
+    "embed": ("embed_prompt", "embed_reference", "embed_identity"),
     "generate": ("generate",),
     "score": ("score",),
     "trajectory": ("trajectory",),
@@ -308,19 +325,22 @@ class Job:
     gpu: bool
     work: float = 0.0  # what the benchmark figures model: steps, decode, compile; scoring
     sub: str = ""  # what the overhead depends on besides the rule: the family, or the weights
+    timing_key: str = ""  # the overhead's key where it is not rule/sub (`PROMPT_OVERHEAD_KEYS`)
 
     @property
     def key(self) -> str:
-        return f"{self.rule}/{self.sub}" if self.sub else self.rule
+        return self.timing_key or (f"{self.rule}/{self.sub}" if self.sub else self.rule)
 
     @property
     def seconds(self) -> float:
         return self.overhead + self.work
 
 
-def _job(figures: Figures, rule: str, name: str, assumed: float, gpu: bool, work=0.0, sub="") -> Job:
+def _job(
+    figures: Figures, rule: str, name: str, assumed: float, gpu: bool, work=0.0, sub="", timing_key=""
+) -> Job:
     """A job with the measured overhead of its key (generate, trajectory: else its rule's), else `assumed`."""
-    job = Job(rule, name, assumed, gpu, work, sub)
+    job = Job(rule, name, assumed, gpu, work, sub, timing_key)
     fallback = figures.overheads.get(rule, assumed) if rule in ("generate", "trajectory") else assumed
     return dataclasses.replace(job, overhead=figures.overheads.get(job.key, fallback))
 
@@ -370,21 +390,12 @@ def _variant(switches: dict[str, Any]) -> str | None:
 def _generation_seconds(
     grid: Grid, cells: list, figures: Figures, notes: list[str]
 ) -> tuple[float, float, float]:
-    """(assumed overhead, compile, seconds of every image) of the generation job of `cells`."""
+    """(assumed overhead, compile, seconds of every image) of the generation job of `cells`:
+    per step where its backbone model has per-step figures, else per image (`_per_image_seconds`)."""
     first = cells[0]
-    family = grid.family(first).name
-    start = ASSUMED_S["job_start"]
-    if family != "flux":
-        file = grid.reference_file(first) or "none"
-        fit = figures.sd.get((family, file))
-        if fit is None:
-            notes.append(f"no {family} figures for {figures.card}: {first.job} counts its start only")
-            return start, 0.0, 0.0
-        side = grid.resolution(first)[0]
-        scale = (side / grid.family(first).resolution()) ** 2
-        images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
-        return start + ASSUMED_S["sd_load"], 0.0, images
     model = grid.backbone(first)["model"]
+    if (model, True) not in figures.flux_step:
+        return _per_image_seconds(grid, cells, figures, notes)
     adapter = grid.adapter(first)
     width, height = grid.resolution(first)
     scale = width * height / MEASURED_SIDE**2
@@ -396,33 +407,51 @@ def _generation_seconds(
             notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
     with_adapter = figures.flux_step[(model, True)] * factor * scale
     alone = figures.flux_step[(model, False)] * factor * scale
+    conditioned = grid.family(first).adapter_role(adapter) is not None
     images = 0.0
     for cell in cells:
-        adapter_steps = cell.steps if adapter["kind"] == "infusenet" else 0
+        adapter_steps = cell.steps if conditioned else 0
         if adapter.get("first_steps") is not None:
             adapter_steps = min(adapter_steps, adapter["first_steps"])
         step_s = adapter_steps * with_adapter + (cell.steps - adapter_steps) * alone
         images += len(grid.items_of(cell)) * (step_s + figures.flux_decode * scale)
-    return start + figures.flux_load, compile_s, images
+    return ASSUMED_S["job_start"] + figures.flux_load, compile_s, images
 
 
-def _embedding_jobs(grid: Grid, paths: Paths, figures: Figures, gpu: bool) -> list[Job]:
+def _per_image_seconds(
+    grid: Grid, cells: list, figures: Figures, notes: list[str]
+) -> tuple[float, float, float]:
+    """As `_generation_seconds`, from the per-image fit of the family and the adapter file whose
+    image encoder its adapter reads (``none``: none), measured at the family's default size."""
+    first = cells[0]
+    family, backbone = grid.family(first), grid.backbone(first)
+    start = ASSUMED_S["job_start"]
+    fit = figures.sd.get((family.name, family.reference_file(grid.adapter(first)) or "none"))
+    if fit is None:
+        notes.append(f"no {family.name} figures for {figures.card}: {first.job} counts its start only")
+        return start, 0.0, 0.0
+    bare = {"model": backbone["model"], "family": family.name}  # the backbone with no size of its own
+    default = family.image_size(bare, grid.config["resolution"])
+    width, height = grid.resolution(first)
+    scale = width * height / (default["width"] * default["height"])
+    images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
+    return start + ASSUMED_S["sd_load"], 0.0, images
+
+
+def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
     """The prompt, reference and identity embedding jobs, as the Snakefile forms them."""
     start = ASSUMED_S["job_start"]
-    prompt_jobs = {
-        (path.parent.name, path.name.split(".", 1)[1])
-        for cell in grid.cells
-        for path in grid.prompt_embeddings(paths, cell)
-    }
     jobs = [
         _job(
             figures,
-            "embed_prompt" if suffix.startswith("L") else "embed_sd_prompt",
-            f"{family}/{suffix.removesuffix('.safetensors')}",
+            "embed_prompt",
+            f"{family}/{label}",
             start + ASSUMED_S["text_encoders"],
             gpu,
+            timing_key=PROMPT_OVERHEAD_KEYS.get(family, f"embed_prompt/{family}"),
         )
-        for family, suffix in sorted(prompt_jobs)
+        for family in grid.families
+        for label in sorted(grid.prompt_variants(family))
     ]
     jobs += [
         _job(figures, "embed_reference", "/".join(key), start + ASSUMED_S["image_encoder"], gpu)
@@ -455,15 +484,13 @@ def download_gb(config: dict[str, Any], grid: Grid) -> dict[str, float]:
     return sizes
 
 
-def _embedding_bytes(grid: Grid, paths: Paths, jobs: list[Job]) -> float:
+def _embedding_bytes(grid: Grid, jobs: list[Job]) -> float:
     floats = 0
     prompts = len(grid.config["prompts"])
     for job in jobs:
         family, _, suffix = job.name.partition("/")
-        if job.rule == "embed_prompt":
-            floats += prompts * (int(suffix[1:]) * FLUX_PROMPT_WIDTH + FLUX_POOLED)
-        elif job.rule == "embed_sd_prompt":
-            floats += prompts * SD_PROMPT_FLOATS.get(family, 0)
+        if job.rule == "embed_prompt" and family in PROMPT_FLOATS:
+            floats += prompts * PROMPT_FLOATS[family](grid.prompt_settings(family, suffix))
         elif job.rule == "embed_reference":
             floats += REFERENCE_FLOATS[suffix.partition("/")[0]]
         elif job.rule == "embed_identity":
@@ -478,14 +505,14 @@ def estimate(config: dict[str, Any], card: str, folder: Path = FIGURES) -> Estim
 
 def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
     """What the sweep of `config` (validated) costs with `figures`."""
-    grid, paths, notes = Grid(config), Paths(config), list(figures.notes)
+    grid, notes = Grid(config), list(figures.notes)
     gpu = config["device"] != "cpu"
     start = ASSUMED_S["job_start"]
     prepare = start + ASSUMED_S["prepare"]
     jobs = [
         _job(figures, "prepare_model", name, prepare, False, sub=config["weights"]) for name in grid.models
     ]
-    jobs += _embedding_jobs(grid, paths, figures, gpu)
+    jobs += _embedding_jobs(grid, figures, gpu)
     images = {cell.id: len(grid.items_of(cell)) for cell in grid.cells}
     pixels = 0.0
     for job_id, cells in grid.jobs.items():
@@ -519,7 +546,7 @@ def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
         trajectory_images=trajectory_images,
         jobs=jobs,
         image_gb=3 * pixels / 1e9,
-        embedding_gb=_embedding_bytes(grid, paths, jobs) / 1e9,
+        embedding_gb=_embedding_bytes(grid, jobs) / 1e9,
         downloads=download_gb(config, grid),
         notes=notes,
     )

@@ -406,9 +406,6 @@ def _check_references(config: dict[str, Any]) -> None:
                 )
     if "eager" in config["accelerations"]:
         raise ConfigError("config accelerations.eager: the name eager means every switch off; rename it")
-    for name, adapter in config["adapters"].items():
-        if adapter["kind"] == "infusenet" and adapter["guidance_start"] >= adapter["guidance_end"]:
-            raise ConfigError(f"config adapters.{name}: guidance_start must be below guidance_end")
 
 
 def load(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -6,11 +6,17 @@ Methods take plain strings so the Snakefile can pass wildcard patterns
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 CELL_PATTERN = "{backbone}/{adapter}/{steps}"
 JOB_PATTERN = "{backbone}/{adapter}"
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names (none: a pattern that matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 class Paths:
@@ -41,12 +47,8 @@ class Paths:
         """A prompt at T5 sequence length `length` (FLUX's variant ``L<length>``)."""
         return self.prompt_variant_embedding(family, prompt, f"L{length}")
 
-    def negative_prompt_embedding(self, family: str, prompt: str, negative: str) -> Path:
-        """A prompt with the CFG negative labelled `negative` (SD families)."""
-        return self.prompt_variant_embedding(family, prompt, negative)
-
     def reference_embedding(self, family: str, file: str, reference: str) -> Path:
-        """One reference picture through the image encoder of an adapter file (plain, plus)."""
+        """One reference picture through the image encoder of an adapter file (`Family.reference_file`)."""
         return self.root / "embeddings" / "references" / family / file / f"{reference}.safetensors"
 
     def identity_embedding(self, identity: str) -> Path:

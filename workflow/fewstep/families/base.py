@@ -218,6 +218,11 @@ class Family(Protocol):
         (the embed_reference rule); None when the adapter reads no reference embedding."""
         ...
 
+    def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """Registry models the embed_reference job of the adapter's `reference_file` loads (none
+        when it has none)."""
+        ...
+
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
     ) -> dict[str, tuple[str, ...]]:

@@ -73,6 +73,16 @@ class FileInputs(RerunTriggers):
             raise ConfigError(f"no {family} backbone of the sweep embeds prompts as {label}; known: {known}")
         return variants[label]
 
+    @property
+    def prompt_variant_labels(self) -> list[str]:
+        """Every prompt variant label of the sweep's families (the embed_prompt rule's `variant`)."""
+        return sorted({label for family in self.families for label in self.prompt_variants(family)})
+
+    def prompt_settings(self, family: str, label: str) -> dict[str, str]:
+        """What the prompt embeddings labelled `label` record of their settings (a rerun trigger)."""
+        backbone = self.prompt_variant_backbone(family, label)
+        return self.known_families[family].prompt_metadata(backbone)
+
     def prompt_embedding(self, paths: Any, cell: Cell, prompt_id: str) -> Any:
         """The embedding file of one prompt as `cell`'s backbone reads it (`paths`: a
         `fewstep.core.paths.Paths`), named by its family's `prompt_variant`."""
@@ -101,6 +111,20 @@ class FileInputs(RerunTriggers):
             for item in self.items_of(c)
         }
         return sorted(needed)
+
+    @property
+    def reference_files(self) -> list[str]:
+        """Every adapter file whose image encoder embeds the sweep's references (`Family.reference_file`)."""
+        return sorted({self.reference_file(c) for c in self.cells} - {None})
+
+    def reference_models(self, family: str, file: str) -> list[str]:
+        """Registry models the embed_reference job of `family`'s adapter file `file` loads."""
+        adapter = next(
+            self.adapter(c)
+            for c in self.cells
+            if self.backbone(c)["family"] == family and self.reference_file(c) == file
+        )
+        return self.known_families[family].reference_models(adapter)
 
     def reference_embedding(self, paths: Any, cell: Cell, reference_id: str) -> Any | None:
         """The embedding file of one item reference that `cell`'s adapter reads (None: none)."""

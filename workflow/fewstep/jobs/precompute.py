@@ -67,18 +67,16 @@ def embed_prompts(
     config: dict[str, Any],
     family: str | None = None,
     prompt_ids: list[str] | None = None,
-    length: int | None = None,
-    negative: str | None = None,
+    variant: str | None = None,
 ) -> list[Path]:
     """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
-    the cells use, or only the ones named (the `embed_prompt` rule: every prompt at one sequence
-    length, variant ``L<length>``; `embed_sd_prompt`: every prompt with one negative, by its label)."""
+    the cells use, or only the ones named (the `embed_prompt` rule: every prompt as one variant of
+    one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``)."""
     grid = Grid(config)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
-    wanted = negative or (f"L{length}" if length else None)
     written = []
     for name in [family] if family else grid.families:
-        labels = [wanted] if wanted else list(grid.prompt_variants(name))
+        labels = [variant] if variant else list(grid.prompt_variants(name))
         variants = {label: grid.prompt_variant_backbone(name, label) for label in labels}
         written += _embed_prompts(config, name, prompts, variants)
     return written

@@ -51,8 +51,10 @@ class FluxFamily:
             )
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
-        """The schema checks InfuseNet's settings (variant, scale, window, control); IP-Adapter's
-        would be ignored here, so they are refused."""
+        """The schema checks InfuseNet's settings (variant, scale, window, control) one by one, this
+        the window as a whole; IP-Adapter's would be ignored here, so they are refused."""
+        if adapter["kind"] == "infusenet" and adapter["guidance_start"] >= adapter["guidance_end"]:
+            raise ConfigError(f"config adapters.{key}: guidance_start must be below guidance_end")
         for setting in IP_ADAPTER_KEYS:
             if adapter["kind"] == "infusenet" and setting in adapter:
                 raise ConfigError(
@@ -95,6 +97,9 @@ class FluxFamily:
         """InfuseNet reads the identity embeddings (`needs_identity_embeddings`), no reference file;
         so FLUX has no `reference_encoder`."""
         return None
+
+    def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []  # no reference file: the embed_identity rule's face models embed InfuseNet's input
 
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]

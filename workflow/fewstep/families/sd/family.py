@@ -165,6 +165,11 @@ class StableDiffusion:
         """h94's plain or Plus file: its image encoder embeds the references (None: bare backbone)."""
         return adapter.get("file", "plain") if adapter["kind"] == ADAPTER_KIND else None
 
+    def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """The base model and h94's files (the adapter file's image encoder), for an IP-Adapter."""
+        file = self.reference_file(adapter)
+        return [] if file is None else list(self.reference_weights(file))
+
     def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
         """One file per CFG negative prompt, named by its label (`negative_label`)."""
         return {negative_label(b): b for b in backbones}
