@@ -87,6 +87,8 @@ class ToyFamily:
     def needs_identity_embeddings(self, adapter):
         return False
 
+    prompt_job_mem_mb = 2000
+
     def prompt_model(self, models):
         return models[0]
 

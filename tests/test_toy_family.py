@@ -162,6 +162,8 @@ class ToyFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False
 
+    prompt_job_mem_mb = 2000
+
     def prompt_model(self, models: Sequence[str]) -> str:
         return models[0]
 

@@ -24,8 +24,11 @@ rule embed_prompt:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        # the largest text encoders' (FLUX's T5-XXL); an SD family's need less
-        mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=lambda w: (
+            GRID.known_families[w.family].prompt_job_mem_mb
+            if CONFIG["weights"] != "tiny"
+            else 2000
+        ),
         runtime=60,
         attempt=attempt_number,
     params:

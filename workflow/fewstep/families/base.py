@@ -254,6 +254,10 @@ class Family(Protocol):
         """
         ...
 
+    #: host memory (MB) an embed_prompt job of this family asks the scheduler for, full-size
+    #: text encoders loaded (the rule asks for 2 GB with tiny weights)
+    prompt_job_mem_mb: int
+
     # --- job side -------------------------------------------------------------
     def prompt_encoder(
         self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype

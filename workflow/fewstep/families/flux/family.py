@@ -123,6 +123,8 @@ class FluxFamily:
         """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""
         return "flux-schnell" if "flux-schnell" in models else models[0]
 
+    prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, read from disk
+
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
         self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype

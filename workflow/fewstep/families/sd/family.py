@@ -197,6 +197,8 @@ class StableDiffusion:
     def prompt_model(self, models: list[str]) -> str:
         return self.name
 
+    prompt_job_mem_mb = 16000  # CLIP text encoders only (SDXL's two: 1.6 GB in fp16)
+
     def adapter_files(self, adapters: list[Mapping[str, Any]]) -> list[tuple[SDFamily, str, bool]]:
         """`specs.ip_adapter_patterns` uses for these adapters: each file with its image encoder
         (generation loads the file, the reference embedding job the encoder too)."""
