@@ -13,6 +13,7 @@ import copy
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -436,9 +437,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _plain(obj: Any) -> Any:
+    """JSON's fallback: a read-only mapping (a `fewstep.core.study.Study` or its sections) as the
+    dict it views, anything else as its text."""
+    return dict(obj) if isinstance(obj, Mapping) else str(obj)
+
+
 def fingerprint(obj: Any) -> str:
     """Stable short hash of any JSON-able value (dict key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -467,7 +474,7 @@ def write_resolved(config: dict[str, Any], directory: Path) -> Path:
     if not path.exists():
         from fewstep.core.io import atomic_write_text
 
-        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -212,8 +212,14 @@ class Wandb(Section):
 
 
 @dataclass(frozen=True, eq=False)
-class Study:
-    """A validated sweep configuration (`Study.of`); frozen, its collections read-only."""
+class Study(Mapping[str, Any]):
+    """A validated sweep configuration (`Study.of`); frozen, its collections read-only.
+
+    It also reads as the read-only mapping of the validated config (``study["scoring"]``, plain
+    copies), like its sections: the registry, faces and scoring layers take their settings as
+    ``Mapping[str, Any]`` (a model folder from ``models_dir`` and ``local_weights``, a device), so
+    they run unchanged on a `Study`; the grid, the jobs and new code read the typed fields.
+    """
 
     sweep: str
     weights: str
@@ -284,6 +290,15 @@ class Study:
             wandb=section(Wandb, config["wandb"]),
             validated=freeze(config),
         )
+
+    def __getitem__(self, key: str) -> Any:
+        return thaw(self.validated[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.validated)
+
+    def __len__(self) -> int:
+        return len(self.validated)
 
     def to_dict(self) -> dict[str, Any]:
         """The validated config as plain data: what provenance records and fingerprints hash."""
