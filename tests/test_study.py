@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from fewstep.core.config import config_hash, validate
-from fewstep.core.study import Study, parse
+from fewstep.core.study import Study, parse_config
 
 
 def test_study_holds_the_validated_config_typed(raw_demo):
@@ -43,7 +43,7 @@ def test_study_cannot_be_changed(raw_demo):
         "role": "style",
         "scale": {"up": {"block_0": [0.0, 1.0]}},
     }
-    study = parse(raw)
+    study = parse_config(raw)
     with pytest.raises(dataclasses.FrozenInstanceError):
         study.sweep = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):

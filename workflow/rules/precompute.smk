@@ -1,19 +1,14 @@
 # Prompt id -> text, order-free: the prompt embedding jobs' rerun trigger.
-PROMPT_TEXTS = {
-    p["id"]: p["text"] for p in sorted(CONFIG["prompts"], key=lambda p: p["id"])
-}
+PROMPT_TEXTS = {p.id: p.text for p in sorted(STUDY.prompts, key=lambda p: p.id)}
 
 
 rule embed_prompt:
     """CLIP + T5 embeddings of every prompt at one sequence length, the text encoders loaded
     once (dev and schnell share them)."""
     input:
-        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
+        lambda w: marker_path(STUDY, GRID.text_encoder_backbone(w.family)),
     output:
-        [
-            PATHS.prompt_embedding("{family}", p["id"], "{length}")
-            for p in CONFIG["prompts"]
-        ],
+        [PATHS.prompt_embedding("{family}", p.id, "{length}") for p in STUDY.prompts],
     log:
         PATHS.log("embed_prompt", "{family}/L{length}"),
     benchmark:
@@ -23,7 +18,7 @@ rule embed_prompt:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=40000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=40000 if STUDY.weights != "tiny" else 2000,
         runtime=60,
         attempt=attempt_number,
     params:
@@ -37,8 +32,8 @@ rule embed_prompt:
 rule embed_identity:
     """Face detection, alignment and the IR-SE50 ArcFace embedding of one identity."""
     input:
-        marker_path(CONFIG, "insightface"),
-        marker_path(CONFIG, "arcface-irse50"),
+        marker_path(STUDY, "insightface"),
+        marker_path(STUDY, "arcface-irse50"),
         identity_picture,
     output:
         PATHS.identity_embedding("{identity}"),
@@ -54,7 +49,7 @@ rule embed_identity:
     params:
         # Re-embed when the picture's content (or builtin name) or the face choice changes.
         picture=lambda w: GRID.pictures[w.identity],
-        policy=CONFIG["face"]["policy"],
+        policy=STUDY.face.policy,
     shell:
         "python -m fewstep embed-identities --identity {wildcards.identity}"
         " --attempt {resources.attempt} > {log:q} 2>&1"
@@ -64,11 +59,11 @@ rule embed_sd_prompt:
     """SD text embeddings of every prompt with one CFG negative prompt (named by its label),
     the text encoders loaded once."""
     input:
-        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
+        lambda w: marker_path(STUDY, GRID.text_encoder_backbone(w.family)),
     output:
         [
-            PATHS.negative_prompt_embedding("{family}", p["id"], "{negative}")
-            for p in CONFIG["prompts"]
+            PATHS.negative_prompt_embedding("{family}", p.id, "{negative}")
+            for p in STUDY.prompts
         ],
     log:
         PATHS.log("embed_prompt", "{family}/{negative}"),
@@ -79,7 +74,7 @@ rule embed_sd_prompt:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=16000 if STUDY.weights != "tiny" else 2000,
         runtime=30,
         attempt=attempt_number,
     params:
@@ -97,8 +92,8 @@ rule embed_sd_prompt:
 rule embed_reference:
     """IP-Adapter image embeddings of one reference through one adapter file's image encoder."""
     input:
-        lambda w: marker_path(CONFIG, w.family),
-        marker_path(CONFIG, "ip-adapter"),
+        lambda w: marker_path(STUDY, w.family),
+        marker_path(STUDY, "ip-adapter"),
         reference_picture,
     output:
         PATHS.reference_embedding("{family}", "{file}", "{reference}"),
@@ -111,7 +106,7 @@ rule embed_reference:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=16000 if STUDY.weights != "tiny" else 2000,
         runtime=30,
         attempt=attempt_number,
     params:

@@ -319,7 +319,7 @@ class Study(Mapping[str, Any]):
         return next((p for p in self.prompts if p.id == prompt_id), None)
 
 
-def parse(config: Mapping[str, Any]) -> Study:
+def parse_config(config: Mapping[str, Any]) -> Study:
     """Validate a raw config (as read from YAML) and parse it into its `Study`."""
     return Study.of(validate(dict(config)))
 
