@@ -327,3 +327,13 @@ def parse_config(config: Mapping[str, Any]) -> Study:
 def load_study(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> Study:
     """Load, merge and validate config files (`fewstep.core.config.load`) into their `Study`."""
     return Study.of(load(paths, overrides))
+
+
+#: what the job entry points take: a `Study`, or for one release a validated config dict (the
+#: tests' fixtures still hold dicts); `as_study` turns either into the `Study`
+StudyLike = Study | Mapping[str, Any]
+
+
+def as_study(study: StudyLike) -> Study:
+    """`study` itself, or the `Study` of a validated config dict."""
+    return study if isinstance(study, Study) else Study.of(study)
