@@ -55,3 +55,24 @@ def test_study_cannot_be_changed(raw_demo):
     scale["up"]["block_0"][0] = 9.0
     assert study.adapters["blocks"]["scale"] == {"up": {"block_0": [0.0, 1.0]}}
     assert study.to_dict()["adapters"]["blocks"]["scale"]["up"]["block_0"] == [0.0, 1.0]
+
+
+def test_grid_jobs_analysis_and_tracking_read_the_typed_study():
+    """No raw ``config["..."]`` reads come back where the Study is parsed once and handed down
+    (analysis/estimate.py is converted with engineer F's rework of it)."""
+    import re
+    from pathlib import Path
+
+    import fewstep
+
+    root = Path(fewstep.__file__).parent
+    raw = re.compile(r"""config(\[["']|\.get\()""")
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for unit in ("grid", "jobs", "analysis", "tracking")
+        for path in sorted((root / unit).glob("*.py"))
+        if path.name != "estimate.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if raw.search(line)
+    ]
+    assert found == []

@@ -453,18 +453,18 @@ def fingerprint(obj: Any) -> str:
 LOCATION_KEYS = ("results_dir", "models_dir", "reports_dir", "local_weights", "wandb")
 
 
-def config_hash(config: dict[str, Any]) -> str:
+def config_hash(config: Mapping[str, Any]) -> str:
     """The provenance hash of a configuration: everything that shapes a result, not where it
     is stored (the same sweep in two folders has one hash)."""
     return fingerprint({k: v for k, v in config.items() if k not in LOCATION_KEYS})
 
 
-def resolved_path(config: dict[str, Any], directory: Path) -> Path:
+def resolved_path(config: Mapping[str, Any], directory: Path) -> Path:
     """Where `write_resolved` puts `config`: <directory>/<hash>.yaml, named by its content."""
     return Path(directory) / f"{fingerprint(config)}.yaml"
 
 
-def write_resolved(config: dict[str, Any], directory: Path) -> Path:
+def write_resolved(config: Mapping[str, Any], directory: Path) -> Path:
     """Write the validated config content-addressed (<hash>.yaml) and return its path.
 
     Jobs read the configuration from this file; its name changes only with the

@@ -6,6 +6,7 @@ Methods take plain strings so the Snakefile can pass wildcard patterns
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ JOB_PATTERN = "{backbone}/{adapter}"
 
 
 class Paths:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: Mapping[str, Any]):
         self.root = Path(config["results_dir"]) / config["sweep"]
         self.report_dir = Path(config["reports_dir"]) / config["sweep"]
         self.models_root = Path(config["models_dir"]) / config["weights"]
