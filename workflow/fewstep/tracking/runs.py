@@ -288,12 +288,12 @@ class Run:
         settings = self.study.wandb
         cell_dir = self.paths.cell_dir(self.cell_id)
         grid = sample_grid(
-            frame, cell_dir, settings["grid_identities"], settings["grid_columns"], settings["thumbnail"]
+            frame, cell_dir, settings.grid_identities, settings.grid_columns, settings.thumbnail
         )
         self.log(
             {
                 "samples": wandb.Image(grid, caption=f"{self.cell_id} ({self.study.weights} weights)"),
-                "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
+                "scores": scores_table(frame, cell_dir, settings.thumbnail),
             }
         )
         from fewstep.tracking import lineage
@@ -405,7 +405,7 @@ def job_run(
     """One W&B run around one job; an exception inside marks the run failed (exit code 1)."""
     study = as_study(study)
     settings = study.wandb
-    if settings["mode"] == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
+    if settings.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         yield Run(study, cell_id)
         return
     paths = Paths(study)
@@ -421,8 +421,8 @@ def job_run(
         wandb_run = wandb.init(
             id=run_id(study, job_type, cell_id),
             resume="allow",
-            project=settings["project"],
-            entity=settings["entity"],
+            project=settings.project,
+            entity=settings.entity,
             group=study.sweep,
             job_type=job_type,
             name=cell_id or study.sweep,
@@ -431,8 +431,8 @@ def job_run(
             dir=job_dir,
             mode=mode,
             settings=wandb.Settings(
-                init_timeout=settings["init_timeout"],
-                x_service_wait=settings["init_timeout"],
+                init_timeout=settings.init_timeout,
+                x_service_wait=settings.init_timeout,
                 console="off",
             ),
         )
