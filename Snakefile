@@ -20,8 +20,9 @@ PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
 
 from fewstep.core import jobenv
-from fewstep.core.config import resolved_path, validate, write_resolved
+from fewstep.core.config import resolved_path, write_resolved
 from fewstep.core.errors import FewstepError
+from fewstep.core.study import parse_config
 from fewstep.grid import Grid
 from fewstep.core.paths import CELL_PATTERN, JOB_PATTERN, Paths, one_of
 from fewstep.core.resume import missing_cell_files, missing_files_hint, stale_lock_hint
@@ -33,24 +34,25 @@ if not workflow.overwrite_configfiles:
 
 
 try:
-    # The one config check: workflow/schemas/config.schema.yaml with one-line errors naming the
+    # The one config check, parsed once into the typed Study (fewstep.core.study) that the grid and
+    # the rules read: workflow/schemas/config.schema.yaml with one-line errors naming the
     # key, defaults filled, cross-checks. snakemake.utils.validate is not run as well: it applies
     # the same schema with the same validator (JSON Schema 2020-12) and would only repeat this
     # check, with multi-line errors; what it saw beyond it, the config after defaults and
     # expansion, passes the schema by construction (tests/test_config.py checks the defaults and
     # the identity ids taken from file names).
-    CONFIG = validate(config)
-    GRID = Grid(CONFIG)
+    STUDY = parse_config(config)
+    GRID = Grid(STUDY)
 except FewstepError as err:
     sys.exit(f"fewstep: {err}")
 
-PATHS = Paths(CONFIG)
+PATHS = Paths(STUDY)
 # Jobs read the validated config from this content-addressed copy (named by its
 # hash) through $FEWSTEP_CONFIG. Keeping it out of params means a config change
 # reruns only the jobs whose own params (e.g. a cell's hash) changed. It is
 # written when jobs are about to run, so parsing (--lint, -n) writes nothing.
-jobenv.export(PACKAGE_DIR, resolved_path(CONFIG, PATHS.config_dir))
-GPU = 0 if CONFIG["device"] == "cpu" else 1
+jobenv.export(PACKAGE_DIR, resolved_path(STUDY.to_dict(), PATHS.config_dir))
+GPU = 0 if STUDY.device == "cpu" else 1
 # GPU cards per GPU job, for profiles/slurm. Not FEWSTEP_GPUS: that one says how many cards
 # this machine has (fewstep.core.gpus, which a local job's card lock reads).
 os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
@@ -58,7 +60,7 @@ os.environ["FEWSTEP_JOB_GPUS"] = str(GPU)
 # --cores; Snakemake hands them to each job as OMP_NUM_THREADS, which torch and fewstep's
 # onnxruntime sessions follow. Tiny models make these jobs import-bound: one thread each lets
 # two run side by side on a small machine.
-CPU_THREADS = 4 if CONFIG["weights"] != "tiny" else 1
+CPU_THREADS = 4 if STUDY.weights != "tiny" else 1
 
 # After a kill, Snakemake's lock stays behind; say how to remove it (one line). A finished
 # generation job whose images or manifests were deleted: name them and the command (one line).
@@ -93,7 +95,7 @@ wildcard_constraints:
 
 
 onstart:
-    write_resolved(CONFIG, PATHS.config_dir)
+    write_resolved(STUDY.to_dict(), PATHS.config_dir)
 
 
 include: "workflow/rules/common.smk"

@@ -59,7 +59,7 @@ def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw
     assert grid.adapter(fast) == grid.adapter(Cell("flux-dev", "infusenet-aes", 8))
     assert grid.acceleration(fast) == {**OFF, "compile": "regional", "fp8": "dynamic"}
     assert [c.steps for c in grid.job("flux-dev/infusenet-aes+fast")] == [1, 2, 4, 8]
-    assert Paths(grid.config).cell_dir(fast.id).parts[-3:] == ("flux-dev", "infusenet-aes+fast", "8")
+    assert Paths(grid.study).cell_dir(fast.id).parts[-3:] == ("flux-dev", "infusenet-aes+fast", "8")
 
 
 @pytest.mark.parametrize(

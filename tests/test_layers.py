@@ -227,9 +227,9 @@ sys.path.insert(0, sys.argv[1])
 exec(sys.argv[2])  # the Snakefile's and the rules' own fewstep imports
 
 for config_file in sys.argv[3:]:
-    config = validate(yaml.safe_load(Path(config_file).read_text()))
+    config = parse_config(yaml.safe_load(Path(config_file).read_text()))  # the Snakefile's STUDY
     grid, paths = Grid(config), Paths(config)
-    resolved_path(config, paths.config_dir)
+    resolved_path(config.to_dict(), paths.config_dir)
     stale_lock_hint(Path.cwd(), [config_file])
     for job in grid.jobs:
         grid.job_hash(job)
@@ -259,8 +259,8 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY
 
 @pytest.mark.parametrize("config_file", ["config/demo.yaml", "config.yaml"])
 def test_parsing_the_workflow_imports_no_heavy_library(config_file):
-    """What the Snakefile and its rules do at parse time, in a fresh interpreter: validate,
-    Grid, Paths, every job's and cell's hash, inputs, outputs and logs."""
+    """What the Snakefile and its rules do at parse time, in a fresh interpreter: parse the
+    config into its Study, Grid, Paths, every job's and cell's hash, inputs, outputs and logs."""
     script = f"HEAVY = {HEAVY!r}\n{PARSE}"
     imports = "\n".join(workflow_imports())
     result = subprocess.run(

@@ -13,45 +13,49 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fewstep.core.errors import ConfigError, DiskFullError, FewstepError, NetworkError, OutOfMemoryError
 
+if TYPE_CHECKING:
+    from fewstep.core.study import Study
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    from fewstep.core.config import load
+
+def _study(args: argparse.Namespace) -> Study:
+    """The command's config files, loaded and validated once into the `Study` its job takes."""
     from fewstep.core.errors import ConfigError
+    from fewstep.core.study import load_study
 
     paths = args.config or ([os.environ["FEWSTEP_CONFIG"]] if os.environ.get("FEWSTEP_CONFIG") else [])
     if not paths:
         raise ConfigError("no configuration: pass --config FILE (or run through Snakemake)")
-    config = load(paths)
+    study = load_study(paths)
     from fewstep.core import jobenv
     from fewstep.core.paths import Paths
 
     jobenv.CONFIG_FILES[:] = [str(path) for path in paths]  # for the commands error messages name
 
-    os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(config).cache_dir))  # read by fewstep.faces
-    return config
+    os.environ.setdefault("FEWSTEP_CACHE_DIR", str(Paths(study).cache_dir))  # read by fewstep.faces
+    return study
 
 
-def _gpu_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The config of a GPU command, after taking a free card (before torch starts CUDA)."""
+def _gpu_study(args: argparse.Namespace) -> Study:
+    """The study of a GPU command, after taking a free card (before torch starts CUDA)."""
     from fewstep.core import gpus
 
-    config = _config(args)
-    print(f"fewstep {args.command}: {gpus.claim(config['device'])}", file=sys.stderr, flush=True)
-    return config
+    study = _study(args)
+    print(f"fewstep {args.command}: {gpus.claim(study.device)}", file=sys.stderr, flush=True)
+    return study
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from fewstep.grid import Grid
 
-    config = _config(args)
-    grid = Grid(config)
+    study = _study(args)
+    grid = Grid(study)
     print(
-        f"{config['sweep']}: {len(grid.cells)} cells, {sum(len(grid.items_of(c)) for c in grid.cells)} "
-        f"images, weights={config['weights']}"
+        f"{study.sweep}: {len(grid.cells)} cells, {sum(len(grid.items_of(c)) for c in grid.cells)} "
+        f"images, weights={study.weights}"
     )
     for cell in grid.cells:
         items = grid.items_of(cell)
@@ -67,7 +71,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     card = args.card or next(iter(sorted(cards(FIGURES))), "none")
     names = ", ".join(str(path) for path in args.config or [os.environ.get("FEWSTEP_CONFIG", "")])
-    print(render(estimate(_config(args), card), names))
+    print(render(estimate(_study(args), card), names))
 
 
 def snakemake_configfiles(argv: list[str]) -> list[str]:
@@ -137,27 +141,27 @@ def cmd_config_reference(args: argparse.Namespace) -> None:
 def cmd_prepare_model(args: argparse.Namespace) -> None:
     from fewstep.jobs.prepare import prepare_model
 
-    print(prepare_model(_config(args), args.model))
+    print(prepare_model(_study(args), args.model))
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:
-    config = _gpu_config(args)
+    study = _gpu_study(args)
     from fewstep.jobs.precompute import embed_prompts
 
-    embed_prompts(config, args.family, args.prompt, args.variant)
+    embed_prompts(study, args.family, args.prompt, args.variant)
 
 
 def cmd_embed_references(args: argparse.Namespace) -> None:
-    config = _gpu_config(args)
+    study = _gpu_study(args)
     from fewstep.jobs.precompute import embed_references
 
-    embed_references(config, args.family, args.file, args.reference)
+    embed_references(study, args.family, args.file, args.reference)
 
 
 def cmd_embed_identities(args: argparse.Namespace) -> None:
     from fewstep.jobs.precompute import embed_identities
 
-    embed_identities(_config(args), args.identity)
+    embed_identities(_study(args), args.identity)
 
 
 def _cell_or_job(command: str, args: argparse.Namespace) -> None:
@@ -167,7 +171,7 @@ def _cell_or_job(command: str, args: argparse.Namespace) -> None:
         )
 
 
-def _tracked_cells(config: dict, args: argparse.Namespace, stage: str, job, runs, log, output) -> None:
+def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs, log, output) -> None:
     """`--cell`: `job.run` inside one W&B run (`runs.job_run`). `--job`: `job.run_job` for
     every cell of the job, then one W&B run per cell, as for a job of one cell;
     `log(tracked, path)` logs a cell's `output(paths, cell_id)` file. The caller imports
@@ -176,63 +180,63 @@ def _tracked_cells(config: dict, args: argparse.Namespace, stage: str, job, runs
     from fewstep.grid import Grid
 
     if args.cell is not None:
-        with runs.job_run(config, stage, args.cell) as tracked:
-            log(tracked, job.run(config, args.cell, args.out, batch_size=args.batch_size))
+        with runs.job_run(study, stage, args.cell) as tracked:
+            log(tracked, job.run(study, args.cell, args.out, batch_size=args.batch_size))
         return
-    record = job.run_job(config, args.job, batch_size=args.batch_size)
-    for cell in Grid(config).job(args.job):
-        with runs.job_run(config, stage, cell.id) as tracked:
-            log(tracked, output(Paths(config), cell.id))
+    record = job.run_job(study, args.job, batch_size=args.batch_size)
+    for cell in Grid(study).job(args.job):
+        with runs.job_run(study, stage, cell.id) as tracked:
+            log(tracked, output(Paths(study), cell.id))
     print(f"{args.job}: record -> {record}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
-    config = _gpu_config(args)
+    study = _gpu_study(args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
     from fewstep.tracking import runs
 
-    _tracked_cells(config, args, "generate", generate, runs, runs.Run.log_manifest, Paths.manifest)
+    _tracked_cells(study, args, "generate", generate, runs, runs.Run.log_manifest, Paths.manifest)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     _cell_or_job("score", args)
-    config = _gpu_config(args)
+    study = _gpu_study(args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import score
     from fewstep.tracking import runs
 
-    _tracked_cells(config, args, "score", score, runs, runs.Run.log_scores, Paths.scores)
+    _tracked_cells(study, args, "score", score, runs, runs.Run.log_scores, Paths.scores)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
-    config = _gpu_config(args)
+    study = _gpu_study(args)
     from fewstep.jobs.trajectory import run
     from fewstep.tracking import runs
 
-    with runs.job_run(config, "trajectory", args.cell) as tracked:
-        tracked.log_trajectory(run(config, args.cell, args.out))
+    with runs.job_run(study, "trajectory", args.cell) as tracked:
+        tracked.log_trajectory(run(study, args.cell, args.out))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from fewstep.analysis.aggregate import run
 
-    run(_config(args), args.out)
+    run(_study(args), args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from fewstep.analysis.report import run
 
-    run(_config(args), args.summary, args.out)
+    run(_study(args), args.summary, args.out)
 
 
 def cmd_wandb_aggregate(args: argparse.Namespace) -> None:
     from fewstep.core.io import atomic_write_json
     from fewstep.tracking import runs
 
-    config = _config(args)
-    with runs.job_run(config, "aggregate") as tracked:
+    study = _study(args)
+    with runs.job_run(study, "aggregate") as tracked:
         logged = tracked.log_sweep()
         record = runs.run_record(tracked, logged)
     atomic_write_json(args.out, record)
@@ -242,21 +246,21 @@ def cmd_wandb_aggregate(args: argparse.Namespace) -> None:
 def cmd_wandb_workspace(args: argparse.Namespace) -> None:
     from fewstep.tracking import workspace
 
-    config = _config(args)
+    study = _study(args)
     if args.out:
         from fewstep.core.io import atomic_write_json
 
-        entity = args.entity or config["wandb"]["entity"] or "your-entity"
-        atomic_write_json(args.out, workspace.spec(config, entity))
-        print(f"W&B workspace spec of sweep {config['sweep']} -> {args.out}")
+        entity = args.entity or study.wandb.entity or "your-entity"
+        atomic_write_json(args.out, workspace.spec(study, entity))
+        print(f"W&B workspace spec of sweep {study.sweep} -> {args.out}")
     else:
-        print(f"W&B workspace saved: {workspace.save(config, args.entity)}")
+        print(f"W&B workspace saved: {workspace.save(study, args.entity)}")
 
 
 def cmd_wandb_sync(args: argparse.Namespace) -> None:
     from fewstep.tracking.runs import sync
 
-    sync(_config(args), dry_run=args.dry_run)
+    sync(_study(args), dry_run=args.dry_run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -408,7 +412,7 @@ def _no_retry_note(args: argparse.Namespace) -> Path | None:
     label = "/".join(
         ",".join(map(str, v)) if isinstance(v, list) else str(v) for v in values if v is not None
     )
-    return Paths(_config(args)).no_retry_note(args.command, label)
+    return Paths(_study(args)).no_retry_note(args.command, label)
 
 
 def _run(args: argparse.Namespace) -> None:

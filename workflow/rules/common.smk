@@ -8,7 +8,7 @@ def generate_inputs(wildcards):
         cell = GRID.cell(CELL_PATTERN.format(**wildcards))
     else:  # a job's cells share backbone, adapter and acceleration: they need the same inputs
         cell = GRID.job(JOB_PATTERN.format(**wildcards))[0]
-    inputs = [marker_path(CONFIG, name) for name in GRID.generation_models(cell)]
+    inputs = [marker_path(STUDY, name) for name in GRID.generation_models(cell)]
     inputs += GRID.prompt_embeddings(PATHS, cell)
     return inputs + GRID.identity_embeddings(PATHS, cell)
 
@@ -33,7 +33,7 @@ def score_inputs(wildcards):
     models = {name for cell in cells for name in GRID.score_models(cell)}
     anchors = {GRID.score_anchor(cell) for cell in cells} - {None}
     jobs = {cells[0].job} | {anchor.job for anchor in anchors}
-    return [marker_path(CONFIG, name) for name in sorted(models)] + [
+    return [marker_path(STUDY, name) for name in sorted(models)] + [
         PATHS.generation_record(job) for job in sorted(jobs)
     ]
 

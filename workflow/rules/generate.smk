@@ -15,9 +15,9 @@ rule generate:
         "../../envs/generate.yaml"
     resources:
         gpu=GPU,
-        mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
+        mem_mb=64000 if STUDY.weights != "tiny" else 3000,
         runtime=720,
-        batch=halved_per_attempt(CONFIG["generation"]["batch_size"]),
+        batch=halved_per_attempt(STUDY.generation.batch_size),
         attempt=attempt_number,
     params:
         # Reruns the jobs one of whose cells changed (resuming: unchanged cells keep their images).
@@ -32,7 +32,7 @@ rule trajectory:
     """Predicted clean image decoded and scored after every step, with adapter-strength probes."""
     input:
         generate_inputs,
-        marker_path(CONFIG, "insightface"),
+        marker_path(STUDY, "insightface"),
     output:
         PATHS.trajectory(CELL_PATTERN),
     log:
@@ -44,13 +44,13 @@ rule trajectory:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=64000 if CONFIG["weights"] != "tiny" else 3000,
+        mem_mb=64000 if STUDY.weights != "tiny" else 3000,
         runtime=240,
         attempt=attempt_number,
     params:
         cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
-        max_items=CONFIG["trajectory"]["max_items"],
-        face=CONFIG["face"],
+        max_items=STUDY.trajectory.max_items,
+        face=STUDY.face.to_dict(),
     shell:
         "python -m fewstep trajectory"
         " --cell {wildcards.backbone}/{wildcards.adapter}/{wildcards.steps}"

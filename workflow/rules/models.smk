@@ -1,7 +1,7 @@
 rule prepare_model:
     """Download (real), build (tiny) or configure (random) one registry model."""
     output:
-        marker_path(CONFIG, "{model}"),
+        marker_path(STUDY, "{model}"),
     log:
         PATHS.log("prepare_model", "{model}"),
     conda:
@@ -12,7 +12,7 @@ rule prepare_model:
         attempt=attempt_number,
     params:
         # a changed hub revision (config revisions) fetches the model again
-        revision=lambda w: model_revision(CONFIG, w.model),
+        revision=lambda w: model_revision(STUDY, w.model),
     shell:
         "python -m fewstep prepare-model --model {wildcards.model}"
         " --attempt {resources.attempt} > {log:q} 2>&1"

@@ -1,7 +1,5 @@
 # Prompt id -> text, order-free: the prompt embedding jobs' rerun trigger.
-PROMPT_TEXTS = {
-    p["id"]: p["text"] for p in sorted(CONFIG["prompts"], key=lambda p: p["id"])
-}
+PROMPT_TEXTS = {p.id: p.text for p in sorted(STUDY.prompts, key=lambda p: p.id)}
 
 
 rule embed_prompt:
@@ -9,11 +7,11 @@ rule embed_prompt:
     FLUX's T5 sequence length, an SD family's CFG negative prompt), its text encoders loaded once
     (FLUX dev and schnell share them)."""
     input:
-        lambda w: marker_path(CONFIG, GRID.text_encoder_backbone(w.family)),
+        lambda w: marker_path(STUDY, GRID.text_encoder_backbone(w.family)),
     output:
         [
-            PATHS.prompt_variant_embedding("{family}", p["id"], "{variant}")
-            for p in CONFIG["prompts"]
+            PATHS.prompt_variant_embedding("{family}", p.id, "{variant}")
+            for p in STUDY.prompts
         ],
     log:
         PATHS.log("embed_prompt", "{family}/{variant}"),
@@ -26,7 +24,7 @@ rule embed_prompt:
         gpu=GPU,
         mem_mb=lambda w: (
             GRID.known_families[w.family].prompt_job_mem_mb
-            if CONFIG["weights"] != "tiny"
+            if STUDY.weights != "tiny"
             else 2000
         ),
         runtime=60,
@@ -43,8 +41,8 @@ rule embed_prompt:
 rule embed_identity:
     """Face detection, alignment and the IR-SE50 ArcFace embedding of one identity."""
     input:
-        marker_path(CONFIG, "insightface"),
-        marker_path(CONFIG, "arcface-irse50"),
+        marker_path(STUDY, "insightface"),
+        marker_path(STUDY, "arcface-irse50"),
         identity_picture,
     output:
         PATHS.identity_embedding("{identity}"),
@@ -60,7 +58,7 @@ rule embed_identity:
     params:
         # Re-embed when the picture's content (or builtin name) or the face choice changes.
         picture=lambda w: GRID.pictures[w.identity],
-        policy=CONFIG["face"]["policy"],
+        policy=STUDY.face.policy,
     shell:
         "python -m fewstep embed-identities --identity {wildcards.identity}"
         " --attempt {resources.attempt} > {log:q} 2>&1"
@@ -71,7 +69,7 @@ rule embed_reference:
     (`Family.reference_file`: an SD family's IP-Adapter plain or Plus)."""
     input:
         lambda w: [
-            marker_path(CONFIG, name)
+            marker_path(STUDY, name)
             for name in GRID.reference_models(w.family, w.file)
         ],
         reference_picture,
@@ -86,7 +84,7 @@ rule embed_reference:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=16000 if STUDY.weights != "tiny" else 2000,
         runtime=30,
         attempt=attempt_number,
     params:

@@ -25,9 +25,9 @@ rule aggregate:
         runtime=30,
         attempt=attempt_number,
     params:
-        report=CONFIG["report"],
-        anchor=CONFIG.get("anchor"),
-        comparison=CONFIG.get("comparison"),
+        report=STUDY.report.to_dict(),
+        anchor=STUDY.anchor,
+        comparison=STUDY.comparison and STUDY.comparison.to_dict(),
     shell:
         "python -m fewstep aggregate --out {output.summary:q}"
         " --attempt {resources.attempt} > {log:q} 2>&1"
@@ -73,7 +73,7 @@ rule report:
         runtime=30,
         attempt=attempt_number,
     params:
-        report=CONFIG["report"],
+        report=STUDY.report.to_dict(),
     shell:
         "python -m fewstep report --summary {input.summary:q} --out {output.page:q}"
         " --attempt {resources.attempt} > {log:q} 2>&1"

@@ -16,9 +16,9 @@ rule score:
     threads: CPU_THREADS
     resources:
         gpu=GPU,
-        mem_mb=16000 if CONFIG["weights"] != "tiny" else 2000,
+        mem_mb=16000 if STUDY.weights != "tiny" else 2000,
         runtime=lambda w: 120 * len(GRID.job(JOB_PATTERN.format(**w))),  # minutes: 2 h per cell
-        batch=halved_per_attempt(CONFIG["scoring"]["batch_size"]),
+        batch=halved_per_attempt(STUDY.scoring.batch_size),
         attempt=attempt_number,
     params:
         # Rescore exactly when a cell's metrics and their settings, its reference pictures, the

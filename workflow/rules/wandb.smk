@@ -15,7 +15,7 @@ rule wandb_aggregate:
         attempt=attempt_number,
     params:
         # switching tracking on (or to another project) relogs the sweep, never regenerates a cell
-        wandb=CONFIG["wandb"],
+        wandb=STUDY.wandb.to_dict(),
     shell:
         "python -m fewstep wandb-aggregate --out {output:q}"
         " --attempt {resources.attempt} > {log:q} 2>&1"

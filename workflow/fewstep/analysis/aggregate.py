@@ -15,7 +15,6 @@ cell, the series, cached intervals); `TABLE_FUNCTIONS` names them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +36,7 @@ from fewstep.analysis.stats import (
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
@@ -128,7 +128,7 @@ def summary(ctx: Context) -> pd.DataFrame:
                 "n_pairs": 0,
                 "n_paired_images": 0,
                 "device_name": devices(frame),
-                "weights": ctx.config["weights"],
+                "weights": ctx.study.weights,
             }
             if anchor is not None:
                 d = ctx.diff(cell, anchor, metric)
@@ -465,7 +465,7 @@ def coverage(ctx: Context) -> pd.DataFrame:
             + ", ".join(backbones)
             + (
                 " (references x prompts x seeds)"
-                if all(anchors_to_highest_step(ctx.config, b) for b in backbones)
+                if all(anchors_to_highest_step(ctx.study, b) for b in backbones)
                 else " (identities x prompts x seeds)"
             )
         )
@@ -487,7 +487,7 @@ def widths(ctx: Context) -> pd.DataFrame:
         paired = ctx.paired(candidate, baseline)
         source = f"{candidate.id} - {baseline.id}"
         sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
-    shape = (len(ctx.config["prompts"]), len(ctx.config["seeds"]))
+    shape = (len(ctx.study.prompts), len(ctx.study.seeds))
     return projected_widths(metric, sources, shape, ctx.confidence, ctx.seed)
 
 
@@ -505,27 +505,29 @@ TABLE_FUNCTIONS = {
 
 
 def tables(
-    config: dict[str, Any], scores: pd.DataFrame, trajectories: pd.DataFrame | None
+    study: StudyLike, scores: pd.DataFrame, trajectories: pd.DataFrame | None
 ) -> dict[str, pd.DataFrame]:
     """Every table of `TABLES`, each from one function of the shared `Context`."""
-    ctx = Context(config, scores)
+    study = as_study(study)
+    ctx = Context(study, scores)
     return {
         name: trajectory(ctx, trajectories) if name == "trajectory" else TABLE_FUNCTIONS[name](ctx)
         for name in TABLES
     }
 
 
-def run(config: dict[str, Any], out: Path | None = None) -> Path:
+def run(study: StudyLike, out: Path | None = None) -> Path:
     """Write every table (summary to `out` if given, the others next to it)."""
-    grid, paths = Grid(config), Paths(config)
+    study = as_study(study)
+    grid, paths = Grid(study), Paths(study)
     out = Path(out or paths.summary)
-    scores = load_scores(config)
-    results = tables(config, scores, load_trajectories(config))
-    write_table(paths.per_image, stamp(scores, config, grid.models))
+    scores = load_scores(study)
+    results = tables(study, scores, load_trajectories(study))
+    write_table(paths.per_image, stamp(scores, study, grid.models))
     for name, table in results.items():
         write_table(
             out if name == "summary" else out.parent / f"{name}.csv",
-            stamp(table, config, grid.models, scores),
+            stamp(table, study, grid.models, scores),
         )
     print(
         f"aggregated {len(scores)} images over {len(grid.cells)} cells, "

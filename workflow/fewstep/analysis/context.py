@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
 from fewstep.analysis.metric_registry import metric_columns, spec
 from fewstep.analysis.scores import prepare
 from fewstep.analysis.stats import ITEM_KEYS, Interval, difference_interval, mean_interval, pair
+from fewstep.core.study import StudyLike, as_study
 from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
@@ -21,18 +20,20 @@ PARETO_COSTS = ("end_to_end_s", "latency_s")
 KNEE_SAMPLES = 1000
 
 
-def anchors_to_highest_step(config: dict[str, Any], backbone: str) -> bool:
+def anchors_to_highest_step(study: StudyLike, backbone: str) -> bool:
     """Whether `backbone`'s series take their own highest-step cell as the reference of paired
     differences and of `lpips_anchor` (SD), rather than the config's ``anchor`` (FLUX)."""
-    return FAMILIES[config["backbones"][backbone]["family"]].anchors_to_highest_step
+    study = as_study(study)
+    return FAMILIES[study.backbones[backbone].family].anchors_to_highest_step
 
 
 class Context:
     """The sweep's scores with the grid and report options: what every table reads."""
 
-    def __init__(self, config: dict[str, Any], scores: pd.DataFrame):
-        self.config, self.grid = config, Grid(config)
-        options = config["report"]
+    def __init__(self, study: StudyLike, scores: pd.DataFrame):
+        study = as_study(study)
+        self.study, self.grid = study, Grid(study)
+        options = study.report
         self.confidence, self.seed = options["confidence"], options["seed"]
         self.sensitivity, self.margins = options["kneedle_sensitivity"], options["margins"]
         self.knee_samples = min(options["bootstrap_samples"], KNEE_SAMPLES)
@@ -70,7 +71,7 @@ class Context:
     def reference(self, cell: Cell) -> Cell | None:
         """The cell `cell`'s paired differences compare with: its own series' highest-step cell
         for self-anchored families (SD, where `lpips_anchor` is 0 there), else the config's anchor."""
-        if anchors_to_highest_step(self.config, cell.backbone):
+        if anchors_to_highest_step(self.study, cell.backbone):
             return max(self.grid.cells_of(cell.backbone, cell.adapter), key=lambda c: c.steps)
         return self.grid.anchor
 

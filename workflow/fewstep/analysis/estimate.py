@@ -459,8 +459,8 @@ def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
     ]
     if any(grid.needs_identity_embeddings(cell) for cell in grid.cells):
         jobs += [
-            _job(figures, "embed_identity", identity["id"], start + ASSUMED_S["identity"], False)
-            for identity in grid.config["identities"]
+            _job(figures, "embed_identity", identity.id, start + ASSUMED_S["identity"], False)
+            for identity in grid.study.identities
         ]
     return jobs
 
@@ -486,7 +486,7 @@ def download_gb(config: dict[str, Any], grid: Grid) -> dict[str, float]:
 
 def _embedding_bytes(grid: Grid, jobs: list[Job]) -> float:
     floats = 0
-    prompts = len(grid.config["prompts"])
+    prompts = len(grid.study.prompts)
     for job in jobs:
         family, _, suffix = job.name.partition("/")
         if job.rule == "embed_prompt" and family in PROMPT_FLOATS:

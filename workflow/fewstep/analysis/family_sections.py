@@ -7,7 +7,6 @@ aggregate tables and the page's tools, and places what `Family.report_parts` ret
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import pandas as pd
 
@@ -28,6 +27,7 @@ from fewstep.analysis.metric_registry import margin, spec
 from fewstep.analysis.page import WEIGHT_BANNERS, Page
 from fewstep.analysis.pictures import even, image_grid
 from fewstep.analysis.stats import Bounds
+from fewstep.core.study import StudyLike, as_study
 from fewstep.families import FAMILIES
 from fewstep.families.report_kit import ReportKit, ReportParts
 
@@ -40,24 +40,25 @@ def rows_of(table: pd.DataFrame, backbones: Iterable[str], keep: bool = True) ->
     return table[inside if keep else ~inside]
 
 
-def family_backbones(config: dict[str, Any], backbones: Iterable[str]) -> dict[str, list[str]]:
+def family_backbones(study: StudyLike, backbones: Iterable[str]) -> dict[str, list[str]]:
     """Family name -> its backbones among `backbones`, both in the order given."""
+    study = as_study(study)
     members: dict[str, list[str]] = {}
     for backbone in backbones:
-        members.setdefault(config["backbones"][backbone]["family"], []).append(backbone)
+        members.setdefault(study.backbones[backbone].family, []).append(backbone)
     return members
 
 
 def kit(page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, members: list[str]) -> ReportKit:
     """The report's tools and the tables' rows of `members` (one family's backbones)."""
     return ReportKit(
-        config=page.config,
+        config=page.study,
         cells=[c for c in page.grid.cells if c.backbone in members],
         adapter=page.grid.adapter,
         tables={name: rows_of(table, members) for name, table in read.items()},
         per_image=rows_of(per_image, members),
         out=page.out,
-        banner=WEIGHT_BANNERS.get(page.config["weights"], ""),
+        banner=WEIGHT_BANNERS.get(page.study.weights, ""),
         figure=page.figure,
         picture=page.picture,
         html=Html,
@@ -89,7 +90,7 @@ def family_parts(
     them in sections of its own (the generic sections leave those out)."""
     backbones = dict.fromkeys(c.backbone for c in page.grid.cells)
     parts, own = [], []
-    for name, members in family_backbones(page.config, backbones).items():
+    for name, members in family_backbones(page.study, backbones).items():
         part = FAMILIES[name].report_parts(kit(page, read, per_image, members))
         parts.append(part)
         own += members if part.sections else []

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fewstep.analysis.formats import fmt, fmt_ci, html_table
 from fewstep.analysis.metric_registry import margin, spec
+from fewstep.core.study import StudyLike, as_study
 from fewstep.scoring.specs import IDENTITY, IDENTITY_DLIB
 
 
@@ -170,15 +170,16 @@ def study_agreement(comparison: pd.DataFrame, encoders: list[Encoder]) -> str:
 
 
 def section(
-    config: dict[str, Any], summary: pd.DataFrame, comparison: pd.DataFrame | None = None
+    study: StudyLike, summary: pd.DataFrame, comparison: pd.DataFrame | None = None
 ) -> tuple[str, str, str]:
     """(anchor id, title, HTML body) of the report's identity-encoder section."""
-    encoders = scored(config["scoring"]["metrics"])
-    margins = config["report"]["margins"]
-    heldout = sum(len(i.get("heldout", [])) for i in config["identities"])
+    study = as_study(study)
+    encoders = scored(list(study.scoring.metrics))
+    margins = study.report["margins"]
+    heldout = sum(len(i.heldout) for i in study.identities)
     body = f"<p>{html.escape(CONDITIONING)}</p>" + _table(encoder_table(encoders, margins))
     body += (
-        f"<p>{heldout} held-out photos over {len(config['identities'])} identities: never given to the "
+        f"<p>{heldout} held-out photos over {len(study.identities)} identities: never given to the "
         "adapter, each generated face is compared with them (<code>id_sim_heldout</code>) and scored for "
         "copy-paste (MultiID-Bench; +1 = at the conditioning photo, -1 = at the held-out photo).</p>"
         if heldout

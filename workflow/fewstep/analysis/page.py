@@ -6,7 +6,6 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
 
 from fewstep.analysis.figure_check import layout_problems
 from fewstep.analysis.figures import pyplot
@@ -14,6 +13,7 @@ from fewstep.analysis.outputs import TABLES
 from fewstep.analysis.pictures import marked, png_bytes
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Grid
 
 WEIGHT_BANNERS = {
@@ -41,8 +41,9 @@ def img_tag(data: bytes, alt: str, mime: str = "image/png") -> str:
 class Page:
     """Collects sections, writes figures as it goes, then renders index.html."""
 
-    def __init__(self, config: dict[str, Any], out: Path):
-        self.config, self.grid, self.paths = config, Grid(config), Paths(config)
+    def __init__(self, study: StudyLike, out: Path):
+        study = as_study(study)
+        self.study, self.grid, self.paths = study, Grid(study), Paths(study)
         self.out = out
         self.figures = out.parent / "figures"
         self.sections: list[tuple[str, str, str]] = []  # (anchor id, title, body)
@@ -53,7 +54,7 @@ class Page:
         figures/<section>/; return the embedded PNG."""
         plt = pyplot()
         self.problems += [f"figures/{section}/{name}: {p}" for p in layout_problems(fig)]
-        mark = WEIGHT_MARKS.get(self.config["weights"])
+        mark = WEIGHT_MARKS.get(self.study.weights)
         if mark:  # below the axes; bbox_inches="tight" makes room for it
             fig.text(0.5, 0, mark, ha="center", va="top", fontsize=9, color="#a00000", weight="bold")
         data = {}
@@ -68,7 +69,7 @@ class Page:
         return f"<figure>{img_tag(data['png'], alt)}<figcaption>{caption}</figcaption></figure>"
 
     def picture(self, image, section: str, name: str, alt: str) -> str:
-        mark = WEIGHT_MARKS.get(self.config["weights"])
+        mark = WEIGHT_MARKS.get(self.study.weights)
         data = png_bytes(marked(image, mark) if mark else image)
         atomic_write_bytes(self.figures / section / f"{name}.png", data)
         return f"<figure>{img_tag(data, alt)}<figcaption>{html.escape(alt)}</figcaption></figure>"
@@ -94,7 +95,7 @@ pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}
 
 
 def render(page: Page, weights: set[str], intro: str) -> str:
-    config = page.config
+    study = page.study
     banners = "".join(
         f'<p class="banner">{html.escape(WEIGHT_BANNERS[w])}</p>'
         for w in sorted(weights)
@@ -111,8 +112,8 @@ def render(page: Page, weights: set[str], intro: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>fewstep: {html.escape(config["sweep"])}</title><style>{STYLE}</style></head><body>
-<h1>fewstep sweep <code>{html.escape(config["sweep"])}</code></h1>
+<title>fewstep: {html.escape(study.sweep)}</title><style>{STYLE}</style></head><body>
+<h1>fewstep sweep <code>{html.escape(study.sweep)}</code></h1>
 {banners}
 {intro}
 <p>Tables as CSV: {tables}</p>

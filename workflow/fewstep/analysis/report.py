@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +56,7 @@ from fewstep.core.config import config_hash
 from fewstep.core.images import identity_images
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
+from fewstep.core.study import Study, StudyLike, as_study
 from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
@@ -181,8 +181,8 @@ def _findings(page: Page, read: dict[str, pd.DataFrame]) -> None:
         page.add("findings", "At a glance", "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
 
 
-def _regime_section(page: Page, summary: pd.DataFrame, regime: pd.DataFrame, config: dict[str, Any]) -> None:
-    options = config["report"]
+def _regime_section(page: Page, summary: pd.DataFrame, regime: pd.DataFrame, study: Study) -> None:
+    options = study.report
     metrics = [m for m in dict.fromkeys(regime["metric"])] if not regime.empty else []
     if not metrics:
         page.add("regime", "Effective regime", note_html("No quality metric in the scores."))
@@ -369,13 +369,13 @@ def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFra
                 "blocks__" + cell_id.replace("/", "__"),
                 f"norm probes per block (step x block), {cell_id}",
             )
-    config = page.config
+    study = page.study
     seed = frames["seed"].iloc[0]
-    references = identity_images(config, config["report"]["grid_max_identities"])
+    references = identity_images(study, study.report.grid_max_identities)
     for cell_id, frame in frames.groupby("cell_id", sort=False):
         prompt = frame["prompt_id"].iloc[0]
         chosen = frame[(frame["prompt_id"] == prompt) & (frame["seed"] == seed)]
-        steps = even(sorted(chosen["step"].unique().tolist()), config["report"]["grid_max_steps"])
+        steps = even(sorted(chosen["step"].unique().tolist()), study.report.grid_max_steps)
         tiles = {
             (r.identity, f"step {r.step}"): _trajectory_image(page.paths, cell_id, r.image)
             for r in chosen.itertuples()
@@ -406,20 +406,20 @@ def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
 def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
     """Identity x steps grids of every backbone/adapter but the backbones in `skip` (shown in their
     family's own section)."""
-    config, grid, paths = page.config, page.grid, page.paths
-    references = identity_images(config, config["report"]["grid_max_identities"])
-    seed = config["seeds"][0]
+    study, grid, paths = page.study, page.grid, page.paths
+    references = identity_images(study, study.report.grid_max_identities)
+    seed = study.seeds[0]
     body = (
         "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "
         f"same prompt and seed ({seed}), so a row shows the identity forming step by step.</p>"
     )
-    for prompt in [p["id"] for p in config["prompts"][: config["report"]["grid_prompts"]]]:
+    for prompt in [p.id for p in study.prompts[: study.report.grid_prompts]]:
         for backbone, adapter in dict.fromkeys((c.backbone, c.adapter) for c in grid.cells):
             if backbone in skip:
                 continue
             cells = even(
                 sorted(grid.cells_of(backbone, adapter), key=lambda c: c.steps),
-                config["report"]["grid_max_steps"],
+                study.report.grid_max_steps,
             )
             tiles = {
                 (identity, steps_label(cell.steps)): paths.image(cell.id, f"{identity}/{prompt}/s{seed}")
@@ -436,9 +436,10 @@ def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
     page.add("grids", "Image grids: identity x steps", body)
 
 
-def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> Path:
+def run(study: StudyLike, summary_path: Path, out: Path | None = None) -> Path:
     """Write reports/<sweep>/index.html, figures/<section>/ and tables/ from the aggregate tables."""
-    grid, paths = Grid(config), Paths(config)
+    study = as_study(study)
+    grid, paths = Grid(study), Paths(study)
     out = Path(out or paths.report_index)
     summary_path = Path(summary_path)
     sources = {
@@ -451,18 +452,18 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
     for name, source in sources.items():
         atomic_write_bytes(out.parent / "tables" / f"{name}.csv", source.read_bytes())
 
-    page = Page(config, out)
+    page = Page(study, out)
     parts, own = family_parts(page, read, per_image)
     read = {name: rows_of(table, own, keep=False) for name, table in read.items()}  # the generic sections'
     summary = read["summary"]
     _findings(page, read)
-    _study_section(page, read["comparison"], config["report"]["confidence"])
-    _regime_section(page, summary, read["regime"], config)
-    page.add(*identity_encoders.section(config, summary, read["comparison"]))
+    _study_section(page, read["comparison"], study.report.confidence)
+    _regime_section(page, summary, read["regime"], study)
+    page.add(*identity_encoders.section(study, summary, read["comparison"]))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"])
-    _trajectory_section(page, read["trajectory"], load_trajectories(config))
+    _trajectory_section(page, read["trajectory"], load_trajectories(study))
     _grids_section(page, frozenset(own))
     for part in parts:
         page.sections += part.sections
@@ -473,17 +474,17 @@ def run(config: dict[str, Any], summary_path: Path, out: Path | None = None) -> 
         for key, extra in part.appended.items():
             page.append(key, extra)
 
-    weights = {config["weights"], *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}
+    weights = {study.weights, *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}
     anchor, comparison = grid.anchor, grid.comparison
-    n_id = len(config["identities"])
-    intro = header_counts(config, per_image) + (
+    n_id = len(study.identities)
+    intro = header_counts(study, per_image) + (
         f"<p>Weights: <b>{html.escape(', '.join(sorted(weights)))}</b>. "
         f"Anchor: <code>{html.escape(anchor.id if anchor else 'none')}</code>. "
     )
     if comparison:
         intro += f"Comparison: <code>{html.escape(comparison[0].id)}</code> vs "
         intro += f"<code>{html.escape(comparison[1].id)}</code>. "
-    intro += f"Config hash {config_hash(config)}, commit {html.escape(provenance.git_commit())}.</p>"
+    intro += f"Config hash {config_hash(study)}, commit {html.escape(provenance.git_commit())}.</p>"
     intro += identity_warning(n_id, read["coverage"])
     atomic_write_text(out, render(page, weights, intro))
     for problem in page.problems:
@@ -496,10 +497,11 @@ def counted(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def header_counts(config: dict[str, Any], per_image: pd.DataFrame) -> str:
+def header_counts(study: StudyLike, per_image: pd.DataFrame) -> str:
     """Cells and images per model family as the scored images (one row per manifest row) hold
     them: each family's own images per cell and their identities (references) x prompts x seeds."""
-    family = per_image["backbone"].map(lambda b: config["backbones"][b]["family"])
+    study = as_study(study)
+    family = per_image["backbone"].map(lambda b: study.backbones[b].family)
     parts = []
     for name, frame in per_image.groupby(family, sort=False):
         per_cell = frame.groupby("cell_id", sort=False)
@@ -508,7 +510,7 @@ def header_counts(config: dict[str, Any], per_image: pd.DataFrame) -> str:
         shapes = sorted(set(dimensions.itertuples(index=False, name=None)))
         who = (
             ("reference", "references")
-            if anchors_to_highest_step(config, frame["backbone"].iloc[0])
+            if anchors_to_highest_step(study, frame["backbone"].iloc[0])
             else ("identity", "identities")
         )
         each = (

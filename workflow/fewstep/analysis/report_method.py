@@ -97,7 +97,7 @@ def _widths_text(widths: pd.DataFrame, n_identities: int) -> str:
 
 
 def method_section(page: Page, summary: pd.DataFrame, coverage: pd.DataFrame, widths: pd.DataFrame) -> None:
-    options = page.config["report"]
+    options = page.study.report
     n_id = int(summary["n_identities"].max()) if len(summary) else 0
     n_pr = int(summary["n_prompts"].max()) if len(summary) else 0
     sensitivity = options["kneedle_sensitivity"]
@@ -146,7 +146,7 @@ def method_section(page: Page, summary: pd.DataFrame, coverage: pd.DataFrame, wi
 
 
 def provenance_section(page: Page, per_image: pd.DataFrame) -> None:
-    config = page.config
+    study = page.study
     versions = provenance.versions(provenance.PACKAGES + REPORT_PACKAGES)
     image_commits = sorted(per_image["git_commit"].dropna().unique()) if "git_commit" in per_image else []
     image_hashes = sorted(per_image["config_hash"].dropna().unique()) if "config_hash" in per_image else []
@@ -155,13 +155,13 @@ def provenance_section(page: Page, per_image: pd.DataFrame) -> None:
     )
     facts = pd.DataFrame(
         [
-            ("config hash", config_hash(config)),
+            ("config hash", config_hash(study)),
             ("report made at commit", provenance.git_commit()),
             ("report made at", time.strftime("%Y-%m-%d %H:%M:%S %z")),
             ("images made at commit(s)", ", ".join(image_commits) or "—"),
             ("images made with config hash(es)", ", ".join(image_hashes) or "—"),
             ("metric versions", "; ".join(metric_versions) or "—"),
-            ("weights", config["weights"]),
+            ("weights", study.weights),
             *((f"version: {k}", v) for k, v in versions.items()),
         ],
         columns=["what", "value"],
@@ -169,7 +169,7 @@ def provenance_section(page: Page, per_image: pd.DataFrame) -> None:
     body = (
         html_table(facts, "provenance")
         + "<h3>Configuration (validated; defaults filled where they apply)</h3><pre>"
-        + html.escape(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        + html.escape(yaml.safe_dump(dict(study), sort_keys=False, allow_unicode=True))
         + "</pre>"
     )
     page.add("provenance", "Configuration and provenance", body)

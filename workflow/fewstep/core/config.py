@@ -13,6 +13,7 @@ import copy
 import difflib
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -433,9 +434,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _plain(obj: Any) -> Any:
+    """JSON's fallback: a read-only mapping (a `fewstep.core.study.Study` or its sections) as the
+    dict it views, anything else as its text."""
+    return dict(obj) if isinstance(obj, Mapping) else str(obj)
+
+
 def fingerprint(obj: Any) -> str:
     """Stable short hash of any JSON-able value (dict key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -443,18 +450,18 @@ def fingerprint(obj: Any) -> str:
 LOCATION_KEYS = ("results_dir", "models_dir", "reports_dir", "local_weights", "wandb")
 
 
-def config_hash(config: dict[str, Any]) -> str:
+def config_hash(config: Mapping[str, Any]) -> str:
     """The provenance hash of a configuration: everything that shapes a result, not where it
     is stored (the same sweep in two folders has one hash)."""
     return fingerprint({k: v for k, v in config.items() if k not in LOCATION_KEYS})
 
 
-def resolved_path(config: dict[str, Any], directory: Path) -> Path:
+def resolved_path(config: Mapping[str, Any], directory: Path) -> Path:
     """Where `write_resolved` puts `config`: <directory>/<hash>.yaml, named by its content."""
     return Path(directory) / f"{fingerprint(config)}.yaml"
 
 
-def write_resolved(config: dict[str, Any], directory: Path) -> Path:
+def write_resolved(config: Mapping[str, Any], directory: Path) -> Path:
     """Write the validated config content-addressed (<hash>.yaml) and return its path.
 
     Jobs read the configuration from this file; its name changes only with the
@@ -464,7 +471,7 @@ def write_resolved(config: dict[str, Any], directory: Path) -> Path:
     if not path.exists():
         from fewstep.core.io import atomic_write_text
 
-        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,6 @@ def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
-def identity_images(config: dict[str, Any], limit: int | None = None) -> dict[str, np.ndarray]:
+def identity_images(config: Mapping[str, Any], limit: int | None = None) -> dict[str, np.ndarray]:
     """Each configured identity's reference picture (of the first `limit` identities), by id."""
     return {i["id"]: load_rgb(i["image"]) for i in config["identities"][:limit]}

@@ -7,6 +7,7 @@ Methods take plain strings so the Snakefile can pass wildcard patterns
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def one_of(names: list[str]) -> str:
 
 
 class Paths:
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: Mapping[str, Any]):
         self.root = Path(config["results_dir"]) / config["sweep"]
         self.report_dir = Path(config["reports_dir"]) / config["sweep"]
         self.models_root = Path(config["models_dir"]) / config["weights"]

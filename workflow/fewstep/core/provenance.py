@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine()
 
 
-def model_revisions(config: dict[str, Any], models: Iterable[str]) -> dict[str, dict[str, Any]]:
+def model_revisions(config: Mapping[str, Any], models: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Per model of `models` that is prepared: its hub repo, requested revision, resolved commit."""
     import json
 
@@ -80,7 +80,7 @@ def model_revisions(config: dict[str, Any], models: Iterable[str]) -> dict[str, 
     return out
 
 
-def record(config: dict[str, Any], models: Iterable[str], **extra: Any) -> dict[str, Any]:
+def record(config: Mapping[str, Any], models: Iterable[str], **extra: Any) -> dict[str, Any]:
     """The provenance block stored with every table and image. `models`: what made it (a cell's
     images: `Grid.cell_models`; a sweep table: `Grid.models`), never whatever else is prepared, so
     the same output written before or after another model was prepared has the same bytes."""
@@ -115,7 +115,7 @@ STAMPED = ("weights", "config_hash", "git_commit", "versions", "model_commits")
 RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
 
 
-def stamp(frame, config: dict[str, Any], models: Iterable[str], images=None):
+def stamp(frame, config: Mapping[str, Any], models: Iterable[str], images=None):
     """A copy of `frame` whose every row names its provenance (`STAMPED`): a table made with
     tiny or random weights says so in every row.
 

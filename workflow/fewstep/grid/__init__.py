@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fewstep.core.study import Study
 from fewstep.families.base import Family
 from fewstep.grid.bootstrap import FAMILIES
 from fewstep.grid.cells import (
@@ -47,10 +48,12 @@ __all__ = [
 
 
 class Grid(FileInputs):
-    """Cells, items and the parameters of each, from a validated config."""
+    """Cells, items and the parameters of each, from a `Study`."""
 
-    def __init__(self, config: dict[str, Any], families: Mapping[str, Family] = FAMILIES):
-        """`families`: name -> `Family` (`fewstep.families.FAMILIES` unless a caller injects others)."""
-        self.config = config
+    def __init__(self, study: Study | Mapping[str, Any], families: Mapping[str, Family] = FAMILIES):
+        """`study`: the sweep's `Study` (a validated config dict is parsed into one, for one release:
+        for callers that still hold the dict); `families`: name -> `Family`
+        (`fewstep.families.FAMILIES` unless a caller injects others)."""
+        self.study = study if isinstance(study, Study) else Study.of(study)
         self.known_families = families
         check(self)

@@ -9,11 +9,13 @@ from typing import Any
 
 from fewstep.core.errors import ConfigError
 from fewstep.core.images import picture_source
+from fewstep.core.study import Acceleration, Adapter, Backbone, Identity, Prompt, Reference, Study, section
 from fewstep.families.base import Family
 
 #: the acceleration of cells with every switch off; their ids carry no acceleration
 EAGER = "eager"
 EAGER_SWITCHES = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.0}
+EAGER_ACCELERATION = section(Acceleration, EAGER_SWITCHES, id=EAGER)
 #: joins adapter and acceleration in a cell's adapter segment (names cannot contain it)
 ACCELERATION_SEPARATOR = "+"
 #: the role of the config's ``identities``; every other role names ``references`` of that role
@@ -103,21 +105,19 @@ def image_keys(cell: Cell, item: Item) -> dict[str, Any]:
 
 
 class CellEnumeration:
-    """Cells, jobs and items of a validated config, and the config entries each one reads."""
+    """Cells, jobs and items of a study, and the study's entries each one reads."""
 
-    config: dict[str, Any]
+    study: Study
     known_families: Mapping[str, Family]
 
     @cached_property
     def cells(self) -> list[Cell]:
         seen: dict[Cell, None] = {}
-        for block in self.config["cells"]:
-            for backbone in block["backbones"]:
-                for adapter in block["adapters"]:
-                    for acceleration in block["accelerations"]:
-                        for steps in sorted(
-                            block.get("steps") or self.config["backbones"][backbone]["steps"]
-                        ):
+        for block in self.study.cells:
+            for backbone in block.backbones:
+                for adapter in block.adapters:
+                    for acceleration in block.accelerations:
+                        for steps in sorted(block.steps or self.study.backbones[backbone].steps):
                             seen.setdefault(Cell.of(backbone, adapter, acceleration, steps))
         return list(seen)
 
@@ -140,10 +140,10 @@ class CellEnumeration:
     def items(self) -> list[Item]:
         """Identity x prompt x seed: the items of a cell that crosses the identities."""
         return [
-            Item(identity["id"], prompt["id"], seed)
-            for identity in self.config["identities"]
-            for prompt in self.config["prompts"]
-            for seed in self.config["seeds"]
+            Item(identity.id, prompt.id, seed)
+            for identity in self.study.identities
+            for prompt in self.study.prompts
+            for seed in self.study.seeds
         ]
 
     def items_of(self, cell: Cell) -> list[Item]:
@@ -153,10 +153,10 @@ class CellEnumeration:
         if not self.reads_references(cell):
             return self.items
         return [
-            Item(reference["id"], prompt["id"], seed)
+            Item(reference.id, prompt.id, seed)
             for reference in self.references_of(cell)
-            for prompt in self.config["prompts"]
-            for seed in self.config["seeds"]
+            for prompt in self.study.prompts
+            for seed in self.study.seeds
         ]
 
     def cell_roles(self, cell: Cell) -> list[str]:
@@ -174,47 +174,47 @@ class CellEnumeration:
         """The cell's items cross the config's references rather than its identities."""
         return IDENTITY not in self.cell_roles(cell)
 
-    def references_of(self, cell: Cell) -> list[dict[str, Any]]:
+    def references_of(self, cell: Cell) -> list[Reference]:
         roles = self.cell_roles(cell)
-        return [r for r in self.config["references"] if r["role"] in roles]
+        return [r for r in self.study.references if r.role in roles]
 
-    def reference(self, reference_id: str) -> dict[str, Any]:
-        for reference in self.config["references"]:
-            if reference["id"] == reference_id:
-                return reference
+    def reference(self, reference_id: str) -> Reference:
+        reference = self.study.reference(reference_id)
+        if reference is not None:
+            return reference
         raise ConfigError(f"reference {reference_id!r} is not in the config's references")
 
     @cached_property
     def reference_pictures(self) -> dict[str, str]:
         """reference id -> what its picture's pixels depend on (`picture_source`)."""
-        return {r["id"]: picture_source(r["image"]) for r in self.config["references"]}
+        return {r.id: picture_source(r.image) for r in self.study.references}
 
     @cached_property
     def pictures(self) -> dict[str, str]:
         """identity id -> its conditioning photo's `picture_source` (its embedding's rerun trigger)."""
-        return {i["id"]: picture_source(i["image"]) for i in self.config["identities"]}
+        return {i.id: picture_source(i.image) for i in self.study.identities}
 
     def picture_sources(self, cell: Cell) -> dict[str, str]:
         """Id -> `picture_source` of the pictures `cell`'s items cross (identities or references)."""
         return self.reference_pictures if self.reads_references(cell) else self.pictures
 
-    def identity(self, identity_id: str) -> dict[str, Any]:
-        for identity in self.config["identities"]:
-            if identity["id"] == identity_id:
-                return identity
+    def identity(self, identity_id: str) -> Identity:
+        identity = self.study.identity(identity_id)
+        if identity is not None:
+            return identity
         raise ConfigError(f"identity {identity_id!r} is not in the config's identities")
 
     def reference_picture(self, cell: Cell, reference_id: str) -> str:
         """The picture (path or ``builtin:<name>``) that an item of `cell` is compared with: its
         identity's, or its style / object reference's."""
         if self.reads_references(cell):
-            return self.reference(reference_id)["image"]
-        return self.identity(reference_id)["image"]
+            return self.reference(reference_id).image
+        return self.identity(reference_id).image
 
-    def prompt(self, prompt_id: str) -> dict[str, Any]:
-        for prompt in self.config["prompts"]:
-            if prompt["id"] == prompt_id:
-                return prompt
+    def prompt(self, prompt_id: str) -> Prompt:
+        prompt = self.study.prompt(prompt_id)
+        if prompt is not None:
+            return prompt
         raise ConfigError(f"prompt {prompt_id!r} is not in the config's prompts")
 
     def cell(self, cell_id: str) -> Cell:
@@ -223,24 +223,24 @@ class CellEnumeration:
             raise ConfigError(f"cell {cell_id!r} is not in this sweep's grid")
         return cell
 
-    def backbone(self, cell: Cell) -> dict[str, Any]:
-        return self.config["backbones"][cell.backbone]
+    def backbone(self, cell: Cell) -> Backbone:
+        return self.study.backbones[cell.backbone]
 
-    def adapter(self, cell: Cell) -> dict[str, Any]:
-        return self.config["adapters"][cell.adapter_name]
+    def adapter(self, cell: Cell) -> Adapter:
+        return self.study.adapters[cell.adapter_name]
 
-    def acceleration(self, cell: Cell) -> dict[str, Any]:
+    def acceleration(self, cell: Cell) -> Acceleration:
         """The cell's switches (all off for eager)."""
         if cell.acceleration == EAGER:
-            return dict(EAGER_SWITCHES)
-        return self.config["accelerations"][cell.acceleration]
+            return EAGER_ACCELERATION
+        return self.study.accelerations[cell.acceleration]
 
     def family(self, cell: Cell) -> Family:
-        return self.known_families[self.backbone(cell)["family"]]
+        return self.known_families[self.backbone(cell).family]
 
     @property
     def families(self) -> list[str]:
-        return sorted({self.backbone(c)["family"] for c in self.cells})
+        return sorted({self.backbone(c).family for c in self.cells})
 
     def cells_of(self, backbone: str | None = None, adapter: str | None = None) -> list[Cell]:
         wanted = [(backbone, "backbone"), (adapter, "adapter")]
@@ -248,17 +248,17 @@ class CellEnumeration:
 
     @property
     def anchor(self) -> Cell | None:
-        anchor = self.config.get("anchor")
+        anchor = self.study.anchor
         return Cell.parse(anchor) if anchor else None
 
     @property
     def comparison(self) -> tuple[Cell, Cell] | None:
-        pair = self.config.get("comparison")
-        return (Cell.parse(pair["baseline"]), Cell.parse(pair["candidate"])) if pair else None
+        pair = self.study.comparison
+        return (Cell.parse(pair.baseline), Cell.parse(pair.candidate)) if pair else None
 
     @property
     def trajectory_cells(self) -> list[Cell]:
-        return [Cell.parse(c) for c in self.config["trajectory"]["cells"]]
+        return [Cell.parse(c) for c in self.study.trajectory.cells]
 
     def guidance(self, cell: Cell) -> float | None:
         """Guidance the backbone really receives (None for FLUX.1-schnell)."""
@@ -266,7 +266,7 @@ class CellEnumeration:
 
     def image_size(self, cell: Cell) -> dict[str, Any]:
         """The size of the cell's images as its family gives it (``width``, ``height``)."""
-        return self.family(cell).image_size(self.backbone(cell), self.config["resolution"])
+        return self.family(cell).image_size(self.backbone(cell), self.study.resolution)
 
     def resolution(self, cell: Cell) -> tuple[int, int]:
         """Width and height of the cell's images (SD: the backbone's square side)."""

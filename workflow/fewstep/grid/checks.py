@@ -12,33 +12,33 @@ SWITCHES = tuple(name for name, off in EAGER_SWITCHES.items() if off == "none")
 
 
 def check(grid: Grid) -> None:
-    """Raise the first `ConfigError` of the config behind `grid`."""
-    config, families = grid.config, grid.known_families
-    for name, backbone in config["backbones"].items():
-        family = families.get(backbone["family"])
+    """Raise the first `ConfigError` of the study behind `grid`."""
+    study, families = grid.study, grid.known_families
+    for name, backbone in study.backbones.items():
+        family = families.get(backbone.family)
         if family is None:
             known = ", ".join(sorted(families))
             raise ConfigError(
-                f"config backbones.{name}.family: unknown family {backbone['family']!r}; known: {known}"
+                f"config backbones.{name}.family: unknown family {backbone.family!r}; known: {known}"
             )
-        if backbone["model"] not in family.backbones:
+        if backbone.model not in family.backbones:
             known = ", ".join(sorted(family.backbones))
             raise ConfigError(
-                f"config backbones.{name}.model: unknown model {backbone['model']!r}; known: {known}"
+                f"config backbones.{name}.model: unknown model {backbone.model!r}; known: {known}"
             )
         family.check_backbone(name, backbone)
-    for name in config["local_weights"]:
+    for name in study.local_weights:
         if name not in MODELS:
             known = ", ".join(sorted(MODELS))
             raise ConfigError(f"config local_weights.{name}: unknown model; known: {known}")
     hub = sorted(n for n, spec in MODELS.items() if spec.repo_id)
-    for name in config["revisions"]:
+    for name in study.revisions:
         if name not in hub:
             raise ConfigError(f"config revisions.{name}: not a Hugging Face model; known: {', '.join(hub)}")
     used = {cell.backbone for cell in grid.cells}
-    for name, backbone in config["backbones"].items():
+    for name, backbone in study.backbones.items():
         if name in used:
-            families[backbone["family"]].check_size(name, backbone, config["resolution"])
+            families[backbone.family].check_size(name, backbone, study.resolution)
     for cell in grid.cells:
         _check_cell(grid, cell)
     _check_compared_cells(grid)
@@ -46,16 +46,15 @@ def check(grid: Grid) -> None:
 
 def _check_cell(grid: Grid, cell: Cell) -> None:
     family, adapter = grid.family(cell), grid.adapter(cell)
-    if adapter["kind"] not in family.adapter_kinds:
+    if adapter.kind not in family.adapter_kinds:
         raise ConfigError(
-            f"config cells: adapter {cell.adapter!r} ({adapter['kind']}) cannot run on a "
-            f"{family.name} backbone"
+            f"config cells: adapter {cell.adapter!r} ({adapter.kind}) cannot run on a {family.name} backbone"
         )
     family.check_adapter(cell.adapter_name, adapter)
     _check_acceleration(grid, cell)
     _check_items(grid, cell)
     first = adapter.get("first_steps")
-    if adapter["kind"] != "none" and first is not None and first >= cell.steps:
+    if adapter.kind != "none" and first is not None and first >= cell.steps:
         raise ConfigError(
             f"config adapters.{cell.adapter_name}.first_steps: {first} covers all {cell.steps} "
             f"steps of cell {cell.id}, which would repeat the full adapter; "
@@ -85,7 +84,7 @@ def _check_acceleration(grid: Grid, cell: Cell) -> None:
 def _check_items(grid: Grid, cell: Cell) -> None:
     """Each cell has pictures to cross: identities, or references of the roles it reads."""
     roles = grid.cell_roles(cell)
-    if IDENTITY in roles and not grid.config["identities"]:
+    if IDENTITY in roles and not grid.study.identities:
         raise ConfigError(f"config identities: cell {cell.id} crosses identities; add at least one")
     if not grid.reads_references(cell):
         return

@@ -21,13 +21,13 @@ class FileInputs(RerunTriggers):
     def models(self) -> list[str]:
         """Registry models this sweep needs prepared (what makes each cell, the configured metrics)."""
         names = {name for cell in self.cells for name in self.cell_models(cell)}
-        names.update(scoring_models(self.config, {m for cell in self.cells for m in self.cell_metrics(cell)}))
+        names.update(scoring_models(self.study, {m for cell in self.cells for m in self.cell_metrics(cell)}))
         return sorted(names)
 
     def cell_models(self, cell: Cell) -> list[str]:
         """Registry models whose output a cell's images depend on: its generation, its prompt
         embeddings and, for face-conditioned cells, the embed_identity rule's (its provenance)."""
-        names = {*self.generation_models(cell), self.text_encoder_backbone(self.backbone(cell)["family"])}
+        names = {*self.generation_models(cell), self.text_encoder_backbone(self.backbone(cell).family)}
         if self.needs_identity_embeddings(cell):
             names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})
         return sorted(names)
@@ -39,7 +39,7 @@ class FileInputs(RerunTriggers):
         return Usage(
             adapters=tuple(self.adapter(c) for c in cells),
             embeds_text=embeds_text,
-            family_adapters=tuple((self.backbone(c)["family"], self.adapter(c)) for c in cells),
+            family_adapters=tuple((self.backbone(c).family, self.adapter(c)) for c in cells),
         )
 
     def generation_weights(self, cell: Cell) -> dict[str, tuple[str, ...]]:
@@ -52,17 +52,17 @@ class FileInputs(RerunTriggers):
 
     def score_models(self, cell: Cell) -> list[str]:
         """Registry models the score job of `cell` loads."""
-        return scoring_models(self.config, self.cell_metrics(cell))
+        return scoring_models(self.study, self.cell_metrics(cell))
 
     # ------------------------------------------------------------- prompts
     def text_encoder_backbone(self, family: str) -> str:
         """Backbone model whose text encoders embed the family's prompts (once per sweep)."""
-        names = [self.backbone(c)["model"] for c in self.cells if self.backbone(c)["family"] == family]
+        names = [self.backbone(c).model for c in self.cells if self.backbone(c).family == family]
         return self.known_families[family].prompt_model(list(dict.fromkeys(names)))
 
     def prompt_variants(self, family: str) -> dict[str, Mapping[str, Any]]:
         """Label -> a backbone of `family` embedding prompts that way: one embed_prompt job each."""
-        backbones = [self.backbone(c) for c in self.cells if self.backbone(c)["family"] == family]
+        backbones = [self.backbone(c) for c in self.cells if self.backbone(c).family == family]
         return self.known_families[family].prompt_variants(backbones)
 
     def prompt_variant_backbone(self, family: str, label: str) -> Mapping[str, Any]:
@@ -88,11 +88,11 @@ class FileInputs(RerunTriggers):
         `fewstep.core.paths.Paths`), named by its family's `prompt_variant`."""
         backbone = self.backbone(cell)
         variant = self.family(cell).prompt_variant(backbone)
-        return paths.prompt_variant_embedding(backbone["family"], prompt_id, variant)
+        return paths.prompt_variant_embedding(backbone.family, prompt_id, variant)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The prompt embedding files a cell's generation reads."""
-        return [self.prompt_embedding(paths, cell, p["id"]) for p in self.config["prompts"]]
+        return [self.prompt_embedding(paths, cell, p.id) for p in self.study.prompts]
 
     # ---------------------------------------------------- identities, references
     def needs_identity_embeddings(self, cell: Cell) -> bool:
@@ -105,7 +105,7 @@ class FileInputs(RerunTriggers):
     def reference_embeddings_needed(self) -> list[tuple[str, str, str]]:
         """(family, adapter file, reference id) of every reference embedding the sweep reads."""
         needed = {
-            (self.backbone(c)["family"], self.reference_file(c), item.identity)
+            (self.backbone(c).family, self.reference_file(c), item.identity)
             for c in self.cells
             if self.reference_file(c)
             for item in self.items_of(c)
@@ -130,14 +130,14 @@ class FileInputs(RerunTriggers):
         """The embedding file of one item reference that `cell`'s adapter reads (None: none)."""
         file = self.reference_file(cell)
         if file is not None:
-            return paths.reference_embedding(self.backbone(cell)["family"], file, reference_id)
+            return paths.reference_embedding(self.backbone(cell).family, file, reference_id)
         return paths.identity_embedding(reference_id) if self.needs_identity_embeddings(cell) else None
 
     def identity_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
         """The identity or reference embedding files a cell's generation reads (none when its
         adapter needs none)."""
         if self.reference_file(cell) is not None:
-            return [self.reference_embedding(paths, cell, r["id"]) for r in self.references_of(cell)]
+            return [self.reference_embedding(paths, cell, r.id) for r in self.references_of(cell)]
         if not self.needs_identity_embeddings(cell):
             return []
-        return [paths.identity_embedding(i["id"]) for i in self.config["identities"]]
+        return [paths.identity_embedding(i.id) for i in self.study.identities]

@@ -18,26 +18,26 @@ class RerunTriggers(CellEnumeration):
     def cell_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything that determines a cell's images (hashed into its provenance)."""
         family, backbone = self.family(cell), self.backbone(cell)
-        adapter = dict(self.adapter(cell))
+        adapter = self.adapter(cell).to_dict()
         if adapter["kind"] == "none":
             adapter = {"kind": "none"}
         return {
             "cell": cell.id,
             "backbone": {
-                "model": backbone["model"],
-                "family": backbone["family"],
+                "model": backbone.model,
+                "family": backbone.family,
                 **family.settings(backbone),
                 "guidance": self.guidance(cell),
             },
             "adapter": adapter,
             "steps": cell.steps,
             "resolution": self.image_size(cell),
-            "weights": self.config["weights"],
-            "dtype": self.config["dtype"],
-            "device": self.config["device"],
-            "batch_size": self.config["generation"]["batch_size"],  # in bf16 the batch moves pixels
-            "fp8_weights": self.config["memory"]["fp8_weights"],
-        } | ({} if cell.acceleration == EAGER else {"acceleration": self.acceleration(cell)})
+            "weights": self.study.weights,
+            "dtype": self.study.dtype,
+            "device": self.study.device,
+            "batch_size": self.study.generation.batch_size,  # in bf16 the batch moves pixels
+            "fp8_weights": self.study.memory.fp8_weights,
+        } | ({} if cell.acceleration == EAGER else {"acceleration": self.acceleration(cell).to_dict()})
 
     def cell_hash(self, cell: Cell) -> str:
         """Changes exactly when this cell's images would change (Snakemake's rerun trigger)."""
@@ -52,14 +52,14 @@ class RerunTriggers(CellEnumeration):
     def item_spec(self, item: Item, cell: Cell) -> dict[str, Any]:
         """What an item's image in `cell` depends on besides the cell: its prompt's text, its
         seed and, when the adapter conditions on a picture, that picture's content."""
-        spec = {"identity": item.identity, "prompt": self.prompt(item.prompt)["text"], "seed": item.seed}
-        if self.adapter(cell)["kind"] != "none":
+        spec = {"identity": item.identity, "prompt": self.prompt(item.prompt).text, "seed": item.seed}
+        if self.adapter(cell).kind != "none":
             spec["picture"] = self.picture_sources(cell)[item.identity]
         return spec
 
     def cell_metrics(self, cell: Cell) -> list[str]:
         """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
-        return specs.cell_metrics(self.family(cell), self.adapter(cell), self.config["scoring"]["metrics"])
+        return specs.cell_metrics(self.family(cell), self.adapter(cell), list(self.study.scoring.metrics))
 
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""
@@ -69,15 +69,13 @@ class RerunTriggers(CellEnumeration):
         references = sorted({item.identity for item in self.items_of(cell)})
         spec = {
             "metrics": metrics,
-            "scoring": {k: v for k, v in self.config["scoring"].items() if k != "metrics"},
+            "scoring": {k: v for k, v in self.study.scoring.to_dict().items() if k != "metrics"},
             "pictures": {r: pictures[r] for r in references},
             "anchor": None if anchor is None else anchor.id,
         }
         if set(metrics) & set(specs.face_metrics()):  # the face chosen, the held-out photos
-            spec["face"] = self.config["face"]
-            spec["heldout"] = {
-                r: list(map(picture_source, self.identity(r).get("heldout", []))) for r in references
-            }
+            spec["face"] = self.study.face.to_dict()
+            spec["heldout"] = {r: list(map(picture_source, self.identity(r).heldout)) for r in references}
         return spec
 
     def score_hash(self, cell: Cell) -> str:

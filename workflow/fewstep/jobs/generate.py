@@ -46,6 +46,7 @@ from fewstep.core.io import (
     write_table,
 )
 from fewstep.core.paths import Paths
+from fewstep.core.study import Study, StudyLike, as_study
 from fewstep.families.base import Denoised, ItemInputs
 from fewstep.grid import Cell, Grid, Item, image_keys
 from fewstep.jobs.image_writer import PNG_COMPRESS_LEVEL, ImageWriter
@@ -130,18 +131,18 @@ class JobGenerator:
     its number of steps, so all of them share the loaded, compiled model.
     """
 
-    def __init__(self, config: dict[str, Any], cell: Cell):
+    def __init__(self, study: Study, cell: Cell):
         from fewstep.registry.load import resolve_device, resolve_dtype
         from fewstep.registry.prepare import weights_digest
 
-        self.config = config
-        self.grid, self.paths = Grid(config), Paths(config)
-        self.device = resolve_device(config["device"])
-        self.dtype = resolve_dtype(config["dtype"], self.device)
+        self.study = study
+        self.grid, self.paths = Grid(study), Paths(study)
+        self.device = resolve_device(study.device)
+        self.dtype = resolve_dtype(study.dtype, self.device)
         self.width, self.height = self.grid.resolution(cell)
-        self.weights_digest = weights_digest(config, self.grid.generation_weights(cell))
+        self.weights_digest = weights_digest(study, self.grid.generation_weights(cell))
         self.pipeline = self.grid.family(cell).cell_pipeline(
-            config,
+            study,
             self.grid.backbone(cell),
             self.grid.adapter(cell),
             self.grid.acceleration(cell),
@@ -152,7 +153,7 @@ class JobGenerator:
             "weights_digest": self.weights_digest,
             "device_name": provenance.device_name(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "batch_size": config["generation"]["batch_size"],
+            "batch_size": study.generation.batch_size,
         }
         self._files: dict[Path, tuple[dict[str, torch.Tensor], dict[str, str], str]] = {}
 
@@ -217,28 +218,28 @@ def batches(items: list, size: int) -> list[list]:
 
 
 def run(
-    config: dict[str, Any],
+    study: StudyLike,
     cell_id: str,
     manifest_path: Path | None = None,
     progress: bool = True,
     batch_size: int | None = None,
 ) -> Path:
     """Generate every item of `cell_id` (resuming), then write the cell's manifest."""
-    cell = Grid(config).cell(cell_id)
+    study = as_study(study)
+    cell = Grid(study).cell(cell_id)
     out = {cell: Path(manifest_path)} if manifest_path else {}
-    return run_cells(config, [cell], out, progress, batch_size)[cell]
+    return run_cells(study, [cell], out, progress, batch_size)[cell]
 
 
-def run_job(
-    config: dict[str, Any], job_id: str, progress: bool = True, batch_size: int | None = None
-) -> Path:
+def run_job(study: StudyLike, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
     """Every cell of one generation job with one model load; returns the job's record.
 
     Each cell keeps its own journal, images and manifest, exactly as if it ran alone; the
     record (the generate rule's output) lists the cells' manifests and their hashes.
     """
-    grid, paths = Grid(config), Paths(config)
-    manifests = run_cells(config, grid.job(job_id), {}, progress, batch_size)
+    study = as_study(study)
+    grid, paths = Grid(study), Paths(study)
+    manifests = run_cells(study, grid.job(job_id), {}, progress, batch_size)
     record = {
         "job": job_id,
         "job_hash": grid.job_hash(job_id),
@@ -251,7 +252,7 @@ def run_job(
 
 
 def run_cells(
-    config: dict[str, Any],
+    study: StudyLike,
     cells: list[Cell],
     manifest_paths: dict[Cell, Path],
     progress: bool = True,
@@ -264,11 +265,12 @@ def run_cells(
     thread only queues work: PNG encoding, writing and the journal run in the writer thread,
     which also writes each cell's manifest once its last image is recorded.
     """
-    grid, paths = Grid(config), Paths(config)
-    batch_size = batch_size or config["generation"]["batch_size"]
-    generator = JobGenerator(config, cells[0])
+    study = as_study(study)
+    grid, paths = Grid(study), Paths(study)
+    batch_size = batch_size or study.generation.batch_size
+    generator = JobGenerator(study, cells[0])
     prov = provenance.record(
-        config,
+        study,
         grid.cell_models(cells[0]),  # the job's cells share them; what else is prepared does not matter
         device=str(generator.device),
         device_name=generator.runtime["device_name"],

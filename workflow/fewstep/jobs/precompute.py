@@ -21,6 +21,7 @@ from tqdm import tqdm
 from fewstep.core.errors import ConfigError
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
+from fewstep.core.study import Prompt, Study, StudyLike, as_study
 from fewstep.grid import Grid
 
 
@@ -64,7 +65,7 @@ def content_digest(path: Path) -> str:
 
 
 def embed_prompts(
-    config: dict[str, Any],
+    study: StudyLike,
     family: str | None = None,
     prompt_ids: list[str] | None = None,
     variant: str | None = None,
@@ -72,30 +73,29 @@ def embed_prompts(
     """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
     the cells use, or only the ones named (the `embed_prompt` rule: every prompt as one variant of
     one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``)."""
-    grid = Grid(config)
-    prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else config["prompts"]
+    study = as_study(study)
+    grid = Grid(study)
+    prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else list(study.prompts)
     written = []
     for name in [family] if family else grid.families:
         labels = [variant] if variant else list(grid.prompt_variants(name))
         variants = {label: grid.prompt_variant_backbone(name, label) for label in labels}
-        written += _embed_prompts(config, name, prompts, variants)
+        written += _embed_prompts(study, name, prompts, variants)
     return written
 
 
-def _embed_prompts(
-    config: dict[str, Any], family: str, prompts: list[dict[str, str]], variants: dict[str, Any]
-) -> list[Path]:
+def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: dict[str, Any]) -> list[Path]:
     """One file per prompt and variant (label -> the backbone whose settings it embeds with),
     the family's text encoders loaded once."""
     from fewstep.core.provenance import device_name
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(config), Paths(config)
-    device = resolve_device(config["device"])
-    dtype = resolve_dtype(config["dtype"], device)
+    grid, paths = Grid(study), Paths(study)
+    device = resolve_device(study.device)
+    dtype = resolve_dtype(study.dtype, device)
     source = grid.text_encoder_backbone(family)
-    encoder = grid.known_families[family].prompt_encoder(config, source, device, dtype)
+    encoder = grid.known_families[family].prompt_encoder(study, source, device, dtype)
     written = []
     jobs = [(p, label) for p in prompts for label in variants]
     # the bar ends its line before an error line is printed
@@ -111,7 +111,7 @@ def _embed_prompts(
                     "prompt": prompt["text"],
                     **grid.known_families[family].prompt_metadata(backbone),
                     "text_encoders": source,
-                    "weights": config["weights"],
+                    "weights": study.weights,
                     "encode_s": f"{encode_s:.6f}",
                     "encode_device_name": device_name(device),
                 },
@@ -121,7 +121,7 @@ def _embed_prompts(
 
 
 def embed_references(
-    config: dict[str, Any],
+    study: StudyLike,
     family: str | None = None,
     file: str | None = None,
     reference_ids: list[str] | None = None,
@@ -129,6 +129,7 @@ def embed_references(
     """Write the image embeddings (``image_embeds``) of every reference the adapter cells read,
     through each family's `reference_encoder`, or of those named (the `embed_reference` rule: one
     family x adapter file x reference per job)."""
+    study = as_study(study)
     from PIL import Image
 
     from fewstep.core.images import load_rgb
@@ -136,9 +137,9 @@ def embed_references(
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(config), Paths(config)
-    device = resolve_device(config["device"])
-    dtype = resolve_dtype(config["dtype"], device)
+    grid, paths = Grid(study), Paths(study)
+    device = resolve_device(study.device)
+    dtype = resolve_dtype(study.dtype, device)
     files = sorted({a for f, a, _ in grid.reference_embeddings_needed() if family is None or f == family})
     if file is not None and file not in files:
         raise ConfigError(
@@ -155,7 +156,7 @@ def embed_references(
     with tqdm(needed, desc="reference embeddings", unit="reference") as bar:
         for name, adapter_file, reference_id in bar:
             if (name, adapter_file) not in encoders:
-                encoder = grid.known_families[name].reference_encoder(config, adapter_file, device, dtype)
+                encoder = grid.known_families[name].reference_encoder(study, adapter_file, device, dtype)
                 encoders[name, adapter_file] = encoder
             reference = grid.reference(reference_id)
             image = Image.fromarray(load_rgb(reference["image"]))
@@ -171,7 +172,7 @@ def embed_references(
                     "role": reference["role"],
                     "family": name,
                     "file": adapter_file,
-                    "weights": config["weights"],
+                    "weights": study.weights,
                     "height": str(image.height),
                     "width": str(image.width),
                     "encode_s": f"{encode_s:.6f}",
@@ -182,9 +183,10 @@ def embed_references(
     return written
 
 
-def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = None) -> list[Path]:
+def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) -> list[Path]:
     """Write one embedding file (face box, keypoints, ArcFace vector) per identity, or for
     the identities named (the `embed_identity` rule: one identity per job)."""
+    study = as_study(study)
     from fewstep.core.errors import InputError
     from fewstep.core.images import load_rgb, rgb_to_bgr
     from fewstep.core.provenance import device_name
@@ -192,17 +194,17 @@ def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = No
     from fewstep.faces.arcface_irse import embed_aligned_bgr
     from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
 
-    grid, paths = Grid(config), Paths(config)
-    identities = [grid.identity(i) for i in identity_ids] if identity_ids else config["identities"]
-    analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
-    arcface = load_arcface_irse(config, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
+    grid, paths = Grid(study), Paths(study)
+    identities = [grid.identity(i) for i in identity_ids] if identity_ids else list(study.identities)
+    analyzer = face_analyzer(study, CONDITIONING_FACE_PACK)
+    arcface = load_arcface_irse(study, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
     written = []
     with tqdm(identities, desc="identity embeddings", unit="identity") as bar:
         for identity in bar:
             image = load_rgb(identity["image"])
             bgr = rgb_to_bgr(image)
             start = time.perf_counter()
-            found = analyzer.analyze(bgr, config["face"]["policy"])
+            found = analyzer.analyze(bgr, study.face.policy)
             if found is None:
                 raise InputError(
                     f"identities[{identity['id']}]: no face found in {identity['image']}; "
@@ -224,8 +226,8 @@ def embed_identities(config: dict[str, Any], identity_ids: list[str] | None = No
                     "identity": identity["id"],
                     "image": identity["image"],
                     "n_faces": str(found.n_faces),
-                    "policy": config["face"]["policy"],
-                    "weights": config["weights"],
+                    "policy": study.face.policy,
+                    "weights": study.weights,
                     "height": str(image.shape[0]),
                     "width": str(image.shape[1]),
                     "encode_s": f"{encode_s:.6f}",

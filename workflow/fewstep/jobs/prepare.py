@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Grid
 from fewstep.registry.prepare import prepare
 
 
-def prepare_model(config: dict[str, Any], name: str) -> Path:
+def prepare_model(study: StudyLike, name: str) -> Path:
     """Fetch, build or write model `name` for the configured weights mode; its ready marker."""
-    return prepare(config, name, Grid(config).model_usage(name))
+    study = as_study(study)
+    return prepare(study, name, Grid(study).model_usage(name))

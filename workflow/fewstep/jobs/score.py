@@ -4,7 +4,7 @@ The job loads each scoring network once for all its cells (`run_job`) and rescor
 the cells whose inputs changed: each table keeps the digest of what it was computed
 from (`scored_inputs`), so a job rerun for one cell's sake, or after a kill, leaves
 the other tables as they are. A metric is an object with a `name`, a `version`, and `score(batch)` returning
-one dict of columns per image; it is built with `(config, JobModels)` and loads
+one dict of columns per image; it is built with `(study, JobModels)` and loads
 its network once per job; `fewstep.scoring.specs` lists every metric. The output is one parquet table
 per cell: the manifest's keys plus one column per metric value, with the metric
 versions in the table.
@@ -27,6 +27,7 @@ from fewstep.core.errors import InputError
 from fewstep.core.io import atomic_write_bytes, sha256_file, write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.scoring.base import JobModels, Metric, Sample
 from fewstep.scoring.specs import SPECS
@@ -58,9 +59,10 @@ KEY_COLUMNS = [
 METRICS = {spec.name: spec.scorer_class() for spec in SPECS}
 
 
-def build_metrics(config: dict[str, Any], names: list[str], models: JobModels | None = None) -> list[Metric]:
-    models = models or JobModels(config)
-    return [METRICS[name](config, models) for name in names]
+def build_metrics(study: StudyLike, names: list[str], models: JobModels | None = None) -> list[Metric]:
+    study = as_study(study)
+    models = models or JobModels(study)
+    return [METRICS[name](study, models) for name in names]
 
 
 def scored_inputs(grid: Grid, paths: Paths, cell: Cell) -> str:
@@ -94,20 +96,19 @@ def is_current(table: Path, digest: str) -> bool:
     return len(stored) > 0 and bool((stored == digest).all())
 
 
-def run_job(
-    config: dict[str, Any], job_id: str, progress: bool = True, batch_size: int | None = None
-) -> Path:
+def run_job(study: StudyLike, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
     """Score every cell of one generation job, the networks loaded once; returns the job's
     record (the score rule's output), which lists each cell's table and whether it was
     rescored. Cells whose table is current are kept as they are."""
-    grid, paths = Grid(config), Paths(config)
-    models = JobModels(config)
+    study = as_study(study)
+    grid, paths = Grid(study), Paths(study)
+    models = JobModels(study)
     cells = {}
     for cell in grid.job(job_id):
         table, digest = paths.scores(cell.id), scored_inputs(grid, paths, cell)
         fresh = not is_current(table, digest)
         if fresh:
-            run(config, cell.id, progress=progress, batch_size=batch_size, models=models, inputs=digest)
+            run(study, cell.id, progress=progress, batch_size=batch_size, models=models, inputs=digest)
         else:
             print(f"{cell.id}: scores are current, kept -> {table}")
         cells[cell.id] = {"scores": str(table), "sha256": sha256_file(table), "rescored": fresh}
@@ -176,7 +177,7 @@ def decoded_ahead(batches: Iterable[Any], decode: Callable[[Any], Any]) -> Itera
 
 
 def run(
-    config: dict[str, Any],
+    study: StudyLike,
     cell_id: str,
     out: Path | None = None,
     progress: bool = True,
@@ -187,9 +188,10 @@ def run(
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless
     given), with the networks `models` holds (loaded here when not given); `inputs` is the
     cell's `scored_inputs` digest when the caller has it (computed here when not given)."""
+    study = as_study(study)
     from fewstep.core.images import load_rgb
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study), Paths(study)
     cell = grid.cell(cell_id)
     out = Path(out or paths.scores(cell.id))
     manifest = read_manifest(paths, cell)
@@ -201,9 +203,9 @@ def run(
         for ref in references
     }
     references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
-    metrics = build_metrics(config, grid.cell_metrics(cell), models)
+    metrics = build_metrics(study, grid.cell_metrics(cell), models)
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
-    batch_size = batch_size or config["scoring"]["batch_size"]
+    batch_size = batch_size or study.scoring.batch_size
     rows = manifest.to_dict("records")
     scored: list[dict[str, Any]] = []
 
@@ -234,7 +236,7 @@ def run(
     frame = pd.DataFrame(scored)
     frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
     frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
-    write_table(out, stamp(frame, config, [*grid.cell_models(cell), *grid.score_models(cell)]))
+    write_table(out, stamp(frame, study, [*grid.cell_models(cell), *grid.score_models(cell)]))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
     return out

@@ -22,27 +22,29 @@ from tqdm import tqdm
 from fewstep.core import provenance
 from fewstep.core.io import atomic_write_bytes, encode_png, write_table
 from fewstep.core.paths import Paths
+from fewstep.core.study import StudyLike, as_study
 from fewstep.faces.models import INSIGHTFACE
 from fewstep.families.base import Step
 from fewstep.grid import Grid, image_keys
 from fewstep.jobs.generate import JobGenerator
 
 
-def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
+def run(study: StudyLike, cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
     """Write trajectories/<cell>/trajectory.parquet and the per-step x0 images."""
+    study = as_study(study)
     from fewstep.core.images import identity_images
     from fewstep.scoring.base import JobModels, Sample
     from fewstep.scoring.identity import IdentitySimilarity
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study), Paths(study)
     cell = grid.cell(cell_id)
     out = Path(out or paths.trajectory(cell.id))
-    generator = JobGenerator(config, cell)
-    scorer = IdentitySimilarity(config, JobModels(config))
-    references = identity_images(config)
+    generator = JobGenerator(study, cell)
+    scorer = IdentitySimilarity(study, JobModels(study))
+    references = identity_images(study)
     models = [*grid.cell_models(cell), INSIGHTFACE.name]  # what made and scored its x0 images
-    prov = provenance.record(config, models)
-    items = grid.items_of(cell)[: config["trajectory"]["max_items"]]
+    prov = provenance.record(study, models)
+    items = grid.items_of(cell)[: study.trajectory.max_items]
     rows: list[dict[str, Any]] = []
     progress_bar = tqdm(total=len(items) * cell.steps, desc=f"trajectory {cell.id}", unit="step")
     progress_bar.disable = not progress
@@ -83,12 +85,12 @@ def run(config: dict[str, Any], cell_id: str, out: Path | None = None, progress:
                         "id_sim": score["id_sim"],
                         "face_detected": score["face_detected"],
                         "image": str(image.relative_to(paths.trajectory(cell.id).parent)),
-                        "weights": config["weights"],
+                        "weights": study.weights,
                         **generator.runtime,
                         "batch_size": 1,  # one item at a time
                     }
                 )
     frame = pd.DataFrame(rows)
-    write_table(out, provenance.stamp(frame, config, models))
+    write_table(out, provenance.stamp(frame, study, models))
     print(f"{cell.id}: trajectories of {len(items)} items x {cell.steps} steps -> {out}")
     return out

@@ -36,18 +36,18 @@ def lookup(name: str) -> ModelSpec:
     return spec
 
 
-def model_folder(config: dict[str, Any], name: str) -> Path:
+def model_folder(config: Mapping[str, Any], name: str) -> Path:
     return Path(config["models_dir"]) / config["weights"] / lookup(name).folder
 
 
-def marker_path(config: dict[str, Any], name: str) -> Path:
+def marker_path(config: Mapping[str, Any], name: str) -> Path:
     """The file that says a model is ready (the prepare rule's output)."""
     from fewstep.core.paths import Paths
 
     return Paths(config).model_marker(name)
 
 
-def model_revision(config: dict[str, Any], name: str) -> str | None:
+def model_revision(config: Mapping[str, Any], name: str) -> str | None:
     """The hub revision model `name` is fetched at: config `revisions`, else the spec's pin."""
     spec = _MODELS.get(name)
     if spec is None or spec.repo_id is None:

@@ -18,6 +18,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def allow_patterns(config: dict[str, Any], name: str, usage: Usage) -> list[str]:
+def allow_patterns(config: Mapping[str, Any], name: str, usage: Usage) -> list[str]:
     """Only what the config uses is fetched: no single-file checkpoints, no unused variants."""
     spec = lookup(name)
     if spec.recipe is None or spec.recipe.patterns is None:
@@ -203,7 +204,7 @@ def fetch_url(url: str, path: Path) -> Path:
     return path
 
 
-def fetch_snapshot(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def fetch_snapshot(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """The common recipe's fetch: `folder` links to the hub snapshot of the spec's allow-patterns,
     which must then hold the spec's required files."""
     revision = model_revision(config, spec.name)

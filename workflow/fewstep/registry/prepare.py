@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def missing_weights(path: Path, model: str) -> WeightsError:
     return WeightsError(f"missing {path}; prepare it: `{prepare_command(model)}`")
 
 
-def prepare(config: dict[str, Any], name: str, usage: Usage) -> Path:
+def prepare(config: Mapping[str, Any], name: str, usage: Usage) -> Path:
     """Make model `name` available for the configured weights mode; write its marker.
 
     The marker names the requested revision, the hub commits the files resolved to
@@ -81,7 +82,7 @@ def prepare(config: dict[str, Any], name: str, usage: Usage) -> Path:
     return marker
 
 
-def weights_digest(config: dict[str, Any], folders: dict[str, tuple[str, ...]]) -> str:
+def weights_digest(config: Mapping[str, Any], folders: dict[str, tuple[str, ...]]) -> str:
     """Fingerprint of the files (path, sha256) under `folders`, read from the models' ready markers.
 
     It changes exactly when the weights a job loads change: another hub revision,

@@ -7,7 +7,7 @@ whole batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ class Metric(Protocol):
 class JobModels:
     """The networks one scoring job holds: each loads once, on the job's device."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: Mapping[str, Any]):
         from fewstep.registry.load import resolve_device
 
         self.config = config

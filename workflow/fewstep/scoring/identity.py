@@ -19,6 +19,7 @@ twin, `id_sim*_zero`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any, ClassVar
 
@@ -55,7 +56,7 @@ class _IdentityMetric:
     spec: ClassVar[MetricSpec]
     suffix: str
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: Mapping[str, Any]):
         self.policy = config["face"]["policy"]
         self._photos: dict[int, np.ndarray | None] = {}
 
@@ -112,7 +113,7 @@ class IdentitySimilarity(_IdentityMetric):
     spec = IDENTITY
     suffix = ""
 
-    def __init__(self, config: dict[str, Any], models: JobModels):
+    def __init__(self, config: Mapping[str, Any], models: JobModels):
         from fewstep.faces.models import face_analyzer
 
         super().__init__(config)
@@ -134,7 +135,7 @@ class DlibIdentitySimilarity(_IdentityMetric):
     spec = IDENTITY_DLIB
     suffix = "_dlib"
 
-    def __init__(self, config: dict[str, Any], models: JobModels):
+    def __init__(self, config: Mapping[str, Any], models: JobModels):
         from fewstep.faces.models import dlib_encoder
 
         super().__init__(config)

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from fewstep.core.paths import Paths
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Cell, Grid
 
 #: marker keys that describe the weights (not where or when they were prepared)
@@ -45,46 +46,48 @@ def _file_reference(artifact: Any, path: Path, name: str) -> None:
     artifact.add_reference(Path(path).resolve().as_uri(), name=name)
 
 
-def weights(config: dict[str, Any], model: str, staging: Path) -> Any:
+def weights(study: StudyLike, model: str, staging: Path) -> Any:
     """The artifact of one prepared model, from its marker (`staging`: where weights.json is written)."""
+    study = as_study(study)
     import wandb
 
-    marker = json.loads(Paths(config).model_marker(model).read_text(encoding="utf-8"))
+    marker = json.loads(Paths(study).model_marker(model).read_text(encoding="utf-8"))
     described = {key: marker.get(key) for key in WEIGHTS_KEYS}
     artifact = wandb.Artifact(
-        artifact_name("weights", config["weights"], model),
+        artifact_name("weights", study.weights, model),
         type="model",
-        description=f"{model} ({config['weights']} weights)",
+        description=f"{model} ({study.weights} weights)",
         metadata={key: described[key] for key in ("model", "weights", "repo_id", "revision", "commit")},
     )
     staging.mkdir(parents=True, exist_ok=True)
     manifest = staging / f"{model}.weights.json"
     manifest.write_text(json.dumps(described, indent=1, sort_keys=True), encoding="utf-8")
     artifact.add_file(str(manifest), name="weights.json")
-    if config["weights"] == "real" and marker.get("commit"):
+    if study.weights == "real" and marker.get("commit"):
         for entry in marker["files"]:
             url = HUB_FILE_URL.format(repo_id=marker["repo_id"], commit=marker["commit"], path=entry["path"])
             artifact.add_reference(url, name=f"hub/{entry['path']}", checksum=False)
     return artifact
 
 
-def embeddings(config: dict[str, Any], cell: Cell) -> list[Any]:
+def embeddings(study: StudyLike, cell: Cell) -> list[Any]:
     """The embedding artifacts one cell's generation reads (prompts; identities for InfuseNet)."""
+    study = as_study(study)
     import wandb
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study), Paths(study)
     family = grid.backbone(cell)["family"]
     prompts = grid.prompt_embeddings(paths, cell)
     # what the prompt files were encoded with: L<length> (FLUX's T5) or N<negative prompt> (SD)
     variant = Path(prompts[0]).name.split(".")[1]
     references = grid.identity_embeddings(paths, cell)
     if grid.reference_file(cell) is not None:  # one image encoder per family and adapter file
-        references_name = artifact_name("references", config["sweep"], family, grid.reference_file(cell))
+        references_name = artifact_name("references", study.sweep, family, grid.reference_file(cell))
     else:
-        references_name = artifact_name("identities", config["sweep"])
+        references_name = artifact_name("identities", study.sweep)
     groups = [
         (
-            artifact_name("embeddings", config["sweep"], family, variant),
+            artifact_name("embeddings", study.sweep, family, variant),
             prompts,
             {"text_encoders": grid.text_encoder_backbone(family), "variant": variant},
         ),
@@ -94,7 +97,7 @@ def embeddings(config: dict[str, Any], cell: Cell) -> list[Any]:
     for name, files, metadata in groups:
         if files:
             artifact = wandb.Artifact(
-                name, type="embeddings", metadata={"weights": config["weights"], **metadata}
+                name, type="embeddings", metadata={"weights": study.weights, **metadata}
             )
             for path in files:
                 _file_reference(artifact, path, Path(path).name)
@@ -102,16 +105,17 @@ def embeddings(config: dict[str, Any], cell: Cell) -> list[Any]:
     return out
 
 
-def images(config: dict[str, Any], cell_id: str, manifest: Path | None = None) -> Any:
+def images(study: StudyLike, cell_id: str, manifest: Path | None = None) -> Any:
     """One cell's images (references) and manifest, as the generate job left them."""
+    study = as_study(study)
     import wandb
 
-    paths = Paths(config)
+    paths = Paths(study)
     manifest = manifest or paths.manifest(cell_id)
     artifact = wandb.Artifact(
-        artifact_name("images", config["sweep"], cell_id),
+        artifact_name("images", study.sweep, cell_id),
         type="images",
-        metadata={"cell_id": cell_id, "weights": config["weights"]},
+        metadata={"cell_id": cell_id, "weights": study.weights},
     )
     artifact.add_file(str(manifest), name="manifest.parquet")
     for image in pd.read_parquet(manifest, columns=["image"])["image"]:  # not stale files of the folder
@@ -119,26 +123,28 @@ def images(config: dict[str, Any], cell_id: str, manifest: Path | None = None) -
     return artifact
 
 
-def table(config: dict[str, Any], kind: str, cell_id: str, path: Path) -> Any:
+def table(study: StudyLike, kind: str, cell_id: str, path: Path) -> Any:
     """A cell's per-image scores or per-step trajectory table."""
+    study = as_study(study)
     import wandb
 
     artifact = wandb.Artifact(
-        artifact_name(kind, config["sweep"], cell_id),
+        artifact_name(kind, study.sweep, cell_id),
         type=kind,
-        metadata={"cell_id": cell_id, "weights": config["weights"]},
+        metadata={"cell_id": cell_id, "weights": study.weights},
     )
     artifact.add_file(str(path), name=Path(path).name)
     return artifact
 
 
-def report(config: dict[str, Any]) -> Any:
+def report(study: StudyLike) -> Any:
     """The aggregate tables and the report page of the sweep."""
+    study = as_study(study)
     import wandb
 
-    paths = Paths(config)
+    paths = Paths(study)
     artifact = wandb.Artifact(
-        artifact_name("report", config["sweep"]), type="report", metadata={"weights": config["weights"]}
+        artifact_name("report", study.sweep), type="report", metadata={"weights": study.weights}
     )
     artifact.add_dir(str(paths.aggregate_dir), name="aggregate")
     if paths.report_index.exists():

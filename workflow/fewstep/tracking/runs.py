@@ -3,8 +3,8 @@
 A job wraps its work in `job_run` and logs through the `Run` it yields; a caller
 passes only the job type, the cell id and any extra config::
 
-    with tracking.job_run(config, "score", cell_id) as run:
-        path = score.run(config, cell_id)
+    with tracking.job_run(study, "score", cell_id) as run:
+        path = score.run(study, cell_id)
         run.log_scores(path)
 
 Each run: project/entity from `wandb:` in the config, group = sweep name,
@@ -47,6 +47,7 @@ from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
 from fewstep.core.jobenv import config_option
 from fewstep.core.paths import Paths
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Grid
 from fewstep.tracking.content import (
     STEP_METRICS,
@@ -146,20 +147,21 @@ def _job_environment(job_dir: Path, sockets: Path, settings: dict[str, Any]) -> 
 
 
 def run_config(
-    config: dict[str, Any], job_type: str, cell_id: str | None, extra: dict[str, Any] | None
+    study: StudyLike, job_type: str, cell_id: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The run's W&B config: what made the job's outputs."""
-    prov = provenance.record(config, Grid(config).models)
+    study = as_study(study)
+    prov = provenance.record(study, Grid(study).models)
     out: dict[str, Any] = {
-        "sweep": config["sweep"],
+        "sweep": study.sweep,
         "job_type": job_type,
-        "weights": config["weights"],
+        "weights": study.weights,
         "config_hash": prov["config_hash"],
         "git_commit": prov["git_commit"],
         "versions": prov["versions"],
         "models": prov["models"],  # hub repo, requested revision, resolved commit of each model
     }
-    grid = Grid(config)
+    grid = Grid(study)
     if cell_id is not None:
         cell = grid.cell(cell_id)
         out |= {
@@ -172,23 +174,21 @@ def run_config(
             "items": {
                 "count": len(grid.items_of(cell)),
                 "identities": list(dict.fromkeys(item.identity for item in grid.items_of(cell))),
-                "prompts": [p["id"] for p in config["prompts"]],
-                "seeds": list(config["seeds"]),
+                "prompts": [p.id for p in study.prompts],
+                "seeds": list(study.seeds),
             },
         }
     else:
-        out |= {"cells": [c.id for c in grid.cells], "sweep_config": config}
+        out |= {"cells": [c.id for c in grid.cells], "sweep_config": study.to_dict()}
     return out | (extra or {})
 
 
 class Run:
     """What a job logs to. With tracking disabled (`wandb_run` None) every method does nothing."""
 
-    def __init__(
-        self, config: dict[str, Any], cell_id: str | None, mode: str = "disabled", wandb_run: Any = None
-    ):
-        self.config, self.cell_id, self.mode, self.wandb_run = config, cell_id, mode, wandb_run
-        self.paths = Paths(config)
+    def __init__(self, study: StudyLike, cell_id: str | None, mode: str = "disabled", wandb_run: Any = None):
+        self.study, self.cell_id, self.mode, self.wandb_run = as_study(study), cell_id, mode, wandb_run
+        self.paths = Paths(study)
 
     @property
     def enabled(self) -> bool:
@@ -228,7 +228,7 @@ class Run:
 
         with tempfile.TemporaryDirectory() as staging:  # wandb copies the file when it is added
             for model in models:
-                self.use(lineage.weights(self.config, model, Path(staging)))
+                self.use(lineage.weights(self.study, model, Path(staging)))
 
     def log_table(self, key: str, frame: pd.DataFrame) -> None:
         """One DataFrame as a wandb.Table (e.g. a trajectory job's per-step rows)."""
@@ -250,11 +250,11 @@ class Run:
         self.update_config(
             {k: str(first[k]) for k in ("device", "device_name", "dtype", "peak_mem_kind") if k in first}
         )
-        cell = Grid(self.config).cell(self.cell_id)
-        self.use_weights(Grid(self.config).generation_models(cell))
-        for artifact in lineage.embeddings(self.config, cell):
+        cell = Grid(self.study).cell(self.cell_id)
+        self.use_weights(Grid(self.study).generation_models(cell))
+        for artifact in lineage.embeddings(self.study, cell):
             self.use(artifact)
-        self.wandb_run.log_artifact(lineage.images(self.config, self.cell_id, manifest_path))
+        self.wandb_run.log_artifact(lineage.images(self.study, self.cell_id, manifest_path))
 
     def log_trajectory(self, trajectory_path: Path) -> None:
         """A trajectory job: per-step means as history (one point per step), the per-(item, step) table."""
@@ -270,12 +270,12 @@ class Run:
         self.summary({"items": int(frame["item_id"].nunique()), "final_id_sim": float(last["id_sim"].mean())})
         from fewstep.tracking import lineage
 
-        grid = Grid(self.config)
+        grid = Grid(self.study)
         cell = grid.cell(self.cell_id)
         self.use_weights([*grid.generation_models(cell), "insightface"])
-        for artifact in lineage.embeddings(self.config, cell):
+        for artifact in lineage.embeddings(self.study, cell):
             self.use(artifact)
-        self.wandb_run.log_artifact(lineage.table(self.config, "trajectory", self.cell_id, trajectory_path))
+        self.wandb_run.log_artifact(lineage.table(self.study, "trajectory", self.cell_id, trajectory_path))
 
     def log_scores(self, scores_path: Path) -> None:
         """A score job: metric summaries, a sample image grid, the per-image table."""
@@ -285,26 +285,26 @@ class Run:
 
         frame = pd.read_parquet(scores_path)
         self.summary(summarise(frame))
-        settings = self.config["wandb"]
+        settings = self.study.wandb
         cell_dir = self.paths.cell_dir(self.cell_id)
         grid = sample_grid(
-            frame, cell_dir, settings["grid_identities"], settings["grid_columns"], settings["thumbnail"]
+            frame, cell_dir, settings.grid_identities, settings.grid_columns, settings.thumbnail
         )
         self.log(
             {
-                "samples": wandb.Image(grid, caption=f"{self.cell_id} ({self.config['weights']} weights)"),
-                "scores": scores_table(frame, cell_dir, settings["thumbnail"]),
+                "samples": wandb.Image(grid, caption=f"{self.cell_id} ({self.study.weights} weights)"),
+                "scores": scores_table(frame, cell_dir, settings.thumbnail),
             }
         )
         from fewstep.tracking import lineage
 
-        grid = Grid(self.config)
+        grid = Grid(self.study)
         cell = grid.cell(self.cell_id)
         self.use_weights(grid.score_models(cell))
         anchor = grid.score_anchor(cell)
         for cell_id in [self.cell_id] + ([anchor.id] if anchor else []):
-            self.use(lineage.images(self.config, cell_id))
-        self.wandb_run.log_artifact(lineage.table(self.config, "scores", self.cell_id, scores_path))
+            self.use(lineage.images(self.study, cell_id))
+        self.wandb_run.log_artifact(lineage.table(self.study, "scores", self.cell_id, scores_path))
 
     def log_sweep(self) -> dict[str, list[str]]:
         """The aggregate run: every CSV table, every PNG figure, metric-vs-steps charts, the report."""
@@ -336,13 +336,13 @@ class Run:
             logged["curves"] += sorted(set(row) - {STEP_METRICS["aggregate"]} - set(logged["curves"]))
         from fewstep.tracking import lineage
 
-        for cell in Grid(self.config).cells:
-            self.use(lineage.table(self.config, "scores", cell.id, paths.scores(cell.id)))
-        self.wandb_run.log_artifact(lineage.report(self.config))
+        for cell in Grid(self.study).cells:
+            self.use(lineage.table(self.study, "scores", cell.id, paths.scores(cell.id)))
+        self.wandb_run.log_artifact(lineage.report(self.study))
         per_image = pd.read_parquet(paths.per_image) if paths.per_image.exists() else None
         self.summary(
             {
-                "cells": len(Grid(self.config).cells),
+                "cells": len(Grid(self.study).cells),
                 "images": 0 if per_image is None else len(per_image),
                 **{f"logged_{kind}": len(keys) for kind, keys in logged.items()},
             }
@@ -358,7 +358,7 @@ LOG_RULES = {"aggregate": "wandb_aggregate"}
 PER_JOB_LOGS = {"generate", "score"}
 
 
-def run_id(config: dict[str, Any], job_type: str, cell_id: str | None = None) -> str:
+def run_id(study: StudyLike, job_type: str, cell_id: str | None = None) -> str:
     """A stable W&B run id: the job type and a hash of the sweep, job type and cell hash.
 
     The same job of the same cell always logs to the same run (`resume="allow"`),
@@ -366,11 +366,12 @@ def run_id(config: dict[str, Any], job_type: str, cell_id: str | None = None) ->
     a cell whose images would change (a new cell hash) is a new run. The aggregate
     run hashes every cell's hash.
     """
+    study = as_study(study)
     from fewstep.core.config import fingerprint
 
-    grid = Grid(config)
+    grid = Grid(study)
     cells = [grid.cell(cell_id)] if cell_id is not None else grid.cells
-    key = {"sweep": config["sweep"], "job_type": job_type, "cells": [grid.cell_hash(c) for c in cells]}
+    key = {"sweep": study.sweep, "job_type": job_type, "cells": [grid.cell_hash(c) for c in cells]}
     return f"{job_type}-{fingerprint(key)}"
 
 
@@ -382,12 +383,13 @@ def define_metrics(wandb_run: Any, job_type: str) -> None:
         wandb_run.define_metric(f"{step.split('/')[0]}/*", step_metric=step)
 
 
-def attach_log(wandb_run: Any, config: dict[str, Any], job_type: str, cell_id: str | None) -> None:
+def attach_log(wandb_run: Any, study: StudyLike, job_type: str, cell_id: str | None) -> None:
     """The job's console log (its rule's log file) as a run file, read when the run is synced."""
-    paths = Paths(config)
+    study = as_study(study)
+    paths = Paths(study)
     name = cell_id or ""
     if cell_id is not None and job_type in PER_JOB_LOGS:
-        name = Grid(config).cell(cell_id).job
+        name = Grid(study).cell(cell_id).job
     log = paths.log(LOG_RULES.get(job_type, job_type), name)
     if log.exists():
         wandb_run.save(str(log.resolve()), base_path=str(paths.root.resolve()), policy="end")
@@ -395,18 +397,19 @@ def attach_log(wandb_run: Any, config: dict[str, Any], job_type: str, cell_id: s
 
 @contextlib.contextmanager
 def job_run(
-    config: dict[str, Any],
+    study: StudyLike,
     job_type: str,
     cell_id: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Iterator[Run]:
     """One W&B run around one job; an exception inside marks the run failed (exit code 1)."""
-    settings = config["wandb"]
-    if settings["mode"] == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
-        yield Run(config, cell_id)
+    study = as_study(study)
+    settings = study.wandb
+    if settings.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
+        yield Run(study, cell_id)
         return
-    paths = Paths(config)
-    job_dir = paths.wandb_job(job_type, cell_id or config["sweep"]).resolve()
+    paths = Paths(study)
+    job_dir = paths.wandb_job(job_type, cell_id or study.sweep).resolve()
     # A rerun replaces the job's earlier run. tmp/ stays: wandb keeps a media temp
     # folder there for the life of the process that first imported it.
     for old in job_dir.glob("*") if job_dir.exists() else ():
@@ -416,27 +419,27 @@ def job_run(
         import wandb
 
         wandb_run = wandb.init(
-            id=run_id(config, job_type, cell_id),
+            id=run_id(study, job_type, cell_id),
             resume="allow",
-            project=settings["project"],
-            entity=settings["entity"],
-            group=config["sweep"],
+            project=settings.project,
+            entity=settings.entity,
+            group=study.sweep,
             job_type=job_type,
-            name=cell_id or config["sweep"],
-            tags=[f"weights-{config['weights']}"],
-            config=run_config(config, job_type, cell_id, extra),
+            name=cell_id or study.sweep,
+            tags=[f"weights-{study.weights}"],
+            config=run_config(study, job_type, cell_id, extra),
             dir=job_dir,
             mode=mode,
             settings=wandb.Settings(
-                init_timeout=settings["init_timeout"],
-                x_service_wait=settings["init_timeout"],
+                init_timeout=settings.init_timeout,
+                x_service_wait=settings.init_timeout,
                 console="off",
             ),
         )
         define_metrics(wandb_run, job_type)
-        attach_log(wandb_run, config, job_type, cell_id)
+        attach_log(wandb_run, study, job_type, cell_id)
         try:
-            yield Run(config, cell_id, mode, wandb_run)
+            yield Run(study, cell_id, mode, wandb_run)
         except BaseException:
             wandb_run.finish(exit_code=1)
             raise
@@ -466,11 +469,12 @@ def run_record(run: Run, logged: dict[str, list[str]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- sync
 
 
-def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
+def sync(study: StudyLike, dry_run: bool = False) -> list[Path]:
     """`wandb sync` every offline run of the sweep not yet synced; returns their folders."""
+    study = as_study(study)
     from fewstep.tracking.wandb_reader import find_run_files
 
-    root = Paths(config).wandb_root.resolve()
+    root = Paths(study).wandb_root.resolve()
     run_dirs = sorted(
         {p.parent for p in find_run_files(root) if not p.with_name(p.name + ".synced").exists()}
     )
@@ -484,7 +488,7 @@ def sync(config: dict[str, Any], dry_run: bool = False) -> list[Path]:
     sync_dir.mkdir(parents=True, exist_ok=True)
     # wandb-core writes its port file (port_file.txt) and `wandb/` into the working directory
     # and its sockets into $TMPDIR: all of them go to the sweep's wandb folder, never the checkout.
-    sockets = Paths(config).wandb_sockets.resolve()
+    sockets = Paths(study).wandb_sockets.resolve()
     sockets.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fewstep.core.study import StudyLike, as_study
 from fewstep.grid import Grid
 from fewstep.scoring.specs import BY_NAME, IDENTITY, MetricSpec
 from fewstep.tracking.content import STEP_METRICS
@@ -39,13 +40,14 @@ def drawn_column(metric: MetricSpec) -> str:
     return anchored[0] if metric.anchor_paired else metric.column
 
 
-def workspace(config: dict[str, Any], entity: str) -> Any:
+def workspace(study: StudyLike, entity: str) -> Any:
     """The `wandb_workspaces.workspaces.Workspace` of the sweep (nothing is sent)."""
+    study = as_study(study)
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    grid, sweep = Grid(config), config["sweep"]
-    mark = f" ({config['weights']} weights)"
+    grid, sweep = Grid(study), study.sweep
+    mark = f" ({study.weights} weights)"
     steps = STEP_METRICS["aggregate"]
     by_backbone = [
         wr.LinePlot(
@@ -85,7 +87,7 @@ def workspace(config: dict[str, Any], entity: str) -> Any:
     grids = wr.MediaBrowser(title=f"sample grids{mark}", media_keys=["samples"], num_columns=2)
     return ws.Workspace(
         entity=entity,
-        project=config["wandb"]["project"],
+        project=study.wandb.project,
         name=f"fewstep {sweep}",
         sections=[
             ws.Section(name="identity vs steps", panels=[*by_backbone, per_run], is_open=True, pinned=True),
@@ -118,13 +120,15 @@ def _reference_curves(grid: Grid) -> dict[tuple[str, str], list[str]]:
     return dict(sorted(out.items()))
 
 
-def spec(config: dict[str, Any], entity: str) -> dict[str, Any]:
+def spec(study: StudyLike, entity: str) -> dict[str, Any]:
     """The workspace as the plain data W&B stores (its view spec), for offline inspection."""
-    return workspace(config, entity)._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
+    study = as_study(study)
+    return workspace(study, entity)._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def save(config: dict[str, Any], entity: str | None) -> str:
+def save(study: StudyLike, entity: str | None) -> str:
     """Save the workspace to W&B (needs the network and an API key); returns its URL."""
+    study = as_study(study)
     import wandb
 
     from fewstep.tracking.runs import TrackingError, api_key_present
@@ -136,5 +140,5 @@ def save(config: dict[str, Any], entity: str | None) -> str:
             "no W&B API key: set WANDB_API_KEY or run `wandb login`, then rerun "
             f"`fewstep wandb-workspace {config_option()}` (or pass --out FILE to write the spec offline)"
         )
-    entity = entity or config["wandb"]["entity"] or wandb.Api().default_entity
-    return workspace(config, entity).save().url
+    entity = entity or study.wandb.entity or wandb.Api().default_entity
+    return workspace(study, entity).save().url

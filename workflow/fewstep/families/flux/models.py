@@ -54,15 +54,15 @@ FLUX_TEXT_REQUIRED = ["text_encoder/config.json", "text_encoder_2/config.json", 
 # --------------------------------------------------------------------------- recipes
 
 
-def _backbone_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _backbone_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return FLUX_PATTERNS + (FLUX_TEXT_PATTERNS if usage.embeds_text else [])
 
 
-def _backbone_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _backbone_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return FLUX_REQUIRED + (FLUX_TEXT_REQUIRED if usage.embeds_text else [])
 
 
-def _backbone_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _backbone_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.flux import tiny
 
     extra = spec.extra
@@ -71,7 +71,7 @@ def _backbone_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage:
     )
 
 
-def _backbone_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _backbone_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Only configs: the loaders build full-size modules on the device."""
     from transformers import CLIPTextConfig, T5Config
 
@@ -96,11 +96,11 @@ def infusenet_variants(adapters: tuple[Mapping[str, Any], ...]) -> list[str]:
     return sorted({a["variant"] for a in adapters if a["kind"] == "infusenet"})
 
 
-def _infiniteyou_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _infiniteyou_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return [f"{INFU_VERSION}/{variant}/*" for variant in infusenet_variants(usage.adapters)]
 
 
-def _infiniteyou_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _infiniteyou_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return [
         f"{INFU_VERSION}/{variant}/{file}"
         for variant in infusenet_variants(usage.adapters)
@@ -108,13 +108,13 @@ def _infiniteyou_required(config: dict[str, Any], spec: ModelSpec, usage: Usage)
     ]
 
 
-def _infiniteyou_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _infiniteyou_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.flux import tiny
 
     tiny.build_infiniteyou(folder, infusenet_variants(usage.adapters))
 
 
-def _infiniteyou_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _infiniteyou_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.core.io import atomic_write_json
 
     for variant in infusenet_variants(usage.adapters):
@@ -186,7 +186,7 @@ class FluxParts:
 
 
 def load_flux(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     backbone: str,
     adapter: dict[str, Any],
     device: torch.device,
@@ -232,7 +232,7 @@ def apply_memory_options(
 
 
 def load_infiniteyou(
-    config: dict[str, Any], variant: str, device: torch.device, dtype: torch.dtype
+    config: Mapping[str, Any], variant: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
     """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
     import torch
@@ -261,7 +261,7 @@ def load_infiniteyou(
 
 
 def load_flux_text_encoders(
-    config: dict[str, Any], backbone: str, device: torch.device, dtype: torch.dtype
+    config: Mapping[str, Any], backbone: str, device: torch.device, dtype: torch.dtype
 ) -> Any:
     """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
     from diffusers import FluxPipeline

@@ -30,11 +30,11 @@ def _family(spec: ModelSpec) -> SDFamily:
     return FAMILIES[spec.name]
 
 
-def _backbone_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _backbone_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     return _family(spec).allow_patterns(text_encoders=usage.embeds_text)
 
 
-def _backbone_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _backbone_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     family = _family(spec)
     required = ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json"]
     if usage.embeds_text:
@@ -42,13 +42,13 @@ def _backbone_required(config: dict[str, Any], spec: ModelSpec, usage: Usage) ->
     return required
 
 
-def _backbone_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _backbone_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.sd.tiny import build_tiny_pipeline
 
     build_tiny_pipeline(_family(spec), folder)
 
 
-def _backbone_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _backbone_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.sd.random_weights import write_random_pipeline
 
     write_random_pipeline(_family(spec), folder)
@@ -64,19 +64,19 @@ def adapter_uses(usage: Usage) -> list[tuple[SDFamily, str]]:
     return [(FAMILIES[family], file) for family, file in sorted(pairs)]
 
 
-def _ip_adapter_patterns(config: dict[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _ip_adapter_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
     """The adapter files used and their image encoders (the reference embedding jobs load them)."""
     return ip_adapter_patterns([(family, file, True) for family, file in adapter_uses(usage)])
 
 
-def _ip_adapter_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _ip_adapter_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.sd.tiny import build_tiny_ip_adapter
 
     for family, file in adapter_uses(usage):
         build_tiny_ip_adapter(folder, [family], [file])
 
 
-def _ip_adapter_random(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _ip_adapter_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.families.sd.random_weights import write_random_ip_adapter
 
     for family, file in adapter_uses(usage):
