@@ -431,7 +431,7 @@ def _per_image_seconds(
         notes.append(f"no {family.name} figures for {figures.card}: {first.job} counts its start only")
         return start, 0.0, 0.0
     bare = {"model": backbone["model"], "family": family.name}  # the backbone with no size of its own
-    default = family.image_size(bare, grid.config["resolution"])
+    default = family.image_size(bare, grid.study.resolution)
     width, height = grid.resolution(first)
     scale = width * height / (default["width"] * default["height"])
     images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
