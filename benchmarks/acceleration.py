@@ -243,7 +243,7 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
         "backbone": backbone,
         "steps": STEPS[backbone],
         "variant": variant,
-        "switches": grid.acceleration(cell),
+        "switches": dict(grid.acceleration(cell)),
         "images": images,
         "per_step_s": float(warm["denoise_s"].median()) / STEPS[backbone],
         "per_image_s": per_image,
