@@ -207,12 +207,8 @@ def test_the_committed_gpu_runs_are_each_estimated_within_a_quarter_of_their_mea
         config = load([REPO / run["config"]])
         measured = run["summary"]["wall_s"]
         others = est.measured_figures("h100")
-        pooled: dict[str, list[float]] = {}
-        for other in runs:
-            if other != run_path:
-                for key, seconds in est.measured_overheads(other)[0].items():
-                    pooled.setdefault(key, []).append(seconds)
-        others.overheads = {key: sum(values) / len(values) for key, values in pooled.items()}
+        others.overheads, used, _ = est.pooled_overheads([other for other in runs if other != run_path])
+        assert len(used) == len(runs) - 1
         out_of_sample = est.estimate_with(config, others).wall_seconds / measured
         both = est.estimate(config, "h100").wall_seconds / measured
         assert 0.74 < out_of_sample < 1.27, (run_path.name, out_of_sample)

@@ -7,13 +7,13 @@ steps of the families in ``sd_latency_<card>_<date>.csv``, SD's), the newest fil
 A generation job is timed per step when its backbone model has per-step figures, else per image
 when its family and adapter file have a fit, else by its start alone (and the output says so):
 the figures' keys decide, the family is asked only through its protocol (`Family.adapter_role`,
-`reference_file`, `image_size`); a card with acceleration figures
-alone borrows decode, the steps without InfuseNet (at the other card's ratio) and SD from a card
-that has them, and says so. A job's overhead (process start and model load: job wall minus the
-modelled work) comes from the newest whole-workflow run, ``workflow_<card>_<date>.json``
-(benchmarks/workflow_gpu.py), the card's own else another's; what no file measures is an assumed
-constant, `ASSUMED_S`, and the output says so. Per-step and decode times scale with the pixel
-count from the 1024x1024 (per-image figures: the family's default `image_size`) they were measured at.
+`reference_file`, `image_size`); a card with acceleration figures alone borrows decode, the steps
+without InfuseNet (at the other card's ratio) and SD from a card that has them, and says so. A
+job's overhead (process start and model load: job wall minus the modelled work) is the mean over
+the whole-workflow runs, ``workflow_<card>_<date>.json`` (benchmarks/workflow_gpu.py), the card's
+own else another's; what no file measures is an assumed constant, `ASSUMED_S`, and the output
+says so. Per-step and decode times scale with the pixel count from the 1024x1024 (per-image
+figures: the family's default `image_size`) they were measured at.
 
 The wall time assumes the workstation profile's one card: GPU jobs one after another, the
 model preparation before them and aggregate, report and W&B after them. Only stdlib here:
@@ -157,10 +157,10 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _borrowed(found: dict[str, dict[str, list[Path]]], card: str, kind: str) -> Path | None:
-    """The newest `kind` file of `card`, else of the first card that has one."""
+def _owned(found: dict[str, dict[str, list[Path]]], card: str, kind: str) -> list[Path]:
+    """Every `kind` file of `card`, oldest first, else of the first card that has one."""
     owners = [card] + sorted(c for c in found if c != card)
-    return next((found[c][kind][-1] for c in owners if kind in found[c]), None)
+    return next((found[c][kind] for c in owners if kind in found[c]), [])
 
 
 def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
@@ -175,7 +175,7 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
             f"{', '.join(complete) or 'none'} (run benchmarks/latency.py and acceleration.py on it)"
         )
     kinds, notes = found[card], []
-    latency_path = _borrowed(found, card, "latency")
+    latency_path = _owned(found, card, "latency")[-1]  # newest (some card has one: checked above)
     latency_step, decode = {}, []
     for row in _rows(latency_path):
         if row["variant"] == "base":
@@ -203,7 +203,7 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
             f"without it at {_relative(latency_path)}'s ratio), VAE decode from that file"
         )
     sd = {}
-    sd_path = _borrowed(found, card, "sd_latency")
+    sd_path = next(reversed(_owned(found, card, "sd_latency")), None)
     if sd_path is not None:
         if "sd_latency" not in kinds:
             notes.append(f"no sd_latency file for {card}: SD per image from {_relative(sd_path)}")
@@ -231,28 +231,17 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
 
 def load_figures(card: str, folder: Path = FIGURES) -> Figures:
     """`card`'s benchmark figures with the job overheads of its workflow runs (its own, else another
-    card's), pooled over every run whose config still forms the jobs it ran.
-
-    Pooled because one run's overheads are one host's: two H100 runs (2026-12-06 and -07) differed
-    by 20-30% per job, and each alone predicted the other run's wall time only within 23-26%.
-    """
+    card's), pooled over every run whose config still forms the jobs it ran: one run's overheads are
+    one host's (two H100 hosts differed by 20-30% a job, docs/performance.md)."""
     figures = measured_figures(card, folder)
-    runs = _workflow_runs(cards(folder), card)
-    pooled: dict[str, list[float]] = {}
-    used = []
-    for run_path in runs:
-        overheads, problem = measured_overheads(run_path, folder)
-        if problem:
-            figures.notes.append(f"{_relative(run_path)} not used: {problem}")
-            continue
-        used.append(run_path)
-        for key, seconds in overheads.items():
-            pooled.setdefault(key, []).append(seconds)
+    runs = _owned(cards(folder), card, "workflow")
+    overheads, used, problems = pooled_overheads(runs, folder)
+    figures.notes += problems
     if not used:
         if runs:
             figures.notes.append("job overheads assumed")
         return figures
-    figures.overheads = {key: statistics.mean(values) for key, values in pooled.items()}
+    figures.overheads = overheads
     figures.sources += [_relative(path) for path in used]
     run_card = FILE_NAME.match(used[0].name)["card"]
     figures.notes.append(
@@ -264,10 +253,22 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
     return figures
 
 
-def _workflow_runs(found: dict[str, dict[str, list[Path]]], card: str) -> list[Path]:
-    """Every workflow run of `card`, else of the first card that has one."""
-    owners = [card] + sorted(c for c in found if c != card)
-    return next((found[c]["workflow"] for c in owners if "workflow" in found[c]), [])
+Pooled = tuple[dict[str, float], list[Path], list[str]]
+
+
+def pooled_overheads(runs: list[Path], folder: Path = FIGURES) -> Pooled:
+    """Job key -> mean `measured_overheads` over the readable `runs`; the runs used; why others not."""
+    pooled: dict[str, list[float]] = {}
+    used, problems = [], []
+    for run_path in runs:
+        overheads, problem = measured_overheads(run_path, folder)
+        if problem:
+            problems.append(f"{_relative(run_path)} not used: {problem}")
+            continue
+        used.append(run_path)
+        for key, seconds in overheads.items():
+            pooled.setdefault(key, []).append(seconds)
+    return {key: statistics.mean(values) for key, values in pooled.items()}, used, problems
 
 
 def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str, float], str]:
