@@ -118,11 +118,13 @@ def test_each_cache_gets_its_own_keys_with_their_defaults_and_other_entries_stay
     assert accelerations["fast"] == {**OFF, "compile": "regional", "fp8": "dynamic"}  # cell hashes unchanged
 
 
-def test_a_cache_on_an_sd_backbone_is_one_line_naming_the_key(raw_demo):
-    raw_demo["accelerations"] = {"taylor": {"cache": "taylorseer"}}
-    raw_demo["cells"][1]["accelerations"] = ["eager", "taylor"]
+def test_a_block_cache_on_an_sd_backbone_is_one_line_naming_the_key(raw_demo):
+    raw_demo["accelerations"] = {"cached": {"cache": "first_block"}}
+    raw_demo["cells"][1]["accelerations"] = ["eager", "cached"]
     with pytest.raises(
-        ConfigError, match="^config cells.accelerations: 'taylor' on sd15; sd15 backbones run eager only$"
+        ConfigError,
+        match="^config accelerations.cached.cache: sd15 backbones do not take first_block; they take "
+        "taylorseer; set none",
     ):
         Grid(validate(raw_demo))
 

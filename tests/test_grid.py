@@ -75,8 +75,9 @@ def test_study_grid_crosses_every_block(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
-    # schnell-4, and SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9
+    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, and two SD
+    # accelerations (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 2 * 2 * 2
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
         "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),
@@ -85,6 +86,11 @@ def test_study_grid_crosses_every_block(tmp_path):
         f"{b}/infusenet-aes+{a}/{s}"
         for b, s in (("flux-dev", 28), ("flux-schnell", 4))
         for a in accelerated[b]
+    } | {
+        f"{b}/{adapter}+{a}/{s}"
+        for b, adapter, steps in (("sd15", "style", (4, 25)), ("sdxl", "object-plus", (4, 30)))
+        for a in ("compiled", "taylorseer")
+        for s in steps
     }
     assert {c.steps for c in grid.cells if c.adapter.startswith("aes-")} == {28, 4}
     assert (

@@ -78,8 +78,8 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
-    # none) x 9 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9
+    # none) x 9 step counts, and 2 accelerations of one SD adapter at 2 step counts per SD family
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);

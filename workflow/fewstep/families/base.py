@@ -168,7 +168,8 @@ class Family(Protocol):
     #: of these when it has none, and its images are scored for each of them (the metric specs say
     #: which metrics fit a role: `fewstep.scoring.specs`)
     adapter_roles: tuple[str, ...]
-    #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements; empty: eager only
+    #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements, each with
+    #: every value, or ``"<switch>:<value>"`` for one value only (``"cache:taylorseer"``); empty: eager only
     acceleration_switches: frozenset[str]
     #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
     comparable: bool

@@ -72,13 +72,17 @@ def _check_acceleration(grid: Grid, cell: Cell) -> None:
             f"config cells.accelerations: {cell.acceleration!r} on {cell.backbone}; "
             f"{family.name} backbones run eager only"
         )
-    switches = grid.acceleration(cell)
+    switches, taken = grid.acceleration(cell), family.acceleration_switches
     for switch in SWITCHES:
-        if switches[switch] != "none" and switch not in family.acceleration_switches:
-            raise ConfigError(
-                f"config accelerations.{cell.acceleration}.{switch}: {family.name} backbones do not take "
-                f"it; set none, or leave {cell.acceleration!r} off {cell.backbone}'s cells"
-            )
+        value = switches[switch]
+        if value == "none" or switch in taken or f"{switch}:{value}" in taken:
+            continue
+        values = sorted(entry.split(":", 1)[1] for entry in taken if entry.startswith(f"{switch}:"))
+        what = f"{value}; they take {' or '.join(values)}" if values else "it"
+        raise ConfigError(
+            f"config accelerations.{cell.acceleration}.{switch}: {family.name} backbones do not take "
+            f"{what}; set none, or leave {cell.acceleration!r} off {cell.backbone}'s cells"
+        )
 
 
 def _check_items(grid: Grid, cell: Cell) -> None:

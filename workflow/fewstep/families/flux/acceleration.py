@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from fewstep.core.errors import ConfigError
 from fewstep.families.flux.caches import CACHES, Cache
+from fewstep.families.fp8 import check_fp8, quantize_rowwise
 
 #: torch.compile options of a job: its shapes never change (one resolution, one prompt length, 8
 #: identity tokens), so each block class compiles once per token count, static, instead of the
@@ -47,39 +47,9 @@ def keeps_compute_dtype(name: str) -> bool:
     return any(part in name for part in FP8_KEPT)
 
 
-def check_fp8(device: torch.device) -> None:
-    """fp8 matmuls need a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell)."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-        where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
-        raise ConfigError(
-            f"config accelerations: fp8: dynamic needs a CUDA GPU of compute capability >= 8.9, not {where}; "
-            "set fp8: none for this device"
-        )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "config accelerations: fp8: dynamic needs torchao; pip install torchao==0.18.0"
-        ) from None
-
-
 def quantize_fp8(module: torch.nn.Module) -> None:
-    """Rowwise dynamic fp8 (torchao) on every linear layer outside the text/identity stream.
-
-    ``set_inductor_config=False``: by default torchao turns on inductor's coordinate-descent tuning
-    (all directions) for the whole process, which compiles and times many variants of every Triton
-    kernel, one after the other: on an H200 one full-size fp8 FLUX block took 70-90 s to compile
-    instead of seconds, and a bf16 compile later in the same process slowed as much, so a
-    compile + fp8 job sat minutes before its first image. The kernels that tuning found ran within
-    1% of the default ones (docs/performance.md, Measured).
-    """
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    def chosen(layer: torch.nn.Module, name: str) -> bool:
-        return isinstance(layer, torch.nn.Linear) and not keeps_compute_dtype(name)
-
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-    quantize_(module, config, filter_fn=chosen)
+    """Rowwise dynamic fp8 (`fewstep.families.fp8`) on every linear layer outside the text/identity stream."""
+    quantize_rowwise(module, lambda name: not keeps_compute_dtype(name))
 
 
 def repeated_blocks(parts: Any) -> list[torch.nn.Module]:

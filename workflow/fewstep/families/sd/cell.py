@@ -103,7 +103,8 @@ class SDCellPipeline:
     Built from loaded components as diffusers' pipelines are (`load_components` reads them from
     the prepared weights; a test may pass its own) into the family's diffusers pipeline, without
     text or image encoders. `scale` is the adapter's `set_ip_adapter_scale` argument (presets
-    resolved): given exactly when the UNet carries IP-Adapter layers.
+    resolved): given exactly when the UNet carries IP-Adapter layers. `acceleration`: the job's
+    config ``accelerations`` switches (`fewstep.families.sd.acceleration`; None or all off: eager).
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class SDCellPipeline:
         side: int,
         device: torch.device,
         dtype: torch.dtype,
+        acceleration: Mapping[str, Any] | None = None,
     ):
         import diffusers
 
@@ -136,6 +138,11 @@ class SDCellPipeline:
         self.pipe.set_progress_bar_config(disable=True)  # jobs show one bar per cell, not per image
         if self.with_adapter:
             pipeline.apply_scale(self.pipe, scale, "config adapters.<name>.scale")
+        self.accelerated = None
+        if acceleration is not None and any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
+            from fewstep.families.sd.acceleration import Accelerated
+
+            self.accelerated = Accelerated(self.pipe, dict(acceleration), device)
 
     def condition(self, inputs: ItemInputs) -> tuple[pipeline.Condition, float]:
         embeds = None
@@ -179,7 +186,10 @@ class SDCellPipeline:
             width=self.side,
             on_step=report if on_step is not None else None,
         )
-        active = [self.with_adapter] * len(result.timesteps)
+        computed = [True] * len(result.timesteps)
+        if self.accelerated is not None:  # a cache's skipped calls skip the UNet's adapter layers too
+            computed = self.accelerated.computed(len(result.timesteps))
+        active = [self.with_adapter and ran for ran in computed]
         return Denoised(result.latents, result.timesteps, active, result.timer)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

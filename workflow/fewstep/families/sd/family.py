@@ -58,7 +58,8 @@ class StableDiffusion:
     def name(self) -> str:
         return self.spec.name
 
-    acceleration_switches: frozenset[str] = frozenset()  # eager only
+    #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
+    acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
     #: config's trajectory, anchor or comparison cell (those compare identities)
     comparable = False
@@ -231,8 +232,6 @@ class StableDiffusion:
     ) -> SDCellPipeline:
         from fewstep.families.sd.cell import SDCellPipeline, load_components
 
-        if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
-            raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
         return SDCellPipeline(
             **load_components(config, self.spec, backbone, adapter, device, dtype),
             spec=self.spec,
@@ -241,6 +240,7 @@ class StableDiffusion:
             side=self.resolution(backbone),
             device=device,
             dtype=dtype,
+            acceleration=acceleration,
         )
 
     # --- report side -----------------------------------------------------------

@@ -1,0 +1,173 @@
+"""SD acceleration switches on tiny UNets: eager untouched, compile faithful, TaylorSeer's skips exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fewstep.core.config import validate
+from fewstep.core.errors import ConfigError
+from fewstep.families import FAMILIES
+from fewstep.families.sd import acceleration, cell, pipeline
+from fewstep.grid import EAGER_SWITCHES, Grid
+from tests.test_family_contract import injected_settings, references, tiny_components
+
+CPU = torch.device("cpu")
+
+
+def switches(**on) -> dict:
+    return {**EAGER_SWITCHES, **on}
+
+
+def taylorseer(interval: int, warmup: int, **on) -> dict:
+    return switches(cache="taylorseer", cache_interval=interval, cache_warmup=warmup, **on)
+
+
+def build(config: dict, name: str, adapter: str, acceleration_switches: dict | None, **options):
+    """A tiny SD cell pipeline (seeded, in memory) with these switches (`options`: torch.compile's)."""
+    backbone, entry = config["backbones"][name], config["adapters"][adapter]
+    built = cell.SDCellPipeline(
+        **tiny_components(name, backbone, entry), **injected_settings(name, config, backbone, entry)
+    )
+    if acceleration_switches is not None:
+        built.accelerated = acceleration.Accelerated(built.pipe, acceleration_switches, CPU, options)
+    return built
+
+
+def condition(built: cell.SDCellPipeline, name: str, adapter: dict) -> pipeline.Condition:
+    """Random prompt and reference embeddings of the tiny shapes (seeded)."""
+    torch.manual_seed(1)
+    unet = built.pipe.unet.config
+    prompt = {"prompt_embeds": torch.randn(1, 8, unet.cross_attention_dim)}
+    prompt["negative_prompt_embeds"] = torch.randn_like(prompt["prompt_embeds"])
+    if name == "sdxl":
+        width = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
+        pooled = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        prompt |= {k: torch.randn(1, width) for k in pooled}
+    tensors, _ = references(name, adapter)
+    return pipeline.Condition(prompt, None if tensors is None else [tensors["image_embeds"]])
+
+
+def latents(built: cell.SDCellPipeline, cond: pipeline.Condition, steps: int) -> torch.Tensor:
+    with torch.no_grad():
+        return built.denoise([cond], [0], steps).latents
+
+
+@pytest.fixture
+def demo(raw_demo) -> dict:
+    return validate(copy.deepcopy(raw_demo))
+
+
+def test_sd_cells_take_compile_fp8_and_taylorseer_and_refuse_the_block_caches(raw_demo):
+    raw_demo["accelerations"] = {
+        "fast": {"compile": "regional", "fp8": "dynamic"},
+        "taylor": {"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
+        "mag": {"cache": "mag"},
+    }
+    raw_demo["cells"][1]["accelerations"] = ["eager", "fast", "taylor"]
+    ids = [c.id for c in Grid(validate(copy.deepcopy(raw_demo))).cells]
+    assert {"sd15/sd-style+fast/4", "sdxl/sd-object+taylor/4", "sd15/sd-style/4"} <= set(ids)
+    raw_demo["cells"][1]["accelerations"] = ["mag"]
+    with pytest.raises(
+        ConfigError,
+        match=r"^config accelerations.mag.cache: sd15 backbones do not take mag; they take taylorseer; "
+        r"set none, or leave 'mag' off sd15's cells$",
+    ):
+        Grid(validate(raw_demo))
+
+
+def test_switches_off_build_nothing_and_a_taylorseer_that_computes_every_call_is_eager(demo):
+    """All off: no wrapper, the UNet's own forward. Interval 1: every call computed, the same latents
+    bit for bit (the wrapper hands the UNet's output through untouched)."""
+    adapter = demo["adapters"]["sd-style"]
+    off = FAMILIES["sd15"]
+    assert off.acceleration_switches == {"compile", "fp8", "cache:taylorseer"}
+    eager = cell.SDCellPipeline(
+        **tiny_components("sd15", demo["backbones"]["sd15"], adapter),
+        **injected_settings("sd15", demo, demo["backbones"]["sd15"], adapter),
+        acceleration=switches(),
+    )
+    assert eager.accelerated is None and "forward" not in vars(eager.pipe.unet)
+    every = build(demo, "sd15", "sd-style", taylorseer(1, 1))
+    cond = condition(eager, "sd15", adapter)
+    expected = latents(eager, cond, 4)
+    assert torch.equal(latents(every, cond, 4), expected)
+    assert every.accelerated.tally == {"calls": 5, "computed": 5}  # PNDM: 4 steps, 5 UNet calls
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_taylorseer_extrapolates_each_skipped_call_from_the_last_two_computed(demo, name):
+    """Interval 3 after 2: of 6 calls 0, 1, 3 computed; 2, 4, 5 the first-order extrapolation of
+    the last two computed outputs (float32 factors, diffusers' arithmetic), exactly. The adapter
+    counts as inactive on skipped calls. A second run of another step count restarts the schedule."""
+    adapter = demo["adapters"]["sd-style" if name == "sd15" else "sd-object"]
+    built = build(demo, name, "sd-style" if name == "sd15" else "sd-object", taylorseer(3, 2))
+    seen: list[torch.Tensor] = []
+    built.pipe.unet.register_forward_hook(lambda m, a, out: seen.append(out[0].clone()))
+    calls = 6
+    steps = 5 if name == "sd15" else 6  # PNDM: a UNet call more than steps; Euler: one per step
+    with torch.no_grad():
+        result = built.denoise([condition(built, name, adapter)], [0], steps)
+    schedule = acceleration.taylorseer_schedule(calls, 3, 2)
+    assert schedule == [True, True, False, True, False, False]
+    assert result.adapter_active == schedule
+    last, before = None, None
+    for step, (computed, output) in enumerate(zip(schedule, seen, strict=True)):
+        if computed:
+            before, last = last, (step, output)
+            continue
+        (s1, f1), (s0, f0) = last, before
+        slope = ((f1 - f0.float().to(f1.dtype)) / (s1 - s0)).float()
+        value = f1.float().to(f1.dtype)
+        expected = torch.zeros_like(f1) + value * 1.0 + slope.to(f1.dtype) * float(step - s1)
+        assert torch.equal(output, expected), step
+    assert not torch.equal(seen[2], seen[1])  # extrapolated, not repeated
+    assert built.accelerated.tally == {"calls": calls, "computed": sum(schedule)}
+    with torch.no_grad():
+        built.denoise([condition(built, name, adapter)], [0], 2)
+    extra = 3 if name == "sd15" else 2  # both computed, the first two calls of a run
+    assert built.accelerated.tally == {"calls": calls + extra, "computed": sum(schedule) + 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "adapter", "graphs"),
+    [
+        # width x tokens of the tiny UNet at 64 px: 32 x 64, 32 x 16, 64 x 4 (down and up), 64 x 1 (mid),
+        # and 64 x 4 again with InstantStyle's scale 1 (up_blocks.1)
+        ("sd15", "sd-style", 5),
+        ("sdxl", "sd-object", 2),  # 64 x 16, 64 x 4 (down, mid and up); scale 1 everywhere
+    ],
+)
+def test_regional_compile_traces_each_block_class_once_and_keeps_the_arithmetic(demo, name, adapter, graphs):
+    """Dynamo over the UNet's transformer blocks (backend eager: inductor's kernels are the GPU's
+    business, and they change float rounding there; the benchmark's max_pixel_diff measures that).
+    Same latents bit for bit, with TaylorSeer on top too; one graph per block width x token count x
+    IP-Adapter scale (SD1.5's InstantStyle scale is 1 on one up block's layers, 0 elsewhere): no
+    graph per block, however many blocks share a class."""
+    from torch._dynamo.utils import counters
+
+    cond = condition(build(demo, name, adapter, None), name, demo["adapters"][adapter])
+    for cache in ({}, taylorseer(2, 1)):
+        expected = latents(build(demo, name, adapter, switches(**cache) if cache else None), cond, 3)
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = build(demo, name, adapter, {**switches(**cache), "compile": "regional"}, backend="eager")
+        assert torch.equal(latents(compiled, cond, 3), expected)
+        assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fp8_quantises_the_image_token_linears_and_keeps_the_prompt_and_adapter_tokens(demo):
+    unet = build(demo, "sd15", "sd-style", None).pipe.unet
+    linears = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)]
+    chosen = {n for n in linears if acceleration.quantized(n)}
+    block = "down_blocks.0.attentions.0.transformer_blocks.0"
+    image_tokens = ("attn1.to_q", "attn1.to_k", "attn2.to_q", "attn2.to_out.0", "ff.net.2")
+    assert {f"{block}.{layer}" for layer in image_tokens} <= chosen
+    kept = {f"{block}.attn2.to_k", f"{block}.attn2.to_v", f"{block}.attn2.processor.to_k_ip.0"}
+    assert kept <= set(linears) and not kept & chosen
+    assert not any(n.startswith(("time_embedding", "encoder_hid_proj")) for n in chosen)
+    with pytest.raises(ConfigError, match="fp8: dynamic needs a CUDA GPU of compute capability >= 8.9"):
+        acceleration.Accelerated(build(demo, "sd15", "sd-style", None).pipe, switches(fp8="dynamic"), CPU)
