@@ -3,16 +3,19 @@
     python benchmarks/acceleration.py --out bench               # a CUDA GPU of compute capability >= 8.9
     python benchmarks/acceleration.py --out bench --backbones flux-schnell --variants eager fast
     python benchmarks/acceleration.py --out b --variants eager fast taylorseer fast-taylorseer mag fast-mag
+    python benchmarks/acceleration.py --out b --backbones sd15 sdxl --variants eager compile fast taylorseer
     python benchmarks/acceleration.py --out /tmp/b --weights tiny --device cpu --variants eager cache
 
-Cache variants take each backbone's schedule from `SCHEDULES` (the study config's).
-
-Full-size FLUX.1-dev (28 steps) and FLUX.1-schnell (4 steps) with InfuseNet and random weights
-(latency does not depend on weight values), built by the workflow's `random` mode; prompt and
-identity embeddings drawn at random in their real shapes and files, so no text encoder or face
-model is needed. Every (backbone, variant) is one generation job, `fewstep.jobs.generate.run_job`, as
-the generate rule runs it (load, accelerate, render, writer thread, manifests), one after the other
-in this process. Per job:
+Every family: FLUX.1-dev (28 steps) and FLUX.1-schnell (4 steps) with InfuseNet, SD1.5 (25 steps,
+InstantStyle style adapter) and SDXL (30 steps, IP-Adapter Plus object adapter), full size with
+random weights (latency does not depend on weight values), built by the workflow's `random` mode. A
+variant whose switches a family does not take (the block caches on a UNet) is left out of its
+backbone, said on stdout. Cache variants take each backbone's schedule from `SCHEDULES` (the study
+config's). FLUX's prompt and identity embeddings are drawn at random in their real shapes and
+files, so no T5 or face model is needed; SD's come from the workflow's own embedding jobs
+(random text and image encoders, small). Every (backbone, variant) is one generation job,
+`fewstep.jobs.generate.run_job`, as the generate rule runs it (load, accelerate, render, writer
+thread, manifests), one after the other in this process. Per job:
 
 - ``per_step_s``: an image's denoising time over its steps (a mean: a cache's skipped steps are
   short), ``per_image_s``: end-to-end latency; medians over the images after the warm-up batch;
@@ -20,12 +23,13 @@ in this process. Per job:
 - ``job_s``: the whole job, model load included; ``peak_mem_gib``: CUDA's peak allocation;
 - ``gpu_busy``: mean NVML utilisation sampled every 20 ms from the first recorded image to the
   job's end (the part of a job after loading and compiling);
-- ``steps_computed``: transformer steps per image whose blocks ran (the caches' own decisions,
-  counted by `Accelerated.tally`; eager and compile/fp8 compute every step). TaylorSeer's and
+- ``calls``: denoiser calls per image (SD1.5's PNDM: one more than its steps); ``steps_computed``:
+  those that ran the transformer's blocks or the UNet (the caches' own decisions, counted by the
+  families' `Accelerated.tally`; eager and compile/fp8 compute every call). TaylorSeer's and
   MagCache's schedules do not depend on the weights, so their speed here is what real weights get;
   the first-block cache decides from the outputs, which random weights never let it skip;
-- ``infusenet_calls``: InfuseNet calls per image (manifest ``adapter_steps``): a scheduled cache
-  skips InfuseNet with the blocks;
+- ``adapter_calls``: adapter calls per image (manifest ``adapter_steps``: InfuseNet, or the UNet's
+  IP-Adapter layers): a scheduled cache skips the adapter with the blocks;
 - ``graphs``: graphs dynamo compiled (recompiles show here);
 - ``max_pixel_diff``: largest 0-255 difference to the eager job's image of the same item (tiny
   weights only: random weights are drawn afresh by every job, so their images differ anyway).
@@ -52,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
+from fewstep.families import FAMILIES  # noqa: E402
 from fewstep.families.flux import acceleration, models  # noqa: E402
+from fewstep.families.sd import acceleration as sd_acceleration  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
@@ -69,7 +75,14 @@ VARIANTS = {
     "fast-taylorseer": {"compile": "regional", "fp8": "dynamic", "cache": "taylorseer"},
     "fast-mag": {"compile": "regional", "fp8": "dynamic", "cache": "mag"},
 }
-STEPS = {"flux-dev": 28, "flux-schnell": 4}
+STEPS = {"flux-dev": 28, "flux-schnell": 4, "sd15": 25, "sdxl": 30}
+#: each backbone's adapter (the study config's SD operating points: sd15 style, sdxl object-plus)
+ADAPTERS = {
+    "flux-dev": ("infusenet-aes", {"kind": "infusenet"}),
+    "flux-schnell": ("infusenet-aes", {"kind": "infusenet"}),
+    "sd15": ("style", {"kind": "ip_adapter", "role": "style", "file": "plain", "scale": "style"}),
+    "sdxl": ("object-plus", {"kind": "ip_adapter", "role": "object", "file": "plus", "scale": 1.0}),
+}
 #: the weight-independent schedules of each backbone, as the study config runs them (config.yaml:
 #: taylorseer/magcache at dev-28, taylorseer-few/magcache-few at schnell-4); steps computed in a comment
 SCHEDULES = {
@@ -81,29 +94,43 @@ SCHEDULES = {
         "taylorseer": {"cache_interval": 2, "cache_warmup": 2},  # 3 of 4
         "mag": {"cache_threshold": 0.06, "cache_max_skips": 3, "cache_warmup": 1},  # 3 of 4
     },
+    "sd15": {"taylorseer": {"cache_interval": 5, "cache_warmup": 3}},  # 8 of PNDM's 26 UNet calls
+    "sdxl": {"taylorseer": {"cache_interval": 5, "cache_warmup": 3}},  # 9 of 30
 }
+SWITCHES = ("compile", "fp8", "cache")
+
+
+def family_of(backbone: str) -> str:
+    return "flux" if backbone.startswith("flux") else backbone
+
+
+def takes(backbone: str, variant: str) -> bool:
+    """Whether the backbone's family implements every switch of `variant` (`Family.acceleration_switches`)."""
+    taken = FAMILIES[family_of(backbone)].acceleration_switches
+    return all(k in taken or f"{k}:{v}" in taken for k, v in VARIANTS[variant].items() if k in SWITCHES)
 
 
 def config_for(args: argparse.Namespace, backbone: str) -> dict:
-    """One backbone, InfuseNet, every variant as an acceleration of the sweep."""
+    """One backbone, its adapter, every variant it takes as an acceleration of the sweep."""
     backbones = {
-        "flux-dev": {"model": "flux-dev", "steps": [STEPS["flux-dev"]], "guidance": 3.5},
-        "flux-schnell": {
-            "model": "flux-schnell",
-            "steps": [STEPS["flux-schnell"]],
-            "guidance": None,
-            "max_sequence_length": 256,
-        },
+        "flux-dev": {"model": "flux-dev", "guidance": 3.5},
+        "flux-schnell": {"model": "flux-schnell", "guidance": None, "max_sequence_length": 256},
+        "sd15": {"family": "sd15", "model": "sd15", "resolution": args.sd_size or None},
+        "sdxl": {"family": "sdxl", "model": "sdxl", "resolution": args.sd_size or None},
     }
+    entry = {k: v for k, v in backbones[backbone].items() if v is not None or k == "guidance"}
+    adapter, setting = ADAPTERS[backbone]
+    variants = [v for v in args.variants if takes(backbone, v)]
     accelerations = {
         name: {
             "cache_threshold": args.cache_threshold,
-            **switches,
-            **SCHEDULES[backbone].get(switches.get("cache"), {}),
+            **VARIANTS[name],
+            **SCHEDULES[backbone].get(VARIANTS[name].get("cache"), {}),
         }
-        for name, switches in VARIANTS.items()
-        if switches
+        for name in variants
+        if VARIANTS[name]
     }
+    role = setting.get("role", "style")
     return validate(
         {
             "sweep": "acceleration",
@@ -115,21 +142,25 @@ def config_for(args: argparse.Namespace, backbone: str) -> dict:
             "reports_dir": str(args.work / "reports"),
             "resolution": {"width": args.size, "height": args.size},
             "identities": [{"id": "random", "image": "builtin:astronaut"}],
-            "prompts": [{"id": "random", "text": "random embeddings (benchmark)"}],
+            "references": [{"id": "random", "image": "builtin:coffee", "role": role}],
+            "prompts": [{"id": "random", "text": "a photo of a red cup on a table (benchmark)"}],
             "seeds": list(range(args.images[backbone])),
-            "backbones": {backbone: backbones[backbone]},
-            "adapters": {"infusenet-aes": {"kind": "infusenet"}},
+            "backbones": {backbone: {**entry, "steps": [STEPS[backbone]]}},
+            "adapters": {adapter: setting},
             "accelerations": accelerations,
-            "cells": [
-                {"backbones": [backbone], "adapters": ["infusenet-aes"], "accelerations": args.variants}
-            ],
+            "cells": [{"backbones": [backbone], "adapters": [adapter], "accelerations": variants}],
             "wandb": {"mode": "disabled"},
         }
     )
 
 
-def write_random_embeddings(config: dict) -> None:
-    """Prompt and identity embedding files with the real names, shapes and keys, random values."""
+def write_embeddings(config: dict, backbone: str) -> None:
+    """FLUX: prompt and identity embedding files with the real names, shapes and keys, random
+    values; SD: the workflow's prompt and reference embedding jobs, on the random encoders."""
+    if family_of(backbone) != "flux":
+        precompute.embed_prompts(config)
+        precompute.embed_references(config)
+        return
     paths, generator = Paths(config), torch.Generator().manual_seed(0)
     note = {"synthetic": "random normal values: a latency benchmark, not a picture"}
     for backbone in config["backbones"].values():
@@ -182,25 +213,34 @@ class BusySampler:
 
 
 class Tallies:
-    """Every `Accelerated` a job builds, to read its counts of steps computed and InfuseNet calls."""
+    """Every `Accelerated` (FLUX's or SD's) a job builds, to read its counts of calls and computed calls."""
+
+    CLASSES = (acceleration.Accelerated, sd_acceleration.Accelerated)
 
     def __enter__(self) -> Tallies:
-        self.made: list[acceleration.Accelerated] = []
-        self.original = original = acceleration.Accelerated.__init__
+        self.made: list = []
+        self.originals = [cls.__init__ for cls in self.CLASSES]
         made = self.made
 
-        def init(accelerated, *args, **kwargs):
-            original(accelerated, *args, **kwargs)
-            made.append(accelerated)
+        def counting(original):
+            def init(accelerated, *args, **kwargs):
+                original(accelerated, *args, **kwargs)
+                made.append(accelerated)
 
-        acceleration.Accelerated.__init__ = init
+            return init
+
+        for cls, original in zip(self.CLASSES, self.originals, strict=True):
+            cls.__init__ = counting(original)
         return self
 
     def __exit__(self, *exc) -> None:
-        acceleration.Accelerated.__init__ = self.original
+        for cls, original in zip(self.CLASSES, self.originals, strict=True):
+            cls.__init__ = original
 
     def count(self, key: str) -> int | None:
-        return sum(a.tally[key] for a in self.made) if self.made else None
+        """The sum over the job's accelerations that count (SD counts only with a cache); None: none."""
+        counts = [a.tally[key] for a in self.made if a.tally is not None]
+        return sum(counts) if counts else None
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -212,7 +252,8 @@ def pixels(path: Path) -> np.ndarray:
 
 def run_job(config: dict, backbone: str, variant: str) -> dict:
     grid, paths = Grid(config), Paths(config)
-    cell = Cell.of(backbone, "infusenet-aes", variant, STEPS[backbone])
+    adapter = ADAPTERS[backbone][0]
+    cell = Cell.of(backbone, adapter, variant, STEPS[backbone])
     journal = paths.journal(cell.id)
     from torch._dynamo.utils import counters
 
@@ -230,7 +271,7 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
     job_s = time.perf_counter() - start
     manifest = pd.read_parquet(paths.manifest(cell.id))
     warm = manifest[~manifest["warmup"]] if (~manifest["warmup"]).any() else manifest
-    eager = Cell.of(backbone, "infusenet-aes", "eager", STEPS[backbone])
+    eager = Cell.of(backbone, adapter, "eager", STEPS[backbone])
     diffs = [
         int(np.abs(pixels(paths.image(cell.id, item.id)) - pixels(paths.image(eager.id, item.id))).max())
         for item in grid.items
@@ -238,7 +279,10 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
     ]
     per_image = float(warm["latency_s"].median())
     images = len(manifest)
-    computed = tallies.count("computed")  # eager: no wrapper, every step computed
+    adapter_calls = float(manifest["adapter_steps"].mean())
+    counted = tallies.count("calls")  # eager: no wrapper; the adapter runs on every call
+    calls = adapter_calls if counted is None else counted / images
+    computed = tallies.count("computed")
     return {
         "backbone": backbone,
         "steps": STEPS[backbone],
@@ -251,8 +295,9 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
         "job_s": job_s,
         "peak_mem_gib": float(manifest["peak_mem_mb"].max()) / 1024,
         "gpu_busy": sampler.busy,
-        "steps_computed": (STEPS[backbone] * images if computed is None else computed) / images,
-        "infusenet_calls": float(manifest["adapter_steps"].mean()),
+        "calls": calls,
+        "steps_computed": calls if computed is None else computed / images,
+        "adapter_calls": adapter_calls,
         "graphs": counters["stats"]["unique_graphs"],
         "max_pixel_diff": max(diffs) if diffs else None,
     }
@@ -263,7 +308,7 @@ def table(rows: list[dict], card: str) -> str:
         f"Card: {card}. Speed-up = eager per-image latency / this variant's, same backbone, same run.",
         "",
         "| backbone | variant | per step | per image | speed-up | compile | peak memory | GPU busy "
-        "| steps computed | InfuseNet calls | max pixel diff |",
+        "| calls computed | adapter calls | max pixel diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {r["backbone"]: r["per_image_s"] for r in rows if r["variant"] == "eager"}
@@ -281,8 +326,8 @@ def table(rows: list[dict], card: str) -> str:
             f"| {r['per_image_s']:.2f} s "
             f"| {fmt(speedup, '{:.2f}x')} | {compile_s} "
             f"| {r['peak_mem_gib']:.1f} GiB "
-            f"| {fmt(r['gpu_busy'], '{:.0%}')} | {r['steps_computed']:.3g}/{r['steps']} "
-            f"| {r['infusenet_calls']:.3g}/{r['steps']} "
+            f"| {fmt(r['gpu_busy'], '{:.0%}')} | {r['steps_computed']:.3g}/{r['calls']:.3g} "
+            f"| {r['adapter_calls']:.3g}/{r['calls']:.3g} "
             f"| {fmt(r['max_pixel_diff'], '{}')} |"
         )
     return "\n".join(lines) + "\n"
@@ -298,6 +343,8 @@ def main() -> None:
         "--dev-images", type=int, default=3, help="images per flux-dev job (the first warms up)"
     )
     parser.add_argument("--schnell-images", type=int, default=8, help="images per flux-schnell job")
+    parser.add_argument("--sd-images", type=int, default=4, help="images per sd15 or sdxl job")
+    parser.add_argument("--sd-size", type=int, default=0, help="SD image side; 0: the family's (512 / 1024)")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--cache-threshold", type=float, default=0.08)
     parser.add_argument(
@@ -311,16 +358,25 @@ def main() -> None:
         )
     if "eager" not in args.variants:
         args.variants.insert(0, "eager")  # every ratio and pixel difference is against eager
-    args.images = {"flux-dev": args.dev_images, "flux-schnell": args.schnell_images}
+    args.images = {
+        "flux-dev": args.dev_images,
+        "flux-schnell": args.schnell_images,
+        "sd15": args.sd_images,
+        "sdxl": args.sd_images,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
     rows: list[dict] = []
     for backbone in args.backbones:
         config = config_for(args, backbone)
-        for name in {"infiniteyou", config["backbones"][backbone]["model"]}:
+        eager = Cell.of(backbone, ADAPTERS[backbone][0], "eager", STEPS[backbone])
+        for name in Grid(config).generation_models(eager):
             prepare_model(config, name)
-        write_random_embeddings(config)
+        write_embeddings(config, backbone)
         for variant in args.variants:
+            if not takes(backbone, variant):
+                print(f"{backbone} {variant}: not taken by its family (acceleration_switches)", flush=True)
+                continue
             try:
                 rows.append(run_job(config, backbone, variant))
             except torch.OutOfMemoryError as err:

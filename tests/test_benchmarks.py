@@ -52,32 +52,43 @@ def test_latency_benchmark_runs_every_cell_and_names_the_machine(tmp_path):
 
 
 @pytest.mark.slow
-def test_acceleration_benchmark_counts_the_steps_and_infusenet_calls_each_cache_computes(tmp_path):
+def test_acceleration_benchmark_counts_the_calls_and_adapter_calls_each_cache_computes(tmp_path):
     out = tmp_path / "out"
     run_benchmark(
         "acceleration.py",
-        *("--out", str(out), "--work", str(tmp_path / "work"), "--size", "64"),
-        *("--dev-images", "1", "--schnell-images", "1", "--variants", "eager", "taylorseer", "mag"),
+        *("--out", str(out), "--work", str(tmp_path / "work"), "--size", "64", "--sd-size", "64"),
+        *("--dev-images", "1", "--schnell-images", "1", "--sd-images", "2"),
+        *("--variants", "eager", "taylorseer", "mag"),
     )
     record = json.loads((out / "acceleration.json").read_text())
     assert record["card"] == "CPU" and record["date"]
     counts = {
-        (r["backbone"], r["variant"]): (r["steps_computed"], r["infusenet_calls"]) for r in record["rows"]
+        (r["backbone"], r["variant"]): (r["calls"], r["steps_computed"], r["adapter_calls"])
+        for r in record["rows"]
     }
-    # the study's schedules: TaylorSeer every 5th step after 3, MagCache's FLUX ratios (fewstep's caches)
+    # the study's schedules: TaylorSeer every 5th call after 3, MagCache's FLUX ratios (fewstep's
+    # caches); a UNet takes TaylorSeer only (no mag rows), and SD1.5's PNDM calls it once more than
+    # its 25 steps
     assert counts == {
-        ("flux-dev", "eager"): (28, 28),
-        ("flux-dev", "taylorseer"): (8, 8),
-        ("flux-dev", "mag"): (14, 14),
-        ("flux-schnell", "eager"): (4, 4),
-        ("flux-schnell", "taylorseer"): (3, 3),
-        ("flux-schnell", "mag"): (3, 3),
+        ("flux-dev", "eager"): (28, 28, 28),
+        ("flux-dev", "taylorseer"): (28, 8, 8),
+        ("flux-dev", "mag"): (28, 14, 14),
+        ("flux-schnell", "eager"): (4, 4, 4),
+        ("flux-schnell", "taylorseer"): (4, 3, 3),
+        ("flux-schnell", "mag"): (4, 3, 3),
+        ("sd15", "eager"): (26, 26, 26),
+        ("sd15", "taylorseer"): (26, 8, 8),
+        ("sdxl", "eager"): (30, 30, 30),
+        ("sdxl", "taylorseer"): (30, 9, 9),
     }
     assert all(r["per_image_s"] > 0 and r["peak_mem_gib"] > 0 for r in record["rows"])
+    sd = {r["backbone"]: r for r in record["rows"] if r["variant"] == "taylorseer"}
+    assert sd["sd15"]["max_pixel_diff"] > 0 and sd["sdxl"]["images"] == 2  # extrapolated, paired
     table = (out / "acceleration.md").read_text()
     # nothing to compile: no compile time, whatever the warm-up image's noise
     assert re.search(r"\| flux-dev-28 \| taylorseer \| [0-9.]+ s \| [0-9.]+ s \| [0-9.]+x \| – \|", table)
     assert re.search(r"\| flux-schnell-4 \| eager \| [0-9.]+ s \| [0-9.]+ s \| 1.00x \| – \|", table)
+    assert re.search(r"\| sd15-25 \| taylorseer \| .* \| 8/26 \| 8/26 \| [0-9]+ \|", table)
 
 
 @pytest.mark.slow

@@ -124,7 +124,7 @@ class Figures:
     flux_step: dict[tuple[str, bool], float]  # (backbone model, with its adapter) -> s per step at 1024²
     flux_decode: float
     flux_load: float
-    accelerations: dict[str, tuple[float, float]]  # variant -> (step factor over eager, compile s)
+    accelerations: dict[tuple[str, str], tuple[float, float]]  # (model, variant) -> (step factor, compile s)
     sd: dict[tuple[str, str], tuple[float, float]]  # (family, adapter file or none) -> (s, s per step)
     overheads: dict[str, float] = field(default_factory=dict)  # Job.key -> measured s (process + load)
     notes: list[str] = field(default_factory=list)
@@ -182,7 +182,7 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
             backbone, adapter, _ = row["cell"].split("/")
             latency_step[(backbone, adapter != "none")] = float(row["per_step_s"])
             decode.append(float(row["decode_s"]))
-    accelerations: dict[str, tuple[float, float]] = {}
+    accelerations: dict[tuple[str, str], tuple[float, float]] = {}
     eager: dict[str, dict[str, Any]] = {}
     rows = [row for path in kinds["acceleration"] for row in _rows(path)]
     for row in rows:
@@ -192,7 +192,8 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
     for row in rows:
         base = eager.get(row["backbone"])
         if row["variant"] != "eager" and base is not None:
-            accelerations[row["variant"]] = (row["per_step_s"] / base["per_step_s"], row["compile_s"])
+            factor = row["per_step_s"] / base["per_step_s"]
+            accelerations[(row["backbone"], row["variant"])] = (factor, row["compile_s"])
     flux_step = dict(latency_step)
     if "latency" not in kinds:  # its own eager steps (with InfuseNet), the other card's ratio without
         for (model, adapter), step in latency_step.items():
@@ -403,8 +404,8 @@ def _generation_seconds(
     factor, compile_s = 1.0, 0.0
     variant = _variant({**EAGER_SWITCHES, **grid.acceleration(first)})
     if variant is not None:
-        factor, compile_s = figures.accelerations.get(variant, (1.0, 0.0))
-        if variant not in figures.accelerations:
+        factor, compile_s = figures.accelerations.get((model, variant), (1.0, 0.0))
+        if (model, variant) not in figures.accelerations:
             notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
     with_adapter = figures.flux_step[(model, True)] * factor * scale
     alone = figures.flux_step[(model, False)] * factor * scale
