@@ -437,6 +437,8 @@ def _per_image_seconds(
     width, height = grid.resolution(first)
     scale = width * height / (default["width"] * default["height"])
     images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
+    if grid.acceleration(first) != EAGER_SWITCHES:
+        notes.append(f"{first.job}: timed as eager (the per-image fit has no acceleration figures)")
     return start + ASSUMED_S["sd_load"], 0.0, images
 
 
