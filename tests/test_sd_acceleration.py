@@ -171,3 +171,55 @@ def test_fp8_quantises_the_image_token_linears_and_keeps_the_prompt_and_adapter_
     assert not any(n.startswith(("time_embedding", "encoder_hid_proj")) for n in chosen)
     with pytest.raises(ConfigError, match="fp8: dynamic needs a CUDA GPU of compute capability >= 8.9"):
         acceleration.Accelerated(build(demo, "sd15", "sd-style", None).pipe, switches(fp8="dynamic"), CPU)
+
+
+def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path):
+    """Through the generation job: TaylorSeer computing every call writes eager's images pixel for
+    pixel; interval 2 writes the same items with the adapter run on its schedule's calls only."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from fewstep.core.paths import Paths
+    from fewstep.jobs import generate, precompute
+    from fewstep.jobs.prepare import prepare_model
+
+    config = validate(
+        {
+            "sweep": "sd-acceleration",
+            "weights": "tiny",
+            "device": "cpu",
+            "dtype": "float32",
+            **{key: str(tmp_path / key) for key in ("results_dir", "models_dir", "reports_dir")},
+            "references": [{"id": "cat", "image": "builtin:chelsea", "role": "style"}],
+            "prompts": [{"id": "p", "text": "a cup on a table, watercolor"}],
+            "seeds": [3],
+            "backbones": {"sd15": {"family": "sd15", "model": "sd15", "steps": [2, 4], "resolution": 64}},
+            "adapters": {"style": {"kind": "ip_adapter", "role": "style", "scale": "style"}},
+            "accelerations": {
+                "every": {"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
+                "taylor": {"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
+            },
+            "cells": [
+                {"backbones": ["sd15"], "adapters": ["style"], "accelerations": ["eager", "every", "taylor"]}
+            ],
+        }
+    )
+    grid, paths = Grid(config), Paths(config)
+    for name in grid.generation_models(grid.cells[0]):
+        prepare_model(config, name)
+    precompute.embed_prompts(config)
+    precompute.embed_references(config)
+    for job in grid.jobs:
+        generate.run_job(config, job, progress=False)
+
+    def pixels(cell_id: str) -> np.ndarray:
+        (item,) = grid.items_of(grid.cell(cell_id))
+        return np.asarray(Image.open(paths.image(cell_id, item.id)))
+
+    for steps, calls in ((2, 3), (4, 5)):  # PNDM: one UNet call more than steps
+        eager = pixels(f"sd15/style/{steps}")
+        assert np.array_equal(pixels(f"sd15/style+every/{steps}"), eager)
+        assert not np.array_equal(pixels(f"sd15/style+taylor/{steps}"), eager)
+        adapter = pd.read_parquet(paths.manifest(f"sd15/style+taylor/{steps}"))["adapter_steps"]
+        assert list(adapter) == [sum(acceleration.taylorseer_schedule(calls, 2, 1))] == [(calls + 1) // 2]
