@@ -108,11 +108,12 @@ def test_taylorseer_extrapolates_each_skipped_call_from_the_last_two_computed(de
     built.pipe.unet.register_forward_hook(lambda m, a, out: seen.append(out[0].clone()))
     calls = 6
     steps = 5 if name == "sd15" else 6  # PNDM: a UNet call more than steps; Euler: one per step
+    reported = []
     with torch.no_grad():
-        result = built.denoise([condition(built, name, adapter)], [0], steps)
+        result = built.denoise([condition(built, name, adapter)], [0], steps, on_step=reported.append)
     schedule = acceleration.taylorseer_schedule(calls, 3, 2)
     assert schedule == [True, True, False, True, False, False]
-    assert result.adapter_active == schedule
+    assert result.adapter_active == [s.adapter_active for s in reported] == schedule
     last, before = None, None
     for step, (computed, output) in enumerate(zip(schedule, seen, strict=True)):
         if computed:

@@ -172,7 +172,7 @@ class SDCellPipeline:
                     sigma_next=following,
                     prediction=eps,
                     predicted_clean=x0,
-                    adapter_active=self.with_adapter,
+                    adapter_active=self._adapter_ran(index + 1)[index],
                 )
             )
 
@@ -186,11 +186,14 @@ class SDCellPipeline:
             width=self.side,
             on_step=report if on_step is not None else None,
         )
-        computed = [True] * len(result.timesteps)
-        if self.accelerated is not None:  # a cache's skipped calls skip the UNet's adapter layers too
-            computed = self.accelerated.computed(len(result.timesteps))
-        active = [self.with_adapter and ran for ran in computed]
+        active = self._adapter_ran(len(result.timesteps))
         return Denoised(result.latents, result.timesteps, active, result.timer)
+
+    def _adapter_ran(self, calls: int) -> list[bool]:
+        """Whether the adapter ran in each of a run's first `calls` UNet calls: a cache's skipped
+        calls skip the UNet's adapter layers too."""
+        computed = self.accelerated.computed(calls) if self.accelerated is not None else [True] * calls
+        return [self.with_adapter and ran for ran in computed]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return pipeline.decode_uint8(self.pipe, latents)
