@@ -123,13 +123,14 @@ def test_the_card_schedulers_run_trailing_timesteps(tiny_sd, scheduler, steps, t
     assert [round(float(t)) for t in pipe.scheduler.timesteps] == timesteps
 
 
-@pytest.fixture
-def wrong_files(tiny_sd, tmp_path):
+@pytest.fixture(scope="module")
+def wrong_files(tiny_sd, tmp_path_factory):
     """A models folder whose distillation files are the other family's (or otherwise broken)."""
     from safetensors.torch import load_file, save_file
 
     from fewstep.families.sd.tiny import build_tiny_distillation
 
+    tmp_path = tmp_path_factory.mktemp("wrong-files")
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     for folder in ("stable-diffusion-v1-5", "stable-diffusion-xl-base-1.0"):

@@ -21,6 +21,8 @@ from fewstep.families.sd.distillations import DISTILLATIONS, PUBLISHERS
 from fewstep.families.sd.family import SD_FAMILIES
 
 pytest.importorskip("peft", reason="diffusers loads LoRAs through peft")
+#: each comparison loads two tiny pipelines and runs both: 3-8 s on 2 shared cores
+pytestmark = pytest.mark.slow
 
 CPU = torch.device("cpu")
 SIDE, SEED, PROMPT, NEGATIVE = 64, 5, "a cup of coffee on a desk, watercolor", "blurry, lowres"

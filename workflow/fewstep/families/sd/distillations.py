@@ -28,6 +28,7 @@ class Publisher:
     name: str  # registry model name
     repo_id: str
     folder: str
+    published_gb: tuple[tuple[str, float], ...] = ()  # file -> size (the sweep's download estimate)
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,42 @@ class Distillation:
 PUBLISHERS = {
     p.name: p
     for p in (
-        Publisher("sdxl-lightning", "ByteDance/SDXL-Lightning", "SDXL-Lightning"),
-        Publisher("hyper-sd", "ByteDance/Hyper-SD", "Hyper-SD"),
-        Publisher("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl", "lcm-lora-sdxl"),
-        Publisher("lcm-lora-sdv1-5", "latent-consistency/lcm-lora-sdv1-5", "lcm-lora-sdv1-5"),
-        Publisher("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl-turbo"),
+        # sizes: Hyper-SD's and lcm-lora-sdv1-5's file listings; fp16 SDXL UNets as the base's (5.14 GB);
+        # lcm-lora-sdxl's 197M parameters in fp16
+        Publisher(
+            "sdxl-lightning",
+            "ByteDance/SDXL-Lightning",
+            "SDXL-Lightning",
+            tuple((f"sdxl_lightning_{n}step_unet.safetensors", 5.14) for n in (2, 4, 8)),
+        ),
+        Publisher(
+            "hyper-sd",
+            "ByteDance/Hyper-SD",
+            "Hyper-SD",
+            tuple(
+                (f"Hyper-SD{v}-{n}-lora.safetensors", gb)
+                for v, gb in (("15", 0.27), ("XL", 0.79))
+                for n in ("1step", "2steps", "4steps", "8steps")
+            ),
+        ),
+        Publisher(
+            "lcm-lora-sdxl",
+            "latent-consistency/lcm-lora-sdxl",
+            "lcm-lora-sdxl",
+            (("pytorch_lora_weights.safetensors", 0.39),),
+        ),
+        Publisher(
+            "lcm-lora-sdv1-5",
+            "latent-consistency/lcm-lora-sdv1-5",
+            "lcm-lora-sdv1-5",
+            (("pytorch_lora_weights.safetensors", 0.135),),
+        ),
+        Publisher(
+            "sdxl-turbo",
+            "stabilityai/sdxl-turbo",
+            "sdxl-turbo",
+            (("unet/diffusion_pytorch_model.fp16.safetensors", 5.14),),
+        ),
     )
 }
 

@@ -141,7 +141,10 @@ DISTILLED_RECIPE = Recipe(
     patterns=_distilled_files,
 )
 DISTILLED: Mapping[str, ModelSpec] = {
-    name: ModelSpec(name, p.folder, p.repo_id, recipe=DISTILLED_RECIPE) for name, p in PUBLISHERS.items()
+    name: ModelSpec(
+        name, p.folder, p.repo_id, extra={"published_gb": dict(p.published_gb)}, recipe=DISTILLED_RECIPE
+    )
+    for name, p in PUBLISHERS.items()
 }
 
 BACKBONES: Mapping[str, ModelSpec] = {
