@@ -169,7 +169,12 @@ def wrong_files(tiny_sd, tmp_path_factory):
         ("sd15", "hyper-2step", "takes 64 inputs, its input is 32 wide"),
         ("sdxl", "hyper-4step", "no such module"),
         ("sdxl", "hyper-8step", "it adapts more than the UNet, e.g. text_encoder"),
-        ("sdxl", "lightning-2step-unet", "3 keys missing, 0 unknown, 0 of other shapes"),
+        pytest.param(
+            "sdxl",
+            "lightning-2step-unet",
+            "3 keys missing, 0 unknown, 0 of other shapes",
+            marks=pytest.mark.slow,  # reads the whole UNet file: ~5 s on 2 shared cores
+        ),
     ],
 )
 def test_a_file_that_does_not_fit_its_base_stops_with_one_line(wrong_files, family, distillation, problem):
@@ -193,3 +198,27 @@ class _Backbone(dict):
     def __init__(self, id: str, settings: dict):
         super().__init__(settings)
         self.id = id
+
+
+def test_random_mode_times_the_base_architecture_with_the_cards_scheduler(tiny_sd, tmp_path):
+    """Random weights read no distillation file (a fused LoRA or a distilled UNet keeps the base's
+    shapes); SDXL-Turbo's scheduler comes from the config its random recipe writes."""
+    from fewstep.families.sd import distilled, specs
+    from fewstep.families.sd.pipeline import load_pipeline
+
+    pipe = load_pipeline(
+        specs.SDXL, tiny_sd / specs.SDXL.folder, weights="tiny", device=CPU, dtype=torch.float32
+    )
+    before = {name: tensor.clone() for name, tensor in pipe.unet.state_dict().items()}
+    turbo = lookup("sdxl-turbo")
+    usage = Usage(backbones=({"family": "sdxl", "distillation": "turbo"},))
+    turbo.recipe.random({}, turbo, tmp_path / "turbo", usage)
+    assert [p.name for p in (tmp_path / "turbo").rglob("*") if p.is_file()] == ["scheduler_config.json"]
+    distilled.load_unet(pipe, DISTILLATIONS["sdxl"]["turbo"], tmp_path / "turbo", weights="random", key="k")
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    for name in ("lightning-2step-unet", "hyper-2step"):
+        distillation = DISTILLATIONS["sdxl"][name]
+        distilled.load_unet(pipe, distillation, tmp_path / "absent", weights="random", key="k")
+        distilled.fuse_lora(pipe, distillation, tmp_path / "absent", weights="random", key="k")
+    assert all(torch.equal(before[name], tensor) for name, tensor in pipe.unet.state_dict().items())

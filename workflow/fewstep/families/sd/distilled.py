@@ -106,10 +106,10 @@ def lora_problem(pipe: Any, path: Path) -> str | None:
         state, _ = pipe.lora_state_dict(str(path.parent), weight_name=path.name, local_files_only=True)
     except (ValueError, KeyError, RuntimeError) as error:
         return f"diffusers cannot read it as a LoRA: {error!r}"[:300]
-    text = [k for k in state if not k.startswith("unet.")]
+    text = [k for k in state if k.startswith(("text_encoder", "lora_te"))]
     if text:
         return f"it adapts more than the UNet, e.g. {text[0]}"
-    down = [k for k in state if k.endswith((".lora.down.weight", ".lora_A.weight"))]
+    down = [k for k in state if k.endswith((".lora.down.weight", ".lora_A.weight", ".lora_down.weight"))]
     if not down:
         return "it holds no LoRA weights"
     modules = dict(pipe.unet.named_modules())
