@@ -107,3 +107,29 @@ def test_identity_margins_measure_each_encoders_same_photo_spread(tmp_path):
     assert 0.005 < dlib["max_drop"] < 0.01 and dlib["suggested_margin"] == 0.01
     assert dlib["heldout_sim"] > 0.99  # the mirrored stand-in is the same photo
     assert "| identity_dlib | 3 | 2 | 18 |" in (out / "identity_margins.md").read_text()
+
+
+@pytest.mark.slow
+def test_distilled_sd_benchmark_times_each_distillation_beside_its_base(tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(
+        "sd_distilled_latency.py",
+        *("--out", str(out), "--work", str(tmp_path / "work"), "--images", "2", "--size", "64"),
+        *("--families", "sdxl", "--distillations", "lightning-2step-unet", "turbo"),
+        *("--base-steps", "3", "--adapters", "plus"),
+    )
+    summary = pd.read_csv(out / "sd_distilled_latency_summary.csv").set_index(["backbone", "steps"])
+    assert sorted(summary.index) == [
+        ("base", 3),
+        ("lightning-2step-unet", 2),
+        ("turbo", 1),
+        ("turbo", 2),
+        ("turbo", 4),
+    ]
+    assert summary.loc[("base", 3), "guidance"] == 5.0 and summary.loc[("base", 3), "vs_base"] == 1.0
+    assert summary.loc[("lightning-2step-unet", 2), "scheduler"] == "EulerDiscreteScheduler"
+    assert summary.loc[("turbo", 1), "scheduler"] == "EulerAncestralDiscreteScheduler"
+    distilled = summary.drop(index=("base", 3))
+    assert (distilled["guidance"] == 0.0).all() and (distilled["vs_base"] > 0).all()
+    assert list(summary["unet_calls"]) == [steps for _, steps in summary.index]
+    assert json.loads((out / "sd_distilled_latency_meta.json").read_text())["card"] == "CPU"

@@ -38,6 +38,13 @@ def test_demo_grid_cells_and_items(raw_demo):
         "flux-schnell/infusenet-aes/2",
         "flux-schnell/infusenet-aes/4",
         *(f"{b}/{a}/{s}" for b in ("sd15", "sdxl") for a in ("sd-style", "sd-object") for s in (1, 2, 4)),
+        "sd15-lcm/sd-style/2",  # one distilled cell per SD family
+        "sdxl-lightning2/sd-style/2",
+    ]
+    assert grid.cell_models(grid.cell("sdxl-lightning2/sd-style/2")) == [
+        "ip-adapter",
+        "sdxl",
+        "sdxl-lightning",
     ]
     assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
         "coffee/portrait/s0",
@@ -62,9 +69,11 @@ def test_demo_grid_cells_and_items(raw_demo):
         "infiniteyou",
         "insightface",
         "ip-adapter",
+        "lcm-lora-sdv1-5",  # the distilled sd15 cell's LoRA
         "lpips-alex",  # lpips
         "sd15",
         "sdxl",
+        "sdxl-lightning",  # the distilled sdxl cell's UNet
     ]
 
 
@@ -75,9 +84,12 @@ def test_study_grid_crosses_every_block(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
-    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, and two SD
-    # accelerations (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 2 * 2 * 2
+    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, the distilled
+    # SD backbones (style, object-plus, none) at their cards' steps, and two SD accelerations
+    # (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30
+    distilled = [b for b in grid.study.backbones.values() if b.get("distillation")]
+    assert sum(len(b.steps) for b in distilled) == 3 + 4 + 1 + 1 + 1 + 4 + 3 + 3
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 3 * 20 + 2 * 2 * 2
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
         "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),

@@ -484,7 +484,8 @@ def download_gb(config: dict[str, Any], grid: Grid) -> dict[str, float]:
             files = recipe.patterns(config, spec, grid.model_usage(name))
         else:
             files = spec.extra.get("patterns") or [spec.extra.get("file")]
-        sizes[name] = sum(PUBLISHED_GB.get((spec.repo_id, f), 0.0) for f in files)
+        owned = spec.extra.get("published_gb", {})  # sizes a model's owner registers with it
+        sizes[name] = sum(PUBLISHED_GB.get((spec.repo_id, f), owned.get(f, 0.0)) for f in files)
     return sizes
 
 

@@ -40,6 +40,7 @@ class FileInputs(RerunTriggers):
             adapters=tuple(self.adapter(c) for c in cells),
             embeds_text=embeds_text,
             family_adapters=tuple((self.backbone(c).family, self.adapter(c)) for c in cells),
+            backbones=tuple(self.backbone(c) for c in cells),
         )
 
     def generation_weights(self, cell: Cell) -> dict[str, tuple[str, ...]]:

@@ -15,12 +15,14 @@ class Usage:
     `adapters`: the adapter settings of the cells whose generation loads the model (a family's
     recipe picks the parts it fetches from them, e.g. InfuseNet variants); `embeds_text`: the
     sweep embeds its prompts with this model's text encoders; `family_adapters`: the same cells'
-    (backbone family, adapter settings) pairs, for models several families share (h94/IP-Adapter).
+    (backbone family, adapter settings) pairs, for models several families share (h94/IP-Adapter);
+    `backbones`: the same cells' backbone settings (a distilled SD backbone's files).
     """
 
     adapters: tuple[Mapping[str, Any], ...] = ()
     embeds_text: bool = False
     family_adapters: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    backbones: tuple[Mapping[str, Any], ...] = ()
 
 
 #: (config, spec, folder, usage): make `folder` hold the model

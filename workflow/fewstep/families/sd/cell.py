@@ -16,8 +16,8 @@ import torch
 
 from fewstep.core.errors import ConfigError
 from fewstep.families.base import Denoised, ItemInputs, Step
-from fewstep.families.sd import pipeline
-from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, negative_prompt
+from fewstep.families.sd import distilled, pipeline
+from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, distillation_of, negative_prompt
 from fewstep.families.sd.specs import SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
 
@@ -74,17 +74,25 @@ def load_components(
     adapter: Mapping[str, Any],
     device: torch.device,
     dtype: torch.dtype,
+    *,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """The components an `SDCellPipeline` takes, loaded from the prepared weights: the UNet
-    (with the IP-Adapter's projection and attention layers when `adapter` has one), the VAE and
-    the backbone's scheduler."""
+    (a distillation's weights in it, the IP-Adapter's projection and attention layers when
+    `adapter` has one, the distillation's LoRA fused after them), the VAE and the `scheduler`
+    (default: the backbone's ``scheduler`` key)."""
     if config["memory"]["offload"] != "none" or config["memory"]["fp8_weights"]:
         raise ConfigError(f"config memory: {spec.name} backbones take no offload or fp8_weights")
     weights = config["weights"]
     pipe = pipeline.load_pipeline(
         spec, model_folder(dict(config), spec.name), weights=weights, device=device, dtype=dtype
     )
-    pipeline.set_scheduler(pipe, backbone.get("scheduler", "default"))
+    distillation = distillation_of(backbone)
+    where = {"weights": weights, "key": f"backbones.{getattr(backbone, 'id', '<backbone>')}.distillation"}
+    if distillation is not None:
+        folder = model_folder(dict(config), distillation.publisher)
+        distilled.load_unet(pipe, distillation, folder, **where)
+    pipeline.set_scheduler(pipe, scheduler or backbone.get("scheduler", "default"))
     if adapter["kind"] == ADAPTER_KIND:
         pipeline.attach_ip_adapter(
             pipe,
@@ -94,6 +102,8 @@ def load_components(
             weights=weights,
             with_encoder=False,
         )
+    if distillation is not None:
+        distilled.fuse_lora(pipe, distillation, folder, **where)
     return {"unet": pipe.unet, "vae": pipe.vae, "scheduler": pipe.scheduler}
 
 
@@ -120,6 +130,7 @@ class SDCellPipeline:
         device: torch.device,
         dtype: torch.dtype,
         acceleration: Mapping[str, Any] | None = None,
+        eta: float = 0.0,
     ):
         import diffusers
 
@@ -129,7 +140,7 @@ class SDCellPipeline:
             raise ValueError(
                 "an SD cell pipeline takes a scale exactly when its UNet carries IP-Adapter layers"
             )
-        self.guidance, self.side = guidance, side
+        self.guidance, self.side, self.eta = guidance, side, eta
         encoders = {name: None for name in (*spec.text_encoders, *spec.tokenizers)}
         if spec is not SDXL:  # SD1.5's pipeline also takes its (never loaded) safety checker
             encoders |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -185,6 +196,7 @@ class SDCellPipeline:
             height=self.side,
             width=self.side,
             on_step=report if on_step is not None else None,
+            eta=self.eta,
         )
         active = self._adapter_ran(len(result.timesteps))
         return Denoised(result.latents, result.timesteps, active, result.timer)

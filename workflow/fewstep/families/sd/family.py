@@ -5,12 +5,15 @@ No torch here (it runs while Snakemake parses the workflow). Config shape:
     backbones:
       sd15: {family: sd15, model: sd15, steps: [...], guidance: 7.5, scheduler: default,
              negative_prompt: "..."}
+      sdxl-lightning-4: {family: sdxl, model: sdxl, distillation: lightning-4step-unet, steps: [4]}
     adapters:
       style: {kind: ip_adapter, role: style, file: plain, scale: style}
       object: {kind: ip_adapter, role: object, file: plus, scale: 1.0}
 
 `scale` is a number, an InstantStyle block dict, or a preset name (`style`,
-`style_layout`) resolved per family, so one adapter entry serves SD1.5 and SDXL.
+`style_layout`) resolved per family, so one adapter entry serves SD1.5 and SDXL. A
+`distillation` (`distillations.DISTILLATIONS`) puts a distilled UNet or LoRA on the base model
+and brings its card's scheduler, guidance and resolution, which the backbone's keys override.
 `role` (`ROLES`, `adapter_role`) picks the references its cells cross and, through the metric
 specs that fit it (`fewstep.scoring.specs`), their scores.
 """
@@ -23,11 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.families.sd.distillations import DISTILLATIONS
 from fewstep.families.sd.models import (
     ADAPTER_KIND,
     BACKBONES,
     IP_ADAPTER,
     IP_ADAPTER_MODEL,
+    distillation_of,
     generation_weights,
     negative_prompt,
     reference_weights,
@@ -84,6 +89,12 @@ class StableDiffusion:
                 f"config backbones.{key}.model: {backbone['model']!r} is not a {self.name} model; "
                 f"use {self.name}"
             )
+        distillation = backbone.get("distillation")
+        if distillation is not None and distillation not in DISTILLATIONS[self.name]:
+            raise ConfigError(
+                f"config backbones.{key}.distillation: {distillation!r} is not a {self.name} distillation; "
+                f"use one of {', '.join(DISTILLATIONS[self.name])}"
+            )
         scheduler = backbone.get("scheduler", "default")
         if scheduler not in SCHEDULERS:
             raise ConfigError(
@@ -119,14 +130,28 @@ class StableDiffusion:
         return scale
 
     def guidance(self, backbone: Mapping[str, Any]) -> float:
-        """Classifier-free guidance scale (default as the base model's reference settings)."""
+        """Classifier-free guidance scale (default: the distillation's card, else the base model's)."""
         guidance = backbone.get("guidance")
-        return self.spec.guidance_scale if guidance is None else float(guidance)
+        if guidance is not None:
+            return float(guidance)
+        distillation = distillation_of(backbone)
+        return self.spec.guidance_scale if distillation is None else distillation.guidance
 
     def resolution(self, backbone: Mapping[str, Any] | None = None) -> int:
-        """The side of the square images: ``backbones.<id>.resolution``, else the trained one."""
-        side = (backbone or {}).get("resolution")
+        """The side of the square images: ``backbones.<id>.resolution``, else the distillation's
+        card's, else the trained one."""
+        backbone = backbone or {}
+        side = backbone.get("resolution")
+        if side is None and (distillation := distillation_of(backbone)) is not None:
+            side = distillation.resolution
         return self.spec.resolution if side is None else int(side)
+
+    def scheduler(self, backbone: Mapping[str, Any]) -> str:
+        """The `specs.SCHEDULERS` name a backbone runs: ``scheduler``, where it says default the
+        distillation's card's, else the base model's own."""
+        scheduler = backbone.get("scheduler", "default")
+        distillation = distillation_of(backbone)
+        return distillation.scheduler if scheduler == "default" and distillation else scheduler
 
     def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
         """Square images of the backbone's side (`resolution`); config ``resolution`` is FLUX's."""
@@ -143,23 +168,27 @@ class StableDiffusion:
 
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
         """What besides model and guidance shapes a backbone's images (cell specs hash it)."""
-        return {
+        settings = {
             "scheduler": backbone.get("scheduler", "default"),
             "negative_prompt": negative_prompt(backbone),
             "resolution": self.resolution(backbone),
         }
+        if (distillation := distillation_of(backbone)) is not None:  # base cells keep their hashes
+            settings |= {"distillation": distillation.name, "scheduler": self.scheduler(backbone)}
+        return settings
 
     def cell_weights(
         self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
     ) -> dict[str, tuple[str, ...]]:
-        return generation_weights(self.name, adapter)
+        return generation_weights(self.name, adapter, distillation_of(backbone))
 
     def reference_weights(self, file: str) -> dict[str, tuple[str, ...]]:
         """What the reference embedding job of adapter file `file` reads (its weights digest)."""
         return reference_weights(self.name, file)
 
     def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
-        """Registry models a generation job loads: the base model, and h94's files with an adapter."""
+        """Registry models a generation job loads: the base model, a distillation's publisher, and
+        h94's files with an adapter."""
         return list(self.cell_weights(backbone, adapter))
 
     def reference_file(self, adapter: Mapping[str, Any]) -> str | None:
@@ -232,11 +261,15 @@ class StableDiffusion:
     ) -> SDCellPipeline:
         from fewstep.families.sd.cell import SDCellPipeline, load_components
 
+        components = load_components(
+            config, self.spec, backbone, adapter, device, dtype, scheduler=self.scheduler(backbone)
+        )
         return SDCellPipeline(
-            **load_components(config, self.spec, backbone, adapter, device, dtype),
+            **components,
             spec=self.spec,
             scale=self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None,
             guidance=self.guidance(backbone),
+            eta=getattr(distillation_of(backbone), "eta", 0.0),
             side=self.resolution(backbone),
             device=device,
             dtype=dtype,

@@ -1,4 +1,6 @@
-"""The registered SD models: `sd15`, `sdxl` (the base pipelines) and `ip-adapter` (h94/IP-Adapter).
+"""The registered SD models: `sd15`, `sdxl` (the base pipelines), `ip-adapter` (h94/IP-Adapter)
+and the distillations' publishers (`distillations.PUBLISHERS`: SDXL-Lightning, Hyper-SD, the two
+LCM-LoRAs, SDXL-Turbo), each fetching only the pinned files of the distillations the sweep uses.
 
 Each spec carries its `Recipe`: ``fetch`` brings the hub files a sweep uses (the base model's
 component folders in fp16 safetensors, text encoders only when the model embeds the prompts;
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fewstep.families.sd.distillations import DISTILLATIONS, PUBLISHERS, SDXL_TURBO_SCHEDULER, Distillation
 from fewstep.families.sd.specs import FAMILIES, IP_ADAPTER_REPO, SDFamily, ip_adapter_patterns
 from fewstep.registry.catalog import register
 from fewstep.registry.hub import fetch_snapshot
@@ -98,17 +101,67 @@ IP_ADAPTER_RECIPE = Recipe(
     patterns=_ip_adapter_patterns,
 )
 
+
+def distillation_of(backbone: Mapping[str, Any]) -> Distillation | None:
+    """The backbone's ``distillation`` (None: the base model itself)."""
+    name = backbone.get("distillation")
+    return None if name is None else DISTILLATIONS[backbone.get("family", "flux")][name]
+
+
+def used_distillations(spec: ModelSpec, usage: Usage) -> list[Distillation]:
+    """The distillations of publisher `spec` that the sweep's cells load, by file."""
+    used = {d.file: d for d in map(distillation_of, usage.backbones) if d and d.publisher == spec.name}
+    return [used[file] for file in sorted(used)]
+
+
+def _distilled_files(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return sorted({file for d in used_distillations(spec, usage) for file in d.files})
+
+
+def _distilled_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.families.sd.tiny import build_tiny_distillation
+
+    for distillation in used_distillations(spec, usage):
+        build_tiny_distillation(distillation, folder)
+
+
+def _distilled_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """Random mode times the base architecture (`distilled`): only a UNet folder's scheduler."""
+    from fewstep.core.io import atomic_write_json
+
+    if any(d.form == "unet_folder" for d in used_distillations(spec, usage)):
+        atomic_write_json(Path(folder) / "scheduler" / "scheduler_config.json", SDXL_TURBO_SCHEDULER)
+
+
+DISTILLED_RECIPE = Recipe(
+    fetch=fetch_snapshot,
+    tiny=_distilled_tiny,
+    required=_distilled_files,  # exact file names: each must be there
+    random=_distilled_random,
+    patterns=_distilled_files,
+)
+DISTILLED: Mapping[str, ModelSpec] = {
+    name: ModelSpec(
+        name, p.folder, p.repo_id, extra={"published_gb": dict(p.published_gb)}, recipe=DISTILLED_RECIPE
+    )
+    for name, p in PUBLISHERS.items()
+}
+
 BACKBONES: Mapping[str, ModelSpec] = {
     name: ModelSpec(name, family.folder, family.repo_id, recipe=BACKBONE_RECIPE)
     for name, family in FAMILIES.items()
 }
 IP_ADAPTER = ModelSpec(IP_ADAPTER_MODEL, "IP-Adapter", IP_ADAPTER_REPO, recipe=IP_ADAPTER_RECIPE)
-register(*BACKBONES.values(), IP_ADAPTER)
+register(*BACKBONES.values(), IP_ADAPTER, *DISTILLED.values())
 
 
-def generation_weights(backbone: str, adapter: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+def generation_weights(
+    backbone: str, adapter: Mapping[str, Any], distillation: Distillation | None = None
+) -> dict[str, tuple[str, ...]]:
     """Registry model -> the files or folders inside it that a generation job reads."""
     folders = {backbone: BACKBONE_FOLDERS}
+    if distillation is not None:
+        folders[distillation.publisher] = distillation.files
     if adapter["kind"] == ADAPTER_KIND:
         file = FAMILIES[backbone].adapters[adapter.get("file", "plain")]
         folders[IP_ADAPTER_MODEL] = (f"{file.subfolder}/{file.weight_name}",)

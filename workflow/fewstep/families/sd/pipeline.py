@@ -24,7 +24,7 @@ import torch
 from fewstep.core.errors import ConfigError
 from fewstep.families.base import StepTimer, synchronize
 from fewstep.families.sd.scales import reached_layers
-from fewstep.families.sd.specs import SCHEDULERS, SDXL, VARIANT, SDFamily
+from fewstep.families.sd.specs import SCHEDULER_SETTINGS, SCHEDULERS, SDXL, VARIANT, SDFamily
 from fewstep.registry.prepare import missing_weights
 
 
@@ -83,13 +83,17 @@ def load_pipeline(
 
 
 def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap in one of `SCHEDULERS` built from the shipped scheduler's config ("default" keeps it)."""
+    """Swap in one of `SCHEDULERS` built from the shipped scheduler's config with its
+    `SCHEDULER_SETTINGS` (as the model cards call `from_config`); "default" keeps it."""
     import diffusers
 
     if name not in SCHEDULERS:
         raise ConfigError(f"scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
     if SCHEDULERS[name] is not None:
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+        scheduler_class = getattr(diffusers, SCHEDULERS[name])
+        pipe.scheduler = scheduler_class.from_config(
+            pipe.scheduler.config, **SCHEDULER_SETTINGS.get(name, {})
+        )
 
 
 def attach_ip_adapter(
@@ -314,12 +318,13 @@ def denoise(
     width: int,
     capture_x0: bool = False,
     on_step: OnStep | None = None,
+    eta: float = 0.0,
 ) -> DenoiseOutput:
     """A batch through the pipeline's own loop (`output_type="latent"`), one call per run of
     items sharing a reference, image i from the noise of seed `seeds[i]` drawn on the CPU
     (the same on every device). Each call's steps are marked on a `base.StepTimer` in
     `callback_on_step_end` (no synchronize per step); `capture_x0` keeps each step's x0 on the
-    CPU, `on_step` receives it on the device."""
+    CPU, `on_step` receives it on the device. `eta` is the pipeline's (DDIM's eta, TCD's gamma)."""
     runs = [
         _denoise_run(
             pipe,
@@ -331,6 +336,7 @@ def denoise(
             width,
             capture_x0,
             on_step,
+            eta,
         )
         for run in reference_runs(conditions)
     ]
@@ -352,6 +358,7 @@ def _denoise_run(
     width: int,
     capture_x0: bool,
     on_step: OnStep | None,
+    eta: float,
 ) -> DenoiseOutput:
     device = pipe._execution_device
     cfg = guidance_scale > 1
@@ -387,6 +394,7 @@ def _denoise_run(
                 **kwargs,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
+                eta=eta,
                 height=height,
                 width=width,
                 generator=generators,
@@ -430,6 +438,7 @@ def generate(
     height: int,
     width: int,
     capture_x0: bool = False,
+    eta: float = 0.0,
 ) -> Generation:
     """One image: `denoise` then `decode`."""
     device = pipe._execution_device
@@ -442,6 +451,7 @@ def generate(
         height=height,
         width=width,
         capture_x0=capture_x0,
+        eta=eta,
     )
     start = time.perf_counter()
     image = decode(pipe, result.latents)[0]

@@ -267,6 +267,17 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
+    # the distilled backbones' schedulers (`distillations`), as their model cards set them
+    "euler_trailing": "EulerDiscreteScheduler",
+    "euler_ancestral_trailing": "EulerAncestralDiscreteScheduler",
+    "ddim_trailing": "DDIMScheduler",
+    "lcm": "LCMScheduler",
+    "tcd": "TCDScheduler",
+}
+#: settings passed to `from_config` with the shipped config (as the model cards do)
+SCHEDULER_SETTINGS = {
+    name: {"timestep_spacing": "trailing"}
+    for name in ("euler_trailing", "euler_ancestral_trailing", "ddim_trailing")
 }
 #: InstantStyle's published block scales (the `scale` of a style adapter).
 INSTANTSTYLE = {

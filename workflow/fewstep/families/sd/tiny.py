@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from fewstep.core.io import staged_dir
+from fewstep.families.sd.distillations import SDXL_TURBO_SCHEDULER, Distillation
 from fewstep.families.sd.specs import (
+    FAMILIES,
     PLAIN_TOKENS,
     PLUS_RESAMPLER,
     SD15,
@@ -87,8 +89,13 @@ def tiny_text_config(published: dict[str, Any], tokenizer: Any) -> dict[str, Any
     )
 
 
-def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
-    """A tiny `family` folder: component subfolders in fp16 safetensors and the published model_index."""
+def build_tiny_pipeline(
+    family: SDFamily, folder: Path, *, unet_seed: str | None = None, scheduler: dict | None = None
+) -> None:
+    """A tiny `family` folder: component subfolders in fp16 safetensors and the published model_index.
+
+    `unet_seed` and `scheduler` make a distilled model's full repo (sdxl-turbo): the base's
+    text encoders and VAE, its own UNet and scheduler."""
     import diffusers
     import transformers
     from transformers import CLIPTokenizer
@@ -105,12 +112,12 @@ def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
             manual_seed(f"tiny-{family.name}-{encoder}")
             components[encoder] = cls(cls.config_class(**tiny_text_config(published, tokenizer)))
             components[tokenizer_name] = tokenizer
-        manual_seed(f"tiny-{family.name}-unet")
+        manual_seed(unet_seed or f"tiny-{family.name}-unet")
         components["unet"] = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
         manual_seed(f"tiny-{family.name}-vae")
         components["vae"] = diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE))
-        scheduler_class = getattr(diffusers, family.scheduler["_class_name"])
-        components["scheduler"] = scheduler_class.from_config(family.scheduler)
+        scheduler = scheduler or family.scheduler
+        components["scheduler"] = getattr(diffusers, scheduler["_class_name"]).from_config(scheduler)
         pipeline_class = getattr(diffusers, family.pipeline_class)
         if family is SD15:
             components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -119,8 +126,9 @@ def build_tiny_pipeline(family: SDFamily, folder: Path) -> None:
         # The published files verbatim: the index names a safety checker and feature extractor that
         # are never fetched, and a scheduler config leaves out keys (SD1.5: timestep_spacing) whose
         # defaults then differ between scheduler classes, as diffusers' `_use_default_values` tracks.
-        (staging / "model_index.json").write_text(json.dumps(family.model_index, indent=2))
-        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(family.scheduler, indent=2))
+        index = dict(family.model_index, scheduler=["diffusers", scheduler["_class_name"]])
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+        (staging / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
 
 
 def ip_adapter_state_dict(
@@ -193,3 +201,47 @@ def build_tiny_ip_adapter(folder: Path, families: list[SDFamily], kinds: list[st
             target = folder / adapter.subfolder / adapter.weight_name
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_torch_save(state, target)
+
+
+#: the attention-block linears a tiny distillation LoRA adapts (those the published LoRAs adapt)
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+TINY_LORA_RANK = 4
+
+
+def tiny_lora_state_dict(unet: Any, rank: int = TINY_LORA_RANK, std: float = 0.2) -> dict[str, torch.Tensor]:
+    """Random LoRA weights in kohya's layout (`lora_unet_<module path with _>.lora_down/lora_up
+    .weight`, `.alpha`), the layout SDXL-Lightning's and Hyper-SD's files use and diffusers'
+    `load_lora_weights` converts."""
+    state = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS) and "attentions" in name:
+            stem = "lora_unet_" + name.replace(".", "_")
+            state[f"{stem}.lora_down.weight"] = torch.randn(rank, module.in_features) * std
+            state[f"{stem}.lora_up.weight"] = torch.randn(module.out_features, rank) * std
+            state[f"{stem}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def build_tiny_distillation(distillation: Distillation, folder: Path) -> None:
+    """A distillation's file in its publisher's layout, for the tiny base UNet: a LoRA, a UNet
+    state dict (fp16, as published) or a whole repo whose UNet and scheduler differ (sdxl-turbo)."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    from fewstep.core.io import atomic_path
+
+    family = FAMILIES[distillation.family]
+    seed = f"tiny-{distillation.publisher}-{distillation.file}"
+    if distillation.form == "unet_folder":
+        build_tiny_pipeline(family, folder, unet_seed=seed, scheduler=SDXL_TURBO_SCHEDULER)
+        return
+    manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(**tiny_unet_config(family))
+    if distillation.form == "unet":
+        state = {name: tensor.to(torch.float16).contiguous() for name, tensor in unet.state_dict().items()}
+    else:
+        state = {name: tensor.to(torch.float16) for name, tensor in tiny_lora_state_dict(unet).items()}
+    target = Path(folder) / distillation.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as staging:
+        save_file(state, str(staging))
