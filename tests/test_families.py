@@ -41,6 +41,8 @@ GRID_SIDE = (
     "cell_weights",
     "adapter_roles",
     "adapter_role",
+    "backbone_keys",
+    "adapter_keys",
 )
 
 
@@ -63,6 +65,8 @@ class ToyFamily:
     backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
     adapter_kinds = frozenset({"none"})
     max_side = 512
+    backbone_keys = frozenset()
+    adapter_keys = {"none": frozenset()}
     adapter_roles = ("identity",)
     acceleration_switches = frozenset()
     comparable = False
@@ -189,8 +193,20 @@ def test_the_schema_enum_of_adapter_kinds_is_the_families_kinds():
     the kinds it applies to): a family's new kind is listed there, and this test says which one is
     missing or stale."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    kind = schema["properties"]["adapters"]["additionalProperties"]["properties"]["kind"]
-    assert kind["enum"] == sorted(set().union(*(family.adapter_kinds for family in FAMILIES.values())))
+    adapter = schema["properties"]["adapters"]["additionalProperties"]["properties"]
+    kinds = set().union(*(family.adapter_kinds for family in FAMILIES.values()))
+    missing, stale = (
+        sorted(kinds - set(adapter["kind"]["enum"])),
+        sorted(set(adapter["kind"]["enum"]) - kinds),
+    )
+    assert not missing and not stale, (
+        f"{SCHEMA_PATH}: adapters.<name>.kind.enum: add {missing}, remove {stale}"
+    )
+    settings = {key for family in FAMILIES.values() for keys in family.adapter_keys.values() for key in keys}
+    assert sorted(settings - set(adapter)) == [], f"{SCHEMA_PATH}: add these adapters.<name> keys"
+    backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    settings = {key for family in FAMILIES.values() for key in family.backbone_keys}
+    assert sorted(settings - set(backbone)) == [], f"{SCHEMA_PATH}: add these backbones.<name> keys"
 
 
 def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family():

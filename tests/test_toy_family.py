@@ -112,6 +112,8 @@ class ToyFamily:
     name = "toy"
     backbones = {TOY_PIXELS.name: TOY_PIXELS}
     adapter_kinds = frozenset({"none"})
+    backbone_keys = frozenset()
+    adapter_keys = {"none": frozenset()}
     max_side = 128
     adapter_roles = ("identity",)
     acceleration_switches: frozenset[str] = frozenset()

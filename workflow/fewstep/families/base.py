@@ -172,6 +172,12 @@ class Family(Protocol):
     acceleration_switches: frozenset[str]
     #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
     comparable: bool
+    #: the ``backbones.<id>`` settings it reads besides the family-neutral ``model``, ``family``,
+    #: ``steps`` and ``guidance`` (the grid refuses any other key set on its backbones)
+    backbone_keys: frozenset[str]
+    #: adapter kind -> the ``adapters.<id>`` settings it reads besides ``kind`` (the grid refuses
+    #: any other key set on an adapter of its cells)
+    adapter_keys: Mapping[str, frozenset[str]]
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -183,7 +189,8 @@ class Family(Protocol):
         ...
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
-        """The guidance the backbone really receives (None when it takes none)."""
+        """The guidance the backbone really receives (None when it takes none); the family's default
+        where ``backbones.<id>.guidance`` is null, as every default of its own keys is its own."""
         ...
 
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:

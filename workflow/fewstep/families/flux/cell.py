@@ -18,7 +18,7 @@ import torch
 
 from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
-from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders
+from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders, max_sequence_length
 
 
 class FluxPromptEncoder:
@@ -34,7 +34,7 @@ class FluxPromptEncoder:
                 prompt=text,
                 prompt_2=text,
                 device=self.device,
-                max_sequence_length=backbone["max_sequence_length"],
+                max_sequence_length=max_sequence_length(backbone),
             )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 

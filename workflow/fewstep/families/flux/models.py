@@ -163,6 +163,16 @@ INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou", r
 register(*BACKBONES.values(), INFINITEYOU)
 
 
+#: config ``backbones.<id>.max_sequence_length`` unless set: FLUX.1-dev's T5 length
+MAX_SEQUENCE_LENGTH = 512
+
+
+def max_sequence_length(backbone: Mapping[str, Any]) -> int:
+    """The T5 tokens of a backbone's prompt embeddings (`MAX_SEQUENCE_LENGTH` unless set)."""
+    length = backbone.get("max_sequence_length")
+    return MAX_SEQUENCE_LENGTH if length is None else int(length)
+
+
 def generation_weights(backbone: str, adapter: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """Registry model -> the folders inside it that a generation job reads (`load_flux`)."""
     folders = {backbone: ("transformer/", "vae/", "scheduler/")}

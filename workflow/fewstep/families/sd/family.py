@@ -62,6 +62,11 @@ class StableDiffusion:
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
     #: config's trajectory, anchor or comparison cell (those compare identities)
     comparable = False
+    backbone_keys = frozenset({"scheduler", "negative_prompt", "resolution"})
+
+    @property
+    def adapter_keys(self) -> dict[str, frozenset[str]]:
+        return {ADAPTER_KIND: frozenset({"role", "file", "scale"}), "none": frozenset()}
 
     @property
     def backbones(self) -> dict[str, ModelSpec]:
@@ -100,7 +105,8 @@ class StableDiffusion:
             raise ConfigError(f"config adapters.{key}.role: set style or object (it picks the scores)")
         if file not in self.spec.adapters:
             raise ConfigError(
-                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}"
+                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}; "
+                "set one of them"
             )
         reached_layers(self.spec.unet, self.scale(key, adapter), f"config adapters.{key}.scale")
 
