@@ -26,6 +26,7 @@ GRID_SIDE = (
     "guidance",
     "cell_models",
     "needs_identity_embeddings",
+    "identity_models",
     "prompt_model",
     "acceleration_switches",
     "comparable",
@@ -90,6 +91,9 @@ class ToyFamily:
 
     def needs_identity_embeddings(self, adapter):
         return False
+
+    def identity_models(self, adapter):
+        return []
 
     prompt_job_mem_mb = 2000
 

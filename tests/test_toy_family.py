@@ -25,7 +25,7 @@ from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError, WeightsError
 from fewstep.core.paths import Paths
 from fewstep.families import FAMILIES
-from fewstep.families.base import Denoised, ItemInputs, Step, StepTimer
+from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, StepTimer
 from fewstep.families.report_kit import ReportKit, ReportParts
 from fewstep.grid import Grid
 from fewstep.registry import catalog
@@ -164,6 +164,9 @@ class ToyFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     prompt_job_mem_mb = 2000
 
     def prompt_model(self, models: Sequence[str]) -> str:
@@ -286,3 +289,59 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     assert jobs["embed_prompt", "toy/T"].key == "embed_prompt/toy"
     assert jobs["generate", "toy/bare"].work == 0.0
     assert "no toy figures for h200: toy/bare counts its start only" in result.notes
+
+
+class ToyFaceEncoder:
+    """The toy's face pipeline: a picture's mean colour, and no face in a picture of one colour."""
+
+    device = torch.device("cpu")
+
+    def encode(self, rgb: np.ndarray) -> IdentityEmbedding | None:
+        if rgb.min() == rgb.max():
+            return None
+        return IdentityEmbedding(
+            {"mean_rgb": torch.from_numpy(rgb.reshape(-1, 3).mean(axis=0).astype(np.float32))},
+            {"toy_face": "mean colour"},
+        )
+
+
+class FaceReadingToy(ToyFamily):
+    """The toy whose bare backbone reads identity embeddings through its own encoder."""
+
+    def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
+        return True
+
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return [TOY_PIXELS.name]
+
+    def identity_encoder(self, config: Any, adapters: Sequence[Any], device: Any) -> ToyFaceEncoder:
+        assert [a.id for a in adapters] == ["bare"]
+        return ToyFaceEncoder()
+
+
+def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monkeypatch, tmp_path):
+    """The embed_identity job knows no face code: each identity's file holds the tensors and
+    metadata of the family's `identity_encoder`, and a picture it finds no face in is one line."""
+    from fewstep.core.errors import InputError
+    from fewstep.core.images import load_rgb
+    from fewstep.core.provenance import device_name
+    from fewstep.jobs import precompute
+
+    monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
+    grid, paths = Grid(toy_config), Paths(toy_config)
+    assert grid.identity_models() == ["toy-pixels"]
+    assert grid.cell_models(grid.cell(CELLS[0])) == ["toy-pixels"]
+    written = precompute.embed_identities(toy_config)
+    assert written == [paths.identity_embedding(i["id"]) for i in toy_config["identities"]]
+    tensors, metadata = precompute.load_tensors(written[0])
+    first = toy_config["identities"][0]
+    expected = load_rgb(first["image"]).reshape(-1, 3).mean(axis=0)
+    assert list(tensors) == ["mean_rgb"] and np.allclose(tensors["mean_rgb"].numpy(), expected)
+    assert metadata["toy_face"] == "mean colour" and metadata["identity"] == first["id"]
+    assert metadata["encode_device_name"] == device_name(torch.device("cpu"))
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(blank)
+    toy_config["identities"] = [{"id": "blank", "image": str(blank)}]
+    with pytest.raises(InputError, match=rf"^identities\[blank\]: no face found in {blank}; "):
+        precompute.embed_identities(toy_config)

@@ -116,6 +116,27 @@ class ReferenceEncoder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class IdentityEmbedding:
+    """What one family's `IdentityEncoder` makes of one identity's photo: its tensors and metadata
+    in the identity's embedding file (the embed_identity job joins those of every family)."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+class IdentityEncoder(Protocol):
+    """A family's face pipeline, loaded once per embed_identity job: what its adapters read of each
+    identity's conditioning photo (FLUX: InfiniteYou's detection, keypoints and ArcFace)."""
+
+    #: where it computes (the file records it)
+    device: torch.device
+
+    def encode(self, rgb: Any) -> IdentityEmbedding | None:
+        """The embeddings of one photo (RGB uint8 [H, W, 3] numpy); None when it shows no face."""
+        ...
+
+
 class CellPipeline(Protocol):
     """One generation job's loaded models (backbone + adapter, accelerated), without text encoders.
 
@@ -254,6 +275,11 @@ class Family(Protocol):
         """Whether cells with this adapter read the identity embedding files (embed_identity rule)."""
         ...
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """Registry models the embed_identity job loads for this adapter (none when it needs no
+        identity embeddings): the rule's inputs and the cells' provenance."""
+        ...
+
     def prompt_model(self, models: Sequence[str]) -> str:
         """Which of the sweep's backbone models (of this family) embeds every prompt.
 
@@ -277,6 +303,13 @@ class Family(Protocol):
     ) -> ReferenceEncoder:
         """The image encoder of adapter file `file` (a `reference_file` value); a family whose
         `reference_file` is always None (FLUX) has none."""
+        ...
+
+    def identity_encoder(
+        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> IdentityEncoder:
+        """The face pipeline whose embeddings `adapters` (the sweep's adapters of this family that
+        `needs_identity_embeddings`) read; a family that needs none has none."""
         ...
 
     def cell_pipeline(

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
+from fewstep.core.study import Study
+from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
 from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders, max_sequence_length
 
@@ -37,6 +38,41 @@ class FluxPromptEncoder:
                 max_sequence_length=max_sequence_length(backbone),
             )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+
+class InfiniteYouFaceEncoder:
+    """InfiniteYou's face pipeline: insightface detection (det sizes 640, 320, 160, the face
+    config ``face.policy`` picks), its 5 keypoints, ``norm_crop`` to 112 px and the IR-SE50 ArcFace
+    embedding, which InfuseNet's resampler reads; the box and keypoints (keypoint control) too."""
+
+    def __init__(self, config: Study):
+        from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
+
+        self.device = torch.device("cpu")  # a handful of 112 px faces: CPU is enough
+        self.policy = config.face.policy
+        self.analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
+        self.arcface = load_arcface_irse(config, self.device)
+
+    def encode(self, rgb: np.ndarray) -> IdentityEmbedding | None:
+        from fewstep.core.images import rgb_to_bgr
+        from fewstep.faces.analyzer import aligned_crop
+        from fewstep.faces.arcface_irse import embed_aligned_bgr
+
+        bgr = rgb_to_bgr(rgb)
+        found = self.analyzer.analyze(bgr, self.policy)
+        if found is None:
+            return None
+        face = found.face
+        embedding = embed_aligned_bgr(self.arcface, aligned_crop(bgr, face.kps))
+        return IdentityEmbedding(
+            {
+                "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                "bbox": torch.tensor(face.bbox, dtype=torch.float32),
+                "kps": torch.tensor(face.kps, dtype=torch.float32),
+                "det_score": torch.tensor([face.det_score], dtype=torch.float32),
+            },
+            {"n_faces": str(found.n_faces), "policy": self.policy},
+        )
 
 
 def load_components(

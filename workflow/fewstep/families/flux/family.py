@@ -6,13 +6,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
 from fewstep.families.flux.models import BACKBONES, generation_weights, max_sequence_length
 
 if TYPE_CHECKING:
     import torch
 
     from fewstep.families.base import ReferenceEncoder
-    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder
+    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder, InfiniteYouFaceEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
@@ -115,6 +116,10 @@ class FluxFamily:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
         return adapter["kind"] == "infusenet"
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """InfiniteYou's face pipeline: insightface detection and the IR-SE50 ArcFace."""
+        return [INSIGHTFACE.name, ARCFACE_IRSE.name] if self.needs_identity_embeddings(adapter) else []
+
     def prompt_model(self, models: Sequence[str]) -> str:
         """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""
         return "flux-schnell" if "flux-schnell" in models else models[0]
@@ -138,6 +143,14 @@ class FluxFamily:
             f"embed-references --file {file}: FLUX adapters read no reference embeddings (InfuseNet "
             "takes the identity embeddings); run embed-identities instead"
         )
+
+    def identity_encoder(
+        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> InfiniteYouFaceEncoder:
+        """Every InfuseNet adapter reads the same face embedding (InfiniteYou's), on the CPU."""
+        from fewstep.families.flux.cell import InfiniteYouFaceEncoder
+
+        return InfiniteYouFaceEncoder(config)
 
     def cell_pipeline(
         self,

@@ -38,6 +38,7 @@ from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFami
 if TYPE_CHECKING:
     import torch
 
+    from fewstep.families.base import IdentityEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.families.sd.cell import ReferenceEncoder, SDCellPipeline, SDPromptEncoder
     from fewstep.registry.spec import ModelSpec
@@ -200,6 +201,9 @@ class StableDiffusion:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # SD cells read reference *image* embeddings, not face embeddings
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     def prompt_model(self, models: list[str]) -> str:
         return self.name
 
@@ -225,6 +229,12 @@ class StableDiffusion:
         from fewstep.families.sd.cell import ReferenceEncoder
 
         return ReferenceEncoder(config, self.spec, file, device, dtype)
+
+    def identity_encoder(
+        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> IdentityEncoder:
+        """None to load: an IP-Adapter reads reference embeddings, never identity embeddings."""
+        raise ConfigError(f"embed-identities: no {self.name} adapter reads identity embeddings")
 
     def cell_pipeline(
         self,
