@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
 from fewstep.families.flux import acceleration, models  # noqa: E402
+from fewstep.families.flux.models import max_sequence_length  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
@@ -135,7 +136,7 @@ def write_random_embeddings(config: dict) -> None:
     for backbone in config["backbones"].values():
         folder = models.model_folder(config, backbone["model"])
         shape = json.loads((folder / "transformer" / "config.json").read_text())
-        length = backbone["max_sequence_length"]
+        length = max_sequence_length(backbone)
         precompute.save_tensors(
             paths.prompt_embedding("flux", "random", length),
             {
