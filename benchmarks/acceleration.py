@@ -52,11 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
-from fewstep.families.flux import acceleration, models  # noqa: E402
+from fewstep.families.flux import acceleration  # noqa: E402
 from fewstep.families.flux.models import max_sequence_length  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
+from fewstep.registry import catalog  # noqa: E402
 
 VARIANTS = {
     "eager": {},
@@ -134,7 +135,7 @@ def write_random_embeddings(config: dict) -> None:
     paths, generator = Paths(config), torch.Generator().manual_seed(0)
     note = {"synthetic": "random normal values: a latency benchmark, not a picture"}
     for backbone in config["backbones"].values():
-        folder = models.model_folder(config, backbone["model"])
+        folder = catalog.model_folder(config, backbone["model"])
         shape = json.loads((folder / "transformer" / "config.json").read_text())
         length = max_sequence_length(backbone)
         precompute.save_tensors(

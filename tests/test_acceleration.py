@@ -13,7 +13,7 @@ from diffusers.hooks import FirstBlockCacheConfig
 from fewstep.core.config import check_caches, validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
-from fewstep.families.flux import acceleration, models, pipeline
+from fewstep.families.flux import acceleration, pipeline
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate
 
@@ -22,7 +22,7 @@ OFF = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.0
 
 
 def load(config):
-    return models.load_flux(config, "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32)
+    return pipeline.load_flux(config, "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32)
 
 
 @pytest.fixture(scope="module")

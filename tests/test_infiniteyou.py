@@ -11,10 +11,11 @@ import torch
 
 from fewstep.core.config import validate
 from fewstep.core.errors import WeightsError
-from fewstep.families.flux import control, models
+from fewstep.families.flux import control, pipeline
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate, precompute
 from fewstep.jobs.prepare import prepare_model
+from fewstep.registry import catalog
 
 
 def test_letterbox_follows_infiniteyou():
@@ -53,14 +54,14 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = copy.deepcopy(config)
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
-    raw["local_weights"] = {"flux-schnell": str(models.model_folder(config, "flux-schnell"))}
+    raw["local_weights"] = {"flux-schnell": str(catalog.model_folder(config, "flux-schnell"))}
     real = validate(raw)
     prepare_model(real, "flux-schnell")
     assert (
-        models.model_folder(real, "flux-schnell").resolve()
-        == models.model_folder(config, "flux-schnell").resolve()
+        catalog.model_folder(real, "flux-schnell").resolve()
+        == catalog.model_folder(config, "flux-schnell").resolve()
     )
-    parts = models.load_flux(real, "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32)
+    parts = pipeline.load_flux(real, "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32)
     assert parts.transformer.config.guidance_embeds is False
     raw["local_weights"] = {"flux-schnell": str(tmp_path / "nowhere")}
     with pytest.raises(WeightsError, match=r"local_weights.flux-schnell: .*nowhere is not a folder"):
@@ -70,7 +71,7 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
 def test_fp8_weights_store_eight_bits_and_rerun_the_cells(embedded):
     small = copy.deepcopy(embedded)
     small["memory"]["fp8_weights"] = True
-    parts = models.load_flux(
+    parts = pipeline.load_flux(
         small, "flux-dev", small["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     weight = parts.transformer.transformer_blocks[0].attn.to_q.weight
@@ -86,4 +87,4 @@ def test_offload_needs_a_gpu(embedded):
     offload = copy.deepcopy(embedded)
     offload["memory"]["offload"] = "group"
     with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
-        models.load_flux(offload, "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32)
+        pipeline.load_flux(offload, "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32)

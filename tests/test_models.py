@@ -17,6 +17,7 @@ from fewstep.grid import Grid
 from fewstep.jobs.prepare import prepare_model
 from fewstep.registry import catalog
 from fewstep.registry import prepare as preparing
+from fewstep.registry.load import load_component
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -46,7 +47,7 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
     from safetensors.torch import load_file
 
     folder = catalog.model_folder(config, "flux-dev") / "transformer"
-    loaded = models.load_component(
+    loaded = load_component(
         FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32, model="flux-dev"
     )
     on_disk = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
@@ -58,8 +59,8 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
 def test_dev_and_schnell_differ_as_the_real_ones(config):
     cpu = torch.device("cpu")
     adapter = config["adapters"]["infusenet-aes"]
-    dev = models.load_flux(config, "flux-dev", adapter, cpu, torch.float32)
-    schnell = models.load_flux(config, "flux-schnell", adapter, cpu, torch.float32)
+    dev = pipeline.load_flux(config, "flux-dev", adapter, cpu, torch.float32)
+    schnell = pipeline.load_flux(config, "flux-schnell", adapter, cpu, torch.float32)
     assert dev.transformer.config.guidance_embeds is True
     assert schnell.transformer.config.guidance_embeds is False
     assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
@@ -84,7 +85,7 @@ def test_infusenet_layout_matches_the_published_folders(config):
     assert (variant / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json").exists()
     state = torch.load(variant / "image_proj_model.bin", weights_only=True)
     assert list(state) == ["image_proj"]
-    infusenet, resampler = models.load_infiniteyou(config, "aes_stage2", torch.device("cpu"), torch.float32)
+    infusenet, resampler = pipeline.load_infiniteyou(config, "aes_stage2", torch.device("cpu"), torch.float32)
     assert (infusenet.config.num_layers, infusenet.config.num_single_layers) == (2, 2)
     assert infusenet.config.guidance_embeds is True
     tokens = resampler(torch.randn(1, 1, 512))
@@ -197,7 +198,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     assert hashed and not [p for p in hashed if p.suffix in LFS_SUFFIXES]
     assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
     assert catalog.model_folder(real, "flux-dev").is_symlink()
-    parts = models.load_flux(
+    parts = pipeline.load_flux(
         real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
@@ -250,7 +251,7 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
     hint = r"prepare it: `fewstep prepare-model --config .* --model flux-dev`"
     with pytest.raises(WeightsError, match=rf"missing .*nowhere; {hint}"):
-        models.load_component(
+        load_component(
             FluxTransformer2DModel,
             tmp_path / "nowhere",
             "real",

@@ -175,7 +175,9 @@ class ToyFamily:
     def prompt_encoder(self, config: Any, model: str, device: Any, dtype: Any) -> ToyPromptEncoder:
         return ToyPromptEncoder()
 
-    def cell_pipeline(self, config, backbone, adapter, acceleration, device, dtype) -> ToyCellPipeline:
+    def cell_pipeline(
+        self, config, backbone, adapter, acceleration, device, dtype, components=None
+    ) -> ToyCellPipeline:
         return ToyCellPipeline(config, self.image_size(backbone, config["resolution"]), device)
 
     label = "Toy"

@@ -117,6 +117,18 @@ class ReferenceEncoder(Protocol):
 
 
 @dataclass(frozen=True)
+class TinyCell:
+    """One cell's seeded tiny components made in memory (no file read), and an item's precomputed
+    inputs besides its prompt as the family's precompute job writes them (`ItemInputs.reference`
+    and ``reference_meta``): what each family's ``tiny.py:tiny_cell(config, backbone, adapter)``
+    gives `Family.cell_pipeline(..., components=...)` in the contract test."""
+
+    components: dict[str, Any]
+    reference: dict[str, torch.Tensor] | None
+    reference_meta: dict[str, str]
+
+
+@dataclass(frozen=True)
 class IdentityEmbedding:
     """What one family's `IdentityEncoder` makes of one identity's photo: its tensors and metadata
     in the identity's embedding file (the embed_identity job joins those of every family)."""
@@ -320,9 +332,12 @@ class Family(Protocol):
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> CellPipeline:
         """Load one generation job's backbone and adapter (config ``memory`` options applied) and
-        accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off)."""
+        accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off).
+        `components`: the pipeline's components made elsewhere (a test's `TinyCell`), as a
+        diffusers pipeline takes them; None: its ``cell.load_components`` loads the prepared weights."""
         ...
 
     # --- report side: `fewstep.families.report_kit` --------------------------

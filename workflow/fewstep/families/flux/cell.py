@@ -19,7 +19,8 @@ import torch
 from fewstep.core.study import Study
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
-from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders, max_sequence_length
+from fewstep.families.flux.models import max_sequence_length
+from fewstep.families.flux.pipeline import FluxParts, load_flux, load_flux_text_encoders
 
 
 class FluxPromptEncoder:

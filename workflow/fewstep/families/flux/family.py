@@ -160,11 +160,14 @@ class FluxFamily:
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> FluxCellPipeline:
         from fewstep.families.flux.cell import FluxCellPipeline, load_components
 
+        if components is None:
+            components = load_components(config, backbone, adapter, device, dtype)
         return FluxCellPipeline(
-            **load_components(config, backbone, adapter, device, dtype),
+            **components,
             adapter=adapter,
             acceleration=acceleration,
             width=config["resolution"]["width"],

@@ -18,7 +18,7 @@ from fewstep.core.errors import ConfigError
 from fewstep.families.base import Denoised, ItemInputs, Step
 from fewstep.families.sd import pipeline
 from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, negative_prompt
-from fewstep.families.sd.specs import SDXL, SDFamily
+from fewstep.families.sd.specs import FAMILIES, SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
 
 
@@ -69,7 +69,6 @@ class ReferenceEncoder:
 
 def load_components(
     config: Mapping[str, Any],
-    spec: SDFamily,
     backbone: Mapping[str, Any],
     adapter: Mapping[str, Any],
     device: torch.device,
@@ -78,6 +77,7 @@ def load_components(
     """The components an `SDCellPipeline` takes, loaded from the prepared weights: the UNet
     (with the IP-Adapter's projection and attention layers when `adapter` has one), the VAE and
     the backbone's scheduler."""
+    spec = FAMILIES[backbone["family"]]
     if config["memory"]["offload"] != "none" or config["memory"]["fp8_weights"]:
         raise ConfigError(f"config memory: {spec.name} backbones take no offload or fp8_weights")
     weights = config["weights"]

@@ -244,13 +244,16 @@ class StableDiffusion:
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> SDCellPipeline:
         from fewstep.families.sd.cell import SDCellPipeline, load_components
 
         if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
             raise ConfigError(f"config cells.accelerations: {self.name} backbones run eager only")
+        if components is None:
+            components = load_components(config, backbone, adapter, device, dtype)
         return SDCellPipeline(
-            **load_components(config, self.spec, backbone, adapter, device, dtype),
+            **components,
             spec=self.spec,
             scale=self.scale("<adapter>", adapter) if adapter["kind"] == ADAPTER_KIND else None,
             guidance=self.guidance(backbone),
