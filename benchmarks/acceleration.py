@@ -50,8 +50,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
+from fewstep.core.study import parse_config  # noqa: E402
 from fewstep.families.flux import acceleration  # noqa: E402
 from fewstep.families.flux.models import max_sequence_length  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
@@ -106,7 +106,7 @@ def config_for(args: argparse.Namespace, backbone: str) -> dict:
         for name, switches in VARIANTS.items()
         if switches
     }
-    return validate(
+    return parse_config(
         {
             "sweep": "acceleration",
             "weights": args.weights,

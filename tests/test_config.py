@@ -8,6 +8,7 @@ import pytest
 
 from fewstep.core.config import fingerprint, load, validate
 from fewstep.core.errors import ConfigError
+from tests.conftest import study_of
 
 
 def test_defaults_are_filled(raw_demo):
@@ -59,7 +60,7 @@ def test_defaults_fill_only_where_they_apply(raw_demo):
     with pytest.raises(
         ConfigError, match=r"^config backbones.sd15.max_sequence_length: not a setting of sd15 backbones "
     ):
-        Grid(validate(raw))
+        Grid(study_of(validate(raw)))
 
 
 def test_plain_string_prompts_get_ids(raw_demo):
@@ -112,7 +113,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(raw_demo, mutate, key, hin
 
     mutate(raw_demo)
     with pytest.raises(ConfigError) as excinfo:
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
     message = str(excinfo.value)
     assert "\n" not in message
     assert key in message and hint in message
@@ -312,7 +313,7 @@ def test_sd_only_settings_on_flux_are_refused_in_one_line(section, key, value, l
     name = "flux-dev" if section == "backbones" else "infusenet-aes"
     raw[section][name][key] = value
     with pytest.raises(ConfigError, match=re.escape(line)):
-        Grid(validate(raw))
+        Grid(study_of(validate(raw)))
 
 
 @pytest.mark.parametrize("section", ["identities", "references"])

@@ -27,6 +27,7 @@ from PIL import Image
 from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES, base
 from fewstep.grid import EAGER_SWITCHES
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 STEPS = 2
@@ -114,7 +115,7 @@ def demo(tmp_path_factory) -> dict:
             names |= set(family.cell_models(backbone, adapter))
         names.add(prompt_model(config, name))
     for name in sorted(names):
-        prepare_model(config, name)
+        prepare_model(study_of(config), name)
     return config
 
 

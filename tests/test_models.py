@@ -18,6 +18,7 @@ from fewstep.jobs.prepare import prepare_model
 from fewstep.registry import catalog
 from fewstep.registry import prepare as preparing
 from fewstep.registry.load import load_component
+from tests.conftest import study_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -184,7 +185,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     monkeypatch.setattr(preparing, "sha256_file", lambda p: hashed.append(Path(p)) or _sha256(p))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     for name in ("flux-dev", "flux-schnell", "infiniteyou", "insightface"):
-        marker = json.loads(prepare_model(real, name).read_text())
+        marker = json.loads(prepare_model(study_of(real), name).read_text())
         spec = catalog.MODELS[name]
         assert marker["weights"] == "real" and marker["files"]
         assert (marker["repo_id"], marker["revision"]) == (spec.repo_id, spec.revision)
@@ -212,7 +213,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     with pytest.raises(WeightsError) as excinfo:
-        prepare_model(real, "flux-dev")
+        prepare_model(study_of(real), "flux-dev")
     assert str(excinfo.value) == (
         f"black-forest-labs/FLUX.1-dev@{models.BACKBONES['flux-dev'].revision}: HF_HUB_OFFLINE is set "
         "and the files are not in the Hugging Face cache; unset HF_HUB_OFFLINE, fill the cache, "
@@ -221,7 +222,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     with pytest.raises(
         WeightsError, match=r"recognition_arcface_ir_se50.pth is missing and HF_HUB_OFFLINE is set"
     ):
-        prepare_model(real, "arcface-irse50")
+        prepare_model(study_of(real), "arcface-irse50")
 
 
 def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
@@ -270,7 +271,7 @@ def test_downloads_only_what_the_study_uses():
 
     # dev and schnell ship the same text encoders: fetched once, from the ungated schnell
     def allow_patterns(config, name):
-        return hub.allow_patterns(config, name, Grid(config).model_usage(name))
+        return hub.allow_patterns(config, name, Grid(study_of(config)).model_usage(name))
 
     assert allow_patterns(study, "flux-dev") == ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-schnell")
@@ -298,7 +299,7 @@ def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_
     assert catalog.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
     assert catalog.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
     with pytest.raises(ConfigError, match=r"^config revisions\.arcface-irse50: not a Hugging Face model"):
-        Grid(validate(dict(raw_demo, revisions={"arcface-irse50": "main"})))
+        Grid(study_of(validate(dict(raw_demo, revisions={"arcface-irse50": "main"}))))
     # offline, the pinned snapshot in the cache is not the one asked for
     cache = tmp_path / "hub"
     _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", catalog.model_folder(config, "flux-schnell"))
@@ -308,4 +309,4 @@ def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_
         config, weights="real", models_dir=str(tmp_path / "models"), revisions={"flux-schnell": "b" * 40}
     )
     with pytest.raises(WeightsError, match=r"^black-forest-labs/FLUX\.1-schnell@b{40}: HF_HUB_OFFLINE"):
-        prepare_model(real, "flux-schnell")
+        prepare_model(study_of(real), "flux-schnell")

@@ -31,7 +31,7 @@ from fewstep.grid import Grid
 from fewstep.registry import catalog
 from fewstep.registry.catalog import model_folder
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
-from tests.conftest import demo_yaml
+from tests.conftest import demo_yaml, study_of
 
 WEIGHTS_FILE = "palette.pt"
 EMBEDDING_WIDTH = 8
@@ -224,19 +224,19 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     from fewstep.jobs import generate, precompute, score
     from fewstep.jobs.prepare import prepare_model
 
-    grid, paths = Grid(toy_config), Paths(toy_config)
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
     assert [c.id for c in grid.cells] == CELLS and list(grid.jobs) == ["toy/bare"]
     assert grid.models == ["lpips-alex", "toy-pixels"]
     assert [i.id for i in grid.items_of(grid.cell(CELLS[0]))] == [i.id for i in grid.items]
     assert len(grid.items) == 4  # 2 identities x 2 prompts x 1 seed
     for name in grid.models:
-        prepare_model(toy_config, name)
-    written = precompute.embed_prompts(toy_config)
+        prepare_model(study_of(toy_config), name)
+    written = precompute.embed_prompts(study_of(toy_config))
     assert sorted(written) == sorted(grid.prompt_embeddings(paths, grid.cell(CELLS[0])))
     assert [p.name for p in written] == ["portrait.T.safetensors", "astronaut-suit.T.safetensors"]
 
-    generate.run_job(toy_config, "toy/bare", progress=False)
-    score.run_job(toy_config, "toy/bare", progress=False)
+    generate.run_job(study_of(toy_config), "toy/bare", progress=False)
+    score.run_job(study_of(toy_config), "toy/bare", progress=False)
     for cell_id in CELLS:
         manifest = pd.read_parquet(paths.manifest(cell_id))
         assert sorted(manifest["item_id"]) == sorted(i.id for i in grid.items)
@@ -252,7 +252,7 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     assert (lpips[CELLS[2]] == 0).all()
     assert (lpips[CELLS[0]] > lpips[CELLS[1]]).all() and (lpips[CELLS[1]] > 0).all()
 
-    summary = aggregate.run(toy_config)
+    summary = aggregate.run(study_of(toy_config))
     table = pd.read_csv(summary)
     assert sorted(set(table["cell_id"])) == CELLS and set(table["backbone"]) == {"toy"}
     means = table[table["metric"] == "lpips_anchor"].set_index("cell_id")["mean"]
@@ -260,7 +260,7 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     per_image = pd.read_parquet(paths.per_image)
     assert sorted(set(per_image["cell_id"])) == CELLS and len(per_image) == 12
 
-    page = report.run(toy_config, summary)
+    page = report.run(study_of(toy_config), summary)
     text = Path(page).read_text()
     assert 'data-family="toy"' in text and 'data-cells="3"' in text and 'data-images="12"' in text
     # its own section, drawn by its report_parts with the injected tools, with its rows only
@@ -278,7 +278,7 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     from fewstep.analysis import estimate
     from fewstep.core.paths import one_of
 
-    grid, paths = Grid(toy_config), Paths(toy_config)
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
     assert grid.prompt_variant_labels == ["T"] and grid.reference_files == []
     pattern = paths.prompt_variant_embedding("{family}", "portrait", f"{{variant,{one_of(['T'])}}}")
     wanted = paths.prompt_variant_embedding("toy", "portrait", "T")
@@ -286,7 +286,7 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     assert match and match.groupdict() == {"family": "toy", "variant": "T"}
     assert not re.match(regex_from_filepattern(str(pattern)), str(wanted).replace(".T.", ".L512."))
 
-    result = estimate.estimate(toy_config, "h200")
+    result = estimate.estimate(study_of(toy_config), "h200")
     jobs = {(job.rule, job.name): job for job in result.jobs}
     assert jobs["embed_prompt", "toy/T"].key == "embed_prompt/toy"
     assert jobs["generate", "toy/bare"].work == 0.0
@@ -330,10 +330,10 @@ def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monke
     from fewstep.jobs import precompute
 
     monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
-    grid, paths = Grid(toy_config), Paths(toy_config)
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
     assert grid.identity_models() == ["toy-pixels"]
     assert grid.cell_models(grid.cell(CELLS[0])) == ["toy-pixels"]
-    written = precompute.embed_identities(toy_config)
+    written = precompute.embed_identities(study_of(toy_config))
     assert written == [paths.identity_embedding(i["id"]) for i in toy_config["identities"]]
     tensors, metadata = precompute.load_tensors(written[0])
     first = toy_config["identities"][0]
@@ -346,4 +346,4 @@ def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monke
     Image.new("RGB", (16, 16), (90, 90, 90)).save(blank)
     toy_config["identities"] = [{"id": "blank", "image": str(blank)}]
     with pytest.raises(InputError, match=rf"^identities\[blank\]: no face found in {blank}; "):
-        precompute.embed_identities(toy_config)
+        precompute.embed_identities(study_of(toy_config))

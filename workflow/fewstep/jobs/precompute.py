@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fewstep.core.errors import ConfigError
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
-from fewstep.core.study import Prompt, Study, StudyLike, as_study
+from fewstep.core.study import Prompt, Study
 from fewstep.grid import Grid
 
 
@@ -62,7 +62,7 @@ def content_digest(path: Path) -> str:
 
 
 def embed_prompts(
-    study: StudyLike,
+    study: Study,
     family: str | None = None,
     prompt_ids: list[str] | None = None,
     variant: str | None = None,
@@ -70,8 +70,7 @@ def embed_prompts(
     """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
     the cells use, or only the ones named (the `embed_prompt` rule: every prompt as one variant of
     one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``)."""
-    study = as_study(study)
-    grid = Grid(study)
+    grid = Grid.of(study)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else list(study.prompts)
     written = []
     for name in [family] if family else grid.families:
@@ -88,7 +87,7 @@ def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: d
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     device = resolve_device(study.device)
     dtype = resolve_dtype(study.dtype, device)
     source = grid.text_encoder_backbone(family)
@@ -118,7 +117,7 @@ def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: d
 
 
 def embed_references(
-    study: StudyLike,
+    study: Study,
     family: str | None = None,
     file: str | None = None,
     reference_ids: list[str] | None = None,
@@ -126,7 +125,6 @@ def embed_references(
     """Write the image embeddings (``image_embeds``) of every reference the adapter cells read,
     through each family's `reference_encoder`, or of those named (the `embed_reference` rule: one
     family x adapter file x reference per job)."""
-    study = as_study(study)
     from PIL import Image
 
     from fewstep.core.images import load_rgb
@@ -134,7 +132,7 @@ def embed_references(
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     device = resolve_device(study.device)
     dtype = resolve_dtype(study.dtype, device)
     files = sorted({a for f, a, _ in grid.reference_embeddings_needed() if family is None or f == family})
@@ -180,18 +178,17 @@ def embed_references(
     return written
 
 
-def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) -> list[Path]:
+def embed_identities(study: Study, identity_ids: list[str] | None = None) -> list[Path]:
     """Write one embedding file per identity, or for the identities named (the `embed_identity`
     rule: one identity per job): the tensors of every family whose adapters read identity
     embeddings, each through its `Family.identity_encoder` (FLUX: face box, keypoints, ArcFace)."""
-    study = as_study(study)
     from fewstep.core.errors import InputError
     from fewstep.core.images import load_rgb
     from fewstep.core.provenance import device_name
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     needed = grid.identity_adapters()
     if not needed:
         raise ConfigError(
