@@ -23,7 +23,9 @@ OFF = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.0
 
 
 def load(config):
-    return pipeline.load_flux(config, "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32)
+    return pipeline.load_flux(
+        study_of(config), "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32
+    )
 
 
 @pytest.fixture(scope="module")

@@ -99,8 +99,8 @@ def test_the_checks_refuse_what_breaks_the_contract():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    """The demo config with every family's generation and text-encoder models prepared (tiny)."""
+def demo(tmp_path_factory) -> typing.Any:
+    """The demo's `Study` with every family's generation and text-encoder models prepared (tiny)."""
     from conftest import demo_yaml
 
     from fewstep.core.config import validate
@@ -114,9 +114,10 @@ def demo(tmp_path_factory) -> dict:
         for backbone, adapter in cases(config, name):
             names |= set(family.cell_models(backbone, adapter))
         names.add(prompt_model(config, name))
+    study = study_of(config)
     for name in sorted(names):
-        prepare_model(study_of(config), name)
-    return config
+        prepare_model(study_of(study), name)
+    return study
 
 
 def cases(config: dict, name: str) -> list[tuple[dict, dict]]:

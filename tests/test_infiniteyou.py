@@ -66,7 +66,9 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
         catalog.model_folder(real, "flux-schnell").resolve()
         == catalog.model_folder(config, "flux-schnell").resolve()
     )
-    parts = pipeline.load_flux(real, "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32)
+    parts = pipeline.load_flux(
+        study_of(real), "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32
+    )
     assert parts.transformer.config.guidance_embeds is False
     raw["local_weights"] = {"flux-schnell": str(tmp_path / "nowhere")}
     with pytest.raises(WeightsError, match=r"local_weights.flux-schnell: .*nowhere is not a folder"):
@@ -77,7 +79,7 @@ def test_fp8_weights_store_eight_bits_and_rerun_the_cells(embedded):
     small = copy.deepcopy(embedded)
     small["memory"]["fp8_weights"] = True
     parts = pipeline.load_flux(
-        small, "flux-dev", small["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
+        study_of(small), "flux-dev", small["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     weight = parts.transformer.transformer_blocks[0].attn.to_q.weight
     assert (
@@ -92,4 +94,6 @@ def test_offload_needs_a_gpu(embedded):
     offload = copy.deepcopy(embedded)
     offload["memory"]["offload"] = "group"
     with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
-        pipeline.load_flux(offload, "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32)
+        pipeline.load_flux(
+            study_of(offload), "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32
+        )

@@ -60,8 +60,8 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
 def test_dev_and_schnell_differ_as_the_real_ones(config):
     cpu = torch.device("cpu")
     adapter = config["adapters"]["infusenet-aes"]
-    dev = pipeline.load_flux(config, "flux-dev", adapter, cpu, torch.float32)
-    schnell = pipeline.load_flux(config, "flux-schnell", adapter, cpu, torch.float32)
+    dev = pipeline.load_flux(study_of(config), "flux-dev", adapter, cpu, torch.float32)
+    schnell = pipeline.load_flux(study_of(config), "flux-schnell", adapter, cpu, torch.float32)
     assert dev.transformer.config.guidance_embeds is True
     assert schnell.transformer.config.guidance_embeds is False
     assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
@@ -86,7 +86,9 @@ def test_infusenet_layout_matches_the_published_folders(config):
     assert (variant / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json").exists()
     state = torch.load(variant / "image_proj_model.bin", weights_only=True)
     assert list(state) == ["image_proj"]
-    infusenet, resampler = pipeline.load_infiniteyou(config, "aes_stage2", torch.device("cpu"), torch.float32)
+    infusenet, resampler = pipeline.load_infiniteyou(
+        study_of(config), "aes_stage2", torch.device("cpu"), torch.float32
+    )
     assert (infusenet.config.num_layers, infusenet.config.num_single_layers) == (2, 2)
     assert infusenet.config.guidance_embeds is True
     tokens = resampler(torch.randn(1, 1, 512))
@@ -200,7 +202,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
     assert catalog.model_folder(real, "flux-dev").is_symlink()
     parts = pipeline.load_flux(
-        real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
+        study_of(real), "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
     assert face_analyzer(real).recognizer is not None

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fewstep.families.flux import pipeline
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 
@@ -14,13 +15,13 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def dev(tiny_config):
     return pipeline.load_flux(
-        tiny_config, "flux-dev", tiny_config["adapters"]["infusenet-aes"], CPU, torch.float32
+        study_of(tiny_config), "flux-dev", tiny_config["adapters"]["infusenet-aes"], CPU, torch.float32
     )
 
 
 @pytest.fixture(scope="module")
 def cond(tiny_config, dev):
-    pipe = pipeline.load_flux_text_encoders(tiny_config, "flux-schnell", CPU, torch.float32)
+    pipe = pipeline.load_flux_text_encoders(study_of(tiny_config), "flux-schnell", CPU, torch.float32)
     embeds, pooled, _ = pipe.encode_prompt(
         prompt="a portrait", prompt_2="a portrait", device=CPU, max_sequence_length=512
     )
@@ -84,7 +85,7 @@ def test_first_steps_window_runs_infusenet_on_the_first_k_steps_only(dev, cond, 
 def test_dev_gets_guidance_and_schnell_none(tiny_config, cond, monkeypatch):
     seen = {}
     for name in ("flux-dev", "flux-schnell"):
-        parts = pipeline.load_flux(tiny_config, name, {"kind": "none"}, CPU, torch.float32)
+        parts = pipeline.load_flux(study_of(tiny_config), name, {"kind": "none"}, CPU, torch.float32)
         original = parts.transformer.forward
 
         def spy(*args, _name=name, _original=original, **kwargs):

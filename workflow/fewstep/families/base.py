@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fewstep.core.study import Study
+
 if TYPE_CHECKING:
     import torch
 
@@ -305,20 +307,20 @@ class Family(Protocol):
 
     # --- job side -------------------------------------------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> PromptEncoder:
         """The text encoders of registry model `model`."""
         ...
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         """The image encoder of adapter file `file` (a `reference_file` value); a family whose
         `reference_file` is always None (FLUX) has none."""
         ...
 
     def identity_encoder(
-        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
     ) -> IdentityEncoder:
         """The face pipeline whose embeddings `adapters` (the sweep's adapters of this family that
         `needs_identity_embeddings`) read; a family that needs none has none."""
@@ -326,7 +328,7 @@ class Family(Protocol):
 
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],

@@ -26,9 +26,9 @@ from fewstep.families.flux.pipeline import FluxParts, load_flux, load_flux_text_
 class FluxPromptEncoder:
     """CLIP-L pooled + T5 sequence embeddings through a text-only FluxPipeline."""
 
-    def __init__(self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
         self.device = device
-        self.pipe = load_flux_text_encoders(dict(config), model, device, dtype)
+        self.pipe = load_flux_text_encoders(config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -77,7 +77,7 @@ class InfiniteYouFaceEncoder:
 
 
 def load_components(
-    config: Mapping[str, Any],
+    config: Study,
     backbone: Mapping[str, Any],
     adapter: Mapping[str, Any],
     device: torch.device,
@@ -86,7 +86,7 @@ def load_components(
     """The components a `FluxCellPipeline` takes, loaded from the prepared weights (config
     ``memory`` options applied): transformer, vae, scheduler and, with InfuseNet, infusenet and
     resampler."""
-    return vars(load_flux(dict(config), backbone["model"], dict(adapter), device, dtype))
+    return vars(load_flux(config, backbone["model"], dict(adapter), device, dtype))
 
 
 class FluxCellPipeline:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study
 from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
 from fewstep.families.flux.models import BACKBONES, generation_weights, max_sequence_length
 
@@ -128,14 +129,14 @@ class FluxFamily:
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> FluxPromptEncoder:
         from fewstep.families.flux.cell import FluxPromptEncoder
 
         return FluxPromptEncoder(config, model, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         """None to load: InfuseNet reads the face embeddings of the embed_identity rule, and
         `reference_file` is None for every FLUX adapter, so no job asks for this."""
@@ -145,7 +146,7 @@ class FluxFamily:
         )
 
     def identity_encoder(
-        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
     ) -> InfiniteYouFaceEncoder:
         """Every InfuseNet adapter reads the same face embedding (InfiniteYou's), on the CPU."""
         from fewstep.families.flux.cell import InfiniteYouFaceEncoder
@@ -154,7 +155,7 @@ class FluxFamily:
 
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
@@ -170,8 +171,8 @@ class FluxFamily:
             **components,
             adapter=adapter,
             acceleration=acceleration,
-            width=config["resolution"]["width"],
-            height=config["resolution"]["height"],
+            width=config.resolution.width,
+            height=config.resolution.height,
             guidance=self.guidance(backbone),
             device=device,
             dtype=dtype,

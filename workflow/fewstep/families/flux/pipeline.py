@@ -19,7 +19,7 @@ diffusers' FluxControlNetPipeline and InfiniteYou's InfuseNet pipeline:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, StepTimer, rms
 from fewstep.families.flux.models import INFINITEYOU, INFU_VERSION
 from fewstep.registry.catalog import model_folder
@@ -299,7 +300,7 @@ class FluxParts:
 
 
 def load_flux(
-    config: Mapping[str, Any],
+    config: Study,
     backbone: str,
     adapter: dict[str, Any],
     device: torch.device,
@@ -307,7 +308,7 @@ def load_flux(
 ) -> FluxParts:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-    weights = config["weights"]
+    weights = config.weights
     folder = model_folder(config, backbone)
     parts = FluxParts(
         transformer=load_component(
@@ -318,7 +319,7 @@ def load_flux(
     )
     if adapter["kind"] == "infusenet":
         parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
-    apply_memory_options(parts, config["memory"], device, dtype)
+    apply_memory_options(parts, config.memory, device, dtype)
     return parts
 
 
@@ -345,7 +346,7 @@ def apply_memory_options(
 
 
 def load_infiniteyou(
-    config: Mapping[str, Any], variant: str, device: torch.device, dtype: torch.dtype
+    config: Study, variant: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
     """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
     import torch
@@ -357,12 +358,12 @@ def load_infiniteyou(
     infusenet = load_component(
         FluxControlNetModel,
         folder / "InfuseNetModel",
-        config["weights"],
+        config.weights,
         device,
         dtype,
         model=INFINITEYOU.name,
     )
-    if config["weights"] == "random":
+    if config.weights == "random":
         with torch.device(device), default_dtype(dtype):
             resampler = Resampler(PUBLISHED).eval()
     else:
@@ -373,15 +374,13 @@ def load_infiniteyou(
     return infusenet, resampler
 
 
-def load_flux_text_encoders(
-    config: Mapping[str, Any], backbone: str, device: torch.device, dtype: torch.dtype
-) -> Any:
+def load_flux_text_encoders(config: Study, backbone: str, device: torch.device, dtype: torch.dtype) -> Any:
     """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
     from diffusers import FluxPipeline
     from transformers import CLIPTextModel, T5EncoderModel
 
     folder = model_folder(config, backbone)
-    weights = config["weights"]
+    weights = config.weights
     return FluxPipeline.from_pretrained(
         folder,
         transformer=None,

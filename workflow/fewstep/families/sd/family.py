@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study
 from fewstep.families.sd.models import (
     ADAPTER_KIND,
     BACKBONES,
@@ -217,28 +218,28 @@ class StableDiffusion:
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> SDPromptEncoder:
         from fewstep.families.sd.cell import SDPromptEncoder
 
         return SDPromptEncoder(config, self.spec, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         from fewstep.families.sd.cell import ReferenceEncoder
 
         return ReferenceEncoder(config, self.spec, file, device, dtype)
 
     def identity_encoder(
-        self, config: Mapping[str, Any], adapters: Sequence[Mapping[str, Any]], device: torch.device
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
     ) -> IdentityEncoder:
         """None to load: an IP-Adapter reads reference embeddings, never identity embeddings."""
         raise ConfigError(f"embed-identities: no {self.name} adapter reads identity embeddings")
 
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
