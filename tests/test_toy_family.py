@@ -347,3 +347,20 @@ def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monke
     toy_config["identities"] = [{"id": "blank", "image": str(blank)}]
     with pytest.raises(InputError, match=rf"^identities\[blank\]: no face found in {blank}; "):
         precompute.embed_identities(study_of(toy_config))
+
+
+def test_two_families_writing_the_same_identity_tensor_are_refused(toy_config, monkeypatch):
+    """Each family's identity tensors join one file per identity, so two that name the same
+    tensor would silently overwrite each other's input: the job refuses it."""
+    from fewstep.core.config import validate
+    from fewstep.jobs import precompute
+
+    second = FaceReadingToy()
+    second.name = "toy2"
+    monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
+    monkeypatch.setitem(FAMILIES, second.name, second)
+    raw = dict(toy_config)
+    raw["backbones"] = dict(raw["backbones"], toy2={**raw["backbones"]["toy"], "family": "toy2"})
+    raw["cells"] = [{"backbones": ["toy", "toy2"], "adapters": ["bare"]}]
+    with pytest.raises(ValueError, match=r"identity encoders both write \['mean_rgb'\]"):
+        precompute.embed_identities(study_of(validate(raw)))

@@ -211,6 +211,10 @@ def embed_identities(study: Study, identity_ids: list[str] | None = None) -> lis
                         f"identities[{identity['id']}]: no face found in {identity['image']}; "
                         "use a picture with one clearly visible face"
                     )
+                if set(tensors) & set(embedding.tensors):  # a family would overwrite another's input
+                    raise ValueError(
+                        f"identity encoders both write {sorted(set(tensors) & set(embedding.tensors))}"
+                    )
                 tensors |= embedding.tensors
                 metadata |= embedding.metadata
                 encode_s += seconds  # detection, alignment and embedding of every family
