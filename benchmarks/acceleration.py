@@ -54,14 +54,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import validate  # noqa: E402
 from fewstep.core.paths import Paths  # noqa: E402
+from fewstep.core.study import parse_config  # noqa: E402
 from fewstep.families import FAMILIES  # noqa: E402
-from fewstep.families.flux import acceleration, models  # noqa: E402
+from fewstep.families.flux import acceleration  # noqa: E402
+from fewstep.families.flux.models import max_sequence_length  # noqa: E402
 from fewstep.families.sd import acceleration as sd_acceleration  # noqa: E402
 from fewstep.grid import Cell, Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
+from fewstep.registry import catalog  # noqa: E402
 
 VARIANTS = {
     "eager": {},
@@ -131,7 +133,7 @@ def config_for(args: argparse.Namespace, backbone: str) -> dict:
         if VARIANTS[name]
     }
     role = setting.get("role", "style")
-    return validate(
+    return parse_config(
         {
             "sweep": "acceleration",
             "weights": args.weights,
@@ -164,9 +166,9 @@ def write_embeddings(config: dict, backbone: str) -> None:
     paths, generator = Paths(config), torch.Generator().manual_seed(0)
     note = {"synthetic": "random normal values: a latency benchmark, not a picture"}
     for backbone in config["backbones"].values():
-        folder = models.model_folder(config, backbone["model"])
+        folder = catalog.model_folder(config, backbone["model"])
         shape = json.loads((folder / "transformer" / "config.json").read_text())
-        length = backbone["max_sequence_length"]
+        length = max_sequence_length(backbone)
         precompute.save_tensors(
             paths.prompt_embedding("flux", "random", length),
             {

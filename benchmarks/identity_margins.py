@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import load  # noqa: E402
 from fewstep.core.images import load_rgb  # noqa: E402
 from fewstep.core.io import atomic_write_json, atomic_write_text  # noqa: E402
+from fewstep.core.study import load_study  # noqa: E402
 from fewstep.faces.augment import augmentations, suggested_margin  # noqa: E402
 from fewstep.grid import Grid  # noqa: E402
 from fewstep.jobs.score import build_metrics  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--device")
     args = parser.parse_args()
     overrides = {k: v for k, v in {"weights": args.weights, "device": args.device}.items() if v}
-    config = load(args.config, overrides)
+    config = load_study(args.config, overrides)
     rows = measure(config)
     atomic_write_json(args.out / "identity_margins.json", rows)
     atomic_write_text(args.out / "identity_margins.md", markdown(rows, config))

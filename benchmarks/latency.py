@@ -27,7 +27,7 @@ from timing import card_name, free_memory, require_device, warm_images, write_re
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import validate  # noqa: E402
+from fewstep.core.study import parse_config  # noqa: E402
 from fewstep.grid import Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
@@ -55,7 +55,7 @@ def config_for(variant: str, args: argparse.Namespace) -> dict:
     cells = [
         {"backbones": ["flux-schnell"] if variant == "offload" else list(backbones), "adapters": adapters}
     ]
-    return validate(
+    return parse_config(
         {
             "sweep": f"latency-{variant}",
             "weights": args.weights,

@@ -26,6 +26,7 @@ from timing import card_name, free_memory, require_device, warm_images, write_re
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
+from fewstep.core.study import Study, parse_config  # noqa: E402
 from fewstep.families.base import ItemInputs, synchronize  # noqa: E402
 from fewstep.families.sd.distillations import DISTILLATIONS  # noqa: E402
 from fewstep.families.sd.family import ADAPTER_KIND, SD_FAMILIES  # noqa: E402
@@ -63,7 +64,7 @@ def backbones(family: str, args: argparse.Namespace) -> list[tuple[dict, list[in
     return cells
 
 
-def prepare_models(config: dict, family: str, cells: list[tuple[dict, list[int]]]) -> None:
+def prepare_models(config: Study, family: str, cells: list[tuple[dict, list[int]]]) -> None:
     """The base, h94's files and the publishers' files, built by the registry's own recipes."""
     sd = SD_FAMILIES[family]
     used = [backbone for backbone, _ in cells]
@@ -71,7 +72,7 @@ def prepare_models(config: dict, family: str, cells: list[tuple[dict, list[int]]
     models = {family} | {m for b in used for a in ADAPTERS.values() for m in sd.cell_models(b, a)}
     for name in sorted(models):
         recipe = lookup(name).recipe
-        build = recipe.tiny if config["weights"] == "tiny" else (recipe.random or recipe.tiny)
+        build = recipe.tiny if config.weights == "tiny" else (recipe.random or recipe.tiny)
         usage = Usage(embeds_text=name == family, family_adapters=adapters, backbones=tuple(used))
         build(config, lookup(name), model_folder(config, name), usage)
 
@@ -81,11 +82,22 @@ def run_family(family: str, args: argparse.Namespace) -> list[dict]:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    config = {
-        "weights": args.weights,
-        "models_dir": str(args.work),
-        "memory": {"offload": "none", "fp8_weights": False},
-    }
+    config = parse_config(
+        {
+            "sweep": "sd-distilled-latency",
+            "weights": args.weights,
+            "device": args.device,
+            "dtype": "bfloat16" if args.device == "cuda" else "float32",
+            **{key: str(args.work / key.removesuffix("_dir")) for key in ("results_dir", "reports_dir")},
+            "models_dir": str(args.work),
+            "references": [{"id": "picture", "image": "builtin:coffee", "role": "object"}],
+            "prompts": [{"id": "lighthouse", "text": "a lighthouse, watercolor"}],
+            "seeds": [0],
+            "backbones": {family: {"family": family, "model": family, "steps": [1]}},
+            "adapters": {"none": {"kind": "none"}},
+            "cells": [{"backbones": [family], "adapters": ["none"]}],
+        }
+    )
     sd, cells = SD_FAMILIES[family], backbones(family, args)
     prepare_models(config, family, cells)
     prompt = sd.prompt_encoder(config, family, device, dtype).encode("a lighthouse, watercolor", cells[0][0])

@@ -471,7 +471,7 @@ def main() -> None:
         install_wheels(args.wheels.resolve(), args.site.resolve())
     sys.path.insert(0, str(REPO / "workflow"))
     from fewstep.analysis.estimate import cards, estimate
-    from fewstep.core.config import load
+    from fewstep.core.study import load_study
 
     if args.workdir.exists() and not args.resume:
         if not (args.workdir / MARKER).exists():
@@ -488,7 +488,7 @@ def main() -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     card, torch_version = card_and_torch()
     figures = estimate_card(card, sorted(cards()), args.card)
-    config = load([config_file])
+    config = load_study([config_file])
     predicted = None
     if figures is not None:
         os.chdir(args.workdir)  # the config's relative folders, as Snakemake will see them

@@ -24,6 +24,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def study_of(config):
+    """The `Study` the package's entry points take, parsed from a test's validated config dict (the
+    tests build and change dicts; a `Study` passes through as it is)."""
+    from fewstep.core.study import Study
+
+    return config if isinstance(config, Study) else Study.of(config)
+
+
 def demo_yaml() -> dict:
     return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
 
@@ -51,8 +59,8 @@ def tiny_config(tiny_root) -> dict:
     raw["models_dir"] = str(tiny_root / "models")
     raw["reports_dir"] = str(tiny_root / "reports")
     config = validate(raw)
-    for name in Grid(config).models:
-        prepare_model(config, name)
+    for name in Grid(study_of(config)).models:
+        prepare_model(study_of(config), name)
     return config
 
 
@@ -61,8 +69,8 @@ def embedded(tiny_config) -> dict:
     """The tiny config with its prompt and identity embeddings computed (once per session)."""
     from fewstep.jobs import precompute
 
-    precompute.embed_prompts(tiny_config)
-    precompute.embed_identities(tiny_config)
+    precompute.embed_prompts(study_of(tiny_config))
+    precompute.embed_identities(study_of(tiny_config))
     return tiny_config
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from tests.conftest import study_of
+
 IDENTITY_EFFECTS = {"astronaut": 0.05, "chelsea": -0.05, "coffee": 0.02, "camera": -0.02}
 PROMPT_EFFECTS = {"p0": 0.01, "p1": -0.01, "p2": 0.0}
 SEEDS = [0, 1]
@@ -94,7 +96,7 @@ def write_scores(config: dict, lpips: bool = True, images: bool = True, noise: b
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     rng = np.random.default_rng(0)
     frames = []
     for cell in grid.cells:
@@ -147,7 +149,7 @@ def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
     from fewstep.core.paths import Paths
     from fewstep.grid import Cell, Grid, image_keys
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     cell = Cell.parse(cell_id)
     folder = paths.trajectory(cell_id).parent
     rows = []

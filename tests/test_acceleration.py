@@ -13,16 +13,19 @@ from diffusers.hooks import FirstBlockCacheConfig
 from fewstep.core.config import check_caches, validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
-from fewstep.families.flux import acceleration, models, pipeline
+from fewstep.families.flux import acceleration, pipeline
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 OFF = {"compile": "none", "fp8": "none", "cache": "none", "cache_threshold": 0.05}
 
 
 def load(config):
-    return models.load_flux(config, "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32)
+    return pipeline.load_flux(
+        study_of(config), "flux-dev", config["adapters"]["infusenet-aes"], CPU, torch.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +46,10 @@ def latents(parts, cond, accelerated=None, steps=4):
 
 
 def test_accelerated_cells_are_their_own_ids_and_leave_eager_cells_untouched(raw_demo):
-    plain = Grid(validate(copy.deepcopy(raw_demo)))
+    plain = Grid(study_of(validate(copy.deepcopy(raw_demo))))
     raw_demo["accelerations"] = {"fast": {"compile": "regional", "fp8": "dynamic"}}
     raw_demo["cells"][0]["accelerations"] = ["eager", "fast"]
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     eager = [c for c in grid.cells if c.acceleration == "eager"]
     assert eager == plain.cells  # same ids, so same paths
     assert [grid.cell_hash(c) for c in eager] == [plain.cell_hash(c) for c in plain.cells]
@@ -126,7 +129,7 @@ def test_a_block_cache_on_an_sd_backbone_is_one_line_naming_the_key(raw_demo):
         match="^config accelerations.cached.cache: sd15 backbones do not take first_block; they take "
         "taylorseer; set none",
     ):
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
 
 
 def test_fp8_on_a_cpu_is_refused_with_the_fix():
@@ -369,9 +372,9 @@ def test_an_accelerated_job_writes_paired_cells_and_threshold_zero_matches_eager
     config = validate(config)
     shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
     for job in ("flux-schnell/infusenet-aes", "flux-schnell/infusenet-aes+cached"):
-        generate.run_job(config, job, progress=False)
+        generate.run_job(study_of(config), job, progress=False)
     paths = Paths(config)
-    for item in Grid(config).items:
+    for item in Grid(study_of(config)).items:
         eager = paths.image("flux-schnell/infusenet-aes/2", item.id)
         cached = paths.image("flux-schnell/infusenet-aes+cached/2", item.id)
         assert np.array_equal(_pixels(eager), _pixels(cached))
@@ -396,7 +399,7 @@ def test_a_mag_cache_job_follows_its_schedule_at_every_step_count(embedded, tmp_
     config["cells"][0]["accelerations"] = ["eager", "mag"]
     config = validate(config)
     shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
-    generate.run_job(config, "flux-schnell/infusenet-aes+mag", progress=False)
+    generate.run_job(study_of(config), "flux-schnell/infusenet-aes+mag", progress=False)
     paths = Paths(config)
     calls = {
         steps: sorted(

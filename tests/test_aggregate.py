@@ -12,6 +12,7 @@ from fewstep.analysis import aggregate, coverage
 from fewstep.analysis.metric_registry import metric_columns, spec
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
+from tests.conftest import study_of
 
 DEV = "flux-dev/infusenet-aes"
 ANCHOR, CANDIDATE = f"{DEV}/16", "flux-schnell/infusenet-aes/4"
@@ -23,7 +24,7 @@ def sweep(tmp_path_factory):
     config = validate(synth.raw_config(tmp_path_factory.mktemp("synth")))
     scores = synth.write_scores(config, images=False)
     synth.write_trajectory(config, CANDIDATE)
-    aggregate.run(config)
+    aggregate.run(study_of(config))
     paths = Paths(config)
     return config, scores, {name: pd.read_csv(paths.table(name)) for name in aggregate.TABLES}
 
@@ -138,7 +139,7 @@ def test_margins_come_from_the_config(tmp_path):
     raw["report"]["margins"] = {"id_sim": 0.55}
     config = validate(raw)
     scores = synth.write_scores(config, images=False)
-    regime = aggregate.regime(aggregate.Context(config, scores))
+    regime = aggregate.regime(aggregate.Context(study_of(config), scores))
     dev = row(regime, backbone="flux-dev", adapter="infusenet-aes", metric="id_sim")
     assert dev["margin"] == 0.55 and dev["effective_steps"] == 1  # 0.45 below at one step: within 0.55
 
@@ -193,7 +194,7 @@ def test_latency_across_devices_is_not_comparable(tmp_path):
     config = validate(synth.raw_config(tmp_path))
     scores = synth.write_scores(config, images=False)
     scores.loc[scores["cell_id"] == CANDIDATE, "device_name"] = "other-gpu"
-    comparison = aggregate.comparison(aggregate.Context(config, scores)).set_index("metric")
+    comparison = aggregate.comparison(aggregate.Context(study_of(config), scores)).set_index("metric")
     for metric in ("end_to_end_s", "latency_s"):
         assert np.isnan(comparison.loc[metric, "estimate"])
         assert (
@@ -210,7 +211,7 @@ def test_old_tables_without_the_new_columns(tmp_path):
     scores = scores.drop(
         columns=["end_to_end_s", "warmup", "device_name", "dtype", "batch_size", "weights_digest"]
     )
-    ctx = aggregate.Context(config, scores)
+    ctx = aggregate.Context(study_of(config), scores)
     comparison = aggregate.comparison(ctx).set_index("metric")
     assert not comparison.loc["end_to_end_s", "available"]
     assert comparison.loc["latency_s", "note"] == ""  # nothing to exclude, nothing to compare devices by
@@ -281,7 +282,7 @@ def test_missing_metric_is_not_available(tmp_path):
     config = validate(synth.raw_config(tmp_path))
     scores = synth.write_scores(config, lpips=False, images=False)
     assert "lpips_ref" not in metric_columns(scores)
-    tables = aggregate.tables(config, scores, None)
+    tables = aggregate.tables(study_of(config), scores, None)
     lpips = tables["comparison"].set_index("metric").loc["lpips_ref"]
     assert not lpips["available"] and np.isnan(lpips["estimate"]) and lpips["n_pairs"] == 0
     assert "lpips_ref" not in set(tables["summary"]["metric"])

@@ -8,6 +8,7 @@ from importlib.metadata import version
 import pytest
 
 from fewstep.cli import main, parser
+from tests.conftest import study_of
 
 
 def test_version_is_the_package_version(capsys):
@@ -80,7 +81,7 @@ def test_validate_lists_every_cell_with_its_items(capsys):
     demo = REPO / "config" / "demo.yaml"
     assert main(["validate", "--config", str(demo)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    grid = Grid(load([demo]))
+    grid = Grid(study_of(load([demo])))
     assert lines[0] == f"demo: {len(grid.cells)} cells, 56 images, weights=tiny"
     assert all(
         line.startswith(f"  {cell.id}: {len(grid.items_of(cell))} items (")

@@ -8,6 +8,7 @@ import pytest
 
 from fewstep.core.config import fingerprint, load, validate
 from fewstep.core.errors import ConfigError
+from tests.conftest import study_of
 
 
 def test_defaults_are_filled(raw_demo):
@@ -31,8 +32,9 @@ def test_defaults_are_filled(raw_demo):
 
 
 def test_defaults_fill_only_where_they_apply(raw_demo):
-    """InfuseNet's settings only on InfuseNet adapters, T5's sequence length only on FLUX backbones:
-    the stored and hashed config of an IP-Adapter or SD cell holds nothing it does not use."""
+    """InfuseNet's settings only on InfuseNet adapters; a family's own backbone keys (T5's sequence
+    length) are never filled: the family reads its own default, and its grid refuses them elsewhere.
+    The stored and hashed config of an IP-Adapter or SD cell holds nothing it does not use."""
     raw = copy.deepcopy(raw_demo)
     raw["adapters"]["style"] = {"kind": "ip_adapter", "role": "style"}
     raw["adapters"]["off"] = {"kind": "none"}
@@ -42,16 +44,23 @@ def test_defaults_fill_only_where_they_apply(raw_demo):
     assert config["adapters"]["off"] == {"kind": "none"}
     assert "max_sequence_length" not in config["backbones"]["sd15"]
     backbones = config["backbones"].values()
-    assert all(("max_sequence_length" in b) == (b["family"] == "flux") for b in backbones)
-    assert config["backbones"]["flux-dev"]["max_sequence_length"] == 512  # the default, filled
+    assert config["backbones"]["flux-dev"]["max_sequence_length"] == 512  # as config/demo.yaml sets it
+    del raw["backbones"]["flux-dev"]["max_sequence_length"]
+    assert "max_sequence_length" not in validate(raw)["backbones"]["flux-dev"]
+    assert all(b["guidance"] in (None, 3.5) for b in backbones)  # null: the family's default
     raw["adapters"]["style"]["variant"] = "sim_stage1"
     with pytest.raises(ConfigError) as error:
         validate(raw)
     assert str(error.value) == ("config adapters.style.variant: applies only where kind infusenet; remove it")
     del raw["adapters"]["style"]["variant"]
     raw["backbones"]["sd15"]["max_sequence_length"] = 77
-    with pytest.raises(ConfigError, match=r"^config backbones.sd15.max_sequence_length: applies only where "):
-        validate(raw)
+    raw["cells"].append({"backbones": ["sd15"], "adapters": ["style"]})
+    from fewstep.grid import Grid
+
+    with pytest.raises(
+        ConfigError, match=r"^config backbones.sd15.max_sequence_length: not a setting of sd15 backbones "
+    ):
+        Grid(study_of(validate(raw)))
 
 
 def test_plain_string_prompts_get_ids(raw_demo):
@@ -104,7 +113,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(raw_demo, mutate, key, hin
 
     mutate(raw_demo)
     with pytest.raises(ConfigError) as excinfo:
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
     message = str(excinfo.value)
     assert "\n" not in message
     assert key in message and hint in message
@@ -281,9 +290,15 @@ def test_config_reference_page_is_current():
 @pytest.mark.parametrize(
     ("section", "key", "value", "line"),
     [
-        ("backbones", "scheduler", "ddim", "config backbones.flux-dev.scheduler: an SD setting"),
-        ("backbones", "resolution", 512, "config backbones.flux-dev.resolution: an SD setting"),
-        ("adapters", "scale", 0.5, "config adapters.infusenet-aes.scale: an IP-Adapter setting"),
+        (
+            "backbones",
+            "scheduler",
+            "ddim",
+            "config backbones.flux-dev.scheduler: not a setting of flux backbones (theirs: family, "
+            "guidance, max_sequence_length, model, steps); remove it",
+        ),
+        ("backbones", "resolution", 512, "config backbones.flux-dev.resolution: not a setting of flux "),
+        ("adapters", "scale", 0.5, "config adapters.infusenet-aes.scale: not a setting of flux infusenet"),
     ],
 )
 def test_sd_only_settings_on_flux_are_refused_in_one_line(section, key, value, line):
@@ -298,7 +313,7 @@ def test_sd_only_settings_on_flux_are_refused_in_one_line(section, key, value, l
     name = "flux-dev" if section == "backbones" else "infusenet-aes"
     raw[section][name][key] = value
     with pytest.raises(ConfigError, match=re.escape(line)):
-        Grid(validate(raw))
+        Grid(study_of(validate(raw)))
 
 
 @pytest.mark.parametrize("section", ["identities", "references"])

@@ -14,7 +14,7 @@ from fewstep.cli import main
 from fewstep.core.config import load, validate
 from fewstep.core.errors import ConfigError
 from fewstep.registry.catalog import marker_path
-from tests.conftest import REPO
+from tests.conftest import REPO, study_of
 
 LATENCY = [  # per step and decode at 1024², eager, bf16
     ("flux-dev/infusenet-aes/28", 0.2, 0.1),
@@ -96,7 +96,7 @@ def seconds(result, rule):
 
 
 def test_generation_and_score_jobs_add_up_from_the_figures(tmp_path):
-    result = est.estimate(small_config(tmp_path), "x1", write_figures(tmp_path / "figures"))
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", write_figures(tmp_path / "figures"))
     assert result.images == {
         "flux-dev/infusenet-aes/2": 2,
         "flux-dev/infusenet-aes/4": 2,
@@ -143,7 +143,7 @@ def test_generation_and_score_jobs_add_up_from_the_figures(tmp_path):
 
 
 def test_disk_counts_raw_pixels_and_float32_embeddings(tmp_path):
-    result = est.estimate(small_config(tmp_path), "x1", write_figures(tmp_path / "figures"))
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", write_figures(tmp_path / "figures"))
     assert result.image_gb * 1e9 == pytest.approx(6 * 1024 * 1024 * 3 + 2 * 512 * 512 * 3)
     # T5 512 x 4096 + pooled 768; SD1.5 prompt and negative 2 x 77 x 768; a plain reference
     # 2 x 1280; two identities 522 each; 4 bytes a value
@@ -155,7 +155,7 @@ def test_a_smaller_picture_scales_the_steps_and_a_window_runs_the_adapter_first(
     config = small_config(tmp_path)
     config["resolution"] = {"width": 512, "height": 1024}  # half the pixels of the figures
     config["adapters"]["infusenet-aes"]["first_steps"] = 1  # InfuseNet on step 1, then dev alone
-    result = est.estimate(config, "x1", write_figures(tmp_path / "figures"))
+    result = est.estimate(study_of(config), "x1", write_figures(tmp_path / "figures"))
     # 10 + 6 + 2 items x 0.5 x ((0.2 + 1 x 0.15 + 0.1) + (0.2 + 3 x 0.15 + 0.1))
     assert seconds(result, "generate")["flux-dev/infusenet-aes"] == pytest.approx(16 + 0.45 + 0.75)
 
@@ -165,7 +165,7 @@ def test_downloads_are_the_published_sizes_of_models_not_yet_prepared(tmp_path):
     ready = marker_path(config, "clip-vit-l14")
     ready.parent.mkdir(parents=True)
     ready.write_text("{}")
-    result = est.estimate(config, "x1", write_figures(tmp_path / "figures"))
+    result = est.estimate(study_of(config), "x1", write_figures(tmp_path / "figures"))
     downloads = {name: round(gb, 6) for name, gb in result.downloads.items()}
     assert "clip-vit-l14" not in downloads
     # transformer + VAE, and the text encoders: flux-dev embeds this sweep's prompts
@@ -179,7 +179,7 @@ def test_downloads_are_the_published_sizes_of_models_not_yet_prepared(tmp_path):
 def test_an_unknown_card_is_one_line_naming_the_cards_with_figures(tmp_path):
     figures = write_figures(tmp_path / "figures")
     with pytest.raises(ConfigError, match=r"no timing figures for card 'a100' .*cards with figures: x1 \("):
-        est.estimate(small_config(tmp_path), "a100", figures)
+        est.estimate(study_of(small_config(tmp_path)), "a100", figures)
 
 
 def test_the_command_prints_the_estimate_of_the_gpu_config_naming_its_figures(capsys):
@@ -209,8 +209,8 @@ def test_the_committed_gpu_runs_are_each_estimated_within_a_quarter_of_their_mea
         others = est.measured_figures("h100")
         others.overheads, used, _ = est.pooled_overheads([other for other in runs if other != run_path])
         assert len(used) == len(runs) - 1
-        out_of_sample = est.estimate_with(config, others).wall_seconds / measured
-        both = est.estimate(config, "h100").wall_seconds / measured
+        out_of_sample = est.estimate_with(study_of(config), others).wall_seconds / measured
+        both = est.estimate(study_of(config), "h100").wall_seconds / measured
         assert 0.74 < out_of_sample < 1.27, (run_path.name, out_of_sample)
         assert 0.85 < both < 1.15, (run_path.name, both)
 
@@ -233,7 +233,7 @@ def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", sl
     `slower` seconds longer: another host; `former`: SD's prompt jobs under their former rule)."""
     config_path = tmp_path / "small.yaml"
     config_path.write_text(yaml.safe_dump(small_sweep(tmp_path)))
-    planned = est.estimate_with(small_config(tmp_path), est.measured_figures(card, folder)).jobs
+    planned = est.estimate_with(study_of(small_config(tmp_path)), est.measured_figures(card, folder)).jobs
     jobs = [
         {"rule": j.key if former and j.key == "embed_sd_prompt" else j.rule, "name": j.name, "failed": False,
          "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.timing_key or j.rule)) + slower}
@@ -249,7 +249,7 @@ def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path, former)
     """Also from a run that named SD's prompt jobs by their former rule (the committed runs)."""
     folder = write_figures(tmp_path / "figures")
     write_run(tmp_path, folder, former=former)
-    result = est.estimate(small_config(tmp_path), "x1", folder)
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", folder)
     overheads = {key: round(value, 6) for key, value in result.figures.overheads.items()}
     assert overheads["generate/flux"] == 22.9 and overheads["generate/sd15"] == 19.42
     assert overheads["generate"] == round((27.2 + 18.6 + 19.42) / 3, 6) and overheads["score"] == 11.0
@@ -274,16 +274,16 @@ def test_a_workflow_run_gives_every_rule_its_measured_overhead(tmp_path, former)
     assert result.figures.sources[-1] == str(folder / "workflow_x1_2026-01-02.json")
     assert any("measured in 1 x1 workflow run" in note for note in result.notes)
     # real weights are downloaded, not built: their preparation keeps the assumed 10 + 5 s
-    real = est.estimate(small_config(tmp_path, weights="real"), "x1", folder)
+    real = est.estimate(study_of(small_config(tmp_path, weights="real")), "x1", folder)
     assert set(seconds(real, "prepare_model").values()) == {15.0}
 
 
 def test_overheads_of_several_runs_are_averaged_per_job_kind(tmp_path):
     folder = write_figures(tmp_path / "figures")
     write_run(tmp_path, folder)
-    one = est.estimate(small_config(tmp_path), "x1", folder).figures.overheads
+    one = est.estimate(study_of(small_config(tmp_path)), "x1", folder).figures.overheads
     write_run(tmp_path, folder, date="2026-01-03", slower=4.0)  # a slower host: every job 4 s longer
-    both = est.estimate(small_config(tmp_path), "x1", folder)
+    both = est.estimate(study_of(small_config(tmp_path)), "x1", folder)
     assert set(both.figures.overheads) == set(one)
     for key, seconds_one in one.items():
         assert both.figures.overheads[key] == pytest.approx(seconds_one + 2.0), key
@@ -294,7 +294,7 @@ def test_overheads_of_several_runs_are_averaged_per_job_kind(tmp_path):
 def test_a_run_whose_config_forms_other_jobs_now_is_left_out_with_a_note(tmp_path):
     folder = write_figures(tmp_path / "figures")
     write_run(tmp_path, folder, leave_out=("score", "sd15/style"))
-    result = est.estimate(small_config(tmp_path), "x1", folder)
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", folder)
     assert result.figures.overheads == {}
     assert seconds(result, "score")["sd15/style"] == 15.4  # assumed: 10 + 5 + 2 x 0.2
     assert any("now forms jobs the run did not run (score sd15/style)" in note for note in result.notes)
@@ -306,7 +306,7 @@ def test_a_card_with_acceleration_figures_alone_borrows_the_rest_and_says_so(tmp
     rows = [{"backbone": "flux-dev", "variant": "eager", "per_step_s": 0.3, "per_image_s": 8.5, "images": 3,
              "compile_s": 1.0, "job_s": 30.0}]  # fmt: skip
     (folder / "acceleration_x3_2026-01-03.json").write_text(json.dumps({"card": "X3", "rows": rows}))
-    result = est.estimate(small_config(tmp_path), "x3", folder)
+    result = est.estimate(study_of(small_config(tmp_path)), "x3", folder)
     # its own eager step with InfuseNet; without it at x1's ratio 0.15 / 0.2; x1's decode
     assert result.figures.flux_step[("flux-dev", True)] == 0.3
     assert result.figures.flux_step[("flux-dev", False)] == pytest.approx(0.225)

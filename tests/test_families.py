@@ -15,6 +15,7 @@ from fewstep.families.base import Family
 from fewstep.families.flux.family import FLUX
 from fewstep.grid import Cell, Grid
 from fewstep.registry.spec import ModelSpec
+from tests.conftest import study_of
 
 GRID_SIDE = (
     "name",
@@ -26,6 +27,7 @@ GRID_SIDE = (
     "guidance",
     "cell_models",
     "needs_identity_embeddings",
+    "identity_models",
     "prompt_model",
     "acceleration_switches",
     "comparable",
@@ -41,6 +43,8 @@ GRID_SIDE = (
     "cell_weights",
     "adapter_roles",
     "adapter_role",
+    "backbone_keys",
+    "adapter_keys",
 )
 
 
@@ -63,6 +67,8 @@ class ToyFamily:
     backbones = {"toy-1": ModelSpec("toy-1", "toy-1")}
     adapter_kinds = frozenset({"none"})
     max_side = 512
+    backbone_keys = frozenset()
+    adapter_keys = {"none": frozenset()}
     adapter_roles = ("identity",)
     acceleration_switches = frozenset()
     comparable = False
@@ -86,6 +92,9 @@ class ToyFamily:
 
     def needs_identity_embeddings(self, adapter):
         return False
+
+    def identity_models(self, adapter):
+        return []
 
     prompt_job_mem_mb = 2000
 
@@ -125,9 +134,9 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     with pytest.raises(
         ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux, sd15, sdxl"
     ):
-        Grid(config)
+        Grid(study_of(config))
     families = {**FAMILIES, "toy": ToyFamily()}
-    grid = Grid(config, families=families)
+    grid = Grid(study_of(config), families=families)
     toy = Cell("toy", "bare", 3)
     assert grid.guidance(toy) == 7.5 and grid.generation_models(toy) == ["toy-1"]
     assert grid.families == ["flux", "sd15", "sdxl", "toy"] and grid.text_encoder_backbone("toy") == "toy-1"
@@ -135,11 +144,11 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     raw_demo["cells"][-1]["adapters"] = ["infusenet-aes"]
     wrong_kind = r"adapter 'infusenet-aes' \(infusenet\) cannot run on a toy backbone"
     with pytest.raises(ConfigError, match=wrong_kind):
-        Grid(validate(raw_demo), families=families)
+        Grid(study_of(validate(raw_demo)), families=families)
     raw_demo["cells"][-1]["adapters"] = ["bare"]
     raw_demo["backbones"]["toy"]["steps"] = [3, 2]
     with pytest.raises(ConfigError, match="backbones.toy.steps: list them in increasing order"):
-        Grid(validate(raw_demo), families=families)
+        Grid(study_of(validate(raw_demo)), families=families)
 
 
 class CompilingToy(ToyFamily):
@@ -153,18 +162,18 @@ def test_a_family_takes_only_the_acceleration_switches_it_implements(raw_demo):
     raw_demo["adapters"]["bare"] = {"kind": "none"}
     raw_demo["accelerations"] = {"compiled": {"compile": "regional"}, "cached": {"cache": "first_block"}}
     raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"], "accelerations": ["compiled"]})
-    grid = Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": CompilingToy()})
+    grid = Grid(study_of(validate(copy.deepcopy(raw_demo))), families={**FAMILIES, "toy": CompilingToy()})
     assert "toy/bare+compiled/3" in [c.id for c in grid.cells]
     with pytest.raises(
         ConfigError, match="^config cells.accelerations: 'compiled' on toy; toy backbones run eager only$"
     ):
-        Grid(validate(copy.deepcopy(raw_demo)), families={**FAMILIES, "toy": ToyFamily()})
+        Grid(study_of(validate(copy.deepcopy(raw_demo))), families={**FAMILIES, "toy": ToyFamily()})
     raw_demo["cells"][-1]["accelerations"] = ["cached"]
     with pytest.raises(
         ConfigError,
         match="^config accelerations.cached.cache: toy backbones do not take it; set none, or leave",
     ):
-        Grid(validate(raw_demo), families={**FAMILIES, "toy": CompilingToy()})
+        Grid(study_of(validate(raw_demo)), families={**FAMILIES, "toy": CompilingToy()})
 
 
 @pytest.mark.parametrize(
@@ -181,7 +190,7 @@ def test_only_a_comparable_familys_cells_are_anchor_or_trajectory_cells(raw_demo
     with pytest.raises(
         ConfigError, match=rf"^config {where}: sd15/sd-style/4 is a sd15 cell; the {key} takes"
     ):
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
 
 
 def test_the_schema_enum_of_adapter_kinds_is_the_families_kinds():
@@ -189,8 +198,20 @@ def test_the_schema_enum_of_adapter_kinds_is_the_families_kinds():
     the kinds it applies to): a family's new kind is listed there, and this test says which one is
     missing or stale."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    kind = schema["properties"]["adapters"]["additionalProperties"]["properties"]["kind"]
-    assert kind["enum"] == sorted(set().union(*(family.adapter_kinds for family in FAMILIES.values())))
+    adapter = schema["properties"]["adapters"]["additionalProperties"]["properties"]
+    kinds = set().union(*(family.adapter_kinds for family in FAMILIES.values()))
+    missing, stale = (
+        sorted(kinds - set(adapter["kind"]["enum"])),
+        sorted(set(adapter["kind"]["enum"]) - kinds),
+    )
+    assert not missing and not stale, (
+        f"{SCHEMA_PATH}: adapters.<name>.kind.enum: add {missing}, remove {stale}"
+    )
+    settings = {key for family in FAMILIES.values() for keys in family.adapter_keys.values() for key in keys}
+    assert sorted(settings - set(adapter)) == [], f"{SCHEMA_PATH}: add these adapters.<name> keys"
+    backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    settings = {key for family in FAMILIES.values() for key in family.backbone_keys}
+    assert sorted(settings - set(backbone)) == [], f"{SCHEMA_PATH}: add these backbones.<name> keys"
 
 
 def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family():
@@ -202,4 +223,4 @@ def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family(
     config = validate(raw)  # each setting alone is valid
     message = rf"^config adapters\.{name}: guidance_start must be below guidance_end$"
     with pytest.raises(ConfigError, match=message):
-        Grid(config)
+        Grid(study_of(config))

@@ -6,8 +6,9 @@ protocol's parameters and attribute type, and a grid-side `Family` method is cal
 backbone x adapter of the demo config, with a value per parameter name (`arguments`), and must
 return what its annotation says. The job side runs for real: each family's prompt encoder, and
 its cell pipeline on a batch of two (condition, stack, denoise with a per-step callback, decode
-to uint8, the timer's marks), built once by `cell_pipeline` from prepared tiny weights and once
-by its constructor from tiny components made in memory (no files).
+to uint8, the timer's marks), built by `cell_pipeline` once from prepared tiny weights and once
+from the tiny components its folder's ``tiny.py:tiny_cell`` makes in memory (no files): a family
+added to `FAMILIES` needs no edit here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES, base
 from fewstep.grid import EAGER_SWITCHES
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 STEPS = 2
@@ -97,8 +99,8 @@ def test_the_checks_refuse_what_breaks_the_contract():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict:
-    """The demo config with every family's generation and text-encoder models prepared (tiny)."""
+def demo(tmp_path_factory) -> typing.Any:
+    """The demo's `Study` with every family's generation and text-encoder models prepared (tiny)."""
     from conftest import demo_yaml
 
     from fewstep.core.config import validate
@@ -112,9 +114,10 @@ def demo(tmp_path_factory) -> dict:
         for backbone, adapter in cases(config, name):
             names |= set(family.cell_models(backbone, adapter))
         names.add(prompt_model(config, name))
+    study = study_of(config)
     for name in sorted(names):
-        prepare_model(config, name)
-    return config
+        prepare_model(study_of(study), name)
+    return study
 
 
 def cases(config: dict, name: str) -> list[tuple[dict, dict]]:
@@ -204,25 +207,18 @@ def encoded(demo) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def references(name: str, adapter: dict) -> tuple[dict | None, dict[str, str]]:
-    """A reference embedding file's tensors and metadata as the family's precompute job writes
-    them, with random values of the tiny models' shapes (None: the adapter reads no file)."""
-    if adapter["kind"] == "none":
-        return None, {}
-    unknown(name, "references")
-    if name == "flux":
-        kps = np.array([[20, 24], [44, 24], [32, 34], [24, 46], [40, 46]], np.float32)
-        return {"arcface_irse50": torch.randn(512), "kps": torch.from_numpy(kps)}, {
-            "width": "64",
-            "height": "64",
-        }
-    from fewstep.families.sd import specs, tiny
-
-    spec = specs.FAMILIES[name].adapters[adapter.get("file", "plain")]
-    vision = tiny.TINY_ENCODERS[spec.encoder_path]
-    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
-    shape = (2, 1, tokens, vision["hidden_size"]) if spec.plus else (2, 1, vision["projection_dim"])
-    return {"image_embeds": torch.randn(shape)}, {}
+def tiny_cell(config: dict, name: str, backbone: dict, adapter: dict) -> base.TinyCell:
+    """The family's seeded tiny components made in memory and an item's precomputed inputs of
+    their shapes, from ``tiny_cell`` in its folder's ``tiny.py`` (no file read)."""
+    package = type(FAMILIES[name]).__module__.rsplit(".", 1)[0]
+    module = importlib.import_module(f"{package}.tiny")
+    assert hasattr(module, "tiny_cell"), f"{package}.tiny: give it tiny_cell(config, backbone, adapter)"
+    made = module.tiny_cell(config, backbone, adapter)
+    assert isinstance(made, base.TinyCell), (
+        f"{package}.tiny.tiny_cell: return a fewstep.families.base.TinyCell"
+    )
+    assert (made.reference is None) == (adapter["kind"] == "none")
+    return made
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -231,35 +227,40 @@ def test_reference_encoders_embed_what_the_cell_pipelines_read(demo, name):
     the prepared tiny weights, embeds a picture in the shape its cells read; a family naming no
     file refuses the call in one line."""
     family = FAMILIES[name]
-    files = {family.reference_file(a): a for _, a in cases(demo, name) if family.reference_file(a)}
+    files = {family.reference_file(a): (b, a) for b, a in cases(demo, name) if family.reference_file(a)}
     if not files:
         with pytest.raises(ConfigError, match="read no reference embeddings"):
             family.reference_encoder(demo, "plain", CPU, torch.float32)
         return
     picture = Image.fromarray(np.full((48, 40, 3), 127, np.uint8))
-    for file, adapter in files.items():
+    for file, (backbone, adapter) in files.items():
         encoder = family.reference_encoder(demo, file, CPU, torch.float32)
         for member, spec in members(base.ReferenceEncoder).items():
             assert_signature(encoder, member, spec)
         embeds = encoder.encode(picture)
-        expected, _ = references(name, adapter)
+        expected = tiny_cell(demo, name, backbone, adapter).reference
         assert embeds.shape == expected["image_embeds"].shape and torch.isfinite(embeds).all(), file
 
 
 def run_cell_pipeline(
-    name: str, pipeline: typing.Any, prompt: dict, adapter: dict, side: tuple[int, int], alone: bool = False
+    name: str,
+    pipeline: typing.Any,
+    prompt: dict,
+    adapter: dict,
+    side: tuple[int, int],
+    item: base.TinyCell,
+    alone: bool = False,
 ):
-    """Every `CellPipeline` member on a batch of two images of `STEPS` steps; `alone`: and the
-    second seed's image rendered by itself is the batch's."""
+    """Every `CellPipeline` member on a batch of two images of `STEPS` steps, the item's reference
+    inputs those of `item`; `alone`: and the second seed's image rendered by itself is the batch's."""
     for member, spec in members(base.CellPipeline).items():
         assert hasattr(pipeline, member), f"{name}'s cell pipeline lacks {member}"
         if inspect.isfunction(spec):
             assert_signature(pipeline, member, spec)
         else:
             assert conforms(getattr(pipeline, member), spec)
-    tensors, meta = references(name, adapter)
     prompt = {k: v.to(pipeline.device, pipeline.dtype) for k, v in prompt.items()}
-    inputs = base.ItemInputs(prompt, "ref-a", tensors, meta)
+    inputs = base.ItemInputs(prompt, "ref-a", item.reference, item.reference_meta)
     with torch.no_grad():
         condition, seconds = pipeline.condition(inputs)
         assert isinstance(seconds, float) and seconds >= 0
@@ -297,11 +298,9 @@ def run_cell_pipeline(
 
 
 def side(demo: dict, name: str, backbone: dict) -> tuple[int, int]:
-    """The width and height of the family's images for `backbone`."""
-    unknown(name, "side")
-    if name == "flux":
-        return demo["resolution"]["width"], demo["resolution"]["height"]
-    return (FAMILIES[name].resolution(backbone),) * 2
+    """The width and height of the family's images for `backbone` (`Family.image_size`)."""
+    size = FAMILIES[name].image_size(backbone, demo["resolution"])
+    return size["width"], size["height"]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -310,111 +309,20 @@ def test_cell_pipeline_from_prepared_weights_runs_every_member(demo, encoded, na
     family = FAMILIES[name]
     for backbone, adapter in [(b, a) for b, a in cases(demo, name) if a["kind"] != "none"]:
         args = arguments(demo, name, backbone, adapter)
-        call = {p: args[p] for p in inspect.signature(base.Family.cell_pipeline).parameters if p != "self"}
+        call = {p: args[p] for p in inspect.signature(base.Family.cell_pipeline).parameters if p in args}
         pipeline = family.cell_pipeline(**call)
-        run_cell_pipeline(name, pipeline, encoded[name], adapter, side(demo, name, backbone))
-
-
-def tiny_components(name: str, backbone: dict, adapter: dict) -> dict[str, typing.Any]:
-    """The family's tiny components built in memory, seeded: nothing read from files."""
-    import diffusers
-
-    unknown(name, "tiny_components")
-    torch.manual_seed(0)
-    if name == "flux":
-        from fewstep.families.flux import models, tiny
-        from fewstep.families.resampler import Resampler, ResamplerConfig
-
-        spec = models.BACKBONES[backbone["model"]].extra
-        parts = {
-            "transformer": diffusers.FluxTransformer2DModel(
-                **tiny.TINY_TRANSFORMER, guidance_embeds=spec["guidance_embeds"]
-            ),
-            "vae": diffusers.AutoencoderKL(**tiny.TINY_VAE),
-            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(spec["scheduler"]),
-        }
-        if adapter["kind"] != "none":
-            parts["infusenet"] = diffusers.FluxControlNetModel(**tiny.TINY_INFUSENET)
-            parts["resampler"] = Resampler(ResamplerConfig(**tiny.TINY_RESAMPLER))
-        return parts
-    from fewstep.families.sd import specs, tiny
-
-    spec = specs.FAMILIES[name]
-    parts = {
-        "unet": diffusers.UNet2DConditionModel(**tiny.tiny_unet_config(spec)),
-        "vae": diffusers.AutoencoderKL(**dict(spec.vae, **tiny.TINY_VAE)),
-        "scheduler": getattr(diffusers, spec.scheduler["_class_name"]).from_config(spec.scheduler),
-    }
-    if adapter["kind"] != "none":  # diffusers' load_ip_adapter, from a state dict of the tiny shapes
-        file = spec.adapters[adapter.get("file", "plain")]
-        vision = dict(spec.encoders[file.encoder_path], **tiny.TINY_ENCODERS[file.encoder_path])
-        state = tiny.ip_adapter_state_dict(parts["unet"], file, vision, tiny.TINY_PLUS_WIDTH)
-        none = {n: None for n in (*spec.text_encoders, *spec.tokenizers)}
-        if spec is not specs.SDXL:
-            none |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-        holder = getattr(diffusers, spec.pipeline_class)(**parts, **none)
-        holder.load_ip_adapter(
-            state, subfolder=file.subfolder, weight_name=file.weight_name, image_encoder_folder=None
-        )
-    return parts
+        item = tiny_cell(demo, name, backbone, adapter)
+        run_cell_pipeline(name, pipeline, encoded[name], adapter, side(demo, name, backbone), item)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_cell_pipeline_from_injected_components_runs_every_member(demo, encoded, name):
-    """Each family's cell pipeline class (the one `cell_pipeline` returns) built from components
-    made in memory, as a diffusers pipeline is, with and without its adapter."""
+    """`cell_pipeline` built from the family's tiny components made in memory, as a diffusers
+    pipeline is from its components, with and without its adapter."""
     family = FAMILIES[name]
     for backbone, adapter in cases(demo, name)[-2:]:  # the last backbone, with its last adapter and bare
-        settings = injected_settings(name, demo, backbone, adapter)
-        built = cell_pipeline_class(family)(**tiny_components(name, backbone, adapter), **settings)
-        run_cell_pipeline(name, built, encoded[name], adapter, side(demo, name, backbone), alone=True)
-
-
-def cell_pipeline_class(family: base.Family) -> type:
-    """The class `family.cell_pipeline` returns (its annotation), from the family's ``cell`` module."""
-    package = type(family).__module__.rsplit(".", 1)[0]
-    annotation = inspect.signature(family.cell_pipeline).return_annotation
-    return getattr(importlib.import_module(f"{package}.cell"), annotation)
-
-
-def injected_settings(name: str, demo: dict, backbone: dict, adapter: dict) -> dict[str, typing.Any]:
-    """The constructor's non-component arguments, as `Family.cell_pipeline` passes them."""
-    unknown(name, "injected_settings")
-    family = FAMILIES[name]
-    common = {"device": CPU, "dtype": torch.float32, "guidance": family.guidance(backbone)}
-    if name == "flux":
-        width, height = side(demo, name, backbone)
-        return common | {
-            "adapter": adapter,
-            "acceleration": dict(EAGER_SWITCHES),
-            "width": width,
-            "height": height,
-        }
-    scale = family.scale("contract", adapter) if adapter["kind"] != "none" else None
-    return common | {"spec": family.spec, "scale": scale, "side": family.resolution(backbone)}
-
-
-def unknown(name: str, helper: str) -> None:
-    """Fail with what to add when a family joins `FAMILIES` without its tiny stand-ins here."""
-    from fewstep.families.sd.specs import FAMILIES as SD
-
-    assert name == "flux" or name in SD, f"tests/test_family_contract.py: give {helper} a case for {name}"
-
-
-def test_an_sd_cell_pipeline_takes_a_scale_exactly_with_adapter_layers():
-    """A scale for a UNet without IP-Adapter layers (or none for one with them) would be ignored."""
-    from conftest import demo_yaml
-
-    from fewstep.core.config import validate
-
-    config = validate(demo_yaml())
-    backbone, style = config["backbones"]["sd15"], config["adapters"]["sd-style"]
-    cls = cell_pipeline_class(FAMILIES["sd15"])
-    bare, adapted = (
-        tiny_components("sd15", backbone, {"kind": "none"}),
-        tiny_components("sd15", backbone, style),
-    )
-    for components, scale in ((bare, 1.0), (adapted, None)):
-        settings = injected_settings("sd15", config, backbone, style) | {"scale": scale}
-        with pytest.raises(ValueError, match="takes a scale exactly when its UNet carries IP-Adapter layers"):
-            cls(**components, **settings)
+        made = tiny_cell(demo, name, backbone, adapter)
+        args = arguments(demo, name, backbone, adapter)
+        call = {p: args[p] for p in inspect.signature(base.Family.cell_pipeline).parameters if p in args}
+        built = family.cell_pipeline(**call, components=made.components)
+        run_cell_pipeline(name, built, encoded[name], adapter, side(demo, name, backbone), made, alone=True)

@@ -20,7 +20,7 @@ from fewstep import cli
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
 from fewstep.jobs import generate
-from tests.conftest import REPO
+from tests.conftest import REPO, study_of
 
 ANCHOR = "flux-dev/infusenet-aes/8"
 
@@ -32,7 +32,7 @@ def sweep(embedded, tmp_path_factory) -> tuple[dict, Path]:
     config = copy.deepcopy(embedded)
     config.update(results_dir=str(root / "results"), reports_dir=str(root / "reports"))
     shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
-    generate.run(config, ANCHOR, progress=False)
+    generate.run(study_of(config), ANCHOR, progress=False)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, path
@@ -108,7 +108,7 @@ def test_aggregate_and_report_on_a_full_disk_say_so_in_one_line(tmp_path):
     result = on_a_full_disk(["aggregate", "--config", str(path)], paths.aggregate_dir)
     assert_one_disk_full_line(result, "aggregate", paths.aggregate_dir)
     assert not paths.aggregate_dir.exists() or not files(paths.aggregate_dir)
-    summary = aggregate.run(config)
+    summary = aggregate.run(study_of(config))
     result = on_a_full_disk(["report", "--config", str(path), "--summary", str(summary)], paths.report_dir)
     assert_one_disk_full_line(result, "report", paths.report_dir)
     assert not paths.report_index.exists()
@@ -149,7 +149,7 @@ def test_a_dry_run_names_the_deleted_files_of_a_finished_job_and_the_command(tmp
 
     demo = REPO / "config" / "demo.yaml"
     config = load([demo])
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     job = "flux-schnell/infusenet-aes"
     cells = grid.job(job)
     for cell in cells:  # a finished job, as far as files go

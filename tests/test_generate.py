@@ -11,6 +11,7 @@ from fewstep.core.io import sha256_file
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 from fewstep.jobs import generate, precompute
+from tests.conftest import study_of
 
 
 def test_prompt_and_identity_embeddings_are_written_once_per_sweep(embedded):
@@ -34,15 +35,17 @@ def test_generation_never_builds_a_text_encoder(embedded, monkeypatch, tmp_path)
 
     monkeypatch.setattr(transformers.CLIPTextModel, "__init__", forbidden)
     monkeypatch.setattr(transformers.T5EncoderModel, "__init__", forbidden)
-    generate.run(embedded, "flux-schnell/infusenet-aes/1", tmp_path / "manifest.parquet", progress=False)
-    assert len(pd.read_parquet(tmp_path / "manifest.parquet")) == len(Grid(embedded).items)
+    generate.run(
+        study_of(embedded), "flux-schnell/infusenet-aes/1", tmp_path / "manifest.parquet", progress=False
+    )
+    assert len(pd.read_parquet(tmp_path / "manifest.parquet")) == len(Grid(study_of(embedded)).items)
 
 
 def test_manifest_lists_every_item_once_with_provenance(embedded):
     cell = "flux-dev/infusenet-aes/2"
-    path = generate.run(embedded, cell, progress=False)
+    path = generate.run(study_of(embedded), cell, progress=False)
     manifest = pd.read_parquet(path)
-    grid, paths = Grid(embedded), Paths(embedded)
+    grid, paths = Grid(study_of(embedded)), Paths(embedded)
     assert list(manifest["item_id"]) == [i.id for i in grid.items]
     assert set(manifest["cell_id"]) == {cell} and set(manifest["steps"]) == {2}
     assert set(manifest["weights"]) == {"tiny"} and set(manifest["guidance"]) == {3.5}
@@ -62,8 +65,8 @@ def test_manifest_lists_every_item_once_with_provenance(embedded):
 
 def test_a_second_run_keeps_every_image(embedded):
     cell = "flux-dev/infusenet-aes/1"
-    first = pd.read_parquet(generate.run(embedded, cell, progress=False))
-    again = pd.read_parquet(generate.run(embedded, cell, progress=False))
+    first = pd.read_parquet(generate.run(study_of(embedded), cell, progress=False))
+    again = pd.read_parquet(generate.run(study_of(embedded), cell, progress=False))
     assert list(again["generated_at"]) == list(first["generated_at"])
     assert list(again["sha256"]) == list(first["sha256"])
 
@@ -85,7 +88,7 @@ def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_res
     from fewstep.registry.prepare import weights_digest
 
     cell = "flux-schnell/infusenet-aes/2"
-    manifest = pd.read_parquet(generate.run(own_results, cell, progress=False, batch_size=3))
+    manifest = pd.read_parquet(generate.run(study_of(own_results), cell, progress=False, batch_size=3))
     assert list(manifest["warmup"]) == [True, True, True, False]  # 4 items, batches of 3 and 1
     assert list(manifest["batch_size"]) == [3, 3, 3, 1]
     assert (manifest["prompt_encode_s"] > 0).all() and (manifest["identity_embed_s"] > 0).all()
@@ -96,7 +99,7 @@ def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_res
     for row in manifest.itertuples():
         path = Paths(own_results).prompt_embedding("flux", row.prompt_id, 256)
         assert row.prompt_encode_s == float(precompute.load_tensors(path)[1]["encode_s"])
-    grid = Grid(own_results)
+    grid = Grid(study_of(own_results))
     c = grid.cell(cell)
     expected = weights_digest(own_results, generation_weights("flux-schnell", grid.adapter(c)))
     assert set(manifest["weights_digest"]) == {expected}
@@ -108,7 +111,7 @@ def test_reembedding_the_same_inputs_keeps_their_digests(own_results):
     paths = Paths(own_results)
     path = paths.identity_embedding("astronaut")
     before, meta_before = precompute.content_digest(path), precompute.load_tensors(path)[1]
-    precompute.embed_identities(own_results)
+    precompute.embed_identities(study_of(own_results))
     assert precompute.load_tensors(path)[1]["encode_s"] != meta_before["encode_s"]
     assert precompute.content_digest(path) == before
 
@@ -141,15 +144,15 @@ def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
         "infiniteyou": str(model_folder(own_results, "infiniteyou")),
     }
     for name in config["local_weights"]:
-        prepare_model(config, name)
+        prepare_model(study_of(config), name)
     cell = "flux-schnell/infusenet-aes/1"
-    first = pd.read_parquet(generate.run(config, cell, progress=False))
-    again = pd.read_parquet(generate.run(config, cell, progress=False))
+    first = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
+    again = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
     assert list(again["generated_at"]) == list(first["generated_at"])  # same weights: all kept
 
     config["local_weights"]["flux-schnell"] = str(folders[1])
-    prepare_model(config, "flux-schnell")
-    other = pd.read_parquet(generate.run(config, cell, progress=False))
+    prepare_model(study_of(config), "flux-schnell")
+    other = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
     assert other["weights_digest"].iloc[0] != first["weights_digest"].iloc[0]
     assert not set(other["item_key"]) & set(first["item_key"])
     assert not set(other["sha256"]) & set(first["sha256"])  # regenerated with the new weights
@@ -158,8 +161,8 @@ def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
 @pytest.mark.parametrize("change", ["batch_size", "device_name"])
 def test_batch_size_or_device_change_regenerates(own_results, monkeypatch, capsys, change):
     cell = "flux-dev/infusenet-aes/1"
-    first = pd.read_parquet(generate.run(own_results, cell, progress=False))
-    generate.run(own_results, cell, progress=False)
+    first = pd.read_parquet(generate.run(study_of(own_results), cell, progress=False))
+    generate.run(study_of(own_results), cell, progress=False)
     assert "(4 kept from an earlier run)" in capsys.readouterr().out
     if change == "batch_size":
         own_results["generation"]["batch_size"] = 2
@@ -167,7 +170,7 @@ def test_batch_size_or_device_change_regenerates(own_results, monkeypatch, capsy
         from fewstep.core import provenance
 
         monkeypatch.setattr(provenance, "device_name", lambda device: "another card")
-    other = pd.read_parquet(generate.run(own_results, cell, progress=False))
+    other = pd.read_parquet(generate.run(study_of(own_results), cell, progress=False))
     assert not set(other["item_key"]) & set(first["item_key"])
     assert "(0 kept from an earlier run)" in capsys.readouterr().out
 
@@ -186,17 +189,17 @@ def test_one_job_for_all_step_counts_writes_what_separate_cells_write(embedded, 
     separate, joint = (dict(embedded, results_dir=str(tmp_path / name)) for name in ("separate", "joint"))
     for config in (separate, joint):
         shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
-    cells = Grid(embedded).job(job)
+    cells = Grid(study_of(embedded)).job(job)
     assert [c.steps for c in cells] == [1, 2, 4]
     for cell in cells:
-        generate.run(separate, cell.id, progress=False)
-    record = json.loads(generate.run_job(joint, job, progress=False).read_text())
+        generate.run(study_of(separate), cell.id, progress=False)
+    record = json.loads(generate.run_job(study_of(joint), job, progress=False).read_text())
     assert list(record["cells"]) == [c.id for c in cells]
     for cell in cells:
         one, many = (pd.read_parquet(Paths(c).manifest(cell.id)) for c in (separate, joint))
         pd.testing.assert_frame_equal(one.drop(columns=TIMING), many.drop(columns=TIMING))
         assert record["cells"][cell.id]["sha256"] == sha256_file(Paths(joint).manifest(cell.id))
-        for item in Grid(embedded).items:
+        for item in Grid(study_of(embedded)).items:
             images = [Paths(c).image(cell.id, item.id).read_bytes() for c in (separate, joint)]
             assert images[0] == images[1]  # same pixels and the same provenance chunk
             with Image.open(Paths(joint).image(cell.id, item.id)) as image:

@@ -12,13 +12,13 @@ from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Grid, Item
-from tests.conftest import REPO
+from tests.conftest import REPO, study_of
 
 
 def test_a_cells_models_are_those_that_make_its_images(raw_demo):
     """What a cell's provenance names: its generation, prompt-embedding and (face cells)
     identity-embedding models; no model of another cell, no scoring network."""
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     assert grid.cell_models(grid.cell("sd15/sd-style/1")) == ["ip-adapter", "sd15"]
     schnell = grid.cell_models(grid.cell("flux-schnell/infusenet-aes/4"))
     assert {"flux-schnell", "infiniteyou", "insightface", "arcface-irse50"} <= set(schnell)
@@ -28,7 +28,7 @@ def test_a_cells_models_are_those_that_make_its_images(raw_demo):
 
 
 def test_demo_grid_cells_and_items(raw_demo):
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     assert [c.id for c in grid.cells] == [
         "flux-dev/infusenet-aes/1",
         "flux-dev/infusenet-aes/2",
@@ -81,7 +81,7 @@ def test_study_grid_crosses_every_block(tmp_path):
     from fewstep.core.config import load
     from tests.conftest import REPO
 
-    grid = Grid(load([REPO / "config.yaml"]))
+    grid = Grid(study_of(load([REPO / "config.yaml"])))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
     # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, the distilled
@@ -126,34 +126,35 @@ def test_cell_ids_round_trip_and_paths_are_readable(raw_demo):
 
 
 def test_guidance_reaches_dev_only(raw_demo):
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     assert grid.guidance(Cell("flux-dev", "infusenet-aes", 4)) == 3.5
     assert grid.guidance(Cell("flux-schnell", "infusenet-aes", 4)) is None
 
 
 def test_changing_one_backbone_parameter_changes_only_its_cells(raw_demo):
-    before = Grid(validate(raw_demo))
+    before = Grid(study_of(validate(raw_demo)))
     changed = copy.deepcopy(raw_demo)
     changed["backbones"]["flux-dev"]["guidance"] = 4.0
-    after = Grid(validate(changed))
+    after = Grid(study_of(validate(changed)))
     differing = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
     assert differing == {c.id for c in before.cells if c.backbone == "flux-dev"}
     # schnell ignores guidance entirely: setting it changes nothing
     changed["backbones"]["flux-schnell"]["guidance"] = 7.0
     assert all(
-        after.cell_hash(c) == Grid(validate(changed)).cell_hash(c) for c in after.cells_of("flux-schnell")
+        after.cell_hash(c) == Grid(study_of(validate(changed))).cell_hash(c)
+        for c in after.cells_of("flux-schnell")
     )
 
 
 def test_adding_an_identity_changes_every_flux_cell_and_a_reference_its_roles_sd_cells(raw_demo):
-    before = Grid(validate(raw_demo))
+    before = Grid(study_of(validate(raw_demo)))
     raw_demo["identities"].append({"id": "coffee", "image": "builtin:coffee"})
-    after = Grid(validate(raw_demo))
+    after = Grid(study_of(validate(raw_demo)))
     changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
     assert changed == {c.id for c in before.cells if c.backbone.startswith("flux")}
     assert len(after.items) == 6
     raw_demo["references"].append({"id": "rocket", "image": "builtin:rocket", "role": "style"})
-    with_style = Grid(validate(raw_demo))
+    with_style = Grid(study_of(validate(raw_demo)))
     changed = {c.id for c in after.cells if after.cell_hash(c) != with_style.cell_hash(c)}
     assert changed == {c.id for c in after.cells if c.adapter == "sd-style"}
 
@@ -163,7 +164,7 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
     raw_demo["cells"].append(
         {"backbones": ["flux-dev", "flux-schnell"], "adapters": ["first2"], "steps": [4]}
     )
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     assert [c.id for c in grid.cells if c.adapter == "first2"] == [
         "flux-dev/first2/4",
         "flux-schnell/first2/4",
@@ -173,7 +174,7 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
     with pytest.raises(
         ConfigError, match=r"adapters.first2.first_steps: 2 covers all 2 steps of cell flux-dev/first2/2"
     ):
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
 
 
 #: jobs each config gained after the fingerprints were recorded (new cells: nothing of them to rerun)
@@ -193,7 +194,7 @@ def test_rerun_fingerprints_are_those_recorded_before_the_grid_split(config_file
     before issue 24 (tests/fixtures/rerun_fingerprints.json): refactoring reruns nothing. Cells of
     the jobs added since (`ADDED_JOBS`) have no recorded fingerprint."""
     recorded = json.loads((REPO / "tests" / "fixtures" / "rerun_fingerprints.json").read_text())[config_file]
-    grid = Grid(validate(yaml.safe_load((REPO / config_file).read_text())))
+    grid = Grid(study_of(validate(yaml.safe_load((REPO / config_file).read_text()))))
     added = ADDED_JOBS[config_file]
     cells = [c for c in grid.cells if c.job not in added]
     assert {c.job for c in grid.cells} - {c.job for c in cells} == added

@@ -22,7 +22,7 @@ import yaml
 from fewstep import cli
 from fewstep.jobs.prepare import prepare_model
 from fewstep.registry.catalog import model_folder
-from tests.conftest import REPO
+from tests.conftest import REPO, study_of
 
 TOOLS = ("fewstep", "snakemake", "wandb", "hf")
 
@@ -47,7 +47,7 @@ def faces_only(tiny_config, tmp_path):
     config = copy.deepcopy(tiny_config)
     config.update(models_dir=str(tmp_path / "models"), results_dir=str(tmp_path / "results"))
     for name in ("insightface", "arcface-irse50"):
-        prepare_model(config, name)
+        prepare_model(study_of(config), name)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, path

@@ -16,6 +16,7 @@ from fewstep.core.errors import ConfigError
 from fewstep.core.images import load_rgb
 from fewstep.grid import Grid
 from fewstep.scoring.identity import copy_paste
+from tests.conftest import study_of
 
 
 def _unit(*values: float) -> np.ndarray:
@@ -84,10 +85,10 @@ def test_a_folder_of_folders_is_one_identity_per_person(raw_demo, tmp_path):
 
 
 def test_held_out_photos_rescore_but_never_regenerate_or_re_embed(raw_demo):
-    before = Grid(validate(raw_demo))
+    before = Grid(study_of(validate(raw_demo)))
     raw = copy.deepcopy(raw_demo)
     raw["identities"][0]["heldout"] = ["builtin:coffee"]
-    after = Grid(validate(raw))
+    after = Grid(study_of(validate(raw)))
     cell = after.cell("flux-schnell/infusenet-aes/4")
     assert after.pictures == before.pictures  # the embedding job reads the conditioning photo only
     assert after.cell_hash(cell) == before.cell_hash(cell)
@@ -139,7 +140,7 @@ def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis
     summary = _summary(
         [("c/4", "id_sim_zero", 0.03, 0.01, 0.05), ("c/4", "id_sim_dlib_zero", -0.02, -0.03, -0.01)]
     )
-    key, title, body = ie.section(config, summary)
+    key, title, body = ie.section(study_of(config), summary)
     assert key == "identity-encoders" and "IR-SE50" in body
     assert body.count("margin basis") == 1 and "0.017" in body and "70% of the study" in body
     assert "disagree on the sign in <b>1</b> of 1" in body
@@ -152,13 +153,13 @@ def test_the_report_section_names_the_conditioning_encoder_and_each_margin_basis
             "ci_high": [0.04, 0.002, 0.0],
         }
     )
-    body = ie.section(config, summary, comparison)[2]
+    body = ie.section(study_of(config), summary, comparison)[2]
     assert 'data-range-low="-2" data-range-high="2">+0.028 [+0.010, +0.040]</span>' in body
     assert "<b>disagree on its sign</b>" in body
     comparison.loc[1, "estimate"] = 0.01
-    assert "agree on its sign" in ie.section(config, summary, comparison)[2]
+    assert "agree on its sign" in ie.section(study_of(config), summary, comparison)[2]
     config["scoring"]["metrics"] = ["identity", "lpips"]
-    assert "One encoder only" in ie.section(config, summary)[2]
+    assert "One encoder only" in ie.section(study_of(config), summary)[2]
 
 
 def test_dlib_files_without_the_package_come_from_dlib_net_checked(tmp_path, monkeypatch):

@@ -11,10 +11,12 @@ import torch
 
 from fewstep.core.config import validate
 from fewstep.core.errors import WeightsError
-from fewstep.families.flux import control, models
+from fewstep.families.flux import control, pipeline
 from fewstep.grid import Cell, Grid
 from fewstep.jobs import generate, precompute
 from fewstep.jobs.prepare import prepare_model
+from fewstep.registry import catalog
+from tests.conftest import study_of
 
 
 def test_letterbox_follows_infiniteyou():
@@ -40,12 +42,16 @@ def test_keypoint_control_changes_the_image_and_the_cell_hash(embedded, tmp_path
     keypoints = copy.deepcopy(embedded)
     keypoints["adapters"]["infusenet-aes"]["control"] = "keypoints"
     cell = "flux-schnell/infusenet-aes/2"
-    assert Grid(keypoints).cell_hash(Cell.parse(cell)) != Grid(embedded).cell_hash(Cell.parse(cell))
-    black = pd.read_parquet(generate.run(embedded, cell, tmp_path / "black.parquet", progress=False))
+    assert Grid(study_of(keypoints)).cell_hash(Cell.parse(cell)) != Grid(study_of(embedded)).cell_hash(
+        Cell.parse(cell)
+    )
+    black = pd.read_parquet(
+        generate.run(study_of(embedded), cell, tmp_path / "black.parquet", progress=False)
+    )
     keypoints["results_dir"] = str(tmp_path / "kps")
-    precompute.embed_identities(keypoints)
-    precompute.embed_prompts(keypoints)
-    drawn = pd.read_parquet(generate.run(keypoints, cell, tmp_path / "kps.parquet", progress=False))
+    precompute.embed_identities(study_of(keypoints))
+    precompute.embed_prompts(study_of(keypoints))
+    drawn = pd.read_parquet(generate.run(study_of(keypoints), cell, tmp_path / "kps.parquet", progress=False))
     assert (black["sha256"] != drawn["sha256"]).all()
 
 
@@ -53,25 +59,27 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = copy.deepcopy(config)
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
-    raw["local_weights"] = {"flux-schnell": str(models.model_folder(config, "flux-schnell"))}
+    raw["local_weights"] = {"flux-schnell": str(catalog.model_folder(config, "flux-schnell"))}
     real = validate(raw)
-    prepare_model(real, "flux-schnell")
+    prepare_model(study_of(real), "flux-schnell")
     assert (
-        models.model_folder(real, "flux-schnell").resolve()
-        == models.model_folder(config, "flux-schnell").resolve()
+        catalog.model_folder(real, "flux-schnell").resolve()
+        == catalog.model_folder(config, "flux-schnell").resolve()
     )
-    parts = models.load_flux(real, "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32)
+    parts = pipeline.load_flux(
+        study_of(real), "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32
+    )
     assert parts.transformer.config.guidance_embeds is False
     raw["local_weights"] = {"flux-schnell": str(tmp_path / "nowhere")}
     with pytest.raises(WeightsError, match=r"local_weights.flux-schnell: .*nowhere is not a folder"):
-        prepare_model(validate(raw), "flux-schnell")
+        prepare_model(study_of(validate(raw)), "flux-schnell")
 
 
 def test_fp8_weights_store_eight_bits_and_rerun_the_cells(embedded):
     small = copy.deepcopy(embedded)
     small["memory"]["fp8_weights"] = True
-    parts = models.load_flux(
-        small, "flux-dev", small["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
+    parts = pipeline.load_flux(
+        study_of(small), "flux-dev", small["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     weight = parts.transformer.transformer_blocks[0].attn.to_q.weight
     assert (
@@ -79,11 +87,13 @@ def test_fp8_weights_store_eight_bits_and_rerun_the_cells(embedded):
         and parts.infusenet.transformer_blocks[0].attn.to_q.weight.dtype == weight.dtype
     )
     cell = Cell.parse("flux-dev/infusenet-aes/1")
-    assert Grid(small).cell_hash(cell) != Grid(embedded).cell_hash(cell)
+    assert Grid(study_of(small)).cell_hash(cell) != Grid(study_of(embedded)).cell_hash(cell)
 
 
 def test_offload_needs_a_gpu(embedded):
     offload = copy.deepcopy(embedded)
     offload["memory"]["offload"] = "group"
     with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
-        models.load_flux(offload, "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32)
+        pipeline.load_flux(
+            study_of(offload), "flux-dev", {"kind": "none"}, torch.device("cpu"), torch.float32
+        )

@@ -11,6 +11,7 @@ from fewstep.core.config import validate
 from fewstep.core.paths import Paths
 from fewstep.families.flux.models import BACKBONES
 from fewstep.tracking import lineage
+from tests.conftest import study_of
 
 COMMIT = "c" * 40
 
@@ -49,7 +50,7 @@ def _marker(config: dict, sha: str) -> dict:
 
 def test_weights_artifact_names_repo_commit_and_file_hashes(real, tmp_path) -> None:
     info = _marker(real, "2" * 64)
-    artifact = lineage.weights(real, "flux-dev", tmp_path / "staging")
+    artifact = lineage.weights(study_of(real), "flux-dev", tmp_path / "staging")
     assert (artifact.name, artifact.type) == ("weights-real-flux-dev", "model")
     assert artifact.metadata == {
         "model": "flux-dev",
@@ -69,9 +70,9 @@ def test_weights_artifact_names_repo_commit_and_file_hashes(real, tmp_path) -> N
     # prepared again elsewhere or later: the same version; another file content: another one
     again = dict(info, folder="/other", prepared_at="2027-01-01T00:00:00+0000")
     Paths(real).model_marker("flux-dev").write_text(json.dumps(again))
-    assert lineage.weights(real, "flux-dev", tmp_path / "staging2").digest == artifact.digest
+    assert lineage.weights(study_of(real), "flux-dev", tmp_path / "staging2").digest == artifact.digest
     _marker(real, "3" * 64)
-    assert lineage.weights(real, "flux-dev", tmp_path / "staging3").digest != artifact.digest
+    assert lineage.weights(study_of(real), "flux-dev", tmp_path / "staging3").digest != artifact.digest
 
 
 def test_tiny_weights_reference_no_hub_file(raw_demo, tmp_path, monkeypatch) -> None:
@@ -79,7 +80,7 @@ def test_tiny_weights_reference_no_hub_file(raw_demo, tmp_path, monkeypatch) -> 
     tiny = validate(dict(raw_demo, models_dir=str(tmp_path / "models")))
     info = _marker(tiny, "2" * 64) | {"weights": "tiny", "commit": None, "commits": {}}
     Paths(tiny).model_marker("flux-dev").write_text(json.dumps(info))
-    artifact = lineage.weights(tiny, "flux-dev", tmp_path / "staging")
+    artifact = lineage.weights(study_of(tiny), "flux-dev", tmp_path / "staging")
     assert artifact.name == "weights-tiny-flux-dev" and list(artifact.manifest.entries) == ["weights.json"]
 
 

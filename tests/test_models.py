@@ -17,6 +17,8 @@ from fewstep.grid import Grid
 from fewstep.jobs.prepare import prepare_model
 from fewstep.registry import catalog
 from fewstep.registry import prepare as preparing
+from fewstep.registry.load import load_component
+from tests.conftest import study_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -46,7 +48,7 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
     from safetensors.torch import load_file
 
     folder = catalog.model_folder(config, "flux-dev") / "transformer"
-    loaded = models.load_component(
+    loaded = load_component(
         FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32, model="flux-dev"
     )
     on_disk = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
@@ -58,8 +60,8 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
 def test_dev_and_schnell_differ_as_the_real_ones(config):
     cpu = torch.device("cpu")
     adapter = config["adapters"]["infusenet-aes"]
-    dev = models.load_flux(config, "flux-dev", adapter, cpu, torch.float32)
-    schnell = models.load_flux(config, "flux-schnell", adapter, cpu, torch.float32)
+    dev = pipeline.load_flux(study_of(config), "flux-dev", adapter, cpu, torch.float32)
+    schnell = pipeline.load_flux(study_of(config), "flux-schnell", adapter, cpu, torch.float32)
     assert dev.transformer.config.guidance_embeds is True
     assert schnell.transformer.config.guidance_embeds is False
     assert dev.scheduler.config.shift == 3.0 and dev.scheduler.config.use_dynamic_shifting is True
@@ -84,7 +86,9 @@ def test_infusenet_layout_matches_the_published_folders(config):
     assert (variant / "InfuseNetModel" / "diffusion_pytorch_model.safetensors.index.json").exists()
     state = torch.load(variant / "image_proj_model.bin", weights_only=True)
     assert list(state) == ["image_proj"]
-    infusenet, resampler = models.load_infiniteyou(config, "aes_stage2", torch.device("cpu"), torch.float32)
+    infusenet, resampler = pipeline.load_infiniteyou(
+        study_of(config), "aes_stage2", torch.device("cpu"), torch.float32
+    )
     assert (infusenet.config.num_layers, infusenet.config.num_single_layers) == (2, 2)
     assert infusenet.config.guidance_embeds is True
     tokens = resampler(torch.randn(1, 1, 512))
@@ -183,7 +187,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     monkeypatch.setattr(preparing, "sha256_file", lambda p: hashed.append(Path(p)) or _sha256(p))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     for name in ("flux-dev", "flux-schnell", "infiniteyou", "insightface"):
-        marker = json.loads(prepare_model(real, name).read_text())
+        marker = json.loads(prepare_model(study_of(real), name).read_text())
         spec = catalog.MODELS[name]
         assert marker["weights"] == "real" and marker["files"]
         assert (marker["repo_id"], marker["revision"]) == (spec.repo_id, spec.revision)
@@ -197,8 +201,8 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     assert hashed and not [p for p in hashed if p.suffix in LFS_SUFFIXES]
     assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
     assert catalog.model_folder(real, "flux-dev").is_symlink()
-    parts = models.load_flux(
-        real, "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
+    parts = pipeline.load_flux(
+        study_of(real), "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
     assert face_analyzer(real).recognizer is not None
@@ -211,7 +215,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     real = dict(config, weights="real", models_dir=str(tmp_path / "models"))
     with pytest.raises(WeightsError) as excinfo:
-        prepare_model(real, "flux-dev")
+        prepare_model(study_of(real), "flux-dev")
     assert str(excinfo.value) == (
         f"black-forest-labs/FLUX.1-dev@{models.BACKBONES['flux-dev'].revision}: HF_HUB_OFFLINE is set "
         "and the files are not in the Hugging Face cache; unset HF_HUB_OFFLINE, fill the cache, "
@@ -220,7 +224,7 @@ def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
     with pytest.raises(
         WeightsError, match=r"recognition_arcface_ir_se50.pth is missing and HF_HUB_OFFLINE is set"
     ):
-        prepare_model(real, "arcface-irse50")
+        prepare_model(study_of(real), "arcface-irse50")
 
 
 def test_gated_repo_without_token_is_one_clear_line(monkeypatch):
@@ -250,7 +254,7 @@ def test_missing_weights_folder_names_it(config, tmp_path):
 
     hint = r"prepare it: `fewstep prepare-model --config .* --model flux-dev`"
     with pytest.raises(WeightsError, match=rf"missing .*nowhere; {hint}"):
-        models.load_component(
+        load_component(
             FluxTransformer2DModel,
             tmp_path / "nowhere",
             "real",
@@ -269,7 +273,7 @@ def test_downloads_only_what_the_study_uses():
 
     # dev and schnell ship the same text encoders: fetched once, from the ungated schnell
     def allow_patterns(config, name):
-        return hub.allow_patterns(config, name, Grid(config).model_usage(name))
+        return hub.allow_patterns(config, name, Grid(study_of(config)).model_usage(name))
 
     assert allow_patterns(study, "flux-dev") == ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-schnell")
@@ -297,7 +301,7 @@ def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_
     assert catalog.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
     assert catalog.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
     with pytest.raises(ConfigError, match=r"^config revisions\.arcface-irse50: not a Hugging Face model"):
-        Grid(validate(dict(raw_demo, revisions={"arcface-irse50": "main"})))
+        Grid(study_of(validate(dict(raw_demo, revisions={"arcface-irse50": "main"}))))
     # offline, the pinned snapshot in the cache is not the one asked for
     cache = tmp_path / "hub"
     _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", catalog.model_folder(config, "flux-schnell"))
@@ -307,4 +311,4 @@ def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_
         config, weights="real", models_dir=str(tmp_path / "models"), revisions={"flux-schnell": "b" * 40}
     )
     with pytest.raises(WeightsError, match=r"^black-forest-labs/FLUX\.1-schnell@b{40}: HF_HUB_OFFLINE"):
-        prepare_model(real, "flux-schnell")
+        prepare_model(study_of(real), "flux-schnell")

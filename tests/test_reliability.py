@@ -21,7 +21,7 @@ from fewstep.analysis import aggregate
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 from fewstep.jobs import generate, precompute
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, snakemake, study_of
 
 CELL = "flux-dev/infusenet-aes/8"
 
@@ -31,8 +31,8 @@ def sweep(config: dict, root: Path, seeds: int = 12) -> tuple[dict, Path]:
     config = copy.deepcopy(config)
     config.update(results_dir=str(root / "results"), reports_dir=str(root / "reports"))
     config["seeds"] = list(range(seeds))
-    precompute.embed_prompts(config)
-    precompute.embed_identities(config)
+    precompute.embed_prompts(study_of(config))
+    precompute.embed_identities(study_of(config))
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, path
@@ -84,7 +84,7 @@ def test_sigkilled_generation_resumes_and_matches_an_uninterrupted_run(tiny_conf
     assert finish.wait() == 0, finish.stderr.read()
     manifest = pd.read_parquet(paths.manifest(CELL))
     assert len(manifest) == 48 and manifest["item_id"].is_unique
-    assert list(manifest["item_id"]) == [i.id for i in Grid(config).items]
+    assert list(manifest["item_id"]) == [i.id for i in Grid(study_of(config)).items]
     # the images finished before the kills were kept, not made again
     kept = {json.loads(line)["item_id"]: json.loads(line) for line in journal.read_text().splitlines()[:17]}
     rows = manifest.set_index("item_id")
@@ -94,7 +94,7 @@ def test_sigkilled_generation_resumes_and_matches_an_uninterrupted_run(tiny_conf
     # and every image is bit-identical to an uninterrupted run's (pixels: the PNG's provenance
     # chunk names the git commit, which says -dirty if the checkout changes during the test)
     clean, _ = sweep(tiny_config, tmp_path / "clean")
-    generate.run(clean, CELL, progress=False)
+    generate.run(study_of(clean), CELL, progress=False)
     for item in rows.index:
         assert pixels(paths.image(CELL, item)) == pixels(Paths(clean).image(CELL, item)), item
 
@@ -103,14 +103,14 @@ def test_a_killed_writer_leaves_no_half_file_and_no_torn_journal(tiny_config, tm
     config, _ = sweep(tiny_config, tmp_path, seeds=1)
     paths = Paths(config)
     cell = "flux-schnell/infusenet-aes/1"
-    generate.run(config, cell, progress=False)
+    generate.run(study_of(config), cell, progress=False)
     # what a SIGKILL in the middle of writing leaves: a temporary and half a journal line
     stale = paths.image(cell, "astronaut/portrait/s0").with_name(".s0.png.abc123.tmp")
     stale.write_bytes(b"\x89PNG half")
     with open(paths.journal(cell), "a") as handle:
         handle.write('{"item_id": "astronaut/port')
     os.remove(paths.image(cell, "group-t1/portrait/s0"))  # one image lost
-    manifest = pd.read_parquet(generate.run(config, cell, progress=False))
+    manifest = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
     assert not stale.exists()
     assert manifest["item_id"].is_unique and len(manifest) == 4
     records = [json.loads(line) for line in paths.journal(cell).read_text().splitlines()]
@@ -122,7 +122,7 @@ def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
     config, path = sweep(tiny_config, tmp_path, seeds=4)
     paths = Paths(config)
     for cell in (CELL,):
-        generate.run(config, cell, progress=False)
+        generate.run(study_of(config), cell, progress=False)
     score = job("score", path, "--cell", CELL)
     kill_when(score, lambda: time.sleep(4) is None)  # models loading or scoring: any moment
     assert not paths.scores(CELL).exists()
@@ -148,11 +148,13 @@ def test_same_config_and_seed_give_bit_identical_images_from_scratch(tiny_root, 
             reports_dir=str(tmp_path / name / "reports"),
         )
         config = validate(raw)
-        for model in Grid(config).models:
-            prepare_model(config, model)
-        precompute.embed_prompts(config)
-        precompute.embed_identities(config)
-        manifest = pd.read_parquet(generate.run(config, "flux-schnell/infusenet-aes/2", progress=False))
+        for model in Grid(study_of(config)).models:
+            prepare_model(study_of(config), model)
+        precompute.embed_prompts(study_of(config))
+        precompute.embed_identities(study_of(config))
+        manifest = pd.read_parquet(
+            generate.run(study_of(config), "flux-schnell/infusenet-aes/2", progress=False)
+        )
         shas.append(list(manifest["sha256"]))
     assert shas[0] == shas[1]
     assert set(manifest["rng"]) == {"torch.Generator(cpu).manual_seed(seed), noise drawn in float32"}
@@ -185,7 +187,7 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         results / "aggregate" / "per_image.parquet",
     ]
     assert len(tables) == 19 + 19 + 2 + len(aggregate.TABLES) + 1  # manifests, scores: 7 FLUX + 12 SD cells
-    grid = Grid(config)
+    grid = Grid(study_of(config))
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
@@ -317,7 +319,7 @@ def test_several_faces_follow_the_policy(config, tmp_path):
     chosen = {}
     for policy in ("largest", "highest_score"):
         config["face"]["policy"] = policy
-        precompute.embed_identities(config)
+        precompute.embed_identities(study_of(config))
         tensors, meta = precompute.load_tensors(Paths(config).identity_embedding("group-t1"))
         box = tensors["bbox"].tolist()
         chosen[policy] = (
@@ -336,9 +338,9 @@ def test_prompts_with_quotes_unicode_and_newlines_work(config, tmp_path):
     texts = ['a "quoted" portrait, it\'s {braced}', "ünïcödé 照片 — émoji 🙂", "two\nlines\tand tabs"]
     config["prompts"] = [{"id": f"odd{i}", "text": t} for i, t in enumerate(texts)]
     config["identities"] = config["identities"][:1]
-    precompute.embed_prompts(config)
-    precompute.embed_identities(config)
-    manifest = pd.read_parquet(generate.run(config, "flux-schnell/infusenet-aes/1", progress=False))
+    precompute.embed_prompts(study_of(config))
+    precompute.embed_identities(study_of(config))
+    manifest = pd.read_parquet(generate.run(study_of(config), "flux-schnell/infusenet-aes/1", progress=False))
     assert list(manifest["prompt"]) == texts
 
 
@@ -358,14 +360,14 @@ def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, cap
     from fewstep.registry.catalog import marker_path, model_folder
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    names = Grid(config).models
+    names = Grid(study_of(config)).models
     assert {"clip-vit-l14", "lpips-alex", "infiniteyou", "insightface"} <= set(names)
     raw = copy.deepcopy(config)
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
     raw["local_weights"] = {name: str(model_folder(config, name)) for name in names}
     real = validate(raw)
     for name in names:
-        assert prepare_model(real, name) == marker_path(real, name)
+        assert prepare_model(study_of(real), name) == marker_path(real, name)
     empty = tmp_path / "empty"
     empty.mkdir()
     for name, missing in (
@@ -425,7 +427,7 @@ def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, 
     assert lines(paths.journal(CELL)) == 3 and all(Path(p).exists() for p in pngs)
     assert not list(paths.cell_dir(CELL).rglob("*.tmp"))
     monkeypatch.undo()
-    assert len(pd.read_parquet(generate.run(config, CELL, progress=False))) == 8
+    assert len(pd.read_parquet(generate.run(study_of(config), CELL, progress=False))) == 8
     assert lines(paths.journal(CELL)) == 8  # the 3 finished images were kept
 
 

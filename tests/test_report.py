@@ -19,7 +19,7 @@ from fewstep.analysis.page import WEIGHT_BANNERS, WEIGHT_MARKS
 from fewstep.analysis.stats import Bounds
 from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
-from tests.conftest import REPO
+from tests.conftest import REPO, study_of
 
 QUALITY = ("face_detected", "id_sim", "id_sim_zero", "lpips_anchor", "lpips_ref")
 
@@ -30,10 +30,10 @@ def make(root, lpips: bool = True, trajectory: bool = True):
     synth.write_scores(config, lpips=lpips)
     if trajectory:
         synth.write_trajectory(config, "flux-schnell/infusenet-aes/4")
-    summary = aggregate.run(config)
+    summary = aggregate.run(study_of(config))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        page = report.run(config, summary)
+        page = report.run(study_of(config), summary)
     assert "figure layout" not in printed.getvalue(), printed.getvalue()
     return config, page, page.read_text()
 
@@ -179,11 +179,11 @@ def test_a_family_reaches_the_page_only_through_its_report_parts(full, tmp_path,
         return ReportParts(sections=[("own", "Own section", own)], appended={"cost": "<p>added to cost</p>"})
 
     monkeypatch.setattr(type(FAMILIES["flux"]), "report_parts", parts)
-    page = report.run(config, Paths(config).summary, tmp_path / "index.html")
+    page = report.run(study_of(config), Paths(config).summary, tmp_path / "index.html")
     text = page.read_text()
     (kit,) = kits
     assert set(kit.tables["summary"]["backbone"]) == {"flux-dev", "flux-schnell"}
-    assert [c.id for c in kit.cells] == [c.id for c in report.Grid(config).cells]
+    assert [c.id for c in kit.cells] == [c.id for c in report.Grid(study_of(config)).cells]
     assert kit.banner == WEIGHT_BANNERS["tiny"] and kit.out == page
     order = re.findall(r'<section id="([^"]+)">', text)
     assert order.index("grids") < order.index("own") < order.index("summary")
@@ -214,7 +214,7 @@ def test_single_cell_without_anchor_or_comparison(tmp_path):
     raw["identities"] = raw["identities"][:2]  # fewer than the intervals need: the page warns
     config = validate(raw)
     synth.write_scores(config)
-    page = report.run(config, aggregate.run(config))
+    page = report.run(study_of(config), aggregate.run(study_of(config)))
     text = page.read_text()
     for empty in ("marginal", "ablation", "trajectory", "comparison"):
         assert Paths(config).table(empty).read_text().count("\n") == 1  # the header only
@@ -297,7 +297,7 @@ def test_ablation_section_shows_identity_against_scale_and_window_and_the_latenc
         frame["id_sim"] = frame["id_sim"] - full + mean  # the same item effects around the new mean
         frame["latency_s"] = seconds
         frame.to_parquet(path, index=False)
-    page = report.run(config, aggregate.run(config))
+    page = report.run(study_of(config), aggregate.run(study_of(config)))
     table = pd.read_csv(page.parent / "tables" / "scale_window.csv").set_index("adapter")
     assert list(table.index) == ["infusenet-aes", "scale0", "scale0.5", "first1", "first2"]
     assert list(table["varies"]) == ["reference", "scale", "scale", "window", "window"]

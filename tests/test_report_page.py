@@ -32,6 +32,7 @@ from PIL import Image
 from fewstep.core.config import config_hash, load
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
+from tests.conftest import study_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "config" / "demo.yaml"
@@ -171,7 +172,7 @@ def test_snakemake_report_collects_the_registered_figures(demo, tmp_path):
 
 def manifest_counts(config: dict) -> dict[str, tuple[int, int]]:
     """family -> (cells, images) from the cells' manifest.parquet files."""
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     counts: dict[str, list[int]] = {}
     for cell in grid.cells:
         family = config["backbones"][cell.backbone]["family"]
@@ -206,7 +207,7 @@ def synthetic(tmp_path_factory):
 @needs_chromium
 def test_synthetic_page_has_no_layout_defects_in_headless_chromium(synthetic):
     config, page = synthetic
-    grid = Grid(config)
+    grid = Grid(study_of(config))
     expected = {}
     for cell in grid.cells:  # what the scores hold, one row per manifest row
         family = config["backbones"][cell.backbone]["family"]
@@ -253,7 +254,7 @@ def test_demo_page_has_no_layout_defects_and_counts_its_manifests(demo, page, tm
         config = load([DEMO])
         expected = manifest_counts(config)
         with contextlib.redirect_stdout(printed):  # the report again: what its figure check prints
-            report.run(config, Paths(config).summary, tmp_path / "index.html")
+            report.run(study_of(config), Paths(config).summary, tmp_path / "index.html")
     finally:
         os.chdir(cwd)
     assert "figure layout" not in printed.getvalue(), printed.getvalue()

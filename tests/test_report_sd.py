@@ -23,6 +23,7 @@ from fewstep.analysis.page import WEIGHT_BANNERS
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
 from fewstep.grid import Cell, Item, image_keys
+from tests.conftest import study_of
 
 SD_STEPS = [1, 2, 4, 8, 12, 16, 25, 30, 50]
 REFERENCES = {
@@ -106,8 +107,8 @@ def build(root, with_flux: bool = True):
     if with_flux:
         synth.write_scores(config)
     write_sd_scores(config, np.random.default_rng(1))
-    summary = aggregate.run(config)
-    page = report.run(config, summary)
+    summary = aggregate.run(study_of(config))
+    page = report.run(study_of(config), summary)
     tables = {name: pd.read_csv(summary.parent / f"{name}.csv") for name in ("summary", "regime", "marginal")}
     return config, tables, page
 
@@ -228,8 +229,8 @@ def test_flux_rows_and_sections_are_those_of_a_flux_only_sweep(mixed, tmp_path):
     config, tables, page = mixed
     only = validate(synth.raw_config(tmp_path))
     synth.write_scores(only)
-    summary = aggregate.run(only)
-    flux_page = report.run(only, summary).read_text()
+    summary = aggregate.run(study_of(only))
+    flux_page = report.run(study_of(only), summary).read_text()
     for name in ("summary", "regime", "marginal"):
         alone = pd.read_csv(summary.parent / f"{name}.csv")
         part = tables[name][tables[name].backbone.str.startswith("flux")].reset_index(drop=True)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from fewstep.core.paths import Paths
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, snakemake, study_of
 
 CELL = "flux-schnell/infusenet-aes/1"
 DOWNSTREAM = {"generate": 2, "score": 2, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
@@ -215,7 +215,7 @@ def test_score_reruns_when_a_reference_picture_changes_for_a_cell_without_adapte
     raw["cells"][0]["adapters"].append("none")
     changed = copy.deepcopy(raw)
     changed["identities"][0]["image"] = "builtin:coffee"
-    grids = [Grid(validate(c)) for c in (raw, changed)]
+    grids = [Grid(study_of(validate(c))) for c in (raw, changed)]
     none, aes = grids[0].cell("flux-dev/none/1"), grids[0].cell("flux-dev/infusenet-aes/1")
     assert grids[0].cell_hash(none) == grids[1].cell_hash(none)
     assert grids[0].cell_hash(aes) != grids[1].cell_hash(aes)

@@ -6,21 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep.families.flux import models, pipeline
+from fewstep.families.flux import pipeline
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def dev(tiny_config):
-    return models.load_flux(
-        tiny_config, "flux-dev", tiny_config["adapters"]["infusenet-aes"], CPU, torch.float32
+    return pipeline.load_flux(
+        study_of(tiny_config), "flux-dev", tiny_config["adapters"]["infusenet-aes"], CPU, torch.float32
     )
 
 
 @pytest.fixture(scope="module")
 def cond(tiny_config, dev):
-    pipe = models.load_flux_text_encoders(tiny_config, "flux-schnell", CPU, torch.float32)
+    pipe = pipeline.load_flux_text_encoders(study_of(tiny_config), "flux-schnell", CPU, torch.float32)
     embeds, pooled, _ = pipe.encode_prompt(
         prompt="a portrait", prompt_2="a portrait", device=CPU, max_sequence_length=512
     )
@@ -42,7 +43,7 @@ def test_identity_tokens_shape(dev, cond):
 
 
 def test_adapter_scale_zero_is_exactly_the_backbone_alone(dev, cond):
-    backbone_only = models.FluxParts(dev.transformer, dev.vae, dev.scheduler)
+    backbone_only = pipeline.FluxParts(dev.transformer, dev.vae, dev.scheduler)
     assert np.array_equal(render(dev, cond, adapter_scale=0.0), render(backbone_only, cond))
     assert not np.array_equal(render(dev, cond, adapter_scale=1.0), render(backbone_only, cond))
 
@@ -77,14 +78,14 @@ def test_first_steps_window_runs_infusenet_on_the_first_k_steps_only(dev, cond, 
     # after the window the backbone runs alone: a window of k differs from the full adapter and from none
     full = render(dev, cond, steps=4)
     window = render(dev, cond, steps=4, adapter_first_steps=2)
-    alone = render(models.FluxParts(dev.transformer, dev.vae, dev.scheduler), cond, steps=4)
+    alone = render(pipeline.FluxParts(dev.transformer, dev.vae, dev.scheduler), cond, steps=4)
     assert not np.array_equal(window, full) and not np.array_equal(window, alone)
 
 
 def test_dev_gets_guidance_and_schnell_none(tiny_config, cond, monkeypatch):
     seen = {}
     for name in ("flux-dev", "flux-schnell"):
-        parts = models.load_flux(tiny_config, name, {"kind": "none"}, CPU, torch.float32)
+        parts = pipeline.load_flux(study_of(tiny_config), name, {"kind": "none"}, CPU, torch.float32)
         original = parts.transformer.forward
 
         def spy(*args, _name=name, _original=original, **kwargs):

@@ -32,6 +32,7 @@ from fewstep.scoring import networks as sm
 from fewstep.scoring.base import JobModels
 from fewstep.scoring.identity import IdentitySimilarity
 from fewstep.scoring.metrics import CLIPScore, PerceptualDistance, PickScore, fit
+from tests.conftest import study_of
 from tests.test_models import _fake_hub_cache
 
 ALL = ["identity", "lpips", "clip_score", "pick_score", "clip_i", "dino", "csd"]
@@ -65,18 +66,18 @@ def scoring_config(tiny_config, tmp_path_factory) -> dict:
     config["scoring"] = dict(config["scoring"], metrics=ALL, batch_size=3)  # batches of 3 and 1
     for name in sm.scoring_models(config, ALL):
         if not catalog.marker_path(config, name).exists():
-            prepare_model(config, name)
+            prepare_model(study_of(config), name)
     return config
 
 
 def _reference(config: dict, identity: str) -> np.ndarray:
-    image = load_rgb(Grid(config).identity(identity)["image"])
+    image = load_rgb(Grid(study_of(config)).identity(identity)["image"])
     return np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
 
 
 def write_cell(config: dict, cell_id: str, image_for) -> pd.DataFrame:
     """A cell as the generate job leaves it: PNGs and a manifest (no generation needed)."""
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     cell = grid.cell(cell_id)
     rows = []
     for item in grid.items:
@@ -116,7 +117,7 @@ def scored(scoring_config) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     out[ANCHOR] = write_cell(config, ANCHOR, lambda item: _reference(config, item.identity))
     out[OTHER] = write_cell(config, OTHER, lambda item: _other_image(config, item))
     for cell_id, manifest in out.items():
-        out[cell_id] = (manifest, pd.read_parquet(score.run(config, cell_id, progress=False)))
+        out[cell_id] = (manifest, pd.read_parquet(score.run(study_of(config), cell_id, progress=False)))
     return out
 
 
@@ -212,9 +213,11 @@ def test_lpips_compares_both_images_at_the_configured_size(scoring_config, monke
     monkeypatch.setattr(
         lpips.LPIPS, "forward", lambda self, a, b: seen.append((a.shape, b.shape)) or forward(self, a, b)
     )
-    portrait = load_rgb(Grid(config).identity("astronaut")["image"])[:, 64:448]  # 512 x 384, 4:3 tall
+    portrait = load_rgb(Grid(study_of(config)).identity("astronaut")["image"])[
+        :, 64:448
+    ]  # 512 x 384, 4:3 tall
     small = np.asarray(Image.fromarray(portrait).resize((48, 64), Image.Resampling.BICUBIC))
-    reference = load_rgb(Grid(config).identity("group-t1")["image"])
+    reference = load_rgb(Grid(study_of(config)).identity("group-t1")["image"])
     values = metric.distances([(portrait, reference), (small, reference)])
     assert seen == [((2, 3, 128, 128), (2, 3, 128, 128))]  # one forward pass, both at 128 x 128
     # the same as the lpips package on the fitted images, bit for bit (one batch of the same
@@ -241,7 +244,7 @@ def test_clip_score_runs_the_real_clip_model_code(scoring_config):
     metric = CLIPScore(scoring_config, JobModels(scoring_config))
     assert type(metric.model) is CLIPModel
     image = _reference(scoring_config, "astronaut")
-    prompts = [Grid(scoring_config).prompt("astronaut-suit")["text"], "zebra quartz violin 42"]
+    prompts = [Grid(study_of(scoring_config)).prompt("astronaut-suit")["text"], "zebra quartz violin 42"]
     batch = [score.Sample({"identity": "astronaut"}, image, image, prompt=p) for p in prompts]
     cosines = metric.cosines(batch)
     values = [row["clip_score"] for row in metric.score(batch)]
@@ -338,7 +341,7 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
     broken = Paths(config).cell_dir(CORRUPT) / manifest["image"].iloc[2]
     broken.write_bytes(broken.read_bytes()[:60])  # truncated mid-file
     with pytest.raises(InputError) as excinfo:
-        score.run(config, CORRUPT, progress=False)
+        score.run(study_of(config), CORRUPT, progress=False)
     assert str(broken) in str(excinfo.value) and "corrupt" in str(excinfo.value)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -351,7 +354,7 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
 
 
 def score_anchor(config: dict, cell_id: str) -> str | None:
-    grid = Grid(config)
+    grid = Grid(study_of(config))
     anchor = grid.score_anchor(grid.cell(cell_id))
     return None if anchor is None else anchor.id
 
@@ -372,7 +375,9 @@ def test_score_rule_inputs_order_the_anchor_first(scoring_config):
     ]
     assert (
         "lpips-vgg"
-        in Grid(dict(scoring_config, scoring=dict(scoring_config["scoring"], lpips_net="vgg"))).models
+        in Grid(
+            study_of(dict(scoring_config, scoring=dict(scoring_config["scoring"], lpips_net="vgg")))
+        ).models
     )
 
 
@@ -393,14 +398,14 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["scoring"] = dict(real["scoring"], metrics=["clip_score", "pick_score", "clip_i", "dino", "csd"])
     for name in ("clip-vit-l14", "pickscore", "dinov2-base", "csd-vit-l"):
-        marker = json.loads(prepare_model(real, name).read_text())
+        marker = json.loads(prepare_model(study_of(real), name).read_text())
         assert marker["weights"] == "real" and all(len(f["sha256"]) == 64 for f in marker["files"])
     assert catalog.model_folder(real, "clip-vit-l14").is_symlink()
     assert (catalog.model_folder(real, "pickscore") / "processor").is_symlink()
     image = _reference(real, "astronaut")
     sample = score.Sample({"identity": "astronaut"}, image, image, prompt="a portrait")
     row = {}
-    for metric in score.build_metrics(real, real["scoring"]["metrics"]):
+    for metric in score.build_metrics(study_of(real), real["scoring"]["metrics"]):
         assert metric.version.endswith("weights=real")
         row.update(metric.score([sample])[0])
     assert set(row) == {"clip_score", "pick_score", "clip_i", "dino", "csd"}
@@ -413,11 +418,11 @@ def test_lpips_trunk_download_is_checked_against_its_name(scoring_config, tmp_pa
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     trunk = catalog.model_folder(real, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
     with pytest.raises(WeightsError, match=r"alexnet-owt-7be5be79.pth is missing and HF_HUB_OFFLINE"):
-        prepare_model(real, "lpips-alex")
+        prepare_model(study_of(real), "lpips-alex")
     trunk.parent.mkdir(parents=True)
     trunk.write_bytes(b"not the published alexnet")
     with pytest.raises(WeightsError) as excinfo:
-        prepare_model(real, "lpips-alex")
+        prepare_model(study_of(real), "lpips-alex")
     assert "not the 7be5be79 its name promises" in str(excinfo.value) and "\n" not in str(excinfo.value)
     assert not trunk.exists()  # a rerun downloads it again
     content = b"published bytes"
@@ -449,7 +454,7 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["face"] = dict(real["face"], pack="buffalo_l")
-    usage = Grid(real).model_usage("insightface")
+    usage = Grid(study_of(real)).model_usage("insightface")
     assert hub.allow_patterns(real, "insightface", usage) == [  # buffalo_l is not among them
         "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
         "supports/insightface/models/antelopev2/glintr100.onnx",
@@ -461,11 +466,11 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     placed.parent.mkdir(parents=True)
     placed.write_bytes(archive.read_bytes())  # as if fetch_url had downloaded it
     with pytest.raises(WeightsError, match=r"buffalo_l.zip has sha256 .* not the published"):
-        prepare_model(real, "insightface")
+        prepare_model(study_of(real), "insightface")
     assert not placed.exists()
     placed.write_bytes(archive.read_bytes())
     monkeypatch.setitem(face_models.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
-    prepare_model(real, "insightface")
+    prepare_model(study_of(real), "insightface")
     pack = catalog.model_folder(real, "insightface") / "models" / "buffalo_l"
     assert sorted(p.name for p in pack.iterdir()) == sorted(faces.PACK_FILES["buffalo_l"])
     assert not placed.exists() and not pack.is_symlink()
@@ -506,7 +511,7 @@ def job_config(scoring_config, tmp_path) -> dict:
     config = copy.deepcopy(scoring_config)
     config["results_dir"] = str(tmp_path / "results")
     config["scoring"]["metrics"] = ["lpips", "clip_score"]
-    for cell in Grid(config).cells:
+    for cell in Grid(study_of(config)).cells:
         if cell.backbone.startswith("flux"):
             write_cell(
                 config, cell.id, lambda item, s=cell.steps: _reference(config, item.identity)[:, :: (-1) ** s]
@@ -515,7 +520,7 @@ def job_config(scoring_config, tmp_path) -> dict:
 
 
 def _tables(config: dict, job: str) -> dict[str, bytes]:
-    return {cell.id: Paths(config).scores(cell.id).read_bytes() for cell in Grid(config).job(job)}
+    return {cell.id: Paths(config).scores(cell.id).read_bytes() for cell in Grid(study_of(config)).job(job)}
 
 
 @pytest.mark.slow
@@ -523,16 +528,16 @@ def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_
     alone = copy.deepcopy(job_config)
     alone["results_dir"] = str(tmp_path / "alone")
     for job in ("flux-dev/infusenet-aes", "flux-schnell/infusenet-aes"):
-        record = json.loads(score.run_job(job_config, job, progress=False).read_text())
-        assert record["score_hash"] == Grid(job_config).job_score_hash(job)
-        cells = Grid(job_config).job(job)
+        record = json.loads(score.run_job(study_of(job_config), job, progress=False).read_text())
+        assert record["score_hash"] == Grid(study_of(job_config)).job_score_hash(job)
+        cells = Grid(study_of(job_config)).job(job)
         assert list(record["cells"]) == [cell.id for cell in cells]
         assert all(entry["rescored"] for entry in record["cells"].values())
         for cell in cells:
             shutil.copytree(Paths(job_config).cell_dir(cell.id), Paths(alone).cell_dir(cell.id))
-    for cell in Grid(alone).cells:
+    for cell in Grid(study_of(alone)).cells:
         if cell.backbone.startswith("flux"):
-            score.run(alone, cell.id, progress=False)
+            score.run(study_of(alone), cell.id, progress=False)
             together = pd.read_parquet(Paths(job_config).scores(cell.id))
             separate = pd.read_parquet(Paths(alone).scores(cell.id))
             pd.testing.assert_frame_equal(together, separate, check_exact=True)  # bit for bit
@@ -542,16 +547,16 @@ def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_
 def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
     dev, schnell = "flux-dev/infusenet-aes", "flux-schnell/infusenet-aes"
     for job in (dev, schnell):
-        score.run_job(job_config, job, progress=False)
+        score.run_job(study_of(job_config), job, progress=False)
     before = {job: _tables(job_config, job) for job in (dev, schnell)}
-    record = json.loads(score.run_job(job_config, schnell, progress=False).read_text())
+    record = json.loads(score.run_job(study_of(job_config), schnell, progress=False).read_text())
     assert not any(entry["rescored"] for entry in record["cells"].values())
     assert _tables(job_config, schnell) == before[schnell]  # kept byte for byte
     # one image of schnell-2 rewritten (other pixels): only that cell is scored again
     paths = Paths(job_config)
-    image = paths.image("flux-schnell/infusenet-aes/2", Grid(job_config).items[0].id)
+    image = paths.image("flux-schnell/infusenet-aes/2", Grid(study_of(job_config)).items[0].id)
     Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)).save(image)
-    record = json.loads(score.run_job(job_config, schnell, progress=False).read_text())
+    record = json.loads(score.run_job(study_of(job_config), schnell, progress=False).read_text())
     assert {c: e["rescored"] for c, e in record["cells"].items()} == {
         "flux-schnell/infusenet-aes/1": False,
         "flux-schnell/infusenet-aes/2": True,
@@ -561,23 +566,23 @@ def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
     assert after["flux-schnell/infusenet-aes/1"] == before[schnell]["flux-schnell/infusenet-aes/1"]
     assert after["flux-schnell/infusenet-aes/2"] != before[schnell]["flux-schnell/infusenet-aes/2"]
     # new anchor images (dev-8): every cell paired with it is scored again, the anchor too
-    anchor = paths.image(ANCHOR, Grid(job_config).items[1].id)
+    anchor = paths.image(ANCHOR, Grid(study_of(job_config)).items[1].id)
     Image.fromarray(np.full((SIZE, SIZE, 3), 200, np.uint8)).save(anchor)
     for job in (dev, schnell):
-        record = json.loads(score.run_job(job_config, job, progress=False).read_text())
+        record = json.loads(score.run_job(study_of(job_config), job, progress=False).read_text())
         assert all(entry["rescored"] for entry in record["cells"].values()), job
     # a scoring setting of these cells changed: every table is computed again
     changed = copy.deepcopy(job_config)
     changed["scoring"]["lpips_size"] = 128
-    record = json.loads(score.run_job(changed, schnell, progress=False).read_text())
+    record = json.loads(score.run_job(study_of(changed), schnell, progress=False).read_text())
     assert all(entry["rescored"] for entry in record["cells"].values())
 
 
 def test_a_table_without_its_inputs_digest_is_not_current(job_config):
-    cell = Grid(job_config).cell(OTHER)
+    cell = Grid(study_of(job_config)).cell(OTHER)
     paths = Paths(job_config)
-    score.run(job_config, OTHER, progress=False)
-    digest = score.scored_inputs(Grid(job_config), paths, cell)
+    score.run(study_of(job_config), OTHER, progress=False)
+    digest = score.scored_inputs(Grid(study_of(job_config)), paths, cell)
     assert score.is_current(paths.scores(OTHER), digest)
     frame = pd.read_parquet(paths.scores(OTHER)).drop(columns="scored_inputs")
     frame.to_parquet(paths.scores(OTHER), index=False)  # a table of an earlier fewstep

@@ -11,8 +11,9 @@ from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.families import FAMILIES
 from fewstep.families.sd import acceleration, cell, pipeline
+from fewstep.families.sd.tiny import tiny_cell
 from fewstep.grid import EAGER_SWITCHES, Grid
-from tests.test_family_contract import injected_settings, references, tiny_components
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 
@@ -27,13 +28,20 @@ def taylorseer(interval: int, warmup: int, **on) -> dict:
 
 def build(config: dict, name: str, adapter: str, acceleration_switches: dict | None, **options):
     """A tiny SD cell pipeline (seeded, in memory) with these switches (`options`: torch.compile's)."""
-    backbone, entry = config["backbones"][name], config["adapters"][adapter]
-    built = cell.SDCellPipeline(
-        **tiny_components(name, backbone, entry), **injected_settings(name, config, backbone, entry)
-    )
+    built = tiny_pipeline(config, name, adapter, switches())
     if acceleration_switches is not None:
         built.accelerated = acceleration.Accelerated(built.pipe, acceleration_switches, CPU, options)
     return built
+
+
+def tiny_pipeline(config, name: str, adapter: str, acceleration_switches: dict) -> cell.SDCellPipeline:
+    """The family's cell pipeline of a demo cell, built from the family's seeded tiny components."""
+    study = study_of(config)
+    backbone, entry = study.backbones[name], study.adapters[adapter]
+    components = tiny_cell(study, backbone, entry).components
+    return FAMILIES[name].cell_pipeline(
+        study, backbone, entry, acceleration_switches, CPU, torch.float32, components=components
+    )
 
 
 def condition(built: cell.SDCellPipeline, name: str, adapter: dict) -> pipeline.Condition:
@@ -46,7 +54,7 @@ def condition(built: cell.SDCellPipeline, name: str, adapter: dict) -> pipeline.
         width = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
         pooled = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         prompt |= {k: torch.randn(1, width) for k in pooled}
-    tensors, _ = references(name, adapter)
+    tensors = tiny_cell(None, {"family": name}, adapter).reference
     return pipeline.Condition(prompt, None if tensors is None else [tensors["image_embeds"]])
 
 
@@ -67,7 +75,7 @@ def test_sd_cells_take_compile_fp8_and_taylorseer_and_refuse_the_block_caches(ra
         "mag": {"cache": "mag"},
     }
     raw_demo["cells"][1]["accelerations"] = ["eager", "fast", "taylor"]
-    ids = [c.id for c in Grid(validate(copy.deepcopy(raw_demo))).cells]
+    ids = [c.id for c in Grid(study_of(validate(copy.deepcopy(raw_demo)))).cells]
     assert {"sd15/sd-style+fast/4", "sdxl/sd-object+taylor/4", "sd15/sd-style/4"} <= set(ids)
     raw_demo["cells"][1]["accelerations"] = ["mag"]
     with pytest.raises(
@@ -75,7 +83,7 @@ def test_sd_cells_take_compile_fp8_and_taylorseer_and_refuse_the_block_caches(ra
         match=r"^config accelerations.mag.cache: sd15 backbones do not take mag; they take taylorseer; "
         r"set none, or leave 'mag' off sd15's cells$",
     ):
-        Grid(validate(raw_demo))
+        Grid(study_of(validate(raw_demo)))
 
 
 def test_switches_off_build_nothing_and_a_taylorseer_that_computes_every_call_is_eager(demo):
@@ -84,11 +92,7 @@ def test_switches_off_build_nothing_and_a_taylorseer_that_computes_every_call_is
     adapter = demo["adapters"]["sd-style"]
     off = FAMILIES["sd15"]
     assert off.acceleration_switches == {"compile", "fp8", "cache:taylorseer"}
-    eager = cell.SDCellPipeline(
-        **tiny_components("sd15", demo["backbones"]["sd15"], adapter),
-        **injected_settings("sd15", demo, demo["backbones"]["sd15"], adapter),
-        acceleration=switches(),
-    )
+    eager = tiny_pipeline(demo, "sd15", "sd-style", switches())
     assert eager.accelerated is None and "forward" not in vars(eager.pipe.unet)
     every = build(demo, "sd15", "sd-style", taylorseer(1, 1))
     cond = condition(eager, "sd15", adapter)
@@ -185,26 +189,32 @@ def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path)
     from fewstep.jobs import generate, precompute
     from fewstep.jobs.prepare import prepare_model
 
-    config = validate(
-        {
-            "sweep": "sd-acceleration",
-            "weights": "tiny",
-            "device": "cpu",
-            "dtype": "float32",
-            **{key: str(tmp_path / key) for key in ("results_dir", "models_dir", "reports_dir")},
-            "references": [{"id": "cat", "image": "builtin:chelsea", "role": "style"}],
-            "prompts": [{"id": "p", "text": "a cup on a table, watercolor"}],
-            "seeds": [3],
-            "backbones": {"sd15": {"family": "sd15", "model": "sd15", "steps": [2, 4], "resolution": 64}},
-            "adapters": {"style": {"kind": "ip_adapter", "role": "style", "scale": "style"}},
-            "accelerations": {
-                "every": {"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
-                "taylor": {"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
-            },
-            "cells": [
-                {"backbones": ["sd15"], "adapters": ["style"], "accelerations": ["eager", "every", "taylor"]}
-            ],
-        }
+    config = study_of(
+        validate(
+            {
+                "sweep": "sd-acceleration",
+                "weights": "tiny",
+                "device": "cpu",
+                "dtype": "float32",
+                **{key: str(tmp_path / key) for key in ("results_dir", "models_dir", "reports_dir")},
+                "references": [{"id": "cat", "image": "builtin:chelsea", "role": "style"}],
+                "prompts": [{"id": "p", "text": "a cup on a table, watercolor"}],
+                "seeds": [3],
+                "backbones": {"sd15": {"family": "sd15", "model": "sd15", "steps": [2, 4], "resolution": 64}},
+                "adapters": {"style": {"kind": "ip_adapter", "role": "style", "scale": "style"}},
+                "accelerations": {
+                    "every": {"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
+                    "taylor": {"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
+                },
+                "cells": [
+                    {
+                        "backbones": ["sd15"],
+                        "adapters": ["style"],
+                        "accelerations": ["eager", "every", "taylor"],
+                    }
+                ],
+            }
+        )
     )
     grid, paths = Grid(config), Paths(config)
     for name in grid.generation_models(grid.cells[0]):

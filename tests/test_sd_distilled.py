@@ -7,11 +7,13 @@ import shutil
 import pytest
 import torch
 
+from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.families.sd.distillations import DISTILLATIONS, PUBLISHERS
 from fewstep.families.sd.family import SD_FAMILIES
 from fewstep.registry.catalog import lookup
 from fewstep.registry.spec import Usage
+from tests.conftest import demo_yaml, study_of
 
 SD15, SDXL = SD_FAMILIES["sd15"], SD_FAMILIES["sdxl"]
 CPU = torch.device("cpu")
@@ -91,8 +93,9 @@ def test_unknown_or_foreign_distillations_and_schedulers_are_refused_with_one_li
     SDXL.check_backbone("b", {"model": "sdxl", "distillation": "turbo", "scheduler": "tcd"})
 
 
-def test_the_schema_refuses_an_unknown_scheduler_and_a_flux_distillation(raw_demo):
+def test_the_schema_refuses_an_unknown_scheduler_and_the_grid_a_flux_distillation(raw_demo):
     from fewstep.core.config import validate
+    from fewstep.grid import Grid
 
     raw = dict(raw_demo, backbones=dict(raw_demo["backbones"]))
     raw["backbones"]["sd15"] = dict(raw["backbones"]["sd15"], scheduler="heun_trailing")
@@ -102,9 +105,9 @@ def test_the_schema_refuses_an_unknown_scheduler_and_a_flux_distillation(raw_dem
     raw["backbones"]["sd15"] = dict(raw_demo["backbones"]["sd15"])
     raw["backbones"]["flux-dev"] = dict(raw["backbones"]["flux-dev"], distillation="lcm-lora")
     with pytest.raises(
-        ConfigError, match=r"^config backbones\.flux-dev\.distillation: applies only where family"
+        ConfigError, match=r"^config backbones\.flux-dev\.distillation: not a setting of flux backbones"
     ):
-        validate(raw)
+        Grid(study_of(validate(raw)))
 
 
 @pytest.mark.parametrize(
@@ -156,11 +159,7 @@ def wrong_files(tiny_sd, tmp_path_factory):
     lightning.mkdir()
     unet = load_file(source / "sdxl_lightning_2step_unet.safetensors")
     save_file(dict(list(unet.items())[:-3]), lightning / "sdxl_lightning_2step_unet.safetensors")
-    return {
-        "weights": "tiny",
-        "models_dir": str(tmp_path),
-        "memory": {"offload": "none", "fp8_weights": False},
-    }
+    return study_of(validate(dict(demo_yaml(), models_dir=str(tmp_path))))
 
 
 @pytest.mark.parametrize(
@@ -181,11 +180,10 @@ def test_a_file_that_does_not_fit_its_base_stops_with_one_line(wrong_files, fami
     pytest.importorskip("peft", reason="diffusers loads LoRAs through peft")
     from fewstep.families.sd.cell import load_components
 
-    spec = SD_FAMILIES[family].spec
     file = DISTILLATIONS[family][distillation].file
     backbone = _Backbone("fast", {"family": family, "model": family, "distillation": distillation})
     with pytest.raises(ConfigError) as err:
-        load_components(wrong_files, spec, backbone, {"kind": "none"}, CPU, torch.float32)
+        load_components(wrong_files, backbone, {"kind": "none"}, CPU, torch.float32)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("config backbones.fast.distillation: ") and file in message

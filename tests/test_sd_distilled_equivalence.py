@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from fewstep.core.config import validate
 from fewstep.families.base import ItemInputs
 from fewstep.families.sd import specs
 from fewstep.families.sd.distillations import DISTILLATIONS, PUBLISHERS
 from fewstep.families.sd.family import SD_FAMILIES
+from tests.conftest import demo_yaml, study_of
 
 pytest.importorskip("peft", reason="diffusers loads LoRAs through peft")
 #: each comparison loads two tiny pipelines and runs both: 3-8 s on 2 shared cores
@@ -85,8 +87,8 @@ def models(tiny_sd, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def config(models) -> dict:
-    return {"weights": "tiny", "models_dir": str(models), "memory": {"offload": "none", "fp8_weights": False}}
+def config(models):
+    return study_of(validate(dict(demo_yaml(), models_dir=str(models))))
 
 
 @pytest.fixture(scope="module")

@@ -125,3 +125,30 @@ def test_the_grid_side_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_sd_cell_pipeline_takes_a_scale_exactly_with_adapter_layers():
+    """A scale for a UNet without IP-Adapter layers (or none for one with them) would be ignored."""
+    import torch
+    from conftest import demo_yaml
+
+    from fewstep.core.config import validate
+    from fewstep.families import FAMILIES
+    from fewstep.families.sd.cell import SDCellPipeline
+    from fewstep.families.sd.tiny import tiny_cell
+
+    config = validate(demo_yaml())
+    backbone, style = config["backbones"]["sd15"], config["adapters"]["sd-style"]
+    family = FAMILIES["sd15"]
+    settings = {
+        "spec": family.spec,
+        "guidance": family.guidance(backbone),
+        "side": family.resolution(backbone),
+        "device": torch.device("cpu"),
+        "dtype": torch.float32,
+    }
+    bare = tiny_cell(config, backbone, {"kind": "none"}).components
+    adapted = tiny_cell(config, backbone, style).components
+    for components, scale in ((bare, 1.0), (adapted, None)):
+        with pytest.raises(ValueError, match="takes a scale exactly when its UNet carries IP-Adapter layers"):
+            SDCellPipeline(**components, **settings, scale=scale)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
-from tests.conftest import snakemake
+from tests.conftest import snakemake, study_of
 
 RAW = {
     "sweep": "sd",
@@ -62,17 +62,17 @@ def sd_config(tmp_path_factory) -> dict:
     from fewstep.jobs.prepare import prepare_model
 
     config = validate(_raw(tmp_path_factory.mktemp("sdwf")))
-    for name in Grid(config).models:
-        prepare_model(config, name)
-    precompute.embed_prompts(config)
-    precompute.embed_references(config)
+    for name in Grid(study_of(config)).models:
+        prepare_model(study_of(config), name)
+    precompute.embed_prompts(study_of(config))
+    precompute.embed_references(study_of(config))
     return config
 
 
 def test_grid_crosses_references_of_each_role():
     from fewstep.core.config import validate
 
-    grid = Grid(validate(copy.deepcopy(RAW)))
+    grid = Grid(study_of(validate(copy.deepcopy(RAW))))
     assert [c.id for c in grid.cells] == [
         "sd15/style/1", "sd15/style/2", "sd15/object/1", "sd15/object/2", "sdxl/style/1", "sdxl/style/2",
     ]  # fmt: skip
@@ -97,9 +97,9 @@ def test_prepare_writes_only_the_adapter_files_used(sd_config):
 def test_run_job_writes_every_cells_images_and_resumes(sd_config):
     from fewstep.jobs.generate import run_job
 
-    grid, paths = Grid(sd_config), Paths(sd_config)
+    grid, paths = Grid(study_of(sd_config)), Paths(sd_config)
     for job in grid.jobs:
-        record = json.loads(run_job(sd_config, job, progress=False).read_text())
+        record = json.loads(run_job(study_of(sd_config), job, progress=False).read_text())
         assert len(record["cells"]) == 2
         for cell in grid.job(job):
             manifest = pd.read_parquet(paths.manifest(cell.id))
@@ -107,7 +107,7 @@ def test_run_job_writes_every_cells_images_and_resumes(sd_config):
             assert (manifest["width"] == 64).all()
     cell = grid.cell("sd15/object/2")
     before = paths.journal(cell.id).read_text()
-    run_job(sd_config, cell.job, progress=False)
+    run_job(study_of(sd_config), cell.job, progress=False)
     assert paths.journal(cell.id).read_text() == before  # nothing regenerated
 
 
@@ -145,11 +145,13 @@ def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, 
         finish = job("generate", path, "--cell", cell)
         assert finish.wait() == 0, finish.stderr.read()
         clean = copy_with_seeds(tmp_path / "clean")
-        run_job(clean, "sd15/style", progress=False)
+        run_job(study_of(clean), "sd15/style", progress=False)
     finally:
         hidden.rename(other)
     manifest = pd.read_parquet(Paths(config).manifest(cell)).set_index("item_id")
-    assert list(manifest.index) == [i.id for i in Grid(config).items_of(Grid(config).cell(cell))]
+    assert list(manifest.index) == [
+        i.id for i in Grid(study_of(config)).items_of(Grid(study_of(config)).cell(cell))
+    ]
     assert all(manifest.loc[item, "generated_at"] == row["generated_at"] for item, row in kept.items())
     assert lines(journal) == 10 and not list(Paths(config).cell_dir(cell).rglob("*.tmp"))
     for item in manifest.index:
@@ -167,7 +169,7 @@ def test_precomputed_embeddings_give_diffusers_own_image(sd_config):
     from fewstep.families.sd import pipeline, specs
     from fewstep.registry.catalog import model_folder
 
-    grid, paths = Grid(sd_config), Paths(sd_config)
+    grid, paths = Grid(study_of(sd_config)), Paths(sd_config)
     cell = grid.cell("sd15/object/2")
     (item,) = grid.items_of(cell)
     ours = np.asarray(Image.open(paths.image(cell.id, item.id)).convert("RGB"))
@@ -227,4 +229,4 @@ def test_embed_references_refuses_an_adapter_file_no_cell_reads(raw_demo):
     from fewstep.jobs import precompute
 
     with pytest.raises(ConfigError, match=r"^embed-references --file bogus: .* reads it; use plain or plus$"):
-        precompute.embed_references(validate(raw_demo), "sd15", "bogus")
+        precompute.embed_references(study_of(validate(raw_demo)), "sd15", "bogus")

@@ -25,13 +25,13 @@ from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError, WeightsError
 from fewstep.core.paths import Paths
 from fewstep.families import FAMILIES
-from fewstep.families.base import Denoised, ItemInputs, Step, StepTimer
+from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, StepTimer
 from fewstep.families.report_kit import ReportKit, ReportParts
 from fewstep.grid import Grid
 from fewstep.registry import catalog
 from fewstep.registry.catalog import model_folder
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
-from tests.conftest import demo_yaml
+from tests.conftest import demo_yaml, study_of
 
 WEIGHTS_FILE = "palette.pt"
 EMBEDDING_WIDTH = 8
@@ -112,6 +112,8 @@ class ToyFamily:
     name = "toy"
     backbones = {TOY_PIXELS.name: TOY_PIXELS}
     adapter_kinds = frozenset({"none"})
+    backbone_keys = frozenset()
+    adapter_keys = {"none": frozenset()}
     max_side = 128
     adapter_roles = ("identity",)
     acceleration_switches: frozenset[str] = frozenset()
@@ -162,6 +164,9 @@ class ToyFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     prompt_job_mem_mb = 2000
 
     def prompt_model(self, models: Sequence[str]) -> str:
@@ -170,7 +175,9 @@ class ToyFamily:
     def prompt_encoder(self, config: Any, model: str, device: Any, dtype: Any) -> ToyPromptEncoder:
         return ToyPromptEncoder()
 
-    def cell_pipeline(self, config, backbone, adapter, acceleration, device, dtype) -> ToyCellPipeline:
+    def cell_pipeline(
+        self, config, backbone, adapter, acceleration, device, dtype, components=None
+    ) -> ToyCellPipeline:
         return ToyCellPipeline(config, self.image_size(backbone, config["resolution"]), device)
 
     label = "Toy"
@@ -217,19 +224,19 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     from fewstep.jobs import generate, precompute, score
     from fewstep.jobs.prepare import prepare_model
 
-    grid, paths = Grid(toy_config), Paths(toy_config)
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
     assert [c.id for c in grid.cells] == CELLS and list(grid.jobs) == ["toy/bare"]
     assert grid.models == ["lpips-alex", "toy-pixels"]
     assert [i.id for i in grid.items_of(grid.cell(CELLS[0]))] == [i.id for i in grid.items]
     assert len(grid.items) == 4  # 2 identities x 2 prompts x 1 seed
     for name in grid.models:
-        prepare_model(toy_config, name)
-    written = precompute.embed_prompts(toy_config)
+        prepare_model(study_of(toy_config), name)
+    written = precompute.embed_prompts(study_of(toy_config))
     assert sorted(written) == sorted(grid.prompt_embeddings(paths, grid.cell(CELLS[0])))
     assert [p.name for p in written] == ["portrait.T.safetensors", "astronaut-suit.T.safetensors"]
 
-    generate.run_job(toy_config, "toy/bare", progress=False)
-    score.run_job(toy_config, "toy/bare", progress=False)
+    generate.run_job(study_of(toy_config), "toy/bare", progress=False)
+    score.run_job(study_of(toy_config), "toy/bare", progress=False)
     for cell_id in CELLS:
         manifest = pd.read_parquet(paths.manifest(cell_id))
         assert sorted(manifest["item_id"]) == sorted(i.id for i in grid.items)
@@ -245,7 +252,7 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     assert (lpips[CELLS[2]] == 0).all()
     assert (lpips[CELLS[0]] > lpips[CELLS[1]]).all() and (lpips[CELLS[1]] > 0).all()
 
-    summary = aggregate.run(toy_config)
+    summary = aggregate.run(study_of(toy_config))
     table = pd.read_csv(summary)
     assert sorted(set(table["cell_id"])) == CELLS and set(table["backbone"]) == {"toy"}
     means = table[table["metric"] == "lpips_anchor"].set_index("cell_id")["mean"]
@@ -253,7 +260,7 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     per_image = pd.read_parquet(paths.per_image)
     assert sorted(set(per_image["cell_id"])) == CELLS and len(per_image) == 12
 
-    page = report.run(toy_config, summary)
+    page = report.run(study_of(toy_config), summary)
     text = Path(page).read_text()
     assert 'data-family="toy"' in text and 'data-cells="3"' in text and 'data-images="12"' in text
     # its own section, drawn by its report_parts with the injected tools, with its rows only
@@ -271,7 +278,7 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     from fewstep.analysis import estimate
     from fewstep.core.paths import one_of
 
-    grid, paths = Grid(toy_config), Paths(toy_config)
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
     assert grid.prompt_variant_labels == ["T"] and grid.reference_files == []
     pattern = paths.prompt_variant_embedding("{family}", "portrait", f"{{variant,{one_of(['T'])}}}")
     wanted = paths.prompt_variant_embedding("toy", "portrait", "T")
@@ -279,8 +286,81 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     assert match and match.groupdict() == {"family": "toy", "variant": "T"}
     assert not re.match(regex_from_filepattern(str(pattern)), str(wanted).replace(".T.", ".L512."))
 
-    result = estimate.estimate(toy_config, "h200")
+    result = estimate.estimate(study_of(toy_config), "h200")
     jobs = {(job.rule, job.name): job for job in result.jobs}
     assert jobs["embed_prompt", "toy/T"].key == "embed_prompt/toy"
     assert jobs["generate", "toy/bare"].work == 0.0
     assert "no toy figures for h200: toy/bare counts its start only" in result.notes
+
+
+class ToyFaceEncoder:
+    """The toy's face pipeline: a picture's mean colour, and no face in a picture of one colour."""
+
+    device = torch.device("cpu")
+
+    def encode(self, rgb: np.ndarray) -> IdentityEmbedding | None:
+        if rgb.min() == rgb.max():
+            return None
+        return IdentityEmbedding(
+            {"mean_rgb": torch.from_numpy(rgb.reshape(-1, 3).mean(axis=0).astype(np.float32))},
+            {"toy_face": "mean colour"},
+        )
+
+
+class FaceReadingToy(ToyFamily):
+    """The toy whose bare backbone reads identity embeddings through its own encoder."""
+
+    def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
+        return True
+
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return [TOY_PIXELS.name]
+
+    def identity_encoder(self, config: Any, adapters: Sequence[Any], device: Any) -> ToyFaceEncoder:
+        assert [a.id for a in adapters] == ["bare"]
+        return ToyFaceEncoder()
+
+
+def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monkeypatch, tmp_path):
+    """The embed_identity job knows no face code: each identity's file holds the tensors and
+    metadata of the family's `identity_encoder`, and a picture it finds no face in is one line."""
+    from fewstep.core.errors import InputError
+    from fewstep.core.images import load_rgb
+    from fewstep.core.provenance import device_name
+    from fewstep.jobs import precompute
+
+    monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
+    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
+    assert grid.identity_models() == ["toy-pixels"]
+    assert grid.cell_models(grid.cell(CELLS[0])) == ["toy-pixels"]
+    written = precompute.embed_identities(study_of(toy_config))
+    assert written == [paths.identity_embedding(i["id"]) for i in toy_config["identities"]]
+    tensors, metadata = precompute.load_tensors(written[0])
+    first = toy_config["identities"][0]
+    expected = load_rgb(first["image"]).reshape(-1, 3).mean(axis=0)
+    assert list(tensors) == ["mean_rgb"] and np.allclose(tensors["mean_rgb"].numpy(), expected)
+    assert metadata["toy_face"] == "mean colour" and metadata["identity"] == first["id"]
+    assert metadata["encode_device_name"] == device_name(torch.device("cpu"))
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(blank)
+    toy_config["identities"] = [{"id": "blank", "image": str(blank)}]
+    with pytest.raises(InputError, match=rf"^identities\[blank\]: no face found in {blank}; "):
+        precompute.embed_identities(study_of(toy_config))
+
+
+def test_two_families_writing_the_same_identity_tensor_are_refused(toy_config, monkeypatch):
+    """Each family's identity tensors join one file per identity, so two that name the same
+    tensor would silently overwrite each other's input: the job refuses it."""
+    from fewstep.core.config import validate
+    from fewstep.jobs import precompute
+
+    second = FaceReadingToy()
+    second.name = "toy2"
+    monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
+    monkeypatch.setitem(FAMILIES, second.name, second)
+    raw = dict(toy_config)
+    raw["backbones"] = dict(raw["backbones"], toy2={**raw["backbones"]["toy"], "family": "toy2"})
+    raw["cells"] = [{"backbones": ["toy", "toy2"], "adapters": ["bare"]}]
+    with pytest.raises(ValueError, match=r"identity encoders both write \['mean_rgb'\]"):
+        precompute.embed_identities(study_of(validate(raw)))

@@ -40,6 +40,7 @@ from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.tracking import runs
 from fewstep.tracking.wandb_reader import WandbFileError, find_run_files, read_run
+from tests.conftest import study_of
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "wandb_harness.py"
@@ -273,20 +274,20 @@ def test_failed_job_ends_its_run_failed(isolated) -> None:
 
 def test_run_ids_are_stable_per_sweep_job_and_cell(raw_demo) -> None:
     config = validate(raw_demo)
-    score = runs.run_id(config, "score", CELL)
+    score = runs.run_id(study_of(config), "score", CELL)
     assert re.fullmatch(r"score-[0-9a-f]{16}", score)
-    assert score == runs.run_id(validate(copy.deepcopy(raw_demo)), "score", CELL)
+    assert score == runs.run_id(study_of(validate(copy.deepcopy(raw_demo))), "score", CELL)
     # where files go and how runs are logged do not make another run ...
     moved = dict(raw_demo, results_dir="/elsewhere", wandb={"mode": "online", "project": "other"})
-    assert runs.run_id(validate(moved), "score", CELL) == score
+    assert runs.run_id(study_of(validate(moved)), "score", CELL) == score
     # ... another job, cell, sweep or item set does
     others = {
-        runs.run_id(config, "generate", CELL),
-        runs.run_id(config, "score", ANCHOR),
-        runs.run_id(validate(dict(raw_demo, sweep="other")), "score", CELL),
-        runs.run_id(validate(dict(raw_demo, seeds=[0, 1])), "score", CELL),
-        runs.run_id(config, "aggregate"),
-        runs.run_id(validate(dict(raw_demo, seeds=[0, 1])), "aggregate"),
+        runs.run_id(study_of(config), "generate", CELL),
+        runs.run_id(study_of(config), "score", ANCHOR),
+        runs.run_id(study_of(validate(dict(raw_demo, sweep="other"))), "score", CELL),
+        runs.run_id(study_of(validate(dict(raw_demo, seeds=[0, 1]))), "score", CELL),
+        runs.run_id(study_of(config), "aggregate"),
+        runs.run_id(study_of(validate(dict(raw_demo, seeds=[0, 1]))), "aggregate"),
     }
     assert len(others) == 6 and score not in others
 
@@ -294,7 +295,7 @@ def test_run_ids_are_stable_per_sweep_job_and_cell(raw_demo) -> None:
 def test_rerun_logs_to_the_same_run_id(isolated, score_run) -> None:
     printed = isolated["printed"]
     assert [p["attempt"] for p in printed] == [1, 2]
-    expected = runs.run_id(isolated["config"], "score", CELL)
+    expected = runs.run_id(study_of(isolated["config"]), "score", CELL)
     assert printed[0]["run_id"] == printed[1]["run_id"] == score_run.run_id == expected
     assert score_run.resume  # resume="allow": after a sync the rerun continues the uploaded run
 
@@ -333,17 +334,18 @@ def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_r
     images = used[f"images-demo-{_slug(CELL)}"]
     paths = Paths(config)
     expected_refs = {
-        f"images/{item.id}.png": paths.image(CELL, item.id).resolve().as_uri() for item in Grid(config).items
+        f"images/{item.id}.png": paths.image(CELL, item.id).resolve().as_uri()
+        for item in Grid(study_of(config)).items
     }
     assert {e.path: e.ref for e in images.entries if e.ref} == expected_refs
     assert [e.path for e in images.entries if not e.ref] == ["manifest.parquet"]
     # rebuilt from the same files, the artifact has the same digest: the very version generate logged
-    assert images.digest == lineage.images(config, CELL).digest
+    assert images.digest == lineage.images(study_of(config), CELL).digest
     tables = {name for name in logged if name.startswith(f"run-{score_run.run_id}-")}  # wandb.Table's own
     assert set(logged) - tables == {f"scores-demo-{_slug(CELL)}"}
     scores = logged[f"scores-demo-{_slug(CELL)}"]
     assert scores.type == "scores" and [e.path for e in scores.entries] == ["scores.parquet"]
-    assert scores.digest == lineage.table(config, "scores", CELL, paths.scores(CELL)).digest
+    assert scores.digest == lineage.table(study_of(config), "scores", CELL, paths.scores(CELL)).digest
 
 
 def test_the_jobs_console_log_is_a_run_file(score_run) -> None:
@@ -395,7 +397,7 @@ def test_mode_config_decides_env_can_only_disable(monkeypatch, tmp_path) -> None
 def test_disabled_run_does_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     config = demo_config(tmp_path, mode="disabled")
-    with runs.job_run(config, "score", CELL) as run:
+    with runs.job_run(study_of(config), "score", CELL) as run:
         assert not run.enabled
         run.summary({"x": 1})
         run.log_table("t", pd.DataFrame({"a": [1]}))

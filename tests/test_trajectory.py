@@ -12,13 +12,14 @@ from fewstep.core.images import load_rgb
 from fewstep.core.paths import Paths
 from fewstep.families.flux.cell import per_block
 from fewstep.jobs import generate, precompute, trajectory
+from tests.conftest import study_of
 
 
 def test_one_row_per_item_and_step_ending_at_the_generated_image(embedded):
     config = copy.deepcopy(embedded)
     config["trajectory"]["max_items"] = 2
     cell = "flux-schnell/infusenet-aes/4"
-    table = pd.read_parquet(trajectory.run(config, cell, progress=False))
+    table = pd.read_parquet(trajectory.run(study_of(config), cell, progress=False))
     assert len(table) == 2 * 4
     assert list(table["step"]) == [1, 2, 3, 4] * 2
     assert list(table["sigma"][:4]) == pytest.approx([1.0, 0.75, 0.5, 0.25])
@@ -28,7 +29,7 @@ def test_one_row_per_item_and_step_ending_at_the_generated_image(embedded):
     assert table["id_sim"].between(-1, 1).all() and table["face_detected"].all()
     # the last x0 estimate is the final sample: its picture is the cell's image
     paths = Paths(config)
-    manifest = pd.read_parquet(generate.run(config, cell, progress=False))
+    manifest = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
     last = table[table["step"] == 4].iloc[0]
     final = load_rgb(paths.cell_dir(cell) / manifest.set_index("item_id").loc[last["item_id"], "image"])
     x0 = load_rgb(paths.trajectory(cell).parent / last["image"])
@@ -40,9 +41,9 @@ def test_probes_are_missing_where_the_adapter_is_off(embedded):
     config["trajectory"]["max_items"] = 1
     config["adapters"]["infusenet-aes"]["guidance_end"] = 0.5
     config["results_dir"] = str(Paths(embedded).root.parent / "window")
-    precompute.embed_prompts(config)
-    precompute.embed_identities(config)
-    table = pd.read_parquet(trajectory.run(config, "flux-dev/infusenet-aes/4", progress=False))
+    precompute.embed_prompts(study_of(config))
+    precompute.embed_identities(study_of(config))
+    table = pd.read_parquet(trajectory.run(study_of(config), "flux-dev/infusenet-aes/4", progress=False))
     assert list(table["adapter_active"]) == [True, True, False, False]
     assert table["relative_single"][:2].notna().all() and table["relative_single"][2:].isna().all()
     assert table["hidden_rms_single"].notna().all()
@@ -51,7 +52,7 @@ def test_probes_are_missing_where_the_adapter_is_off(embedded):
 def test_block_probes_hold_one_value_per_backbone_block(embedded):
     config = copy.deepcopy(embedded)
     config["trajectory"]["max_items"] = 1
-    table = pd.read_parquet(trajectory.run(config, "flux-dev/infusenet-aes/2", progress=False))
+    table = pd.read_parquet(trajectory.run(study_of(config), "flux-dev/infusenet-aes/2", progress=False))
     for stream in ("double", "single"):
         relative = np.stack(table[f"block_relative_{stream}"].to_numpy())
         hidden = np.stack(table[f"block_hidden_rms_{stream}"].to_numpy())

@@ -18,6 +18,7 @@ from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
 from fewstep.tracking.wandb_reader import find_run_files, read_run
+from tests.conftest import study_of
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def demo(demo_run) -> dict:
 
 
 def test_every_job_is_one_offline_run(demo) -> None:
-    grid = Grid(demo["config"])
+    grid = Grid(study_of(demo["config"]))
     expected = {(stage, cell.id) for cell in grid.cells for stage in ("generate", "score")}
     expected |= {("trajectory", cell.id) for cell in grid.trajectory_cells}
     expected.add(("aggregate", "demo"))
@@ -63,7 +64,7 @@ def test_every_job_is_one_offline_run(demo) -> None:
 
 
 def test_cell_runs_carry_parameters_and_summaries(demo) -> None:
-    grid, work, paths = Grid(demo["config"]), demo["work"], demo["paths"]
+    grid, work, paths = Grid(study_of(demo["config"])), demo["work"], demo["paths"]
     runs = {(run.job_type, run.name): run for run in demo["runs"]}
     for cell in grid.cells:
         generate, score = runs["generate", cell.id], runs["score", cell.id]
@@ -91,7 +92,7 @@ def test_cell_runs_carry_parameters_and_summaries(demo) -> None:
 
 
 def test_trajectory_runs_draw_each_step(demo) -> None:
-    grid, work, paths = Grid(demo["config"]), demo["work"], demo["paths"]
+    grid, work, paths = Grid(study_of(demo["config"])), demo["work"], demo["paths"]
     for cell in grid.trajectory_cells:
         run = next(r for r in demo["runs"] if (r.job_type, r.name) == ("trajectory", cell.id))
         table = pd.read_parquet(work / paths.trajectory(cell.id))
@@ -133,7 +134,7 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
     """Each output artifact is the very version (same digest) its consumer uses."""
     from fewstep.families.flux.models import BACKBONES
 
-    grid = Grid(demo["config"])
+    grid = Grid(study_of(demo["config"]))
     runs = {(run.job_type, run.name): run for run in demo["runs"]}
     aggregate = runs["aggregate", "demo"]
     for cell in grid.cells:
@@ -172,7 +173,7 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
 
 def test_metrics_are_drawn_against_steps(demo) -> None:
     runs = {(run.job_type, run.name): run for run in demo["runs"]}
-    for cell in Grid(demo["config"]).trajectory_cells:
+    for cell in Grid(study_of(demo["config"])).trajectory_cells:
         trajectory = runs["trajectory", cell.id]
         assert trajectory.metrics == {"trajectory/step": "", "trajectory/*": "trajectory/step"}
     aggregate = runs["aggregate", "demo"]

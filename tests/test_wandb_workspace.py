@@ -13,6 +13,7 @@ from wandb_harness import run_cli
 from fewstep.core.config import validate
 from fewstep.grid import Grid
 from fewstep.tracking import runs, workspace
+from tests.conftest import study_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def _panels(spec: dict) -> dict[str, list[dict]]:
 
 
 def test_workspace_panels_draw_the_logged_keys(demo) -> None:
-    spec = workspace.spec(demo, "someone")
+    spec = workspace.spec(study_of(demo), "someone")
     assert (spec["entity"], spec["project"], spec["displayName"]) == (
         "someone",
         "fewstep-demo",
@@ -44,7 +45,7 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
     ]
     assert all("(tiny weights)" in p["chartTitle"] for section in panels.values() for p in section)
     # identity vs steps: one line plot per backbone over the aggregate run's curves
-    grid = Grid(demo)
+    grid = Grid(study_of(demo))
     summary = pd.DataFrame(
         [
             {"metric": "id_sim", "backbone": c.backbone, "adapter": c.adapter, "steps": c.steps, "mean": 0.5}
@@ -72,7 +73,7 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
 
 def test_sd_panels_draw_each_backbones_reference_curves(demo) -> None:
     """One line plot per SD backbone and metric, over the adapters whose cells log it."""
-    grid = Grid(demo)
+    grid = Grid(study_of(demo))
     rows = []
     for cell in grid.cells:
         if grid.reads_references(cell):
@@ -81,7 +82,7 @@ def test_sd_panels_draw_each_backbones_reference_curves(demo) -> None:
             keys = {"backbone": cell.backbone, "adapter": cell.adapter, "steps": cell.steps}
             rows += [{"metric": m, **keys, "mean": 0.5} for m in columns]
     logged = set().union(*runs.sweep_history(pd.DataFrame(rows))) - {"sweep/steps"}
-    lines = _panels(workspace.spec(demo, "someone"))["style and object vs steps"]
+    lines = _panels(workspace.spec(study_of(demo), "someone"))["style and object vs steps"]
     assert all(p["type"] == "Run History Line Plot" and p["xAxis"] == "sweep/steps" for p in lines)
     assert {m for p in lines for m in p["metrics"]} == logged
     by_title = {p["chartTitle"]: p["metrics"] for p in lines}

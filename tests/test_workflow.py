@@ -7,14 +7,14 @@ import pytest
 
 from fewstep.core.config import load
 from fewstep.grid import Grid
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, snakemake, study_of
 
 DEMO = REPO / "config" / "demo.yaml"
 
 
 def test_demo_sweep_produces_every_output(demo_run):
     config = load([DEMO])
-    grid = Grid(config)
+    grid = Grid(study_of(config))
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
     # 7 FLUX cells of 2 identities x 2 prompts, 12 base and 2 distilled SD cells of 1 reference x 2 prompts
@@ -73,7 +73,7 @@ def test_full_study_dag_builds_without_weights(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    grid = Grid(load([REPO / "config.yaml"]))
+    grid = Grid(study_of(load([REPO / "config.yaml"])))
     cells, jobs = len(grid.cells), len(grid.jobs)
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at

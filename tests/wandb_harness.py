@@ -23,6 +23,14 @@ import pandas as pd
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
+
+def study_of(config):
+    """The `Study` of a validated config dict (conftest's helper, for this child process)."""
+    from fewstep.core.study import Study
+
+    return Study.of(config)
+
+
 CELL = "flux-schnell/infusenet-aes/2"
 PADDING = "x" * 40_000  # makes the run record span two 32 KiB blocks of the run file
 
@@ -64,7 +72,7 @@ def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.D
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
 
-    grid, paths = Grid(config), Paths(config)
+    grid, paths = Grid(study_of(config)), Paths(config)
     cell = grid.cell(cell_id)
     rows = []
     for index, item in enumerate(grid.items):
@@ -129,11 +137,13 @@ def run_fewstep(config: dict) -> None:
 
     scores = fabricate_scores(config)
     for attempt in (1, 2):
-        with runs.job_run(config, "score", CELL, extra={"attempt": attempt, "padding": PADDING}) as run:
+        with runs.job_run(
+            study_of(config), "score", CELL, extra={"attempt": attempt, "padding": PADDING}
+        ) as run:
             run.log_scores(scores)
             print(json.dumps({"attempt": attempt, "run_id": run.wandb_run.id}), flush=True)
     try:
-        with runs.job_run(config, "generate", CELL):
+        with runs.job_run(study_of(config), "generate", CELL):
             raise RuntimeError("job failed")
     except RuntimeError:
         pass

@@ -52,7 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from fewstep.grid import Grid
 
     study = _study(args)
-    grid = Grid(study)
+    grid = Grid.of(study)
     print(
         f"{study.sweep}: {len(grid.cells)} cells, {sum(len(grid.items_of(c)) for c in grid.cells)} "
         f"images, weights={study.weights}"
@@ -184,7 +184,7 @@ def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs
             log(tracked, job.run(study, args.cell, args.out, batch_size=args.batch_size))
         return
     record = job.run_job(study, args.job, batch_size=args.batch_size)
-    for cell in Grid(study).job(args.job):
+    for cell in Grid.of(study).job(args.job):
         with runs.job_run(study, stage, cell.id) as tracked:
             log(tracked, output(Paths(study), cell.id))
     print(f"{args.job}: record -> {record}")

@@ -39,10 +39,10 @@ rule embed_prompt:
 
 
 rule embed_identity:
-    """Face detection, alignment and the IR-SE50 ArcFace embedding of one identity."""
+    """The face embeddings of one identity that the sweep's adapters read, through each family's
+    `identity_encoder` (FLUX: face detection, alignment, the IR-SE50 ArcFace)."""
     input:
-        marker_path(STUDY, "insightface"),
-        marker_path(STUDY, "arcface-irse50"),
+        [marker_path(STUDY, name) for name in GRID.identity_models()],
         identity_picture,
     output:
         PATHS.identity_embedding("{identity}"),

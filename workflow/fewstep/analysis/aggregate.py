@@ -36,7 +36,7 @@ from fewstep.analysis.stats import (
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Cell, Grid
 
 #: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
@@ -504,11 +504,8 @@ TABLE_FUNCTIONS = {
 }
 
 
-def tables(
-    study: StudyLike, scores: pd.DataFrame, trajectories: pd.DataFrame | None
-) -> dict[str, pd.DataFrame]:
+def tables(study: Study, scores: pd.DataFrame, trajectories: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
     """Every table of `TABLES`, each from one function of the shared `Context`."""
-    study = as_study(study)
     ctx = Context(study, scores)
     return {
         name: trajectory(ctx, trajectories) if name == "trajectory" else TABLE_FUNCTIONS[name](ctx)
@@ -516,10 +513,9 @@ def tables(
     }
 
 
-def run(study: StudyLike, out: Path | None = None) -> Path:
+def run(study: Study, out: Path | None = None) -> Path:
     """Write every table (summary to `out` if given, the others next to it)."""
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     out = Path(out or paths.summary)
     scores = load_scores(study)
     results = tables(study, scores, load_trajectories(study))

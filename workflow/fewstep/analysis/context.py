@@ -10,7 +10,7 @@ import pandas as pd
 from fewstep.analysis.metric_registry import metric_columns, spec
 from fewstep.analysis.scores import prepare
 from fewstep.analysis.stats import ITEM_KEYS, Interval, difference_interval, mean_interval, pair
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
@@ -20,19 +20,17 @@ PARETO_COSTS = ("end_to_end_s", "latency_s")
 KNEE_SAMPLES = 1000
 
 
-def anchors_to_highest_step(study: StudyLike, backbone: str) -> bool:
+def anchors_to_highest_step(study: Study, backbone: str) -> bool:
     """Whether `backbone`'s series take their own highest-step cell as the reference of paired
     differences and of `lpips_anchor` (SD), rather than the config's ``anchor`` (FLUX)."""
-    study = as_study(study)
     return FAMILIES[study.backbones[backbone].family].anchors_to_highest_step
 
 
 class Context:
     """The sweep's scores with the grid and report options: what every table reads."""
 
-    def __init__(self, study: StudyLike, scores: pd.DataFrame):
-        study = as_study(study)
-        self.study, self.grid = study, Grid(study)
+    def __init__(self, study: Study, scores: pd.DataFrame):
+        self.study, self.grid = study, Grid.of(study)
         options = study.report
         self.confidence, self.seed = options["confidence"], options["seed"]
         self.sensitivity, self.margins = options["kneedle_sensitivity"], options["margins"]

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fewstep.core.config import load
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study, load_study
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import lookup, marker_path
 
@@ -281,7 +281,7 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
         return {}, f"its config {run['config']} is gone"
     try:
         model = estimate_with(
-            load([config_path]), measured_figures(FILE_NAME.match(run_path.name)["card"], folder)
+            load_study([config_path]), measured_figures(FILE_NAME.match(run_path.name)["card"], folder)
         )
     except ConfigError as error:
         return {}, str(error)
@@ -349,7 +349,7 @@ def _job(
 
 @dataclass
 class Estimate:
-    config: dict[str, Any]
+    study: Study
     figures: Figures
     images: dict[str, int]  # cell id -> images
     trajectory_images: int
@@ -469,19 +469,19 @@ def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
     return jobs
 
 
-def download_gb(config: dict[str, Any], grid: Grid) -> dict[str, float]:
+def download_gb(study: Study, grid: Grid) -> dict[str, float]:
     """Model -> GB of its weight files the sweep fetches, for models not yet prepared (real
     weights only; random and tiny weights are built here)."""
-    if config["weights"] != "real":
+    if study.weights != "real":
         return {}
     sizes = {}
     for name in grid.models:
-        if marker_path(config, name).exists() or name in config["local_weights"]:
+        if marker_path(study, name).exists() or name in study.local_weights:
             continue
         spec = lookup(name)
         recipe = spec.recipe
         if recipe is not None and recipe.patterns is not None:
-            files = recipe.patterns(config, spec, grid.model_usage(name))
+            files = recipe.patterns(study, spec, grid.model_usage(name))
         else:
             files = spec.extra.get("patterns") or [spec.extra.get("file")]
         owned = spec.extra.get("published_gb", {})  # sizes a model's owner registers with it
@@ -503,20 +503,18 @@ def _embedding_bytes(grid: Grid, jobs: list[Job]) -> float:
     return 4.0 * floats
 
 
-def estimate(config: dict[str, Any], card: str, folder: Path = FIGURES) -> Estimate:
-    """What the sweep of `config` (validated) costs on `card`, from `folder`'s figures."""
-    return estimate_with(config, load_figures(card, folder))
+def estimate(study: Study, card: str, folder: Path = FIGURES) -> Estimate:
+    """What the sweep of `study` costs on `card`, from `folder`'s figures."""
+    return estimate_with(study, load_figures(card, folder))
 
 
-def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
-    """What the sweep of `config` (validated) costs with `figures`."""
-    grid, notes = Grid(config), list(figures.notes)
-    gpu = config["device"] != "cpu"
+def estimate_with(study: Study, figures: Figures) -> Estimate:
+    """What the sweep of `study` costs with `figures`."""
+    grid, notes = Grid.of(study), list(figures.notes)
+    gpu = study.device != "cpu"
     start = ASSUMED_S["job_start"]
     prepare = start + ASSUMED_S["prepare"]
-    jobs = [
-        _job(figures, "prepare_model", name, prepare, False, sub=config["weights"]) for name in grid.models
-    ]
+    jobs = [_job(figures, "prepare_model", name, prepare, False, sub=study.weights) for name in grid.models]
     jobs += _embedding_jobs(grid, figures, gpu)
     images = {cell.id: len(grid.items_of(cell)) for cell in grid.cells}
     pixels = 0.0
@@ -530,7 +528,7 @@ def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
         pixels += sum(images[c.id] * grid.resolution(c)[0] * grid.resolution(c)[1] for c in cells)
     trajectory_images = 0
     for cell in grid.trajectory_cells:
-        items = min(len(grid.items_of(cell)), config["trajectory"]["max_items"])
+        items = min(len(grid.items_of(cell)), study.trajectory.max_items)
         once, compile_s, cell_images = _generation_seconds(grid, [cell], figures, notes)
         # every step: the denoising step, then x0 decoded and scored for identity
         per_step = cell_images / images[cell.id] / cell.steps + figures.flux_decode + ASSUMED_S["score_image"]
@@ -545,14 +543,14 @@ def estimate_with(config: dict[str, Any], figures: Figures) -> Estimate:
     if not gpu:
         notes.append("device: cpu: the GPU figures do not apply; every job counted as a CPU job")
     return Estimate(
-        config=config,
+        study=study,
         figures=figures,
         images=images,
         trajectory_images=trajectory_images,
         jobs=jobs,
         image_gb=3 * pixels / 1e9,
         embedding_gb=_embedding_bytes(grid, jobs) / 1e9,
-        downloads=download_gb(config, grid),
+        downloads=download_gb(study, grid),
         notes=notes,
     )
 
@@ -563,9 +561,9 @@ def _duration(seconds: float) -> str:
 
 def render(result: Estimate, config_name: str) -> str:
     """The estimate as the `fewstep estimate` command prints it."""
-    config, figures = result.config, result.figures
+    study, figures = result.study, result.figures
     lines = [
-        f"{config_name}: sweep {config['sweep']}, weights {config['weights']}, "
+        f"{config_name}: sweep {study.sweep}, weights {study.weights}, "
         f"timed with {figures.card} figures from {', '.join(figures.sources)}",
         "images per cell:",
         *(f"  {cell_id:<48} {count:>6}" for cell_id, count in result.images.items()),
@@ -585,13 +583,13 @@ def render(result: Estimate, config_name: str) -> str:
         f"disk: images {result.image_gb:.2f} GB at most (raw RGB; PNGs of photos are smaller), "
         f"embeddings {result.embedding_gb:.3f} GB",
     ]
-    if config["weights"] == "real":
+    if study.weights == "real":
         missing = ", ".join(f"{name} {gb:.2f}" for name, gb in result.downloads.items()) or "none"
         lines.append(
             f"download: {sum(result.downloads.values()):.1f} GB of weights not yet present ({missing})"
         )
     else:
-        lines.append(f"download: none (weights {config['weights']}: built here, nothing fetched)")
+        lines.append(f"download: none (weights {study.weights}: built here, nothing fetched)")
     if figures.overheads:
         measured = ", ".join(f"{key} {value:.1f} s" for key, value in sorted(figures.overheads.items()))
         lines.append(f"job overheads measured: {measured}")

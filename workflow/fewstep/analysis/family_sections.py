@@ -27,7 +27,7 @@ from fewstep.analysis.metric_registry import margin, spec
 from fewstep.analysis.page import WEIGHT_BANNERS, Page
 from fewstep.analysis.pictures import even, image_grid
 from fewstep.analysis.stats import Bounds
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.families import FAMILIES
 from fewstep.families.report_kit import ReportKit, ReportParts
 
@@ -40,9 +40,8 @@ def rows_of(table: pd.DataFrame, backbones: Iterable[str], keep: bool = True) ->
     return table[inside if keep else ~inside]
 
 
-def family_backbones(study: StudyLike, backbones: Iterable[str]) -> dict[str, list[str]]:
+def family_backbones(study: Study, backbones: Iterable[str]) -> dict[str, list[str]]:
     """Family name -> its backbones among `backbones`, both in the order given."""
-    study = as_study(study)
     members: dict[str, list[str]] = {}
     for backbone in backbones:
         members.setdefault(study.backbones[backbone].family, []).append(backbone)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from fewstep.analysis.formats import fmt, fmt_ci, html_table
 from fewstep.analysis.metric_registry import margin, spec
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.scoring.specs import IDENTITY, IDENTITY_DLIB
 
 
@@ -170,10 +170,9 @@ def study_agreement(comparison: pd.DataFrame, encoders: list[Encoder]) -> str:
 
 
 def section(
-    study: StudyLike, summary: pd.DataFrame, comparison: pd.DataFrame | None = None
+    study: Study, summary: pd.DataFrame, comparison: pd.DataFrame | None = None
 ) -> tuple[str, str, str]:
     """(anchor id, title, HTML body) of the report's identity-encoder section."""
-    study = as_study(study)
     encoders = scored(list(study.scoring.metrics))
     margins = study.report["margins"]
     heldout = sum(len(i.heldout) for i in study.identities)

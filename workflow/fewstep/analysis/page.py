@@ -13,7 +13,7 @@ from fewstep.analysis.outputs import TABLES
 from fewstep.analysis.pictures import marked, png_bytes
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Grid
 
 WEIGHT_BANNERS = {
@@ -41,9 +41,8 @@ def img_tag(data: bytes, alt: str, mime: str = "image/png") -> str:
 class Page:
     """Collects sections, writes figures as it goes, then renders index.html."""
 
-    def __init__(self, study: StudyLike, out: Path):
-        study = as_study(study)
-        self.study, self.grid, self.paths = study, Grid(study), Paths(study)
+    def __init__(self, study: Study, out: Path):
+        self.study, self.grid, self.paths = study, Grid.of(study), Paths(study)
         self.out = out
         self.figures = out.parent / "figures"
         self.sections: list[tuple[str, str, str]] = []  # (anchor id, title, body)

@@ -56,7 +56,7 @@ from fewstep.core.config import config_hash
 from fewstep.core.images import identity_images
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
-from fewstep.core.study import Study, StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.families import FAMILIES
 from fewstep.grid import Cell, Grid
 
@@ -436,10 +436,9 @@ def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
     page.add("grids", "Image grids: identity x steps", body)
 
 
-def run(study: StudyLike, summary_path: Path, out: Path | None = None) -> Path:
+def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
     """Write reports/<sweep>/index.html, figures/<section>/ and tables/ from the aggregate tables."""
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     out = Path(out or paths.report_index)
     summary_path = Path(summary_path)
     sources = {
@@ -497,10 +496,9 @@ def counted(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def header_counts(study: StudyLike, per_image: pd.DataFrame) -> str:
+def header_counts(study: Study, per_image: pd.DataFrame) -> str:
     """Cells and images per model family as the scored images (one row per manifest row) hold
     them: each family's own images per cell and their identities (references) x prompts x seeds."""
-    study = as_study(study)
     family = per_image["backbone"].map(lambda b: study.backbones[b].family)
     parts = []
     for name, frame in per_image.groupby(family, sort=False):

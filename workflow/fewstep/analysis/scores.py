@@ -7,21 +7,19 @@ import pandas as pd
 
 from fewstep.analysis.metric_registry import metric_columns, of_kind
 from fewstep.core.paths import Paths
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import KEYS, Cell, Grid
 
 
-def load_scores(study: StudyLike) -> pd.DataFrame:
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+def load_scores(study: Study) -> pd.DataFrame:
+    grid, paths = Grid.of(study), Paths(study)
     return pd.concat([pd.read_parquet(paths.scores(c.id)) for c in grid.cells], ignore_index=True)
 
 
-def load_trajectories(study: StudyLike) -> pd.DataFrame | None:
+def load_trajectories(study: Study) -> pd.DataFrame | None:
     """The configured cells' trajectory tables in one frame (None without any), with cell keys."""
-    study = as_study(study)
     paths = Paths(study)
-    found = [paths.trajectory(c.id) for c in Grid(study).trajectory_cells]
+    found = [paths.trajectory(c.id) for c in Grid.of(study).trajectory_cells]
     if not found:
         return None
     frame = pd.concat([pd.read_parquet(p) for p in found], ignore_index=True)

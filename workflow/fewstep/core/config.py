@@ -198,8 +198,6 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     fill_defaults(config, schema, schema)
     config["prompts"] = _normalise_prompts(config["prompts"])
     config["identities"] = _expand_identities(config["identities"])
-    for backbone in config["backbones"].values():  # null for SD: the family's own default
-        backbone.setdefault("guidance", FLUX_GUIDANCE if backbone["family"] == "flux" else None)
     _check_references(config)
     check_caches(config["accelerations"])
     return config
@@ -244,8 +242,6 @@ def _normalise_prompts(prompts: list[Any]) -> list[dict[str, str]]:
     return out
 
 
-#: FLUX.1-dev's embedded guidance unless config backbones.<id>.guidance says otherwise
-FLUX_GUIDANCE = 3.5
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 

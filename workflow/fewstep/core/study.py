@@ -249,6 +249,9 @@ class Study(Mapping[str, Any]):
     report: Report
     wandb: Wandb
     validated: Mapping[str, Any] = field(repr=False)
+    #: what upper layers derive from this study once per process, by name (`fewstep.grid.Grid.of`
+    #: keeps its grid here): not part of the study, never hashed or compared
+    derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Study:
@@ -327,13 +330,3 @@ def parse_config(config: Mapping[str, Any]) -> Study:
 def load_study(paths: list[str | Path], overrides: dict[str, Any] | None = None) -> Study:
     """Load, merge and validate config files (`fewstep.core.config.load`) into their `Study`."""
     return Study.of(load(paths, overrides))
-
-
-#: what the job entry points take: a `Study`, or for one release a validated config dict (the
-#: tests' fixtures still hold dicts); `as_study` turns either into the `Study`
-StudyLike = Study | Mapping[str, Any]
-
-
-def as_study(study: StudyLike) -> Study:
-    """`study` itself, or the `Study` of a validated config dict."""
-    return study if isinstance(study, Study) else Study.of(study)

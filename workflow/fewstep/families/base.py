@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fewstep.core.study import Study
+
 if TYPE_CHECKING:
     import torch
 
@@ -116,6 +118,39 @@ class ReferenceEncoder(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TinyCell:
+    """One cell's seeded tiny components made in memory (no file read), and an item's precomputed
+    inputs besides its prompt as the family's precompute job writes them (`ItemInputs.reference`
+    and ``reference_meta``): what each family's ``tiny.py:tiny_cell(config, backbone, adapter)``
+    gives `Family.cell_pipeline(..., components=...)` in the contract test."""
+
+    components: dict[str, Any]
+    reference: dict[str, torch.Tensor] | None
+    reference_meta: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IdentityEmbedding:
+    """What one family's `IdentityEncoder` makes of one identity's photo: its tensors and metadata
+    in the identity's embedding file (the embed_identity job joins those of every family)."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+class IdentityEncoder(Protocol):
+    """A family's face pipeline, loaded once per embed_identity job: what its adapters read of each
+    identity's conditioning photo (FLUX: InfiniteYou's detection, keypoints and ArcFace)."""
+
+    #: where it computes (the file records it)
+    device: torch.device
+
+    def encode(self, rgb: Any) -> IdentityEmbedding | None:
+        """The embeddings of one photo (RGB uint8 [H, W, 3] numpy); None when it shows no face."""
+        ...
+
+
 class CellPipeline(Protocol):
     """One generation job's loaded models (backbone + adapter, accelerated), without text encoders.
 
@@ -173,6 +208,12 @@ class Family(Protocol):
     acceleration_switches: frozenset[str]
     #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
     comparable: bool
+    #: the ``backbones.<id>`` settings it reads besides the family-neutral ``model``, ``family``,
+    #: ``steps`` and ``guidance`` (the grid refuses any other key set on its backbones)
+    backbone_keys: frozenset[str]
+    #: adapter kind -> the ``adapters.<id>`` settings it reads besides ``kind`` (the grid refuses
+    #: any other key set on an adapter of its cells)
+    adapter_keys: Mapping[str, frozenset[str]]
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -184,7 +225,8 @@ class Family(Protocol):
         ...
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
-        """The guidance the backbone really receives (None when it takes none)."""
+        """The guidance the backbone really receives (None when it takes none); the family's default
+        where ``backbones.<id>.guidance`` is null, as every default of its own keys is its own."""
         ...
 
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,6 +290,11 @@ class Family(Protocol):
         """Whether cells with this adapter read the identity embedding files (embed_identity rule)."""
         ...
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """Registry models the embed_identity job loads for this adapter (none when it needs no
+        identity embeddings): the rule's inputs and the cells' provenance."""
+        ...
+
     def prompt_model(self, models: Sequence[str]) -> str:
         """Which of the sweep's backbone models (of this family) embeds every prompt.
 
@@ -261,29 +308,39 @@ class Family(Protocol):
 
     # --- job side -------------------------------------------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> PromptEncoder:
         """The text encoders of registry model `model`."""
         ...
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         """The image encoder of adapter file `file` (a `reference_file` value); a family whose
         `reference_file` is always None (FLUX) has none."""
         ...
 
+    def identity_encoder(
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> IdentityEncoder:
+        """The face pipeline whose embeddings `adapters` (the sweep's adapters of this family that
+        `needs_identity_embeddings`) read; a family that needs none has none."""
+        ...
+
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> CellPipeline:
         """Load one generation job's backbone and adapter (config ``memory`` options applied) and
-        accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off)."""
+        accelerate it (`acceleration`: the job's switches, `fewstep.grid.EAGER_SWITCHES` when off).
+        `components`: the pipeline's components made elsewhere (a test's `TinyCell`), as a
+        diffusers pipeline takes them; None: its ``cell.load_components`` loads the prepared weights."""
         ...
 
     # --- report side: `fewstep.families.report_kit` --------------------------

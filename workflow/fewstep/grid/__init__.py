@@ -16,7 +16,6 @@ comes through the `fewstep.families.base.Family` of a cell's backbone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from fewstep.core.study import Study
 from fewstep.families.base import Family
@@ -50,10 +49,19 @@ __all__ = [
 class Grid(FileInputs):
     """Cells, items and the parameters of each, from a `Study`."""
 
-    def __init__(self, study: Study | Mapping[str, Any], families: Mapping[str, Family] = FAMILIES):
-        """`study`: the sweep's `Study` (a validated config dict is parsed into one, for one release:
-        for callers that still hold the dict); `families`: name -> `Family`
-        (`fewstep.families.FAMILIES` unless a caller injects others)."""
-        self.study = study if isinstance(study, Study) else Study.of(study)
+    def __init__(self, study: Study, families: Mapping[str, Family] = FAMILIES):
+        """`study`: the sweep's `Study`; `families`: name -> `Family` (`fewstep.families.FAMILIES`
+        unless a caller injects others). Entry points take `Grid.of(study)`, built once."""
+        if not isinstance(study, Study):
+            raise TypeError(f"Grid takes a Study (fewstep.core.study.Study.of), not {type(study).__name__}")
+        self.study = study
         self.known_families = families
         check(self)
+
+    @classmethod
+    def of(cls, study: Study) -> Grid:
+        """The grid of `study` with the listed families (`FAMILIES`), built and checked once per
+        Study: the jobs, tables and runs of one process share it."""
+        if "grid" not in study.derived:
+            study.derived["grid"] = cls(study)
+        return study.derived["grid"]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from fewstep.core.errors import ConfigError
 from fewstep.grid.cells import EAGER, EAGER_SWITCHES, IDENTITY, Cell
 from fewstep.grid.inputs import FileInputs as Grid  # the grid's parts, as `fewstep.grid.Grid` joins them
 from fewstep.registry.catalog import MODELS
 
+#: the ``backbones.<id>`` keys every family reads (the others are a family's: `Family.backbone_keys`)
+NEUTRAL_BACKBONE_KEYS = frozenset({"model", "family", "steps", "guidance"})
 #: the acceleration settings that switch something on ("none": off); the others tune a switch
 SWITCHES = tuple(name for name, off in EAGER_SWITCHES.items() if off == "none")
 
@@ -26,6 +31,12 @@ def check(grid: Grid) -> None:
             raise ConfigError(
                 f"config backbones.{name}.model: unknown model {backbone.model!r}; known: {known}"
             )
+        _check_keys(
+            f"backbones.{name}",
+            backbone,
+            NEUTRAL_BACKBONE_KEYS | family.backbone_keys,
+            f"{family.name} backbones",
+        )
         family.check_backbone(name, backbone)
     for name in study.local_weights:
         if name not in MODELS:
@@ -44,12 +55,23 @@ def check(grid: Grid) -> None:
     _check_compared_cells(grid)
 
 
+def _check_keys(where: str, settings: Mapping[str, Any], taken: Iterable[str], owner: str) -> None:
+    """One line for the first key of `settings` its family does not read (it would be ignored)."""
+    for key in sorted(set(settings) - set(taken)):
+        takes = ", ".join(sorted(set(taken))) or "nothing"
+        raise ConfigError(f"config {where}.{key}: not a setting of {owner} (theirs: {takes}); remove it")
+
+
 def _check_cell(grid: Grid, cell: Cell) -> None:
     family, adapter = grid.family(cell), grid.adapter(cell)
     if adapter.kind not in family.adapter_kinds:
         raise ConfigError(
             f"config cells: adapter {cell.adapter!r} ({adapter.kind}) cannot run on a {family.name} backbone"
         )
+    keys = family.adapter_keys.get(adapter.kind, frozenset())
+    _check_keys(
+        f"adapters.{cell.adapter_name}", adapter, {"kind"} | keys, f"{family.name} {adapter.kind} adapters"
+    )
     family.check_adapter(cell.adapter_name, adapter)
     _check_acceleration(grid, cell)
     _check_items(grid, cell)

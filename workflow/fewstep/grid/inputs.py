@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewstep.core.errors import ConfigError
-from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
 from fewstep.grid.cells import Cell
 from fewstep.grid.triggers import RerunTriggers
 from fewstep.registry.spec import Usage
@@ -28,8 +27,7 @@ class FileInputs(RerunTriggers):
         """Registry models whose output a cell's images depend on: its generation, its prompt
         embeddings and, for face-conditioned cells, the embed_identity rule's (its provenance)."""
         names = {*self.generation_models(cell), self.text_encoder_backbone(self.backbone(cell).family)}
-        if self.needs_identity_embeddings(cell):
-            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})
+        names.update(self.family(cell).identity_models(self.adapter(cell)))
         return sorted(names)
 
     def model_usage(self, name: str) -> Usage:
@@ -98,6 +96,28 @@ class FileInputs(RerunTriggers):
     # ---------------------------------------------------- identities, references
     def needs_identity_embeddings(self, cell: Cell) -> bool:
         return self.family(cell).needs_identity_embeddings(self.adapter(cell))
+
+    def identity_adapters(self) -> dict[str, list[Any]]:
+        """Family -> its adapters whose cells read the identity embedding files, in config order
+        (what the embed_identity job encodes for each family)."""
+        adapters: dict[str, list[Any]] = {}
+        for cell in self.cells:
+            if self.needs_identity_embeddings(cell):
+                found = adapters.setdefault(self.backbone(cell).family, [])
+                if all(a.id != cell.adapter_name for a in found):
+                    found.append(self.adapter(cell))
+        return adapters
+
+    def identity_models(self) -> list[str]:
+        """Registry models the embed_identity job loads (the families' face pipelines)."""
+        return sorted(
+            {
+                name
+                for family, adapters in self.identity_adapters().items()
+                for adapter in adapters
+                for name in self.known_families[family].identity_models(adapter)
+            }
+        )
 
     def reference_file(self, cell: Cell) -> str | None:
         """The adapter file whose image encoder embeds the cell's references (None: none)."""

@@ -46,7 +46,7 @@ from fewstep.core.io import (
     write_table,
 )
 from fewstep.core.paths import Paths
-from fewstep.core.study import Study, StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, ItemInputs
 from fewstep.grid import Cell, Grid, Item, image_keys
 from fewstep.jobs.image_writer import PNG_COMPRESS_LEVEL, ImageWriter
@@ -136,7 +136,7 @@ class JobGenerator:
         from fewstep.registry.prepare import weights_digest
 
         self.study = study
-        self.grid, self.paths = Grid(study), Paths(study)
+        self.grid, self.paths = Grid.of(study), Paths(study)
         self.device = resolve_device(study.device)
         self.dtype = resolve_dtype(study.dtype, self.device)
         self.width, self.height = self.grid.resolution(cell)
@@ -218,27 +218,25 @@ def batches(items: list, size: int) -> list[list]:
 
 
 def run(
-    study: StudyLike,
+    study: Study,
     cell_id: str,
     manifest_path: Path | None = None,
     progress: bool = True,
     batch_size: int | None = None,
 ) -> Path:
     """Generate every item of `cell_id` (resuming), then write the cell's manifest."""
-    study = as_study(study)
-    cell = Grid(study).cell(cell_id)
+    cell = Grid.of(study).cell(cell_id)
     out = {cell: Path(manifest_path)} if manifest_path else {}
     return run_cells(study, [cell], out, progress, batch_size)[cell]
 
 
-def run_job(study: StudyLike, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
+def run_job(study: Study, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
     """Every cell of one generation job with one model load; returns the job's record.
 
     Each cell keeps its own journal, images and manifest, exactly as if it ran alone; the
     record (the generate rule's output) lists the cells' manifests and their hashes.
     """
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     manifests = run_cells(study, grid.job(job_id), {}, progress, batch_size)
     record = {
         "job": job_id,
@@ -252,7 +250,7 @@ def run_job(study: StudyLike, job_id: str, progress: bool = True, batch_size: in
 
 
 def run_cells(
-    study: StudyLike,
+    study: Study,
     cells: list[Cell],
     manifest_paths: dict[Cell, Path],
     progress: bool = True,
@@ -265,8 +263,7 @@ def run_cells(
     thread only queues work: PNG encoding, writing and the journal run in the writer thread,
     which also writes each cell's manifest once its last image is recorded.
     """
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     batch_size = batch_size or study.generation.batch_size
     generator = JobGenerator(study, cells[0])
     prov = provenance.record(

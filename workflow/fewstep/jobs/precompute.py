@@ -3,25 +3,22 @@
 Prompt embeddings are made once per family, prompt and prompt variant (`Family.prompt_variants`;
 FLUX's CLIP pooled + T5 sequence are the same for FLUX.1-dev and FLUX.1-schnell, so one file per
 prompt and sequence length serves every cell), and no generation job ever loads a text encoder.
-Reference embeddings go through each family's `reference_encoder`. Identity embeddings follow
-InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
-5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding.
+Reference embeddings go through each family's `reference_encoder`, identity embeddings through
+each family's `identity_encoder` (FLUX: InfiniteYou's face pipeline), one file per identity.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from fewstep.core.errors import ConfigError
 from fewstep.core.io import atomic_write_bytes
 from fewstep.core.paths import Paths
-from fewstep.core.study import Prompt, Study, StudyLike, as_study
+from fewstep.core.study import Prompt, Study
 from fewstep.grid import Grid
 
 
@@ -65,7 +62,7 @@ def content_digest(path: Path) -> str:
 
 
 def embed_prompts(
-    study: StudyLike,
+    study: Study,
     family: str | None = None,
     prompt_ids: list[str] | None = None,
     variant: str | None = None,
@@ -73,8 +70,7 @@ def embed_prompts(
     """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
     the cells use, or only the ones named (the `embed_prompt` rule: every prompt as one variant of
     one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``)."""
-    study = as_study(study)
-    grid = Grid(study)
+    grid = Grid.of(study)
     prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else list(study.prompts)
     written = []
     for name in [family] if family else grid.families:
@@ -91,7 +87,7 @@ def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: d
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     device = resolve_device(study.device)
     dtype = resolve_dtype(study.dtype, device)
     source = grid.text_encoder_backbone(family)
@@ -121,7 +117,7 @@ def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: d
 
 
 def embed_references(
-    study: StudyLike,
+    study: Study,
     family: str | None = None,
     file: str | None = None,
     reference_ids: list[str] | None = None,
@@ -129,7 +125,6 @@ def embed_references(
     """Write the image embeddings (``image_embeds``) of every reference the adapter cells read,
     through each family's `reference_encoder`, or of those named (the `embed_reference` rule: one
     family x adapter file x reference per job)."""
-    study = as_study(study)
     from PIL import Image
 
     from fewstep.core.images import load_rgb
@@ -137,7 +132,7 @@ def embed_references(
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     device = resolve_device(study.device)
     dtype = resolve_dtype(study.dtype, device)
     files = sorted({a for f, a, _ in grid.reference_embeddings_needed() if family is None or f == family})
@@ -183,55 +178,59 @@ def embed_references(
     return written
 
 
-def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) -> list[Path]:
-    """Write one embedding file (face box, keypoints, ArcFace vector) per identity, or for
-    the identities named (the `embed_identity` rule: one identity per job)."""
-    study = as_study(study)
+def embed_identities(study: Study, identity_ids: list[str] | None = None) -> list[Path]:
+    """Write one embedding file per identity, or for the identities named (the `embed_identity`
+    rule: one identity per job): the tensors of every family whose adapters read identity
+    embeddings, each through its `Family.identity_encoder` (FLUX: face box, keypoints, ArcFace)."""
     from fewstep.core.errors import InputError
-    from fewstep.core.images import load_rgb, rgb_to_bgr
+    from fewstep.core.images import load_rgb
     from fewstep.core.provenance import device_name
-    from fewstep.faces.analyzer import aligned_crop
-    from fewstep.faces.arcface_irse import embed_aligned_bgr
-    from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
+    from fewstep.families.base import timed
+    from fewstep.registry.load import resolve_device
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
+    needed = grid.identity_adapters()
+    if not needed:
+        raise ConfigError(
+            "embed-identities: no cell of the sweep reads identity embeddings; nothing to embed"
+        )
     identities = [grid.identity(i) for i in identity_ids] if identity_ids else list(study.identities)
-    analyzer = face_analyzer(study, CONDITIONING_FACE_PACK)
-    arcface = load_arcface_irse(study, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
+    device = resolve_device(study.device)
+    encoders = [
+        grid.known_families[f].identity_encoder(study, adapters, device) for f, adapters in needed.items()
+    ]
     written = []
     with tqdm(identities, desc="identity embeddings", unit="identity") as bar:
         for identity in bar:
             image = load_rgb(identity["image"])
-            bgr = rgb_to_bgr(image)
-            start = time.perf_counter()
-            found = analyzer.analyze(bgr, study.face.policy)
-            if found is None:
-                raise InputError(
-                    f"identities[{identity['id']}]: no face found in {identity['image']}; "
-                    "use a picture with one clearly visible face"
-                )
-            face = found.face
-            embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
-            encode_s = time.perf_counter() - start  # detection, alignment and ArcFace
+            tensors, metadata, encode_s = {}, {}, 0.0
+            for encoder in encoders:
+                embedding, seconds = timed(encoder.device, encoder.encode, image)
+                if embedding is None:
+                    raise InputError(
+                        f"identities[{identity['id']}]: no face found in {identity['image']}; "
+                        "use a picture with one clearly visible face"
+                    )
+                if set(tensors) & set(embedding.tensors):  # a family would overwrite another's input
+                    raise ValueError(
+                        f"identity encoders both write {sorted(set(tensors) & set(embedding.tensors))}"
+                    )
+                tensors |= embedding.tensors
+                metadata |= embedding.metadata
+                encode_s += seconds  # detection, alignment and embedding of every family
             path = paths.identity_embedding(identity["id"])
             save_tensors(
                 path,
-                {
-                    "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
-                    "bbox": torch.tensor(face.bbox, dtype=torch.float32),
-                    "kps": torch.tensor(face.kps, dtype=torch.float32),
-                    "det_score": torch.tensor([face.det_score], dtype=torch.float32),
-                },
+                tensors,
                 {
                     "identity": identity["id"],
                     "image": identity["image"],
-                    "n_faces": str(found.n_faces),
-                    "policy": study.face.policy,
+                    **metadata,
                     "weights": study.weights,
                     "height": str(image.shape[0]),
                     "width": str(image.shape[1]),
                     "encode_s": f"{encode_s:.6f}",
-                    "encode_device_name": device_name("cpu"),
+                    "encode_device_name": ", ".join(sorted({device_name(e.device) for e in encoders})),
                 },
             )
             written.append(path)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Grid
 from fewstep.registry.prepare import prepare
 
 
-def prepare_model(study: StudyLike, name: str) -> Path:
+def prepare_model(study: Study, name: str) -> Path:
     """Fetch, build or write model `name` for the configured weights mode; its ready marker."""
-    study = as_study(study)
-    return prepare(study, name, Grid(study).model_usage(name))
+    return prepare(study, name, Grid.of(study).model_usage(name))

@@ -27,7 +27,7 @@ from fewstep.core.errors import InputError
 from fewstep.core.io import atomic_write_bytes, sha256_file, write_table
 from fewstep.core.paths import Paths
 from fewstep.core.provenance import stamp
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import IMAGE_KEYS, Cell, Grid
 from fewstep.scoring.base import JobModels, Metric, Sample
 from fewstep.scoring.specs import SPECS
@@ -59,8 +59,7 @@ KEY_COLUMNS = [
 METRICS = {spec.name: spec.scorer_class() for spec in SPECS}
 
 
-def build_metrics(study: StudyLike, names: list[str], models: JobModels | None = None) -> list[Metric]:
-    study = as_study(study)
+def build_metrics(study: Study, names: list[str], models: JobModels | None = None) -> list[Metric]:
     models = models or JobModels(study)
     return [METRICS[name](study, models) for name in names]
 
@@ -96,12 +95,11 @@ def is_current(table: Path, digest: str) -> bool:
     return len(stored) > 0 and bool((stored == digest).all())
 
 
-def run_job(study: StudyLike, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
+def run_job(study: Study, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
     """Score every cell of one generation job, the networks loaded once; returns the job's
     record (the score rule's output), which lists each cell's table and whether it was
     rescored. Cells whose table is current are kept as they are."""
-    study = as_study(study)
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     models = JobModels(study)
     cells = {}
     for cell in grid.job(job_id):
@@ -177,7 +175,7 @@ def decoded_ahead(batches: Iterable[Any], decode: Callable[[Any], Any]) -> Itera
 
 
 def run(
-    study: StudyLike,
+    study: Study,
     cell_id: str,
     out: Path | None = None,
     progress: bool = True,
@@ -188,10 +186,9 @@ def run(
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless
     given), with the networks `models` holds (loaded here when not given); `inputs` is the
     cell's `scored_inputs` digest when the caller has it (computed here when not given)."""
-    study = as_study(study)
     from fewstep.core.images import load_rgb
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     cell = grid.cell(cell_id)
     out = Path(out or paths.scores(cell.id))
     manifest = read_manifest(paths, cell)

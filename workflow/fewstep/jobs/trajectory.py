@@ -22,21 +22,20 @@ from tqdm import tqdm
 from fewstep.core import provenance
 from fewstep.core.io import atomic_write_bytes, encode_png, write_table
 from fewstep.core.paths import Paths
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.faces.models import INSIGHTFACE
 from fewstep.families.base import Step
 from fewstep.grid import Grid, image_keys
 from fewstep.jobs.generate import JobGenerator
 
 
-def run(study: StudyLike, cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
+def run(study: Study, cell_id: str, out: Path | None = None, progress: bool = True) -> Path:
     """Write trajectories/<cell>/trajectory.parquet and the per-step x0 images."""
-    study = as_study(study)
     from fewstep.core.images import identity_images
     from fewstep.scoring.base import JobModels, Sample
     from fewstep.scoring.identity import IdentitySimilarity
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     cell = grid.cell(cell_id)
     out = Path(out or paths.trajectory(cell.id))
     generator = JobGenerator(study, cell)

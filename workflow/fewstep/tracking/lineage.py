@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from fewstep.core.paths import Paths
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Cell, Grid
 
 #: marker keys that describe the weights (not where or when they were prepared)
@@ -46,9 +46,8 @@ def _file_reference(artifact: Any, path: Path, name: str) -> None:
     artifact.add_reference(Path(path).resolve().as_uri(), name=name)
 
 
-def weights(study: StudyLike, model: str, staging: Path) -> Any:
+def weights(study: Study, model: str, staging: Path) -> Any:
     """The artifact of one prepared model, from its marker (`staging`: where weights.json is written)."""
-    study = as_study(study)
     import wandb
 
     marker = json.loads(Paths(study).model_marker(model).read_text(encoding="utf-8"))
@@ -70,12 +69,11 @@ def weights(study: StudyLike, model: str, staging: Path) -> Any:
     return artifact
 
 
-def embeddings(study: StudyLike, cell: Cell) -> list[Any]:
+def embeddings(study: Study, cell: Cell) -> list[Any]:
     """The embedding artifacts one cell's generation reads (prompts; identities for InfuseNet)."""
-    study = as_study(study)
     import wandb
 
-    grid, paths = Grid(study), Paths(study)
+    grid, paths = Grid.of(study), Paths(study)
     family = grid.backbone(cell)["family"]
     prompts = grid.prompt_embeddings(paths, cell)
     # what the prompt files were encoded with: L<length> (FLUX's T5) or N<negative prompt> (SD)
@@ -105,9 +103,8 @@ def embeddings(study: StudyLike, cell: Cell) -> list[Any]:
     return out
 
 
-def images(study: StudyLike, cell_id: str, manifest: Path | None = None) -> Any:
+def images(study: Study, cell_id: str, manifest: Path | None = None) -> Any:
     """One cell's images (references) and manifest, as the generate job left them."""
-    study = as_study(study)
     import wandb
 
     paths = Paths(study)
@@ -123,9 +120,8 @@ def images(study: StudyLike, cell_id: str, manifest: Path | None = None) -> Any:
     return artifact
 
 
-def table(study: StudyLike, kind: str, cell_id: str, path: Path) -> Any:
+def table(study: Study, kind: str, cell_id: str, path: Path) -> Any:
     """A cell's per-image scores or per-step trajectory table."""
-    study = as_study(study)
     import wandb
 
     artifact = wandb.Artifact(
@@ -137,9 +133,8 @@ def table(study: StudyLike, kind: str, cell_id: str, path: Path) -> Any:
     return artifact
 
 
-def report(study: StudyLike) -> Any:
+def report(study: Study) -> Any:
     """The aggregate tables and the report page of the sweep."""
-    study = as_study(study)
     import wandb
 
     paths = Paths(study)

@@ -47,7 +47,7 @@ from fewstep.core import provenance
 from fewstep.core.errors import FewstepError
 from fewstep.core.jobenv import config_option
 from fewstep.core.paths import Paths
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Grid
 from fewstep.tracking.content import (
     STEP_METRICS,
@@ -147,11 +147,10 @@ def _job_environment(job_dir: Path, sockets: Path, settings: dict[str, Any]) -> 
 
 
 def run_config(
-    study: StudyLike, job_type: str, cell_id: str | None, extra: dict[str, Any] | None
+    study: Study, job_type: str, cell_id: str | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The run's W&B config: what made the job's outputs."""
-    study = as_study(study)
-    prov = provenance.record(study, Grid(study).models)
+    prov = provenance.record(study, Grid.of(study).models)
     out: dict[str, Any] = {
         "sweep": study.sweep,
         "job_type": job_type,
@@ -161,7 +160,7 @@ def run_config(
         "versions": prov["versions"],
         "models": prov["models"],  # hub repo, requested revision, resolved commit of each model
     }
-    grid = Grid(study)
+    grid = Grid.of(study)
     if cell_id is not None:
         cell = grid.cell(cell_id)
         out |= {
@@ -186,8 +185,8 @@ def run_config(
 class Run:
     """What a job logs to. With tracking disabled (`wandb_run` None) every method does nothing."""
 
-    def __init__(self, study: StudyLike, cell_id: str | None, mode: str = "disabled", wandb_run: Any = None):
-        self.study, self.cell_id, self.mode, self.wandb_run = as_study(study), cell_id, mode, wandb_run
+    def __init__(self, study: Study, cell_id: str | None, mode: str = "disabled", wandb_run: Any = None):
+        self.study, self.cell_id, self.mode, self.wandb_run = study, cell_id, mode, wandb_run
         self.paths = Paths(study)
 
     @property
@@ -250,8 +249,8 @@ class Run:
         self.update_config(
             {k: str(first[k]) for k in ("device", "device_name", "dtype", "peak_mem_kind") if k in first}
         )
-        cell = Grid(self.study).cell(self.cell_id)
-        self.use_weights(Grid(self.study).generation_models(cell))
+        cell = Grid.of(self.study).cell(self.cell_id)
+        self.use_weights(Grid.of(self.study).generation_models(cell))
         for artifact in lineage.embeddings(self.study, cell):
             self.use(artifact)
         self.wandb_run.log_artifact(lineage.images(self.study, self.cell_id, manifest_path))
@@ -270,7 +269,7 @@ class Run:
         self.summary({"items": int(frame["item_id"].nunique()), "final_id_sim": float(last["id_sim"].mean())})
         from fewstep.tracking import lineage
 
-        grid = Grid(self.study)
+        grid = Grid.of(self.study)
         cell = grid.cell(self.cell_id)
         self.use_weights([*grid.generation_models(cell), "insightface"])
         for artifact in lineage.embeddings(self.study, cell):
@@ -298,7 +297,7 @@ class Run:
         )
         from fewstep.tracking import lineage
 
-        grid = Grid(self.study)
+        grid = Grid.of(self.study)
         cell = grid.cell(self.cell_id)
         self.use_weights(grid.score_models(cell))
         anchor = grid.score_anchor(cell)
@@ -336,13 +335,13 @@ class Run:
             logged["curves"] += sorted(set(row) - {STEP_METRICS["aggregate"]} - set(logged["curves"]))
         from fewstep.tracking import lineage
 
-        for cell in Grid(self.study).cells:
+        for cell in Grid.of(self.study).cells:
             self.use(lineage.table(self.study, "scores", cell.id, paths.scores(cell.id)))
         self.wandb_run.log_artifact(lineage.report(self.study))
         per_image = pd.read_parquet(paths.per_image) if paths.per_image.exists() else None
         self.summary(
             {
-                "cells": len(Grid(self.study).cells),
+                "cells": len(Grid.of(self.study).cells),
                 "images": 0 if per_image is None else len(per_image),
                 **{f"logged_{kind}": len(keys) for kind, keys in logged.items()},
             }
@@ -358,7 +357,7 @@ LOG_RULES = {"aggregate": "wandb_aggregate"}
 PER_JOB_LOGS = {"generate", "score"}
 
 
-def run_id(study: StudyLike, job_type: str, cell_id: str | None = None) -> str:
+def run_id(study: Study, job_type: str, cell_id: str | None = None) -> str:
     """A stable W&B run id: the job type and a hash of the sweep, job type and cell hash.
 
     The same job of the same cell always logs to the same run (`resume="allow"`),
@@ -366,10 +365,9 @@ def run_id(study: StudyLike, job_type: str, cell_id: str | None = None) -> str:
     a cell whose images would change (a new cell hash) is a new run. The aggregate
     run hashes every cell's hash.
     """
-    study = as_study(study)
     from fewstep.core.config import fingerprint
 
-    grid = Grid(study)
+    grid = Grid.of(study)
     cells = [grid.cell(cell_id)] if cell_id is not None else grid.cells
     key = {"sweep": study.sweep, "job_type": job_type, "cells": [grid.cell_hash(c) for c in cells]}
     return f"{job_type}-{fingerprint(key)}"
@@ -383,13 +381,12 @@ def define_metrics(wandb_run: Any, job_type: str) -> None:
         wandb_run.define_metric(f"{step.split('/')[0]}/*", step_metric=step)
 
 
-def attach_log(wandb_run: Any, study: StudyLike, job_type: str, cell_id: str | None) -> None:
+def attach_log(wandb_run: Any, study: Study, job_type: str, cell_id: str | None) -> None:
     """The job's console log (its rule's log file) as a run file, read when the run is synced."""
-    study = as_study(study)
     paths = Paths(study)
     name = cell_id or ""
     if cell_id is not None and job_type in PER_JOB_LOGS:
-        name = Grid(study).cell(cell_id).job
+        name = Grid.of(study).cell(cell_id).job
     log = paths.log(LOG_RULES.get(job_type, job_type), name)
     if log.exists():
         wandb_run.save(str(log.resolve()), base_path=str(paths.root.resolve()), policy="end")
@@ -397,13 +394,12 @@ def attach_log(wandb_run: Any, study: StudyLike, job_type: str, cell_id: str | N
 
 @contextlib.contextmanager
 def job_run(
-    study: StudyLike,
+    study: Study,
     job_type: str,
     cell_id: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Iterator[Run]:
     """One W&B run around one job; an exception inside marks the run failed (exit code 1)."""
-    study = as_study(study)
     settings = study.wandb
     if settings.mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         yield Run(study, cell_id)
@@ -469,9 +465,8 @@ def run_record(run: Run, logged: dict[str, list[str]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- sync
 
 
-def sync(study: StudyLike, dry_run: bool = False) -> list[Path]:
+def sync(study: Study, dry_run: bool = False) -> list[Path]:
     """`wandb sync` every offline run of the sweep not yet synced; returns their folders."""
-    study = as_study(study)
     from fewstep.tracking.wandb_reader import find_run_files
 
     root = Paths(study).wandb_root.resolve()

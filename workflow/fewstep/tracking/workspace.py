@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fewstep.core.study import StudyLike, as_study
+from fewstep.core.study import Study
 from fewstep.grid import Grid
 from fewstep.scoring.specs import BY_NAME, IDENTITY, MetricSpec
 from fewstep.tracking.content import STEP_METRICS
@@ -40,13 +40,12 @@ def drawn_column(metric: MetricSpec) -> str:
     return anchored[0] if metric.anchor_paired else metric.column
 
 
-def workspace(study: StudyLike, entity: str) -> Any:
+def workspace(study: Study, entity: str) -> Any:
     """The `wandb_workspaces.workspaces.Workspace` of the sweep (nothing is sent)."""
-    study = as_study(study)
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    grid, sweep = Grid(study), study.sweep
+    grid, sweep = Grid.of(study), study.sweep
     mark = f" ({study.weights} weights)"
     steps = STEP_METRICS["aggregate"]
     by_backbone = [
@@ -120,15 +119,13 @@ def _reference_curves(grid: Grid) -> dict[tuple[str, str], list[str]]:
     return dict(sorted(out.items()))
 
 
-def spec(study: StudyLike, entity: str) -> dict[str, Any]:
+def spec(study: Study, entity: str) -> dict[str, Any]:
     """The workspace as the plain data W&B stores (its view spec), for offline inspection."""
-    study = as_study(study)
     return workspace(study, entity)._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def save(study: StudyLike, entity: str | None) -> str:
+def save(study: Study, entity: str | None) -> str:
     """Save the workspace to W&B (needs the network and an API key); returns its URL."""
-    study = as_study(study)
     import wandb
 
     from fewstep.tracking.runs import TrackingError, api_key_present

@@ -16,17 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.families.base import Denoised, ItemInputs, Step, rms, timed
+from fewstep.core.study import Study
+from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
-from fewstep.families.flux.models import FluxParts, load_flux, load_flux_text_encoders
+from fewstep.families.flux.models import max_sequence_length
+from fewstep.families.flux.pipeline import FluxParts, load_flux, load_flux_text_encoders
 
 
 class FluxPromptEncoder:
     """CLIP-L pooled + T5 sequence embeddings through a text-only FluxPipeline."""
 
-    def __init__(self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
         self.device = device
-        self.pipe = load_flux_text_encoders(dict(config), model, device, dtype)
+        self.pipe = load_flux_text_encoders(config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -34,13 +36,48 @@ class FluxPromptEncoder:
                 prompt=text,
                 prompt_2=text,
                 device=self.device,
-                max_sequence_length=backbone["max_sequence_length"],
+                max_sequence_length=max_sequence_length(backbone),
             )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
 
+class InfiniteYouFaceEncoder:
+    """InfiniteYou's face pipeline: insightface detection (det sizes 640, 320, 160, the face
+    config ``face.policy`` picks), its 5 keypoints, ``norm_crop`` to 112 px and the IR-SE50 ArcFace
+    embedding, which InfuseNet's resampler reads; the box and keypoints (keypoint control) too."""
+
+    def __init__(self, config: Study):
+        from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
+
+        self.device = torch.device("cpu")  # a handful of 112 px faces: CPU is enough
+        self.policy = config.face.policy
+        self.analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
+        self.arcface = load_arcface_irse(config, self.device)
+
+    def encode(self, rgb: np.ndarray) -> IdentityEmbedding | None:
+        from fewstep.core.images import rgb_to_bgr
+        from fewstep.faces.analyzer import aligned_crop
+        from fewstep.faces.arcface_irse import embed_aligned_bgr
+
+        bgr = rgb_to_bgr(rgb)
+        found = self.analyzer.analyze(bgr, self.policy)
+        if found is None:
+            return None
+        face = found.face
+        embedding = embed_aligned_bgr(self.arcface, aligned_crop(bgr, face.kps))
+        return IdentityEmbedding(
+            {
+                "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                "bbox": torch.tensor(face.bbox, dtype=torch.float32),
+                "kps": torch.tensor(face.kps, dtype=torch.float32),
+                "det_score": torch.tensor([face.det_score], dtype=torch.float32),
+            },
+            {"n_faces": str(found.n_faces), "policy": self.policy},
+        )
+
+
 def load_components(
-    config: Mapping[str, Any],
+    config: Study,
     backbone: Mapping[str, Any],
     adapter: Mapping[str, Any],
     device: torch.device,
@@ -49,7 +86,7 @@ def load_components(
     """The components a `FluxCellPipeline` takes, loaded from the prepared weights (config
     ``memory`` options applied): transformer, vae, scheduler and, with InfuseNet, infusenet and
     resampler."""
-    return vars(load_flux(dict(config), backbone["model"], dict(adapter), device, dtype))
+    return vars(load_flux(config, backbone["model"], dict(adapter), device, dtype))
 
 
 class FluxCellPipeline:

@@ -6,20 +6,25 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
-from fewstep.families.flux.models import BACKBONES, generation_weights
+from fewstep.core.study import Study
+from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
+from fewstep.families.flux.models import BACKBONES, generation_weights, max_sequence_length
 
 if TYPE_CHECKING:
     import torch
 
     from fewstep.families.base import ReferenceEncoder
-    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder
+    from fewstep.families.flux.cell import FluxCellPipeline, FluxPromptEncoder, InfiniteYouFaceEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
-#: backbone and adapter keys of the SD families' schema that FLUX would silently ignore
-SD_ONLY_BACKBONE_KEYS = ("scheduler", "negative_prompt", "resolution")
-IP_ADAPTER_KEYS = ("role", "file", "scale")
+#: FLUX.1-dev's embedded guidance unless config ``backbones.<id>.guidance`` says otherwise
+GUIDANCE = 3.5
+#: InfuseNet's settings (the schema fills their defaults on every ``kind: infusenet`` adapter)
+INFUSENET_KEYS = frozenset(
+    {"variant", "conditioning_scale", "guidance_start", "guidance_end", "first_steps", "control"}
+)
 
 
 class FluxFamily:
@@ -31,19 +36,15 @@ class FluxFamily:
     adapter_roles = ("identity",)  # InfuseNet conditions on a face: every cell crosses the identities
     acceleration_switches = frozenset({"compile", "fp8", "cache"})
     comparable = True  # the trajectory, anchor and comparison cells are FLUX cells of the identity study
+    backbone_keys = frozenset({"max_sequence_length"})
+    adapter_keys = {"infusenet": INFUSENET_KEYS, "none": frozenset()}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
         return BACKBONES
 
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
-        for setting in SD_ONLY_BACKBONE_KEYS:
-            if setting in backbone:
-                raise ConfigError(
-                    f"config backbones.{key}.{setting}: an SD setting, which FLUX does not take; remove it"
-                    + (" (FLUX uses config resolution)" if setting == "resolution" else "")
-                )
-        too_long = backbone["max_sequence_length"] > SCHNELL_MAX_SEQUENCE_LENGTH
+        too_long = max_sequence_length(backbone) > SCHNELL_MAX_SEQUENCE_LENGTH
         if backbone["model"] == "flux-schnell" and too_long:
             raise ConfigError(
                 f"config backbones.{key}.max_sequence_length: FLUX.1-schnell takes at most "
@@ -52,22 +53,19 @@ class FluxFamily:
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
         """The schema checks InfuseNet's settings (variant, scale, window, control) one by one, this
-        the window as a whole; IP-Adapter's would be ignored here, so they are refused."""
+        the window as a whole."""
         if adapter["kind"] == "infusenet" and adapter["guidance_start"] >= adapter["guidance_end"]:
             raise ConfigError(f"config adapters.{key}: guidance_start must be below guidance_end")
-        for setting in IP_ADAPTER_KEYS:
-            if adapter["kind"] == "infusenet" and setting in adapter:
-                raise ConfigError(
-                    f"config adapters.{key}.{setting}: an IP-Adapter setting, which InfuseNet does not "
-                    "take; remove it (InfuseNet's strength is conditioning_scale)"
-                )
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
-        """dev's embedded guidance; schnell's transformer has no guidance embedding."""
-        return backbone["guidance"] if self.backbones[backbone["model"]].extra["guidance_embeds"] else None
+        """dev's embedded guidance (`GUIDANCE` unless set); schnell's transformer has no guidance
+        embedding."""
+        if not self.backbones[backbone["model"]].extra["guidance_embeds"]:
+            return None
+        return GUIDANCE if backbone.get("guidance") is None else backbone["guidance"]
 
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
-        return {"max_sequence_length": backbone.get("max_sequence_length")}
+        return {"max_sequence_length": max_sequence_length(backbone)}
 
     def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
         """Config ``resolution`` as it is (every FLUX backbone of a sweep takes the same size)."""
@@ -84,14 +82,14 @@ class FluxFamily:
 
     def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
         """One file per T5 sequence length, shortest first (nothing else shapes the embeddings)."""
-        lengths = sorted({b["max_sequence_length"] for b in backbones})
-        return {f"L{n}": next(b for b in backbones if b["max_sequence_length"] == n) for n in lengths}
+        lengths = sorted({max_sequence_length(b) for b in backbones})
+        return {f"L{n}": next(b for b in backbones if max_sequence_length(b) == n) for n in lengths}
 
     def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
-        return f"L{backbone['max_sequence_length']}"
+        return f"L{max_sequence_length(backbone)}"
 
     def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
-        return {"max_sequence_length": str(backbone["max_sequence_length"])}
+        return {"max_sequence_length": str(max_sequence_length(backbone))}
 
     def reference_file(self, adapter: Mapping[str, Any]) -> None:
         """InfuseNet reads the identity embeddings (`needs_identity_embeddings`), no reference file;
@@ -119,6 +117,10 @@ class FluxFamily:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
         return adapter["kind"] == "infusenet"
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """InfiniteYou's face pipeline: insightface detection and the IR-SE50 ArcFace."""
+        return [INSIGHTFACE.name, ARCFACE_IRSE.name] if self.needs_identity_embeddings(adapter) else []
+
     def prompt_model(self, models: Sequence[str]) -> str:
         """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""
         return "flux-schnell" if "flux-schnell" in models else models[0]
@@ -127,14 +129,14 @@ class FluxFamily:
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> FluxPromptEncoder:
         from fewstep.families.flux.cell import FluxPromptEncoder
 
         return FluxPromptEncoder(config, model, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         """None to load: InfuseNet reads the face embeddings of the embed_identity rule, and
         `reference_file` is None for every FLUX adapter, so no job asks for this."""
@@ -143,23 +145,34 @@ class FluxFamily:
             "takes the identity embeddings); run embed-identities instead"
         )
 
+    def identity_encoder(
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> InfiniteYouFaceEncoder:
+        """Every InfuseNet adapter reads the same face embedding (InfiniteYou's), on the CPU."""
+        from fewstep.families.flux.cell import InfiniteYouFaceEncoder
+
+        return InfiniteYouFaceEncoder(config)
+
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> FluxCellPipeline:
         from fewstep.families.flux.cell import FluxCellPipeline, load_components
 
+        if components is None:
+            components = load_components(config, backbone, adapter, device, dtype)
         return FluxCellPipeline(
-            **load_components(config, backbone, adapter, device, dtype),
+            **components,
             adapter=adapter,
             acceleration=acceleration,
-            width=config["resolution"]["width"],
-            height=config["resolution"]["height"],
+            width=config.resolution.width,
+            height=config.resolution.height,
             guidance=self.guidance(backbone),
             device=device,
             dtype=dtype,

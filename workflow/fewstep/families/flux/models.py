@@ -1,4 +1,4 @@
-"""FLUX's registered models (FLUX.1-dev, FLUX.1-schnell, InfiniteYou) and their loaders.
+"""FLUX's registered models (FLUX.1-dev, FLUX.1-schnell, InfiniteYou) and their recipes.
 
 Each spec carries the recipe of its three sources (`fewstep.registry.spec.Recipe`):
 
@@ -10,17 +10,15 @@ Each spec carries the recipe of its three sources (`fewstep.registry.spec.Recipe
   on the device from the saved configs (honest latency, meaningless images).
 
 Importing this module registers the specs (`fewstep.registry.catalog`). Everything
-downstream calls the loaders here and never knows which source it got.
+downstream calls the loaders (`fewstep.families.flux.pipeline`) and never knows which source it got.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fewstep.core.errors import WeightsError
 from fewstep.families.flux.specs import (
     DEV_SCHEDULER,
     FLUX_MODEL_INDEX,
@@ -30,15 +28,10 @@ from fewstep.families.flux.specs import (
     SCHNELL_SCHEDULER,
     T5_XXL,
 )
-from fewstep.registry.catalog import model_folder, register
+from fewstep.registry.catalog import register
 from fewstep.registry.hub import fetch_snapshot
-from fewstep.registry.load import default_dtype, load_component
-from fewstep.registry.prepare import missing_weights
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
-
-if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
-    import torch
 
 INFU_VERSION = "infu_flux_v1.0"
 
@@ -163,121 +156,19 @@ INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou", r
 register(*BACKBONES.values(), INFINITEYOU)
 
 
+#: config ``backbones.<id>.max_sequence_length`` unless set: FLUX.1-dev's T5 length
+MAX_SEQUENCE_LENGTH = 512
+
+
+def max_sequence_length(backbone: Mapping[str, Any]) -> int:
+    """The T5 tokens of a backbone's prompt embeddings (`MAX_SEQUENCE_LENGTH` unless set)."""
+    length = backbone.get("max_sequence_length")
+    return MAX_SEQUENCE_LENGTH if length is None else int(length)
+
+
 def generation_weights(backbone: str, adapter: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Registry model -> the folders inside it that a generation job reads (`load_flux`)."""
+    """Registry model -> the folders inside it that a generation job reads (`pipeline.load_flux`)."""
     folders = {backbone: ("transformer/", "vae/", "scheduler/")}
     if adapter["kind"] == "infusenet":
         folders[INFINITEYOU.name] = (f"{INFU_VERSION}/{adapter['variant']}/",)
     return folders
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class FluxParts:
-    """What a generation job holds: never the text encoders."""
-
-    transformer: Any
-    vae: Any
-    scheduler: Any
-    infusenet: Any = None
-    resampler: Any = None
-
-
-def load_flux(
-    config: Mapping[str, Any],
-    backbone: str,
-    adapter: dict[str, Any],
-    device: torch.device,
-    dtype: torch.dtype,
-) -> FluxParts:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    weights = config["weights"]
-    folder = model_folder(config, backbone)
-    parts = FluxParts(
-        transformer=load_component(
-            FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=backbone
-        ),
-        vae=load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=backbone),
-        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-    )
-    if adapter["kind"] == "infusenet":
-        parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
-    apply_memory_options(parts, config["memory"], device, dtype)
-    return parts
-
-
-def apply_memory_options(
-    parts: FluxParts, memory: dict[str, Any], device: torch.device, dtype: torch.dtype
-) -> None:
-    """8-bit weight storage and CPU offloading for GPUs smaller than the whole model."""
-    import torch
-
-    big = [m for m in (parts.infusenet, parts.transformer) if m is not None]
-    if memory["fp8_weights"]:
-        for module in big:  # weights stored as float8 e4m3, each layer upcast to `dtype` as it runs
-            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if memory["offload"] == "none":
-        return
-    if device.type != "cuda":
-        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
-    cpu = torch.device("cpu")
-    for module in (*big, parts.vae):  # blocks stream in one group at a time, overlapped with compute
-        module.to(cpu)
-        module.enable_group_offload(
-            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
-        )
-
-
-def load_infiniteyou(
-    config: Mapping[str, Any], variant: str, device: torch.device, dtype: torch.dtype
-) -> tuple[Any, Any]:
-    """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
-    import torch
-    from diffusers import FluxControlNetModel
-
-    from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
-
-    folder = model_folder(config, INFINITEYOU.name) / INFU_VERSION / variant
-    infusenet = load_component(
-        FluxControlNetModel,
-        folder / "InfuseNetModel",
-        config["weights"],
-        device,
-        dtype,
-        model=INFINITEYOU.name,
-    )
-    if config["weights"] == "random":
-        with torch.device(device), default_dtype(dtype):
-            resampler = Resampler(PUBLISHED).eval()
-    else:
-        path = folder / "image_proj_model.bin"
-        if not path.exists():
-            raise missing_weights(path, INFINITEYOU.name)
-        resampler = load_resampler(path, infer_config(path)).to(device, dtype)
-    return infusenet, resampler
-
-
-def load_flux_text_encoders(
-    config: Mapping[str, Any], backbone: str, device: torch.device, dtype: torch.dtype
-) -> Any:
-    """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
-    from diffusers import FluxPipeline
-    from transformers import CLIPTextModel, T5EncoderModel
-
-    folder = model_folder(config, backbone)
-    weights = config["weights"]
-    return FluxPipeline.from_pretrained(
-        folder,
-        transformer=None,
-        vae=None,
-        text_encoder=load_component(
-            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=backbone
-        ),
-        text_encoder_2=load_component(
-            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=backbone
-        ),
-        dtype=dtype,
-    )

@@ -1,4 +1,4 @@
-"""The FLUX denoising loop with an optional InfuseNet identity adapter.
+"""The FLUX denoising loop with an optional InfuseNet identity adapter, and its loaders.
 
 Written against diffusers' components (transformer, FluxControlNetModel, VAE,
 FlowMatchEulerDiscreteScheduler) rather than a pipeline object, so a job can
@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, StepTimer, rms
+from fewstep.families.flux.models import INFINITEYOU, INFU_VERSION
+from fewstep.registry.catalog import model_folder
+from fewstep.registry.load import default_dtype, load_component
+from fewstep.registry.prepare import missing_weights
 
 ADAPTER_GUIDANCE = 1.0  # InfuseNet's own embedded guidance in InfiniteYou
 
@@ -277,3 +283,113 @@ def decode_pixels(parts: Any, latents: torch.Tensor, height: int, width: int) ->
         pixels = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
     pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
     return (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class FluxParts:
+    """What a generation job holds: never the text encoders."""
+
+    transformer: Any
+    vae: Any
+    scheduler: Any
+    infusenet: Any = None
+    resampler: Any = None
+
+
+def load_flux(
+    config: Study,
+    backbone: str,
+    adapter: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> FluxParts:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    weights = config.weights
+    folder = model_folder(config, backbone)
+    parts = FluxParts(
+        transformer=load_component(
+            FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=backbone
+        ),
+        vae=load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=backbone),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+    if adapter["kind"] == "infusenet":
+        parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
+    apply_memory_options(parts, config.memory, device, dtype)
+    return parts
+
+
+def apply_memory_options(
+    parts: FluxParts, memory: dict[str, Any], device: torch.device, dtype: torch.dtype
+) -> None:
+    """8-bit weight storage and CPU offloading for GPUs smaller than the whole model."""
+    import torch
+
+    big = [m for m in (parts.infusenet, parts.transformer) if m is not None]
+    if memory["fp8_weights"]:
+        for module in big:  # weights stored as float8 e4m3, each layer upcast to `dtype` as it runs
+            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if memory["offload"] == "none":
+        return
+    if device.type != "cuda":
+        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
+    cpu = torch.device("cpu")
+    for module in (*big, parts.vae):  # blocks stream in one group at a time, overlapped with compute
+        module.to(cpu)
+        module.enable_group_offload(
+            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
+        )
+
+
+def load_infiniteyou(
+    config: Study, variant: str, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
+    """InfuseNet (FluxControlNetModel) and the identity resampler of one variant."""
+    import torch
+    from diffusers import FluxControlNetModel
+
+    from fewstep.families.resampler import PUBLISHED, Resampler, infer_config, load_resampler
+
+    folder = model_folder(config, INFINITEYOU.name) / INFU_VERSION / variant
+    infusenet = load_component(
+        FluxControlNetModel,
+        folder / "InfuseNetModel",
+        config.weights,
+        device,
+        dtype,
+        model=INFINITEYOU.name,
+    )
+    if config.weights == "random":
+        with torch.device(device), default_dtype(dtype):
+            resampler = Resampler(PUBLISHED).eval()
+    else:
+        path = folder / "image_proj_model.bin"
+        if not path.exists():
+            raise missing_weights(path, INFINITEYOU.name)
+        resampler = load_resampler(path, infer_config(path)).to(device, dtype)
+    return infusenet, resampler
+
+
+def load_flux_text_encoders(config: Study, backbone: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    folder = model_folder(config, backbone)
+    weights = config.weights
+    return FluxPipeline.from_pretrained(
+        folder,
+        transformer=None,
+        vae=None,
+        text_encoder=load_component(
+            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=backbone
+        ),
+        text_encoder_2=load_component(
+            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=backbone
+        ),
+        dtype=dtype,
+    )

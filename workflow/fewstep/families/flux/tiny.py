@@ -2,18 +2,21 @@
 
 Each builder instantiates the *same* diffusers/transformers classes as the real
 models from a tiny config and saves them in the *published on-disk layout*;
-the workflow then loads them through its real loading code (`fewstep.families.flux.models`).
+the workflow then loads them through its real loading code (`fewstep.families.flux.pipeline`).
 Images made this way are noise with the right shapes: they test the plumbing,
 never the science, and every output says `weights=tiny`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fewstep.core.io import staged_dir
+from fewstep.families.base import TinyCell
 from fewstep.families.flux.specs import FLUX_TRANSFORMER, FLUX_VAE
 from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer, manual_seed
 
@@ -152,3 +155,30 @@ def _randomise_zero_init(module: torch.nn.Module, std: float = 0.05) -> None:
         for parameter in module.parameters():
             if parameter.dim() > 1 and not parameter.any():
                 parameter.normal_(0.0, std)
+
+
+def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> TinyCell:
+    """A FLUX cell's tiny components built in memory, seeded (transformer, VAE, the backbone's
+    scheduler and, with InfuseNet, InfuseNet and the resampler), and an identity embedding file's
+    tensors of their shapes: the ArcFace vector and 5 keypoints on a 64 px picture."""
+    import diffusers
+
+    from fewstep.families.resampler import Resampler, ResamplerConfig
+    from fewstep.registry.catalog import lookup
+
+    manual_seed(f"tiny-cell:{backbone['model']}:{adapter['kind']}")
+    spec = lookup(backbone["model"]).extra
+    components = {
+        "transformer": diffusers.FluxTransformer2DModel(
+            **TINY_TRANSFORMER, guidance_embeds=spec["guidance_embeds"]
+        ),
+        "vae": diffusers.AutoencoderKL(**TINY_VAE),
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(spec["scheduler"]),
+    }
+    if adapter["kind"] == "none":
+        return TinyCell(components, None, {})
+    components["infusenet"] = diffusers.FluxControlNetModel(**TINY_INFUSENET)
+    components["resampler"] = Resampler(ResamplerConfig(**TINY_RESAMPLER))
+    kps = torch.tensor([[20, 24], [44, 24], [32, 34], [24, 46], [40, 46]], dtype=torch.float32)
+    reference = {"arcface_irse50": torch.randn(512), "kps": kps}
+    return TinyCell(components, reference, {"width": "64", "height": "64"})

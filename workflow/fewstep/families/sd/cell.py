@@ -15,22 +15,23 @@ from typing import Any
 import torch
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, ItemInputs, Step
 from fewstep.families.sd import distilled, pipeline
 from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, distillation_of, negative_prompt
-from fewstep.families.sd.specs import SDXL, SDFamily
+from fewstep.families.sd.specs import FAMILIES, SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
 
 
 class SDPromptEncoder:
     """The base model's tokenizers and text towers (no UNet, no VAE)."""
 
-    def __init__(self, config: Mapping[str, Any], spec: SDFamily, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Study, spec: SDFamily, device: torch.device, dtype: torch.dtype):
         self.device = device
         self.pipe = pipeline.load_pipeline(
             spec,
-            model_folder(dict(config), spec.name),
-            weights=config["weights"],
+            model_folder(config, spec.name),
+            weights=config.weights,
             device=device,
             dtype=dtype,
             text_encoders=True,
@@ -45,19 +46,17 @@ class SDPromptEncoder:
 class ReferenceEncoder:
     """The image encoder of one adapter file (with the UNet that tells plain from Plus)."""
 
-    def __init__(
-        self, config: Mapping[str, Any], spec: SDFamily, file: str, device: torch.device, dtype: torch.dtype
-    ):
+    def __init__(self, config: Study, spec: SDFamily, file: str, device: torch.device, dtype: torch.dtype):
         self.device = device
         self.pipe = pipeline.load_pipeline(
-            spec, model_folder(dict(config), spec.name), weights=config["weights"], device=device, dtype=dtype
+            spec, model_folder(config, spec.name), weights=config.weights, device=device, dtype=dtype
         )
         pipeline.attach_ip_adapter(
             self.pipe,
             spec,
             file,
-            model_folder(dict(config), IP_ADAPTER_MODEL),
-            weights=config["weights"],
+            model_folder(config, IP_ADAPTER_MODEL),
+            weights=config.weights,
             with_encoder=True,
         )
 
@@ -68,8 +67,7 @@ class ReferenceEncoder:
 
 
 def load_components(
-    config: Mapping[str, Any],
-    spec: SDFamily,
+    config: Study,
     backbone: Mapping[str, Any],
     adapter: Mapping[str, Any],
     device: torch.device,
@@ -81,16 +79,17 @@ def load_components(
     (a distillation's weights in it, the IP-Adapter's projection and attention layers when
     `adapter` has one, the distillation's LoRA fused after them), the VAE and the `scheduler`
     (default: the backbone's ``scheduler`` key)."""
-    if config["memory"]["offload"] != "none" or config["memory"]["fp8_weights"]:
+    spec = FAMILIES[backbone["family"]]
+    if config.memory.offload != "none" or config.memory.fp8_weights:
         raise ConfigError(f"config memory: {spec.name} backbones take no offload or fp8_weights")
-    weights = config["weights"]
+    weights = config.weights
     pipe = pipeline.load_pipeline(
-        spec, model_folder(dict(config), spec.name), weights=weights, device=device, dtype=dtype
+        spec, model_folder(config, spec.name), weights=weights, device=device, dtype=dtype
     )
     distillation = distillation_of(backbone)
     where = {"weights": weights, "key": f"backbones.{getattr(backbone, 'id', '<backbone>')}.distillation"}
     if distillation is not None:
-        folder = model_folder(dict(config), distillation.publisher)
+        folder = model_folder(config, distillation.publisher)
         distilled.load_unet(pipe, distillation, folder, **where)
     pipeline.set_scheduler(pipe, scheduler or backbone.get("scheduler", "default"))
     if adapter["kind"] == ADAPTER_KIND:
@@ -98,7 +97,7 @@ def load_components(
             pipe,
             spec,
             adapter.get("file", "plain"),
-            model_folder(dict(config), IP_ADAPTER_MODEL),
+            model_folder(config, IP_ADAPTER_MODEL),
             weights=weights,
             with_encoder=False,
         )

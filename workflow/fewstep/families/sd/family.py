@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study
 from fewstep.families.sd.distillations import DISTILLATIONS
 from fewstep.families.sd.models import (
     ADAPTER_KIND,
@@ -43,6 +44,7 @@ from fewstep.families.sd.specs import FAMILIES, INSTANTSTYLE, SCHEDULERS, SDFami
 if TYPE_CHECKING:
     import torch
 
+    from fewstep.families.base import IdentityEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.families.sd.cell import ReferenceEncoder, SDCellPipeline, SDPromptEncoder
     from fewstep.registry.spec import ModelSpec
@@ -68,6 +70,11 @@ class StableDiffusion:
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
     #: config's trajectory, anchor or comparison cell (those compare identities)
     comparable = False
+    backbone_keys = frozenset({"scheduler", "negative_prompt", "resolution", "distillation"})
+
+    @property
+    def adapter_keys(self) -> dict[str, frozenset[str]]:
+        return {ADAPTER_KIND: frozenset({"role", "file", "scale"}), "none": frozenset()}
 
     @property
     def backbones(self) -> dict[str, ModelSpec]:
@@ -112,7 +119,8 @@ class StableDiffusion:
             raise ConfigError(f"config adapters.{key}.role: set style or object (it picks the scores)")
         if file not in self.spec.adapters:
             raise ConfigError(
-                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}"
+                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}; "
+                "set one of them"
             )
         reached_layers(self.spec.unet, self.scale(key, adapter), f"config adapters.{key}.scale")
 
@@ -224,6 +232,9 @@ class StableDiffusion:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # SD cells read reference *image* embeddings, not face embeddings
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     def prompt_model(self, models: list[str]) -> str:
         return self.name
 
@@ -237,33 +248,41 @@ class StableDiffusion:
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> SDPromptEncoder:
         from fewstep.families.sd.cell import SDPromptEncoder
 
         return SDPromptEncoder(config, self.spec, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         from fewstep.families.sd.cell import ReferenceEncoder
 
         return ReferenceEncoder(config, self.spec, file, device, dtype)
 
+    def identity_encoder(
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> IdentityEncoder:
+        """None to load: an IP-Adapter reads reference embeddings, never identity embeddings."""
+        raise ConfigError(f"embed-identities: no {self.name} adapter reads identity embeddings")
+
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> SDCellPipeline:
         from fewstep.families.sd.cell import SDCellPipeline, load_components
 
-        components = load_components(
-            config, self.spec, backbone, adapter, device, dtype, scheduler=self.scheduler(backbone)
-        )
+        if components is None:
+            components = load_components(
+                config, backbone, adapter, device, dtype, scheduler=self.scheduler(backbone)
+            )
         return SDCellPipeline(
             **components,
             spec=self.spec,

@@ -11,12 +11,14 @@ through diffusers' own `from_pretrained` / `load_ip_adapter`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fewstep.core.io import staged_dir
+from fewstep.families.base import TinyCell
 from fewstep.families.sd.distillations import SDXL_TURBO_SCHEDULER, Distillation
 from fewstep.families.sd.specs import (
     FAMILIES,
@@ -245,3 +247,34 @@ def build_tiny_distillation(distillation: Distillation, folder: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as staging:
         save_file(state, str(staging))
+
+
+def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> TinyCell:
+    """An SD cell's tiny components built in memory, seeded (the UNet, with the IP-Adapter's
+    layers loaded by diffusers' `load_ip_adapter` from a state dict of the tiny shapes; the VAE;
+    the base model's scheduler), and a reference embedding file's ``image_embeds`` of their
+    shape (cat[negative, positive])."""
+    import diffusers
+
+    family = FAMILIES[backbone["family"]]
+    manual_seed(f"tiny-cell:{family.name}:{adapter['kind']}:{adapter.get('file', 'plain')}")
+    components = {
+        "unet": diffusers.UNet2DConditionModel(**tiny_unet_config(family)),
+        "vae": diffusers.AutoencoderKL(**dict(family.vae, **TINY_VAE)),
+        "scheduler": getattr(diffusers, family.scheduler["_class_name"]).from_config(family.scheduler),
+    }
+    if adapter["kind"] == "none":
+        return TinyCell(components, None, {})
+    file = family.adapters[adapter.get("file", "plain")]
+    vision = dict(family.encoders[file.encoder_path], **TINY_ENCODERS[file.encoder_path])
+    state = ip_adapter_state_dict(components["unet"], file, vision, TINY_PLUS_WIDTH)
+    none = {name: None for name in (*family.text_encoders, *family.tokenizers)}
+    if family is not SDXL:
+        none |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    holder = getattr(diffusers, family.pipeline_class)(**components, **none)
+    holder.load_ip_adapter(
+        state, subfolder=file.subfolder, weight_name=file.weight_name, image_encoder_folder=None
+    )
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    shape = (2, 1, tokens, vision["hidden_size"]) if file.plus else (2, 1, vision["projection_dim"])
+    return TinyCell(components, {"image_embeds": torch.randn(shape)}, {})
