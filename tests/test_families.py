@@ -123,7 +123,7 @@ def test_the_grid_takes_its_families_from_the_caller(raw_demo):
     raw_demo["cells"].append({"backbones": ["toy"], "adapters": ["bare"]})
     config = validate(raw_demo)
     with pytest.raises(
-        ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux, sd15, sdxl"
+        ConfigError, match=r"backbones.toy.family: unknown family 'toy'; known: flux, kontext, sd15, sdxl"
     ):
         Grid(config)
     families = {**FAMILIES, "toy": ToyFamily()}
