@@ -31,8 +31,8 @@ def test_defaults_are_filled(raw_demo):
 
 
 def test_defaults_fill_only_where_they_apply(raw_demo):
-    """InfuseNet's settings only on InfuseNet adapters, T5's sequence length only on FLUX backbones:
-    the stored and hashed config of an IP-Adapter or SD cell holds nothing it does not use."""
+    """InfuseNet's settings only on InfuseNet adapters, T5's sequence length only on FLUX and Kontext
+    backbones: the stored and hashed config of an IP-Adapter or SD cell holds nothing it does not use."""
     raw = copy.deepcopy(raw_demo)
     raw["adapters"]["style"] = {"kind": "ip_adapter", "role": "style"}
     raw["adapters"]["off"] = {"kind": "none"}
@@ -42,7 +42,7 @@ def test_defaults_fill_only_where_they_apply(raw_demo):
     assert config["adapters"]["off"] == {"kind": "none"}
     assert "max_sequence_length" not in config["backbones"]["sd15"]
     backbones = config["backbones"].values()
-    assert all(("max_sequence_length" in b) == (b["family"] == "flux") for b in backbones)
+    assert all(("max_sequence_length" in b) == (b["family"] in ("flux", "kontext")) for b in backbones)
     assert config["backbones"]["flux-dev"]["max_sequence_length"] == 512  # the default, filled
     raw["adapters"]["style"]["variant"] = "sim_stage1"
     with pytest.raises(ConfigError) as error:

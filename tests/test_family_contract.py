@@ -210,6 +210,8 @@ def references(name: str, adapter: dict) -> tuple[dict | None, dict[str, str]]:
     if adapter["kind"] == "none":
         return None, {}
     unknown(name, "references")
+    if name == "kontext":  # the identity embedding file's record of the photo it embedded
+        return {"arcface_irse50": torch.randn(512)}, {"image": "builtin:astronaut"}
     if name == "flux":
         kps = np.array([[20, 24], [44, 24], [32, 34], [24, 46], [40, 46]], np.float32)
         return {"arcface_irse50": torch.randn(512), "kps": torch.from_numpy(kps)}, {
@@ -299,7 +301,7 @@ def run_cell_pipeline(
 def side(demo: dict, name: str, backbone: dict) -> tuple[int, int]:
     """The width and height of the family's images for `backbone`."""
     unknown(name, "side")
-    if name == "flux":
+    if name in ("flux", "kontext"):
         return demo["resolution"]["width"], demo["resolution"]["height"]
     return (FAMILIES[name].resolution(backbone),) * 2
 
@@ -337,6 +339,17 @@ def tiny_components(name: str, backbone: dict, adapter: dict) -> dict[str, typin
             parts["infusenet"] = diffusers.FluxControlNetModel(**tiny.TINY_INFUSENET)
             parts["resampler"] = Resampler(ResamplerConfig(**tiny.TINY_RESAMPLER))
         return parts
+    if name == "kontext":
+        from fewstep.families.kontext import specs as kontext_specs
+        from fewstep.families.kontext import tiny as kontext_tiny
+
+        return {
+            "transformer": diffusers.FluxTransformer2DModel(**kontext_tiny.TINY_TRANSFORMER),
+            "vae": diffusers.AutoencoderKL(**kontext_tiny.TINY_VAE),
+            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+                kontext_specs.KONTEXT_SCHEDULER
+            ),
+        }
     from fewstep.families.sd import specs, tiny
 
     spec = specs.FAMILIES[name]
@@ -382,6 +395,9 @@ def injected_settings(name: str, demo: dict, backbone: dict, adapter: dict) -> d
     unknown(name, "injected_settings")
     family = FAMILIES[name]
     common = {"device": CPU, "dtype": torch.float32, "guidance": family.guidance(backbone)}
+    if name == "kontext":
+        width, height = side(demo, name, backbone)
+        return common | {"adapter": adapter, "width": width, "height": height}
     if name == "flux":
         width, height = side(demo, name, backbone)
         return common | {
@@ -398,7 +414,9 @@ def unknown(name: str, helper: str) -> None:
     """Fail with what to add when a family joins `FAMILIES` without its tiny stand-ins here."""
     from fewstep.families.sd.specs import FAMILIES as SD
 
-    assert name == "flux" or name in SD, f"tests/test_family_contract.py: give {helper} a case for {name}"
+    assert name in ("flux", "kontext") or name in SD, (
+        f"tests/test_family_contract.py: give {helper} a case for {name}"
+    )
 
 
 def test_an_sd_cell_pipeline_takes_a_scale_exactly_with_adapter_layers():

@@ -71,7 +71,7 @@ def test_generation_equals_flux_kontext_pipeline_bit_for_bit(kontext_config, tmp
     from diffusers import FluxKontextPipeline
 
     from fewstep.families.kontext.cell import edit_prompt
-    from fewstep.families.kontext.family import PROMPT_TEMPLATE
+    from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
     family, config = FAMILIES["kontext"], kontext_config
     backbone, adapter = config["backbones"]["kontext"], config["adapters"]["kontext-photo"]
@@ -133,7 +133,7 @@ def test_the_prompt_embedding_is_the_edit_prompt_s(kontext_config):
     """The embedding file holds the template-phrased prompt's embedding, not the raw text's."""
     from diffusers import FluxKontextPipeline
 
-    from fewstep.families.kontext.family import PROMPT_TEMPLATE
+    from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
     backbone = kontext_config["backbones"]["kontext"]
     ours = (

@@ -17,6 +17,7 @@ import torch
 from fewstep.families.base import Denoised, ItemInputs, Step, timed
 from fewstep.families.kontext import pipeline
 from fewstep.families.kontext.models import load_kontext, load_kontext_text_encoders
+from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
 
 def edit_prompt(text: str, template: str) -> str:
@@ -32,8 +33,6 @@ class KontextPromptEncoder:
         self.pipe = load_kontext_text_encoders(dict(config), model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        from fewstep.families.kontext.family import PROMPT_TEMPLATE
-
         edit = edit_prompt(text, PROMPT_TEMPLATE)
         with torch.no_grad():
             embeds, pooled, _ = self.pipe.encode_prompt(

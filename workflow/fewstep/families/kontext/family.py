@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
 from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS
+from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
 if TYPE_CHECKING:
     import torch
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
-#: how a study prompt ("The person as an astronaut ...") is phrased as an edit of the identity photo
-PROMPT_TEMPLATE = "Make a new photo of this person, keeping their face and identity: {prompt}"
 #: backbone keys of the SD families' schema that Kontext would silently ignore
 SD_ONLY_BACKBONE_KEYS = ("scheduler", "negative_prompt", "resolution")
 

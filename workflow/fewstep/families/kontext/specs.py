@@ -67,3 +67,5 @@ KONTEXT_MODEL_INDEX = {
     "transformer": ["diffusers", "FluxTransformer2DModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
+#: how a study prompt ("The person as an astronaut ...") is phrased as an edit of the identity photo
+PROMPT_TEMPLATE = "Make a new photo of this person, keeping their face and identity: {prompt}"
