@@ -179,3 +179,20 @@ def test_config_checks_name_the_key(raw_demo):
         ConfigError, match=r"adapters.kontext-photo.scale: the native reference takes no settings"
     ):
         grid_of(scaled)
+
+
+def test_memory_options_reach_the_transformer(kontext_config):
+    """Config ``memory`` as for FLUX: fp8 weight storage, and offloading refused off CUDA in one line."""
+    import copy
+
+    from fewstep.core.errors import WeightsError
+    from fewstep.families.kontext.models import load_kontext
+
+    config = copy.deepcopy(kontext_config)
+    config["memory"] = dict(config["memory"], fp8_weights=True)
+    transformer = load_kontext(config, MODEL, CPU, torch.float32)["transformer"]
+    block = transformer.transformer_blocks[0]  # attention and feed-forward (diffusers skips norms)
+    assert block.attn.to_q.weight.dtype == block.ff.net[2].weight.dtype == torch.float8_e4m3fn
+    config["memory"] = dict(config["memory"], fp8_weights=False, offload="group")
+    with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
+        load_kontext(config, MODEL, CPU, torch.float32)

@@ -91,13 +91,39 @@ def load_kontext(
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     weights, folder = config["weights"], model_folder(config, model)
-    return {
+    components = {
         "transformer": load_component(
             FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=model
         ),
         "vae": load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=model),
         "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
     }
+    apply_memory_options(components, config["memory"], device, dtype)
+    return components
+
+
+def apply_memory_options(
+    components: dict[str, Any], memory: Mapping[str, Any], device: torch.device, dtype: torch.dtype
+) -> None:
+    """Config ``memory``, as for FLUX: transformer weights stored as float8 e4m3 (each layer upcast
+    to `dtype` as it runs), and group offloading of the transformer and VAE to CPU RAM."""
+    import torch
+
+    from fewstep.core.errors import WeightsError
+
+    transformer = components["transformer"]
+    if memory["fp8_weights"]:
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if memory["offload"] == "none":
+        return
+    if device.type != "cuda":
+        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
+    cpu = torch.device("cpu")
+    for module in (transformer, components["vae"]):
+        module.to(cpu)
+        module.enable_group_offload(
+            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
+        )
 
 
 def load_kontext_text_encoders(
