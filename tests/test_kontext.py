@@ -196,3 +196,25 @@ def test_memory_options_reach_the_transformer(kontext_config):
     config["memory"] = dict(config["memory"], fp8_weights=False, offload="group")
     with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
         load_kontext(config, MODEL, CPU, torch.float32)
+
+
+def test_random_mode_writes_the_published_architecture(tmp_path):
+    """Random weights (latency runs): the published configs, which build a 12B transformer
+    (counted on the meta device here, nothing allocated) with guidance embeds."""
+    from conftest import demo_yaml
+    from diffusers import FluxTransformer2DModel
+
+    from fewstep.core.config import validate
+    from fewstep.families.kontext.specs import KONTEXT_TRANSFORMER
+    from fewstep.jobs.prepare import prepare_model
+
+    raw = demo_yaml() | {k: str(tmp_path / k) for k in ("results_dir", "models_dir", "reports_dir")}
+    config = validate(raw | {"weights": "random"})
+    prepare_model(config, MODEL)
+    folder = model_folder(config, MODEL)
+    saved = FluxTransformer2DModel.load_config(folder / "transformer")
+    assert {k: saved[k] for k in KONTEXT_TRANSFORMER} == KONTEXT_TRANSFORMER
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(saved)
+    assert 11.8e9 < sum(p.numel() for p in transformer.parameters()) < 12.0e9
+    assert (folder / "text_encoder_2" / "config.json").is_file() and not list(folder.rglob("*.safetensors"))
