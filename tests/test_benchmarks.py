@@ -52,6 +52,31 @@ def test_latency_benchmark_runs_every_cell_and_names_the_machine(tmp_path):
 
 
 @pytest.mark.slow
+def test_kontext_latency_benchmark_runs_kontext_beside_dev_and_schnell(tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(
+        "kontext_latency.py",
+        *("--out", str(out), "--work", str(tmp_path / "work"), "--images", "2", "--size", "64"),
+        *("--dev-steps", "2", "--schnell-steps", "1", "--kontext-steps", "1", "2"),
+    )
+    summary = pd.read_csv(out / "kontext_latency_summary.csv").set_index("cell")
+    assert sorted(summary.index) == [
+        "flux-dev/infusenet-aes/2",
+        "flux-schnell/infusenet-aes/1",
+        "kontext/kontext-photo/1",
+        "kontext/kontext-photo/2",
+    ]
+    assert (summary["images"] == 2).all() and (summary["per_step_s"] > 0).all()
+    meta = json.loads((out / "kontext_latency_meta.json").read_text())
+    ratio = (
+        summary.loc["kontext/kontext-photo/2", "latency_s"]
+        / summary.loc["flux-dev/infusenet-aes/2", "latency_s"]
+    )
+    assert meta["ratios"]["kontext/kontext-photo/2 over flux-dev/infusenet-aes/2"] == pytest.approx(ratio)
+    assert meta["card"] == "CPU"
+
+
+@pytest.mark.slow
 def test_acceleration_benchmark_counts_the_calls_and_adapter_calls_each_cache_computes(tmp_path):
     out = tmp_path / "out"
     run_benchmark(

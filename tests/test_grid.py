@@ -45,7 +45,9 @@ def test_demo_grid_cells_and_items(raw_demo):
         "ip-adapter",
         "sdxl",
         "sdxl-lightning",
+        "kontext/kontext-photo/2",
     ]
+    assert [i.id for i in grid.items_of(grid.cell("kontext/kontext-photo/2"))] == [i.id for i in grid.items]
     assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
         "coffee/portrait/s0",
         "coffee/astronaut-suit/s0",
@@ -65,6 +67,7 @@ def test_demo_grid_cells_and_items(raw_demo):
         "dinov2-base",  # the SD object cells' dino
         "dlib-face",  # identity_dlib
         "flux-dev",
+        "flux-kontext-dev",  # the Kontext cell
         "flux-schnell",
         "infiniteyou",
         "insightface",
@@ -85,11 +88,12 @@ def test_study_grid_crosses_every_block(tmp_path):
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
     # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, the distilled
-    # SD backbones (style, object-plus, none) at their cards' steps, and two SD accelerations
-    # (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30
+    # SD backbones (style, object-plus, none) at their cards' steps, two SD accelerations
+    # (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30, and
+    # Kontext with the identity photo at 5 step counts
     distilled = [b for b in grid.study.backbones.values() if b.get("distillation")]
     assert sum(len(b.steps) for b in distilled) == 3 + 4 + 1 + 1 + 1 + 4 + 3 + 3
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 3 * 20 + 2 * 2 * 2
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 3 * 20 + 2 * 2 * 2 + 5
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
         "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),
@@ -151,7 +155,7 @@ def test_adding_an_identity_changes_every_flux_cell_and_a_reference_its_roles_sd
     raw_demo["identities"].append({"id": "coffee", "image": "builtin:coffee"})
     after = Grid(study_of(validate(raw_demo)))
     changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
-    assert changed == {c.id for c in before.cells if c.backbone.startswith("flux")}
+    assert changed == {c.id for c in before.cells if c.backbone.startswith("flux") or c.backbone == "kontext"}
     assert len(after.items) == 6
     raw_demo["references"].append({"id": "rocket", "image": "builtin:rocket", "role": "style"})
     with_style = Grid(study_of(validate(raw_demo)))

@@ -122,9 +122,10 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    # 19 FLUX figures (3 of them the dlib and held-out regime curves); per SD family x adapter a
-    # grid and a curve per metric (5 each): 4 x 6; a grid per distilled SD series (its lines share the curves)
-    assert len(states) == len(pngs) == 19 + 4 * 6 + 2
+    # 19 FLUX figures (3 of them the dlib and held-out regime curves), the Kontext cell's image
+    # grid; per SD family x adapter a grid and a curve per metric (5 each): 4 x 6; a grid per
+    # distilled SD series (its lines share the curves)
+    assert len(states) == len(pngs) == 19 + 1 + 4 * 6 + 2
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)

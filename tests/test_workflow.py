@@ -78,23 +78,24 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
-    # none) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD family, and
-    # the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in all)
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2 + 3 * 20
+    # none) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD family,
+    # the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in all),
+    # and Kontext with the identity photo x 5 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2 + 3 * 20 + 5
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores); dlib's face models (the
     # second identity encoder); the distillations' publishers: SDXL-Lightning, Hyper-SD, both
-    # LCM-LoRAs, SDXL-Turbo
-    assert counts["prepare_model"] == 13 + 5
+    # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev
+    assert counts["prepare_model"] == 13 + 5 + 1
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant: FLUX's T5 sequence lengths (2) and each SD
-    # family's negative prompt (2); one per identity (2); per SD family one per reference and
-    # adapter file (6 plain, 3 plus)
-    assert counts["embed_prompt"] == 2 + 2 and counts["embed_identity"] == 2
+    # family's negative prompt (2), Kontext's (1); one per identity (2); per SD family one per
+    # reference and adapter file (6 plain, 3 plus)
+    assert counts["embed_prompt"] == 2 + 2 + 1 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 18 + 4 + 2 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 19 + 5 + 2 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
