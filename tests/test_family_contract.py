@@ -30,6 +30,8 @@ from fewstep.grid import EAGER_SWITCHES
 CPU = torch.device("cpu")
 STEPS = 2
 SEEDS = [0, 7]
+#: the items' reference: a demo identity (klein's cell pipeline reads that identity's photo)
+REFERENCE_ID = "astronaut"
 
 
 def hints(obj: typing.Any) -> dict[str, typing.Any]:
@@ -207,7 +209,7 @@ def encoded(demo) -> dict[str, dict[str, torch.Tensor]]:
 def references(name: str, adapter: dict) -> tuple[dict | None, dict[str, str]]:
     """A reference embedding file's tensors and metadata as the family's precompute job writes
     them, with random values of the tiny models' shapes (None: the adapter reads no file)."""
-    if adapter["kind"] == "none":
+    if adapter["kind"] == "none" or name == "klein":  # klein's generation job reads the photo itself
         return None, {}
     unknown(name, "references")
     if name == "flux":
@@ -259,7 +261,7 @@ def run_cell_pipeline(
             assert conforms(getattr(pipeline, member), spec)
     tensors, meta = references(name, adapter)
     prompt = {k: v.to(pipeline.device, pipeline.dtype) for k, v in prompt.items()}
-    inputs = base.ItemInputs(prompt, "ref-a", tensors, meta)
+    inputs = base.ItemInputs(prompt, REFERENCE_ID, tensors, meta)
     with torch.no_grad():
         condition, seconds = pipeline.condition(inputs)
         assert isinstance(seconds, float) and seconds >= 0
@@ -299,7 +301,7 @@ def run_cell_pipeline(
 def side(demo: dict, name: str, backbone: dict) -> tuple[int, int]:
     """The width and height of the family's images for `backbone`."""
     unknown(name, "side")
-    if name == "flux":
+    if name in ("flux", "klein"):
         return demo["resolution"]["width"], demo["resolution"]["height"]
     return (FAMILIES[name].resolution(backbone),) * 2
 
@@ -321,6 +323,14 @@ def tiny_components(name: str, backbone: dict, adapter: dict) -> dict[str, typin
 
     unknown(name, "tiny_components")
     torch.manual_seed(0)
+    if name == "klein":
+        from fewstep.families.klein import specs, tiny
+
+        return {
+            "transformer": diffusers.Flux2Transformer2DModel(**tiny.TINY_TRANSFORMER),
+            "vae": diffusers.AutoencoderKLFlux2(**tiny.TINY_VAE),
+            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(specs.SCHEDULER),
+        }
     if name == "flux":
         from fewstep.families.flux import models, tiny
         from fewstep.families.resampler import Resampler, ResamplerConfig
@@ -381,6 +391,10 @@ def injected_settings(name: str, demo: dict, backbone: dict, adapter: dict) -> d
     """The constructor's non-component arguments, as `Family.cell_pipeline` passes them."""
     unknown(name, "injected_settings")
     family = FAMILIES[name]
+    if name == "klein":
+        width, height = side(demo, name, backbone)
+        pictures = {i["id"]: i["image"] for i in demo["identities"]} if adapter["kind"] != "none" else None
+        return {"pictures": pictures, "width": width, "height": height, "device": CPU, "dtype": torch.float32}
     common = {"device": CPU, "dtype": torch.float32, "guidance": family.guidance(backbone)}
     if name == "flux":
         width, height = side(demo, name, backbone)
@@ -398,7 +412,8 @@ def unknown(name: str, helper: str) -> None:
     """Fail with what to add when a family joins `FAMILIES` without its tiny stand-ins here."""
     from fewstep.families.sd.specs import FAMILIES as SD
 
-    assert name == "flux" or name in SD, f"tests/test_family_contract.py: give {helper} a case for {name}"
+    known = ("flux", "klein", *SD)
+    assert name in known, f"tests/test_family_contract.py: give {helper} a case for {name}"
 
 
 def test_an_sd_cell_pipeline_takes_a_scale_exactly_with_adapter_layers():

@@ -143,7 +143,7 @@ class KleinFamily:
     ) -> ReferenceEncoder:
         """None to load: `reference_file` is None for every klein adapter, so no job asks for this."""
         raise ConfigError(
-            f"embed-references --file {file}: FLUX.2 [klein] reads no reference embeddings (its "
+            f"embed-references --file {file}: FLUX.2 [klein] cells read no reference embeddings (the "
             "generation job encodes the identity photo); nothing to run"
         )
 
