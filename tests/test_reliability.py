@@ -184,8 +184,10 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         *(results / "aggregate").glob("*.csv"),
         results / "aggregate" / "per_image.parquet",
     ]
-    assert len(tables) == 19 + 19 + 2 + len(aggregate.TABLES) + 1  # manifests, scores: 7 FLUX + 12 SD cells
     grid = Grid(config)
+    # a manifest and a score table per cell, the trajectories, the aggregate tables, per_image
+    cells, trajectories = len(grid.cells), len(grid.trajectory_cells)
+    assert len(tables) == cells + cells + trajectories + len(aggregate.TABLES) + 1
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
