@@ -77,8 +77,9 @@ def test_study_grid_crosses_every_block(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
-    # schnell-4, and SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9
+    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, and FLUX.2
+    # [klein] with its reference and bare at 6 step counts
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 2 * 6
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
         "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),
