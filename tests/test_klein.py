@@ -165,3 +165,50 @@ def test_grid_crosses_identities_and_loads_only_klein(raw_demo):
         assert {i.identity for i in grid.items_of(cell)} == {i["id"] for i in raw_demo["identities"]}
         assert not grid.needs_identity_embeddings(cell) and grid.reference_file(cell) is None
     assert "Q512" in grid.prompt_variant_labels
+
+
+@pytest.mark.slow  # about 2 minutes: the face and LPIPS stand-ins are built too
+def test_a_klein_sweep_runs_from_grid_to_report_scored_by_identity(tmp_path):
+    """klein cells alone through prepare, embed, generate, trajectory, score, aggregate and report,
+    each stage through the entry point its rule calls: the identity metric scores them, LPIPS
+    compares them with the klein anchor, the trajectory decodes each step."""
+    import pandas as pd
+    from conftest import demo_yaml
+
+    from fewstep.analysis import aggregate, report
+    from fewstep.core.paths import Paths
+    from fewstep.jobs import generate, precompute, score, trajectory
+    from fewstep.jobs.prepare import prepare_model
+
+    raw = demo_yaml() | {k: str(tmp_path / k) for k in ("results_dir", "models_dir", "reports_dir")}
+    raw.update(
+        backbones={"klein": {"family": "klein", "model": MODEL, "steps": [1, 3]}},
+        adapters={"photo": {"kind": "native_reference"}},
+        cells=[{"backbones": ["klein"], "adapters": ["photo"]}],
+        anchor="klein/photo/3",
+        trajectory={"cells": ["klein/photo/3"], "max_items": 1},
+        scoring={"metrics": ["identity", "lpips"], "batch_size": 4},
+        wandb={"mode": "disabled"},
+    )
+    raw.pop("comparison")
+    config = validate(raw)
+    grid, paths = Grid(config), Paths(config)
+    assert [c.id for c in grid.cells] == ["klein/photo/1", "klein/photo/3"]
+    for name in grid.models:
+        prepare_model(config, name)
+    assert [p.name for p in precompute.embed_prompts(config)] == [
+        f"{p['id']}.Q512.safetensors" for p in raw["prompts"]
+    ]
+    generate.run_job(config, "klein/photo", progress=False)
+    score.run_job(config, "klein/photo", progress=False)
+    steps = pd.read_parquet(trajectory.run(config, "klein/photo/3", progress=False))
+    assert sorted(steps["step"].unique()) == [1, 2, 3]
+    for cell in grid.cells:
+        scores = pd.read_parquet(paths.scores(cell.id))
+        assert len(scores) == len(grid.items) and scores["id_sim"].notna().all()
+    anchor = pd.read_parquet(paths.scores("klein/photo/3"))["lpips_anchor"]
+    assert (anchor == 0).all()  # the anchor against itself
+    assert (pd.read_parquet(paths.scores("klein/photo/1"))["lpips_anchor"] > 0).all()
+    summary = aggregate.run(config)
+    text = open(report.run(config, summary)).read()
+    assert 'data-family="klein"' in text and "FLUX.2 [klein]" in text
