@@ -131,6 +131,10 @@ def test_random_mode_writes_the_published_full_size_configs(tmp_path):
     vae = AutoencoderKLFlux2.load_config(tmp_path / "vae")
     assert vae["latent_channels"] * 4 == transformer["in_channels"]
     assert not list(tmp_path.rglob("*.safetensors"))
+    with torch.device("meta"):  # the shapes only: the published 4B transformer and FLUX.2's 84M VAE
+        billions = sum(p.numel() for p in Flux2Transformer2DModel.from_config(transformer).parameters()) / 1e9
+        vae_millions = sum(p.numel() for p in AutoencoderKLFlux2.from_config(vae).parameters()) / 1e6
+    assert 3.8 < billions < 4.0 and 80 < vae_millions < 90
 
 
 def test_config_checks_name_the_key(raw_demo):
