@@ -83,10 +83,11 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "pareto.png",
         "pareto.svg",
     ]
-    # identity x steps, dev and schnell
+    # identity x steps, dev, schnell and klein (its photo as reference)
     assert names("grids") == [
         "flux-dev__infusenet-aes__portrait.png",
         "flux-schnell__infusenet-aes__portrait.png",
+        "klein__klein-reference__portrait.png",
     ]
     assert names("ablation") == []  # the demo has one adapter
     assert names("trajectory") == [
@@ -121,9 +122,9 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    # 19 FLUX figures (3 of them the dlib and held-out regime curves); per SD family x adapter a
-    # grid and a curve per metric (5 each): 4 x 6
-    assert len(states) == len(pngs) == 19 + 4 * 6
+    # 19 FLUX figures (3 of them the dlib and held-out regime curves), klein's identity x steps
+    # grid; per SD family x adapter a grid and a curve per metric (5 each): 4 x 6
+    assert len(states) == len(pngs) == 19 + 1 + 4 * 6
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)
