@@ -76,6 +76,29 @@ def test_kontext_latency_benchmark_runs_kontext_beside_dev_and_schnell(tmp_path)
     assert meta["card"] == "CPU"
 
 
+def test_klein_latency_benchmark_times_klein_beside_flux_in_one_run(tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(
+        "klein_latency.py",
+        *("--out", str(out), "--work", str(tmp_path / "work"), "--images", "2", "--size", "64"),
+        *("--dev-steps", "2", "--schnell-steps", "1", "--klein-steps", "1", "2", "--card-steps", "2"),
+    )
+    summary = pd.read_csv(out / "klein_latency_summary.csv")
+    assert list(summary["cell"]) == [
+        "flux-dev/infusenet-aes/2",
+        "flux-schnell/infusenet-aes/1",
+        "klein/reference/1",
+        "klein/reference/2",
+        "klein/none/2",
+    ]
+    assert (summary["images"] == 2).all() and (summary["per_step_s"] > 0).all()
+    meta = json.loads((out / "klein_latency_meta.json").read_text())
+    latency = summary.set_index("cell")["latency_s"]
+    assert meta["card"] == "CPU" and meta["ratios"]["flux-dev-2/klein-2"] == pytest.approx(
+        latency["flux-dev/infusenet-aes/2"] / latency["klein/reference/2"]
+    )
+
+
 @pytest.mark.slow
 def test_acceleration_benchmark_counts_the_calls_and_adapter_calls_each_cache_computes(tmp_path):
     out = tmp_path / "out"

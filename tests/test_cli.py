@@ -83,7 +83,8 @@ def test_validate_lists_every_cell_with_its_items(capsys):
     lines = capsys.readouterr().out.splitlines()
     grid = Grid(study_of(load([demo])))
     images = sum(len(grid.items_of(cell)) for cell in grid.cells)
-    assert images == 60  # the README's count: 7 FLUX and 1 Kontext cells of 4 images, 14 SD cells of 2
+    # the README's count: 7 FLUX, 1 Kontext and 1 klein cells of 4 images, 14 SD cells of 2
+    assert images == 64
     assert lines[0] == f"demo: {len(grid.cells)} cells, {images} images, weights=tiny"
     assert all(
         line.startswith(f"  {cell.id}: {len(grid.items_of(cell))} items (")

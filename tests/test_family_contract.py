@@ -32,6 +32,8 @@ from tests.conftest import study_of
 CPU = torch.device("cpu")
 STEPS = 2
 SEEDS = [0, 7]
+#: the items' reference: a demo identity (klein's cell pipeline reads that identity's photo)
+REFERENCE_ID = "astronaut"
 
 
 def hints(obj: typing.Any) -> dict[str, typing.Any]:

@@ -187,8 +187,9 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         results / "aggregate" / "per_image.parquet",
     ]
     grid = Grid(study_of(config))
-    cells = len(grid.cells)  # a manifest and a score table each, 2 trajectories, the aggregate tables
-    assert len(tables) == cells + cells + 2 + len(aggregate.TABLES) + 1
+    # a manifest and a score table per cell, the trajectories, the aggregate tables, per_image
+    cells, trajectories = len(grid.cells), len(grid.trajectory_cells)
+    assert len(tables) == cells + cells + trajectories + len(aggregate.TABLES) + 1
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}

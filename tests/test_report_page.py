@@ -84,10 +84,11 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "pareto.png",
         "pareto.svg",
     ]
-    # identity x steps, dev and schnell
+    # identity x steps, dev, schnell and klein (its photo as reference)
     assert names("grids") == [
         "flux-dev__infusenet-aes__portrait.png",
         "flux-schnell__infusenet-aes__portrait.png",
+        "klein__klein-reference__portrait.png",
     ]
     assert names("ablation") == []  # the demo has one adapter
     assert names("trajectory") == [
@@ -122,10 +123,10 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    # 19 FLUX figures (3 of them the dlib and held-out regime curves), the Kontext cell's image
-    # grid; per SD family x adapter a grid and a curve per metric (5 each): 4 x 6; a grid per
+    # 19 FLUX figures (3 of them the dlib and held-out regime curves), the Kontext and klein cells'
+    # image grids; per SD family x adapter a grid and a curve per metric (5 each): 4 x 6; a grid per
     # distilled SD series (its lines share the curves)
-    assert len(states) == len(pngs) == 19 + 1 + 4 * 6 + 2
+    assert len(states) == len(pngs) == 19 + 2 + 4 * 6 + 2
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)

@@ -112,3 +112,38 @@ def build_t5_tokenizer(folder: Path):
     tokenizer = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
     tokenizer.save_pretrained(folder)
     return T5TokenizerFast.from_pretrained(folder)
+
+
+#: Qwen3's chat format for one user turn, as its template renders it (thinking switched off when
+#: the caller passes ``enable_thinking=False``, as FLUX.2 [klein]'s pipeline does)
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+
+def build_qwen_tokenizer(folder: Path):
+    """A byte-level BPE Qwen2 tokenizer (Qwen3's class) with Qwen's chat special tokens and a
+    chat template, learnt from the small corpus, saved and reloaded."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2TokenizerFast
+
+    byte_level = ByteLevel(add_prefix_space=False)
+    counts = _words(_corpus_lines(), r" ?[\p{L}]+| ?[\p{N}]| ?[^\s\p{L}\p{N}]+|\s+")
+    words: Counter[tuple[str, ...]] = Counter()
+    for word, freq in counts.items():
+        words[tuple(byte_level.pre_tokenize_str(word)[0][0])] += freq
+    merges = _bpe_merges(words, 150)
+    tokens = [*sorted(ByteLevel.alphabet()), *(a + b for a, b in merges)]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Qwen2TokenizerFast(
+        vocab=vocab,
+        merges=merges,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        model_max_length=40960,
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return Qwen2TokenizerFast.from_pretrained(folder)

@@ -1,0 +1,185 @@
+"""FLUX.2 [klein] 4B as a `Family` (grid side): a step-distilled backbone that takes the
+identity's conditioning photo natively as a reference image, with no adapter.
+
+Config shape:
+
+    backbones:
+      klein: {family: klein, model: flux2-klein-4b, steps: [1, 2, 4, 8]}
+    adapters:
+      reference: {kind: native_reference}   # the identity photo as `image=`; none: text only
+
+Its cells cross the identities like FLUX's InfuseNet cells, are scored by the same identity
+metrics and may be compared with them (`comparable`); LPIPS compares with the config's anchor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fewstep.core.errors import ConfigError
+from fewstep.families.klein.models import BACKBONES, generation_weights
+from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, TEXT_ENCODER_OUT_LAYERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from fewstep.families.base import ReferenceEncoder
+    from fewstep.families.klein.cell import KleinCellPipeline, KleinPromptEncoder
+    from fewstep.families.report_kit import ReportKit, ReportParts
+    from fewstep.registry.spec import ModelSpec
+
+#: the adapter kind of a model that takes the reference picture itself (`image=`), no adapter
+NATIVE_REFERENCE = "native_reference"
+#: backbone and adapter keys other families read, which klein would silently ignore
+FOREIGN_BACKBONE_KEYS = ("guidance", "scheduler", "negative_prompt", "resolution")
+FOREIGN_ADAPTER_KEYS = ("role", "file", "scale")
+#: the prompt embedding files' label: Qwen3 hidden states of the chat-formatted prompt, 512 tokens
+PROMPT_VARIANT = f"Q{MAX_SEQUENCE_LENGTH}"
+
+
+class KleinFamily:
+    """FLUX.2 [klein] 4B; adapters: its native reference image (``native_reference``) or none."""
+
+    name = "klein"
+    adapter_kinds = frozenset({NATIVE_REFERENCE, "none"})
+    max_side = 2048  # FLUX.2 generates up to 4 megapixels
+    adapter_roles = ("identity",)  # the reference is the identity's conditioning photo
+    acceleration_switches: frozenset[str] = frozenset()  # eager only
+    comparable = True  # identity cells, compared with FLUX's on the same identities and metrics
+    anchors_to_highest_step = False  # LPIPS to the config's anchor, as FLUX's cells
+    prompt_job_mem_mb = 24000  # Qwen3-4B (8 GB in bf16), read from disk
+
+    @property
+    def backbones(self) -> Mapping[str, ModelSpec]:
+        return BACKBONES
+
+    def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
+        for setting in FOREIGN_BACKBONE_KEYS:
+            if backbone.get(setting) is not None:
+                why = (
+                    "it is step- and guidance-distilled"
+                    if setting == "guidance"
+                    else "FLUX.2 [klein] has none"
+                )
+                raise ConfigError(f"config backbones.{key}.{setting}: {why}; remove it")
+
+    def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
+        for setting in FOREIGN_ADAPTER_KEYS:
+            if setting in adapter:
+                raise ConfigError(
+                    f"config adapters.{key}.{setting}: an IP-Adapter setting, which {adapter['kind']} on "
+                    "FLUX.2 [klein] does not take; remove it"
+                )
+
+    def guidance(self, backbone: Mapping[str, Any]) -> None:
+        """None: the distilled model runs without classifier-free guidance (the card's 1.0)."""
+        return None
+
+    def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
+        return {"max_sequence_length": MAX_SEQUENCE_LENGTH}
+
+    def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
+        """Config ``resolution`` as it is, as for FLUX (the images are compared with theirs)."""
+        return dict(resolution)
+
+    def check_size(self, key: str, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> None:
+        limit = resolution.get("max_side") or self.max_side
+        for side in ("width", "height"):
+            if resolution[side] > limit:
+                raise ConfigError(
+                    f"config resolution.{side}: {resolution[side]} px is beyond the {self.name} limit of "
+                    f"{limit} px; lower it, or set resolution.max_side to go beyond deliberately"
+                )
+
+    def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        """One file per prompt: nothing in a backbone's settings shapes the embeddings."""
+        return {PROMPT_VARIANT: backbones[0]}
+
+    def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
+        return PROMPT_VARIANT
+
+    def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
+        return {
+            "max_sequence_length": str(MAX_SEQUENCE_LENGTH),
+            "text_encoder_out_layers": ",".join(map(str, TEXT_ENCODER_OUT_LAYERS)),
+        }
+
+    def reference_file(self, adapter: Mapping[str, Any]) -> None:
+        """The generation job encodes the photo itself with the backbone's VAE, as the pipeline
+        does (`KleinCellPipeline`): no embed_reference job."""
+        return None
+
+    def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
+    def cell_weights(
+        self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]
+    ) -> dict[str, tuple[str, ...]]:
+        return generation_weights(backbone["model"])
+
+    def cell_models(self, backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> list[str]:
+        return list(self.cell_weights(backbone, adapter))
+
+    def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
+        return "identity" if adapter["kind"] == NATIVE_REFERENCE else None
+
+    def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
+        return False  # the photo itself, not its face embedding
+
+    def prompt_model(self, models: Sequence[str]) -> str:
+        return models[0]
+
+    # --- job side: imports torch and diffusers inside -------------------------
+    def prompt_encoder(
+        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+    ) -> KleinPromptEncoder:
+        from fewstep.families.klein.cell import KleinPromptEncoder
+
+        return KleinPromptEncoder(config, model, device, dtype)
+
+    def reference_encoder(
+        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+    ) -> ReferenceEncoder:
+        """None to load: `reference_file` is None for every klein adapter, so no job asks for this."""
+        raise ConfigError(
+            f"embed-references --file {file}: FLUX.2 [klein] cells read no reference embeddings (the "
+            "generation job encodes the identity photo); nothing to run"
+        )
+
+    def cell_pipeline(
+        self,
+        config: Mapping[str, Any],
+        backbone: Mapping[str, Any],
+        adapter: Mapping[str, Any],
+        acceleration: Mapping[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> KleinCellPipeline:
+        from fewstep.families.klein.cell import KleinCellPipeline, load_components
+
+        if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
+            raise ConfigError("config cells.accelerations: FLUX.2 [klein] backbones run eager only")
+        pictures = None
+        if adapter["kind"] == NATIVE_REFERENCE:
+            pictures = {identity["id"]: identity["image"] for identity in config["identities"]}
+        return KleinCellPipeline(
+            **load_components(config, backbone, device, dtype),
+            pictures=pictures,
+            width=config["resolution"]["width"],
+            height=config["resolution"]["height"],
+            device=device,
+            dtype=dtype,
+        )
+
+    # --- report side -----------------------------------------------------------
+    label = "FLUX.2 [klein]"
+    report_folders = ()  # the generic page draws its cells beside FLUX's
+
+    def report_parts(self, kit: ReportKit) -> ReportParts:
+        from fewstep.families.report_kit import ReportParts
+
+        return ReportParts()
+
+
+KLEIN = KleinFamily()
