@@ -170,7 +170,8 @@ class Family(Protocol):
     adapter_roles: tuple[str, ...]
     #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements; empty: eager only
     acceleration_switches: frozenset[str]
-    #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
+    #: True: its cells may be the config's ``anchor`` and ``comparison`` cells (``trajectory.cells``
+    #: may be any family's: every cell pipeline reports its x0 after each step)
     comparable: bool
 
     # --- grid side: no torch ------------------------------------------------
