@@ -184,8 +184,9 @@ def test_images_and_tables_carry_their_provenance(demo_run):
         *(results / "aggregate").glob("*.csv"),
         results / "aggregate" / "per_image.parquet",
     ]
-    assert len(tables) == 19 + 19 + 2 + len(aggregate.TABLES) + 1  # manifests, scores: 7 FLUX + 12 SD cells
     grid = Grid(config)
+    trajectories = len(grid.trajectory_cells)
+    assert len(tables) == 19 + 19 + trajectories + len(aggregate.TABLES) + 1  # 7 FLUX + 12 SD cells
     for table in tables:
         frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table)
         stamped = {"weights", "config_hash", "git_commit", "versions", "model_commits"}
@@ -203,6 +204,8 @@ def test_images_and_tables_carry_their_provenance(demo_run):
                 cell = grid.cell(frame["cell_id"].iloc[0])
                 scored = "scores" in table.parts or table.name == "per_image.parquet"
                 made = grid.cell_models(cell) + (grid.score_models(cell) if scored else [])
+                if "trajectories" in table.parts:  # its x0 images scored by the cell's trajectory metrics
+                    made += grid.trajectory_score_models(cell)
             assert set(commits) == set(made), table
     sd = pd.read_parquet(results / "cells" / "sd15" / "sd-style" / "1" / "manifest.parquet")
     assert "insightface" not in json.loads(sd["model_commits"].iloc[0])  # an SD cell uses no face model
