@@ -56,7 +56,7 @@ def kit(
     read: dict[str, pd.DataFrame],
     per_image: pd.DataFrame,
     members: list[str],
-    frames: pd.DataFrame | None = None,
+    frames: pd.DataFrame | None,
 ) -> ReportKit:
     """The report's tools and the tables' rows of `members` (one family's backbones); `frames`:
     the sweep's per-item trajectory rows (`fewstep.analysis.scores.load_trajectories`)."""
@@ -96,10 +96,11 @@ def kit(
 
 
 def family_parts(
-    page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, frames: pd.DataFrame | None = None
+    page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, frames: pd.DataFrame | None
 ) -> tuple[list[ReportParts], list[str]]:
     """Each family's parts, in the order of the grid's cells, and the backbones whose family shows
-    them in sections of its own (the generic sections leave those out)."""
+    them in sections of its own (the generic sections leave those out); `frames`: the sweep's
+    per-item trajectory rows (None without any)."""
     backbones = dict.fromkeys(c.backbone for c in page.grid.cells)
     parts, own = [], []
     for name, members in family_backbones(page.study, backbones).items():
