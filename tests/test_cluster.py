@@ -62,6 +62,8 @@ def flux_demo(folder: Path) -> Path:
         del config["backbones"][backbone]
     config["adapters"] = {k: v for k, v in config["adapters"].items() if v["kind"] != "ip_adapter"}
     config["cells"] = [c for c in config["cells"] if set(c["backbones"]) <= set(config["backbones"])]
+    traced = config["trajectory"]["cells"]
+    config["trajectory"]["cells"] = [c for c in traced if c.split("/")[0] in config["backbones"]]
     del config["references"]
     path = folder / "flux-demo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))

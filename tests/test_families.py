@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import yaml
@@ -175,19 +174,22 @@ def test_a_family_takes_only_the_acceleration_switches_it_implements(raw_demo):
         Grid(study_of(validate(raw_demo)), families={**FAMILIES, "toy": CompilingToy()})
 
 
-@pytest.mark.parametrize(
-    ("setting", "key"),
-    [
-        ({"anchor": "sd15/sd-style/4"}, "anchor"),
-        ({"trajectory": {"cells": ["sd15/sd-style/4"]}}, "trajectory"),
-    ],
-)
-def test_only_a_comparable_familys_cells_are_anchor_or_trajectory_cells(raw_demo, setting, key):
-    """SD cells are compared with their own highest-step cell (`comparable` False)."""
-    raw_demo.update(setting)
-    where = re.escape("anchor" if key == "anchor" else "trajectory.cells[0]")
+def test_only_a_comparable_familys_cells_are_anchor_cells_and_any_familys_are_trajectory_cells(raw_demo):
+    """SD cells are compared with their own highest-step cell (`comparable` False); every family's
+    cell pipeline reports its x0 after each step, so trajectories take any family's cell."""
+    raw_demo["trajectory"] = {"cells": ["sd15/sd-style/4", "flux-schnell/infusenet-aes/4"]}
+    assert [c.id for c in Grid(study_of(validate(copy.deepcopy(raw_demo)))).trajectory_cells][
+        0
+    ] == "sd15/sd-style/4"
+    raw_demo["anchor"] = "sd15/sd-style/4"
     with pytest.raises(
-        ConfigError, match=rf"^config {where}: sd15/sd-style/4 is a sd15 cell; the {key} takes"
+        ConfigError, match=r"^config anchor: sd15/sd-style/4 is a sd15 cell; the anchor takes"
+    ):
+        Grid(study_of(validate(copy.deepcopy(raw_demo))))
+    raw_demo["anchor"] = "flux-dev/infusenet-aes/8"
+    raw_demo["trajectory"]["cells"] = ["sd15/sd-style/3"]
+    with pytest.raises(
+        ConfigError, match=r"^config trajectory.cells\[0\]: cell 'sd15/sd-style/3' is not in the"
     ):
         Grid(study_of(validate(raw_demo)))
 

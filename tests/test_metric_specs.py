@@ -151,6 +151,24 @@ def test_a_cells_metrics_are_those_fitting_its_role(family, adapter, metrics):
     assert specs.cell_metrics(FAMILIES[family], adapter, CONFIGURED) == metrics
 
 
+@pytest.mark.parametrize(
+    ("family", "adapter", "metrics"),
+    [
+        ("flux", {"kind": "infusenet"}, ["identity", "identity_dlib"]),
+        ("sd15", {"kind": "ip_adapter", "role": "style"}, ["csd", "clip_i"]),
+        ("sdxl", {"kind": "ip_adapter", "role": "object"}, ["dino", "clip_i"]),
+        ("sd15", {"kind": "none"}, ["csd", "clip_i", "dino"]),
+    ],
+)
+def test_a_trajectory_scores_x0_with_its_cells_metrics_that_compare_with_the_picture(
+    family, adapter, metrics
+):
+    """Neither prompt alignment (CLIPScore) nor the anchor-paired LPIPS: a trajectory is about the
+    adapter's picture forming, and its job reads no other cell's images."""
+    assert specs.trajectory_metrics(FAMILIES[family], adapter, CONFIGURED) == metrics
+    assert set(metrics) <= set(specs.cell_metrics(FAMILIES[family], adapter, CONFIGURED))
+
+
 def test_configured_order_and_choice_hold_for_the_face_role():
     chosen = ["clip_score", "dino", "identity"]
     assert specs.cell_metrics(FAMILIES["flux"], {"kind": "infusenet"}, chosen) == chosen

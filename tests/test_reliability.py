@@ -207,6 +207,8 @@ def test_images_and_tables_carry_their_provenance(demo_run):
                 cell = grid.cell(frame["cell_id"].iloc[0])
                 scored = "scores" in table.parts or table.name == "per_image.parquet"
                 made = grid.cell_models(cell) + (grid.score_models(cell) if scored else [])
+                if "trajectories" in table.parts:  # its x0 images scored by the cell's trajectory metrics
+                    made += grid.trajectory_score_models(cell)
             assert set(commits) == set(made), table
     sd = pd.read_parquet(results / "cells" / "sd15" / "sd-style" / "1" / "manifest.parquet")
     assert "insightface" not in json.loads(sd["model_commits"].iloc[0])  # an SD cell uses no face model

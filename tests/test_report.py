@@ -60,11 +60,11 @@ def test_figures_are_written_as_png_and_svg(full):
     assert figures(page, "trajectory") == [
         "blocks__flux-schnell__infusenet-aes__4.png",
         "blocks__flux-schnell__infusenet-aes__4.svg",
-        "emergence.png",
-        "emergence.svg",
         "grid__flux-schnell__infusenet-aes__4.png",
         "norms.png",
         "norms.svg",
+        "x0__identity.png",  # the x0 at every step, scored by the identity metric
+        "x0__identity.svg",
     ]
     # one identity x steps grid per backbone/adapter for the first prompt
     assert figures(page, "grids") == [
@@ -148,7 +148,8 @@ def test_page_tells_the_reader_what_it_is(full):
     # configuration and provenance
     assert "sweep: synth" in text and config_hash(config) in text
     assert "version: kneed" in text and "0.9.0" in text
-    assert "Trajectories: identity emergence and norm probes" in text
+    assert "Trajectories: the x0 prediction at every step, scored, and probes" in text
+    assert "x0 at every step, metric identity: ArcFace identity similarity, no face = 0, " in text
 
 
 def test_every_family_has_the_report_side_and_its_folders_are_report_categories():

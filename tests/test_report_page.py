@@ -96,13 +96,22 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "blocks__flux-dev__infusenet-aes__8.svg",
         "blocks__flux-schnell__infusenet-aes__4.png",
         "blocks__flux-schnell__infusenet-aes__4.svg",
-        "emergence.png",
-        "emergence.svg",
         "grid__flux-dev__infusenet-aes__8.png",
         "grid__flux-schnell__infusenet-aes__4.png",
         "norms.png",
         "norms.svg",
+        "x0__identity.png",  # x0 at every step by each identity metric (dlib's: no-face-as-zero, rate)
+        "x0__identity.svg",
+        "x0__identity_dlib.png",
+        "x0__identity_dlib.svg",
     ]
+    # the SD trajectory cell's figures are in its family's section: one per metric of its role
+    grid = Grid(load([DEMO]))
+    sd_cells = [c for c in grid.trajectory_cells if grid.family(c).report_folders == ("sd",)]
+    assert sd_cells
+    for cell in sd_cells:
+        for metric in grid.trajectory_metrics(cell):
+            assert f"{cell.backbone}__trajectory__x0__{metric}.png" in names("sd")
     assert "Tiny models with seeded random weights" in text
     # every quantity of the study table was measured, end-to-end latency once the manifest has it
     assert set(re.findall(r"not available \(the scores have no (\w+) column\)", text)) <= {"end_to_end_s"}

@@ -22,7 +22,7 @@ from fewstep.analysis import aggregate, report
 from fewstep.analysis.page import WEIGHT_BANNERS
 from fewstep.core.config import validate
 from fewstep.core.paths import Paths
-from fewstep.grid import Cell, Item, image_keys
+from fewstep.grid import Cell, Grid, Item, image_keys
 from tests.conftest import study_of
 
 SD_STEPS = [1, 2, 4, 8, 12, 16, 25, 30, 50]
@@ -102,11 +102,36 @@ def write_sd_scores(config: dict, rng: np.random.Generator) -> None:
                 pd.DataFrame(rows).to_parquet(target, index=False)
 
 
+#: the synthetic SD trajectory: an SD1.5 style cell, x0's CSD rising linearly to 0.5
+TRAJECTORY_CELL = "sd15/sd-style/4"
+
+
+def write_sd_trajectory(config: dict, cell_id: str) -> None:
+    """Per-step rows of a style cell as the trajectory job writes them: csd = 0.5 * step / steps
+    + the reference's effect, clip_i = 0.5 + 0.1 * step; one x0 PNG per (item, step)."""
+    study = study_of(config)
+    grid, paths = Grid(study), Paths(study)
+    cell = Cell.parse(cell_id)
+    folder = paths.trajectory(cell_id).parent
+    rows = []
+    for item in grid.items_of(cell):
+        for step in range(1, cell.steps + 1):
+            image = f"x0/{item.id}/step{step:03d}.png"
+            (folder / image).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (40 * step, 60, 60)).save(folder / image)
+            csd = 0.5 * step / cell.steps + REFERENCES["style"][item.identity]
+            rows.append({**image_keys(cell, item), "step": step, "sigma": 1000.0 - 250 * step})
+            rows[-1] |= {"adapter_active": True, "csd": csd, "clip_i": 0.5 + 0.1 * step, "image": image}
+    pd.DataFrame(rows).to_parquet(paths.trajectory(cell_id), index=False)
+    config["trajectory"]["cells"].append(cell_id)  # as if the config had asked for it
+
+
 def build(root, with_flux: bool = True):
     config = sd_config(root, with_flux)
     if with_flux:
         synth.write_scores(config)
     write_sd_scores(config, np.random.default_rng(1))
+    write_sd_trajectory(config, TRAJECTORY_CELL)
     summary = aggregate.run(study_of(config))
     page = report.run(study_of(config), summary)
     tables = {name: pd.read_csv(summary.parent / f"{name}.csv") for name in ("summary", "regime", "marginal")}
@@ -222,6 +247,34 @@ def test_the_page_has_a_section_per_sd_family(mixed):
     with Image.open(page.parent / "figures" / "sd" / "grid__sd15__sd-style__p0.png") as grid:
         # a header, 3 reference rows and the weights mark's band
         assert grid.height == 20 + 3 * 128 + 18
+
+
+def test_the_sd_section_draws_its_trajectory_per_metric_of_its_role(mixed):
+    config, _, page = mixed
+    table = pd.read_csv(Paths(config).table("trajectory"))
+    csd = table[(table.metric == "csd")].set_index("step")["mean"]
+    # the 3 style references' effects (+0.03, -0.02, -0.01) cancel in the mean over items
+    assert csd.to_dict() == pytest.approx({s: 0.125 * s for s in range(1, 5)})
+    assert set(table["metric"]) == {"csd", "clip_i", "adapter_active"}
+    names = sorted(p.name for p in (page.parent / "figures" / "sd").iterdir())
+    prefix = "sd15__trajectory__"
+    assert [n for n in names if n.startswith(prefix)] == [
+        f"{prefix}grid__sd15__sd-style__4.png",
+        f"{prefix}x0__clip_i.png",
+        f"{prefix}x0__clip_i.svg",
+        f"{prefix}x0__csd.png",
+        f"{prefix}x0__csd.svg",
+    ]
+    assert not list((page.parent / "figures" / "trajectory").iterdir())  # not in the generic section
+    text = page.read_text()
+    sd15 = html.unescape(text[text.index('id="sd-sd15"') : text.index('id="sd-sdxl"')])
+    assert "<h3>Trajectories: the x0 prediction at every step</h3>" in sd15
+    assert "x0 at every step, metric csd: CSD style similarity (<a" in sd15  # the caption
+    assert "x0 at every step, metric clip_i: CLIP-I (image-reference) (<a" in sd15
+    assert "Trajectories" not in text[text.index('id="sd-sdxl"') :].split("</section>")[0]
+    with Image.open(page.parent / "figures" / "sd" / f"{prefix}grid__sd15__sd-style__4.png") as grid:
+        assert grid.size == ((4 + 1) * 128, 20 + 3 * 128 + 18)  # 3 references x 4 steps, the mark
+        assert grid.getpixel((2 * 128 + 64, 20 + 64)) == (80, 60, 60)  # step 2's x0 of the first
 
 
 @pytest.mark.slow

@@ -9,7 +9,14 @@ import torch
 
 from fewstep.core.errors import ConfigError
 from fewstep.families.sd import specs
-from fewstep.families.sd.pipeline import encode_prompt, generate, load_pipeline, set_scheduler
+from fewstep.families.sd.pipeline import (
+    Condition,
+    denoise,
+    encode_prompt,
+    generate,
+    load_pipeline,
+    set_scheduler,
+)
 
 CPU = torch.device("cpu")
 
@@ -133,6 +140,7 @@ def test_captured_x0_is_the_schedulers_own_prediction(pipes, family_name, schedu
     try:
         result = _generate(pipes, family, 5, capture_x0=True)
     finally:
+        del pipe.scheduler.step  # the spy goes ("default" keeps the shipped scheduler)
         pipe.scheduler = shipped
     assert len(result.x0) == len(reported) == 5
     for mine, theirs in zip(result.x0, reported, strict=True):
@@ -157,3 +165,54 @@ def test_guidance_one_runs_without_negatives(pipes):
     finally:
         handle.remove()
     assert set(sizes) == {1}
+
+
+def _denoise(pipes, family, steps, capture_x0):
+    pipe, prompt = pipes[family.name]
+    options = dict(guidance_scale=family.guidance_scale, height=64, width=64)
+    return denoise(pipe, [Condition(prompt)], [1], steps=steps, capture_x0=capture_x0, **options)
+
+
+@pytest.mark.parametrize(
+    ("family_name", "scheduler", "last_is_final"),
+    [
+        ("sdxl", "default", "close"),  # Euler: the last step goes to sigma 0, x_0 = x + (x0 - x)
+        ("sd15", "lcm", "equal"),  # LCM's last step returns its `denoised` as the sample
+        ("sd15", "ddim_to_one", "equal"),  # DDIM with set_alpha_to_one: the last step lands on x0
+        ("sd15", "default", "no"),  # PNDM (computed x0) stops at alphas_cumprod[0] < 1
+        ("sdxl", "dpmpp_2m", "close"),  # DPM-Solver++ (computed x0): its last step goes to sigma 0
+    ],
+)
+def test_recording_x0_changes_no_latent_and_the_last_x0_is_the_final_sample_where_true(
+    pipes, family_name, scheduler, last_is_final
+):
+    """Trajectories read x0 off the steps without touching them: the latents with x0 recorded are
+    the latents without, bit for bit; the last x0 is the final latents where the scheduler makes it so."""
+    import diffusers
+
+    family = specs.FAMILIES[family_name]
+    pipe, _ = pipes[family_name]
+    shipped = pipe.scheduler
+    try:
+        if scheduler == "lcm":
+            pipe.scheduler = diffusers.LCMScheduler.from_config(shipped.config)
+        elif scheduler == "ddim_to_one":
+            pipe.scheduler = diffusers.DDIMScheduler.from_config(shipped.config, set_alpha_to_one=True)
+        else:
+            set_scheduler(pipe, scheduler)
+        plain = _denoise(pipes, family, 4, capture_x0=False)
+        recorded = _denoise(pipes, family, 4, capture_x0=True)
+        assert "step" not in vars(pipe.scheduler)  # the step wrapper is gone after the call
+    finally:
+        pipe.scheduler = shipped
+    assert torch.equal(plain.latents, recorded.latents)
+    assert len(recorded.x0) == len(recorded.timesteps) >= 4
+    last = recorded.x0[-1]
+    if last_is_final == "equal":
+        assert torch.equal(last, recorded.latents)
+    elif last_is_final == "close":
+        torch.testing.assert_close(last, recorded.latents, rtol=1e-4, atol=1e-4)
+    else:
+        assert not torch.allclose(last, recorded.latents, rtol=1e-4, atol=1e-4)
+    for earlier in recorded.x0[:-1]:  # x0 moves along sampling
+        assert not torch.allclose(earlier, last, rtol=1e-4, atol=1e-4)

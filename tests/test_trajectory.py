@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ def test_one_row_per_item_and_step_ending_at_the_generated_image(embedded):
     assert np.allclose(table["relative_double"], ratio) and (table["relative_double"] > 0).all()
     assert table["id_sim"].between(-1, 1).all() and table["face_detected"].all()
     # the last x0 estimate is the final sample: its picture is the cell's image
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     manifest = pd.read_parquet(generate.run(study_of(config), cell, progress=False))
     last = table[table["step"] == 4].iloc[0]
     final = load_rgb(paths.cell_dir(cell) / manifest.set_index("item_id").loc[last["item_id"], "image"])
@@ -96,3 +97,43 @@ def test_block_mapping_is_the_one_diffusers_applies():
     expected = per_block([1.0, 2.0, 3.0], len(blocks))
     assert added == pytest.approx(expected[:-1], abs=1e-4)
     assert expected == [1.0, 1.0, 2.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def sd_embedded(embedded):
+    """The demo's tiny config with its SD cells' reference embeddings computed too."""
+    precompute.embed_references(study_of(embedded))
+    return embedded
+
+
+def test_an_sd_trajectory_scores_every_step_with_its_roles_metrics(sd_embedded):
+    """An SD object cell (SDXL, Euler): DINO and CLIP-I of x0 at each step, no identity column, and
+    the last x0 is the cell's generated image (Euler's last step lands on its x0)."""
+    config = copy.deepcopy(sd_embedded)
+    config["trajectory"]["max_items"] = 1
+    cell = "sdxl/sd-object/4"
+    table = pd.read_parquet(trajectory.run(study_of(config), cell, progress=False))
+    assert list(table["step"]) == [1, 2, 3, 4]
+    assert table["sigma"].is_monotonic_decreasing and table["adapter_active"].all()
+    assert table["dino"].between(-1, 1).all() and table["clip_i"].between(-1, 1).all()
+    assert table["dino"].nunique() == 4  # each step's x0 is a different picture
+    assert not {"id_sim", "face_detected", "csd", "lpips_ref"} & set(table.columns)
+    assert json.loads(table["metric_versions"].iloc[0]).keys() == {"dino", "clip_i"}
+    paths = Paths(study_of(config))
+    manifest = pd.read_parquet(generate.run(study_of(config), cell, progress=False)).set_index("item_id")
+    last = table[table["step"] == 4].iloc[0]
+    final = load_rgb(paths.cell_dir(cell) / manifest.loc[last["item_id"], "image"])
+    x0 = load_rgb(paths.trajectory(cell).parent / last["image"])
+    assert np.abs(final.astype(int) - x0.astype(int)).max() <= 1
+    first = load_rgb(paths.trajectory(cell).parent / table.iloc[0]["image"])
+    assert np.abs(final.astype(int) - first.astype(int)).mean() > 1.0
+
+
+def test_a_style_cell_of_sd15_is_scored_with_csd_and_clip_i(sd_embedded):
+    """SD1.5's PNDM evaluates the UNet once more than its steps: one row per evaluation."""
+    config = copy.deepcopy(sd_embedded)
+    config["trajectory"]["max_items"] = 1
+    config["trajectory"]["cells"] = ["sd15/sd-style/2"]
+    table = pd.read_parquet(trajectory.run(study_of(config), "sd15/sd-style/2", progress=False))
+    assert list(table["step"]) == [1, 2, 3]
+    assert table[["csd", "clip_i"]].notna().all().all() and "dino" not in table

@@ -17,6 +17,7 @@ import yaml
 from fewstep.core.config import config_hash, validate
 from fewstep.core.paths import Paths
 from fewstep.grid import Grid
+from fewstep.tracking.runs import scored_columns
 from fewstep.tracking.wandb_reader import find_run_files, read_run
 from tests.conftest import study_of
 
@@ -98,7 +99,14 @@ def test_trajectory_runs_draw_each_step(demo) -> None:
         table = pd.read_parquet(work / paths.trajectory(cell.id))
         assert run.summary["items"] == table["item_id"].nunique() == 2
         last = table[table["step"] == cell.steps]
-        assert run.summary["final_id_sim"] == pytest.approx(last["id_sim"].mean())
+        scored = scored_columns(grid.trajectory_metrics(cell))
+        finals = {c for c in scored if c in last and last[c].notna().any()}
+        assert (
+            finals
+            and {k.removeprefix("final_") for k in run.summary.keys() if k.startswith("final_")} == finals
+        )
+        for column in finals:  # each score of the last x0 (identity; DINO and CLIP-I of an object cell)
+            assert run.summary[f"final_{column}"] == pytest.approx(last[column].mean())
         assert run.summary["trajectory/step"] == cell.steps
         assert run.summary["trajectory"]["nrows"] == len(table) == 2 * cell.steps
 

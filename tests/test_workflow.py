@@ -89,13 +89,14 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # second identity encoder); the distillations' publishers: SDXL-Lightning, Hyper-SD, both
     # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev
     assert counts["prepare_model"] == 13 + 5 + 1
-    assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
+    trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
+    assert counts["trajectory"] == trajectories == 8 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant: FLUX's T5 sequence lengths (2) and each SD
     # family's negative prompt (2), Kontext's (1); one per identity (2); per SD family one per
     # reference and adapter file (6 plain, 3 plus)
     assert counts["embed_prompt"] == 2 + 2 + 1 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 19 + 5 + 2 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 19 + 5 + 2 + 18 + 3 + trajectories + 1
     assert not (tmp_path / "resources").exists()
 
 

@@ -13,6 +13,12 @@ def generate_inputs(wildcards):
     return inputs + GRID.identity_embeddings(PATHS, cell)
 
 
+def trajectory_score_inputs(wildcards):
+    """The scoring networks a trajectory job scores its cell's x0 images with."""
+    cell = GRID.cell(CELL_PATTERN.format(**wildcards))
+    return [marker_path(STUDY, name) for name in GRID.trajectory_score_models(cell)]
+
+
 def identity_picture(wildcards):
     """This identity's picture file, when it is one that exists: a newer picture re-embeds only
     its own identity (a missing one is the job's one-line error, not Snakemake's)."""

@@ -29,10 +29,11 @@ rule generate:
 
 
 rule trajectory:
-    """Predicted clean image decoded and scored after every step, with adapter-strength probes."""
+    """Predicted clean image decoded and scored after every step (the cell's metrics that compare
+    with the adapter's picture), with adapter-strength probes."""
     input:
         generate_inputs,
-        marker_path(STUDY, "insightface"),
+        trajectory_score_inputs,
     output:
         PATHS.trajectory(CELL_PATTERN),
     log:
@@ -50,6 +51,7 @@ rule trajectory:
     params:
         cell_hash=lambda w: GRID.cell_hash(GRID.cell(CELL_PATTERN.format(**w))),
         max_items=STUDY.trajectory.max_items,
+        metrics=lambda w: GRID.trajectory_metrics(GRID.cell(CELL_PATTERN.format(**w))),
         face=STUDY.face.to_dict(),
     shell:
         "python -m fewstep trajectory"

@@ -50,18 +50,9 @@ STUDY = {
 PARETO_VALUES = ("id_sim_zero", "id_sim")
 #: share of a curve's rise (first to last step count, in the better direction) "steps to 95%" asks for
 RISE_SHARE = 0.95
-#: per-step columns of a trajectory table summarised per (cell, step)
-TRAJECTORY_METRICS = (
-    "id_sim_zero",
-    "id_sim",
-    "face_detected",
-    "adapter_active",
-    "residual_rms_double",
-    "residual_rms_single",
-    "velocity_rms",
-    "relative_double",
-    "relative_single",
-)
+#: kinds of the per-step columns of a trajectory table summarised per (cell, step): the scores of
+#: its x0 (whichever metrics scored the cell) and the family's probes
+TRAJECTORY_KINDS = ("quality", "probe")
 
 
 #: the study table's rows: (quantity, metric); latency rows are ratios baseline / candidate
@@ -408,7 +399,7 @@ def ablation(ctx: Context) -> pd.DataFrame:
 
 
 def trajectory(ctx: Context, frame: pd.DataFrame | None) -> pd.DataFrame:
-    """Per trajectory cell, step and probe: the mean over items with its interval."""
+    """Per trajectory cell, step and score or probe column: the mean over items with its interval."""
     columns = [
         "cell_id",
         "backbone",
@@ -425,7 +416,7 @@ def trajectory(ctx: Context, frame: pd.DataFrame | None) -> pd.DataFrame:
     if frame is None or frame.empty:
         return pd.DataFrame(columns=columns)
     frame = with_zero_identity(frame)
-    metrics = [m for m in TRAJECTORY_METRICS if m in frame]
+    metrics = [m for m in metric_columns(frame) if spec(m).kind in TRAJECTORY_KINDS]
     rows = []
     for (cell_id, step), group in frame.groupby(["cell_id", "step"], sort=True):
         cell = Cell.parse(cell_id)

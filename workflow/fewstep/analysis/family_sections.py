@@ -7,9 +7,11 @@ aggregate tables and the page's tools, and places what `Family.report_parts` ret
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import pandas as pd
 
+from fewstep.analysis import trajectories
 from fewstep.analysis.aggregate import steps_to_share
 from fewstep.analysis.figure_check import range_gid
 from fewstep.analysis.figures import pyplot, regime_figure, series_colors, wrapped
@@ -48,8 +50,17 @@ def family_backbones(study: Study, backbones: Iterable[str]) -> dict[str, list[s
     return members
 
 
-def kit(page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, members: list[str]) -> ReportKit:
-    """The report's tools and the tables' rows of `members` (one family's backbones)."""
+def kit(
+    page: Page,
+    read: dict[str, pd.DataFrame],
+    per_image: pd.DataFrame,
+    members: list[str],
+    frames: pd.DataFrame | None,
+) -> ReportKit:
+    """The report's tools and the tables' rows of `members` (one family's backbones); `frames`:
+    the sweep's per-item trajectory rows (`fewstep.analysis.scores.load_trajectories`)."""
+    trajectory = rows_of(read["trajectory"], members)
+    own_frames = None if frames is None else rows_of(frames, members)
     return ReportKit(
         config=page.study,
         cells=[c for c in page.grid.cells if c.backbone in members],
@@ -79,18 +90,20 @@ def kit(page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, memb
         range_gid=range_gid,
         even=even,
         image_grid=image_grid,
+        draw_trajectories=partial(trajectories.draw, page, trajectory, own_frames),
     )
 
 
 def family_parts(
-    page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame
+    page: Page, read: dict[str, pd.DataFrame], per_image: pd.DataFrame, frames: pd.DataFrame | None
 ) -> tuple[list[ReportParts], list[str]]:
     """Each family's parts, in the order of the grid's cells, and the backbones whose family shows
-    them in sections of its own (the generic sections leave those out)."""
+    them in sections of its own (the generic sections leave those out); `frames`: the sweep's
+    per-item trajectory rows (None without any)."""
     backbones = dict.fromkeys(c.backbone for c in page.grid.cells)
     parts, own = [], []
     for name, members in family_backbones(page.study, backbones).items():
-        part = FAMILIES[name].report_parts(kit(page, read, per_image, members))
+        part = FAMILIES[name].report_parts(kit(page, read, per_image, members, frames))
         parts.append(part)
         own += members if part.sections else []
     return parts, own

@@ -231,8 +231,9 @@ def ablation_figure(ablation: pd.DataFrame, metric: str):
 
 
 def trajectory_figure(trajectory: pd.DataFrame, metrics: list[str], title: str):
-    """Per-step probes of the trajectory runs: mean over items with band, x = step / steps; a panel
-    per probe (titled with it), up to three in a row, no empty panel."""
+    """Per-step scores or probes of the trajectory runs: mean over items with band, x = step / the
+    cell's last step (PNDM evaluates once more than its steps); a panel per column (titled with
+    it), up to three in a row, no empty panel."""
     plt = pyplot()
     ncols = len(metrics) if len(metrics) <= 3 else 2
     nrows = -(-len(metrics) // ncols)
@@ -244,10 +245,10 @@ def trajectory_figure(trajectory: pd.DataFrame, metrics: list[str], title: str):
         data = trajectory[trajectory["metric"] == metric]
         for cell_id, frame in data.groupby("cell_id", sort=False):
             frame = frame.sort_values("step")
-            x = frame["step"] / frame["steps"]
+            x = frame["step"] / frame["step"].max()
             ax.plot(x, frame["mean"], marker=".", color=colors[cell_id], label=cell_id)
             band(ax, x, frame["ci_low"], frame["ci_high"], spec(metric).bounds, color=colors[cell_id])
-        ax.set_xlabel("fraction of sampling done (step / steps)", fontsize=9)
+        ax.set_xlabel("fraction of sampling done (step / last step)", fontsize=9)
         ax.set_ylabel(spec(metric).unit or "mean over items", fontsize=9)
         ax.set_title(wrapped(TRAJECTORY_LABELS.get(metric, spec(metric).label), 44), fontsize=9)
         ax.set_xlim(0, 1.02)

@@ -120,6 +120,8 @@ def _registry() -> list[ColumnSpec]:
 
 
 METRICS: dict[str, ColumnSpec] = {column.name: column for column in _registry()}
+#: a score column -> the metric (config ``scoring.metrics`` name) that writes it
+METRIC_OF: dict[str, str] = {column.name: metric.name for metric in SPECS for column in metric.columns}
 
 
 def spec(column: str) -> ColumnSpec:

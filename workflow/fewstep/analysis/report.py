@@ -16,17 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewstep.analysis import identity_encoders
+from fewstep.analysis import identity_encoders, trajectories
 from fewstep.analysis.context import anchors_to_highest_step
 from fewstep.analysis.family_sections import family_parts, rows_of
 from fewstep.analysis.figures import (
     ablation_figure,
-    block_heatmap,
-    block_matrix,
     cost_figure,
     pareto_figure,
     regime_figure,
-    trajectory_figure,
 )
 from fewstep.analysis.formats import (
     effective_text,
@@ -327,80 +324,14 @@ def _ablation_section(page: Page, ablation: pd.DataFrame) -> None:
 
 
 def _trajectory_section(page: Page, trajectory: pd.DataFrame, frames: pd.DataFrame | None) -> None:
-    if trajectory.empty or frames is None:
-        page.add(
-            "trajectory",
-            "Trajectories",
-            note_html("No trajectory tables in this sweep (results/<sweep>/trajectories/): section skipped."),
+    """The trajectories of the families without sections of their own (the others draw theirs)."""
+    body = trajectories.draw(page, trajectory, frames, "trajectory")
+    if not body:
+        body = note_html(
+            "No trajectory tables in this sweep's families without sections of their own "
+            "(results/<sweep>/trajectories/): section skipped."
         )
-        return
-    body = ""
-    present = set(trajectory["metric"])
-    emergence = [m for m in ("id_sim_zero", "id_sim", "face_detected") if m in present]
-    norms = [
-        m
-        for m in (
-            "residual_rms_double",
-            "residual_rms_single",
-            "relative_double",
-            "relative_single",
-        )
-        if m in present
-    ]
-    if emergence:
-        body += page.figure(
-            trajectory_figure(trajectory, emergence, "Identity emergence: the x0 prediction at every step"),
-            "trajectory",
-            "emergence",
-            "identity emergence along the trajectory",
-        )
-    if norms:
-        body += page.figure(
-            trajectory_figure(trajectory, norms, "Norm probes: InfuseNet's residuals along sampling"),
-            "trajectory",
-            "norms",
-            "attention-stream norm probes along the trajectory",
-        )
-    for cell_id, frame in frames.groupby("cell_id", sort=False):
-        if any(block_matrix(frame, f"block_relative_{s}") is not None for s in ("double", "single")):
-            body += page.figure(
-                block_heatmap(frame, cell_id),
-                "trajectory",
-                "blocks__" + cell_id.replace("/", "__"),
-                f"norm probes per block (step x block), {cell_id}",
-            )
-    study = page.study
-    seed = frames["seed"].iloc[0]
-    references = identity_images(study, study.report.grid_max_identities)
-    for cell_id, frame in frames.groupby("cell_id", sort=False):
-        prompt = frame["prompt_id"].iloc[0]
-        chosen = frame[(frame["prompt_id"] == prompt) & (frame["seed"] == seed)]
-        steps = even(sorted(chosen["step"].unique().tolist()), study.report.grid_max_steps)
-        tiles = {
-            (r.identity, f"step {r.step}"): _trajectory_image(page.paths, cell_id, r.image)
-            for r in chosen.itertuples()
-            if r.step in steps and isinstance(r.image, str)
-        }
-        grid = image_grid(
-            {k: v for k, v in references.items() if k in set(chosen["identity"])},
-            [f"step {s}" for s in steps],
-            tiles,
-        )
-        body += page.picture(
-            grid,
-            "trajectory",
-            "grid__" + cell_id.replace("/", "__"),
-            f"decoded x0 per step, {cell_id}, prompt {prompt}, seed {seed}",
-        )
-    page.add("trajectory", "Trajectories: identity emergence and norm probes", body)
-
-
-def _trajectory_image(paths: Paths, cell_id: str, image: str) -> Path | None:
-    """A trajectory PNG given relative to the trajectory folder (else the cell or sweep folder)."""
-    for base in (paths.trajectory(cell_id).parent, paths.cell_dir(cell_id), paths.root):
-        if (base / image).exists():
-            return base / image
-    return None
+    page.add("trajectory", "Trajectories: the x0 prediction at every step, scored, and probes", body)
 
 
 def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
@@ -452,7 +383,8 @@ def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
         atomic_write_bytes(out.parent / "tables" / f"{name}.csv", source.read_bytes())
 
     page = Page(study, out)
-    parts, own = family_parts(page, read, per_image)
+    frames = load_trajectories(study)
+    parts, own = family_parts(page, read, per_image, frames)
     read = {name: rows_of(table, own, keep=False) for name, table in read.items()}  # the generic sections'
     summary = read["summary"]
     _findings(page, read)
@@ -462,7 +394,9 @@ def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"])
-    _trajectory_section(page, read["trajectory"], load_trajectories(study))
+    _trajectory_section(
+        page, read["trajectory"], None if frames is None else rows_of(frames, own, keep=False)
+    )
     _grids_section(page, frozenset(own))
     for part in parts:
         page.sections += part.sections

@@ -61,6 +61,10 @@ class ReportKit:
     range_gid: Callable[..., str]
     even: Callable[[list[int], int], list[int]]
     image_grid: Callable[..., Any]
+    #: (folder, name prefix) -> HTML of the family's trajectory cells ("" without any): a figure
+    #: per metric that scored their x0 at every step (named in title and caption), the probes,
+    #: and a picture x step grid of decoded x0 per cell, written under figures/<folder>/
+    draw_trajectories: Callable[[str, str], str]
 
 
 @dataclass

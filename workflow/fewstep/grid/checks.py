@@ -121,7 +121,8 @@ def _check_items(grid: Grid, cell: Cell) -> None:
 
 
 def _check_compared_cells(grid: Grid) -> None:
-    """The trajectory, anchor and comparison cells are in the grid, of a family that allows it."""
+    """The trajectory, anchor and comparison cells are in the grid; the anchor and comparison
+    cells of a family that compares across cells (a trajectory cell may be of any family)."""
     for key, cell in (
         *((f"trajectory.cells[{i}]", c) for i, c in enumerate(grid.trajectory_cells)),
         ("anchor", grid.anchor),
@@ -134,7 +135,7 @@ def _check_compared_cells(grid: Grid) -> None:
                 f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
             )
         family = grid.family(cell)
-        if not family.comparable:
+        if not family.comparable and not key.startswith("trajectory"):
             raise ConfigError(
                 f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} takes cells of "
                 f"families compared across cells (not {family.name}); pick such a cell or remove it"

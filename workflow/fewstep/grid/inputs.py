@@ -53,6 +53,10 @@ class FileInputs(RerunTriggers):
         """Registry models the score job of `cell` loads."""
         return scoring_models(self.study, self.cell_metrics(cell))
 
+    def trajectory_score_models(self, cell: Cell) -> list[str]:
+        """Registry models the trajectory job of `cell` scores its x0 images with."""
+        return scoring_models(self.study, self.trajectory_metrics(cell))
+
     # ------------------------------------------------------------- prompts
     def text_encoder_backbone(self, family: str) -> str:
         """Backbone model whose text encoders embed the family's prompts (once per sweep)."""

@@ -61,6 +61,12 @@ class RerunTriggers(CellEnumeration):
         """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
         return specs.cell_metrics(self.family(cell), self.adapter(cell), list(self.study.scoring.metrics))
 
+    def trajectory_metrics(self, cell: Cell) -> list[str]:
+        """The metrics that score `cell`'s x0 at every step (`fewstep.scoring.specs.trajectory_metrics`)."""
+        return specs.trajectory_metrics(
+            self.family(cell), self.adapter(cell), list(self.study.scoring.metrics)
+        )
+
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""
         metrics = self.cell_metrics(cell)

@@ -235,6 +235,20 @@ def cell_metrics(family: RolePlayer, adapter: Mapping[str, Any], configured: Ite
     return list(dict.fromkeys(spec.name for spec in ordered))
 
 
+def trajectory_metrics(
+    family: RolePlayer, adapter: Mapping[str, Any], configured: Iterable[str]
+) -> list[str]:
+    """The cell's metrics (`cell_metrics`) that score its x0 at every step of a trajectory: those
+    comparing with the adapter's picture (identity for identity cells, CSD and CLIP-I for style,
+    DINO and CLIP-I for object), neither prompt alignment nor the anchor-paired ones (a trajectory
+    job reads no other cell's images)."""
+    return [
+        name
+        for name in cell_metrics(family, adapter, configured)
+        if BY_NAME[name].compares == "reference" and not BY_NAME[name].anchor_paired
+    ]
+
+
 def anchor_metrics() -> tuple[str, ...]:
     """Metrics that compare each image with the anchor cell's image of the same item."""
     return tuple(spec.name for spec in SPECS if spec.anchor_paired)

@@ -49,6 +49,7 @@ from fewstep.core.jobenv import config_option
 from fewstep.core.paths import Paths
 from fewstep.core.study import Study
 from fewstep.grid import Grid
+from fewstep.scoring.specs import BY_NAME, SPECS
 from fewstep.tracking.content import (
     STEP_METRICS,
     sample_grid,
@@ -260,18 +261,22 @@ class Run:
         if not self.enabled:
             return
         frame = pd.read_parquet(trajectory_path)
+        grid = Grid(self.study)
+        cell = grid.cell(self.cell_id)
+        scored = [c for c in scored_columns(grid.trajectory_metrics(cell)) if c in frame]
         columns = [c for c in TRAJECTORY_CURVES if c in frame]
         for step, means in frame.groupby("step")[columns].mean().iterrows():
             values = {f"trajectory/{k}": float(v) for k, v in means.items() if pd.notna(v)}
             self.wandb_run.log({"trajectory/step": int(step), **values})
         self.log_table("trajectory", frame.drop(columns=["image"], errors="ignore"))
         last = frame[frame["step"] == frame["step"].max()]
-        self.summary({"items": int(frame["item_id"].nunique()), "final_id_sim": float(last["id_sim"].mean())})
+        final = {f"final_{c}": float(last[c].astype(float).mean()) for c in scored if last[c].notna().any()}
+        self.summary({"items": int(frame["item_id"].nunique()), **final})
         from fewstep.tracking import lineage
 
         grid = Grid.of(self.study)
         cell = grid.cell(self.cell_id)
-        self.use_weights([*grid.generation_models(cell), "insightface"])
+        self.use_weights([*grid.generation_models(cell), *grid.trajectory_score_models(cell)])
         for artifact in lineage.embeddings(self.study, cell):
             self.use(artifact)
         self.wandb_run.log_artifact(lineage.table(self.study, "trajectory", self.cell_id, trajectory_path))
@@ -349,8 +354,20 @@ class Run:
         return logged
 
 
-#: per-step columns of a trajectory table drawn against the step
-TRAJECTORY_CURVES = ("sigma", "id_sim", "face_detected", "relative_double", "relative_single", "velocity_rms")
+def scored_columns(metrics: list[str]) -> list[str]:
+    """The quality columns `metrics` write (`fewstep.scoring.specs`), in the specs' order."""
+    return [c.name for m in metrics for c in BY_NAME[m].columns if c.kind == "quality"]
+
+
+#: per-step columns of a trajectory table drawn against the step: the noise level, the scores of
+#: the x0 images (any metric that can score them) and the probes
+TRAJECTORY_CURVES = (
+    "sigma",
+    *scored_columns([spec.name for spec in SPECS if spec.compares == "reference" and not spec.anchor_paired]),
+    "relative_double",
+    "relative_single",
+    "velocity_rms",
+)
 #: the rule whose log file a job type's run attaches, where it is not the job type itself
 LOG_RULES = {"aggregate": "wandb_aggregate"}
 #: job types whose one log serves every cell of a generation job (a backbone x adapter)

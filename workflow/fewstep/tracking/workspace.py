@@ -10,7 +10,8 @@ key) or writes its spec as JSON (`--out`, no network). Its sections:
   (CSD, DINO, CLIP-I, CLIPScore, LPIPS to the job's highest-step cell), the aggregate
   run's curves of every adapter scored with it;
 - latency vs identity: each score run's mean latency against its identity similarity;
-- trajectories: the trajectory runs' per-step identity and conditioning norms;
+- trajectories: the trajectory runs' per-step identity, reference similarity (style and object
+  cells) and conditioning norms;
 - grids: every score run's `samples` grid of images.
 
 The runs shown are the sweep's (its W&B group). Every panel title names the
@@ -23,12 +24,17 @@ from typing import Any
 
 from fewstep.core.study import Study
 from fewstep.grid import Grid
-from fewstep.scoring.specs import BY_NAME, IDENTITY, MetricSpec
+from fewstep.scoring.specs import BY_NAME, IDENTITY, REFERENCE_ROLES, SPECS, MetricSpec
 from fewstep.tracking.content import STEP_METRICS
 
 #: trajectory curves the workspace draws (logged as `trajectory/<name>`)
 TRAJECTORY_PANELS = {
     "identity similarity of x0": ["id_sim"],
+    "reference similarity of x0 (style, object)": [
+        spec.column
+        for spec in SPECS
+        if spec.roles & set(REFERENCE_ROLES) and spec.compares == "reference" and not spec.anchor_paired
+    ],
     "relative conditioning norm": ["relative_double", "relative_single"],
 }
 

@@ -68,7 +68,7 @@ class StableDiffusion:
     #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
     acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
-    #: config's trajectory, anchor or comparison cell (those compare identities)
+    #: config's anchor or comparison cell (those compare identities); trajectories take any cell
     comparable = False
     backbone_keys = frozenset({"scheduler", "negative_prompt", "resolution", "distillation"})
 

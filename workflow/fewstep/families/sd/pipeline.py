@@ -5,8 +5,11 @@ layers), the VAE and the scheduler, never a text or image encoder: prompt and
 reference embeddings are computed once per sweep by `encode_prompt` /
 `encode_reference` and passed to the pipeline as `prompt_embeds` and
 `ip_adapter_image_embeds`. Every step runs inside diffusers' loop;
-`callback_on_step_end` times it and a forward hook on the UNet reads the noise
-prediction from which the step's clean-image estimate x0 follows.
+`callback_on_step_end` times it. When trajectories are recorded, the step's clean-image estimate
+x0 is the scheduler's own where its step output reports one (`pred_original_sample`: DDIM,
+Euler, Euler ancestral; LCM's `denoised`, which its last step returns as the final latents), else
+computed from the guided noise prediction and the scheduler's `alphas_cumprod` (`clean_estimate`:
+PNDM, DPM-Solver++, TCD). Recording reads the step's tensors and changes none of them.
 """
 
 from __future__ import annotations
@@ -275,17 +278,47 @@ class Generation:
     x0: list[torch.Tensor] = field(default_factory=list)
 
 
-class _NoisePrediction:
-    """Forward hook keeping the UNet's last input, timestep and output."""
+class _ModelInput:
+    """Forward hook keeping the UNet's last input (x_t in the DDPM scaling, as `clean_estimate` takes it)."""
 
     def __init__(self, unet: Any):
         self.handle = unet.register_forward_hook(self, with_kwargs=True)
-        self.sample = self.timestep = self.output = None
+        self.sample = None
 
     def __call__(self, module, args, kwargs, output):
         self.sample = args[0] if args else kwargs["sample"]
-        self.timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        self.output = output[0] if isinstance(output, tuple) else output.sample
+
+
+#: fields of a scheduler's step output that hold its clean-image estimate (LCM: `denoised`)
+REPORTED_X0 = ("pred_original_sample", "denoised")
+
+
+class _SchedulerStep:
+    """The scheduler's `step` for one pipeline call, keeping the noise prediction it is given and
+    the x0 its output reports (`REPORTED_X0`, None where it reports none); it returns what the
+    pipeline asked for (the same tensors), so the sampling is unchanged. It shows the step's own
+    signature: pipelines pass `generator` and `eta` only to a step that names them."""
+
+    def __init__(self, scheduler: Any):
+        import inspect
+
+        self.scheduler, self.own = scheduler, vars(scheduler).get("step")
+        self.step = scheduler.step
+        self.__signature__ = inspect.signature(self.step)
+        self.eps = self.x0 = None
+        scheduler.step = self
+
+    def __call__(self, model_output: torch.Tensor, *args: Any, return_dict: bool = True, **kwargs: Any):
+        out = self.step(model_output, *args, return_dict=True, **kwargs)
+        self.eps = model_output
+        self.x0 = next((x for x in (getattr(out, n, None) for n in REPORTED_X0) if x is not None), None)
+        return out if return_dict or isinstance(out, tuple) else out.to_tuple()
+
+    def remove(self) -> None:
+        if self.own is None:
+            del self.scheduler.step  # the class's method again
+        else:
+            self.scheduler.step = self.own
 
 
 def clean_estimate(scheduler: Any, sample: torch.Tensor, timestep: Any, eps: torch.Tensor) -> torch.Tensor:
@@ -364,18 +397,18 @@ def _denoise_run(
     cfg = guidance_scale > 1
     timer = StepTimer(device)
     record: dict[str, list] = {"t": [], "x0": []}
-    hook = _NoisePrediction(pipe.unet) if capture_x0 or on_step is not None else None
+    recording = capture_x0 or on_step is not None
+    hook = _ModelInput(pipe.unet) if recording else None
+    stepped = _SchedulerStep(pipe.scheduler) if recording else None
 
     def on_step_end(pipeline, index, timestep, tensors):
         timer.mark()
         record["t"].append(float(timestep))
         if hook is not None:
-            eps, sample = hook.output, hook.sample
-            if cfg:
-                uncond, cond = eps.chunk(2)
-                eps = uncond + guidance_scale * (cond - uncond)
-                sample = sample.chunk(2)[1]
-            x0 = clean_estimate(pipeline.scheduler, sample, timestep, eps)
+            eps, x0 = stepped.eps, stepped.x0  # the guided noise prediction the scheduler stepped with
+            if x0 is None:
+                sample = hook.sample.chunk(2)[1] if cfg else hook.sample
+                x0 = clean_estimate(pipeline.scheduler, sample, timestep, eps)
             if capture_x0:
                 record["x0"].append(x0.cpu())
             if on_step is not None:
@@ -404,6 +437,7 @@ def _denoise_run(
     finally:
         if hook is not None:
             hook.handle.remove()
+            stepped.remove()
     return DenoiseOutput(latents=latents, timesteps=record["t"], timer=timer, x0=record["x0"])
 
 

@@ -181,4 +181,18 @@ def section(kit: ReportKit, family: str, label: str, folder: str) -> ReportParts
     series = dict.fromkeys(zip(summary["backbone"], summary["adapter"], strict=True))
     grids = "".join(_grid(kit, folder, b, a) for b, a in series)
     body += figures + kit.html_table(table) + "<h3>Image grids: reference x steps</h3>" + grids
+    body += trajectories(kit, family, folder)
     return ReportParts(sections=[(f"sd-{family}", title, body)])
+
+
+def trajectories(kit: ReportKit, family: str, folder: str) -> str:
+    """The family's trajectory cells: x0 at every step scored by each metric of their roles."""
+    drawn = kit.draw_trajectories(folder, f"{family}__trajectory__")
+    if not drawn:
+        return ""
+    return (
+        "<h3>Trajectories: the x0 prediction at every step</h3><p>The predicted clean image after "
+        "every step (the scheduler's own estimate where it reports one), decoded and scored with the "
+        "cell's metrics that compare with its reference: CSD and CLIP-I for style, DINO and CLIP-I "
+        "for object. Each figure names its metric; x is the fraction of the cell's steps done.</p>" + drawn
+    )
