@@ -40,12 +40,12 @@ def test_demo_grid_cells_and_items(raw_demo):
         *(f"{b}/{a}/{s}" for b in ("sd15", "sdxl") for a in ("sd-style", "sd-object") for s in (1, 2, 4)),
         "sd15-lcm/sd-style/2",  # one distilled cell per SD family
         "sdxl-lightning2/sd-style/2",
+        "kontext/kontext-photo/2",
     ]
     assert grid.cell_models(grid.cell("sdxl-lightning2/sd-style/2")) == [
         "ip-adapter",
         "sdxl",
         "sdxl-lightning",
-        "kontext/kontext-photo/2",
     ]
     assert [i.id for i in grid.items_of(grid.cell("kontext/kontext-photo/2"))] == [i.id for i in grid.items]
     assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
@@ -183,11 +183,14 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
 
 #: jobs each config gained after the fingerprints were recorded (new cells: nothing of them to rerun)
 ADDED_JOBS = {
-    "config/demo.yaml": set(),
-    "config.yaml": {  # issue 31: the SD operating points, accelerated
-        f"{backbone}+{acceleration}"
-        for backbone in ("sd15/style", "sdxl/object-plus")
-        for acceleration in ("compiled", "taylorseer")
+    "config/demo.yaml": {"kontext/kontext-photo"},  # issue 27
+    "config.yaml": {  # issue 31: the SD operating points, accelerated; issue 27: Kontext
+        *(
+            f"{backbone}+{acceleration}"
+            for backbone in ("sd15/style", "sdxl/object-plus")
+            for acceleration in ("compiled", "taylorseer")
+        ),
+        "kontext/kontext-photo",
     },
 }
 

@@ -72,8 +72,8 @@ def test_generation_equals_flux_kontext_pipeline_bit_for_bit(kontext_config, tmp
     """Two reference shapes: each resized by the pipeline's rule to a different Kontext bucket."""
     from diffusers import FluxKontextPipeline
 
-    from fewstep.families.kontext.cell import PHOTO, edit_prompt
-    from fewstep.families.kontext.specs import PROMPT_TEMPLATE
+    from fewstep.families.kontext.cell import edit_prompt
+    from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
 
     family, config = FAMILIES["kontext"], kontext_config
     backbone, adapter = config["backbones"]["kontext"], config["adapters"]["kontext-photo"]
@@ -198,7 +198,7 @@ def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config):
     """Kontext's identity encoder keeps the photo's pixels as they are (the cell resizes them) and
     refuses a picture without a face (None: the embed_identity job stops in one line)."""
     from fewstep.core.images import load_rgb
-    from fewstep.families.kontext.cell import PHOTO
+    from fewstep.families.kontext.specs import PHOTO
 
     adapters = [kontext_config.adapters["kontext-photo"]]
     encoder = FAMILIES["kontext"].identity_encoder(kontext_config, adapters, CPU)

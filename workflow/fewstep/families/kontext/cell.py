@@ -19,7 +19,7 @@ from fewstep.core.study import Study
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, timed
 from fewstep.families.kontext import pipeline
 from fewstep.families.kontext.models import load_kontext, load_kontext_text_encoders, max_sequence_length
-from fewstep.families.kontext.specs import PROMPT_TEMPLATE
+from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
 
 
 def edit_prompt(text: str, template: str) -> str:
@@ -44,10 +44,6 @@ class KontextPromptEncoder:
                 max_sequence_length=max_sequence_length(backbone),
             )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-
-
-#: the identity embedding file's tensor holding the photo Kontext edits (uint8 [H, W, 3] RGB)
-PHOTO = "kontext_photo"
 
 
 class KontextPhotoEncoder:

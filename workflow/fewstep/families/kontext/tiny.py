@@ -109,8 +109,7 @@ def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: M
     import diffusers
     import torch
 
-    from fewstep.families.kontext.cell import PHOTO
-    from fewstep.families.kontext.specs import KONTEXT_SCHEDULER
+    from fewstep.families.kontext.specs import KONTEXT_SCHEDULER, PHOTO
 
     manual_seed(f"tiny-cell:{backbone['model']}:{adapter['kind']}")
     components = {
