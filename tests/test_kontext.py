@@ -194,11 +194,13 @@ def test_config_defaults_and_checks_name_the_key(raw_demo):
         grid_of(scaled)
 
 
-def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config):
+def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config, tmp_path):
     """Kontext's identity encoder keeps the photo's pixels as they are (the cell resizes them) and
     refuses a picture without a face (None: the embed_identity job stops in one line)."""
     from fewstep.core.images import load_rgb
+    from fewstep.families.kontext.cell import photo_of
     from fewstep.families.kontext.specs import PHOTO
+    from fewstep.jobs.precompute import load_tensors, save_tensors
 
     adapters = [kontext_config.adapters["kontext-photo"]]
     encoder = FAMILIES["kontext"].identity_encoder(kontext_config, adapters, CPU)
@@ -207,6 +209,9 @@ def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config):
     assert embedding is not None and int(embedding.metadata["kontext_faces"]) >= 1
     assert embedding.tensors[PHOTO].dtype == torch.uint8 and np.array_equal(embedding.tensors[PHOTO], photo)
     assert encoder.encode(np.full((96, 96, 3), 127, np.uint8)) is None
+    file = tmp_path / "astronaut.safetensors"  # as the embed_identity job writes it, read back
+    save_tensors(file, embedding.tensors, {})
+    assert np.array_equal(np.asarray(photo_of(load_tensors(file)[0])), photo)
 
 
 def test_memory_options_reach_the_transformer(kontext_config):

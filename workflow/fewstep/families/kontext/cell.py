@@ -67,6 +67,14 @@ class KontextPhotoEncoder:
         return IdentityEmbedding({PHOTO: torch.from_numpy(rgb.copy())}, {"kontext_faces": str(len(faces))})
 
 
+def photo_of(reference: Mapping[str, torch.Tensor]) -> Any:
+    """The identity's photo as a PIL image, from its identity embedding file's tensors (the file
+    stores it as float32, exact for 0..255)."""
+    from PIL import Image
+
+    return Image.fromarray(reference[PHOTO].to(torch.uint8).numpy())
+
+
 def load_components(
     config: Study,
     backbone: Mapping[str, Any],
@@ -108,10 +116,7 @@ class KontextCellPipeline:
     def _reference(self, inputs: ItemInputs) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
         """The identity photo's packed latents and ids, and the device seconds they cost."""
         if inputs.reference_id not in self._references:
-            from PIL import Image
-
-            image = Image.fromarray(inputs.reference[PHOTO].numpy())
-            pixels = pipeline.reference_pixels(image, self.components["vae"])
+            pixels = pipeline.reference_pixels(photo_of(inputs.reference), self.components["vae"])
 
             def encode() -> tuple[torch.Tensor, torch.Tensor]:
                 return pipeline.encode_reference(self.components["vae"], pixels, self.device, self.dtype)
