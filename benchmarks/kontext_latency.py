@@ -24,15 +24,15 @@ from timing import card_name, free_memory, require_device, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import validate  # noqa: E402
+from fewstep.core.study import Study, parse_config  # noqa: E402
 from fewstep.grid import Grid  # noqa: E402
 from fewstep.jobs import generate, precompute  # noqa: E402
 from fewstep.jobs.prepare import prepare_model  # noqa: E402
 
 
-def config_for(args: argparse.Namespace) -> dict:
+def config_for(args: argparse.Namespace) -> Study:
     root = args.work
-    return validate(
+    return parse_config(
         {
             "sweep": "kontext-latency",
             "weights": args.weights,
@@ -56,8 +56,7 @@ def config_for(args: argparse.Namespace) -> dict:
                 "kontext": {
                     "family": "kontext",
                     "model": "flux-kontext-dev",
-                    "steps": args.kontext_steps,
-                    "guidance": 2.5,
+                    "steps": args.kontext_steps,  # guidance: the family's (the card's 2.5)
                 },
             },
             "adapters": {
@@ -89,7 +88,7 @@ def main() -> None:
     require_device(args.device, "benchmarks/kontext_latency.py")
     args.out.mkdir(parents=True, exist_ok=True)
     config = config_for(args)
-    grid = Grid(config)
+    grid = Grid.of(config)
     for name in grid.models:
         prepare_model(config, name)
     precompute.embed_prompts(config)

@@ -19,6 +19,7 @@ from fewstep.families import FAMILIES
 from fewstep.families.base import ItemInputs
 from fewstep.grid import EAGER_SWITCHES
 from fewstep.registry.catalog import model_folder
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 MODEL = "flux-kontext-dev"
@@ -26,8 +27,8 @@ TEXT = "The person as an astronaut in a white spacesuit, cinematic"
 
 
 @pytest.fixture(scope="module")
-def kontext_config(tmp_path_factory) -> dict:
-    """The demo config with the tiny Kontext prepared (text encoders included)."""
+def kontext_config(tmp_path_factory):
+    """The demo's `Study` with the tiny Kontext (text encoders included) and face pack prepared."""
     from conftest import demo_yaml
 
     from fewstep.core.config import validate
@@ -35,8 +36,9 @@ def kontext_config(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("kontext")
     raw = demo_yaml() | {k: str(root / k) for k in ("results_dir", "models_dir", "reports_dir")}
-    config = validate(raw)
-    prepare_model(config, MODEL)
+    config = study_of(validate(raw))
+    for model in FAMILIES["kontext"].identity_models({"kind": "native_reference"}) + [MODEL]:
+        prepare_model(config, model)
     return config
 
 
@@ -71,11 +73,11 @@ def test_generation_equals_flux_kontext_pipeline_bit_for_bit(kontext_config, tmp
     from diffusers import FluxKontextPipeline
 
     from fewstep.families.kontext.cell import edit_prompt
-    from fewstep.families.kontext.specs import PROMPT_TEMPLATE
+    from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
 
     family, config = FAMILIES["kontext"], kontext_config
     backbone, adapter = config["backbones"]["kontext"], config["adapters"]["kontext-photo"]
-    width, height = config["resolution"]["width"], config["resolution"]["height"]
+    width, height = config.resolution.width, config.resolution.height
     steps, seed = 3, 11
     picture = tmp_path / "face.png"
     pixels = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -84,7 +86,7 @@ def test_generation_equals_flux_kontext_pipeline_bit_for_bit(kontext_config, tmp
     encoder = family.prompt_encoder(config, MODEL, CPU, torch.float32)
     prompt = encoder.encode(TEXT, backbone)
     cell = family.cell_pipeline(config, backbone, adapter, dict(EAGER_SWITCHES), CPU, torch.float32)
-    inputs = ItemInputs(prompt, "face", None, {"image": str(picture)})
+    inputs = ItemInputs(prompt, "face", {PHOTO: torch.from_numpy(pixels)}, {})
     condition, seconds = cell.condition(inputs)
     assert seconds > 0 and condition.reference_latents is not None
     ours = cell.decode(cell.denoise(cell.stack([condition]), [seed], steps).latents)[0].numpy()
@@ -94,7 +96,7 @@ def test_generation_equals_flux_kontext_pipeline_bit_for_bit(kontext_config, tmp
     theirs = pipe(
         image=Image.open(picture),
         prompt=edit_prompt(TEXT, PROMPT_TEMPLATE),
-        guidance_scale=backbone["guidance"],
+        guidance_scale=family.guidance(backbone),
         num_inference_steps=steps,
         width=width,
         height=height,
@@ -158,44 +160,74 @@ def test_a_batch_of_references_of_two_sizes_is_refused_in_one_line():
         Conditioning.stack([row(6), row(8)])
 
 
-def test_config_checks_name_the_key(raw_demo):
+def test_config_defaults_and_checks_name_the_key(raw_demo):
+    """The family's own defaults (the card's guidance 2.5, T5 length 512) where the config leaves
+    them unset; keys it does not read are refused in one line naming the key."""
     from fewstep.core.config import validate
     from fewstep.grid import Grid
 
     def grid_of(raw: dict) -> Grid:
-        return Grid(validate(raw))
+        return Grid(study_of(validate(raw)))
 
-    assert any(c.id == "kontext/kontext-photo/2" for c in grid_of(raw_demo).cells)
-    no_guidance = raw_demo | {
-        "backbones": {**raw_demo["backbones"], "kontext": raw_demo["backbones"]["kontext"]}
+    family = FAMILIES["kontext"]
+    grid = grid_of(raw_demo)
+    assert any(c.id == "kontext/kontext-photo/2" for c in grid.cells)
+    backbone = grid.study.backbones["kontext"]
+    assert backbone.get("guidance") is None and "max_sequence_length" not in backbone
+    assert family.guidance(backbone) == 2.5 and family.settings(backbone)["max_sequence_length"] == 512
+    set_ = dict(raw_demo["backbones"]["kontext"], guidance=3.0, max_sequence_length=256)
+    assert family.guidance(set_) == 3.0 and family.prompt_variant(set_) == "L256"
+    scheduled = raw_demo | {
+        "backbones": {
+            **raw_demo["backbones"],
+            "kontext": dict(raw_demo["backbones"]["kontext"], scheduler="ddim"),
+        }
     }
-    no_guidance["backbones"]["kontext"] = dict(raw_demo["backbones"]["kontext"], guidance=None)
-    with pytest.raises(ConfigError, match=r"backbones.kontext.guidance: .*set 2.5"):
-        grid_of(no_guidance)
+    with pytest.raises(ConfigError, match=r"backbones.kontext.scheduler: not a setting of kontext backbones"):
+        grid_of(scheduled)
     scaled = raw_demo | {
         "adapters": {**raw_demo["adapters"], "kontext-photo": {"kind": "native_reference", "scale": 1.0}}
     }
     with pytest.raises(
-        ConfigError, match=r"adapters.kontext-photo.scale: the native reference takes no settings"
+        ConfigError, match=r"adapters.kontext-photo.scale: not a setting of kontext native_reference adapters"
     ):
         grid_of(scaled)
 
 
+def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config, tmp_path):
+    """Kontext's identity encoder keeps the photo's pixels as they are (the cell resizes them) and
+    refuses a picture without a face (None: the embed_identity job stops in one line)."""
+    from fewstep.core.images import load_rgb
+    from fewstep.families.kontext.cell import photo_of
+    from fewstep.families.kontext.specs import PHOTO
+    from fewstep.jobs.precompute import load_tensors, save_tensors
+
+    adapters = [kontext_config.adapters["kontext-photo"]]
+    encoder = FAMILIES["kontext"].identity_encoder(kontext_config, adapters, CPU)
+    photo = load_rgb(kontext_config.identities[0].image)
+    embedding = encoder.encode(photo)
+    assert embedding is not None and int(embedding.metadata["kontext_faces"]) >= 1
+    assert embedding.tensors[PHOTO].dtype == torch.uint8 and np.array_equal(embedding.tensors[PHOTO], photo)
+    assert encoder.encode(np.full((96, 96, 3), 127, np.uint8)) is None
+    file = tmp_path / "astronaut.safetensors"  # as the embed_identity job writes it, read back
+    save_tensors(file, embedding.tensors, {})
+    assert np.array_equal(np.asarray(photo_of(load_tensors(file)[0])), photo)
+
+
 def test_memory_options_reach_the_transformer(kontext_config):
     """Config ``memory`` as for FLUX: fp8 weight storage, and offloading refused off CUDA in one line."""
-    import copy
-
     from fewstep.core.errors import WeightsError
     from fewstep.families.kontext.models import load_kontext
 
-    config = copy.deepcopy(kontext_config)
-    config["memory"] = dict(config["memory"], fp8_weights=True)
-    transformer = load_kontext(config, MODEL, CPU, torch.float32)["transformer"]
+    def with_memory(**memory):
+        config = kontext_config.to_dict()
+        return study_of(dict(config, memory=dict(config["memory"], **memory)))
+
+    transformer = load_kontext(with_memory(fp8_weights=True), MODEL, CPU, torch.float32)["transformer"]
     block = transformer.transformer_blocks[0]  # attention and feed-forward (diffusers skips norms)
     assert block.attn.to_q.weight.dtype == block.ff.net[2].weight.dtype == torch.float8_e4m3fn
-    config["memory"] = dict(config["memory"], fp8_weights=False, offload="group")
     with pytest.raises(WeightsError, match="memory.offload needs a CUDA device"):
-        load_kontext(config, MODEL, CPU, torch.float32)
+        load_kontext(with_memory(offload="group"), MODEL, CPU, torch.float32)
 
 
 def test_random_mode_writes_the_published_architecture(tmp_path):
@@ -209,7 +241,7 @@ def test_random_mode_writes_the_published_architecture(tmp_path):
     from fewstep.jobs.prepare import prepare_model
 
     raw = demo_yaml() | {k: str(tmp_path / k) for k in ("results_dir", "models_dir", "reports_dir")}
-    config = validate(raw | {"weights": "random"})
+    config = study_of(validate(raw | {"weights": "random"}))
     prepare_model(config, MODEL)
     folder = model_folder(config, MODEL)
     saved = FluxTransformer2DModel.load_config(folder / "transformer")

@@ -1,10 +1,11 @@
-"""Kontext's job side of the family contract: `KontextPromptEncoder` and `KontextCellPipeline`.
+"""Kontext's job side of the family contract: `KontextPromptEncoder`, `KontextPhotoEncoder` and
+`KontextCellPipeline`.
 
 The cell pipeline holds one job's transformer, VAE and scheduler and runs `pipeline.denoise`.
 With the native reference (adapter kind ``native_reference``), the identity's conditioning
-photo (the picture the identity embedding file records) is resized and VAE-encoded once per
-identity, timed on a second call as FLUX's control image is, so one-off costs stay out of
-every image's end-to-end time.
+photo (its pixels, which `KontextPhotoEncoder` put in the identity embedding file) is resized
+and VAE-encoded once per identity, timed on a second call as FLUX's control image is, so one-off
+costs stay out of every image's end-to-end time.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import torch
 
-from fewstep.families.base import Denoised, ItemInputs, Step, timed
+from fewstep.core.study import Study
+from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, timed
 from fewstep.families.kontext import pipeline
-from fewstep.families.kontext.models import load_kontext, load_kontext_text_encoders
-from fewstep.families.kontext.specs import PROMPT_TEMPLATE
+from fewstep.families.kontext.models import load_kontext, load_kontext_text_encoders, max_sequence_length
+from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
 
 
 def edit_prompt(text: str, template: str) -> str:
@@ -28,9 +30,9 @@ def edit_prompt(text: str, template: str) -> str:
 class KontextPromptEncoder:
     """CLIP-L pooled + T5 sequence embeddings of the edit prompt, through a text-only pipeline."""
 
-    def __init__(self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
         self.device = device
-        self.pipe = load_kontext_text_encoders(dict(config), model, device, dtype)
+        self.pipe = load_kontext_text_encoders(config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         edit = edit_prompt(text, PROMPT_TEMPLATE)
@@ -39,13 +41,42 @@ class KontextPromptEncoder:
                 prompt=edit,
                 prompt_2=edit,
                 device=self.device,
-                max_sequence_length=backbone["max_sequence_length"],
+                max_sequence_length=max_sequence_length(backbone),
             )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
 
+class KontextPhotoEncoder:
+    """What Kontext reads of an identity: the photo itself, as it is (the cell pipeline resizes
+    and VAE-encodes it as FluxKontextPipeline does), once insightface's detector finds a face in
+    it (the identity metrics compare the images with that face). Keeping the pixels in the file
+    puts the photo's content into every image's resume key, as the face embeddings do for FLUX."""
+
+    def __init__(self, config: Study):
+        from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer
+
+        self.device = torch.device("cpu")  # one detection per identity
+        self.analyzer = face_analyzer(config, CONDITIONING_FACE_PACK)
+
+    def encode(self, rgb: Any) -> IdentityEmbedding | None:
+        from fewstep.core.images import rgb_to_bgr
+
+        faces, _ = self.analyzer.detect(rgb_to_bgr(rgb))
+        if not faces:
+            return None
+        return IdentityEmbedding({PHOTO: torch.from_numpy(rgb.copy())}, {"kontext_faces": str(len(faces))})
+
+
+def photo_of(reference: Mapping[str, torch.Tensor]) -> Any:
+    """The identity's photo as a PIL image, from its identity embedding file's tensors (the file
+    stores it as float32, exact for 0..255)."""
+    from PIL import Image
+
+    return Image.fromarray(reference[PHOTO].to(torch.uint8).numpy())
+
+
 def load_components(
-    config: Mapping[str, Any],
+    config: Study,
     backbone: Mapping[str, Any],
     adapter: Mapping[str, Any],
     device: torch.device,
@@ -53,7 +84,7 @@ def load_components(
 ) -> dict[str, Any]:
     """The components a `KontextCellPipeline` takes (transformer, vae, scheduler), loaded from the
     prepared weights; the native reference needs no adapter weights."""
-    return load_kontext(dict(config), backbone["model"], device, dtype)
+    return load_kontext(config, backbone["model"], device, dtype)
 
 
 class KontextCellPipeline:
@@ -85,12 +116,7 @@ class KontextCellPipeline:
     def _reference(self, inputs: ItemInputs) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
         """The identity photo's packed latents and ids, and the device seconds they cost."""
         if inputs.reference_id not in self._references:
-            from PIL import Image
-
-            from fewstep.core.images import load_rgb
-
-            image = Image.fromarray(load_rgb(inputs.reference_meta["image"]))
-            pixels = pipeline.reference_pixels(image, self.components["vae"])
+            pixels = pipeline.reference_pixels(photo_of(inputs.reference), self.components["vae"])
 
             def encode() -> tuple[torch.Tensor, torch.Tensor]:
                 return pipeline.encode_reference(self.components["vae"], pixels, self.device, self.dtype)

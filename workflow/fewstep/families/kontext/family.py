@@ -15,19 +15,21 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
-from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS
+from fewstep.core.study import Study
+from fewstep.faces.models import INSIGHTFACE
+from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS, max_sequence_length
 from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
 if TYPE_CHECKING:
     import torch
 
     from fewstep.families.base import ReferenceEncoder
-    from fewstep.families.kontext.cell import KontextCellPipeline, KontextPromptEncoder
+    from fewstep.families.kontext.cell import KontextCellPipeline, KontextPhotoEncoder, KontextPromptEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
-#: backbone keys of the SD families' schema that Kontext would silently ignore
-SD_ONLY_BACKBONE_KEYS = ("scheduler", "negative_prompt", "resolution")
+#: the embedded guidance of the model card's sampling unless config ``backbones.<id>.guidance`` says otherwise
+GUIDANCE = 2.5
 
 
 class KontextFamily:
@@ -40,35 +42,25 @@ class KontextFamily:
     acceleration_switches: frozenset[str] = frozenset()  # eager only
     comparable = True  # its cells sit beside FLUX's in the identity study's comparisons
     anchors_to_highest_step = False  # LPIPS to the study's anchor cell, as FLUX's cells
+    backbone_keys = frozenset({"max_sequence_length"})
+    adapter_keys = {"native_reference": frozenset(), "none": frozenset()}  # the reference has no settings
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
         return BACKBONES
 
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
-        for setting in SD_ONLY_BACKBONE_KEYS:
-            if setting in backbone:
-                raise ConfigError(
-                    f"config backbones.{key}.{setting}: an SD setting, which Kontext does not take; remove it"
-                )
-        if backbone.get("guidance") is None:
-            raise ConfigError(
-                f"config backbones.{key}.guidance: Kontext takes embedded guidance; set 2.5 (its model card)"
-            )
+        """Its one setting, the T5 length, is checked by the schema."""
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
-        """The native reference has no settings; the schema refuses other kinds' keys."""
-        extra = sorted(set(adapter) - {"kind"})
-        if adapter["kind"] == "native_reference" and extra:
-            raise ConfigError(
-                f"config adapters.{key}.{extra[0]}: the native reference takes no settings; remove it"
-            )
+        """The native reference has no settings (the grid refuses any key besides ``kind``)."""
 
     def guidance(self, backbone: Mapping[str, Any]) -> float | None:
-        return backbone["guidance"]
+        """The embedded guidance: `GUIDANCE` (the model card's) unless set."""
+        return GUIDANCE if backbone.get("guidance") is None else backbone["guidance"]
 
     def settings(self, backbone: Mapping[str, Any]) -> dict[str, Any]:
-        return {"max_sequence_length": backbone["max_sequence_length"], "prompt_template": PROMPT_TEMPLATE}
+        return {"max_sequence_length": max_sequence_length(backbone), "prompt_template": PROMPT_TEMPLATE}
 
     def image_size(self, backbone: Mapping[str, Any], resolution: Mapping[str, Any]) -> dict[str, Any]:
         """Config ``resolution`` (the reference keeps its own, Kontext-preferred size)."""
@@ -85,20 +77,20 @@ class KontextFamily:
 
     def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
         """One file per T5 sequence length, shortest first."""
-        lengths = sorted({b["max_sequence_length"] for b in backbones})
-        return {f"L{n}": next(b for b in backbones if b["max_sequence_length"] == n) for n in lengths}
+        lengths = sorted({max_sequence_length(b) for b in backbones})
+        return {f"L{n}": next(b for b in backbones if max_sequence_length(b) == n) for n in lengths}
 
     def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
-        return f"L{backbone['max_sequence_length']}"
+        return f"L{max_sequence_length(backbone)}"
 
     def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
         return {
-            "max_sequence_length": str(backbone["max_sequence_length"]),
+            "max_sequence_length": str(max_sequence_length(backbone)),
             "prompt_template": PROMPT_TEMPLATE,
         }
 
     def reference_file(self, adapter: Mapping[str, Any]) -> None:
-        """The reference is the identity's photo, read through its identity embedding file."""
+        """The reference is the identity's photo, which its identity embedding file holds."""
         return None
 
     def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
@@ -116,9 +108,13 @@ class KontextFamily:
         return "identity" if adapter["kind"] == "native_reference" else None
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
-        """The identity embedding file names the photo (and its face is found, as for FLUX's
-        cells: the identity metrics need one)."""
+        """The identity embedding file holds the photo's pixels, the reference image (after a face
+        check: the identity metrics compare the images with that face)."""
         return adapter["kind"] == "native_reference"
+
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        """insightface's detector, which checks the photo shows a face."""
+        return [INSIGHTFACE.name] if self.needs_identity_embeddings(adapter) else []
 
     def prompt_model(self, models: Sequence[str]) -> str:
         return models[0]
@@ -127,36 +123,47 @@ class KontextFamily:
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> KontextPromptEncoder:
         from fewstep.families.kontext.cell import KontextPromptEncoder
 
         return KontextPromptEncoder(config, model, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         raise ConfigError(
             f"embed-references --file {file}: Kontext adapters read no reference embeddings (the identity "
             "photo is encoded by the generation job); run embed-identities instead"
         )
 
+    def identity_encoder(
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> KontextPhotoEncoder:
+        """The photo's pixels once insightface finds a face in it (on the CPU: one detection)."""
+        from fewstep.families.kontext.cell import KontextPhotoEncoder
+
+        return KontextPhotoEncoder(config)
+
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> KontextCellPipeline:
         from fewstep.families.kontext.cell import KontextCellPipeline, load_components
 
+        if components is None:
+            components = load_components(config, backbone, adapter, device, dtype)
         return KontextCellPipeline(
-            **load_components(config, backbone, adapter, device, dtype),
+            **components,
             adapter=adapter,
-            width=config["resolution"]["width"],
-            height=config["resolution"]["height"],
+            width=config.resolution.width,
+            height=config.resolution.height,
             guidance=self.guidance(backbone),
             device=device,
             dtype=dtype,

@@ -30,6 +30,8 @@ from fewstep.registry.text_encoders import CLIP_L_TEXT
 if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
     import torch
 
+    from fewstep.core.study import Study
+
 #: what a generation job loads (transformer, VAE, scheduler) and, when it embeds prompts, the rest
 GENERATION_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
 TEXT_PATTERNS = ["text_encoder/*", "text_encoder_2/*", "tokenizer/*", "tokenizer_2/*"]
@@ -74,23 +76,30 @@ KONTEXT_DEV = ModelSpec(
     "FLUX.1-Kontext-dev",
     "black-forest-labs/FLUX.1-Kontext-dev",
     gated=True,  # the FLUX.1 [dev] non-commercial licence must be accepted on the hub
-    extra={"max_sequence_length": 512},
     recipe=Recipe(fetch=fetch_snapshot, tiny=_tiny, required=_required, random=_random, patterns=_patterns),
 )
 BACKBONES = {KONTEXT_DEV.name: KONTEXT_DEV}
 register(KONTEXT_DEV)
 
+#: config ``backbones.<id>.max_sequence_length`` unless set: the T5 length Kontext was trained with
+MAX_SEQUENCE_LENGTH = 512
+
+
+def max_sequence_length(backbone: Mapping[str, Any]) -> int:
+    """The T5 tokens of a backbone's prompt embeddings (`MAX_SEQUENCE_LENGTH` unless set)."""
+    length = backbone.get("max_sequence_length")
+    return MAX_SEQUENCE_LENGTH if length is None else int(length)
+
+
 #: the folders of the model a generation job reads (their digest is in every image's resume key)
 GENERATION_FOLDERS = ("transformer/", "vae/", "scheduler/")
 
 
-def load_kontext(
-    config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
-) -> dict[str, Any]:
+def load_kontext(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """The transformer, VAE and scheduler of a generation job (never the text encoders)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-    weights, folder = config["weights"], model_folder(config, model)
+    weights, folder = config.weights, model_folder(config, model)
     components = {
         "transformer": load_component(
             FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=model
@@ -98,7 +107,7 @@ def load_kontext(
         "vae": load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=model),
         "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
     }
-    apply_memory_options(components, config["memory"], device, dtype)
+    apply_memory_options(components, config.memory, device, dtype)
     return components
 
 
@@ -126,14 +135,12 @@ def apply_memory_options(
         )
 
 
-def load_kontext_text_encoders(
-    config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
-) -> Any:
+def load_kontext_text_encoders(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> Any:
     """A text-only FluxKontextPipeline (CLIP-L + T5), loaded once per sweep to embed prompts."""
     from diffusers import FluxKontextPipeline
     from transformers import CLIPTextModel, T5EncoderModel
 
-    weights, folder = config["weights"], model_folder(config, model)
+    weights, folder = config.weights, model_folder(config, model)
     return FluxKontextPipeline.from_pretrained(
         folder,
         transformer=None,

@@ -69,3 +69,5 @@ KONTEXT_MODEL_INDEX = {
 }
 #: how a study prompt ("The person as an astronaut ...") is phrased as an edit of the identity photo
 PROMPT_TEMPLATE = "Make a new photo of this person, keeping their face and identity: {prompt}"
+#: the identity embedding file's tensor holding the photo Kontext edits (uint8 [H, W, 3] RGB)
+PHOTO = "kontext_photo"

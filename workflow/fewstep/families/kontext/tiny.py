@@ -8,9 +8,12 @@ plumbing, never the science, and every output says ``weights=tiny``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fewstep.core.io import staged_dir
+from fewstep.families.base import TinyCell
 from fewstep.families.kontext.specs import KONTEXT_TRANSFORMER, KONTEXT_VAE
 from fewstep.registry.tiny import build_clip_tokenizer, build_t5_tokenizer, manual_seed
 
@@ -98,3 +101,23 @@ def build_kontext(folder: Path) -> None:
             transformer=transformer,
         )
         pipe.save_pretrained(staging, safe_serialization=True)
+
+
+def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> TinyCell:
+    """A Kontext cell's tiny components built in memory, seeded (transformer, VAE, scheduler), and,
+    with the native reference, an identity embedding file's photo: seeded noise pixels, 48x40."""
+    import diffusers
+    import torch
+
+    from fewstep.families.kontext.specs import KONTEXT_SCHEDULER, PHOTO
+
+    manual_seed(f"tiny-cell:{backbone['model']}:{adapter['kind']}")
+    components = {
+        "transformer": diffusers.FluxTransformer2DModel(**TINY_TRANSFORMER),
+        "vae": diffusers.AutoencoderKL(**TINY_VAE),
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(KONTEXT_SCHEDULER),
+    }
+    if adapter["kind"] == "none":
+        return TinyCell(components, None, {})
+    photo = torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8)
+    return TinyCell(components, {PHOTO: photo}, {})
