@@ -39,10 +39,9 @@ def test_demo_grid_cells_and_items(raw_demo):
         "flux-schnell/infusenet-aes/4",
         *(f"{b}/{a}/{s}" for b in ("sd15", "sdxl") for a in ("sd-style", "sd-object") for s in (1, 2, 4)),
     ]
-    assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
-        "coffee/portrait/s0",
-        "coffee/astronaut-suit/s0",
-    ]
+    # each role renders its own prompts: the object reference with the object prompt only
+    assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == ["coffee/kitchen/s0"]
+    assert [i.id for i in grid.items_of(grid.cell("sd15/sd-style/1"))] == ["hubble/lighthouse/s0"]
     assert [i.id for i in grid.items] == [
         "astronaut/portrait/s0",
         "astronaut/astronaut-suit/s0",

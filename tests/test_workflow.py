@@ -87,12 +87,13 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # second identity encoder)
     assert counts["prepare_model"] == 13
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
-    # one prompt embedding job per prompt variant: FLUX's T5 sequence lengths (2) and each SD
-    # family's negative prompt (2); one per identity (2); per SD family one per reference and
-    # adapter file (6 plain, 3 plus)
-    assert counts["embed_prompt"] == 2 + 2 and counts["embed_identity"] == 2
+    # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
+    # lengths (2) x identity, each SD family's negative prompt (2) x style and object; one per
+    # identity (2); per SD family one per reference and adapter file (6 plain, 3 plus)
+    assert counts["embed_prompt_identity"] == 2 and counts["embed_prompt_style"] == 2
+    assert counts["embed_prompt_object"] == 2 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 13 + 4 + 2 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 13 + 4 + 2 + 18 + 3 + 2 * 3 + 1
     assert not (tmp_path / "resources").exists()
 
 

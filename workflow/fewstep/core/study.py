@@ -137,8 +137,30 @@ class Reference(Section):
 
 @dataclass(frozen=True, eq=False)
 class Prompt(Section):
+    """One prompt; ``role`` None: every cell renders it, else only the cells of that role."""
+
     id: str = ""
     text: str = ""
+    role: str | None = None
+
+    def serves(self, roles: list[str]) -> bool:
+        """Whether a cell crossing pictures of `roles` renders this prompt."""
+        return self.role is None or self.role in roles
+
+
+#: the prompt group of prompts without a role (every cell renders them)
+ANY_ROLE = "any"
+
+
+def prompt_group(prompt: Prompt) -> str:
+    """The group a prompt is embedded with: its role, or `ANY_ROLE`."""
+    return prompt.role or ANY_ROLE
+
+
+def prompt_rule(group: str) -> str:
+    """The Snakemake rule embedding a prompt group: ``embed_prompt`` for prompts without a
+    role (the rule's name before prompts had roles), ``embed_prompt_<role>`` for a role's."""
+    return "embed_prompt" if group == ANY_ROLE else f"embed_prompt_{group}"
 
 
 @dataclass(frozen=True, eq=False)

@@ -82,8 +82,16 @@ def _check_acceleration(grid: Grid, cell: Cell) -> None:
 
 
 def _check_items(grid: Grid, cell: Cell) -> None:
-    """Each cell has pictures to cross: identities, or references of the roles it reads."""
+    """Each cell has pictures to cross (identities, or references of the roles it reads) and
+    prompts to render (those of its roles, or without a role)."""
     roles = grid.cell_roles(cell)
+    pictured = [IDENTITY] if IDENTITY in roles else [r.role for r in grid.references_of(cell)]
+    for role in dict.fromkeys(pictured):
+        if not grid.role_prompts([role]):
+            raise ConfigError(
+                f"config prompts: cell {cell.id} renders prompts of role {role} and no prompt has it; "
+                f"add one with role: {role} (or one without a role)"
+            )
     if IDENTITY in roles and not grid.study.identities:
         raise ConfigError(f"config identities: cell {cell.id} crosses identities; add at least one")
     if not grid.reads_references(cell):
