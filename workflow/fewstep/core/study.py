@@ -260,7 +260,7 @@ class Study(Mapping[str, Any]):
     accelerations: Mapping[str, Acceleration]
     cells: tuple[CellBlock, ...]
     anchor: str | None
-    comparison: Comparison | None
+    comparisons: tuple[Comparison, ...]
     local_weights: Mapping[str, str]
     revisions: Mapping[str, str]
     memory: Memory
@@ -280,6 +280,7 @@ class Study(Mapping[str, Any]):
             return MappingProxyType({name: section(kind, v, id=name) for name, v in config[key].items()})
 
         comparison = config.get("comparison")
+        pairs = [comparison] if isinstance(comparison, Mapping) else comparison or []
         return cls(
             sweep=config["sweep"],
             weights=config["weights"],
@@ -300,7 +301,7 @@ class Study(Mapping[str, Any]):
             accelerations=named(Acceleration, "accelerations"),
             cells=tuple(section(CellBlock, block) for block in config["cells"]),
             anchor=config.get("anchor"),
-            comparison=None if comparison is None else section(Comparison, comparison),
+            comparisons=tuple(section(Comparison, pair) for pair in pairs),
             local_weights=MappingProxyType(dict(config["local_weights"])),
             revisions=MappingProxyType(dict(config["revisions"])),
             memory=section(Memory, config["memory"]),
@@ -330,6 +331,11 @@ class Study(Mapping[str, Any]):
     def config_hash(self) -> str:
         """`fewstep.core.config.config_hash` of the validated config."""
         return config_hash(self.to_dict())
+
+    @property
+    def comparison(self) -> Comparison | None:
+        """The first comparison pair (config ``comparison``: one pair or a list), None without one."""
+        return self.comparisons[0] if self.comparisons else None
 
     def identity(self, identity_id: str) -> Identity | None:
         return next((i for i in self.identities if i.id == identity_id), None)

@@ -170,7 +170,8 @@ class Family(Protocol):
     adapter_roles: tuple[str, ...]
     #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements; empty: eager only
     acceleration_switches: frozenset[str]
-    #: True: its cells may be the config's ``trajectory.cells``, ``anchor`` and ``comparison`` cells
+    #: True: its cells may be the config's ``trajectory.cells`` and ``anchor`` (``comparison`` pairs
+    #: take any family's cells)
     comparable: bool
 
     # --- grid side: no torch ------------------------------------------------

@@ -262,9 +262,14 @@ class CellEnumeration:
         return Cell.parse(anchor) if anchor else None
 
     @property
+    def comparisons(self) -> list[tuple[Cell, Cell]]:
+        """(baseline, candidate) of every config ``comparison`` pair, in config order."""
+        return [(Cell.parse(p.baseline), Cell.parse(p.candidate)) for p in self.study.comparisons]
+
+    @property
     def comparison(self) -> tuple[Cell, Cell] | None:
-        pair = self.study.comparison
-        return (Cell.parse(pair.baseline), Cell.parse(pair.candidate)) if pair else None
+        """The first comparison pair (the study's, where the config lists it first)."""
+        return self.comparisons[0] if self.comparisons else None
 
     @property
     def trajectory_cells(self) -> list[Cell]:

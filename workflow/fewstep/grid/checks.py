@@ -103,21 +103,34 @@ def _check_items(grid: Grid, cell: Cell) -> None:
 
 
 def _check_compared_cells(grid: Grid) -> None:
-    """The trajectory, anchor and comparison cells are in the grid, of a family that allows it."""
+    """The trajectory, anchor and comparison cells are in the grid; the trajectory and anchor
+    cells of a family that allows it, the two cells of a comparison pair crossing one role's pictures."""
+    single = not isinstance(grid.study.get("comparison"), list)
+    for i, (baseline, candidate) in enumerate(grid.comparisons):
+        key = "comparison" if single else f"comparison[{i}]"
+        _check_in_grid(grid, f"{key}.baseline", baseline)
+        _check_in_grid(grid, f"{key}.candidate", candidate)
+        if grid.cell_roles(baseline) != grid.cell_roles(candidate):
+            raise ConfigError(
+                f"config {key}: {baseline.id} and {candidate.id} cross different pictures "
+                f"({' and '.join(grid.cell_roles(baseline))} vs {' and '.join(grid.cell_roles(candidate))}), "
+                "so no image pairs; pair cells of one role"
+            )
     for key, cell in (
         *((f"trajectory.cells[{i}]", c) for i, c in enumerate(grid.trajectory_cells)),
         ("anchor", grid.anchor),
-        *zip(("comparison.baseline", "comparison.candidate"), grid.comparison or (), strict=False),
     ):
         if cell is None:
             continue
-        if cell not in grid.cells:
-            raise ConfigError(
-                f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
-            )
+        _check_in_grid(grid, key, cell)
         family = grid.family(cell)
         if not family.comparable:
             raise ConfigError(
                 f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} takes cells of "
                 f"families compared across cells (not {family.name}); pick such a cell or remove it"
             )
+
+
+def _check_in_grid(grid: Grid, key: str, cell: Cell) -> None:
+    if cell not in grid.cells:
+        raise ConfigError(f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it")

@@ -30,7 +30,7 @@ class FluxFamily:
     max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
     adapter_roles = ("identity",)  # InfuseNet conditions on a face: every cell crosses the identities
     acceleration_switches = frozenset({"compile", "fp8", "cache"})
-    comparable = True  # the trajectory, anchor and comparison cells are FLUX cells of the identity study
+    comparable = True  # the trajectory and anchor cells are FLUX cells of the identity study
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

@@ -60,7 +60,7 @@ class StableDiffusion:
 
     acceleration_switches: frozenset[str] = frozenset()  # eager only
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
-    #: config's trajectory, anchor or comparison cell (those compare identities)
+    #: config's trajectory or anchor cell (those compare identities); comparison pairs take any cells
     comparable = False
 
     @property
