@@ -393,7 +393,7 @@ def widths(ctx: Context) -> pd.DataFrame:
         paired = ctx.paired(candidate, baseline)
         source = f"{candidate.id} - {baseline.id}"
         sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
-    shape = (len(ctx.study.prompts), len(ctx.study.seeds))
+    shape = (len({item.prompt for item in ctx.grid.items}), len(ctx.study.seeds))  # identity prompts
     return projected_widths(metric, sources, shape, ctx.confidence, ctx.seed)
 
 

@@ -448,7 +448,7 @@ def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
         "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "
         f"same prompt and seed ({seed}), so a row shows the identity forming step by step.</p>"
     )
-    for prompt in [p.id for p in study.prompts[: study.report.grid_prompts]]:
+    for prompt in list(dict.fromkeys(item.prompt for item in grid.items))[: study.report.grid_prompts]:
         for backbone, adapter in dict.fromkeys((c.backbone, c.adapter) for c in grid.cells):
             if backbone in skip:
                 continue
