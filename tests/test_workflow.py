@@ -17,8 +17,8 @@ def test_demo_sweep_produces_every_output(demo_run):
     grid = Grid(config)
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
-    # 7 FLUX cells of 2 identities x 2 prompts, 12 SD cells of 1 reference x 2 prompts
-    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 12 * 2
+    # 7 FLUX cells of 2 identities x 2 identity prompts, 12 SD cells of 1 reference x its role's prompt
+    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 12 * 1
     for cell in grid.cells:
         manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
         assert len(manifest) == len(grid.items_of(cell)) and manifest["item_id"].is_unique
@@ -41,6 +41,14 @@ def test_demo_sweep_produces_every_output(demo_run):
         assert len(table) == 2 * cell.steps  # max_items x steps
     page = (demo_run / "reports" / "demo" / "index.html").read_text()
     assert "Tiny models with seeded random weights" in page and page.count("<img") >= 2
+    # the comparison table: FLUX's pair and the demo's SD pair, each with its role's metrics
+    comparison = pd.read_csv(results / "aggregate" / "comparison.csv")
+    assert list(dict.fromkeys(comparison["family"])) == ["FLUX", "SD1.5"]
+    assert {"csd", "clip_i", "latency_s"} <= set(comparison[comparison["family"] == "SD1.5"]["metric"])
+    assert "SD1.5: <code>sd15/sd-style/1</code> against <code>sd15/sd-style/4</code>" in page
+    # SDXL without a negative prompt: zero negative embeddings, as its pipeline (Nzeros)
+    sdxl = sorted(p.name for p in (results / "embeddings" / "prompts" / "sdxl").glob("*.safetensors"))
+    assert sdxl == ["kitchen.Nzeros.safetensors", "lighthouse.Nzeros.safetensors"]
 
 
 def test_second_invocation_has_nothing_to_do(demo_run):

@@ -171,7 +171,7 @@ class StableDiffusion:
         return [] if file is None else list(self.reference_weights(file))
 
     def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-        """One file per CFG negative prompt, named by its label (`negative_label`)."""
+        """One file per CFG negative (its text, or zero embeddings), named by `prompt_variant`."""
         return {self.prompt_variant(b): b for b in backbones}
 
     def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
