@@ -23,10 +23,12 @@ from fewstep.analysis.metric_registry import METRICS
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLUSTER = REPO / "tests" / "cluster"
-GPU_RULES = {"generate", "embed_prompt", "embed_reference", "trajectory"}
+#: the prompt embedding rules of the demo and the study: one per prompt role (`prompt_rule`)
+PROMPT_RULES = {"embed_prompt_identity", "embed_prompt_style", "embed_prompt_object"}
+GPU_RULES = {"generate", *PROMPT_RULES, "embed_reference", "trajectory"}
 CPU_HEAVY_RULES = {
     "score",
-    "embed_prompt",
+    *PROMPT_RULES,
     "embed_reference",
     "embed_identity",
     "trajectory",
@@ -103,7 +105,8 @@ def test_workstation_profile_applies_by_default(tmp_path: Path) -> None:
     assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in run.stderr
     jobs = dict(dry_run_jobs(run.stdout))
     gpu = {rule: res.get("gpu") for rule, res in jobs.items()}
-    assert gpu["generate"] == gpu["embed_prompt"] == gpu["trajectory"] == gpu["score"] == "1"
+    assert gpu["generate"] == gpu["embed_prompt_identity"] == gpu["trajectory"] == gpu["score"] == "1"
+    assert gpu["embed_prompt_style"] == gpu["embed_prompt_object"] == "1"
     assert gpu["aggregate"] is None and gpu["report"] is None
     # the CPU-heavy rules get threads (Snakemake hands them on as OMP_NUM_THREADS)
     threads = {rule: res.get("threads", "1") for rule, res in jobs.items()}

@@ -28,7 +28,7 @@ def test_defaults_are_filled(raw_demo):
     assert config["memory"] == {"offload": "none", "fp8_weights": False}
     assert config["face"] == {"pack": "antelopev2", "policy": "largest"}
     assert config["results_dir"] == "results" and config["models_dir"] == "resources/models"
-    assert config["prompts"][0] == {"id": "portrait", "text": raw["prompts"][0]["text"]}
+    assert config["prompts"][0] == {"id": "portrait", "text": raw["prompts"][0]["text"], "role": "identity"}
 
 
 def test_defaults_fill_only_where_they_apply(raw_demo):

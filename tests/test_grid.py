@@ -48,11 +48,11 @@ def test_demo_grid_cells_and_items(raw_demo):
         "sdxl",
         "sdxl-lightning",
     ]
-    assert [i.id for i in grid.items_of(grid.cell("kontext/kontext-photo/2"))] == [i.id for i in grid.items]
-    assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
-        "coffee/portrait/s0",
-        "coffee/astronaut-suit/s0",
-    ]
+    flux_items = [i.id for i in grid.items_of(grid.cell("flux-dev/infusenet-aes/1"))]
+    assert [i.id for i in grid.items_of(grid.cell("kontext/kontext-photo/2"))] == flux_items
+    # each role renders its own prompts: the object reference with the object prompt only
+    assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == ["coffee/kitchen/s0"]
+    assert [i.id for i in grid.items_of(grid.cell("sd15/sd-style/1"))] == ["hubble/lighthouse/s0"]
     assert [i.id for i in grid.items] == [
         "astronaut/portrait/s0",
         "astronaut/astronaut-suit/s0",

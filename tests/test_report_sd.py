@@ -308,3 +308,91 @@ def test_sd_legends_say_what_the_anchor_is(mixed):
     legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
     assert "anchor: this series at 16 steps" in legends[0]  # flux-dev holds the anchor
     assert "anchor: flux-dev/infusenet-aes/16" in legends[1]  # schnell compares with it
+
+
+#: the config's comparison as a list: the FLUX pair first, then SD few-steps against many steps
+PAIRS = [
+    {"baseline": "flux-dev/infusenet-aes/16", "candidate": "flux-schnell/infusenet-aes/4"},
+    {"baseline": "sd15/sd-style/25", "candidate": "sd15/sd-style/4"},
+    {"baseline": "sd15/sd-object/50", "candidate": "sd15/sd-object/8"},
+]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """The comparison table and the report's comparison section of the mixed sweep with `PAIRS`."""
+    from fewstep.analysis.page import Page
+    from fewstep.analysis.scores import load_scores
+
+    root = tmp_path_factory.mktemp("pairs")
+    config = sd_config(root)
+    config["comparison"] = PAIRS
+    # margins wide enough for 18 paired images of noise sd 0.01 to show non-inferiority
+    config["report"]["margins"] = {"csd": 0.05, "dino": 0.05}
+    synth.write_scores(config, images=False)
+    write_sd_scores(config, np.random.default_rng(1))
+    table = aggregate.comparison(aggregate.Context(config, load_scores(config)))
+    page = Page(config, root / "index.html")
+    report._study_section(page, table, 0.95)
+    return table, page.sections[0][2]
+
+
+def test_every_pair_gets_its_roles_metrics_latency_and_regime(compared):
+    table, _ = compared
+    rows = {(r.candidate, r.metric): r for r in table.itertuples(index=False)}
+    assert list(dict.fromkeys(table["candidate"])) == [p["candidate"] for p in PAIRS]
+    style = table[table.candidate == "sd15/sd-style/4"]
+    assert list(style["metric"][:2]) == ["end_to_end_s", "latency_s"]  # then the style role's metrics
+    assert set(style["metric"][2:]) == {"clip_score", "clip_i", "csd", "lpips_anchor"}
+    assert set(table[table.candidate == "sd15/sd-object/8"]["metric"]) >= {"dino", "clip_i", "clip_score"}
+    assert set(style["family"]) == {"SD1.5"} and style["study"].isna().all()
+    # latency 0.05 x steps + 0.1 (+ 0.05 encoders), no noise: exact ratios
+    assert rows["sd15/sd-style/4", "end_to_end_s"].estimate == pytest.approx(1.4 / 0.35)
+    assert rows["sd15/sd-style/4", "latency_s"].estimate == pytest.approx(1.35 / 0.3)
+    # csd = 0.5 min(steps, 8) / 8: 4 steps minus 25 steps is -0.25 (reference and prompt effects cancel)
+    csd = rows["sd15/sd-style/4", "csd"]
+    assert csd.ci_low <= -0.25 <= csd.ci_high and csd.ci_high < -0.2 and csd.n_pairs == 18
+    # the style series reaches the 25-step value at 8: not in the regime at 4, in it from 8 on
+    assert csd.effective_rule == "non-inferior to the anchor within 0.05" and csd.effective_steps == 8
+    dino = rows["sd15/sd-object/8", "dino"]  # 0.4 min(steps, 12) / 12: 8 minus 50 steps
+    assert dino.ci_low <= 0.4 * 8 / 12 - 0.4 <= dino.ci_high and dino.effective_steps == 12
+    # the FLUX pair keeps the study's identity rows and figures
+    flux = table[table.candidate == "flux-schnell/infusenet-aes/4"].set_index("metric")
+    assert flux.loc["id_sim_zero", "study"] == 0.028 and flux.loc["end_to_end_s", "study"] == 5.9
+    assert flux.loc["id_sim_zero", "ci_low"] <= synth.SHIFT <= flux.loc["id_sim_zero", "ci_high"]
+    assert not (set(flux.index) & {"csd", "dino"}) and not (set(style["metric"]) & {"id_sim", "lpips_ref"})
+
+
+def test_the_report_shows_a_table_per_pair(compared):
+    table, body = compared
+    headings = re.findall(r"<h3>(.*?)</h3>", body)
+    assert [re.sub(r"<.*?>", "", h) for h in headings] == [
+        "FLUX: flux-schnell/infusenet-aes/4 against flux-dev/infusenet-aes/16",
+        "SD1.5: sd15/sd-style/4 against sd15/sd-style/25",
+        "SD1.5: sd15/sd-object/8 against sd15/sd-object/50",
+    ]
+    steps = int(
+        table[(table.candidate == "sd15/sd-style/4") & (table.metric == "csd")]["effective_steps"].iloc[0]
+    )
+    assert f"from {steps} steps" in body and body.count('<table class="study"') == 3
+    style = body[body.index("SD1.5: <code>sd15/sd-style/4") : body.index("SD1.5: <code>sd15/sd-object/8")]
+    assert "4.00x" in style and "4.50x" in style  # its latency ratios, end to end and denoise + decode
+
+
+def test_a_pair_of_different_roles_is_refused_with_one_line(tmp_path):
+    raw = dict(sd_config(tmp_path))  # validated already: validating it again changes nothing
+    raw["comparison"] = [{"baseline": "sd15/sd-style/50", "candidate": "sd15/sd-object/4"}]
+    from fewstep.core.errors import ConfigError
+    from fewstep.grid import Grid
+
+    with pytest.raises(ConfigError) as error:
+        Grid(validate(raw))
+    assert str(error.value) == (
+        "config comparison[0]: sd15/sd-style/50 and sd15/sd-object/4 cross different pictures "
+        "(style vs object), so no image pairs; pair cells of one role"
+    )
+    raw["comparison"] = [{"baseline": "sd15/sd-style/50", "candidate": "sd15/sd-style/3"}]
+    with pytest.raises(
+        ConfigError, match=r"^config comparison\[0\]\.candidate: cell 'sd15/sd-style/3' is not in"
+    ):
+        Grid(validate(raw))

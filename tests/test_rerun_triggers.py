@@ -100,16 +100,10 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
     config["prompts"][0]["text"] = "An oil painting of the person in a garden, impressionist style"
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
-    # the prompts at both T5 lengths (dev 512, schnell 256) and for both SD families (one job
-    # per encoder variant), no identity, every cell downstream (the SD cells share the prompts)
-    prompt_jobs = [w for w in of(jobs, "embed_prompt")]
-    assert prompt_jobs[:2] == ["family=flux, variant=L256", "family=flux, variant=L512"]
-    assert [w.split(", variant=N")[0] for w in prompt_jobs[2:]] == ["family=sd15", "family=sdxl"]
-    sd_jobs = {"generate": 4, "score": 4}
-    assert counts(jobs) == {
-        "embed_prompt": 4,
-        **{rule: n + sd_jobs.get(rule, 0) for rule, n in DOWNSTREAM.items()},
-    }
+    # an identity prompt: its group at both T5 lengths (dev 512, schnell 256), no identity, the
+    # FLUX cells downstream; the SD cells render style and object prompts only and stay
+    assert of(jobs, "embed_prompt_identity") == ["family=flux, variant=L256", "family=flux, variant=L512"]
+    assert counts(jobs) == {"embed_prompt_identity": 2, **DOWNSTREAM}
     before = images(demo)
     run_cell(demo, configfile)
     after = images(demo)
@@ -297,15 +291,28 @@ def test_an_sd_negative_prompt_change_reembeds_that_backbones_prompts_only(demo)
     config["backbones"]["sd15"]["negative_prompt"] = "lowres, watermark"
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
-    # sd15's prompts with the new negative (part of their embedding), sd15's jobs downstream
-    assert [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt")] == ["family=sd15"]
+    # sd15's style and object prompts with the new negative (part of their embedding), sd15's
+    # jobs downstream
+    for rule in ("embed_prompt_style", "embed_prompt_object"):
+        assert [w.split(", variant=N")[0] for w in of(jobs, rule)] == ["family=sd15"]
     assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sd15, adapter=sd-style"]
-    assert counts(jobs) == {"embed_prompt": 1, "generate": 2, "score": 2, **SD_DOWNSTREAM}
+    prompt_jobs = {"embed_prompt_style": 1, "embed_prompt_object": 1}
+    assert counts(jobs) == {**prompt_jobs, "generate": 2, "score": 2, **SD_DOWNSTREAM}
     cell = "sd15/sd-style/1"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)
     after = images(demo, cell)
     assert before.keys() == after.keys() and all(before[i] != after[i] for i in before)
+
+
+def test_a_style_prompt_change_reruns_the_style_cells_only(demo):
+    config = demo_config()
+    next(p for p in config["prompts"] if p["id"] == "lighthouse")["text"] = "A windmill in a tulip field"
+    jobs = planned(demo, write_config(demo, config))
+    families = [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt_style")]
+    assert families == ["family=sd15", "family=sdxl"]
+    assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-style", "backbone=sdxl, adapter=sd-style"]
+    assert counts(jobs) == {"embed_prompt_style": 2, "generate": 2, "score": 2, **SD_DOWNSTREAM}
 
 
 def test_an_sd_reference_picture_change_reembeds_that_reference_only(demo):

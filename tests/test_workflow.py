@@ -17,8 +17,9 @@ def test_demo_sweep_produces_every_output(demo_run):
     grid = Grid(study_of(config))
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
-    # 7 FLUX cells of 2 identities x 2 prompts, 12 base and 2 distilled SD cells of 1 reference x 2 prompts
-    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 14 * 2
+    # 7 FLUX cells and the Kontext and klein cells of 2 identities x 2 identity prompts, 12 base and
+    # 2 distilled SD cells of 1 reference x its role's prompt
+    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 2 * 4 + 14 * 1
     for cell in grid.cells:
         manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
         assert len(manifest) == len(grid.items_of(cell)) and manifest["item_id"].is_unique
@@ -41,6 +42,14 @@ def test_demo_sweep_produces_every_output(demo_run):
         assert len(table) == 2 * cell.steps  # max_items x steps
     page = (demo_run / "reports" / "demo" / "index.html").read_text()
     assert "Tiny models with seeded random weights" in page and page.count("<img") >= 2
+    # the comparison table: FLUX's pair and the demo's SD pair, each with its role's metrics
+    comparison = pd.read_csv(results / "aggregate" / "comparison.csv")
+    assert list(dict.fromkeys(comparison["family"])) == ["FLUX", "SD1.5"]
+    assert {"csd", "clip_i", "latency_s"} <= set(comparison[comparison["family"] == "SD1.5"]["metric"])
+    assert "SD1.5: <code>sd15/sd-style/1</code> against <code>sd15/sd-style/4</code>" in page
+    # SDXL without a negative prompt: zero negative embeddings, as its pipeline (Nzeros)
+    sdxl = sorted(p.name for p in (results / "embeddings" / "prompts" / "sdxl").glob("*.safetensors"))
+    assert sdxl == ["kitchen.Nzeros.safetensors", "lighthouse.Nzeros.safetensors"]
 
 
 def test_second_invocation_has_nothing_to_do(demo_run):
@@ -87,16 +96,17 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores); dlib's face models (the
     # second identity encoder); the distillations' publishers: SDXL-Lightning, Hyper-SD, both
-    # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev
-    assert counts["prepare_model"] == 13 + 5 + 1
+    # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev; FLUX.2 [klein]
+    assert counts["prepare_model"] == 13 + 5 + 1 + 1
     trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
     assert counts["trajectory"] == trajectories == 8 and counts["wandb_aggregate"] == 1
-    # one prompt embedding job per prompt variant: FLUX's T5 sequence lengths (2) and each SD
-    # family's negative prompt (2), Kontext's (1); one per identity (2); per SD family one per
-    # reference and adapter file (6 plain, 3 plus)
-    assert counts["embed_prompt"] == 2 + 2 + 1 and counts["embed_identity"] == 2
+    # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
+    # lengths (2), Kontext's and klein's x identity, each SD family's negative prompt (2) x style and
+    # object; one per identity (2); per SD family one per reference and adapter file (6 plain, 3 plus)
+    assert counts["embed_prompt_identity"] == 2 + 1 + 1 and counts["embed_prompt_style"] == 2
+    assert counts["embed_prompt_object"] == 2 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 19 + 5 + 2 + 18 + 3 + trajectories + 1
+    assert counts["total"] == jobs + jobs + 20 + 8 + 2 + 18 + 3 + trajectories + 1
     assert not (tmp_path / "resources").exists()
 
 

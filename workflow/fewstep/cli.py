@@ -148,7 +148,7 @@ def cmd_embed_prompts(args: argparse.Namespace) -> None:
     study = _gpu_study(args)
     from fewstep.jobs.precompute import embed_prompts
 
-    embed_prompts(study, args.family, args.prompt, args.variant)
+    embed_prompts(study, args.family, args.prompt, args.variant, args.role)
 
 
 def cmd_embed_references(args: argparse.Namespace) -> None:
@@ -309,6 +309,11 @@ def parser() -> argparse.ArgumentParser:
         "--variant",
         help="one prompt variant's label, e.g. L512 (FLUX's T5 length) or an SD negative prompt's N<hash> "
         "(default: every one the cells use)",
+    )
+    p.add_argument(
+        "--role",
+        help="one prompt group: a role's prompts (identity, style, object) or those without one (any); "
+        "default: every prompt the variant's cells render",
     )
     p = add(
         "embed-references",

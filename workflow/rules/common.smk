@@ -1,3 +1,4 @@
+from fewstep.core.study import prompt_group, prompt_rule
 from fewstep.registry.catalog import marker_path, model_revision
 
 
@@ -52,3 +53,23 @@ def attempt_number(wildcards, attempt):
 def halved_per_attempt(size):
     """Batch size for Snakemake's attempt counter: halved on every retry (after CUDA OOM)."""
     return lambda wildcards, attempt: max(1, size // 2 ** (attempt - 1))
+
+
+# Prompts by role ("any" for those without one), each group embedded by its own rule, since a
+# Snakemake rule's outputs cannot depend on its wildcards and a variant's job must list only the
+# prompts its cells render (then a style prompt's change reruns no identity cell).
+PROMPT_GROUPS = {
+    group: [p for p in STUDY.prompts if prompt_group(p) == group]
+    for group in dict.fromkeys(prompt_group(p) for p in STUDY.prompts)
+}
+
+
+def group_texts(group):
+    """Prompt id -> text of the group's prompts that one variant renders, order-free: the
+    embed_prompt jobs' rerun trigger."""
+
+    def texts(w):
+        prompts = GRID.variant_prompts(w.family, w.variant, group)
+        return {p.id: p.text for p in sorted(prompts, key=lambda p: p.id)}
+
+    return texts

@@ -1,41 +1,44 @@
-# Prompt id -> text, order-free: the prompt embedding jobs' rerun trigger.
-PROMPT_TEXTS = {p.id: p.text for p in sorted(STUDY.prompts, key=lambda p: p.id)}
+# One embed_prompt rule per prompt group (`PROMPT_GROUPS`, in common.smk).
+for group, prompts in PROMPT_GROUPS.items():
 
-
-rule embed_prompt:
-    """Embeddings of every prompt as one prompt variant of one family (`Family.prompt_variants`:
-    FLUX's T5 sequence length, an SD family's CFG negative prompt), its text encoders loaded once
-    (FLUX dev and schnell share them)."""
-    input:
-        lambda w: marker_path(STUDY, GRID.text_encoder_backbone(w.family)),
-    output:
-        [
-            PATHS.prompt_variant_embedding("{family}", p.id, "{variant}")
-            for p in STUDY.prompts
-        ],
-    log:
-        PATHS.log("embed_prompt", "{family}/{variant}"),
-    benchmark:
-        PATHS.benchmark("embed_prompt", "{family}/{variant}")
-    conda:
-        "../../envs/generate.yaml"
-    threads: CPU_THREADS
-    resources:
-        gpu=GPU,
-        mem_mb=lambda w: (
-            GRID.known_families[w.family].prompt_job_mem_mb
-            if STUDY.weights != "tiny"
-            else 2000
-        ),
-        runtime=60,
-        attempt=attempt_number,
-    params:
-        # Re-embed when a prompt's text or the variant's settings (SD: the negative prompt) change.
-        texts=PROMPT_TEXTS,
-        settings=lambda w: GRID.prompt_settings(w.family, w.variant),
-    shell:
-        "python -m fewstep embed-prompts --family {wildcards.family}"
-        " --variant {wildcards.variant} --attempt {resources.attempt} > {log:q} 2>&1"
+    rule:
+        """Embeddings of a prompt group as one prompt variant of one family (`Family.prompt_variants`:
+        FLUX's T5 sequence length, an SD family's CFG negative prompt), its text encoders loaded
+        once (FLUX dev and schnell share them). Named embed_prompt for prompts without a role,
+        embed_prompt_<role> for a role's."""
+        name:
+            prompt_rule(group)
+        input:
+            lambda w: marker_path(STUDY, GRID.text_encoder_backbone(w.family)),
+        output:
+            [
+                PATHS.prompt_variant_embedding("{family}", p.id, "{variant}")
+                for p in prompts
+            ],
+        log:
+            PATHS.log(prompt_rule(group), "{family}/{variant}"),
+        benchmark:
+            PATHS.benchmark(prompt_rule(group), "{family}/{variant}")
+        conda:
+            "../../envs/generate.yaml"
+        threads: CPU_THREADS
+        resources:
+            gpu=GPU,
+            mem_mb=lambda w: (
+                GRID.known_families[w.family].prompt_job_mem_mb
+                if STUDY.weights != "tiny"
+                else 2000
+            ),
+            runtime=60,
+            attempt=attempt_number,
+        params:
+            # Re-embed when a prompt's text or the variant's settings (SD: the negative prompt) change.
+            texts=group_texts(group),
+            settings=lambda w: GRID.prompt_settings(w.family, w.variant),
+            group=group,
+        shell:
+            "python -m fewstep embed-prompts --family {wildcards.family} --variant {wildcards.variant}"
+            " --role {params.group} --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule embed_identity:

@@ -9,7 +9,8 @@ that is absent simply has no rows, and the study table marks it "not available".
 leave out the images of a job's first (warm-up) batch where the manifest marks them.
 
 Each table is one function of a shared `Context` (`fewstep.analysis.context`: the scores per
-cell, the series, cached intervals); `TABLE_FUNCTIONS` names them.
+cell, the series, cached intervals); `TABLE_FUNCTIONS` names them. The comparison table of the
+config's pairs is `fewstep.analysis.comparison`'s.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fewstep.analysis.comparison import comparison, effective_regime
 from fewstep.analysis.context import PARETO_COSTS as PARETO_COSTS
 from fewstep.analysis.context import Context, anchors_to_highest_step
 from fewstep.analysis.coverage import design_coverage, projected_widths
 from fewstep.analysis.metric_registry import margin, metric_columns, of_kind, spec
-from fewstep.analysis.outputs import COMPARISON_COLUMNS, MARGINAL_COLUMNS, REGIME_COLUMNS, SUMMARY_COLUMNS
+from fewstep.analysis.outputs import MARGINAL_COLUMNS, REGIME_COLUMNS, SUMMARY_COLUMNS
 from fewstep.analysis.outputs import TABLES as TABLES  # the table names, read by the rules
 from fewstep.analysis.scores import devices, load_scores, load_trajectories, with_zero_identity
 from fewstep.analysis.stats import (
@@ -31,7 +33,6 @@ from fewstep.analysis.stats import (
     knee_test,
     mean_interval,
     pareto_mask,
-    ratio_interval,
 )
 from fewstep.core.io import write_table
 from fewstep.core.paths import Paths
@@ -39,12 +40,6 @@ from fewstep.core.provenance import stamp
 from fewstep.core.study import Study
 from fewstep.grid import Cell, Grid
 
-#: the study's headline numbers (arXiv 2605.09460), FLUX.1-dev 28 steps vs FLUX.1-schnell 4 steps
-STUDY = {
-    "end_to_end_s": 5.9,  # the paper's speed-up is end to end
-    "id_sim_zero": 0.028,
-    "lpips_ref": -0.016,
-}
 #: Pareto frontier value axis, first present (the cost axis: `PARETO_COSTS`); a series without
 #: an identity metric (SD style/object cells) gets a row per cell for each of its quality metrics
 PARETO_VALUES = ("id_sim_zero", "id_sim")
@@ -53,20 +48,6 @@ RISE_SHARE = 0.95
 #: kinds of the per-step columns of a trajectory table summarised per (cell, step): the scores of
 #: its x0 (whichever metrics scored the cell) and the family's probes
 TRAJECTORY_KINDS = ("quality", "probe")
-
-
-#: the study table's rows: (quantity, metric); latency rows are ratios baseline / candidate
-COMPARISON_ROWS = (
-    ("end-to-end latency ratio (baseline / candidate)", "end_to_end_s"),
-    ("denoise + decode latency ratio (baseline / candidate)", "latency_s"),
-    ("identity similarity (no face = 0), candidate - baseline", "id_sim_zero"),
-    ("identity similarity (faces only), candidate - baseline", "id_sim"),
-    ("face detection rate, candidate - baseline", "face_detected"),
-    ("identity similarity to held-out photos (faces only), candidate - baseline", "id_sim_heldout"),
-    ("dlib identity similarity (no face = 0), candidate - baseline", "id_sim_dlib_zero"),
-    ("dlib identity similarity to held-out photos, candidate - baseline", "id_sim_heldout_dlib"),
-    ("LPIPS to reference, candidate - baseline", "lpips_ref"),
-)
 
 
 def steps_to_share(steps: list[int], means: list[float], better: str, share: float = RISE_SHARE) -> float:
@@ -132,33 +113,6 @@ def summary(ctx: Context) -> pd.DataFrame:
                 )
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def effective_regime(ctx: Context, cells: list[Cell], metric: str, anchor: Cell | None) -> tuple[str, float]:
-    """(rule, fewest steps) of the effective regime of one series (NaN: never, or no anchor).
-
-    Non-inferiority: the fewest steps from which, for every larger step count too, the
-    lower bound of (cell - anchor) in the better direction is >= -margin. An anchor-relative
-    metric (0 at the anchor): the fewest steps from which the upper bound of its mean is
-    <= margin; the anchor cell passes by definition."""
-    info = spec(metric)
-    delta = margin(metric, ctx.margins)
-    if anchor is None:
-        return "no anchor", np.nan
-    if info.better not in ("higher", "lower") or not np.isfinite(delta):
-        return "no direction or margin", np.nan
-    if info.anchor_relative:
-        passes = [c == anchor or not ctx.mean(c, metric).high > delta for c in cells]
-        rule = f"upper bound <= {delta:g}"
-    else:
-        passes = []
-        for cell in cells:
-            d = ctx.diff(cell, anchor, metric)
-            worst = d.low if info.better == "higher" else -d.high
-            passes.append(cell == anchor or worst >= -delta)
-        rule = f"non-inferior to the anchor within {delta:g}"
-    found = fewest_lasting([c.steps for c in cells], passes)
-    return rule, np.nan if found is None else found
 
 
 def regime(ctx: Context) -> pd.DataFrame:
@@ -291,54 +245,6 @@ def pareto(ctx: Context) -> pd.DataFrame:
         table.loc[group.index, "on_front"] = front
     table["on_front"] = table["on_front"].astype(bool)
     return table
-
-
-def comparison(ctx: Context) -> pd.DataFrame:
-    """The study's table: latency ratios baseline / candidate (end to end and denoise +
-    decode; "not comparable" across device names) and candidate - baseline of identity
-    similarity (no face = 0; faces only; detection rate) and LPIPS to the reference, paired
-    and with intervals; pairs used of the images both cells hold."""
-    if ctx.grid.comparison is None:
-        return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    baseline, candidate = ctx.grid.comparison
-    base_device = devices(ctx.cell_frame(baseline))
-    cand_device = devices(ctx.cell_frame(candidate))
-    rows = []
-    for quantity, metric in COMPARISON_ROWS:
-        row = dict.fromkeys(COMPARISON_COLUMNS, np.nan)
-        row.update(
-            quantity=quantity,
-            metric=metric,
-            baseline=baseline.id,
-            candidate=candidate.id,
-            study=STUDY.get(metric, np.nan),
-            available=metric in ctx.metrics,
-            n_pairs=0,
-            n_paired_images=0,
-            baseline_device=base_device,
-            candidate_device=cand_device,
-            note="",
-        )
-        if metric in ctx.metrics:
-            row.update(baseline_mean=ctx.mean(baseline, metric).mean)
-            row.update(candidate_mean=ctx.mean(candidate, metric).mean)
-            if spec(metric).kind == "cost":
-                r = ratio_interval(
-                    ctx.paired(baseline, candidate), f"{metric}_a", f"{metric}_b", ctx.confidence
-                )
-                if base_device != cand_device or "," in base_device:
-                    where = f"baseline on {base_device or '?'}, candidate on {cand_device or '?'}"
-                    row.update(note=f"not comparable: {where}")
-                else:
-                    row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
-                    if "warmup" in ctx.scores:
-                        row.update(note="warm-up batch excluded")
-            else:
-                r = ctx.diff(candidate, baseline, metric)
-                row.update(estimate=r.mean, ci_low=r.low, ci_high=r.high)
-            row.update(n_pairs=r.n, n_paired_images=r.n_items)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def ablation(ctx: Context) -> pd.DataFrame:
@@ -478,7 +384,7 @@ def widths(ctx: Context) -> pd.DataFrame:
         paired = ctx.paired(candidate, baseline)
         source = f"{candidate.id} - {baseline.id}"
         sources.append(("paired difference", source, paired[f"{metric}_diff"].to_numpy(), paired))
-    shape = (len(ctx.study.prompts), len(ctx.study.seeds))
+    shape = (len({item.prompt for item in ctx.grid.items}), len(ctx.study.seeds))  # identity prompts
     return projected_widths(metric, sources, shape, ctx.confidence, ctx.seed)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.core.errors import ConfigError
-from fewstep.core.study import Study, load_study
+from fewstep.core.study import Study, load_study, prompt_group
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import lookup, marker_path
 
@@ -448,14 +448,16 @@ def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
     jobs = [
         _job(
             figures,
-            "embed_prompt",
+            "embed_prompt",  # one job per prompt group (`prompt_rule`, its `sub`), all of this kind
             f"{family}/{label}",
             start + ASSUMED_S["text_encoders"],
             gpu,
+            sub=group,
             timing_key=PROMPT_OVERHEAD_KEYS.get(family, f"embed_prompt/{family}"),
         )
         for family in grid.families
         for label in sorted(grid.prompt_variants(family))
+        for group in dict.fromkeys(map(prompt_group, grid.variant_prompts(family, label)))
     ]
     jobs += [
         _job(figures, "embed_reference", "/".join(key), start + ASSUMED_S["image_encoder"], gpu)
@@ -491,10 +493,10 @@ def download_gb(study: Study, grid: Grid) -> dict[str, float]:
 
 def _embedding_bytes(grid: Grid, jobs: list[Job]) -> float:
     floats = 0
-    prompts = len(grid.study.prompts)
     for job in jobs:
         family, _, suffix = job.name.partition("/")
         if job.rule == "embed_prompt" and family in PROMPT_FLOATS:
+            prompts = len(grid.variant_prompts(family, suffix, job.sub))
             floats += prompts * PROMPT_FLOATS[family](grid.prompt_settings(family, suffix))
         elif job.rule == "embed_reference":
             floats += REFERENCE_FLOATS[suffix.partition("/")[0]]

@@ -116,5 +116,8 @@ COMPARISON_COLUMNS = [
     "available",
     "baseline_device",
     "candidate_device",
+    "family",
+    "effective_steps",
+    "effective_rule",
     "note",
 ]

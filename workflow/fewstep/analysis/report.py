@@ -66,18 +66,29 @@ def range_of(row) -> Bounds:
     return RATIO if spec(row.metric).kind == "cost" else spec(row.metric).bounds.difference()
 
 
-def _study_section(page: Page, comparison: pd.DataFrame, confidence: float) -> None:
-    if comparison.empty:
-        page.add(
-            "study",
-            "The study's comparison",
-            note_html(
-                "The config names no comparison cells (comparison: baseline, candidate): nothing to compare."
-            ),
-        )
-        return
-    rows = []
-    for row in comparison.itertuples(index=False):
+def pairs_of(comparison: pd.DataFrame) -> list[pd.DataFrame]:
+    """The comparison table's rows of each (baseline, candidate) pair, pairs in table order."""
+    groups = comparison.groupby(["baseline", "candidate"], sort=False)
+    return [rows.reset_index(drop=True) for _, rows in groups]
+
+
+def study_pair(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the first pair the study's figures stand beside (an identity pair), else none."""
+    return next((rows for rows in pairs_of(comparison) if rows["study"].notna().any()), comparison.iloc[:0])
+
+
+def _effective_text(row) -> str:
+    """The candidate series' effective regime against the baseline cell, for a quality row."""
+    if spec(row.metric).kind == "cost" or not isinstance(row.effective_rule, str) or not row.effective_rule:
+        return "—"
+    if not np.isfinite(row.effective_steps):
+        return f"never ({row.effective_rule})"
+    return f"from {int(row.effective_steps)} steps"
+
+
+def _pair_table(rows: pd.DataFrame, confidence: float) -> str:
+    table = []
+    for row in rows.itertuples(index=False):
         ratio = spec(row.metric).kind == "cost"
         note = row.note if isinstance(row.note, str) else ""
         if not row.available:
@@ -95,35 +106,58 @@ def _study_section(page: Page, comparison: pd.DataFrame, confidence: float) -> N
                 else "—"
             )
         study = "—" if not np.isfinite(row.study) else (f"{row.study:g}x" if ratio else f"{row.study:+g}")
-        rows.append(
+        table.append(
             {
                 "quantity": row.quantity,
                 "baseline mean": fmt(row.baseline_mean) if row.available else NA,
                 "candidate mean": fmt(row.candidate_mean) if row.available else NA,
                 f"this sweep [{confidence:.0%} interval]": ours,
+                "candidate's series as good as the baseline": _effective_text(row),
                 "study (dev-28 vs schnell-4)": study,
                 "study value inside interval": inside,
                 "pairs used (of images paired)": pairs(row.n_pairs, row.n_paired_images),
                 "note": note,
             }
         )
-    first = comparison.iloc[0]
-    devices = f"{first['baseline_device']}" if isinstance(first["baseline_device"], str) else ""
+    return html_table(pd.DataFrame(table, dtype=object), "study")
+
+
+def _study_section(page: Page, comparison: pd.DataFrame, confidence: float) -> None:
+    if comparison.empty:
+        page.add(
+            "study",
+            "The study's comparison",
+            note_html(
+                "The config names no comparison cells (comparison: baseline, candidate): nothing to compare."
+            ),
+        )
+        return
     body = (
-        f"<p>Baseline <code>{html.escape(first['baseline'])}</code>, candidate "
-        f"<code>{html.escape(first['candidate'])}</code>; differences are candidate minus baseline on the "
-        "same identity, prompt and seed (paired), latency ratios are mean baseline over mean candidate "
-        "time per image on the same items, the warm-up batch left out where the manifest marks it. "
-        "The study's 5.9x is end to end (prompt and identity encoding, denoising, decoding); it is set "
-        "beside our end-to-end row only. The identity rows: the headline, compared with the study's "
-        "+0.028, is ArcFace similarity with an image without a detected face counted as 0 "
-        "(<code>id_sim_zero</code>: every image counts); the faces-only mean (<code>id_sim</code>, "
-        "over the pairs where both images show a face) and the detection rate stand beside it. "
-        "The study compares FLUX.1-dev at 28 steps with FLUX.1-schnell at 4 (InfuseNet on both)."
-        + (f" Devices: {html.escape(devices)}." if devices else "")
-        + "</p>"
-        + html_table(pd.DataFrame(rows, dtype=object), "study")
+        "<p>Each pair of the config's <code>comparison</code>: differences are candidate minus baseline "
+        "on the same picture, prompt and seed (paired), for every metric of the pair's role; latency "
+        "ratios are mean baseline over mean candidate time per image on the same items, the warm-up "
+        "batch left out where the manifest marks it. The effective regime is the fewest steps of the "
+        "candidate's series from which every cell is non-inferior to the baseline cell within the "
+        "metric's margin (the regime table's rule, the baseline as anchor).</p>"
     )
+    if not study_pair(comparison).empty:
+        body += (
+            "<p>The study's 5.9x is end to end (prompt and identity encoding, denoising, decoding); it is "
+            "set beside our end-to-end row only. The identity rows: the headline, compared with the "
+            "study's +0.028, is ArcFace similarity with an image without a detected face counted as 0 "
+            "(<code>id_sim_zero</code>: every image counts); the faces-only mean (<code>id_sim</code>, "
+            "over the pairs where both images show a face) and the detection rate stand beside it. "
+            "The study compares FLUX.1-dev at 28 steps with FLUX.1-schnell at 4 (InfuseNet on both).</p>"
+        )
+    for rows in pairs_of(comparison):
+        first = rows.iloc[0]
+        devices = first["baseline_device"] if isinstance(first["baseline_device"], str) else ""
+        body += (
+            f"<h3>{html.escape(str(first['family']))}: <code>{html.escape(first['candidate'])}</code> "
+            f"against <code>{html.escape(first['baseline'])}</code></h3>"
+            + (f"<p>Devices: {html.escape(devices)}.</p>" if devices else "")
+            + _pair_table(rows, confidence)
+        )
     page.add("study", "The study's comparison", body)
 
 
@@ -153,8 +187,9 @@ def _findings(page: Page, read: dict[str, pd.DataFrame]) -> None:
                 f"(the study: {row.study:+g}; "
                 f"{pairs(row.n_pairs, row.n_paired_images)} pairs)."
             )
-    if not comparison.empty:
-        first = comparison.iloc[0]
+    study = study_pair(comparison)
+    if not study.empty:
+        first = study.iloc[0]
         if Cell.parse(first["baseline"]).steps != 28 or Cell.parse(first["candidate"]).steps != 4:
             items.append(
                 "This sweep's comparison cells are not the study's (dev at 28 steps vs schnell at 4): "
@@ -344,7 +379,7 @@ def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
         "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "
         f"same prompt and seed ({seed}), so a row shows the identity forming step by step.</p>"
     )
-    for prompt in [p.id for p in study.prompts[: study.report.grid_prompts]]:
+    for prompt in list(dict.fromkeys(item.prompt for item in grid.items))[: study.report.grid_prompts]:
         for backbone, adapter in dict.fromkeys((c.backbone, c.adapter) for c in grid.cells):
             if backbone in skip:
                 continue
@@ -390,7 +425,7 @@ def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
     _findings(page, read)
     _study_section(page, read["comparison"], study.report.confidence)
     _regime_section(page, summary, read["regime"], study)
-    page.add(*identity_encoders.section(study, summary, read["comparison"]))
+    page.add(*identity_encoders.section(study, summary, study_pair(read["comparison"])))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"])
@@ -408,15 +443,14 @@ def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
             page.append(key, extra)
 
     weights = {study.weights, *per_image.get("weights", pd.Series(dtype=str)).dropna().unique()}
-    anchor, comparison = grid.anchor, grid.comparison
+    anchor = grid.anchor
     n_id = len(study.identities)
     intro = header_counts(study, per_image) + (
         f"<p>Weights: <b>{html.escape(', '.join(sorted(weights)))}</b>. "
         f"Anchor: <code>{html.escape(anchor.id if anchor else 'none')}</code>. "
     )
-    if comparison:
-        intro += f"Comparison: <code>{html.escape(comparison[0].id)}</code> vs "
-        intro += f"<code>{html.escape(comparison[1].id)}</code>. "
+    compared = [" vs ".join(f"<code>{html.escape(c.id)}</code>" for c in pair) for pair in grid.comparisons]
+    intro += f"Comparison: {'; '.join(compared)}. " if compared else ""
     intro += f"Config hash {config_hash(study)}, commit {html.escape(provenance.git_commit())}.</p>"
     intro += identity_warning(n_id, read["coverage"])
     atomic_write_text(out, render(page, weights, intro))

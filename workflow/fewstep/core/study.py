@@ -137,8 +137,30 @@ class Reference(Section):
 
 @dataclass(frozen=True, eq=False)
 class Prompt(Section):
+    """One prompt; ``role`` None: every cell renders it, else only the cells of that role."""
+
     id: str = ""
     text: str = ""
+    role: str | None = None
+
+    def serves(self, roles: list[str]) -> bool:
+        """Whether a cell crossing pictures of `roles` renders this prompt."""
+        return self.role is None or self.role in roles
+
+
+#: the prompt group of prompts without a role (every cell renders them)
+ANY_ROLE = "any"
+
+
+def prompt_group(prompt: Prompt) -> str:
+    """The group a prompt is embedded with: its role, or `ANY_ROLE`."""
+    return prompt.role or ANY_ROLE
+
+
+def prompt_rule(group: str) -> str:
+    """The Snakemake rule embedding a prompt group: ``embed_prompt`` for prompts without a
+    role (the rule's name before prompts had roles), ``embed_prompt_<role>`` for a role's."""
+    return "embed_prompt" if group == ANY_ROLE else f"embed_prompt_{group}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,7 +260,7 @@ class Study(Mapping[str, Any]):
     accelerations: Mapping[str, Acceleration]
     cells: tuple[CellBlock, ...]
     anchor: str | None
-    comparison: Comparison | None
+    comparisons: tuple[Comparison, ...]
     local_weights: Mapping[str, str]
     revisions: Mapping[str, str]
     memory: Memory
@@ -261,6 +283,7 @@ class Study(Mapping[str, Any]):
             return MappingProxyType({name: section(kind, v, id=name) for name, v in config[key].items()})
 
         comparison = config.get("comparison")
+        pairs = [comparison] if isinstance(comparison, Mapping) else comparison or []
         return cls(
             sweep=config["sweep"],
             weights=config["weights"],
@@ -281,7 +304,7 @@ class Study(Mapping[str, Any]):
             accelerations=named(Acceleration, "accelerations"),
             cells=tuple(section(CellBlock, block) for block in config["cells"]),
             anchor=config.get("anchor"),
-            comparison=None if comparison is None else section(Comparison, comparison),
+            comparisons=tuple(section(Comparison, pair) for pair in pairs),
             local_weights=MappingProxyType(dict(config["local_weights"])),
             revisions=MappingProxyType(dict(config["revisions"])),
             memory=section(Memory, config["memory"]),
@@ -311,6 +334,11 @@ class Study(Mapping[str, Any]):
     def config_hash(self) -> str:
         """`fewstep.core.config.config_hash` of the validated config."""
         return config_hash(self.to_dict())
+
+    @property
+    def comparison(self) -> Comparison | None:
+        """The first comparison pair (config ``comparison``: one pair or a list), None without one."""
+        return self.comparisons[0] if self.comparisons else None
 
     def identity(self, identity_id: str) -> Identity | None:
         return next((i for i in self.identities if i.id == identity_id), None)

@@ -206,8 +206,8 @@ class Family(Protocol):
     #: the config ``accelerations.<name>`` switches (compile, fp8, cache) it implements, each with
     #: every value, or ``"<switch>:<value>"`` for one value only (``"cache:taylorseer"``); empty: eager only
     acceleration_switches: frozenset[str]
-    #: True: its cells may be the config's ``anchor`` and ``comparison`` cells (``trajectory.cells``
-    #: may be any family's: every cell pipeline reports its x0 after each step)
+    #: True: its cells may be the config's ``anchor`` (``trajectory.cells`` may be any family's:
+    #: every cell pipeline reports its x0 after each step; ``comparison`` pairs take any family's cells)
     comparable: bool
     #: the ``backbones.<id>`` settings it reads besides the family-neutral ``model``, ``family``,
     #: ``steps`` and ``guidance`` (the grid refuses any other key set on its backbones)

@@ -138,26 +138,36 @@ class CellEnumeration:
 
     @cached_property
     def items(self) -> list[Item]:
-        """Identity x prompt x seed: the items of a cell that crosses the identities."""
+        """Identity x prompt x seed: the items of a cell that crosses the identities (the prompts
+        of role identity, or of none)."""
         return [
             Item(identity.id, prompt.id, seed)
             for identity in self.study.identities
-            for prompt in self.study.prompts
+            for prompt in self.role_prompts([IDENTITY])
             for seed in self.study.seeds
         ]
 
     def items_of(self, cell: Cell) -> list[Item]:
         """The items rendered in `cell`, in order: picture x prompt x seed, the pictures those of
         its roles (`cell_roles`): the identities (`items`), or the references of those roles with
-        `Item.identity` the reference id."""
+        `Item.identity` the reference id; each picture with the prompts of its own role and those
+        without a role (a bare SD backbone paints no style prompt over an object reference)."""
         if not self.reads_references(cell):
             return self.items
         return [
             Item(reference.id, prompt.id, seed)
             for reference in self.references_of(cell)
-            for prompt in self.study.prompts
+            for prompt in self.role_prompts([reference.role])
             for seed in self.study.seeds
         ]
+
+    def role_prompts(self, roles: list[str]) -> list[Prompt]:
+        """The config's prompts a cell crossing pictures of `roles` renders, in config order."""
+        return [p for p in self.study.prompts if p.serves(roles)]
+
+    def prompts_of(self, cell: Cell) -> list[Prompt]:
+        """The prompts `cell` renders: those of its roles (`cell_roles`) and those without a role."""
+        return self.role_prompts(self.cell_roles(cell))
 
     def cell_roles(self, cell: Cell) -> list[str]:
         """The roles of the pictures `cell`'s items cross (its family's `adapter_role`): its
@@ -252,9 +262,14 @@ class CellEnumeration:
         return Cell.parse(anchor) if anchor else None
 
     @property
+    def comparisons(self) -> list[tuple[Cell, Cell]]:
+        """(baseline, candidate) of every config ``comparison`` pair, in config order."""
+        return [(Cell.parse(p.baseline), Cell.parse(p.candidate)) for p in self.study.comparisons]
+
+    @property
     def comparison(self) -> tuple[Cell, Cell] | None:
-        pair = self.study.comparison
-        return (Cell.parse(pair.baseline), Cell.parse(pair.candidate)) if pair else None
+        """The first comparison pair (the study's, where the config lists it first)."""
+        return self.comparisons[0] if self.comparisons else None
 
     @property
     def trajectory_cells(self) -> list[Cell]:

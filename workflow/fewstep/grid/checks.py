@@ -108,8 +108,16 @@ def _check_acceleration(grid: Grid, cell: Cell) -> None:
 
 
 def _check_items(grid: Grid, cell: Cell) -> None:
-    """Each cell has pictures to cross: identities, or references of the roles it reads."""
+    """Each cell has pictures to cross (identities, or references of the roles it reads) and
+    prompts to render (those of its roles, or without a role)."""
     roles = grid.cell_roles(cell)
+    pictured = [IDENTITY] if IDENTITY in roles else [r.role for r in grid.references_of(cell)]
+    for role in dict.fromkeys(pictured):
+        if not grid.role_prompts([role]):
+            raise ConfigError(
+                f"config prompts: cell {cell.id} renders prompts of role {role} and no prompt has it; "
+                f"add one with role: {role} (or one without a role)"
+            )
     if IDENTITY in roles and not grid.study.identities:
         raise ConfigError(f"config identities: cell {cell.id} crosses identities; add at least one")
     if not grid.reads_references(cell):
@@ -121,22 +129,35 @@ def _check_items(grid: Grid, cell: Cell) -> None:
 
 
 def _check_compared_cells(grid: Grid) -> None:
-    """The trajectory, anchor and comparison cells are in the grid; the anchor and comparison
-    cells of a family that compares across cells (a trajectory cell may be of any family)."""
+    """The trajectory, anchor and comparison cells are in the grid; the anchor of a family that
+    compares across cells (a trajectory cell may be of any family); the two cells of a comparison
+    pair crossing one role's pictures."""
+    single = not isinstance(grid.study.get("comparison"), list)
+    for i, (baseline, candidate) in enumerate(grid.comparisons):
+        key = "comparison" if single else f"comparison[{i}]"
+        _check_in_grid(grid, f"{key}.baseline", baseline)
+        _check_in_grid(grid, f"{key}.candidate", candidate)
+        if grid.cell_roles(baseline) != grid.cell_roles(candidate):
+            raise ConfigError(
+                f"config {key}: {baseline.id} and {candidate.id} cross different pictures "
+                f"({' and '.join(grid.cell_roles(baseline))} vs {' and '.join(grid.cell_roles(candidate))}), "
+                "so no image pairs; pair cells of one role"
+            )
     for key, cell in (
         *((f"trajectory.cells[{i}]", c) for i, c in enumerate(grid.trajectory_cells)),
         ("anchor", grid.anchor),
-        *zip(("comparison.baseline", "comparison.candidate"), grid.comparison or (), strict=False),
     ):
         if cell is None:
             continue
-        if cell not in grid.cells:
-            raise ConfigError(
-                f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it"
-            )
+        _check_in_grid(grid, key, cell)
         family = grid.family(cell)
         if not family.comparable and not key.startswith("trajectory"):
             raise ConfigError(
                 f"config {key}: {cell.id} is a {family.name} cell; the {key.split('.')[0]} takes cells of "
                 f"families compared across cells (not {family.name}); pick such a cell or remove it"
             )
+
+
+def _check_in_grid(grid: Grid, key: str, cell: Cell) -> None:
+    if cell not in grid.cells:
+        raise ConfigError(f"config {key}: cell {cell.id!r} is not in the grid; add it to cells or change it")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Prompt, prompt_group
 from fewstep.grid.cells import Cell
 from fewstep.grid.triggers import RerunTriggers
 from fewstep.registry.spec import Usage
@@ -94,8 +95,20 @@ class FileInputs(RerunTriggers):
         return paths.prompt_variant_embedding(backbone.family, prompt_id, variant)
 
     def prompt_embeddings(self, paths: Any, cell: Cell) -> list[Any]:
-        """The prompt embedding files a cell's generation reads."""
-        return [self.prompt_embedding(paths, cell, p.id) for p in self.study.prompts]
+        """The prompt embedding files a cell's generation reads (its roles' prompts)."""
+        return [self.prompt_embedding(paths, cell, p.id) for p in self.prompts_of(cell)]
+
+    def variant_prompts(self, family: str, label: str, group: str | None = None) -> list[Prompt]:
+        """The prompts embedded as `family`'s variant `label`: those some cell reading that
+        variant renders, in config order; with `group` (`prompt_group`) only that group's (one
+        embed_prompt job's outputs)."""
+        wanted = {
+            p.id
+            for c in self.cells
+            if self.backbone(c).family == family and self.family(c).prompt_variant(self.backbone(c)) == label
+            for p in self.prompts_of(c)
+        }
+        return [p for p in self.study.prompts if p.id in wanted and group in (None, prompt_group(p))]
 
     # ---------------------------------------------------- identities, references
     def needs_identity_embeddings(self, cell: Cell) -> bool:

@@ -66,23 +66,32 @@ def embed_prompts(
     family: str | None = None,
     prompt_ids: list[str] | None = None,
     variant: str | None = None,
+    group: str | None = None,
 ) -> list[Path]:
     """Write prompt embeddings: every family, prompt and prompt variant (`Family.prompt_variants`)
-    the cells use, or only the ones named (the `embed_prompt` rule: every prompt as one variant of
-    one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``)."""
+    the cells use, or only the ones named (the `embed_prompt` rule: the prompts of one variant of
+    one family, e.g. FLUX's ``L512`` or an SD negative prompt's ``N<hash>``, that its cells' roles
+    render, of one prompt group with `group`: `Grid.variant_prompts`)."""
     grid = Grid.of(study)
-    prompts = [grid.prompt(p) for p in prompt_ids] if prompt_ids else list(study.prompts)
+    named = [grid.prompt(p) for p in prompt_ids] if prompt_ids else None
     written = []
     for name in [family] if family else grid.families:
         labels = [variant] if variant else list(grid.prompt_variants(name))
         variants = {label: grid.prompt_variant_backbone(name, label) for label in labels}
-        written += _embed_prompts(study, name, prompts, variants)
+        jobs = [
+            (prompt, label)
+            for label in labels
+            for prompt in (named or grid.variant_prompts(name, label, group))  # its cells' roles
+        ]
+        written += _embed_prompts(study, name, jobs, variants)
     return written
 
 
-def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: dict[str, Any]) -> list[Path]:
-    """One file per prompt and variant (label -> the backbone whose settings it embeds with),
-    the family's text encoders loaded once."""
+def _embed_prompts(
+    study: Study, family: str, jobs: list[tuple[Prompt, str]], variants: dict[str, Any]
+) -> list[Path]:
+    """One file per (prompt, variant label) of `jobs` (label -> the backbone whose settings it
+    embeds with), the family's text encoders loaded once."""
     from fewstep.core.provenance import device_name
     from fewstep.families.base import timed
     from fewstep.registry.load import resolve_device, resolve_dtype
@@ -93,7 +102,6 @@ def _embed_prompts(study: Study, family: str, prompts: list[Prompt], variants: d
     source = grid.text_encoder_backbone(family)
     encoder = grid.known_families[family].prompt_encoder(study, source, device, dtype)
     written = []
-    jobs = [(p, label) for p in prompts for label in variants]
     # the bar ends its line before an error line is printed
     with tqdm(jobs, desc=f"prompt embeddings ({family})", unit="prompt") as bar:
         for prompt, label in bar:

@@ -174,7 +174,7 @@ def run_config(
             "items": {
                 "count": len(grid.items_of(cell)),
                 "identities": list(dict.fromkeys(item.identity for item in grid.items_of(cell))),
-                "prompts": [p.id for p in study.prompts],
+                "prompts": list(dict.fromkeys(item.prompt for item in grid.items_of(cell))),
                 "seeds": list(study.seeds),
             },
         }

@@ -35,7 +35,7 @@ class FluxFamily:
     max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
     adapter_roles = ("identity",)  # InfuseNet conditions on a face: every cell crosses the identities
     acceleration_switches = frozenset({"compile", "fp8", "cache"})
-    comparable = True  # the anchor and comparison cells are FLUX cells of the identity study
+    comparable = True  # the anchor cell is a FLUX cell of the identity study
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"infusenet": INFUSENET_KEYS, "none": frozenset()}
 

@@ -68,7 +68,7 @@ class StableDiffusion:
     #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
     acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
-    #: config's anchor or comparison cell (those compare identities); trajectories take any cell
+    #: config's anchor cell (it compares identities); trajectories and comparison pairs take any cells
     comparable = False
     backbone_keys = frozenset({"scheduler", "negative_prompt", "resolution", "distillation"})
 
@@ -178,7 +178,7 @@ class StableDiffusion:
         """What besides model and guidance shapes a backbone's images (cell specs hash it)."""
         settings = {
             "scheduler": backbone.get("scheduler", "default"),
-            "negative_prompt": negative_prompt(backbone),
+            "negative_prompt": self.negative(backbone),
             "resolution": self.resolution(backbone),
         }
         if (distillation := distillation_of(backbone)) is not None:  # base cells keep their hashes
@@ -209,14 +209,26 @@ class StableDiffusion:
         return [] if file is None else list(self.reference_weights(file))
 
     def prompt_variants(self, backbones: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-        """One file per CFG negative prompt, named by its label (`negative_label`)."""
-        return {negative_label(b): b for b in backbones}
+        """One file per CFG negative (its text, or zero embeddings), named by `prompt_variant`."""
+        return {self.prompt_variant(b): b for b in backbones}
 
     def prompt_variant(self, backbone: Mapping[str, Any]) -> str:
-        return negative_label(backbone)
+        """``N<hash>`` of the negative's text; ``Nzeros`` for zero negative embeddings (`negative`)."""
+        negative = self.negative(backbone)
+        return ZERO_NEGATIVE if negative is None else negative_label(negative)
 
     def prompt_metadata(self, backbone: Mapping[str, Any]) -> dict[str, str]:
-        return {"negative_prompt": negative_prompt(backbone)}
+        negative = self.negative(backbone)
+        if negative is None:
+            return {"negative_prompt": "", "negative_embeddings": "zeros"}
+        return {"negative_prompt": negative}
+
+    def negative(self, backbone: Mapping[str, Any]) -> str | None:
+        """What the backbone's negative embeddings are made of: its negative prompt's text; unset,
+        ``""`` where the pipeline then encodes the empty prompt (SD1.5) and None where it uses
+        zero embeddings (SDXL, `SDFamily.zeros_unset_negative`). Cell specs hash it."""
+        text = negative_prompt(backbone)
+        return "" if text is None and not self.spec.zeros_unset_negative else text
 
     #: LPIPS compares each image with the same item in its job's highest-step cell
     anchors_to_highest_step = True
@@ -309,9 +321,13 @@ class StableDiffusion:
         return section(kit, self.name, self.label, self.report_folders[0])
 
 
-def negative_label(backbone: Mapping[str, Any]) -> str:
-    """Names the negative prompt in embedding file names: two negatives never share a file."""
-    return "N" + hashlib.sha256(negative_prompt(backbone).encode()).hexdigest()[:12]
+#: the prompt variant of zero negative embeddings (SDXL without a negative prompt)
+ZERO_NEGATIVE = "Nzeros"
+
+
+def negative_label(negative: str) -> str:
+    """Names a negative prompt's text in embedding file names: two negatives never share a file."""
+    return "N" + hashlib.sha256(negative.encode()).hexdigest()[:12]
 
 
 SD_FAMILIES = {name: StableDiffusion(spec) for name, spec in FAMILIES.items()}

@@ -168,9 +168,11 @@ def generation_weights(
     return folders
 
 
-def negative_prompt(backbone: Mapping[str, Any]) -> str:
-    """A backbone's classifier-free guidance negative prompt (empty unless configured)."""
-    return backbone.get("negative_prompt") or ""
+def negative_prompt(backbone: Mapping[str, Any]) -> str | None:
+    """A backbone's classifier-free guidance negative prompt, None when unset: the pipeline's own
+    default then applies (SD1.5 encodes ``""``; SDXL uses zero embeddings, its model index's
+    ``force_zeros_for_empty_prompt``), as `encode_prompt(negative_prompt=None)` does."""
+    return backbone.get("negative_prompt")
 
 
 def reference_weights(backbone: str, file: str) -> dict[str, tuple[str, ...]]:

@@ -157,6 +157,12 @@ class SDFamily:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # repo-root folder -> vision config
 
     @property
+    def zeros_unset_negative(self) -> bool:
+        """Its pipeline uses zero negative embeddings when no negative prompt is given (SDXL's
+        ``force_zeros_for_empty_prompt``) rather than encoding ``""``."""
+        return bool(self.index_extras.get("force_zeros_for_empty_prompt", False))
+
+    @property
     def tokenizers(self) -> list[str]:
         return [name.replace("text_encoder", "tokenizer") for name in self.text_encoders]
 
