@@ -111,8 +111,7 @@ IDENTITY_FLOATS = 512 + 10
 #: runs of 2026-12-06/07 ran the SD families' under the rule embed_sd_prompt (their CLIP towers,
 #: pooled); a family not listed has its own key, embed_prompt/<family>
 PROMPT_OVERHEAD_KEYS = {"flux": "embed_prompt", "sd15": "embed_sd_prompt", "sdxl": "embed_sd_prompt"}
-#: rules a committed workflow run names that are now another rule (one prompt rule for every family)
-FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}
+FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}  # rules committed runs name, now one prompt rule
 
 
 @dataclass
