@@ -25,13 +25,13 @@ from timing import card_name, require_device, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.core.config import validate  # noqa: E402
+from fewstep.core.study import Study, parse_config  # noqa: E402
 
 
-def config_for(args: argparse.Namespace) -> dict:
+def config_for(args: argparse.Namespace) -> Study:
     """FLUX dev and schnell with InfuseNet at the study's steps, klein at its card's steps and
     around them with its reference, and bare at the card's steps."""
-    return validate(
+    return parse_config(
         {
             "sweep": "klein-latency",
             "weights": args.weights,

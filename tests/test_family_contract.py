@@ -219,7 +219,9 @@ def tiny_cell(config: dict, name: str, backbone: dict, adapter: dict) -> base.Ti
     assert isinstance(made, base.TinyCell), (
         f"{package}.tiny.tiny_cell: return a fewstep.families.base.TinyCell"
     )
-    assert (made.reference is None) == (adapter["kind"] == "none")
+    family = FAMILIES[name]
+    precomputed = family.reference_file(adapter) is not None or family.needs_identity_embeddings(adapter)
+    assert (made.reference is None) == (not precomputed), "a reference exactly where the job reads a file"
     return made
 
 
@@ -262,7 +264,7 @@ def run_cell_pipeline(
         else:
             assert conforms(getattr(pipeline, member), spec)
     prompt = {k: v.to(pipeline.device, pipeline.dtype) for k, v in prompt.items()}
-    inputs = base.ItemInputs(prompt, "ref-a", item.reference, item.reference_meta)
+    inputs = base.ItemInputs(prompt, REFERENCE_ID, item.reference, item.reference_meta)
     with torch.no_grad():
         condition, seconds = pipeline.condition(inputs)
         assert isinstance(seconds, float) and seconds >= 0

@@ -15,11 +15,13 @@ from PIL import Image
 from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError
 from fewstep.core.images import load_rgb
+from fewstep.core.study import Study
 from fewstep.families import FAMILIES
 from fewstep.families.base import ItemInputs
 from fewstep.families.klein import models, specs
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import model_folder
+from tests.conftest import study_of
 
 CPU = torch.device("cpu")
 KLEIN = FAMILIES["klein"]
@@ -28,23 +30,24 @@ PROMPT = "A professional studio portrait photo of the person, soft light"
 
 
 @pytest.fixture(scope="module")
-def klein_config(tmp_path_factory) -> dict:
-    """The demo config with the tiny klein prepared (text encoder included)."""
+def klein_config(tmp_path_factory) -> Study:
+    """The demo study with the tiny klein prepared (text encoder included)."""
     from conftest import demo_yaml
 
     from fewstep.jobs.prepare import prepare_model
 
     root = tmp_path_factory.mktemp("klein")
-    config = validate(demo_yaml() | {k: str(root / k) for k in ("results_dir", "models_dir", "reports_dir")})
+    raw = demo_yaml() | {k: str(root / k) for k in ("results_dir", "models_dir", "reports_dir")}
+    config = study_of(validate(raw))
     prepare_model(config, MODEL)
     return config
 
 
-def backbone(config: dict) -> dict:
+def backbone(config: Study) -> dict:
     return next(b for b in config["backbones"].values() if b["family"] == "klein")
 
 
-def ours(config: dict, adapter: dict, identities: list[str], seeds: list[int], steps: int) -> np.ndarray:
+def ours(config: Study, adapter: dict, identities: list[str], seeds: list[int], steps: int) -> np.ndarray:
     """The workflow's images: the prompt encoder's embedding, the cell pipeline's loop and decode."""
     encoder = KLEIN.prompt_encoder(config, MODEL, CPU, torch.float32)
     embedding = encoder.encode(PROMPT, backbone(config))
@@ -140,25 +143,27 @@ def test_random_mode_writes_the_published_full_size_configs(tmp_path):
 def test_config_checks_name_the_key(raw_demo):
     for key, value, match in (
         ("guidance", 3.5, "backbones.klein.guidance: it is step- and guidance-distilled"),
-        ("scheduler", "ddim", "backbones.klein.scheduler: FLUX.2 \\[klein\\] has none"),
-        ("max_sequence_length", 256, "backbones.klein.max_sequence_length: applies only where family flux"),
+        ("scheduler", "ddim", "backbones.klein.scheduler: not a setting of klein backbones"),
+        ("max_sequence_length", 256, "backbones.klein.max_sequence_length: not a setting of klein backbones"),
     ):
         raw = dict(
             raw_demo, backbones=dict(raw_demo["backbones"], klein=dict(raw_demo["backbones"]["klein"]))
         )
         raw["backbones"]["klein"][key] = value
         with pytest.raises(ConfigError, match=match):
-            Grid(validate(raw))
+            Grid(study_of(validate(raw)))
     raw = dict(
         raw_demo, adapters=dict(raw_demo["adapters"], **{"klein-reference": {"kind": "native_reference"}})
     )
     raw["adapters"]["klein-reference"]["scale"] = 0.5
-    with pytest.raises(ConfigError, match="adapters.klein-reference.scale: an IP-Adapter setting"):
-        Grid(validate(raw))
+    with pytest.raises(
+        ConfigError, match="adapters.klein-reference.scale: not a setting of klein native_ref"
+    ):
+        Grid(study_of(validate(raw)))
 
 
 def test_grid_crosses_identities_and_loads_only_klein(raw_demo):
-    grid = Grid(validate(raw_demo))
+    grid = Grid(study_of(validate(raw_demo)))
     cells = [c for c in grid.cells if grid.backbone(c).family == "klein"]
     assert [c.id for c in cells] == [
         f"klein/klein-reference/{s}" for s in raw_demo["backbones"]["klein"]["steps"]
@@ -195,8 +200,8 @@ def test_a_klein_sweep_runs_from_grid_to_report_scored_by_identity(tmp_path):
         wandb={"mode": "disabled"},
     )
     raw.pop("comparison")
-    config = validate(raw)
-    grid, paths = Grid(config), Paths(config)
+    config = study_of(validate(raw))
+    grid, paths = Grid.of(config), Paths(config)
     assert [c.id for c in grid.cells] == ["klein/photo/1", "klein/photo/3"]
     for name in grid.models:
         prepare_model(config, name)

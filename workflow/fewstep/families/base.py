@@ -122,8 +122,9 @@ class ReferenceEncoder(Protocol):
 class TinyCell:
     """One cell's seeded tiny components made in memory (no file read), and an item's precomputed
     inputs besides its prompt as the family's precompute job writes them (`ItemInputs.reference`
-    and ``reference_meta``): what each family's ``tiny.py:tiny_cell(config, backbone, adapter)``
-    gives `Family.cell_pipeline(..., components=...)` in the contract test."""
+    and ``reference_meta``; None where the job reads no such file, as a cell pipeline that reads
+    the photo through the config): what each family's ``tiny.py:tiny_cell(config, backbone,
+    adapter)`` gives `Family.cell_pipeline(..., components=...)` in the contract test."""
 
     components: dict[str, Any]
     reference: dict[str, torch.Tensor] | None

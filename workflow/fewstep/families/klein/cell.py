@@ -13,18 +13,18 @@ from typing import Any
 
 import torch
 
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, ItemInputs, Step, timed
 from fewstep.families.klein import pipeline
-from fewstep.families.klein.models import load_klein, load_klein_text_encoder
 from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, TEXT_ENCODER_OUT_LAYERS
 
 
 class KleinPromptEncoder:
     """Qwen3 prompt embeddings through a text-only Flux2KleinPipeline."""
 
-    def __init__(self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
         self.device = device
-        self.pipe = load_klein_text_encoder(config, model, device, dtype)
+        self.pipe = pipeline.load_klein_text_encoder(config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -38,10 +38,10 @@ class KleinPromptEncoder:
 
 
 def load_components(
-    config: Mapping[str, Any], backbone: Mapping[str, Any], device: torch.device, dtype: torch.dtype
+    config: Study, backbone: Mapping[str, Any], device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
     """The components a `KleinCellPipeline` takes, from the prepared weights: transformer, vae, scheduler."""
-    return load_klein(config, backbone["model"], device, dtype)
+    return pipeline.load_klein(config, backbone["model"], device, dtype)
 
 
 class KleinCellPipeline:

@@ -18,22 +18,20 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.core.study import Study
 from fewstep.families.klein.models import BACKBONES, generation_weights
 from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, TEXT_ENCODER_OUT_LAYERS
 
 if TYPE_CHECKING:
     import torch
 
-    from fewstep.families.base import ReferenceEncoder
+    from fewstep.families.base import IdentityEncoder, ReferenceEncoder
     from fewstep.families.klein.cell import KleinCellPipeline, KleinPromptEncoder
     from fewstep.families.report_kit import ReportKit, ReportParts
     from fewstep.registry.spec import ModelSpec
 
 #: the adapter kind of a model that takes the reference picture itself (`image=`), no adapter
 NATIVE_REFERENCE = "native_reference"
-#: backbone and adapter keys other families read, which klein would silently ignore
-FOREIGN_BACKBONE_KEYS = ("guidance", "scheduler", "negative_prompt", "resolution")
-FOREIGN_ADAPTER_KEYS = ("role", "file", "scale")
 #: the prompt embedding files' label: Qwen3 hidden states of the chat-formatted prompt, 512 tokens
 PROMPT_VARIANT = f"Q{MAX_SEQUENCE_LENGTH}"
 
@@ -49,28 +47,24 @@ class KleinFamily:
     comparable = True  # identity cells, compared with FLUX's on the same identities and metrics
     anchors_to_highest_step = False  # LPIPS to the config's anchor, as FLUX's cells
     prompt_job_mem_mb = 24000  # Qwen3-4B (8 GB in bf16), read from disk
+    #: none besides the neutral ones: its prompt length and step schedule are the card's
+    backbone_keys: frozenset[str] = frozenset()
+    #: the reference is the identity's photo as it is: nothing to set
+    adapter_keys = {NATIVE_REFERENCE: frozenset(), "none": frozenset()}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
         return BACKBONES
 
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
-        for setting in FOREIGN_BACKBONE_KEYS:
-            if backbone.get(setting) is not None:
-                why = (
-                    "it is step- and guidance-distilled"
-                    if setting == "guidance"
-                    else "FLUX.2 [klein] has none"
-                )
-                raise ConfigError(f"config backbones.{key}.{setting}: {why}; remove it")
+        """The neutral ``guidance`` set: klein takes none (the grid refuses keys of other families)."""
+        if backbone.get("guidance") is not None:
+            raise ConfigError(
+                f"config backbones.{key}.guidance: it is step- and guidance-distilled; remove it"
+            )
 
     def check_adapter(self, key: str, adapter: Mapping[str, Any]) -> None:
-        for setting in FOREIGN_ADAPTER_KEYS:
-            if setting in adapter:
-                raise ConfigError(
-                    f"config adapters.{key}.{setting}: an IP-Adapter setting, which {adapter['kind']} on "
-                    "FLUX.2 [klein] does not take; remove it"
-                )
+        """Nothing to check: its adapters have no settings (`adapter_keys`)."""
 
     def guidance(self, backbone: Mapping[str, Any]) -> None:
         """None: the distilled model runs without classifier-free guidance (the card's 1.0)."""
@@ -127,19 +121,22 @@ class KleinFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False  # the photo itself, not its face embedding
 
+    def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     def prompt_model(self, models: Sequence[str]) -> str:
         return models[0]
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
-        self, config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, model: str, device: torch.device, dtype: torch.dtype
     ) -> KleinPromptEncoder:
         from fewstep.families.klein.cell import KleinPromptEncoder
 
         return KleinPromptEncoder(config, model, device, dtype)
 
     def reference_encoder(
-        self, config: Mapping[str, Any], file: str, device: torch.device, dtype: torch.dtype
+        self, config: Study, file: str, device: torch.device, dtype: torch.dtype
     ) -> ReferenceEncoder:
         """None to load: `reference_file` is None for every klein adapter, so no job asks for this."""
         raise ConfigError(
@@ -147,27 +144,41 @@ class KleinFamily:
             "generation job encodes the identity photo); nothing to run"
         )
 
+    def identity_encoder(
+        self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
+    ) -> IdentityEncoder:
+        """None to load: the generation job encodes the photo itself (`needs_identity_embeddings`)."""
+        raise ConfigError(
+            "embed-identities: no FLUX.2 [klein] adapter reads identity embeddings (the generation job "
+            "encodes the identity photo); nothing to run"
+        )
+
     def cell_pipeline(
         self,
-        config: Mapping[str, Any],
+        config: Study,
         backbone: Mapping[str, Any],
         adapter: Mapping[str, Any],
         acceleration: Mapping[str, Any],
         device: torch.device,
         dtype: torch.dtype,
+        components: Mapping[str, Any] | None = None,
     ) -> KleinCellPipeline:
+        """The cell pipeline of the prepared weights, or of `components` (transformer, vae,
+        scheduler) made elsewhere; with the native reference it reads the config's identity photos."""
         from fewstep.families.klein.cell import KleinCellPipeline, load_components
 
         if any(acceleration[k] != "none" for k in ("compile", "fp8", "cache")):
             raise ConfigError("config cells.accelerations: FLUX.2 [klein] backbones run eager only")
+        if components is None:
+            components = load_components(config, backbone, device, dtype)
         pictures = None
         if adapter["kind"] == NATIVE_REFERENCE:
-            pictures = {identity["id"]: identity["image"] for identity in config["identities"]}
+            pictures = {identity.id: identity.image for identity in config.identities}
         return KleinCellPipeline(
-            **load_components(config, backbone, device, dtype),
+            **components,
             pictures=pictures,
-            width=config["resolution"]["width"],
-            height=config["resolution"]["height"],
+            width=config.resolution["width"],
+            height=config.resolution["height"],
             device=device,
             dtype=dtype,
         )

@@ -1,28 +1,23 @@
-"""FLUX.2 [klein] 4B's registered model and its loaders.
+"""FLUX.2 [klein] 4B's registered model.
 
 One `ModelSpec` (``flux2-klein-4b``) with its recipe (`fewstep.registry.spec.Recipe`): ``real``
 fetches the diffusers folders of black-forest-labs/FLUX.2-klein-4B (the single-file checkpoint
 at the repo's root is skipped), ``tiny`` builds the seeded stand-ins in that layout
 (`fewstep.families.klein.tiny`), ``random`` writes the published configs, which the loaders build
-full-size with random weights on the device (honest latency, meaningless images). Importing this
-module registers the spec.
+full-size with random weights on the device (honest latency, meaningless images; the loaders are
+in `fewstep.families.klein.pipeline`). Importing this module registers the spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fewstep.core.errors import WeightsError
 from fewstep.families.klein.specs import MODEL_INDEX, QWEN3_4B, SCHEDULER, TRANSFORMER, VAE
-from fewstep.registry.catalog import model_folder, register
+from fewstep.registry.catalog import register
 from fewstep.registry.hub import fetch_snapshot
-from fewstep.registry.load import load_component
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
-
-if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
-    import torch
 
 #: what a generation job loads from the repo
 PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
@@ -78,42 +73,5 @@ register(*BACKBONES.values())
 
 
 def generation_weights(model: str) -> dict[str, tuple[str, ...]]:
-    """Registry model -> the folders inside it that a generation job reads (`load_klein`)."""
+    """Registry model -> the folders inside it that a generation job reads (`pipeline.load_klein`)."""
     return {model: ("transformer/", "vae/", "scheduler/")}
-
-
-def load_klein(
-    config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
-) -> dict[str, Any]:
-    """The transformer, VAE and scheduler of a prepared klein folder (never the text encoder)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-
-    memory = config["memory"]
-    if memory["offload"] != "none" or memory["fp8_weights"]:
-        raise WeightsError(
-            "config memory: FLUX.2 [klein] takes no offload or fp8_weights; set none and false"
-        )
-    weights, folder = config["weights"], model_folder(dict(config), model)
-    return {
-        "transformer": load_component(
-            Flux2Transformer2DModel, folder / "transformer", weights, device, dtype, model=model
-        ),
-        "vae": load_component(AutoencoderKLFlux2, folder / "vae", weights, device, dtype, model=model),
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-    }
-
-
-def load_klein_text_encoder(
-    config: Mapping[str, Any], model: str, device: torch.device, dtype: torch.dtype
-) -> Any:
-    """A text-only Flux2KleinPipeline (Qwen3 and its tokenizer), used once per sweep to embed prompts."""
-    from diffusers import Flux2KleinPipeline
-    from transformers import Qwen3ForCausalLM
-
-    folder = model_folder(dict(config), model)
-    text_encoder = load_component(
-        Qwen3ForCausalLM, folder / "text_encoder", config["weights"], device, dtype, model=model
-    )
-    return Flux2KleinPipeline.from_pretrained(
-        folder, transformer=None, vae=None, text_encoder=text_encoder, dtype=dtype
-    )

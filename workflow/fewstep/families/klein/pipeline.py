@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.families.base import Denoised, StepTimer
 from fewstep.families.klein.specs import REFERENCE_MAX_AREA
+from fewstep.registry.catalog import model_folder
+from fewstep.registry.load import load_component
 
 
 @dataclass
@@ -192,3 +196,36 @@ def decode_pixels(pipe: Any, latents: torch.Tensor, height: int, width: int) -> 
         pixels = vae.decode(unpatched.to(vae.dtype), return_dict=False)[0]
     pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
     return (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+def load_klein(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The transformer, VAE and scheduler of a prepared klein folder (never the text encoder)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    memory = config.memory
+    if memory["offload"] != "none" or memory["fp8_weights"]:
+        raise WeightsError(
+            "config memory: FLUX.2 [klein] takes no offload or fp8_weights; set none and false"
+        )
+    weights, folder = config.weights, model_folder(config, model)
+    return {
+        "transformer": load_component(
+            Flux2Transformer2DModel, folder / "transformer", weights, device, dtype, model=model
+        ),
+        "vae": load_component(AutoencoderKLFlux2, folder / "vae", weights, device, dtype, model=model),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    }
+
+
+def load_klein_text_encoder(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """A text-only Flux2KleinPipeline (Qwen3 and its tokenizer), used once per sweep to embed prompts."""
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3ForCausalLM
+
+    folder = model_folder(config, model)
+    text_encoder = load_component(
+        Qwen3ForCausalLM, folder / "text_encoder", config.weights, device, dtype, model=model
+    )
+    return Flux2KleinPipeline.from_pretrained(
+        folder, transformer=None, vae=None, text_encoder=text_encoder, dtype=dtype
+    )

@@ -2,15 +2,19 @@
 
 The same classes as the real model (Qwen3ForCausalLM, Flux2Transformer2DModel,
 AutoencoderKLFlux2) from tiny configs, saved by `Flux2KleinPipeline.save_pretrained` and read back
-through the family's real loaders (`fewstep.families.klein.models`). Images made this way are
-noise with the right shapes, and every output says ``weights=tiny``.
+through the family's real loaders (`fewstep.families.klein.pipeline`). Images made this way are
+noise with the right shapes, and every output says ``weights=tiny``. `tiny_cell` makes the same
+transformer, VAE and scheduler in memory for the contract test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fewstep.core.io import staged_dir
+from fewstep.families.base import TinyCell
 from fewstep.families.klein.specs import QWEN3_4B, SCHEDULER, TEXT_ENCODER_OUT_LAYERS, TRANSFORMER, VAE
 from fewstep.registry.tiny import build_qwen_tokenizer, manual_seed
 
@@ -50,15 +54,31 @@ TINY_QWEN3 = dict(
 )
 
 
+def tiny_generation_components() -> dict[str, Any]:
+    """The seeded tiny transformer, VAE (with seeded latent statistics) and the published scheduler."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    manual_seed("tiny-flux2-vae")
+    vae = AutoencoderKLFlux2(**TINY_VAE)
+    with torch.no_grad():  # published statistics are not 0/1: seeded ones exercise the (de)normalising
+        vae.bn.running_mean.normal_(0.0, 0.1)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    manual_seed("tiny-flux2-klein-transformer")
+    transformer = Flux2Transformer2DModel(**TINY_TRANSFORMER)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER)
+    return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
+
+
+def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> TinyCell:
+    """A klein cell's tiny components in memory; no precomputed reference (None): the cell pipeline
+    encodes the identity's photo, found through the config, itself."""
+    return TinyCell(tiny_generation_components(), None, {})
+
+
 def build_klein(folder: Path) -> None:
     """Tokenizer, Qwen3 text encoder, transformer, VAE and scheduler under `folder`, as published."""
-    import torch
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     folder = Path(folder)
@@ -72,19 +92,7 @@ def build_klein(folder: Path) -> None:
                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
             )
         )
-        manual_seed("tiny-flux2-vae")
-        vae = AutoencoderKLFlux2(**TINY_VAE)
-        with torch.no_grad():  # published statistics are not 0/1: seeded ones exercise the (de)normalising
-            vae.bn.running_mean.normal_(0.0, 0.1)
-            vae.bn.running_var.uniform_(0.5, 2.0)
-        manual_seed("tiny-flux2-klein-transformer")
-        transformer = Flux2Transformer2DModel(**TINY_TRANSFORMER)
         pipe = Flux2KleinPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER),
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            transformer=transformer,
-            is_distilled=True,
+            **tiny_generation_components(), text_encoder=text_encoder, tokenizer=tokenizer, is_distilled=True
         )
         pipe.save_pretrained(staging, safe_serialization=True)
