@@ -90,7 +90,8 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # none) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD family,
     # the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in all),
     # and Kontext with the identity photo x 5 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2 + 3 * 20 + 5
+    # and FLUX.2 [klein] with its reference and bare x 6 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2 + 3 * 20 + 5 + 2 * 6
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
@@ -99,7 +100,7 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev; FLUX.2 [klein]
     assert counts["prepare_model"] == 13 + 5 + 1 + 1
     trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
-    assert counts["trajectory"] == trajectories == 8 and counts["wandb_aggregate"] == 1
+    assert counts["trajectory"] == trajectories == 10 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
     # lengths (2), Kontext's and klein's x identity, each SD family's negative prompt (2) x style and
     # object; one per identity (2); per SD family one per reference and adapter file (6 plain, 3 plus)
