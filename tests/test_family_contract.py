@@ -218,6 +218,8 @@ def references(name: str, adapter: dict) -> tuple[dict | None, dict[str, str]]:
         }
     from fewstep.families.sd import specs, tiny
 
+    if adapter.get("file") == "faceid":  # FaceID reads the identity file's buffalo_l embedding
+        return {"arcface_w600k": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)}, {}
     spec = specs.FAMILIES[name].adapters[adapter.get("file", "plain")]
     vision = tiny.TINY_ENCODERS[spec.encoder_path]
     tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
@@ -337,7 +339,7 @@ def tiny_components(name: str, backbone: dict, adapter: dict) -> dict[str, typin
             parts["infusenet"] = diffusers.FluxControlNetModel(**tiny.TINY_INFUSENET)
             parts["resampler"] = Resampler(ResamplerConfig(**tiny.TINY_RESAMPLER))
         return parts
-    from fewstep.families.sd import specs, tiny
+    from fewstep.families.sd import faceid, specs, tiny
 
     spec = specs.FAMILIES[name]
     parts = {
@@ -346,16 +348,18 @@ def tiny_components(name: str, backbone: dict, adapter: dict) -> dict[str, typin
         "scheduler": getattr(diffusers, spec.scheduler["_class_name"]).from_config(spec.scheduler),
     }
     if adapter["kind"] != "none":  # diffusers' load_ip_adapter, from a state dict of the tiny shapes
-        file = spec.adapters[adapter.get("file", "plain")]
-        vision = dict(spec.encoders[file.encoder_path], **tiny.TINY_ENCODERS[file.encoder_path])
-        state = tiny.ip_adapter_state_dict(parts["unet"], file, vision, tiny.TINY_PLUS_WIDTH)
         none = {n: None for n in (*spec.text_encoders, *spec.tokenizers)}
         if spec is not specs.SDXL:
             none |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         holder = getattr(diffusers, spec.pipeline_class)(**parts, **none)
-        holder.load_ip_adapter(
-            state, subfolder=file.subfolder, weight_name=file.weight_name, image_encoder_folder=None
-        )
+        if adapter.get("file") == "faceid":
+            state, subfolder, weight_name = faceid.faceid_state_dict(parts["unet"], 4), None, "faceid.bin"
+        else:
+            file = spec.adapters[adapter.get("file", "plain")]
+            vision = dict(spec.encoders[file.encoder_path], **tiny.TINY_ENCODERS[file.encoder_path])
+            state = tiny.ip_adapter_state_dict(parts["unet"], file, vision, tiny.TINY_PLUS_WIDTH)
+            subfolder, weight_name = file.subfolder, file.weight_name
+        holder.load_ip_adapter(state, subfolder=subfolder, weight_name=weight_name, image_encoder_folder=None)
     return parts
 
 
@@ -391,7 +395,8 @@ def injected_settings(name: str, demo: dict, backbone: dict, adapter: dict) -> d
             "height": height,
         }
     scale = family.scale("contract", adapter) if adapter["kind"] != "none" else None
-    return common | {"spec": family.spec, "scale": scale, "side": family.resolution(backbone)}
+    faces = adapter.get("file") == "faceid"
+    return common | {"spec": family.spec, "scale": scale, "side": family.resolution(backbone), "faces": faces}
 
 
 def unknown(name: str, helper: str) -> None:

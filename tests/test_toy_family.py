@@ -162,6 +162,9 @@ class ToyFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         return False
 
+    def identity_encoders(self, adapter: Mapping[str, Any]) -> list[str]:
+        return []
+
     prompt_job_mem_mb = 2000
 
     def prompt_model(self, models: Sequence[str]) -> str:

@@ -39,10 +39,12 @@ rule embed_prompt:
 
 
 rule embed_identity:
-    """Face detection, alignment and the IR-SE50 ArcFace embedding of one identity."""
+    """Face detection, alignment and the embeddings of one identity: each recogniser the identity
+    cells read (InfuseNet's IR-SE50 ArcFace, IP-Adapter FaceID's buffalo_l w600k_r50).
+    """
     input:
         marker_path(STUDY, "insightface"),
-        marker_path(STUDY, "arcface-irse50"),
+        [marker_path(STUDY, name) for name in GRID.identity_encoders],
         identity_picture,
     output:
         PATHS.identity_embedding("{identity}"),
@@ -56,9 +58,11 @@ rule embed_identity:
         runtime=30,
         attempt=attempt_number,
     params:
-        # Re-embed when the picture's content (or builtin name) or the face choice changes.
+        # Re-embed when the picture's content (or builtin name), the face choice or the
+        # recognisers the identity cells read change.
         picture=lambda w: GRID.pictures[w.identity],
         policy=STUDY.face.policy,
+        encoders=GRID.identity_encoders,
     shell:
         "python -m fewstep embed-identities --identity {wildcards.identity}"
         " --attempt {resources.attempt} > {log:q} 2>&1"

@@ -247,6 +247,11 @@ class Family(Protocol):
         """Whether cells with this adapter read the identity embedding files (embed_identity rule)."""
         ...
 
+    def identity_encoders(self, adapter: Mapping[str, Any]) -> list[str]:
+        """The registry face recognisers whose embeddings cells with this adapter read from the
+        identity embedding files (the embed_identity job runs each once per identity; [] for none)."""
+        ...
+
     def prompt_model(self, models: Sequence[str]) -> str:
         """Which of the sweep's backbone models (of this family) embeds every prompt.
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewstep.core.errors import ConfigError
-from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
+from fewstep.faces.models import INSIGHTFACE
 from fewstep.grid.cells import Cell
 from fewstep.grid.triggers import RerunTriggers
 from fewstep.registry.spec import Usage
@@ -29,8 +29,15 @@ class FileInputs(RerunTriggers):
         embeddings and, for face-conditioned cells, the embed_identity rule's (its provenance)."""
         names = {*self.generation_models(cell), self.text_encoder_backbone(self.backbone(cell).family)}
         if self.needs_identity_embeddings(cell):
-            names.update({ARCFACE_IRSE.name, INSIGHTFACE.name})
+            names.update({INSIGHTFACE.name, *self.family(cell).identity_encoders(self.adapter(cell))})
         return sorted(names)
+
+    @property
+    def identity_encoders(self) -> list[str]:
+        """The face recognisers the embed_identity job runs: those the sweep's identity cells read
+        (`Family.identity_encoders`; its rerun trigger: adding FaceID cells adds an embedding)."""
+        cells = [c for c in self.cells if self.needs_identity_embeddings(c)]
+        return sorted({name for c in cells for name in self.family(c).identity_encoders(self.adapter(c))})
 
     def model_usage(self, name: str) -> Usage:
         """What of model `name` this sweep uses: its recipe fetches or builds only that."""

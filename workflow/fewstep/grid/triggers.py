@@ -58,8 +58,10 @@ class RerunTriggers(CellEnumeration):
         return spec
 
     def cell_metrics(self, cell: Cell) -> list[str]:
-        """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
-        return specs.cell_metrics(self.family(cell), self.adapter(cell), list(self.study.scoring.metrics))
+        """The metrics fitting the role of `cell`'s adapter, or for a bare backbone the roles its items
+        cross (`cell_roles`; `fewstep.scoring.specs.cell_metrics`)."""
+        configured = list(self.study.scoring.metrics)
+        return specs.cell_metrics(self.family(cell), self.adapter(cell), configured, self.cell_roles(cell))
 
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""

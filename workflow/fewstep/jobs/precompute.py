@@ -5,7 +5,8 @@ FLUX's CLIP pooled + T5 sequence are the same for FLUX.1-dev and FLUX.1-schnell,
 prompt and sequence length serves every cell), and no generation job ever loads a text encoder.
 Reference embeddings go through each family's `reference_encoder`. Identity embeddings follow
 InfiniteYou: insightface detection (det sizes 640, 320, 160), the chosen face's
-5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding.
+5 keypoints, `norm_crop` to 112 px, and the IR-SE50 ArcFace embedding (InfuseNet's); IP-Adapter
+FaceID's buffalo_l `w600k_r50` normed embedding of the same face when FaceID cells read it.
 """
 
 from __future__ import annotations
@@ -184,20 +185,36 @@ def embed_references(
 
 
 def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) -> list[Path]:
-    """Write one embedding file (face box, keypoints, ArcFace vector) per identity, or for
-    the identities named (the `embed_identity` rule: one identity per job)."""
+    """Write one embedding file (face box, keypoints, and the embedding of each recogniser the
+    sweep's identity cells read: `Grid.identity_encoders`) per identity, or for the identities named
+    (the `embed_identity` rule: one identity per job). Every recogniser embeds the face the
+    identity's face policy chose."""
     study = as_study(study)
     from fewstep.core.errors import InputError
     from fewstep.core.images import load_rgb, rgb_to_bgr
     from fewstep.core.provenance import device_name
     from fewstep.faces.analyzer import aligned_crop
     from fewstep.faces.arcface_irse import embed_aligned_bgr
-    from fewstep.faces.models import CONDITIONING_FACE_PACK, face_analyzer, load_arcface_irse
+    from fewstep.faces.models import (
+        ARCFACE_IRSE,
+        CONDITIONING_FACE_PACK,
+        EMBEDDING_TENSORS,
+        FACEID_ENCODER,
+        face_analyzer,
+        load_arcface_irse,
+        load_faceid_encoder,
+    )
 
     grid, paths = Grid(study), Paths(study)
     identities = [grid.identity(i) for i in identity_ids] if identity_ids else list(study.identities)
     analyzer = face_analyzer(study, CONDITIONING_FACE_PACK)
-    arcface = load_arcface_irse(study, torch.device("cpu"))  # a handful of 112 px faces: CPU is enough
+    encoders = grid.identity_encoders
+    embedders = {}
+    if ARCFACE_IRSE.name in encoders:  # a handful of 112 px faces: CPU is enough
+        irse = load_arcface_irse(study, torch.device("cpu"))
+        embedders[ARCFACE_IRSE.name] = lambda bgr, kps: embed_aligned_bgr(irse, aligned_crop(bgr, kps))
+    if FACEID_ENCODER.name in encoders:
+        embedders[FACEID_ENCODER.name] = load_faceid_encoder(study).embed
     written = []
     with tqdm(identities, desc="identity embeddings", unit="identity") as bar:
         for identity in bar:
@@ -211,13 +228,16 @@ def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) ->
                     "use a picture with one clearly visible face"
                 )
             face = found.face
-            embedding = embed_aligned_bgr(arcface, aligned_crop(bgr, face.kps))
-            encode_s = time.perf_counter() - start  # detection, alignment and ArcFace
+            embeddings = {
+                EMBEDDING_TENSORS[name]: torch.from_numpy(np.asarray(embed(bgr, face.kps), np.float32))[None]
+                for name, embed in embedders.items()
+            }
+            encode_s = time.perf_counter() - start  # detection, alignment and the recognisers
             path = paths.identity_embedding(identity["id"])
             save_tensors(
                 path,
                 {
-                    "arcface_irse50": torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+                    **embeddings,
                     "bbox": torch.tensor(face.bbox, dtype=torch.float32),
                     "kps": torch.tensor(face.kps, dtype=torch.float32),
                     "det_score": torch.tensor([face.det_score], dtype=torch.float32),
@@ -227,6 +247,7 @@ def embed_identities(study: StudyLike, identity_ids: list[str] | None = None) ->
                     "image": identity["image"],
                     "n_faces": str(found.n_faces),
                     "policy": study.face.policy,
+                    "encoders": ",".join(embedders),
                     "weights": study.weights,
                     "height": str(image.shape[0]),
                     "width": str(image.shape[1]),

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
+from fewstep.faces.models import ARCFACE_IRSE
 from fewstep.families.flux.models import BACKBONES, generation_weights
 
 if TYPE_CHECKING:
@@ -118,6 +119,10 @@ class FluxFamily:
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
         """InfuseNet reads the ArcFace embedding and, for keypoint control, the face's keypoints."""
         return adapter["kind"] == "infusenet"
+
+    def identity_encoders(self, adapter: Mapping[str, Any]) -> list[str]:
+        """InfiniteYou's IR-SE50 ArcFace (facexlib), the embedding InfuseNet was trained on."""
+        return [ARCFACE_IRSE.name] if adapter["kind"] == "infusenet" else []
 
     def prompt_model(self, models: Sequence[str]) -> str:
         """dev and schnell ship the same text encoders: prefer ungated schnell (no token needed)."""

@@ -16,7 +16,7 @@ import torch
 
 from fewstep.core.errors import ConfigError
 from fewstep.families.base import Denoised, ItemInputs, Step
-from fewstep.families.sd import pipeline
+from fewstep.families.sd import faceid, pipeline
 from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, negative_prompt
 from fewstep.families.sd.specs import SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
@@ -85,7 +85,9 @@ def load_components(
         spec, model_folder(dict(config), spec.name), weights=weights, device=device, dtype=dtype
     )
     pipeline.set_scheduler(pipe, backbone.get("scheduler", "default"))
-    if adapter["kind"] == ADAPTER_KIND:
+    if faceid.is_faceid(adapter):
+        faceid.attach_faceid(pipe, spec, model_folder(dict(config), faceid.FACEID_MODEL), weights=weights)
+    elif adapter["kind"] == ADAPTER_KIND:
         pipeline.attach_ip_adapter(
             pipe,
             spec,
@@ -103,7 +105,9 @@ class SDCellPipeline:
     Built from loaded components as diffusers' pipelines are (`load_components` reads them from
     the prepared weights; a test may pass its own) into the family's diffusers pipeline, without
     text or image encoders. `scale` is the adapter's `set_ip_adapter_scale` argument (presets
-    resolved): given exactly when the UNet carries IP-Adapter layers.
+    resolved): given exactly when the UNet carries IP-Adapter layers. `faces`: the adapter is FaceID,
+    conditioned on each identity's face embedding (`faceid.image_embeds`) instead of a reference's
+    image embeddings.
     """
 
     def __init__(
@@ -118,10 +122,11 @@ class SDCellPipeline:
         side: int,
         device: torch.device,
         dtype: torch.dtype,
+        faces: bool = False,
     ):
         import diffusers
 
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.faces = device, dtype, faces
         self.with_adapter = scale is not None
         if self.with_adapter != (unet.encoder_hid_proj is not None):
             raise ValueError(
@@ -140,7 +145,9 @@ class SDCellPipeline:
     def condition(self, inputs: ItemInputs) -> tuple[pipeline.Condition, float]:
         embeds = None
         if self.with_adapter:
-            embeds = [inputs.reference["image_embeds"].to(self.device, self.dtype)]
+            tensor = faceid.image_embeds(inputs.reference[faceid.FACEID_EMBEDDING]) if self.faces else None
+            tensor = inputs.reference["image_embeds"] if tensor is None else tensor
+            embeds = [tensor.to(self.device, self.dtype)]
         return pipeline.Condition(dict(inputs.prompt), embeds), 0.0
 
     def stack(self, conditions: Sequence[pipeline.Condition]) -> list[pipeline.Condition]:

@@ -55,11 +55,11 @@ def _backbone_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, u
 
 
 def adapter_uses(usage: Usage) -> list[tuple[SDFamily, str]]:
-    """(base model, adapter file) pairs of the sweep's IP-Adapter cells, sorted."""
+    """(base model, adapter file) pairs of the sweep's h94/IP-Adapter cells (not FaceID's), sorted."""
     pairs = {
         (family, adapter.get("file", "plain"))
         for family, adapter in usage.family_adapters
-        if family in FAMILIES and adapter["kind"] == ADAPTER_KIND
+        if family in FAMILIES and adapter["kind"] == ADAPTER_KIND and adapter.get("file") != "faceid"
     }
     return [(FAMILIES[family], file) for family, file in sorted(pairs)]
 
@@ -109,6 +109,10 @@ register(*BACKBONES.values(), IP_ADAPTER)
 def generation_weights(backbone: str, adapter: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     """Registry model -> the files or folders inside it that a generation job reads."""
     folders = {backbone: BACKBONE_FOLDERS}
+    if adapter["kind"] == ADAPTER_KIND and adapter.get("file") == "faceid":  # h94/IP-Adapter-FaceID
+        from fewstep.families.sd.faceid import generation_weights as faceid_weights
+
+        return folders | faceid_weights(backbone)
     if adapter["kind"] == ADAPTER_KIND:
         file = FAMILIES[backbone].adapters[adapter.get("file", "plain")]
         folders[IP_ADAPTER_MODEL] = (f"{file.subfolder}/{file.weight_name}",)
