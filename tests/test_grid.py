@@ -38,11 +38,14 @@ def test_demo_grid_cells_and_items(raw_demo):
         "flux-schnell/infusenet-aes/2",
         "flux-schnell/infusenet-aes/4",
         *(f"{b}/{a}/{s}" for b in ("sd15", "sdxl") for a in ("sd-style", "sd-object") for s in (1, 2, 4)),
+        "sd15/sd-faceid/2",
+        "sdxl/sd-faceid/2",
     ]
     assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == [
         "coffee/portrait/s0",
         "coffee/astronaut-suit/s0",
     ]
+    assert grid.items_of(grid.cell("sdxl/sd-faceid/2")) == grid.items  # FaceID crosses the identities
     assert [i.id for i in grid.items] == [
         "astronaut/portrait/s0",
         "astronaut/astronaut-suit/s0",
@@ -53,6 +56,7 @@ def test_demo_grid_cells_and_items(raw_demo):
     assert grid.comparison == (Cell("flux-dev", "infusenet-aes", 8), Cell("flux-schnell", "infusenet-aes", 4))
     assert grid.models == [
         "arcface-irse50",
+        "arcface-w600k",  # the SD FaceID cells' face embedding (buffalo_l)
         "clip-vit-l14",  # clip_score, clip_i
         "csd-vit-l",  # the SD style cells' csd
         "dinov2-base",  # the SD object cells' dino
@@ -62,6 +66,7 @@ def test_demo_grid_cells_and_items(raw_demo):
         "infiniteyou",
         "insightface",
         "ip-adapter",
+        "ip-adapter-faceid",
         "lpips-alex",  # lpips
         "sd15",
         "sdxl",
@@ -75,8 +80,8 @@ def test_study_grid_crosses_every_block(tmp_path):
     grid = Grid(load([REPO / "config.yaml"]))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
-    # schnell-4, and SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts
-    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9
+    # schnell-4, and SD1.5 and SDXL with 4 IP-Adapter settings, FaceID and none at 9 step counts
+    assert len(grid.cells) == (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 6 * 9
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
         "flux-schnell": ("compiled", "cached", "taylorseer-few", "magcache-few"),
@@ -127,12 +132,14 @@ def test_changing_one_backbone_parameter_changes_only_its_cells(raw_demo):
     )
 
 
-def test_adding_an_identity_changes_every_flux_cell_and_a_reference_its_roles_sd_cells(raw_demo):
+def test_adding_an_identity_changes_every_identity_cell_and_a_reference_its_roles_sd_cells(raw_demo):
     before = Grid(validate(raw_demo))
     raw_demo["identities"].append({"id": "coffee", "image": "builtin:coffee"})
     after = Grid(validate(raw_demo))
     changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
-    assert changed == {c.id for c in before.cells if c.backbone.startswith("flux")}
+    assert changed == {
+        c.id for c in before.cells if c.backbone.startswith("flux") or c.adapter == "sd-faceid"
+    }
     assert len(after.items) == 6
     raw_demo["references"].append({"id": "rocket", "image": "builtin:rocket", "role": "style"})
     with_style = Grid(validate(raw_demo))
@@ -161,9 +168,25 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
 @pytest.mark.parametrize("config_file", ["config/demo.yaml", "config.yaml"])
 def test_rerun_fingerprints_are_those_recorded_before_the_grid_split(config_file):
     """Every cell, score and job fingerprint of the demo and the study as recorded from the grid
-    before issue 24 (tests/fixtures/rerun_fingerprints.json): refactoring reruns nothing."""
+    before issue 24 (tests/fixtures/rerun_fingerprints.json): refactoring reruns nothing. The SD
+    FaceID cells added since have no record, and the bare cells of their backbones now cross the
+    identities too (new items: they do rerun)."""
     recorded = json.loads((REPO / "tests" / "fixtures" / "rerun_fingerprints.json").read_text())[config_file]
     grid = Grid(validate(yaml.safe_load((REPO / config_file).read_text())))
-    assert {c.id: grid.cell_hash(c) for c in grid.cells} == recorded["cell_hash"]
-    assert {c.id: grid.score_hash(c) for c in grid.cells} == recorded["score_hash"]
-    assert {job: grid.job_hash(job) for job in grid.jobs} == recorded["job_hash"]
+    faceid = {c for c in grid.cells if grid.adapter(c).get("file") == "faceid"}
+    bare = {
+        c for c in grid.cells if c.backbone in {f.backbone for f in faceid} and grid.adapter(c).kind == "none"
+    }
+    assert all("identity" in grid.cell_roles(c) and c.id in recorded["cell_hash"] for c in bare)
+    kept = [c for c in grid.cells if c not in faceid | bare]
+    assert {c.id: grid.cell_hash(c) for c in kept} == {
+        k: v for k, v in recorded["cell_hash"].items() if k not in {c.id for c in bare}
+    }
+    assert {c.id: grid.score_hash(c) for c in kept} == {
+        k: v for k, v in recorded["score_hash"].items() if k not in {c.id for c in bare}
+    }
+    jobs = {job for job, cells in grid.jobs.items() if not set(cells) & (faceid | bare)}
+    assert {job: grid.job_hash(job) for job in jobs} == {
+        k: v for k, v in recorded["job_hash"].items() if k in jobs
+    }
+    assert len(jobs) == len(recorded["job_hash"]) - len({c.job for c in bare})

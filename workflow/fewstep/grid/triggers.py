@@ -59,9 +59,12 @@ class RerunTriggers(CellEnumeration):
 
     def cell_metrics(self, cell: Cell) -> list[str]:
         """The metrics fitting the role of `cell`'s adapter, or for a bare backbone the roles its items
-        cross (`cell_roles`; `fewstep.scoring.specs.cell_metrics`)."""
-        configured = list(self.study.scoring.metrics)
-        return specs.cell_metrics(self.family(cell), self.adapter(cell), configured, self.cell_roles(cell))
+        cross (`cell_roles`, in its family's `adapter_roles` order; `fewstep.scoring.specs.cell_metrics`)."""
+        family, roles = self.family(cell), self.cell_roles(cell)
+        ordered = [r for r in family.adapter_roles if r in roles] + [
+            r for r in roles if r not in family.adapter_roles
+        ]
+        return specs.cell_metrics(family, self.adapter(cell), list(self.study.scoring.metrics), ordered)
 
     def score_spec(self, cell: Cell) -> dict[str, Any]:
         """Everything besides its images that `cell`'s scores depend on."""

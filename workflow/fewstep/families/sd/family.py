@@ -105,10 +105,9 @@ class StableDiffusion:
         if role not in ROLES:
             raise ConfigError(f"config adapters.{key}.role: set style, object or identity (it picks scores)")
         faceid.check_faceid(key, adapter, self.name)
-        if file not in self.spec.adapters and file != faceid.FACEID_FILE:
-            raise ConfigError(
-                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}"
-            )
+        files = [*self.spec.adapters, faceid.FACEID_FILE]
+        if file not in files:
+            raise ConfigError(f"config adapters.{key}.file: {file!r} is not one of {', '.join(files)}")
         reached_layers(self.spec.unet, self.scale(key, adapter), f"config adapters.{key}.scale")
 
     def scale(self, key: str, adapter: Mapping[str, Any]) -> float | dict:
