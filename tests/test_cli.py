@@ -81,10 +81,12 @@ def test_validate_lists_every_cell_with_its_items(capsys):
     assert main(["validate", "--config", str(demo)]) == 0
     lines = capsys.readouterr().out.splitlines()
     grid = Grid(load([demo]))
-    assert lines[0] == f"demo: {len(grid.cells)} cells, 52 images, weights=tiny"
+    images = sum(len(grid.items_of(cell)) for cell in grid.cells)
+    assert lines[0] == f"demo: {len(grid.cells)} cells, {images} images, weights=tiny"
     assert all(
         line.startswith(f"  {cell.id}: {len(grid.items_of(cell))} items (")
         for line, cell in zip(lines[1:], grid.cells, strict=True)
     )
     assert "  flux-dev/infusenet-aes/8: 4 items (2 identities x 2 prompts x 1 seed)" in lines
     assert "  sdxl/sd-object/4: 2 items (1 reference x 2 prompts x 1 seed)" in lines
+    assert "  sdxl/sd-faceid/2: 4 items (2 identities x 2 prompts x 1 seed)" in lines
