@@ -106,8 +106,8 @@ def test_aggregate_run_logs_tables_figures_charts_and_report(demo) -> None:
     work, paths = demo["work"], demo["paths"]
     run = next(r for r in demo["runs"] if r.job_type == "aggregate")
     # 7 FLUX cells of 4 images, 12 SD cells of 2 (one reference x 2 prompts)
-    assert run.config["sweep_config"]["sweep"] == "demo" and len(run.config["cells"]) == 19
-    assert run.summary["cells"] == 19 and run.summary["images"] == 7 * 4 + 12 * 2
+    assert run.config["sweep_config"]["sweep"] == "demo" and len(run.config["cells"]) == 21
+    assert run.summary["cells"] == 21 and run.summary["images"] == 7 * 4 + 12 * 2 + 2 * 4
     summary = pd.read_csv(work / paths.summary)
     pngs = sorted((work / paths.report_dir).rglob("*.png"))
     assert run.summary["logged_figures"] == len(pngs) > 0

@@ -17,8 +17,9 @@ def test_demo_sweep_produces_every_output(demo_run):
     grid = Grid(config)
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
-    # 7 FLUX cells of 2 identities x 2 prompts, 12 SD cells of 1 reference x 2 prompts
-    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 12 * 2
+    # 7 FLUX cells of 2 identities x 2 prompts, 12 SD cells of 1 reference x 2 prompts, 2 SD FaceID
+    # cells of 2 identities x 2 prompts
+    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 12 * 2 + 2 * 4
     for cell in grid.cells:
         manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
         assert len(manifest) == len(grid.items_of(cell)) and manifest["item_id"].is_unique
@@ -31,6 +32,7 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert {"csd", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sd15/sd-style/2"]
     assert {"dino", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sdxl/sd-object/1"]
     assert "id_sim" not in metrics["sd15/sd-style/2"] and "csd" not in metrics["flux-dev/infusenet-aes/1"]
+    assert {"id_sim", "id_sim_dlib", "clip_score"} <= metrics["sdxl/sd-faceid/2"]  # scored as InfuseNet
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
     assert {"lpips_ref", "lpips_anchor", "clip_score"} <= set(summary["metric"])
     anchor = summary[(summary["cell_id"] == config["anchor"]) & (summary["metric"] == "lpips_anchor")]
@@ -78,21 +80,21 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
-    # none) x 9 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9
+    # FaceID, none) x 9 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores); dlib's face models (the
-    # second identity encoder)
-    assert counts["prepare_model"] == 13
+    # second identity encoder); h94/IP-Adapter-FaceID and buffalo_l's ArcFace (the SD FaceID cells)
+    assert counts["prepare_model"] == 15
     assert counts["trajectory"] == 4 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant: FLUX's T5 sequence lengths (2) and each SD
     # family's negative prompt (2); one per identity (2); per SD family one per reference and
     # adapter file (6 plain, 3 plus)
     assert counts["embed_prompt"] == 2 + 2 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 13 + 4 + 2 + 18 + 3 + 4 + 1
+    assert counts["total"] == jobs + jobs + 15 + 4 + 2 + 18 + 3 + 4 + 1
     assert not (tmp_path / "resources").exists()
 
 
