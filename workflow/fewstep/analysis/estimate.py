@@ -95,6 +95,8 @@ PUBLISHED_GB = {
     ("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.bin"): 0.70,
     ("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin"): 0.85,
     ("h94/IP-Adapter", "sdxl_models/image_encoder/model.safetensors"): 3.69,
+    **{("h94/IP-Adapter-FaceID", f"ip-adapter-faceid_{f}.bin"): g for f, g in (("sd15", 0.1), ("sdxl", 1.1))},
+    (None, "w600k_r50.onnx"): 0.28,  # in insightface's buffalo_l zip, which is fetched whole
 }
 
 #: float32 values of one prompt embedding file (precompute saves float32) per family, from its
