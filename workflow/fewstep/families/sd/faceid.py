@@ -54,15 +54,13 @@ TOKENS = 4  # both files project the face to 4 tokens
 
 @dataclass(frozen=True)
 class FaceIDFile:
-    """One FaceID checkpoint of h94/IP-Adapter-FaceID (at the repo root)."""
+    """One FaceID checkpoint of h94/IP-Adapter-FaceID (at the repo root), its LoRA inside."""
 
     weight_name: str
-    #: the same LoRA as a separate file, for loaders that do not read it from the `.bin` (not fetched)
-    separate_lora: str | None = None
 
 
 FACEID_FILES = {
-    "sd15": FaceIDFile("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15_lora.safetensors"),
+    "sd15": FaceIDFile("ip-adapter-faceid_sd15.bin"),
     "sdxl": FaceIDFile("ip-adapter-faceid_sdxl.bin"),
 }
 
