@@ -32,7 +32,7 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert {"csd", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sd15/sd-style/2"]
     assert {"dino", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sdxl/sd-object/1"]
     assert "id_sim" not in metrics["sd15/sd-style/2"] and "csd" not in metrics["flux-dev/infusenet-aes/1"]
-    assert {"id_sim", "id_sim_dlib", "clip_score"} <= metrics["sdxl/sd-faceid/2"]  # scored as InfuseNet
+    assert {"id_sim", "face_detected", "clip_score"} <= metrics["sdxl/sd-faceid/2"]  # scored as InfuseNet
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
     assert {"lpips_ref", "lpips_anchor", "clip_score"} <= set(summary["metric"])
     anchor = summary[(summary["cell_id"] == config["anchor"]) & (summary["metric"] == "lpips_anchor")]
