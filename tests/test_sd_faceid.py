@@ -29,9 +29,17 @@ RAW = {
     "backbones": {
         "sd15": {"family": "sd15", "model": "sd15", "steps": [2], "resolution": 64, "scheduler": "ddim"},
         "sdxl": {"family": "sdxl", "model": "sdxl", "steps": [2], "resolution": 64, "scheduler": "ddim"},
+        # FaceID on a distilled backbone: LCM-LoRA fused after FaceID's layers and LoRA
+        "sd15-lcm": {
+            "family": "sd15",
+            "model": "sd15",
+            "distillation": "lcm-lora",
+            "steps": [2],
+            "resolution": 64,
+        },
     },
     "adapters": {"face": {"kind": "ip_adapter", "role": "identity", "file": "faceid", "scale": 0.7}},
-    "cells": [{"backbones": ["sd15", "sdxl"], "adapters": ["face"]}],
+    "cells": [{"backbones": ["sd15", "sdxl", "sd15-lcm"], "adapters": ["face"]}],
 }
 
 
@@ -243,3 +251,71 @@ def test_role_identity_and_file_faceid_go_together(adapter, message):
     with pytest.raises(ConfigError, match=message):
         FAMILIES["sdxl"].check_adapter("a", adapter)
 
+
+def test_faceid_on_a_distilled_backbone_equals_diffusers_documented_order(prepared):
+    """FaceID on SD1.5 + LCM-LoRA: the cell pipeline gives diffusers' image bit for bit when it is
+    called as its IP-Adapter guide combines an IP-Adapter with LCM-LoRA (`load_ip_adapter`, then
+    `load_lora_weights` + `fuse_lora`, LCMScheduler, the card's guidance) with FaceID's LoRA kept
+    active beside LCM's (`set_adapters`, as its guide combines LoRAs: loading LCM's alone would
+    deactivate FaceID's), and FaceID's LoRA counts: without it the image differs."""
+    import diffusers
+
+    from fewstep.families.base import ItemInputs
+    from fewstep.families.sd.distillations import DISTILLATIONS
+    from fewstep.registry.catalog import model_folder
+
+    family, backbone, adapter = FAMILIES["sd15"], prepared.backbones["sd15-lcm"], prepared.adapters["face"]
+    distillation = DISTILLATIONS["sd15"]["lcm-lora"]
+    text, embedding = prepared.prompts[0].text, _face(prepared)
+    prompt = family.prompt_encoder(prepared, "sd15", CPU, torch.float32).encode(text, backbone)
+    eager = {"compile": "none", "fp8": "none", "cache": "none"}
+    cell = family.cell_pipeline(prepared, backbone, adapter, eager, CPU, torch.float32)
+    reference = {faceid.FACEID_EMBEDDING: torch.from_numpy(embedding)[None]}
+    condition, _ = cell.condition(ItemInputs(prompt, "astronaut", reference))
+    ours = cell.decode(cell.denoise(condition, [5], 2).latents)[0].numpy()
+    assert ours.shape == (64, 64, 3) and ours.std() > 0 and distillation.guidance <= 1
+
+    path = model_folder(prepared, faceid.FACEID_MODEL) / faceid.FACEID_FILES["sd15"].weight_name
+    state = torch.load(path, map_location="cpu", weights_only=True)
+
+    def theirs(ip_adapter: dict) -> np.ndarray:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            model_folder(prepared, "sd15"),
+            variant="fp16",
+            dtype=torch.float32,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        weights = {"image_proj": state["image_proj"], "ip_adapter": ip_adapter}
+        pipe.load_ip_adapter(weights, subfolder=None, weight_name="faceid.bin", image_encoder_folder=None)
+        folder = model_folder(prepared, distillation.publisher)
+        pipe.load_lora_weights(
+            str(folder), weight_name=distillation.file, adapter_name="lcm", local_files_only=True
+        )
+        loras = [*(["faceid_0"] if "faceid_0" in pipe.unet.peft_config else []), "lcm"]
+        pipe.set_adapters(loras, adapter_weights=[1.0] * len(loras))
+        pipe.fuse_lora()
+        pipe.scheduler = diffusers.LCMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_ip_adapter_scale(0.7)
+        # no classifier-free guidance (the card's 1.0): diffusers takes the embeds without a negative
+        face = torch.from_numpy(embedding).reshape(1, 1, 1, -1)
+        with torch.no_grad():
+            return pipe(
+                prompt=text,
+                ip_adapter_image_embeds=[face],
+                num_inference_steps=2,
+                guidance_scale=distillation.guidance,
+                height=64,
+                width=64,
+                generator=torch.Generator("cpu").manual_seed(5),
+                output_type="np",
+            ).images[0]
+
+    def uint8(image: np.ndarray) -> np.ndarray:
+        return (image * 255).round().astype(np.uint8)
+
+    assert np.array_equal(ours, uint8(theirs(state["ip_adapter"])))
+    without_lora = {k: v for k, v in state["ip_adapter"].items() if "_lora." not in k}
+    assert not np.array_equal(ours, uint8(theirs(without_lora)))
