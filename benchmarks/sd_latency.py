@@ -1,4 +1,5 @@
-"""GPU latency of SD1.5 and SDXL steps with and without IP-Adapter, random full-size weights.
+"""GPU latency of SD1.5 and SDXL steps with and without IP-Adapter (plain, Plus, FaceID with its
+LoRA), random full-size weights.
 
 The published architectures (UNet, VAE, text encoders, h94's adapters and image
 encoders) built on the device by the `random` mode of `fewstep.families.sd`
@@ -25,7 +26,7 @@ from timing import card_name, free_memory, require_device, warm_images, write_re
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from fewstep.families.sd import specs, tiny  # noqa: E402
+from fewstep.families.sd import faceid, specs, tiny  # noqa: E402
 from fewstep.families.sd.pipeline import (  # noqa: E402
     apply_scale,
     attach_ip_adapter,
@@ -36,13 +37,15 @@ from fewstep.families.sd.pipeline import (  # noqa: E402
 )
 from fewstep.families.sd.random_weights import write_random_ip_adapter, write_random_pipeline  # noqa: E402
 
-ADAPTERS = ["none", "plain", "plus"]
+ADAPTERS = ["none", "plain", "plus", "faceid"]
+FACEID_FOLDER = "IP-Adapter-FaceID"
 
 
 def prepare(family: specs.SDFamily, root: Path, weights: str) -> None:
     if weights == "tiny":
         tiny.build_tiny_pipeline(family, root / family.folder)
         tiny.build_tiny_ip_adapter(root / "IP-Adapter", [family], ["plain", "plus"])
+        faceid.write_faceid_file(root / FACEID_FOLDER, family, tiny.tiny_unet_config(family), rank=4, std=0.2)
     else:
         write_random_pipeline(family, root / family.folder)
         write_random_ip_adapter(root / "IP-Adapter", family, ["plain", "plus"])
@@ -66,7 +69,12 @@ def run_family(family: specs.SDFamily, args: argparse.Namespace) -> list[dict]:
     for adapter in ADAPTERS:
         pipe = load_pipeline(family, folder, **load)
         embeds = None
-        if adapter != "none":
+        if adapter == "faceid":  # the face embedding's documented ip_adapter_image_embeds; LoRA via PEFT
+            faceid.attach_faceid(pipe, family, root / FACEID_FOLDER, weights=args.weights)
+            face = torch.nn.functional.normalize(torch.randn(1, faceid.EMBEDDING_DIM), dim=-1)
+            embeds = [faceid.image_embeds(face).to(device, dtype)]
+            apply_scale(pipe, 1.0, "benchmark.faceid")
+        elif adapter != "none":
             attach_ip_adapter(
                 pipe, family, adapter, root / "IP-Adapter", weights=args.weights, with_encoder=True
             )

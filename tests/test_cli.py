@@ -83,7 +83,7 @@ def test_validate_lists_every_cell_with_its_items(capsys):
     lines = capsys.readouterr().out.splitlines()
     grid = Grid(study_of(load([demo])))
     images = sum(len(grid.items_of(cell)) for cell in grid.cells)
-    assert images == 50  # the README's count
+    assert images == 58  # the README's count
     assert lines[0] == f"demo: {len(grid.cells)} cells, {images} images, weights=tiny"
     assert all(
         line.startswith(f"  {cell.id}: {len(grid.items_of(cell))} item")  # "1 item (", "4 items ("
@@ -92,3 +92,4 @@ def test_validate_lists_every_cell_with_its_items(capsys):
     assert "  flux-dev/infusenet-aes/8: 4 items (2 identities x 2 prompts x 1 seed)" in lines
     assert "  sdxl/sd-object/4: 1 item (1 reference x 1 prompt x 1 seed)" in lines  # its role's prompt
     assert "  kontext/kontext-photo/2: 4 items (2 identities x 2 prompts x 1 seed)" in lines
+    assert "  sdxl/sd-faceid/2: 4 items (2 identities x 2 prompts x 1 seed)" in lines  # identity prompts

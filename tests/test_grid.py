@@ -42,6 +42,8 @@ def test_demo_grid_cells_and_items(raw_demo):
         "sdxl-lightning2/sd-style/2",
         "kontext/kontext-photo/2",
         "klein/klein-reference/2",
+        "sd15/sd-faceid/2",  # one FaceID cell per SD family
+        "sdxl/sd-faceid/2",
     ]
     assert grid.cell_models(grid.cell("sdxl-lightning2/sd-style/2")) == [
         "ip-adapter",
@@ -53,6 +55,7 @@ def test_demo_grid_cells_and_items(raw_demo):
     # each role renders its own prompts: the object reference with the object prompt only
     assert [i.id for i in grid.items_of(grid.cell("sdxl/sd-object/2"))] == ["coffee/kitchen/s0"]
     assert [i.id for i in grid.items_of(grid.cell("sd15/sd-style/1"))] == ["hubble/lighthouse/s0"]
+    assert grid.items_of(grid.cell("sdxl/sd-faceid/2")) == grid.items  # FaceID crosses the identities
     assert [i.id for i in grid.items] == [
         "astronaut/portrait/s0",
         "astronaut/astronaut-suit/s0",
@@ -63,6 +66,7 @@ def test_demo_grid_cells_and_items(raw_demo):
     assert grid.comparison == (Cell("flux-dev", "infusenet-aes", 8), Cell("flux-schnell", "infusenet-aes", 4))
     assert grid.models == [
         "arcface-irse50",
+        "arcface-w600k",  # the SD FaceID cells' face embedding (buffalo_l)
         "clip-vit-l14",  # clip_score, clip_i
         "csd-vit-l",  # the SD style cells' csd
         "dinov2-base",  # the SD object cells' dino
@@ -74,6 +78,7 @@ def test_demo_grid_cells_and_items(raw_demo):
         "infiniteyou",
         "insightface",
         "ip-adapter",
+        "ip-adapter-faceid",  # the SD FaceID cells' adapter
         "lcm-lora-sdv1-5",  # the distilled sd15 cell's LoRA
         "lpips-alex",  # lpips
         "sd15",
@@ -89,15 +94,15 @@ def test_study_grid_crosses_every_block(tmp_path):
     grid = Grid(study_of(load([REPO / "config.yaml"])))
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
-    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings and none at 9 step counts, the distilled
-    # SD backbones (style, object-plus, none) at their cards' steps, two SD accelerations
+    # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings, FaceID and none at 9 step counts, the
+    # distilled SD backbones (style, object-plus, none) at their cards' steps, two SD accelerations
     # (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30,
     # Kontext with the identity photo at 5 step counts, and FLUX.2 [klein] with its reference and
     # bare at 6 step counts
     distilled = [b for b in grid.study.backbones.values() if b.get("distillation")]
     assert sum(len(b.steps) for b in distilled) == 3 + 4 + 1 + 1 + 1 + 4 + 3 + 3
     assert len(grid.cells) == (
-        (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 5 * 9 + 3 * 20 + 2 * 2 * 2 + 5 + 2 * 6
+        (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 6 * 9 + 3 * 20 + 2 * 2 * 2 + 5 + 2 * 6
     )
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
@@ -161,7 +166,11 @@ def test_adding_an_identity_changes_every_identity_cell_and_a_reference_its_role
     after = Grid(study_of(validate(raw_demo)))
     changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
     identity_families = ("flux", "kontext", "klein")
-    assert changed == {c.id for c in before.cells if before.backbone(c).family in identity_families}
+    assert changed == {
+        c.id
+        for c in before.cells
+        if before.backbone(c).family in identity_families or c.adapter == "sd-faceid"
+    }
     assert len(after.items) == 6
     raw_demo["references"].append({"id": "rocket", "image": "builtin:rocket", "role": "style"})
     with_style = Grid(study_of(validate(raw_demo)))
@@ -189,12 +198,13 @@ def test_a_block_can_fix_its_steps_and_a_window_must_be_shorter_than_them(raw_de
 
 #: jobs each config gained after the fingerprints were recorded (new cells: nothing of them to rerun)
 ADDED_JOBS = {
-    "config/demo.yaml": set(),
-    "config.yaml": {  # issue 31: the SD operating points, accelerated
+    "config/demo.yaml": {"sd15/sd-faceid", "sdxl/sd-faceid"},  # issue 30: identity on SD
+    "config.yaml": {  # issue 31: the SD operating points, accelerated; issue 30: FaceID
         f"{backbone}+{acceleration}"
         for backbone in ("sd15/style", "sdxl/object-plus")
         for acceleration in ("compiled", "taylorseer")
-    },
+    }
+    | {"sd15/faceid", "sdxl/faceid"},
 }
 
 

@@ -40,8 +40,13 @@ def test_each_cell_crosses_its_roles_prompts_only(raw_demo):
         ],
         "sd15/sd-style/1": ["hubble/lighthouse/s0", "hubble/shared/s0"],
         "sdxl/sd-object/4": ["coffee/kitchen/s0", "coffee/shared/s0"],
-        # a bare backbone paints each reference with its own role's prompts, never across roles
-        "sd15/none/2": ["hubble/lighthouse/s0", "hubble/shared/s0", "coffee/kitchen/s0", "coffee/shared/s0"],
+        # a bare backbone whose adapter cells include FaceID's crosses the identities with the
+        # identity prompts, never the references
+        "sd15/none/2": [
+            f"{who}/{p}/s0"
+            for who in ("astronaut", "group-t1")
+            for p in ("portrait", "astronaut-suit", "shared")
+        ],
     }
     cell = grid.cell("sd15/sd-style/1")
     assert [p.name for p in grid.prompt_embeddings(_Paths(), cell)] == ["lighthouse", "shared"]
@@ -72,7 +77,7 @@ def test_embedding_jobs_list_their_variants_prompts_by_group(raw_demo):
         ("flux", "style"): [],
         ("flux", "object"): [],
         ("flux", "any"): ["shared"],
-        ("sd15", "identity"): [],
+        ("sd15", "identity"): ["portrait", "astronaut-suit"],  # the FaceID cell's
         ("sd15", "style"): ["lighthouse"],
         ("sd15", "object"): ["kitchen"],
         ("sd15", "any"): ["shared"],
@@ -87,8 +92,9 @@ def test_a_style_prompt_change_reruns_style_cells_only(raw_demo):
     after = _grid(raw)
     changed = {c.id for c in before.cells if before.cell_hash(c) != after.cell_hash(c)}
     assert changed == {c.id for c in before.cells if c.adapter == "sd-style"}
-    assert len(changed) == 6 + 2  # sd15, sdxl x 3 steps, and the two distilled style cells
-    # the embed_prompt jobs' text triggers: only the style group's change
+    assert len(changed) == 3 * 2 + 2  # sd15 and sdxl at 3 step counts, and the 2 distilled cells
+    # the embed_prompt jobs' text triggers: only the style group's change, of the families with style cells
+    styled = {before.backbone(c).family for c in before.cells if c.adapter == "sd-style"}
     for family in before.families:
         for label in before.prompt_variants(family):
             for group in ("identity", "style", "object"):
@@ -96,16 +102,15 @@ def test_a_style_prompt_change_reruns_style_cells_only(raw_demo):
                     [(p.id, p.text) for p in grid.variant_prompts(family, label, group)]
                     for grid in (before, after)
                 ]
-                style_family = family in ("sd15", "sdxl")  # the families with style cells
-                assert (texts[0] != texts[1]) == (style_family and group == "style"), (family, group)
+                assert (texts[0] != texts[1]) == (family in styled and group == "style"), (family, group)
 
 
 def test_prompts_without_a_role_serve_every_cell_as_before(raw_demo):
     raw = copy.deepcopy(raw_demo)
     raw["prompts"] = ["a photo of the subject", "a painting of the subject"]
     grid = _grid(raw)
-    identity = {c for c in grid.cells if grid.family(c).name in ("flux", "kontext", "klein")}
-    assert all(len(grid.items_of(c)) == 2 * (2 if c in identity else 1) for c in grid.cells)
+    # identity cells (FLUX's, Kontext's, klein's, SD FaceID's) cross 2 identities, the others 1 reference
+    assert all(len(grid.items_of(c)) == 2 * (1 if grid.reads_references(c) else 2) for c in grid.cells)
     assert {p.id for c in grid.cells for p in grid.prompts_of(c)} == {"p00", "p01"}
 
 

@@ -25,7 +25,29 @@ from fewstep.core.paths import Paths
 from tests.conftest import REPO, snakemake, study_of
 
 CELL = "flux-schnell/infusenet-aes/1"
-DOWNSTREAM = {"generate": 2, "score": 2, "trajectory": 2, "aggregate": 1, "report": 1, "wandb_aggregate": 1}
+#: what a change of the FLUX cells' conditioning reruns
+FLUX_DOWNSTREAM = {
+    "generate": 2,
+    "score": 2,
+    "trajectory": 2,
+    "aggregate": 1,
+    "report": 1,
+    "wandb_aggregate": 1,
+}
+
+
+def _faceid_jobs() -> int:
+    """The demo's SD FaceID generation jobs: they read the identity embedding files too."""
+    from fewstep.core.config import validate
+    from fewstep.grid import Grid
+
+    grid = Grid(study_of(validate(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()))))
+    return len({c.job for c in grid.cells if grid.adapter(c).get("file") == "faceid"})
+
+
+FACEID_JOBS = _faceid_jobs()
+#: what a change of an identity embedding reruns: the FLUX cells' jobs and the SD FaceID ones
+DOWNSTREAM = FLUX_DOWNSTREAM | {rule: FLUX_DOWNSTREAM[rule] + FACEID_JOBS for rule in ("generate", "score")}
 
 
 @pytest.fixture
@@ -100,10 +122,13 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
     config["prompts"][0]["text"] = "An oil painting of the person in a garden, impressionist style"
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
-    # an identity prompt: its group at both T5 lengths (dev 512, schnell 256), no identity, the
-    # FLUX cells downstream; the SD cells render style and object prompts only and stay
-    assert of(jobs, "embed_prompt_identity") == ["family=flux, variant=L256", "family=flux, variant=L512"]
-    assert counts(jobs) == {"embed_prompt_identity": 2, **DOWNSTREAM}
+    # an identity prompt: its group at both T5 lengths (dev 512, schnell 256) and for both SD
+    # families' FaceID cells (one job per negative variant), no identity, the identity cells
+    # downstream; the SD style and object cells render their own prompts and stay
+    assert of(jobs, "embed_prompt_identity")[:2] == ["family=flux, variant=L256", "family=flux, variant=L512"]
+    families = [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt_identity")[2:]]
+    assert families == ["family=sd15", "family=sdxl"]
+    assert counts(jobs) == {"embed_prompt_identity": 4, **DOWNSTREAM}
     before = images(demo)
     run_cell(demo, configfile)
     after = images(demo)
@@ -147,7 +172,7 @@ def test_a_picture_replaced_in_place_reembeds_that_identity_only(demo):
     os.utime(picture, (946684800, 946684800))
     jobs = planned(demo, configfile)
     assert of(jobs, "embed_identity") == ["identity=astronaut"]
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2 + FACEID_JOBS
 
 
 def test_a_builtin_name_change_reembeds_that_identity_only(demo):
@@ -172,7 +197,8 @@ def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     marker.write_text(json.dumps(record, indent=2, sort_keys=True))
     jobs = planned(demo, REPO / "config" / "demo.yaml")
     assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2
+    # the identity files hold FaceID's embedding too, so its jobs rerun with InfuseNet's
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2 + FACEID_JOBS
 
 
 def test_a_bad_picture_for_one_identity_stops_before_any_job_and_loses_nothing(demo):
@@ -291,13 +317,17 @@ def test_an_sd_negative_prompt_change_reembeds_that_backbones_prompts_only(demo)
     config["backbones"]["sd15"]["negative_prompt"] = "lowres, watermark"
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
-    # sd15's style and object prompts with the new negative (part of their embedding), sd15's
-    # jobs downstream
-    for rule in ("embed_prompt_style", "embed_prompt_object"):
+    # sd15's prompts of every role with the new negative (part of their embedding), sd15's jobs
+    # downstream
+    for rule in ("embed_prompt_identity", "embed_prompt_style", "embed_prompt_object"):
         assert [w.split(", variant=N")[0] for w in of(jobs, rule)] == ["family=sd15"]
-    assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sd15, adapter=sd-style"]
-    prompt_jobs = {"embed_prompt_style": 1, "embed_prompt_object": 1}
-    assert counts(jobs) == {**prompt_jobs, "generate": 2, "score": 2, **SD_DOWNSTREAM}
+    assert of(jobs, "generate") == [
+        "backbone=sd15, adapter=sd-faceid",
+        "backbone=sd15, adapter=sd-object",
+        "backbone=sd15, adapter=sd-style",
+    ]
+    prompt_jobs = {"embed_prompt_identity": 1, "embed_prompt_style": 1, "embed_prompt_object": 1}
+    assert counts(jobs) == {**prompt_jobs, "generate": 3, "score": 3, **SD_DOWNSTREAM}
     cell = "sd15/sd-style/1"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)

@@ -40,11 +40,16 @@ def test_one_style_entry_resolves_to_each_familys_instantstyle_dict():
             r"^config adapters\.bad\.scale\.up\.block_0: 3",
         ),
         (SDXL_FAMILY, dict(STYLE, scale="sketch"), r"^config adapters\.bad\.scale: unknown preset 'sketch'"),
-        (SDXL_FAMILY, dict(STYLE, role=None), r"^config adapters\.bad\.role: set style or object"),
+        (SDXL_FAMILY, dict(STYLE, role=None), r"^config adapters\.bad\.role: set style, object or identity"),
+        (
+            SD15_FAMILY,
+            dict(STYLE, file="plus-face"),
+            r"^config adapters\.bad\.file: 'plus-face' is not one of plain, plus, faceid",
+        ),
         (
             SD15_FAMILY,
             dict(STYLE, file="faceid"),
-            r"^config adapters\.bad\.file: 'faceid' is not one of plain, plus",
+            r"^config adapters\.bad\.role: file faceid conditions on a face",
         ),
         (SD15_FAMILY, {"kind": "infusenet"}, r"^config adapters\.bad\.kind: 'infusenet' cannot run on sd15"),
     ],

@@ -349,18 +349,49 @@ def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monke
         precompute.embed_identities(study_of(toy_config))
 
 
-def test_two_families_writing_the_same_identity_tensor_are_refused(toy_config, monkeypatch):
-    """Each family's identity tensors join one file per identity, so two that name the same
-    tensor would silently overwrite each other's input: the job refuses it."""
-    from fewstep.core.config import validate
-    from fewstep.jobs import precompute
+class BrighterFaceEncoder(ToyFaceEncoder):
+    """Another family's face pipeline that writes a different `mean_rgb`."""
 
-    second = FaceReadingToy()
-    second.name = "toy2"
+    def encode(self, rgb: np.ndarray) -> IdentityEmbedding | None:
+        found = super().encode(rgb)
+        return IdentityEmbedding({"mean_rgb": found.tensors["mean_rgb"] + 1.0}, found.metadata)
+
+
+class BrighterToy(FaceReadingToy):
+    name = "toy2"
+
+    def identity_encoder(self, config: Any, adapters: Sequence[Any], device: Any) -> ToyFaceEncoder:
+        return BrighterFaceEncoder()
+
+
+def _two_toy_families(toy_config, monkeypatch, second: FaceReadingToy):
     monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
     monkeypatch.setitem(FAMILIES, second.name, second)
     raw = dict(toy_config)
     raw["backbones"] = dict(raw["backbones"], toy2={**raw["backbones"]["toy"], "family": "toy2"})
     raw["cells"] = [{"backbones": ["toy", "toy2"], "adapters": ["bare"]}]
-    with pytest.raises(ValueError, match=r"identity encoders both write \['mean_rgb'\]"):
-        precompute.embed_identities(study_of(validate(raw)))
+    return study_of(validate(raw))
+
+
+def test_two_families_writing_different_tensors_under_one_name_are_refused(toy_config, monkeypatch):
+    """Each family's identity tensors join one file per identity, so two that write different
+    tensors under one name would silently overwrite each other's input: the job refuses it."""
+    from fewstep.jobs import precompute
+
+    study = _two_toy_families(toy_config, monkeypatch, BrighterToy())
+    with pytest.raises(ValueError, match=r"identity encoders write different tensors under \['mean_rgb'\]"):
+        precompute.embed_identities(study)
+
+
+def test_two_families_writing_the_same_tensor_share_it(toy_config, monkeypatch):
+    """Two families reading one embedding (SD1.5's and SDXL's FaceID) write equal tensors under one
+    name: the file holds it once."""
+    from fewstep.core.images import load_rgb
+    from fewstep.jobs import precompute
+
+    second = FaceReadingToy()
+    second.name = "toy2"
+    written = precompute.embed_identities(_two_toy_families(toy_config, monkeypatch, second))
+    tensors, _ = precompute.load_tensors(written[0])
+    expected = load_rgb(toy_config["identities"][0]["image"]).reshape(-1, 3).mean(axis=0)
+    assert list(tensors) == ["mean_rgb"] and np.allclose(tensors["mean_rgb"].numpy(), expected)

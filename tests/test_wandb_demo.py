@@ -114,7 +114,8 @@ def test_trajectory_runs_draw_each_step(demo) -> None:
 def test_aggregate_run_logs_tables_figures_charts_and_report(demo) -> None:
     work, paths = demo["work"], demo["paths"]
     run = next(r for r in demo["runs"] if r.job_type == "aggregate")
-    # FLUX and klein cells of 4 images (2 identities x 2 prompts), SD cells of 2 (one reference x 2 prompts)
+    # FLUX, Kontext, klein and SD FaceID cells of 4 images (2 identities x 2 prompts), SD
+    # reference cells of 1 (one reference x its role's prompt)
     grid = Grid(demo["config"])
     cells, images = len(grid.cells), sum(len(grid.items_of(cell)) for cell in grid.cells)
     assert run.config["sweep_config"]["sweep"] == "demo" and len(run.config["cells"]) == cells

@@ -17,9 +17,9 @@ def test_demo_sweep_produces_every_output(demo_run):
     grid = Grid(study_of(config))
     results = demo_run / "results" / "demo"
     images = sorted((results / "cells").rglob("*.png"))
-    # 7 FLUX cells and the Kontext and klein cells of 2 identities x 2 identity prompts, 12 base and
-    # 2 distilled SD cells of 1 reference x its role's prompt
-    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 2 * 4 + 14 * 1
+    # 7 FLUX cells, the Kontext and klein cells and 2 SD FaceID cells of 2 identities x 2 identity
+    # prompts, 12 base and 2 distilled SD cells of 1 reference x its role's prompt
+    assert len(images) == sum(len(grid.items_of(cell)) for cell in grid.cells) == 7 * 4 + 4 * 4 + 14 * 1
     for cell in grid.cells:
         manifest = pd.read_parquet(results / "cells" / cell.id / "manifest.parquet")
         assert len(manifest) == len(grid.items_of(cell)) and manifest["item_id"].is_unique
@@ -32,6 +32,7 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert {"csd", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sd15/sd-style/2"]
     assert {"dino", "clip_i", "clip_score", "lpips_anchor"} <= metrics["sdxl/sd-object/1"]
     assert "id_sim" not in metrics["sd15/sd-style/2"] and "csd" not in metrics["flux-dev/infusenet-aes/1"]
+    assert {"id_sim", "face_detected", "clip_score"} <= metrics["sdxl/sd-faceid/2"]  # scored as InfuseNet
     assert {"id_sim", "face_detected", "latency_s"} <= set(summary["metric"])
     assert {"lpips_ref", "lpips_anchor", "clip_score"} <= set(summary["metric"])
     anchor = summary[(summary["cell_id"] == config["anchor"]) & (summary["metric"] == "lpips_anchor")]
@@ -87,27 +88,29 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
-    # none) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD family,
-    # the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in all),
-    # and Kontext with the identity photo x 5 step counts
-    # and FLUX.2 [klein] with its reference and bare x 6 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 5 * 9 + 2 * 2 * 2 + 3 * 20 + 5 + 2 * 6
+    # none, FaceID) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD
+    # family, the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in
+    # all), Kontext with the identity photo x 5 step counts and klein with and without its
+    # reference x 6 step counts
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9 + 2 * 2 * 2 + 3 * 20 + 5 + 2 * 6
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
     # SD1.5, SDXL, h94/IP-Adapter; CSD and DINOv2 (the SD cells' scores); dlib's face models (the
     # second identity encoder); the distillations' publishers: SDXL-Lightning, Hyper-SD, both
-    # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev; FLUX.2 [klein]
-    assert counts["prepare_model"] == 13 + 5 + 1 + 1
+    # LCM-LoRAs, SDXL-Turbo; FLUX.1-Kontext-dev; FLUX.2 [klein]; h94/IP-Adapter-FaceID and
+    # buffalo_l's ArcFace (the SD FaceID cells)
+    assert counts["prepare_model"] == 13 + 5 + 1 + 1 + 2
     trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
     assert counts["trajectory"] == trajectories == 10 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
-    # lengths (2), Kontext's and klein's x identity, each SD family's negative prompt (2) x style and
-    # object; one per identity (2); per SD family one per reference and adapter file (6 plain, 3 plus)
-    assert counts["embed_prompt_identity"] == 2 + 1 + 1 and counts["embed_prompt_style"] == 2
+    # lengths (2), Kontext's, klein's and each SD family's FaceID cells' (2) x identity, each SD
+    # family's negative prompt (2) x style and object; one per identity (2); per SD family one per
+    # reference and adapter file (6 plain, 3 plus)
+    assert counts["embed_prompt_identity"] == 2 + 1 + 1 + 2 and counts["embed_prompt_style"] == 2
     assert counts["embed_prompt_object"] == 2 and counts["embed_identity"] == 2
     assert counts["embed_reference"] == 2 * (6 + 3)
-    assert counts["total"] == jobs + jobs + 20 + 8 + 2 + 18 + 3 + trajectories + 1
+    assert counts["total"] == jobs + jobs + 22 + 10 + 2 + 18 + 3 + trajectories + 1
     assert not (tmp_path / "resources").exists()
 
 

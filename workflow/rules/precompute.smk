@@ -59,9 +59,11 @@ rule embed_identity:
         runtime=30,
         attempt=attempt_number,
     params:
-        # Re-embed when the picture's content (or builtin name) or the face choice changes.
+        # Re-embed when the picture's content (or builtin name), the face choice or the face
+        # models the families' adapters read (FaceID cells add buffalo_l's w600k) change.
         picture=lambda w: GRID.pictures[w.identity],
         policy=STUDY.face.policy,
+        models=GRID.identity_models(),
     shell:
         "python -m fewstep embed-identities --identity {wildcards.identity}"
         " --attempt {resources.attempt} > {log:q} 2>&1"

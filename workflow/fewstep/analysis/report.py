@@ -420,12 +420,13 @@ def run(study: Study, summary_path: Path, out: Path | None = None) -> Path:
     page = Page(study, out)
     frames = load_trajectories(study)
     parts, own = family_parts(page, read, per_image, frames)
+    every_summary = read["summary"]  # the identity encoders compare every identity cell (SD FaceID's too)
     read = {name: rows_of(table, own, keep=False) for name, table in read.items()}  # the generic sections'
     summary = read["summary"]
     _findings(page, read)
     _study_section(page, read["comparison"], study.report.confidence)
     _regime_section(page, summary, read["regime"], study)
-    page.add(*identity_encoders.section(study, summary, study_pair(read["comparison"])))
+    page.add(*identity_encoders.section(study, every_summary, study_pair(read["comparison"])))
     _marginal_section(page, read["marginal"])
     _cost_section(page, summary, read["pareto"])
     _ablation_section(page, read["ablation"])

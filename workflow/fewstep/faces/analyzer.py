@@ -46,6 +46,8 @@ def _import_onnxruntime() -> ModuleType:
 onnxruntime = _import_onnxruntime()
 
 from insightface.app import FaceAnalysis  # after onnxruntime: it imports it
+from insightface.model_zoo import get_model
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.utils.face_align import arcface_dst, norm_crop
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
@@ -60,11 +62,14 @@ __all__ = [
     "FaceAnalyzer",
     "FaceBox",
     "FaceModelError",
+    "FaceRecognizer",
     "FaceResult",
     "aligned_crop",
     "build_tiny_face_pack",
     "cosine",
+    "normed_embedding",
     "select",
+    "write_tiny_recognizer",
 ]
 
 #: Detection file and recognition file of each supported insightface pack.
@@ -253,9 +258,40 @@ class FaceAnalyzer:
 
     def embed(self, image_bgr: np.ndarray, face: FaceBox) -> DetectedFace:
         """The ArcFace embedding of one detected face (aligned crop, L2-normalised)."""
-        crop = aligned_crop(image_bgr, face.kps, size=self.recognizer.input_size[0])
-        feat = np.asarray(self.recognizer.get_feat(crop), dtype=np.float32).ravel()
-        return DetectedFace(face.bbox, face.kps, face.det_score, embedding=feat / np.linalg.norm(feat))
+        embedding = normed_embedding(self.recognizer, image_bgr, face.kps)
+        return DetectedFace(face.bbox, face.kps, face.det_score, embedding=embedding)
+
+
+def normed_embedding(recognizer: ArcFaceONNX, image_bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
+    """insightface's `Face.normed_embedding`: the recogniser on the keypoints' aligned crop, L2-normalised."""
+    crop = aligned_crop(image_bgr, kps, size=recognizer.input_size[0])
+    feat = np.asarray(recognizer.get_feat(crop), dtype=np.float32).ravel()
+    return feat / np.linalg.norm(feat)
+
+
+class FaceRecognizer:
+    """One insightface ArcFace ONNX file without a detector: embeds faces another pack detected
+    (IP-Adapter FaceID's `buffalo_l` `w600k_r50` on the face the identity's policy chose)."""
+
+    def __init__(self, path: Path | str, gpu: bool = False) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FaceModelError(f"recognition model {path} does not exist: prepare it (fewstep prepare)")
+        cuda = gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        try:
+            model = get_model(str(path), providers=providers, sess_options=session_options())
+        except InvalidProtobuf as err:
+            message = f"{path} is unreadable (a partial download?): delete it and prepare again"
+            raise FaceModelError(message) from err
+        if not isinstance(model, ArcFaceONNX):
+            raise FaceModelError(f"{path} is not an ArcFace recognition model ([1, 3, 112, 112] -> [1, 512])")
+        model.prepare(ctx_id=0 if cuda else -1)
+        self.model = model
+
+    def embed(self, image_bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
+        """The normed embedding of the face at `kps` (5 keypoints, image pixels)."""
+        return normed_embedding(self.model, image_bgr, kps)
 
 
 def aligned_crop(image_bgr: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
@@ -455,6 +491,13 @@ def _recognizer(seed: int) -> onnx.ModelProto:
     image = helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", 3, 112, 112])
     out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 512])
     return _model(g, "tiny_arcface", [image], [out], seed)
+
+
+def write_tiny_recognizer(path: Path, seed: int) -> Path:
+    """A tiny ArcFace-shaped recognition ONNX file at `path` (bytes depend only on `seed`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _recognizer(seed).SerializeToString())
+    return path
 
 
 def build_tiny_face_pack(root: Path, name: str = "antelopev2", seed: int = 0) -> Path:

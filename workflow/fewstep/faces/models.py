@@ -164,7 +164,33 @@ DLIB_FACE = ModelSpec(
     "dlib",
     recipe=Recipe(fetch=_dlib_fetch, tiny=_dlib_fetch, random=_dlib_fetch, required=_dlib_required),
 )
-register(INSIGHTFACE, ARCFACE_IRSE, DLIB_FACE)
+
+
+def _w600k_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """insightface's buffalo_l release zip, checked and unpacked (the recogniser is one of its files)."""
+    fetch_face_pack_zip(spec.extra["pack"], folder)
+
+
+def _w600k_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """A tiny recogniser of its own seed: not the scoring pack's network, as the real ones differ too."""
+    from fewstep.faces.analyzer import write_tiny_recognizer
+
+    write_tiny_recognizer(folder / spec.extra["file"], seed=600)
+
+
+#: insightface buffalo_l's ArcFace (`w600k_r50`): the face embedding IP-Adapter FaceID was trained on
+#: (h94's card), run on the face the identity's policy chose. Its own model, so a sweep scoring with
+#: antelopev2 fetches only this file's pack, and the scoring pack stays config face.pack.
+FACEID_ENCODER = ModelSpec(
+    "arcface-w600k",
+    "insightface-w600k",
+    # published size: the recogniser inside insightface's buffalo_l zip, which is fetched whole
+    extra={"file": "w600k_r50.onnx", "pack": "buffalo_l", "published_gb": {"w600k_r50.onnx": 0.28}},
+    recipe=Recipe(fetch=_w600k_fetch, tiny=_w600k_tiny, required=_arcface_required),
+)
+register(INSIGHTFACE, ARCFACE_IRSE, DLIB_FACE, FACEID_ENCODER)
+#: recogniser -> its tensor in an identity embedding file (`fewstep.jobs.precompute.embed_identities`)
+EMBEDDING_TENSORS = {ARCFACE_IRSE.name: "arcface_irse50", FACEID_ENCODER.name: "arcface_w600k"}
 
 
 def fetch_face_pack_zip(pack: str, folder: Path) -> None:
@@ -226,3 +252,10 @@ def load_arcface_irse(config: Mapping[str, Any], device: torch.device):
     from fewstep.faces.arcface_irse import load_irse50
 
     return load_irse50(model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"], "auto", device)
+
+
+def load_faceid_encoder(config: Mapping[str, Any]):
+    """buffalo_l's `w600k_r50` (`FACEID_ENCODER`) on the CPU: a handful of 112 px faces per sweep."""
+    from fewstep.faces.analyzer import FaceRecognizer
+
+    return FaceRecognizer(model_folder(config, FACEID_ENCODER.name) / FACEID_ENCODER.extra["file"], gpu=False)

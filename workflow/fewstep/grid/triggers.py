@@ -58,8 +58,13 @@ class RerunTriggers(CellEnumeration):
         return spec
 
     def cell_metrics(self, cell: Cell) -> list[str]:
-        """The metrics fitting the role of `cell`'s adapter (`fewstep.scoring.specs.cell_metrics`)."""
-        return specs.cell_metrics(self.family(cell), self.adapter(cell), list(self.study.scoring.metrics))
+        """The metrics fitting the role of `cell`'s adapter, or for a bare backbone the roles its items
+        cross (`cell_roles`, in its family's `adapter_roles` order; `fewstep.scoring.specs.cell_metrics`)."""
+        family, roles = self.family(cell), self.cell_roles(cell)
+        ordered = [r for r in family.adapter_roles if r in roles] + [
+            r for r in roles if r not in family.adapter_roles
+        ]
+        return specs.cell_metrics(family, self.adapter(cell), list(self.study.scoring.metrics), ordered)
 
     def trajectory_metrics(self, cell: Cell) -> list[str]:
         """The metrics that score `cell`'s x0 at every step (`fewstep.scoring.specs.trajectory_metrics`)."""

@@ -4,7 +4,8 @@ Prompt embeddings are made once per family, prompt and prompt variant (`Family.p
 FLUX's CLIP pooled + T5 sequence are the same for FLUX.1-dev and FLUX.1-schnell, so one file per
 prompt and sequence length serves every cell), and no generation job ever loads a text encoder.
 Reference embeddings go through each family's `reference_encoder`, identity embeddings through
-each family's `identity_encoder` (FLUX: InfiniteYou's face pipeline), one file per identity.
+each family's `identity_encoder` (FLUX: InfiniteYou's face pipeline; SD1.5 and SDXL: IP-Adapter
+FaceID's buffalo_l embedding of the same face), one file per identity.
 """
 
 from __future__ import annotations
@@ -219,10 +220,13 @@ def embed_identities(study: Study, identity_ids: list[str] | None = None) -> lis
                         f"identities[{identity['id']}]: no face found in {identity['image']}; "
                         "use a picture with one clearly visible face"
                     )
-                if set(tensors) & set(embedding.tensors):  # a family would overwrite another's input
-                    raise ValueError(
-                        f"identity encoders both write {sorted(set(tensors) & set(embedding.tensors))}"
-                    )
+                clash = sorted(
+                    name
+                    for name in set(tensors) & set(embedding.tensors)
+                    if not torch.equal(tensors[name], embedding.tensors[name])
+                )
+                if clash:  # a family would overwrite another's input (SD1.5 and SDXL share FaceID's)
+                    raise ValueError(f"identity encoders write different tensors under {clash}")
                 tensors |= embedding.tensors
                 metadata |= embedding.metadata
                 encode_s += seconds  # detection, alignment and embedding of every family

@@ -214,15 +214,21 @@ class RolePlayer(Protocol):
     def adapter_role(self, adapter: Mapping[str, Any]) -> str | None: ...
 
 
-def cell_metrics(family: RolePlayer, adapter: Mapping[str, Any], configured: Iterable[str]) -> list[str]:
+def cell_metrics(
+    family: RolePlayer,
+    adapter: Mapping[str, Any],
+    configured: Iterable[str],
+    bare_roles: Iterable[str] | None = None,
+) -> list[str]:
     """The metrics that score a cell of `family` with `adapter`: those fitting the adapter's role
-    (a bare backbone: every role of its family's adapters). Config ``scoring.metrics``
+    (a bare backbone: every role it crosses, `bare_roles`, by default every role of its family's
+    adapters). Config ``scoring.metrics``
     (`configured`) picks a configured role's metrics, in its order; a reference role takes every
     metric that fits it (`_role_order`), anchor-paired metrics after the others."""
     role = family.adapter_role(adapter)
     picked: list[MetricSpec] = []
     fitting: list[MetricSpec] = []
-    for each in (role,) if role else family.adapter_roles:
+    for each in (role,) if role else (family.adapter_roles if bare_roles is None else tuple(bare_roles)):
         if each in CONFIGURED_ROLES:
             picked += [BY_NAME[name] for name in configured if each in BY_NAME[name].roles]
         else:

@@ -17,7 +17,7 @@ import torch
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.families.base import Denoised, ItemInputs, Step
-from fewstep.families.sd import distilled, pipeline
+from fewstep.families.sd import distilled, faceid, pipeline
 from fewstep.families.sd.models import ADAPTER_KIND, IP_ADAPTER_MODEL, distillation_of, negative_prompt
 from fewstep.families.sd.specs import FAMILIES, SDXL, SDFamily
 from fewstep.registry.catalog import model_folder
@@ -92,7 +92,9 @@ def load_components(
         folder = model_folder(config, distillation.publisher)
         distilled.load_unet(pipe, distillation, folder, **where)
     pipeline.set_scheduler(pipe, scheduler or backbone.get("scheduler", "default"))
-    if adapter["kind"] == ADAPTER_KIND:
+    if faceid.is_faceid(adapter):
+        faceid.attach_faceid(pipe, spec, model_folder(config, faceid.FACEID_MODEL), weights=weights)
+    elif adapter["kind"] == ADAPTER_KIND:
         pipeline.attach_ip_adapter(
             pipe,
             spec,
@@ -114,6 +116,8 @@ class SDCellPipeline:
     text or image encoders. `scale` is the adapter's `set_ip_adapter_scale` argument (presets
     resolved): given exactly when the UNet carries IP-Adapter layers. `acceleration`: the job's
     config ``accelerations`` switches (`fewstep.families.sd.acceleration`; None or all off: eager).
+    `faces`: the adapter is FaceID, conditioned on each identity's face embedding
+    (`faceid.image_embeds`) instead of a reference's image embeddings.
     """
 
     def __init__(
@@ -130,10 +134,11 @@ class SDCellPipeline:
         dtype: torch.dtype,
         acceleration: Mapping[str, Any] | None = None,
         eta: float = 0.0,
+        faces: bool = False,
     ):
         import diffusers
 
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.faces = device, dtype, faces
         self.with_adapter = scale is not None
         if self.with_adapter != (unet.encoder_hid_proj is not None):
             raise ValueError(
@@ -157,7 +162,9 @@ class SDCellPipeline:
     def condition(self, inputs: ItemInputs) -> tuple[pipeline.Condition, float]:
         embeds = None
         if self.with_adapter:
-            embeds = [inputs.reference["image_embeds"].to(self.device, self.dtype)]
+            tensor = faceid.image_embeds(inputs.reference[faceid.FACEID_EMBEDDING]) if self.faces else None
+            tensor = inputs.reference["image_embeds"] if tensor is None else tensor
+            embeds = [tensor.to(self.device, self.dtype)]
         return pipeline.Condition(dict(inputs.prompt), embeds), 0.0
 
     def stack(self, conditions: Sequence[pipeline.Condition]) -> list[pipeline.Condition]:

@@ -3,7 +3,9 @@
 Two calls around the IP-Adapter, in the order diffusers' IP-Adapter guide combines them:
 `load_unet` before `load_ip_adapter` (a UNet state dict loads into the base config strictly, a
 UNet folder and its scheduler replace the base's), `fuse_lora` after it (`load_lora_weights`,
-`fuse_lora`, then `unload_lora_weights`, which keeps the fused weights and drops PEFT's wrappers).
+`fuse_lora`, then `unload_lora_weights`, which keeps the fused weights and drops PEFT's wrappers;
+a LoRA the adapter brought, IP-Adapter FaceID's, stays active beside it through `set_adapters`, as
+diffusers' guide combines LoRAs, so both are fused: loading alone would deactivate FaceID's).
 A file that does not fit the base UNet stops with one line naming the backbone and the file.
 
 Random weights (latency) skip the files: a fused LoRA or a distilled UNet has the base's shapes and
@@ -131,8 +133,12 @@ def fuse_lora(pipe: Any, distillation: Distillation, folder: Path, *, weights: s
     problem = lora_problem(pipe, path)
     if problem:
         raise _mismatch(key, distillation, path, problem)
+    loaded = list(getattr(pipe.unet, "peft_config", {}))  # IP-Adapter FaceID's LoRA (`faceid_0`)
     pipe.load_lora_weights(
         str(path.parent), weight_name=path.name, adapter_name=LORA_NAME, local_files_only=True
     )
+    if loaded:  # loading makes the new LoRA the only active one: keep the adapter's active too
+        names = [*loaded, LORA_NAME]
+        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
     pipe.fuse_lora()
     pipe.unload_lora_weights()

@@ -9,6 +9,7 @@ No torch here (it runs while Snakemake parses the workflow). Config shape:
     adapters:
       style: {kind: ip_adapter, role: style, file: plain, scale: style}
       object: {kind: ip_adapter, role: object, file: plus, scale: 1.0}
+      face: {kind: ip_adapter, role: identity, file: faceid, scale: 1.0}  # h94's IP-Adapter FaceID
 
 `scale` is a number, an InstantStyle block dict, or a preset name (`style`,
 `style_layout`) resolved per family, so one adapter entry serves SD1.5 and SDXL. A
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
+from fewstep.faces.models import FACEID_ENCODER, INSIGHTFACE
+from fewstep.families.sd import faceid
 from fewstep.families.sd.distillations import DISTILLATIONS
 from fewstep.families.sd.models import (
     ADAPTER_KIND,
@@ -51,8 +54,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ADAPTER_KIND", "IP_ADAPTER", "IP_ADAPTER_MODEL", "ROLES", "SD_FAMILIES", "StableDiffusion"]
 
-#: the roles an IP-Adapter entry can play (config ``adapters.<id>.role``)
-ROLES = ("style", "object")
+#: the roles an IP-Adapter entry can play (config ``adapters.<id>.role``): a reference picture's, or
+#: with h94's FaceID file (`faceid`) a face's
+ROLES = ("style", "object", "identity")
+#: what a bare backbone crosses without adapter cells of its own: the references
+REFERENCE_ROLES = ("style", "object")
 
 
 @dataclass(frozen=True)
@@ -116,11 +122,12 @@ class StableDiffusion:
             raise ConfigError(f"config adapters.{key}.kind: {adapter['kind']!r} cannot run on {self.name}")
         role, file = adapter.get("role"), adapter.get("file", "plain")
         if role not in ROLES:
-            raise ConfigError(f"config adapters.{key}.role: set style or object (it picks the scores)")
-        if file not in self.spec.adapters:
+            raise ConfigError(f"config adapters.{key}.role: set style, object or identity (it picks scores)")
+        faceid.check_faceid(key, adapter, self.name)
+        files = [*self.spec.adapters, faceid.FACEID_FILE]
+        if file not in files:
             raise ConfigError(
-                f"config adapters.{key}.file: {file!r} is not one of {', '.join(self.spec.adapters)}; "
-                "set one of them"
+                f"config adapters.{key}.file: {file!r} is not one of {', '.join(files)}; set one of them"
             )
         reached_layers(self.spec.unet, self.scale(key, adapter), f"config adapters.{key}.scale")
 
@@ -200,8 +207,11 @@ class StableDiffusion:
         return list(self.cell_weights(backbone, adapter))
 
     def reference_file(self, adapter: Mapping[str, Any]) -> str | None:
-        """h94's plain or Plus file: its image encoder embeds the references (None: bare backbone)."""
-        return adapter.get("file", "plain") if adapter["kind"] == ADAPTER_KIND else None
+        """h94's plain or Plus file: its image encoder embeds the references (None: bare backbone, and
+        FaceID, which reads the identity embeddings)."""
+        if adapter["kind"] != ADAPTER_KIND or faceid.is_faceid(adapter):
+            return None
+        return adapter.get("file", "plain")
 
     def reference_models(self, adapter: Mapping[str, Any]) -> list[str]:
         """The base model and h94's files (the adapter file's image encoder), for an IP-Adapter."""
@@ -233,19 +243,22 @@ class StableDiffusion:
     #: LPIPS compares each image with the same item in its job's highest-step cell
     anchors_to_highest_step = True
 
-    #: the adapters' roles: items cross the config's ``references`` of a role, never identities (a
-    #: bare backbone's those of every role)
-    adapter_roles = ROLES
+    #: a bare backbone's roles when none of its adapter cells says: the references of every role
+    #: (FaceID cells cross the identities)
+    adapter_roles = REFERENCE_ROLES
 
     def adapter_role(self, adapter: Mapping[str, Any]) -> str | None:
         """The adapter's ``role``: the references its cells cross."""
         return adapter["role"] if adapter["kind"] == ADAPTER_KIND else None
 
     def needs_identity_embeddings(self, adapter: Mapping[str, Any]) -> bool:
-        return False  # SD cells read reference *image* embeddings, not face embeddings
+        """FaceID reads the identities' face embeddings; plain and Plus reference image embeddings."""
+        return faceid.is_faceid(adapter)
 
     def identity_models(self, adapter: Mapping[str, Any]) -> list[str]:
-        return []
+        """FaceID's face pipeline: insightface detection and buffalo_l's ArcFace (`w600k_r50`), the
+        embedding h94 trained it on."""
+        return [INSIGHTFACE.name, FACEID_ENCODER.name] if faceid.is_faceid(adapter) else []
 
     def prompt_model(self, models: list[str]) -> str:
         return self.name
@@ -255,7 +268,7 @@ class StableDiffusion:
     def adapter_files(self, adapters: list[Mapping[str, Any]]) -> list[tuple[SDFamily, str, bool]]:
         """`specs.ip_adapter_patterns` uses for these adapters: each file with its image encoder
         (generation loads the file, the reference embedding job the encoder too)."""
-        files = sorted({a.get("file", "plain") for a in adapters if a["kind"] == ADAPTER_KIND})
+        files = sorted({a.get("file", "plain") for a in adapters if self.reference_file(a) is not None})
         return [(self.spec, file, True) for file in files]
 
     # --- job side: imports torch and diffusers inside -------------------------
@@ -276,8 +289,11 @@ class StableDiffusion:
     def identity_encoder(
         self, config: Study, adapters: Sequence[Mapping[str, Any]], device: torch.device
     ) -> IdentityEncoder:
-        """None to load: an IP-Adapter reads reference embeddings, never identity embeddings."""
-        raise ConfigError(f"embed-identities: no {self.name} adapter reads identity embeddings")
+        """FaceID's face pipeline (every FaceID adapter reads the same embedding), on the CPU; plain
+        and Plus read reference embeddings, so a sweep without FaceID has none."""
+        if not any(faceid.is_faceid(a) for a in adapters):
+            raise ConfigError(f"embed-identities: no {self.name} adapter reads identity embeddings")
+        return faceid.FaceIDFaceEncoder(config)
 
     def cell_pipeline(
         self,
@@ -305,6 +321,7 @@ class StableDiffusion:
             device=device,
             dtype=dtype,
             acceleration=acceleration,
+            faces=faceid.is_faceid(adapter),
         )
 
     # --- report side -----------------------------------------------------------

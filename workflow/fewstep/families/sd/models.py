@@ -1,6 +1,7 @@
-"""The registered SD models: `sd15`, `sdxl` (the base pipelines), `ip-adapter` (h94/IP-Adapter)
-and the distillations' publishers (`distillations.PUBLISHERS`: SDXL-Lightning, Hyper-SD, the two
-LCM-LoRAs, SDXL-Turbo), each fetching only the pinned files of the distillations the sweep uses.
+"""The registered SD models: `sd15`, `sdxl` (the base pipelines), `ip-adapter` (h94/IP-Adapter),
+`ip-adapter-faceid` (h94/IP-Adapter-FaceID's files, `faceid`) and the distillations' publishers
+(`distillations.PUBLISHERS`: SDXL-Lightning, Hyper-SD, the two LCM-LoRAs, SDXL-Turbo), each
+fetching only the pinned files of the distillations the sweep uses.
 
 Each spec carries its `Recipe`: ``fetch`` brings the hub files a sweep uses (the base model's
 component folders in fp16 safetensors, text encoders only when the model embeds the prompts;
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fewstep.families.sd import faceid
 from fewstep.families.sd.distillations import DISTILLATIONS, PUBLISHERS, SDXL_TURBO_SCHEDULER, Distillation
 from fewstep.families.sd.specs import FAMILIES, IP_ADAPTER_REPO, SDFamily, ip_adapter_patterns
 from fewstep.registry.catalog import register
@@ -58,11 +60,11 @@ def _backbone_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, u
 
 
 def adapter_uses(usage: Usage) -> list[tuple[SDFamily, str]]:
-    """(base model, adapter file) pairs of the sweep's IP-Adapter cells, sorted."""
+    """(base model, adapter file) pairs of the sweep's h94/IP-Adapter cells (not FaceID's), sorted."""
     pairs = {
         (family, adapter.get("file", "plain"))
         for family, adapter in usage.family_adapters
-        if family in FAMILIES and adapter["kind"] == ADAPTER_KIND
+        if family in FAMILIES and adapter["kind"] == ADAPTER_KIND and adapter.get("file") != "faceid"
     }
     return [(FAMILIES[family], file) for family, file in sorted(pairs)]
 
@@ -152,7 +154,44 @@ BACKBONES: Mapping[str, ModelSpec] = {
     for name, family in FAMILIES.items()
 }
 IP_ADAPTER = ModelSpec(IP_ADAPTER_MODEL, "IP-Adapter", IP_ADAPTER_REPO, recipe=IP_ADAPTER_RECIPE)
-register(*BACKBONES.values(), IP_ADAPTER, *DISTILLED.values())
+
+
+def faceid_families(usage: Usage) -> list[str]:
+    """The SD families of the sweep's FaceID cells, sorted."""
+    return sorted({family for family, adapter in usage.family_adapters if faceid.is_faceid(adapter)})
+
+
+def _faceid_files(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+    return [faceid.FACEID_FILES[family].weight_name for family in faceid_families(usage)]
+
+
+def _faceid_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    from fewstep.families.sd.tiny import tiny_unet_config
+
+    for family in faceid_families(usage):
+        unet = tiny_unet_config(FAMILIES[family])
+        faceid.write_faceid_file(folder, FAMILIES[family], unet, rank=4, std=0.2)
+
+
+def _faceid_random(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    """Nothing to write: random mode draws the published shapes on the device (`attach_faceid`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+FACEID = ModelSpec(
+    faceid.FACEID_MODEL,
+    "IP-Adapter-FaceID",
+    faceid.FACEID_REPO,
+    extra={"published_gb": {"ip-adapter-faceid_sd15.bin": 0.1, "ip-adapter-faceid_sdxl.bin": 1.1}},
+    recipe=Recipe(
+        fetch=fetch_snapshot,
+        tiny=_faceid_tiny,
+        required=_faceid_files,
+        random=_faceid_random,
+        patterns=_faceid_files,
+    ),
+)
+register(*BACKBONES.values(), IP_ADAPTER, *DISTILLED.values(), FACEID)
 
 
 def generation_weights(
@@ -162,6 +201,8 @@ def generation_weights(
     folders = {backbone: BACKBONE_FOLDERS}
     if distillation is not None:
         folders[distillation.publisher] = distillation.files
+    if faceid.is_faceid(adapter):  # h94/IP-Adapter-FaceID
+        return folders | faceid.generation_weights(backbone)
     if adapter["kind"] == ADAPTER_KIND:
         file = FAMILIES[backbone].adapters[adapter.get("file", "plain")]
         folders[IP_ADAPTER_MODEL] = (f"{file.subfolder}/{file.weight_name}",)

@@ -252,9 +252,12 @@ def build_tiny_distillation(distillation: Distillation, folder: Path) -> None:
 def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: Mapping[str, Any]) -> TinyCell:
     """An SD cell's tiny components built in memory, seeded (the UNet, with the IP-Adapter's
     layers loaded by diffusers' `load_ip_adapter` from a state dict of the tiny shapes; the VAE;
-    the base model's scheduler), and a reference embedding file's ``image_embeds`` of their
-    shape (cat[negative, positive])."""
+    the base model's scheduler), and the item's reference tensors of their shape: a reference
+    embedding file's ``image_embeds`` (cat[negative, positive]), or for FaceID the identity
+    embedding file's normed face embedding."""
     import diffusers
+
+    from fewstep.families.sd import faceid
 
     family = FAMILIES[backbone["family"]]
     manual_seed(f"tiny-cell:{family.name}:{adapter['kind']}:{adapter.get('file', 'plain')}")
@@ -265,13 +268,19 @@ def tiny_cell(config: Mapping[str, Any], backbone: Mapping[str, Any], adapter: M
     }
     if adapter["kind"] == "none":
         return TinyCell(components, None, {})
-    file = family.adapters[adapter.get("file", "plain")]
-    vision = dict(family.encoders[file.encoder_path], **TINY_ENCODERS[file.encoder_path])
-    state = ip_adapter_state_dict(components["unet"], file, vision, TINY_PLUS_WIDTH)
     none = {name: None for name in (*family.text_encoders, *family.tokenizers)}
     if family is not SDXL:
         none |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     holder = getattr(diffusers, family.pipeline_class)(**components, **none)
+    if faceid.is_faceid(adapter):
+        state = faceid.faceid_state_dict(components["unet"], rank=4, std=0.2)
+        weight_name = faceid.FACEID_FILES[family.name].weight_name
+        holder.load_ip_adapter(state, subfolder=None, weight_name=weight_name, image_encoder_folder=None)
+        face = torch.nn.functional.normalize(torch.randn(1, faceid.EMBEDDING_DIM), dim=-1)
+        return TinyCell(components, {faceid.FACEID_EMBEDDING: face}, {})
+    file = family.adapters[adapter.get("file", "plain")]
+    vision = dict(family.encoders[file.encoder_path], **TINY_ENCODERS[file.encoder_path])
+    state = ip_adapter_state_dict(components["unet"], file, vision, TINY_PLUS_WIDTH)
     holder.load_ip_adapter(
         state, subfolder=file.subfolder, weight_name=file.weight_name, image_encoder_folder=None
     )
