@@ -294,9 +294,9 @@ def test_the_import_walk_follows_lazy_imports_and_method_calls():
     assert "wandb_workspaces" in command_imports("wandb-workspace")
     assert {"matplotlib", "kneed"} <= command_imports("report")
     assert "matplotlib" not in command_imports("generate") and "lpips" not in command_imports("aggregate")
-    required, _ = reached_imports({("fewstep.families.flux.acceleration", "quantize_fp8")})
+    required, _ = reached_imports({("fewstep.families.fp8", "quantize_rowwise")})
     assert "torchao" in required
-    required, optional = reached_imports({("fewstep.families.flux.acceleration", "check_fp8")})
+    required, optional = reached_imports({("fewstep.families.fp8", "check_fp8")})
     assert "torchao" in optional and "torchao" not in required
 
 
