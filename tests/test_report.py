@@ -157,7 +157,13 @@ def test_every_family_has_the_report_side_and_its_folders_are_report_categories(
     from fewstep.families import FAMILIES
 
     labels = {name: family.label for name, family in FAMILIES.items()}
-    assert labels == {"flux": "FLUX", "sd15": "SD1.5", "sdxl": "SDXL"}
+    assert labels == {
+        "flux": "FLUX",
+        "sd15": "SD1.5",
+        "sdxl": "SDXL",
+        "kontext": "FLUX.1 Kontext",
+        "klein": "FLUX.2 [klein]",
+    }
     assert all(callable(f.report_parts) for f in FAMILIES.values())
     assert SECTIONS == ("regime", "cost", "ablation", "trajectory", "grids", "sd")
     for folder in SECTIONS:  # `snakemake --report` captions each category with its own text

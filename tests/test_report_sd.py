@@ -331,8 +331,9 @@ def compared(tmp_path_factory):
     config["report"]["margins"] = {"csd": 0.05, "dino": 0.05}
     synth.write_scores(config, images=False)
     write_sd_scores(config, np.random.default_rng(1))
-    table = aggregate.comparison(aggregate.Context(config, load_scores(config)))
-    page = Page(config, root / "index.html")
+    study = study_of(config)
+    table = aggregate.comparison(aggregate.Context(study, load_scores(study)))
+    page = Page(study, root / "index.html")
     report._study_section(page, table, 0.95)
     return table, page.sections[0][2]
 
@@ -386,7 +387,7 @@ def test_a_pair_of_different_roles_is_refused_with_one_line(tmp_path):
     from fewstep.grid import Grid
 
     with pytest.raises(ConfigError) as error:
-        Grid(validate(raw))
+        Grid(study_of(validate(raw)))
     assert str(error.value) == (
         "config comparison[0]: sd15/sd-style/50 and sd15/sd-object/4 cross different pictures "
         "(style vs object), so no image pairs; pair cells of one role"
@@ -395,4 +396,4 @@ def test_a_pair_of_different_roles_is_refused_with_one_line(tmp_path):
     with pytest.raises(
         ConfigError, match=r"^config comparison\[0\]\.candidate: cell 'sd15/sd-style/3' is not in"
     ):
-        Grid(validate(raw))
+        Grid(study_of(validate(raw)))

@@ -50,16 +50,21 @@ def test_workspace_panels_draw_the_logged_keys(demo) -> None:
         [
             {"metric": "id_sim", "backbone": c.backbone, "adapter": c.adapter, "steps": c.steps, "mean": 0.5}
             for c in grid.cells
-            if not grid.reads_references(c)  # identity is FLUX's metric
+            if not grid.reads_references(c)  # identity cells: the identity metrics
         ]
     )
     logged = set().union(*runs.sweep_history(summary)) - {"sweep/steps"}
     lines = [p for p in panels["identity vs steps"] if p["type"] == "Run History Line Plot"]
-    assert [p["xAxis"] for p in lines] == ["sweep/steps"] * 2
+    assert [p["xAxis"] for p in lines] == ["sweep/steps"] * 6
     assert {m for p in lines for m in p["metrics"]} == logged
+    # every backbone with identity cells: FLUX, Kontext, klein, SD with FaceID
     assert [p["metrics"] for p in lines] == [
         ["sweep/id_sim/flux-dev/infusenet-aes"],
         ["sweep/id_sim/flux-schnell/infusenet-aes"],
+        ["sweep/id_sim/kontext/kontext-photo"],
+        ["sweep/id_sim/klein/klein-reference"],
+        ["sweep/id_sim/sd15/sd-faceid"],
+        ["sweep/id_sim/sdxl/sd-faceid"],
     ]
     scatter = [p for p in panels["identity vs steps"] if p["type"] == "Scatter Plot"]
     assert [(p["xAxis"], p["yAxis"]) for p in scatter] == [("config:steps.value", "summary:id_sim")]
@@ -92,7 +97,9 @@ def test_sd_panels_draw_each_backbones_reference_curves(demo) -> None:
         "sweep/clip_i/sdxl/sd-style",
         "sweep/clip_i/sdxl/sd-object",
     ]
-    assert len(lines) == 2 * 5  # per backbone: CSD, DINO, CLIP-I, CLIPScore, LPIPS to the anchor
+    # per base backbone: CSD, DINO, CLIP-I, CLIPScore, LPIPS to the anchor; per distilled backbone
+    # (style cells only) all but DINO
+    assert len(lines) == 2 * 5 + 2 * 4
 
 
 @pytest.mark.slow
