@@ -89,10 +89,10 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
     # none, FaceID) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD
-    # family, the 8 distilled SD backbones x (style, object-plus, none) x their cards' steps (20 in
+    # family, the 8 distilled SD backbones x (style, object-plus, FaceID, none) x their cards' steps (20 in
     # all), Kontext with the identity photo x 5 step counts and klein with and without its
     # reference x 6 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9 + 2 * 2 * 2 + 3 * 20 + 5 + 2 * 6
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9 + 2 * 2 * 2 + 4 * 20 + 5 + 2 * 6
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);
@@ -102,7 +102,7 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # buffalo_l's ArcFace (the SD FaceID cells)
     assert counts["prepare_model"] == 13 + 5 + 1 + 1 + 2
     trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
-    assert counts["trajectory"] == trajectories == 10 and counts["wandb_aggregate"] == 1
+    assert counts["trajectory"] == trajectories == 12 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
     # lengths (2), Kontext's, klein's and each SD family's FaceID cells' (2) x identity, each SD
     # family's negative prompt (2) x style and object; one per identity (2); per SD family one per
