@@ -43,11 +43,15 @@ def run_hint(command: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def faces_only(tiny_config, tmp_path):
-    """The demo config with its own models folder holding the two face models, prepared."""
+    """The demo config with its own models folder holding the face models its identity embedding
+    job loads (insightface, InfuseNet's IR-SE50, FaceID's w600k), prepared."""
+    from fewstep.grid import Grid
+
     config = copy.deepcopy(tiny_config)
     config.update(models_dir=str(tmp_path / "models"), results_dir=str(tmp_path / "results"))
-    for name in ("insightface", "arcface-irse50"):
-        prepare_model(study_of(config), name)
+    study = study_of(config)
+    for name in Grid.of(study).identity_models():
+        prepare_model(study, name)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return config, path

@@ -206,8 +206,8 @@ def test_a_klein_sweep_runs_from_grid_to_report_scored_by_identity(tmp_path):
     for name in grid.models:
         prepare_model(config, name)
     assert [p.name for p in precompute.embed_prompts(config)] == [
-        f"{p['id']}.Q512.safetensors" for p in raw["prompts"]
-    ]
+        f"{p['id']}.Q512.safetensors" for p in raw["prompts"] if p.get("role", "identity") == "identity"
+    ]  # an identity cell renders the identity prompts only
     generate.run_job(config, "klein/photo", progress=False)
     score.run_job(config, "klein/photo", progress=False)
     steps = pd.read_parquet(trajectory.run(config, "klein/photo/3", progress=False))
