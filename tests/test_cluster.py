@@ -66,6 +66,8 @@ def flux_demo(folder: Path) -> Path:
     config["cells"] = [c for c in config["cells"] if set(c["backbones"]) <= set(config["backbones"])]
     traced = config["trajectory"]["cells"]
     config["trajectory"]["cells"] = [c for c in traced if c.split("/")[0] in config["backbones"]]
+    pairs = config["comparison"] if isinstance(config["comparison"], list) else [config["comparison"]]
+    config["comparison"] = [p for p in pairs if p["baseline"].split("/")[0] in config["backbones"]]
     del config["references"]
     path = folder / "flux-demo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
