@@ -232,17 +232,18 @@ def test_changing_one_parameter_reruns_only_the_affected_cells_and_descendants(d
         for parts in map(str.split, result.stdout.splitlines())
         if len(parts) == 2 and parts[1].isdigit()
     }
-    # the dev generation job (its 4 cells), its score job, the schnell score job (its LPIPS compares
-    # with the dev-8 anchor), the dev trajectory, and the sweep-level tables; no model or embedding job
+    # the dev generation job (its 4 cells), its score job, the schnell, Kontext and klein score jobs
+    # (their LPIPS compares with the dev-8 anchor), the dev trajectory, and the sweep-level tables; no
+    # model or embedding job
     assert counts == {
         "generate": 1,
-        "score": 2,
+        "score": 4,
         "trajectory": 1,
         "aggregate": 1,
         "report": 1,
         "wandb_aggregate": 1,
         "all": 1,
-        "total": 8,
+        "total": 10,
     }
 
 
