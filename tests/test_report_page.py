@@ -84,11 +84,12 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "pareto.png",
         "pareto.svg",
     ]
-    # identity x steps, dev, schnell and klein (its photo as reference)
+    # identity x steps, dev, schnell, klein and Kontext (the photo as reference)
     assert names("grids") == [
         "flux-dev__infusenet-aes__portrait.png",
         "flux-schnell__infusenet-aes__portrait.png",
         "klein__klein-reference__portrait.png",
+        "kontext__kontext-photo__portrait.png",
     ]
     assert names("ablation") == []  # the demo has one adapter
     assert names("trajectory") == [
@@ -106,7 +107,7 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
         "x0__identity_dlib.svg",
     ]
     # the SD trajectory cell's figures are in its family's section: one per metric of its role
-    grid = Grid(load([DEMO]))
+    grid = Grid(study_of(load([DEMO])))
     sd_cells = [c for c in grid.trajectory_cells if grid.family(c).report_folders == ("sd",)]
     assert sd_cells
     for cell in sd_cells:
@@ -132,10 +133,12 @@ def test_demo_report_has_its_figures_tables_and_provenance(demo, page):
 def test_page_renders_and_every_image_loads_in_headless_chromium(page, tmp_path):
     states = image_states(page)
     pngs = list((page.parent / "figures").rglob("*.png"))
-    # 19 FLUX figures (3 of them the dlib and held-out regime curves), the Kontext and klein cells'
-    # image grids; per SD family x adapter a grid and a curve per metric (5 each): 4 x 6; a grid per
-    # distilled SD series (its lines share the curves)
-    assert len(states) == len(pngs) == 19 + 2 + 4 * 6 + 2
+    # 20 FLUX figures (9 regime curves, 2 cost, 2 grids, 7 trajectory), the Kontext and klein cells'
+    # image grids; SD: per family x adapter a grid (3 x 2) and a curve per metric (style and object:
+    # 5 each, FaceID: the 9 identity curves), a grid per distilled series (its lines share the
+    # curves), and the SDXL trajectory cell's grid and x0 curves (DINO, CLIP-I)
+    sd = 2 * 3 + 2 * (5 + 5 + 9) + 2 + 3
+    assert len(states) == len(pngs) == 20 + 2 + sd
     assert broken(states) == []
     assert all(s["width"] >= 200 and s["height"] >= 100 for s in states)
     shot = screenshot(page, tmp_path / "page.png", width=1280, height=3000)

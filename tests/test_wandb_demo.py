@@ -116,7 +116,7 @@ def test_aggregate_run_logs_tables_figures_charts_and_report(demo) -> None:
     run = next(r for r in demo["runs"] if r.job_type == "aggregate")
     # FLUX, Kontext, klein and SD FaceID cells of 4 images (2 identities x 2 prompts), SD
     # reference cells of 1 (one reference x its role's prompt)
-    grid = Grid(demo["config"])
+    grid = Grid(study_of(demo["config"]))
     cells, images = len(grid.cells), sum(len(grid.items_of(cell)) for cell in grid.cells)
     assert run.config["sweep_config"]["sweep"] == "demo" and len(run.config["cells"]) == cells
     assert run.summary["cells"] == cells and run.summary["images"] == images
