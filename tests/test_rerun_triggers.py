@@ -45,9 +45,21 @@ def _faceid_jobs() -> int:
     return len({c.job for c in grid.cells if grid.adapter(c).get("file") == "faceid"})
 
 
+def _family_jobs(family: str) -> int:
+    """The demo's generation jobs of one family."""
+    from fewstep.core.config import validate
+    from fewstep.grid import Grid
+
+    grid = Grid(study_of(validate(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()))))
+    return len({c.job for c in grid.cells if grid.family(c).name == family})
+
+
 FACEID_JOBS = _faceid_jobs()
-#: what a change of an identity embedding reruns: the FLUX cells' jobs and the SD FaceID ones
-DOWNSTREAM = FLUX_DOWNSTREAM | {rule: FLUX_DOWNSTREAM[rule] + FACEID_JOBS for rule in ("generate", "score")}
+#: Kontext's job reads the identity embedding file (the photo's pixels), klein's the photo itself
+KONTEXT_JOBS, KLEIN_JOBS = _family_jobs("kontext"), _family_jobs("klein")
+IDENTITY_JOBS = 2 + FACEID_JOBS + KONTEXT_JOBS + KLEIN_JOBS  # FLUX dev and schnell, then the others
+#: what a change of an identity's photo reruns: every identity cell's jobs
+DOWNSTREAM = FLUX_DOWNSTREAM | {"generate": IDENTITY_JOBS, "score": IDENTITY_JOBS}
 
 
 @pytest.fixture
@@ -125,10 +137,14 @@ def test_a_prompt_text_change_reembeds_that_prompt_and_changes_its_images(demo):
     # an identity prompt: its group at both T5 lengths (dev 512, schnell 256) and for both SD
     # families' FaceID cells (one job per negative variant), no identity, the identity cells
     # downstream; the SD style and object cells render their own prompts and stay
-    assert of(jobs, "embed_prompt_identity")[:2] == ["family=flux, variant=L256", "family=flux, variant=L512"]
-    families = [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt_identity")[2:]]
-    assert families == ["family=sd15", "family=sdxl"]
-    assert counts(jobs) == {"embed_prompt_identity": 4, **DOWNSTREAM}
+    embedded = of(jobs, "embed_prompt_identity")
+    assert [w for w in embedded if w.startswith("family=flux")] == [
+        "family=flux, variant=L256",
+        "family=flux, variant=L512",
+    ]
+    families = sorted({w.split(",")[0] for w in embedded})
+    assert families == ["family=flux", "family=klein", "family=kontext", "family=sd15", "family=sdxl"]
+    assert counts(jobs) == {"embed_prompt_identity": 6, **DOWNSTREAM}
     before = images(demo)
     run_cell(demo, configfile)
     after = images(demo)
@@ -142,7 +158,11 @@ def test_face_policy_change_reembeds_identities_and_changes_the_group_picture_im
     configfile = write_config(demo, config)
     jobs = planned(demo, configfile)
     assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
-    assert counts(jobs) == {"embed_identity": 2, **DOWNSTREAM}
+    # klein reads the photo, not a face, so its images stay; its score job (the identity metrics
+    # take the face the policy picks) reruns; the trajectory rule's face settings cover every
+    # trajectory cell, the SD one too
+    expected = DOWNSTREAM | {"generate": IDENTITY_JOBS - KLEIN_JOBS, "trajectory": 3}
+    assert counts(jobs) == {"embed_identity": 2, **expected}
     before = images(demo)
     run_cell(demo, configfile)
     after = images(demo)
@@ -172,7 +192,7 @@ def test_a_picture_replaced_in_place_reembeds_that_identity_only(demo):
     os.utime(picture, (946684800, 946684800))
     jobs = planned(demo, configfile)
     assert of(jobs, "embed_identity") == ["identity=astronaut"]
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2 + FACEID_JOBS
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == IDENTITY_JOBS
 
 
 def test_a_builtin_name_change_reembeds_that_identity_only(demo):
@@ -197,8 +217,9 @@ def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     marker.write_text(json.dumps(record, indent=2, sort_keys=True))
     jobs = planned(demo, REPO / "config" / "demo.yaml")
     assert of(jobs, "embed_identity") == ["identity=astronaut", "identity=group-t1"]
-    # the identity files hold FaceID's embedding too, so its jobs rerun with InfuseNet's
-    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == 2 + FACEID_JOBS
+    # the identity files hold FaceID's embedding and Kontext's photo too, so their jobs rerun with
+    # InfuseNet's (klein reads the photo itself)
+    assert "embed_prompt" not in counts(jobs) and counts(jobs)["generate"] == IDENTITY_JOBS - KLEIN_JOBS
 
 
 def test_a_bad_picture_for_one_identity_stops_before_any_job_and_loses_nothing(demo):
@@ -341,8 +362,13 @@ def test_a_style_prompt_change_reruns_the_style_cells_only(demo):
     jobs = planned(demo, write_config(demo, config))
     families = [w.split(", variant=N")[0] for w in of(jobs, "embed_prompt_style")]
     assert families == ["family=sd15", "family=sdxl"]
-    assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-style", "backbone=sdxl, adapter=sd-style"]
-    assert counts(jobs) == {"embed_prompt_style": 2, "generate": 2, "score": 2, **SD_DOWNSTREAM}
+    assert of(jobs, "generate") == [  # the base and the distilled style cells
+        "backbone=sd15, adapter=sd-style",
+        "backbone=sd15-lcm, adapter=sd-style",
+        "backbone=sdxl, adapter=sd-style",
+        "backbone=sdxl-lightning2, adapter=sd-style",
+    ]
+    assert counts(jobs) == {"embed_prompt_style": 2, "generate": 4, "score": 4, **SD_DOWNSTREAM}
 
 
 def test_an_sd_reference_picture_change_reembeds_that_reference_only(demo):
@@ -355,7 +381,8 @@ def test_an_sd_reference_picture_change_reembeds_that_reference_only(demo):
         "family=sdxl, file=plus, reference=coffee",
     ]
     assert of(jobs, "generate") == ["backbone=sd15, adapter=sd-object", "backbone=sdxl, adapter=sd-object"]
-    assert counts(jobs) == {"embed_reference": 2, "generate": 2, "score": 2, **SD_DOWNSTREAM}
+    # and the demo's SD trajectory, an object cell
+    assert counts(jobs) == {"embed_reference": 2, "generate": 2, "score": 2, "trajectory": 1, **SD_DOWNSTREAM}
     cell = "sdxl/sd-object/2"
     before = images(demo, cell)
     run_cell(demo, configfile, cell)

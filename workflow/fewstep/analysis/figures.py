@@ -134,7 +134,8 @@ def regime_figure(summary: pd.DataFrame, regime: pd.DataFrame, metric: str, delt
         ax.set_title(backbone)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(wrapped(info.axis_label))
-    fig.suptitle(f"{info.label} vs steps ({'higher' if info.better == 'higher' else 'lower'} is better)")
+    title = f"{info.label} vs steps ({'higher' if info.better == 'higher' else 'lower'} is better)"
+    fig.suptitle(wrapped(title, 9 * 5 * len(backbones)))  # about 9 characters per inch of width
     fig.tight_layout()
     for ax in axes[0]:
         place_labels(ax, [(x, y, text) for at_ax, x, y, text in knees if at_ax is ax])
