@@ -109,7 +109,7 @@ def test_trajectory_runs_draw_each_step(demo) -> None:
         for column in finals:  # each score of the last x0 (identity; DINO and CLIP-I of an object cell)
             assert run.summary[f"final_{column}"] == pytest.approx(last[column].mean())
         assert run.summary["trajectory/step"] == cell.steps
-        assert run.summary["trajectory"]["nrows"] == len(table) == 2 * cell.steps
+        assert run.summary["trajectory"]["nrows"] == len(table) == traced * cell.steps
 
 
 def test_aggregate_run_logs_tables_figures_charts_and_report(demo) -> None:
@@ -155,7 +155,7 @@ def test_lineage_links_weights_to_images_to_scores_to_the_report(demo) -> None:
         variant = grid.prompt_embedding(demo["paths"], cell, "portrait").name.split(".")[1]  # L512, N...
         assert set(generate.used_artifacts) == {
             *(f"weights-tiny-{model}" for model in grid.generation_models(cell)),
-            f"embeddings-demo-{family}-{variant}",
+            f"embeddings-demo-{family}-{variant}-{'+'.join(grid.cell_roles(cell))}",
             *([f"references-demo-{family}-{file}"] if file else []),
             *(["identities-demo"] if grid.needs_identity_embeddings(cell) else []),  # klein reads the photo
         }

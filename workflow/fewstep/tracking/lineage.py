@@ -9,9 +9,10 @@ version the generate job logged. Nothing here needs the network.
   describes it (hub repo, requested revision, resolved commit, every file's
   size and sha256) in ``weights.json``; real hub weights also as references to
   the files at that commit on the hub, which W&B records without fetching them;
-- ``embeddings-<sweep>-<family>-<L<length> | N<negative>>``, ``identities-<sweep>`` and
+- ``embeddings-<sweep>-<family>-<L<length> | N<negative>>-<roles>``, ``identities-<sweep>`` and
   ``references-<sweep>-<family>-<adapter file>``
-  (``embeddings``): the precomputed prompt and identity embeddings a cell reads;
+  (``embeddings``): the precomputed prompt and identity embeddings a cell reads (its prompts
+  are those of its adapter roles, so the roles name the set and each set is one version);
 - ``images-<sweep>-<cell>`` (``images``): a cell's manifest, and the PNGs it lists as
   checksummed references to the files under the results folder (not uploaded);
 - ``scores-<sweep>-<cell>``, ``trajectory-<sweep>-<cell>``: the per-image and per-step tables;
@@ -85,7 +86,7 @@ def embeddings(study: Study, cell: Cell) -> list[Any]:
         references_name = artifact_name("identities", study.sweep)
     groups = [
         (
-            artifact_name("embeddings", study.sweep, family, variant),
+            artifact_name("embeddings", study.sweep, family, variant, "+".join(grid.cell_roles(cell))),
             prompts,
             {"text_encoders": grid.text_encoder_backbone(family), "variant": variant},
         ),
