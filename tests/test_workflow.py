@@ -49,9 +49,12 @@ def test_demo_sweep_produces_every_output(demo_run):
     assert list(dict.fromkeys(comparison["family"])) == ["FLUX", "SD1.5"]
     assert {"csd", "clip_i", "latency_s"} <= set(comparison[comparison["family"] == "SD1.5"]["metric"])
     assert "SD1.5: <code>sd15/sd-style/1</code> against <code>sd15/sd-style/4</code>" in page
-    # SDXL without a negative prompt: zero negative embeddings, as its pipeline (Nzeros)
-    sdxl = sorted(p.name for p in (results / "embeddings" / "prompts" / "sdxl").glob("*.safetensors"))
-    assert sdxl == ["kitchen.Nzeros.safetensors", "lighthouse.Nzeros.safetensors"]
+    # SDXL without a negative prompt: zero negative embeddings, as its pipeline (Nzeros), for the
+    # prompts of every role its cells read (style, object; FaceID's identity prompts)
+    sdxl = {p.name for p in (results / "embeddings" / "prompts" / "sdxl").glob("*.safetensors")}
+    sdxl_cells = [cell for cell in grid.cells if grid.backbone(cell)["family"] == "sdxl"]
+    prompts = {prompt.id for cell in sdxl_cells for prompt in grid.prompts_of(cell)}
+    assert sdxl == {f"{prompt}.Nzeros.safetensors" for prompt in prompts} and len(prompts) >= 3
 
 
 def test_second_invocation_has_nothing_to_do(demo_run):
