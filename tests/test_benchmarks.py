@@ -97,6 +97,9 @@ def test_klein_latency_benchmark_times_klein_beside_flux_in_one_run(tmp_path):
     assert meta["card"] == "CPU" and meta["ratios"]["flux-dev-2/klein-2"] == pytest.approx(
         latency["flux-dev/infusenet-aes/2"] / latency["klein/reference/2"]
     )
+    # only what the images need is prepared: no scoring network (dlib's files may be absent offline)
+    prepared = {p.name for p in (tmp_path / "work" / "models" / "tiny").iterdir()}
+    assert "FLUX.2-klein-4B" in prepared and "dlib" not in prepared
 
 
 @pytest.mark.slow
