@@ -106,7 +106,7 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # buffalo_l's ArcFace (the SD FaceID cells)
     assert counts["prepare_model"] == 13 + 5 + 1 + 1 + 2
     trajectories = len(grid.trajectory_cells)  # the base and few-step points of each family
-    assert counts["trajectory"] == trajectories == 12 and counts["wandb_aggregate"] == 1
+    assert counts["trajectory"] == trajectories == 14 and counts["wandb_aggregate"] == 1
     # one prompt embedding job per prompt variant and role its cells render: FLUX's T5 sequence
     # lengths (2), Kontext's, klein's and each SD family's FaceID cells' (2) x identity, each SD
     # family's negative prompt (2) x style and object; one per identity (2); per SD family one per
