@@ -176,6 +176,20 @@ def test_downloads_are_the_published_sizes_of_models_not_yet_prepared(tmp_path):
     assert downloads["insightface"] == round(0.017 + 0.261, 6)
 
 
+def test_every_model_the_study_downloads_has_a_published_size(tmp_path):
+    """The study's download estimate leaves no fetched model at 0 GB (dlib's files come with a
+    PyPI package), Kontext and klein included."""
+    from fewstep.grid import Grid
+
+    config = load([REPO / "config.yaml"])
+    config.update(weights="real", models_dir=str(tmp_path / "models"))
+    study = study_of(config)
+    sizes = est.download_gb(study, Grid.of(study))
+    assert {name for name, gb in sizes.items() if gb <= 0} == {"dlib-face"}
+    assert sizes["flux-kontext-dev"] == pytest.approx(23.8 + 0.17 + 0.25 + 9.52)
+    assert sizes["flux2-klein-4b"] == pytest.approx(7.75 + 0.17 + 8.04)
+
+
 def test_an_unknown_card_is_one_line_naming_the_cards_with_figures(tmp_path):
     figures = write_figures(tmp_path / "figures")
     with pytest.raises(ConfigError, match=r"no timing figures for card 'a100' .*cards with figures: x1 \("):

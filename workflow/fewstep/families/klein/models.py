@@ -66,6 +66,9 @@ KLEIN_4B = ModelSpec(
     "flux2-klein-4b",
     "FLUX.2-klein-4B",
     "black-forest-labs/FLUX.2-klein-4B",
+    # GB of the download estimate, bf16 parameter counts x 2 bytes: the 3.9B transformer, the 84M
+    # VAE, the Qwen3-4B text encoder
+    extra={"published_gb": {"transformer/*": 7.75, "vae/*": 0.17, "text_encoder/*": 8.04}},
     recipe=Recipe(fetch=fetch_snapshot, tiny=_tiny, required=_required, random=_random, patterns=_patterns),
 )
 BACKBONES = {KLEIN_4B.name: KLEIN_4B}
