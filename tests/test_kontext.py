@@ -217,7 +217,7 @@ def test_the_identity_file_holds_the_photo_once_a_face_is_found(kontext_config, 
 def test_memory_options_reach_the_transformer(kontext_config):
     """Config ``memory`` as for FLUX: fp8 weight storage, and offloading refused off CUDA in one line."""
     from fewstep.core.errors import WeightsError
-    from fewstep.families.kontext.models import load_kontext
+    from fewstep.families.kontext.pipeline import load_kontext
 
     def with_memory(**memory):
         config = kontext_config.to_dict()

@@ -18,7 +18,7 @@ import torch
 from fewstep.core.study import Study
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, timed
 from fewstep.families.kontext import pipeline
-from fewstep.families.kontext.models import load_kontext, load_kontext_text_encoders, max_sequence_length
+from fewstep.families.kontext.models import max_sequence_length
 from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
 
 
@@ -32,7 +32,7 @@ class KontextPromptEncoder:
 
     def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
         self.device = device
-        self.pipe = load_kontext_text_encoders(config, model, device, dtype)
+        self.pipe = pipeline.load_kontext_text_encoders(config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         edit = edit_prompt(text, PROMPT_TEMPLATE)
@@ -84,7 +84,7 @@ def load_components(
 ) -> dict[str, Any]:
     """The components a `KontextCellPipeline` takes (transformer, vae, scheduler), loaded from the
     prepared weights; the native reference needs no adapter weights."""
-    return load_kontext(config, backbone["model"], device, dtype)
+    return pipeline.load_kontext(config, backbone["model"], device, dtype)
 
 
 class KontextCellPipeline:

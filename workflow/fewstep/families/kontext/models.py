@@ -1,4 +1,4 @@
-"""FLUX.1 Kontext [dev]'s registered model (``flux-kontext-dev``) and its loaders.
+"""FLUX.1 Kontext [dev]'s registered model (``flux-kontext-dev``); its loaders are in `pipeline`.
 
 Its recipe has the three sources of every model (`fewstep.registry.spec.Recipe`): ``real``
 fetches the published diffusers folders (the single-file checkpoints at the repo's root are
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fewstep.families.kontext.specs import (
     KONTEXT_MODEL_INDEX,
@@ -21,16 +21,10 @@ from fewstep.families.kontext.specs import (
     KONTEXT_VAE,
     T5_XXL,
 )
-from fewstep.registry.catalog import model_folder, register
+from fewstep.registry.catalog import register
 from fewstep.registry.hub import fetch_snapshot
-from fewstep.registry.load import load_component
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
-
-if TYPE_CHECKING:  # torch is imported by the loaders: the workflow's parse never loads it
-    import torch
-
-    from fewstep.core.study import Study
 
 #: what a generation job loads (transformer, VAE, scheduler) and, when it embeds prompts, the rest
 GENERATION_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
@@ -103,63 +97,3 @@ def max_sequence_length(backbone: Mapping[str, Any]) -> int:
 
 #: the folders of the model a generation job reads (their digest is in every image's resume key)
 GENERATION_FOLDERS = ("transformer/", "vae/", "scheduler/")
-
-
-def load_kontext(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """The transformer, VAE and scheduler of a generation job (never the text encoders)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-
-    weights, folder = config.weights, model_folder(config, model)
-    components = {
-        "transformer": load_component(
-            FluxTransformer2DModel, folder / "transformer", weights, device, dtype, model=model
-        ),
-        "vae": load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=model),
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-    }
-    apply_memory_options(components, config.memory, device, dtype)
-    return components
-
-
-def apply_memory_options(
-    components: dict[str, Any], memory: Mapping[str, Any], device: torch.device, dtype: torch.dtype
-) -> None:
-    """Config ``memory``, as for FLUX: transformer weights stored as float8 e4m3 (each layer upcast
-    to `dtype` as it runs), and group offloading of the transformer and VAE to CPU RAM."""
-    import torch
-
-    from fewstep.core.errors import WeightsError
-
-    transformer = components["transformer"]
-    if memory["fp8_weights"]:
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if memory["offload"] == "none":
-        return
-    if device.type != "cuda":
-        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
-    cpu = torch.device("cpu")
-    for module in (transformer, components["vae"]):
-        module.to(cpu)
-        module.enable_group_offload(
-            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
-        )
-
-
-def load_kontext_text_encoders(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """A text-only FluxKontextPipeline (CLIP-L + T5), loaded once per sweep to embed prompts."""
-    from diffusers import FluxKontextPipeline
-    from transformers import CLIPTextModel, T5EncoderModel
-
-    weights, folder = config.weights, model_folder(config, model)
-    return FluxKontextPipeline.from_pretrained(
-        folder,
-        transformer=None,
-        vae=None,
-        text_encoder=load_component(
-            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=model
-        ),
-        text_encoder_2=load_component(
-            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=model
-        ),
-        dtype=dtype,
-    )
