@@ -200,6 +200,10 @@ def pareto_figure(pareto: pd.DataFrame):
     ax.grid(alpha=0.3)
     keep_in_range(ax, "x", spec(cost).bounds)
     keep_in_range(ax, "y", spec(value).bounds)
+    # an interval of a few noisy timings can span decades: the axis follows the cells' means, and
+    # a longer error bar runs off it rather than squeezing every point into one corner
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, min(high, 2.5 * float(pareto["cost"].max())))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     place_labels(ax, labels)
@@ -256,7 +260,7 @@ def trajectory_figure(trajectory: pd.DataFrame, metrics: list[str], title: str):
         keep_in_range(ax, "y", spec(metric).bounds)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(wrapped(title, int(9 * 4.6 * ncols)))  # about 9 characters per inch of width
     fig.tight_layout()
     return fig
 
