@@ -89,7 +89,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     config = config_for(args)
     grid = Grid.of(config)
-    for name in sorted({name for cell in grid.cells for name in grid.cell_models(cell)}):  # no scorer
+    for name in grid.image_models:  # no scoring network: nothing is scored
         prepare_model(config, name)
     precompute.embed_prompts(config)
     precompute.embed_identities(config)

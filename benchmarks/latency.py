@@ -78,9 +78,8 @@ def config_for(variant: str, args: argparse.Namespace) -> dict:
 
 def run_variant(config: dict) -> pd.DataFrame:
     grid = Grid(config)
-    # what the cells' images need, no scoring network (nothing is scored; an offline GPU host
-    # may lack the trained scoring files)
-    for name in sorted({name for cell in grid.cells for name in grid.cell_models(cell)}):
+    # no scoring network: nothing is scored, and an offline GPU host may lack the trained files
+    for name in grid.image_models:
         prepare_model(config, name)
     precompute.embed_prompts(config)
     precompute.embed_identities(config)

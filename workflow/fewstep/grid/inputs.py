@@ -18,9 +18,14 @@ class FileInputs(RerunTriggers):
 
     # ---------------------------------------------------------------- models
     @property
+    def image_models(self) -> list[str]:
+        """Registry models the sweep's images depend on (`cell_models` of every cell; no scorer)."""
+        return sorted({name for cell in self.cells for name in self.cell_models(cell)})
+
+    @property
     def models(self) -> list[str]:
         """Registry models this sweep needs prepared (what makes each cell, the configured metrics)."""
-        names = {name for cell in self.cells for name in self.cell_models(cell)}
+        names = set(self.image_models)
         names.update(scoring_models(self.study, {m for cell in self.cells for m in self.cell_metrics(cell)}))
         return sorted(names)
 
