@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fewstep.families.flux import pipeline
+from fewstep.families.flux1 import load_text_encoders
 from tests.conftest import study_of
 
 CPU = torch.device("cpu")
@@ -21,7 +22,9 @@ def dev(tiny_config):
 
 @pytest.fixture(scope="module")
 def cond(tiny_config, dev):
-    pipe = pipeline.load_flux_text_encoders(study_of(tiny_config), "flux-schnell", CPU, torch.float32)
+    from diffusers import FluxPipeline
+
+    pipe = load_text_encoders(FluxPipeline, study_of(tiny_config), "flux-schnell", CPU, torch.float32)
     embeds, pooled, _ = pipe.encode_prompt(
         prompt="a portrait", prompt_2="a portrait", device=CPU, max_sequence_length=512
     )

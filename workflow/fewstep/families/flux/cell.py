@@ -20,15 +20,18 @@ from fewstep.core.study import Study
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, rms, timed
 from fewstep.families.flux import control, pipeline
 from fewstep.families.flux.models import max_sequence_length
-from fewstep.families.flux.pipeline import FluxParts, load_flux, load_flux_text_encoders
+from fewstep.families.flux.pipeline import FluxParts, load_flux
+from fewstep.families.flux1 import load_text_encoders
 
 
 class FluxPromptEncoder:
     """CLIP-L pooled + T5 sequence embeddings through a text-only FluxPipeline."""
 
     def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
+        from diffusers import FluxPipeline
+
         self.device = device
-        self.pipe = load_flux_text_encoders(config, model, device, dtype)
+        self.pipe = load_text_encoders(FluxPipeline, config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.core.errors import WeightsError
 from fewstep.core.study import Study
 from fewstep.families.base import Denoised, StepTimer, rms
 from fewstep.families.flux.models import INFINITEYOU, INFU_VERSION
+from fewstep.families.flux1 import apply_memory_options
 from fewstep.registry.catalog import model_folder
 from fewstep.registry.load import default_dtype, load_component
 from fewstep.registry.prepare import missing_weights
@@ -319,30 +319,9 @@ def load_flux(
     )
     if adapter["kind"] == "infusenet":
         parts.infusenet, parts.resampler = load_infiniteyou(config, adapter["variant"], device, dtype)
-    apply_memory_options(parts, config.memory, device, dtype)
-    return parts
-
-
-def apply_memory_options(
-    parts: FluxParts, memory: dict[str, Any], device: torch.device, dtype: torch.dtype
-) -> None:
-    """8-bit weight storage and CPU offloading for GPUs smaller than the whole model."""
-    import torch
-
     big = [m for m in (parts.infusenet, parts.transformer) if m is not None]
-    if memory["fp8_weights"]:
-        for module in big:  # weights stored as float8 e4m3, each layer upcast to `dtype` as it runs
-            module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if memory["offload"] == "none":
-        return
-    if device.type != "cuda":
-        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
-    cpu = torch.device("cpu")
-    for module in (*big, parts.vae):  # blocks stream in one group at a time, overlapped with compute
-        module.to(cpu)
-        module.enable_group_offload(
-            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
-        )
+    apply_memory_options(big, parts.vae, config.memory, device, dtype)
+    return parts
 
 
 def load_infiniteyou(
@@ -372,24 +351,3 @@ def load_infiniteyou(
             raise missing_weights(path, INFINITEYOU.name)
         resampler = load_resampler(path, infer_config(path)).to(device, dtype)
     return infusenet, resampler
-
-
-def load_flux_text_encoders(config: Study, backbone: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """A text-only FluxPipeline (CLIP-L + T5), used once per sweep to embed prompts."""
-    from diffusers import FluxPipeline
-    from transformers import CLIPTextModel, T5EncoderModel
-
-    folder = model_folder(config, backbone)
-    weights = config.weights
-    return FluxPipeline.from_pretrained(
-        folder,
-        transformer=None,
-        vae=None,
-        text_encoder=load_component(
-            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=backbone
-        ),
-        text_encoder_2=load_component(
-            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=backbone
-        ),
-        dtype=dtype,
-    )

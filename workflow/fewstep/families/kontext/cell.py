@@ -17,6 +17,7 @@ import torch
 
 from fewstep.core.study import Study
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, timed
+from fewstep.families.flux1 import load_text_encoders
 from fewstep.families.kontext import pipeline
 from fewstep.families.kontext.models import max_sequence_length
 from fewstep.families.kontext.specs import PHOTO, PROMPT_TEMPLATE
@@ -31,8 +32,10 @@ class KontextPromptEncoder:
     """CLIP-L pooled + T5 sequence embeddings of the edit prompt, through a text-only pipeline."""
 
     def __init__(self, config: Study, model: str, device: torch.device, dtype: torch.dtype):
+        from diffusers import FluxKontextPipeline
+
         self.device = device
-        self.pipe = pipeline.load_kontext_text_encoders(config, model, device, dtype)
+        self.pipe = load_text_encoders(FluxKontextPipeline, config, model, device, dtype)
 
     def encode(self, text: str, backbone: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         edit = edit_prompt(text, PROMPT_TEMPLATE)

@@ -10,13 +10,13 @@ computes it (0.42.1), without text encoders and with a per-step callback:
 - sigmas ``linspace(1, 1/n, n)`` with the resolution-dependent shift ``mu`` of the output's
   sequence length (the reference's tokens do not count).
 
-Its loaders (`load_kontext`, `load_kontext_text_encoders`) read the registry's folders, as FLUX's
-and klein's `pipeline` modules do.
+Its loader (`load_kontext`) reads the registry's folders, as FLUX's and klein's `pipeline` modules do;
+the text encoders and config ``memory`` load as FLUX's (`fewstep.families.flux1`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fewstep.families.base import Denoised, Step, StepTimer, rms
+from fewstep.families.flux1 import apply_memory_options
 from fewstep.registry.catalog import model_folder
 from fewstep.registry.load import load_component
 
@@ -215,49 +216,5 @@ def load_kontext(config: Study, model: str, device: torch.device, dtype: torch.d
         "vae": load_component(AutoencoderKL, folder / "vae", weights, device, dtype, model=model),
         "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
     }
-    apply_memory_options(components, config.memory, device, dtype)
+    apply_memory_options([components["transformer"]], components["vae"], config.memory, device, dtype)
     return components
-
-
-def apply_memory_options(
-    components: dict[str, Any], memory: Mapping[str, Any], device: torch.device, dtype: torch.dtype
-) -> None:
-    """Config ``memory``, as for FLUX: transformer weights stored as float8 e4m3 (each layer upcast
-    to `dtype` as it runs), and group offloading of the transformer and VAE to CPU RAM."""
-    import torch
-
-    from fewstep.core.errors import WeightsError
-
-    transformer = components["transformer"]
-    if memory["fp8_weights"]:
-        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
-    if memory["offload"] == "none":
-        return
-    if device.type != "cuda":
-        raise WeightsError("config memory.offload needs a CUDA device; set it to none on the CPU")
-    cpu = torch.device("cpu")
-    for module in (transformer, components["vae"]):
-        module.to(cpu)
-        module.enable_group_offload(
-            device, cpu, offload_type="block_level", num_blocks_per_group=1, use_stream=True
-        )
-
-
-def load_kontext_text_encoders(config: Study, model: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """A text-only FluxKontextPipeline (CLIP-L + T5), loaded once per sweep to embed prompts."""
-    from diffusers import FluxKontextPipeline
-    from transformers import CLIPTextModel, T5EncoderModel
-
-    weights, folder = config.weights, model_folder(config, model)
-    return FluxKontextPipeline.from_pretrained(
-        folder,
-        transformer=None,
-        vae=None,
-        text_encoder=load_component(
-            CLIPTextModel, folder / "text_encoder", weights, device, dtype, model=model
-        ),
-        text_encoder_2=load_component(
-            T5EncoderModel, folder / "text_encoder_2", weights, device, dtype, model=model
-        ),
-        dtype=dtype,
-    )
