@@ -58,21 +58,10 @@ ASSUMED_S = {
     "wandb": 5.0,
 }
 
-#: Published sizes in GB (10^9 bytes, rounded) of the weight files the registry's allow-patterns
-#: (or fetched files) name; configs and tokenizers are left out (kilobytes).
+#: Published sizes in GB (10^9 bytes, rounded) of the weight files the scoring and face models'
+#: allow-patterns (or fetched files) name, which their specs do not register (a family's models
+#: register theirs: ``extra["published_gb"]``); configs and tokenizers are left out (kilobytes).
 PUBLISHED_GB = {
-    **{
-        (repo, pattern): size
-        for repo in ("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
-        for pattern, size in {
-            "transformer/*": 23.8,
-            "vae/*": 0.17,
-            "text_encoder/*": 0.25,
-            "text_encoder_2/*": 9.52,
-        }.items()
-    },
-    ("ByteDance/InfiniteYou", "infu_flux_v1.0/aes_stage2/*"): 6.2,
-    ("ByteDance/InfiniteYou", "infu_flux_v1.0/sim_stage1/*"): 6.2,
     ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx"): 0.017,
     ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/glintr100.onnx"): 0.261,
     (None, "recognition_arcface_ir_se50.pth"): 0.17,
@@ -82,19 +71,6 @@ PUBLISHED_GB = {
     ("yuvalkirstain/PickScore_v1", "model.safetensors"): 3.94,
     ("facebook/dinov2-base", "model.safetensors"): 0.35,
     ("tomg-group-umd/CSD-ViT-L", "pytorch_model.bin"): 1.2,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet/diffusion_pytorch_model.fp16.safetensors"): 1.72,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae/diffusion_pytorch_model.fp16.safetensors"): 0.17,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder/model.fp16.safetensors"): 0.25,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "unet/diffusion_pytorch_model.fp16.safetensors"): 5.14,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "vae/diffusion_pytorch_model.fp16.safetensors"): 0.17,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder/model.fp16.safetensors"): 0.25,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder_2/model.fp16.safetensors"): 1.39,
-    ("h94/IP-Adapter", "models/ip-adapter_sd15.bin"): 0.04,
-    ("h94/IP-Adapter", "models/ip-adapter-plus_sd15.bin"): 0.10,
-    ("h94/IP-Adapter", "models/image_encoder/model.safetensors"): 2.53,
-    ("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.bin"): 0.70,
-    ("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin"): 0.85,
-    ("h94/IP-Adapter", "sdxl_models/image_encoder/model.safetensors"): 3.69,
 }
 
 #: float32 values of one prompt embedding file (precompute saves float32) per family, from its
@@ -486,7 +462,7 @@ def download_gb(study: Study, grid: Grid) -> dict[str, float]:
         else:
             files = spec.extra.get("patterns") or [spec.extra.get("file")]
         owned = spec.extra.get("published_gb", {})  # sizes a model's owner registers with it
-        sizes[name] = sum(PUBLISHED_GB.get((spec.repo_id, f), owned.get(f, 0.0)) for f in files)
+        sizes[name] = sum(owned.get(f, PUBLISHED_GB.get((spec.repo_id, f), 0.0)) for f in files)
     return sizes
 
 

@@ -129,13 +129,20 @@ INFINITEYOU_RECIPE = Recipe(
     patterns=_infiniteyou_patterns,
 )
 
+#: GB of the download estimate: a backbone's weight folders at their published bf16 sizes
+BACKBONE_GB = {"transformer/*": 23.8, "vae/*": 0.17, "text_encoder/*": 0.25, "text_encoder_2/*": 9.52}
 BACKBONES = {
     "flux-dev": ModelSpec(
         "flux-dev",
         "FLUX.1-dev",
         "black-forest-labs/FLUX.1-dev",
         gated=True,
-        extra={"guidance_embeds": True, "scheduler": DEV_SCHEDULER, "max_sequence_length": 512},
+        extra={
+            "guidance_embeds": True,
+            "scheduler": DEV_SCHEDULER,
+            "max_sequence_length": 512,
+            "published_gb": BACKBONE_GB,
+        },
         revision="3de623fc3c33e44ffbe2bad470d0f45bccf2eb21",
         recipe=BACKBONE_RECIPE,
     ),
@@ -147,12 +154,19 @@ BACKBONES = {
             "guidance_embeds": False,
             "scheduler": SCHNELL_SCHEDULER,
             "max_sequence_length": 256,
+            "published_gb": BACKBONE_GB,
         },
         revision="741f7c3ce8b383c54771c7003378a50191e9efe9",
         recipe=BACKBONE_RECIPE,
     ),
 }
-INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou", recipe=INFINITEYOU_RECIPE)
+INFINITEYOU = ModelSpec(
+    "infiniteyou",
+    "InfiniteYou",
+    "ByteDance/InfiniteYou",
+    extra={"published_gb": {"infu_flux_v1.0/aes_stage2/*": 6.2, "infu_flux_v1.0/sim_stage1/*": 6.2}},
+    recipe=INFINITEYOU_RECIPE,
+)
 register(*BACKBONES.values(), INFINITEYOU)
 
 
