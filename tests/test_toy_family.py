@@ -168,6 +168,13 @@ class ToyFamily:
         return []
 
     prompt_job_mem_mb = 2000
+    prompt_timing_key = "embed_prompt/toy"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        return EMBEDDING_WIDTH
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     def prompt_model(self, models: Sequence[str]) -> str:
         return models[0]

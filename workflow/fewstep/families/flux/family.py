@@ -126,6 +126,14 @@ class FluxFamily:
         return "flux-schnell" if "flux-schnell" in models else models[0]
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, read from disk
+    prompt_timing_key = "embed_prompt"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """T5's tokens x 4096 and CLIP's pooled 768."""
+        return max_sequence_length(backbone) * 4096 + 768
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(

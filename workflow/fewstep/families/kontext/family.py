@@ -120,6 +120,14 @@ class KontextFamily:
         return models[0]
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, as FLUX's
+    prompt_timing_key = "embed_prompt/kontext"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """T5's tokens x 4096 and CLIP's pooled 768, as FLUX's."""
+        return max_sequence_length(backbone) * 4096 + 768
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(
