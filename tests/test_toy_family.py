@@ -114,6 +114,7 @@ class ToyFamily:
     adapter_kinds = frozenset({"none"})
     backbone_keys = frozenset()
     adapter_keys = {"none": frozenset()}
+    config_values: Mapping[str, tuple[str, ...]] = {}
     max_side = 128
     adapter_roles = ("identity",)
     acceleration_switches: frozenset[str] = frozenset()

@@ -216,6 +216,9 @@ class Family(Protocol):
     #: adapter kind -> the ``adapters.<id>`` settings it reads besides ``kind`` (the grid refuses
     #: any other key set on an adapter of its cells)
     adapter_keys: Mapping[str, frozenset[str]]
+    #: config key (``backbones.<name>.scheduler``) -> the values it takes of one of its keys whose
+    #: schema entry is an enum: the schema lists every family's (`tests/test_families.py` checks)
+    config_values: Mapping[str, tuple[str, ...]]
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
-from fewstep.families.flux.models import BACKBONES, generation_weights, max_sequence_length
+from fewstep.families.flux.models import (
+    BACKBONES,
+    INFUSENET_VARIANTS,
+    generation_weights,
+    max_sequence_length,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +43,11 @@ class FluxFamily:
     comparable = True  # the anchor cell is a FLUX cell of the identity study
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"infusenet": INFUSENET_KEYS, "none": frozenset()}
+    #: InfuseNet's checkpoint and control image (`fewstep.families.flux.control`): black or keypoints
+    config_values = {
+        "adapters.<name>.variant": INFUSENET_VARIANTS,
+        "adapters.<name>.control": ("none", "keypoints"),
+    }
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

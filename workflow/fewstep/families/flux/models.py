@@ -34,6 +34,8 @@ from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
 
 INFU_VERSION = "infu_flux_v1.0"
+#: config ``adapters.<id>.variant`` values: InfiniteYou's two InfuseNet checkpoints
+INFUSENET_VARIANTS = ("aes_stage2", "sim_stage1")
 
 #: what a generation job loads from a FLUX repo (the single-file checkpoints at its root are skipped)
 FLUX_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
@@ -164,7 +166,7 @@ INFINITEYOU = ModelSpec(
     "infiniteyou",
     "InfiniteYou",
     "ByteDance/InfiniteYou",
-    extra={"published_gb": {"infu_flux_v1.0/aes_stage2/*": 6.2, "infu_flux_v1.0/sim_stage1/*": 6.2}},
+    extra={"published_gb": {f"{INFU_VERSION}/{variant}/*": 6.2 for variant in INFUSENET_VARIANTS}},
     recipe=INFINITEYOU_RECIPE,
 )
 register(*BACKBONES.values(), INFINITEYOU)

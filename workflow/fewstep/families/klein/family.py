@@ -60,6 +60,7 @@ class KleinFamily:
     backbone_keys: frozenset[str] = frozenset()
     #: the reference is the identity's photo as it is: nothing to set
     adapter_keys = {NATIVE_REFERENCE: frozenset(), "none": frozenset()}
+    config_values: Mapping[str, tuple[str, ...]] = {}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

@@ -44,6 +44,7 @@ class KontextFamily:
     anchors_to_highest_step = False  # LPIPS to the study's anchor cell, as FLUX's cells
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"native_reference": frozenset(), "none": frozenset()}  # the reference has no settings
+    config_values: Mapping[str, tuple[str, ...]] = {}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

@@ -74,6 +74,16 @@ class StableDiffusion:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def config_values(self) -> dict[str, tuple[str, ...]]:
+        """Its schedulers, distillations, adapter roles and InstantStyle scale presets."""
+        return {
+            "backbones.<name>.scheduler": tuple(SCHEDULERS),
+            "backbones.<name>.distillation": tuple(DISTILLATIONS[self.name]),
+            "adapters.<name>.role": ROLES,
+            "adapters.<name>.scale": tuple(INSTANTSTYLE[self.name]),
+        }
+
     #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
     acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
