@@ -7,8 +7,9 @@ steps of the families in ``sd_latency_<card>_<date>.csv``, SD's), the newest fil
 A generation job is timed per step when its backbone model has per-step figures, else per image
 when its family and adapter file have a fit, else by its start alone (and the output says so):
 the figures' keys decide, the family is asked only through its protocol (`Family.adapter_role`,
-`reference_file`, `image_size`); a card with acceleration figures alone borrows decode, the steps
-without InfuseNet (at the other card's ratio) and SD from a card that has them, and says so. A
+`reference_file`, `image_size`; its embedding files' sizes and `prompt_timing_key`); a card
+with acceleration figures alone borrows decode, the steps without InfuseNet (at the other card's
+ratio) and SD from a card that has them, and says so. A
 job's overhead (process start and model load: job wall minus the modelled work) is the mean over
 the whole-workflow runs, ``workflow_<card>_<date>.json`` (benchmarks/workflow_gpu.py), the card's
 own else another's; what no file measures is an assumed constant, `ASSUMED_S`, and the output
