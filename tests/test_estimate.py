@@ -322,9 +322,9 @@ def test_a_card_with_acceleration_figures_alone_borrows_the_rest_and_says_so(tmp
     (folder / "acceleration_x3_2026-01-03.json").write_text(json.dumps({"card": "X3", "rows": rows}))
     result = est.estimate(study_of(small_config(tmp_path)), "x3", folder)
     # its own eager step with InfuseNet; without it at x1's ratio 0.15 / 0.2; x1's decode
-    assert result.figures.flux_step[("flux-dev", True)] == 0.3
-    assert result.figures.flux_step[("flux-dev", False)] == pytest.approx(0.225)
-    assert result.figures.flux_decode == pytest.approx(0.1) and result.figures.sd[("sd15", "plain")] == (
+    assert result.figures.step_s[("flux-dev", True)] == 0.3
+    assert result.figures.step_s[("flux-dev", False)] == pytest.approx(0.225)
+    assert result.figures.decode_s == pytest.approx(0.1) and result.figures.sd[("sd15", "plain")] == (
         pytest.approx(0.08),
         pytest.approx(0.03),
     )

@@ -215,6 +215,35 @@ def test_the_schema_enum_of_adapter_kinds_is_the_families_kinds():
     assert sorted(settings - set(backbone)) == [], f"{SCHEMA_PATH}: add these backbones.<name> keys"
 
 
+def schema_enum(schema: dict, key: str) -> list:
+    """The enum of config key `key` as the config reference writes it (``adapters.<name>.scale``,
+    ``references[].role``); of a key with a oneOf, its branch's that has one."""
+    node = schema
+    for part in key.split("."):
+        if part == "<name>":
+            node = node["additionalProperties"]
+        else:
+            node = node["properties"][part.removesuffix("[]")]
+            node = node["items"] if part.endswith("[]") else node
+    return node.get("enum") or next(b["enum"] for b in node.get("oneOf", []) if "enum" in b)
+
+
+def test_the_schema_enums_of_family_keys_are_the_families_values():
+    """A family lists the values its enum keys take (`Family.config_values`: SD's schedulers and
+    distillations, InfuseNet's variants ...); the schema's enum of each key is their union, and the
+    references' roles are the families' adapter roles besides identity."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    wanted: dict[str, set[str]] = {}
+    for family in FAMILIES.values():
+        for key, values in family.config_values.items():
+            wanted.setdefault(key, set()).update(values)
+    wanted["references[].role"] = set().union(*(f.adapter_roles for f in FAMILIES.values())) - {"identity"}
+    for key, values in wanted.items():
+        listed = set(schema_enum(schema, key))
+        missing, stale = sorted(values - listed), sorted(listed - values)
+        assert not missing and not stale, f"{SCHEMA_PATH}: {key}.enum: add {missing}, remove {stale}"
+
+
 def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family():
     from conftest import demo_yaml
 

@@ -114,6 +114,7 @@ class ToyFamily:
     adapter_kinds = frozenset({"none"})
     backbone_keys = frozenset()
     adapter_keys = {"none": frozenset()}
+    config_values: Mapping[str, tuple[str, ...]] = {}
     max_side = 128
     adapter_roles = ("identity",)
     acceleration_switches: frozenset[str] = frozenset()
@@ -168,6 +169,13 @@ class ToyFamily:
         return []
 
     prompt_job_mem_mb = 2000
+    prompt_timing_key = "embed_prompt/toy"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        return EMBEDDING_WIDTH
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     def prompt_model(self, models: Sequence[str]) -> str:
         return models[0]

@@ -7,8 +7,9 @@ steps of the families in ``sd_latency_<card>_<date>.csv``, SD's), the newest fil
 A generation job is timed per step when its backbone model has per-step figures, else per image
 when its family and adapter file have a fit, else by its start alone (and the output says so):
 the figures' keys decide, the family is asked only through its protocol (`Family.adapter_role`,
-`reference_file`, `image_size`); a card with acceleration figures alone borrows decode, the steps
-without InfuseNet (at the other card's ratio) and SD from a card that has them, and says so. A
+`reference_file`, `image_size`; its embedding files' sizes and `prompt_timing_key`); a card
+with acceleration figures alone borrows decode, the steps without InfuseNet (at the other card's
+ratio) and SD from a card that has them, and says so. A
 job's overhead (process start and model load: job wall minus the modelled work) is the mean over
 the whole-workflow runs, ``workflow_<card>_<date>.json`` (benchmarks/workflow_gpu.py), the card's
 own else another's; what no file measures is an assumed constant, `ASSUMED_S`, and the output
@@ -58,21 +59,10 @@ ASSUMED_S = {
     "wandb": 5.0,
 }
 
-#: Published sizes in GB (10^9 bytes, rounded) of the weight files the registry's allow-patterns
-#: (or fetched files) name; configs and tokenizers are left out (kilobytes).
+#: Published sizes in GB (10^9 bytes, rounded) of the weight files the scoring and face models'
+#: allow-patterns (or fetched files) name, which their specs do not register (a family's models
+#: register theirs: ``extra["published_gb"]``); configs and tokenizers are left out (kilobytes).
 PUBLISHED_GB = {
-    **{
-        (repo, pattern): size
-        for repo in ("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell")
-        for pattern, size in {
-            "transformer/*": 23.8,
-            "vae/*": 0.17,
-            "text_encoder/*": 0.25,
-            "text_encoder_2/*": 9.52,
-        }.items()
-    },
-    ("ByteDance/InfiniteYou", "infu_flux_v1.0/aes_stage2/*"): 6.2,
-    ("ByteDance/InfiniteYou", "infu_flux_v1.0/sim_stage1/*"): 6.2,
     ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx"): 0.017,
     ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/glintr100.onnx"): 0.261,
     (None, "recognition_arcface_ir_se50.pth"): 0.17,
@@ -82,35 +72,9 @@ PUBLISHED_GB = {
     ("yuvalkirstain/PickScore_v1", "model.safetensors"): 3.94,
     ("facebook/dinov2-base", "model.safetensors"): 0.35,
     ("tomg-group-umd/CSD-ViT-L", "pytorch_model.bin"): 1.2,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet/diffusion_pytorch_model.fp16.safetensors"): 1.72,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae/diffusion_pytorch_model.fp16.safetensors"): 0.17,
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder/model.fp16.safetensors"): 0.25,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "unet/diffusion_pytorch_model.fp16.safetensors"): 5.14,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "vae/diffusion_pytorch_model.fp16.safetensors"): 0.17,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder/model.fp16.safetensors"): 0.25,
-    ("stabilityai/stable-diffusion-xl-base-1.0", "text_encoder_2/model.fp16.safetensors"): 1.39,
-    ("h94/IP-Adapter", "models/ip-adapter_sd15.bin"): 0.04,
-    ("h94/IP-Adapter", "models/ip-adapter-plus_sd15.bin"): 0.10,
-    ("h94/IP-Adapter", "models/image_encoder/model.safetensors"): 2.53,
-    ("h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl.bin"): 0.70,
-    ("h94/IP-Adapter", "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin"): 0.85,
-    ("h94/IP-Adapter", "sdxl_models/image_encoder/model.safetensors"): 3.69,
 }
 
-#: float32 values of one prompt embedding file (precompute saves float32) per family, from its
-#: variant's settings (`Family.prompt_metadata`): FLUX's T5 tokens x 4096 and CLIP's pooled 768;
-#: an SD family's prompt and negative (SDXL: both CLIP towers and the pooled 1280)
-PROMPT_FLOATS = {
-    "flux": lambda settings: int(settings["max_sequence_length"]) * 4096 + 768,
-    "sd15": lambda settings: 2 * 77 * 768,
-    "sdxl": lambda settings: 2 * (77 * 2048 + 1280),
-}
-REFERENCE_FLOATS = {"plain": 2 * 1280, "plus": 2 * 257 * 1280}  # at most (ViT-H/bigG), with the negative
 IDENTITY_FLOATS = 512 + 10
-#: the overhead key of a family's prompt embedding jobs where the workflow runs measured it: the
-#: runs of 2026-12-06/07 ran the SD families' under the rule embed_sd_prompt (their CLIP towers,
-#: pooled); a family not listed has its own key, embed_prompt/<family>
-PROMPT_OVERHEAD_KEYS = {"flux": "embed_prompt", "sd15": "embed_sd_prompt", "sdxl": "embed_sd_prompt"}
 FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}  # rules committed runs name, now one prompt rule
 
 
@@ -120,9 +84,9 @@ class Figures:
 
     card: str
     sources: list[str]
-    flux_step: dict[tuple[str, bool], float]  # (backbone model, with its adapter) -> s per step at 1024²
-    flux_decode: float
-    flux_load: float
+    step_s: dict[tuple[str, bool], float]  # (backbone model, with its adapter) -> s per step at 1024²
+    decode_s: float  # VAE decode of one image at 1024², of the models with per-step figures
+    load_s: float  # model load of a job timed per step (eager acceleration rows)
     accelerations: dict[tuple[str, str], tuple[float, float]]  # (model, variant) -> (step factor, compile s)
     sd: dict[tuple[str, str], tuple[float, float]]  # (family, adapter file or none) -> (s, s per step)
     overheads: dict[str, float] = field(default_factory=dict)  # Job.key -> measured s (process + load)
@@ -193,11 +157,11 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
         if row["variant"] != "eager" and base is not None:
             factor = row["per_step_s"] / base["per_step_s"]
             accelerations[(row["backbone"], row["variant"])] = (factor, row["compile_s"])
-    flux_step = dict(latency_step)
+    step_s = dict(latency_step)
     if "latency" not in kinds:  # its own eager steps (with InfuseNet), the other card's ratio without
         for (model, adapter), step in latency_step.items():
             if model in eager and (model, True) in latency_step:
-                flux_step[(model, adapter)] = eager[model]["per_step_s"] * step / latency_step[(model, True)]
+                step_s[(model, adapter)] = eager[model]["per_step_s"] * step / latency_step[(model, True)]
         notes.append(
             f"no latency file for {card}: FLUX per step from its eager acceleration rows (with InfuseNet; "
             f"without it at {_relative(latency_path)}'s ratio), VAE decode from that file"
@@ -220,9 +184,9 @@ def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
     return Figures(
         card=card,
         sources=[_relative(p) for p in used],
-        flux_step=flux_step,
-        flux_decode=statistics.mean(decode),
-        flux_load=statistics.mean(loads),
+        step_s=step_s,
+        decode_s=statistics.mean(decode),
+        load_s=statistics.mean(loads),
         accelerations=accelerations,
         sd=sd,
         notes=notes,
@@ -326,7 +290,7 @@ class Job:
     gpu: bool
     work: float = 0.0  # what the benchmark figures model: steps, decode, compile; scoring
     sub: str = ""  # what the overhead depends on besides the rule: the family, or the weights
-    timing_key: str = ""  # the overhead's key where it is not rule/sub (`PROMPT_OVERHEAD_KEYS`)
+    timing_key: str = ""  # the overhead's key where it is not rule/sub (`Family.prompt_timing_key`)
 
     @property
     def key(self) -> str:
@@ -395,7 +359,7 @@ def _generation_seconds(
     per step where its backbone model has per-step figures, else per image (`_per_image_seconds`)."""
     first = cells[0]
     model = grid.backbone(first)["model"]
-    if (model, True) not in figures.flux_step:
+    if (model, True) not in figures.step_s:
         return _per_image_seconds(grid, cells, figures, notes)
     adapter = grid.adapter(first)
     width, height = grid.resolution(first)
@@ -406,8 +370,8 @@ def _generation_seconds(
         factor, compile_s = figures.accelerations.get((model, variant), (1.0, 0.0))
         if (model, variant) not in figures.accelerations:
             notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
-    with_adapter = figures.flux_step[(model, True)] * factor * scale
-    alone = figures.flux_step[(model, False)] * factor * scale
+    with_adapter = figures.step_s[(model, True)] * factor * scale
+    alone = figures.step_s[(model, False)] * factor * scale
     conditioned = grid.family(first).adapter_role(adapter) is not None
     images = 0.0
     for cell in cells:
@@ -415,8 +379,8 @@ def _generation_seconds(
         if adapter.get("first_steps") is not None:
             adapter_steps = min(adapter_steps, adapter["first_steps"])
         step_s = adapter_steps * with_adapter + (cell.steps - adapter_steps) * alone
-        images += len(grid.items_of(cell)) * (step_s + figures.flux_decode * scale)
-    return ASSUMED_S["job_start"] + figures.flux_load, compile_s, images
+        images += len(grid.items_of(cell)) * (step_s + figures.decode_s * scale)
+    return ASSUMED_S["job_start"] + figures.load_s, compile_s, images
 
 
 def _per_image_seconds(
@@ -452,7 +416,7 @@ def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
             start + ASSUMED_S["text_encoders"],
             gpu,
             sub=group,
-            timing_key=PROMPT_OVERHEAD_KEYS.get(family, f"embed_prompt/{family}"),
+            timing_key=grid.known_families[family].prompt_timing_key,
         )
         for family in grid.families
         for label in sorted(grid.prompt_variants(family))
@@ -486,19 +450,26 @@ def download_gb(study: Study, grid: Grid) -> dict[str, float]:
         else:
             files = spec.extra.get("patterns") or [spec.extra.get("file")]
         owned = spec.extra.get("published_gb", {})  # sizes a model's owner registers with it
-        sizes[name] = sum(PUBLISHED_GB.get((spec.repo_id, f), owned.get(f, 0.0)) for f in files)
+        sizes[name] = sum(owned.get(f, PUBLISHED_GB.get((spec.repo_id, f), 0.0)) for f in files)
     return sizes
 
 
 def _embedding_bytes(grid: Grid, jobs: list[Job]) -> float:
+    reference_floats = {
+        (grid.backbone(cell).family, grid.reference_file(cell)): grid.family(cell).reference_embedding_floats(
+            grid.adapter(cell)
+        )
+        for cell in grid.cells
+    }
     floats = 0
     for job in jobs:
         family, _, suffix = job.name.partition("/")
-        if job.rule == "embed_prompt" and family in PROMPT_FLOATS:
+        if job.rule == "embed_prompt":
             prompts = len(grid.variant_prompts(family, suffix, job.sub))
-            floats += prompts * PROMPT_FLOATS[family](grid.prompt_settings(family, suffix))
+            backbone = grid.prompt_variant_backbone(family, suffix)
+            floats += prompts * grid.known_families[family].prompt_embedding_floats(backbone)
         elif job.rule == "embed_reference":
-            floats += REFERENCE_FLOATS[suffix.partition("/")[0]]
+            floats += reference_floats[(family, suffix.partition("/")[0])]
         elif job.rule == "embed_identity":
             floats += IDENTITY_FLOATS
     return 4.0 * floats
@@ -532,7 +503,7 @@ def estimate_with(study: Study, figures: Figures) -> Estimate:
         items = min(len(grid.items_of(cell)), study.trajectory.max_items)
         once, compile_s, cell_images = _generation_seconds(grid, [cell], figures, notes)
         # every step: the denoising step, then x0 decoded and scored for identity
-        per_step = cell_images / images[cell.id] / cell.steps + figures.flux_decode + ASSUMED_S["score_image"]
+        per_step = cell_images / images[cell.id] / cell.steps + figures.decode_s + ASSUMED_S["score_image"]
         work = compile_s + items * cell.steps * per_step
         jobs.append(_job(figures, "trajectory", cell.id, once, gpu, work, grid.family(cell).name))
         trajectory_images += items * cell.steps

@@ -216,6 +216,9 @@ class Family(Protocol):
     #: adapter kind -> the ``adapters.<id>`` settings it reads besides ``kind`` (the grid refuses
     #: any other key set on an adapter of its cells)
     adapter_keys: Mapping[str, frozenset[str]]
+    #: config key (``backbones.<name>.scheduler``) -> the values it takes of one of its keys whose
+    #: schema entry is an enum: the schema lists every family's (`tests/test_families.py` checks)
+    config_values: Mapping[str, tuple[str, ...]]
 
     # --- grid side: no torch ------------------------------------------------
     def check_backbone(self, key: str, backbone: Mapping[str, Any]) -> None:
@@ -307,6 +310,18 @@ class Family(Protocol):
     #: host memory (MB) an embed_prompt job of this family asks the scheduler for, full-size
     #: text encoders loaded (the rule asks for 2 GB with tiny weights)
     prompt_job_mem_mb: int
+    #: the overhead key ``fewstep estimate`` times its embed_prompt jobs by: families whose jobs
+    #: load the same text encoders share one (SD1.5's and SDXL's CLIP towers: ``embed_sd_prompt``)
+    prompt_timing_key: str
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """float32 values of one prompt's embedding file of `backbone`'s variant (the estimate's disk)."""
+        ...
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        """float32 values, at most, of one reference embedding file of the adapter's `reference_file`
+        (0 when it has none)."""
+        ...
 
     # --- job side -------------------------------------------------------------
     def prompt_encoder(

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.faces.models import ARCFACE_IRSE, INSIGHTFACE
-from fewstep.families.flux.models import BACKBONES, generation_weights, max_sequence_length
+from fewstep.families.flux.models import (
+    BACKBONES,
+    INFUSENET_VARIANTS,
+    generation_weights,
+    max_sequence_length,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +43,11 @@ class FluxFamily:
     comparable = True  # the anchor cell is a FLUX cell of the identity study
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"infusenet": INFUSENET_KEYS, "none": frozenset()}
+    #: InfuseNet's checkpoint and control image (`fewstep.families.flux.control`): black or keypoints
+    config_values = {
+        "adapters.<name>.variant": INFUSENET_VARIANTS,
+        "adapters.<name>.control": ("none", "keypoints"),
+    }
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
@@ -126,6 +136,14 @@ class FluxFamily:
         return "flux-schnell" if "flux-schnell" in models else models[0]
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, read from disk
+    prompt_timing_key = "embed_prompt"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """T5's tokens x 4096 and CLIP's pooled 768."""
+        return max_sequence_length(backbone) * 4096 + 768
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(

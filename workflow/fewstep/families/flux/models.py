@@ -34,6 +34,8 @@ from fewstep.registry.spec import ModelSpec, Recipe, Usage
 from fewstep.registry.text_encoders import CLIP_L_TEXT
 
 INFU_VERSION = "infu_flux_v1.0"
+#: config ``adapters.<id>.variant`` values: InfiniteYou's two InfuseNet checkpoints
+INFUSENET_VARIANTS = ("aes_stage2", "sim_stage1")
 
 #: what a generation job loads from a FLUX repo (the single-file checkpoints at its root are skipped)
 FLUX_PATTERNS = ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
@@ -129,13 +131,20 @@ INFINITEYOU_RECIPE = Recipe(
     patterns=_infiniteyou_patterns,
 )
 
+#: GB of the download estimate: a backbone's weight folders at their published bf16 sizes
+BACKBONE_GB = {"transformer/*": 23.8, "vae/*": 0.17, "text_encoder/*": 0.25, "text_encoder_2/*": 9.52}
 BACKBONES = {
     "flux-dev": ModelSpec(
         "flux-dev",
         "FLUX.1-dev",
         "black-forest-labs/FLUX.1-dev",
         gated=True,
-        extra={"guidance_embeds": True, "scheduler": DEV_SCHEDULER, "max_sequence_length": 512},
+        extra={
+            "guidance_embeds": True,
+            "scheduler": DEV_SCHEDULER,
+            "max_sequence_length": 512,
+            "published_gb": BACKBONE_GB,
+        },
         revision="3de623fc3c33e44ffbe2bad470d0f45bccf2eb21",
         recipe=BACKBONE_RECIPE,
     ),
@@ -147,12 +156,19 @@ BACKBONES = {
             "guidance_embeds": False,
             "scheduler": SCHNELL_SCHEDULER,
             "max_sequence_length": 256,
+            "published_gb": BACKBONE_GB,
         },
         revision="741f7c3ce8b383c54771c7003378a50191e9efe9",
         recipe=BACKBONE_RECIPE,
     ),
 }
-INFINITEYOU = ModelSpec("infiniteyou", "InfiniteYou", "ByteDance/InfiniteYou", recipe=INFINITEYOU_RECIPE)
+INFINITEYOU = ModelSpec(
+    "infiniteyou",
+    "InfiniteYou",
+    "ByteDance/InfiniteYou",
+    extra={"published_gb": {f"{INFU_VERSION}/{variant}/*": 6.2 for variant in INFUSENET_VARIANTS}},
+    recipe=INFINITEYOU_RECIPE,
+)
 register(*BACKBONES.values(), INFINITEYOU)
 
 

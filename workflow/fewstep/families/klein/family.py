@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.families.klein.models import BACKBONES, generation_weights
-from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, TEXT_ENCODER_OUT_LAYERS
+from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, QWEN3_4B, TEXT_ENCODER_OUT_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -47,10 +47,20 @@ class KleinFamily:
     comparable = True  # identity cells, compared with FLUX's on the same identities and metrics
     anchors_to_highest_step = False  # LPIPS to the config's anchor, as FLUX's cells
     prompt_job_mem_mb = 24000  # Qwen3-4B (8 GB in bf16), read from disk
+    prompt_timing_key = "embed_prompt/klein"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """Qwen3's tokens x its hidden width, of each layer read."""
+        return MAX_SEQUENCE_LENGTH * len(TEXT_ENCODER_OUT_LAYERS) * QWEN3_4B["hidden_size"]
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
+
     #: none besides the neutral ones: its prompt length and step schedule are the card's
     backbone_keys: frozenset[str] = frozenset()
     #: the reference is the identity's photo as it is: nothing to set
     adapter_keys = {NATIVE_REFERENCE: frozenset(), "none": frozenset()}
+    config_values: Mapping[str, tuple[str, ...]] = {}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:

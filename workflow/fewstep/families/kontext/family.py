@@ -44,6 +44,7 @@ class KontextFamily:
     anchors_to_highest_step = False  # LPIPS to the study's anchor cell, as FLUX's cells
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"native_reference": frozenset(), "none": frozenset()}  # the reference has no settings
+    config_values: Mapping[str, tuple[str, ...]] = {}
 
     @property
     def backbones(self) -> Mapping[str, ModelSpec]:
@@ -120,6 +121,14 @@ class KontextFamily:
         return models[0]
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, as FLUX's
+    prompt_timing_key = "embed_prompt/kontext"
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """T5's tokens x 4096 and CLIP's pooled 768, as FLUX's."""
+        return max_sequence_length(backbone) * 4096 + 768
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        return 0
 
     # --- job side: imports torch and diffusers inside -------------------------
     def prompt_encoder(

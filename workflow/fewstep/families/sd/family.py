@@ -59,6 +59,9 @@ __all__ = ["ADAPTER_KIND", "IP_ADAPTER", "IP_ADAPTER_MODEL", "ROLES", "SD_FAMILI
 ROLES = ("style", "object", "identity")
 #: what a bare backbone crosses without adapter cells of its own: the references
 REFERENCE_ROLES = ("style", "object")
+#: float32 values of a reference embedding file, with the negative: at most (ViT-H's 1280, bigG's
+#: projection) the plain file's pooled embedding, the Plus file's 257 tokens
+REFERENCE_FLOATS = {"plain": 2 * 1280, "plus": 2 * 257 * 1280}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ class StableDiffusion:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def config_values(self) -> dict[str, tuple[str, ...]]:
+        """Its schedulers, distillations, adapter roles and InstantStyle scale presets."""
+        return {
+            "backbones.<name>.scheduler": tuple(SCHEDULERS),
+            "backbones.<name>.distillation": tuple(DISTILLATIONS[self.name]),
+            "adapters.<name>.role": ROLES,
+            "adapters.<name>.scale": tuple(INSTANTSTYLE[self.name]),
+        }
 
     #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
     acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
@@ -264,6 +277,18 @@ class StableDiffusion:
         return self.name
 
     prompt_job_mem_mb = 16000  # CLIP text encoders only (SDXL's two: 1.6 GB in fp16)
+    prompt_timing_key = "embed_sd_prompt"  # the rule's name in the workflow runs that measured it
+
+    def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
+        """The prompt's and the negative's: every CLIP tower's 77 tokens side by side, and the
+        projected towers' pooled embeddings (SDXL's)."""
+        towers = [config for kind, config in self.spec.text_encoders.values()]
+        pooled = [c["projection_dim"] for kind, c in self.spec.text_encoders.values() if "Projection" in kind]
+        return 2 * (77 * sum(c["hidden_size"] for c in towers) + sum(pooled))
+
+    def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
+        file = self.reference_file(adapter)
+        return 0 if file is None else REFERENCE_FLOATS[file]
 
     def adapter_files(self, adapters: list[Mapping[str, Any]]) -> list[tuple[SDFamily, str, bool]]:
         """`specs.ip_adapter_patterns` uses for these adapters: each file with its image encoder

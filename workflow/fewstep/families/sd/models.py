@@ -149,11 +149,45 @@ DISTILLED: Mapping[str, ModelSpec] = {
     for name, p in PUBLISHERS.items()
 }
 
+#: GB of the download estimate: the published fp16 weight files the patterns name, per repo
+PUBLISHED_GB = {
+    "sd15": {
+        "unet/diffusion_pytorch_model.fp16.safetensors": 1.72,
+        "vae/diffusion_pytorch_model.fp16.safetensors": 0.17,
+        "text_encoder/model.fp16.safetensors": 0.25,
+    },
+    "sdxl": {
+        "unet/diffusion_pytorch_model.fp16.safetensors": 5.14,
+        "vae/diffusion_pytorch_model.fp16.safetensors": 0.17,
+        "text_encoder/model.fp16.safetensors": 0.25,
+        "text_encoder_2/model.fp16.safetensors": 1.39,
+    },
+    IP_ADAPTER_MODEL: {
+        "models/ip-adapter_sd15.bin": 0.04,
+        "models/ip-adapter-plus_sd15.bin": 0.10,
+        "models/image_encoder/model.safetensors": 2.53,
+        "sdxl_models/ip-adapter_sdxl.bin": 0.70,
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin": 0.85,
+        "sdxl_models/image_encoder/model.safetensors": 3.69,
+    },
+}
 BACKBONES: Mapping[str, ModelSpec] = {
-    name: ModelSpec(name, family.folder, family.repo_id, recipe=BACKBONE_RECIPE)
+    name: ModelSpec(
+        name,
+        family.folder,
+        family.repo_id,
+        extra={"published_gb": PUBLISHED_GB[name]},
+        recipe=BACKBONE_RECIPE,
+    )
     for name, family in FAMILIES.items()
 }
-IP_ADAPTER = ModelSpec(IP_ADAPTER_MODEL, "IP-Adapter", IP_ADAPTER_REPO, recipe=IP_ADAPTER_RECIPE)
+IP_ADAPTER = ModelSpec(
+    IP_ADAPTER_MODEL,
+    "IP-Adapter",
+    IP_ADAPTER_REPO,
+    extra={"published_gb": PUBLISHED_GB[IP_ADAPTER_MODEL]},
+    recipe=IP_ADAPTER_RECIPE,
+)
 
 
 def faceid_families(usage: Usage) -> list[str]:
