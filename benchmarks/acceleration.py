@@ -76,6 +76,8 @@ VARIANTS = {
     "mag": {"cache": "mag"},
     "fast-taylorseer": {"compile": "regional", "fp8": "dynamic", "cache": "taylorseer"},
     "fast-mag": {"compile": "regional", "fp8": "dynamic", "cache": "mag"},
+    "compile-full": {"compile": "full"},  # SD: the whole UNet, one CUDA graph
+    "full-taylorseer": {"compile": "full", "cache": "taylorseer"},
 }
 STEPS = {"flux-dev": 28, "flux-schnell": 4, "sd15": 25, "sdxl": 30}
 #: each backbone's adapter (the study config's SD operating points: sd15 style, sdxl object-plus)

@@ -91,7 +91,7 @@ def test_switches_off_build_nothing_and_a_taylorseer_that_computes_every_call_is
     bit for bit (the wrapper hands the UNet's output through untouched)."""
     adapter = demo["adapters"]["sd-style"]
     off = FAMILIES["sd15"]
-    assert off.acceleration_switches == {"compile", "fp8", "cache:taylorseer"}
+    assert off.acceleration_switches == {"compile:regional", "compile:full", "fp8", "cache:taylorseer"}
     eager = tiny_pipeline(demo, "sd15", "sd-style", switches())
     assert eager.accelerated is None and "forward" not in vars(eager.pipe.unet)
     every = build(demo, "sd15", "sd-style", taylorseer(1, 1))
@@ -162,6 +162,36 @@ def test_regional_compile_traces_each_block_class_once_and_keeps_the_arithmetic(
         compiled = build(demo, name, adapter, {**switches(**cache), "compile": "regional"}, backend="eager")
         assert torch.equal(latents(compiled, cond, 3), expected)
         assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize(("name", "adapter"), [("sd15", "sd-style"), ("sdxl", "sd-object")])
+def test_full_compile_is_one_graph_of_the_whole_unet_and_keeps_the_arithmetic(demo, name, adapter):
+    """``compile: full``: the UNet's forward one graph (fullgraph, so a graph break fails here
+    rather than on a GPU), same latents bit for bit (backend eager, no CUDA graph on a CPU), with
+    TaylorSeer on top too; each output a copy the next call cannot overwrite."""
+    from torch._dynamo.utils import counters
+
+    cond = condition(build(demo, name, adapter, None), name, demo["adapters"][adapter])
+    for cache in ({}, taylorseer(2, 1)):
+        expected = latents(build(demo, name, adapter, switches(**cache) if cache else None), cond, 3)
+        torch._dynamo.reset()
+        counters.clear()
+        full = {**switches(**cache), "compile": "full"}
+        compiled = build(demo, name, adapter, full, backend="eager", mode=None)
+        assert torch.equal(latents(compiled, cond, 3), expected)
+        assert counters["stats"]["unique_graphs"] == 1
+    sample = torch.zeros(2)
+    copied = acceleration.copied_out(lambda: (sample,))()[0]
+    assert torch.equal(copied, sample) and copied.data_ptr() != sample.data_ptr()
+
+
+def test_full_compile_is_refused_on_flux_in_one_line(raw_demo):
+    raw_demo["accelerations"] = {"whole": {"compile": "full"}}
+    raw_demo["cells"][0]["accelerations"] = ["whole"]
+    with pytest.raises(
+        ConfigError, match=r"^config accelerations.whole.compile: flux backbones do not take full; "
+    ):
+        Grid(study_of(validate(raw_demo)))
 
 
 def test_fp8_quantises_the_image_token_linears_and_keeps_the_prompt_and_adapter_tokens(demo):

@@ -39,7 +39,7 @@ class FluxFamily:
     adapter_kinds = frozenset({"infusenet", "none"})
     max_side = 2048  # FLUX.1 was trained up to about 2 megapixels
     adapter_roles = ("identity",)  # InfuseNet conditions on a face: every cell crosses the identities
-    acceleration_switches = frozenset({"compile", "fp8", "cache"})
+    acceleration_switches = frozenset({"compile:regional", "fp8", "cache"})
     comparable = True  # the anchor cell is a FLUX cell of the identity study
     backbone_keys = frozenset({"max_sequence_length"})
     adapter_keys = {"infusenet": INFUSENET_KEYS, "none": frozenset()}

@@ -1,4 +1,4 @@
-"""Acceleration switches of an SD generation job (sd15, sdxl): regional compile, fp8 matmuls, TaylorSeer.
+"""Acceleration switches of an SD generation job (sd15, sdxl): compile, fp8 matmuls, TaylorSeer.
 
 The config contract is FLUX's (`fewstep.families.flux.acceleration`): a cell
 ``sd15/style+compiled/25`` is the eager cell ``sd15/style/25`` with the switches of
@@ -11,6 +11,12 @@ then builds nothing from this module, so eager images do not change.
   blocks of one width and token count share a graph, and a graph per IP-Adapter scale the blocks
   hold (a per-layer InstantStyle scale is a constant of the graph). ResNet blocks, samplers and the
   time embedding stay eager. Paid once per job, like FLUX's.
+- ``compile: full``: the UNet's whole forward as one graph (``fullgraph=True``) with CUDA graphs
+  (inductor's ``reduce-overhead`` mode): an SD UNet at batch 1-2 is bound by kernel launches
+  (GPU busy 51-68% eager on an H100, docs/performance.md), which regional compile leaves between
+  the blocks and in the ResNets; one graph replayed per call launches the whole step at once. Each
+  output is copied out of the graph's memory, which the next replay overwrites (TaylorSeer and the
+  schedulers keep earlier outputs). SD only: FLUX's transformer is not launch-bound.
 - ``fp8: dynamic``: torchao rowwise fp8 (`fewstep.families.fp8`) on the linear layers of the UNet's
   transformers (``attentions.*``: projections in and out, attention, feed-forward; rows = image
   tokens, 64 to 4096 per image), except the keys and values of the prompt's 77 tokens (``attn2.to_k``,
@@ -43,6 +49,8 @@ from fewstep.families.fp8 import check_fp8, quantize_rowwise
 
 #: torch.compile options of a job: one resolution and prompt length per job, so static shapes
 COMPILE_OPTIONS = {"dynamic": False}
+#: ``compile: full``: the whole UNet one graph, replayed as a CUDA graph
+FULL_COMPILE_OPTIONS = COMPILE_OPTIONS | {"fullgraph": True, "mode": "reduce-overhead"}
 #: linear layers fp8 leaves in the compute dtype: keys and values of the prompt's and the image's tokens
 FP8_KEPT = ("attn2.to_k", "attn2.to_v", "to_k_ip", "to_v_ip")
 
@@ -56,6 +64,19 @@ def taylorseer_schedule(calls: int, interval: int, warmup: int) -> list[bool]:
     """The UNet calls TaylorSeer computes (diffusers' rule, as FLUX's): the first `warmup`, then
     every `interval`-th from `warmup + 1` on."""
     return [s < warmup or (s - warmup - 1) % interval == 0 for s in range(calls)]
+
+
+def copied_out(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward` whose output sample is a copy: a CUDA graph's outputs live in memory its next
+    replay overwrites, and TaylorSeer and multistep schedulers keep earlier outputs."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        output = forward(*args, **kwargs)
+        if isinstance(output, tuple):
+            return (output[0].clone(), *output[1:])
+        return type(output)(sample=output.sample.clone())
+
+    return call
 
 
 class TaylorSeerUNet:
@@ -123,6 +144,10 @@ class Accelerated:
             quantize_rowwise(unet, quantized)
         if acceleration["compile"] == "regional":
             unet.compile_repeated_blocks(**(COMPILE_OPTIONS | (compile_options or {})))
+        elif acceleration["compile"] == "full":
+            unet.forward = copied_out(
+                torch.compile(unet.forward, **(FULL_COMPILE_OPTIONS | (compile_options or {})))
+            )
         self.cache: TaylorSeerUNet | None = None
         if acceleration["cache"] == "taylorseer":
             self.cache = TaylorSeerUNet(

@@ -85,7 +85,9 @@ class StableDiffusion:
         }
 
     #: regional compile, fp8 and TaylorSeer's schedule on the UNet (`fewstep.families.sd.acceleration`)
-    acceleration_switches: frozenset[str] = frozenset({"compile", "fp8", "cache:taylorseer"})
+    acceleration_switches: frozenset[str] = frozenset(
+        {"compile:regional", "compile:full", "fp8", "cache:taylorseer"}
+    )
     #: LPIPS compares each image with its own job's highest-step cell, so no SD cell is the
     #: config's anchor cell (it compares identities); trajectories and comparison pairs take any cells
     comparable = False
