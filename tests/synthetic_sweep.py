@@ -96,7 +96,9 @@ def write_scores(config: dict, lpips: bool = True, images: bool = True, noise: b
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
 
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+
+    paths = Paths(grid.study)
     rng = np.random.default_rng(0)
     frames = []
     for cell in grid.cells:
@@ -149,7 +151,9 @@ def write_trajectory(config: dict, cell_id: str) -> pd.DataFrame:
     from fewstep.core.paths import Paths
     from fewstep.grid import Cell, Grid, image_keys
 
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+
+    paths = Paths(grid.study)
     cell = Cell.parse(cell_id)
     folder = paths.trajectory(cell_id).parent
     rows = []

@@ -370,10 +370,12 @@ def test_an_accelerated_job_writes_paired_cells_and_threshold_zero_matches_eager
     config["accelerations"] = {"cached": {**OFF, "cache": "first_block", "cache_threshold": 0.0}}
     config["cells"][0]["accelerations"] = ["eager", "cached"]
     config = validate(config)
-    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    shutil.copytree(
+        Paths(study_of(embedded)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+    )
     for job in ("flux-schnell/infusenet-aes", "flux-schnell/infusenet-aes+cached"):
         generate.run_job(study_of(config), job, progress=False)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     for item in Grid(study_of(config)).items:
         eager = paths.image("flux-schnell/infusenet-aes/2", item.id)
         cached = paths.image("flux-schnell/infusenet-aes+cached/2", item.id)
@@ -398,9 +400,11 @@ def test_a_mag_cache_job_follows_its_schedule_at_every_step_count(embedded, tmp_
     config["accelerations"] = {"mag": SKIPPING["mag"]}
     config["cells"][0]["accelerations"] = ["eager", "mag"]
     config = validate(config)
-    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    shutil.copytree(
+        Paths(study_of(embedded)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+    )
     generate.run_job(study_of(config), "flux-schnell/infusenet-aes+mag", progress=False)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     calls = {
         steps: sorted(
             set(pd.read_parquet(paths.manifest(f"flux-schnell/infusenet-aes+mag/{steps}"))["adapter_steps"])

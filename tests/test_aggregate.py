@@ -25,7 +25,7 @@ def sweep(tmp_path_factory):
     scores = synth.write_scores(config, images=False)
     synth.write_trajectory(config, CANDIDATE)
     aggregate.run(study_of(config))
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     return config, scores, {name: pd.read_csv(paths.table(name)) for name in aggregate.TABLES}
 
 
@@ -55,7 +55,7 @@ def test_every_table_is_written_with_its_columns(sweep):
     }
     assert set(summary["metric"]) == metrics
     assert len(summary) == 13 * len(metrics)  # cells x metrics; provenance columns are no metrics
-    assert Paths(config).per_image.exists()
+    assert Paths(study_of(config)).per_image.exists()
     for name in aggregate.TABLES:
         assert not tables[name].empty, name
 

@@ -162,7 +162,7 @@ def test_a_smaller_picture_scales_the_steps_and_a_window_runs_the_adapter_first(
 
 def test_downloads_are_the_published_sizes_of_models_not_yet_prepared(tmp_path):
     config = small_config(tmp_path, weights="real")
-    ready = marker_path(config, "clip-vit-l14")
+    ready = marker_path(study_of(config), "clip-vit-l14")
     ready.parent.mkdir(parents=True)
     ready.write_text("{}")
     result = est.estimate(study_of(config), "x1", write_figures(tmp_path / "figures"))

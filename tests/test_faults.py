@@ -31,7 +31,9 @@ def sweep(embedded, tmp_path_factory) -> tuple[dict, Path]:
     root = tmp_path_factory.mktemp("faults")
     config = copy.deepcopy(embedded)
     config.update(results_dir=str(root / "results"), reports_dir=str(root / "reports"))
-    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    shutil.copytree(
+        Paths(study_of(embedded)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+    )
     generate.run(study_of(config), ANCHOR, progress=False)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -77,7 +79,7 @@ def test_every_job_on_a_full_disk_says_so_in_one_line_and_leaves_its_files_as_th
     """The embedding jobs' safetensors, the images and journal, the tables: each job stops with the
     one disk-full line (no traceback), and nothing under the results folder is new or changed."""
     config, path = sweep
-    results = Paths(config).root
+    results = Paths(study_of(config)).root
     before = files(results)
     result = on_a_full_disk([job[0], "--config", str(path), *job[1:]], results)
     assert_one_disk_full_line(result, job[0], results)
@@ -92,7 +94,7 @@ def test_preparing_a_model_on_a_full_disk_leaves_no_ready_marker(embedded, tmp_p
     models = Path(config["models_dir"])
     result = on_a_full_disk(["prepare-model", "--config", str(path), "--model", "insightface"], models)
     assert_one_disk_full_line(result, "prepare-model", models)
-    assert not Paths(config).model_marker("insightface").exists()
+    assert not Paths(study_of(config)).model_marker("insightface").exists()
     assert not list(models.rglob("*.tmp"))
 
 
@@ -104,7 +106,7 @@ def test_aggregate_and_report_on_a_full_disk_say_so_in_one_line(tmp_path):
     synth.write_scores(config, images=False)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     result = on_a_full_disk(["aggregate", "--config", str(path)], paths.aggregate_dir)
     assert_one_disk_full_line(result, "aggregate", paths.aggregate_dir)
     assert not paths.aggregate_dir.exists() or not files(paths.aggregate_dir)
@@ -149,7 +151,8 @@ def test_a_dry_run_names_the_deleted_files_of_a_finished_job_and_the_command(tmp
 
     demo = REPO / "config" / "demo.yaml"
     config = load([demo])
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+    paths = Paths(grid.study)
     job = "flux-schnell/infusenet-aes"
     cells = grid.job(job)
     for cell in cells:  # a finished job, as far as files go
@@ -181,11 +184,11 @@ def test_a_score_job_missing_its_manifest_or_an_image_says_how_to_make_them_agai
     """No FileNotFoundError: one line naming the file and the --forcerun that regenerates it."""
     config, _ = sweep
     config = copy.deepcopy(config)
-    shutil.copytree(Paths(config).root, tmp_path / "results" / config["sweep"])
+    shutil.copytree(Paths(study_of(config)).root, tmp_path / "results" / config["sweep"])
     config["results_dir"] = str(tmp_path / "results")
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     record = paths.generation_record(ANCHOR.rsplit("/", 1)[0])
     fix = (
         f"rerun with `--forcerun {record}` added to your snakemake command (its cell's other images are kept)"

@@ -15,7 +15,7 @@ from tests.conftest import study_of
 
 
 def test_prompt_and_identity_embeddings_are_written_once_per_sweep(embedded):
-    paths = Paths(embedded)
+    paths = Paths(study_of(embedded))
     for prompt in embedded["prompts"]:
         for length in (256, 512):
             path = paths.prompt_embedding("flux", prompt["id"], length)
@@ -49,7 +49,8 @@ def test_manifest_lists_every_item_once_with_provenance(embedded):
     cell = "flux-dev/infusenet-aes/2"
     path = generate.run(study_of(embedded), cell, progress=False)
     manifest = pd.read_parquet(path)
-    grid, paths = Grid(study_of(embedded)), Paths(embedded)
+    grid = Grid(study_of(embedded))
+    paths = Paths(grid.study)
     assert list(manifest["item_id"]) == [i.id for i in grid.items]
     assert set(manifest["cell_id"]) == {cell} and set(manifest["steps"]) == {2}
     assert set(manifest["weights"]) == {"tiny"} and set(manifest["guidance"]) == {3.5}
@@ -83,7 +84,9 @@ def own_results(embedded, tmp_path) -> dict:
 
     config = copy.deepcopy(embedded)
     config["results_dir"] = str(tmp_path / "results")
-    shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+    shutil.copytree(
+        Paths(study_of(embedded)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+    )
     return config
 
 
@@ -101,18 +104,18 @@ def test_manifest_times_each_image_end_to_end_and_marks_the_warmup_batch(own_res
     assert manifest["end_to_end_s"].to_numpy() == pytest.approx(inputs.to_numpy(), rel=1e-12)
     # each prompt's encoding time is the one its embedding file records
     for row in manifest.itertuples():
-        path = Paths(own_results).prompt_embedding("flux", row.prompt_id, 256)
+        path = Paths(study_of(own_results)).prompt_embedding("flux", row.prompt_id, 256)
         assert row.prompt_encode_s == float(precompute.load_tensors(path)[1]["encode_s"])
     grid = Grid(study_of(own_results))
     c = grid.cell(cell)
-    expected = weights_digest(own_results, generation_weights("flux-schnell", grid.adapter(c)))
+    expected = weights_digest(study_of(own_results), generation_weights("flux-schnell", grid.adapter(c)))
     assert set(manifest["weights_digest"]) == {expected}
     assert set(manifest["dtype"]) == {"float32"} and manifest["device_name"].nunique() == 1
 
 
 def test_reembedding_the_same_inputs_keeps_their_digests(own_results):
     """Embedding files carry their timing, which must not count as content (or every image would rerun)."""
-    paths = Paths(own_results)
+    paths = Paths(study_of(own_results))
     path = paths.identity_embedding("astronaut")
     before, meta_before = precompute.content_digest(path), precompute.load_tensors(path)[1]
     precompute.embed_identities(study_of(own_results))
@@ -141,11 +144,11 @@ def test_other_weights_folder_regenerates_every_image(own_results, tmp_path):
     from fewstep.registry.catalog import model_folder
 
     config = dict(own_results, weights="real", models_dir=str(tmp_path / "models"))
-    tiny_backbone = model_folder(own_results, "flux-schnell")
+    tiny_backbone = model_folder(study_of(own_results), "flux-schnell")
     folders = [_reseeded_backbone(tiny_backbone, tmp_path / f"schnell-{s}", s) for s in (1, 2)]
     config["local_weights"] = {
         "flux-schnell": str(folders[0]),
-        "infiniteyou": str(model_folder(own_results, "infiniteyou")),
+        "infiniteyou": str(model_folder(study_of(own_results), "infiniteyou")),
     }
     for name in config["local_weights"]:
         prepare_model(study_of(config), name)
@@ -192,7 +195,9 @@ def test_one_job_for_all_step_counts_writes_what_separate_cells_write(embedded, 
     job = "flux-schnell/infusenet-aes"
     separate, joint = (dict(embedded, results_dir=str(tmp_path / name)) for name in ("separate", "joint"))
     for config in (separate, joint):
-        shutil.copytree(Paths(embedded).root / "embeddings", Paths(config).root / "embeddings")
+        shutil.copytree(
+            Paths(study_of(embedded)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+        )
     cells = Grid(study_of(embedded)).job(job)
     assert [c.steps for c in cells] == [1, 2, 4]
     for cell in cells:
@@ -200,11 +205,11 @@ def test_one_job_for_all_step_counts_writes_what_separate_cells_write(embedded, 
     record = json.loads(generate.run_job(study_of(joint), job, progress=False).read_text())
     assert list(record["cells"]) == [c.id for c in cells]
     for cell in cells:
-        one, many = (pd.read_parquet(Paths(c).manifest(cell.id)) for c in (separate, joint))
+        one, many = (pd.read_parquet(Paths(study_of(c)).manifest(cell.id)) for c in (separate, joint))
         pd.testing.assert_frame_equal(one.drop(columns=TIMING), many.drop(columns=TIMING))
-        assert record["cells"][cell.id]["sha256"] == sha256_file(Paths(joint).manifest(cell.id))
+        assert record["cells"][cell.id]["sha256"] == sha256_file(Paths(study_of(joint)).manifest(cell.id))
         for item in Grid(study_of(embedded)).items:
-            images = [Paths(c).image(cell.id, item.id).read_bytes() for c in (separate, joint)]
+            images = [Paths(study_of(c)).image(cell.id, item.id).read_bytes() for c in (separate, joint)]
             assert images[0] == images[1]  # same pixels and the same provenance chunk
-            with Image.open(Paths(joint).image(cell.id, item.id)) as image:
+            with Image.open(Paths(study_of(joint)).image(cell.id, item.id)) as image:
                 assert json.loads(image.text["fewstep"])["cell"] == cell.id

@@ -133,7 +133,7 @@ def test_cell_ids_round_trip_and_paths_are_readable(raw_demo):
     config = validate(raw_demo)
     cell = Cell.parse("flux-schnell/infusenet-aes/4")
     assert cell == Cell("flux-schnell", "infusenet-aes", 4) and cell.id == "flux-schnell/infusenet-aes/4"
-    image = Paths(config).image(cell.id, Item("astronaut", "portrait", 0).id)
+    image = Paths(study_of(config)).image(cell.id, Item("astronaut", "portrait", 0).id)
     assert str(image).endswith(
         "results/demo/cells/flux-schnell/infusenet-aes/4/images/astronaut/portrait/s0.png"
     )

@@ -63,7 +63,7 @@ def test_a_face_model_whose_files_are_gone_names_the_command_that_prepares_it(fa
     """The ready marker is there (a plain rerun prepares nothing), the files are not: the error
     names `fewstep prepare-model ...` with this config; running it, the embedding works again."""
     config, path = faces_only
-    shutil.rmtree(model_folder(config, model))
+    shutil.rmtree(model_folder(study_of(config), model))
     embed = ["embed-identities", "--config", str(path), "--identity", "astronaut"]
     assert cli.main(embed) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -83,7 +83,7 @@ def test_the_wandb_hints_name_commands_that_exist(faces_only, capsys, monkeypatc
     from fewstep.core.paths import Paths
 
     run = (
-        Paths(config).wandb_root / "generate" / "x" / "wandb" / "offline-run-1"
+        Paths(study_of(config)).wandb_root / "generate" / "x" / "wandb" / "offline-run-1"
     )  # enough to reach the key check
     run.mkdir(parents=True)
     (run / "run-1.wandb").write_bytes(b"")

@@ -16,7 +16,7 @@ from fewstep.core.errors import ConfigError
 from fewstep.core.images import load_rgb
 from fewstep.grid import Grid
 from fewstep.scoring.identity import copy_paste
-from tests.conftest import study_of
+from tests.conftest import demo_yaml, study_of
 
 
 def _unit(*values: float) -> np.ndarray:
@@ -187,11 +187,12 @@ def test_dlib_files_without_the_package_come_from_dlib_net_checked(tmp_path, mon
         return path
 
     monkeypatch.setattr(models, "fetch_url", fetch)
-    models.DLIB_FACE.recipe.fetch({}, models.DLIB_FACE, tmp_path / "ok", Usage())
+    study = study_of(validate(demo_yaml()))
+    models.DLIB_FACE.recipe.fetch(study, models.DLIB_FACE, tmp_path / "ok", Usage())
     assert {p.name: p.read_bytes() for p in (tmp_path / "ok").iterdir()} == contents
     assert urls == ["http://dlib.net/files/landmarks.dat.bz2", "http://dlib.net/files/resnet.dat.bz2"]
     monkeypatch.setattr(models, "fetch_url", lambda url, path: fetch(url, path, wrong=True))
     with pytest.raises(WeightsError, match="landmarks.dat has sha256 .* not the pinned") as err:
-        models.DLIB_FACE.recipe.fetch({}, models.DLIB_FACE, tmp_path / "bad", Usage())
+        models.DLIB_FACE.recipe.fetch(study, models.DLIB_FACE, tmp_path / "bad", Usage())
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "bad").glob("*.dat"))

@@ -59,12 +59,12 @@ def test_local_weights_are_linked_not_downloaded(config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = copy.deepcopy(config)
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
-    raw["local_weights"] = {"flux-schnell": str(catalog.model_folder(config, "flux-schnell"))}
+    raw["local_weights"] = {"flux-schnell": str(catalog.model_folder(study_of(config), "flux-schnell"))}
     real = validate(raw)
     prepare_model(study_of(real), "flux-schnell")
     assert (
-        catalog.model_folder(real, "flux-schnell").resolve()
-        == catalog.model_folder(config, "flux-schnell").resolve()
+        catalog.model_folder(study_of(real), "flux-schnell").resolve()
+        == catalog.model_folder(study_of(config), "flux-schnell").resolve()
     )
     parts = pipeline.load_flux(
         study_of(real), "flux-schnell", {"kind": "none"}, torch.device("cpu"), torch.float32

@@ -42,7 +42,7 @@ def _marker(config: dict, sha: str) -> dict:
             },
         ],
     }
-    marker = Paths(config).model_marker("flux-dev")
+    marker = Paths(study_of(config)).model_marker("flux-dev")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(info))
     return info
@@ -69,7 +69,7 @@ def test_weights_artifact_names_repo_commit_and_file_hashes(real, tmp_path) -> N
     )
     # prepared again elsewhere or later: the same version; another file content: another one
     again = dict(info, folder="/other", prepared_at="2027-01-01T00:00:00+0000")
-    Paths(real).model_marker("flux-dev").write_text(json.dumps(again))
+    Paths(study_of(real)).model_marker("flux-dev").write_text(json.dumps(again))
     assert lineage.weights(study_of(real), "flux-dev", tmp_path / "staging2").digest == artifact.digest
     _marker(real, "3" * 64)
     assert lineage.weights(study_of(real), "flux-dev", tmp_path / "staging3").digest != artifact.digest
@@ -79,7 +79,7 @@ def test_tiny_weights_reference_no_hub_file(raw_demo, tmp_path, monkeypatch) -> 
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     tiny = validate(dict(raw_demo, models_dir=str(tmp_path / "models")))
     info = _marker(tiny, "2" * 64) | {"weights": "tiny", "commit": None, "commits": {}}
-    Paths(tiny).model_marker("flux-dev").write_text(json.dumps(info))
+    Paths(study_of(tiny)).model_marker("flux-dev").write_text(json.dumps(info))
     artifact = lineage.weights(study_of(tiny), "flux-dev", tmp_path / "staging")
     assert artifact.name == "weights-tiny-flux-dev" and list(artifact.manifest.entries) == ["weights.json"]
 

@@ -12,12 +12,13 @@ import yaml
 
 from fewstep.analysis import metric_registry
 from fewstep.core.config import SCHEMA_PATH
+from fewstep.core.study import parse_config
 from fewstep.families import FAMILIES
 from fewstep.grid import KEYS
 from fewstep.jobs import score
 from fewstep.scoring import networks, specs
 from fewstep.scoring.specs import SPECS
-from tests.conftest import REPO
+from tests.conftest import REPO, demo_yaml
 
 PACKAGE = REPO / "workflow" / "fewstep"
 NAMES = [spec.name for spec in SPECS]
@@ -79,7 +80,8 @@ def test_registries_are_derived_from_the_specs():
         assert scorer.spec is spec and scorer.name.fget(scorer) == spec.name
         assert all(metric_registry.METRICS[c.name] == metric_registry.ColumnSpec.of(c) for c in spec.columns)
     assert networks.ANCHOR_METRICS == ("lpips",)
-    config = {"scoring": {"lpips_net": "vgg"}}
+    raw = demo_yaml()
+    config = parse_config(dict(raw, scoring=dict(raw.get("scoring", {}), lpips_net="vgg")))
     assert networks.scoring_models(config, NAMES) == [
         "clip-vit-l14",
         "csd-vit-l",

@@ -25,7 +25,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def test_tiny_backbones_are_saved_in_the_diffusers_layout(config):
     for name in ("flux-dev", "flux-schnell"):
-        folder = catalog.model_folder(config, name)
+        folder = catalog.model_folder(study_of(config), name)
         index = json.loads((folder / "model_index.json").read_text())
         assert index["_class_name"] == "FluxPipeline"
         assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
@@ -47,7 +47,7 @@ def test_tiny_round_trip_is_exact(config, tmp_path):
     from diffusers import FluxTransformer2DModel
     from safetensors.torch import load_file
 
-    folder = catalog.model_folder(config, "flux-dev") / "transformer"
+    folder = catalog.model_folder(study_of(config), "flux-dev") / "transformer"
     loaded = load_component(
         FluxTransformer2DModel, folder, "tiny", torch.device("cpu"), torch.float32, model="flux-dev"
     )
@@ -71,13 +71,15 @@ def test_dev_and_schnell_differ_as_the_real_ones(config):
     assert dev_sigmas[0] == 1.0 and all(d > s for d, s in zip(dev_sigmas[1:], [0.75, 0.5, 0.25], strict=True))
     # text encoders and VAE are shared, as in the published repos
     for sub in ("vae", "text_encoder", "text_encoder_2"):
-        dev_file = next((catalog.model_folder(config, "flux-dev") / sub).glob("*.safetensors"))
-        schnell_file = next((catalog.model_folder(config, "flux-schnell") / sub).glob("*.safetensors"))
+        dev_file = next((catalog.model_folder(study_of(config), "flux-dev") / sub).glob("*.safetensors"))
+        schnell_file = next(
+            (catalog.model_folder(study_of(config), "flux-schnell") / sub).glob("*.safetensors")
+        )
         assert dev_file.read_bytes() == schnell_file.read_bytes(), sub
 
 
 def test_infusenet_layout_matches_the_published_folders(config):
-    variant = catalog.model_folder(config, "infiniteyou") / "infu_flux_v1.0" / "aes_stage2"
+    variant = catalog.model_folder(study_of(config), "infiniteyou") / "infu_flux_v1.0" / "aes_stage2"
     shards = sorted(p.name for p in (variant / "InfuseNetModel").glob("*.safetensors"))
     assert shards == [
         "diffusion_pytorch_model-00001-of-00002.safetensors",
@@ -173,13 +175,16 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     commits = {}
     for name in ("flux-dev", "flux-schnell"):
         commits[name] = _fake_hub_cache(
-            cache, models.BACKBONES[name].repo_id, catalog.model_folder(config, name)
+            cache, models.BACKBONES[name].repo_id, catalog.model_folder(study_of(config), name)
         )
     commits["infiniteyou"] = _fake_hub_cache(
-        cache, "ByteDance/InfiniteYou", catalog.model_folder(config, "infiniteyou")
+        cache, "ByteDance/InfiniteYou", catalog.model_folder(study_of(config), "infiniteyou")
     )
     commits["insightface"] = _fake_hub_cache(
-        cache, "ByteDance/InfiniteYou", catalog.model_folder(config, "insightface"), INSIGHTFACE_SUBDIR
+        cache,
+        "ByteDance/InfiniteYou",
+        catalog.model_folder(study_of(config), "insightface"),
+        INSIGHTFACE_SUBDIR,
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -192,7 +197,7 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
         assert marker["weights"] == "real" and marker["files"]
         assert (marker["repo_id"], marker["revision"]) == (spec.repo_id, spec.revision)
         assert marker["commit"] == commits[name] and marker["commits"] == {spec.repo_id: commits[name]}
-        folder = catalog.model_folder(real, name)
+        folder = catalog.model_folder(study_of(real), name)
         for entry in marker["files"]:  # right whichever way it was found
             assert entry["sha256"] == _sha256(folder / entry["path"])
             lfs = Path(entry["path"]).suffix in LFS_SUFFIXES
@@ -200,12 +205,12 @@ def test_real_mode_reads_the_hub_cache_offline(config, tmp_path, monkeypatch):
     # only the small files were read: the large ones are named by their blobs
     assert hashed and not [p for p in hashed if p.suffix in LFS_SUFFIXES]
     assert len(models.BACKBONES["flux-dev"].revision) == 40  # a pinned commit, not a branch
-    assert catalog.model_folder(real, "flux-dev").is_symlink()
+    assert catalog.model_folder(study_of(real), "flux-dev").is_symlink()
     parts = pipeline.load_flux(
         study_of(real), "flux-dev", real["adapters"]["infusenet-aes"], torch.device("cpu"), torch.float32
     )
     assert parts.transformer.config.guidance_embeds is True and parts.infusenet is not None
-    assert face_analyzer(real).recognizer is not None
+    assert face_analyzer(study_of(real)).recognizer is not None
 
 
 def test_offline_without_cache_is_one_clear_line(config, tmp_path, monkeypatch):
@@ -273,7 +278,7 @@ def test_downloads_only_what_the_study_uses():
 
     # dev and schnell ship the same text encoders: fetched once, from the ungated schnell
     def allow_patterns(config, name):
-        return hub.allow_patterns(config, name, Grid(study_of(config)).model_usage(name))
+        return hub.allow_patterns(study_of(config), name, Grid(study_of(config)).model_usage(name))
 
     assert allow_patterns(study, "flux-dev") == ["model_index.json", "scheduler/*", "transformer/*", "vae/*"]
     assert "text_encoder_2/*" in allow_patterns(study, "flux-schnell")
@@ -297,14 +302,18 @@ def test_config_revision_overrides_the_pin_and_is_checked(config, raw_demo, tmp_
     from fewstep.core.errors import ConfigError, WeightsError
 
     raw = dict(raw_demo, revisions={"flux-schnell": "b" * 40})
-    assert catalog.model_revision(validate(raw), "flux-schnell") == "b" * 40
-    assert catalog.model_revision(validate(raw), "flux-dev") == models.BACKBONES["flux-dev"].revision
-    assert catalog.model_revision(validate(raw), "arcface-irse50") is None  # a plain URL, no hub
+    assert catalog.model_revision(study_of(validate(raw)), "flux-schnell") == "b" * 40
+    assert (
+        catalog.model_revision(study_of(validate(raw)), "flux-dev") == models.BACKBONES["flux-dev"].revision
+    )
+    assert catalog.model_revision(study_of(validate(raw)), "arcface-irse50") is None  # a plain URL, no hub
     with pytest.raises(ConfigError, match=r"^config revisions\.arcface-irse50: not a Hugging Face model"):
         Grid(study_of(validate(dict(raw_demo, revisions={"arcface-irse50": "main"}))))
     # offline, the pinned snapshot in the cache is not the one asked for
     cache = tmp_path / "hub"
-    _fake_hub_cache(cache, "black-forest-labs/FLUX.1-schnell", catalog.model_folder(config, "flux-schnell"))
+    _fake_hub_cache(
+        cache, "black-forest-labs/FLUX.1-schnell", catalog.model_folder(study_of(config), "flux-schnell")
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(

@@ -12,8 +12,8 @@ from tests.conftest import study_of
 def test_tables_carry_the_runtime_of_their_images_per_cell_or_over_the_sweep(raw_demo):
     from fewstep.core.config import validate
 
-    config = validate(raw_demo)
-    models = Grid(study_of(config)).models
+    config = study_of(validate(raw_demo))
+    models = Grid(config).models
     images = pd.DataFrame(
         {
             "cell_id": ["a/x/1", "a/x/1", "b/x/2"],

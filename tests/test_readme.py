@@ -115,14 +115,14 @@ def test_the_wandb_reader_snippet_runs_on_the_demo(demo_run, monkeypatch, capsys
 def test_the_reports_folder_is_kept_with_its_readme_and_generated_reports_are_ignored():
     """The top-level reports/ exists in a fresh clone (its README says what lands there);
     what the report rule writes under reports/<sweep>/ stays out of git."""
-    from fewstep.core.config import load
     from fewstep.core.paths import Paths
+    from fewstep.core.study import load_study
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
 
     assert git("ls-files", "reports").stdout.split() == ["reports/README.md"]
-    index = Paths(load([REPO / "config" / "demo.yaml"])).report_index
+    index = Paths(load_study([REPO / "config" / "demo.yaml"])).report_index
     assert index.as_posix() == "reports/demo/index.html"
     assert git("check-ignore", "-q", index.as_posix()).returncode == 0
     assert git("check-ignore", "-q", "reports/README.md").returncode == 1

@@ -73,7 +73,7 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
 @pytest.mark.slow
 def test_sigkilled_generation_resumes_and_matches_an_uninterrupted_run(tiny_config, tmp_path):
     config, path = sweep(tiny_config, tmp_path / "killed")
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     journal = paths.journal(CELL)
     # killed twice, at different moments of the loop, then run to the end
     for after in (3, 17):
@@ -96,12 +96,12 @@ def test_sigkilled_generation_resumes_and_matches_an_uninterrupted_run(tiny_conf
     clean, _ = sweep(tiny_config, tmp_path / "clean")
     generate.run(study_of(clean), CELL, progress=False)
     for item in rows.index:
-        assert pixels(paths.image(CELL, item)) == pixels(Paths(clean).image(CELL, item)), item
+        assert pixels(paths.image(CELL, item)) == pixels(Paths(study_of(clean)).image(CELL, item)), item
 
 
 def test_a_killed_writer_leaves_no_half_file_and_no_torn_journal(tiny_config, tmp_path):
     config, _ = sweep(tiny_config, tmp_path, seeds=1)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     cell = "flux-schnell/infusenet-aes/1"
     generate.run(study_of(config), cell, progress=False)
     # what a SIGKILL in the middle of writing leaves: a temporary and half a journal line
@@ -120,7 +120,7 @@ def test_a_killed_writer_leaves_no_half_file_and_no_torn_journal(tiny_config, tm
 @pytest.mark.slow
 def test_a_killed_score_job_leaves_no_table_and_reruns(tiny_config, tmp_path):
     config, path = sweep(tiny_config, tmp_path, seeds=4)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     for cell in (CELL,):
         generate.run(study_of(config), cell, progress=False)
     score = job("score", path, "--cell", CELL)
@@ -325,7 +325,7 @@ def test_several_faces_follow_the_policy(config, tmp_path):
     for policy in ("largest", "highest_score"):
         config["face"]["policy"] = policy
         precompute.embed_identities(study_of(config))
-        tensors, meta = precompute.load_tensors(Paths(config).identity_embedding("group-t1"))
+        tensors, meta = precompute.load_tensors(Paths(study_of(config)).identity_embedding("group-t1"))
         box = tensors["bbox"].tolist()
         chosen[policy] = (
             (box[2] - box[0]) * (box[3] - box[1]),
@@ -369,10 +369,10 @@ def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, cap
     assert {"clip-vit-l14", "lpips-alex", "infiniteyou", "insightface"} <= set(names)
     raw = copy.deepcopy(config)
     raw.update(weights="real", models_dir=str(tmp_path / "models"))
-    raw["local_weights"] = {name: str(model_folder(config, name)) for name in names}
+    raw["local_weights"] = {name: str(model_folder(study_of(config), name)) for name in names}
     real = validate(raw)
     for name in names:
-        assert prepare_model(study_of(real), name) == marker_path(real, name)
+        assert prepare_model(study_of(real), name) == marker_path(study_of(real), name)
     empty = tmp_path / "empty"
     empty.mkdir()
     for name, missing in (
@@ -385,7 +385,7 @@ def test_local_weights_folders_are_checked_for_their_files(config, tmp_path, cap
         code, errors = run_cli(capsys, "prepare-model", "--config", write(tmp_path, raw), "--model", name)
         assert code == 1 and len(errors) == 1, errors
         assert f"error: config local_weights.{name}: {empty} lacks " in errors[0] and missing in errors[0]
-        assert not marker_path(validate(raw), name).exists()
+        assert not marker_path(study_of(validate(raw)), name).exists()
 
 
 def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeypatch):
@@ -413,7 +413,7 @@ def test_gated_model_without_token_is_one_line(config, tmp_path, capsys, monkeyp
 @pytest.mark.slow
 def test_disk_full_is_one_line_and_keeps_finished_images(tiny_config, tmp_path, capsys, monkeypatch):
     config, path = sweep(tiny_config, tmp_path, seeds=2)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     real_replace = os.replace
     pngs = []
 
@@ -492,7 +492,7 @@ def test_only_out_of_memory_is_retried(tiny_config, tmp_path, capsys, monkeypatc
         return run_cli(capsys, "generate", "--config", str(path), *args)
 
     monkeypatch.setattr(generate, "run", failing)
-    note = Paths(config).no_retry_note("generate", CELL)
+    note = Paths(study_of(config)).no_retry_note("generate", CELL)
     code, errors = attempt(1, 4)
     assert code == 1 and "CUDA out of memory at batch size 4" in errors[0]
     assert not note.exists()  # out of memory: the retry with half the batch runs
@@ -533,7 +533,7 @@ def test_no_job_retries_an_error_a_retry_cannot_change(config, tmp_path, capsys,
 
     code, errors = attempt(1)
     assert code == 1 and len(errors) == 1 and f"no face found in {grey}" in errors[0]
-    note = Paths(config).no_retry_note("embed-identities", "grey")
+    note = Paths(study_of(config)).no_retry_note("embed-identities", "grey")
     assert note.read_text().strip() == errors[0].removeprefix("fewstep embed-identities: error: ")
     assert attempt(2) == (1, [f"{errors[0]} (not retried: only CUDA out of memory and network errors are)"])
     assert calls == [["grey"]]  # the retry embedded nothing
@@ -542,7 +542,7 @@ def test_no_job_retries_an_error_a_retry_cannot_change(config, tmp_path, capsys,
         precompute, "embed_identities", lambda *a: (_ for _ in ()).throw(NetworkError("hub down"))
     )
     assert attempt(1, "astronaut")[0] == 1
-    assert not Paths(config).no_retry_note("embed-identities", "astronaut").exists()
+    assert not Paths(study_of(config)).no_retry_note("embed-identities", "astronaut").exists()
 
 
 def test_a_missing_or_broken_config_file_is_one_line_with_file_and_line(tmp_path, capsys):

@@ -116,7 +116,9 @@ def test_page_embeds_every_figure_and_links_tables(full):
     assert 'src="figures/' not in text and "src='http" not in text  # self-contained
     for name in aggregate.TABLES:
         assert f'href="tables/{name}.csv"' in text
-        assert (page.parent / "tables" / f"{name}.csv").read_bytes() == Paths(config).table(name).read_bytes()
+        assert (page.parent / "tables" / f"{name}.csv").read_bytes() == Paths(study_of(config)).table(
+            name
+        ).read_bytes()
     assert 'href="figures/regime/id_sim.svg"' in text
 
 
@@ -186,7 +188,7 @@ def test_a_family_reaches_the_page_only_through_its_report_parts(full, tmp_path,
         return ReportParts(sections=[("own", "Own section", own)], appended={"cost": "<p>added to cost</p>"})
 
     monkeypatch.setattr(type(FAMILIES["flux"]), "report_parts", parts)
-    page = report.run(study_of(config), Paths(config).summary, tmp_path / "index.html")
+    page = report.run(study_of(config), Paths(study_of(config)).summary, tmp_path / "index.html")
     text = page.read_text()
     (kit,) = kits
     assert set(kit.tables["summary"]["backbone"]) == {"flux-dev", "flux-schnell"}
@@ -224,7 +226,7 @@ def test_single_cell_without_anchor_or_comparison(tmp_path):
     page = report.run(study_of(config), aggregate.run(study_of(config)))
     text = page.read_text()
     for empty in ("marginal", "ablation", "trajectory", "comparison"):
-        assert Paths(config).table(empty).read_text().count("\n") == 1  # the header only
+        assert Paths(study_of(config)).table(empty).read_text().count("\n") == 1  # the header only
     assert "The config names no comparison cells" in text
     assert "This sweep has 2 identities; its intervals reach 90% coverage from 4 identities on" in text
     assert "Every series has a single step count." in text
@@ -290,7 +292,7 @@ def test_ablation_section_shows_identity_against_scale_and_window_and_the_latenc
     )
     config = validate(raw)
     synth.write_scores(config, images=False, noise=False)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     full = synth.dev_curve(4)
     known = {  # adapter -> (mean id_sim, latency per image): identity grows with scale and window
         "scale0": (0.1, 0.9),
@@ -355,7 +357,7 @@ def test_point_labels_are_placed_where_they_collide_with_nothing():
 
 def test_trajectory_figures_have_no_empty_panel(full):
     config, page, _ = full
-    trajectory = synth.pd.read_csv(Paths(config).table("trajectory"))
+    trajectory = synth.pd.read_csv(Paths(study_of(config)).table("trajectory"))
     fig = trajectory_figure(trajectory, ["id_sim_zero", "id_sim", "face_detected"], "emergence")
     assert len(fig.axes) == 3 and layout_problems(fig) == []
     fig = trajectory_figure(trajectory, ["residual_rms_double", "relative_double", "velocity_rms"], "x")

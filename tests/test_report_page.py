@@ -186,7 +186,8 @@ def test_snakemake_report_collects_the_registered_figures(demo, tmp_path):
 
 def manifest_counts(config: dict) -> dict[str, tuple[int, int]]:
     """family -> (cells, images) from the cells' manifest.parquet files."""
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+    paths = Paths(grid.study)
     counts: dict[str, list[int]] = {}
     for cell in grid.cells:
         family = config["backbones"][cell.backbone]["family"]
@@ -225,7 +226,7 @@ def test_synthetic_page_has_no_layout_defects_in_headless_chromium(synthetic):
     expected = {}
     for cell in grid.cells:  # what the scores hold, one row per manifest row
         family = config["backbones"][cell.backbone]["family"]
-        rows = len(pd.read_parquet(Paths(config).scores(cell.id)))
+        rows = len(pd.read_parquet(Paths(study_of(config)).scores(cell.id)))
         cells, images = expected.get(family, (0, 0))
         expected[family] = (cells + 1, images + rows)
     assert expected == {"flux": (13, 312), "sd15": (18, 324), "sdxl": (9, 162)}
@@ -273,7 +274,7 @@ def test_demo_page_has_no_layout_defects_and_counts_its_manifests(demo, page, tm
             for family in expected
         }
         with contextlib.redirect_stdout(printed):  # the report again: what its figure check prints
-            report.run(study_of(config), Paths(config).summary, tmp_path / "index.html")
+            report.run(study_of(config), Paths(study_of(config)).summary, tmp_path / "index.html")
     finally:
         os.chdir(cwd)
     assert "figure layout" not in printed.getvalue(), printed.getvalue()

@@ -67,7 +67,7 @@ def sd_config(root, with_flux: bool = True) -> dict:
 
 
 def write_sd_scores(config: dict, rng: np.random.Generator) -> None:
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     for backbone in ("sd15", "sdxl"):
         for role, refs in REFERENCES.items():
             adapter = f"sd-{role}"
@@ -199,7 +199,7 @@ def test_steps_to_95_percent_of_the_rise():
 
 def test_pareto_front_per_value_metric(mixed):
     config, _, _ = mixed
-    pareto = pd.read_csv(Paths(config).table("pareto"))
+    pareto = pd.read_csv(Paths(study_of(config)).table("pareto"))
     sd = pareto[pareto.backbone == "sd15"]
     assert set(sd["value_metric"]) == {"csd", "dino", "clip_i", "clip_score", "lpips_anchor"}
     assert set(pareto[pareto.backbone.str.startswith("flux")]["value_metric"]) == {"id_sim_zero"}
@@ -251,7 +251,7 @@ def test_the_page_has_a_section_per_sd_family(mixed):
 
 def test_the_sd_section_draws_its_trajectory_per_metric_of_its_role(mixed):
     config, _, page = mixed
-    table = pd.read_csv(Paths(config).table("trajectory"))
+    table = pd.read_csv(Paths(study_of(config)).table("trajectory"))
     csd = table[(table.metric == "csd")].set_index("step")["mean"]
     # the 3 style references' effects (+0.03, -0.02, -0.01) cancel in the mean over items
     assert csd.to_dict() == pytest.approx({s: 0.125 * s for s in range(1, 5)})

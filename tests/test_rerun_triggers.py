@@ -113,7 +113,9 @@ def pixels(path: Path) -> bytes:
 def images(work: Path, cell: str = CELL) -> dict[str, bytes]:
     from fewstep.core.config import validate
 
-    paths = Paths(validate(demo_config(results_dir=str(work / "results"), reports_dir=str(work / "reports"))))
+    paths = Paths(
+        study_of(validate(demo_config(results_dir=str(work / "results"), reports_dir=str(work / "reports"))))
+    )
     manifest = pd.read_parquet(paths.manifest(cell))
     return {row.item_id: pixels(paths.cell_dir(cell) / row.image) for row in manifest.itertuples()}
 
@@ -209,7 +211,7 @@ def test_a_model_prepared_again_reruns_what_it_feeds(demo):
     from fewstep.registry.catalog import marker_path
 
     config = validate(demo_config(models_dir=str(demo / "resources" / "models"), weights="tiny"))
-    marker = marker_path(config, "arcface-irse50")
+    marker = marker_path(study_of(config), "arcface-irse50")
     os.utime(marker)  # touched, same bytes: Snakemake compares the checksum, nothing reruns
     assert planned(demo, REPO / "config" / "demo.yaml") == []
     record = json.loads(marker.read_text())  # as prepare_model rewrites it: a new preparation time

@@ -64,9 +64,10 @@ def scoring_config(tiny_config, tmp_path_factory) -> dict:
     config = copy.deepcopy(tiny_config)
     config["results_dir"] = str(tmp_path_factory.mktemp("scoring") / "results")
     config["scoring"] = dict(config["scoring"], metrics=ALL, batch_size=3)  # batches of 3 and 1
-    for name in sm.scoring_models(config, ALL):
-        if not catalog.marker_path(config, name).exists():
-            prepare_model(study_of(config), name)
+    study = study_of(config)
+    for name in sm.scoring_models(study, ALL):
+        if not catalog.marker_path(study, name).exists():
+            prepare_model(study, name)
     return config
 
 
@@ -77,7 +78,8 @@ def _reference(config: dict, identity: str) -> np.ndarray:
 
 def write_cell(config: dict, cell_id: str, image_for) -> pd.DataFrame:
     """A cell as the generate job leaves it: PNGs and a manifest (no generation needed)."""
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+    paths = Paths(grid.study)
     cell = grid.cell(cell_id)
     rows = []
     for item in grid.items:
@@ -179,7 +181,8 @@ def test_no_face_is_missing_and_lowers_the_detection_rate(scored):
 
 
 def test_identity_similarity_of_a_face_with_itself_is_one(scoring_config):
-    metric = IdentitySimilarity(scoring_config, JobModels(scoring_config))
+    study = study_of(scoring_config)
+    metric = IdentitySimilarity(study, JobModels(study))
     picture = _reference(scoring_config, "astronaut")
     found = metric.analyzer.analyze(np.ascontiguousarray(picture[:, :, ::-1]))
     assert abs(faces.cosine(found.face.embedding, found.face.embedding) - 1.0) < 1e-5
@@ -189,9 +192,10 @@ def test_identity_similarity_of_a_face_with_itself_is_one(scoring_config):
 
 def test_lpips_loads_our_trunk_through_torch_home(scoring_config):
     before = os.environ.get("TORCH_HOME")
-    metric = PerceptualDistance(scoring_config, JobModels(scoring_config))
+    study = study_of(scoring_config)
+    metric = PerceptualDistance(study, JobModels(study))
     assert os.environ.get("TORCH_HOME") == before  # restored after loading
-    trunk = catalog.model_folder(scoring_config, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
+    trunk = catalog.model_folder(study, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
     on_disk = torch.load(trunk, weights_only=True)
     assert torch.equal(metric.model.net.slice1[0].weight.cpu(), on_disk["features.0.weight"])
     image = _reference(scoring_config, "astronaut")
@@ -206,7 +210,8 @@ def test_lpips_compares_both_images_at_the_configured_size(scoring_config, monke
 
     config = copy.deepcopy(scoring_config)
     config["scoring"]["lpips_size"] = 128
-    metric = PerceptualDistance(config, JobModels(config))
+    study = study_of(config)
+    metric = PerceptualDistance(study, JobModels(study))
     assert metric.version.endswith(":128px:weights=tiny")
     seen = []
     forward = lpips.LPIPS.forward
@@ -241,7 +246,9 @@ def test_fit_crops_to_the_aspect_then_resizes():
 def test_clip_score_runs_the_real_clip_model_code(scoring_config):
     from transformers import CLIPModel
 
-    metric = CLIPScore(scoring_config, JobModels(scoring_config))
+    study = study_of(scoring_config)
+
+    metric = CLIPScore(study, JobModels(study))
     assert type(metric.model) is CLIPModel
     image = _reference(scoring_config, "astronaut")
     prompts = [Grid(study_of(scoring_config)).prompt("astronaut-suit")["text"], "zebra quartz violin 42"]
@@ -262,7 +269,8 @@ def test_clip_score_runs_the_real_clip_model_code(scoring_config):
 
 
 def test_pick_score_scales_the_cosine_by_the_learned_temperature(scoring_config):
-    metric = PickScore(scoring_config, JobModels(scoring_config))
+    study = study_of(scoring_config)
+    metric = PickScore(study, JobModels(study))
     image = _reference(scoring_config, "group-t1")
     batch = [score.Sample({"identity": "group-t1"}, image, image, prompt="a portrait")]
     scale = float(metric.model.logit_scale.detach().exp())
@@ -271,7 +279,8 @@ def test_pick_score_scales_the_cosine_by_the_learned_temperature(scoring_config)
 
 @pytest.mark.parametrize("name", ["clip_i", "dino", "csd"])
 def test_reference_similarity_of_the_reference_itself_is_one(scoring_config, name):
-    metric = score.METRICS[name](scoring_config, JobModels(scoring_config))
+    study = study_of(scoring_config)
+    metric = score.METRICS[name](study, JobModels(study))
     image, other = _reference(scoring_config, "astronaut"), _reference(scoring_config, "group-t1")
     same, different = metric.score(
         [
@@ -307,10 +316,10 @@ def _openai_visual(state: dict, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def test_csd_matches_an_independent_openai_clip_forward(scoring_config):
-    path = catalog.model_folder(scoring_config, "csd-vit-l") / "pytorch_model.bin"
+    path = catalog.model_folder(study_of(scoring_config), "csd-vit-l") / "pytorch_model.bin"
     state = sm.read_csd_checkpoint(path)
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    encoder, processor = sm.load_csd(scoring_config, torch.device("cpu"))
+    encoder, processor = sm.load_csd(study_of(scoring_config), torch.device("cpu"))
     assert processor.crop_size["height"] == 32 and encoder.vision.config.num_attention_heads == 2
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -338,7 +347,7 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
     config = copy.deepcopy(scoring_config)
     config["scoring"]["metrics"] = ["identity"]
     manifest = write_cell(config, CORRUPT, lambda item: _reference(config, item.identity))
-    broken = Paths(config).cell_dir(CORRUPT) / manifest["image"].iloc[2]
+    broken = Paths(study_of(config)).cell_dir(CORRUPT) / manifest["image"].iloc[2]
     broken.write_bytes(broken.read_bytes()[:60])  # truncated mid-file
     with pytest.raises(InputError) as excinfo:
         score.run(study_of(config), CORRUPT, progress=False)
@@ -350,7 +359,7 @@ def test_a_corrupt_png_stops_the_job_with_one_line_naming_it(scoring_config, tmp
     errors = [line for line in lines if "error" in line]
     assert errors == [lines[-1]] and lines[-1].startswith("fewstep score: error: generated image ")
     assert str(broken) in lines[-1]
-    assert not Paths(config).scores(CORRUPT).exists()
+    assert not Paths(study_of(config)).scores(CORRUPT).exists()
 
 
 def score_anchor(config: dict, cell_id: str) -> str | None:
@@ -365,7 +374,7 @@ def test_score_rule_inputs_order_the_anchor_first(scoring_config):
     no_lpips = dict(scoring_config, scoring=dict(scoring_config["scoring"], metrics=["identity"]))
     assert score_anchor(no_lpips, OTHER) is None
     assert score_anchor({k: v for k, v in scoring_config.items() if k != "anchor"}, OTHER) is None
-    assert sm.scoring_models(scoring_config, scoring_config["scoring"]["metrics"]) == [
+    assert sm.scoring_models(study_of(scoring_config), scoring_config["scoring"]["metrics"]) == [
         "clip-vit-l14",
         "csd-vit-l",
         "dinov2-base",
@@ -387,7 +396,7 @@ def test_score_rule_inputs_order_the_anchor_first(scoring_config):
 def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path, monkeypatch):
     """The download recipes of the hub-hosted scoring models, offline, then scoring with them."""
     cache = tmp_path / "hub"
-    tiny = lambda name: catalog.model_folder(scoring_config, name)  # noqa: E731
+    tiny = lambda name: catalog.model_folder(study_of(scoring_config), name)  # noqa: E731
     _fake_hub_cache(cache, "openai/clip-vit-large-patch14", tiny("clip-vit-l14"))
     _fake_hub_cache(cache, "yuvalkirstain/PickScore_v1", tiny("pickscore") / "model")
     _fake_hub_cache(cache, "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", tiny("pickscore") / "processor")
@@ -400,8 +409,8 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
     for name in ("clip-vit-l14", "pickscore", "dinov2-base", "csd-vit-l"):
         marker = json.loads(prepare_model(study_of(real), name).read_text())
         assert marker["weights"] == "real" and all(len(f["sha256"]) == 64 for f in marker["files"])
-    assert catalog.model_folder(real, "clip-vit-l14").is_symlink()
-    assert (catalog.model_folder(real, "pickscore") / "processor").is_symlink()
+    assert catalog.model_folder(study_of(real), "clip-vit-l14").is_symlink()
+    assert (catalog.model_folder(study_of(real), "pickscore") / "processor").is_symlink()
     image = _reference(real, "astronaut")
     sample = score.Sample({"identity": "astronaut"}, image, image, prompt="a portrait")
     row = {}
@@ -416,7 +425,7 @@ def test_real_scoring_models_read_the_hub_cache_offline(scoring_config, tmp_path
 def test_lpips_trunk_download_is_checked_against_its_name(scoring_config, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
-    trunk = catalog.model_folder(real, "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
+    trunk = catalog.model_folder(study_of(real), "lpips-alex") / sm.CHECKPOINTS / "alexnet-owt-7be5be79.pth"
     with pytest.raises(WeightsError, match=r"alexnet-owt-7be5be79.pth is missing and HF_HUB_OFFLINE"):
         prepare_model(study_of(real), "lpips-alex")
     trunk.parent.mkdir(parents=True)
@@ -448,21 +457,21 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     from fewstep.core.io import sha256_file
 
     cache = tmp_path / "hub"
-    tiny_faces = catalog.model_folder(scoring_config, "insightface")
+    tiny_faces = catalog.model_folder(study_of(scoring_config), "insightface")
     _fake_hub_cache(cache, "ByteDance/InfiniteYou", tiny_faces, face_models.INSIGHTFACE_SUBDIR)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     real = dict(scoring_config, weights="real", models_dir=str(tmp_path / "models"))
     real["face"] = dict(real["face"], pack="buffalo_l")
     usage = Grid(study_of(real)).model_usage("insightface")
-    assert hub.allow_patterns(real, "insightface", usage) == [  # buffalo_l is not among them
+    assert hub.allow_patterns(study_of(real), "insightface", usage) == [  # buffalo_l is not among them
         "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
         "supports/insightface/models/antelopev2/glintr100.onnx",
     ]
     archive = _zip_tiny_pack(tmp_path, "buffalo_l")
     url, _ = face_models.FACE_PACK_ZIPS["buffalo_l"]
     assert url == "https://github.com/deepinsight/insightface/releases/download/model-zoo/buffalo_l.zip"
-    placed = catalog.model_folder(real, "insightface") / "models" / "buffalo_l.zip"
+    placed = catalog.model_folder(study_of(real), "insightface") / "models" / "buffalo_l.zip"
     placed.parent.mkdir(parents=True)
     placed.write_bytes(archive.read_bytes())  # as if fetch_url had downloaded it
     with pytest.raises(WeightsError, match=r"buffalo_l.zip has sha256 .* not the published"):
@@ -471,12 +480,12 @@ def test_buffalo_l_comes_from_its_release_zip(scoring_config, tmp_path, monkeypa
     placed.write_bytes(archive.read_bytes())
     monkeypatch.setitem(face_models.FACE_PACK_ZIPS, "buffalo_l", (url, sha256_file(archive)))
     prepare_model(study_of(real), "insightface")
-    pack = catalog.model_folder(real, "insightface") / "models" / "buffalo_l"
+    pack = catalog.model_folder(study_of(real), "insightface") / "models" / "buffalo_l"
     assert sorted(p.name for p in pack.iterdir()) == sorted(faces.PACK_FILES["buffalo_l"])
     assert not placed.exists() and not pack.is_symlink()
-    analyzer = face_models.face_analyzer(real)
+    analyzer = face_models.face_analyzer(study_of(real))
     assert analyzer.folder == pack.resolve() and analyzer.is_tiny
-    assert face_models.face_analyzer(real, "antelopev2").folder.name == "antelopev2"
+    assert face_models.face_analyzer(study_of(real), "antelopev2").folder.name == "antelopev2"
 
 
 def test_the_next_batch_is_decoded_while_this_one_is_scored():
@@ -520,7 +529,10 @@ def job_config(scoring_config, tmp_path) -> dict:
 
 
 def _tables(config: dict, job: str) -> dict[str, bytes]:
-    return {cell.id: Paths(config).scores(cell.id).read_bytes() for cell in Grid(study_of(config)).job(job)}
+    return {
+        cell.id: Paths(study_of(config)).scores(cell.id).read_bytes()
+        for cell in Grid(study_of(config)).job(job)
+    }
 
 
 @pytest.mark.slow
@@ -534,12 +546,14 @@ def test_a_score_job_writes_what_scoring_each_cell_alone_writes(job_config, tmp_
         assert list(record["cells"]) == [cell.id for cell in cells]
         assert all(entry["rescored"] for entry in record["cells"].values())
         for cell in cells:
-            shutil.copytree(Paths(job_config).cell_dir(cell.id), Paths(alone).cell_dir(cell.id))
+            shutil.copytree(
+                Paths(study_of(job_config)).cell_dir(cell.id), Paths(study_of(alone)).cell_dir(cell.id)
+            )
     for cell in Grid(study_of(alone)).cells:
         if cell.backbone.startswith("flux"):
             score.run(study_of(alone), cell.id, progress=False)
-            together = pd.read_parquet(Paths(job_config).scores(cell.id))
-            separate = pd.read_parquet(Paths(alone).scores(cell.id))
+            together = pd.read_parquet(Paths(study_of(job_config)).scores(cell.id))
+            separate = pd.read_parquet(Paths(study_of(alone)).scores(cell.id))
             pd.testing.assert_frame_equal(together, separate, check_exact=True)  # bit for bit
 
 
@@ -553,7 +567,7 @@ def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
     assert not any(entry["rescored"] for entry in record["cells"].values())
     assert _tables(job_config, schnell) == before[schnell]  # kept byte for byte
     # one image of schnell-2 rewritten (other pixels): only that cell is scored again
-    paths = Paths(job_config)
+    paths = Paths(study_of(job_config))
     image = paths.image("flux-schnell/infusenet-aes/2", Grid(study_of(job_config)).items[0].id)
     Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)).save(image)
     record = json.loads(score.run_job(study_of(job_config), schnell, progress=False).read_text())
@@ -580,7 +594,7 @@ def test_a_score_job_rescores_only_the_cells_whose_inputs_changed(job_config):
 
 def test_a_table_without_its_inputs_digest_is_not_current(job_config):
     cell = Grid(study_of(job_config)).cell(OTHER)
-    paths = Paths(job_config)
+    paths = Paths(study_of(job_config))
     score.run(study_of(job_config), OTHER, progress=False)
     digest = score.scored_inputs(Grid(study_of(job_config)), paths, cell)
     assert score.is_current(paths.scores(OTHER), digest)

@@ -86,18 +86,22 @@ def test_grid_crosses_references_of_each_role():
 def test_prepare_writes_only_the_adapter_files_used(sd_config):
     from fewstep.registry.catalog import model_folder
 
-    folder = model_folder(sd_config, "ip-adapter")
+    folder = model_folder(study_of(sd_config), "ip-adapter")
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert "models/ip-adapter_sd15.bin" in files and "models/ip-adapter-plus_sd15.bin" in files
     assert "sdxl_models/ip-adapter_sdxl.bin" in files
     assert "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin" not in files
-    assert (model_folder(sd_config, "sdxl") / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    assert (
+        model_folder(study_of(sd_config), "sdxl") / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    ).exists()
 
 
 def test_run_job_writes_every_cells_images_and_resumes(sd_config):
     from fewstep.jobs.generate import run_job
 
-    grid, paths = Grid(study_of(sd_config)), Paths(sd_config)
+    grid = Grid(study_of(sd_config))
+
+    paths = Paths(grid.study)
     for job in grid.jobs:
         record = json.loads(run_job(study_of(sd_config), job, progress=False).read_text())
         assert len(record["cells"]) == 2
@@ -126,19 +130,21 @@ def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, 
         config |= {"results_dir": str(root / "results"), "seeds": list(range(10))}
         config["generation"] = dict(config["generation"], batch_size=1)
         # the seeds change no embedding: prompts and references are those already made
-        shutil.copytree(Paths(sd_config).root / "embeddings", Paths(config).root / "embeddings")
+        shutil.copytree(
+            Paths(study_of(sd_config)).root / "embeddings", Paths(study_of(config)).root / "embeddings"
+        )
         return config
 
     config, cell = copy_with_seeds(tmp_path / "killed"), "sd15/style/2"
     path = tmp_path / "killed" / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    journal = Paths(config).journal(cell)
+    journal = Paths(study_of(config)).journal(cell)
     for after in (2, 5):
         process = job("generate", path, "--cell", cell)
         kill_when(process, lambda after=after: lines(journal) >= after)
     done_before = lines(journal)
     assert 5 <= done_before < 10
-    other = marker_path(config, "sdxl")  # a model of the sweep that an sd15 cell does not use
+    other = marker_path(study_of(config), "sdxl")  # a model of the sweep that an sd15 cell does not use
     hidden = other.rename(other.with_name("sdxl.hidden"))
     kept = {json.loads(line)["item_id"]: json.loads(line) for line in journal.read_text().splitlines()}
     try:
@@ -148,15 +154,15 @@ def test_a_sigkilled_sd_job_resumes_and_matches_an_uninterrupted_run(sd_config, 
         run_job(study_of(clean), "sd15/style", progress=False)
     finally:
         hidden.rename(other)
-    manifest = pd.read_parquet(Paths(config).manifest(cell)).set_index("item_id")
+    manifest = pd.read_parquet(Paths(study_of(config)).manifest(cell)).set_index("item_id")
     assert list(manifest.index) == [
         i.id for i in Grid(study_of(config)).items_of(Grid(study_of(config)).cell(cell))
     ]
     assert all(manifest.loc[item, "generated_at"] == row["generated_at"] for item, row in kept.items())
-    assert lines(journal) == 10 and not list(Paths(config).cell_dir(cell).rglob("*.tmp"))
+    assert lines(journal) == 10 and not list(Paths(study_of(config)).cell_dir(cell).rglob("*.tmp"))
     for item in manifest.index:
-        image = Paths(config).image(cell, item)
-        assert image.read_bytes() == Paths(clean).image(cell, item).read_bytes(), item
+        image = Paths(study_of(config)).image(cell, item)
+        assert image.read_bytes() == Paths(study_of(clean)).image(cell, item).read_bytes(), item
         with Image.open(image) as png:
             assert set(json.loads(png.text["fewstep"])["models"]) == {"ip-adapter", "sd15"}
 
@@ -169,17 +175,24 @@ def test_precomputed_embeddings_give_diffusers_own_image(sd_config):
     from fewstep.families.sd import pipeline, specs
     from fewstep.registry.catalog import model_folder
 
-    grid, paths = Grid(study_of(sd_config)), Paths(sd_config)
+    grid = Grid(study_of(sd_config))
+
+    paths = Paths(grid.study)
     cell = grid.cell("sd15/object/2")
     (item,) = grid.items_of(cell)
     ours = np.asarray(Image.open(paths.image(cell.id, item.id)).convert("RGB"))
     cpu = torch.device("cpu")
     pipe = pipeline.load_pipeline(
-        specs.SD15, model_folder(sd_config, "sd15"), weights="tiny", device=cpu, dtype=torch.float32,
+        specs.SD15, model_folder(grid.study, "sd15"), weights="tiny", device=cpu, dtype=torch.float32,
         text_encoders=True,
     )  # fmt: skip
     pipeline.attach_ip_adapter(
-        pipe, specs.SD15, "plus", model_folder(sd_config, "ip-adapter"), weights="tiny", with_encoder=True
+        pipe,
+        specs.SD15,
+        "plus",
+        model_folder(grid.study, "ip-adapter"),
+        weights="tiny",
+        with_encoder=True,
     )
     pipe.set_ip_adapter_scale(0.8)
     theirs = pipe(

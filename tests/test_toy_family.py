@@ -24,6 +24,7 @@ from PIL import Image
 from fewstep.core.config import validate
 from fewstep.core.errors import ConfigError, WeightsError
 from fewstep.core.paths import Paths
+from fewstep.core.study import Study
 from fewstep.families import FAMILIES
 from fewstep.families.base import Denoised, IdentityEmbedding, ItemInputs, Step, StepTimer
 from fewstep.families.report_kit import ReportKit, ReportParts
@@ -37,11 +38,11 @@ WEIGHTS_FILE = "palette.pt"
 EMBEDDING_WIDTH = 8
 
 
-def _no_real_weights(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _no_real_weights(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     raise WeightsError(f"{spec.name} exists only as tiny seeded weights; set weights: tiny")
 
 
-def _build_tiny(config: dict[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _build_tiny(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Seeded tiny weights: a [EMBEDDING_WIDTH, 3] projection from prompt embedding to colour."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(24)
@@ -69,7 +70,7 @@ class ToyCellPipeline:
     """Halves the distance from seeded noise to the prompt's colour at every step; no adapter."""
 
     def __init__(self, config: Mapping[str, Any], size: Mapping[str, int], device: torch.device):
-        weights = torch.load(Path(model_folder(dict(config), TOY_PIXELS.name)) / WEIGHTS_FILE)
+        weights = torch.load(Path(model_folder(config, TOY_PIXELS.name)) / WEIGHTS_FILE)
         self.palette = weights["palette"]
         self.width, self.height = size["width"], size["height"]
         self.device, self.dtype = device, torch.float32
@@ -232,7 +233,9 @@ def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     from fewstep.jobs import generate, precompute, score
     from fewstep.jobs.prepare import prepare_model
 
-    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
+    grid = Grid(study_of(toy_config))
+
+    paths = Paths(grid.study)
     assert [c.id for c in grid.cells] == CELLS and list(grid.jobs) == ["toy/bare"]
     assert grid.models == ["lpips-alex", "toy-pixels"]
     assert [i.id for i in grid.items_of(grid.cell(CELLS[0]))] == [i.id for i in grid.items]
@@ -286,7 +289,9 @@ def test_the_toy_has_its_prompt_rule_and_an_estimate_without_figures(toy_config)
     from fewstep.analysis import estimate
     from fewstep.core.paths import one_of
 
-    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
+    grid = Grid(study_of(toy_config))
+
+    paths = Paths(grid.study)
     assert grid.prompt_variant_labels == ["T"] and grid.reference_files == []
     pattern = paths.prompt_variant_embedding("{family}", "portrait", f"{{variant,{one_of(['T'])}}}")
     wanted = paths.prompt_variant_embedding("toy", "portrait", "T")
@@ -338,7 +343,8 @@ def test_the_identity_job_writes_what_the_family_encoder_gives(toy_config, monke
     from fewstep.jobs import precompute
 
     monkeypatch.setitem(FAMILIES, TOY.name, FaceReadingToy())
-    grid, paths = Grid(study_of(toy_config)), Paths(toy_config)
+    grid = Grid(study_of(toy_config))
+    paths = Paths(grid.study)
     assert grid.identity_models() == ["toy-pixels"]
     assert grid.cell_models(grid.cell(CELLS[0])) == ["toy-pixels"]
     written = precompute.embed_identities(study_of(toy_config))

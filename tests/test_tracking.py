@@ -240,7 +240,7 @@ def test_a_full_disk_under_the_wandb_files_is_one_line(tmp_path) -> None:
     fabricate_cell(config, ANCHOR, rng)
     fabricate_cell(config, CELL, rng)
     fabricate_markers(config)
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     images = {p: p.read_bytes() for p in paths.cell_dir(CELL).rglob("*.png")}
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
@@ -332,7 +332,7 @@ def test_score_run_uses_weights_and_images_and_logs_its_scores(isolated, score_r
         "commit": None,
     }
     images = used[f"images-demo-{_slug(CELL)}"]
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     expected_refs = {
         f"images/{item.id}.png": paths.image(CELL, item.id).resolve().as_uri()
         for item in Grid(study_of(config)).items

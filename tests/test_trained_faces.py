@@ -17,6 +17,7 @@ import pytest
 import skimage.data
 from insightface.data import get_image
 
+from fewstep.core.study import Study, parse_config
 from fewstep.faces import analyzer as insight
 from fewstep.faces.analyzer import cosine, select
 from fewstep.faces.augment import augmentations, suggested_margin
@@ -25,6 +26,7 @@ from fewstep.faces.models import DLIB_FACE
 from fewstep.registry.spec import Usage
 from fewstep.scoring.base import JobModels, Sample
 from fewstep.scoring.identity import DlibIdentitySimilarity
+from tests.conftest import demo_yaml
 
 #: dlib's boxes of t1's six faces at the project's detection setting (no upsampling at 886 px)
 T1_FACES = 6
@@ -32,20 +34,28 @@ T1_LARGEST = [452, 300, 577, 424]
 T1_MOST_CONFIDENT = [65, 284, 169, 388]
 
 
+def _study() -> Study:
+    """The demo study on the CPU with tiny weights, choosing the largest face."""
+    raw = demo_yaml()
+    return parse_config(
+        dict(raw, device="cpu", weights="tiny", face=dict(raw.get("face", {}), policy="largest"))
+    )
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """dlib's files as the registry recipe prepares them (copied from the installed package)."""
     folder = tmp_path_factory.mktemp("dlib")
-    DLIB_FACE.recipe.tiny({"weights": "tiny"}, DLIB_FACE, folder, Usage())
+    DLIB_FACE.recipe.tiny(_study(), DLIB_FACE, folder, Usage())
     return folder
 
 
 @pytest.fixture(scope="module")
 def metric(folder: Path) -> DlibIdentitySimilarity:
-    config = {"face": {"policy": "largest"}, "device": "cpu", "weights": "tiny", "scoring": {}}
-    models = JobModels(config)
+    study = _study()
+    models = JobModels(study)
     models.get("dlib-face", lambda: DlibFaceEncoder(folder))
-    return DlibIdentitySimilarity(config, models)
+    return DlibIdentitySimilarity(study, models)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_probes_are_missing_where_the_adapter_is_off(embedded):
     config = copy.deepcopy(embedded)
     config["trajectory"]["max_items"] = 1
     config["adapters"]["infusenet-aes"]["guidance_end"] = 0.5
-    config["results_dir"] = str(Paths(embedded).root.parent / "window")
+    config["results_dir"] = str(Paths(study_of(embedded)).root.parent / "window")
     precompute.embed_prompts(study_of(config))
     precompute.embed_identities(study_of(config))
     table = pd.read_parquet(trajectory.run(study_of(config), "flux-dev/infusenet-aes/4", progress=False))

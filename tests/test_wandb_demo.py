@@ -46,7 +46,7 @@ SCORE_SUMMARY = {"images", "id_sim", "id_sim_n", "face_detected", "n_faces", "de
 @pytest.fixture(scope="module")
 def demo(demo_run) -> dict:
     config = validate(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()))
-    paths = Paths(config)
+    paths = Paths(study_of(config))
     runs = [read_run(f) for f in find_run_files(demo_run / paths.wandb_root)]
     return {"work": demo_run, "home": demo_run / "home", "config": config, "paths": paths, "runs": runs}
 

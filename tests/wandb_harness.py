@@ -72,7 +72,9 @@ def fabricate_cell(config: dict, cell_id: str, rng: np.random.Generator) -> pd.D
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid, image_keys
 
-    grid, paths = Grid(study_of(config)), Paths(config)
+    grid = Grid(study_of(config))
+
+    paths = Paths(grid.study)
     cell = grid.cell(cell_id)
     rows = []
     for index, item in enumerate(grid.items):
@@ -97,15 +99,15 @@ def fabricate_markers(config: dict) -> None:
     from fewstep.registry.catalog import model_revision
     from fewstep.scoring.networks import SCORING_MODELS, scoring_models
 
-    for name in scoring_models(config, config["scoring"]["metrics"]):
-        marker = Paths(config).model_marker(name)
+    for name in scoring_models(study_of(config), config["scoring"]["metrics"]):
+        marker = Paths(study_of(config)).model_marker(name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         spec = SCORING_MODELS.get(name)
         info = {
             "model": name,
             "weights": config["weights"],
             "repo_id": spec.repo_id if spec else "ByteDance/InfiniteYou",
-            "revision": model_revision(config, name),
+            "revision": model_revision(study_of(config), name),
             "commit": None,
             "commits": {},
             "files": [{"path": "model.bin", "bytes": 3, "sha256": "a" * 64, "sha256_from": "hashed"}],
@@ -117,7 +119,7 @@ def fabricate_scores(config: dict) -> Path:
     """A score table for CELL, its images and the anchor's, as the score job would leave them."""
     from fewstep.core.paths import Paths
 
-    paths, rng = Paths(config), np.random.default_rng(0)
+    paths, rng = Paths(study_of(config)), np.random.default_rng(0)
     fabricate_cell(config, ANCHOR, rng)
     frame = fabricate_cell(config, CELL, rng)
     frame["face_detected"] = frame.index != 0

@@ -50,7 +50,7 @@ from fewstep.analysis.scores import load_trajectories
 from fewstep.analysis.stats import Bounds
 from fewstep.core import provenance
 from fewstep.core.config import config_hash
-from fewstep.core.images import identity_images
+from fewstep.core.images import load_rgb
 from fewstep.core.io import atomic_write_bytes, atomic_write_text
 from fewstep.core.paths import Paths
 from fewstep.core.study import Study
@@ -373,7 +373,8 @@ def _grids_section(page: Page, skip: frozenset[str] = frozenset()) -> None:
     """Identity x steps grids of every backbone/adapter but the backbones in `skip` (shown in their
     family's own section)."""
     study, grid, paths = page.study, page.grid, page.paths
-    references = identity_images(study, study.report.grid_max_identities)
+    identities = study.identities[: study.report.grid_max_identities]
+    references = {identity.id: load_rgb(identity.image) for identity in identities}
     seed = study.seeds[0]
     body = (
         "<p>Rows: identities (the reference picture first); columns: steps. Every image of a grid has the "

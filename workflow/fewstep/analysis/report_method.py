@@ -169,7 +169,7 @@ def provenance_section(page: Page, per_image: pd.DataFrame) -> None:
     body = (
         html_table(facts, "provenance")
         + "<h3>Configuration (validated; defaults filled where they apply)</h3><pre>"
-        + html.escape(yaml.safe_dump(dict(study), sort_keys=False, allow_unicode=True))
+        + html.escape(yaml.safe_dump(study.to_dict(), sort_keys=False, allow_unicode=True))
         + "</pre>"
     )
     page.add("provenance", "Configuration and provenance", body)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fewstep.core.errors import InputError
 
@@ -132,8 +131,3 @@ def rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return np.ascontiguousarray(image[:, :, ::-1])
-
-
-def identity_images(config: Mapping[str, Any], limit: int | None = None) -> dict[str, np.ndarray]:
-    """Each configured identity's reference picture (of the first `limit` identities), by id."""
-    return {i["id"]: load_rgb(i["image"]) for i in config["identities"][:limit]}

@@ -7,9 +7,9 @@ Methods take plain strings so the Snakefile can pass wildcard patterns
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from fewstep.core.study import Study
 
 CELL_PATTERN = "{backbone}/{adapter}/{steps}"
 JOB_PATTERN = "{backbone}/{adapter}"
@@ -21,10 +21,10 @@ def one_of(names: list[str]) -> str:
 
 
 class Paths:
-    def __init__(self, config: Mapping[str, Any]):
-        self.root = Path(config["results_dir"]) / config["sweep"]
-        self.report_dir = Path(config["reports_dir"]) / config["sweep"]
-        self.models_root = Path(config["models_dir"]) / config["weights"]
+    def __init__(self, config: Study):
+        self.root = Path(config.results_dir) / config.sweep
+        self.report_dir = Path(config.reports_dir) / config.sweep
+        self.models_root = Path(config.models_dir) / config.weights
 
     def model_marker(self, name: str) -> Path:
         """The file that says registry model `name` is ready (the prepare rule's output)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from fewstep.core.study import Study
 
 PACKAGES = (
     "fewstep",
@@ -65,7 +67,7 @@ def device_name(device: Any) -> str:
     return platform.processor() or platform.machine()
 
 
-def model_revisions(config: Mapping[str, Any], models: Iterable[str]) -> dict[str, dict[str, Any]]:
+def model_revisions(config: Study, models: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Per model of `models` that is prepared: its hub repo, requested revision, resolved commit."""
     import json
 
@@ -80,15 +82,13 @@ def model_revisions(config: Mapping[str, Any], models: Iterable[str]) -> dict[st
     return out
 
 
-def record(config: Mapping[str, Any], models: Iterable[str], **extra: Any) -> dict[str, Any]:
+def record(config: Study, models: Iterable[str], **extra: Any) -> dict[str, Any]:
     """The provenance block stored with every table and image. `models`: what made it (a cell's
     images: `Grid.cell_models`; a sweep table: `Grid.models`), never whatever else is prepared, so
     the same output written before or after another model was prepared has the same bytes."""
-    from fewstep.core.config import config_hash
-
     return {
-        "config_hash": config_hash(config),
-        "weights": config["weights"],
+        "config_hash": config.config_hash,
+        "weights": config.weights,
         "git_commit": git_commit(),
         "versions": versions(),
         "models": model_revisions(config, models),
@@ -115,7 +115,7 @@ STAMPED = ("weights", "config_hash", "git_commit", "versions", "model_commits")
 RUNTIME_COLUMNS = ("weights_digest", "device_name", "dtype", "batch_size")
 
 
-def stamp(frame, config: Mapping[str, Any], models: Iterable[str], images=None):
+def stamp(frame, config: Study, models: Iterable[str], images=None):
     """A copy of `frame` whose every row names its provenance (`STAMPED`): a table made with
     tiny or random weights says so in every row.
 

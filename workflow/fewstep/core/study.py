@@ -238,9 +238,11 @@ class Study(Mapping[str, Any]):
     """A validated sweep configuration (`Study.of`); frozen, its collections read-only.
 
     It also reads as the read-only mapping of the validated config (``study["scoring"]``, plain
-    copies), like its sections: the registry, faces and scoring layers take their settings as
-    ``Mapping[str, Any]`` (a model folder from ``models_dir`` and ``local_weights``, a device), so
-    they run unchanged on a `Study`; the grid, the jobs and new code read the typed fields.
+    copies), like its sections. That mapping serves the families' protocol methods, which take
+    ``Mapping[str, Any]`` and read their own keys, and the one question the typed fields leave
+    open: whether ``comparison`` was written as one pair or a list (`fewstep.grid.checks` names
+    the key of a bad pair). Every other layer, the paths, provenance, registry, faces and scoring
+    included, takes the `Study` and reads its typed fields.
     """
 
     sweep: str

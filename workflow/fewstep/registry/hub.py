@@ -18,12 +18,11 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from fewstep.core.errors import NetworkError, WeightsError
 from fewstep.core.io import atomic_path
+from fewstep.core.study import Study
 from fewstep.registry.catalog import lookup, model_revision
 from fewstep.registry.spec import ModelSpec, Usage
 
@@ -34,7 +33,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def allow_patterns(config: Mapping[str, Any], name: str, usage: Usage) -> list[str]:
+def allow_patterns(config: Study, name: str, usage: Usage) -> list[str]:
     """Only what the config uses is fetched: no single-file checkpoints, no unused variants."""
     spec = lookup(name)
     if spec.recipe is None or spec.recipe.patterns is None:
@@ -204,7 +203,7 @@ def fetch_url(url: str, path: Path) -> Path:
     return path
 
 
-def fetch_snapshot(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def fetch_snapshot(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """The common recipe's fetch: `folder` links to the hub snapshot of the spec's allow-patterns,
     which must then hold the spec's required files."""
     revision = model_revision(config, spec.name)

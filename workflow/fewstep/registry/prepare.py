@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from fewstep.core.errors import WeightsError
 from fewstep.core.io import atomic_write_json, sha256_file
+from fewstep.core.study import Study
 from fewstep.registry.catalog import lookup, marker_path, model_folder, model_revision
 from fewstep.registry.spec import Usage
 
@@ -32,14 +31,14 @@ def missing_weights(path: Path, model: str) -> WeightsError:
     return WeightsError(f"missing {path}; prepare it: `{prepare_command(model)}`")
 
 
-def prepare(config: Mapping[str, Any], name: str, usage: Usage) -> Path:
+def prepare(config: Study, name: str, usage: Usage) -> Path:
     """Make model `name` available for the configured weights mode; write its marker.
 
     The marker names the requested revision, the hub commits the files resolved to
     (read from the Hugging Face cache layout) and every file's size and sha256.
     """
     folder = model_folder(config, name)
-    spec, mode = lookup(name), config["weights"]
+    spec, mode = lookup(name), config.weights
     recipe = spec.recipe
     if recipe is None:
         raise WeightsError(f"no download recipe for model {name!r}")
@@ -47,10 +46,10 @@ def prepare(config: Mapping[str, Any], name: str, usage: Usage) -> Path:
         recipe.tiny(config, spec, folder, usage)
     elif mode == "random":
         (recipe.random or recipe.tiny)(config, spec, folder, usage)
-    elif name in config["local_weights"]:
+    elif name in config.local_weights:
         from fewstep.registry.hub import link_local
 
-        source = Path(config["local_weights"][name])
+        source = Path(config.local_weights[name])
         link_local(folder, source, name, recipe.required(config, spec, usage))
     else:
         recipe.fetch(config, spec, folder, usage)
@@ -82,7 +81,7 @@ def prepare(config: Mapping[str, Any], name: str, usage: Usage) -> Path:
     return marker
 
 
-def weights_digest(config: Mapping[str, Any], folders: dict[str, tuple[str, ...]]) -> str:
+def weights_digest(config: Study, folders: dict[str, tuple[str, ...]]) -> str:
     """Fingerprint of the files (path, sha256) under `folders`, read from the models' ready markers.
 
     It changes exactly when the weights a job loads change: another hub revision,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.core.study import Study
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -26,9 +28,9 @@ class Usage:
 
 
 #: (config, spec, folder, usage): make `folder` hold the model
-Build = Callable[[dict[str, Any], "ModelSpec", Path, Usage], None]
+Build = Callable[[Study, "ModelSpec", Path, Usage], None]
 #: (config, spec, usage): files relative to the model's folder, or hub allow-patterns
-Files = Callable[[dict[str, Any], "ModelSpec", Usage], list[str]]
+Files = Callable[[Study, "ModelSpec", Usage], list[str]]
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ whole batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from fewstep.core.study import Study
 
 
 @dataclass
@@ -37,11 +39,11 @@ class Metric(Protocol):
 class JobModels:
     """The networks one scoring job holds: each loads once, on the job's device."""
 
-    def __init__(self, config: Mapping[str, Any]):
+    def __init__(self, config: Study):
         from fewstep.registry.load import resolve_device
 
         self.config = config
-        self.device = resolve_device(config["device"])
+        self.device = resolve_device(config.device)
         self._loaded: dict[str, Any] = {}
 
     def get(self, name: str, load: Callable[[], Any]) -> Any:

@@ -19,12 +19,12 @@ twin, `id_sim*_zero`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import Any, ClassVar
 
 import numpy as np
 
+from fewstep.core.study import Study
 from fewstep.scoring.base import JobModels, Sample
 from fewstep.scoring.specs import IDENTITY, IDENTITY_DLIB, MetricSpec
 
@@ -56,8 +56,8 @@ class _IdentityMetric:
     spec: ClassVar[MetricSpec]
     suffix: str
 
-    def __init__(self, config: Mapping[str, Any]):
-        self.policy = config["face"]["policy"]
+    def __init__(self, config: Study):
+        self.policy = config.face.policy
         self._photos: dict[int, np.ndarray | None] = {}
 
     @property
@@ -113,13 +113,13 @@ class IdentitySimilarity(_IdentityMetric):
     spec = IDENTITY
     suffix = ""
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         from fewstep.faces.models import face_analyzer
 
         super().__init__(config)
         (network,) = self.spec.models(config)
         self.analyzer = models.get(network, lambda: face_analyzer(config))
-        pack, weights = config["face"]["pack"], config["weights"]
+        pack, weights = config.face.pack, config.weights
         self.version = f"insightface-{package_version('insightface')}:{pack}:weights={weights}"
 
     def find(self, rgb: np.ndarray) -> tuple[Any, int]:
@@ -135,7 +135,7 @@ class DlibIdentitySimilarity(_IdentityMetric):
     spec = IDENTITY_DLIB
     suffix = "_dlib"
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         from fewstep.faces.models import dlib_encoder
 
         super().__init__(config)

@@ -8,7 +8,6 @@ one forward pass, and returns one dict of columns per image. Networks come from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from fewstep.core.study import Study
 from fewstep.scoring import networks as sm
 from fewstep.scoring.specs import CLIP_I, CLIP_SCORE, CSD, DINO, LPIPS, PICK_SCORE, MetricSpec
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from fewstep.scoring.base import JobModels, Sample
 
 
-def _version(config: Mapping[str, Any], *parts: str) -> str:
-    return ":".join([*parts, f"weights={config['weights']}"])
+def _version(config: Study, *parts: str) -> str:
+    return ":".join([*parts, f"weights={config.weights}"])
 
 
 def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -60,9 +60,9 @@ class PerceptualDistance(_Scorer):
 
     spec = LPIPS
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
-        net = config["scoring"]["lpips_net"]
-        self.size = config["scoring"]["lpips_size"]
+    def __init__(self, config: Study, models: JobModels):
+        net = config.scoring.lpips_net
+        self.size = config.scoring.lpips_size
         self.device = models.device
         (network,) = self.spec.models(config)
         self.model = models.get(network, lambda: sm.load_lpips(config, net, models.device))
@@ -105,7 +105,7 @@ def _pooled(output: Any) -> torch.Tensor:
 class _PromptAlignment(_Scorer):
     """Cosine of CLIP-type image and prompt embeddings, one forward pass per batch."""
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         self.device = models.device
         (network,) = self.spec.models(config)
         self.model, self.processor = models.get(network, lambda: sm.load_clip(config, network, models.device))
@@ -162,7 +162,7 @@ class _ReferenceSimilarity(_Scorer):
     the identity's picture) is embedded once per identity and job.
     """
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         self.device = models.device
         (self.network,) = self.spec.models(config)
         self._references: dict[str, torch.Tensor] = {}
@@ -187,7 +187,7 @@ class CLIPImageSimilarity(_ReferenceSimilarity):
 
     spec = CLIP_I
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         super().__init__(config, models)
         self.model, self.processor = models.get(
             self.network, lambda: sm.load_clip(config, self.network, models.device)
@@ -205,7 +205,7 @@ class DINOSimilarity(_ReferenceSimilarity):
 
     spec = DINO
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         super().__init__(config, models)
         self.model, self.processor = models.get(self.network, lambda: sm.load_dinov2(config, models.device))
         repo = sm.SCORING_MODELS[self.network].repo_id
@@ -221,7 +221,7 @@ class CSDStyleSimilarity(_ReferenceSimilarity):
 
     spec = CSD
 
-    def __init__(self, config: Mapping[str, Any], models: JobModels):
+    def __init__(self, config: Study, models: JobModels):
         super().__init__(config, models)
         self.model, self.processor = models.get(self.network, lambda: sm.load_csd(config, models.device))
         self.version = _version(config, sm.SCORING_MODELS[self.network].repo_id, "style-head")

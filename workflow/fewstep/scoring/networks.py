@@ -25,11 +25,12 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import WeightsError
+from fewstep.core.study import Study
 from fewstep.registry.catalog import model_folder, model_revision, register
 from fewstep.registry.hub import fetch_snapshot, fetch_url, link_folder, require_files, snapshot
 from fewstep.registry.prepare import missing_weights
@@ -59,7 +60,7 @@ CLIP_FILES = [
 ]
 
 
-def scoring_models(config: Mapping[str, Any], metrics: Iterable[str]) -> list[str]:
+def scoring_models(config: Study, metrics: Iterable[str]) -> list[str]:
     """Registry models `metrics` need (what a score job waits for; each spec lists its own)."""
     return sorted({name for metric in metrics for name in BY_NAME[metric].models(config)})
 
@@ -80,7 +81,7 @@ def _seeded(name: str) -> None:
 def _staged(save: Callable[[Path], None]) -> Build:
     """A tiny builder that saves into a staging folder, moved into place once complete."""
 
-    def build(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+    def build(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
         from fewstep.core.io import staged_dir
 
         with staged_dir(folder) as staging:
@@ -89,7 +90,7 @@ def _staged(save: Callable[[Path], None]) -> Build:
     return build
 
 
-def _lpips_tiny(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _lpips_tiny(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     save_tiny_lpips_trunk(spec.name.removeprefix("lpips-"), folder / CHECKPOINTS / spec.extra["file"])
 
 
@@ -235,32 +236,32 @@ def verify_name_hash(path: Path) -> None:
         )
 
 
-def _patterns(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _patterns(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return spec.extra["patterns"]
 
 
-def _transformers_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _transformers_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 
-def _pickscore_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _pickscore_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return ["model/config.json", "model/model.safetensors", "processor/preprocessor_config.json"]
 
 
-def _file_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _file_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return [spec.extra["file"]]
 
 
-def _lpips_required(config: Mapping[str, Any], spec: ModelSpec, usage: Usage) -> list[str]:
+def _lpips_required(config: Study, spec: ModelSpec, usage: Usage) -> list[str]:
     return [str(CHECKPOINTS / spec.extra["file"])]
 
 
-def _lpips_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _lpips_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """torchvision's trunk, where torch.hub looks for it under the scoring job's TORCH_HOME."""
     verify_name_hash(fetch_url(spec.extra["url"], folder / CHECKPOINTS / spec.extra["file"]))
 
 
-def _pickscore_fetch(config: Mapping[str, Any], spec: ModelSpec, folder: Path, usage: Usage) -> None:
+def _pickscore_fetch(config: Study, spec: ModelSpec, folder: Path, usage: Usage) -> None:
     """The model from PickScore's repo, the processor from the CLIP-H repo it was tuned from."""
     extra = spec.extra
     model = snapshot(spec.repo_id, extra["patterns"], model_revision(config, spec.name))
@@ -336,7 +337,7 @@ register(*SCORING_MODELS.values())
 # --------------------------------------------------------------------------- loading
 
 
-def _folder(config: Mapping[str, Any], name: str) -> Path:
+def _folder(config: Study, name: str) -> Path:
     folder = model_folder(config, name)
     if not folder.exists():
         raise missing_weights(folder, name)
@@ -357,7 +358,7 @@ def torch_home(folder: Path) -> Iterator[None]:
             os.environ["TORCH_HOME"] = previous
 
 
-def load_lpips(config: Mapping[str, Any], net: str, device: torch.device):
+def load_lpips(config: Study, net: str, device: torch.device):
     """`lpips.LPIPS` with its packaged linear heads and torchvision's trunk from our cache."""
     import lpips
 
@@ -373,7 +374,7 @@ def load_lpips(config: Mapping[str, Any], net: str, device: torch.device):
     return model.to(device).eval()
 
 
-def load_clip(config: Mapping[str, Any], name: str, device: torch.device) -> tuple[Any, Any]:
+def load_clip(config: Study, name: str, device: torch.device) -> tuple[Any, Any]:
     """A CLIPModel and its CLIPProcessor (CLIP-L for CLIPScore/CLIP-I, or PickScore)."""
     import torch
     from transformers import CLIPModel, CLIPProcessor
@@ -386,7 +387,7 @@ def load_clip(config: Mapping[str, Any], name: str, device: torch.device) -> tup
     return model, CLIPProcessor.from_pretrained(processor_dir)
 
 
-def load_dinov2(config: Mapping[str, Any], device: torch.device) -> tuple[Any, Any]:
+def load_dinov2(config: Study, device: torch.device) -> tuple[Any, Any]:
     import torch
     from transformers import AutoImageProcessor, Dinov2Model
 
@@ -492,7 +493,7 @@ def hf_to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_csd(config: Mapping[str, Any], device: torch.device) -> tuple[CSDStyleEncoder, Any]:
+def load_csd(config: Study, device: torch.device) -> tuple[CSDStyleEncoder, Any]:
     """CSD's style encoder and its preprocessing (CLIP's: bicubic resize, centre crop, CLIP stats).
 
     The ViT's shape is read from the checkpoint (width, depth, patch, input size;

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Protocol
 
+from fewstep.core.study import Study
+
 INF = float("inf")
 #: roles whose metrics config ``scoring.metrics`` picks (the face sweep's); a reference role is
 #: scored by every metric that fits it
@@ -71,9 +73,9 @@ class MetricSpec:
     #: in config ``scoring.metrics``'s default
     default: bool = False
 
-    def models(self, config: Mapping[str, Any]) -> list[str]:
+    def models(self, config: Study) -> list[str]:
         """The registry networks it loads under `config`."""
-        return [network.format(**config["scoring"]) for network in self.networks]
+        return [network.format(**config.scoring) for network in self.networks]
 
     def scorer_class(self) -> type:
         module, _, name = self.scorer.partition(":")
