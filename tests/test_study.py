@@ -76,3 +76,13 @@ def test_grid_jobs_analysis_and_tracking_read_the_typed_study():
         if raw.search(line)
     ]
     assert found == []
+
+
+def test_each_comparison_knows_its_config_key(raw_demo):
+    """One pair is ``comparison``, a list's are ``comparison[i]``: the key a bad pair's error names."""
+    pair = {"baseline": "flux-dev/infusenet-aes/8", "candidate": "flux-schnell/infusenet-aes/4"}
+    raw_demo["comparison"] = pair
+    assert [c.key for c in parse_config(copy.deepcopy(raw_demo)).comparisons] == ["comparison"]
+    raw_demo["comparison"] = [pair, pair]
+    keys = [c.key for c in parse_config(raw_demo).comparisons]
+    assert keys == ["comparison[0]", "comparison[1]"]

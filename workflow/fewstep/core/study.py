@@ -177,6 +177,7 @@ class CellBlock(Section):
 class Comparison(Section):
     baseline: str = ""
     candidate: str = ""
+    key: str = "comparison"  # where the config holds it: comparison (one pair) or comparison[i]
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,10 +240,8 @@ class Study(Mapping[str, Any]):
 
     It also reads as the read-only mapping of the validated config (``study["scoring"]``, plain
     copies), like its sections. That mapping serves the families' protocol methods, which take
-    ``Mapping[str, Any]`` and read their own keys, and the one question the typed fields leave
-    open: whether ``comparison`` was written as one pair or a list (`fewstep.grid.checks` names
-    the key of a bad pair). Every other layer, the paths, provenance, registry, faces and scoring
-    included, takes the `Study` and reads its typed fields.
+    ``Mapping[str, Any]`` and read their own keys. Every other layer, the paths, provenance,
+    registry, faces and scoring included, takes the `Study` and reads its typed fields.
     """
 
     sweep: str
@@ -306,7 +305,10 @@ class Study(Mapping[str, Any]):
             accelerations=named(Acceleration, "accelerations"),
             cells=tuple(section(CellBlock, block) for block in config["cells"]),
             anchor=config.get("anchor"),
-            comparisons=tuple(section(Comparison, pair) for pair in pairs),
+            comparisons=tuple(
+                section(Comparison, pair, key="comparison" if pair is comparison else f"comparison[{i}]")
+                for i, pair in enumerate(pairs)
+            ),
             local_weights=MappingProxyType(dict(config["local_weights"])),
             revisions=MappingProxyType(dict(config["revisions"])),
             memory=section(Memory, config["memory"]),

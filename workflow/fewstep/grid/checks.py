@@ -132,9 +132,8 @@ def _check_compared_cells(grid: Grid) -> None:
     """The trajectory, anchor and comparison cells are in the grid; the anchor of a family that
     compares across cells (a trajectory cell may be of any family); the two cells of a comparison
     pair crossing one role's pictures."""
-    single = not isinstance(grid.study.get("comparison"), list)
-    for i, (baseline, candidate) in enumerate(grid.comparisons):
-        key = "comparison" if single else f"comparison[{i}]"
+    for pair, (baseline, candidate) in zip(grid.study.comparisons, grid.comparisons, strict=True):
+        key = pair.key
         _check_in_grid(grid, f"{key}.baseline", baseline)
         _check_in_grid(grid, f"{key}.candidate", candidate)
         if grid.cell_roles(baseline) != grid.cell_roles(candidate):
