@@ -59,21 +59,6 @@ ASSUMED_S = {
     "wandb": 5.0,
 }
 
-#: Published sizes in GB (10^9 bytes, rounded) of the weight files the scoring and face models'
-#: allow-patterns (or fetched files) name, which their specs do not register (a family's models
-#: register theirs: ``extra["published_gb"]``); configs and tokenizers are left out (kilobytes).
-PUBLISHED_GB = {
-    ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx"): 0.017,
-    ("ByteDance/InfiniteYou", "supports/insightface/models/antelopev2/glintr100.onnx"): 0.261,
-    (None, "recognition_arcface_ir_se50.pth"): 0.17,
-    (None, "alexnet-owt-7be5be79.pth"): 0.24,
-    (None, "vgg16-397923af.pth"): 0.55,
-    ("openai/clip-vit-large-patch14", "model.safetensors"): 1.71,
-    ("yuvalkirstain/PickScore_v1", "model.safetensors"): 3.94,
-    ("facebook/dinov2-base", "model.safetensors"): 0.35,
-    ("tomg-group-umd/CSD-ViT-L", "pytorch_model.bin"): 1.2,
-}
-
 IDENTITY_FLOATS = 512 + 10
 FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}  # rules committed runs name, now one prompt rule
 
@@ -449,8 +434,8 @@ def download_gb(study: Study, grid: Grid) -> dict[str, float]:
             files = recipe.patterns(study, spec, grid.model_usage(name))
         else:
             files = spec.extra.get("patterns") or [spec.extra.get("file")]
-        owned = spec.extra.get("published_gb", {})  # sizes a model's owner registers with it
-        sizes[name] = sum(owned.get(f, PUBLISHED_GB.get((spec.repo_id, f), 0.0)) for f in files)
+        published = spec.extra.get("published_gb", {})  # GB of its weight files, registered with it
+        sizes[name] = sum(published.get(f, 0.0) for f in files)
     return sizes
 
 

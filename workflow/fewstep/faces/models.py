@@ -99,6 +99,12 @@ INSIGHTFACE = ModelSpec(
     "insightface",
     "insightface",
     "ByteDance/InfiniteYou",
+    extra={  # GB of antelopev2's files in InfiniteYou's repo (the download estimate)
+        "published_gb": {
+            "supports/insightface/models/antelopev2/scrfd_10g_bnkps.onnx": 0.017,
+            "supports/insightface/models/antelopev2/glintr100.onnx": 0.261,
+        }
+    },
     recipe=Recipe(
         fetch=_insightface_fetch,
         tiny=_insightface_tiny,
@@ -113,6 +119,7 @@ ARCFACE_IRSE = ModelSpec(
     extra={
         "file": "recognition_arcface_ir_se50.pth",
         "url": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
+        "published_gb": {"recognition_arcface_ir_se50.pth": 0.17},
     },
     recipe=Recipe(fetch=_arcface_fetch, tiny=_arcface_tiny, required=_arcface_required),
 )

@@ -276,12 +276,15 @@ def _hub_recipe(save: Callable[[Path], None], required: Files) -> Recipe:
     return Recipe(fetch=fetch_snapshot, tiny=_staged(save), required=required, patterns=_patterns)
 
 
+#: GB of each trunk's torchvision checkpoint (the download estimate)
+LPIPS_TRUNK_GB = {"alex": 0.24, "vgg": 0.55}
+
 SCORING_MODELS: dict[str, ModelSpec] = {
     **{
         f"lpips-{net}": ModelSpec(
             f"lpips-{net}",
             "torch",
-            extra={"file": file, "url": url},
+            extra={"file": file, "url": url, "published_gb": {file: LPIPS_TRUNK_GB[net]}},
             recipe=Recipe(fetch=_lpips_fetch, tiny=_lpips_tiny, required=_lpips_required),
         )
         for net, (file, url) in LPIPS_TRUNKS.items()
@@ -290,7 +293,10 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "clip-vit-l14",
         "clip-vit-large-patch14",
         "openai/clip-vit-large-patch14",
-        extra={"patterns": ["config.json", "model.safetensors", *CLIP_FILES]},
+        extra={
+            "patterns": ["config.json", "model.safetensors", *CLIP_FILES],
+            "published_gb": {"model.safetensors": 1.71},
+        },
         revision="32bd64288804d66eefd0ccbe215aa642df71cc41",
         recipe=_hub_recipe(_tiny_clip_score, _transformers_required),
     ),
@@ -301,6 +307,7 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "yuvalkirstain/PickScore_v1",
         extra={
             "patterns": ["config.json", "model.safetensors"],
+            "published_gb": {"model.safetensors": 3.94},
             "processor_repo": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
             "processor_patterns": CLIP_FILES,
             "processor_revision": "1c2b8495b28150b8a4922ee1c8edee224c284c0c",
@@ -312,7 +319,10 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "dinov2-base",
         "dinov2-base",
         "facebook/dinov2-base",
-        extra={"patterns": ["config.json", "model.safetensors", "preprocessor_config.json"]},
+        extra={
+            "patterns": ["config.json", "model.safetensors", "preprocessor_config.json"],
+            "published_gb": {"model.safetensors": 0.35},
+        },
         revision="f9e44c814b77203eaa57a6bdbbd535f21ede1415",
         recipe=_hub_recipe(_save_tiny_dinov2, _transformers_required),
     ),
@@ -324,7 +334,11 @@ SCORING_MODELS: dict[str, ModelSpec] = {
         "csd-vit-l",
         "CSD-ViT-L",
         "tomg-group-umd/CSD-ViT-L",
-        extra={"file": "pytorch_model.bin", "patterns": ["pytorch_model.bin"]},
+        extra={
+            "file": "pytorch_model.bin",
+            "patterns": ["pytorch_model.bin"],
+            "published_gb": {"pytorch_model.bin": 1.2},
+        },
         revision="5bc26a6fb0487f3f00a2a7313135103a005b1b67",
         recipe=_hub_recipe(_tiny_csd, _file_required),
     ),
