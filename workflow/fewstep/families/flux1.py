@@ -1,5 +1,6 @@
-"""Loading shared by the FLUX.1 families (`flux`, `kontext`): their CLIP-L + T5 text encoders and
-config ``memory``. FLUX.2 [klein] has neither (a Qwen3 encoder; no memory options)."""
+"""What the FLUX.1 families (`flux`, `kontext`) share: their CLIP-L + T5 text encoders and config
+``memory``, the published size of their backbone folders and of a prompt's embedding file.
+FLUX.2 [klein] has neither (a Qwen3 encoder; no memory options)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ if TYPE_CHECKING:
     import torch
 
     from fewstep.core.study import Study
+
+#: GB of the download estimate: a FLUX.1 backbone's weight folders at their published bf16 sizes
+#: (dev, schnell and Kontext [dev] share the transformer architecture, VAE and text encoders)
+BACKBONE_GB = {"transformer/*": 23.8, "vae/*": 0.17, "text_encoder/*": 0.25, "text_encoder_2/*": 9.52}
+
+
+def prompt_embedding_floats(tokens: int) -> int:
+    """float32 values of one prompt's embedding file: T5's `tokens` x 4096 and CLIP's pooled 768."""
+    return tokens * 4096 + 768
 
 
 def load_text_encoders(

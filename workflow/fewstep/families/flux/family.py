@@ -14,6 +14,7 @@ from fewstep.families.flux.models import (
     generation_weights,
     max_sequence_length,
 )
+from fewstep.families.flux1 import prompt_embedding_floats
 
 if TYPE_CHECKING:
     import torch
@@ -139,8 +140,7 @@ class FluxFamily:
     prompt_timing_key = "embed_prompt"
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
-        """T5's tokens x 4096 and CLIP's pooled 768."""
-        return max_sequence_length(backbone) * 4096 + 768
+        return prompt_embedding_floats(max_sequence_length(backbone))
 
     def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
         return 0

@@ -28,6 +28,7 @@ from fewstep.families.flux.specs import (
     SCHNELL_SCHEDULER,
     T5_XXL,
 )
+from fewstep.families.flux1 import BACKBONE_GB
 from fewstep.registry.catalog import register
 from fewstep.registry.hub import fetch_snapshot
 from fewstep.registry.spec import ModelSpec, Recipe, Usage
@@ -131,8 +132,6 @@ INFINITEYOU_RECIPE = Recipe(
     patterns=_infiniteyou_patterns,
 )
 
-#: GB of the download estimate: a backbone's weight folders at their published bf16 sizes
-BACKBONE_GB = {"transformer/*": 23.8, "vae/*": 0.17, "text_encoder/*": 0.25, "text_encoder_2/*": 9.52}
 BACKBONES = {
     "flux-dev": ModelSpec(
         "flux-dev",

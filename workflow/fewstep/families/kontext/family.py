@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.faces.models import INSIGHTFACE
+from fewstep.families.flux1 import prompt_embedding_floats
 from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS, max_sequence_length
 from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
@@ -124,8 +125,7 @@ class KontextFamily:
     prompt_timing_key = "embed_prompt/kontext"
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
-        """T5's tokens x 4096 and CLIP's pooled 768, as FLUX's."""
-        return max_sequence_length(backbone) * 4096 + 768
+        return prompt_embedding_floats(max_sequence_length(backbone))
 
     def reference_embedding_floats(self, adapter: Mapping[str, Any]) -> int:
         return 0

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fewstep.families.flux1 import BACKBONE_GB
 from fewstep.families.kontext.specs import (
     KONTEXT_MODEL_INDEX,
     KONTEXT_SCHEDULER,
@@ -70,16 +71,7 @@ KONTEXT_DEV = ModelSpec(
     "FLUX.1-Kontext-dev",
     "black-forest-labs/FLUX.1-Kontext-dev",
     gated=True,  # the FLUX.1 [dev] non-commercial licence must be accepted on the hub
-    # GB of the download estimate: FLUX.1 [dev]'s components at their published bf16 sizes (same
-    # transformer architecture, VAE and text encoders)
-    extra={
-        "published_gb": {
-            "transformer/*": 23.8,
-            "vae/*": 0.17,
-            "text_encoder/*": 0.25,
-            "text_encoder_2/*": 9.52,
-        }
-    },
+    extra={"published_gb": BACKBONE_GB},  # FLUX.1 [dev]'s components and sizes
     recipe=Recipe(fetch=fetch_snapshot, tiny=_tiny, required=_required, random=_random, patterns=_patterns),
 )
 BACKBONES = {KONTEXT_DEV.name: KONTEXT_DEV}
