@@ -284,7 +284,8 @@ class Study(Mapping[str, Any]):
             return MappingProxyType({name: section(kind, v, id=name) for name, v in config[key].items()})
 
         comparison = config.get("comparison")
-        pairs = [comparison] if isinstance(comparison, Mapping) else comparison or []
+        single = isinstance(comparison, Mapping)  # one pair, not a list of them
+        pairs = [comparison] if single else comparison or []
         return cls(
             sweep=config["sweep"],
             weights=config["weights"],
@@ -306,7 +307,7 @@ class Study(Mapping[str, Any]):
             cells=tuple(section(CellBlock, block) for block in config["cells"]),
             anchor=config.get("anchor"),
             comparisons=tuple(
-                section(Comparison, pair, key="comparison" if pair is comparison else f"comparison[{i}]")
+                section(Comparison, pair, key="comparison" if single else f"comparison[{i}]")
                 for i, pair in enumerate(pairs)
             ),
             local_weights=MappingProxyType(dict(config["local_weights"])),
