@@ -42,10 +42,15 @@ if TYPE_CHECKING:  # torch is imported where it is used: the workflow's parse ne
 
     from fewstep.scoring.style_encoder import CSDStyleEncoder
 
-#: torchvision's ImageNet trunks as published (file names carry a sha256 prefix).
+#: torchvision's ImageNet trunks as published (file names carry a sha256 prefix), and their GB
+#: (the download estimate)
 LPIPS_TRUNKS = {
-    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "alex": (
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        0.24,
+    ),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", 0.55),
 }
 CHECKPOINTS = Path("hub") / "checkpoints"  # torch.hub's cache layout under TORCH_HOME
 OPENAI_HEAD_DIM = 64  # OpenAI CLIP's ViTs use width // 64 attention heads
@@ -276,18 +281,15 @@ def _hub_recipe(save: Callable[[Path], None], required: Files) -> Recipe:
     return Recipe(fetch=fetch_snapshot, tiny=_staged(save), required=required, patterns=_patterns)
 
 
-#: GB of each trunk's torchvision checkpoint (the download estimate)
-LPIPS_TRUNK_GB = {"alex": 0.24, "vgg": 0.55}
-
 SCORING_MODELS: dict[str, ModelSpec] = {
     **{
         f"lpips-{net}": ModelSpec(
             f"lpips-{net}",
             "torch",
-            extra={"file": file, "url": url, "published_gb": {file: LPIPS_TRUNK_GB[net]}},
+            extra={"file": file, "url": url, "published_gb": {file: gb}},
             recipe=Recipe(fetch=_lpips_fetch, tiny=_lpips_tiny, required=_lpips_required),
         )
-        for net, (file, url) in LPIPS_TRUNKS.items()
+        for net, (file, url, gb) in LPIPS_TRUNKS.items()
     },
     "clip-vit-l14": ModelSpec(
         "clip-vit-l14",
