@@ -164,6 +164,7 @@ def test_regional_compile_traces_each_block_class_once_and_keeps_the_arithmetic(
         assert counters["stats"]["unique_graphs"] == graphs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "adapter"), [("sd15", "sd-style"), ("sdxl", "sd-object")])
 def test_full_compile_is_one_graph_of_the_whole_unet_and_keeps_the_arithmetic(demo, name, adapter):
     """``compile: full``: the UNet's forward one graph (fullgraph, so a graph break fails here
