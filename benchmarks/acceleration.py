@@ -32,7 +32,9 @@ thread, manifests), one after the other in this process. Per job:
   IP-Adapter layers): a scheduled cache skips the adapter with the blocks;
 - ``graphs``: graphs dynamo compiled (recompiles show here);
 - ``max_pixel_diff``: largest 0-255 difference to the eager job's image of the same item (tiny
-  weights only: random weights are drawn afresh by every job, so their images differ anyway).
+  weights only: random weights are drawn afresh by every job, so their images differ anyway);
+- ``gaps`` (``--profile``): GPU busy and idle seconds over batches 2-4 as torch.profiler saw them,
+  and what held the CPU in the idle gaps (`benchmarks/gpu_gaps.py`), largest first.
 
 Writes ``acceleration.json`` and ``acceleration.md`` (the table) under ``--out``, naming the card.
 """
@@ -40,6 +42,7 @@ Writes ``acceleration.json`` and ``acceleration.md`` (the table) under ``--out``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -53,6 +56,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_gaps  # noqa: E402
 
 from fewstep.core.paths import Paths  # noqa: E402
 from fewstep.core.study import parse_config  # noqa: E402
@@ -254,7 +260,7 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image).astype(np.int16)
 
 
-def run_job(config: dict, backbone: str, variant: str) -> dict:
+def run_job(config: dict, backbone: str, variant: str, profile: Path | None = None) -> dict:
     grid, paths = Grid(config), Paths(config)
     adapter = ADAPTERS[backbone][0]
     cell = Cell.of(backbone, adapter, variant, STEPS[backbone])
@@ -267,9 +273,11 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
+    trace = profile / f"trace_{backbone}_{variant}.json.gz" if profile else None
     with (
         BusySampler(lambda: journal.exists() and journal.stat().st_size > 0) as sampler,
         Tallies() as tallies,
+        gpu_gaps.profiled(generate.JobGenerator, trace) if trace else contextlib.nullcontext(),
     ):
         generate.run_job(config, cell.job, progress=False)
     job_s = time.perf_counter() - start
@@ -304,6 +312,7 @@ def run_job(config: dict, backbone: str, variant: str) -> dict:
         "adapter_calls": adapter_calls,
         "graphs": counters["stats"]["unique_graphs"],
         "max_pixel_diff": max(diffs) if diffs else None,
+        **({"gaps": gpu_gaps.gaps(trace)} if trace and trace.exists() else {}),
     }
 
 
@@ -355,6 +364,12 @@ def main() -> None:
         "--weights", default="random", choices=["random", "tiny"], help="tiny: a CPU smoke run"
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="trace batches 2-4 of each job with torch.profiler (trace_*.json.gz under --out) and add "
+        "their GPU idle gaps and causes to the row (`gaps`); those batches' timings carry profiler cost",
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit(
@@ -382,7 +397,7 @@ def main() -> None:
                 print(f"{backbone} {variant}: not taken by its family (acceleration_switches)", flush=True)
                 continue
             try:
-                rows.append(run_job(config, backbone, variant))
+                rows.append(run_job(config, backbone, variant, args.out if args.profile else None))
             except torch.OutOfMemoryError as err:
                 print(f"{backbone} {variant}: out of memory ({str(err).splitlines()[0]})", flush=True)
                 continue
