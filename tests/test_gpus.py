@@ -184,3 +184,42 @@ def test_gpu_command_claims_a_card_before_it_starts(tmp_path: Path) -> None:
         "fewstep embed-prompts: error: config device: cuda requested but no CUDA GPU is visible;"
         " use device: auto or cpu"
     )
+
+
+# A fresh interpreter whose torch refuses every CUDA query: the imports a GPU job makes before it
+# takes a card must not ask CUDA anything, or CUDA_VISIBLE_DEVICES set by `claim` would come too late.
+# NVML is simulated (one card), as a GPU host's driver provides it.
+NO_CUDA_QUERIES = """
+import os, sys, torch
+def refuse(*args, **kwargs):
+    raise AssertionError("CUDA was queried before the card was taken")
+for name in ("_cuda_getDeviceCount", "_cuda_init", "_cuda_getDevice"):
+    setattr(torch._C, name, refuse)
+torch.cuda._device_count_nvml = lambda: int(os.environ["NVML_CARDS"])
+from fewstep.core import gpus
+seconds = gpus.warm_imports(tuple(sys.argv[1:]))
+assert not torch.cuda.is_initialized() and gpus.NVML_CHECK not in os.environ
+print(seconds is not None, len([m for m in sys.modules if m.startswith("diffusers.models.")]))
+"""
+
+
+@pytest.mark.slow
+def test_imports_before_the_card_ask_cuda_nothing(tmp_path: Path) -> None:
+    """Every GPU command's pre-card imports (cli._gpu_study) run with CUDA queries refused."""
+    modules = ["fewstep.jobs.generate", "fewstep.jobs.score", "fewstep.jobs.trajectory"]
+    modules += ["fewstep.jobs.precompute", "fewstep.tracking.runs"]
+    env = {**job_env(1, tmp_path / "locks"), "NVML_CARDS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_CUDA_QUERIES, *modules], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    warmed, model_modules = done.stdout.split()[-2:]
+    assert warmed == "True" and int(model_modules) > 50  # the model classes were imported, not skipped
+    # where NVML cannot count the cards (-1), torch would start CUDA: nothing is imported early
+    no_nvml = {**env, "NVML_CARDS": "-1"}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_CUDA_QUERIES], env=no_nvml, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.split()[-2:] == ["False", "0"], done.stderr[-2000:]
+    cli = (REPO / "workflow" / "fewstep" / "cli.py").read_text()
+    assert all(f'"{module}"' in cli for module in modules)  # the modules the commands warm

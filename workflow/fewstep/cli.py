@@ -39,12 +39,15 @@ def _study(args: argparse.Namespace) -> Study:
     return study
 
 
-def _gpu_study(args: argparse.Namespace) -> Study:
-    """The study of a GPU command, after taking a free card (before torch starts CUDA)."""
+def _gpu_study(args: argparse.Namespace, *modules: str) -> Study:
+    """The study of a GPU command, after importing the model libraries and the command's `modules`
+    (which need no card) and then taking a free card (before torch starts CUDA)."""
     from fewstep.core import gpus
 
     study = _study(args)
-    print(f"fewstep {args.command}: {gpus.claim(study.device)}", file=sys.stderr, flush=True)
+    imported_s = gpus.warm_imports(modules) if study.device != "cpu" else None
+    early = "" if imported_s is None else f" (libraries imported before it, {imported_s:.1f} s)"
+    print(f"fewstep {args.command}: {gpus.claim(study.device)}{early}", file=sys.stderr, flush=True)
     return study
 
 
@@ -145,14 +148,14 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:
-    study = _gpu_study(args)
+    study = _gpu_study(args, "fewstep.jobs.precompute")
     from fewstep.jobs.precompute import embed_prompts
 
     embed_prompts(study, args.family, args.prompt, args.variant, args.role)
 
 
 def cmd_embed_references(args: argparse.Namespace) -> None:
-    study = _gpu_study(args)
+    study = _gpu_study(args, "fewstep.jobs.precompute")
     from fewstep.jobs.precompute import embed_references
 
     embed_references(study, args.family, args.file, args.reference)
@@ -192,7 +195,7 @@ def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
-    study = _gpu_study(args)
+    study = _gpu_study(args, "fewstep.jobs.generate", "fewstep.tracking.runs")
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
     from fewstep.tracking import runs
@@ -202,7 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     _cell_or_job("score", args)
-    study = _gpu_study(args)
+    study = _gpu_study(args, "fewstep.jobs.score", "fewstep.tracking.runs")
     from fewstep.core.paths import Paths
     from fewstep.jobs import score
     from fewstep.tracking import runs
@@ -211,7 +214,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
-    study = _gpu_study(args)
+    study = _gpu_study(args, "fewstep.jobs.trajectory", "fewstep.tracking.runs")
     from fewstep.jobs.trajectory import run
     from fewstep.tracking import runs
 

@@ -11,6 +11,12 @@ No locking where someone else already decided: CPU-only jobs, jobs inside a
 Slurm allocation (Slurm gives out the cards) and jobs that start with
 CUDA_VISIBLE_DEVICES set (a scheduler or the user chose).
 
+A GPU job spends most of its start importing torch, diffusers and transformers (10-15 s on an
+H100 host, against well under a second for the CUDA context and its random full-size modules), so
+`warm_imports` runs before `claim`: with more GPU jobs than cards in flight (the workstation
+profile's `gpu: 2` a card), the next job imports while the current one computes, and takes the
+card the moment it is freed.
+
 Cards: 0..N-1 for `$FEWSTEP_GPUS=N` (how tests simulate cards), else `nvidia-smi`'s.
 Lock files: `$FEWSTEP_GPU_LOCK_DIR`, else `<tmp>/fewstep-gpu-locks` (machine-wide,
 so separate Snakemake runs on one machine share the cards too).
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import os
 import socket
 import subprocess
@@ -35,6 +42,16 @@ from fewstep.core.errors import ConfigError
 
 ENV_GPUS = "FEWSTEP_GPUS"
 ENV_LOCK_DIR = "FEWSTEP_GPU_LOCK_DIR"
+#: what every GPU job imports; with torch's NVML check none asks CUDA anything (tests/test_gpus.py)
+MODEL_LIBRARIES = (
+    "torch",
+    "transformers",
+    "diffusers.models.transformers",
+    "diffusers.models.unets",
+    "diffusers.models.autoencoders",
+    "diffusers.models.controlnets",
+)
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 #: set inside a Slurm job; Slurm assigns cards itself (--gpus) and sets CUDA_VISIBLE_DEVICES
 SCHEDULER_VARS = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
@@ -135,13 +152,40 @@ def claim(device: str, env: MutableMapping[str, str] = os.environ, poll_s: float
                 _held.append(handle)
                 env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
                 env["CUDA_VISIBLE_DEVICES"] = card
-                waited = f" after waiting {time.monotonic() - started:.0f} s" if waiting else ""
+                waited = f" after waiting {time.monotonic() - started:.1f} s" if waiting else ""
                 return Claim(card, f"GPU card {card} of {','.join(ids)} (lock {path}){waited}")
         if not waiting:
             busy = "; ".join(f"card {c}: {holder(folder / f'gpu{c}.lock')}" for c in ids)
             print(f"fewstep: waiting for a free GPU card, all held ({busy})", file=sys.stderr, flush=True)
             waiting = True
         time.sleep(poll_s)
+
+
+def warm_imports(modules: tuple[str, ...] = ()) -> float | None:
+    """Import the model libraries and a command's own `modules` before a card is taken; the
+    seconds it took, or None where it was left to after the claim.
+
+    diffusers asks `torch.cuda.is_available()` at import, which starts the CUDA driver (`cuInit`
+    reads CUDA_VISIBLE_DEVICES once, so a later `claim` would come too late). Here torch answers
+    through NVML instead (PYTORCH_NVML_BASED_CUDA_CHECK, only while importing); where NVML cannot
+    count the cards torch would fall back to `cuInit`, so nothing is imported early."""
+    import torch
+
+    count_through_nvml = getattr(torch.cuda, "_device_count_nvml", None)  # torch's own NVML count
+    if count_through_nvml is None or count_through_nvml() < 0:
+        return None
+    started = time.monotonic()
+    previous = os.environ.get(NVML_CHECK)
+    os.environ[NVML_CHECK] = "1"
+    try:
+        for name in (*MODEL_LIBRARIES, *modules):
+            importlib.import_module(name)
+    finally:
+        if previous is None:
+            os.environ.pop(NVML_CHECK)
+        else:
+            os.environ[NVML_CHECK] = previous
+    return time.monotonic() - started
 
 
 def release() -> None:
