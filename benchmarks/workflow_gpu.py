@@ -42,7 +42,9 @@ STAMP = re.compile(r"^\[(?P<stamp>\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 JOB_START = re.compile(r"^(?:local)?rule (?P<rule>\w+):$")
 FINISHED = re.compile(r"^Finished jobid: (?P<jobid>\d+) \(Rule: (?P<rule>\w+)\)")
 CLAIM = re.compile(
-    r"fewstep [\w-]+: (?:GPU card (?P<card>\S+) of \S+ \(lock [^)]*\)(?: after waiting (?P<waited>\d+) s)?)"
+    r"fewstep [\w-]+: (?:GPU card (?P<card>\S+) of \S+ \(lock [^)]*\)"
+    r"(?: after waiting (?P<waited>[\d.]+) s)?)"
+    r"(?: \(libraries imported before it, (?P<imported>[\d.]+) s\))?"
 )
 #: `python -m fewstep <command> ...` -> (rule, name) as the benchmark and log files name the job
 COMMANDS = {
@@ -202,6 +204,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
                 "gpu": gpu and job["rule"] in GPU_RULES,
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
+                "imported_s": float(claim["imported"]) if claim and claim["imported"] else 0.0,
                 "failed": job["failed"],
             }
         )
@@ -231,6 +234,8 @@ def summarise(
     start, end = run
     rows = []
     for job in jobs:
+        before_card = job.get("imported_s", 0.0) + job["waited_s"]  # imports, then the wait for the card
+        on_card = (job["start"] + before_card, job["end"])
         card = {int(job["card"])} if job["card"] is not None and job["card"].isdigit() else None
         own = [p for p in proc_samples if (p[4], p[5]) == (job["rule"], job["name"])]
         seen = sorted({p[1] for p in own})
@@ -243,7 +248,7 @@ def summarise(
             inside = [
                 m
                 for t, gpu, _, m in gpu_samples
-                if job["start"] <= t <= job["end"] and (card is None or gpu in card)
+                if on_card[0] <= t <= on_card[1] and (card is None or gpu in card)
             ]
             peak = max(inside) if inside and job["gpu"] else None
         rows.append(
@@ -255,16 +260,19 @@ def summarise(
                 "gpu_job": job["gpu"],
                 "card": job["card"],
                 "waited_s": job["waited_s"],
-                "gpu_busy": _busy(gpu_samples, job["start"], job["end"], card) if job["gpu"] else None,
+                "imported_s": job.get("imported_s", 0.0),
+                "card_start_s": round(on_card[0] - start, 3),
+                "on_card_s": round(on_card[1] - on_card[0], 3),
+                "gpu_busy": _busy(gpu_samples, *on_card, card) if job["gpu"] else None,
                 "peak_mem_mib": peak,
                 "cards_seen": seen,
                 "failed": job.get("failed", False),
             }
         )
-    gpu_jobs = [r for r in rows if r["gpu_job"]]
+    gpu_jobs = sorted((r for r in rows if r["gpu_job"]), key=lambda r: r["card_start_s"])
     gaps = []
     for before, after in zip(gpu_jobs, gpu_jobs[1:], strict=False):
-        gap = after["start_s"] - (before["start_s"] + before["wall_s"])
+        gap = after["card_start_s"] - (before["card_start_s"] + before["on_card_s"])
         if gap > 0:
             gaps.append(
                 {
@@ -295,7 +303,9 @@ def summarise(
         "within_25_percent": None if not estimate_s else abs(wall / estimate_s - 1) <= 0.25,
         "gpu_busy_run": _busy(gpu_samples, start, end),
         "gpu_busy_generate_to_score": busy_span,
-        "gpu_job_s": round(sum(r["wall_s"] for r in gpu_jobs), 3),
+        "gpu_job_s": round(sum(r["on_card_s"] for r in gpu_jobs), 3),
+        "imported_before_card_s": round(sum(r["imported_s"] for r in gpu_jobs), 3),
+        "gpu_busy_while_waiting": _busy_while_waiting(gpu_samples, gpu_jobs, start),
         "idle_gaps": gaps,
         "idle_gap_total_s": round(sum(g["gap_s"] for g in gaps), 3),
         "waited_for_card_s": sum(r["waited_s"] for r in gpu_jobs),
@@ -304,6 +314,17 @@ def summarise(
         "rules": rules,
         "jobs": rows,
     }
+
+
+def _busy_while_waiting(samples: list, gpu_jobs: list[dict[str, Any]], start: float) -> float | None:
+    """Mean utilisation of the card while a job waited for it (the target: a held card computes)."""
+    values = []
+    for job in gpu_jobs:
+        if job["waited_s"] > 0 and job["card"] is not None and job["card"].isdigit():
+            wait_start = start + job["start_s"] + job["imported_s"]
+            wait = (wait_start, wait_start + job["waited_s"])
+            values += [b for t, gpu, b, _ in samples if wait[0] <= t <= wait[1] and gpu == int(job["card"])]
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _kept_to_cards(gpu_jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -323,7 +344,7 @@ def _kept_to_cards(gpu_jobs: list[dict[str, Any]]) -> dict[str, Any]:
             by_card.setdefault(job["card"], []).append(job)
     for card, held in by_card.items():
         for before, after in zip(held, held[1:], strict=False):
-            if after["start_s"] < before["start_s"] + before["wall_s"] - 1.0:  # stamps to the second
+            if after["card_start_s"] < before["card_start_s"] + before["on_card_s"] - 1.0:  # stamps: 1 s
                 problems.append(f"card {card}: {before['name']} and {after['name']} overlap")
     return {"ok": not problems, "problems": problems}
 
@@ -357,7 +378,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"| GPU busy, first generate to last score | {pct(s['gpu_busy_generate_to_score'])} |",
         f"| GPU jobs, summed | {s['gpu_job_s']:.0f} s |",
         f"| idle gaps between GPU jobs | {len(s['idle_gaps'])}, {s['idle_gap_total_s']:.1f} s in all |",
-        f"| waited for a card | {s['waited_for_card_s']:.0f} s |",
+        f"| imported before taking a card (GPU jobs, summed) | {s['imported_before_card_s']:.0f} s |",
+        f"| waited for a card | {s['waited_for_card_s']:.0f} s; the card's GPU busy meanwhile "
+        f"{pct(s['gpu_busy_while_waiting'])} |",
         f"| every job kept to its card | {kept} |",
         f"| failed jobs | {', '.join(s['failed_jobs']) or 'none'} |",
         "",
@@ -368,11 +391,12 @@ def markdown(result: dict[str, Any]) -> str:
             for rule, e in s["rules"].items()
         ),
         "",
-        "| job | start | wall | card | GPU busy | peak GPU memory |",
-        "|---|---|---|---|---|---|",
+        "| job | start | wall | on the card | card | GPU busy on it | peak GPU memory |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {j['rule']} {j['name']} | {j['start_s']:.1f} s | {j['wall_s']:.1f} s | {j['card'] or '–'} | "
-            f"{pct(j['gpu_busy'])} | {gib(j['peak_mem_mib'])} |"
+            f"| {j['rule']} {j['name']} | {j['start_s']:.1f} s | {j['wall_s']:.1f} s "
+            f"| {j['on_card_s']:.1f} s | {j['card'] or '–'} | {pct(j['gpu_busy'])} "
+            f"| {gib(j['peak_mem_mib'])} |"
             for j in s["jobs"]
         ),
     ]

@@ -180,8 +180,25 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert "# Workflow on one GPU: NVIDIA H100 80GB HBM3, 2026-12-07" in table
     assert "| GPU busy, first generate to last score | 80% |" in table
     assert "| generate | 1 | 20.0 | 20.0 s |" in table
-    assert "| generate flux-dev/none | 10.0 s | 20.0 s | 0 | 100% | 28.3 GiB |" in table
+    assert "| generate flux-dev/none | 10.0 s | 20.0 s | 20.0 s | 0 | 100% | 28.3 GiB |" in table
     assert "| every job kept to its card | yes |" in table and "| failed jobs | none |" in table
+
+
+def test_a_job_that_imports_beside_another_counts_from_taking_the_card():
+    """Two GPU jobs in flight on one card: the score job starts at 22 s, imports for 6 s, waits 2 s
+    for the card the generation job computes on, and holds it 30-40 s: no gap, no overlap."""
+    jobs, gpus, procs = one_run()
+    jobs[2] = {**job("score", "flux-dev/none", 22, 40), "imported_s": 6.0, "waited_s": 2.0}
+    summary = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), None)
+    score = next(row for row in summary["jobs"] if row["rule"] == "score")
+    assert (score["card_start_s"], score["on_card_s"], score["wall_s"]) == (30.0, 10.0, 18.0)
+    assert summary["idle_gaps"] == [] and summary["kept_to_cards"]["ok"] is True
+    assert summary["gpu_job_s"] == 30.0 and summary["imported_before_card_s"] == 6.0
+    assert summary["gpu_busy_while_waiting"] == 1.0  # the card computed while the score job waited
+    line = "fewstep score: GPU card 0 of 0 (lock /tmp/l/gpu0.lock) after waiting 2.0 s"
+    line += " (libraries imported before it, 6.1 s)"
+    claim = workflow_gpu.CLAIM.search(line)
+    assert (claim["card"], claim["waited"], claim["imported"]) == ("0", "2.0", "6.1")
 
 
 def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
