@@ -306,7 +306,7 @@ def run_job(config: dict, backbone: str, variant: str, profile: Path | None = No
         "compile_s": float(manifest.loc[manifest["warmup"], "latency_s"].max() - per_image),
         "job_s": job_s,
         "peak_mem_gib": float(manifest["peak_mem_mb"].max()) / 1024,
-        "gpu_busy": sampler.busy,
+        "gpu_busy": None if trace else sampler.busy,  # the trace's export stalls the job: `gaps` says
         "calls": calls,
         "steps_computed": calls if computed is None else computed / images,
         "adapter_calls": adapter_calls,
