@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -333,3 +334,131 @@ def test_a_card_with_acceleration_figures_alone_borrows_the_rest_and_says_so(tmp
     notes = "\n".join(result.notes)
     assert "no latency file for x3" in notes and "no sd_latency file for x3" in notes
     assert "measured in 1 x1 workflow run" in notes and "no compile figures for x3" in notes
+
+
+def write_family_figures(folder, card="x1"):
+    """The families' own benchmark summaries beside `write_figures`' (card `card`): Kontext's and
+    klein's per step and decode, SD1.5's distilled backbones per image, each with the benchmark's
+    own ids and a FLUX row (or a base one) their family does not claim."""
+    columns = ["cell", "images", "per_step_s", "decode_s"]
+    kontext = folder / f"kontext_latency_{card}_2026-01-01_summary.csv"
+    with kontext.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerow(["flux-dev/infusenet-aes/28", 3, 9.0, 9.0])  # FLUX's row: not Kontext's
+        writer.writerow(["kontext/kontext-photo/28", 3, 0.075, 0.0125])  # at 512²: 0.3 and 0.05 at 1024²
+    (folder / f"kontext_latency_{card}_2026-01-01_meta.json").write_text(json.dumps({"size": 512}))
+    with (folder / f"klein_latency_{card}_2026-01-01_summary.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows([("flux-schnell/infusenet-aes/4", 3, 9.0, 9.0), ("klein/reference/1", 3, 0.11, 0.03),
+                          ("klein/reference/4", 3, 0.09, 0.05), ("klein/none/4", 3, 0.08, 0.04)])  # fmt: skip
+    with (folder / f"sd_distilled_latency_{card}_2026-01-01_sd15_summary.csv").open(
+        "w", newline=""
+    ) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["family", "backbone", "adapter", "steps", "size", "latency_s"])
+        writer.writerows([("sd15", "base", "plain", 30, 512, 5.0),  # the sd_latency file's fit stays
+                          ("sd15", "lcm-lora", "plain", 2, 512, 0.1),
+                          ("sd15", "lcm-lora", "plain", 8, 512, 0.4),
+                          ("sdxl", "lcm-lora", "plain", 2, 1024, 7.0)])  # fmt: skip
+    return [kontext.name, f"klein_latency_{card}_2026-01-01_summary.csv"]
+
+
+def family_sweep(tmp_path):
+    raw = small_sweep(tmp_path)
+    raw["backbones"] |= {
+        "kontext": {"family": "kontext", "model": "flux-kontext-dev", "steps": [2, 4]},
+        "klein": {"family": "klein", "model": "flux2-klein-4b", "steps": [4]},
+        "sd15-lcm": {"family": "sd15", "model": "sd15", "distillation": "lcm-lora", "steps": [2, 4]},
+        "sd15-hyper": {"family": "sd15", "model": "sd15", "distillation": "hyper-2step", "steps": [2]},
+    }
+    raw["adapters"] |= {"photo": {"kind": "native_reference"}, "none": {"kind": "none"}}
+    raw["cells"] += [
+        {"backbones": ["kontext"], "adapters": ["photo"]},
+        {"backbones": ["klein"], "adapters": ["photo", "none"]},
+        {"backbones": ["sd15-lcm", "sd15-hyper"], "adapters": ["style"]},
+    ]
+    return validate(raw)
+
+
+def test_kontext_klein_and_distilled_sd_jobs_are_timed_by_their_familys_files(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    names = write_family_figures(folder)
+    result = est.estimate(study_of(family_sweep(tmp_path)), "x1", folder)
+    generate = seconds(result, "generate")
+    # start 10 + load 6 + 2 identities x ((2 + 4) steps x 0.3 + 2 x 0.05 decode): the 512² figures at 1024²
+    assert generate["kontext/photo"] == pytest.approx(16 + 2 * (6 * 0.3 + 2 * 0.05))
+    # with the reference: the mean of its rows, 0.1 s a step and 0.04 decode; bare 0.08 and 0.04
+    assert generate["klein/photo"] == pytest.approx(16 + 2 * (4 * 0.1 + 0.04))
+    assert generate["klein/none"] == pytest.approx(16 + 2 * (4 * 0.08 + 0.04))
+    # SD1.5 + LCM-LoRA, plain file: 0.05 s a step through the origin (2 -> 0.1, 8 -> 0.4), at its 512 px
+    assert generate["sd15-lcm/style"] == pytest.approx(15 + 2 * 0.05 + 4 * 0.05)
+    # hyper-2step has no figures: its base's (0.08 + 0.03 s a step), said in a note
+    assert generate["sd15-hyper/style"] == pytest.approx(15 + 0.08 + 2 * 0.03)
+    assert "no sd15/hyper-2step figures for x1: timed as its base, sd15" in result.notes
+    # the FLUX rows in Kontext's and klein's files and the base's row in SD's change nothing
+    assert generate["flux-dev/infusenet-aes"] == 18.8 and generate["sd15/style"] == 15.58
+    assert result.figures.sd[("sd15", "plain")] == (pytest.approx(0.08), pytest.approx(0.03))
+    sources = result.figures.sources
+    assert [folder / name for name in names] == [p for p in map(Path, sources) if p.name.startswith("k")]
+    assert str(folder / "sd_distilled_latency_x1_2026-01-01_sd15_summary.csv") in sources
+    assert not any("counts its start only" in note for note in result.notes)
+    # a trajectory decodes x0 at the backbone's own decode
+    assert result.figures.decode("flux-kontext-dev") == pytest.approx(0.05)
+    assert result.figures.decode("flux-dev") == pytest.approx(0.1)
+
+
+def test_without_the_familys_files_its_jobs_count_their_start_only(tmp_path):
+    result = est.estimate(study_of(family_sweep(tmp_path)), "x1", write_figures(tmp_path / "figures"))
+    assert seconds(result, "generate")["kontext/photo"] == 10.0
+    assert "no kontext figures for x1: kontext/photo counts its start only" in result.notes
+    # without its own figures a distilled backbone is timed as its base
+    assert seconds(result, "generate")["sd15-lcm/style"] == pytest.approx(15 + 0.16 + 6 * 0.03)
+
+
+def test_a_card_without_a_familys_files_borrows_another_cards_and_says_so(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    write_family_figures(folder, card="x2")
+    result = est.estimate(study_of(family_sweep(tmp_path)), "x1", folder)
+    assert seconds(result, "generate")["kontext/photo"] == pytest.approx(16 + 2 * (6 * 0.3 + 2 * 0.05))
+    assert any(note.startswith("no kontext_latency file for x1: ") for note in result.notes)
+
+
+def test_the_committed_family_files_time_the_studys_kontext_klein_and_distilled_jobs():
+    """Config.yaml on the H100: each job is what its family's committed summary says a step and a
+    decode take, times its steps and images, scaled to its pixels; the file is a named source."""
+    from fewstep.core.study import load_study
+    from fewstep.grid import Grid
+
+    study = load_study([REPO / "config.yaml"])
+    grid, result = Grid.of(study), est.estimate(study, "h100")
+    work = {job.name: job.work for job in result.jobs if job.rule == "generate"}
+
+    def summary(kind, part=""):
+        name = f"{kind}_h100_2026-12-07{part}_summary.csv"
+        assert f"benchmarks/results/{name}" in result.figures.sources
+        with (est.FIGURES / name).open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def per_step(job, step, decode):
+        cells = grid.jobs[job]
+        width, height = grid.resolution(cells[0])
+        scale = width * height / 1024**2
+        return sum(len(grid.items_of(c)) * (c.steps * step + decode) * scale for c in cells)
+
+    (kontext,) = [r for r in summary("kontext_latency") if r["cell"].startswith("kontext/")]
+    expected = per_step("kontext/kontext-photo", float(kontext["per_step_s"]), float(kontext["decode_s"]))
+    assert work["kontext/kontext-photo"] == pytest.approx(expected)
+    (bare,) = [r for r in summary("klein_latency") if r["cell"].startswith("klein/none/")]
+    assert work["klein/none"] == pytest.approx(
+        per_step("klein/none", float(bare["per_step_s"]), float(bare["decode_s"]))
+    )
+    turbo = {int(r["steps"]): float(r["latency_s"]) for r in summary("sd_distilled_latency", "_sdxl") if
+             (r["family"], r["backbone"], r["adapter"]) == ("sdxl", "turbo", "plus")}  # fmt: skip
+    slope = (turbo[4] - turbo[1]) / 3
+    cells = grid.jobs["sdxl-turbo/object-plus"]
+    assert grid.resolution(cells[0]) == (512, 512)  # as measured: no scaling
+    expected = sum(len(grid.items_of(c)) * (turbo[1] + slope * (c.steps - 1)) for c in cells)
+    assert work["sdxl-turbo/object-plus"] == pytest.approx(expected)
+    assert not any("counts its start only" in note for note in result.notes)

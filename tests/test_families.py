@@ -44,6 +44,9 @@ GRID_SIDE = (
     "adapter_role",
     "backbone_keys",
     "adapter_keys",
+    "figure_files",
+    "timing_name",
+    "figure_cell",
 )
 
 
@@ -254,3 +257,42 @@ def test_an_infusenet_window_that_ends_where_it_starts_is_refused_by_its_family(
     message = rf"^config adapters\.{name}: guidance_start must be below guidance_end$"
     with pytest.raises(ConfigError, match=message):
         Grid(study_of(config))
+
+
+def test_each_family_reads_its_own_rows_of_the_committed_benchmark_summaries():
+    """`Family.figure_cell` maps a benchmark's own ids to the config settings they ran: each row
+    of a family file is one family's at most (the FLUX rows beside Kontext's and klein's none's),
+    a valid backbone of one of its registry models, keyed by `timing_name` as a cell is."""
+    import csv
+
+    from tests.conftest import REPO
+
+    claimed = {}
+    for family in FAMILIES.values():
+        for kind in family.figure_files:
+            paths = sorted((REPO / "benchmarks" / "results").glob(f"{kind}_*_summary.csv"))
+            assert paths, f"{family.name}: no committed {kind} summary"
+            for path in paths:
+                with path.open(newline="") as handle:
+                    for number, row in enumerate(csv.DictReader(handle)):
+                        if (cell := family.figure_cell(row)) is None:
+                            continue
+                        backbone, adapter = cell
+                        assert backbone["model"] in family.backbones and backbone["family"] == family.name
+                        family.check_backbone("figure", backbone)
+                        assert adapter["kind"] in family.adapter_kinds
+                        key = (path.name, number)
+                        assert key not in claimed, f"{key}: {claimed[key]} and {family.name}"
+                        claimed[key] = (family.timing_name(backbone), family.adapter_role(adapter),
+                                        family.reference_file(adapter))  # fmt: skip
+    values = set(claimed.values())
+    assert ("flux-kontext-dev", "identity", None) in values
+    assert {("flux2-klein-4b", "identity", None), ("flux2-klein-4b", None, None)} <= values
+    assert {
+        ("sd15/lcm-lora", None, None),
+        ("sd15/lcm-lora", "object", "plus"),
+        ("sd15", None, None),
+    } <= values
+    assert ("sdxl/turbo", "object", "plus") in values
+    assert not [v for v in values if v[0].startswith("flux-dev") or v[0].startswith("flux-schnell")]
+    assert FLUX.figure_files == () and FLUX.timing_name({"model": "flux-dev"}) == "flux-dev"

@@ -171,6 +171,13 @@ class ToyFamily:
 
     prompt_job_mem_mb = 2000
     prompt_timing_key = "embed_prompt/toy"
+    figure_files: tuple[str, ...] = ()  # no benchmark times it: the estimate counts its jobs' starts
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        return backbone["model"]
+
+    def figure_cell(self, row: Mapping[str, str]) -> None:
+        return None
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
         return EMBEDDING_WIDTH

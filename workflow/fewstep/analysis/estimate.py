@@ -1,20 +1,27 @@
 """What a sweep will cost before it runs: images, GPU time per rule kind, disk and downloads.
 
-Timings come from one card's measured figures in ``benchmarks/results/`` (per step and VAE
-decode of the backbone models in ``latency_<card>_<date>.csv``, FLUX's; model load, compile and
-the acceleration switches' step times from ``acceleration_<card>_<date>.json``; per image against
-steps of the families in ``sd_latency_<card>_<date>.csv``, SD's), the newest file of each kind.
-A generation job is timed per step when its backbone model has per-step figures, else per image
-when its family and adapter file have a fit, else by its start alone (and the output says so):
-the figures' keys decide, the family is asked only through its protocol (`Family.adapter_role`,
+Timings come from one card's measured figures in ``benchmarks/results/``, read by
+`fewstep.analysis.timings` (per step and VAE decode of the backbone models in
+``latency_<card>_<date>.csv``, FLUX's; model load, compile and the acceleration switches' step
+times from ``acceleration_<card>_<date>.json``; per image against steps of the families in
+``sd_latency_<card>_<date>.csv``, SD's), the newest file of each kind; and from the benchmark
+kinds each family lists as its own (`Family.figure_files`: ``kontext_latency``, ``klein_latency``
+per step and decode, ``sd_distilled_latency`` per image of the distilled SD backbones), every
+``_summary.csv`` of the kind, whose rows the family maps from the benchmark's ids to the config
+settings they ran (`Family.figure_cell`). A generation job is timed per step when its backbone's
+timing name (`Family.timing_name`: the registry model; SD: family and distillation) has per-step
+figures, else per image when it has a fit with its adapter file (else with another file, else its
+base's, said in a note), else by its start alone (and the output says so): the figures' keys
+decide, the family is asked only through its protocol (`Family.timing_name`, `adapter_role`,
 `reference_file`, `image_size`; its embedding files' sizes and `prompt_timing_key`); a card
 with acceleration figures alone borrows decode, the steps without InfuseNet (at the other card's
-ratio) and SD from a card that has them, and says so. A
+ratio), SD and the families' own kinds from a card that has them, and says so. A
 job's overhead (process start and model load: job wall minus the modelled work) is the mean over
 the whole-workflow runs, ``workflow_<card>_<date>.json`` (benchmarks/workflow_gpu.py), the card's
 own else another's; what no file measures is an assumed constant, `ASSUMED_S`, and the output
-says so. Per-step and decode times scale with the pixel count from the 1024x1024 (per-image
-figures: the family's default `image_size`) they were measured at.
+says so. Per-step and decode times scale with the pixel count from the 1024x1024 they were
+measured at (a family file's ``_meta.json`` ``size``); per-image fits from the side their file
+gives, else the family's default `image_size`.
 
 The wall time assumes the workstation profile's one card: GPU jobs one after another, the
 model preparation before them and aggregate, report and W&B after them. Only stdlib here:
@@ -23,26 +30,28 @@ model preparation before them and aggregate, report and W&B after them. Only std
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.analysis.timings import (
+    FIGURES,
+    FILE_NAME,
+    MEASURED_SIDE,
+    ROOT,
+    Figures,
+    cards,
+    measured_figures,
+    owned,
+    relative,
+)
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study, load_study, prompt_group
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import lookup, marker_path
-
-ROOT = Path(__file__).resolve().parents[3]  # the repository
-FIGURES = ROOT / "benchmarks" / "results"
-FILE_NAME = re.compile(
-    r"^(?P<kind>latency|acceleration|sd_latency|workflow)_(?P<card>[a-z0-9]+)_(?P<date>\d{4}-\d{2}-\d{2})"
-)
-MEASURED_SIDE = 1024  # FLUX figures: 1024x1024
 
 #: seconds of what benchmarks/results does not measure, where no workflow run's overheads apply
 ASSUMED_S = {
@@ -63,127 +72,12 @@ IDENTITY_FLOATS = 512 + 10
 FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}  # rules committed runs name, now one prompt rule
 
 
-@dataclass
-class Figures:
-    """One card's timings, read from benchmarks/results."""
-
-    card: str
-    sources: list[str]
-    step_s: dict[tuple[str, bool], float]  # (backbone model, with its adapter) -> s per step at 1024²
-    decode_s: float  # VAE decode of one image at 1024², of the models with per-step figures
-    load_s: float  # model load of a job timed per step (eager acceleration rows)
-    accelerations: dict[tuple[str, str], tuple[float, float]]  # (model, variant) -> (step factor, compile s)
-    sd: dict[tuple[str, str], tuple[float, float]]  # (family, adapter file or none) -> (s, s per step)
-    overheads: dict[str, float] = field(default_factory=dict)  # Job.key -> measured s (process + load)
-    notes: list[str] = field(default_factory=list)
-
-
-def cards(folder: Path = FIGURES) -> dict[str, dict[str, list[Path]]]:
-    """Card -> figure kind -> its files, oldest first (a later file's rows win)."""
-    found: dict[str, dict[str, list[Path]]] = {}
-    for path in sorted(folder.glob("*"), key=lambda p: (_date(p), p.name)):
-        match = FILE_NAME.match(path.name)
-        wanted = ".json" if match and match["kind"] in ("acceleration", "workflow") else ".csv"
-        if match and path.suffix == wanted:
-            found.setdefault(match["card"], {}).setdefault(match["kind"], []).append(path)
-    return found
-
-
-def _date(path: Path) -> str:
-    match = FILE_NAME.match(path.name)
-    return match["date"] if match else ""
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".json":
-        return json.loads(path.read_text())["rows"]
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _relative(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def _owned(found: dict[str, dict[str, list[Path]]], card: str, kind: str) -> list[Path]:
-    """Every `kind` file of `card`, oldest first, else of the first card that has one."""
-    owners = [card] + sorted(c for c in found if c != card)
-    return next((found[c][kind] for c in owners if kind in found[c]), [])
-
-
-def measured_figures(card: str, folder: Path = FIGURES) -> Figures:
-    """The benchmark figures of `card` (as file names spell it, e.g. h200), without the workflow
-    run's overheads; an unknown card is one line."""
-    found = cards(folder)
-    any_latency = any("latency" in kinds for kinds in found.values())
-    complete = sorted(c for c, kinds in found.items() if "acceleration" in kinds and any_latency)
-    if card not in complete:
-        raise ConfigError(
-            f"no timing figures for card {card!r} in {folder}; cards with figures: "
-            f"{', '.join(complete) or 'none'} (run benchmarks/latency.py and acceleration.py on it)"
-        )
-    kinds, notes = found[card], []
-    latency_path = _owned(found, card, "latency")[-1]  # newest (some card has one: checked above)
-    latency_step, decode = {}, []
-    for row in _rows(latency_path):
-        if row["variant"] == "base":
-            backbone, adapter, _ = row["cell"].split("/")
-            latency_step[(backbone, adapter != "none")] = float(row["per_step_s"])
-            decode.append(float(row["decode_s"]))
-    accelerations: dict[tuple[str, str], tuple[float, float]] = {}
-    eager: dict[str, dict[str, Any]] = {}
-    rows = [row for path in kinds["acceleration"] for row in _rows(path)]
-    for row in rows:
-        if row["variant"] == "eager":
-            eager[row["backbone"]] = row
-    loads = [r["job_s"] - r["images"] * r["per_image_s"] - r["compile_s"] for r in eager.values()]
-    for row in rows:
-        base = eager.get(row["backbone"])
-        if row["variant"] != "eager" and base is not None:
-            factor = row["per_step_s"] / base["per_step_s"]
-            accelerations[(row["backbone"], row["variant"])] = (factor, row["compile_s"])
-    step_s = dict(latency_step)
-    if "latency" not in kinds:  # its own eager steps (with InfuseNet), the other card's ratio without
-        for (model, adapter), step in latency_step.items():
-            if model in eager and (model, True) in latency_step:
-                step_s[(model, adapter)] = eager[model]["per_step_s"] * step / latency_step[(model, True)]
-        notes.append(
-            f"no latency file for {card}: FLUX per step from its eager acceleration rows (with InfuseNet; "
-            f"without it at {_relative(latency_path)}'s ratio), VAE decode from that file"
-        )
-    sd = {}
-    sd_path = next(reversed(_owned(found, card, "sd_latency")), None)
-    if sd_path is not None:
-        if "sd_latency" not in kinds:
-            notes.append(f"no sd_latency file for {card}: SD per image from {_relative(sd_path)}")
-        by_key: dict[tuple[str, str], dict[int, float]] = {}
-        for row in _rows(sd_path):
-            by_key.setdefault((row["family"], row["adapter"]), {})[int(row["steps"])] = float(
-                row["latency_s"]
-            )
-        for key, points in by_key.items():
-            low, high = min(points), max(points)
-            per_step = (points[high] - points[low]) / (high - low) if high > low else 0.0
-            sd[key] = (points[low] - per_step * low, per_step)
-    used = [latency_path, *kinds["acceleration"], *([sd_path] if sd_path else [])]
-    return Figures(
-        card=card,
-        sources=[_relative(p) for p in used],
-        step_s=step_s,
-        decode_s=statistics.mean(decode),
-        load_s=statistics.mean(loads),
-        accelerations=accelerations,
-        sd=sd,
-        notes=notes,
-    )
-
-
 def load_figures(card: str, folder: Path = FIGURES) -> Figures:
     """`card`'s benchmark figures with the job overheads of its workflow runs (its own, else another
     card's), pooled over every run whose config still forms the jobs it ran: one run's overheads are
     one host's (two H100 hosts differed by 20-30% a job, docs/performance.md)."""
     figures = measured_figures(card, folder)
-    runs = _owned(cards(folder), card, "workflow")
+    runs = owned(cards(folder), card, "workflow")
     overheads, used, problems = pooled_overheads(runs, folder)
     figures.notes += problems
     if not used:
@@ -191,11 +85,11 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
             figures.notes.append("job overheads assumed")
         return figures
     figures.overheads = overheads
-    figures.sources += [_relative(path) for path in used]
+    figures.sources += [relative(path) for path in used]
     run_card = FILE_NAME.match(used[0].name)["card"]
     figures.notes.append(
         f"job overheads (process start + model load) measured in {len(used)} {run_card} workflow "
-        f"run{'s' if len(used) > 1 else ''} ({', '.join(_relative(p) for p in used)}) as job wall minus "
+        f"run{'s' if len(used) > 1 else ''} ({', '.join(relative(p) for p in used)}) as job wall minus "
         "modelled work, averaged per job kind (random weights; on those runs' own configs an "
         "in-sample check)"
     )
@@ -212,7 +106,7 @@ def pooled_overheads(runs: list[Path], folder: Path = FIGURES) -> Pooled:
     for run_path in runs:
         overheads, problem = measured_overheads(run_path, folder)
         if problem:
-            problems.append(f"{_relative(run_path)} not used: {problem}")
+            problems.append(f"{relative(run_path)} not used: {problem}")
             continue
         used.append(run_path)
         for key, seconds in overheads.items():
@@ -341,53 +235,72 @@ def _generation_seconds(
     grid: Grid, cells: list, figures: Figures, notes: list[str]
 ) -> tuple[float, float, float]:
     """(assumed overhead, compile, seconds of every image) of the generation job of `cells`:
-    per step where its backbone model has per-step figures, else per image (`_per_image_seconds`)."""
+    per step where its backbone (`Family.timing_name`) has per-step figures, else per image
+    (`_per_image_seconds`)."""
     first = cells[0]
-    model = grid.backbone(first)["model"]
-    if (model, True) not in figures.step_s:
+    family, backbone, adapter = grid.family(first), grid.backbone(first), grid.adapter(first)
+    name = family.timing_name(backbone)
+    measured = {conditioned: figures.step_s.get((name, conditioned)) for conditioned in (True, False)}
+    if measured == {True: None, False: None}:
         return _per_image_seconds(grid, cells, figures, notes)
-    adapter = grid.adapter(first)
     width, height = grid.resolution(first)
     scale = width * height / MEASURED_SIDE**2
     factor, compile_s = 1.0, 0.0
     variant = _variant({**EAGER_SWITCHES, **grid.acceleration(first)})
     if variant is not None:
-        factor, compile_s = figures.accelerations.get((model, variant), (1.0, 0.0))
-        if (model, variant) not in figures.accelerations:
+        factor, compile_s = figures.accelerations.get((backbone["model"], variant), (1.0, 0.0))
+        if (backbone["model"], variant) not in figures.accelerations:
             notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
-    with_adapter = figures.step_s[(model, True)] * factor * scale
-    alone = figures.step_s[(model, False)] * factor * scale
-    conditioned = grid.family(first).adapter_role(adapter) is not None
+    conditioned = family.adapter_role(adapter) is not None
+    needed = {True: conditioned, False: not conditioned or adapter.get("first_steps") is not None}
+    for wanted in (True, False):
+        if needed[wanted] and measured[wanted] is None:
+            had = "with its adapter" if not wanted else "bare"
+            notes.append(f"{first.job}: {name} has per-step figures {had} only, timed by them")
+    with_adapter = (measured[True] or measured[False]) * factor * scale
+    alone = (measured[False] or measured[True]) * factor * scale
+    decode = figures.decode(name) * scale
     images = 0.0
     for cell in cells:
         adapter_steps = cell.steps if conditioned else 0
         if adapter.get("first_steps") is not None:
             adapter_steps = min(adapter_steps, adapter["first_steps"])
         step_s = adapter_steps * with_adapter + (cell.steps - adapter_steps) * alone
-        images += len(grid.items_of(cell)) * (step_s + figures.decode_s * scale)
+        images += len(grid.items_of(cell)) * (step_s + decode)
     return ASSUMED_S["job_start"] + figures.load_s, compile_s, images
 
 
 def _per_image_seconds(
     grid: Grid, cells: list, figures: Figures, notes: list[str]
 ) -> tuple[float, float, float]:
-    """As `_generation_seconds`, from the per-image fit of the family and the adapter file whose
-    image encoder its adapter reads (``none``: none), measured at the family's default size."""
+    """As `_generation_seconds`, from the per-image fit of the backbone's timing name and the
+    adapter file whose image encoder its adapter reads (``none``: none), measured at the fit's
+    side where its file gives one, else the family's default size. Without that fit: the same
+    backbone's with another adapter file, else its bare model's (a distillation's base), said in a note."""
     first = cells[0]
     family, backbone = grid.family(first), grid.backbone(first)
     start = ASSUMED_S["job_start"]
-    fit = figures.sd.get((family.name, family.reference_file(grid.adapter(first)) or "none"))
-    if fit is None:
+    bare = {"model": backbone["model"], "family": family.name}  # no size or distillation of its own
+    name, base = family.timing_name(backbone), family.timing_name(bare)
+    wanted = (name, family.reference_file(grid.adapter(first)) or "none")
+    others = sorted(key for key in figures.sd if key[0] == name and key != wanted)
+    key = next((k for k in (wanted, *others, (base, wanted[1])) if k in figures.sd), None)
+    if key is None:
         notes.append(f"no {family.name} figures for {figures.card}: {first.job} counts its start only")
         return start, 0.0, 0.0
-    bare = {"model": backbone["model"], "family": family.name}  # the backbone with no size of its own
+    if key[0] != name:
+        notes.append(f"no {name} figures for {figures.card}: timed as its base, {base}")
+    elif key != wanted:
+        notes.append(f"no {name} figures with adapter file {wanted[1]}: timed by those with {key[1]}")
+    side = figures.sd_sides.get(key)
     default = family.image_size(bare, grid.study.resolution)
+    measured = side * side if side else default["width"] * default["height"]
     width, height = grid.resolution(first)
-    scale = width * height / (default["width"] * default["height"])
-    images = sum(len(grid.items_of(c)) * (fit[0] + fit[1] * c.steps) * scale for c in cells)
+    intercept, per_step = figures.sd[key]
+    images = sum(len(grid.items_of(c)) * (intercept + per_step * c.steps) for c in cells)
     if grid.acceleration(first) != EAGER_SWITCHES:
         notes.append(f"{first.job}: timed as eager (the per-image fit has no acceleration figures)")
-    return start + ASSUMED_S["sd_load"], 0.0, images
+    return start + ASSUMED_S["sd_load"], 0.0, images * width * height / measured
 
 
 def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:
@@ -488,7 +401,8 @@ def estimate_with(study: Study, figures: Figures) -> Estimate:
         items = min(len(grid.items_of(cell)), study.trajectory.max_items)
         once, compile_s, cell_images = _generation_seconds(grid, [cell], figures, notes)
         # every step: the denoising step, then x0 decoded and scored for identity
-        per_step = cell_images / images[cell.id] / cell.steps + figures.decode_s + ASSUMED_S["score_image"]
+        decode = figures.decode(grid.family(cell).timing_name(grid.backbone(cell)))
+        per_step = cell_images / images[cell.id] / cell.steps + decode + ASSUMED_S["score_image"]
         work = compile_s + items * cell.steps * per_step
         jobs.append(_job(figures, "trajectory", cell.id, once, gpu, work, grid.family(cell).name))
         trajectory_images += items * cell.steps

@@ -323,6 +323,23 @@ class Family(Protocol):
         (0 when it has none)."""
         ...
 
+    #: the benchmark kinds (``benchmarks/<kind>.py``) whose summaries time its own backbones for
+    #: ``fewstep estimate`` beyond the shared FLUX and SD files: ``benchmarks/results/<kind>_<card>_
+    #: <date>[_<part>]_summary.csv``, each row read through `figure_cell`; empty: none
+    figure_files: tuple[str, ...]
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        """What ``fewstep estimate``'s figures time the backbone by, besides its adapter: its registry
+        model, or whatever else sets its speed (SD: the family, ``<family>/<distillation>``)."""
+        ...
+
+    def figure_cell(self, row: Mapping[str, str]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+        """The backbone and adapter settings (config form) a summary row of its `figure_files`
+        timed, the benchmark's own ids mapped to its registry models: the estimate keys the row
+        by `timing_name` and `adapter_role` / `reference_file` as it keys a cell. None for a row
+        that is not its backbone's (the FLUX rows beside Kontext's) or that it cannot read."""
+        ...
+
     # --- job side -------------------------------------------------------------
     def prompt_encoder(
         self, config: Study, model: str, device: torch.device, dtype: torch.dtype
@@ -371,6 +388,18 @@ class Family(Protocol):
         """Its report sections and additions to the generic ones, drawn with `kit`'s tools from
         `kit`'s tables (its own rows); empty `ReportParts` when the generic page says it all."""
         ...
+
+
+def latency_cell(
+    row: Mapping[str, str], figure_id: str, backbone: Mapping[str, Any], adapter_kind: str
+) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """`Family.figure_cell` of a ``benchmarks/latency.py`` summary row (``cell``: ``<backbone
+    id>/<adapter id>/<steps>``) whose backbone id is `figure_id`: `backbone`'s settings and an
+    adapter of `adapter_kind` (kind none for the adapter id ``none``); None for other rows."""
+    parts = str(row.get("cell", "")).split("/")
+    if len(parts) != 3 or parts[0] != figure_id:
+        return None
+    return backbone, {"kind": "none" if parts[1] == "none" else adapter_kind}
 
 
 def rms(tensor: torch.Tensor) -> torch.Tensor:

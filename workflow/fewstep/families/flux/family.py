@@ -138,6 +138,15 @@ class FluxFamily:
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, read from disk
     prompt_timing_key = "embed_prompt"
+    #: none of its own: the shared latency and acceleration files name its models
+    figure_files: tuple[str, ...] = ()
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        return backbone["model"]
+
+    def figure_cell(self, row: Mapping[str, str]) -> None:
+        """FLUX has no `figure_files`; the estimate reads its rows in the shared latency file."""
+        return None
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
         return prompt_embedding_floats(max_sequence_length(backbone))

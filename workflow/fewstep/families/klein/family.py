@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
-from fewstep.families.klein.models import BACKBONES, generation_weights
+from fewstep.families.base import latency_cell
+from fewstep.families.klein.models import BACKBONES, KLEIN_4B, generation_weights
 from fewstep.families.klein.specs import MAX_SEQUENCE_LENGTH, QWEN3_4B, TEXT_ENCODER_OUT_LAYERS
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 NATIVE_REFERENCE = "native_reference"
 #: the prompt embedding files' label: Qwen3 hidden states of the chat-formatted prompt, 512 tokens
 PROMPT_VARIANT = f"Q{MAX_SEQUENCE_LENGTH}"
+#: the backbone id benchmarks/klein_latency.py gives klein 4B in its summaries' cells
+FIGURE_ID = "klein"
 
 
 class KleinFamily:
@@ -48,6 +51,16 @@ class KleinFamily:
     anchors_to_highest_step = False  # LPIPS to the config's anchor, as FLUX's cells
     prompt_job_mem_mb = 24000  # Qwen3-4B (8 GB in bf16), read from disk
     prompt_timing_key = "embed_prompt/klein"
+    #: benchmarks/klein_latency.py: klein per step and decode, with its reference and bare
+    figure_files = ("klein_latency",)
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        return backbone["model"]
+
+    def figure_cell(self, row: Mapping[str, str]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+        """The benchmark's backbone ``klein`` (klein 4B) with its adapter ``reference`` (the
+        native reference) or ``none``; its FLUX rows are not klein's."""
+        return latency_cell(row, FIGURE_ID, {"model": KLEIN_4B.name, "family": self.name}, NATIVE_REFERENCE)
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
         """Qwen3's tokens x its hidden width, of each layer read."""

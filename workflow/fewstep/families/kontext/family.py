@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from fewstep.core.errors import ConfigError
 from fewstep.core.study import Study
 from fewstep.faces.models import INSIGHTFACE
+from fewstep.families.base import latency_cell
 from fewstep.families.flux1 import prompt_embedding_floats
-from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS, max_sequence_length
+from fewstep.families.kontext.models import BACKBONES, GENERATION_FOLDERS, KONTEXT_DEV, max_sequence_length
 from fewstep.families.kontext.specs import PROMPT_TEMPLATE
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: the embedded guidance of the model card's sampling unless config ``backbones.<id>.guidance`` says otherwise
 GUIDANCE = 2.5
+#: the backbone id benchmarks/kontext_latency.py gives Kontext [dev] in its summaries' cells
+FIGURE_ID = "kontext"
 
 
 class KontextFamily:
@@ -123,6 +126,18 @@ class KontextFamily:
 
     prompt_job_mem_mb = 40000  # T5-XXL (9.5 GB in bf16) and CLIP-L, as FLUX's
     prompt_timing_key = "embed_prompt/kontext"
+    #: benchmarks/kontext_latency.py: Kontext per step and decode beside FLUX's (`figure_cell`)
+    figure_files = ("kontext_latency",)
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        return backbone["model"]
+
+    def figure_cell(self, row: Mapping[str, str]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+        """The benchmark's backbone ``kontext`` (Kontext [dev]) with its adapter ``kontext-photo``
+        (the native reference); its FLUX rows are not Kontext's."""
+        return latency_cell(
+            row, FIGURE_ID, {"model": KONTEXT_DEV.name, "family": self.name}, "native_reference"
+        )
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
         return prompt_embedding_floats(max_sequence_length(backbone))

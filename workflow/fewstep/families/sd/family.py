@@ -280,6 +280,31 @@ class StableDiffusion:
 
     prompt_job_mem_mb = 16000  # CLIP text encoders only (SDXL's two: 1.6 GB in fp16)
     prompt_timing_key = "embed_sd_prompt"  # the rule's name in the workflow runs that measured it
+    #: benchmarks/sd_distilled_latency.py: seconds per image of the distilled backbones (and their
+    #: base) against steps, per adapter file; the base's own are in the shared sd_latency file
+    figure_files = ("sd_distilled_latency",)
+
+    def timing_name(self, backbone: Mapping[str, Any]) -> str:
+        """The family, and a distillation's name after it: its UNet calls (no CFG at guidance <= 1),
+        scheduler and side differ from the base's."""
+        distillation = distillation_of(backbone)
+        return self.name if distillation is None else f"{self.name}/{distillation.name}"
+
+    def figure_cell(self, row: Mapping[str, str]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+        """A row of this family: its ``backbone`` is ``base`` or a distillation's name, its
+        ``adapter`` ``none`` or an adapter file (``plain``, ``plus``)."""
+        name, file = row.get("backbone"), row.get("adapter")
+        if row.get("family") != self.name or not (name == "base" or name in DISTILLATIONS[self.name]):
+            return None
+        backbone = {"model": self.name, "family": self.name}
+        if name != "base":
+            backbone["distillation"] = name
+        if file == "none":
+            return backbone, {"kind": "none"}
+        if file not in (*self.spec.adapters, faceid.FACEID_FILE):
+            return None
+        role = "identity" if file == faceid.FACEID_FILE else "object"
+        return backbone, {"kind": ADAPTER_KIND, "role": role, "file": file, "scale": 1.0}
 
     def prompt_embedding_floats(self, backbone: Mapping[str, Any]) -> int:
         """The prompt's and the negative's: every CLIP tower's 77 tokens side by side, and the
