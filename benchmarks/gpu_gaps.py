@@ -4,7 +4,8 @@
 batches after the first (the warm-up) up to `active` of them; `gaps(trace)` reads the Chrome trace
 the profiler exported: the GPU's busy intervals (kernels, copies, memsets), the idle gaps between
 them, and for each gap the CPU work that delayed the next GPU work (the innermost `cpu_op` around
-the CUDA call that launched it, else the runtime call itself: a synchronize, a host allocation).
+the CUDA call that launched it, runtime or driver (Triton's kernels), else the waiting runtime call
+itself: a synchronize, a host allocation).
 The profiler's own bookkeeping costs a few microseconds per op, so gaps read here are an upper
 bound of the unprofiled job's.
 """
@@ -70,7 +71,7 @@ def gaps(trace: Path, top: int = 8) -> dict[str, Any]:
     launches = {
         e["args"]["correlation"]: e
         for e in events
-        if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
     }
     runtime = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"].endswith(WAITS)]
     cpu_ops: dict[Any, list[dict[str, Any]]] = {}
