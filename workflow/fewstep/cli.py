@@ -190,9 +190,23 @@ def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs
     print(f"{args.job}: record -> {record}")
 
 
+def _share_compiled_kernels(study: Study, args: argparse.Namespace) -> None:
+    """A job that compiles keeps inductor's caches in the sweep's cache folder (`jobenv`), set
+    before anything imports torch._dynamo. Kernels are the same wherever cached: no output changes."""
+    from fewstep.core import jobenv
+    from fewstep.core.paths import Paths
+    from fewstep.grid import Grid
+
+    grid = Grid.of(study)
+    cells = [grid.cell(args.cell)] if args.cell is not None else grid.job(args.job)
+    if any(grid.acceleration(cell).compile != "none" for cell in cells):
+        jobenv.share_compiled_kernels(Paths(study).cache_dir)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
     study = _gpu_study(args)
+    _share_compiled_kernels(study, args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
     from fewstep.tracking import runs
