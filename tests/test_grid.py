@@ -95,14 +95,14 @@ def test_study_grid_crosses_every_block(tmp_path):
     # the main sweep, the scale and window ablations at dev-28 and schnell-4 only, the four
     # accelerations (compiled, cached and two cache schedules) of infusenet-aes at dev-28 and
     # schnell-4, SD1.5 and SDXL with 4 IP-Adapter settings, FaceID and none at 9 step counts, the
-    # distilled SD backbones (style, object-plus, FaceID, none) at their cards' steps, two SD accelerations
-    # (compiled, taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30,
+    # distilled SD backbones (style, object-plus, FaceID, none) at their cards' steps, three SD accelerations
+    # (full, taylorseer, full-taylorseer) of sd15/style at 4 and 25 steps, sdxl/object-plus at 4 and 30,
     # Kontext with the identity photo at 5 step counts, and FLUX.2 [klein] with its reference and
     # bare at 6 step counts
     distilled = [b for b in grid.study.backbones.values() if b.get("distillation")]
     assert sum(len(b.steps) for b in distilled) == 3 + 4 + 1 + 1 + 1 + 4 + 3 + 3
     assert len(grid.cells) == (
-        (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 6 * 9 + 4 * 20 + 2 * 2 * 2 + 5 + 2 * 6
+        (9 + 6) * 3 + (4 + 5) + (4 + 3) + 2 * 4 + 2 * 6 * 9 + 4 * 20 + 2 * 3 * 2 + 5 + 2 * 6
     )
     accelerated = {
         "flux-dev": ("compiled", "cached", "taylorseer", "magcache"),
@@ -115,7 +115,7 @@ def test_study_grid_crosses_every_block(tmp_path):
     } | {
         f"{b}/{adapter}+{a}/{s}"
         for b, adapter, steps in (("sd15", "style", (4, 25)), ("sdxl", "object-plus", (4, 30)))
-        for a in ("compiled", "taylorseer")
+        for a in ("full", "taylorseer", "full-taylorseer")
         for s in steps
     }
     assert {c.steps for c in grid.cells if c.adapter.startswith("aes-")} == {28, 4}
@@ -202,7 +202,7 @@ ADDED_JOBS = {
     "config.yaml": {  # issue 31: the SD operating points, accelerated; issue 30: FaceID
         f"{backbone}+{acceleration}"
         for backbone in ("sd15/style", "sdxl/object-plus")
-        for acceleration in ("compiled", "taylorseer")
+        for acceleration in ("full", "taylorseer", "full-taylorseer")
     }
     | {"sd15/faceid", "sdxl/faceid"}
     | {

@@ -209,6 +209,29 @@ def test_fp8_quantises_the_image_token_linears_and_keeps_the_prompt_and_adapter_
         acceleration.Accelerated(build(demo, "sd15", "sd-style", None).pipe, switches(fp8="dynamic"), CPU)
 
 
+def sd_sweep(tmp_path, **accelerations):
+    """A one-image SD1.5 style sweep of tiny weights on the CPU: eager and each of `accelerations`."""
+    return study_of(validate(sd_sweep_config(tmp_path, **accelerations)))
+
+
+def sd_sweep_config(tmp_path, **accelerations) -> dict:
+    """`sd_sweep`'s config, as written."""
+    return {
+        "sweep": "sd-acceleration",
+        "weights": "tiny",
+        "device": "cpu",
+        "dtype": "float32",
+        **{key: str(tmp_path / key) for key in ("results_dir", "models_dir", "reports_dir")},
+        "references": [{"id": "cat", "image": "builtin:chelsea", "role": "style"}],
+        "prompts": [{"id": "p", "text": "a cup on a table, watercolor"}],
+        "seeds": [3],
+        "backbones": {"sd15": {"family": "sd15", "model": "sd15", "steps": [2, 4], "resolution": 64}},
+        "adapters": {"style": {"kind": "ip_adapter", "role": "style", "scale": "style"}},
+        "accelerations": accelerations,
+        "cells": [{"backbones": ["sd15"], "adapters": ["style"], "accelerations": ["eager", *accelerations]}],
+    }
+
+
 def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path):
     """Through the generation job: TaylorSeer computing every call writes eager's images pixel for
     pixel; interval 2 writes the same items with the adapter run on its schedule's calls only."""
@@ -220,32 +243,10 @@ def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path)
     from fewstep.jobs import generate, precompute
     from fewstep.jobs.prepare import prepare_model
 
-    config = study_of(
-        validate(
-            {
-                "sweep": "sd-acceleration",
-                "weights": "tiny",
-                "device": "cpu",
-                "dtype": "float32",
-                **{key: str(tmp_path / key) for key in ("results_dir", "models_dir", "reports_dir")},
-                "references": [{"id": "cat", "image": "builtin:chelsea", "role": "style"}],
-                "prompts": [{"id": "p", "text": "a cup on a table, watercolor"}],
-                "seeds": [3],
-                "backbones": {"sd15": {"family": "sd15", "model": "sd15", "steps": [2, 4], "resolution": 64}},
-                "adapters": {"style": {"kind": "ip_adapter", "role": "style", "scale": "style"}},
-                "accelerations": {
-                    "every": {"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
-                    "taylor": {"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
-                },
-                "cells": [
-                    {
-                        "backbones": ["sd15"],
-                        "adapters": ["style"],
-                        "accelerations": ["eager", "every", "taylor"],
-                    }
-                ],
-            }
-        )
+    config = sd_sweep(
+        tmp_path,
+        every={"cache": "taylorseer", "cache_interval": 1, "cache_warmup": 1},
+        taylor={"cache": "taylorseer", "cache_interval": 2, "cache_warmup": 1},
     )
     grid, paths = Grid(config), Paths(config)
     for name in grid.generation_models(grid.cells[0]):
@@ -265,3 +266,69 @@ def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path)
         assert not np.array_equal(pixels(f"sd15/style+taylor/{steps}"), eager)
         adapter = pd.read_parquet(paths.manifest(f"sd15/style+taylor/{steps}"))["adapter_steps"]
         assert list(adapter) == [sum(acceleration.taylorseer_schedule(calls, 2, 1))] == [(calls + 1) // 2]
+
+
+def test_a_compiling_job_keeps_inductors_caches_in_the_sweeps_cache_folder(tmp_path):
+    """`fewstep generate` of a job that compiles points inductor's caches at the sweep's cache folder
+    before anything imports torch._dynamo (which would set torch's /tmp default), so the run's jobs on
+    any node share the kernels; an eager job, and a user's own $TORCHINDUCTOR_CACHE_DIR, are left
+    alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fewstep.core.paths import Paths
+    from tests.conftest import REPO
+
+    raw = sd_sweep_config(tmp_path, full={"compile": "full"}, regional={"compile": "regional"})
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(raw))
+    script = (
+        "import json, os, sys\n"
+        "from fewstep import cli\n"
+        "args = cli.parser().parse_args(['generate', '--config', sys.argv[1], '--job', sys.argv[2]])\n"
+        "cli._share_compiled_kernels(cli._gpu_study(args), args)\n"
+        "print(json.dumps([os.environ.get('TORCHINDUCTOR_CACHE_DIR'), 'torch._dynamo' in sys.modules]))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), env.get("PYTHONPATH")]))
+
+    def folder(job: str, **user: str) -> list:
+        command = [sys.executable, "-c", script, str(config), job]
+        done = subprocess.run(command, env=env | user, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    shared = os.path.abspath(Paths(study_of(validate(raw))).cache_dir / "torchinductor")
+    assert folder("sd15/style+full") == folder("sd15/style+regional") == [shared, False]
+    assert folder("sd15/style") == [None, False]
+    mine = str(tmp_path / "mine")
+    assert folder("sd15/style+full", TORCHINDUCTOR_CACHE_DIR=mine) == [mine, False]
+
+
+@pytest.mark.slow
+def test_a_second_process_reuses_the_kernels_the_first_compiled(tmp_path):
+    """Two processes compile the same function with inductor (CPU, C++): the second loads the first's
+    FX graph and AOTAutograd entries from the shared folder instead of compiling (~35 s on 2 cores)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import sys\n"
+        "from fewstep.core import jobenv\n"
+        "jobenv.share_compiled_kernels(sys.argv[1])  # before torch._dynamo is imported\n"
+        "import torch\n"
+        "from torch._dynamo.utils import counters\n"
+        "torch.compile(lambda x: (x.sin() * 2).relu(), dynamic=False)(torch.ones(8))\n"
+        "print(counters['inductor']['fxgraph_cache_hit'], counters['inductor']['fxgraph_cache_miss'],\n"
+        "      counters['aot_autograd']['autograd_cache_hit'])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    runs = [subprocess.run(command, env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    assert [run.stdout.split() for run in runs] == [["0", "1", "0"], ["1", "0", "1"]]
+    assert (tmp_path / "torchinductor" / "fxgraph").is_dir()

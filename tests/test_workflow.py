@@ -92,11 +92,11 @@ def test_full_study_dag_builds_without_weights(tmp_path):
     # (dev steps + schnell steps) x (aes, sim, none), the ablations at dev-28 (4 scales, 5 windows)
     # and schnell-4 (4 scales, 3 windows), 4 accelerations (compiled, cached, 2 cache schedules) at
     # dev-28 and schnell-4, and SD1.5 / SDXL x (style, style-layout, object-plus, object-plain,
-    # none, FaceID) x 9 step counts, 2 accelerations of one SD adapter at 2 step counts per SD
+    # none, FaceID) x 9 step counts, 3 accelerations of one SD adapter at 2 step counts per SD
     # family, the 8 distilled SD backbones x (style, object-plus, FaceID, none) x their cards' steps (20 in
     # all), Kontext with the identity photo x 5 step counts and klein with and without its
     # reference x 6 step counts
-    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9 + 2 * 2 * 2 + 4 * 20 + 5 + 2 * 6
+    assert cells == (9 + 6) * 3 + 9 + 7 + 8 + 2 * 6 * 9 + 2 * 3 * 2 + 4 * 20 + 5 + 2 * 6
     # one generate and one score job per backbone x adapter x acceleration (all its step counts)
     assert counts["generate"] == jobs == counts["score"] < cells
     # FLUX.1-dev, FLUX.1-schnell, InfiniteYou, insightface, IR-SE50; LPIPS AlexNet, CLIP-L (scoring);

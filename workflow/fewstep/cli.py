@@ -39,12 +39,17 @@ def _study(args: argparse.Namespace) -> Study:
     return study
 
 
-def _gpu_study(args: argparse.Namespace, *modules: str) -> Study:
-    """The study of a GPU command, after importing the model libraries and the command's `modules`
-    (which need no card) and then taking a free card (before torch starts CUDA)."""
+def _gpu_study(
+    args: argparse.Namespace, *modules: str, setup: Callable[[Study, argparse.Namespace], None] | None = None
+) -> Study:
+    """The study of a GPU command, after `setup` (what must precede the imports), importing the
+    model libraries and the command's `modules` (which need no card), then taking a free card
+    (before torch starts CUDA)."""
     from fewstep.core import gpus
 
     study = _study(args)
+    if setup is not None:
+        setup(study, args)
     imported_s = gpus.warm_imports(modules) if study.device != "cpu" else None
     early = "" if imported_s is None else f" (libraries imported before it, {imported_s:.1f} s)"
     print(f"fewstep {args.command}: {gpus.claim(study.device)}{early}", file=sys.stderr, flush=True)
@@ -193,9 +198,23 @@ def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs
     print(f"{args.job}: record -> {record}")
 
 
+def _share_compiled_kernels(study: Study, args: argparse.Namespace) -> None:
+    """A job that compiles keeps inductor's caches in the sweep's cache folder (`jobenv`), set
+    before anything imports torch._dynamo. Kernels are the same wherever cached: no output changes."""
+    from fewstep.core import jobenv
+    from fewstep.core.paths import Paths
+    from fewstep.grid import Grid
+
+    grid = Grid.of(study)
+    cells = [grid.cell(args.cell)] if args.cell is not None else grid.job(args.job)
+    if any(grid.acceleration(cell).compile != "none" for cell in cells):
+        jobenv.share_compiled_kernels(Paths(study).cache_dir)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
-    study = _gpu_study(args, "fewstep.jobs.generate", "fewstep.tracking.runs")
+    modules = ("fewstep.jobs.generate", "fewstep.tracking.runs")
+    study = _gpu_study(args, *modules, setup=_share_compiled_kernels)
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
     from fewstep.tracking import runs

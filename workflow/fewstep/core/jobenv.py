@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+
+#: where torch's inductor keeps its FX graph, AOTAutograd and Triton kernel caches, read at each
+#: compile (`torch._inductor.runtime.cache_dir_utils.cache_dir`); importing torch._dynamo (diffusers
+#: does) sets it to torch's default, /tmp/torchinductor_<user>, where unset
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 
 #: the config file(s) this process read (`fewstep.cli` records them), for the commands hints name
 CONFIG_FILES: list[str] = []
@@ -31,3 +37,11 @@ def export(package_dir: str | Path, config_file: str | Path) -> None:
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env["FEWSTEP_CONFIG"] = str(config_file)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def share_compiled_kernels(cache_dir: str | Path, env: MutableMapping[str, str] = os.environ) -> str:
+    """Inductor's caches in `cache_dir`/torchinductor (the sweep's cache folder) unless the user set
+    $TORCHINDUCTOR_CACHE_DIR: each job of a run, on any node sharing the results folder, reuses
+    kernels compiled once instead of its node's /tmp. Call before torch._dynamo is imported (see
+    `INDUCTOR_CACHE`); returns the folder."""
+    return env.setdefault(INDUCTOR_CACHE, os.path.abspath(Path(cache_dir) / "torchinductor"))

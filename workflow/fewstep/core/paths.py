@@ -37,7 +37,8 @@ class Paths:
 
     @property
     def cache_dir(self) -> Path:
-        """Where libraries that would write under $HOME keep their files (onnxruntime's id)."""
+        """Where libraries that would write under $HOME or /tmp keep their files (onnxruntime's id,
+        inductor's compiled kernels)."""
         return self.root / "cache"
 
     def prompt_variant_embedding(self, family: str, prompt: str, variant: str) -> Path:
