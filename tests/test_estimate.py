@@ -37,7 +37,7 @@ def write_figures(folder):
         {"backbone": "flux-dev", "variant": "eager", "per_step_s": 0.2, "per_image_s": 5.7, "images": 3,
          "compile_s": 1.0, "job_s": 24.1},
         {"backbone": "flux-dev", "variant": "compile", "per_step_s": 0.15, "per_image_s": 4.3, "images": 3,
-         "compile_s": 20.0, "job_s": 40.0},
+         "compile_s": 20.0, "job_s": 40.0, "switches": {"compile": "regional"}},
     ]  # fmt: skip
     (folder / "acceleration_x1_2026-01-01.json").write_text(json.dumps({"card": "X1", "rows": rows}))
     with (folder / "sd_latency_x1_2026-01-01.csv").open("w", newline="") as handle:
@@ -462,3 +462,45 @@ def test_the_committed_family_files_time_the_studys_kontext_klein_and_distilled_
     expected = sum(len(grid.items_of(c)) * (turbo[1] + slope * (c.steps - 1)) for c in cells)
     assert work["sdxl-turbo/object-plus"] == pytest.approx(expected)
     assert not any("counts its start only" in note for note in result.notes)
+
+
+@pytest.mark.parametrize(
+    "switches, variant",
+    [
+        ({}, None),
+        ({"compile": "regional"}, "compile"),
+        ({"compile": "regional", "fp8": "dynamic"}, "fast"),
+        ({"compile": "regional", "fp8": "dynamic", "cache": "taylorseer"}, "fast-taylorseer"),
+        ({"compile": "regional", "fp8": "dynamic", "cache": "first_block"}, "fast-cache"),
+        ({"cache": "mag"}, "mag"),
+        ({"compile": "full"}, "compile-full"),
+        ({"compile": "full", "cache": "taylorseer"}, "full-taylorseer"),
+        ({"fp8": "dynamic"}, "fp8"),
+    ],
+)
+def test_switches_name_the_benchmark_variant_that_timed_them(switches, variant):
+    assert est._variant({"compile": "none", "fp8": "none", "cache": "none", **switches}) == variant
+
+
+def test_an_sd_acceleration_scales_the_steps_of_the_per_image_fit(tmp_path):
+    """SD's per-image fit (0.08 s + 0.03 s a step) with `compile: full` measured at 0.4 of eager per
+    step and 60 s compiling, each against the eager job of its own file (another file's eager
+    differs)."""
+    figures = write_figures(tmp_path / "figures")
+    full = {"compile": "full", "fp8": "none", "cache": "none"}
+    rows = [
+        {"backbone": "sd15", "variant": "eager", "per_step_s": 0.05, "per_image_s": 1.3, "images": 4,
+         "compile_s": 0.5, "job_s": 10.0, "switches": {}},
+        {"backbone": "sd15", "variant": "compile-full", "per_step_s": 0.02, "per_image_s": 0.6, "images": 4,
+         "compile_s": 60.0, "job_s": 70.0, "switches": full},
+    ]  # fmt: skip
+    (figures / "acceleration_x1_2026-01-02.json").write_text(json.dumps({"card": "X1", "rows": rows}))
+    sweep = small_sweep(tmp_path)
+    sweep["accelerations"]["full"] = {"compile": "full"}
+    sweep["cells"].append({"backbones": ["sd15"], "adapters": ["style"], "accelerations": ["full"]})
+    result = est.estimate(study_of(validate(sweep)), "x1", figures)
+    generate = seconds(result, "generate")
+    # start 10 + load 5 + compile 60 + (0.08 + 4 x 0.03 x 0.4) + (0.08 + 10 x 0.03 x 0.4)
+    assert generate["sd15/style+full"] == pytest.approx(10 + 5 + 60 + 0.08 + 0.048 + 0.08 + 0.12)
+    assert generate["sd15/style"] == pytest.approx(15.58)  # eager untouched
+    assert not [note for note in result.notes if "sd15/style+full" in note]

@@ -143,14 +143,8 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
     return {key: statistics.mean(values) for key, values in spent.items()}, ""
 
 
-#: benchmarks/acceleration.py's variant for each set of switches that are on
-VARIANTS = {
-    ("compile",): "compile",
-    ("fp8",): "fp8",
-    ("cache",): "cache",
-    ("compile", "fp8"): "fast",
-    ("compile", "fp8", "cache"): "fast-cache",
-}
+#: benchmarks/acceleration.py's names of the caches, and of the compile/fp8 switches they join
+CACHE_VARIANTS = {"first_block": "cache", "taylorseer": "taylorseer", "mag": "mag"}
 KINDS = {
     "prepare": ("prepare_model",),
     "embed": ("embed_prompt", "embed_reference", "embed_identity"),
@@ -227,8 +221,16 @@ class Estimate:
 
 
 def _variant(switches: dict[str, Any]) -> str | None:
-    on = tuple(name for name in ("compile", "fp8", "cache") if switches.get(name, "none") != "none")
-    return VARIANTS.get(on) if on else None
+    """benchmarks/acceleration.py's variant for the switches that are on (compile, fp8 and
+    their cache as "fast-mag", "full-taylorseer", "compile-full"...); None when none is on."""
+    compile_, fp8, cache = (switches.get(name, "none") for name in ("compile", "fp8", "cache"))
+    dense = {("regional", True): "fast", ("regional", False): "compile", ("full", False): "full"}
+    dense |= {("none", True): "fp8", ("full", True): "full-fp8"}
+    base = dense.get((compile_, fp8 != "none"))
+    cached = CACHE_VARIANTS.get(cache, cache) if cache != "none" else None
+    if cached is None:
+        return "compile-full" if base == "full" else base
+    return cached if base is None else f"{base}-{cached}"
 
 
 def _generation_seconds(
@@ -297,10 +299,14 @@ def _per_image_seconds(
     measured = side * side if side else default["width"] * default["height"]
     width, height = grid.resolution(first)
     intercept, per_step = figures.sd[key]
-    images = sum(len(grid.items_of(c)) * (intercept + per_step * c.steps) for c in cells)
-    if grid.acceleration(first) != EAGER_SWITCHES:
-        notes.append(f"{first.job}: timed as eager (the per-image fit has no acceleration figures)")
-    return start + ASSUMED_S["sd_load"], 0.0, images * width * height / measured
+    factor, compile_s = 1.0, 0.0
+    variant = _variant({**EAGER_SWITCHES, **grid.acceleration(first)})
+    if variant is not None:  # the switch's step time against eager, measured on the bare model
+        factor, compile_s = figures.accelerations.get((backbone["model"], variant), (1.0, 0.0))
+        if (backbone["model"], variant) not in figures.accelerations:
+            notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
+    images = sum(len(grid.items_of(c)) * (intercept + per_step * factor * c.steps) for c in cells)
+    return start + ASSUMED_S["sd_load"], compile_s, images * width * height / measured
 
 
 def _embedding_jobs(grid: Grid, figures: Figures, gpu: bool) -> list[Job]:

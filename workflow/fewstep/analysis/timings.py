@@ -138,16 +138,20 @@ def measured_figures(
             decode.append(float(row["decode_s"]))
     accelerations: dict[tuple[str, str], tuple[float, float]] = {}
     eager: dict[str, dict[str, Any]] = {}
-    accelerated = [row for path in kinds["acceleration"] for row in rows(path)]
-    for row in accelerated:
-        if row["variant"] == "eager":
-            eager[row["backbone"]] = row
+    for path in kinds["acceleration"]:  # each variant against the eager job of its own run
+        accelerated = rows(path)
+        eager_here = {row["backbone"]: row for row in accelerated if row["variant"] == "eager"}
+        eager.update(eager_here)
+        for row in accelerated:
+            base = eager_here.get(row["backbone"])
+            if row["variant"] != "eager" and base is not None:
+                factor = row["per_step_s"] / base["per_step_s"]
+                compiled = row.get("switches", {}).get("compile", "none") != "none"
+                accelerations[(row["backbone"], row["variant"])] = (
+                    factor,
+                    max(row["compile_s"], 0.0) * compiled,
+                )
     loads = [r["job_s"] - r["images"] * r["per_image_s"] - r["compile_s"] for r in eager.values()]
-    for row in accelerated:
-        base = eager.get(row["backbone"])
-        if row["variant"] != "eager" and base is not None:
-            factor = row["per_step_s"] / base["per_step_s"]
-            accelerations[(row["backbone"], row["variant"])] = (factor, row["compile_s"])
     step_s = dict(latency_step)
     if "latency" not in kinds:  # its own eager steps (with InfuseNet), the other card's ratio without
         for (model, adapter), step in latency_step.items():
