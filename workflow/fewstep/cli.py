@@ -40,17 +40,16 @@ def _study(args: argparse.Namespace) -> Study:
 
 
 def _gpu_study(
-    args: argparse.Namespace, *modules: str, setup: Callable[[Study, argparse.Namespace], None] | None = None
+    args: argparse.Namespace, setup: Callable[[Study, argparse.Namespace], None] | None = None
 ) -> Study:
     """The study of a GPU command, after `setup` (what must precede the imports), importing the
-    model libraries and the command's `modules` (which need no card), then taking a free card
-    (before torch starts CUDA)."""
+    model libraries (which need no card), then taking a free card (before torch starts CUDA)."""
     from fewstep.core import gpus
 
     study = _study(args)
     if setup is not None:
         setup(study, args)
-    imported_s = gpus.warm_imports(modules) if study.device != "cpu" else None
+    imported_s = gpus.warm_imports() if study.device != "cpu" else None
     early = "" if imported_s is None else f" (libraries imported before it, {imported_s:.1f} s)"
     print(f"fewstep {args.command}: {gpus.claim(study.device)}{early}", file=sys.stderr, flush=True)
     return study
@@ -153,14 +152,14 @@ def cmd_prepare_model(args: argparse.Namespace) -> None:
 
 
 def cmd_embed_prompts(args: argparse.Namespace) -> None:
-    study = _gpu_study(args, "fewstep.jobs.precompute")
+    study = _gpu_study(args)
     from fewstep.jobs.precompute import embed_prompts
 
     embed_prompts(study, args.family, args.prompt, args.variant, args.role)
 
 
 def cmd_embed_references(args: argparse.Namespace) -> None:
-    study = _gpu_study(args, "fewstep.jobs.precompute")
+    study = _gpu_study(args)
     from fewstep.jobs.precompute import embed_references
 
     embed_references(study, args.family, args.file, args.reference)
@@ -213,8 +212,7 @@ def _share_compiled_kernels(study: Study, args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _cell_or_job("generate", args)
-    modules = ("fewstep.jobs.generate", "fewstep.tracking.runs")
-    study = _gpu_study(args, *modules, setup=_share_compiled_kernels)
+    study = _gpu_study(args, setup=_share_compiled_kernels)
     from fewstep.core.paths import Paths
     from fewstep.jobs import generate
     from fewstep.tracking import runs
@@ -224,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     _cell_or_job("score", args)
-    study = _gpu_study(args, "fewstep.jobs.score", "fewstep.tracking.runs")
+    study = _gpu_study(args)
     from fewstep.core.paths import Paths
     from fewstep.jobs import score
     from fewstep.tracking import runs
@@ -233,7 +231,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:
-    study = _gpu_study(args, "fewstep.jobs.trajectory", "fewstep.tracking.runs")
+    study = _gpu_study(args)
     from fewstep.jobs.trajectory import run
     from fewstep.tracking import runs
 

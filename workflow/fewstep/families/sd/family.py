@@ -291,8 +291,8 @@ class StableDiffusion:
         return self.name if distillation is None else f"{self.name}/{distillation.name}"
 
     def figure_cell(self, row: Mapping[str, str]) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
-        """A row of this family: its ``backbone`` is ``base`` or a distillation's name, its
-        ``adapter`` ``none`` or an adapter file (``plain``, ``plus``)."""
+        """A row of this family: its `backbone` is `base` or a distillation's name, its
+        `adapter` is `none` or an adapter file (`plain`, `plus`)."""
         name, file = row.get("backbone"), row.get("adapter")
         if row.get("family") != self.name or not (name == "base" or name in DISTILLATIONS[self.name]):
             return None
