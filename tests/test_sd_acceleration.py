@@ -268,54 +268,62 @@ def test_accelerated_sd_jobs_write_cells_paired_with_their_eager_twins(tmp_path)
         assert list(adapter) == [sum(acceleration.taylorseer_schedule(calls, 2, 1))] == [(calls + 1) // 2]
 
 
-def test_a_compiling_job_keeps_inductors_caches_in_the_sweeps_cache_folder(tmp_path):
-    """`fewstep generate` of a job that compiles points inductor's caches at the sweep's cache folder
-    before anything imports torch._dynamo (which would set torch's /tmp default), so the run's jobs on
-    any node share the kernels; an eager job, and a user's own $TORCHINDUCTOR_CACHE_DIR, are left
-    alone."""
-    import json
+def run_python(script: str, *args: str, **env: str) -> list[str]:
+    """The last line `script` prints, run by this interpreter with the workflow on its path and
+    `env` set (no $TORCHINDUCTOR_CACHE_DIR unless given)."""
     import os
     import subprocess
     import sys
 
-    from fewstep.core.paths import Paths
     from tests.conftest import REPO
+
+    base = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), base.get("PYTHONPATH")]))
+    command = [sys.executable, "-c", script, *args]
+    done = subprocess.run(command, env=base | env, capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()[-1].split("\t")
+
+
+def test_a_compiling_job_keeps_inductors_caches_in_the_sweeps_cache_folder(tmp_path):
+    """`fewstep generate` of a job that compiles points inductor's caches at the sweep's cache folder
+    before its pre-card imports load torch._dynamo (which would set torch's /tmp default), here
+    on a simulated GPU host (NVML counts a card), so the run's jobs on any node share the kernels;
+    an eager job, and a user's own $TORCHINDUCTOR_CACHE_DIR, are left alone."""
+    import json
+    import os
+
+    from fewstep.core.paths import Paths
 
     raw = sd_sweep_config(tmp_path, full={"compile": "full"}, regional={"compile": "regional"})
     config = tmp_path / "config.yaml"
-    config.write_text(json.dumps(raw))
+    config.write_text(json.dumps({**raw, "device": "auto"}))
     script = (
-        "import json, os, sys\n"
+        "import os, sys, torch\n"
+        "torch.cuda._device_count_nvml = lambda: 1  # the libraries load before the card is taken\n"
         "from fewstep import cli\n"
         "args = cli.parser().parse_args(['generate', '--config', sys.argv[1], '--job', sys.argv[2]])\n"
-        "cli._share_compiled_kernels(cli._gpu_study(args), args)\n"
-        "print(json.dumps([os.environ.get('TORCHINDUCTOR_CACHE_DIR'), 'torch._dynamo' in sys.modules]))\n"
+        "cli._gpu_study(args, setup=cli._share_compiled_kernels)\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "print(str('torch._dynamo' in sys.modules), cache_dir(), sep='\\t')\n"
     )
-    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), env.get("PYTHONPATH")]))
-
-    def folder(job: str, **user: str) -> list:
-        command = [sys.executable, "-c", script, str(config), job]
-        done = subprocess.run(command, env=env | user, capture_output=True, text=True, check=True)
-        return json.loads(done.stdout.splitlines()[-1])
-
+    env = {"FEWSTEP_GPUS": "0"}  # no card to lock here
     shared = os.path.abspath(Paths(study_of(validate(raw))).cache_dir / "torchinductor")
-    assert folder("sd15/style+full") == folder("sd15/style+regional") == [shared, False]
-    assert folder("sd15/style") == [None, False]
+    full, regional = (
+        run_python(script, str(config), job, **env) for job in ("sd15/style+full", "sd15/style+regional")
+    )
+    assert full == regional == ["True", shared]
+    assert run_python(script, str(config), "sd15/style", **env)[1] != shared
     mine = str(tmp_path / "mine")
-    assert folder("sd15/style+full", TORCHINDUCTOR_CACHE_DIR=mine) == [mine, False]
+    assert run_python(script, str(config), "sd15/style+full", TORCHINDUCTOR_CACHE_DIR=mine, **env) == [
+        "True",
+        mine,
+    ]
 
 
 @pytest.mark.slow
 def test_a_second_process_reuses_the_kernels_the_first_compiled(tmp_path):
     """Two processes compile the same function with inductor (CPU, C++): the second loads the first's
     FX graph and AOTAutograd entries from the shared folder instead of compiling (~35 s on 2 cores)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     script = (
         "import sys\n"
         "from fewstep.core import jobenv\n"
@@ -324,11 +332,8 @@ def test_a_second_process_reuses_the_kernels_the_first_compiled(tmp_path):
         "from torch._dynamo.utils import counters\n"
         "torch.compile(lambda x: (x.sin() * 2).relu(), dynamic=False)(torch.ones(8))\n"
         "print(counters['inductor']['fxgraph_cache_hit'], counters['inductor']['fxgraph_cache_miss'],\n"
-        "      counters['aot_autograd']['autograd_cache_hit'])\n"
+        "      counters['aot_autograd']['autograd_cache_hit'], sep='\\t')\n"
     )
-    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "workflow"), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-c", script, str(tmp_path)]
-    runs = [subprocess.run(command, env=env, capture_output=True, text=True, check=True) for _ in range(2)]
-    assert [run.stdout.split() for run in runs] == [["0", "1", "0"], ["1", "0", "1"]]
+    runs = [run_python(script, str(tmp_path)) for _ in range(2)]
+    assert runs == [["0", "1", "0"], ["1", "0", "1"]]
     assert (tmp_path / "torchinductor" / "fxgraph").is_dir()
