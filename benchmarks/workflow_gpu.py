@@ -46,6 +46,7 @@ CLAIM = re.compile(
     r"(?: after waiting (?P<waited>[\d.]+) s)?)"
     r"(?: \(libraries imported before it, (?P<imported>[\d.]+) s\))?"
 )
+RELEASED = re.compile(r"fewstep [\w-]+: GPU card released after (?P<held>[\d.]+) s on it")
 #: `python -m fewstep <command> ...` -> (rule, name) as the benchmark and log files name the job
 COMMANDS = {
     "generate": ("generate", ("--job", "--cell")),
@@ -194,7 +195,8 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
         else:
             continue  # never finished (the run was stopped)
         log = workdir / job["log"] if job["log"] else None
-        claim = CLAIM.search(log.read_text(errors="replace")) if log is not None and log.exists() else None
+        text = log.read_text(errors="replace") if log is not None and log.exists() else ""
+        claim, released = CLAIM.search(text), RELEASED.search(text)
         jobs.append(
             {
                 "rule": job["rule"],
@@ -205,6 +207,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
                 "imported_s": float(claim["imported"]) if claim and claim["imported"] else 0.0,
+                "held_s": float(released["held"]) if released else None,  # the card freed before the end
                 "failed": job["failed"],
             }
         )
@@ -235,7 +238,9 @@ def summarise(
     rows = []
     for job in jobs:
         before_card = job.get("imported_s", 0.0) + job["waited_s"]  # imports, then the wait for the card
-        on_card = (job["start"] + before_card, job["end"])
+        held = job.get("held_s")  # a job that handed its card on before its W&B runs
+        taken = job["start"] + before_card
+        on_card = (taken, min(job["end"], taken + held) if held is not None else job["end"])
         card = {int(job["card"])} if job["card"] is not None and job["card"].isdigit() else None
         own = [p for p in proc_samples if (p[4], p[5]) == (job["rule"], job["name"])]
         seen = sorted({p[1] for p in own})

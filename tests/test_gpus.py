@@ -217,3 +217,19 @@ def test_imports_before_the_card_ask_cuda_nothing(tmp_path: Path) -> None:
         [sys.executable, "-c", NO_CUDA_QUERIES], env=no_nvml, capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.split()[-2:] == ["False", "0"], done.stderr[-2000:]
+
+
+def test_a_job_done_with_the_card_hands_it_on_before_it_ends(tmp_path: Path, capsys) -> None:
+    """After its GPU work a job frees its card (its W&B runs need none): another job takes it
+    while the first is still alive, and the first says how long it held it."""
+    env = {"FEWSTEP_GPUS": "1", "FEWSTEP_GPU_LOCK_DIR": str(tmp_path)}
+    try:
+        assert gpus.claim("cuda", env).card == "0"
+        assert gpus.release_when_done("generate") is True
+        assert "fewstep generate: GPU card released after " in capsys.readouterr().err
+        assert gpus.release_when_done("generate") is False  # nothing held any more
+        record = tmp_path / "next.json"
+        other = start_job(record, 0, job_env(1, tmp_path))
+        assert other.wait(timeout=60) == 0 and json.loads(record.read_text())["card"] == "0"
+    finally:
+        gpus.release()

@@ -195,6 +195,10 @@ def test_a_job_that_imports_beside_another_counts_from_taking_the_card():
     assert summary["idle_gaps"] == [] and summary["kept_to_cards"]["ok"] is True
     assert summary["gpu_job_s"] == 30.0 and summary["imported_before_card_s"] == 6.0
     assert summary["gpu_busy_while_waiting"] == 1.0  # the card computed while the score job waited
+    released = {**jobs[2], "held_s": 6.0}  # handed the card on 4 s before its end (W&B runs)
+    summary = workflow_gpu.summarise([*jobs[:2], released], gpus, procs, (T0, T0 + 100), None)
+    assert next(row for row in summary["jobs"] if row["rule"] == "score")["on_card_s"] == 6.0
+    assert workflow_gpu.RELEASED.search("fewstep score: GPU card released after 6.0 s on it")["held"] == "6.0"
     line = "fewstep score: GPU card 0 of 0 (lock /tmp/l/gpu0.lock) after waiting 2.0 s"
     line += " (libraries imported before it, 6.1 s)"
     claim = workflow_gpu.CLAIM.search(line)

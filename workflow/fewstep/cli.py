@@ -191,6 +191,9 @@ def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs
             log(tracked, job.run(study, args.cell, args.out, batch_size=args.batch_size))
         return
     record = job.run_job(study, args.job, batch_size=args.batch_size)
+    from fewstep.core import gpus
+
+    gpus.release_when_done(args.command)  # the W&B runs below need no card
     for cell in Grid.of(study).job(args.job):
         with runs.job_run(study, stage, cell.id) as tracked:
             log(tracked, output(Paths(study), cell.id))

@@ -46,6 +46,7 @@ NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 SCHEDULER_VARS = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 
 _held: list[IO[str]] = []  # open lock files: the claim lasts as long as the process
+_taken_at: list[float] = []  # when this process took its card (time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _try_lock(path: Path) -> IO[str] | None:
     return handle
 
 
-def claim(device: str, env: MutableMapping[str, str] = os.environ, poll_s: float = 1.0) -> Claim:
+def claim(device: str, env: MutableMapping[str, str] = os.environ, poll_s: float = 0.1) -> Claim:
     """Take a free card for this process (waiting while all are held) and export it.
 
     `device` is the config's device (cpu, cuda, auto). On success `env` gains
@@ -140,6 +141,7 @@ def claim(device: str, env: MutableMapping[str, str] = os.environ, poll_s: float
             handle = _try_lock(path)
             if handle is not None:
                 _held.append(handle)
+                _taken_at[:] = [time.monotonic()]
                 env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
                 env["CUDA_VISIBLE_DEVICES"] = card
                 waited = f" after waiting {time.monotonic() - started:.1f} s" if waiting else ""
@@ -186,3 +188,28 @@ def release() -> None:
     """Drop every card this process holds (process exit does the same)."""
     while _held:
         _held.pop().close()
+
+
+def release_when_done(command: str) -> bool:
+    """Hand the card on once a job's GPU work is done, before work that needs none (its W&B runs):
+    compiled graphs dropped, CUDA's cached memory returned; kept (False) where memory stays reserved.
+
+    The CUDA context itself (a few hundred MiB) lives until the process ends."""
+    if not _held:
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        import gc
+
+        if "torch._dynamo" in sys.modules:
+            torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.synchronize()
+        getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()  # cuBLAS keeps a workspace
+        torch.cuda.empty_cache()
+        if torch.cuda.memory_reserved() > 0:
+            return False
+    held_s = time.monotonic() - _taken_at[0]
+    release()
+    print(f"fewstep {command}: GPU card released after {held_s:.1f} s on it", file=sys.stderr, flush=True)
+    return True
