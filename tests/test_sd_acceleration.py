@@ -284,6 +284,7 @@ def run_python(script: str, *args: str, **env: str) -> list[str]:
     return done.stdout.splitlines()[-1].split("\t")
 
 
+@pytest.mark.slow  # four interpreters that import diffusers (~20 s on 2 cores)
 def test_a_compiling_job_keeps_inductors_caches_in_the_sweeps_cache_folder(tmp_path):
     """`fewstep generate` of a job that compiles points inductor's caches at the sweep's cache folder
     before its pre-card imports load torch._dynamo (which would set torch's /tmp default), here
