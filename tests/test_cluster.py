@@ -273,7 +273,10 @@ def card_lines(workdir: Path, rule: str = "generate") -> list[str]:
     """What RULE's jobs ("*": every rule's) print as `fewstep <command>: ...`: the GPU card they took."""
     logs = sorted((workdir / "results/demo/logs").glob(f"{rule}/*.log"))
     lines = [line for log in logs for line in log.read_text().splitlines()]
-    return [line for line in lines if re.match(r"fewstep [a-z-]+: ", line)]
+    return [line for line in lines if re.match(r"fewstep [a-z-]+: ", line) and RELEASED not in line]
+
+
+RELEASED = "GPU card released after"  # a job done with its card hands it on (fewstep.core.gpus)
 
 
 @pytest.mark.slow
@@ -342,6 +345,9 @@ def test_demo_through_slurm_matches_local_run(slurm: dict[str, str], tmp_path: P
         for line in card_lines(local, "*")
     ]
     assert all(local_cards) and all(m.group(2) == m.group(3) for m in local_cards)
+    for rule in ("generate", "score"):  # each handed its card on before writing its W&B runs
+        logs = list((local / "results/demo/logs" / rule).glob("*.log"))
+        assert logs and all(RELEASED in log.read_text() for log in logs), rule
     commands = sorted(m.group(1) for m in local_cards)  # 2 of each: per T5 length, per backbone
     assert commands == sorted(["embed-prompts", "generate", "score", "trajectory"] * 2)
     assert {m.group(2) for m in local_cards} == {"0", "1"}
