@@ -233,6 +233,19 @@ def _variant(switches: dict[str, Any]) -> str | None:
     return cached if base is None else f"{base}-{cached}"
 
 
+def _acceleration(
+    grid: Grid, cell: Any, model: str, figures: Figures, notes: list[str]
+) -> tuple[float, float]:
+    """(step time against eager, compile s) of the cell's switches on `model`, from the card's
+    acceleration rows; (1, 0) for eager, and for switches without rows (said in a note)."""
+    variant = _variant({**EAGER_SWITCHES, **grid.acceleration(cell)})
+    if variant is None:
+        return 1.0, 0.0
+    if (model, variant) not in figures.accelerations:
+        notes.append(f"no {variant} figures for {figures.card}: {cell.job} timed as eager")
+    return figures.accelerations.get((model, variant), (1.0, 0.0))
+
+
 def _generation_seconds(
     grid: Grid, cells: list, figures: Figures, notes: list[str]
 ) -> tuple[float, float, float]:
@@ -247,12 +260,7 @@ def _generation_seconds(
         return _per_image_seconds(grid, cells, figures, notes)
     width, height = grid.resolution(first)
     scale = width * height / MEASURED_SIDE**2
-    factor, compile_s = 1.0, 0.0
-    variant = _variant({**EAGER_SWITCHES, **grid.acceleration(first)})
-    if variant is not None:
-        factor, compile_s = figures.accelerations.get((backbone["model"], variant), (1.0, 0.0))
-        if (backbone["model"], variant) not in figures.accelerations:
-            notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
+    factor, compile_s = _acceleration(grid, first, backbone["model"], figures, notes)
     conditioned = family.adapter_role(adapter) is not None
     needed = {True: conditioned, False: not conditioned or adapter.get("first_steps") is not None}
     for wanted in (True, False):
@@ -299,12 +307,7 @@ def _per_image_seconds(
     measured = side * side if side else default["width"] * default["height"]
     width, height = grid.resolution(first)
     intercept, per_step = figures.sd[key]
-    factor, compile_s = 1.0, 0.0
-    variant = _variant({**EAGER_SWITCHES, **grid.acceleration(first)})
-    if variant is not None:  # the switch's step time against eager, measured on the bare model
-        factor, compile_s = figures.accelerations.get((backbone["model"], variant), (1.0, 0.0))
-        if (backbone["model"], variant) not in figures.accelerations:
-            notes.append(f"no {variant} figures for {figures.card}: {first.job} timed as eager")
+    factor, compile_s = _acceleration(grid, first, backbone["model"], figures, notes)
     images = sum(len(grid.items_of(c)) * (intercept + per_step * factor * c.steps) for c in cells)
     return start + ASSUMED_S["sd_load"], compile_s, images * width * height / measured
 
