@@ -1,6 +1,6 @@
-"""benchmarks/workflow_gpu.py: the GPU run's records (Snakemake log, benchmark files, job logs,
-sampler rows) turned into wall times, GPU busy, idle gaps, peak memory and card keeping, checked
-on records written here."""
+"""benchmarks/workflow_gpu.py and workflow_gpu_summary.py: the GPU run's records (Snakemake log,
+benchmark files, job logs, sampler rows) turned into wall times, GPU busy, idle gaps, peak memory
+and card keeping, checked on records written here."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ import pytest
 
 from tests.conftest import REPO
 
-spec = importlib.util.spec_from_file_location("workflow_gpu", REPO / "benchmarks" / "workflow_gpu.py")
-workflow_gpu = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(workflow_gpu)
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+workflow_gpu, gpu_summary = load("workflow_gpu"), load("workflow_gpu_summary")
 
 T0 = 1_800_000_000.0  # the run's start, epoch seconds
 
@@ -149,7 +155,7 @@ def one_run():
 
 def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     jobs, gpus, procs = one_run()
-    summary = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), estimate_s=90.0)
+    summary = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), estimate_s=90.0)
     assert summary["wall_s"] == 100 and summary["measured_over_estimate"] == pytest.approx(1.111)
     assert summary["within_25_percent"] is True
     assert summary["gpu_busy_run"] == pytest.approx(0.24)  # (20 x 1 + 8 x 0.5) / 100 samples
@@ -164,8 +170,8 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert by_rule["prepare_model"]["peak_mem_mib"] is None and by_rule["prepare_model"]["gpu_busy"] is None
     assert summary["rules"]["generate"] == {"jobs": 1, "wall_s": [20.0], "total_s": 20.0}
     assert summary["kept_to_cards"] == {"ok": True, "problems": []} and summary["failed_jobs"] == []
-    assert workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), 70.0)["within_25_percent"] is False
-    table = workflow_gpu.markdown(
+    assert gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), 70.0)["within_25_percent"] is False
+    table = gpu_summary.markdown(
         {
             "card": "NVIDIA H100 80GB HBM3",
             "date": "2026-12-07",
@@ -189,14 +195,14 @@ def test_a_job_that_imports_beside_another_counts_from_taking_the_card():
     for the card the generation job computes on, and holds it 30-40 s: no gap, no overlap."""
     jobs, gpus, procs = one_run()
     jobs[2] = {**job("score", "flux-dev/none", 22, 40), "imported_s": 6.0, "waited_s": 2.0}
-    summary = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), None)
+    summary = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), None)
     score = next(row for row in summary["jobs"] if row["rule"] == "score")
     assert (score["card_start_s"], score["on_card_s"], score["wall_s"]) == (30.0, 10.0, 18.0)
     assert summary["idle_gaps"] == [] and summary["kept_to_cards"]["ok"] is True
     assert summary["gpu_job_s"] == 30.0 and summary["imported_before_card_s"] == 6.0
     assert summary["gpu_busy_while_waiting"] == 1.0  # the card computed while the score job waited
     released = {**jobs[2], "held_s": 6.0}  # handed the card on 4 s before its end (W&B runs)
-    summary = workflow_gpu.summarise([*jobs[:2], released], gpus, procs, (T0, T0 + 100), None)
+    summary = gpu_summary.summarise([*jobs[:2], released], gpus, procs, (T0, T0 + 100), None)
     assert next(row for row in summary["jobs"] if row["rule"] == "score")["on_card_s"] == 6.0
     assert workflow_gpu.RELEASED.search("fewstep score: GPU card released after 6.0 s on it")["held"] == "6.0"
     line = "fewstep score: GPU card 0 of 0 (lock /tmp/l/gpu0.lock) after waiting 2.0 s"
@@ -210,7 +216,7 @@ def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
     jobs.append(job("trajectory", "flux-dev/none/4", 35, 45))  # card 0 while score holds it
     jobs.append(job("embed_prompt", "flux/L512", 50, 60, card=None))
     procs.append((T0 + 20.5, 1, 4242, 100.0, "generate", "flux-dev/none"))
-    kept = workflow_gpu.summarise(jobs, gpus, procs, (T0, T0 + 100), None)["kept_to_cards"]
+    kept = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), None)["kept_to_cards"]
     assert kept["ok"] is False
     assert kept["problems"] == [
         "generate flux-dev/none: card 0 claimed, used [0, 1]",
