@@ -65,14 +65,23 @@ COMMANDS = {
 
 
 def sample(path: Path, interval_s: float) -> None:
-    """Side process: one row per GPU and sample, one per (GPU, process) holding memory."""
+    """Side process: one row per GPU and sample, one per (GPU, process) holding memory, and one per
+    card whose lock file a process holds (the kernel's lock table, read first: a job takes its card
+    before it allocates and frees its memory before it hands the card on)."""
     import pynvml
 
+    sys.path.insert(0, str(REPO / "workflow"))
+    from fewstep.core.gpus import lock_dir
+
+    folder = lock_dir()
     pynvml.nvmlInit()
     handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
     with path.open("w", buffering=1) as out:
         while True:
             now = time.time()
+            for card, pid in lock_holders(Path("/proc/locks").read_text(), lock_files(folder)):
+                rule, name = job_of(command_line(pid)) or ("", "")
+                out.write(f"lock,{now:.3f},{card},{pid},{rule},{name}\n")
             for index, handle in enumerate(handles):
                 util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
                 used = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
@@ -87,6 +96,35 @@ def sample(path: Path, interval_s: float) -> None:
                         memory = (proc.usedGpuMemory or 0) / 2**20
                         out.write(f"proc,{now:.3f},{index},{proc.pid},{memory:.0f},{job[0]},{job[1]}\n")
             time.sleep(max(0.0, interval_s - (time.time() - now)))
+
+
+def lock_files(folder: Path) -> dict[tuple[int, int, int], int]:
+    """Each card lock file `gpu<N>.lock` in `folder` that exists now, as /proc/locks names it
+    ((device major, minor, inode)) -> its card N."""
+    files = {}
+    for path in folder.glob("gpu*.lock"):
+        card = path.stem.removeprefix("gpu")
+        with contextlib.suppress(OSError):  # removed since the glob
+            stat = path.stat()
+            if card.isdigit():
+                files[(os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino)] = int(card)
+    return files
+
+
+def lock_holders(proc_locks: str, files: dict[tuple[int, int, int], int]) -> list[tuple[int, int]]:
+    """(card, pid) for every exclusive flock held on a card's lock file, from the text of
+    /proc/locks (`3: FLOCK  ADVISORY  WRITE 2711 00:2b:1234 0 EOF`: pid, then hex major and minor
+    and decimal inode); waiters (`->`), shared and POSIX locks left out. `files`: `lock_files`."""
+    held = []
+    for line in proc_locks.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK" or fields[3] != "WRITE":
+            continue
+        major, minor, inode = fields[5].split(":")
+        card = files.get((int(major, 16), int(minor, 16), int(inode)))
+        if card is not None:
+            held.append((card, int(fields[4])))
+    return sorted(held)
 
 
 def command_line(pid: int) -> list[str]:
@@ -108,23 +146,26 @@ def job_of(argv: list[str]) -> tuple[str, str] | None:
     return rule, "/".join(options[key] for key in keys if key in options)
 
 
-def read_samples(path: Path) -> tuple[list[tuple[float, int, float, float]], list[tuple]]:
-    """(t, gpu, busy 0-1, memory MiB) rows and (t, gpu, pid, memory MiB, rule, name) rows, from
-    this script's sampler or from `nvidia-smi --query-gpu=timestamp,index,utilization.gpu,
-    memory.used --format=csv,noheader,nounits`."""
-    gpus, procs = [], []
+def read_samples(path: Path) -> tuple[list[tuple[float, int, float, float]], list[tuple], list[tuple]]:
+    """(t, gpu, busy 0-1, memory MiB) rows, (t, gpu, pid, memory MiB, rule, name) rows and
+    (t, card, pid, rule, name) lock holders, from this script's sampler or from
+    `nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits`
+    (GPU rows only)."""
+    gpus, procs, locks = [], [], []
     if not path.exists():
-        return gpus, procs
+        return gpus, procs, locks
     for row in csv.reader(path.read_text().splitlines()):
         row = [cell.strip() for cell in row]
         if row and row[0] == "gpu":
             gpus.append((float(row[1]), int(row[2]), float(row[3]) / 100, float(row[4])))
         elif row and row[0] == "proc":
             procs.append((float(row[1]), int(row[2]), int(row[3]), float(row[4]), row[5], row[6]))
+        elif row and row[0] == "lock":
+            locks.append((float(row[1]), int(row[2]), int(row[3]), row[4], row[5]))
         elif len(row) == 4 and row[1].isdigit():
             stamp = datetime.datetime.strptime(row[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
             gpus.append((stamp, int(row[1]), float(row[2]) / 100, float(row[3])))
-    return gpus, procs
+    return gpus, procs, locks
 
 
 def start_sampler(path: Path, interval_ms: int) -> subprocess.Popen | None:
@@ -351,7 +392,7 @@ def main() -> None:
         if sampler is not None:
             sampler.terminate()
             sampler.wait()
-    gpu_samples, proc_samples = read_samples(samples)
+    gpu_samples, proc_samples, lock_samples = read_samples(samples)
     jobs = measured_jobs(args.workdir, log_text, gpu=config["device"] != "cpu")
     result = {
         "card": card,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,16 +114,53 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
 def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
     ours = tmp_path / "ours.csv"
     ours.write_text(
-        "gpu,1800000000.100,0,87,30000\nproc,1800000000.100,0,4242,29500,generate,flux-dev/none\n"
+        "lock,1800000000.100,0,4242,generate,flux-dev/none\ngpu,1800000000.100,0,87,30000\n"
+        "proc,1800000000.100,0,4242,29500,generate,flux-dev/none\nlock,1800000000.200,1,999,,\n"
     )
-    gpus, procs = workflow_gpu.read_samples(ours)
+    gpus, procs, locks = workflow_gpu.read_samples(ours)
     assert gpus == [(1800000000.1, 0, 0.87, 30000.0)]
     assert procs == [(1800000000.1, 0, 4242, 29500.0, "generate", "flux-dev/none")]
+    assert locks == [(1800000000.1, 0, 4242, "generate", "flux-dev/none"), (1800000000.2, 1, 999, "", "")]
     smi = tmp_path / "smi.csv"
     smi.write_text("2027/01/15 08:00:00.250, 1, 45, 1024\n")
-    gpus, procs = workflow_gpu.read_samples(smi)
+    gpus, procs, locks = workflow_gpu.read_samples(smi)
     expected = time.mktime(time.strptime("2027/01/15 08:00:00", "%Y/%m/%d %H:%M:%S")) + 0.25
-    assert gpus == [(pytest.approx(expected), 1, 0.45, 1024.0)] and procs == []
+    assert gpus == [(pytest.approx(expected), 1, 0.45, 1024.0)] and procs == [] and locks == []
+
+
+PROC_LOCKS = """\
+1: POSIX  ADVISORY  WRITE 1520 00:19:912 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 fe:00:2146320 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 4343 fe:00:2146320 0 EOF
+3: FLOCK  ADVISORY  READ  777 fe:00:2146321 0 EOF
+4: FLOCK  ADVISORY  WRITE 4444 fe:00:2146322 0 EOF
+5: OFDLCK ADVISORY  READ  -1 00:06:1028 0 EOF
+6: FLOCK  ADVISORY  WRITE 5555 fe:01:2146320 0 EOF
+7: POSIX  ADVISORY  WRITE 666 fe:00:2146322 0 EOF
+8: FLOCK  ADVISORY  WRITE 888 00:2b:1234 0 EOF
+"""
+
+
+def test_the_lock_table_names_the_process_holding_each_card():
+    """Card 0's holder, not the process waiting for it; card 1's flock, not a POSIX lock on the
+    same file; no shared flock (card 2), same inode on another device, or other files."""
+    files = {(0xFE, 0, 2146320): 0, (0xFE, 0, 2146322): 1, (0xFE, 0, 2146321): 2}
+    assert workflow_gpu.lock_holders(PROC_LOCKS, files) == [(0, 4242), (1, 4444)]
+    assert workflow_gpu.lock_holders(PROC_LOCKS, {}) == []
+
+
+def test_a_card_lock_held_here_is_found_in_the_kernel_lock_table(tmp_path):
+    import fcntl
+
+    assert workflow_gpu.lock_files(tmp_path) == {}  # no lock file yet
+    (tmp_path / "gpu1.lock").touch()  # not locked
+    with (tmp_path / "gpu0.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holders = workflow_gpu.lock_holders(
+            Path("/proc/locks").read_text(), workflow_gpu.lock_files(tmp_path)
+        )
+    assert sorted(workflow_gpu.lock_files(tmp_path).values()) == [0, 1]
+    assert holders == [(0, os.getpid())]
 
 
 def job(rule, name, start, end, card="0", gpu=True):
@@ -261,8 +299,8 @@ def nvmlDeviceGetComputeRunningProcesses(handle):
 '''
 
 
-def rows(samples) -> int:
-    return samples.read_text().count("proc,") if samples.exists() else 0
+def rows(samples, kind: str) -> int:
+    return samples.read_text().count(f"{kind},") if samples.exists() else 0
 
 
 def test_the_sampler_side_process_records_the_card_and_each_job_process(tmp_path, monkeypatch):
@@ -270,11 +308,14 @@ def test_the_sampler_side_process_records_the_card_and_each_job_process(tmp_path
     import sys
 
     (tmp_path / "pynvml.py").write_text(FAKE_NVML)
-    job = subprocess.Popen(  # a process whose command line is a generation job's
+    monkeypatch.setenv("FEWSTEP_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    (tmp_path / "locks").mkdir()
+    job = subprocess.Popen(  # a process whose command line is a generation job's, holding card 0
         [
             sys.executable,
             "-c",
-            "import time; time.sleep(30)",
+            "import fcntl, os, time; lock = open(os.environ['FEWSTEP_GPU_LOCK_DIR'] + '/gpu0.lock', 'w'); "
+            "fcntl.flock(lock, fcntl.LOCK_EX); time.sleep(30)",
             "-m",
             "fewstep",
             "generate",
@@ -289,13 +330,14 @@ def test_the_sampler_side_process_records_the_card_and_each_job_process(tmp_path
     sampler = workflow_gpu.start_sampler(samples, interval_ms=50)
     try:
         deadline = time.time() + 20
-        while time.time() < deadline and rows(samples) < 3:
+        while time.time() < deadline and min(rows(samples, "proc"), rows(samples, "lock")) < 3:
             time.sleep(0.1)
     finally:
         sampler.terminate()
         sampler.wait()
         job.kill()
         job.wait()
-    gpus, procs = workflow_gpu.read_samples(samples)
+    gpus, procs, locks = workflow_gpu.read_samples(samples)
     assert len(gpus) >= 3 and {(gpu, busy, memory) for _, gpu, busy, memory in gpus} == {(0, 0.6, 1024.0)}
     assert {(p[1:]) for p in procs} == {(0, job.pid, 512.0, "generate", "sd15/style")}
+    assert len(locks) >= 3 and {lock[1:] for lock in locks} == {(0, job.pid, "generate", "sd15/style")}
