@@ -118,7 +118,7 @@ def lock_holders(proc_locks: str, files: dict[tuple[int, int, int], int]) -> lis
     held = []
     for line in proc_locks.splitlines():
         fields = line.split()
-        if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK" or fields[3] != "WRITE":
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":  # a waiter's is `->`
             continue
         major, minor, inode = fields[5].split(":")
         card = files.get((int(major, 16), int(minor, 16), int(inode)))
@@ -403,7 +403,9 @@ def main() -> None:
         "returncode": code,
         "estimate_card": figures,
         "samples": len(gpu_samples),
-        "summary": summarise(jobs, gpu_samples, proc_samples, (start, end), predicted),
+        "summary": summarise(
+            jobs, gpu_samples, proc_samples, (start, end), predicted, lock_samples=lock_samples
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workflow_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
