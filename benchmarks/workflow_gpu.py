@@ -6,15 +6,16 @@ sampler beside it, and what `fewstep estimate` predicted for the same config.
 
 Runs ``snakemake --cores all --configfile <config> --workflow-profile profiles/default`` in a fresh
 working folder (``--workdir``), while a side process samples every GPU every ``--sample-ms``
-(NVML through pynvml; without it ``nvidia-smi -lms``): utilisation, memory, and which processes
-hold memory on which card (their command lines name the job). Writes ``workflow_gpu.json`` and
+(NVML through pynvml; without it ``nvidia-smi -lms``): utilisation, memory, which processes hold
+memory on which card, and which process holds each card's lock (`fewstep.core.gpus`; the kernel's
+lock table, /proc/locks); their command lines name the job. Writes ``workflow_gpu.json`` and
 ``workflow_gpu.md`` under ``--out``: the whole run's wall time; per rule its jobs' wall times
 (Snakemake's benchmark files; the Snakemake log's one-second stamps for rules without one); GPU
-busy over the whole run, from the first generation job to the last score job, and per job; the
-idle gaps between GPU jobs; peak GPU memory per job; whether every job kept to the card its lock
-gave it (`fewstep.core.gpus`); and the estimate beside the measured wall time (the summary:
-``workflow_gpu_summary.py``). ``--limit-s`` is the script's own time: Snakemake is stopped 45 s
-before it (SIGINT, then SIGKILL), and the files are still written.
+busy over the whole run, from the first generation job to the last score job, and per job, on its
+card from the lock table (else the log stamps); the idle gaps between GPU jobs; peak GPU memory per
+job; whether every job kept to the card its lock gave it; and the estimate beside the measured
+wall time (the summary: ``workflow_gpu_summary.py``). ``--limit-s`` is the script's own time:
+Snakemake is stopped 45 s before it (SIGINT, then SIGKILL), and the files are still written.
 """
 
 from __future__ import annotations

@@ -207,7 +207,8 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert by_rule["score"]["peak_mem_mib"] == 2000.0  # no process rows: the card in its window
     assert by_rule["prepare_model"]["peak_mem_mib"] is None and by_rule["prepare_model"]["gpu_busy"] is None
     assert summary["rules"]["generate"] == {"jobs": 1, "wall_s": [20.0], "total_s": 20.0}
-    assert summary["kept_to_cards"] == {"ok": True, "problems": []} and summary["failed_jobs"] == []
+    assert summary["kept_to_cards"] == {"ok": True, "problems": [], "checked_on": "log stamps"}
+    assert summary["failed_jobs"] == [] and by_rule["generate"]["card_window_from"] == "log stamps"
     assert gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), 70.0)["within_25_percent"] is False
     table = gpu_summary.markdown(
         {
@@ -225,7 +226,10 @@ def test_busy_gaps_memory_and_cards_of_a_run_add_up():
     assert "| GPU busy, first generate to last score | 80% |" in table
     assert "| generate | 1 | 20.0 | 20.0 s |" in table
     assert "| generate flux-dev/none | 10.0 s | 20.0 s | 20.0 s | 0 | 100% | 28.3 GiB |" in table
-    assert "| every job kept to its card | yes |" in table and "| failed jobs | none |" in table
+    assert "| every job kept to its card, from the log stamps | yes |" in table
+    assert (
+        "| GPU jobs' time on the card, from | log stamps 2 |" in table and "| failed jobs | none |" in table
+    )
 
 
 def test_a_job_that_imports_beside_another_counts_from_taking_the_card():
@@ -261,6 +265,80 @@ def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
         "embed_prompt flux/L512: no card claim in its log",
         "card 0: flux-dev/none and flux-dev/none/4 overlap",
     ]
+
+
+COFFEE, FOUR = ("embed_reference", "sdxl/plus/coffee"), ("trajectory", "flux-schnell/infusenet-aes/4")
+TIMES = [round(k * 0.1, 1) for k in range(600)]  # the sampler's 100 ms over 60 s
+
+
+def handed_on_in_time():
+    """The H100 run's false alarm: the reference job holds card 0's lock 10-32.4 s and ends at 33 s
+    (its memory until then); the trajectory job takes the lock at 32.5 s, its process on the card
+    from 32.9 s. The log stamps (reference ends 34 s, trajectory starts 20 s and imports 12 s) put
+    them on the card together 32-34 s."""
+    jobs = [job(*COFFEE, 10, 34), {**job(*FOUR, 20, 50), "imported_s": 12.0}]
+    gpus = [(T0 + t, 0, 0.9, 20000.0) for t in TIMES]
+    locks = [(T0 + t, 0, 101, *COFFEE) for t in TIMES if 10 <= t <= 32.4]
+    locks += [(T0 + t, 0, 202, *FOUR) for t in TIMES if 32.5 <= t <= 50]
+    procs = [(T0 + t, 0, 101, 9844.0, *COFFEE) for t in TIMES if 10.5 <= t <= 33]
+    procs += [(T0 + t, 0, 202, 20000.0, *FOUR) for t in TIMES if 32.9 <= t <= 50]
+    return jobs, gpus, procs, locks
+
+
+def test_the_lock_table_times_the_card_where_the_stamps_would_see_an_overlap():
+    jobs, gpus, procs, locks = handed_on_in_time()
+    stamps = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 60), None)["kept_to_cards"]
+    assert stamps["problems"] == ["card 0: sdxl/plus/coffee and flux-schnell/infusenet-aes/4 overlap"]
+    summary = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 60), None, lock_samples=locks)
+    assert summary["kept_to_cards"] == {"ok": True, "problems": [], "checked_on": "lock table"}
+    coffee, four = summary["jobs"]
+    assert (coffee["card_start_s"], coffee["on_card_s"], coffee["card_window_from"]) == (
+        10.0,
+        22.5,
+        "lock table",
+    )
+    assert (four["card_start_s"], four["on_card_s"], four["card_window_from"]) == (32.5, 17.6, "lock table")
+    assert summary["idle_gaps"] == []
+    one_locked = [lock for lock in locks if lock[2] == 202]  # the reference job's rows missing
+    rows = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 60), None, lock_samples=one_locked)["jobs"]
+    assert [row["card_window_from"] for row in rows] == ["log stamps", "lock table"]
+
+
+def test_memory_on_a_card_outside_its_lock_is_reported():
+    """A job's process on a card whose lock another job holds, on its own card before taking the
+    lock, and keeping its memory long after handing the lock on; two holders of one lock."""
+    jobs, gpus, procs, locks = handed_on_in_time()
+    jobs.append(job("generate", "sd15/style", 38, 46, card="1"))
+    style = ("generate", "sd15/style")
+    locks += [(T0 + t, 1, 303, *style) for t in TIMES if 40 <= t <= 45] + [(T0 + 42, 1, 404, "", "")]
+    procs += [(T0 + t, 1, 303, 8000.0, *style) for t in TIMES if 39 <= t <= 45]
+    procs += [(T0 + t, 0, 303, 20480.0, *style) for t in TIMES if 41 <= t <= 41.5]
+    procs += [(T0 + t, 0, 202, 20000.0, *FOUR) for t in TIMES if 50 < t <= 55]  # on after its lock
+    kept = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 60), None, lock_samples=locks)["kept_to_cards"]
+    assert kept["ok"] is False and kept["checked_on"] == "lock table"
+    assert kept["problems"] == [
+        "card 1: generate sd15/style and pid 404 held its lock at once at 42.0 s",
+        "generate sd15/style: up to 8000 MiB on card 1 from 39.0 s, before taking its lock at 40.0 s",
+        "generate sd15/style: up to 20480 MiB on card 0 from 41.0 s, a card whose lock it never held",
+        "trajectory flux-schnell/infusenet-aes/4: up to 20000 MiB on card 0 from 52.1 s, "
+        "after handing its lock on at 50.1 s",
+    ]
+    table = gpu_summary.markdown(
+        {
+            "card": "NVIDIA H100 80GB HBM3",
+            "date": "2026-12-08",
+            "command": ["snakemake"],
+            "returncode": 0,
+            "torch": "2.11.0",
+            "config": "config/gpu.yaml",
+            "estimate_card": None,
+            "summary": gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 60), None, lock_samples=locks),
+        }
+    )
+    assert (
+        "| every job kept to its card, from the lock table | no: card 1: generate sd15/style and pid" in table
+    )
+    assert "| GPU jobs' time on the card, from | lock table 3 |" in table
 
 
 FAKE_NVML = '''
