@@ -144,6 +144,11 @@ def job_of(argv: list[str]) -> tuple[str, str] | None:
     if command not in COMMANDS:
         return None
     rule, keys = COMMANDS[command]
+    if command == "embed-prompts" and "--role" in options:  # one rule per prompt group
+        sys.path.insert(0, str(REPO / "workflow"))
+        from fewstep.core.study import prompt_rule
+
+        rule = prompt_rule(options["--role"])
     return rule, "/".join(options[key] for key in keys if key in options)
 
 

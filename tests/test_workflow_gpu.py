@@ -45,6 +45,9 @@ def test_a_job_process_is_named_as_its_benchmark_file_names_it():
         "embed_prompt",
         "sd15/N0d15",
     )
+    style = [*python, "embed-prompts", "--family", "sd15", "--variant", "N0d15", "--role", "style"]
+    assert job_of(style) == ("embed_prompt_style", "sd15/N0d15")  # the rule of the style prompts
+    assert job_of([*style[:-1], "any"]) == ("embed_prompt", "sd15/N0d15")
     references = [*python, "embed-references", "--family", "sdxl", "--file", "plus", "--reference", "coffee"]
     assert job_of(references) == ("embed_reference", "sdxl/plus/coffee")
     assert job_of([*python, "trajectory", "--cell", "flux-schnell/none/4"]) == (
