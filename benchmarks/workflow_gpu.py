@@ -224,6 +224,11 @@ def parse_snakemake_log(text: str) -> list[dict[str, Any]]:
     return [dict(job, jobid=int(jobid)) for jobid, job in jobs.items() if job["rule"] != "all"]
 
 
+def gpu_rule(rule: str) -> bool:
+    """Whether the rule's jobs take a card (a prompt group's rule is embed_prompt_<role>)."""
+    return rule in GPU_RULES or rule.startswith("embed_prompt_")
+
+
 def job_name(job: dict[str, Any]) -> str:
     """A job's name as its log and benchmark files spell it (`/` as `__`)."""
     path = job.get("benchmark") or job.get("log") or ""
@@ -254,7 +259,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
                 "name": job_name(job),
                 "start": start,
                 "end": end,
-                "gpu": gpu and job["rule"] in GPU_RULES,
+                "gpu": gpu and gpu_rule(job["rule"]),
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
                 "imported_s": float(claim["imported"]) if claim and claim["imported"] else 0.0,

@@ -95,6 +95,7 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
              "results/s/benchmarks/generate/flux-dev__none.tsv", T0 + 31),
             (T0 + 31, "score", 2, "results/s/logs/score/flux-dev__none.log", None, None),  # stopped
             (T0 + 33, "embed_identity", 4, "results/s/logs/embed_identity/t1.log", None, T0 + 35),
+            (T0 + 36, "embed_prompt_style", 5, "results/s/logs/embed_prompt_style/sd15__N0.log", None, T0+38),
             (T0 + 40, "all", 0, "", None, T0 + 40),
         ],
         failed={4},
@@ -104,14 +105,16 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
         ("prepare_model", "flux-dev", False),
         ("generate", "flux-dev/none", False),
         ("embed_identity", "t1", True),
+        ("embed_prompt_style", "sd15/N0", False),
     ]
-    prepare, generate, failed = jobs
+    prepare, generate, failed, style_prompts = jobs
+    assert style_prompts["gpu"]  # a prompt group's rule takes a card like embed_prompt
     assert (failed["start"], failed["end"], failed["card"]) == (T0 + 33, T0 + 35, None)
     assert (prepare["start"], prepare["end"], prepare["gpu"], prepare["card"]) == (T0, T0 + 6, False, None)
     assert generate["end"] == pytest.approx(T0 + 30.5) and generate["start"] == pytest.approx(T0 + 10.25)
     assert (generate["gpu"], generate["card"], generate["waited_s"]) == (True, "0", 3.0)
     on_cpu = workflow_gpu.measured_jobs(tmp_path, text, gpu=False)  # device: cpu takes no card
-    assert [j["gpu"] for j in on_cpu] == [False, False, False]
+    assert [j["gpu"] for j in on_cpu] == [False, False, False, False]
 
 
 def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
