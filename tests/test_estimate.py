@@ -209,13 +209,16 @@ def test_the_command_prints_the_estimate_of_the_gpu_config_naming_its_figures(ca
     assert "acceleration_h100_2026-12-06_caches.json" in out and "workflow_h100_2026-12-06.json" in out
     assert "note: no latency file for h100" in out and "note: no sd_latency file for h100" in out
     assert "job overheads measured: " in out and "generate/flux " in out
-    assert "measured in 2 h100 workflow runs" in out and "workflow_h100_2026-12-07.json" in out
+    assert "measured in 2 h100 workflow runs" in out and "workflow_h100_2026-12-07_gpu.json" in out
+    assert "workflow_h100_2026-12-06.json not used: measured before GPU jobs imported ahead" in out
+    assert "s between them; prepare before" in out  # the card idle the runs measured between GPU jobs
 
 
 def test_the_committed_gpu_runs_are_each_estimated_within_a_quarter_of_their_measured_wall_time():
     """Every workflow run in benchmarks/results, estimated from the other runs' overheads (out of
     sample) and from all of them: the figures docs/performance.md prints."""
     runs = sorted(est.FIGURES.glob("workflow_h100_*.json"))
+    runs = [path for path in runs if est._card_windows(json.loads(path.read_text()))]  # the ones pooled
     assert len(runs) >= 2
     for run_path in runs:
         run = json.loads(run_path.read_text())
@@ -243,19 +246,27 @@ OTHER_WALLS = {"prepare_model": 7.0, "embed_prompt": 12.0, "embed_sd_prompt": 9.
                "embed_identity": 3.0, "aggregate": 6.0, "report": 16.0, "wandb_aggregate": 1.0}  # fmt: skip
 
 
-def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", slower=0.0, former=False):
+def write_run(tmp_path, folder, card="x1", leave_out=None, date="2026-01-02", slower=0.0, former=False,
+              imports=None, wall=None):  # fmt: skip
     """A workflow_gpu.py result for the small sweep, its config written beside it (every job
-    `slower` seconds longer: another host; `former`: SD's prompt jobs under their former rule)."""
+    `slower` seconds longer: another host; `former`: SD's prompt jobs under their former rule;
+    `imports`: GPU jobs imported that long before their card, the walls are their time on it;
+    `wall`: the run's own wall time)."""
     config_path = tmp_path / "small.yaml"
     config_path.write_text(yaml.safe_dump(small_sweep(tmp_path)))
     planned = est.estimate_with(study_of(small_config(tmp_path)), est.measured_figures(card, folder)).jobs
-    jobs = [
-        {"rule": j.key if former and j.key == "embed_sd_prompt" else j.rule, "name": j.name, "failed": False,
-         "wall_s": RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.timing_key or j.rule)) + slower}
-        for j in planned
-        if (j.rule, j.name) != leave_out
-    ]  # fmt: skip
-    run = {"card": card.upper(), "config": str(config_path), "summary": {"jobs": jobs}}
+    jobs = []
+    for j in planned:
+        if (j.rule, j.name) == leave_out:
+            continue
+        rule = {"embed_sd_prompt": "embed_sd_prompt" if former else "embed_prompt_style"}.get(j.key, j.rule)
+        seconds = RUN_WALLS.get((j.rule, j.name), OTHER_WALLS.get(j.timing_key or j.rule)) + slower
+        job = {"rule": rule, "name": j.name, "failed": False, "gpu_job": j.gpu, "wall_s": seconds}
+        if imports is not None and j.gpu:
+            job |= {"wall_s": seconds + imports, "on_card_s": seconds}
+        jobs.append(job)
+    summary = {"jobs": jobs} | ({"wall_s": wall} if wall is not None else {})
+    run = {"card": card.upper(), "config": str(config_path), "summary": summary}
     (folder / f"workflow_{card}_{date}.json").write_text(json.dumps(run))
 
 
@@ -304,6 +315,32 @@ def test_overheads_of_several_runs_are_averaged_per_job_kind(tmp_path):
         assert both.figures.overheads[key] == pytest.approx(seconds_one + 2.0), key
     assert both.figures.sources[-2:] == [str(folder / f"workflow_x1_2026-01-0{d}.json") for d in (2, 3)]
     assert any("measured in 2 x1 workflow runs" in note for note in both.notes)
+
+
+def test_runs_with_card_windows_time_jobs_on_their_card_and_older_runs_are_left_out(tmp_path):
+    """Since GPU jobs import before taking a card, a job's overhead is its time on the card; a run
+    without card windows counts those imports and is not pooled with one that has them."""
+    folder = write_figures(tmp_path / "figures")
+    write_run(tmp_path, folder, date="2026-01-02", slower=9.0)  # before: imports in every wall
+    write_run(tmp_path, folder, date="2026-01-03", imports=6.0)
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", folder)
+    assert result.figures.overheads["score"] == pytest.approx(11.0)  # on the card, not 11 + 6 or + 9
+    assert result.figures.overheads["generate/sd15"] == pytest.approx(19.42)
+    assert result.figures.sources[-1] == str(folder / "workflow_x1_2026-01-03.json")
+    left_out = "workflow_x1_2026-01-02.json not used: measured before GPU jobs imported"
+    assert any(left_out in note for note in result.notes)
+    assert est.CARD_IDLE not in result.figures.overheads  # the run has no wall time of its own
+
+
+def test_the_wall_time_a_run_leaves_between_its_gpu_jobs_is_spread_over_them(tmp_path):
+    folder = write_figures(tmp_path / "figures")
+    gpu = sum(RUN_WALLS.values()) + 12 + 9 + 8  # nine GPU jobs on the card, one after another
+    write_run(tmp_path, folder, imports=5.0, wall=7 + gpu + 18 + 6 + 16 + 1)  # 18 s of it between them
+    result = est.estimate(study_of(small_config(tmp_path)), "x1", folder)
+    assert result.figures.overheads[est.CARD_IDLE] == pytest.approx(2.0)
+    assert result.card_idle_seconds == pytest.approx(18.0)
+    assert result.wall_seconds == pytest.approx(7 + gpu + 18 + 6 + 16 + 1)  # in sample: the run itself
+    assert "18 s between them" in est.render(result, "small.yaml")
 
 
 def test_a_run_whose_config_forms_other_jobs_now_is_left_out_with_a_note(tmp_path):

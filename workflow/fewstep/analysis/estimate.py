@@ -18,10 +18,14 @@ with acceleration figures alone borrows decode, the steps without InfuseNet (at 
 ratio), SD and the families' own kinds from a card that has them, and says so. A
 job's overhead (process start and model load: job wall minus the modelled work) is the mean over
 the whole-workflow runs, ``workflow_<card>_<date>.json`` (benchmarks/workflow_gpu.py), the card's
-own else another's; what no file measures is an assumed constant, `ASSUMED_S`, and the output
-says so. Per-step and decode times scale with the pixel count from the 1024x1024 they were
-measured at (a family file's ``_meta.json`` ``size``); per-image fits from the side their file
-gives, else the family's default `image_size`.
+own else another's: a GPU job's time on its card where the run recorded it (its imports overlap
+the job before, since GPU jobs import before taking a card), and only such runs where there are
+any; what no file measures is an assumed constant, `ASSUMED_S`, and the output says so. What
+the one-card model leaves of a run's wall time (the card idle between GPU jobs, Snakemake's
+scheduling, the first job's imports) is spread over its GPU jobs as `CARD_IDLE`. Per-step and
+decode times scale with the pixel count from the 1024x1024 they were measured at (a family
+file's ``_meta.json`` ``size``); per-image fits from the side their file gives, else the family's
+default `image_size`.
 
 The wall time assumes the workstation profile's one card: GPU jobs one after another, the
 model preparation before them and aggregate, report and W&B after them. Only stdlib here:
@@ -70,6 +74,9 @@ ASSUMED_S = {
 
 IDENTITY_FLOATS = 512 + 10
 FORMER_RULES = {"embed_sd_prompt": "embed_prompt"}  # rules committed runs name, now one prompt rule
+#: overhead key: a run's wall time beyond prepare, its GPU jobs one after another and the
+#: sweep-level jobs, per GPU job (the card idle between jobs, scheduling, the first imports)
+CARD_IDLE = "card_idle"
 
 
 def load_figures(card: str, folder: Path = FIGURES) -> Figures:
@@ -89,8 +96,8 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
     run_card = FILE_NAME.match(used[0].name)["card"]
     figures.notes.append(
         f"job overheads (process start + model load) measured in {len(used)} {run_card} workflow "
-        f"run{'s' if len(used) > 1 else ''} ({', '.join(relative(p) for p in used)}) as job wall minus "
-        "modelled work, averaged per job kind (random weights; on those runs' own configs an "
+        f"run{'s' if len(used) > 1 else ''} ({', '.join(relative(p) for p in used)}) as each job's time on "
+        "its card (else its wall) minus modelled work, averaged per job kind (random weights; on those runs' own configs an "
         "in-sample check)"
     )
     return figures
@@ -103,7 +110,13 @@ def pooled_overheads(runs: list[Path], folder: Path = FIGURES) -> Pooled:
     """Job key -> mean `measured_overheads` over the readable `runs`; the runs used; why others not."""
     pooled: dict[str, list[float]] = {}
     used, problems = [], []
-    for run_path in runs:
+    windowed = [path for path in runs if _card_windows(json.loads(path.read_text()))]
+    for run_path in [path for path in runs if windowed and path not in windowed]:
+        problems.append(
+            f"{relative(run_path)} not used: measured before GPU jobs imported ahead of their card "
+            "(no card windows), its job walls count imports that now overlap the job before"
+        )
+    for run_path in windowed or runs:
         overheads, problem = measured_overheads(run_path, folder)
         if problem:
             problems.append(f"{relative(run_path)} not used: {problem}")
@@ -128,7 +141,7 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
     except ConfigError as error:
         return {}, str(error)
     walls = {  # a job's time on its card (its imports before taking it overlap the job before)
-        (FORMER_RULES.get(j["rule"], j["rule"]), j["name"]): j.get("on_card_s", j["wall_s"])
+        (_rule_as_estimated(j["rule"]), j["name"]): j.get("on_card_s", j["wall_s"])
         for j in run["summary"]["jobs"]
         if not j["failed"]
     }
@@ -140,7 +153,26 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
         keys = {job.key, job.rule} if job.rule in ("generate", "trajectory") else {job.key}
         for key in keys:
             spent.setdefault(key, []).append(walls[(job.rule, job.name)] - job.work)
-    return {key: statistics.mean(values) for key, values in spent.items()}, ""
+    overheads = {key: statistics.mean(values) for key, values in spent.items()}
+    gpu_jobs = [job for job in model.jobs if job.gpu]
+    if "wall_s" in run["summary"] and gpu_jobs:  # the run's wall time the one-card model misses
+        prepare = max((walls[(j.rule, j.name)] for j in model.jobs if j.rule == "prepare_model"), default=0)
+        serial = sum(
+            walls[(j.rule, j.name)] for j in model.jobs if j.gpu or j.rule in KINDS["aggregate/report"]
+        )
+        overheads[CARD_IDLE] = (run["summary"]["wall_s"] - prepare - serial) / len(gpu_jobs)
+    return overheads, ""
+
+
+def _rule_as_estimated(rule: str) -> str:
+    """A run's rule as the estimate names it: one prompt rule (a role's embed_prompt_<role>, or
+    SD's former embed_sd_prompt, is embed_prompt)."""
+    return "embed_prompt" if rule.startswith("embed_prompt_") else FORMER_RULES.get(rule, rule)
+
+
+def _card_windows(run: dict[str, Any]) -> bool:
+    """Whether the run recorded each GPU job's time on its card (runs since GPU jobs import first)."""
+    return all("on_card_s" in job for job in run["summary"]["jobs"] if job.get("gpu_job"))
 
 
 #: benchmarks/acceleration.py's names of the caches, and of the compile/fp8 switches they join
@@ -217,7 +249,12 @@ class Estimate:
         sweep-level jobs (CPU embedding jobs run beside the GPU jobs)."""
         prepare = max((j.seconds for j in self.jobs if j.rule == "prepare_model"), default=0.0)
         tail = sum(j.seconds for j in self.jobs if j.rule in KINDS["aggregate/report"])
-        return prepare + self.gpu_seconds + tail
+        return prepare + self.gpu_seconds + self.card_idle_seconds + tail
+
+    @property
+    def card_idle_seconds(self) -> float:
+        """The measured wall time between GPU jobs (`CARD_IDLE` a job), none where not measured."""
+        return self.figures.overheads.get(CARD_IDLE, 0.0) * sum(1 for j in self.jobs if j.gpu)
 
 
 def _variant(switches: dict[str, Any]) -> str | None:
@@ -458,7 +495,8 @@ def render(result: Estimate, config_name: str) -> str:
         f"  {'all':<18} {result.gpu_seconds / 3600:8.3f} h   (CPU-only jobs: {cpu / 3600:.3f} h more)",
         f"  of which job overhead (process start, model load): {result.gpu_overhead_seconds / 3600:.3f} h"
         f" ({result.gpu_overhead_seconds / max(result.gpu_seconds, 1e-9):.0%})",
-        f"wall time on one card: {_duration(result.wall_seconds)} (GPU jobs one after another; "
+        f"wall time on one card: {_duration(result.wall_seconds)} (GPU jobs one after another"
+        f"{f', {result.card_idle_seconds:.0f} s between them' if CARD_IDLE in figures.overheads else ''}; "
         "prepare before, aggregate and report after)",
         f"disk: images {result.image_gb:.2f} GB at most (raw RGB; PNGs of photos are smaller), "
         f"embeddings {result.embedding_gb:.3f} GB",
