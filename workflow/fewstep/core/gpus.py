@@ -14,7 +14,7 @@ CUDA_VISIBLE_DEVICES set (a scheduler or the user chose).
 A GPU job spends most of its start importing torch, diffusers and transformers (10-15 s on an
 H100 host, against well under a second for the CUDA context and its random full-size modules), so
 `warm_imports` runs before `claim`: with more GPU jobs than cards in flight (the workstation
-profile's `gpu: 2` a card), the next job imports while the current one computes, and takes the
+profile's `gpu: 3` a card), the next jobs import while the current one computes, and one takes the
 card the moment it is freed.
 
 Cards: 0..N-1 for `$FEWSTEP_GPUS=N` (how tests simulate cards), else `nvidia-smi`'s.
