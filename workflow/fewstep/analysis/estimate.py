@@ -96,9 +96,9 @@ def load_figures(card: str, folder: Path = FIGURES) -> Figures:
     run_card = FILE_NAME.match(used[0].name)["card"]
     figures.notes.append(
         f"job overheads (process start + model load) measured in {len(used)} {run_card} workflow "
-        f"run{'s' if len(used) > 1 else ''} ({', '.join(relative(p) for p in used)}) as each job's time on "
-        "its card (else its wall) minus modelled work, averaged per job kind (random weights; on those runs' own configs an "
-        "in-sample check)"
+        f"run{'s' if len(used) > 1 else ''} ({', '.join(relative(p) for p in used)}) as each job's "
+        "time on its card (else its wall) minus modelled work, averaged per job kind (random weights; "
+        "on those runs' own configs an in-sample check)"
     )
     return figures
 
