@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))  # fewstep, imported lazily
 
 from workflow_gpu_summary import markdown, summarise  # noqa: E402
 
@@ -71,7 +72,6 @@ def sample(path: Path, interval_s: float) -> None:
     before it allocates and frees its memory before it hands the card on)."""
     import pynvml
 
-    sys.path.insert(0, str(REPO / "workflow"))
     from fewstep.core.gpus import lock_dir
 
     folder = lock_dir()
@@ -145,7 +145,6 @@ def job_of(argv: list[str]) -> tuple[str, str] | None:
         return None
     rule, keys = COMMANDS[command]
     if command == "embed-prompts" and "--role" in options:  # one rule per prompt group
-        sys.path.insert(0, str(REPO / "workflow"))
         from fewstep.core.study import prompt_rule
 
         rule = prompt_rule(options["--role"])
@@ -226,7 +225,9 @@ def parse_snakemake_log(text: str) -> list[dict[str, Any]]:
 
 def gpu_rule(rule: str) -> bool:
     """Whether the rule's jobs take a card (a prompt group's rule is embed_prompt_<role>)."""
-    return rule in GPU_RULES or rule.startswith("embed_prompt_")
+    from fewstep.core.study import is_prompt_rule
+
+    return rule in GPU_RULES or is_prompt_rule(rule)
 
 
 def job_name(job: dict[str, Any]) -> str:
@@ -360,7 +361,6 @@ def main() -> None:
     )
     if args.wheels:
         install_wheels(args.wheels.resolve(), args.site.resolve())
-    sys.path.insert(0, str(REPO / "workflow"))
     from fewstep.analysis.estimate import cards, estimate
     from fewstep.core.study import load_study
 

@@ -53,7 +53,7 @@ from fewstep.analysis.timings import (
     relative,
 )
 from fewstep.core.errors import ConfigError
-from fewstep.core.study import Study, load_study, prompt_group
+from fewstep.core.study import Study, is_prompt_rule, load_study, prompt_group
 from fewstep.grid import EAGER_SWITCHES, Grid
 from fewstep.registry.catalog import lookup, marker_path
 
@@ -110,14 +110,16 @@ def pooled_overheads(runs: list[Path], folder: Path = FIGURES) -> Pooled:
     """Job key -> mean `measured_overheads` over the readable `runs`; the runs used; why others not."""
     pooled: dict[str, list[float]] = {}
     used, problems = [], []
-    windowed = [path for path in runs if _card_windows(json.loads(path.read_text()))]
-    for run_path in [path for path in runs if windowed and path not in windowed]:
-        problems.append(
-            f"{relative(run_path)} not used: measured before GPU jobs imported ahead of their card "
-            "(no card windows), its job walls count imports that now overlap the job before"
-        )
+    read = {path: json.loads(path.read_text()) for path in runs}
+    windowed = [path for path, run in read.items() if _card_windows(run)]
+    if windowed:
+        for run_path in (path for path in runs if path not in windowed):
+            problems.append(
+                f"{relative(run_path)} not used: measured before GPU jobs imported ahead of their card "
+                "(no card windows), its job walls count imports that now overlap the job before"
+            )
     for run_path in windowed or runs:
-        overheads, problem = measured_overheads(run_path, folder)
+        overheads, problem = measured_overheads(run_path, read[run_path], folder)
         if problem:
             problems.append(f"{relative(run_path)} not used: {problem}")
             continue
@@ -127,10 +129,12 @@ def pooled_overheads(runs: list[Path], folder: Path = FIGURES) -> Pooled:
     return {key: statistics.mean(values) for key, values in pooled.items()}, used, problems
 
 
-def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str, float], str]:
+def measured_overheads(
+    run_path: Path, run: dict[str, Any], folder: Path = FIGURES
+) -> tuple[dict[str, float], str]:
     """Job key (`Job.key`, and the rule alone for generate and trajectory) -> mean seconds of the
-    run's jobs beyond the work the run card's figures model; or a reason it cannot be read."""
-    run = json.loads(run_path.read_text())
+    jobs of `run` (read from `run_path`) beyond the work the run card's figures model; or a reason
+    it cannot be read."""
     config_path = ROOT / run["config"]
     if not config_path.exists():
         return {}, f"its config {run['config']} is gone"
@@ -167,7 +171,7 @@ def measured_overheads(run_path: Path, folder: Path = FIGURES) -> tuple[dict[str
 def _rule_as_estimated(rule: str) -> str:
     """A run's rule as the estimate names it: one prompt rule (a role's embed_prompt_<role>, or
     SD's former embed_sd_prompt, is embed_prompt)."""
-    return "embed_prompt" if rule.startswith("embed_prompt_") else FORMER_RULES.get(rule, rule)
+    return "embed_prompt" if is_prompt_rule(rule) else FORMER_RULES.get(rule, rule)
 
 
 def _card_windows(run: dict[str, Any]) -> bool:

@@ -163,6 +163,11 @@ def prompt_rule(group: str) -> str:
     return "embed_prompt" if group == ANY_ROLE else f"embed_prompt_{group}"
 
 
+def is_prompt_rule(rule: str) -> bool:
+    """Whether `rule` is one a `prompt_rule` names (of any prompt group)."""
+    return rule == "embed_prompt" or rule.startswith("embed_prompt_")
+
+
 @dataclass(frozen=True, eq=False)
 class CellBlock(Section):
     """One ``cells`` entry: its backbones x adapters x accelerations (x steps)."""
