@@ -602,3 +602,54 @@ def test_a_table_without_its_inputs_digest_is_not_current(job_config):
     frame.to_parquet(paths.scores(OTHER), index=False)  # a table of an earlier fewstep
     assert not score.is_current(paths.scores(OTHER), digest)
     assert not score.is_current(paths.scores(ANCHOR).with_name("missing.parquet"), digest)
+
+
+def _watched(events: list[str]) -> dict[str, type]:
+    """Every metric class, each `score` call logged in `events` by its metric's name."""
+
+    def watched(cls: type) -> type:
+        def score_batch(self, batch):
+            events.append(self.name)
+            return cls.score(self, batch)
+
+        return type(cls.__name__, (cls,), {"score": score_batch})
+
+    return {name: watched(cls) for name, cls in score.METRICS.items()}
+
+
+@pytest.mark.slow
+def test_a_score_job_takes_its_card_after_the_metrics_that_need_none(job_config, tmp_path, monkeypatch):
+    """On a GPU job (device auto) the face metrics, on the CPU here (onnxruntime without its CUDA
+    provider, dlib), score every cell before the card is taken, the torch metrics after; the
+    tables are those of a job whose metrics all run in one pass (device cpu)."""
+    events: list[str] = []
+    monkeypatch.setattr(score, "METRICS", _watched(events))
+    on_gpu = copy.deepcopy(job_config)
+    on_gpu.update(device="auto")
+    on_gpu["scoring"]["metrics"] = ["identity", "identity_dlib", "lpips", "clip_score"]
+    on_cpu = copy.deepcopy(on_gpu)
+    on_cpu.update(device="cpu", results_dir=str(tmp_path / "cpu"))
+    job = "flux-schnell/infusenet-aes"
+    cells = Grid(study_of(on_gpu)).job(job)
+    cells_dir = "cells"  # every cell of the sweep: the anchor's images too
+    shutil.copytree(Paths(study_of(on_gpu)).root / cells_dir, Paths(study_of(on_cpu)).root / cells_dir)
+    assert not faces.has_cuda_provider()  # this machine's onnxruntime is the CPU build
+
+    score.run_job(study_of(on_gpu), job, progress=False, take_card=lambda: events.append("card"))
+    card = events.index("card")
+    assert events.count("card") == 1
+    assert set(events[:card]) == {"identity", "identity_dlib"} and len(events[:card]) == 2 * len(cells) * 2
+    assert set(events[card + 1 :]) == {"lpips", "clip_score"}  # 2 batches of each, per cell
+
+    events.clear()
+    score.run_job(study_of(on_cpu), job, progress=False, take_card=lambda: events.append("card"))
+    assert events[-1] == "card"  # the CPU takes no card: every metric before the (no-op) claim
+    for cell in cells:
+        tables = [pd.read_parquet(Paths(study_of(c)).scores(cell.id)) for c in (on_gpu, on_cpu)]
+        assert list(tables[0].columns) == list(tables[1].columns)
+        kept = [c for c in tables[0].columns if c not in ("config_hash", "scored_inputs", "device")]
+        pd.testing.assert_frame_equal(tables[0][kept], tables[1][kept], check_exact=True)
+
+    events.clear()  # every table current: nothing scored, no card taken
+    score.run_job(study_of(on_gpu), job, progress=False, take_card=lambda: events.append("card"))
+    assert events == []

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fewstep.core.errors import ConfigError, DiskFullError, FewstepError, NetworkError, OutOfMemoryError
 
@@ -44,6 +44,16 @@ def _gpu_study(
 ) -> Study:
     """The study of a GPU command, after `setup` (what must precede the imports), importing the
     model libraries (which need no card), then taking a free card (before torch starts CUDA)."""
+    study, take_card = _gpu_study_card_later(args, setup)
+    take_card()
+    return study
+
+
+def _gpu_study_card_later(
+    args: argparse.Namespace, setup: Callable[[Study, argparse.Namespace], None] | None = None
+) -> tuple[Study, Callable[[], None]]:
+    """`_gpu_study` for a command that has work to do before it needs a card: the study, and
+    what takes the card."""
     from fewstep.core import gpus
 
     study = _study(args)
@@ -51,8 +61,11 @@ def _gpu_study(
         setup(study, args)
     imported_s = gpus.warm_imports() if study.device != "cpu" else None
     early = "" if imported_s is None else f" (libraries imported before it, {imported_s:.1f} s)"
-    print(f"fewstep {args.command}: {gpus.claim(study.device)}{early}", file=sys.stderr, flush=True)
-    return study
+
+    def take_card() -> None:
+        print(f"fewstep {args.command}: {gpus.claim(study.device)}{early}", file=sys.stderr, flush=True)
+
+    return study, take_card
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -178,19 +191,21 @@ def _cell_or_job(command: str, args: argparse.Namespace) -> None:
         )
 
 
-def _tracked_cells(study: Study, args: argparse.Namespace, stage: str, job, runs, log, output) -> None:
+def _tracked_cells(
+    study: Study, args: argparse.Namespace, stage: str, job, runs, log, output, **options: Any
+) -> None:
     """`--cell`: `job.run` inside one W&B run (`runs.job_run`). `--job`: `job.run_job` for
     every cell of the job, then one W&B run per cell, as for a job of one cell;
-    `log(tracked, path)` logs a cell's `output(paths, cell_id)` file. The caller imports
-    the modules: each command's imports stay its own."""
+    `log(tracked, path)` logs a cell's `output(paths, cell_id)` file; `options` go to the job.
+    The caller imports the modules: each command's imports stay its own."""
     from fewstep.core.paths import Paths
     from fewstep.grid import Grid
 
     if args.cell is not None:
         with runs.job_run(study, stage, args.cell) as tracked:
-            log(tracked, job.run(study, args.cell, args.out, batch_size=args.batch_size))
+            log(tracked, job.run(study, args.cell, args.out, batch_size=args.batch_size, **options))
         return
-    record = job.run_job(study, args.job, batch_size=args.batch_size)
+    record = job.run_job(study, args.job, batch_size=args.batch_size, **options)
     from fewstep.core import gpus
 
     gpus.release_when_done(args.command)  # the W&B runs below need no card
@@ -225,12 +240,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     _cell_or_job("score", args)
-    study = _gpu_study(args)
+    study, take_card = _gpu_study_card_later(args)  # face metrics on the CPU come first
     from fewstep.core.paths import Paths
     from fewstep.jobs import score
     from fewstep.tracking import runs
 
-    _tracked_cells(study, args, "score", score, runs, runs.Run.log_scores, Paths.scores)
+    _tracked_cells(study, args, "score", score, runs, runs.Run.log_scores, Paths.scores, take_card=take_card)
 
 
 def cmd_trajectory(args: argparse.Namespace) -> None:

@@ -170,6 +170,11 @@ def _check_pack(folder: Path) -> None:
         raise FaceModelError(f"face model pack {folder} has no .onnx files{where}: {_pack_hint(folder)}")
 
 
+def has_cuda_provider() -> bool:
+    """Whether this onnxruntime build runs on CUDA (onnxruntime-gpu); asks CUDA nothing."""
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def session_options() -> onnxruntime.SessionOptions:
     """onnxruntime options with as many threads as the job has (OMP_NUM_THREADS: Snakemake sets
     it to the rule's `threads`; torch follows it too). Unset, onnxruntime takes every core."""
@@ -197,7 +202,7 @@ class FaceAnalyzer:
     ) -> None:
         self.folder = Path(root).expanduser().resolve() / "models" / name
         _check_pack(self.folder)
-        cuda = gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        cuda = gpu and has_cuda_provider()
         providers = ["CUDAExecutionProvider"] if cuda else []
         providers.append("CPUExecutionProvider")
         try:
@@ -277,7 +282,7 @@ class FaceRecognizer:
         path = Path(path)
         if not path.is_file():
             raise FaceModelError(f"recognition model {path} does not exist: prepare it (fewstep prepare)")
-        cuda = gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        cuda = gpu and has_cuda_provider()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         try:
             model = get_model(str(path), providers=providers, sess_options=session_options())

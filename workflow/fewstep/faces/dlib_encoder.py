@@ -62,6 +62,12 @@ def _dlib():
     return dlib
 
 
+def uses_cuda() -> bool:
+    """Whether this dlib was built with CUDA (a source build finds the CUDA toolkit by itself):
+    its ResNet then computes on a GPU card; dlib-bin's wheels compute on the CPU."""
+    return bool(_dlib().DLIB_USE_CUDA)
+
+
 class DlibFaceEncoder:
     """dlib detection + 128-d recognition over a folder holding `DLIB_FILES`."""
 

@@ -13,6 +13,7 @@ versions in the table.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -95,21 +96,34 @@ def is_current(table: Path, digest: str) -> bool:
     return len(stored) > 0 and bool((stored == digest).all())
 
 
-def run_job(study: Study, job_id: str, progress: bool = True, batch_size: int | None = None) -> Path:
+def run_job(
+    study: Study,
+    job_id: str,
+    progress: bool = True,
+    batch_size: int | None = None,
+    take_card: Callable[[], None] = lambda: None,
+) -> Path:
     """Score every cell of one generation job, the networks loaded once; returns the job's
     record (the score rule's output), which lists each cell's table and whether it was
-    rescored. Cells whose table is current are kept as they are."""
+    rescored. Cells whose table is current are kept as they are (and a job that rescores
+    nothing takes no card)."""
     grid, paths = Grid.of(study), Paths(study)
-    models = JobModels(study)
-    cells = {}
+    fresh = {}
     for cell in grid.job(job_id):
         table, digest = paths.scores(cell.id), scored_inputs(grid, paths, cell)
-        fresh = not is_current(table, digest)
-        if fresh:
-            run(study, cell.id, progress=progress, batch_size=batch_size, models=models, inputs=digest)
-        else:
+        if is_current(table, digest):
             print(f"{cell.id}: scores are current, kept -> {table}")
-        cells[cell.id] = {"scores": str(table), "sha256": sha256_file(table), "rescored": fresh}
+        else:
+            fresh[cell.id] = (table, digest)
+    _score_cells(study, fresh, progress, batch_size, take_card)
+    cells = {
+        cell.id: {
+            "scores": str(paths.scores(cell.id)),
+            "sha256": sha256_file(paths.scores(cell.id)),
+            "rescored": cell.id in fresh,
+        }
+        for cell in grid.job(job_id)
+    }
     record = {"job": job_id, "score_hash": grid.job_score_hash(job_id), "cells": cells}
     atomic_write_bytes(paths.score_record(job_id), json.dumps(record, indent=1).encode())
     return paths.score_record(job_id)
@@ -180,37 +194,70 @@ def run(
     out: Path | None = None,
     progress: bool = True,
     batch_size: int | None = None,
-    models: JobModels | None = None,
-    inputs: str | None = None,
+    take_card: Callable[[], None] = lambda: None,
 ) -> Path:
     """Score every image of a cell, `batch_size` at a time (config scoring.batch_size unless
-    given), with the networks `models` holds (loaded here when not given); `inputs` is the
-    cell's `scored_inputs` digest when the caller has it (computed here when not given)."""
+    given), into `out` (default: the workflow's table)."""
+    out = Path(out or Paths(study).scores(cell_id))
+    _score_cells(study, {cell_id: (out, None)}, progress, batch_size, take_card)
+    return out
+
+
+def _score_cells(
+    study: Study,
+    tables: dict[str, tuple[Path, str | None]],
+    progress: bool,
+    batch_size: int | None,
+    take_card: Callable[[], None],
+) -> None:
+    """Score each cell of `tables` (cell id -> its table and `scored_inputs` digest, None:
+    computed here) with one load of each network: the metrics that compute off the card
+    (`Metric.needs_card`) for every cell first, then `take_card()`, then the ones on it."""
+    if not tables:
+        return
+    grid, models = Grid.of(study), JobModels(study)
+    names = {cell_id: grid.cell_metrics(grid.cell(cell_id)) for cell_id in tables}
+    on_card = {
+        cell_id: [n for n in metrics if METRICS[n].needs_card(study)] for cell_id, metrics in names.items()
+    }
+    started = time.monotonic()
+    columns = {}
+    for cell_id in tables:
+        off_card = [name for name in names[cell_id] if name not in on_card[cell_id]]
+        columns[cell_id] = _metric_columns(study, cell_id, off_card, models, batch_size, progress)
+    before = sorted({name for scored in columns.values() for name in scored})
+    if before and any(on_card.values()):
+        print(f"{', '.join(before)} scored before taking a card ({time.monotonic() - started:.1f} s)")
+    take_card()
+    for cell_id, (out, inputs) in tables.items():
+        columns[cell_id].update(
+            _metric_columns(study, cell_id, on_card[cell_id], models, batch_size, progress)
+        )
+        _write_scores(study, cell_id, out, [columns[cell_id][name] for name in names[cell_id]], inputs)
+
+
+def _samples(study: Study, cell: Cell) -> Callable[[dict[str, Any]], Sample]:
+    """Makes the `Sample` of a manifest row of `cell`: its image (decoded when asked), the
+    identity's pictures and, for anchor-paired metrics, the anchor cell's image."""
     from fewstep.core.images import load_rgb
 
     grid, paths = Grid.of(study), Paths(study)
-    cell = grid.cell(cell_id)
-    out = Path(out or paths.scores(cell.id))
-    manifest = read_manifest(paths, cell)
-    references = {item.identity: None for item in grid.items_of(cell)}
+    identities = {item.identity for item in grid.items_of(cell)}
     heldout = {  # an identity's held-out photos (style and object references have none)
         ref: []
         if grid.reads_references(cell)
         else [load_rgb(p) for p in grid.identity(ref).get("heldout", [])]
-        for ref in references
+        for ref in identities
     }
-    references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in references}
-    metrics = build_metrics(study, grid.cell_metrics(cell), models)
+    references = {ref: load_rgb(grid.reference_picture(cell, ref)) for ref in identities}
     anchor_images, anchor_record = _anchor_images(grid, paths, cell)
-    batch_size = batch_size or study.scoring.batch_size
-    rows = manifest.to_dict("records")
-    scored: list[dict[str, Any]] = []
+    record = paths.generation_record(cell.job)
 
     def sample(row: dict[str, Any]) -> Sample:
         anchor = anchor_images.get(row["item_id"])
         return Sample(
             row,
-            read_generated(paths.cell_dir(cell.id) / row["image"], paths.generation_record(cell.job)),
+            read_generated(paths.cell_dir(cell.id) / row["image"], record),
             references[row["identity"]],
             prompt=grid.prompt(row["prompt_id"])["text"],
             anchor=None if anchor is None else read_generated(anchor, anchor_record),
@@ -218,22 +265,51 @@ def run(
             heldout=heldout[row["identity"]],
         )
 
+    return sample
+
+
+def _metric_columns(
+    study: Study, cell_id: str, names: list[str], models: JobModels, batch_size: int | None, progress: bool
+) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """metric name -> (its version, its columns for each manifest row) of one cell, the images
+    `batch_size` at a time, the next batch decoded while this one is scored."""
+    if not names:
+        return {}
+    grid, paths = Grid.of(study), Paths(study)
+    cell = grid.cell(cell_id)
+    rows = read_manifest(paths, cell).to_dict("records")
+    metrics = build_metrics(study, names, models)
+    sample = _samples(study, cell)
+    batch_size = batch_size or study.scoring.batch_size
+    scored: dict[str, list[dict[str, Any]]] = {metric.name: [] for metric in metrics}
     # The bar closes (ending its line) before an error line is printed.
-    with tqdm(total=len(rows), desc=f"score {cell.id}", unit="img", disable=not progress) as bar:
+    desc = f"score {cell.id} ({', '.join(names)})"
+    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress) as bar:
         chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
-        decoded = decoded_ahead(chunks, lambda chunk: [sample(row) for row in chunk])
-        for chunk, batch in zip(chunks, decoded, strict=True):
-            columns = [dict() for _ in chunk]
+        for batch in decoded_ahead(chunks, lambda chunk: [sample(row) for row in chunk]):
             for metric in metrics:
-                for target, values in zip(columns, metric.score(batch), strict=True):
-                    target.update(values)
-            for row, values in zip(chunk, columns, strict=True):
-                scored.append({**{k: row.get(k) for k in KEY_COLUMNS}, **values})
-            bar.update(len(chunk))
-    frame = pd.DataFrame(scored)
-    frame["metric_versions"] = json.dumps({m.name: m.version for m in metrics}, sort_keys=True)
+                scored[metric.name] += metric.score(batch)
+            bar.update(len(batch))
+    return {metric.name: (metric.version, scored[metric.name]) for metric in metrics}
+
+
+def _write_scores(
+    study: Study, cell_id: str, out: Path, scored: list[tuple[str, list[dict[str, Any]]]], inputs: str | None
+) -> None:
+    """One cell's table: the manifest's keys and every metric's columns per image, the metric
+    versions and the digest of the inputs."""
+    grid, paths = Grid.of(study), Paths(study)
+    cell = grid.cell(cell_id)
+    rows = []
+    for index, row in enumerate(read_manifest(paths, cell).to_dict("records")):
+        values = {k: row.get(k) for k in KEY_COLUMNS}
+        for _, columns in scored:
+            values.update(columns[index])
+        rows.append(values)
+    frame = pd.DataFrame(rows)
+    versions = dict(zip(grid.cell_metrics(cell), (version for version, _ in scored), strict=True))
+    frame["metric_versions"] = json.dumps(versions, sort_keys=True)
     frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
     write_table(out, stamp(frame, study, [*grid.cell_models(cell), *grid.score_models(cell)]))
     detected = frame["face_detected"].mean() if "face_detected" in frame else float("nan")
     print(f"{cell.id}: scored {len(frame)} images, face detection rate {detected:.2f} -> {out}")
-    return out

@@ -113,6 +113,13 @@ class IdentitySimilarity(_IdentityMetric):
     spec = IDENTITY
     suffix = ""
 
+    @classmethod
+    def needs_card(cls, config: Study) -> bool:
+        """On the card only with onnxruntime's CUDA provider (onnxruntime-gpu); else the CPU."""
+        from fewstep.faces.analyzer import has_cuda_provider
+
+        return config.device != "cpu" and has_cuda_provider()
+
     def __init__(self, config: Study, models: JobModels):
         from fewstep.faces.models import face_analyzer
 
@@ -134,6 +141,13 @@ class DlibIdentitySimilarity(_IdentityMetric):
 
     spec = IDENTITY_DLIB
     suffix = "_dlib"
+
+    @classmethod
+    def needs_card(cls, config: Study) -> bool:
+        """dlib's HOG detector and ResNet run on the CPU unless dlib was built with CUDA."""
+        from fewstep.faces.dlib_encoder import uses_cuda
+
+        return config.device != "cpu" and uses_cuda()
 
     def __init__(self, config: Study, models: JobModels):
         from fewstep.faces.models import dlib_encoder

@@ -44,6 +44,11 @@ class _Scorer:
     def name(self) -> str:
         return self.spec.name
 
+    @classmethod
+    def needs_card(cls, config: Study) -> bool:
+        """Its torch network runs on the job's device: the card, unless the config says cpu."""
+        return config.device != "cpu"
+
 
 class PerceptualDistance(_Scorer):
     """LPIPS (lower = closer) to the identity's reference picture and to the anchor cell's image.
