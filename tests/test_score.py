@@ -635,6 +635,11 @@ def test_a_score_job_takes_its_card_after_the_metrics_that_need_none(job_config,
     shutil.copytree(Paths(study_of(on_gpu)).root / cells_dir, Paths(study_of(on_cpu)).root / cells_dir)
     assert not faces.has_cuda_provider()  # this machine's onnxruntime is the CPU build
 
+    def cuda_after_the_card() -> bool:  # device auto asks CUDA: only once the card is taken
+        assert "card" in events, "CUDA was asked before the score job took its card"
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", cuda_after_the_card)
     score.run_job(study_of(on_gpu), job, progress=False, take_card=lambda: events.append("card"))
     card = events.index("card")
     assert events.count("card") == 1
