@@ -53,6 +53,8 @@ CLAIM = re.compile(
     r"(?: \(libraries imported before it, (?P<imported>[\d.]+) s\))?"
 )
 RELEASED = re.compile(r"fewstep [\w-]+: GPU card released after (?P<held>[\d.]+) s on it")
+#: a score job's metrics that need no card, computed before it takes one (`fewstep.jobs.score`)
+CPU_BEFORE_CARD = re.compile(r"scored before taking a card \((?P<seconds>[\d.]+) s\)")
 #: `python -m fewstep <command> ...` -> (rule, name) as the benchmark and log files name the job
 COMMANDS = {
     "generate": ("generate", ("--job", "--cell")),
@@ -253,7 +255,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
             continue  # never finished (the run was stopped)
         log = workdir / job["log"] if job["log"] else None
         text = log.read_text(errors="replace") if log is not None and log.exists() else ""
-        claim, released = CLAIM.search(text), RELEASED.search(text)
+        claim, released, before = CLAIM.search(text), RELEASED.search(text), CPU_BEFORE_CARD.search(text)
         jobs.append(
             {
                 "rule": job["rule"],
@@ -264,6 +266,7 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
                 "card": claim["card"] if claim else None,
                 "waited_s": float(claim["waited"]) if claim and claim["waited"] else 0.0,
                 "imported_s": float(claim["imported"]) if claim and claim["imported"] else 0.0,
+                "cpu_before_card_s": float(before["seconds"]) if before else 0.0,
                 "held_s": float(released["held"]) if released else None,  # the card freed before the end
                 "failed": job["failed"],
             }

@@ -44,7 +44,8 @@ def summarise(
             on_card = (held[0][0], held[-1][0] + interval_s)
             card = {lock[1] for lock in held}
         else:
-            before_card = job.get("imported_s", 0.0) + job["waited_s"]  # imports, then the card's wait
+            # imports, CPU work (a score job's face metrics), then the card's wait
+            before_card = job.get("imported_s", 0.0) + job.get("cpu_before_card_s", 0.0) + job["waited_s"]
             held_s = job.get("held_s")  # a job that handed its card on before its W&B runs
             taken = job["start"] + before_card
             on_card = (taken, min(job["end"], taken + held_s) if held_s is not None else job["end"])
@@ -73,6 +74,7 @@ def summarise(
                 "card": job["card"],
                 "waited_s": job["waited_s"],
                 "imported_s": job.get("imported_s", 0.0),
+                "cpu_before_card_s": job.get("cpu_before_card_s", 0.0),
                 "card_start_s": round(on_card[0] - start, 3),
                 "on_card_s": round(on_card[1] - on_card[0], 3),
                 "card_window_from": ("lock table" if held else "log stamps") if job["gpu"] else None,
@@ -121,6 +123,7 @@ def summarise(
         "gpu_busy_generate_to_score": busy_span,
         "gpu_job_s": round(sum(r["on_card_s"] for r in gpu_jobs), 3),
         "imported_before_card_s": round(sum(r["imported_s"] for r in gpu_jobs), 3),
+        "cpu_before_card_s": round(sum(r["cpu_before_card_s"] for r in gpu_jobs), 3),
         "gpu_busy_while_waiting": _busy_while_waiting(gpu_samples, gpu_jobs, start),
         "idle_gaps": gaps,
         "idle_gap_total_s": round(sum(g["gap_s"] for g in gaps), 3),
@@ -147,12 +150,13 @@ def _held_locks(job: dict[str, Any], lock_samples: Sequence[tuple]) -> list[tupl
 
 
 def _busy_while_waiting(samples: list, gpu_jobs: list[dict[str, Any]], start: float) -> float | None:
-    """Mean utilisation of the card while a job waited for it (the target: a held card computes)."""
+    """Mean utilisation of the card while a job waited for it (the target: a held card computes):
+    the `waited_s` before each job's card window began (lock table or stamps)."""
     values = []
     for job in gpu_jobs:
         if job["waited_s"] > 0 and job["card"] is not None and job["card"].isdigit():
-            wait_start = start + job["start_s"] + job["imported_s"]
-            wait = (wait_start, wait_start + job["waited_s"])
+            taken = start + job["card_start_s"]
+            wait = (taken - job["waited_s"], taken)
             values += [b for t, gpu, b, _ in samples if wait[0] <= t <= wait[1] and gpu == int(job["card"])]
     return round(sum(values) / len(values), 4) if values else None
 
@@ -252,6 +256,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"| GPU jobs, summed | {s['gpu_job_s']:.0f} s |",
         f"| idle gaps between GPU jobs | {len(s['idle_gaps'])}, {s['idle_gap_total_s']:.1f} s in all |",
         f"| imported before taking a card (GPU jobs, summed) | {s['imported_before_card_s']:.0f} s |",
+        f"| CPU work before taking a card (score jobs' face metrics, summed) "
+        f"| {s.get('cpu_before_card_s', 0.0):.0f} s |",
         f"| waited for a card | {s['waited_for_card_s']:.0f} s; the card's GPU busy meanwhile "
         f"{pct(s['gpu_busy_while_waiting'])} |",
         f"| GPU jobs' time on the card, from | {windows_from or '–'} |",

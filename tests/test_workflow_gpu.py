@@ -259,6 +259,24 @@ def test_a_job_that_imports_beside_another_counts_from_taking_the_card():
     assert (claim["card"], claim["waited"], claim["imported"]) == ("0", "2.0", "6.1")
 
 
+def test_a_score_jobs_cpu_metrics_before_its_card_are_not_time_on_it():
+    """A score job scores its face metrics on the CPU before it takes its card (`fewstep.jobs.score`):
+    from its stamps, its window starts after imports (4 s), that work (3 s) and the wait (1 s)."""
+    jobs, gpus, procs = one_run()
+    jobs[2] = {**job("score", "flux-dev/none", 22, 40), "imported_s": 4.0, "cpu_before_card_s": 3.0}
+    jobs[2]["waited_s"] = 1.0
+    summary = gpu_summary.summarise(jobs, gpus, procs, (T0, T0 + 100), None)
+    score = next(row for row in summary["jobs"] if row["rule"] == "score")
+    assert (score["card_start_s"], score["on_card_s"], score["cpu_before_card_s"]) == (30.0, 10.0, 3.0)
+    assert summary["cpu_before_card_s"] == 3.0 and summary["idle_gaps"] == []
+    assert summary["gpu_busy_while_waiting"] == 1.0  # 29-30 s: the generation job computed
+    line = "identity, identity_dlib scored before taking a card (3.2 s)"
+    assert workflow_gpu.CPU_BEFORE_CARD.search(line)["seconds"] == "3.2"
+    result = {"card": "c", "date": "d", "command": ["snakemake"], "returncode": 0, "torch": "t"}
+    table = gpu_summary.markdown({**result, "config": "c.yaml", "estimate_card": None, "summary": summary})
+    assert "| CPU work before taking a card (score jobs' face metrics, summed) | 3 s |" in table
+
+
 def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():
     jobs, gpus, procs = one_run()
     jobs.append(job("trajectory", "flux-dev/none/4", 35, 45))  # card 0 while score holds it
