@@ -53,8 +53,9 @@ CLAIM = re.compile(
     r"(?: \(libraries imported before it, (?P<imported>[\d.]+) s\))?"
 )
 RELEASED = re.compile(r"fewstep [\w-]+: GPU card released after (?P<held>[\d.]+) s on it")
-#: a score job's metrics that need no card, computed before it takes one (`fewstep.jobs.score`)
-CPU_BEFORE_CARD = re.compile(r"scored before taking a card \((?P<seconds>[\d.]+) s\)")
+#: a score job's metrics that need no card, computed (and the others' networks loaded) before it
+#: takes one (`fewstep.jobs.score`)
+CPU_BEFORE_CARD = re.compile(r" before taking a card \((?P<seconds>[\d.]+) s\)")
 #: `python -m fewstep <command> ...` -> (rule, name) as the benchmark and log files name the job
 COMMANDS = {
     "generate": ("generate", ("--job", "--cell")),

@@ -256,7 +256,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| GPU jobs, summed | {s['gpu_job_s']:.0f} s |",
         f"| idle gaps between GPU jobs | {len(s['idle_gaps'])}, {s['idle_gap_total_s']:.1f} s in all |",
         f"| imported before taking a card (GPU jobs, summed) | {s['imported_before_card_s']:.0f} s |",
-        f"| CPU work before taking a card (score jobs' face metrics, summed) "
+        f"| CPU work before taking a card (score jobs' face metrics and loads, summed) "
         f"| {s.get('cpu_before_card_s', 0.0):.0f} s |",
         f"| waited for a card | {s['waited_for_card_s']:.0f} s; the card's GPU busy meanwhile "
         f"{pct(s['gpu_busy_while_waiting'])} |",

@@ -8,6 +8,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -640,10 +641,15 @@ def test_a_score_job_takes_its_card_after_the_metrics_that_need_none(job_config,
         return False
 
     monkeypatch.setattr(torch.cuda, "is_available", cuda_after_the_card)
+    for loader in ("load_lpips", "load_clip"):  # each network read from disk: logged with its device
+        real = getattr(sm, loader)
+        monkeypatch.setattr(sm, loader, lambda *a, real=real, name=loader: events.append(name) or real(*a))
     score.run_job(study_of(on_gpu), job, progress=False, take_card=lambda: events.append("card"))
     card = events.index("card")
     assert events.count("card") == 1
-    assert set(events[:card]) == {"identity", "identity_dlib"} and len(events[:card]) == 2 * len(cells) * 2
+    scored_before = [event for event in events[:card] if not event.startswith("load_")]
+    assert set(scored_before) == {"identity", "identity_dlib"} and len(scored_before) == 2 * len(cells) * 2
+    assert sorted(set(events[:card]) - set(scored_before)) == ["load_clip", "load_lpips"]  # once each
     assert set(events[card + 1 :]) == {"lpips", "clip_score"}  # 2 batches of each, per cell
 
     events.clear()
@@ -658,3 +664,16 @@ def test_a_score_job_takes_its_card_after_the_metrics_that_need_none(job_config,
     events.clear()  # every table current: nothing scored, no card taken
     score.run_job(study_of(on_gpu), job, progress=False, take_card=lambda: events.append("card"))
     assert events == []
+
+
+def test_networks_loaded_before_the_card_move_to_it_after():
+    """A staged `JobModels` loads on the CPU; `to_card` moves every torch module it holds (alone or
+    beside a processor) to the job's device (here the meta device stands in for the card)."""
+    models = JobModels(SimpleNamespace(device="meta"), staged=True)
+    assert models.device == torch.device("cpu")
+    alone = models.get("lpips", lambda: torch.nn.Linear(2, 2, device=models.device))
+    paired, processor = models.get("clip", lambda: (torch.nn.Linear(2, 2, device=models.device), "processor"))
+    assert alone.weight.device.type == paired.weight.device.type == "cpu"
+    models.to_card()
+    assert models.device == torch.device("meta") and not models.staged
+    assert alone.weight.device.type == paired.weight.device.type == "meta" and processor == "processor"

@@ -270,11 +270,11 @@ def test_a_score_jobs_cpu_metrics_before_its_card_are_not_time_on_it():
     assert (score["card_start_s"], score["on_card_s"], score["cpu_before_card_s"]) == (30.0, 10.0, 3.0)
     assert summary["cpu_before_card_s"] == 3.0 and summary["idle_gaps"] == []
     assert summary["gpu_busy_while_waiting"] == 1.0  # 29-30 s: the generation job computed
-    line = "identity, identity_dlib scored before taking a card (3.2 s)"
+    line = "identity, identity_dlib scored and clip_score, lpips loaded before taking a card (3.2 s)"
     assert workflow_gpu.CPU_BEFORE_CARD.search(line)["seconds"] == "3.2"
     result = {"card": "c", "date": "d", "command": ["snakemake"], "returncode": 0, "torch": "t"}
     table = gpu_summary.markdown({**result, "config": "c.yaml", "estimate_card": None, "summary": summary})
-    assert "| CPU work before taking a card (score jobs' face metrics, summed) | 3 s |" in table
+    assert "| CPU work before taking a card (score jobs' face metrics and loads, summed) | 3 s |" in table
 
 
 def test_a_job_on_another_card_an_overlap_or_a_missing_claim_is_reported():

@@ -212,10 +212,11 @@ def _score_cells(
 ) -> None:
     """Score each cell of `tables` (cell id -> its table and `scored_inputs` digest, None:
     computed here) with one load of each network: the metrics that compute off the card
-    (`Metric.needs_card`) for every cell first, then `take_card()`, then the ones on it."""
+    (`Metric.needs_card`) for every cell first and the torch networks of the others read into CPU
+    memory, then `take_card()`, those networks moved to the card, and the metrics on it."""
     if not tables:
         return
-    grid, models = Grid.of(study), JobModels(study)
+    grid, models = Grid.of(study), JobModels(study, staged=True)
     names = {cell_id: grid.cell_metrics(grid.cell(cell_id)) for cell_id in tables}
     on_card = {
         cell_id: [n for n in metrics if METRICS[n].needs_card(study)] for cell_id, metrics in names.items()
@@ -226,9 +227,13 @@ def _score_cells(
         off_card = [name for name in names[cell_id] if name not in on_card[cell_id]]
         columns[cell_id] = _metric_columns(study, cell_id, off_card, models, batch_size, progress)
     before = sorted({name for scored in columns.values() for name in scored})
-    if before and any(on_card.values()):
-        print(f"{', '.join(before)} scored before taking a card ({time.monotonic() - started:.1f} s)")
+    staged = sorted({name for names in on_card.values() for name in names if METRICS[name].loads_before_card})
+    build_metrics(study, staged, models)  # their networks read from disk into CPU memory
+    done = [f"{', '.join(names)} {verb}" for names, verb in ((before, "scored"), (staged, "loaded")) if names]
+    if done and any(on_card.values()):
+        print(f"{' and '.join(done)} before taking a card ({time.monotonic() - started:.1f} s)")
     take_card()
+    models.to_card()
     for cell_id, (out, inputs) in tables.items():
         columns[cell_id].update(
             _metric_columns(study, cell_id, on_card[cell_id], models, batch_size, progress)

@@ -4,7 +4,8 @@ A metric is built with `(config, JobModels)`, loads its network once per job
 through `JobModels.get` (metrics sharing a network share one copy) and scores
 whole batches. Its class says whether it computes on the job's GPU card (`needs_card`): the
 score job runs the others (face detectors on onnxruntime's CPU provider, dlib) before it takes
-a card, so the card is not held while the CPU works.
+a card, and reads the torch networks of the rest from disk then too (`loads_before_card`), so
+the card is held only while it computes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Metric(Protocol):
     name: str
     version: str
 
+    #: its networks can load on the CPU before the card and move to it (`JobModels.to_card`)
+    loads_before_card: bool
+
     @classmethod
     def needs_card(cls, config: Study) -> bool: ...
 
@@ -46,16 +50,24 @@ class Metric(Protocol):
 
 
 class JobModels:
-    """The networks one scoring job holds: each loads once, on the job's device."""
+    """The networks one scoring job holds: each loads once, on the job's device; while `staged`
+    (a score job that has not taken its card yet) on the CPU, moved to the device by `to_card`."""
 
-    def __init__(self, config: Study):
+    def __init__(self, config: Study, staged: bool = False):
         self.config = config
+        self.staged = staged
         self._loaded: dict[str, Any] = {}
 
-    @cached_property
+    @property
     def device(self) -> torch.device:
-        """The job's torch device, resolved when a network first asks (device ``auto`` asks CUDA,
-        which must wait until the job has taken its card)."""
+        """Where networks load and compute now: the CPU while staged, else the job's device."""
+        import torch
+
+        return torch.device("cpu") if self.staged else self._job_device
+
+    @cached_property
+    def _job_device(self) -> torch.device:
+        """Resolved when first asked (device ``auto`` asks CUDA, which must wait for the card)."""
         from fewstep.registry.load import resolve_device
 
         return resolve_device(self.config.device)
@@ -64,3 +76,14 @@ class JobModels:
         if name not in self._loaded:
             self._loaded[name] = load()
         return self._loaded[name]
+
+    def to_card(self) -> None:
+        """End the staging: every torch network loaded so far moves to the job's device (the
+        weights read from disk before the card, only the copy to it after)."""
+        import torch
+
+        self.staged = False
+        for loaded in self._loaded.values():
+            for part in loaded if isinstance(loaded, tuple) else (loaded,):
+                if isinstance(part, torch.nn.Module):
+                    part.to(self.device)

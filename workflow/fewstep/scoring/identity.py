@@ -55,6 +55,8 @@ class _IdentityMetric:
 
     spec: ClassVar[MetricSpec]
     suffix: str
+    #: a detector on CUDA (onnxruntime-gpu, dlib with CUDA) starts CUDA as it loads: after the card
+    loads_before_card: ClassVar[bool] = False
 
     def __init__(self, config: Study):
         self.policy = config.face.policy

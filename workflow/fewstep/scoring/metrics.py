@@ -39,6 +39,8 @@ class _Scorer:
     """A metric's scorer: its name and columns come from its spec (`fewstep.scoring.specs`)."""
 
     spec: ClassVar[MetricSpec]
+    #: its torch network loads on the CPU before the job takes a card and then moves to it
+    loads_before_card: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
@@ -48,6 +50,11 @@ class _Scorer:
     def needs_card(cls, config: Study) -> bool:
         """Its torch network runs on the job's device: the card, unless the config says cpu."""
         return config.device != "cpu"
+
+    @property
+    def device(self) -> torch.device:
+        """Where its inputs go: the job's device by the time it scores (`JobModels.to_card`)."""
+        return self.models.device
 
 
 class PerceptualDistance(_Scorer):
@@ -68,7 +75,7 @@ class PerceptualDistance(_Scorer):
     def __init__(self, config: Study, models: JobModels):
         net = config.scoring.lpips_net
         self.size = config.scoring.lpips_size
-        self.device = models.device
+        self.models = models
         (network,) = self.spec.models(config)
         self.model = models.get(network, lambda: sm.load_lpips(config, net, models.device))
         self.version = _version(config, f"lpips-{package_version('lpips')}", net, "v0.1", f"{self.size}px")
@@ -111,7 +118,7 @@ class _PromptAlignment(_Scorer):
     """Cosine of CLIP-type image and prompt embeddings, one forward pass per batch."""
 
     def __init__(self, config: Study, models: JobModels):
-        self.device = models.device
+        self.models = models
         (network,) = self.spec.models(config)
         self.model, self.processor = models.get(network, lambda: sm.load_clip(config, network, models.device))
         repo = sm.SCORING_MODELS[network].repo_id
@@ -168,7 +175,7 @@ class _ReferenceSimilarity(_Scorer):
     """
 
     def __init__(self, config: Study, models: JobModels):
-        self.device = models.device
+        self.models = models
         (self.network,) = self.spec.models(config)
         self._references: dict[str, torch.Tensor] = {}
 
