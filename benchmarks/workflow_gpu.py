@@ -3,6 +3,7 @@ sampler beside it, and what `fewstep estimate` predicted for the same config.
 
     python benchmarks/workflow_gpu.py --out bench                        # config/gpu.yaml
     python benchmarks/workflow_gpu.py --out bench --wheels .whl          # offline host: carried wheels
+    python benchmarks/workflow_gpu.py --resummarise bench                # again, from the saved files
 
 Runs ``snakemake --cores all --configfile <config> --workflow-profile profiles/default`` in a fresh
 working folder (``--workdir``), while a side process samples every GPU every ``--sample-ms``
@@ -16,6 +17,9 @@ card from the lock table (else the log stamps); the idle gaps between GPU jobs; 
 job; whether every job kept to the card its lock gave it; and the estimate beside the measured
 wall time (the summary: ``workflow_gpu_summary.py``). ``--limit-s`` is the script's own time:
 Snakemake is stopped 45 s before it (SIGINT, then SIGKILL), and the files are still written.
+Beside them go what the summary is computed from (the Snakemake log, the sampler's rows, every
+job's log and benchmark file), so ``--resummarise`` can compute it again after a change to the
+summary, on any machine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -277,6 +283,9 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
 
 # --------------------------------------------------------------------------- the run
 
+#: what a run leaves under --out besides its summary: the files the summary is computed from
+SAVED = ("snakemake.log", "samples.csv", "job_logs.tar.gz", "job_benchmarks.tar.gz")
+
 
 def install_wheels(wheels: Path, site: Path) -> None:
     """The carried wheels into `site` (no index, no dependencies: the folder holds them all),
@@ -336,6 +345,46 @@ def run_snakemake(command: list[str], workdir: Path, limit_s: float) -> tuple[in
     return code, start, time.time(), log_path.read_text(errors="replace")
 
 
+def save_job_files(results: Path, out: Path) -> None:
+    """Every job's log and benchmark file (mtimes kept: a benchmark file's is its job's end)."""
+    for folder, archive in (("logs", "job_logs"), ("benchmarks", "job_benchmarks")):
+        if (results / folder).is_dir():
+            shutil.make_archive(str(out / archive), "gztar", results / folder)
+
+
+def resummarise(out: Path) -> dict[str, Any]:
+    """The saved run under `out` summarised again from its own files (`SAVED`), its JSON and
+    markdown rewritten; one line naming what is missing where a run saved too little."""
+    result = json.loads((out / "workflow_gpu.json").read_text())
+    missing = [key for key in ("run_window", "results", "gpu_rules_on_card") if key not in result]
+    missing += [name for name in SAVED if not (out / name).exists()]
+    if missing:
+        sys.exit(f"workflow_gpu: {out} lacks {', '.join(missing)}; only runs that saved them re-summarise")
+    if Path(result["results"]).is_absolute():  # the log names its files there, not under the run's folder
+        sys.exit(f"workflow_gpu: {out} ran with an absolute results_dir; re-summarise where it ran")
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tempfile.TemporaryDirectory() as workdir:
+        results = Path(workdir) / result["results"]
+        for folder, archive in (("logs", "job_logs"), ("benchmarks", "job_benchmarks")):
+            with tarfile.open(out / f"{archive}.tar.gz") as files:
+                files.extractall(results / folder, **safe)
+        log_text = (out / "snakemake.log").read_text(errors="replace")
+        jobs = measured_jobs(Path(workdir), log_text, gpu=result["gpu_rules_on_card"])
+    gpu_samples, proc_samples, lock_samples = read_samples(out / "samples.csv")
+    result["summary"] = summarise(
+        jobs,
+        gpu_samples,
+        proc_samples,
+        tuple(result["run_window"]),
+        result["summary"]["estimate_s"],
+        lock_samples=lock_samples,
+    )
+    result["resummarised"] = time.strftime("%Y-%m-%d")
+    (out / "workflow_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "workflow_gpu.md").write_text(markdown(result))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for workflow_gpu.json and workflow_gpu.md")
@@ -351,11 +400,16 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep --workdir: finish a stopped run (times only the rest)"
     )
+    parser.add_argument(
+        "--resummarise", type=Path, metavar="OUT", help="summarise a saved run's --out folder again"
+    )
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)  # the sampler side process
     args = parser.parse_args()
     began = time.time()
     if args.sample:
         return sample(args.sample, args.sample_ms / 1000)
+    if args.resummarise:
+        return print(markdown(resummarise(args.resummarise.resolve())))
     if args.out is None:
         parser.error("--out is required")
     args.out, args.workdir, config_file = (
@@ -409,6 +463,7 @@ def main() -> None:
             sampler.wait()
     gpu_samples, proc_samples, lock_samples = read_samples(samples)
     jobs = measured_jobs(args.workdir, log_text, gpu=config["device"] != "cpu")
+    results = args.workdir / config["results_dir"] / config["sweep"]
     result = {
         "card": card,
         "torch": torch_version,
@@ -416,6 +471,9 @@ def main() -> None:
         "config": str(config_file.relative_to(REPO) if config_file.is_relative_to(REPO) else config_file),
         "command": ["snakemake", *command[3:]],
         "returncode": code,
+        "run_window": [start, end],  # epoch seconds, as the sampler's rows
+        "results": f"{config['results_dir']}/{config['sweep']}",
+        "gpu_rules_on_card": config["device"] != "cpu",
         "estimate_card": figures,
         "samples": len(gpu_samples),
         "summary": summarise(
@@ -428,9 +486,7 @@ def main() -> None:
     for name in ("snakemake.log", "samples.csv"):
         if (args.workdir / name).exists():
             shutil.copy(args.workdir / name, args.out / name)
-    logs = args.workdir / config["results_dir"] / config["sweep"] / "logs"
-    if logs.is_dir():  # every job's own log, for what the run shows
-        shutil.make_archive(str(args.out / "job_logs"), "gztar", logs)
+    save_job_files(results, args.out)
     print(markdown(result))
     if code != 0:
         print(log_text[-4000:], file=sys.stderr)

@@ -5,6 +5,7 @@ and card keeping, checked on records written here."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -115,6 +116,68 @@ def test_job_windows_come_from_benchmark_files_else_the_snakemake_log(tmp_path):
     assert (generate["gpu"], generate["card"], generate["waited_s"]) == (True, "0", 3.0)
     on_cpu = workflow_gpu.measured_jobs(tmp_path, text, gpu=False)  # device: cpu takes no card
     assert [j["gpu"] for j in on_cpu] == [False, False, False, False]
+
+
+def test_a_saved_run_summarises_again_from_its_own_files(tmp_path):
+    """`--resummarise`: the job logs and benchmark files saved beside the summary (their mtimes
+    kept), the Snakemake log and the sampler's rows give the summary the run gave."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    results = run / "results/s"
+    for folder in ("logs/generate", "benchmarks/generate", "logs/score"):
+        (results / folder).mkdir(parents=True)
+    (results / "logs/generate/flux-dev__none.log").write_text(
+        "fewstep generate: GPU card 0 of 0 (lock /tmp/l/gpu0.lock) (libraries imported before it, 4.0 s)\n"
+    )
+    (results / "logs/score/flux-dev__none.log").write_text(
+        "lpips loaded before taking a card (1.5 s)\n"
+        "fewstep score: GPU card 0 of 0 (lock /tmp/l/gpu0.lock) after waiting 2.0 s\n"
+    )
+    bench = results / "benchmarks/generate/flux-dev__none.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\n20.250\t0:00:20\t1000\n")
+    os.utime(bench, (T0 + 30.25, T0 + 30.25))
+    log_text = snakemake_log(
+        [
+            (T0 + 9, "generate", 1, "results/s/logs/generate/flux-dev__none.log",
+             "results/s/benchmarks/generate/flux-dev__none.tsv", T0 + 31),
+            (T0 + 12, "score", 2, "results/s/logs/score/flux-dev__none.log", None, T0 + 40),
+        ]
+    )  # fmt: skip
+    samples = [f"gpu,{T0 + k + 0.5},0,{90 if 14 < k < 30 else 5},20000" for k in range(45)]
+    holders = {4242: "generate,flux-dev/none", 4343: "score,flux-dev/none"}
+    pids = {k: 4242 if k < 30 else 4343 for k in range(14, 40)}
+    samples += [f"lock,{T0 + k + 0.5},0,{pid},{holders[pid]}" for k, pid in pids.items()]
+    out.mkdir()
+    (out / "snakemake.log").write_text(log_text)
+    (out / "samples.csv").write_text("\n".join(samples) + "\n")
+    workflow_gpu.save_job_files(results, out)
+    jobs = workflow_gpu.measured_jobs(run, log_text)
+    assert jobs[1]["cpu_before_card_s"] == 1.5 and jobs[0]["end"] == T0 + 30.25
+    gpu_samples, proc_samples, lock_samples = workflow_gpu.read_samples(out / "samples.csv")
+    summary = gpu_summary.summarise(
+        jobs, gpu_samples, proc_samples, (T0, T0 + 45), 50.0, lock_samples=lock_samples
+    )
+    assert summary["kept_to_cards"]["checked_on"] == "lock table" and summary["kept_to_cards"]["ok"]
+    result = {
+        "card": "c",
+        "date": "d",
+        "command": ["snakemake"],
+        "returncode": 0,
+        "torch": "t",
+        "config": "g",
+    }
+    result |= {"estimate_card": "h100", "run_window": [T0, T0 + 45], "results": "results/s"}
+    (out / "workflow_gpu.json").write_text(json.dumps({**result, "summary": {"estimate_s": 50.0}}))
+    with pytest.raises(SystemExit, match="lacks gpu_rules_on_card"):
+        workflow_gpu.resummarise(out)
+    result["gpu_rules_on_card"] = True
+    (out / "workflow_gpu.json").write_text(json.dumps({**result, "summary": {"estimate_s": 50.0}}))
+    again = workflow_gpu.resummarise(out)
+    assert again["summary"] == json.loads(json.dumps(summary)) and again["resummarised"]
+    assert json.loads((out / "workflow_gpu.json").read_text()) == again
+    assert (out / "workflow_gpu.md").read_text() == gpu_summary.markdown(again)
+    (out / "job_benchmarks.tar.gz").unlink()
+    with pytest.raises(SystemExit, match="lacks job_benchmarks.tar.gz"):
+        workflow_gpu.resummarise(out)
 
 
 def test_samples_of_the_sampler_and_of_nvidia_smi_are_read_alike(tmp_path):
