@@ -227,9 +227,9 @@ def _score_cells(
         off_card = [name for name in names[cell_id] if name not in on_card[cell_id]]
         columns[cell_id] = _metric_columns(study, cell_id, off_card, models, batch_size, progress)
     before = sorted({name for scored in columns.values() for name in scored})
-    staged = sorted({name for names in on_card.values() for name in names if METRICS[name].loads_before_card})
+    staged = sorted({name for cell in on_card.values() for name in cell if METRICS[name].loads_before_card})
     build_metrics(study, staged, models)  # their networks read from disk into CPU memory
-    done = [f"{', '.join(names)} {verb}" for names, verb in ((before, "scored"), (staged, "loaded")) if names]
+    done = [f"{', '.join(group)} {verb}" for group, verb in ((before, "scored"), (staged, "loaded")) if group]
     if done and any(on_card.values()):
         print(f"{' and '.join(done)} before taking a card ({time.monotonic() - started:.1f} s)")
     take_card()
