@@ -76,6 +76,7 @@ def test_kontext_latency_benchmark_runs_kontext_beside_dev_and_schnell(tmp_path)
     assert meta["card"] == "CPU"
 
 
+@pytest.mark.slow
 def test_klein_latency_benchmark_times_klein_beside_flux_in_one_run(tmp_path):
     out = tmp_path / "out"
     run_benchmark(

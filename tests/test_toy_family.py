@@ -235,6 +235,7 @@ def toy_config(tmp_path, monkeypatch) -> dict[str, Any]:
     return validate(raw)
 
 
+@pytest.mark.slow
 def test_a_family_defined_in_a_test_runs_from_grid_to_report(toy_config):
     from fewstep.analysis import aggregate, report
     from fewstep.jobs import generate, precompute, score
