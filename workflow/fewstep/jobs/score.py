@@ -222,10 +222,13 @@ def _score_cells(
         cell_id: [n for n in metrics if METRICS[n].needs_card(study)] for cell_id, metrics in names.items()
     }
     started = time.monotonic()
+    rows = {cell_id: read_manifest(Paths(study), grid.cell(cell_id)).to_dict("records") for cell_id in tables}
     columns = {}
     for cell_id in tables:
         off_card = [name for name in names[cell_id] if name not in on_card[cell_id]]
-        columns[cell_id] = _metric_columns(study, cell_id, off_card, models, batch_size, progress)
+        columns[cell_id] = _metric_columns(
+            study, cell_id, rows[cell_id], off_card, models, batch_size, progress
+        )
     before = sorted({name for scored in columns.values() for name in scored})
     staged = sorted({name for cell in on_card.values() for name in cell if METRICS[name].loads_before_card})
     build_metrics(study, staged, models)  # their networks read from disk into CPU memory
@@ -235,10 +238,13 @@ def _score_cells(
     take_card()
     models.to_card()
     for cell_id, (out, inputs) in tables.items():
-        columns[cell_id].update(
-            _metric_columns(study, cell_id, on_card[cell_id], models, batch_size, progress)
+        scored = columns[cell_id]
+        scored.update(
+            _metric_columns(study, cell_id, rows[cell_id], on_card[cell_id], models, batch_size, progress)
         )
-        _write_scores(study, cell_id, out, [columns[cell_id][name] for name in names[cell_id]], inputs)
+        _write_scores(
+            study, cell_id, rows[cell_id], out, {name: scored[name] for name in names[cell_id]}, inputs
+        )
 
 
 def _samples(study: Study, cell: Cell) -> Callable[[dict[str, Any]], Sample]:
@@ -274,15 +280,19 @@ def _samples(study: Study, cell: Cell) -> Callable[[dict[str, Any]], Sample]:
 
 
 def _metric_columns(
-    study: Study, cell_id: str, names: list[str], models: JobModels, batch_size: int | None, progress: bool
+    study: Study,
+    cell_id: str,
+    rows: list[dict[str, Any]],
+    names: list[str],
+    models: JobModels,
+    batch_size: int | None,
+    progress: bool,
 ) -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """metric name -> (its version, its columns for each manifest row) of one cell, the images
-    `batch_size` at a time, the next batch decoded while this one is scored."""
+    """metric name -> (its version, its columns for each of the cell's manifest `rows`), the
+    images `batch_size` at a time, the next batch decoded while this one is scored."""
     if not names:
         return {}
-    grid, paths = Grid.of(study), Paths(study)
-    cell = grid.cell(cell_id)
-    rows = read_manifest(paths, cell).to_dict("records")
+    cell = Grid.of(study).cell(cell_id)
     metrics = build_metrics(study, names, models)
     sample = _samples(study, cell)
     batch_size = batch_size or study.scoring.batch_size
@@ -299,20 +309,26 @@ def _metric_columns(
 
 
 def _write_scores(
-    study: Study, cell_id: str, out: Path, scored: list[tuple[str, list[dict[str, Any]]]], inputs: str | None
+    study: Study,
+    cell_id: str,
+    rows: list[dict[str, Any]],
+    out: Path,
+    scored: dict[str, tuple[str, list[dict[str, Any]]]],
+    inputs: str | None,
 ) -> None:
-    """One cell's table: the manifest's keys and every metric's columns per image, the metric
-    versions and the digest of the inputs."""
+    """One cell's table: the keys of its manifest `rows` and each metric's columns per image (in
+    `scored`'s order: metric name -> version and columns), the metric versions and the digest
+    of the inputs."""
     grid, paths = Grid.of(study), Paths(study)
     cell = grid.cell(cell_id)
-    rows = []
-    for index, row in enumerate(read_manifest(paths, cell).to_dict("records")):
+    table = []
+    for index, row in enumerate(rows):
         values = {k: row.get(k) for k in KEY_COLUMNS}
-        for _, columns in scored:
+        for _, columns in scored.values():
             values.update(columns[index])
-        rows.append(values)
-    frame = pd.DataFrame(rows)
-    versions = dict(zip(grid.cell_metrics(cell), (version for version, _ in scored), strict=True))
+        table.append(values)
+    frame = pd.DataFrame(table)
+    versions = {name: version for name, (version, _) in scored.items()}
     frame["metric_versions"] = json.dumps(versions, sort_keys=True)
     frame["scored_inputs"] = inputs or scored_inputs(grid, paths, cell)
     write_table(out, stamp(frame, study, [*grid.cell_models(cell), *grid.score_models(cell)]))
