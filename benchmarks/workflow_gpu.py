@@ -283,8 +283,10 @@ def measured_jobs(workdir: Path, log_text: str, gpu: bool = True) -> list[dict[s
 
 # --------------------------------------------------------------------------- the run
 
+#: a sweep's folder of job files -> the archive under --out that keeps them
+JOB_FILES = {"logs": "job_logs", "benchmarks": "job_benchmarks"}
 #: what a run leaves under --out besides its summary: the files the summary is computed from
-SAVED = ("snakemake.log", "samples.csv", "job_logs.tar.gz", "job_benchmarks.tar.gz")
+SAVED = ("snakemake.log", "samples.csv", *(f"{archive}.tar.gz" for archive in JOB_FILES.values()))
 
 
 def install_wheels(wheels: Path, site: Path) -> None:
@@ -347,7 +349,7 @@ def run_snakemake(command: list[str], workdir: Path, limit_s: float) -> tuple[in
 
 def save_job_files(results: Path, out: Path) -> None:
     """Every job's log and benchmark file (mtimes kept: a benchmark file's is its job's end)."""
-    for folder, archive in (("logs", "job_logs"), ("benchmarks", "job_benchmarks")):
+    for folder, archive in JOB_FILES.items():
         if (results / folder).is_dir():
             shutil.make_archive(str(out / archive), "gztar", results / folder)
 
@@ -365,7 +367,7 @@ def resummarise(out: Path) -> dict[str, Any]:
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tempfile.TemporaryDirectory() as workdir:
         results = Path(workdir) / result["results"]
-        for folder, archive in (("logs", "job_logs"), ("benchmarks", "job_benchmarks")):
+        for folder, archive in JOB_FILES.items():
             with tarfile.open(out / f"{archive}.tar.gz") as files:
                 files.extractall(results / folder, **safe)
         log_text = (out / "snakemake.log").read_text(errors="replace")
@@ -463,7 +465,7 @@ def main() -> None:
             sampler.wait()
     gpu_samples, proc_samples, lock_samples = read_samples(samples)
     jobs = measured_jobs(args.workdir, log_text, gpu=config["device"] != "cpu")
-    results = args.workdir / config["results_dir"] / config["sweep"]
+    results = f"{config['results_dir']}/{config['sweep']}"  # as the Snakemake log names its files
     result = {
         "card": card,
         "torch": torch_version,
@@ -472,7 +474,7 @@ def main() -> None:
         "command": ["snakemake", *command[3:]],
         "returncode": code,
         "run_window": [start, end],  # epoch seconds, as the sampler's rows
-        "results": f"{config['results_dir']}/{config['sweep']}",
+        "results": results,
         "gpu_rules_on_card": config["device"] != "cpu",
         "estimate_card": figures,
         "samples": len(gpu_samples),
@@ -486,7 +488,7 @@ def main() -> None:
     for name in ("snakemake.log", "samples.csv"):
         if (args.workdir / name).exists():
             shutil.copy(args.workdir / name, args.out / name)
-    save_job_files(results, args.out)
+    save_job_files(args.workdir / results, args.out)
     print(markdown(result))
     if code != 0:
         print(log_text[-4000:], file=sys.stderr)
