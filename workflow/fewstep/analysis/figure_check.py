@@ -75,7 +75,7 @@ def _interval_problems(fig) -> list[str]:
 
 def layout_problems(fig) -> list[str]:
     """Every problem of `fig` as laid out now (before `bbox_inches="tight"` widens the canvas)."""
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays out every artist; the pixels are not needed
     renderer = fig.canvas.get_renderer()
     problems = [f"empty axes {ax.get_title()!r}" for ax in fig.axes if ax.get_visible() and not _drawn(ax)]
     box = fig.bbox
@@ -105,7 +105,7 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 8
     if not points:
         return
     fig = ax.figure
-    fig.canvas.draw()
+    fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
     marks = [ax.transData.transform((x, y)) for x, y, _ in points]
     frame = ax.get_window_extent(renderer)

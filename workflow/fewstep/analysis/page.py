@@ -54,12 +54,15 @@ class Page:
         plt = pyplot()
         self.problems += [f"figures/{section}/{name}: {p}" for p in layout_problems(fig)]
         mark = WEIGHT_MARKS.get(self.study.weights)
-        if mark:  # below the axes; bbox_inches="tight" makes room for it
+        if mark:  # below the axes; the tight box below makes room for it
             fig.text(0.5, 0, mark, ha="center", va="top", fontsize=9, color="#a00000", weight="bold")
+        # the tight box once for both files: `bbox_inches="tight"` would lay the figure out again
+        # for each (layout_problems has just laid it out; the mark's extent is computed on demand)
+        tight = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
         data = {}
         for fmt_ in ("png", "svg"):
             buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt_, bbox_inches="tight", dpi=110)
+            fig.savefig(buffer, format=fmt_, bbox_inches=tight, dpi=110)
             data[fmt_] = buffer.getvalue()
             atomic_write_bytes(self.figures / section / f"{name}.{fmt_}", data[fmt_])
         plt.close(fig)
