@@ -17,11 +17,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+#: the test modules with a test on the demo sweep (the session's `demo_run`)
+DEMO_MODULES = frozenset(
+    path.name for path in Path(__file__).parent.glob("test_*.py") if "demo_run" in path.read_text()
+)
+
+
 def pytest_collection_modifyitems(items):
-    """Every test on the demo sweep is `slow`: `pytest -m "not slow"` never runs the workflow."""
+    """Every test on the demo sweep is `slow`: `pytest -m "not slow"` never runs the workflow.
+    The modules with such tests come first (`pytest_xdist_make_scheduler`)."""
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path.name not in DEMO_MODULES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`scripts/test.sh`), each module runs whole on one worker, so its
+    fixtures are built once, and the modules on the demo sweep run together, first, on one
+    worker: the session's demo runs once while the other workers take the rest.
+
+    xdist's own `--dist loadgroup` cannot do it: it renames tests through an attribute pytest 9
+    no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DemoModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "demo sweep" if Path(module).name in DEMO_MODULES else module
+
+    return DemoModulesTogether(config, log)
 
 
 def study_of(config):
