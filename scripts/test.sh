@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pytest -q -n auto --maxprocesses 4 --no-loadscope-reorder "$@"
+python -m pytest -q -n auto --maxprocesses 4 "$@"

@@ -33,6 +33,11 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "demo_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            if item.path.name not in DEMO_MODULES:  # xdist would build the demo on two workers
+                raise pytest.UsageError(
+                    f"{item.nodeid} reaches demo_run through another fixture: name demo_run in "
+                    f"{item.path.name} so DEMO_MODULES in tests/conftest.py has it"
+                )
     items.sort(key=lambda item: item.path.name not in DEMO_MODULES)
 
 
@@ -45,6 +50,8 @@ def pytest_xdist_make_scheduler(config, log):
     xdist's own `--dist loadgroup` cannot do it: it renames tests through an attribute pytest 9
     no longer reads."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # scopes in collection order: the demo's first
 
     class DemoModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
